@@ -1,0 +1,69 @@
+# The single entry point (STYLE.md: pydantic-core style). CI and the README call these.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+TOOLS := $(CURDIR)/.tools/bin
+GRPCURL := $(TOOLS)/grpcurl
+GRPCURL_VERSION ?= v1.9.4
+PROTO_OUT := python/apcv_verify/_proto
+PROTO_SRC := $(shell find protos -name '*.proto')
+export PATH := $(TOOLS):$(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: dev proto demo test test-rust test-python lint fmt tools clean
+
+# The virtualenv and the build tools; everything else is installed by `maturin develop`.
+$(VENV)/.stamp: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet "maturin>=1.7,<2" "grpcio-tools>=1.66"
+	touch $@
+
+# Generated protobuf code is built here, never committed (STYLE.md, TGI server/Makefile).
+$(PROTO_OUT)/.stamp: $(PROTO_SRC) $(VENV)/.stamp
+	rm -rf $(PROTO_OUT) && mkdir -p $(PROTO_OUT)
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=$(PROTO_OUT) --pyi_out=$(PROTO_OUT) \
+		--grpc_python_out=$(PROTO_OUT) $(PROTO_SRC)
+	# protoc writes absolute imports ("from apcv.verify.v1 import ..."); make them package-relative.
+	sed -i -E 's/^from apcv\.verify\.v1 import/from . import/' $(PROTO_OUT)/apcv/verify/v1/*_grpc.py
+	for d in $(PROTO_OUT) $(PROTO_OUT)/apcv $(PROTO_OUT)/apcv/verify $(PROTO_OUT)/apcv/verify/v1; do touch $$d/__init__.py; done
+	touch $@
+
+proto: $(PROTO_OUT)/.stamp
+
+# Builds the native core in release mode into the venv with the dev extras.
+dev: proto
+	$(VENV)/bin/maturin develop --release --extras dev
+
+# grpcurl: the real gRPC client used by the tests and the README.
+$(GRPCURL):
+	mkdir -p $(TOOLS)
+	GOBIN=$(TOOLS) go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
+
+tools: $(GRPCURL)
+
+demo: dev
+	$(VENV)/bin/apcv-verify demo
+
+test-rust:
+	cargo test --workspace
+
+test-python: dev tools
+	$(PY) -m pytest
+
+test: test-rust test-python
+
+lint: dev
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	$(VENV)/bin/ruff check python tests
+	$(VENV)/bin/ruff format --check python tests
+	$(VENV)/bin/mypy python/apcv_verify
+	$(PY) -m mypy.stubtest apcv_verify._native
+
+fmt:
+	cargo fmt --all
+	$(VENV)/bin/ruff format python tests
+
+clean:
+	rm -rf $(VENV) target $(PROTO_OUT) .tools
