@@ -1355,18 +1355,33 @@ class DemoPKI:
             _write_bytes(self.directory / entry["file"], signed)
         self._save_manifest()
 
+    def set_statuses(
+        self, statuses: Mapping[int, int], *, uri: str = DEMO_STATUS_URI, now: int | None = None
+    ) -> bytes:
+        """Set entries (index → status) of a status list, then re-sign and rewrite it once.
+
+        Every change is checked before any is applied. Returns the new signed list.
+        """
+        entry = self.manifest["status_lists"][uri]
+        range_check = StatusListBuilder(entry["size"], entry["bits"])
+        for index, status in statuses.items():
+            try:
+                range_check.set(index, status)
+            except (IndexError, ValueError) as error:
+                raise type(error)(f"index {index}: {error}") from None
+        for index, status in statuses.items():
+            if status == STATUS_VALID:
+                entry["statuses"].pop(str(index), None)
+            else:
+                entry["statuses"][str(index)] = status
+        self.write_status_lists(now=now)
+        return self.status_lists[uri]
+
     def set_status(
         self, index: int, status: int, *, uri: str = DEMO_STATUS_URI, now: int | None = None
     ) -> bytes:
         """Set one entry of a status list and rewrite its file; returns the new signed list."""
-        entry = self.manifest["status_lists"][uri]
-        StatusListBuilder(entry["size"], entry["bits"]).set(index, status)  # range checks
-        if status == STATUS_VALID:
-            entry["statuses"].pop(str(index), None)
-        else:
-            entry["statuses"][str(index)] = status
-        self.write_status_lists(now=now)
-        return self.status_lists[uri]
+        return self.set_statuses({index: status}, uri=uri, now=now)
 
     def revoke(
         self,
