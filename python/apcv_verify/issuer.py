@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import base45
+import base45  # type: ignore[import-untyped]  # no stubs or py.typed upstream
 import cbor2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -195,6 +195,7 @@ def thumbprint(cose_key: Mapping[int, Any] | bytes) -> bytes:
     """
     key_map = cbor2.loads(cose_key) if isinstance(cose_key, bytes) else cose_key
     kty = key_map[_KEY_KTY]
+    required: tuple[int, ...]
     if kty == _KTY_EC2:
         required = (_KEY_KTY, _KEY_CRV, _KEY_X, _KEY_Y)
     elif kty == _KTY_OKP:
