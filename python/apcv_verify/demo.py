@@ -1,0 +1,134 @@
+"""The embedded default: an ephemeral demo PKI, a real server and real gRPC calls.
+
+``apcv-verify demo`` (``make demo``) verifies six sample presentations and exits 0 when every
+decision is the expected one; ``--serve`` keeps the server up for grpcurl (ARCHITECTURE.md
+"Embedded default"). Nothing leaves 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import segno
+
+from ._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
+from .config import load_config
+from .issuer import DemoPKI, qr_text
+from .server import load_trust_material, start_server
+
+__all__ = ["run_demo"]
+
+DEFAULT_SERVE_LISTEN = "127.0.0.1:50051"
+
+
+@dataclass(frozen=True)
+class Sample:
+    label: str
+    sample: str  # key of DemoPKI.samples()
+    reader_id: str
+    expected_decision: str
+    expected_reason: str
+
+
+# The six decisions `make demo` must show (issue 2 "Embedded default").
+SAMPLES = (
+    Sample("valid presentation", "accepted", "reception-desk-1", "ACCEPTED", "OK"),
+    Sample("expired credential", "expired", "reception-desk-1", "REJECTED", "CREDENTIAL_EXPIRED"),
+    Sample("revoked credential", "revoked", "reception-desk-1", "REJECTED", "REVOKED"),
+    Sample("first scan at desk 1", "replayed", "reception-desk-1", "ACCEPTED", "OK"),
+    Sample("same QR at pharmacy 2", "replayed", "pharmacy-desk-2", "REJECTED", "REPLAYED"),
+    Sample("tampered device signature", "tampered", "reception-desk-1", "REJECTED",
+           "BAD_DEVICE_SIGNATURE"),
+    Sample("issuer not in trust list", "wrong_issuer", "reception-desk-1", "REJECTED",
+           "UNKNOWN_ISSUER"),
+)  # fmt: skip
+
+
+def grpcurl_command(address: str, text: str, reader_id: str = "reception-desk-1") -> str:
+    body = json.dumps(
+        {"request_id": "demo-1", "qr_text": text, "reader": {"reader_id": reader_id}}
+    )
+    return f"grpcurl -plaintext -d '{body}' {address} apcv.verify.v1.Verifier/Verify"
+
+
+async def _verify_samples(address: str, pki: DemoPKI) -> bool:
+    presentations = pki.samples(now=int(time.time()))
+    all_expected = True
+    print(f"{'sample':<28} {'reader':<18} {'decision':<9} {'reason':<22} expected")
+    print("-" * 88)
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = verifier_pb2_grpc.VerifierStub(channel)
+        for number, sample in enumerate(SAMPLES, start=1):
+            request = verifier_pb2.VerifyRequest(
+                request_id=f"demo-{number}",
+                qr_text=qr_text(presentations[sample.sample]),
+                reader=verifier_pb2.ReaderContext(reader_id=sample.reader_id),
+            )
+            response = await stub.Verify(request, timeout=10)
+            decision = verifier_pb2.Decision.Name(response.decision)
+            reason = verifier_pb2.Reason.Name(response.reason)
+            matches = (decision, reason) == (sample.expected_decision, sample.expected_reason)
+            all_expected &= matches
+            verdict = "yes" if matches else f"NO (want {sample.expected_reason})"
+            print(f"{sample.label:<28} {sample.reader_id:<18} {decision:<9} {reason:<22} {verdict}")
+    return all_expected
+
+
+def _show_qr(address: str, pki: DemoPKI, *, serving: bool) -> None:
+    text = qr_text(pki.present("alice", iat=int(time.time()), exp=int(time.time()) + 300))
+    print("\nA fresh presentation (valid for 5 minutes), as the phone shows it:\n")
+    segno.make(text, error="l").terminal(compact=True)
+    print(f"\nQR text ({len(text)} characters). Verify it with grpcurl:")
+    if not serving:
+        print("(first keep a demo server running: .venv/bin/apcv-verify demo --serve)")
+    print(grpcurl_command(address, text))
+
+
+async def _run(serve: bool, listen: str | None) -> int:
+    with tempfile.TemporaryDirectory(prefix="apcv-demo-") as workdir:
+        pki = DemoPKI.create(Path(workdir) / "pki", now=int(time.time()))
+        pki.revoke(pki.holder("revoked").status_index)
+        config = load_config(
+            None,
+            environ={},
+            overrides={
+                "server.listen": listen or (DEFAULT_SERVE_LISTEN if serve else "127.0.0.1:0"),
+                "server.grace_seconds": 2.0,
+                "trust.anchors": [str(pki.directory / "anchor.pem")],
+                "trust.trust_list": str(pki.trust_list_path),
+                "trust.status_lists": [str(path) for path in pki.status_list_paths.values()],
+                # The demo people carry the INS demonstration OID (PROFILE §5.3).
+                "policy.allow_test_identities": True,
+            },
+        )
+        server, port = await start_server(config, load_trust_material(config))
+        address = f"{config.server.listen.rpartition(':')[0]}:{port}"
+        try:
+            print(f"apcv-verify demo: server on {address}, demo PKI in {pki.directory}\n")
+            all_expected = await _verify_samples(address, pki)
+            _show_qr(address if serve else DEFAULT_SERVE_LISTEN, pki, serving=serve)
+            if serve:
+                print(f"\nServing on {address}; Ctrl-C to stop.")
+                stop = asyncio.Event()
+                loop = asyncio.get_running_loop()
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    loop.add_signal_handler(signum, stop.set)
+                await stop.wait()
+        finally:
+            await server.stop(config.server.grace_seconds)
+    if not all_expected:
+        print("\nSome decisions differ from the expected ones.")
+        return 1
+    print("\nAll six decisions as expected.")
+    return 0
+
+
+def run_demo(*, serve: bool = False, listen: str | None = None) -> int:
+    return asyncio.run(_run(serve, listen))

@@ -1,0 +1,118 @@
+"""Shared fixtures: a demo PKI on disk and a real ``apcv-verify serve`` process on loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from apcv_verify.issuer import DemoPKI
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    """An ``apcv-verify serve`` child process and how to reach it."""
+
+    process: subprocess.Popen[str]
+    address: str
+    log_path: Path
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(self.address)
+
+
+def wait_serving(address: str, process: subprocess.Popen[str], timeout: float = 30.0) -> None:
+    """Poll the standard health service until SERVING (or fail with the process output)."""
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode}")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise TimeoutError(f"server at {address} not SERVING after {timeout}s")
+
+
+def start_server(pki_dir: Path, log_path: Path, *extra: str) -> RunningServer:
+    address = f"127.0.0.1:{free_port()}"
+    status_lists = sorted((pki_dir / "status").glob("*.cwt"))
+    command = [
+        sys.executable, "-m", "apcv_verify.cli", "serve",
+        "--listen", address,
+        "--anchor", str(pki_dir / "anchor.pem"),
+        "--trust-list", str(pki_dir / "trust-list.cose"),
+        *[arg for path in status_lists for arg in ("--status-list", str(path))],
+        *extra,
+    ]  # fmt: skip
+    log_file = log_path.open("w")
+    process = subprocess.Popen(
+        command, stdout=log_file, stderr=subprocess.STDOUT, text=True, cwd=REPO
+    )
+    try:
+        wait_serving(address, process)
+    except Exception:
+        process.kill()
+        process.wait()
+        raise RuntimeError(f"server did not start:\n{log_path.read_text()}") from None
+    return RunningServer(process, address, log_path)
+
+
+def stop_server(server: RunningServer) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> DemoPKI:
+    return DemoPKI.create(tmp_path / "pki", now=int(time.time()))
+
+
+@pytest.fixture
+def server(pki: DemoPKI, tmp_path: Path) -> Iterator[RunningServer]:
+    """A verifier with the demo PKI; the demo identities use the INS demonstration OID."""
+    running = start_server(pki.directory, tmp_path / "server.log", "--allow-test-identities")
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture(scope="session")
+def grpcurl() -> str:
+    """The real grpcurl client installed by `make tools`."""
+    local = REPO / ".tools" / "bin" / "grpcurl"
+    found = str(local) if local.exists() else shutil.which("grpcurl")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("grpcurl is missing: `make tools` installs it")
+        pytest.skip("grpcurl not installed; run `make tools`")
+    return found
