@@ -1,0 +1,553 @@
+//! COSE_Sign1 (RFC 9052 §4.2), COSE_Key (RFC 9052 §7, RFC 9053) and key thumbprints
+//! (RFC 9679), parsed strictly with coset after the [`crate::cbor`] pre-pass, and verified
+//! with ring on raw bytes.
+
+use ciborium::Value;
+use coset::{
+    iana, AsCborValue, CoseKey, CoseSign1, Label, RegisteredLabel, RegisteredLabelWithPrivate,
+};
+use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_FIXED, ED25519};
+
+use crate::cbor;
+use crate::error::{Error, Result};
+use crate::limits::{KID_LEN, MAX_COSE_KEY_BYTES};
+
+/// CBOR tag of a COSE_Sign1 (RFC 9052 §4.2).
+pub const COSE_SIGN1_TAG: u64 = 18;
+
+/// Header labels this profile understands, the only ones allowed in `crit`
+/// (PROFILE "Objects": alg 1, kid 4, typ 16 of RFC 9596).
+const UNDERSTOOD_CRIT_LABELS: [i64; 3] = [1, 4, 16];
+
+/// A signature algorithm the profile allows (RFC 9053 §2.1, §2.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Alg {
+    /// ECDSA P-256 SHA-256, signature raw r‖s (64 bytes).
+    Es256,
+    /// EdDSA with Ed25519 (64-byte signature).
+    EdDsa,
+}
+
+impl Alg {
+    /// The algorithm for a COSE algorithm identifier, if the profile allows it.
+    pub fn from_id(id: i64) -> Option<Alg> {
+        match id {
+            -7 => Some(Alg::Es256),
+            -8 => Some(Alg::EdDsa),
+            _ => None,
+        }
+    }
+
+    /// The COSE algorithm identifier.
+    pub fn id(self) -> i64 {
+        match self {
+            Alg::Es256 => -7,
+            Alg::EdDsa => -8,
+        }
+    }
+}
+
+/// What a header says about `alg`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderAlg {
+    /// No `alg` label.
+    Absent,
+    /// An `alg` the profile does not allow (any other int, or text).
+    Unsupported,
+    /// An allowed algorithm.
+    Known(Alg),
+}
+
+impl HeaderAlg {
+    fn from_coset(a: Option<&coset::Algorithm>) -> HeaderAlg {
+        match a {
+            None => HeaderAlg::Absent,
+            Some(RegisteredLabelWithPrivate::Assigned(iana::Algorithm::ES256)) => {
+                HeaderAlg::Known(Alg::Es256)
+            }
+            Some(RegisteredLabelWithPrivate::Assigned(iana::Algorithm::EdDSA)) => {
+                HeaderAlg::Known(Alg::EdDsa)
+            }
+            Some(_) => HeaderAlg::Unsupported,
+        }
+    }
+}
+
+/// Public key material of the two key types the profile uses.
+#[derive(Clone, PartialEq, Eq)]
+enum Material {
+    /// EC2 P-256 as an uncompressed SEC1 point `04 ‖ x ‖ y`.
+    P256([u8; 65]),
+    /// OKP Ed25519 `x`.
+    Ed25519([u8; 32]),
+}
+
+/// A parsed public COSE_Key with its RFC 9679 thumbprint.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PublicKey {
+    material: Material,
+    alg: Option<Alg>,
+    thumbprint: [u8; 32],
+}
+
+impl std::fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublicKey")
+            .field("alg", &self.natural_alg())
+            .field("kid", &self.kid())
+            .finish()
+    }
+}
+
+impl PublicKey {
+    /// Parses COSE_Key bytes (strict CBOR).
+    pub fn from_bytes(data: &[u8]) -> Result<PublicKey> {
+        if data.len() > MAX_COSE_KEY_BYTES {
+            return Err(Error::CoseKey("COSE_Key too large"));
+        }
+        let v = cbor::decode(data).map_err(|_| Error::CoseKey("not strict CBOR"))?;
+        PublicKey::from_value(v)
+    }
+
+    /// Parses a COSE_Key already decoded from strict CBOR (e.g. inside `cnf`).
+    pub fn from_value(v: Value) -> Result<PublicKey> {
+        let key = CoseKey::from_cbor_value(v).map_err(|_| Error::CoseKey("not a COSE_Key map"))?;
+        let param = |label: i64| {
+            key.params
+                .iter()
+                .find(|(l, _)| *l == Label::Int(label))
+                .map(|(_, v)| v)
+        };
+        // RFC 9053 §7.1.1 / §7.2: d (-4) is private; a public-key slot must not carry it.
+        if param(-4).is_some() {
+            return Err(Error::CoseKey("private key parameter present"));
+        }
+        let crv = param(-1).and_then(cbor::as_i64);
+        let x = param(-2).and_then(cbor::as_bytes);
+        let key_alg = match &key.alg {
+            None => None,
+            Some(a) => match HeaderAlg::from_coset(Some(a)) {
+                HeaderAlg::Known(alg) => Some(alg),
+                _ => return Err(Error::CoseKey("unsupported algorithm")),
+            },
+        };
+        let (material, thumb_input) = match key.kty {
+            RegisteredLabel::Assigned(iana::KeyType::EC2) => {
+                // RFC 9053 §7.1.1: crv 1 = P-256; x and y 32-byte bstrs (y as a sign bit is
+                // not allowed by the profile).
+                if crv != Some(iana::EllipticCurve::P_256 as i64) {
+                    return Err(Error::CoseKey("EC2 key is not on P-256"));
+                }
+                let x: [u8; 32] = x
+                    .and_then(|x| x.try_into().ok())
+                    .ok_or(Error::CoseKey("EC2 x is not 32 bytes"))?;
+                let y: [u8; 32] = param(-3)
+                    .and_then(cbor::as_bytes)
+                    .and_then(|y| y.try_into().ok())
+                    .ok_or(Error::CoseKey("EC2 y is not 32 bytes"))?;
+                if key_alg.is_some_and(|a| a != Alg::Es256) {
+                    return Err(Error::CoseKey("alg does not fit the key type"));
+                }
+                let mut point = [0u8; 65];
+                point[0] = 0x04;
+                point[1..33].copy_from_slice(&x);
+                point[33..].copy_from_slice(&y);
+                // RFC 9679 §3: required members only (kty, crv, x, y), deterministic order.
+                let mut t = Vec::with_capacity(77);
+                t.extend_from_slice(&[0xa4, 0x01, 0x02, 0x20, 0x01, 0x21, 0x58, 0x20]);
+                t.extend_from_slice(&x);
+                t.extend_from_slice(&[0x22, 0x58, 0x20]);
+                t.extend_from_slice(&y);
+                (Material::P256(point), t)
+            }
+            RegisteredLabel::Assigned(iana::KeyType::OKP) => {
+                if crv != Some(iana::EllipticCurve::Ed25519 as i64) {
+                    return Err(Error::CoseKey("OKP key is not Ed25519"));
+                }
+                let x: [u8; 32] = x
+                    .and_then(|x| x.try_into().ok())
+                    .ok_or(Error::CoseKey("OKP x is not 32 bytes"))?;
+                if key_alg.is_some_and(|a| a != Alg::EdDsa) {
+                    return Err(Error::CoseKey("alg does not fit the key type"));
+                }
+                // RFC 9679 §3: kty, crv, x.
+                let mut t = Vec::with_capacity(40);
+                t.extend_from_slice(&[0xa3, 0x01, 0x01, 0x20, 0x06, 0x21, 0x58, 0x20]);
+                t.extend_from_slice(&x);
+                (Material::Ed25519(x), t)
+            }
+            _ => return Err(Error::CoseKey("key type is neither EC2 nor OKP")),
+        };
+        let digest = ring::digest::digest(&ring::digest::SHA256, &thumb_input);
+        let mut thumbprint = [0u8; 32];
+        thumbprint.copy_from_slice(digest.as_ref());
+        Ok(PublicKey {
+            material,
+            alg: key_alg,
+            thumbprint,
+        })
+    }
+
+    /// The key's `alg` parameter (label 3), if it has one.
+    pub fn alg_param(&self) -> Option<Alg> {
+        self.alg
+    }
+
+    /// The algorithm this key is for: its `alg` parameter, else the one its type allows.
+    pub fn natural_alg(&self) -> Alg {
+        match (self.alg, &self.material) {
+            (Some(a), _) => a,
+            (None, Material::P256(_)) => Alg::Es256,
+            (None, Material::Ed25519(_)) => Alg::EdDsa,
+        }
+    }
+
+    /// True for an EC2 P-256 key (the only device-key type, PROFILE §1 `cnf`).
+    pub fn is_p256(&self) -> bool {
+        matches!(self.material, Material::P256(_))
+    }
+
+    /// RFC 9679 thumbprint (SHA-256).
+    pub fn thumbprint(&self) -> [u8; 32] {
+        self.thumbprint
+    }
+
+    /// The profile's `kid`: the first 8 bytes of the thumbprint (PROFILE "Objects").
+    pub fn kid(&self) -> [u8; KID_LEN] {
+        let mut k = [0u8; KID_LEN];
+        k.copy_from_slice(&self.thumbprint[..KID_LEN]);
+        k
+    }
+
+    /// Verifies a raw signature (RFC 9053: ES256 r‖s, never DER; Ed25519 64 bytes).
+    /// Errors only for an algorithm that does not fit the key; a bad signature is
+    /// `Ok(false)`.
+    pub fn verify(&self, alg: Alg, message: &[u8], signature: &[u8]) -> Result<bool> {
+        if self.alg.is_some_and(|a| a != alg) {
+            return Err(Error::CoseKey(
+                "key alg parameter does not match the algorithm",
+            ));
+        }
+        let ok = match (&self.material, alg) {
+            (Material::P256(point), Alg::Es256) => {
+                UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &point[..])
+                    .verify(message, signature)
+                    .is_ok()
+            }
+            (Material::Ed25519(x), Alg::EdDsa) => UnparsedPublicKey::new(&ED25519, &x[..])
+                .verify(message, signature)
+                .is_ok(),
+            _ => return Err(Error::CoseKey("key type does not fit the algorithm")),
+        };
+        Ok(ok)
+    }
+}
+
+/// A strictly parsed COSE_Sign1 with an attached payload.
+#[derive(Clone, Debug)]
+pub struct Sign1 {
+    inner: CoseSign1,
+    /// `alg` of the protected bucket.
+    pub alg: HeaderAlg,
+    /// `alg` of the unprotected bucket (only the generic [`verify_sign1`] looks at it).
+    pub unprotected_alg: HeaderAlg,
+    /// `kid` of the protected bucket (empty when absent).
+    pub kid: Vec<u8>,
+}
+
+impl Sign1 {
+    /// Parses COSE_Sign1 bytes, tagged (18) or untagged (RFC 9052 §4.2), strictly.
+    pub fn parse(data: &[u8]) -> Result<Sign1> {
+        let v = cbor::decode(data)?;
+        let v = match v {
+            Value::Tag(COSE_SIGN1_TAG, inner) => *inner,
+            Value::Tag(..) => return Err(Error::Malformed("unexpected CBOR tag")),
+            other => other,
+        };
+        let inner =
+            CoseSign1::from_cbor_value(v).map_err(|_| Error::Malformed("not a COSE_Sign1"))?;
+        if inner.payload.is_none() {
+            return Err(Error::Malformed("detached payload"));
+        }
+        // RFC 9052 §3.1 crit: the recipient must understand every listed label.
+        for label in &inner.protected.header.crit {
+            let understood = match label {
+                RegisteredLabelWithPrivate::Assigned(p) => {
+                    UNDERSTOOD_CRIT_LABELS.contains(&(*p as i64))
+                }
+                _ => false,
+            };
+            if !understood {
+                return Err(Error::Malformed("unknown critical header"));
+            }
+        }
+        // RFC 9052 §3: a label must not appear in both buckets.
+        if inner.protected.header.alg.is_some() && inner.unprotected.alg.is_some() {
+            return Err(Error::Malformed("alg in both header buckets"));
+        }
+        if !inner.unprotected.crit.is_empty() {
+            // RFC 9052 §3.1: crit is only meaningful when protected.
+            return Err(Error::Malformed("crit in the unprotected bucket"));
+        }
+        Ok(Sign1 {
+            alg: HeaderAlg::from_coset(inner.protected.header.alg.as_ref()),
+            unprotected_alg: HeaderAlg::from_coset(inner.unprotected.alg.as_ref()),
+            kid: inner.protected.header.key_id.clone(),
+            inner,
+        })
+    }
+
+    /// The payload bytes.
+    pub fn payload(&self) -> &[u8] {
+        self.inner.payload.as_deref().unwrap_or(&[])
+    }
+
+    /// Protected `typ` (label 16, RFC 9596) if it is text.
+    pub fn typ(&self) -> Option<&str> {
+        self.inner
+            .protected
+            .header
+            .rest
+            .iter()
+            .find(|(l, _)| *l == Label::Int(16))
+            .and_then(|(_, v)| cbor::as_text(v))
+    }
+
+    /// True when the protected bucket carries labels other than `alg`, `crit`, `kid`, `typ`.
+    pub fn has_only_profile_labels(&self) -> bool {
+        let h = &self.inner.protected.header;
+        h.content_type.is_none()
+            && h.iv.is_empty()
+            && h.partial_iv.is_empty()
+            && h.counter_signatures.is_empty()
+            && h.rest.iter().all(|(l, _)| *l == Label::Int(16))
+    }
+
+    /// Verifies the signature with `key` and `alg` over the RFC 9052 §4.4 Sig_structure
+    /// `["Signature1", protected bytes as received, external_aad, payload]`.
+    pub fn verify(&self, key: &PublicKey, alg: Alg, external_aad: &[u8]) -> Result<bool> {
+        let tbs = self.inner.tbs_data(external_aad);
+        key.verify(alg, &tbs, &self.inner.signature)
+    }
+}
+
+/// The generic COSE primitive behind `verify_sign1`: strict parse, then verify with the
+/// header `alg`, and return the payload.
+///
+/// RFC 9052 lets `alg` sit in either bucket, and public test vectors (cose-wg
+/// sign-pass-01) put it in the unprotected one, so this primitive takes the protected `alg`
+/// and falls back to the unprotected one. Profile objects never reach this function: they
+/// require a protected `alg` (see [`crate::verify`], [`crate::trust`], [`crate::status`]).
+pub fn verify_sign1(data: &[u8], key: &PublicKey, external_aad: &[u8]) -> Result<Vec<u8>> {
+    let s = Sign1::parse(data)?;
+    let alg = match (s.alg, s.unprotected_alg) {
+        (HeaderAlg::Known(a), _) | (HeaderAlg::Absent, HeaderAlg::Known(a)) => a,
+        (HeaderAlg::Absent, HeaderAlg::Absent) => return Err(Error::Malformed("no alg header")),
+        _ => return Err(Error::CoseKey("unsupported algorithm")),
+    };
+    if key.alg_param().is_some_and(|a| a != alg) {
+        return Err(Error::CoseKey(
+            "key alg parameter does not match the header alg",
+        ));
+    }
+    if s.verify(key, alg, external_aad)? {
+        Ok(s.payload().to_vec())
+    } else {
+        Err(Error::InvalidSignature)
+    }
+}
+
+/// The raw signature primitive behind `verify_signature`.
+pub fn verify_signature(
+    alg: i64,
+    cose_key: &[u8],
+    message: &[u8],
+    signature: &[u8],
+) -> Result<bool> {
+    let alg = Alg::from_id(alg).ok_or(Error::CoseKey("unsupported algorithm"))?;
+    PublicKey::from_bytes(cose_key)?.verify(alg, message, signature)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::testutil::*;
+
+    #[test]
+    fn thumbprint_matches_rfc9679_example() {
+        // RFC 9679 §6 example: EC2 P-256 key, thumbprint
+        // 496bd8afadf307e5b08c64b0421bf9dc01528a344a43bda88fadd1669da253ec.
+        let x = hex("65eda5a12577c2bae829437fe338701a10aaa375e1bb5b5de108de439c08551d");
+        let y = hex("1e52ed75701163f7f9e40ddf9f341b3dc9ba860af7e0ca7ca7e9eecd0084d19c");
+        let key = Value::Map(vec![
+            (int(1), int(2)),
+            (int(-1), int(1)),
+            (int(-2), Value::Bytes(x)),
+            (int(-3), Value::Bytes(y)),
+            (int(2), Value::Bytes(b"kid-ignored".to_vec())),
+        ]);
+        let k = PublicKey::from_bytes(&enc(&key)).unwrap();
+        assert_eq!(
+            k.thumbprint().to_vec(),
+            hex("496bd8afadf307e5b08c64b0421bf9dc01528a344a43bda88fadd1669da253ec")
+        );
+    }
+
+    #[test]
+    fn es256_and_eddsa_round_trip() {
+        for signer in [Signer::es256(), Signer::eddsa()] {
+            let msg = b"message";
+            let sig = signer.sign(msg);
+            let key = signer.cose_key_bytes();
+            assert!(verify_signature(signer.alg.id(), &key, msg, &sig).unwrap());
+            assert!(!verify_signature(signer.alg.id(), &key, b"other", &sig).unwrap());
+            let other = if signer.alg == Alg::Es256 { -8 } else { -7 };
+            assert_eq!(
+                verify_signature(other, &key, msg, &sig),
+                Err(Error::CoseKey(
+                    "key alg parameter does not match the algorithm"
+                ))
+            );
+            assert_eq!(
+                verify_signature(-35, &key, msg, &sig),
+                Err(Error::CoseKey("unsupported algorithm"))
+            );
+        }
+    }
+
+    #[test]
+    fn der_ecdsa_signature_is_bad() {
+        let s = Signer::es256();
+        let sig = s.sign(b"m");
+        let (r, ss) = sig.split_at(32);
+        // Minimal DER wrapping of r, s (with leading zero for the sign bit).
+        let mut der = vec![0x30, 0x46, 0x02, 0x21, 0x00];
+        der.extend_from_slice(r);
+        der.extend_from_slice(&[0x02, 0x21, 0x00]);
+        der.extend_from_slice(ss);
+        assert!(!verify_signature(-7, &s.cose_key_bytes(), b"m", &der).unwrap());
+    }
+
+    #[test]
+    fn cose_key_refusals() {
+        let s = Signer::es256();
+        let mut m = s.cose_key_map();
+        m.push((int(-4), Value::Bytes(vec![1; 32])));
+        assert_eq!(
+            PublicKey::from_bytes(&enc(&Value::Map(m))),
+            Err(Error::CoseKey("private key parameter present"))
+        );
+        let bad_crv = Value::Map(vec![
+            (int(1), int(2)),
+            (int(-1), int(2)),
+            (int(-2), Value::Bytes(vec![0; 32])),
+            (int(-3), Value::Bytes(vec![0; 32])),
+        ]);
+        assert_eq!(
+            PublicKey::from_bytes(&enc(&bad_crv)),
+            Err(Error::CoseKey("EC2 key is not on P-256"))
+        );
+        let short_x = Value::Map(vec![
+            (int(1), int(1)),
+            (int(-1), int(6)),
+            (int(-2), Value::Bytes(vec![0; 31])),
+        ]);
+        assert_eq!(
+            PublicKey::from_bytes(&enc(&short_x)),
+            Err(Error::CoseKey("OKP x is not 32 bytes"))
+        );
+        assert!(PublicKey::from_bytes(b"\x01").is_err());
+        let wrong_alg = Value::Map(vec![
+            (int(1), int(1)),
+            (int(-1), int(6)),
+            (int(-2), Value::Bytes(vec![0; 32])),
+            (int(3), int(-7)),
+        ]);
+        assert_eq!(
+            PublicKey::from_bytes(&enc(&wrong_alg)),
+            Err(Error::CoseKey("alg does not fit the key type"))
+        );
+    }
+
+    #[test]
+    fn sign1_tagged_untagged_and_refusals() {
+        let s = Signer::es256();
+        let tagged = sign1(&s, &prot(&s, true), b"payload", true);
+        let untagged = sign1(&s, &prot(&s, true), b"payload", false);
+        let key = PublicKey::from_bytes(&s.cose_key_bytes()).unwrap();
+        assert_eq!(verify_sign1(&tagged, &key, b"").unwrap(), b"payload");
+        assert_eq!(verify_sign1(&untagged, &key, b"").unwrap(), b"payload");
+        assert_eq!(
+            verify_sign1(&tagged, &key, b"aad"),
+            Err(Error::InvalidSignature)
+        );
+        // Wrong tag.
+        let mut wrong = tagged.clone();
+        wrong[0] = 0xd3;
+        assert_eq!(
+            Sign1::parse(&wrong).unwrap_err(),
+            Error::Malformed("unexpected CBOR tag")
+        );
+        // Trailing byte.
+        let mut trailing = tagged.clone();
+        trailing.push(0);
+        assert!(Sign1::parse(&trailing).is_err());
+        // Unknown crit label.
+        let p = enc(&Value::Map(vec![
+            (int(1), int(-7)),
+            (int(2), Value::Array(vec![int(3)])),
+            (int(3), int(0)),
+        ]));
+        let crit = sign1(&s, &p, b"x", true);
+        assert_eq!(
+            Sign1::parse(&crit).unwrap_err(),
+            Error::Malformed("unknown critical header")
+        );
+        // Understood crit label.
+        let p = enc(&Value::Map(vec![
+            (int(1), int(-7)),
+            (int(2), Value::Array(vec![int(1)])),
+        ]));
+        assert!(verify_sign1(&sign1(&s, &p, b"x", true), &key, b"").is_ok());
+        // Detached payload.
+        let detached = enc(&Value::Tag(
+            18,
+            Box::new(Value::Array(vec![
+                Value::Bytes(prot(&s, true)),
+                Value::Map(vec![]),
+                Value::Null,
+                Value::Bytes(vec![0; 64]),
+            ])),
+        ));
+        assert_eq!(
+            Sign1::parse(&detached).unwrap_err(),
+            Error::Malformed("detached payload")
+        );
+    }
+
+    #[test]
+    fn empty_protected_map_is_signed_as_received() {
+        // cose-wg sign-pass-01 style: protected = h'A0', alg in the unprotected bucket.
+        let s = Signer::es256();
+        let protected = vec![0xa0];
+        let tbs = enc(&Value::Array(vec![
+            Value::Text("Signature1".into()),
+            Value::Bytes(protected.clone()),
+            Value::Bytes(vec![]),
+            Value::Bytes(b"p".to_vec()),
+        ]));
+        let sig = s.sign(&tbs);
+        let msg = enc(&Value::Tag(
+            18,
+            Box::new(Value::Array(vec![
+                Value::Bytes(protected),
+                Value::Map(vec![(int(1), int(-7))]),
+                Value::Bytes(b"p".to_vec()),
+                Value::Bytes(sig),
+            ])),
+        ));
+        let key = PublicKey::from_bytes(&s.cose_key_bytes()).unwrap();
+        assert_eq!(verify_sign1(&msg, &key, b"").unwrap(), b"p");
+        assert_eq!(Sign1::parse(&msg).unwrap().alg, HeaderAlg::Absent);
+    }
+}

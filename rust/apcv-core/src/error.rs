@@ -1,0 +1,63 @@
+//! The one error-kind enum of the core (pyca `ValidationErrorKind` style).
+//!
+//! Errors are for misuse and for refused configuration inputs (trust lists, status lists,
+//! keys). A bad presentation is never an error: it is a [`crate::verify::Decision`] with a
+//! [`crate::verify::Reason`].
+
+/// Everything that can go wrong outside the verification decision itself.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// Bytes that are not a strict CBOR / COSE_Sign1 structure (contract "CBOR rules").
+    #[error("malformed: {0}")]
+    Malformed(&'static str),
+    /// A signature that does not verify under the given key.
+    #[error("signature does not verify")]
+    InvalidSignature,
+    /// A COSE_Key that cannot be used, or an algorithm the profile does not allow.
+    #[error("unusable COSE_Key: {0}")]
+    CoseKey(&'static str),
+    /// The trust list names an anchor that is not configured (PROFILE §5).
+    #[error("unknown trust anchor")]
+    UnknownTrustAnchor,
+    /// The trust list signature does not verify under its anchor (PROFILE §5).
+    #[error("bad trust list signature")]
+    BadTrustListSignature,
+    /// The trust list is older than the one held (PROFILE §5: rollback).
+    #[error("rollback: sequence {seq} is lower than held {held}")]
+    TrustListRollback {
+        /// Sequence number of the refused list.
+        seq: u64,
+        /// Sequence number of the list already held.
+        held: u64,
+    },
+    /// A trust-list key whose kid is not its thumbprint prefix (PROFILE §5, RFC 9679).
+    #[error("key {0}: kid is not the RFC 9679 thumbprint prefix")]
+    TrustListBadKid(usize),
+    /// A trust list that is not well formed.
+    #[error("malformed trust list: {0}")]
+    MalformedTrustList(&'static str),
+    /// A trust list past its `exp`.
+    #[error("trust list expired")]
+    TrustListExpired,
+    /// The status list is signed by a key that is not a trusted, current, role "status" key.
+    #[error("status list signer is not a trusted key of role \"status\"")]
+    UntrustedStatusListSigner,
+    /// The status list signature does not verify.
+    #[error("bad status list signature")]
+    BadStatusListSignature,
+    /// A status list that is not well formed.
+    #[error("malformed status list: {0}")]
+    MalformedStatusList(&'static str),
+    /// A status list past its `exp`.
+    #[error("status list expired")]
+    StatusListExpired,
+    /// A status-list index beyond the end of the list.
+    #[error("status index out of range")]
+    IndexOutOfRange,
+    /// A caller argument outside its domain (e.g. an unknown use, a negative skew).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(&'static str),
+}
+
+/// Result alias of the core.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,28 @@
+//! apcv-core: the verification core of the open ApCV presentation profile.
+//!
+//! Pure Rust, no Python: strict decoders (CBOR, COSE_Sign1, COSE_Key, base45 + zlib),
+//! trust-list and status-list verification, claims checks, replay detection and the
+//! verification pipeline, which turns every presentation into a decision value.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod cbor;
+pub mod claims;
+pub mod cose;
+pub mod encoding;
+pub mod error;
+pub mod limits;
+pub mod replay;
+pub mod status;
+pub mod trust;
+pub mod verify;
+
+pub use error::{Error, Result};
+
+#[cfg(test)]
+mod robustness_tests;
+#[cfg(test)]
+mod testutil;
+#[cfg(test)]
+mod verify_tests;

@@ -1,0 +1,55 @@
+//! Hard limits of the profile, each a named constant with the reason it exists.
+//!
+//! Every limit is checked before the work it bounds (PROFILE "Encodings": "hard limits
+//! before any work").
+
+/// Prefix of the QR text form (PROFILE "Encodings"; version 1 of the profile).
+pub const QR_PREFIX: &str = "APCV1:";
+
+/// Largest QR text accepted: the alphanumeric capacity of a version 40-L QR code, so
+/// nothing longer can come from a real QR scan.
+pub const MAX_QR_CHARS: usize = 4_296;
+
+/// Largest NFC payload accepted (bytes): the same budget as the inflated QR payload.
+pub const MAX_NFC_BYTES: usize = 16_384;
+
+/// Largest inflated QR payload (bytes); inflating stops at this cap + 1 byte, which defeats
+/// zip bombs (PROFILE "Encodings": "inflated ≤ 16 KiB").
+pub const MAX_INFLATED_BYTES: usize = 16_384;
+
+/// Deepest CBOR nesting accepted (arrays, maps and tags each count one level). The profile's
+/// deepest object needs 5; 16 leaves room while bounding recursion in every decoder.
+pub const MAX_CBOR_DEPTH: usize = 16;
+
+/// Largest inflated status list (bytes): 16 MiB holds 134 million 1-bit entries, far beyond
+/// any issuer's population, and bounds memory per list (contract "Status list").
+pub const MAX_STATUS_LIST_INFLATED_BYTES: usize = 16 * 1024 * 1024;
+
+/// Largest signed status-list CWT accepted (bytes), bounding work before the signature check.
+/// A zlib stream cannot be much larger than its inflated content, so cap + 1 MiB of slack.
+pub const MAX_STATUS_LIST_BYTES: usize = MAX_STATUS_LIST_INFLATED_BYTES + 1024 * 1024;
+
+/// Largest signed trust list accepted (bytes): about 20,000 keys, bounding work before the
+/// signature check.
+pub const MAX_TRUST_LIST_BYTES: usize = 4 * 1024 * 1024;
+
+/// Largest COSE_Key accepted by the raw primitives (bytes): an EC2 P-256 key with every
+/// optional parameter is under 200 bytes.
+pub const MAX_COSE_KEY_BYTES: usize = 1_024;
+
+/// Longest a presentation may live, `exp − iat`, in seconds (PROFILE §2: "exp ≤ iat + 300 s"),
+/// so that a screenshot of an old QR code is useless.
+pub const MAX_PRESENTATION_LIFETIME: i64 = 300;
+
+/// Length of a presentation id `cti` (PROFILE §2: "16 random bytes").
+pub const CTI_LEN: usize = 16;
+
+/// Length of a `kid`: the first 8 bytes of the RFC 9679 thumbprint (PROFILE "Objects").
+pub const KID_LEN: usize = 8;
+
+/// Default clock skew tolerated on every time check, in seconds (contract "Times").
+pub const DEFAULT_CLOCK_SKEW: i64 = 60;
+
+/// Default bound of the in-process replay store: about 100 MB at worst, and a day of scans
+/// for a large region; fail closed beyond it (contract step 9).
+pub const DEFAULT_MAX_REPLAY_ENTRIES: usize = 1_000_000;

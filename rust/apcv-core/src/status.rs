@@ -1,0 +1,278 @@
+//! Token Status List (IETF OAuth WG draft, CWT form): the bit array and the signed list.
+
+use ciborium::Value;
+
+use crate::cbor::{self, Key};
+use crate::cose::{HeaderAlg, Sign1};
+use crate::encoding::inflate_capped;
+use crate::error::{Error, Result};
+use crate::limits::{KID_LEN, MAX_STATUS_LIST_BYTES, MAX_STATUS_LIST_INFLATED_BYTES};
+use crate::trust::{Role, TrustList};
+
+/// Media type of a status-list CWT (draft §5.2, RFC 9596 `typ`).
+pub const STATUS_LIST_TYP: &str = "application/statuslist+cwt";
+
+/// CWT claim key of the status list (draft §5.2: `status_list` = 65533).
+const CLAIM_STATUS_LIST: i64 = 65533;
+/// CWT claim key of the time to live (draft §5.2: `ttl` = 65534).
+const CLAIM_TTL: i64 = 65534;
+
+/// A decoded status list: `bits` per entry, packed LSB first (draft §4.1).
+#[derive(Clone, PartialEq, Eq)]
+pub struct StatusBits {
+    bits: u8,
+    bytes: Vec<u8>,
+}
+
+impl std::fmt::Debug for StatusBits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusBits")
+            .field("bits", &self.bits)
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+impl StatusBits {
+    /// Builds a list from `bits` (1, 2, 4 or 8, draft §4.1) and the inflated bytes.
+    pub fn new(bits: u8, bytes: Vec<u8>) -> Result<StatusBits> {
+        if !matches!(bits, 1 | 2 | 4 | 8) {
+            return Err(Error::MalformedStatusList("bits is not 1, 2, 4 or 8"));
+        }
+        Ok(StatusBits { bits, bytes })
+    }
+
+    /// Decodes the CBOR `{"bits": uint, "lst": bstr zlib}` map (draft §4.3).
+    pub fn from_cbor(data: &[u8]) -> Result<StatusBits> {
+        let v = cbor::decode(data).map_err(|e| Error::MalformedStatusList(detail(&e)))?;
+        StatusBits::from_value(&v)
+    }
+
+    fn from_value(v: &Value) -> Result<StatusBits> {
+        let m = cbor::as_map(v).ok_or(BAD_FIELD)?;
+        let bits = cbor::get(m, Key::Text("bits"))
+            .and_then(cbor::as_u64)
+            .ok_or(BAD_FIELD)?;
+        let bits = u8::try_from(bits)
+            .map_err(|_| Error::MalformedStatusList("bits is not 1, 2, 4 or 8"))?;
+        let lst = cbor::get(m, Key::Text("lst"))
+            .and_then(cbor::as_bytes)
+            .ok_or(BAD_FIELD)?;
+        let bytes = inflate_capped(lst, MAX_STATUS_LIST_INFLATED_BYTES)
+            .map_err(|e| Error::MalformedStatusList(detail(&e)))?;
+        StatusBits::new(bits, bytes)
+    }
+
+    /// Bits per entry.
+    pub fn bits(&self) -> u8 {
+        self.bits
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> u64 {
+        let total_bits = u64::try_from(self.bytes.len())
+            .unwrap_or(u64::MAX)
+            .saturating_mul(8);
+        total_bits / u64::from(self.bits)
+    }
+
+    /// True when the list has no entry.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The status of entry `index`: byte `index*bits/8`, shifted right by
+    /// `(index*bits) % 8`, masked to `bits` (draft §4.1, LSB first); `None` beyond the end.
+    pub fn get(&self, index: u64) -> Option<u8> {
+        let bit = index.checked_mul(u64::from(self.bits))?;
+        let byte = usize::try_from(bit / 8).ok()?;
+        let shift = bit % 8;
+        let mask = u16::from(u8::MAX) >> (8 - self.bits);
+        let b = *self.bytes.get(byte)?;
+        Some(((u16::from(b) >> shift) & mask) as u8)
+    }
+}
+
+/// A verified status list (CWT form): immutable once built.
+#[derive(Clone, Debug)]
+pub struct StatusList {
+    /// `sub`: the list's URI, which credentials reference.
+    pub uri: String,
+    /// `iat`.
+    pub issued_at: i64,
+    /// `exp` (required by this profile).
+    pub expires_at: i64,
+    /// `ttl` in seconds, if given.
+    pub ttl: Option<u64>,
+    /// The entries.
+    pub bits: StatusBits,
+}
+
+const BAD_FIELD: Error = Error::MalformedStatusList("missing or mistyped field");
+
+fn detail(e: &Error) -> &'static str {
+    match e {
+        Error::Malformed(d) | Error::MalformedStatusList(d) => d,
+        _ => "not a COSE_Sign1",
+    }
+}
+
+impl StatusList {
+    /// Verifies a signed status-list CWT with a trust-list key of role "status" that is in
+    /// its window at `now`, and refuses an expired list.
+    pub fn verify(data: &[u8], trust: &TrustList, now: i64) -> Result<StatusList> {
+        if data.len() > MAX_STATUS_LIST_BYTES {
+            return Err(Error::MalformedStatusList("too large"));
+        }
+        let s = Sign1::parse(data).map_err(|e| Error::MalformedStatusList(detail(&e)))?;
+        let alg = match s.alg {
+            HeaderAlg::Known(a) => a,
+            HeaderAlg::Absent => {
+                return Err(Error::MalformedStatusList("alg not in protected header"))
+            }
+            HeaderAlg::Unsupported => return Err(Error::UntrustedStatusListSigner),
+        };
+        if s.kid.len() != KID_LEN {
+            return Err(Error::MalformedStatusList("kid not in protected header"));
+        }
+        // typ is optional for the verifier; when present it must be the status-list type.
+        if s.typ().is_some_and(|t| t != STATUS_LIST_TYP) {
+            return Err(Error::MalformedStatusList("unexpected typ"));
+        }
+        let signer = trust
+            .find(&s.kid, Role::Status, now)
+            .ok_or(Error::UntrustedStatusListSigner)?;
+        // PROFILE "Objects": the header alg must be the one the trust list gives the key.
+        if alg != signer.alg {
+            return Err(Error::UntrustedStatusListSigner);
+        }
+        if !s.verify(&signer.key, alg, b"").unwrap_or(false) {
+            return Err(Error::BadStatusListSignature);
+        }
+        let v = cbor::decode(s.payload()).map_err(|e| Error::MalformedStatusList(detail(&e)))?;
+        let m = cbor::as_map(&v).ok_or(BAD_FIELD)?;
+        let uri = cbor::get(m, Key::Int(2))
+            .and_then(cbor::as_text)
+            .ok_or(BAD_FIELD)?
+            .to_owned();
+        let issued_at = cbor::get(m, Key::Int(6))
+            .and_then(cbor::as_i64)
+            .ok_or(BAD_FIELD)?;
+        let expires_at = cbor::get(m, Key::Int(4))
+            .and_then(cbor::as_i64)
+            .ok_or(BAD_FIELD)?;
+        let ttl = match cbor::get(m, Key::Int(CLAIM_TTL)) {
+            None => None,
+            Some(t) => Some(cbor::as_u64(t).ok_or(BAD_FIELD)?),
+        };
+        let bits =
+            StatusBits::from_value(cbor::get(m, Key::Int(CLAIM_STATUS_LIST)).ok_or(BAD_FIELD)?)?;
+        if now > expires_at {
+            return Err(Error::StatusListExpired);
+        }
+        Ok(StatusList {
+            uri,
+            issued_at,
+            expires_at,
+            ttl,
+            bits,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::*;
+
+    #[test]
+    fn draft_example_two_bits() {
+        // draft §4.3 / vectors status_list_encoding2_cbor: byte_array [0xc9, 0x44, 0xf9].
+        let data = hex("a2646269747302636c73744b78da3be9f2130003df0207");
+        let b = StatusBits::from_cbor(&data).unwrap();
+        assert_eq!(b.bits(), 2);
+        assert_eq!(b.len(), 12);
+        let expect = [1, 2, 0, 3, 0, 1, 0, 1, 1, 2, 3, 3];
+        for (i, e) in expect.iter().enumerate() {
+            assert_eq!(b.get(i as u64), Some(*e), "index {i}");
+        }
+        assert_eq!(b.get(12), None);
+        assert_eq!(b.get(u64::MAX), None);
+    }
+
+    #[test]
+    fn one_bit_lsb_first() {
+        // 0xb9 = 1011_1001: indices 0, 3, 4, 5, 7 set (draft §4.1 example).
+        let b = StatusBits::new(1, vec![0xb9, 0xa3]).unwrap();
+        let got: Vec<u8> = (0..8).map(|i| b.get(i).unwrap()).collect();
+        assert_eq!(got, [1, 0, 0, 1, 1, 1, 0, 1]);
+        assert_eq!(b.len(), 16);
+        assert_eq!(b.get(8), Some(1));
+        assert_eq!(b.get(16), None);
+        let b4 = StatusBits::new(4, vec![0x21]).unwrap();
+        assert_eq!((b4.get(0), b4.get(1)), (Some(1), Some(2)));
+        let b8 = StatusBits::new(8, vec![7]).unwrap();
+        assert_eq!(b8.get(0), Some(7));
+        assert!(StatusBits::new(3, vec![]).is_err());
+    }
+
+    #[test]
+    fn status_map_refusals() {
+        let bomb = enc(&Value::Map(vec![
+            (text("bits"), int(1)),
+            (
+                text("lst"),
+                Value::Bytes(zlib(&vec![0u8; MAX_STATUS_LIST_INFLATED_BYTES + 1])),
+            ),
+        ]));
+        assert_eq!(
+            StatusBits::from_cbor(&bomb),
+            Err(Error::MalformedStatusList(
+                "inflated payload exceeds its limit"
+            ))
+        );
+        let bad_bits = enc(&Value::Map(vec![
+            (text("bits"), int(3)),
+            (text("lst"), Value::Bytes(zlib(&[0]))),
+        ]));
+        assert!(StatusBits::from_cbor(&bad_bits).is_err());
+        assert!(StatusBits::from_cbor(b"\xa0").is_err());
+    }
+
+    #[test]
+    fn signed_status_list() {
+        let pki = Pki::new();
+        let tl = pki.trust_list();
+        let sl = StatusList::verify(
+            &pki.status_list_bytes(URI, 2, &[(3, 1), (4, 2)], NOW + DAY),
+            &tl,
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(sl.uri, URI);
+        assert_eq!(sl.bits.get(3), Some(1));
+        assert_eq!(sl.bits.get(4), Some(2));
+        assert_eq!(sl.bits.get(5), Some(0));
+        assert_eq!(sl.ttl, Some(3600));
+
+        let e =
+            StatusList::verify(&pki.status_list_bytes(URI, 1, &[], NOW - 1), &tl, NOW).unwrap_err();
+        assert_eq!(e, Error::StatusListExpired);
+
+        // Signed by the AMO key: not a status signer.
+        let payload = pki.status_payload(URI, 1, &[], NOW + DAY);
+        let by_amo = sign1(&pki.amo, &prot(&pki.amo, true), &enc(&payload), true);
+        assert_eq!(
+            StatusList::verify(&by_amo, &tl, NOW).unwrap_err(),
+            Error::UntrustedStatusListSigner
+        );
+
+        let mut bad = pki.status_list_bytes(URI, 1, &[], NOW + DAY);
+        let n = bad.len();
+        bad[n - 2] ^= 0x40;
+        assert_eq!(
+            StatusList::verify(&bad, &tl, NOW).unwrap_err(),
+            Error::BadStatusListSignature
+        );
+    }
+}

@@ -1,0 +1,702 @@
+//! Pipeline tests: every reason code the core produces, in contract order.
+
+use std::sync::Arc;
+
+use ciborium::Value;
+
+use crate::claims::Use;
+
+/// A change to a claims map.
+type Edit = Box<dyn FnOnce(&mut Value)>;
+use crate::encoding::encode_qr;
+use crate::replay::MemoryReplayStore;
+use crate::status::StatusList;
+use crate::testutil::*;
+use crate::trust::TrustList;
+use crate::verify::{Decision, Policy, Reason, Scan, ScanData, Verifier};
+
+struct Fx {
+    pki: Pki,
+    verifier: Verifier,
+}
+
+fn fx_with(policy: Policy, max_entries: usize) -> Fx {
+    let pki = Pki::new();
+    let tl = Arc::new(pki.trust_list());
+    let sl = StatusList::verify(
+        &pki.status_list_bytes(URI, 2, &[(1, 1), (2, 2), (3, 3)], NOW + DAY),
+        &tl,
+        NOW,
+    )
+    .unwrap();
+    let verifier = Verifier::new(
+        tl,
+        vec![Arc::new(sl)],
+        policy,
+        Arc::new(MemoryReplayStore::new(max_entries)),
+    );
+    Fx { pki, verifier }
+}
+
+fn fx() -> Fx {
+    fx_with(Policy::default(), 1000)
+}
+
+fn nfc(bytes: Vec<u8>) -> Scan {
+    Scan::new(ScanData::Nfc(bytes), "reader-1".into(), None, None)
+}
+
+impl Fx {
+    fn cred(&self) -> Value {
+        credential_claims(&self.pki)
+    }
+    /// A presentation whose credential claims were changed by `fc` and presentation claims by `fp`.
+    fn pres(&self, fc: impl FnOnce(&mut Value), fp: impl FnOnce(&mut Value)) -> Vec<u8> {
+        let mut c = self.cred();
+        fc(&mut c);
+        let mut p = presentation_claims(credential_bytes(&self.pki, &c));
+        fp(&mut p);
+        presentation_bytes(&self.pki, &p)
+    }
+    fn run(&self, scan: Scan) -> Decision {
+        self.verifier.verify(&scan, NOW)
+    }
+    fn reason(&self, bytes: Vec<u8>) -> Reason {
+        self.run(nfc(bytes)).reason
+    }
+    fn good(&self) -> Vec<u8> {
+        self.pres(|_| {}, |_| {})
+    }
+}
+
+fn cti(n: u8) -> impl FnOnce(&mut Value) {
+    move |p| set(p, &[int(7)], Some(Value::Bytes(vec![n; 16])))
+}
+
+fn apcv(k: &str) -> Vec<Value> {
+    vec![text("apcv"), text(k)]
+}
+
+#[test]
+fn accepts_qr_and_nfc_and_returns_the_person_verbatim() {
+    let f = fx();
+    let d = f.run(Scan::new(
+        ScanData::Qr(encode_qr(&f.good())),
+        "reader-1".into(),
+        None,
+        None,
+    ));
+    assert_eq!(d.reason, Reason::Ok, "{}", d.detail);
+    assert!(d.accepted() && !d.duplicate);
+    let p = d.person.unwrap();
+    assert_eq!(p.rank, 0);
+    // Lunar date returned unchanged.
+    assert_eq!(p.birth_date, "1985-07-00");
+    assert_eq!(p.amo.caisse, "751");
+    assert_eq!(d.use_, Some(Use::Care));
+    assert_eq!(d.credential_id.as_deref(), Some("cred-0001"));
+    assert_eq!(d.issuer.as_deref(), Some(ISS));
+    assert_eq!(d.credential_expires_at, Some(NOW + YEAR));
+    // Untagged NFC bytes too.
+    let d = f.run(nfc(f.pres(|_| {}, cti(8))));
+    assert_eq!(d.reason, Reason::Ok, "{}", d.detail);
+}
+
+#[test]
+fn replay_same_reader_is_duplicate_other_reader_is_replayed() {
+    let f = fx();
+    let bytes = f.good();
+    assert!(!f.run(nfc(bytes.clone())).duplicate);
+    let again = f.run(nfc(bytes.clone()));
+    assert!(again.accepted() && again.duplicate);
+    let other = f.run(Scan::new(
+        ScanData::Nfc(bytes),
+        "reader-2".into(),
+        None,
+        None,
+    ));
+    assert_eq!(other.reason, Reason::Replayed);
+    assert!(other.person.is_none());
+}
+
+#[test]
+fn replay_store_full_fails_closed() {
+    let f = fx_with(Policy::default(), 1);
+    assert_eq!(f.reason(f.pres(|_| {}, cti(1))), Reason::Ok);
+    assert_eq!(f.reason(f.pres(|_| {}, cti(2))), Reason::ReplayUnavailable);
+}
+
+#[test]
+fn malformed_inputs() {
+    let f = fx();
+    let good = f.good();
+    assert_eq!(f.reason(vec![]), Reason::Malformed);
+    assert_eq!(f.reason(b"garbage".to_vec()), Reason::Malformed);
+    let mut trailing = good.clone();
+    trailing.push(0);
+    assert_eq!(f.reason(trailing), Reason::Malformed);
+    // Indefinite-length outer array: 0x84 → 0x9f ... 0xff.
+    let mut indef = good.clone();
+    assert_eq!(indef[1], 0x84);
+    indef[1] = 0x9f;
+    indef.push(0xff);
+    assert_eq!(f.reason(indef), Reason::Malformed);
+    assert_eq!(f.reason(vec![0u8; 16_385]), Reason::Malformed);
+    for qr in [
+        "HC1:xyz".to_string(),
+        format!("APCV1:{}", "A".repeat(4_300)),
+        encode_qr(&vec![0u8; 1 << 20]),
+    ] {
+        let d = f.run(Scan::new(ScanData::Qr(qr), "r".into(), None, None));
+        assert_eq!(d.reason, Reason::Malformed);
+    }
+    // cti of 15 bytes; unknown use; missing claim.
+    assert_eq!(
+        f.reason(f.pres(
+            |_| {},
+            |p| set(p, &[int(7)], Some(Value::Bytes(vec![1; 15])))
+        )),
+        Reason::Malformed
+    );
+    assert_eq!(
+        f.reason(f.pres(|_| {}, |p| set(p, &[text("use")], Some(text("shop"))))),
+        Reason::Malformed
+    );
+    assert_eq!(
+        f.reason(f.pres(|_| {}, |p| set(p, &[int(6)], None))),
+        Reason::Malformed
+    );
+    assert_eq!(
+        f.reason(f.pres(|c| set(c, &[int(2)], Some(int(5))), |_| {})),
+        Reason::Malformed
+    );
+    assert_eq!(
+        f.reason(f.pres(|c| set(c, &apcv("id"), None), |_| {})),
+        Reason::Malformed
+    );
+    // Device key that is not P-256.
+    let ed = Signer::eddsa().cose_key();
+    assert_eq!(
+        f.reason(f.pres(|c| set(c, &[int(8), int(1)], Some(ed)), |_| {})),
+        Reason::Malformed
+    );
+    // Nesting 17 inside the presentation payload.
+    let mut deep = Value::Integer(0.into());
+    for _ in 0..16 {
+        deep = Value::Array(vec![deep]);
+    }
+    assert_eq!(
+        f.reason(f.pres(|_| {}, |p| set(p, &[text("x")], Some(deep)))),
+        Reason::Malformed
+    );
+}
+
+#[test]
+fn malformed_duplicate_key_in_embedded_credential() {
+    let f = fx();
+    // Credential payload with "iss" twice, signed properly: the strict pre-pass rejects it.
+    let mut payload = enc(&f.cred());
+    // Map header a8 (8 entries) → a9 and append a duplicate `1: "x"`.
+    assert_eq!(payload[0], 0xa8);
+    payload[0] = 0xa9;
+    payload.extend_from_slice(&[0x01, 0x61, b'x']);
+    let cred = sign1(&f.pki.amo, &prot(&f.pki.amo, true), &payload, true);
+    let p = presentation_claims(cred);
+    let d = f.run(nfc(presentation_bytes(&f.pki, &p)));
+    assert_eq!(
+        (d.reason, d.detail),
+        (Reason::Malformed, "credential payload is not strict CBOR")
+    );
+}
+
+#[test]
+fn alg_must_be_protected() {
+    let f = fx();
+    let p = enc(&presentation_claims(credential_bytes(&f.pki, &f.cred())));
+    // Presentation with alg only in the unprotected bucket.
+    let tbs = enc(&Value::Array(vec![
+        text("Signature1"),
+        Value::Bytes(vec![]),
+        Value::Bytes(vec![]),
+        Value::Bytes(p.clone()),
+    ]));
+    let msg = enc(&Value::Array(vec![
+        Value::Bytes(vec![]),
+        Value::Map(vec![(int(1), int(-7))]),
+        Value::Bytes(p),
+        Value::Bytes(f.pki.device.sign(&tbs)),
+    ]));
+    let d = f.run(nfc(msg));
+    assert_eq!(
+        (d.reason, d.detail),
+        (
+            Reason::Malformed,
+            "presentation: alg not in protected header"
+        )
+    );
+    // Credential without kid.
+    let cred = sign1(&f.pki.amo, &prot(&f.pki.amo, false), &enc(&f.cred()), true);
+    let d = f.run(nfc(presentation_bytes(&f.pki, &presentation_claims(cred))));
+    assert_eq!(
+        (d.reason, d.detail),
+        (Reason::Malformed, "credential: kid not in protected header")
+    );
+}
+
+#[test]
+fn unsupported_version() {
+    let f = fx();
+    assert_eq!(
+        f.reason(f.pres(|c| set(c, &apcv("v"), Some(int(2))), |_| {})),
+        Reason::UnsupportedVersion
+    );
+}
+
+#[test]
+fn unknown_issuer_alg_and_issuer_mismatch() {
+    let f = fx();
+    // Signed by a key not in the list.
+    let stranger = Signer::es256();
+    let cred = sign1(&stranger, &prot(&stranger, true), &enc(&f.cred()), true);
+    assert_eq!(
+        f.reason(presentation_bytes(&f.pki, &presentation_claims(cred))),
+        Reason::UnknownIssuer
+    );
+    // Signed by the status key (role "status", not "amo").
+    let s = &f.pki.status;
+    let cred = sign1(s, &prot(s, true), &enc(&f.cred()), true);
+    assert_eq!(
+        f.reason(presentation_bytes(&f.pki, &presentation_claims(cred))),
+        Reason::UnknownIssuer
+    );
+    // Key outside its window.
+    let d = f.verifier.verify(&nfc(f.good()), NOW + 6 * YEAR);
+    assert_eq!(d.reason, Reason::UnknownIssuer);
+    // Credential header says EdDSA for an ES256 key.
+    let amo = &f.pki.amo;
+    let p = enc(&Value::Map(vec![
+        (int(1), int(-8)),
+        (int(4), Value::Bytes(amo.kid().to_vec())),
+    ]));
+    let cred = sign1(amo, &p, &enc(&f.cred()), true);
+    assert_eq!(
+        f.reason(presentation_bytes(&f.pki, &presentation_claims(cred))),
+        Reason::AlgMismatch
+    );
+    // Presentation header says EdDSA.
+    let pc = presentation_claims(credential_bytes(&f.pki, &f.cred()));
+    let bytes = sign1(
+        &f.pki.device,
+        &enc(&Value::Map(vec![(int(1), int(-8))])),
+        &enc(&pc),
+        true,
+    );
+    assert_eq!(f.reason(bytes), Reason::AlgMismatch);
+    // iss differs.
+    assert_eq!(
+        f.reason(f.pres(|c| set(c, &[int(1)], Some(text("other"))), |_| {})),
+        Reason::IssuerMismatch
+    );
+}
+
+#[test]
+fn claims_invalid_and_lunar_dates_and_corsica() {
+    let f = fx();
+    let bad_key = {
+        let mut m = nir("2850775123456");
+        let k = if m.ends_with("01") { "02" } else { "01" };
+        m.replace_range(13..15, k);
+        m
+    };
+    let cases: Vec<Edit> = vec![
+        Box::new(move |c| {
+            set(
+                c,
+                &[text("apcv"), text("ins"), text("m")],
+                Some(text(&bad_key)),
+            )
+        }),
+        Box::new(|c| {
+            set(
+                c,
+                &[text("apcv"), text("ins"), text("oid")],
+                Some(text("1.2.250.1.213.1.4.10")),
+            )
+        }),
+        Box::new(|c| {
+            set(
+                c,
+                &[text("apcv"), text("ins"), text("oid")],
+                Some(text("1.2.3")),
+            )
+        }),
+        Box::new(|c| {
+            set(
+                c,
+                &[text("apcv"), text("id"), text("dob")],
+                Some(text("1985-13-01")),
+            )
+        }),
+        Box::new(|c| set(c, &[text("apcv"), text("id"), text("sex")], Some(text("X")))),
+        Box::new(|c| {
+            set(
+                c,
+                &[text("apcv"), text("id"), text("pob")],
+                Some(text("7505")),
+            )
+        }),
+        Box::new(|c| {
+            set(
+                c,
+                &[text("apcv"), text("amo"), text("caisse")],
+                Some(text("75A")),
+            )
+        }),
+        Box::new(|c| {
+            let dup = person_value(Some(1), &nir("1120775654321"));
+            set(c, &apcv("ben"), Some(Value::Array(vec![dup.clone(), dup])))
+        }),
+        Box::new(|c| {
+            set(
+                c,
+                &apcv("ben"),
+                Some(Value::Array(vec![person_value(
+                    Some(0),
+                    &nir("1120775654321"),
+                )])),
+            )
+        }),
+    ];
+    for (i, fc) in cases.into_iter().enumerate() {
+        let d = f.run(nfc(f.pres(fc, |_| {})));
+        assert_eq!(d.reason, Reason::ClaimsInvalid, "case {i}");
+    }
+    // Lunar dates (day 00, 31 April) are accepted.
+    for dob in ["1985-00-00", "1985-04-31"] {
+        let d = f.run(nfc(f.pres(
+            |c| set(c, &[text("apcv"), text("id"), text("dob")], Some(text(dob))),
+            cti(dob.as_bytes()[6]),
+        )));
+        assert_eq!(d.reason, Reason::Ok, "{dob}");
+        assert_eq!(d.person.unwrap().birth_date, dob);
+    }
+    // Corsican beneficiary (2B) accepted, and presented by rank.
+    let d = f.run(nfc(f.pres(
+        |_| {},
+        |p| {
+            set(p, &[text("ben")], Some(int(2)));
+            set(p, &[int(7)], Some(Value::Bytes(vec![42; 16])));
+        },
+    )));
+    assert_eq!(d.reason, Reason::Ok, "{}", d.detail);
+    let p = d.person.unwrap();
+    assert_eq!(p.rank, 2);
+    assert_eq!(&p.ins[5..7], "2B");
+    // Test OID accepted under a test policy.
+    let ft = fx_with(Policy::new(true, 60, 0).unwrap(), 10);
+    let d = ft.run(nfc(ft.pres(
+        |c| {
+            set(
+                c,
+                &[text("apcv"), text("ins"), text("oid")],
+                Some(text("1.2.250.1.213.1.4.11")),
+            )
+        },
+        |_| {},
+    )));
+    assert_eq!(d.reason, Reason::Ok);
+}
+
+#[test]
+fn times() {
+    let f = fx();
+    let cases: Vec<(Edit, Edit, Reason)> = vec![
+        (
+            Box::new(|c| set(c, &[int(5)], Some(int(NOW + 61)))),
+            Box::new(|_| {}),
+            Reason::CredentialNotYetValid,
+        ),
+        (
+            Box::new(|c| set(c, &[int(4)], Some(int(NOW - 61)))),
+            Box::new(|_| {}),
+            Reason::CredentialExpired,
+        ),
+        (
+            Box::new(|_| {}),
+            Box::new(|p| set(p, &[int(6)], Some(int(NOW + 61)))),
+            Reason::PresentationNotYetValid,
+        ),
+        (
+            Box::new(|_| {}),
+            Box::new(|p| set(p, &[int(4)], Some(int(NOW - 61)))),
+            Reason::PresentationExpired,
+        ),
+        (
+            Box::new(|_| {}),
+            Box::new(|p| set(p, &[int(4)], Some(int(NOW + 291)))),
+            Reason::PresentationLifetimeExceeded,
+        ),
+        (
+            Box::new(|_| {}),
+            Box::new(|p| {
+                set(p, &[int(6)], Some(int(NOW + 30)));
+                set(p, &[int(4)], Some(int(NOW + 20)));
+            }),
+            Reason::PresentationLifetimeExceeded,
+        ),
+        // Extreme values do not overflow.
+        (
+            Box::new(|c| set(c, &[int(4)], Some(int(i64::MIN)))),
+            Box::new(|_| {}),
+            Reason::CredentialExpired,
+        ),
+        (
+            Box::new(|_| {}),
+            Box::new(|p| set(p, &[int(4)], Some(int(i64::MAX)))),
+            Reason::PresentationLifetimeExceeded,
+        ),
+    ];
+    for (i, (fc, fp, want)) in cases.into_iter().enumerate() {
+        assert_eq!(f.reason(f.pres(fc, fp)), want, "case {i}");
+    }
+    // Within the skew: accepted.
+    let d = f.run(nfc(f.pres(
+        |c| set(c, &[int(5)], Some(int(NOW + 59))),
+        |p| {
+            set(p, &[int(6)], Some(int(NOW + 59)));
+            set(p, &[int(4)], Some(int(NOW + 359)));
+        },
+    )));
+    assert_eq!(d.reason, Reason::Ok, "{}", d.detail);
+}
+
+#[test]
+fn status() {
+    let f = fx();
+    let idx = |i: i64| {
+        move |c: &mut Value| {
+            set(
+                c,
+                &[int(65535), text("status_list"), text("idx")],
+                Some(int(i)),
+            )
+        }
+    };
+    assert_eq!(f.reason(f.pres(idx(1), |_| {})), Reason::Revoked);
+    assert_eq!(f.reason(f.pres(idx(2), |_| {})), Reason::Suspended);
+    assert_eq!(f.reason(f.pres(idx(3), |_| {})), Reason::Revoked);
+    assert_eq!(f.reason(f.pres(idx(64), |_| {})), Reason::StatusUnavailable);
+    let uri = |c: &mut Value| {
+        set(
+            c,
+            &[int(65535), text("status_list"), text("uri")],
+            Some(text("https://x/2")),
+        )
+    };
+    assert_eq!(f.reason(f.pres(uri, |_| {})), Reason::StatusUnavailable);
+    // No status lists at all.
+    let v = f.verifier.with_status_lists(vec![]);
+    assert_eq!(
+        v.verify(&nfc(f.good()), NOW).reason,
+        Reason::StatusUnavailable
+    );
+    // A held list that expired: unavailable past the grace, usable within it.
+    let later = NOW + DAY + 100;
+    let pres_at = |t: i64| {
+        f.pres(
+            |c| set(c, &[int(6)], Some(int(NOW))),
+            |p| {
+                set(p, &[int(6)], Some(int(t - 10)));
+                set(p, &[int(4)], Some(int(t + 100)));
+            },
+        )
+    };
+    assert_eq!(
+        f.verifier.verify(&nfc(pres_at(later)), later).reason,
+        Reason::StatusUnavailable
+    );
+    let graceful = Verifier::new(
+        f.verifier.trust_list().clone(),
+        vec![Arc::new(
+            StatusList::verify(
+                &f.pki.status_list_bytes(URI, 1, &[], NOW + DAY),
+                f.verifier.trust_list(),
+                NOW,
+            )
+            .unwrap(),
+        )],
+        Policy::new(false, 60, 3600).unwrap(),
+        Arc::new(MemoryReplayStore::new(10)),
+    );
+    assert_eq!(
+        graceful.verify(&nfc(pres_at(later)), later).reason,
+        Reason::Ok
+    );
+}
+
+#[test]
+fn one_bit_status_list() {
+    let f = fx();
+    let tl: Arc<TrustList> = f.verifier.trust_list().clone();
+    let sl = StatusList::verify(
+        &f.pki.status_list_bytes(URI, 1, &[(5, 1)], NOW + DAY),
+        &tl,
+        NOW,
+    )
+    .unwrap();
+    let v = f.verifier.with_status_lists(vec![Arc::new(sl)]);
+    assert_eq!(v.verify(&nfc(f.good()), NOW).reason, Reason::Revoked);
+}
+
+#[test]
+fn signatures() {
+    let f = fx();
+    let mut cred = credential_bytes(&f.pki, &f.cred());
+    let n = cred.len();
+    cred[n - 1] ^= 1;
+    assert_eq!(
+        f.reason(presentation_bytes(&f.pki, &presentation_claims(cred))),
+        Reason::BadIssuerSignature
+    );
+    let dlg = |p: &mut Value| set(p, &[text("dlg")], Some(Value::Bytes(vec![1, 2, 3])));
+    let d = f.run(nfc(f.pres(|_| {}, dlg)));
+    assert_eq!(
+        (d.reason, d.detail),
+        (
+            Reason::DelegationInvalid,
+            "delegation not supported by this verifier version"
+        )
+    );
+    // Signed by another device key.
+    let pc = presentation_claims(credential_bytes(&f.pki, &f.cred()));
+    let other = Signer::es256();
+    let bytes = sign1(&other, &prot(&other, false), &enc(&pc), true);
+    assert_eq!(f.reason(bytes), Reason::BadDeviceSignature);
+    // AMC attestations are parsed and otherwise ignored.
+    let amc = |p: &mut Value| {
+        set(
+            p,
+            &[text("amc")],
+            Some(Value::Array(vec![Value::Bytes(vec![1])])),
+        )
+    };
+    assert_eq!(f.reason(f.pres(|_| {}, amc)), Reason::Ok);
+    let bad_amc = |p: &mut Value| set(p, &[text("amc")], Some(Value::Array(vec![int(1)])));
+    assert_eq!(f.reason(f.pres(|_| {}, bad_amc)), Reason::Malformed);
+}
+
+#[test]
+fn context() {
+    let f = fx();
+    let aud = |a: &'static str, n: u8| {
+        move |p: &mut Value| {
+            set(p, &[int(3)], Some(text(a)));
+            set(p, &[int(7)], Some(Value::Bytes(vec![n; 16])));
+        }
+    };
+    assert_eq!(
+        f.reason(f.pres(|_| {}, aud("reader-2", 1))),
+        Reason::AudienceMismatch
+    );
+    assert_eq!(f.reason(f.pres(|_| {}, aud("reader-1", 2))), Reason::Ok);
+
+    let with_nonce = |n: &'static [u8], c: u8| {
+        move |p: &mut Value| {
+            set(p, &[text("nonce")], Some(Value::Bytes(n.to_vec())));
+            set(p, &[int(7)], Some(Value::Bytes(vec![c; 16])));
+        }
+    };
+    let req = |bytes: Vec<u8>, nonce: Option<&[u8]>| {
+        f.run(Scan::new(
+            ScanData::Nfc(bytes),
+            "reader-1".into(),
+            nonce.map(<[u8]>::to_vec),
+            None,
+        ))
+    };
+    assert_eq!(
+        req(f.pres(|_| {}, cti(3)), Some(b"abc")).reason,
+        Reason::NonceMismatch
+    );
+    assert_eq!(
+        req(f.pres(|_| {}, with_nonce(b"abc", 4)), None).reason,
+        Reason::NonceMismatch
+    );
+    assert_eq!(
+        req(f.pres(|_| {}, with_nonce(b"abd", 5)), Some(b"abc")).reason,
+        Reason::NonceMismatch
+    );
+    assert_eq!(
+        req(f.pres(|_| {}, with_nonce(b"abc", 6)), Some(b"abc")).reason,
+        Reason::Ok
+    );
+
+    assert_eq!(
+        f.reason(f.pres(|_| {}, |p| set(p, &[text("ben")], Some(int(3))))),
+        Reason::UnknownBeneficiary
+    );
+
+    let only_dmp = Scan::new(
+        ScanData::Nfc(f.pres(|_| {}, cti(9))),
+        "reader-1".into(),
+        None,
+        Some(&[Use::Dmp]),
+    );
+    assert_eq!(f.run(only_dmp).reason, Reason::PurposeNotAllowed);
+    let care = Scan::new(
+        ScanData::Nfc(f.pres(|_| {}, cti(10))),
+        "reader-1".into(),
+        None,
+        Some(&[Use::Dmp, Use::Care]),
+    );
+    assert_eq!(f.run(care).reason, Reason::Ok);
+}
+
+#[test]
+fn batch_is_ordered_and_details_hold_no_personal_data() {
+    let f = fx();
+    let scans: Vec<Scan> = (0..20u8)
+        .map(|i| {
+            if i % 3 == 0 {
+                nfc(b"junk".to_vec())
+            } else {
+                nfc(f.pres(|_| {}, cti(100 + i)))
+            }
+        })
+        .collect();
+    let out = f.verifier.verify_batch(&scans, NOW);
+    assert_eq!(out.len(), 20);
+    for (i, d) in out.iter().enumerate() {
+        let want = if i % 3 == 0 {
+            Reason::Malformed
+        } else {
+            Reason::Ok
+        };
+        assert_eq!(d.reason, want, "item {i}");
+        for secret in ["DUPONT", "MARIE", "1985", "75056", "cred-0001"] {
+            assert!(!d.detail.contains(secret));
+            assert!(!format!("{:?}", d.person).contains(secret));
+        }
+    }
+    assert!(f.verifier.verify_batch(&[], NOW).is_empty());
+}
+
+#[test]
+fn every_reason_code_string() {
+    let all: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+    assert_eq!(all.len(), 24);
+    assert_eq!(all[0], "OK");
+    assert!(all.contains(&"REPLAY_UNAVAILABLE"));
+    assert_eq!(
+        Reason::PresentationLifetimeExceeded.to_string(),
+        "PRESENTATION_LIFETIME_EXCEEDED"
+    );
+}
+
+#[test]
+fn policy_refuses_negative_durations() {
+    assert!(Policy::new(false, -1, 0).is_err());
+    assert!(Policy::new(false, 0, -1).is_err());
+    assert!(crate::verify::parse_uses(&["care", "nope"]).is_err());
+    assert_eq!(crate::verify::parse_uses(&["dp"]).unwrap(), vec![Use::Dp]);
+}
