@@ -249,8 +249,6 @@ pub struct Sign1 {
     inner: CoseSign1,
     /// `alg` of the protected bucket.
     pub alg: HeaderAlg,
-    /// `alg` of the unprotected bucket (only the generic [`verify_sign1`] looks at it).
-    pub unprotected_alg: HeaderAlg,
     /// `kid` of the protected bucket (empty when absent).
     pub kid: Vec<u8>,
 }
@@ -291,7 +289,6 @@ impl Sign1 {
         }
         Ok(Sign1 {
             alg: HeaderAlg::from_coset(inner.protected.header.alg.as_ref()),
-            unprotected_alg: HeaderAlg::from_coset(inner.unprotected.alg.as_ref()),
             kid: inner.protected.header.key_id.clone(),
             inner,
         })
@@ -332,18 +329,17 @@ impl Sign1 {
 }
 
 /// The generic COSE primitive behind `verify_sign1`: strict parse, then verify with the
-/// header `alg`, and return the payload.
+/// protected `alg`, and return the payload.
 ///
-/// RFC 9052 lets `alg` sit in either bucket, and public test vectors (cose-wg
-/// sign-pass-01) put it in the unprotected one, so this primitive takes the protected `alg`
-/// and falls back to the unprotected one. Profile objects never reach this function: they
-/// require a protected `alg` (see [`crate::verify`], [`crate::trust`], [`crate::status`]).
+/// `alg` must be in the protected bucket (contract "COSE_Sign1": alg in unprotected only →
+/// MALFORMED), and must be one the profile allows; the key's `alg` parameter, if any, must
+/// agree with it.
 pub fn verify_sign1(data: &[u8], key: &PublicKey, external_aad: &[u8]) -> Result<Vec<u8>> {
     let s = Sign1::parse(data)?;
-    let alg = match (s.alg, s.unprotected_alg) {
-        (HeaderAlg::Known(a), _) | (HeaderAlg::Absent, HeaderAlg::Known(a)) => a,
-        (HeaderAlg::Absent, HeaderAlg::Absent) => return Err(Error::Malformed("no alg header")),
-        _ => return Err(Error::CoseKey("unsupported algorithm")),
+    let alg = match s.alg {
+        HeaderAlg::Known(a) => a,
+        HeaderAlg::Absent => return Err(Error::Malformed("alg not in protected header")),
+        HeaderAlg::Unsupported => return Err(Error::Malformed("unsupported alg")),
     };
     if key.alg_param().is_some_and(|a| a != alg) {
         return Err(Error::CoseKey(
@@ -527,7 +523,7 @@ pub(crate) mod tests {
 
     #[test]
     fn empty_protected_map_is_signed_as_received() {
-        // cose-wg sign-pass-01 style: protected = h'A0', alg in the unprotected bucket.
+        // protected = h'A0' (an empty map, not h''): signed over exactly those bytes.
         let s = Signer::es256();
         let protected = vec![0xa0];
         let tbs = enc(&Value::Array(vec![
@@ -547,7 +543,13 @@ pub(crate) mod tests {
             ])),
         ));
         let key = PublicKey::from_bytes(&s.cose_key_bytes()).unwrap();
-        assert_eq!(verify_sign1(&msg, &key, b"").unwrap(), b"p");
-        assert_eq!(Sign1::parse(&msg).unwrap().alg, HeaderAlg::Absent);
+        let parsed = Sign1::parse(&msg).unwrap();
+        assert_eq!(parsed.alg, HeaderAlg::Absent);
+        assert!(parsed.verify(&key, Alg::Es256, b"").unwrap());
+        // The contract: alg in the unprotected bucket only is MALFORMED.
+        assert_eq!(
+            verify_sign1(&msg, &key, b""),
+            Err(Error::Malformed("alg not in protected header"))
+        );
     }
 }

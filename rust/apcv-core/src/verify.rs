@@ -1,7 +1,7 @@
 //! The verification pipeline (contract "Verification order"): a decision value with a
 //! reason code for every presentation, never an error. First failure wins.
 
-use std::borrow::Cow;
+use std::borrow::{Borrow, Cow};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -350,9 +350,13 @@ impl Verifier {
         self.policy
     }
 
-    /// Verifies a batch in parallel (rayon); decisions come back in input order.
-    pub fn verify_batch(&self, scans: &[Scan], now: i64) -> Vec<Decision> {
-        scans.par_iter().map(|s| self.verify_item(s, now)).collect()
+    /// Verifies a batch in parallel (rayon); decisions come back in input order. Accepts
+    /// anything that borrows as a [`Scan`] (e.g. `Arc<Scan>`), so callers need not copy.
+    pub fn verify_batch<S: Borrow<Scan> + Sync>(&self, scans: &[S], now: i64) -> Vec<Decision> {
+        scans
+            .par_iter()
+            .map(|s| self.verify_item(s.borrow(), now))
+            .collect()
     }
 
     /// Verifies one scan: a batch of one.
