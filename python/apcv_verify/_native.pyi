@@ -1,0 +1,205 @@
+"""Type stub of the compiled core (rust/apcv-py). Hand-written; checked by mypy.stubtest."""
+
+from collections.abc import Sequence
+from typing import Self, final
+
+__all__ = [
+    "AmoRights",
+    "CoseKeyError",
+    "InvalidSignature",
+    "MalformedError",
+    "MemoryReplayStore",
+    "NativeError",
+    "Person",
+    "Policy",
+    "Scan",
+    "StatusBits",
+    "StatusList",
+    "StatusListError",
+    "TrustList",
+    "TrustListError",
+    "VerificationResult",
+    "Verifier",
+    "cose_key_thumbprint",
+    "decode_status_list",
+    "verify_sign1",
+    "verify_signature",
+]
+
+class NativeError(Exception):
+    """Base of every error raised by the native core."""
+
+class TrustListError(NativeError):
+    """Trust list refused; the message names the problem."""
+
+class StatusListError(NativeError):
+    """Status list refused (bad signature, signer not role "status", malformed, expired)."""
+
+class CoseKeyError(NativeError, ValueError):
+    """Unusable COSE_Key, or an algorithm the profile does not allow."""
+
+class MalformedError(NativeError, ValueError):
+    """verify_sign1: the bytes are not a strict COSE_Sign1."""
+
+class InvalidSignature(NativeError):
+    """verify_sign1: the signature does not verify."""
+
+def verify_signature(alg: int, cose_key: bytes, message: bytes, signature: bytes) -> bool:
+    """Raw primitive: alg -7 (ES256, r||s) or -8 (EdDSA). CoseKeyError for an unusable key."""
+
+def verify_sign1(cose_sign1: bytes, cose_key: bytes, external_aad: bytes = ...) -> bytes:
+    """Strict parse + verify with the protected alg; returns the payload.
+
+    Raises InvalidSignature on a bad signature, MalformedError on bad structure (including an
+    alg missing from the protected header or not one of -7/-8), CoseKeyError for an unusable key
+    or a key alg parameter that differs from the header alg.
+    """
+
+def cose_key_thumbprint(cose_key: bytes) -> bytes:
+    """RFC 9679 thumbprint (SHA-256, 32 bytes)."""
+
+def decode_status_list(status_list_map: bytes) -> StatusBits:
+    """Decodes the CBOR {"bits", "lst"} map; StatusListError when malformed."""
+
+@final
+class StatusBits:
+    @property
+    def bits(self) -> int: ...
+    def __len__(self) -> int: ...
+    def status(self, index: int) -> int:
+        """Status of entry `index`; IndexError outside the list."""
+
+@final
+class TrustList:
+    @staticmethod
+    def verify(
+        data: bytes, anchors: Sequence[bytes], now: int, held_seq: int | None = None
+    ) -> TrustList:
+        """Verifies a signed trust list; TrustListError names the problem."""
+    @property
+    def seq(self) -> int: ...
+    @property
+    def issued_at(self) -> int: ...
+    @property
+    def expires_at(self) -> int: ...
+    def __len__(self) -> int: ...
+
+@final
+class StatusList:
+    @staticmethod
+    def verify(data: bytes, trust_list: TrustList, now: int) -> StatusList:
+        """Verifies a signed status-list CWT; StatusListError names the problem."""
+    @property
+    def uri(self) -> str: ...
+    @property
+    def bits(self) -> int: ...
+    @property
+    def issued_at(self) -> int: ...
+    @property
+    def expires_at(self) -> int: ...
+    @property
+    def ttl(self) -> int | None: ...
+    def __len__(self) -> int: ...
+    def status(self, index: int) -> int:
+        """Status of entry `index`; IndexError outside the list."""
+
+@final
+class Policy:
+    def __new__(
+        cls, *, allow_test_identities: bool = False, clock_skew: int = 60, status_grace: int = 0
+    ) -> Self: ...
+    @property
+    def allow_test_identities(self) -> bool: ...
+    @property
+    def clock_skew(self) -> int: ...
+    @property
+    def status_grace(self) -> int: ...
+
+@final
+class MemoryReplayStore:
+    def __new__(cls, max_entries: int = ...) -> Self: ...
+    @property
+    def max_entries(self) -> int: ...
+    def __len__(self) -> int: ...
+
+@final
+class Scan:
+    def __new__(
+        cls,
+        data: str | bytes,
+        reader_id: str,
+        *,
+        nonce: bytes | None = None,
+        allowed_uses: Sequence[str] | None = None,
+    ) -> Self: ...
+    @property
+    def reader_id(self) -> str: ...
+
+@final
+class AmoRights:
+    @property
+    def regime(self) -> str: ...
+    @property
+    def caisse(self) -> str: ...
+    @property
+    def centre(self) -> str: ...
+    @property
+    def open_from(self) -> str: ...
+    @property
+    def open_to(self) -> str: ...
+
+@final
+class Person:
+    @property
+    def rank(self) -> int: ...
+    @property
+    def ins(self) -> str: ...
+    @property
+    def ins_oid(self) -> str: ...
+    @property
+    def birth_name(self) -> str: ...
+    @property
+    def given_names(self) -> str: ...
+    @property
+    def sex(self) -> str: ...
+    @property
+    def birth_date(self) -> str: ...
+    @property
+    def birth_place(self) -> str: ...
+    @property
+    def amo(self) -> AmoRights: ...
+
+@final
+class VerificationResult:
+    @property
+    def accepted(self) -> bool: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def detail(self) -> str: ...
+    @property
+    def duplicate(self) -> bool: ...
+    @property
+    def use(self) -> str | None: ...
+    @property
+    def credential_id(self) -> str | None: ...
+    @property
+    def issuer(self) -> str | None: ...
+    @property
+    def credential_expires_at(self) -> int | None: ...
+    @property
+    def person(self) -> Person | None: ...
+
+@final
+class Verifier:
+    def __new__(
+        cls,
+        trust_list: TrustList,
+        status_lists: Sequence[StatusList],
+        policy: Policy,
+        replay_store: MemoryReplayStore,
+    ) -> Self: ...
+    def with_trust_list(self, trust_list: TrustList) -> Verifier: ...
+    def with_status_lists(self, status_lists: Sequence[StatusList]) -> Verifier: ...
+    def verify_batch(self, scans: Sequence[Scan], now: int) -> list[VerificationResult]:
+        """Verifies every scan with the GIL released (rayon-parallel); results in input order."""

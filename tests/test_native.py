@@ -1,0 +1,490 @@
+"""Tests of the binding apcv_verify._native: exception mapping, frozen classes, reprs without
+personal data, and a verify_batch round trip.
+
+Objects are built here with cbor2 + cryptography by a small self-contained helper (not the
+issuer toolkit), so that the binding is tested against an independent encoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import cbor2
+import pytest
+from apcv_verify import _native
+from apcv_verify._native import (
+    CoseKeyError,
+    InvalidSignature,
+    MalformedError,
+    MemoryReplayStore,
+    NativeError,
+    Policy,
+    Scan,
+    StatusList,
+    StatusListError,
+    TrustList,
+    TrustListError,
+    Verifier,
+)
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+NOW = 1_750_000_000
+DAY = 86_400
+YEAR = 365 * DAY
+ISS = "https://amo.example/fr"
+URI = "https://status.example/lists/1"
+BIRTH_NAME = "DUPONT-ZYXWVU"
+GIVEN_NAMES = "MARIE QWERTY"
+BIRTH_DATE = "1985-07-00"  # lunar date: day 00
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def nir(number13: str) -> str:
+    """A matricule with its key (RG_BS603: 2A/2B read as 19/18)."""
+    n = int(number13.replace("2A", "19").replace("2B", "18"))
+    return f"{number13}{97 - n % 97:02d}"
+
+
+HOLDER_INS = nir("2850775123456")
+CORSICAN_INS = nir("215022B321321")
+
+
+def b45encode(data: bytes) -> str:
+    """RFC 9285 base45."""
+    alphabet = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:"
+    out = []
+    for i in range(0, len(data), 2):
+        chunk = data[i : i + 2]
+        if len(chunk) == 2:
+            n = chunk[0] * 256 + chunk[1]
+            out += [alphabet[n % 45], alphabet[n // 45 % 45], alphabet[n // 2025]]
+        else:
+            out += [alphabet[chunk[0] % 45], alphabet[chunk[0] // 45]]
+    return "".join(out)
+
+
+def qr_text(presentation: bytes) -> str:
+    return "APCV1:" + b45encode(zlib.compress(presentation, 9))
+
+
+@dataclass
+class Key:
+    private: ec.EllipticCurvePrivateKey = field(
+        default_factory=lambda: ec.generate_private_key(ec.SECP256R1())
+    )
+
+    def xy(self) -> tuple[bytes, bytes]:
+        nums = self.private.public_key().public_numbers()
+        return nums.x.to_bytes(32, "big"), nums.y.to_bytes(32, "big")
+
+    def cose_key(self) -> dict[int, Any]:
+        x, y = self.xy()
+        return {1: 2, -1: 1, -2: x, -3: y, 3: -7}
+
+    def cose_key_bytes(self) -> bytes:
+        return cbor2.dumps(self.cose_key())
+
+    def thumbprint(self) -> bytes:
+        # RFC 9679: required members only, keys 1, -1, -2, -3 (bytewise order 01 20 21 22).
+        x, y = self.xy()
+        return hashlib.sha256(cbor2.dumps({1: 2, -1: 1, -2: x, -3: y})).digest()
+
+    def kid(self) -> bytes:
+        return self.thumbprint()[:8]
+
+    def sign(self, data: bytes) -> bytes:
+        r, s = decode_dss_signature(self.private.sign(data, ec.ECDSA(hashes.SHA256())))
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+def sign1(key: Key, payload: bytes, *, kid: bool = True, tagged: bool = True) -> bytes:
+    protected: dict[int, Any] = {1: -7}
+    if kid:
+        protected[4] = key.kid()
+    body = cbor2.dumps(protected)
+    tbs = cbor2.dumps(["Signature1", body, b"", payload])
+    msg = [body, {}, payload, key.sign(tbs)]
+    return cbor2.dumps(cbor2.CBORTag(18, msg) if tagged else msg)
+
+
+def person(m: str, rank: int | None = None) -> dict[str, Any]:
+    p: dict[str, Any] = {} if rank is None else {"rank": rank}
+    p |= {
+        "ins": {"m": m, "oid": "1.2.250.1.213.1.4.8"},
+        "id": {
+            "bn": BIRTH_NAME,
+            "gn": GIVEN_NAMES,
+            "sex": "F",
+            "dob": BIRTH_DATE,
+            "pob": "75056",
+        },
+        "amo": {
+            "reg": "01",
+            "caisse": "751",
+            "centre": "1234",
+            "from": "2024-01-01",
+            "to": "2026-12-31",
+        },
+    }
+    return p
+
+
+@dataclass
+class Pki:
+    anchor: Key = field(default_factory=Key)
+    amo: Key = field(default_factory=Key)
+    status: Key = field(default_factory=Key)
+    device: Key = field(default_factory=Key)
+
+    def entry(self, key: Key, role: str, kid: bytes | None = None) -> dict[str, Any]:
+        return {
+            "kid": key.kid() if kid is None else kid,
+            "role": role,
+            "iss": ISS,
+            "key": key.cose_key(),
+            "nbf": NOW - YEAR,
+            "exp": NOW + 5 * YEAR,
+        }
+
+    def trust_list(self, seq: int = 1, entries: list[dict[str, Any]] | None = None) -> bytes:
+        if entries is None:
+            entries = [self.entry(self.amo, "amo"), self.entry(self.status, "status")]
+        payload = {"v": 1, "seq": seq, "iat": NOW - DAY, "exp": NOW + YEAR, "keys": entries}
+        return sign1(self.anchor, cbor2.dumps(payload))
+
+    def status_list(
+        self, statuses: dict[int, int], bits: int = 2, signer: Key | None = None
+    ) -> bytes:
+        raw = bytearray(64 * bits // 8)
+        for index, value in statuses.items():
+            raw[index * bits // 8] |= value << (index * bits % 8)  # draft §4.1, LSB first
+        payload = {
+            2: URI,
+            6: NOW - 60,
+            4: NOW + DAY,
+            65534: 3600,
+            65533: {"bits": bits, "lst": zlib.compress(bytes(raw))},
+        }
+        return sign1(signer or self.status, cbor2.dumps(payload))
+
+    def credential(self, **apcv_changes: Any) -> bytes:
+        x, y = self.device.xy()
+        apcv = {"v": 1, **person(HOLDER_INS), "ben": [person(CORSICAN_INS, rank=2)]}
+        apcv |= apcv_changes
+        claims = {
+            1: ISS,
+            2: "cred-0001",
+            4: NOW + YEAR,
+            5: NOW - DAY,
+            6: NOW - DAY,
+            8: {1: {1: 2, -1: 1, -2: x, -3: y}},
+            65535: {"status_list": {"idx": 5, "uri": URI}},
+            "apcv": apcv,
+        }
+        return sign1(self.amo, cbor2.dumps(claims))
+
+    def presentation(self, cti: int, *, cred: bytes | None = None, **changes: Any) -> bytes:
+        claims: dict[Any, Any] = {
+            6: NOW - 10,
+            4: NOW + 110,
+            7: cti.to_bytes(16, "big"),
+            "cred": cred if cred is not None else self.credential(),
+            "ben": 0,
+            "use": "care",
+        }
+        claims |= changes
+        return sign1(self.device, cbor2.dumps(claims), kid=False)
+
+
+@pytest.fixture(scope="module")
+def pki() -> Pki:
+    return Pki()
+
+
+@pytest.fixture(scope="module")
+def trust_list(pki: Pki) -> TrustList:
+    return TrustList.verify(pki.trust_list(), [pki.anchor.cose_key_bytes()], NOW)
+
+
+@pytest.fixture
+def verifier(pki: Pki, trust_list: TrustList) -> Verifier:
+    status = StatusList.verify(pki.status_list({1: 1, 2: 2}), trust_list, NOW)
+    return Verifier(trust_list, [status], Policy(), MemoryReplayStore())
+
+
+# ------------------------------------------------------------------ exception mapping
+
+
+def test_exception_hierarchy() -> None:
+    for exc in (TrustListError, StatusListError, CoseKeyError, MalformedError, InvalidSignature):
+        assert issubclass(exc, NativeError)
+        assert exc.__module__ == "apcv_verify._native"
+    assert issubclass(NativeError, Exception)
+    assert issubclass(CoseKeyError, ValueError)
+    assert issubclass(MalformedError, ValueError)
+    assert not issubclass(InvalidSignature, ValueError)
+
+
+def test_verify_sign1_errors(pki: Pki) -> None:
+    key = pki.amo.cose_key_bytes()
+    signed = sign1(pki.amo, b"payload")
+    assert _native.verify_sign1(signed, key) == b"payload"
+    assert _native.verify_sign1(sign1(pki.amo, b"p", tagged=False), key, b"") == b"p"
+    with pytest.raises(InvalidSignature, match="signature does not verify"):
+        _native.verify_sign1(signed, key, b"other aad")
+    with pytest.raises(InvalidSignature):
+        _native.verify_sign1(signed, pki.device.cose_key_bytes())
+    with pytest.raises(MalformedError, match="trailing bytes"):
+        _native.verify_sign1(signed + b"\x00", key)
+    with pytest.raises(MalformedError, match="indefinite-length"):
+        _native.verify_sign1(b"\xd2\x9f\xff", key)
+    with pytest.raises(MalformedError, match="duplicate CBOR map key"):
+        _native.verify_sign1(b"\xa2\x01\x00\x01\x00", key)
+    with pytest.raises(MalformedError, match="nesting too deep"):
+        _native.verify_sign1(b"\x81" * 17 + b"\x00", key)
+    with pytest.raises(CoseKeyError, match="unusable COSE_Key"):
+        _native.verify_sign1(signed, b"\xa0")
+
+
+def test_verify_signature_and_thumbprint(pki: Pki) -> None:
+    key = pki.amo
+    sig = key.sign(b"msg")
+    assert _native.verify_signature(-7, key.cose_key_bytes(), b"msg", sig) is True
+    assert _native.verify_signature(-7, key.cose_key_bytes(), b"msh", sig) is False
+    der = key.private.sign(b"msg", ec.ECDSA(hashes.SHA256()))
+    assert _native.verify_signature(-7, key.cose_key_bytes(), b"msg", der) is False
+    with pytest.raises(CoseKeyError, match="unsupported algorithm"):
+        _native.verify_signature(-35, key.cose_key_bytes(), b"msg", sig)
+    with pytest.raises(CoseKeyError, match="does not match"):
+        _native.verify_signature(-8, key.cose_key_bytes(), b"msg", sig)
+    with pytest.raises(ValueError):  # CoseKeyError is a ValueError
+        _native.verify_signature(-7, b"not cbor \xff", b"msg", sig)
+    ed = ed25519.Ed25519PrivateKey.generate()
+    ed_key = cbor2.dumps({1: 1, -1: 6, -2: ed.public_key().public_bytes_raw()})
+    assert _native.verify_signature(-8, ed_key, b"m", ed.sign(b"m")) is True
+    assert _native.cose_key_thumbprint(key.cose_key_bytes()) == key.thumbprint()
+    assert len(_native.cose_key_thumbprint(ed_key)) == 32
+
+
+def test_trust_list_errors_name_the_problem(pki: Pki) -> None:
+    anchors = [pki.anchor.cose_key_bytes()]
+    data = pki.trust_list(seq=5)
+    with pytest.raises(TrustListError, match="^unknown trust anchor$"):
+        TrustList.verify(data, [Key().cose_key_bytes()], NOW)
+    tampered = data[:-1] + bytes([data[-1] ^ 1])
+    with pytest.raises(TrustListError, match="^bad trust list signature$"):
+        TrustList.verify(tampered, anchors, NOW)
+    with pytest.raises(TrustListError, match="^rollback: sequence 5 is lower than held 6$"):
+        TrustList.verify(data, anchors, NOW, held_seq=6)
+    assert TrustList.verify(data, anchors, NOW, held_seq=5).seq == 5
+    with pytest.raises(TrustListError, match="^trust list expired$"):
+        TrustList.verify(data, anchors, NOW + 2 * YEAR)
+    bad_kid = pki.trust_list(entries=[pki.entry(pki.amo, "amo", kid=b"\x00" * 8)])
+    with pytest.raises(TrustListError, match="^key 0: kid is not the RFC 9679 thumbprint prefix$"):
+        TrustList.verify(bad_kid, anchors, NOW)
+    with pytest.raises(TrustListError, match="^malformed trust list: "):
+        TrustList.verify(b"\x01", anchors, NOW)
+    with pytest.raises(CoseKeyError):
+        TrustList.verify(data, [b"\x01"], NOW)
+
+
+def test_status_list_errors_and_reads(pki: Pki, trust_list: TrustList) -> None:
+    sl = StatusList.verify(pki.status_list({0: 1, 3: 2}), trust_list, NOW)
+    assert (sl.uri, sl.bits, sl.ttl, len(sl)) == (URI, 2, 3600, 64)
+    assert (sl.issued_at, sl.expires_at) == (NOW - 60, NOW + DAY)
+    assert [sl.status(i) for i in range(4)] == [1, 0, 0, 2]
+    for bad_index in (64, -1):
+        with pytest.raises(IndexError):
+            sl.status(bad_index)
+    with pytest.raises(StatusListError, match='not a trusted key of role "status"'):
+        StatusList.verify(pki.status_list({}, signer=pki.amo), trust_list, NOW)
+    with pytest.raises(StatusListError, match="^status list expired$"):
+        StatusList.verify(pki.status_list({}), trust_list, NOW + 2 * DAY)
+    one_bit = _native.decode_status_list(
+        cbor2.dumps({"bits": 1, "lst": zlib.compress(b"\xb9\xa3")})
+    )
+    assert (one_bit.bits, len(one_bit)) == (1, 16)
+    assert [one_bit.status(i) for i in range(8)] == [1, 0, 0, 1, 1, 1, 0, 1]
+    with pytest.raises(StatusListError, match="malformed status list"):
+        _native.decode_status_list(cbor2.dumps({"bits": 3, "lst": zlib.compress(b"\x00")}))
+
+
+def test_argument_errors() -> None:
+    with pytest.raises(ValueError, match="clock_skew"):
+        Policy(clock_skew=-1)
+    with pytest.raises(ValueError, match="unknown use"):
+        Scan("APCV1:", "r", allowed_uses=["care", "shopping"])
+    with pytest.raises(TypeError):
+        Scan(123, "r")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        Policy(True)  # type: ignore[call-arg]
+    p = Policy(allow_test_identities=True, clock_skew=30, status_grace=600)
+    assert (p.allow_test_identities, p.clock_skew, p.status_grace) == (True, 30, 600)
+    assert MemoryReplayStore().max_entries == 1_000_000
+
+
+# ------------------------------------------------------------------ frozen classes, reprs
+
+
+def _accepted(verifier: Verifier, pki: Pki, cti: int, **changes: Any) -> _native.VerificationResult:
+    (result,) = verifier.verify_batch([Scan(pki.presentation(cti, **changes), "desk-1")], NOW)
+    assert result.accepted, (result.reason, result.detail)
+    return result
+
+
+def test_classes_are_frozen_and_final(verifier: Verifier, pki: Pki, trust_list: TrustList) -> None:
+    result = _accepted(verifier, pki, 1)
+    assert result.person is not None
+    targets: list[tuple[object, str]] = [
+        (result, "accepted"),
+        (result, "reason"),
+        (result.person, "birth_name"),
+        (result.person.amo, "caisse"),
+        (trust_list, "seq"),
+        (Policy(), "clock_skew"),
+        (Scan("x", "r"), "reader_id"),
+    ]
+    for obj, attr in targets:
+        with pytest.raises(AttributeError):
+            setattr(obj, attr, None)
+        with pytest.raises(AttributeError):
+            obj.new_attribute = 1  # type: ignore[attr-defined]
+    for cls in (Verifier, TrustList, StatusList, Policy, Scan, _native.VerificationResult):
+        with pytest.raises(TypeError):
+            type("Sub", (cls,), {})
+
+
+def test_reprs_show_no_personal_data(verifier: Verifier, pki: Pki) -> None:
+    result = _accepted(verifier, pki, 2)
+    person = result.person
+    assert person is not None
+    assert repr(result) == "<VerificationResult accepted=True reason=OK duplicate=False>"
+    assert repr(person) == "<Person rank=0>"
+    assert repr(person.amo) == "<AmoRights>"
+    secrets = [BIRTH_NAME, GIVEN_NAMES, BIRTH_DATE, HOLDER_INS, "75056", "751", "cred-0001"]
+    for text in (repr(result), str(result), repr(person), str(person), repr(person.amo)):
+        for secret in secrets:
+            assert secret not in text
+    rejected = verifier.verify_batch([Scan(b"junk", "desk-1")], NOW)[0]
+    assert repr(rejected) == "<VerificationResult accepted=False reason=MALFORMED duplicate=False>"
+
+
+# ------------------------------------------------------------------ verify_batch round trip
+
+
+def test_verify_batch_round_trip(verifier: Verifier, pki: Pki) -> None:
+    qr = qr_text(pki.presentation(10))
+    scans = [
+        Scan(qr, "desk-1"),  # QR text
+        Scan(pki.presentation(11, ben=2), "desk-1", allowed_uses=["care"]),  # NFC, beneficiary
+        Scan(b"\x00garbage", "desk-1"),
+        Scan(qr, "desk-1"),  # same reader again: duplicate
+        Scan(pki.presentation(12, use="dmp"), "desk-1", allowed_uses=["care", "dp"]),
+        Scan(pki.presentation(13, cred=pki.credential(v=2)), "desk-1"),
+        Scan(pki.presentation(14, nonce=b"n0"), "desk-1", nonce=b"n1"),
+        Scan(pki.presentation(15, nonce=b"n0"), "desk-1", nonce=b"n0"),
+    ]
+    results = verifier.verify_batch(scans, NOW)
+    assert [(r.reason, r.duplicate) for r in results] == [
+        ("OK", False),
+        ("OK", False),
+        ("MALFORMED", False),
+        ("OK", True),
+        ("PURPOSE_NOT_ALLOWED", False),
+        ("UNSUPPORTED_VERSION", False),
+        ("NONCE_MISMATCH", False),
+        ("OK", False),
+    ]
+    holder, beneficiary = results[0], results[1]
+    assert holder.person is not None and beneficiary.person is not None
+    assert (holder.use, holder.credential_id, holder.issuer) == ("care", "cred-0001", ISS)
+    assert holder.credential_expires_at == NOW + YEAR
+    p = holder.person
+    assert (p.rank, p.ins, p.ins_oid, p.sex) == (0, HOLDER_INS, "1.2.250.1.213.1.4.8", "F")
+    assert (p.birth_name, p.given_names, p.birth_date, p.birth_place) == (
+        BIRTH_NAME,
+        GIVEN_NAMES,
+        BIRTH_DATE,  # lunar date returned verbatim
+        "75056",
+    )
+    amo = p.amo
+    assert (amo.regime, amo.caisse, amo.centre, amo.open_from, amo.open_to) == (
+        "01",
+        "751",
+        "1234",
+        "2024-01-01",
+        "2026-12-31",
+    )
+    assert (beneficiary.person.rank, beneficiary.person.ins) == (2, CORSICAN_INS)
+    assert results[3].detail == "already accepted for this reader"
+    rejected = results[2]
+    assert rejected.person is None and rejected.use is None and rejected.credential_id is None
+    assert results[4].person is None and results[4].use == "dmp"
+    # Another reader presenting the same QR: replayed.
+    (replayed,) = verifier.verify_batch([Scan(qr, "desk-2")], NOW)
+    assert (replayed.accepted, replayed.reason) == (False, "REPLAYED")
+    assert verifier.verify_batch([], NOW) == []
+
+
+def test_snapshots_share_the_replay_store(pki: Pki, trust_list: TrustList) -> None:
+    store = MemoryReplayStore(max_entries=10)
+    base = Verifier(trust_list, [], Policy(), store)
+    (r,) = base.verify_batch([Scan(pki.presentation(20), "desk-1")], NOW)
+    assert r.reason == "STATUS_UNAVAILABLE"
+    revoked = StatusList.verify(pki.status_list({5: 1}), trust_list, NOW)
+    (r,) = base.with_status_lists([revoked]).verify_batch([Scan(pki.presentation(21), "d")], NOW)
+    assert r.reason == "REVOKED"
+    good = base.with_status_lists([StatusList.verify(pki.status_list({}), trust_list, NOW)])
+    newer = TrustList.verify(pki.trust_list(seq=2), [pki.anchor.cose_key_bytes()], NOW)
+    refreshed = good.with_trust_list(newer)
+    (r,) = refreshed.verify_batch([Scan(pki.presentation(22), "desk-1")], NOW)
+    assert r.accepted
+    assert len(store) == 1
+    (r,) = good.verify_batch([Scan(pki.presentation(22), "desk-2")], NOW)  # same store
+    assert r.reason == "REPLAYED"
+    full = Verifier(trust_list, [revoked], Policy(), MemoryReplayStore(max_entries=0))
+    ok_list = [StatusList.verify(pki.status_list({}), trust_list, NOW)]
+    (r,) = full.with_status_lists(ok_list).verify_batch([Scan(pki.presentation(23), "d")], NOW)
+    assert r.reason == "REPLAY_UNAVAILABLE"
+
+
+def test_policy_allows_test_identities(pki: Pki, trust_list: TrustList) -> None:
+    cred = pki.credential(ins={"m": HOLDER_INS, "oid": "1.2.250.1.213.1.4.10"})
+    status = [StatusList.verify(pki.status_list({}), trust_list, NOW)]
+
+    def run(policy: Policy) -> str:
+        v = Verifier(trust_list, status, policy, MemoryReplayStore())
+        return v.verify_batch([Scan(pki.presentation(30, cred=cred), "d")], NOW)[0].reason
+
+    assert run(Policy()) == "CLAIMS_INVALID"
+    assert run(Policy(allow_test_identities=True)) == "OK"
+
+
+def test_verify_batch_runs_concurrently_from_threads(verifier: Verifier, pki: Pki) -> None:
+    batches = [
+        [Scan(pki.presentation(1000 + 10 * t + i), f"desk-{t}") for i in range(10)]
+        for t in range(4)
+    ]
+    out: dict[int, list[str]] = {}
+
+    def work(t: int) -> Callable[[], None]:
+        def run() -> None:
+            out[t] = [r.reason for r in verifier.verify_batch(batches[t], NOW)]
+
+        return run
+
+    threads = [threading.Thread(target=work(t)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=60)
+    assert out == {t: ["OK"] * 10 for t in range(4)}
