@@ -302,9 +302,11 @@ def test_status_list_errors_and_reads(pki: Pki, trust_list: TrustList) -> None:
     assert (sl.uri, sl.bits, sl.ttl, len(sl)) == (URI, 2, 3600, 64)
     assert (sl.issued_at, sl.expires_at) == (NOW - 60, NOW + DAY)
     assert [sl.status(i) for i in range(4)] == [1, 0, 0, 2]
-    for bad_index in (64, -1):
+    for bad_index in (64, -1, 2**64, -(2**70)):
         with pytest.raises(IndexError):
             sl.status(bad_index)
+    with pytest.raises(TypeError):
+        sl.status("0")  # type: ignore[arg-type]
     with pytest.raises(StatusListError, match='not a trusted key of role "status"'):
         StatusList.verify(pki.status_list({}, signer=pki.amo), trust_list, NOW)
     with pytest.raises(StatusListError, match="^status list expired$"):

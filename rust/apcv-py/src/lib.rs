@@ -17,7 +17,7 @@ use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyIndexError, PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyString, PyTuple, PyType};
+use pyo3::types::{PyBytes, PyDict, PyInt, PyString, PyTuple, PyType};
 
 const MODULE: &str = "apcv_verify._native";
 
@@ -135,11 +135,17 @@ fn to_len(n: u64) -> PyResult<usize> {
     usize::try_from(n).map_err(|_| PyOverflowError::new_err("length does not fit"))
 }
 
-fn status_at(bits: &status::StatusBits, index: i64) -> NativeResult<u8> {
-    u64::try_from(index)
-        .ok()
+/// Any Python int outside the list (negative, or beyond u64) is an IndexError, as for a
+/// sequence; a non-int is a TypeError.
+fn status_at(bits: &status::StatusBits, index: &Bound<'_, PyAny>) -> PyResult<u8> {
+    let index: Option<u64> = match index.extract::<u64>() {
+        Ok(i) => Some(i),
+        Err(_) if index.cast::<PyInt>().is_ok() => None,
+        Err(e) => return Err(e),
+    };
+    index
         .and_then(|i| bits.get(i))
-        .ok_or(NativeErr(CoreError::IndexOutOfRange))
+        .ok_or_else(|| NativeErr(CoreError::IndexOutOfRange).into())
 }
 
 // ------------------------------------------------------------------ primitives
@@ -206,7 +212,8 @@ impl StatusBits {
         to_len(self.inner.len())
     }
 
-    fn status(&self, index: i64) -> NativeResult<u8> {
+    /// Status of entry `index`; IndexError outside the list.
+    fn status(&self, index: &Bound<'_, PyAny>) -> PyResult<u8> {
         status_at(&self.inner, index)
     }
 
@@ -227,6 +234,8 @@ struct TrustList {
 
 #[pymethods]
 impl TrustList {
+    /// Verifies a signed trust list against the anchors (COSE_Key bytes); TrustListError
+    /// names the problem.
     #[staticmethod]
     #[pyo3(signature = (data, anchors, now, held_seq = None))]
     fn verify(
@@ -285,6 +294,8 @@ struct StatusList {
 
 #[pymethods]
 impl StatusList {
+    /// Verifies a signed status-list CWT with a trust-list key of role "status";
+    /// StatusListError names the problem.
     #[staticmethod]
     fn verify(
         py: Python<'_>,
@@ -328,7 +339,8 @@ impl StatusList {
         to_len(self.inner.bits.len())
     }
 
-    fn status(&self, index: i64) -> NativeResult<u8> {
+    /// Status of entry `index`; IndexError outside the list.
+    fn status(&self, index: &Bound<'_, PyAny>) -> PyResult<u8> {
         status_at(&self.inner.bits, index)
     }
 
@@ -639,12 +651,14 @@ impl Verifier {
         }
     }
 
+    /// A new snapshot with another trust list (same status lists, policy and store).
     fn with_trust_list(&self, trust_list: &Bound<'_, TrustList>) -> Verifier {
         Verifier {
             inner: self.inner.with_trust_list(trust_list.get().inner.clone()),
         }
     }
 
+    /// A new snapshot with another set of status lists.
     fn with_status_lists(&self, status_lists: Vec<Bound<'_, StatusList>>) -> Verifier {
         Verifier {
             inner: self.inner.with_status_lists(status_arcs(&status_lists)),
