@@ -275,4 +275,46 @@ mod tests {
             Error::BadStatusListSignature
         );
     }
+
+    /// Public conformance data (optional): `APCV_VECTORS_DIR`, else `../shared/vectors`
+    /// beside the checkout. The Python suite runs every vector; this checks the decoder
+    /// on the draft's examples when they are present and says so when they are not.
+    fn vectors_dir() -> Option<std::path::PathBuf> {
+        let dir = std::env::var_os("APCV_VECTORS_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vectors")
+            });
+        dir.is_dir().then_some(dir)
+    }
+
+    fn markdown_hex(path: &std::path::Path) -> Vec<u8> {
+        let text = std::fs::read_to_string(path).unwrap();
+        let hexes: String = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_hexdigit()))
+            .collect();
+        hex(&hexes)
+    }
+
+    #[test]
+    fn draft_vectors_when_present() {
+        let Some(dir) = vectors_dir() else {
+            eprintln!("skipped: public vectors not found (set APCV_VECTORS_DIR)");
+            return;
+        };
+        let sl = dir.join("status-list");
+        let one =
+            StatusBits::from_cbor(&markdown_hex(&sl.join("status_list_encoding_cbor.md"))).unwrap();
+        let got: Vec<u8> = (0..one.len()).map(|i| one.get(i).unwrap()).collect();
+        assert_eq!(got, [1, 0, 0, 1, 1, 1, 0, 1, 1, 1, 0, 0, 0, 1, 0, 1]);
+        let long4 = StatusBits::from_cbor(&markdown_hex(&sl.join("status_list_encoding4_cbor.md")))
+            .unwrap();
+        assert_eq!(long4.len(), 1 << 20);
+        for (i, v) in [(0, 1), (1993, 2), (35460, 3), (1030205, 15), (1, 0)] {
+            assert_eq!(long4.get(i), Some(v), "index {i}");
+        }
+        assert_eq!(long4.get(1 << 20), None);
+    }
 }
