@@ -307,7 +307,7 @@ def test_status_list_errors_and_reads(pki: Pki, trust_list: TrustList) -> None:
             sl.status(bad_index)
     with pytest.raises(TypeError):
         sl.status("0")  # type: ignore[arg-type]
-    with pytest.raises(StatusListError, match='not a trusted key of role "status"'):
+    with pytest.raises(StatusListError, match="^unknown status list signer$"):
         StatusList.verify(pki.status_list({}, signer=pki.amo), trust_list, NOW)
     with pytest.raises(StatusListError, match="^status list expired$"):
         StatusList.verify(pki.status_list({}), trust_list, NOW + 2 * DAY)
@@ -431,6 +431,10 @@ def test_verify_batch_round_trip(verifier: Verifier, pki: Pki) -> None:
     rejected = results[2]
     assert rejected.person is None and rejected.use is None and rejected.credential_id is None
     assert results[4].person is None and results[4].use == "dmp"
+    # Within one batch the earlier item wins the replay entry (PROFILE §7.4).
+    twice = pki.presentation(16)
+    first, second = verifier.verify_batch([Scan(twice, "desk-9"), Scan(twice, "desk-8")], NOW)
+    assert (first.reason, second.reason) == ("OK", "REPLAYED")
     # Another reader presenting the same QR: replayed.
     (replayed,) = verifier.verify_batch([Scan(qr, "desk-2")], NOW)
     assert (replayed.accepted, replayed.reason) == (False, "REPLAYED")

@@ -120,6 +120,13 @@ impl<'a> PrePass<'a> {
                         let mut keys = BTreeSet::new();
                         for _ in 0..h.arg {
                             let key_start = self.pos;
+                            // PROFILE §2.1 rule 3: map keys are integers or text, everywhere.
+                            if !matches!(self.data.get(key_start).map(|b| b >> 5), Some(0 | 1 | 3))
+                            {
+                                return Err(Error::Malformed(
+                                    "CBOR map key is not an integer or text",
+                                ));
+                            }
                             self.item(depth)?;
                             let key = key_id(self.data.get(key_start..self.pos).unwrap_or(&[]));
                             if !keys.insert(key) {
@@ -305,8 +312,26 @@ mod tests {
             check_well_formed(&[0xa2, 0x61, b'a', 0x00, 0x61, b'a', 0x01]),
             Err(Error::Malformed("duplicate CBOR map key"))
         );
-        // Same content, different major type: different keys.
-        check_well_formed(&[0xa2, 0x41, b'a', 0x00, 0x61, b'a', 0x01]).unwrap();
+        // Same content as text and as an integer: different keys.
+        check_well_formed(&[0xa2, 0x61, b'a', 0x00, 0x18, b'a', 0x01]).unwrap();
+        check_well_formed(&[0xa2, 0x20, 0x00, 0x00, 0x01]).unwrap(); // -1 and 0
+    }
+
+    #[test]
+    fn map_keys_are_integers_or_text() {
+        for bad in [
+            &[0xa1, 0x41, b'a', 0x00][..],   // bstr key
+            &[0xa1, 0xf4, 0x00],             // false
+            &[0xa1, 0x80, 0x00],             // array
+            &[0xa1, 0xc1, 0x00, 0x00],       // tagged int
+            &[0xa1, 0xf9, 0x3c, 0x00, 0x00], // float
+        ] {
+            assert_eq!(
+                check_well_formed(bad),
+                Err(Error::Malformed("CBOR map key is not an integer or text")),
+                "{bad:02x?}"
+            );
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use ciborium::Value;
 
 use crate::cbor::{self, Key};
-use crate::cose::PublicKey;
+use crate::cose::{HeaderAlg, PublicKey};
 use crate::limits::CTI_LEN;
 use crate::verify::{Reason, Reject};
 
@@ -151,6 +151,8 @@ pub struct Credential {
     pub iat: i64,
     /// The device key of `cnf` (EC2 P-256).
     pub device_key: PublicKey,
+    /// The `alg` parameter of the device key as found (judged at step 3, PROFILE §2.2).
+    pub device_key_alg: HeaderAlg,
     /// Status-list index.
     pub status_idx: u64,
     /// Status-list URI.
@@ -298,8 +300,12 @@ pub fn parse_credential(payload: &[u8]) -> Result<Credential, Reject> {
     let nbf = req_i64(m, Key::Int(claim::NBF), W)?;
     let iat = req_i64(m, Key::Int(claim::IAT), W)?;
     let cnf = req_map(m, Key::Int(claim::CNF), W)?;
-    let device_key = PublicKey::from_value(req(cnf, Key::Int(claim::CNF_COSE_KEY), W)?.clone())
-        .map_err(|_| malformed("credential: unusable device key"))?;
+    let (device_key, device_key_alg) =
+        PublicKey::from_value_any_alg(req(cnf, Key::Int(claim::CNF_COSE_KEY), W)?.clone())
+            .map_err(|_| malformed("credential: unusable device key"))?;
+    if device_key_alg == HeaderAlg::Invalid {
+        return Err(malformed("credential: device key alg is not an integer"));
+    }
     // PROFILE §1: device keys are EC2 P-256 (ES256) only.
     if !device_key.is_p256() {
         return Err(malformed("credential: device key is not P-256"));
@@ -328,6 +334,7 @@ pub fn parse_credential(payload: &[u8]) -> Result<Credential, Reject> {
         nbf,
         iat,
         device_key,
+        device_key_alg,
         status_idx,
         status_uri,
         holder,
@@ -476,7 +483,15 @@ mod tests {
 
     #[test]
     fn ins_keys() {
-        // A well-known correct example: 1 84 12 76 451 089 key 46.
+        // PROFILE §5.2 worked examples, incl. Corsica (2A → 19, 2B → 18).
+        assert!(ins_key_ok("184127505612355"));
+        assert!(ins_key_ok("293072A00401545"));
+        assert!(ins_key_ok("255082B03305174"));
+        // Substituting 20 for 2A would give key 18: that matricule is wrong.
+        assert!(!ins_key_ok("293072A00401518"));
+        // 2A/2B anywhere but positions 6–7 is invalid.
+        assert!(!ins_key_ok("2A3072000401545"));
+        // 1 84 12 76 451 089 key 46.
         assert!(ins_key_ok("184127645108946"));
         assert!(!ins_key_ok("184127645108947"));
         let good = with_key("2850775123456");

@@ -52,8 +52,10 @@ impl Alg {
 pub enum HeaderAlg {
     /// No `alg` label.
     Absent,
-    /// An `alg` the profile does not allow (any other int, or text).
+    /// An integer `alg` the profile does not allow.
     Unsupported,
+    /// An `alg` of the wrong type (text): MALFORMED (PROFILE §2.1 rule 4).
+    Invalid,
     /// An allowed algorithm.
     Known(Alg),
 }
@@ -68,6 +70,7 @@ impl HeaderAlg {
             Some(RegisteredLabelWithPrivate::Assigned(iana::Algorithm::EdDSA)) => {
                 HeaderAlg::Known(Alg::EdDsa)
             }
+            Some(RegisteredLabelWithPrivate::Text(_)) => HeaderAlg::Invalid,
             Some(_) => HeaderAlg::Unsupported,
         }
     }
@@ -109,8 +112,25 @@ impl PublicKey {
         PublicKey::from_value(v)
     }
 
-    /// Parses a COSE_Key already decoded from strict CBOR (e.g. inside `cnf`).
+    /// Parses a COSE_Key already decoded from strict CBOR; its `alg` parameter, if any,
+    /// must be the one its type allows (PROFILE §2.2).
     pub fn from_value(v: Value) -> Result<PublicKey> {
+        let (mut key, alg) = PublicKey::from_value_any_alg(v)?;
+        match alg {
+            HeaderAlg::Absent => {}
+            HeaderAlg::Known(a) if a == key.natural_alg() => key.alg = Some(a),
+            HeaderAlg::Known(_) => return Err(Error::CoseKey("alg does not fit the key type")),
+            HeaderAlg::Unsupported | HeaderAlg::Invalid => {
+                return Err(Error::CoseKey("unsupported algorithm"))
+            }
+        }
+        Ok(key)
+    }
+
+    /// Parses a COSE_Key without judging its `alg` parameter, which is returned as found
+    /// (the credential's `cnf` key: a wrong `alg` there is ALG_MISMATCH at step 3, not a
+    /// parse error, PROFILE §2.2). The returned key carries no `alg`.
+    pub fn from_value_any_alg(v: Value) -> Result<(PublicKey, HeaderAlg)> {
         let key = CoseKey::from_cbor_value(v).map_err(|_| Error::CoseKey("not a COSE_Key map"))?;
         let param = |label: i64| {
             key.params
@@ -124,13 +144,7 @@ impl PublicKey {
         }
         let crv = param(-1).and_then(cbor::as_i64);
         let x = param(-2).and_then(cbor::as_bytes);
-        let key_alg = match &key.alg {
-            None => None,
-            Some(a) => match HeaderAlg::from_coset(Some(a)) {
-                HeaderAlg::Known(alg) => Some(alg),
-                _ => return Err(Error::CoseKey("unsupported algorithm")),
-            },
-        };
+        let key_alg = HeaderAlg::from_coset(key.alg.as_ref());
         let (material, thumb_input) = match key.kty {
             RegisteredLabel::Assigned(iana::KeyType::EC2) => {
                 // RFC 9053 §7.1.1: crv 1 = P-256; x and y 32-byte bstrs (y as a sign bit is
@@ -145,9 +159,6 @@ impl PublicKey {
                     .and_then(cbor::as_bytes)
                     .and_then(|y| y.try_into().ok())
                     .ok_or(Error::CoseKey("EC2 y is not 32 bytes"))?;
-                if key_alg.is_some_and(|a| a != Alg::Es256) {
-                    return Err(Error::CoseKey("alg does not fit the key type"));
-                }
                 let mut point = [0u8; 65];
                 point[0] = 0x04;
                 point[1..33].copy_from_slice(&x);
@@ -167,9 +178,6 @@ impl PublicKey {
                 let x: [u8; 32] = x
                     .and_then(|x| x.try_into().ok())
                     .ok_or(Error::CoseKey("OKP x is not 32 bytes"))?;
-                if key_alg.is_some_and(|a| a != Alg::EdDsa) {
-                    return Err(Error::CoseKey("alg does not fit the key type"));
-                }
                 // RFC 9679 §3: kty, crv, x.
                 let mut t = Vec::with_capacity(40);
                 t.extend_from_slice(&[0xa3, 0x01, 0x01, 0x20, 0x06, 0x21, 0x58, 0x20]);
@@ -181,11 +189,12 @@ impl PublicKey {
         let digest = ring::digest::digest(&ring::digest::SHA256, &thumb_input);
         let mut thumbprint = [0u8; 32];
         thumbprint.copy_from_slice(digest.as_ref());
-        Ok(PublicKey {
+        let key = PublicKey {
             material,
-            alg: key_alg,
+            alg: None,
             thumbprint,
-        })
+        };
+        Ok((key, key_alg))
     }
 
     /// The key's `alg` parameter (label 3), if it has one.
@@ -257,11 +266,20 @@ impl Sign1 {
     /// Parses COSE_Sign1 bytes, tagged (18) or untagged (RFC 9052 §4.2), strictly.
     pub fn parse(data: &[u8]) -> Result<Sign1> {
         let v = cbor::decode(data)?;
-        let v = match v {
+        let mut v = match v {
             Value::Tag(COSE_SIGN1_TAG, inner) => *inner,
             Value::Tag(..) => return Err(Error::Malformed("unexpected CBOR tag")),
             other => other,
         };
+        // PROFILE §2.3 rule 2: nothing in the unprotected bucket is acted on (it is not
+        // signed), so it is only type-checked as a map, then emptied before coset sees it.
+        if let Value::Array(items) = &mut v {
+            match items.get_mut(1) {
+                Some(Value::Map(m)) => m.clear(),
+                Some(_) => return Err(Error::Malformed("unprotected header is not a map")),
+                None => {}
+            }
+        }
         let inner =
             CoseSign1::from_cbor_value(v).map_err(|_| Error::Malformed("not a COSE_Sign1"))?;
         if inner.payload.is_none() {
@@ -279,14 +297,6 @@ impl Sign1 {
                 return Err(Error::Malformed("unknown critical header"));
             }
         }
-        // RFC 9052 §3: a label must not appear in both buckets.
-        if inner.protected.header.alg.is_some() && inner.unprotected.alg.is_some() {
-            return Err(Error::Malformed("alg in both header buckets"));
-        }
-        if !inner.unprotected.crit.is_empty() {
-            // RFC 9052 §3.1: crit is only meaningful when protected.
-            return Err(Error::Malformed("crit in the unprotected bucket"));
-        }
         Ok(Sign1 {
             alg: HeaderAlg::from_coset(inner.protected.header.alg.as_ref()),
             kid: inner.protected.header.key_id.clone(),
@@ -297,27 +307,6 @@ impl Sign1 {
     /// The payload bytes.
     pub fn payload(&self) -> &[u8] {
         self.inner.payload.as_deref().unwrap_or(&[])
-    }
-
-    /// Protected `typ` (label 16, RFC 9596) if it is text.
-    pub fn typ(&self) -> Option<&str> {
-        self.inner
-            .protected
-            .header
-            .rest
-            .iter()
-            .find(|(l, _)| *l == Label::Int(16))
-            .and_then(|(_, v)| cbor::as_text(v))
-    }
-
-    /// True when the protected bucket carries labels other than `alg`, `crit`, `kid`, `typ`.
-    pub fn has_only_profile_labels(&self) -> bool {
-        let h = &self.inner.protected.header;
-        h.content_type.is_none()
-            && h.iv.is_empty()
-            && h.partial_iv.is_empty()
-            && h.counter_signatures.is_empty()
-            && h.rest.iter().all(|(l, _)| *l == Label::Int(16))
     }
 
     /// Verifies the signature with `key` and `alg` over the RFC 9052 §4.4 Sig_structure
@@ -339,7 +328,9 @@ pub fn verify_sign1(data: &[u8], key: &PublicKey, external_aad: &[u8]) -> Result
     let alg = match s.alg {
         HeaderAlg::Known(a) => a,
         HeaderAlg::Absent => return Err(Error::Malformed("alg not in protected header")),
-        HeaderAlg::Unsupported => return Err(Error::Malformed("unsupported alg")),
+        HeaderAlg::Unsupported | HeaderAlg::Invalid => {
+            return Err(Error::Malformed("unsupported alg"))
+        }
     };
     if key.alg_param().is_some_and(|a| a != alg) {
         return Err(Error::CoseKey(

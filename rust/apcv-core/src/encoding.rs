@@ -6,6 +6,9 @@ use std::io::Read;
 use crate::error::{Error, Result};
 use crate::limits::{MAX_INFLATED_BYTES, MAX_NFC_BYTES, MAX_QR_CHARS, QR_PREFIX};
 
+/// The RFC 9285 alphabet (value = index).
+const BASE45_ALPHABET: &[u8; 45] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:";
+
 /// Decodes QR text to presentation bytes, enforcing every limit before the work it bounds.
 pub fn decode_qr(text: &str) -> Result<Vec<u8>> {
     // The base45 alphabet is ASCII, so a byte count above the char limit is already invalid.
@@ -15,6 +18,17 @@ pub fn decode_qr(text: &str) -> Result<Vec<u8>> {
     let body = text
         .strip_prefix(QR_PREFIX)
         .ok_or(Error::Malformed("missing APCV1: prefix"))?;
+    // RFC 9285 §4: a final 2-character group encodes one byte, so its value must be ≤ 255
+    // (the base45 crate would silently truncate it; PROFILE §4.1).
+    if body.len() % 3 == 2 {
+        let tail = body.as_bytes().get(body.len() - 2..).unwrap_or(&[]);
+        let digit = |c: &u8| BASE45_ALPHABET.iter().position(|a| a == c);
+        if let [Some(lo), Some(hi)] = [tail.first().and_then(digit), tail.get(1).and_then(digit)] {
+            if lo + 45 * hi > 255 {
+                return Err(Error::Malformed("invalid base45"));
+            }
+        }
+    }
     let compressed = base45::decode(body).map_err(|_| Error::Malformed("invalid base45"))?;
     inflate_capped(&compressed, MAX_INFLATED_BYTES)
 }
@@ -84,6 +98,26 @@ mod tests {
         );
         let long = format!("APCV1:{}", "0".repeat(MAX_QR_CHARS));
         assert_eq!(decode_qr(&long), Err(Error::Malformed("QR text too long")));
+        // A final 2-char group above 255 ("GGW" would be 3 chars; ":W" = 44 + 45*32 = 1484).
+        assert_eq!(
+            decode_qr("APCV1::W"),
+            Err(Error::Malformed("invalid base45"))
+        );
+        // Lower case, a trailing newline: not base45; an extra char: not this payload.
+        assert_eq!(
+            decode_qr("APCV1:abc"),
+            Err(Error::Malformed("invalid base45"))
+        );
+        let good = encode_qr(b"x");
+        assert_eq!(
+            decode_qr(&format!("{good}\n")),
+            Err(Error::Malformed("invalid base45"))
+        );
+        assert!(decode_qr(&format!("{good}0")).is_err());
+        assert_eq!(
+            decode_qr("apcv1:00"),
+            Err(Error::Malformed("missing APCV1: prefix"))
+        );
         // Valid base45, not zlib.
         let not_zlib = format!("APCV1:{}", base45::encode(b"plain text"));
         assert_eq!(

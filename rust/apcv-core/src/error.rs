@@ -19,7 +19,8 @@ pub enum Error {
     /// The trust list names an anchor that is not configured (PROFILE §5).
     #[error("unknown trust anchor")]
     UnknownTrustAnchor,
-    /// The trust list signature does not verify under its anchor (PROFILE §5).
+    /// The trust list's alg does not fit its anchor, or its signature does not verify under it
+    /// (PROFILE §6.2 check 3).
     #[error("bad trust list signature")]
     BadTrustListSignature,
     /// The trust list is older than the one held (PROFILE §5: rollback).
@@ -39,10 +40,10 @@ pub enum Error {
     /// A trust list past its `exp`.
     #[error("trust list expired")]
     TrustListExpired,
-    /// The status list is signed by a key that is not a trusted, current, role "status" key.
-    #[error("status list signer is not a trusted key of role \"status\"")]
-    UntrustedStatusListSigner,
-    /// The status list signature does not verify.
+    /// The status list's kid selects no usable key of role "status" (PROFILE §6.5).
+    #[error("unknown status list signer")]
+    UnknownStatusListSigner,
+    /// The status list's alg is not its key's, or its signature does not verify (PROFILE §6.5).
     #[error("bad status list signature")]
     BadStatusListSignature,
     /// A status list that is not well formed.

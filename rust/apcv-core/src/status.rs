@@ -9,9 +9,6 @@ use crate::error::{Error, Result};
 use crate::limits::{KID_LEN, MAX_STATUS_LIST_BYTES, MAX_STATUS_LIST_INFLATED_BYTES};
 use crate::trust::{Role, TrustList};
 
-/// Media type of a status-list CWT (draft §5.2, RFC 9596 `typ`).
-pub const STATUS_LIST_TYP: &str = "application/statuslist+cwt";
-
 /// CWT claim key of the status list (draft §5.2: `status_list` = 65533).
 const CLAIM_STATUS_LIST: i64 = 65533;
 /// CWT claim key of the time to live (draft §5.2: `ttl` = 65534).
@@ -124,31 +121,30 @@ impl StatusList {
         if data.len() > MAX_STATUS_LIST_BYTES {
             return Err(Error::MalformedStatusList("too large"));
         }
+        // PROFILE §6.5, checks in order. 1: strict Sign1, protected alg and kid.
         let s = Sign1::parse(data).map_err(|e| Error::MalformedStatusList(detail(&e)))?;
         let alg = match s.alg {
             HeaderAlg::Known(a) => a,
             HeaderAlg::Absent => {
                 return Err(Error::MalformedStatusList("alg not in protected header"))
             }
-            HeaderAlg::Unsupported => return Err(Error::UntrustedStatusListSigner),
+            HeaderAlg::Unsupported | HeaderAlg::Invalid => {
+                return Err(Error::MalformedStatusList("unsupported alg"))
+            }
         };
         if s.kid.len() != KID_LEN {
             return Err(Error::MalformedStatusList("kid not in protected header"));
         }
-        // typ is optional for the verifier; when present it must be the status-list type.
-        if s.typ().is_some_and(|t| t != STATUS_LIST_TYP) {
-            return Err(Error::MalformedStatusList("unexpected typ"));
-        }
+        // typ (16) is not checked: key roles already exclude type confusion (PROFILE §2.9).
+        // 2: a usable key of role "status" (PROFILE §6.4).
         let signer = trust
             .find(&s.kid, Role::Status, now)
-            .ok_or(Error::UntrustedStatusListSigner)?;
-        // PROFILE "Objects": the header alg must be the one the trust list gives the key.
-        if alg != signer.alg {
-            return Err(Error::UntrustedStatusListSigner);
-        }
-        if !s.verify(&signer.key, alg, b"").unwrap_or(false) {
+            .ok_or(Error::UnknownStatusListSigner)?;
+        // 3: the header alg is the one the trust list gives the key, and the signature verifies.
+        if alg != signer.alg || !s.verify(&signer.key, alg, b"").unwrap_or(false) {
             return Err(Error::BadStatusListSignature);
         }
+        // 4: payload.
         let v = cbor::decode(s.payload()).map_err(|e| Error::MalformedStatusList(detail(&e)))?;
         let m = cbor::as_map(&v).ok_or(BAD_FIELD)?;
         let uri = cbor::get(m, Key::Int(2))
@@ -167,6 +163,7 @@ impl StatusList {
         };
         let bits =
             StatusBits::from_value(cbor::get(m, Key::Int(CLAIM_STATUS_LIST)).ok_or(BAD_FIELD)?)?;
+        // 5: not expired (no grace at load, PROFILE §6.5).
         if now > expires_at {
             return Err(Error::StatusListExpired);
         }
@@ -264,9 +261,30 @@ mod tests {
         let by_amo = sign1(&pki.amo, &prot(&pki.amo, true), &enc(&payload), true);
         assert_eq!(
             StatusList::verify(&by_amo, &tl, NOW).unwrap_err(),
-            Error::UntrustedStatusListSigner
+            Error::UnknownStatusListSigner
         );
 
+        // Header alg differs from the key's (EdDSA key, ES256 header): bad signature (check 3).
+        let p = enc(&Value::Map(vec![
+            (int(1), int(-7)),
+            (int(4), Value::Bytes(pki.status.kid().to_vec())),
+        ]));
+        let wrong_alg = sign1(&pki.status, &p, &enc(&payload), true);
+        assert_eq!(
+            StatusList::verify(&wrong_alg, &tl, NOW)
+                .unwrap_err()
+                .to_string(),
+            "bad status list signature"
+        );
+        // Any typ, or none, is accepted (PROFILE §2.9: typ is not checked).
+        let p = enc(&Value::Map(vec![
+            (int(1), int(-8)),
+            (int(4), Value::Bytes(pki.status.kid().to_vec())),
+            (int(16), int(61)),
+        ]));
+        assert!(
+            StatusList::verify(&sign1(&pki.status, &p, &enc(&payload), true), &tl, NOW).is_ok()
+        );
         let mut bad = pki.status_list_bytes(URI, 1, &[], NOW + DAY);
         let n = bad.len();
         bad[n - 2] ^= 0x40;

@@ -61,7 +61,7 @@ pub struct TrustList {
     /// `exp` of the list.
     pub expires_at: i64,
     keys: Vec<TrustedKey>,
-    by_kid: HashMap<[u8; KID_LEN], Vec<usize>>,
+    by_kid: HashMap<[u8; KID_LEN], usize>,
 }
 
 impl TrustList {
@@ -76,34 +76,38 @@ impl TrustList {
         if data.len() > MAX_TRUST_LIST_BYTES {
             return Err(Error::MalformedTrustList("too large"));
         }
+        // PROFILE §6.2, checks in order. 1: strict Sign1, protected alg and 8-byte kid.
         let s = Sign1::parse(data).map_err(|e| Error::MalformedTrustList(malformed_detail(&e)))?;
-        // PROFILE "Objects": alg and kid in the protected bucket.
         let alg = match s.alg {
             HeaderAlg::Known(a) => a,
             HeaderAlg::Absent => {
                 return Err(Error::MalformedTrustList("alg not in protected header"))
             }
-            HeaderAlg::Unsupported => return Err(Error::MalformedTrustList("unsupported alg")),
+            HeaderAlg::Unsupported | HeaderAlg::Invalid => {
+                return Err(Error::MalformedTrustList("unsupported alg"))
+            }
         };
         if s.kid.len() != KID_LEN {
             return Err(Error::MalformedTrustList("kid not in protected header"));
         }
+        // 2: a configured anchor.
         let anchor = anchors
             .iter()
             .find(|a| a.kid()[..] == s.kid[..])
             .ok_or(Error::UnknownTrustAnchor)?;
-        // PROFILE "Objects": no algorithm taken from the message alone.
-        if alg != anchor.natural_alg() {
-            return Err(Error::MalformedTrustList(
-                "header alg does not match the anchor key",
-            ));
-        }
-        if !s.verify(anchor, alg, b"").unwrap_or(false) {
+        // 3: alg fits the anchor (no algorithm taken from the message alone, PROFILE §3.5)
+        // and the signature verifies; the payload is read only after that.
+        if alg != anchor.natural_alg() || !s.verify(anchor, alg, b"").unwrap_or(false) {
             return Err(Error::BadTrustListSignature);
         }
+        // 4: payload.
         let list = parse_payload(s.payload())?;
+        // 5: not expired.
+        if now > list.expires_at {
+            return Err(Error::TrustListExpired);
+        }
+        // 6: no rollback; equal sequence is the same list fetched again (PROFILE §6.3).
         if let Some(held) = held_seq {
-            // Equal sequence is the same list fetched again (contract "Trust list").
             if list.seq < held {
                 return Err(Error::TrustListRollback {
                     seq: list.seq,
@@ -111,8 +115,9 @@ impl TrustList {
                 });
             }
         }
-        if now > list.expires_at {
-            return Err(Error::TrustListExpired);
+        // 7: every kid is its key's thumbprint prefix (PROFILE §3.4).
+        if let Some(i) = list.keys.iter().position(|k| k.kid != k.key.kid()) {
+            return Err(Error::TrustListBadKid(i));
         }
         Ok(list)
     }
@@ -132,10 +137,9 @@ impl TrustList {
     pub fn find(&self, kid: &[u8], role: Role, now: i64) -> Option<&TrustedKey> {
         let kid: [u8; KID_LEN] = kid.try_into().ok()?;
         self.by_kid
-            .get(&kid)?
-            .iter()
-            .filter_map(|&i| self.keys.get(i))
-            .find(|k| k.role == role && k.nbf <= now && now <= k.exp)
+            .get(&kid)
+            .and_then(|&i| self.keys.get(i))
+            .filter(|k| k.role == role && k.nbf <= now && now <= k.exp)
     }
 }
 
@@ -160,14 +164,13 @@ fn parse_payload(payload: &[u8]) -> Result<TrustList> {
     let expires_at = cbor::as_i64(field("exp")?).ok_or(BAD_FIELD)?;
     let entries = cbor::as_array(field("keys")?).ok_or(BAD_FIELD)?;
     let mut keys = Vec::with_capacity(entries.len());
-    let mut by_kid: HashMap<[u8; KID_LEN], Vec<usize>> = HashMap::new();
+    let mut by_kid: HashMap<[u8; KID_LEN], usize> = HashMap::new();
     for (i, e) in entries.iter().enumerate() {
         let k = parse_key(e)?;
-        // PROFILE §5: refuse a kid that is not the key's thumbprint prefix.
-        if k.kid != k.key.kid() {
-            return Err(Error::TrustListBadKid(i));
+        // PROFILE §3.4: a kid selects one key; a list with two keys sharing one is refused.
+        if by_kid.insert(k.kid, i).is_some() {
+            return Err(Error::MalformedTrustList("duplicate kid"));
         }
-        by_kid.entry(k.kid).or_default().push(i);
         keys.push(k);
     }
     Ok(TrustList {
@@ -296,9 +299,44 @@ mod tests {
         ]));
         let data = sign1(&pki.anchor, &p, &payload, true);
         let e = TrustList::verify(&data, &anchors(&pki.anchor), NOW, None).unwrap_err();
-        assert_eq!(
-            e,
-            Error::MalformedTrustList("header alg does not match the anchor key")
-        );
+        assert_eq!(e, Error::BadTrustListSignature);
+        // Unsupported alg: malformed (check 1).
+        let p = enc(&Value::Map(vec![
+            (int(1), int(-35)),
+            (int(4), Value::Bytes(pki.anchor.kid().to_vec())),
+        ]));
+        let data = sign1(&pki.anchor, &p, &payload, true);
+        let e = TrustList::verify(&data, &anchors(&pki.anchor), NOW, None).unwrap_err();
+        assert_eq!(e, Error::MalformedTrustList("unsupported alg"));
+    }
+
+    #[test]
+    fn checks_run_in_profile_order() {
+        let pki = Pki::new();
+        let a = anchors(&pki.anchor);
+        // Expired and rolled back: expiry (check 5) is reported before rollback (check 6).
+        let data = pki.trust_list_bytes(5);
+        let e = TrustList::verify(&data, &a, NOW + 2 * YEAR, Some(6)).unwrap_err();
+        assert_eq!(e, Error::TrustListExpired);
+        // Rolled back with a bad kid: rollback (6) before the kid check (7).
+        let mut entry = pki.trust_entry(&pki.amo, "amo");
+        if let Value::Map(m) = &mut entry {
+            m[0].1 = Value::Bytes(vec![9; 8]);
+        }
+        let payload = enc(&pki.trust_payload(1, vec![entry.clone()]));
+        let data = sign1(&pki.anchor, &prot(&pki.anchor, true), &payload, true);
+        let e = TrustList::verify(&data, &a, NOW, Some(2)).unwrap_err();
+        assert_eq!(e, Error::TrustListRollback { seq: 1, held: 2 });
+        // Two keys with one kid: malformed (check 4), whatever their thumbprints.
+        let payload = enc(&pki.trust_payload(1, vec![entry.clone(), entry]));
+        let data = sign1(&pki.anchor, &prot(&pki.anchor, true), &payload, true);
+        let e = TrustList::verify(&data, &a, NOW, None).unwrap_err();
+        assert_eq!(e.to_string(), "malformed trust list: duplicate kid");
+        // Unknown anchor (2) before the signature (3): tampered and unknown → unknown.
+        let mut tampered = pki.trust_list_bytes(1);
+        let n = tampered.len();
+        tampered[n - 1] ^= 1;
+        let e = TrustList::verify(&tampered, &anchors(&Signer::es256()), NOW, None).unwrap_err();
+        assert_eq!(e, Error::UnknownTrustAnchor);
     }
 }

@@ -11,7 +11,7 @@ use crate::claims::{self, Credential, Person, Presentation, Use};
 use crate::cose::{Alg, HeaderAlg, Sign1};
 use crate::encoding;
 use crate::error::{Error, Result};
-use crate::limits::{DEFAULT_CLOCK_SKEW, KID_LEN, MAX_PRESENTATION_LIFETIME};
+use crate::limits::{CTI_LEN, DEFAULT_CLOCK_SKEW, KID_LEN, MAX_PRESENTATION_LIFETIME};
 use crate::replay::{ReplayOutcome, ReplayStore};
 use crate::status::StatusList;
 use crate::trust::{Role, TrustList};
@@ -273,6 +273,12 @@ impl Decision {
     }
 }
 
+/// What step 9 needs of a presentation that passed steps 1–8.
+struct ReplayKey {
+    cti: [u8; CTI_LEN],
+    keep_until: i64,
+}
+
 /// An immutable verification snapshot: trust list, status lists, policy, replay store.
 /// Refreshes build a new snapshot ([`Verifier::with_trust_list`]); in-flight batches keep
 /// the one they started with.
@@ -350,12 +356,22 @@ impl Verifier {
         self.policy
     }
 
-    /// Verifies a batch in parallel (rayon); decisions come back in input order. Accepts
-    /// anything that borrows as a [`Scan`] (e.g. `Arc<Scan>`), so callers need not copy.
+    /// Verifies a batch: steps 1–8 in parallel (rayon), then step 9 (replay) in batch order,
+    /// so that within a batch the earlier item wins (PROFILE §7.4). Decisions come back in
+    /// input order. Accepts anything that borrows as a [`Scan`] (e.g. `Arc<Scan>`), so
+    /// callers need not copy.
     pub fn verify_batch<S: Borrow<Scan> + Sync>(&self, scans: &[S], now: i64) -> Vec<Decision> {
-        scans
+        let pending: Vec<(Decision, Option<ReplayKey>)> = scans
             .par_iter()
-            .map(|s| self.verify_item(s.borrow(), now))
+            .map(|s| self.steps_1_to_8(s.borrow(), now))
+            .collect();
+        pending
+            .into_iter()
+            .zip(scans)
+            .map(|((d, key), scan)| match key {
+                Some(key) => self.step_9(d, &key, &scan.borrow().reader_id, now),
+                None => d,
+            })
             .collect()
     }
 
@@ -375,7 +391,8 @@ impl Verifier {
             })
     }
 
-    fn verify_item(&self, scan: &Scan, now: i64) -> Decision {
+    /// Steps 1–8; on success the decision holds the person and the replay key is returned.
+    fn steps_1_to_8(&self, scan: &Scan, now: i64) -> (Decision, Option<ReplayKey>) {
         let mut d = Decision {
             reason: Reason::Ok,
             detail: "",
@@ -387,18 +404,39 @@ impl Verifier {
             person: None,
         };
         match self.run(scan, now, &mut d) {
-            Ok((person, duplicate)) => {
-                d.duplicate = duplicate;
-                if duplicate {
-                    d.detail = "already accepted for this reader";
-                }
+            Ok((person, key)) => {
                 d.person = Some(person);
+                (d, Some(key))
             }
             Err(r) => {
                 d.reason = r.reason;
                 d.detail = r.detail;
+                (d, None)
             }
         }
+    }
+
+    /// Step 9: replay, only once everything else holds (contract step 9, PROFILE §7.4).
+    fn step_9(&self, mut d: Decision, key: &ReplayKey, reader_id: &str, now: i64) -> Decision {
+        let outcome = self
+            .replay
+            .check_and_insert(&key.cti, reader_id, key.keep_until, now);
+        let (reason, detail) = match outcome {
+            ReplayOutcome::New => return d,
+            ReplayOutcome::SameReader => {
+                d.duplicate = true;
+                d.detail = "already accepted for this reader";
+                return d;
+            }
+            ReplayOutcome::OtherReader => (
+                Reason::Replayed,
+                "presentation already used at another reader",
+            ),
+            ReplayOutcome::Unavailable => (Reason::ReplayUnavailable, "replay store unavailable"),
+        };
+        d.reason = reason;
+        d.detail = detail;
+        d.person = None;
         d
     }
 
@@ -407,7 +445,7 @@ impl Verifier {
         scan: &Scan,
         now: i64,
         d: &mut Decision,
-    ) -> std::result::Result<(Person, bool), Reject> {
+    ) -> std::result::Result<(Person, ReplayKey), Reject> {
         let policy = &self.policy;
         let skew = i128::from(policy.clock_skew);
         let now_w = i128::from(now);
@@ -424,7 +462,7 @@ impl Verifier {
 
         // 2. parse presentation, then the credential inside it.
         let ps = Sign1::parse(&bytes).map_err(malformed)?;
-        if ps.alg == HeaderAlg::Absent {
+        if matches!(ps.alg, HeaderAlg::Absent | HeaderAlg::Invalid) {
             return Err(Reject::new(
                 Reason::Malformed,
                 "presentation: alg not in protected header",
@@ -436,7 +474,7 @@ impl Verifier {
             Error::Malformed(detail) => Reject::new(Reason::Malformed, detail),
             _ => Reject::new(Reason::Malformed, "credential is not a COSE_Sign1"),
         })?;
-        if cs.alg == HeaderAlg::Absent {
+        if matches!(cs.alg, HeaderAlg::Absent | HeaderAlg::Invalid) {
             return Err(Reject::new(
                 Reason::Malformed,
                 "credential: alg not in protected header",
@@ -468,6 +506,16 @@ impl Verifier {
             return Err(Reject::new(
                 Reason::AlgMismatch,
                 "presentation alg is not ES256",
+            ));
+        }
+        // PROFILE §2.2: a cnf key carrying an alg other than ES256 is ALG_MISMATCH.
+        if !matches!(
+            cred.device_key_alg,
+            HeaderAlg::Absent | HeaderAlg::Known(Alg::Es256)
+        ) {
+            return Err(Reject::new(
+                Reason::AlgMismatch,
+                "device key alg is not ES256",
             ));
         }
         if cred.iss != tk.iss {
@@ -588,28 +636,11 @@ impl Verifier {
             ));
         }
 
-        // 9. replay, only once everything else holds; kept until exp + skew.
-        let keep_until = pres.exp.saturating_add(policy.clock_skew);
-        let duplicate =
-            match self
-                .replay
-                .check_and_insert(&pres.cti, &scan.reader_id, keep_until, now)
-            {
-                ReplayOutcome::New => false,
-                ReplayOutcome::SameReader => true,
-                ReplayOutcome::OtherReader => {
-                    return Err(Reject::new(
-                        Reason::Replayed,
-                        "presentation already used at another reader",
-                    ))
-                }
-                ReplayOutcome::Unavailable => {
-                    return Err(Reject::new(
-                        Reason::ReplayUnavailable,
-                        "replay store unavailable",
-                    ))
-                }
-            };
-        Ok((person.clone(), duplicate))
+        // 9 runs after the parallel part, in batch order; kept until exp + skew.
+        let key = ReplayKey {
+            cti: pres.cti,
+            keep_until: pres.exp.saturating_add(policy.clock_skew),
+        };
+        Ok((person.clone(), key))
     }
 }

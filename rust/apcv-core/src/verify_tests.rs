@@ -700,3 +700,88 @@ fn policy_refuses_negative_durations() {
     assert!(crate::verify::parse_uses(&["care", "nope"]).is_err());
     assert_eq!(crate::verify::parse_uses(&["dp"]).unwrap(), vec![Use::Dp]);
 }
+
+#[test]
+fn device_key_alg_is_judged_at_step_3() {
+    let f = fx();
+    let with_alg = |alg: Value| {
+        let mut key = f.pki.device.cose_key();
+        set(&mut key, &[int(3)], Some(alg));
+        move |c: &mut Value| set(c, &[int(8), int(1)], Some(key))
+    };
+    assert_eq!(
+        f.reason(f.pres(with_alg(int(-8)), |_| {})),
+        Reason::AlgMismatch
+    );
+    assert_eq!(
+        f.reason(f.pres(with_alg(int(-35)), |_| {})),
+        Reason::AlgMismatch
+    );
+    assert_eq!(
+        f.reason(f.pres(with_alg(text("ES256")), |_| {})),
+        Reason::Malformed
+    );
+    let d = f.run(nfc(f.pres(with_alg(int(-7)), cti(50))));
+    assert_eq!(d.reason, Reason::Ok, "{}", d.detail);
+    let no_alg = |c: &mut Value| {
+        let mut key = f.pki.device.cose_key();
+        set(&mut key, &[int(3)], None);
+        set(c, &[int(8), int(1)], Some(key));
+    };
+    assert_eq!(f.reason(f.pres(no_alg, cti(51))), Reason::Ok);
+}
+
+#[test]
+fn text_alg_is_malformed_and_unprotected_bucket_is_ignored() {
+    let f = fx();
+    let pc = enc(&presentation_claims(credential_bytes(&f.pki, &f.cred())));
+    let text_alg = enc(&Value::Map(vec![(int(1), text("ES256"))]));
+    assert_eq!(
+        f.reason(sign1(&f.pki.device, &text_alg, &pc, true)),
+        Reason::Malformed
+    );
+    // Garbage in the unprotected bucket (unregistered alg, unknown crit, empty kid) is
+    // neither read nor refused: it is not signed.
+    let good = f.good();
+    let Value::Tag(18, arr) = crate::cbor::decode(&good).unwrap() else {
+        panic!("tagged")
+    };
+    let Value::Array(mut items) = *arr else {
+        panic!("array")
+    };
+    items[1] = Value::Map(vec![
+        (int(1), int(-999)),
+        (int(2), Value::Array(vec![int(99)])),
+        (int(4), Value::Bytes(vec![])),
+    ]);
+    let d = f.run(nfc(enc(&Value::Tag(
+        18,
+        Box::new(Value::Array(items.clone())),
+    ))));
+    assert_eq!(d.reason, Reason::Ok, "{}", d.detail);
+    items[1] = Value::Array(vec![]);
+    assert_eq!(f.reason(enc(&Value::Array(items))), Reason::Malformed);
+}
+
+#[test]
+fn replay_within_a_batch_runs_in_batch_order() {
+    for _ in 0..20 {
+        let f = fx();
+        let p = f.good();
+        let scan = |r: &str| Scan::new(ScanData::Nfc(p.clone()), r.into(), None, None);
+        let out = f
+            .verifier
+            .verify_batch(&[scan("r1"), scan("r2"), scan("r1"), scan("r3")], NOW);
+        let got: Vec<(Reason, bool)> = out.iter().map(|d| (d.reason, d.duplicate)).collect();
+        assert_eq!(
+            got,
+            [
+                (Reason::Ok, false),
+                (Reason::Replayed, false),
+                (Reason::Ok, true),
+                (Reason::Replayed, false)
+            ]
+        );
+        assert!(out[1].person.is_none() && out[0].person.is_some());
+    }
+}

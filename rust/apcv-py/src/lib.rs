@@ -119,7 +119,7 @@ impl From<NativeErr> for PyErr {
             | CoreError::TrustListBadKid(_)
             | CoreError::MalformedTrustList(_)
             | CoreError::TrustListExpired => TrustListError::new_err(msg),
-            CoreError::UntrustedStatusListSigner
+            CoreError::UnknownStatusListSigner
             | CoreError::BadStatusListSignature
             | CoreError::MalformedStatusList(_)
             | CoreError::StatusListExpired => StatusListError::new_err(msg),
