@@ -370,7 +370,8 @@ def test_reprs_show_no_personal_data(verifier: Verifier, pki: Pki) -> None:
     person = result.person
     assert person is not None
     assert repr(result) == "<VerificationResult accepted=True reason=OK duplicate=False>"
-    assert repr(person) == "<Person rank=0>"
+    assert repr(person) == "<Person>"
+    assert repr(Scan("APCV1:", "reader secret text")) == "<Scan qr>"
     assert repr(person.amo) == "<AmoRights>"
     secrets = [BIRTH_NAME, GIVEN_NAMES, BIRTH_DATE, HOLDER_INS, "75056", "751", "cred-0001"]
     for text in (repr(result), str(result), repr(person), str(person), repr(person.amo)):

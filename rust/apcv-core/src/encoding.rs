@@ -159,6 +159,32 @@ mod tests {
     }
 
     #[test]
+    fn zlib_header_rules() {
+        // FDICT set (preset dictionary): refused (PROFILE §4.1). 0x78BB is a valid FCHECK.
+        let mut with_dict = vec![0x78, 0xbb, 0, 0, 0, 1];
+        with_dict.extend_from_slice(&[0x03, 0x00]);
+        assert_eq!(
+            inflate_capped(&with_dict, 100),
+            Err(Error::Malformed("invalid zlib stream"))
+        );
+        // Bad Adler-32.
+        let mut z = {
+            use std::io::Write;
+            let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(b"abc").unwrap();
+            e.finish().unwrap()
+        };
+        let n = z.len();
+        z[n - 1] ^= 1;
+        assert_eq!(
+            inflate_capped(&z, 100),
+            Err(Error::Malformed("invalid zlib stream"))
+        );
+        // Raw deflate without the zlib header.
+        assert!(inflate_capped(&[0x03, 0x00], 100).is_err());
+    }
+
+    #[test]
     fn nfc_limit() {
         assert!(decode_nfc(&[0u8; MAX_NFC_BYTES]).is_ok());
         assert!(decode_nfc(&vec![0u8; MAX_NFC_BYTES + 1]).is_err());

@@ -485,7 +485,8 @@ impl Scan {
             verify::ScanData::Qr(_) => "qr",
             verify::ScanData::Nfc(_) => "nfc",
         };
-        format!("<Scan {kind} reader_id={:?}>", self.inner.reader_id)
+        // PROFILE §9.1: no reader-supplied text in anything that may reach a log line.
+        format!("<Scan {kind}>")
     }
 }
 
@@ -538,8 +539,9 @@ struct Person {
 
 #[pymethods]
 impl Person {
-    fn __repr__(&self) -> String {
-        format!("<Person rank={}>", self.rank)
+    fn __repr__(&self) -> &'static str {
+        // PROFILE §9.1: nothing about the person, not even the rank.
+        "<Person>"
     }
 }
 
