@@ -6,6 +6,17 @@
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+// No panics on any input (ARCHITECTURE "The core"): the lint-checked part of that promise;
+// times are compared in i128 so that no claim value can overflow them.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
 
 pub mod cbor;
 pub mod claims;
