@@ -407,6 +407,8 @@ impl Policy {
     }
 }
 
+const _: () = assert!(apcv_core::limits::DEFAULT_MAX_REPLAY_ENTRIES == 1_000_000);
+
 /// The in-process replay store; thread-safe and shared by every Verifier built with it.
 #[pyclass(frozen, module = "apcv_verify._native")]
 struct MemoryReplayStore {
@@ -415,8 +417,9 @@ struct MemoryReplayStore {
 
 #[pymethods]
 impl MemoryReplayStore {
+    // The literal shows in the Python signature; the assertion below keeps it the core's.
     #[new]
-    #[pyo3(signature = (max_entries = apcv_core::limits::DEFAULT_MAX_REPLAY_ENTRIES))]
+    #[pyo3(signature = (max_entries = 1_000_000))]
     fn new(max_entries: usize) -> MemoryReplayStore {
         MemoryReplayStore {
             inner: Arc::new(replay::MemoryReplayStore::new(max_entries)),
