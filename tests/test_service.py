@@ -72,11 +72,11 @@ def test_grpcurl_lists_the_service_reports_health_and_verifies_a_cli_presentatio
     reply = json.loads(
         run_grpcurl(grpcurl, server.address, "-d", body, "apcv.verify.v1.Verifier/Verify")
     )
-    assert reply["requestId"] == "g-1"
+    assert reply.get("request_id") == "g-1", reply
     assert reply["decision"] == "ACCEPTED"
     assert reply["reason"] == "OK"
     # Lunar birth dates are valid identity data, returned verbatim (PROFILE §5.4).
-    assert reply["person"]["identity"]["birthDate"] == "1957-00-00"
+    assert reply["person"]["identity"]["birth_date"] == "1957-00-00"
     assert reply["person"]["ins"]["oid"] == INS_DEMO_OID
     assert len(reply["person"]["ins"]["matricule"]) == 15
 
