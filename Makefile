@@ -42,7 +42,7 @@ $(GRPCURL):
 
 tools: $(GRPCURL)
 
-demo: dev
+demo: dev tools
 	$(VENV)/bin/apcv-verify demo
 
 test-rust:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from apcv_verify.config import ConfigError, load_config
 
 

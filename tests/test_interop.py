@@ -10,6 +10,8 @@ from typing import Any
 
 import cbor2
 import pytest
+from apcv_verify import _native
+from apcv_verify.issuer import DemoPKI, SigningKey, parse_sign1, qr_text, tamper_signature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from pycose.algorithms import EdDSA, Es256
@@ -17,9 +19,6 @@ from pycose.headers import KID, Algorithm
 from pycose.keys import EC2Key, OKPKey
 from pycose.keys.curves import P256, Ed25519
 from pycose.messages import Sign1Message
-
-from apcv_verify import _native
-from apcv_verify.issuer import DemoPKI, SigningKey, parse_sign1, qr_text, tamper_signature
 
 
 def pycose_private_key(key: SigningKey) -> EC2Key | OKPKey:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
 from apcv_verify.issuer import INS_DEMO_OID, DemoPKI, qr_text
 
@@ -210,7 +209,7 @@ def _personal_values(pki: DemoPKI) -> list[str]:
     return values
 
 
-def test_make_demo_prints_six_expected_decisions() -> None:
+def test_make_demo_prints_six_expected_decisions(grpcurl: str) -> None:
     completed = subprocess.run(
         [sys.executable, "-m", "apcv_verify.cli", "demo"],
         capture_output=True, text=True, timeout=120, cwd=REPO,
@@ -224,3 +223,5 @@ def test_make_demo_prints_six_expected_decisions() -> None:
     assert out.count(" yes") == 7
     assert "All six decisions as expected." in out
     assert "grpcurl -plaintext -d" in out
+    # The demo runs the grpcurl command it prints against its live server.
+    assert '"decision": "ACCEPTED"' in out.split("grpcurl answered")[1]

@@ -55,13 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="trust anchor public key, PEM or COSE_Key file; repeatable (trust.anchors)",
     )
     serve.add_argument("--trust-list", help="signed trust list file (trust.trust_list)")
-    serve.add_argument(
-        "--status-list", action="append", help="signed status list file; repeatable"
-    )
+    serve.add_argument("--status-list", action="append", help="signed status list file; repeatable")
     serve.add_argument(
         "--allow-test-identities",
         action="store_true",
-        help="accept INS test/demonstration OIDs (policy.allow_test_identities); never in production",
+        help="accept INS test/demonstration OIDs (policy.allow_test_identities); not in production",
     )
     serve.set_defaults(func=_serve)
 

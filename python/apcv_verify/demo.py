@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
+import shutil
 import signal
 import tempfile
 import time
@@ -52,9 +54,7 @@ SAMPLES = (
 
 
 def grpcurl_command(address: str, text: str, reader_id: str = "reception-desk-1") -> str:
-    body = json.dumps(
-        {"request_id": "demo-1", "qr_text": text, "reader": {"reader_id": reader_id}}
-    )
+    body = json.dumps({"request_id": "demo-1", "qr_text": text, "reader": {"reader_id": reader_id}})
     return f"grpcurl -plaintext -d '{body}' {address} apcv.verify.v1.Verifier/Verify"
 
 
@@ -81,14 +81,35 @@ async def _verify_samples(address: str, pki: DemoPKI) -> bool:
     return all_expected
 
 
-def _show_qr(address: str, pki: DemoPKI, *, serving: bool) -> None:
-    text = qr_text(pki.present("alice", iat=int(time.time()), exp=int(time.time()) + 300))
+def find_grpcurl() -> str | None:
+    """grpcurl as installed by `make tools` (.tools/bin), else from PATH."""
+    local = Path.cwd() / ".tools" / "bin" / "grpcurl"
+    return str(local) if local.is_file() else shutil.which("grpcurl")
+
+
+async def _show_qr(address: str, pki: DemoPKI, *, serving: bool) -> None:
+    now = int(time.time())
+    text = qr_text(pki.present("alice", iat=now, exp=now + 300))
     print("\nA fresh presentation (valid for 5 minutes), as the phone shows it:\n")
     segno.make(text, error="l").terminal(compact=True)
-    print(f"\nQR text ({len(text)} characters). Verify it with grpcurl:")
-    if not serving:
-        print("(first keep a demo server running: .venv/bin/apcv-verify demo --serve)")
-    print(grpcurl_command(address, text))
+    command = grpcurl_command(address, text)
+    print(f"\nQR text ({len(text)} characters). The grpcurl command that verifies it:\n{command}")
+    if serving:
+        return
+    grpcurl = find_grpcurl()
+    if grpcurl is None:
+        print("(grpcurl not found: `make tools` installs it)")
+        return
+    # The server runs on this event loop: the client must not block it.
+    process = await asyncio.create_subprocess_exec(
+        grpcurl,
+        *shlex.split(command)[1:],
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), timeout=30)
+    print("\ngrpcurl answered (a fictional demo person):")
+    print(output.decode(errors="replace"))
 
 
 async def _run(serve: bool, listen: str | None) -> int:
@@ -108,12 +129,12 @@ async def _run(serve: bool, listen: str | None) -> int:
                 "policy.allow_test_identities": True,
             },
         )
-        server, port = await start_server(config, load_trust_material(config))
-        address = f"{config.server.listen.rpartition(':')[0]}:{port}"
+        running = await start_server(config, load_trust_material(config))
+        address = f"{config.server.listen.rpartition(':')[0]}:{running.port}"
         try:
             print(f"apcv-verify demo: server on {address}, demo PKI in {pki.directory}\n")
             all_expected = await _verify_samples(address, pki)
-            _show_qr(address if serve else DEFAULT_SERVE_LISTEN, pki, serving=serve)
+            await _show_qr(address, pki, serving=serve)
             if serve:
                 print(f"\nServing on {address}; Ctrl-C to stop.")
                 stop = asyncio.Event()
@@ -122,7 +143,7 @@ async def _run(serve: bool, listen: str | None) -> int:
                     loop.add_signal_handler(signum, stop.set)
                 await stop.wait()
         finally:
-            await server.stop(config.server.grace_seconds)
+            await running.stop(config.server.grace_seconds)
     if not all_expected:
         print("\nSome decisions differ from the expected ones.")
         return 1

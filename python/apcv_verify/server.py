@@ -23,7 +23,14 @@ from ._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
 from .config import Config
 from .issuer import cose_key_from_public_pem
 
-__all__ = ["TrustMaterial", "VerifierService", "load_trust_material", "serve", "start_server"]
+__all__ = [
+    "RunningServer",
+    "TrustMaterial",
+    "VerifierService",
+    "load_trust_material",
+    "serve",
+    "start_server",
+]
 
 log = structlog.get_logger("apcv_verify.server")
 
@@ -106,7 +113,7 @@ def response_message(
     response = verifier_pb2.VerifyResponse(
         request_id=request_id,
         decision=verifier_pb2.ACCEPTED if result.accepted else verifier_pb2.REJECTED,
-        reason=verifier_pb2.Reason.Value(result.reason),
+        reason=result.reason,  # the core's codes are the enum's names (PROFILE §8)
         detail=result.detail,
         duplicate=result.duplicate,
         use=result.use or "",
@@ -158,8 +165,22 @@ class VerifierService(verifier_pb2_grpc.VerifierServicer):
         return response_message(request.request_id, result)
 
 
-async def start_server(config: Config, material: TrustMaterial) -> tuple[grpc.aio.Server, int]:
-    """Start serving; returns the server and the bound port (``:0`` picks a free one)."""
+@dataclass
+class RunningServer:
+    """A started server, the port it bound and its health service."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Report NOT_SERVING first, then let in-flight calls finish within the grace period."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_seconds)
+
+
+async def start_server(config: Config, material: TrustMaterial) -> RunningServer:
+    """Start serving; ``server.listen`` may use port 0 to pick a free port."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", config.server.max_message_bytes),
@@ -181,7 +202,6 @@ async def start_server(config: Config, material: TrustMaterial) -> tuple[grpc.ai
     # A trust list is loaded (start refuses otherwise): ready to serve.
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    server.health_servicer = health_servicer  # type: ignore[attr-defined]
     log.info(
         "serving",
         listen=config.server.listen,
@@ -189,19 +209,18 @@ async def start_server(config: Config, material: TrustMaterial) -> tuple[grpc.ai
         trust_list_seq=material.trust_list.seq,
         status_lists=len(material.status_lists),
     )
-    return server, port
+    return RunningServer(server, port, health_servicer)
 
 
 async def _serve_until_signalled(config: Config, material: TrustMaterial) -> None:
-    server, _ = await start_server(config, material)
+    running = await start_server(config, material)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     log.info("stopping", grace_seconds=config.server.grace_seconds)
-    await server.health_servicer.enter_graceful_shutdown()  # type: ignore[attr-defined]
-    await server.stop(config.server.grace_seconds)
+    await running.stop(config.server.grace_seconds)
 
 
 def serve(config: Config) -> None:
