@@ -1,0 +1,56 @@
+"""The two ways a user starts a server: `serve` with a COSE_Key anchor and `demo --serve`."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from apcv_verify.issuer import DemoPKI
+
+from .conftest import REPO, free_port, start_server, stop_server, wait_serving
+
+
+def test_serve_takes_the_anchor_as_a_cose_key_file(pki: DemoPKI, tmp_path: Path) -> None:
+    (pki.directory / "anchor.pem").unlink()  # only the COSE_Key form is left
+    (pki.directory / "anchor.pem").symlink_to(pki.directory / "anchor.cose_key")
+    server = start_server(pki.directory, tmp_path / "serve.log", "--allow-test-identities")
+    stop_server(server)
+    assert server.process.returncode == 0
+    assert '"trust_list_seq": 1' in server.logs()
+
+
+def test_demo_serve_prints_a_grpcurl_command_that_verifies(grpcurl: str) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    process = subprocess.Popen(
+        [sys.executable, "-u", "-m", "apcv_verify.cli", "demo", "--serve", "--listen", address],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        assert process.stdout is not None
+        lines: list[str] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            assert line, "demo --serve exited early:\n" + "".join(lines)
+            lines.append(line)
+            if line.startswith("Serving on"):
+                break
+        wait_serving(address, process)
+        (command,) = [line for line in lines if line.startswith("grpcurl -plaintext")]
+        argv = shlex.split(command)
+        argv[0] = grpcurl
+        reply = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True)
+        answer = json.loads(reply.stdout)
+        assert (answer["decision"], answer["reason"]) == ("ACCEPTED", "OK")
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+    assert process.returncode == 0
