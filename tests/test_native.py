@@ -192,7 +192,20 @@ class Pki:
         }
         return sign1(self.amo, cbor2.dumps(claims))
 
-    def presentation(self, cti: int, *, cred: bytes | None = None, **changes: Any) -> bytes:
+    def credential_with_status(self, index: int) -> bytes:
+        claims = cbor2.loads(cbor2.loads(self.credential()).value[2])
+        claims[65535]["status_list"]["idx"] = index
+        return sign1(self.amo, cbor2.dumps(claims))
+
+    def presentation(
+        self,
+        cti: int,
+        *,
+        cred: bytes | None = None,
+        times: tuple[int, int] | None = None,
+        signer: Key | None = None,
+        **changes: Any,
+    ) -> bytes:
         claims: dict[Any, Any] = {
             6: NOW - 10,
             4: NOW + 110,
@@ -202,7 +215,9 @@ class Pki:
             "use": "care",
         }
         claims |= changes
-        return sign1(self.device, cbor2.dumps(claims), kid=False)
+        if times is not None:
+            claims[6], claims[4] = times
+        return sign1(signer or self.device, cbor2.dumps(claims), kid=False)
 
 
 @pytest.fixture(scope="module")
@@ -329,8 +344,17 @@ def test_argument_errors() -> None:
         Scan(123, "r")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         Policy(True)  # type: ignore[call-arg]
-    p = Policy(allow_test_identities=True, clock_skew=30, status_grace=600)
+    with pytest.raises(ValueError, match="max_scan_delay"):
+        Policy(max_scan_delay=-1)
+    p = Policy(allow_test_identities=True, clock_skew=30, status_grace=600, max_scan_delay=900)
     assert (p.allow_test_identities, p.clock_skew, p.status_grace) == (True, 30, 600)
+    assert p.max_scan_delay == 900
+    assert Policy().max_scan_delay == 0
+    assert repr(p) == (
+        "Policy(allow_test_identities=True, clock_skew=30, status_grace=600, max_scan_delay=900)"
+    )
+    assert Scan("x", "r").scanned_at is None
+    assert Scan("x", "r", scanned_at=NOW - 5).scanned_at == NOW - 5
     assert MemoryReplayStore().max_entries == 1_000_000
 
 
@@ -495,3 +519,35 @@ def test_verify_batch_runs_concurrently_from_threads(verifier: Verifier, pki: Pk
     for th in threads:
         th.join(timeout=60)
     assert out == {t: ["OK"] * 10 for t in range(4)}
+
+
+# ------------------------------------------------------------------ delayed scans (PROFILE §7.5)
+
+
+def test_delayed_scan_freshness_at_scan_time_status_at_now(pki: Pki, trust_list: TrustList) -> None:
+    status = [StatusList.verify(pki.status_list({1: 1}), trust_list, NOW)]
+    verifier = Verifier(trust_list, status, Policy(max_scan_delay=3600), MemoryReplayStore())
+    old = NOW - 1800
+    stale = pki.presentation(40, times=(old, old + 120))
+
+    def run(data: bytes, scanned_at: int | None, reader: str = "edge-1") -> tuple[str, str]:
+        (r,) = verifier.verify_batch([Scan(data, reader, scanned_at=scanned_at)], NOW)
+        return r.reason, r.detail
+
+    assert run(stale, None)[0] == "PRESENTATION_EXPIRED"
+    assert run(stale, old + 5) == ("OK", "")
+    assert run(pki.presentation(41), NOW - 3601) == (
+        "SCAN_TIME_INVALID",
+        "scan time is older than the allowed delay",
+    )
+    assert run(pki.presentation(42), NOW + 61) == (
+        "SCAN_TIME_INVALID",
+        "scan time is in the future",
+    )
+    # Revocation is judged at verification time, even for a scan made before it.
+    revoked = pki.presentation(43, cred=pki.credential_with_status(1), times=(old, old + 120))
+    assert run(revoked, old + 5)[0] == "REVOKED"
+    # The default policy honours no delay at all.
+    strict = Verifier(trust_list, status, Policy(), MemoryReplayStore())
+    (r,) = strict.verify_batch([Scan(pki.presentation(44), "e", scanned_at=NOW - 1)], NOW)
+    assert r.reason == "SCAN_TIME_INVALID"

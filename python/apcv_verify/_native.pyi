@@ -106,7 +106,12 @@ class StatusList:
 @final
 class Policy:
     def __new__(
-        cls, *, allow_test_identities: bool = False, clock_skew: int = 60, status_grace: int = 0
+        cls,
+        *,
+        allow_test_identities: bool = False,
+        clock_skew: int = 60,
+        status_grace: int = 0,
+        max_scan_delay: int = 0,
     ) -> Self: ...
     @property
     def allow_test_identities(self) -> bool: ...
@@ -114,6 +119,9 @@ class Policy:
     def clock_skew(self) -> int: ...
     @property
     def status_grace(self) -> int: ...
+    @property
+    def max_scan_delay(self) -> int:
+        """How old a scan's ``scanned_at`` may be, in seconds (PROFILE §7.5)."""
 
 @final
 class MemoryReplayStore:
@@ -131,9 +139,13 @@ class Scan:
         *,
         nonce: bytes | None = None,
         allowed_uses: Sequence[str] | None = None,
+        scanned_at: int | None = None,
     ) -> Self: ...
     @property
     def reader_id(self) -> str: ...
+    @property
+    def scanned_at(self) -> int | None:
+        """When the reader scanned the code (delayed scan, PROFILE §7.5), or None."""
 
 @final
 class AmoRights:

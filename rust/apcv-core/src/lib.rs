@@ -34,6 +34,8 @@ pub use error::{Error, Result};
 #[cfg(test)]
 mod robustness_tests;
 #[cfg(test)]
+mod scan_time_tests;
+#[cfg(test)]
 mod testutil;
 #[cfg(test)]
 mod verify_tests;

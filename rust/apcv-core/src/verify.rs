@@ -44,6 +44,8 @@ pub enum Reason {
     PresentationExpired,
     /// Step 5: presentation lives longer than 300 s (or ends before it starts).
     PresentationLifetimeExceeded,
+    /// Step 5: the scan's `scanned_at` is in the future or older than `max_scan_delay`.
+    ScanTimeInvalid,
     /// Step 6: status INVALID (or an unknown status value: fail closed).
     Revoked,
     /// Step 6: status SUSPENDED.
@@ -72,7 +74,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in contract order.
-    pub const ALL: [Reason; 24] = [
+    pub const ALL: [Reason; 25] = [
         Reason::Ok,
         Reason::Malformed,
         Reason::UnsupportedVersion,
@@ -85,6 +87,7 @@ impl Reason {
         Reason::PresentationNotYetValid,
         Reason::PresentationExpired,
         Reason::PresentationLifetimeExceeded,
+        Reason::ScanTimeInvalid,
         Reason::Revoked,
         Reason::Suspended,
         Reason::StatusUnavailable,
@@ -114,6 +117,7 @@ impl Reason {
             Reason::PresentationNotYetValid => "PRESENTATION_NOT_YET_VALID",
             Reason::PresentationExpired => "PRESENTATION_EXPIRED",
             Reason::PresentationLifetimeExceeded => "PRESENTATION_LIFETIME_EXCEEDED",
+            Reason::ScanTimeInvalid => "SCAN_TIME_INVALID",
             Reason::Revoked => "REVOKED",
             Reason::Suspended => "SUSPENDED",
             Reason::StatusUnavailable => "STATUS_UNAVAILABLE",
@@ -161,6 +165,8 @@ pub struct Policy {
     pub clock_skew: i64,
     /// How long past its `exp` a held status list is still used, in seconds.
     pub status_grace: i64,
+    /// How old a scan's `scanned_at` may be, in seconds (PROFILE §7.5); 0 by default.
+    pub max_scan_delay: i64,
 }
 
 impl Default for Policy {
@@ -169,6 +175,7 @@ impl Default for Policy {
             allow_test_identities: false,
             clock_skew: DEFAULT_CLOCK_SKEW,
             status_grace: 0,
+            max_scan_delay: 0,
         }
     }
 }
@@ -186,6 +193,18 @@ impl Policy {
             allow_test_identities,
             clock_skew,
             status_grace,
+            max_scan_delay: 0,
+        })
+    }
+
+    /// The same policy with another `max_scan_delay` (PROFILE §7.5); negative is refused.
+    pub fn with_max_scan_delay(self, max_scan_delay: i64) -> Result<Policy> {
+        if max_scan_delay < 0 {
+            return Err(Error::InvalidArgument("max_scan_delay must be >= 0"));
+        }
+        Ok(Policy {
+            max_scan_delay,
+            ..self
         })
     }
 }
@@ -208,6 +227,8 @@ pub struct Scan {
     pub reader_id: String,
     /// The reader's challenge, if it sent one (NFC).
     pub nonce: Option<Vec<u8>>,
+    /// When the reader scanned the code, if it reports a delayed scan (PROFILE §7.5).
+    pub scanned_at: Option<i64>,
     allowed_uses: u8,
 }
 
@@ -227,8 +248,14 @@ impl Scan {
             data,
             reader_id,
             nonce,
+            scanned_at: None,
             allowed_uses,
         }
+    }
+
+    /// The same scan with a reported scan time (PROFILE §7.5).
+    pub fn with_scanned_at(self, scanned_at: Option<i64>) -> Scan {
+        Scan { scanned_at, ..self }
     }
 
     /// Whether this request allows `u`.
@@ -528,23 +555,43 @@ impl Verifier {
         // 4. claims sanity.
         claims::check_credential(&cred, policy.allow_test_identities)?;
 
-        // 5. times (i128: no overflow whatever the claims say).
-        if i128::from(cred.nbf) > now_w + skew {
+        // 5. times (i128: no overflow whatever the claims say). A delayed scan (PROFILE §7.5)
+        // moves freshness to the scan time; trust and status stay at `now`.
+        let fresh_at = match scan.scanned_at {
+            None => now_w,
+            Some(at) => {
+                let at = i128::from(at);
+                if at > now_w + skew {
+                    return Err(Reject::new(
+                        Reason::ScanTimeInvalid,
+                        "scan time is in the future",
+                    ));
+                }
+                if now_w - at > i128::from(policy.max_scan_delay) {
+                    return Err(Reject::new(
+                        Reason::ScanTimeInvalid,
+                        "scan time is older than the allowed delay",
+                    ));
+                }
+                at
+            }
+        };
+        if i128::from(cred.nbf) > fresh_at + skew {
             return Err(Reject::new(
                 Reason::CredentialNotYetValid,
                 "credential not yet valid",
             ));
         }
-        if i128::from(cred.exp) < now_w - skew {
+        if i128::from(cred.exp) < fresh_at - skew {
             return Err(Reject::new(Reason::CredentialExpired, "credential expired"));
         }
-        if i128::from(pres.iat) > now_w + skew {
+        if i128::from(pres.iat) > fresh_at + skew {
             return Err(Reject::new(
                 Reason::PresentationNotYetValid,
                 "presentation issued in the future",
             ));
         }
-        if i128::from(pres.exp) < now_w - skew {
+        if i128::from(pres.exp) < fresh_at - skew {
             return Err(Reject::new(
                 Reason::PresentationExpired,
                 "presentation expired",
@@ -636,10 +683,14 @@ impl Verifier {
             ));
         }
 
-        // 9 runs after the parallel part, in batch order; kept until exp + skew.
+        // 9 runs after the parallel part, in batch order; kept until exp + skew, plus the
+        // allowed scan delay, since a delayed scan may be accepted that much later (§7.5).
         let key = ReplayKey {
             cti: pres.cti,
-            keep_until: pres.exp.saturating_add(policy.clock_skew),
+            keep_until: pres
+                .exp
+                .saturating_add(policy.clock_skew)
+                .saturating_add(policy.max_scan_delay),
         };
         Ok((person.clone(), key))
     }

@@ -15,12 +15,12 @@ use crate::testutil::*;
 use crate::trust::TrustList;
 use crate::verify::{Decision, Policy, Reason, Scan, ScanData, Verifier};
 
-struct Fx {
-    pki: Pki,
-    verifier: Verifier,
+pub(crate) struct Fx {
+    pub(crate) pki: Pki,
+    pub(crate) verifier: Verifier,
 }
 
-fn fx_with(policy: Policy, max_entries: usize) -> Fx {
+pub(crate) fn fx_with(policy: Policy, max_entries: usize) -> Fx {
     let pki = Pki::new();
     let tl = Arc::new(pki.trust_list());
     let sl = StatusList::verify(
@@ -38,38 +38,38 @@ fn fx_with(policy: Policy, max_entries: usize) -> Fx {
     Fx { pki, verifier }
 }
 
-fn fx() -> Fx {
+pub(crate) fn fx() -> Fx {
     fx_with(Policy::default(), 1000)
 }
 
-fn nfc(bytes: Vec<u8>) -> Scan {
+pub(crate) fn nfc(bytes: Vec<u8>) -> Scan {
     Scan::new(ScanData::Nfc(bytes), "reader-1".into(), None, None)
 }
 
 impl Fx {
-    fn cred(&self) -> Value {
+    pub(crate) fn cred(&self) -> Value {
         credential_claims(&self.pki)
     }
     /// A presentation whose credential claims were changed by `fc` and presentation claims by `fp`.
-    fn pres(&self, fc: impl FnOnce(&mut Value), fp: impl FnOnce(&mut Value)) -> Vec<u8> {
+    pub(crate) fn pres(&self, fc: impl FnOnce(&mut Value), fp: impl FnOnce(&mut Value)) -> Vec<u8> {
         let mut c = self.cred();
         fc(&mut c);
         let mut p = presentation_claims(credential_bytes(&self.pki, &c));
         fp(&mut p);
         presentation_bytes(&self.pki, &p)
     }
-    fn run(&self, scan: Scan) -> Decision {
+    pub(crate) fn run(&self, scan: Scan) -> Decision {
         self.verifier.verify(&scan, NOW)
     }
-    fn reason(&self, bytes: Vec<u8>) -> Reason {
+    pub(crate) fn reason(&self, bytes: Vec<u8>) -> Reason {
         self.run(nfc(bytes)).reason
     }
-    fn good(&self) -> Vec<u8> {
+    pub(crate) fn good(&self) -> Vec<u8> {
         self.pres(|_| {}, |_| {})
     }
 }
 
-fn cti(n: u8) -> impl FnOnce(&mut Value) {
+pub(crate) fn cti(n: u8) -> impl FnOnce(&mut Value) {
     move |p| set(p, &[int(7)], Some(Value::Bytes(vec![n; 16])))
 }
 
@@ -684,7 +684,8 @@ fn batch_is_ordered_and_details_hold_no_personal_data() {
 #[test]
 fn every_reason_code_string() {
     let all: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
-    assert_eq!(all.len(), 24);
+    assert_eq!(all.len(), 25);
+    assert!(all.contains(&"SCAN_TIME_INVALID"));
     assert_eq!(all[0], "OK");
     assert!(all.contains(&"REPLAY_UNAVAILABLE"));
     assert_eq!(

@@ -366,14 +366,22 @@ struct Policy {
 #[pymethods]
 impl Policy {
     #[new]
-    #[pyo3(signature = (*, allow_test_identities = false, clock_skew = 60, status_grace = 0))]
+    #[pyo3(signature = (
+        *,
+        allow_test_identities = false,
+        clock_skew = 60,
+        status_grace = 0,
+        max_scan_delay = 0
+    ))]
     fn new(
         allow_test_identities: bool,
         clock_skew: i64,
         status_grace: i64,
+        max_scan_delay: i64,
     ) -> NativeResult<Policy> {
         Ok(Policy {
-            inner: verify::Policy::new(allow_test_identities, clock_skew, status_grace)?,
+            inner: verify::Policy::new(allow_test_identities, clock_skew, status_grace)?
+                .with_max_scan_delay(max_scan_delay)?,
         })
     }
 
@@ -392,17 +400,23 @@ impl Policy {
         self.inner.status_grace
     }
 
+    #[getter]
+    fn max_scan_delay(&self) -> i64 {
+        self.inner.max_scan_delay
+    }
+
     fn __repr__(&self) -> String {
         let p = &self.inner;
         format!(
-            "Policy(allow_test_identities={}, clock_skew={}, status_grace={})",
+            "Policy(allow_test_identities={}, clock_skew={}, status_grace={}, max_scan_delay={})",
             if p.allow_test_identities {
                 "True"
             } else {
                 "False"
             },
             p.clock_skew,
-            p.status_grace
+            p.status_grace,
+            p.max_scan_delay
         )
     }
 }
@@ -453,12 +467,13 @@ struct Scan {
 #[pymethods]
 impl Scan {
     #[new]
-    #[pyo3(signature = (data, reader_id, *, nonce = None, allowed_uses = None))]
+    #[pyo3(signature = (data, reader_id, *, nonce = None, allowed_uses = None, scanned_at = None))]
     fn new(
         data: &Bound<'_, PyAny>,
         reader_id: String,
         nonce: Option<Vec<u8>>,
         allowed_uses: Option<Vec<String>>,
+        scanned_at: Option<i64>,
     ) -> PyResult<Scan> {
         let data = if let Ok(s) = data.cast::<PyString>() {
             verify::ScanData::Qr(s.to_str()?.to_owned())
@@ -474,13 +489,22 @@ impl Scan {
             Some(names) => Some(verify::parse_uses(&names).map_err(NativeErr)?),
         };
         Ok(Scan {
-            inner: Arc::new(verify::Scan::new(data, reader_id, nonce, uses.as_deref())),
+            inner: Arc::new(
+                verify::Scan::new(data, reader_id, nonce, uses.as_deref())
+                    .with_scanned_at(scanned_at),
+            ),
         })
     }
 
     #[getter]
     fn reader_id(&self) -> &str {
         &self.inner.reader_id
+    }
+
+    /// When the reader scanned the code (delayed scan, PROFILE §7.5), or None.
+    #[getter]
+    fn scanned_at(&self) -> Option<i64> {
+        self.inner.scanned_at
     }
 
     fn __repr__(&self) -> String {
