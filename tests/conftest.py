@@ -33,18 +33,37 @@ class RunningServer:
     process: subprocess.Popen[str]
     address: str
     log_path: Path
+    #: Client credentials when the server runs TLS (tests/test_tls.py), else plaintext.
+    credentials: grpc.ChannelCredentials | None = None
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
 
     def channel(self) -> grpc.Channel:
-        return grpc.insecure_channel(self.address)
+        return open_channel(self.address, self.credentials)
 
 
-def wait_serving(address: str, process: subprocess.Popen[str], timeout: float = 30.0) -> None:
+def open_channel(address: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.Channel:
+    if credentials is None:
+        return grpc.insecure_channel(address)
+    return grpc.secure_channel(address, credentials)
+
+
+def write_config(path: Path, text: str) -> Path:
+    """A TOML config file for ``serve --config`` (flags still give listen and trust files)."""
+    path.write_text(text)
+    return path
+
+
+def wait_serving(
+    address: str,
+    process: subprocess.Popen[str],
+    timeout: float = 30.0,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> None:
     """Poll the standard health service until SERVING (or fail with the process output)."""
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(address, credentials) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -59,28 +78,42 @@ def wait_serving(address: str, process: subprocess.Popen[str], timeout: float = 
     raise TimeoutError(f"server at {address} not SERVING after {timeout}s")
 
 
-def start_server(pki_dir: Path, log_path: Path, *extra: str) -> RunningServer:
+def start_server(
+    pki_dir: Path,
+    log_path: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    status_lists: bool = True,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> RunningServer:
+    """Start ``apcv-verify serve`` on a free port; ``env`` adds APCV_… variables;
+    ``status_lists=False`` serves without any status list (STATUS_UNAVAILABLE)."""
     address = f"127.0.0.1:{free_port()}"
-    status_lists = sorted((pki_dir / "status").glob("*.cwt"))
+    found = sorted((pki_dir / "status").glob("*.cwt")) if status_lists else []
     command = [
         sys.executable, "-m", "apcv_verify.cli", "serve",
         "--listen", address,
         "--anchor", str(pki_dir / "anchor.pem"),
         "--trust-list", str(pki_dir / "trust-list.cose"),
-        *[arg for path in status_lists for arg in ("--status-list", str(path))],
+        *[arg for path in found for arg in ("--status-list", str(path))],
         *extra,
     ]  # fmt: skip
     log_file = log_path.open("w")
     process = subprocess.Popen(
-        command, stdout=log_file, stderr=subprocess.STDOUT, text=True, cwd=REPO
+        command,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
     )
     try:
-        wait_serving(address, process)
+        wait_serving(address, process, credentials=credentials)
     except Exception:
         process.kill()
         process.wait()
         raise RuntimeError(f"server did not start:\n{log_path.read_text()}") from None
-    return RunningServer(process, address, log_path)
+    return RunningServer(process, address, log_path, credentials)
 
 
 def stop_server(server: RunningServer) -> None:

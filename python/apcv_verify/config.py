@@ -4,11 +4,17 @@ Keys are ``section.key`` (``policy.clock_skew_seconds``); the matching environme
 variable is ``APCV_`` + the upper-cased key with dots as underscores
 (``APCV_POLICY_CLOCK_SKEW_SECONDS``). Precedence: defaults < file < environment < flags.
 Everything is validated at start; a bad value raises :class:`ConfigError` naming the key.
+
+The ``[[callers]]`` array of tables (the purpose policy, one entry per caller identity) is
+the one key that is not ``section.key``: its environment override is ``APCV_CALLERS``, a
+JSON array of the same tables. Without any ``[[callers]]`` entry, every caller gets the
+``*`` entry :data:`DEFAULT_CALLER`: all uses, the default disclosure, no ``scanned_at``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -16,9 +22,49 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ConfigError", "Config", "load_config"]
+__all__ = [
+    "ANY_CALLER",
+    "ANONYMOUS_CALLER",
+    "DEFAULT_CALLER",
+    "DEFAULT_DISCLOSURE",
+    "FIELD_GROUPS",
+    "USES",
+    "CallerPolicy",
+    "ConfigError",
+    "Config",
+    "load_config",
+]
 
 ENV_PREFIX = "APCV_"
+
+#: A shorter HMAC key for holder references could be guessed (docs/operations.md "Audit").
+MIN_AUDIT_SECRET_CHARS = 16
+#: Environment override of the ``[[callers]]`` table: a JSON array of caller tables.
+CALLERS_ENV = "APCV_CALLERS"
+
+#: The presentation uses of PROFILE §2.5.
+USES = ("care", "dmp", "dp", "auth")
+#: Field groups a response may disclose: the INS (and its identity qualification), identity
+#: traits, AMO rights, AMC coverage.
+FIELD_GROUPS = ("ins", "identity", "amo", "amc")
+#: What each use discloses unless a caller's ``disclose`` says otherwise (README "Callers and
+#: disclosure"): care and billing need traits, rights, complementary cover and the INS that
+#: bills and files them; the shared medical record (DMP) and the pharmaceutical record (DP)
+#: are indexed by the INS and need the traits to check it; logging in needs the INS only.
+DEFAULT_DISCLOSURE: Mapping[str, tuple[str, ...]] = {
+    "care": ("ins", "identity", "amo", "amc"),
+    "dmp": ("ins", "identity"),
+    "dp": ("ins", "identity"),
+    "auth": ("ins",),
+}
+#: The caller id that matches every caller not listed by its own id.
+ANY_CALLER = "*"
+#: The caller id of a call without a client certificate (no TLS, or TLS without client auth).
+ANONYMOUS_CALLER = "anonymous"
+#: Caller ids are echoed in errors and logs; bound them.
+MAX_CALLER_ID_LENGTH = 128
+#: scanned_at older than a day is no "delayed scan" any more.
+MAX_SCAN_DELAY_LIMIT = 86_400
 
 
 class ConfigError(ValueError):
@@ -33,6 +79,26 @@ class ServerSection:
     max_message_bytes: int = 64 * 1024
     #: Seconds given to in-flight calls on shutdown.
     grace_seconds: float = 10.0
+    #: Most requests in one VerifyBatch call (INVALID_ARGUMENT above it).
+    max_batch: int = 1000
+
+
+@dataclass(frozen=True)
+class TlsSection:
+    """TLS and mTLS. With ``client_ca``, the caller id is the client certificate's subject CN."""
+
+    #: PEM server certificate (chain); TLS is on when this and ``server_key`` are set.
+    server_cert: str = ""
+    #: PEM private key of the server certificate.
+    server_key: str = ""
+    #: PEM CA bundle that client certificates must chain to (mTLS).
+    client_ca: str = ""
+    #: Refuse connections without a client certificate (only with ``client_ca``).
+    require_client_auth: bool = True
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.server_cert)
 
 
 @dataclass(frozen=True)
@@ -64,11 +130,62 @@ class ReplaySection:
 
 
 @dataclass(frozen=True)
+class CallerPolicy:
+    """One ``[[callers]]`` entry: what a caller (client certificate CN) may do and see."""
+
+    #: The client certificate's subject CN, ``anonymous`` (no certificate) or ``*`` (anyone else).
+    id: str
+    #: Presentation uses this caller may accept; any other use is PURPOSE_NOT_ALLOWED.
+    uses: tuple[str, ...] = USES
+    #: Field groups disclosed per use; a use missing here takes DEFAULT_DISCLOSURE.
+    disclose: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: May send ``scanned_at`` (edge readers that queue scans); else PERMISSION_DENIED.
+    may_send_scanned_at: bool = False
+    #: How old ``scanned_at`` may be, in seconds (SCAN_TIME_INVALID beyond).
+    max_scan_delay_seconds: int = 0
+
+    def disclosed(self, use: str) -> frozenset[str]:
+        """The field groups a response for a presentation of ``use`` may carry."""
+        return frozenset(self.disclose.get(use, DEFAULT_DISCLOSURE.get(use, ())))
+
+
+#: The policy of every caller when no ``[[callers]]`` table is configured.
+DEFAULT_CALLER = CallerPolicy(ANY_CALLER)
+
+
+@dataclass(frozen=True)
+class MetricsSection:
+    #: host:port of the Prometheus ``/metrics`` HTTP endpoint; "" disables it.
+    listen: str = "127.0.0.1:9464"
+
+
+@dataclass(frozen=True)
+class AuditSection:
+    #: HMAC key of the pseudonymous ``holder_ref`` in audit records (docs/operations.md).
+    #: Required in production: when empty a random per-process key is used, so references
+    #: differ across restarts and replicas. Hidden from repr; ``metadata["secret"]`` tells
+    #: any configuration printer to mask it.
+    holder_ref_secret: str = field(default="", repr=False, metadata={"secret": True})
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerSection = field(default_factory=ServerSection)
     trust: TrustSection = field(default_factory=TrustSection)
     policy: PolicySection = field(default_factory=PolicySection)
     replay: ReplaySection = field(default_factory=ReplaySection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
+    audit: AuditSection = field(default_factory=AuditSection)
+    tls: TlsSection = field(default_factory=TlsSection)
+    #: The purpose policy, by caller id; empty means every caller is DEFAULT_CALLER.
+    callers: tuple[CallerPolicy, ...] = ()
+
+    def caller(self, caller_id: str) -> CallerPolicy | None:
+        """The policy of ``caller_id``: its own entry, else ``*``, else None (not allowed)."""
+        if not self.callers:
+            return DEFAULT_CALLER
+        by_id = {caller.id: caller for caller in self.callers}
+        return by_id.get(caller_id, by_id.get(ANY_CALLER))
 
     def validate(self) -> Config:
         host, sep, port = self.server.listen.rpartition(":")
@@ -78,6 +195,8 @@ class Config:
             raise ConfigError("server.max_message_bytes: must be at least 4096")
         if self.server.grace_seconds < 0:
             raise ConfigError("server.grace_seconds: must not be negative")
+        if not 1 <= self.server.max_batch <= 100_000:
+            raise ConfigError("server.max_batch: must be between 1 and 100000")
         if not self.trust.anchors:
             raise ConfigError("trust.anchors: at least one trust anchor is required")
         if not self.trust.trust_list:
@@ -98,7 +217,36 @@ class Config:
             raise ConfigError(f"replay.backend: unknown backend {self.replay.backend!r} (memory)")
         if self.replay.max_entries < 1:
             raise ConfigError("replay.max_entries: must be at least 1")
+        if self.metrics.listen:
+            host, sep, port = self.metrics.listen.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+                raise ConfigError('metrics.listen: expected HOST:PORT, e.g. 127.0.0.1:9464, or ""')
+        if 0 < len(self.audit.holder_ref_secret) < MIN_AUDIT_SECRET_CHARS:
+            raise ConfigError(
+                f"audit.holder_ref_secret: at least {MIN_AUDIT_SECRET_CHARS} characters"
+                " (e.g. `openssl rand -hex 32`)"
+            )
+        self._validate_tls()
+        seen: set[str] = set()
+        for caller in self.callers:
+            if caller.id in seen:
+                raise ConfigError(f"callers: caller {caller.id!r} is listed twice")
+            seen.add(caller.id)
         return self
+
+    def _validate_tls(self) -> None:
+        tls = self.tls
+        if bool(tls.server_cert) != bool(tls.server_key):
+            raise ConfigError("tls.server_cert: server_cert and server_key go together")
+        if tls.client_ca and not tls.server_cert:
+            raise ConfigError("tls.client_ca: needs tls.server_cert and tls.server_key")
+        for key, path in (
+            ("tls.server_cert", tls.server_cert),
+            ("tls.server_key", tls.server_key),
+            ("tls.client_ca", tls.client_ca),
+        ):
+            if path and not Path(path).is_file():
+                raise ConfigError(f"{key}: file not found: {path}")
 
 
 def _convert(key: str, annotation: str, raw: Any, *, from_env: bool) -> Any:
@@ -146,7 +294,84 @@ def _relative_to(base: Path, value: str | tuple[str, ...]) -> str | tuple[str, .
 
 
 def _sections() -> dict[str, type]:
-    return {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
+    return {
+        f.name: f.default_factory  # type: ignore[misc]
+        for f in dataclasses.fields(Config)
+        if f.name != "callers"
+    }
+
+
+def _string_list(key: str, raw: Any) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not all(isinstance(item, str) for item in raw):
+        raise ConfigError(f"{key}: expected list of strings")
+    return tuple(raw)
+
+
+def _caller(index: int, raw: Any) -> CallerPolicy:
+    """One ``[[callers]]`` table, checked key by key (errors name ``callers[i].key``)."""
+    where = f"callers[{index}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table")
+    given = dict(raw)
+    caller_id = given.pop("id", None)
+    if not isinstance(caller_id, str) or not caller_id:
+        raise ConfigError(f"{where}.id: a non-empty string is required")
+    if len(caller_id) > MAX_CALLER_ID_LENGTH:
+        raise ConfigError(f"{where}.id: at most {MAX_CALLER_ID_LENGTH} characters")
+    values: dict[str, Any] = {"id": caller_id}
+    if "uses" in given:
+        uses = _string_list(f"{where}.uses", given.pop("uses"))
+        for use in uses:
+            if use not in USES:
+                raise ConfigError(f"{where}.uses: unknown use {use!r} ({', '.join(USES)})")
+        values["uses"] = uses
+    if "disclose" in given:
+        disclose = given.pop("disclose")
+        if not isinstance(disclose, dict):
+            raise ConfigError(f"{where}.disclose: expected a table of use = [field groups]")
+        checked: dict[str, tuple[str, ...]] = {}
+        for use, groups in disclose.items():
+            if use not in USES:
+                raise ConfigError(f"{where}.disclose: unknown use {use!r} ({', '.join(USES)})")
+            checked[use] = _string_list(f"{where}.disclose.{use}", groups)
+            for group in checked[use]:
+                if group not in FIELD_GROUPS:
+                    raise ConfigError(
+                        f"{where}.disclose.{use}: unknown field group {group!r} "
+                        f"({', '.join(FIELD_GROUPS)})"
+                    )
+        values["disclose"] = checked
+    if "may_send_scanned_at" in given:
+        values["may_send_scanned_at"] = _convert(
+            f"{where}.may_send_scanned_at", "bool", given.pop("may_send_scanned_at"), from_env=False
+        )
+    if "max_scan_delay_seconds" in given:
+        delay = _convert(
+            f"{where}.max_scan_delay_seconds",
+            "int",
+            given.pop("max_scan_delay_seconds"),
+            from_env=False,
+        )
+        if not 0 <= delay <= MAX_SCAN_DELAY_LIMIT:
+            raise ConfigError(
+                f"{where}.max_scan_delay_seconds: must be between 0 and {MAX_SCAN_DELAY_LIMIT}"
+            )
+        values["max_scan_delay_seconds"] = delay
+    for unknown in given:
+        raise ConfigError(f"{where}.{unknown}: unknown key")
+    return CallerPolicy(**values)
+
+
+def _callers(document: dict[str, Any], environ: Mapping[str, str]) -> tuple[CallerPolicy, ...]:
+    raw: Any = document.pop("callers", [])
+    if CALLERS_ENV in environ:
+        try:
+            raw = json.loads(environ[CALLERS_ENV])
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"callers: {CALLERS_ENV} is not valid JSON: {error}") from None
+    if not isinstance(raw, list):
+        raise ConfigError("callers: expected an array of tables ([[callers]])")
+    return tuple(_caller(index, entry) for index, entry in enumerate(raw))
 
 
 def load_config(
@@ -171,7 +396,7 @@ def load_config(
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"config file {path}: invalid TOML: {error}") from None
 
-    sections: dict[str, Any] = {}
+    sections: dict[str, Any] = {"callers": _callers(document, environ)}
     for section_name, section_type in _sections().items():
         given = document.pop(section_name, {})
         if not isinstance(given, dict):
@@ -182,7 +407,7 @@ def load_config(
             annotation = str(item.type)
             if item.name in given:
                 value = _convert(key, annotation, given.pop(item.name), from_env=False)
-                if section_name == "trust" and path is not None:
+                if section_name in ("trust", "tls") and annotation != "bool" and path is not None:
                     value = _relative_to(Path(path).parent, value)
                 values[item.name] = value
             env_name = ENV_PREFIX + key.replace(".", "_").upper()

@@ -10,18 +10,21 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from . import _native
+from . import _native, fhir
 from ._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
-from .config import Config
+from .config import FIELD_GROUPS, CallerPolicy, Config
 from .issuer import cose_key_from_public_pem
+from .policy import CallRefused, caller_id, resolve_caller, scanned_at_permission
 
 __all__ = [
     "RunningServer",
@@ -40,6 +43,16 @@ SERVICE_NAME = verifier_pb2.DESCRIPTOR.services_by_name["Verifier"].full_name
 MAX_ID_LENGTH = 128
 #: An NFC challenge is a short random value (PROFILE §2 "nonce").
 MAX_NONCE_BYTES = 64
+
+#: RNIV identity status of an INS read from the Appli carte Vitale: qualified. The RNIV
+#: (1 - Principes communs v2.0, §4.3.4) counts an identity obtained by scanning or reading the
+#: ApCV as qualified, for holders and their attached beneficiaries alike; fr-core codes it
+#: QUAL (fr-core-cs-identity-status) with collection method AV (fr-core-cs-method-collection).
+INS_QUALIFICATION = verifier_pb2.IdentityQualification(
+    status="QUALIFIED", status_code="QUAL", collection_method="AV"
+)
+#: Every field group: what a response carries when no policy narrows it.
+ALL_GROUPS = frozenset(FIELD_GROUPS)
 
 
 def read_anchor(path: str | Path) -> bytes:
@@ -74,42 +87,91 @@ def load_trust_material(config: Config, *, now: int | None = None) -> TrustMater
     return TrustMaterial(trust_list, status_lists)
 
 
-def build_verifier(config: Config, material: TrustMaterial) -> _native.Verifier:
-    policy = _native.Policy(
-        allow_test_identities=config.policy.allow_test_identities,
-        clock_skew=config.policy.clock_skew_seconds,
-        status_grace=config.policy.status_grace_seconds,
-    )
+def build_verifiers(config: Config, material: TrustMaterial) -> dict[int, _native.Verifier]:
+    """One core verifier per distinct ``max_scan_delay`` of the callers table, by delay.
+
+    They share one replay store, so a presentation accepted for one caller is a replay for
+    every other (PROFILE §7.4); only the scan-delay bound of the policy differs.
+    """
     store = _native.MemoryReplayStore(max_entries=config.replay.max_entries)
-    return _native.Verifier(material.trust_list, material.status_lists, policy, store)
+    delays = {0} | {caller.max_scan_delay_seconds for caller in config.callers}
+    verifiers = {}
+    for delay in sorted(delays):
+        policy = _native.Policy(
+            allow_test_identities=config.policy.allow_test_identities,
+            clock_skew=config.policy.clock_skew_seconds,
+            status_grace=config.policy.status_grace_seconds,
+            max_scan_delay=delay,
+        )
+        verifiers[delay] = _native.Verifier(
+            material.trust_list, material.status_lists, policy, store
+        )
+    return verifiers
 
 
-def _person_message(person: _native.Person) -> verifier_pb2.VerifiedPerson:
-    amo = person.amo
-    return verifier_pb2.VerifiedPerson(
-        rank=person.rank,
-        ins=verifier_pb2.Ins(matricule=person.ins, oid=person.ins_oid),
-        identity=verifier_pb2.IdentityTraits(
-            birth_name=person.birth_name,
-            given_names=person.given_names,
-            sex=person.sex,
-            birth_date=person.birth_date,
-            birth_place=person.birth_place,
-        ),
-        amo=verifier_pb2.AmoRights(
-            regime=amo.regime,
-            caisse=amo.caisse,
-            centre=amo.centre,
-            open_from=amo.open_from,
-            open_to=amo.open_to,
-        ),
+def _person_message(
+    person: _native.Person, disclosed: frozenset[str]
+) -> verifier_pb2.VerifiedPerson:
+    """The presented person with only the disclosed field groups set (the rest unset)."""
+    message = verifier_pb2.VerifiedPerson(rank=person.rank)
+    if "ins" in disclosed:
+        message.ins.CopyFrom(verifier_pb2.Ins(matricule=person.ins, oid=person.ins_oid))
+    if "identity" in disclosed:
+        message.identity.CopyFrom(
+            verifier_pb2.IdentityTraits(
+                birth_name=person.birth_name,
+                given_names=person.given_names,
+                sex=person.sex,
+                birth_date=person.birth_date,
+                birth_place=person.birth_place,
+            )
+        )
+    if "amo" in disclosed:
+        amo = person.amo
+        message.amo.CopyFrom(
+            verifier_pb2.AmoRights(
+                regime=amo.regime,
+                caisse=amo.caisse,
+                centre=amo.centre,
+                open_from=amo.open_from,
+                open_to=amo.open_to,
+            )
+        )
+    return message
+
+
+def _amc_message(coverage: Any) -> verifier_pb2.AmcCoverage:
+    """One AMC attestation's verdict (PROFILE §2.7): its own validity, reason and content."""
+    message = verifier_pb2.AmcCoverage(
+        valid=coverage.valid,
+        reason=coverage.reason,  # OK, NOT_APPLICABLE or a §8 code: the enum's names
+        detail=coverage.detail,
+        organisation=coverage.organisation or "",
+        amc_number=coverage.amc_number or "",
+        contract=coverage.contract or "",
+        domains=list(coverage.domains),
     )
+    if coverage.third_party_payment is not None:
+        message.third_party_payment = coverage.third_party_payment
+    if coverage.expires_at is not None:
+        message.expires_at.FromSeconds(coverage.expires_at)
+    return message
 
 
 def response_message(
-    request_id: str, result: _native.VerificationResult
+    request_id: str,
+    result: _native.VerificationResult,
+    *,
+    disclosed: frozenset[str] = ALL_GROUPS,
+    include_fhir: bool = False,
+    verified_at: int | None = None,
 ) -> verifier_pb2.VerifyResponse:
-    """The protobuf form of one core decision."""
+    """The protobuf form of one core decision, carrying only the ``disclosed`` field groups.
+
+    Groups (``ins``, ``identity``, ``amo``, ``amc``) outside ``disclosed`` are absent, not
+    blanked; the identity qualification goes with the INS; FHIR JSON, when asked for, is
+    built from this already-filtered message, so it can disclose nothing more.
+    """
     response = verifier_pb2.VerifyResponse(
         request_id=request_id,
         decision=verifier_pb2.ACCEPTED if result.accepted else verifier_pb2.REJECTED,
@@ -118,51 +180,175 @@ def response_message(
         duplicate=result.duplicate,
         use=result.use or "",
     )
-    if result.accepted and result.person is not None:
-        response.person.CopyFrom(_person_message(result.person))
-        response.issuer = result.issuer or ""
+    if not result.accepted or result.person is None:
+        return response  # on rejection no person is returned (PROFILE §7.6)
+    response.person.CopyFrom(_person_message(result.person, disclosed))
+    response.issuer = result.issuer or ""
+    if "ins" in disclosed:
+        response.identity_qualification.CopyFrom(INS_QUALIFICATION)
+    # getattr: delegation and AMC results arrive with the issue-3 core; an older core has none.
+    if "amc" in disclosed:
+        response.amc.extend(_amc_message(item) for item in getattr(result, "amc", ()))
+    label = getattr(result, "delegation_label", None)
+    if label is not None:
+        response.delegation.CopyFrom(verifier_pb2.Delegation(used=True, label=label))
+    if include_fhir:
+        now = int(time.time()) if verified_at is None else verified_at
+        response.fhir_json = fhir.bundle_json(response, verified_at=now)
     return response
 
 
-class VerifierService(verifier_pb2_grpc.VerifierServicer):
-    """``apcv.verify.v1.Verifier``: protobuf in, core decision out."""
+def _request_problem(request: verifier_pb2.VerifyRequest) -> str | None:
+    """Why a request is unusable as a call (INVALID_ARGUMENT), or None."""
+    kind = request.WhichOneof("presentation")
+    if kind is None:
+        return "no presentation in request"
+    if not (request.qr_text if kind == "qr_text" else request.nfc_bytes):
+        return "empty presentation"
+    if len(request.request_id) > MAX_ID_LENGTH or len(request.reader.reader_id) > MAX_ID_LENGTH:
+        return f"request_id and reader_id are limited to {MAX_ID_LENGTH} characters"
+    if len(request.reader.nonce) > MAX_NONCE_BYTES:
+        return f"nonce is limited to {MAX_NONCE_BYTES} bytes"
+    return None
 
-    def __init__(self, verifier: _native.Verifier) -> None:
-        self._verifier = verifier
+
+def _scan(request: verifier_pb2.VerifyRequest, policy: CallerPolicy, caller: str) -> _native.Scan:
+    """The core's view of one request under the caller's policy (CallRefused if not allowed)."""
+    data: str | bytes = (
+        request.qr_text if request.WhichOneof("presentation") == "qr_text" else request.nfc_bytes
+    )
+    scanned_at = None
+    if request.HasField("scanned_at"):
+        scanned_at_permission(policy, caller)
+        scanned_at = request.scanned_at.seconds  # whole seconds, as the core's NumericDates
+    return _native.Scan(
+        data,
+        request.reader.reader_id,
+        nonce=request.reader.nonce or None,
+        allowed_uses=list(policy.uses),
+        scanned_at=scanned_at,
+    )
+
+
+def _log(
+    method: str,
+    caller: str,
+    request: verifier_pb2.VerifyRequest,
+    result: _native.VerificationResult,
+    seconds: float,
+    item: int | None = None,
+) -> None:
+    log.info(
+        "verification",
+        method=method,
+        caller=caller,
+        request_id=request.request_id,
+        reader=request.reader.reader_id,
+        decision="ACCEPTED" if result.accepted else "REJECTED",
+        reason=result.reason,
+        duplicate=result.duplicate,
+        latency_ms=round(seconds * 1000, 3),
+        **({} if item is None else {"item": item}),
+    )
+
+
+class VerifierService(verifier_pb2_grpc.VerifierServicer):
+    """``apcv.verify.v1.Verifier``: protobuf in, core decision out, filtered by caller policy."""
+
+    def __init__(self, verifiers: dict[int, _native.Verifier], config: Config) -> None:
+        self._verifiers = verifiers
+        self._config = config
+
+    async def _caller(self, context: grpc.aio.ServicerContext) -> tuple[str, CallerPolicy]:
+        caller = caller_id(context.auth_context())
+        try:
+            return caller, resolve_caller(self._config, caller)
+        except CallRefused as refused:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(refused))
+            raise  # not reached: abort raises
+
+    async def _scans(
+        self,
+        requests: Sequence[verifier_pb2.VerifyRequest],
+        policy: CallerPolicy,
+        caller: str,
+        context: grpc.aio.ServicerContext,
+    ) -> list[_native.Scan]:
+        try:
+            return [_scan(request, policy, caller) for request in requests]
+        except CallRefused as refused:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(refused))
+            raise  # not reached: abort raises
+
+    async def _verify(
+        self, policy: CallerPolicy, scans: Sequence[_native.Scan], now: int
+    ) -> list[_native.VerificationResult]:
+        verifier = self._verifiers[policy.max_scan_delay_seconds]
+        # verify_batch releases the GIL for the whole batch: run it off the event loop.
+        return await asyncio.to_thread(verifier.verify_batch, scans, now)
+
+    def _response(
+        self,
+        request: verifier_pb2.VerifyRequest,
+        result: _native.VerificationResult,
+        policy: CallerPolicy,
+        now: int,
+    ) -> verifier_pb2.VerifyResponse:
+        return response_message(
+            request.request_id,
+            result,
+            disclosed=policy.disclosed(result.use or ""),
+            include_fhir=request.include_fhir,
+            verified_at=now,
+        )
 
     async def Verify(  # noqa: N802 (gRPC method name)
         self, request: verifier_pb2.VerifyRequest, context: grpc.aio.ServicerContext
     ) -> verifier_pb2.VerifyResponse:
-        kind = request.WhichOneof("presentation")
-        if kind is None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no presentation in request")
-        data: str | bytes = request.qr_text if kind == "qr_text" else request.nfc_bytes
-        if not data:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty presentation")
-        if len(request.request_id) > MAX_ID_LENGTH or len(request.reader.reader_id) > MAX_ID_LENGTH:
+        problem = _request_problem(request)
+        if problem is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        caller, policy = await self._caller(context)
+        scans = await self._scans([request], policy, caller, context)
+        now = int(time.time())
+        started = time.perf_counter()
+        (result,) = await self._verify(policy, scans, now)
+        _log("Verify", caller, request, result, time.perf_counter() - started)
+        return self._response(request, result, policy, now)
+
+    async def VerifyBatch(  # noqa: N802 (gRPC method name)
+        self, request: verifier_pb2.VerifyBatchRequest, context: grpc.aio.ServicerContext
+    ) -> verifier_pb2.VerifyBatchResponse:
+        items = request.requests
+        limit = self._config.server.max_batch
+        if not items:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty batch")
+        if len(items) > limit:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"request_id and reader_id are limited to {MAX_ID_LENGTH} characters",
+                f"batch of {len(items)} requests is over the limit of {limit} (server.max_batch)",
             )
-        if len(request.reader.nonce) > MAX_NONCE_BYTES:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"nonce is limited to {MAX_NONCE_BYTES} bytes"
-            )
-        scan = _native.Scan(data, request.reader.reader_id, nonce=request.reader.nonce or None)
+        for index, item in enumerate(items):
+            problem = _request_problem(item)
+            if problem is not None:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"requests[{index}]: {problem}"
+                )
+        caller, policy = await self._caller(context)
+        scans = await self._scans(items, policy, caller, context)
+        now = int(time.time())
         started = time.perf_counter()
-        # verify_batch releases the GIL for the whole batch: run it off the event loop.
-        (result,) = await asyncio.to_thread(self._verifier.verify_batch, [scan], int(time.time()))
-        log.info(
-            "verification",
-            method="Verify",
-            request_id=request.request_id,
-            reader=request.reader.reader_id,
-            decision="ACCEPTED" if result.accepted else "REJECTED",
-            reason=result.reason,
-            duplicate=result.duplicate,
-            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+        # One core call for the whole batch: one snapshot, one `now`, replay in batch order.
+        results = await self._verify(policy, scans, now)
+        latency = time.perf_counter() - started
+        for index, (item, result) in enumerate(zip(items, results, strict=True)):
+            _log("VerifyBatch", caller, item, result, latency, index)
+        return verifier_pb2.VerifyBatchResponse(
+            responses=[
+                self._response(item, result, policy, now)
+                for item, result in zip(items, results, strict=True)
+            ]
         )
-        return response_message(request.request_id, result)
 
 
 @dataclass
@@ -179,23 +365,41 @@ class RunningServer:
         await self.server.stop(grace_seconds)
 
 
+def server_credentials(config: Config) -> grpc.ServerCredentials:
+    """TLS credentials from ``[tls]``; with ``client_ca``, client certificates are verified
+    against it (and required when ``require_client_auth``) and their CN names the caller."""
+    tls = config.tls
+    key_pair = (Path(tls.server_key).read_bytes(), Path(tls.server_cert).read_bytes())
+    client_ca = Path(tls.client_ca).read_bytes() if tls.client_ca else None
+    return grpc.ssl_server_credentials(
+        [key_pair],
+        root_certificates=client_ca,
+        require_client_auth=bool(client_ca) and tls.require_client_auth,
+    )
+
+
 async def start_server(config: Config, material: TrustMaterial) -> RunningServer:
     """Start serving; ``server.listen`` may use port 0 to pick a free port."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", config.server.max_message_bytes),
             ("grpc.max_send_message_length", config.server.max_message_bytes),
-        ]
+        ],
     )
     verifier_pb2_grpc.add_VerifierServicer_to_server(
-        VerifierService(build_verifier(config, material)), server
+        VerifierService(build_verifiers(config, material), config),
+        server,
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(config.server.listen)
+    port = (
+        server.add_secure_port(config.server.listen, server_credentials(config))
+        if config.tls.enabled
+        else server.add_insecure_port(config.server.listen)
+    )
     if port == 0:
         raise OSError(f"cannot listen on {config.server.listen}")
     await server.start()
@@ -206,6 +410,8 @@ async def start_server(config: Config, material: TrustMaterial) -> RunningServer
         "serving",
         listen=config.server.listen,
         port=port,
+        tls=config.tls.enabled,
+        client_auth=bool(config.tls.client_ca),
         trust_list_seq=material.trust_list.seq,
         status_lists=len(material.status_lists),
     )

@@ -1,0 +1,55 @@
+"""Who is calling, and what the purpose policy lets that caller do and see.
+
+The caller id comes from the transport: with mTLS (``[tls] client_ca``) it is the subject
+CN of the client certificate that the TLS handshake verified; a call without a client
+certificate is the caller ``anonymous``. The ``[[callers]]`` table of the configuration
+(:class:`~apcv_verify.config.CallerPolicy`) then gives its allowed uses (PURPOSE_NOT_ALLOWED
+in the core otherwise), the field groups disclosed per use, and whether it may send
+``scanned_at``. Fields a caller may not see are left out of the response (unset), never
+blanked (ARCHITECTURE.md "The service", PROFILE §9.3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from .config import ANONYMOUS_CALLER, CallerPolicy, Config
+
+__all__ = ["CallRefused", "caller_id", "resolve_caller", "scanned_at_permission"]
+
+#: The auth-context property gRPC fills with the verified client certificate's subject CN.
+_CN_PROPERTY = "x509_common_name"
+
+
+class CallRefused(Exception):
+    """The call itself is not allowed (mapped to PERMISSION_DENIED with this message)."""
+
+
+def caller_id(auth_context: Mapping[str, Sequence[bytes]]) -> str:
+    """The caller id of a call: the client certificate's subject CN, else ``anonymous``.
+
+    gRPC only puts ``x509_common_name`` in the auth context after the handshake verified the
+    certificate against ``tls.client_ca``, so the CN is authenticated, not claimed.
+    """
+    names = auth_context.get(_CN_PROPERTY) or ()
+    for name in names:
+        text = name.decode("utf-8", errors="replace")
+        if text:
+            return text
+    return ANONYMOUS_CALLER
+
+
+def resolve_caller(config: Config, caller: str) -> CallerPolicy:
+    """The policy of ``caller``; CallRefused when the table has neither it nor ``*``."""
+    policy = config.caller(caller)
+    if policy is None:
+        raise CallRefused(f"caller {caller!r} is not in the callers table")
+    return policy
+
+
+def scanned_at_permission(policy: CallerPolicy, caller: str) -> None:
+    """CallRefused unless ``caller`` may send ``scanned_at`` (delayed scans, PROFILE §7.5)."""
+    if not policy.may_send_scanned_at:
+        raise CallRefused(
+            f"caller {caller!r} may not send scanned_at (callers.may_send_scanned_at is false)"
+        )

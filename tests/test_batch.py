@@ -1,0 +1,124 @@
+"""VerifyBatch over real gRPC: ordered, bounded, one core call per batch."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
+from apcv_verify.issuer import DemoPKI, qr_text, tamper_signature
+
+from .conftest import RunningServer, start_server, stop_server, write_config
+
+Request = verifier_pb2.VerifyRequest
+Reader = verifier_pb2.ReaderContext
+
+
+def item(request_id: str, presentation: str | bytes, reader_id: str = "edge-1") -> Request:
+    request = Request(request_id=request_id, reader=Reader(reader_id=reader_id))
+    if isinstance(presentation, str):
+        request.qr_text = presentation
+    else:
+        request.nfc_bytes = presentation
+    return request
+
+
+def verify_batch(server: RunningServer, items: list[Request]) -> list[verifier_pb2.VerifyResponse]:
+    with server.channel() as channel:
+        stub = verifier_pb2_grpc.VerifierStub(channel)
+        reply = stub.VerifyBatch(verifier_pb2.VerifyBatchRequest(requests=items), timeout=30)
+        return list(reply.responses)
+
+
+def reasons(responses: list[verifier_pb2.VerifyResponse]) -> list[str]:
+    return [verifier_pb2.Reason.Name(response.reason) for response in responses]
+
+
+def test_responses_come_in_request_order(server: RunningServer, pki: DemoPKI) -> None:
+    now = int(time.time())
+    samples = pki.samples(now=now)
+    items = [
+        item("b-0", qr_text(samples["accepted"])),
+        item("b-1", qr_text(samples["expired"])),
+        item("b-2", pki.present("family", ben=1)),
+        item("b-3", "APCV1:%%%%"),
+        item("b-4", qr_text(samples["tampered"])),
+        item("b-5", qr_text(pki.present("lunar"))),
+    ]
+    responses = verify_batch(server, items)
+    assert [response.request_id for response in responses] == [f"b-{i}" for i in range(6)]
+    assert reasons(responses) == [
+        "OK",
+        "CREDENTIAL_EXPIRED",
+        "OK",
+        "MALFORMED",
+        "BAD_DEVICE_SIGNATURE",
+        "OK",
+    ]
+    assert responses[2].person.rank == 1
+    assert responses[5].person.identity.birth_date == "1957-00-00"
+    assert not responses[1].HasField("person")
+
+
+def test_replay_is_judged_in_batch_order(server: RunningServer, pki: DemoPKI) -> None:
+    code = qr_text(pki.present("alice"))
+    responses = verify_batch(
+        server,
+        [item("r-0", code, "edge-1"), item("r-1", code, "edge-1"), item("r-2", code, "edge-2")],
+    )
+    assert reasons(responses) == ["OK", "OK", "REPLAYED"]
+    assert [response.duplicate for response in responses] == [False, True, False]
+    # The batch shares the replay store with single calls.
+    with server.channel() as channel:
+        single = verifier_pb2_grpc.VerifierStub(channel).Verify(
+            item("r-3", code, "desk-3"), timeout=10
+        )
+    assert verifier_pb2.Reason.Name(single.reason) == "REPLAYED"
+
+
+def test_batch_and_single_verify_agree(server: RunningServer, pki: DemoPKI) -> None:
+    tampered = tamper_signature(pki.present("corsica"))
+    (batched,) = verify_batch(server, [item("one", tampered)])
+    with server.channel() as channel:
+        single = verifier_pb2_grpc.VerifierStub(channel).Verify(item("one", tampered), timeout=10)
+    assert batched == single
+
+
+def test_empty_batch_and_invalid_items_are_invalid_argument(server: RunningServer) -> None:
+    with pytest.raises(grpc.RpcError) as empty:
+        verify_batch(server, [])
+    assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "empty batch" in (empty.value.details() or "")
+
+    with pytest.raises(grpc.RpcError) as bad_item:
+        verify_batch(server, [item("ok", "APCV1:"), Request(request_id="no-presentation")])
+    assert bad_item.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "requests[1]: no presentation in request" in (bad_item.value.details() or "")
+
+
+def test_default_bound_is_1000(server: RunningServer) -> None:
+    garbage = [item(f"g-{i}", "APCV1:") for i in range(1000)]
+    assert set(reasons(verify_batch(server, garbage))) == {"MALFORMED"}
+    with pytest.raises(grpc.RpcError) as over:
+        verify_batch(server, [*garbage, item("g-1000", "APCV1:")])
+    assert over.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "over the limit of 1000 (server.max_batch)" in (over.value.details() or "")
+
+
+def test_configured_bound(pki: DemoPKI, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "apcv.toml", "[server]\nmax_batch = 2\n")
+    small = start_server(
+        pki.directory, tmp_path / "small.log", "--allow-test-identities", "--config", str(config)
+    )
+    try:
+        assert reasons(verify_batch(small, [item("a", "APCV1:"), item("b", "APCV1:")])) == [
+            "MALFORMED",
+            "MALFORMED",
+        ]
+        with pytest.raises(grpc.RpcError) as over:
+            verify_batch(small, [item(str(i), "APCV1:") for i in range(3)])
+        assert over.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        stop_server(small)
