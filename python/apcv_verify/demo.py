@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import shlex
 import shutil
 import signal
@@ -127,6 +128,10 @@ async def _run(serve: bool, listen: str | None) -> int:
                 "trust.status_lists": [str(path) for path in pki.status_list_paths.values()],
                 # The demo people carry the INS demonstration OID (PROFILE §5.3).
                 "policy.allow_test_identities": True,
+                # Everything is ephemeral here: a per-run audit key (no "not stable" warning
+                # in the table) and /metrics only when the demo keeps serving.
+                "audit.holder_ref_secret": secrets.token_hex(32),
+                "metrics.listen": None if serve else "",
             },
         )
         running = await start_server(config, load_trust_material(config))

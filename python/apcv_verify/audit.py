@@ -1,0 +1,140 @@
+"""The audit trail: one structured record per verification, and its metrics.
+
+A record says who asked (caller, reader), what was decided (decision, reason, duplicate),
+how long it took, and *which holder* only as a pseudonym: ``holder_ref`` =
+HMAC-SHA-256(secret, credential id), hex, truncated to :data:`HOLDER_REF_HEX_CHARS`. The same
+credential gives the same reference under one secret, so an operator can follow a
+credential's verifications (or answer a holder's access request, given their credential id)
+without the log ever holding an identity. Never a name, NIR/INS, birth date or raw scan
+(ARCHITECTURE.md "Audit", PROFILE §9).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from typing import TYPE_CHECKING
+
+import structlog
+
+from . import _native
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .metrics import ServiceMetrics
+
+__all__ = [
+    "ANONYMOUS_CALLER",
+    "HOLDER_REF_HEX_CHARS",
+    "AuditTrail",
+    "holder_ref",
+]
+
+log = structlog.get_logger("apcv_verify.audit")
+
+#: Caller identity when the call carries none (no mTLS client certificate).
+ANONYMOUS_CALLER = "anonymous"
+#: 32 hex characters = 128 bits of the HMAC: collisions stay negligible for billions of
+#: credentials, and the reference stays short in every log line.
+HOLDER_REF_HEX_CHARS = 32
+#: Bytes of the per-process secret used when none is configured.
+EPHEMERAL_SECRET_BYTES = 32
+
+
+def holder_ref(secret: bytes, credential_id: str) -> str:
+    """The pseudonymous holder reference of ``credential_id`` under ``secret``."""
+    digest = hmac.new(secret, credential_id.encode("utf-8"), hashlib.sha256).hexdigest()
+    return digest[:HOLDER_REF_HEX_CHARS]
+
+
+class AuditTrail:
+    """Writes the audit record and the verification metrics of each decision."""
+
+    def __init__(
+        self,
+        secret: bytes,
+        metrics: ServiceMetrics | None = None,
+        *,
+        replay_backend: str = "memory",
+    ) -> None:
+        if not secret:
+            raise ValueError("the holder reference secret must not be empty")
+        self._secret = secret
+        self._metrics = metrics
+        self._replay_backend = replay_backend
+
+    def __repr__(self) -> str:
+        return "AuditTrail(secret=***)"
+
+    @classmethod
+    def from_config(cls, config: Config, metrics: ServiceMetrics | None = None) -> AuditTrail:
+        """The trail for ``config``; without ``audit.holder_ref_secret``, a random one.
+
+        A random secret is fine for a laptop but makes references differ after every
+        restart and between replicas, so it is logged as a warning.
+        """
+        configured = config.audit.holder_ref_secret
+        if configured:
+            secret = configured.encode("utf-8")
+        else:
+            secret = secrets.token_bytes(EPHEMERAL_SECRET_BYTES)
+            log.warning(
+                "audit_secret_ephemeral",
+                detail="audit.holder_ref_secret is not set: holder_ref values are not stable "
+                "across restarts or replicas; set it in production",
+            )
+        return cls(secret, metrics, replay_backend=config.replay.backend)
+
+    def holder_ref(self, credential_id: str | None) -> str | None:
+        """``None`` when the presentation was too broken to name a credential."""
+        return None if credential_id is None else holder_ref(self._secret, credential_id)
+
+    def record_batch(self, size: int) -> None:
+        """Observe one verified batch's size in ``apcv_batch_size`` (its items are audited)."""
+        if self._metrics is not None:
+            self._metrics.observe_batch(size)
+
+    def record_verification(
+        self,
+        *,
+        method: str,
+        request_id: str,
+        reader_id: str,
+        result: _native.VerificationResult,
+        latency_seconds: float,
+        caller: str = ANONYMOUS_CALLER,
+        item: int | None = None,
+    ) -> None:
+        """Audit one decision and count it in ``apcv_verifications_total``.
+
+        Call once per verified presentation: ``method`` is the RPC name (``Verify``,
+        ``VerifyBatch``, ``VerifyStream``), ``latency_seconds`` the time from the start of the
+        core call to this decision (a batch's items share their batch's time), ``item`` the
+        position in a batch. ``caller`` is the client-certificate identity when mTLS gives
+        one.
+        """
+        decision = "ACCEPTED" if result.accepted else "REJECTED"
+        if self._metrics is not None:
+            self._metrics.observe_verification(
+                method=method,
+                decision=decision,
+                reason=result.reason,
+                seconds=latency_seconds,
+                replay_backend=self._replay_backend,
+            )
+        fields: dict[str, object] = {
+            "kind": "audit",
+            "request_id": request_id,
+            "caller": caller,
+            "reader_id": reader_id,
+            "method": method,
+            "decision": decision,
+            "reason": result.reason,
+            "duplicate": result.duplicate,
+            "latency_ms": round(latency_seconds * 1000, 3),
+            "holder_ref": self.holder_ref(result.credential_id),
+        }
+        if item is not None:
+            fields["item"] = item
+        log.info("verification", **fields)

@@ -1,0 +1,310 @@
+"""Prometheus metrics: standard gRPC server metrics and the verifier's own.
+
+Each server gets its own :class:`~prometheus_client.CollectorRegistry` (never the global
+default), so several servers can run in one process (tests) without sharing counters.
+
+Privacy and cardinality rule (ARCHITECTURE.md "Metrics", PROFILE §9): label values come
+from small closed sets only — gRPC method and status names, decisions, reason codes,
+status-list URIs from the signed trust material. Never a name, NIR/INS, birth date,
+request id or reader id: reader ids go to the audit log (:mod:`apcv_verify.audit`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from .server import TrustMaterial
+
+__all__ = [
+    "BATCH_SIZE_BUCKETS",
+    "VERIFICATION_SECONDS_BUCKETS",
+    "MetricsInterceptor",
+    "ServiceMetrics",
+    "start_metrics_server",
+]
+
+#: A verification takes tens of microseconds in the core: buckets start at 0.1 ms so the
+#: histogram resolves it; 1 s is already far beyond any useful answer at a reception desk.
+VERIFICATION_SECONDS_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+)  # fmt: skip
+#: Batch sizes from a single scan to a full batch of a reader's offline spool.
+BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+
+#: go-grpc-prometheus ``grpc_type`` values, by which of the handler's behaviours is set.
+_GRPC_TYPES = (
+    ("unary_unary", "unary"),
+    ("unary_stream", "server_stream"),
+    ("stream_unary", "client_stream"),
+    ("stream_stream", "bidi_stream"),
+)
+
+
+class ServiceMetrics:
+    """Every metric of one server, registered in that server's own registry."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        stream_services: Iterable[str] = (),
+    ) -> None:
+        self.registry = CollectorRegistry() if registry is None else registry
+        #: Services whose streaming calls count in ``apcv_inflight_streams``.
+        self.stream_services = frozenset(stream_services)
+        registry = self.registry
+        # Names, labels and help of go-grpc-prometheus (grpc-ecosystem), so existing
+        # dashboards and alerts work unchanged.
+        self.grpc_started = Counter(
+            "grpc_server_started_total",
+            "Total number of RPCs started on the server.",
+            ["grpc_type", "grpc_service", "grpc_method"],
+            registry=registry,
+        )
+        self.grpc_handled = Counter(
+            "grpc_server_handled_total",
+            "Total number of RPCs completed on the server, regardless of success or failure.",
+            ["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
+            registry=registry,
+        )
+        self.grpc_handling_seconds = Histogram(
+            "grpc_server_handling_seconds",
+            "Histogram of response latency (seconds) of gRPC that had been application-level "
+            "handled by the server.",
+            ["grpc_type", "grpc_service", "grpc_method"],
+            registry=registry,
+        )
+        self.verifications = Counter(
+            "apcv_verifications_total",
+            "Verification decisions, by decision, reason code and RPC method.",
+            ["decision", "reason", "method"],
+            registry=registry,
+        )
+        self.verification_seconds = Histogram(
+            "apcv_verification_seconds",
+            "Time from the start of the core call to the decision, one observation per "
+            "verification (a batch item observes its batch's time).",
+            ["method"],
+            buckets=VERIFICATION_SECONDS_BUCKETS,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "apcv_batch_size",
+            "Number of presentations per VerifyBatch call.",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=registry,
+        )
+        self.inflight_streams = Gauge(
+            "apcv_inflight_streams",
+            "Streaming calls of the verifier service currently open.",
+            registry=registry,
+        )
+        self.replay_store_errors = Counter(
+            "apcv_replay_store_errors_total",
+            "Verifications the replay store could not answer (decided REPLAY_UNAVAILABLE).",
+            ["backend"],
+            registry=registry,
+        )
+        self._trust = _TrustCollector()
+        registry.register(self._trust)
+
+    def watch_trust_material(self, current: Callable[[], TrustMaterial | None]) -> None:
+        """Export sequence, age and expiry of whatever ``current()`` returns at each scrape.
+
+        A callable rather than a value so that a refreshed (swapped) snapshot is what the
+        next scrape reports.
+        """
+        self._trust.current = current
+
+    def interceptor(self) -> MetricsInterceptor:
+        """The grpc.aio server interceptor feeding the ``grpc_server_*`` metrics."""
+        return MetricsInterceptor(self)
+
+    def observe_verification(
+        self, *, method: str, decision: str, reason: str, seconds: float, replay_backend: str
+    ) -> None:
+        """Count one decision and observe its latency (called by the audit trail)."""
+        self.verifications.labels(decision=decision, reason=reason, method=method).inc()
+        self.verification_seconds.labels(method=method).observe(seconds)
+        if reason == "REPLAY_UNAVAILABLE":
+            self.replay_store_errors.labels(backend=replay_backend).inc()
+
+    def observe_batch(self, size: int) -> None:
+        """Record the size of one VerifyBatch call."""
+        self.batch_size.observe(size)
+
+
+class _TrustCollector(Collector):
+    """Trust-list and status-list gauges computed at scrape time from the loaded snapshot."""
+
+    def __init__(self) -> None:
+        self.current: Callable[[], TrustMaterial | None] = lambda: None
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return list(self._families())
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        return list(self._families(self.current(), time.time()))
+
+    def _families(
+        self, material: TrustMaterial | None = None, now: float = 0.0
+    ) -> Iterable[GaugeMetricFamily]:
+        sequence = GaugeMetricFamily(
+            "apcv_trust_list_sequence", "Sequence number of the trust list in use."
+        )
+        age = GaugeMetricFamily(
+            "apcv_trust_list_age_seconds", "Seconds since the trust list in use was issued (iat)."
+        )
+        expiry = GaugeMetricFamily(
+            "apcv_trust_list_expiry_timestamp_seconds",
+            "Expiry (exp) of the trust list in use, as a Unix time.",
+        )
+        status_age = GaugeMetricFamily(
+            "apcv_status_list_age_seconds",
+            "Seconds since each status list in use was issued (iat).",
+            labels=["uri"],
+        )
+        status_expiry = GaugeMetricFamily(
+            "apcv_status_list_expiry_timestamp_seconds",
+            "Expiry (exp) of each status list in use, as a Unix time.",
+            labels=["uri"],
+        )
+        if material is not None:
+            trust_list = material.trust_list
+            sequence.add_metric([], trust_list.seq)
+            age.add_metric([], now - trust_list.issued_at)
+            expiry.add_metric([], trust_list.expires_at)
+            for status_list in material.status_lists:
+                # The URI names a published list, not a person (PROFILE §6).
+                status_age.add_metric([status_list.uri], now - status_list.issued_at)
+                status_expiry.add_metric([status_list.uri], status_list.expires_at)
+        return (sequence, age, expiry, status_age, status_expiry)
+
+
+def _split_method(full_method: str) -> tuple[str, str]:
+    """``/pkg.Service/Method`` → (``pkg.Service``, ``Method``)."""
+    service, _, method = full_method.lstrip("/").rpartition("/")
+    return service, method
+
+
+def _final_code(context: grpc.aio.ServicerContext, error: BaseException | None) -> str:
+    """The status the call ends with, as go-grpc-prometheus names it (``OK``, ``NOT_FOUND``)."""
+    if error is None or isinstance(error, grpc.aio.AbortError):
+        code = context.code()  # set by abort() or set_code(); None means OK
+        if code is None:
+            return "OK" if error is None else "UNKNOWN"
+        return code.name if isinstance(code, grpc.StatusCode) else grpc.StatusCode(code).name
+    if isinstance(error, asyncio.CancelledError | GeneratorExit):
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            return "DEADLINE_EXCEEDED"
+        return "CANCELLED"
+    return "UNKNOWN"  # what grpc.aio answers for an unhandled exception
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """``grpc_server_started_total``, ``…_handled_total`` and ``…_handling_seconds`` per call.
+
+    Put it first in the interceptor list so that codes set by inner interceptors (the
+    exception-to-status mapping) are what it counts. Unknown methods are not counted (their
+    names are caller-chosen: unbounded label values).
+    """
+
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        service, method = _split_method(handler_call_details.method)
+        found = [(a, t) for a, t in _GRPC_TYPES if getattr(handler, a) is not None]
+        if not found:
+            return handler
+        ((attribute, grpc_type),) = found
+        behaviour = getattr(handler, attribute)
+        wrapped = self._wrap(behaviour, grpc_type, service, method)
+        if wrapped is None:
+            return handler  # a synchronous behaviour: not ours to time on the event loop
+        factory = getattr(grpc, f"{attribute}_rpc_method_handler")
+        return factory(
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _wrap(
+        self, behaviour: Callable[..., Any], grpc_type: str, service: str, method: str
+    ) -> Callable[..., Any] | None:
+        metrics = self._metrics
+        labels = {"grpc_type": grpc_type, "grpc_service": service, "grpc_method": method}
+        counts_as_stream = grpc_type != "unary" and service in metrics.stream_services
+
+        def begin() -> float:
+            metrics.grpc_started.labels(**labels).inc()
+            if counts_as_stream:
+                metrics.inflight_streams.inc()
+            return time.perf_counter()
+
+        def end(
+            started: float, context: grpc.aio.ServicerContext, error: BaseException | None
+        ) -> None:
+            if counts_as_stream:
+                metrics.inflight_streams.dec()
+            metrics.grpc_handled.labels(**labels, grpc_code=_final_code(context, error)).inc()
+            metrics.grpc_handling_seconds.labels(**labels).observe(time.perf_counter() - started)
+
+        if inspect.iscoroutinefunction(behaviour):
+
+            async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                started = begin()
+                try:
+                    response = await behaviour(request, context)
+                except BaseException as error:
+                    end(started, context, error)
+                    raise
+                end(started, context, None)
+                return response
+
+            return call
+
+        if inspect.isasyncgenfunction(behaviour):
+
+            async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                started = begin()
+                try:
+                    async for response in behaviour(request, context):
+                        yield response
+                except BaseException as error:
+                    end(started, context, error)
+                    raise
+                end(started, context, None)
+
+            return stream
+        return None
+
+
+def start_metrics_server(listen: str, registry: CollectorRegistry) -> WSGIServer:
+    """Serve ``/metrics`` from ``registry`` on ``HOST:PORT`` in a daemon thread.
+
+    Port 0 picks a free port (``server.server_port``). Stop with ``shutdown()``.
+    """
+    host, _, port = listen.rpartition(":")
+    server, _thread = start_http_server(int(port), addr=host.strip("[]"), registry=registry)
+    return server

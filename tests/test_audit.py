@@ -1,0 +1,214 @@
+"""Audit records of a real ``apcv-verify serve`` process: one per verification, pseudonymous."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from apcv_verify import _native
+from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
+from apcv_verify.audit import HOLDER_REF_HEX_CHARS, AuditTrail, holder_ref
+from apcv_verify.config import ConfigError, load_config
+from apcv_verify.issuer import DemoPKI, parse_sign1, qr_text
+from apcv_verify.server import build_verifiers, load_trust_material
+
+from .conftest import RunningServer, start_server, stop_server
+from .test_metrics import call
+from .test_service import _personal_values
+
+SECRET = "audit-test-secret-0123456789abcdef"
+AUDIT_FIELDS = {
+    "event", "kind", "level", "timestamp", "request_id", "caller", "reader_id", "method",
+    "decision", "reason", "duplicate", "latency_ms", "holder_ref",
+}  # fmt: skip
+
+
+def credential_id(pki: DemoPKI, holder: str) -> str:
+    """The credential id (CWT claim 2) the core reports as ``credential_id``."""
+    return str(parse_sign1(pki.holder(holder).credential).claims()[2])
+
+
+def audit_records(server: RunningServer) -> list[dict[str, Any]]:
+    records = [json.loads(line) for line in server.logs().splitlines() if line.startswith("{")]
+    return [record for record in records if record.get("kind") == "audit"]
+
+
+def serve_with_secret(
+    pki: DemoPKI, log_path: Path, monkeypatch: pytest.MonkeyPatch, secret: str
+) -> RunningServer:
+    monkeypatch.setenv("APCV_AUDIT_HOLDER_REF_SECRET", secret)
+    monkeypatch.setenv("APCV_METRICS_LISTEN", "")
+    return start_server(pki.directory, log_path, "--allow-test-identities")
+
+
+def test_holder_ref_is_a_keyed_pseudonym() -> None:
+    first = holder_ref(b"secret-one", "cred-0001")
+    assert first == holder_ref(b"secret-one", "cred-0001")
+    assert first != holder_ref(b"secret-two", "cred-0001")
+    assert first != holder_ref(b"secret-one", "cred-0002")
+    assert re.fullmatch(f"[0-9a-f]{{{HOLDER_REF_HEX_CHARS}}}", first)
+    assert "cred-0001" not in first
+    with pytest.raises(ValueError, match="must not be empty"):
+        AuditTrail(b"")
+    assert "secret-one" not in repr(AuditTrail(b"secret-one"))
+
+
+def test_one_audit_record_per_verification(
+    pki: DemoPKI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = serve_with_secret(pki, tmp_path / "audit.log", monkeypatch, SECRET)
+    try:
+        responses = {
+            "a-1": call(server, qr_text(pki.present("alice")), "a-1", "desk-1"),
+            "a-2": call(server, pki.present("alice"), "a-2", "desk-2"),
+            "a-3": call(server, qr_text(pki.present("lunar")), "a-3", "desk-1"),
+            "a-4": call(server, "APCV1:%%%%", "a-4", "desk-3"),
+        }
+        replayed = qr_text(pki.present("corsica"))
+        responses["a-5"] = call(server, replayed, "a-5", "desk-1")
+        responses["a-6"] = call(server, replayed, "a-6", "desk-1")
+        with server.channel() as channel, pytest.raises(grpc.RpcError):
+            verifier_pb2_grpc.VerifierStub(channel).Verify(
+                verifier_pb2.VerifyRequest(request_id="a-7"), timeout=10
+            )
+    finally:
+        stop_server(server)
+
+    records = audit_records(server)
+    # The refused call (INVALID_ARGUMENT) verified nothing: no record.
+    assert [record["request_id"] for record in records] == list(responses)
+    by_id = {record["request_id"]: record for record in records}
+    for request_id, response in responses.items():
+        record = by_id[request_id]
+        assert set(record) == AUDIT_FIELDS, request_id
+        assert record["event"] == "verification" and record["level"] == "info"
+        assert record["caller"] == "anonymous" and record["method"] == "Verify"
+        assert record["decision"] == verifier_pb2.Decision.Name(response.decision)
+        assert record["reason"] == verifier_pb2.Reason.Name(response.reason)
+        assert record["duplicate"] is response.duplicate
+        assert isinstance(record["latency_ms"], float) and 0 <= record["latency_ms"] < 10_000
+    assert [by_id[key]["reader_id"] for key in ("a-1", "a-2", "a-4")] == [
+        "desk-1", "desk-2", "desk-3",
+    ]  # fmt: skip
+    assert by_id["a-6"]["duplicate"] is True
+
+    alice = holder_ref(SECRET.encode(), credential_id(pki, "alice"))
+    # Two presentations (QR and NFC) of one credential: one reference, never the id itself.
+    assert by_id["a-1"]["holder_ref"] == by_id["a-2"]["holder_ref"] == alice
+    assert by_id["a-3"]["holder_ref"] == holder_ref(SECRET.encode(), credential_id(pki, "lunar"))
+    assert by_id["a-3"]["holder_ref"] != alice
+    assert by_id["a-4"]["holder_ref"] is None  # too broken to name a credential
+    logs = server.logs()
+    for holder in pki.holders:
+        assert credential_id(pki, holder) not in logs
+    assert '"audit_secret_ephemeral"' not in logs
+
+
+def test_holder_ref_stable_across_restarts_with_a_secret_not_without(
+    pki: DemoPKI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def alice_ref(secret: str, name: str) -> tuple[str, str]:
+        server = serve_with_secret(pki, tmp_path / f"{name}.log", monkeypatch, secret)
+        try:
+            call(server, qr_text(pki.present("alice")), name)
+        finally:
+            stop_server(server)
+        (record,) = audit_records(server)
+        return record["holder_ref"], server.logs()
+
+    first, _ = alice_ref(SECRET, "first")
+    again, _ = alice_ref(SECRET, "again")
+    other, _ = alice_ref(SECRET[::-1], "other")
+    assert first == again
+    assert other != first
+    ephemeral, logs = alice_ref("", "ephemeral")
+    ephemeral_again, _ = alice_ref("", "ephemeral-again")
+    assert len({first, ephemeral, ephemeral_again}) == 3
+    warnings = [json.loads(line) for line in logs.splitlines() if "audit_secret_ephemeral" in line]
+    assert [warning["level"] for warning in warnings] == ["warning"]
+
+
+def test_every_log_line_of_every_scenario_is_free_of_personal_data(
+    pki: DemoPKI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The suite's scenarios (test_service.py) against one server; then every line is scanned."""
+    pki.revoke(pki.holder("revoked").status_index)
+    server = serve_with_secret(pki, tmp_path / "scan.log", monkeypatch, SECRET)
+    try:
+        now = int(time.time())
+        for name, sample in pki.samples(now=now).items():
+            call(server, qr_text(sample), f"s-{name}", "desk-1")
+            call(server, sample, f"s-{name}-nfc", "desk-2")
+        for holder in pki.holders:
+            call(server, qr_text(pki.present(holder)), f"h-{holder}")
+        call(server, pki.present("family", ben=1), "ben-1")
+        call(server, pki.present("family", ben=2), "ben-2")
+        for garbage in ("APCV1:", "HC1:NCFOXN%TS3DH3ZSUZK+.V0ETD%65NL-AH", b"\xa1\x01\x01"):
+            call(server, garbage, "g")
+        with server.channel() as channel:
+            stub = verifier_pb2_grpc.VerifierStub(channel)
+            with pytest.raises(grpc.RpcError):
+                stub.Verify(
+                    verifier_pb2.VerifyRequest(request_id="big", nfc_bytes=b"\0" * 200_000),
+                    timeout=10,
+                )
+    finally:
+        stop_server(server)
+    logs = server.logs()
+    records = audit_records(server)
+    assert len(records) == 2 * len(pki.samples(now=now)) + len(pki.holders) + 2 + 3
+    assert {record["reason"] for record in records} >= {"OK", "REVOKED", "REPLAYED", "MALFORMED"}
+    personal = _personal_values(pki)
+    for line in logs.splitlines():
+        assert [value for value in personal if value in line] == [], line
+        assert not re.search(r"\b[12]\d{12}\d{2}\b", line), line
+        assert not re.search(r"\b\d{4}-\d{2}-\d{2}\b", line), line  # no date of birth shape
+        assert "APCV1:" not in line  # no raw scan
+
+
+def test_audit_trail_counts_verifications_in_process(pki: DemoPKI) -> None:
+    """``record_verification`` is what VerifyBatch and VerifyStream call per item."""
+    from apcv_verify.metrics import ServiceMetrics
+
+    config = load_config(
+        None,
+        environ={},
+        overrides={
+            "trust.anchors": [str(pki.directory / "anchor.pem")],
+            "trust.trust_list": str(pki.trust_list_path),
+            "trust.status_lists": [str(path) for path in pki.status_list_paths.values()],
+            "policy.allow_test_identities": True,
+            "audit.holder_ref_secret": SECRET,
+        },
+    )
+    metrics = ServiceMetrics()
+    trail = AuditTrail.from_config(config, metrics)
+    verifier = build_verifiers(config, load_trust_material(config))[0]
+    scans = [_native.Scan(qr_text(pki.present("alice")), "edge-1"), _native.Scan("APCV1:", "e")]
+    for index, result in enumerate(verifier.verify_batch(scans, int(time.time()))):
+        trail.record_verification(
+            method="VerifyBatch", request_id="b", reader_id="edge-1", result=result,
+            latency_seconds=0.0002, caller="his-1", item=index,
+        )  # fmt: skip
+    count = metrics.registry.get_sample_value
+    ok = {"decision": "ACCEPTED", "reason": "OK", "method": "VerifyBatch"}
+    assert count("apcv_verifications_total", ok) == 1
+    assert count("apcv_verification_seconds_count", {"method": "VerifyBatch"}) == 2
+    assert count("apcv_verification_seconds_bucket", {"method": "VerifyBatch", "le": "0.0001"}) == 0
+    assert (
+        count("apcv_verification_seconds_bucket", {"method": "VerifyBatch", "le": "0.00025"}) == 2
+    )
+
+
+def test_audit_secret_is_validated_and_masked(pki: DemoPKI) -> None:
+    base = {"trust.anchors": [str(pki.directory / "anchor.pem")], "trust.trust_list": __file__}
+    with pytest.raises(ConfigError, match=r"^audit\.holder_ref_secret: at least 16 characters"):
+        load_config(None, environ={"APCV_AUDIT_HOLDER_REF_SECRET": "short"}, overrides=base)
+    config = load_config(None, environ={"APCV_AUDIT_HOLDER_REF_SECRET": SECRET}, overrides=base)
+    assert config.audit.holder_ref_secret == SECRET
+    assert SECRET not in repr(config)

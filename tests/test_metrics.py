@@ -1,0 +1,278 @@
+"""Prometheus metrics over a real ``apcv-verify serve`` process, scraped over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
+from apcv_verify.config import ConfigError, load_config
+from apcv_verify.issuer import DemoPKI, qr_text
+from apcv_verify.server import load_trust_material
+from apcv_verify.server import start_server as start_in_process
+from prometheus_client.parser import text_string_to_metric_families
+
+from .conftest import RunningServer, free_port, start_server, stop_server
+from .test_service import _personal_values
+
+VERIFIER = "apcv.verify.v1.Verifier"
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape_text(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        assert reply.status == 200
+        return str(reply.read().decode())
+
+
+def samples(text: str) -> Samples:
+    """Every sample of the exposition, by (name, labels)."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(found: Samples, name: str, **labels: str) -> float:
+    return found.get((name, frozenset(labels.items())), 0.0)
+
+
+def call(
+    server: RunningServer, presentation: str | bytes, request_id: str, reader_id: str = "desk-1"
+) -> verifier_pb2.VerifyResponse:
+    request = verifier_pb2.VerifyRequest(request_id=request_id)
+    if isinstance(presentation, str):
+        request.qr_text = presentation
+    else:
+        request.nfc_bytes = presentation
+    request.reader.reader_id = reader_id
+    with server.channel() as channel:
+        return verifier_pb2_grpc.VerifierStub(channel).Verify(request, timeout=10)
+
+
+@pytest.fixture
+def metrics_port(monkeypatch: pytest.MonkeyPatch) -> int:
+    """A free port for ``/metrics``, given to the server process by APCV_METRICS_LISTEN."""
+    port = free_port()
+    monkeypatch.setenv("APCV_METRICS_LISTEN", f"127.0.0.1:{port}")
+    return port
+
+
+@pytest.fixture
+def observed(pki: DemoPKI, tmp_path: Path, metrics_port: int) -> Iterator[RunningServer]:
+    running = start_server(pki.directory, tmp_path / "server.log", "--allow-test-identities")
+    yield running
+    stop_server(running)
+
+
+def test_grpc_and_verification_metrics_move_with_the_right_labels(
+    observed: RunningServer, metrics_port: int, pki: DemoPKI
+) -> None:
+    before = samples(scrape_text(metrics_port))
+    unary = {"grpc_type": "unary", "grpc_service": VERIFIER, "grpc_method": "Verify"}
+    assert value(before, "grpc_server_started_total", **unary) == 0
+    # The health polls of the start-up wait went through the interceptor too.
+    health = {"grpc_type": "unary", "grpc_service": "grpc.health.v1.Health", "grpc_method": "Check"}
+    assert value(before, "grpc_server_handled_total", **health, grpc_code="OK") >= 1
+
+    assert call(observed, qr_text(pki.present("alice")), "m-1").reason == verifier_pb2.OK
+    assert call(observed, pki.present("lunar"), "m-2").reason == verifier_pb2.OK
+    assert call(observed, "APCV1:%%%%", "m-3").reason == verifier_pb2.MALFORMED
+    replayed = qr_text(pki.present("corsica"))
+    call(observed, replayed, "m-4", "desk-1")
+    assert call(observed, replayed, "m-5", "desk-2").reason == verifier_pb2.REPLAYED
+    with observed.channel() as channel, pytest.raises(grpc.RpcError) as error:
+        verifier_pb2_grpc.VerifierStub(channel).Verify(
+            verifier_pb2.VerifyRequest(request_id="m-6"), timeout=10
+        )
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with observed.channel() as channel, pytest.raises(grpc.RpcError) as unknown:
+        channel.unary_unary(f"/{VERIFIER}/NoSuchMethod")(b"", timeout=10)
+    assert unknown.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+    text = scrape_text(metrics_port)
+    after = samples(text)
+    assert value(after, "grpc_server_started_total", **unary) == 6
+    assert value(after, "grpc_server_handled_total", **unary, grpc_code="OK") == 5
+    assert value(after, "grpc_server_handled_total", **unary, grpc_code="INVALID_ARGUMENT") == 1
+    assert value(after, "grpc_server_handling_seconds_count", **unary) == 6
+    assert value(after, "grpc_server_handling_seconds_bucket", **unary, le="+Inf") == 6
+    # Caller-chosen method names are no label values (cardinality).
+    assert "NoSuchMethod" not in text
+
+    def verifications(decision: str, reason: str) -> float:
+        return value(
+            after, "apcv_verifications_total", decision=decision, reason=reason, method="Verify"
+        )
+
+    assert verifications("ACCEPTED", "OK") == 3
+    assert verifications("REJECTED", "MALFORMED") == 1
+    assert verifications("REJECTED", "REPLAYED") == 1
+    # One latency observation per verification, resolved below a millisecond.
+    assert value(after, "apcv_verification_seconds_count", method="Verify") == 5
+    buckets = [
+        float(labels["le"])
+        for (name, key), _ in after.items()
+        if name == "apcv_verification_seconds_bucket"
+        for labels in [dict(key)]
+        if labels["le"] != "+Inf"
+    ]
+    assert min(buckets) == 0.0001 and max(buckets) == 1.0
+    assert value(after, "apcv_verification_seconds_bucket", method="Verify", le="1.0") == 5
+
+    assert value(after, "apcv_inflight_streams") == 0
+    assert value(after, "apcv_batch_size_count") == 0
+    assert "# HELP apcv_replay_store_errors_total" in text
+
+
+def test_trust_and_status_list_gauges_are_computed_at_scrape(
+    observed: RunningServer, metrics_port: int, pki: DemoPKI
+) -> None:
+    first = samples(scrape_text(metrics_port))
+    assert value(first, "apcv_trust_list_sequence") == pki.trust_list_seq
+    age = value(first, "apcv_trust_list_age_seconds")
+    assert 0 <= age < 600
+    expiry = value(first, "apcv_trust_list_expiry_timestamp_seconds")
+    assert expiry > time.time()
+    uris = {dict(labels)["uri"] for name, labels in first if name == "apcv_status_list_age_seconds"}
+    assert uris == set(pki.status_list_paths) and uris
+    for uri in uris:
+        assert 0 <= value(first, "apcv_status_list_age_seconds", uri=uri) < 600
+        assert value(first, "apcv_status_list_expiry_timestamp_seconds", uri=uri) > time.time()
+    time.sleep(1.1)
+    later = samples(scrape_text(metrics_port))
+    assert value(later, "apcv_trust_list_age_seconds") >= age + 1
+
+
+def test_no_personal_data_or_reader_id_in_metrics_or_logs(
+    observed: RunningServer, metrics_port: int, pki: DemoPKI
+) -> None:
+    reader = "ward-7-bed-12-reader"
+    for index, holder in enumerate(pki.holders):
+        call(observed, qr_text(pki.present(holder)), f"p-{index}", reader)
+    call(observed, pki.present("family", ben=1), "p-ben", reader)
+    text = scrape_text(metrics_port)
+    stop_server(observed)
+    logs = observed.logs()
+    personal = _personal_values(pki)
+    assert personal
+    assert [found for found in personal if found in text] == []
+    assert [found for found in personal if found in logs] == []
+    assert reader not in text and "p-ben" not in text
+    assert reader in logs  # reader ids belong in the audit log, not in labels
+    for where in (text, logs):
+        assert not re.search(r"\b[12]\d{12}\d{2}\b", where), "a NIR-shaped number leaked"
+
+
+def test_empty_listen_disables_the_endpoint_and_a_taken_port_is_not_fatal(
+    pki: DemoPKI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("APCV_METRICS_LISTEN", "")
+    disabled = start_server(pki.directory, tmp_path / "disabled.log", "--allow-test-identities")
+    stop_server(disabled)
+    serving = [json.loads(line) for line in disabled.logs().splitlines() if '"serving"' in line]
+    assert serving and serving[0]["metrics_port"] is None
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setenv("APCV_METRICS_LISTEN", f"127.0.0.1:{port}")
+        clash = start_server(pki.directory, tmp_path / "clash.log", "--allow-test-identities")
+        try:
+            assert call(clash, qr_text(pki.present("alice")), "c-1").reason == verifier_pb2.OK
+        finally:
+            stop_server(clash)
+    assert '"event": "metrics_unavailable"' in clash.logs()
+
+
+def test_each_server_in_a_process_has_its_own_registry(pki: DemoPKI) -> None:
+    config = load_config(
+        None,
+        environ={},
+        overrides={
+            "server.listen": "127.0.0.1:0",
+            "metrics.listen": "127.0.0.1:0",
+            "trust.anchors": [str(pki.directory / "anchor.pem")],
+            "trust.trust_list": str(pki.trust_list_path),
+            "trust.status_lists": [str(path) for path in pki.status_list_paths.values()],
+            "policy.allow_test_identities": True,
+        },
+    )
+
+    async def scenario() -> tuple[str, str]:
+        first = await start_in_process(config, load_trust_material(config))
+        second = await start_in_process(config, load_trust_material(config))
+        try:
+            assert first.metrics_http is not None and second.metrics_http is not None
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{first.port}") as channel:
+                request = verifier_pb2.VerifyRequest(request_id="x", qr_text="APCV1:")
+                await verifier_pb2_grpc.VerifierStub(channel).Verify(request, timeout=10)
+            ports = (first.metrics_http.server_port, second.metrics_http.server_port)
+            texts = await asyncio.gather(*(asyncio.to_thread(scrape_text, p) for p in ports))
+            return texts[0], texts[1]
+        finally:
+            await first.stop(0)
+            await second.stop(0)
+
+    first_text, second_text = asyncio.run(scenario())
+    labels = {"decision": "REJECTED", "reason": "MALFORMED", "method": "Verify"}
+    assert value(samples(first_text), "apcv_verifications_total", **labels) == 1
+    assert value(samples(second_text), "apcv_verifications_total", **labels) == 0
+
+
+@pytest.mark.parametrize("listen", ["9464", "localhost", "127.0.0.1:http", ":9464"])
+def test_a_bad_metrics_listen_names_the_key(listen: str) -> None:
+    with pytest.raises(ConfigError, match=r"^metrics\.listen: expected HOST:PORT"):
+        load_config(
+            None,
+            environ={"APCV_METRICS_LISTEN": listen},
+            overrides={"trust.anchors": [__file__], "trust.trust_list": __file__},
+        )
+
+
+def test_a_batch_counts_its_size_and_each_item(
+    observed: RunningServer, metrics_port: int, pki: DemoPKI
+) -> None:
+    items = [
+        verifier_pb2.VerifyRequest(request_id=f"b-{index}", qr_text=text)
+        for index, text in enumerate(
+            [qr_text(pki.present("alice")), qr_text(pki.present("lunar")), "APCV1:%%%%"]
+        )
+    ]
+    for item in items:
+        item.reader.reader_id = "edge-1"
+    with observed.channel() as channel:
+        stub = verifier_pb2_grpc.VerifierStub(channel)
+        stub.VerifyBatch(verifier_pb2.VerifyBatchRequest(requests=items), timeout=30)
+        with pytest.raises(grpc.RpcError):
+            stub.VerifyBatch(verifier_pb2.VerifyBatchRequest(), timeout=30)  # empty: refused
+    found = samples(scrape_text(metrics_port))
+    assert value(found, "apcv_batch_size_count") == 1
+    assert value(found, "apcv_batch_size_sum") == 3
+    assert value(found, "apcv_batch_size_bucket", le="2.0") == 0
+    assert value(found, "apcv_batch_size_bucket", le="5.0") == 1
+    batch = {"method": "VerifyBatch"}
+    assert value(found, "apcv_verifications_total", decision="ACCEPTED", reason="OK", **batch) == 2
+    assert (
+        value(found, "apcv_verifications_total", decision="REJECTED", reason="MALFORMED", **batch)
+        == 1
+    )
+    assert value(found, "apcv_verification_seconds_count", **batch) == 3
+    unary = {"grpc_type": "unary", "grpc_service": VERIFIER, "grpc_method": "VerifyBatch"}
+    assert value(found, "grpc_server_handled_total", **unary, grpc_code="OK") == 1
+    assert value(found, "grpc_server_handled_total", **unary, grpc_code="INVALID_ARGUMENT") == 1
+    stop_server(observed)
+    records = [json.loads(line) for line in observed.logs().splitlines() if '"audit"' in line]
+    assert [(r["request_id"], r["item"], r["method"]) for r in records] == [
+        ("b-0", 0, "VerifyBatch"), ("b-1", 1, "VerifyBatch"), ("b-2", 2, "VerifyBatch"),
+    ]  # fmt: skip
