@@ -40,6 +40,7 @@ DAY = 86_400
 YEAR = 365 * DAY
 ISS = "https://amo.example/fr"
 URI = "https://status.example/lists/1"
+AMC_ISS = "https://amc.example/mutuelle"
 BIRTH_NAME = "DUPONT-ZYXWVU"
 GIVEN_NAMES = "MARIE QWERTY"
 BIRTH_DATE = "1985-07-00"  # lunar date: day 00
@@ -144,12 +145,16 @@ class Pki:
     amo: Key = field(default_factory=Key)
     status: Key = field(default_factory=Key)
     device: Key = field(default_factory=Key)
+    amc: Key = field(default_factory=Key)
+    delegate: Key = field(default_factory=Key)
 
-    def entry(self, key: Key, role: str, kid: bytes | None = None) -> dict[str, Any]:
+    def entry(
+        self, key: Key, role: str, kid: bytes | None = None, iss: str = ISS
+    ) -> dict[str, Any]:
         return {
             "kid": key.kid() if kid is None else kid,
             "role": role,
-            "iss": ISS,
+            "iss": iss,
             "key": key.cose_key(),
             "nbf": NOW - YEAR,
             "exp": NOW + 5 * YEAR,
@@ -157,7 +162,11 @@ class Pki:
 
     def trust_list(self, seq: int = 1, entries: list[dict[str, Any]] | None = None) -> bytes:
         if entries is None:
-            entries = [self.entry(self.amo, "amo"), self.entry(self.status, "status")]
+            entries = [
+                self.entry(self.amo, "amo"),
+                self.entry(self.status, "status"),
+                self.entry(self.amc, "amc", iss=AMC_ISS),
+            ]
         payload = {"v": 1, "seq": seq, "iat": NOW - DAY, "exp": NOW + YEAR, "keys": entries}
         return sign1(self.anchor, cbor2.dumps(payload))
 
@@ -191,6 +200,37 @@ class Pki:
             "apcv": apcv,
         }
         return sign1(self.amo, cbor2.dumps(claims))
+
+    def delegation(
+        self, status_index: int = 10, apcv_changes: dict[str, Any] | None = None
+    ) -> bytes:
+        x, y = self.delegate.xy()
+        apcv = {"v": 1, "for": "cred-0001", "ben": [0, 2], "use": ["care"], "who": "Mamie"}
+        apcv |= apcv_changes or {}
+        claims = {
+            1: ISS,
+            2: "dlg-0001",
+            4: NOW + DAY,
+            5: NOW - DAY,
+            6: NOW - DAY,
+            8: {1: {1: 2, -1: 1, -2: x, -3: y}},
+            65535: {"status_list": {"idx": status_index, "uri": URI}},
+            "apcv": apcv,
+        }
+        return sign1(self.amo, cbor2.dumps(claims))
+
+    def amc_attestation(
+        self, covered: list[str], *, exp: int = NOW + YEAR, signer: Key | None = None
+    ) -> bytes:
+        claims = {
+            1: AMC_ISS,
+            2: "contract-42",
+            4: exp,
+            5: NOW - DAY,
+            6: NOW - DAY,
+            "apcv": {"v": 1, "for": covered, "amc": "012345678", "tp": True, "dom": ["PHAR"]},
+        }
+        return sign1(signer or self.amc, cbor2.dumps(claims))
 
     def credential_with_status(self, index: int) -> bytes:
         claims = cbor2.loads(cbor2.loads(self.credential()).value[2])
@@ -378,13 +418,22 @@ def test_classes_are_frozen_and_final(verifier: Verifier, pki: Pki, trust_list: 
         (trust_list, "seq"),
         (Policy(), "clock_skew"),
         (Scan("x", "r"), "reader_id"),
+        (_accepted(verifier, pki, 3, amc=[pki.amc_attestation([HOLDER_INS])]).amc[0], "valid"),
     ]
     for obj, attr in targets:
         with pytest.raises(AttributeError):
             setattr(obj, attr, None)
         with pytest.raises(AttributeError):
             obj.new_attribute = 1  # type: ignore[attr-defined]
-    for cls in (Verifier, TrustList, StatusList, Policy, Scan, _native.VerificationResult):
+    for cls in (
+        Verifier,
+        TrustList,
+        StatusList,
+        Policy,
+        Scan,
+        _native.VerificationResult,
+        _native.AmcCoverage,
+    ):
         with pytest.raises(TypeError):
             type("Sub", (cls,), {})
 
@@ -551,3 +600,97 @@ def test_delayed_scan_freshness_at_scan_time_status_at_now(pki: Pki, trust_list:
     strict = Verifier(trust_list, status, Policy(), MemoryReplayStore())
     (r,) = strict.verify_batch([Scan(pki.presentation(44), "e", scanned_at=NOW - 1)], NOW)
     assert r.reason == "SCAN_TIME_INVALID"
+
+
+# ------------------------------------------------------------ delegation, AMC (PROFILE §2.6, §2.7)
+
+
+def test_delegation_through_the_binding(verifier: Verifier, pki: Pki) -> None:
+    def run(cti: int, *, signer: Key | None = None, **changes: Any) -> _native.VerificationResult:
+        data = pki.presentation(cti, signer=signer or pki.delegate, **changes)
+        return verifier.verify_batch([Scan(data, "desk-1")], NOW)[0]
+
+    ok = run(60, dlg=pki.delegation())
+    assert (ok.reason, ok.delegation_label) == ("OK", "Mamie")
+    unlabelled = run(61, dlg=_without_who(pki))
+    assert (unlabelled.reason, unlabelled.delegation_label) == ("OK", "")
+    child = run(62, dlg=pki.delegation(), ben=2)
+    assert child.accepted and child.person is not None and child.person.rank == 2
+    assert _accepted(verifier, pki, 63).delegation_label is None
+    holder = run(64, signer=pki.device, dlg=pki.delegation())
+    assert (holder.reason, holder.detail) == (
+        "DELEGATION_INVALID",
+        "presentation signed by the holder, not the delegate",
+    )
+    assert holder.delegation_label is None
+    revoked = run(65, dlg=pki.delegation(status_index=1))
+    assert (revoked.reason, revoked.detail) == ("DELEGATION_INVALID", "delegation revoked")
+    assert run(66, dlg=pki.delegation(), use="dmp").reason == "DELEGATION_INVALID"
+    assert (
+        run(67, dlg=pki.delegation(apcv_changes={"for": "cred-other"})).reason
+        == "DELEGATION_INVALID"
+    )
+    assert run(68, dlg=b"\xa0").reason == "MALFORMED"
+
+
+def _without_who(pki: Pki) -> bytes:
+    claims = cbor2.loads(cbor2.loads(pki.delegation()).value[2])
+    del claims["apcv"]["who"]
+    return sign1(pki.amo, cbor2.dumps(claims))
+
+
+def test_amc_coverage_through_the_binding(verifier: Verifier, pki: Pki) -> None:
+    good = pki.amc_attestation([HOLDER_INS])
+    result = _accepted(
+        verifier,
+        pki,
+        70,
+        amc=[
+            good,
+            pki.amc_attestation([HOLDER_INS], exp=NOW - DAY),
+            pki.amc_attestation([CORSICAN_INS]),
+            pki.amc_attestation([HOLDER_INS], signer=Key()),
+            b"junk",
+        ],
+    )
+    valid, expired, other_person, unknown, junk = result.amc
+    assert (valid.valid, valid.reason, valid.detail) == (True, "OK", "")
+    assert (valid.organisation, valid.amc_number, valid.contract) == (
+        AMC_ISS,
+        "012345678",
+        "contract-42",
+    )
+    assert (valid.third_party_payment, valid.domains, valid.expires_at) == (
+        True,
+        ["PHAR"],
+        NOW + YEAR,
+    )
+    valid.domains.append("X")  # a copy: the result does not change
+    assert valid.domains == ["PHAR"]
+    assert (expired.valid, expired.reason, expired.expires_at) == (
+        False,
+        "ATTESTATION_EXPIRED",
+        NOW - DAY,
+    )
+    for empty, reason in (
+        (other_person, "NOT_APPLICABLE"),
+        (unknown, "UNKNOWN_ISSUER"),
+        (junk, "MALFORMED"),
+    ):
+        assert (empty.valid, empty.reason) == (False, reason)
+        assert (empty.organisation, empty.amc_number, empty.contract) == (None, None, None)
+        assert (empty.third_party_payment, empty.domains, empty.expires_at) == (None, [], None)
+    assert repr(valid) == "<AmcCoverage valid=True reason=OK>"
+    for secret in ("contract-42", "012345678", AMC_ISS, "PHAR"):
+        assert secret not in repr(valid)
+    # The child (rank 2) is presented: the holder's attestation does not apply to them.
+    child = _accepted(verifier, pki, 71, ben=2, amc=[good])
+    assert child.amc[0].reason == "NOT_APPLICABLE"
+    # Beyond the cap of 8 attestations the presentation is MALFORMED; a rejection has none.
+    (r,) = verifier.verify_batch([Scan(pki.presentation(72, amc=[good] * 9), "desk-1")], NOW)
+    assert (r.reason, r.detail, r.amc) == (
+        "MALFORMED",
+        "presentation: too many AMC attestations",
+        [],
+    )
+    assert _accepted(verifier, pki, 73).amc == []

@@ -5,6 +5,7 @@ are re-exported here.
 """
 
 from ._native import (
+    AmcCoverage,
     AmoRights,
     CoseKeyError,
     InvalidSignature,
@@ -28,6 +29,7 @@ from ._native import (
 )
 
 __all__ = [
+    "AmcCoverage",
     "AmoRights",
     "CoseKeyError",
     "InvalidSignature",

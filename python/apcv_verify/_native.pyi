@@ -4,6 +4,7 @@ from collections.abc import Sequence
 from typing import Self, final
 
 __all__ = [
+    "AmcCoverage",
     "AmoRights",
     "CoseKeyError",
     "InvalidSignature",
@@ -182,6 +183,31 @@ class Person:
     def amo(self) -> AmoRights: ...
 
 @final
+class AmcCoverage:
+    """One AMC attestation's outcome (PROFILE §2.7); coverage fields set only when it is signed
+    by a trusted "amc" key and names the presented person."""
+
+    @property
+    def valid(self) -> bool: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def detail(self) -> str: ...
+    @property
+    def organisation(self) -> str | None: ...
+    @property
+    def amc_number(self) -> str | None: ...
+    @property
+    def contract(self) -> str | None: ...
+    @property
+    def third_party_payment(self) -> bool | None: ...
+    @property
+    def domains(self) -> list[str]:
+        """Care domains (a new list each time)."""
+    @property
+    def expires_at(self) -> int | None: ...
+
+@final
 class VerificationResult:
     @property
     def accepted(self) -> bool: ...
@@ -201,6 +227,12 @@ class VerificationResult:
     def credential_expires_at(self) -> int | None: ...
     @property
     def person(self) -> Person | None: ...
+    @property
+    def delegation_label(self) -> str | None:
+        """The delegation's "who" label when accepted through one ("" if unlabelled), else None."""
+    @property
+    def amc(self) -> list[AmcCoverage]:
+        """One entry per AMC attestation, in presentation order; empty unless accepted."""
 
 @final
 class Verifier:

@@ -5,7 +5,7 @@ use ciborium::Value;
 
 use crate::cbor::{self, Key};
 use crate::cose::{HeaderAlg, PublicKey};
-use crate::limits::CTI_LEN;
+use crate::limits::{CTI_LEN, MAX_AMC_ATTESTATIONS};
 use crate::verify::{Reason, Reject};
 
 /// CWT claim keys (RFC 8392 §4; 8 = cnf, RFC 8747; 65535 = status, Token Status List).
@@ -188,10 +188,75 @@ pub struct Presentation {
     pub use_: Use,
     /// The reader's challenge.
     pub nonce: Option<Vec<u8>>,
-    /// A delegation (PROFILE §3), not supported by this version.
+    /// A delegation (PROFILE §2.6): the COSE_Sign1 bytes.
     pub dlg: Option<Vec<u8>>,
-    /// AMC attestations (PROFILE §4), parsed and otherwise ignored in this version.
+    /// AMC attestations (PROFILE §2.7): COSE_Sign1 bytes each, at most
+    /// [`MAX_AMC_ATTESTATIONS`].
     pub amc: Vec<Vec<u8>>,
+}
+
+/// A parsed (not yet verified) delegation (PROFILE §2.6).
+#[derive(Clone)]
+pub struct Delegation {
+    /// `iss`.
+    pub iss: String,
+    /// `sub`: the delegation id.
+    pub sub: String,
+    /// `exp`.
+    pub exp: i64,
+    /// `nbf`.
+    pub nbf: i64,
+    /// The delegate's device key of `cnf` (EC2 P-256).
+    pub delegate_key: PublicKey,
+    /// The `alg` parameter of the delegate's key as found.
+    pub delegate_key_alg: HeaderAlg,
+    /// Status-list index.
+    pub status_idx: u64,
+    /// Status-list URI.
+    pub status_uri: String,
+    /// `apcv.for`: the `sub` of the credential it applies to.
+    pub for_credential: String,
+    /// `apcv.ben`: ranks the delegate may present.
+    pub ben: Vec<u64>,
+    /// `apcv.use`: uses the delegate may present for.
+    pub uses: Vec<Use>,
+    /// `apcv.who`: display label.
+    pub who: Option<String>,
+}
+
+impl std::fmt::Debug for Delegation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delegation").finish_non_exhaustive()
+    }
+}
+
+/// Parsed (not yet verified) AMC attestation claims (PROFILE §2.7).
+#[derive(Clone)]
+pub struct AmcAttestation {
+    /// `iss`: the AMC organisation id.
+    pub iss: String,
+    /// `sub`: the contract id.
+    pub sub: String,
+    /// `exp`.
+    pub exp: i64,
+    /// `nbf`.
+    pub nbf: i64,
+    /// Status-list index and URI, when the attestation carries a status.
+    pub status: Option<(u64, String)>,
+    /// `apcv.for`: INS matricules covered.
+    pub covered: Vec<String>,
+    /// `apcv.amc`: the AMC organisation number (text).
+    pub amc_number: String,
+    /// `apcv.tp`: third-party payment.
+    pub third_party_payment: bool,
+    /// `apcv.dom`: care domains.
+    pub domains: Vec<String>,
+}
+
+impl std::fmt::Debug for AmcAttestation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmcAttestation").finish_non_exhaustive()
+    }
 }
 
 fn malformed(detail: &'static str) -> Reject {
@@ -255,11 +320,16 @@ pub fn parse_presentation(payload: &[u8]) -> Result<Presentation, Reject> {
     let dlg = opt_bytes("dlg")?;
     let amc = match cbor::get(m, Key::Text("amc")) {
         None => Vec::new(),
-        Some(a) => cbor::as_array(a)
-            .ok_or(malformed(W))?
-            .iter()
-            .map(|x| cbor::as_bytes(x).map(<[u8]>::to_vec).ok_or(malformed(W)))
-            .collect::<Result<_, _>>()?,
+        Some(a) => {
+            let items = cbor::as_array(a).ok_or(malformed(W))?;
+            if items.len() > MAX_AMC_ATTESTATIONS {
+                return Err(malformed("presentation: too many AMC attestations"));
+            }
+            items
+                .iter()
+                .map(|x| cbor::as_bytes(x).map(<[u8]>::to_vec).ok_or(malformed(W)))
+                .collect::<Result<_, _>>()?
+        }
     };
     Ok(Presentation {
         iat,
@@ -282,38 +352,24 @@ pub fn parse_credential(payload: &[u8]) -> Result<Credential, Reject> {
     let v =
         cbor::decode(payload).map_err(|_| malformed("credential payload is not strict CBOR"))?;
     let m = cbor::as_map(&v).ok_or(malformed(W))?;
-    let apcv = req_map(m, Key::Text("apcv"), W)?;
     // PROFILE §1: "v" = 1; another version may have another shape, so it is judged first.
-    match cbor::get(apcv, Key::Text("v")).and_then(cbor::as_u64) {
-        Some(1) => {}
-        Some(_) => {
-            return Err(Reject::new(
-                Reason::UnsupportedVersion,
-                "credential version is not 1",
-            ))
-        }
-        None => return Err(malformed(W)),
-    }
+    let apcv = apcv_v1(m, W, "credential version is not 1")?;
     let iss = req_text(m, Key::Int(claim::ISS), W)?;
     let sub = req_text(m, Key::Int(claim::SUB), W)?;
     let exp = req_i64(m, Key::Int(claim::EXP), W)?;
     let nbf = req_i64(m, Key::Int(claim::NBF), W)?;
     let iat = req_i64(m, Key::Int(claim::IAT), W)?;
-    let cnf = req_map(m, Key::Int(claim::CNF), W)?;
-    let (device_key, device_key_alg) =
-        PublicKey::from_value_any_alg(req(cnf, Key::Int(claim::CNF_COSE_KEY), W)?.clone())
-            .map_err(|_| malformed("credential: unusable device key"))?;
-    if device_key_alg == HeaderAlg::Invalid {
-        return Err(malformed("credential: device key alg is not an integer"));
-    }
-    // PROFILE §1: device keys are EC2 P-256 (ES256) only.
-    if !device_key.is_p256() {
-        return Err(malformed("credential: device key is not P-256"));
-    }
-    let status = req_map(m, Key::Int(claim::STATUS), W)?;
-    let sl = req_map(status, Key::Text("status_list"), W)?;
-    let status_idx = cbor::as_u64(req(sl, Key::Text("idx"), W)?).ok_or(malformed(W))?;
-    let status_uri = req_text(sl, Key::Text("uri"), W)?;
+    let (device_key, device_key_alg) = parse_cnf(
+        m,
+        W,
+        [
+            "credential: unusable device key",
+            "credential: device key alg is not an integer",
+            "credential: device key is not P-256",
+        ],
+    )?;
+    let status = req(m, Key::Int(claim::STATUS), W)?;
+    let (status_idx, status_uri) = parse_status(status, W)?;
     let holder = parse_person(apcv, 0, W)?;
     let beneficiaries = match cbor::get(apcv, Key::Text("ben")) {
         None => Vec::new(),
@@ -339,6 +395,145 @@ pub fn parse_credential(payload: &[u8]) -> Result<Credential, Reject> {
         status_uri,
         holder,
         beneficiaries,
+    })
+}
+
+/// `cnf` (RFC 8747 §3.2): an EC2 P-256 COSE_Key (PROFILE §2.2) and its `alg` as found.
+/// `details`: unusable key, alg not an integer, not P-256.
+fn parse_cnf(
+    m: &Map,
+    w: &'static str,
+    details: [&'static str; 3],
+) -> Result<(PublicKey, HeaderAlg), Reject> {
+    let [unusable, alg_type, not_p256] = details;
+    let cnf = req_map(m, Key::Int(claim::CNF), w)?;
+    let (key, alg) =
+        PublicKey::from_value_any_alg(req(cnf, Key::Int(claim::CNF_COSE_KEY), w)?.clone())
+            .map_err(|_| malformed(unusable))?;
+    if alg == HeaderAlg::Invalid {
+        return Err(malformed(alg_type));
+    }
+    // PROFILE §2.2: device keys are EC2 P-256 (ES256) only.
+    if !key.is_p256() {
+        return Err(malformed(not_p256));
+    }
+    Ok((key, alg))
+}
+
+/// `status` (Token Status List): `{"status_list": {"idx": uint, "uri": tstr}}`.
+fn parse_status(status: &Value, w: &'static str) -> Result<(u64, String), Reject> {
+    let status = cbor::as_map(status).ok_or(malformed(w))?;
+    let sl = req_map(status, Key::Text("status_list"), w)?;
+    let idx = cbor::as_u64(req(sl, Key::Text("idx"), w)?).ok_or(malformed(w))?;
+    let uri = req_text(sl, Key::Text("uri"), w)?;
+    Ok((idx, uri))
+}
+
+/// The `"apcv"` map and its `"v"`, judged before any other claim (PROFILE §7.2 step 2).
+fn apcv_v1<'m>(m: &'m Map, w: &'static str, unsupported: &'static str) -> Result<&'m Map, Reject> {
+    let apcv = req_map(m, Key::Text("apcv"), w)?;
+    match cbor::get(apcv, Key::Text("v")).and_then(cbor::as_u64) {
+        Some(1) => Ok(apcv),
+        Some(_) => Err(Reject::new(Reason::UnsupportedVersion, unsupported)),
+        None => Err(malformed(w)),
+    }
+}
+
+/// A non-empty array, each item converted by `f` (CDDL `[+ T]`).
+fn nonempty_array<T>(
+    v: &Value,
+    w: &'static str,
+    f: impl Fn(&Value) -> Option<T>,
+) -> Result<Vec<T>, Reject> {
+    let items = cbor::as_array(v).ok_or(malformed(w))?;
+    if items.is_empty() {
+        return Err(malformed(w));
+    }
+    items.iter().map(|x| f(x).ok_or(malformed(w))).collect()
+}
+
+/// Parses delegation claims from its (strict-CBOR) payload (PROFILE §2.6): presence and
+/// types (step 2 → MALFORMED / UNSUPPORTED_VERSION).
+pub fn parse_delegation(payload: &[u8]) -> Result<Delegation, Reject> {
+    const W: &str = "delegation: missing or mistyped claim";
+    let v =
+        cbor::decode(payload).map_err(|_| malformed("delegation payload is not strict CBOR"))?;
+    let m = cbor::as_map(&v).ok_or(malformed(W))?;
+    let apcv = apcv_v1(m, W, "delegation version is not 1")?;
+    let iss = req_text(m, Key::Int(claim::ISS), W)?;
+    let sub = req_text(m, Key::Int(claim::SUB), W)?;
+    let exp = req_i64(m, Key::Int(claim::EXP), W)?;
+    let nbf = req_i64(m, Key::Int(claim::NBF), W)?;
+    req_i64(m, Key::Int(claim::IAT), W)?;
+    let (delegate_key, delegate_key_alg) = parse_cnf(
+        m,
+        W,
+        [
+            "delegation: unusable delegate key",
+            "delegation: delegate key alg is not an integer",
+            "delegation: delegate key is not P-256",
+        ],
+    )?;
+    let (status_idx, status_uri) = parse_status(req(m, Key::Int(claim::STATUS), W)?, W)?;
+    let for_credential = req_text(apcv, Key::Text("for"), W)?;
+    let ben = nonempty_array(req(apcv, Key::Text("ben"), W)?, W, cbor::as_u64)?;
+    let uses = nonempty_array(req(apcv, Key::Text("use"), W)?, W, |u| {
+        cbor::as_text(u).and_then(Use::parse)
+    })?;
+    let who = match cbor::get(apcv, Key::Text("who")) {
+        None => None,
+        Some(w) => Some(cbor::as_text(w).ok_or(malformed(W))?.to_owned()),
+    };
+    Ok(Delegation {
+        iss,
+        sub,
+        exp,
+        nbf,
+        delegate_key,
+        delegate_key_alg,
+        status_idx,
+        status_uri,
+        for_credential,
+        ben,
+        uses,
+        who,
+    })
+}
+
+/// Parses AMC attestation claims from its (strict-CBOR) payload (PROFILE §2.7): presence and
+/// types (→ MALFORMED / UNSUPPORTED_VERSION for this attestation only).
+pub fn parse_amc_attestation(payload: &[u8]) -> Result<AmcAttestation, Reject> {
+    const W: &str = "AMC attestation: missing or mistyped claim";
+    let v = cbor::decode(payload)
+        .map_err(|_| malformed("AMC attestation payload is not strict CBOR"))?;
+    let m = cbor::as_map(&v).ok_or(malformed(W))?;
+    let apcv = apcv_v1(m, W, "AMC attestation version is not 1")?;
+    let iss = req_text(m, Key::Int(claim::ISS), W)?;
+    let sub = req_text(m, Key::Int(claim::SUB), W)?;
+    let exp = req_i64(m, Key::Int(claim::EXP), W)?;
+    let nbf = req_i64(m, Key::Int(claim::NBF), W)?;
+    req_i64(m, Key::Int(claim::IAT), W)?;
+    let status = match cbor::get(m, Key::Int(claim::STATUS)) {
+        None => None,
+        Some(s) => Some(parse_status(s, W)?),
+    };
+    let text = |v: &Value| cbor::as_text(v).map(str::to_owned);
+    let covered = nonempty_array(req(apcv, Key::Text("for"), W)?, W, text)?;
+    let amc_number = req_text(apcv, Key::Text("amc"), W)?;
+    let third_party_payment = req(apcv, Key::Text("tp"), W)?
+        .as_bool()
+        .ok_or(malformed(W))?;
+    let domains = nonempty_array(req(apcv, Key::Text("dom"), W)?, W, text)?;
+    Ok(AmcAttestation {
+        iss,
+        sub,
+        exp,
+        nbf,
+        status,
+        covered,
+        amc_number,
+        third_party_payment,
+        domains,
     })
 }
 

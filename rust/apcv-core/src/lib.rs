@@ -32,6 +32,10 @@ pub mod verify;
 pub use error::{Error, Result};
 
 #[cfg(test)]
+mod amc_tests;
+#[cfg(test)]
+mod delegation_tests;
+#[cfg(test)]
 mod robustness_tests;
 #[cfg(test)]
 mod scan_time_tests;

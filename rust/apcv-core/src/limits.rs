@@ -53,3 +53,8 @@ pub const DEFAULT_CLOCK_SKEW: i64 = 60;
 /// Default bound of the in-process replay store: about 100 MB at worst, and a day of scans
 /// for a large region; fail closed beyond it (contract step 9).
 pub const DEFAULT_MAX_REPLAY_ENTRIES: usize = 1_000_000;
+
+/// Most AMC attestations one presentation may carry (PROFILE §2.7); more is MALFORMED. A
+/// person rarely has more than one or two complementary insurers; each attestation costs a
+/// signature check, so the bound caps the work an accepted presentation can cause.
+pub const MAX_AMC_ATTESTATIONS: usize = 8;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use crate::claims::{self, Credential, Person, Presentation, Use};
+use crate::claims::{self, AmcAttestation, Credential, Delegation, Person, Presentation, Use};
 use crate::cose::{Alg, HeaderAlg, Sign1};
 use crate::encoding;
 use crate::error::{Error, Result};
@@ -54,7 +54,8 @@ pub enum Reason {
     StatusUnavailable,
     /// Step 7: credential signature does not verify.
     BadIssuerSignature,
-    /// Step 7/8: delegation invalid (not supported by this version).
+    /// Steps 3, 5–8: delegation untrusted, out of its window, revoked, badly signed, used by
+    /// the holder's key, for another credential or out of scope (PROFILE §2.6).
     DelegationInvalid,
     /// Step 7: presentation signature does not verify under the `cnf` key.
     BadDeviceSignature,
@@ -138,6 +139,163 @@ impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// The outcome of one AMC attestation (PROFILE §2.7, §8 AMC table). Only `Ok` means the
+/// coverage is valid; none of these changes the presentation's decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AmcReason {
+    /// Valid, and it names the presented person.
+    Ok,
+    /// Not a strict COSE_Sign1 / not the attestation's structure.
+    Malformed,
+    /// `apcv.v` is not 1.
+    UnsupportedVersion,
+    /// Its kid selects no usable trust-list key of role "amc" at the verification time.
+    UnknownIssuer,
+    /// Header alg differs from the trust list's.
+    AlgMismatch,
+    /// `iss` differs from the trust list's.
+    IssuerMismatch,
+    /// Its signature does not verify.
+    BadIssuerSignature,
+    /// A matricule of `for` breaks PROFILE §5.1–5.2.
+    ClaimsInvalid,
+    /// `for` does not name the presented person's INS.
+    NotApplicable,
+    /// `nbf` in the future beyond skew.
+    AttestationNotYetValid,
+    /// `exp` in the past beyond skew.
+    AttestationExpired,
+    /// Status INVALID (or an unknown status value).
+    Revoked,
+    /// Status SUSPENDED.
+    Suspended,
+    /// Its status list not loaded, expired past grace, or index beyond it.
+    StatusUnavailable,
+}
+
+impl AmcReason {
+    /// Every AMC reason, in check order.
+    pub const ALL: [AmcReason; 14] = [
+        AmcReason::Ok,
+        AmcReason::Malformed,
+        AmcReason::UnsupportedVersion,
+        AmcReason::UnknownIssuer,
+        AmcReason::AlgMismatch,
+        AmcReason::IssuerMismatch,
+        AmcReason::BadIssuerSignature,
+        AmcReason::ClaimsInvalid,
+        AmcReason::NotApplicable,
+        AmcReason::AttestationNotYetValid,
+        AmcReason::AttestationExpired,
+        AmcReason::Revoked,
+        AmcReason::Suspended,
+        AmcReason::StatusUnavailable,
+    ];
+
+    /// The reason code string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AmcReason::Ok => "OK",
+            AmcReason::Malformed => "MALFORMED",
+            AmcReason::UnsupportedVersion => "UNSUPPORTED_VERSION",
+            AmcReason::UnknownIssuer => "UNKNOWN_ISSUER",
+            AmcReason::AlgMismatch => "ALG_MISMATCH",
+            AmcReason::IssuerMismatch => "ISSUER_MISMATCH",
+            AmcReason::BadIssuerSignature => "BAD_ISSUER_SIGNATURE",
+            AmcReason::ClaimsInvalid => "CLAIMS_INVALID",
+            AmcReason::NotApplicable => "NOT_APPLICABLE",
+            AmcReason::AttestationNotYetValid => "ATTESTATION_NOT_YET_VALID",
+            AmcReason::AttestationExpired => "ATTESTATION_EXPIRED",
+            AmcReason::Revoked => "REVOKED",
+            AmcReason::Suspended => "SUSPENDED",
+            AmcReason::StatusUnavailable => "STATUS_UNAVAILABLE",
+        }
+    }
+}
+
+impl std::fmt::Display for AmcReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What one AMC attestation says about the presented person's complementary coverage.
+///
+/// The coverage fields are filled only when the attestation's signature verified under a
+/// trusted "amc" key and its `for` names the presented person (reasons `Ok`,
+/// `AttestationNotYetValid`, `AttestationExpired`, `Revoked`, `Suspended`,
+/// `StatusUnavailable`); otherwise they are `None` / empty.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AmcCoverage {
+    /// Outcome.
+    pub reason: AmcReason,
+    /// Fixed phrase (never a claim value).
+    pub detail: &'static str,
+    /// `iss`: the AMC organisation id.
+    pub organisation: Option<String>,
+    /// `apcv.amc`: the AMC organisation number.
+    pub amc_number: Option<String>,
+    /// `sub`: the contract id.
+    pub contract: Option<String>,
+    /// `apcv.tp`: third-party payment.
+    pub third_party_payment: Option<bool>,
+    /// `apcv.dom`: care domains.
+    pub domains: Vec<String>,
+    /// `exp`.
+    pub expires_at: Option<i64>,
+}
+
+impl AmcCoverage {
+    /// True when the attestation is valid for the presented person.
+    pub fn valid(&self) -> bool {
+        self.reason == AmcReason::Ok
+    }
+
+    fn without_data(reason: AmcReason, detail: &'static str) -> AmcCoverage {
+        AmcCoverage {
+            reason,
+            detail,
+            organisation: None,
+            amc_number: None,
+            contract: None,
+            third_party_payment: None,
+            domains: Vec::new(),
+            expires_at: None,
+        }
+    }
+
+    fn with_data(reason: AmcReason, detail: &'static str, a: AmcAttestation) -> AmcCoverage {
+        AmcCoverage {
+            reason,
+            detail,
+            organisation: Some(a.iss),
+            amc_number: Some(a.amc_number),
+            contract: Some(a.sub),
+            third_party_payment: Some(a.third_party_payment),
+            domains: a.domains,
+            expires_at: Some(a.exp),
+        }
+    }
+}
+
+// Coverage data is personal data (a contract id): never through Debug.
+impl std::fmt::Debug for AmcCoverage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmcCoverage")
+            .field("reason", &self.reason)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a status lookup did not give VALID (PROFILE §6.7, §6.8).
+enum StatusFail {
+    NotLoaded,
+    Expired,
+    BeyondList,
+    Revoked,
+    Suspended,
 }
 
 /// A rejection: a reason and a short fixed English phrase that never holds a claim value.
@@ -291,6 +449,10 @@ pub struct Decision {
     pub credential_expires_at: Option<i64>,
     /// The presented person; only when accepted.
     pub person: Option<Person>,
+    /// When accepted through a delegation: its `who` label ("" when it has none).
+    pub delegation_label: Option<String>,
+    /// When accepted: one entry per AMC attestation, in presentation order (step 10).
+    pub amc: Vec<AmcCoverage>,
 }
 
 impl Decision {
@@ -304,6 +466,20 @@ impl Decision {
 struct ReplayKey {
     cti: [u8; CTI_LEN],
     keep_until: i64,
+}
+
+/// What a presentation that passed steps 1–8 yields (step 10 computed alongside).
+struct Passed {
+    person: Person,
+    key: ReplayKey,
+    delegation_label: Option<String>,
+    amc: Vec<AmcCoverage>,
+}
+
+/// A delegation parsed at step 2 with its COSE_Sign1.
+struct ParsedDelegation {
+    sign1: Sign1,
+    claims: Delegation,
 }
 
 /// An immutable verification snapshot: trust list, status lists, policy, replay store.
@@ -415,6 +591,8 @@ impl Verifier {
                 issuer: None,
                 credential_expires_at: None,
                 person: None,
+                delegation_label: None,
+                amc: Vec::new(),
             })
     }
 
@@ -429,11 +607,15 @@ impl Verifier {
             issuer: None,
             credential_expires_at: None,
             person: None,
+            delegation_label: None,
+            amc: Vec::new(),
         };
         match self.run(scan, now, &mut d) {
-            Ok((person, key)) => {
-                d.person = Some(person);
-                (d, Some(key))
+            Ok(passed) => {
+                d.person = Some(passed.person);
+                d.delegation_label = passed.delegation_label;
+                d.amc = passed.amc;
+                (d, Some(passed.key))
             }
             Err(r) => {
                 d.reason = r.reason;
@@ -464,15 +646,121 @@ impl Verifier {
         d.reason = reason;
         d.detail = detail;
         d.person = None;
+        d.delegation_label = None;
+        d.amc.clear();
         d
     }
 
-    fn run(
-        &self,
-        scan: &Scan,
-        now: i64,
-        d: &mut Decision,
-    ) -> std::result::Result<(Person, ReplayKey), Reject> {
+    /// The status at `idx` of the list `uri`, judged at `now` (PROFILE §6.6–6.8).
+    fn status_of(&self, idx: u64, uri: &str, now: i64) -> std::result::Result<(), StatusFail> {
+        let list = self.status.get(uri).ok_or(StatusFail::NotLoaded)?;
+        if i128::from(now) > i128::from(list.expires_at) + i128::from(self.policy.status_grace) {
+            return Err(StatusFail::Expired);
+        }
+        match list.bits.get(idx) {
+            None => Err(StatusFail::BeyondList),
+            Some(0) => Ok(()),
+            Some(2) => Err(StatusFail::Suspended),
+            Some(_) => Err(StatusFail::Revoked),
+        }
+    }
+
+    /// Step 10: one AMC attestation on its own (PROFILE §2.7), for the presented person's
+    /// `ins`; trust and status at `now`, validity times at `fresh_at`.
+    fn check_amc(&self, bytes: &[u8], ins: &str, now: i64, fresh_at: i128) -> AmcCoverage {
+        let fail = AmcCoverage::without_data;
+        let Ok(s) = Sign1::parse(bytes) else {
+            return fail(AmcReason::Malformed, "AMC attestation is not a COSE_Sign1");
+        };
+        if matches!(s.alg, HeaderAlg::Absent | HeaderAlg::Invalid) {
+            return fail(
+                AmcReason::Malformed,
+                "AMC attestation: alg not in protected header",
+            );
+        }
+        if s.kid.len() != KID_LEN {
+            return fail(
+                AmcReason::Malformed,
+                "AMC attestation: kid not in protected header",
+            );
+        }
+        let a = match claims::parse_amc_attestation(s.payload()) {
+            Ok(a) => a,
+            Err(r) if r.reason == Reason::UnsupportedVersion => {
+                return fail(AmcReason::UnsupportedVersion, r.detail)
+            }
+            Err(r) => return fail(AmcReason::Malformed, r.detail),
+        };
+        let Some(tk) = self.trust.find(&s.kid, Role::Amc, now) else {
+            return fail(AmcReason::UnknownIssuer, "AMC issuer key not trusted");
+        };
+        if s.alg != HeaderAlg::Known(tk.alg) {
+            return fail(
+                AmcReason::AlgMismatch,
+                "AMC attestation alg differs from the trust list",
+            );
+        }
+        if a.iss != tk.iss {
+            return fail(
+                AmcReason::IssuerMismatch,
+                "AMC attestation iss differs from the trust list",
+            );
+        }
+        if !s.verify(&tk.key, tk.alg, b"").unwrap_or(false) {
+            return fail(
+                AmcReason::BadIssuerSignature,
+                "AMC attestation signature does not verify",
+            );
+        }
+        if !a.covered.iter().all(|m| claims::ins_key_ok(m)) {
+            return fail(
+                AmcReason::ClaimsInvalid,
+                "AMC attestation names an invalid INS matricule",
+            );
+        }
+        if !a.covered.iter().any(|m| m == ins) {
+            return fail(
+                AmcReason::NotApplicable,
+                "AMC attestation does not name the presented person",
+            );
+        }
+        let skew = i128::from(self.policy.clock_skew);
+        if i128::from(a.nbf) > fresh_at + skew {
+            return AmcCoverage::with_data(
+                AmcReason::AttestationNotYetValid,
+                "AMC attestation not yet valid",
+                a,
+            );
+        }
+        if i128::from(a.exp) < fresh_at - skew {
+            return AmcCoverage::with_data(
+                AmcReason::AttestationExpired,
+                "AMC attestation expired",
+                a,
+            );
+        }
+        if let Some((idx, uri)) = &a.status {
+            let (reason, detail) = match self.status_of(*idx, uri, now) {
+                Ok(()) => (AmcReason::Ok, ""),
+                Err(StatusFail::NotLoaded) => {
+                    (AmcReason::StatusUnavailable, "AMC status list not loaded")
+                }
+                Err(StatusFail::Expired) => {
+                    (AmcReason::StatusUnavailable, "AMC status list expired")
+                }
+                Err(StatusFail::BeyondList) => (
+                    AmcReason::StatusUnavailable,
+                    "AMC status index beyond the list",
+                ),
+                Err(StatusFail::Revoked) => (AmcReason::Revoked, "AMC attestation revoked"),
+                Err(StatusFail::Suspended) => (AmcReason::Suspended, "AMC attestation suspended"),
+            };
+            return AmcCoverage::with_data(reason, detail, a);
+        }
+        AmcCoverage::with_data(AmcReason::Ok, "", a)
+    }
+
+    fn run(&self, scan: &Scan, now: i64, d: &mut Decision) -> std::result::Result<Passed, Reject> {
         let policy = &self.policy;
         let skew = i128::from(policy.clock_skew);
         let now_w = i128::from(now);
@@ -517,6 +805,30 @@ impl Verifier {
         d.credential_id = Some(cred.sub.clone());
         d.issuer = Some(cred.iss.clone());
         d.credential_expires_at = Some(cred.exp);
+        // The delegation, parsed with the same strict rules (PROFILE §2.1 rule 6, §7.2 step 2).
+        let dlg = match &pres.dlg {
+            None => None,
+            Some(bytes) => {
+                let sign1 = Sign1::parse(bytes).map_err(|e| match e {
+                    Error::Malformed(detail) => Reject::new(Reason::Malformed, detail),
+                    _ => Reject::new(Reason::Malformed, "delegation is not a COSE_Sign1"),
+                })?;
+                if matches!(sign1.alg, HeaderAlg::Absent | HeaderAlg::Invalid) {
+                    return Err(Reject::new(
+                        Reason::Malformed,
+                        "delegation: alg not in protected header",
+                    ));
+                }
+                if sign1.kid.len() != KID_LEN {
+                    return Err(Reject::new(
+                        Reason::Malformed,
+                        "delegation: kid not in protected header",
+                    ));
+                }
+                let claims = claims::parse_delegation(sign1.payload())?;
+                Some(ParsedDelegation { sign1, claims })
+            }
+        };
 
         // 3. trust lookup of the credential's kid; no alg taken from the message alone.
         let tk = self
@@ -551,6 +863,33 @@ impl Verifier {
                 "credential iss differs from the trust list",
             ));
         }
+        // 3e. the delegation's issuer: every failure is DELEGATION_INVALID (PROFILE §7.2).
+        let dlg_key = match &dlg {
+            None => None,
+            Some(pd) => {
+                let invalid = |detail| Reject::new(Reason::DelegationInvalid, detail);
+                let dk = self
+                    .trust
+                    .find(&pd.sign1.kid, Role::Amo, now)
+                    .ok_or(invalid("delegation issuer key not trusted"))?;
+                if pd.sign1.alg != HeaderAlg::Known(dk.alg) {
+                    return Err(invalid("delegation alg differs from the trust list"));
+                }
+                if !matches!(
+                    pd.claims.delegate_key_alg,
+                    HeaderAlg::Absent | HeaderAlg::Known(Alg::Es256)
+                ) {
+                    return Err(invalid("delegate key alg is not ES256"));
+                }
+                if pd.claims.iss != dk.iss {
+                    return Err(invalid("delegation iss differs from the trust list"));
+                }
+                if pd.claims.iss != cred.iss {
+                    return Err(invalid("delegation issuer is not the credential's"));
+                }
+                Some(dk)
+            }
+        };
 
         // 4. claims sanity.
         claims::check_credential(&cred, policy.allow_test_identities)?;
@@ -585,6 +924,17 @@ impl Verifier {
         if i128::from(cred.exp) < fresh_at - skew {
             return Err(Reject::new(Reason::CredentialExpired, "credential expired"));
         }
+        if let Some(pd) = &dlg {
+            if i128::from(pd.claims.nbf) > fresh_at + skew {
+                return Err(Reject::new(
+                    Reason::DelegationInvalid,
+                    "delegation not yet valid",
+                ));
+            }
+            if i128::from(pd.claims.exp) < fresh_at - skew {
+                return Err(Reject::new(Reason::DelegationInvalid, "delegation expired"));
+            }
+        }
         if i128::from(pres.iat) > fresh_at + skew {
             return Err(Reject::new(
                 Reason::PresentationNotYetValid,
@@ -605,27 +955,45 @@ impl Verifier {
             ));
         }
 
-        // 6. status (Token Status List draft §4.1; unknown values fail closed).
-        let list = self.status.get(&cred.status_uri).ok_or(Reject::new(
-            Reason::StatusUnavailable,
-            "status list not loaded",
-        ))?;
-        if now_w > i128::from(list.expires_at) + i128::from(policy.status_grace) {
-            return Err(Reject::new(
-                Reason::StatusUnavailable,
-                "status list expired",
-            ));
-        }
-        match list.bits.get(cred.status_idx) {
-            None => {
-                return Err(Reject::new(
-                    Reason::StatusUnavailable,
-                    "status index beyond the list",
-                ))
-            }
-            Some(0) => {}
-            Some(2) => return Err(Reject::new(Reason::Suspended, "credential suspended")),
-            Some(_) => return Err(Reject::new(Reason::Revoked, "credential revoked")),
+        // 6. status (Token Status List draft §4.1; unknown values fail closed), at `now` even
+        // for a delayed scan (PROFILE §7.5).
+        self.status_of(cred.status_idx, &cred.status_uri, now)
+            .map_err(|f| match f {
+                StatusFail::NotLoaded => {
+                    Reject::new(Reason::StatusUnavailable, "status list not loaded")
+                }
+                StatusFail::Expired => {
+                    Reject::new(Reason::StatusUnavailable, "status list expired")
+                }
+                StatusFail::BeyondList => {
+                    Reject::new(Reason::StatusUnavailable, "status index beyond the list")
+                }
+                StatusFail::Revoked => Reject::new(Reason::Revoked, "credential revoked"),
+                StatusFail::Suspended => Reject::new(Reason::Suspended, "credential suspended"),
+            })?;
+        // The delegation's status: revoked or suspended makes it invalid; an unknown status is
+        // the operator's problem and fails closed like the credential's (PROFILE §2.6).
+        if let Some(pd) = &dlg {
+            self.status_of(pd.claims.status_idx, &pd.claims.status_uri, now)
+                .map_err(|f| match f {
+                    StatusFail::NotLoaded => Reject::new(
+                        Reason::StatusUnavailable,
+                        "delegation status list not loaded",
+                    ),
+                    StatusFail::Expired => {
+                        Reject::new(Reason::StatusUnavailable, "delegation status list expired")
+                    }
+                    StatusFail::BeyondList => Reject::new(
+                        Reason::StatusUnavailable,
+                        "delegation status index beyond the list",
+                    ),
+                    StatusFail::Revoked => {
+                        Reject::new(Reason::DelegationInvalid, "delegation revoked")
+                    }
+                    StatusFail::Suspended => {
+                        Reject::new(Reason::DelegationInvalid, "delegation suspended")
+                    }
+                })?;
         }
 
         // 7. signatures: issuer, delegation, device (RFC 9052 §4.4, empty external_aad).
@@ -635,20 +1003,50 @@ impl Verifier {
                 "credential signature does not verify",
             ));
         }
-        if pres.dlg.is_some() {
-            return Err(Reject::new(
-                Reason::DelegationInvalid,
-                "delegation not supported by this verifier version",
-            ));
-        }
-        if !ps
-            .verify(&cred.device_key, Alg::Es256, b"")
-            .unwrap_or(false)
-        {
-            return Err(Reject::new(
-                Reason::BadDeviceSignature,
-                "presentation signature does not verify",
-            ));
+        let holder_signed = |ps: &Sign1| {
+            ps.verify(&cred.device_key, Alg::Es256, b"")
+                .unwrap_or(false)
+        };
+        match (&dlg, dlg_key) {
+            (Some(pd), Some(dk)) => {
+                if !pd.sign1.verify(&dk.key, dk.alg, b"").unwrap_or(false) {
+                    return Err(Reject::new(
+                        Reason::DelegationInvalid,
+                        "delegation signature does not verify",
+                    ));
+                }
+                // PROFILE §2.6: under the delegate's key, and not under the holder's.
+                if !ps
+                    .verify(&pd.claims.delegate_key, Alg::Es256, b"")
+                    .unwrap_or(false)
+                {
+                    return Err(if holder_signed(&ps) {
+                        Reject::new(
+                            Reason::DelegationInvalid,
+                            "presentation signed by the holder, not the delegate",
+                        )
+                    } else {
+                        Reject::new(
+                            Reason::BadDeviceSignature,
+                            "presentation signature does not verify",
+                        )
+                    });
+                }
+                if holder_signed(&ps) {
+                    return Err(Reject::new(
+                        Reason::DelegationInvalid,
+                        "presentation also verifies under the holder's key",
+                    ));
+                }
+            }
+            _ => {
+                if !holder_signed(&ps) {
+                    return Err(Reject::new(
+                        Reason::BadDeviceSignature,
+                        "presentation signature does not verify",
+                    ));
+                }
+            }
         }
 
         // 8. context.
@@ -676,6 +1074,18 @@ impl Verifier {
                     "beneficiary rank not in the credential",
                 ))?
         };
+        if let Some(pd) = &dlg {
+            let invalid = |detail| Reject::new(Reason::DelegationInvalid, detail);
+            if pd.claims.for_credential != cred.sub {
+                return Err(invalid("delegation is for another credential"));
+            }
+            if !pd.claims.ben.contains(&pres.ben) {
+                return Err(invalid("beneficiary outside the delegation's scope"));
+            }
+            if !pd.claims.uses.contains(&pres.use_) {
+                return Err(invalid("use outside the delegation's scope"));
+            }
+        }
         if !scan.allows(pres.use_) {
             return Err(Reject::new(
                 Reason::PurposeNotAllowed,
@@ -692,6 +1102,18 @@ impl Verifier {
                 .saturating_add(policy.clock_skew)
                 .saturating_add(policy.max_scan_delay),
         };
-        Ok((person.clone(), key))
+        // 10. AMC attestations, each on its own; computed here (in the parallel part) and
+        // kept only if step 9 accepts.
+        let amc = pres
+            .amc
+            .iter()
+            .map(|a| self.check_amc(a, &person.ins, now, fresh_at))
+            .collect();
+        Ok(Passed {
+            person: person.clone(),
+            key,
+            delegation_label: dlg.map(|pd| pd.claims.who.unwrap_or_default()),
+            amc,
+        })
     }
 }

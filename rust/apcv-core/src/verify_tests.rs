@@ -558,21 +558,15 @@ fn signatures() {
         f.reason(presentation_bytes(&f.pki, &presentation_claims(cred))),
         Reason::BadIssuerSignature
     );
+    // A delegation that is not a COSE_Sign1 is MALFORMED at step 2 (PROFILE §7.2).
     let dlg = |p: &mut Value| set(p, &[text("dlg")], Some(Value::Bytes(vec![1, 2, 3])));
-    let d = f.run(nfc(f.pres(|_| {}, dlg)));
-    assert_eq!(
-        (d.reason, d.detail),
-        (
-            Reason::DelegationInvalid,
-            "delegation not supported by this verifier version"
-        )
-    );
+    assert_eq!(f.reason(f.pres(|_| {}, dlg)), Reason::Malformed);
     // Signed by another device key.
     let pc = presentation_claims(credential_bytes(&f.pki, &f.cred()));
     let other = Signer::es256();
     let bytes = sign1(&other, &prot(&other, false), &enc(&pc), true);
     assert_eq!(f.reason(bytes), Reason::BadDeviceSignature);
-    // AMC attestations are parsed and otherwise ignored.
+    // A broken AMC attestation never rejects the presentation (PROFILE §2.7).
     let amc = |p: &mut Value| {
         set(
             p,
@@ -580,7 +574,10 @@ fn signatures() {
             Some(Value::Array(vec![Value::Bytes(vec![1])])),
         )
     };
-    assert_eq!(f.reason(f.pres(|_| {}, amc)), Reason::Ok);
+    let d = f.run(nfc(f.pres(|_| {}, amc)));
+    assert_eq!(d.reason, Reason::Ok);
+    assert_eq!(d.amc.len(), 1);
+    assert_eq!(d.amc[0].reason, crate::verify::AmcReason::Malformed);
     let bad_amc = |p: &mut Value| set(p, &[text("amc")], Some(Value::Array(vec![int(1)])));
     assert_eq!(f.reason(f.pres(|_| {}, bad_amc)), Reason::Malformed);
 }

@@ -572,6 +572,47 @@ impl Person {
     }
 }
 
+/// One AMC attestation's outcome and coverage (PROFILE §2.7). The coverage fields are set
+/// only when the attestation is signed by a trusted "amc" key and names the presented person.
+/// repr shows no value.
+#[pyclass(frozen, module = "apcv_verify._native")]
+struct AmcCoverage {
+    #[pyo3(get)]
+    valid: bool,
+    #[pyo3(get)]
+    reason: &'static str,
+    #[pyo3(get)]
+    detail: &'static str,
+    #[pyo3(get)]
+    organisation: Option<String>,
+    #[pyo3(get)]
+    amc_number: Option<String>,
+    #[pyo3(get)]
+    contract: Option<String>,
+    #[pyo3(get)]
+    third_party_payment: Option<bool>,
+    domains: Vec<String>,
+    #[pyo3(get)]
+    expires_at: Option<i64>,
+}
+
+#[pymethods]
+impl AmcCoverage {
+    /// Care domains (a new list each time).
+    #[getter]
+    fn domains(&self) -> Vec<String> {
+        self.domains.clone()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<AmcCoverage valid={} reason={}>",
+            if self.valid { "True" } else { "False" },
+            self.reason
+        )
+    }
+}
+
 /// The outcome of one verification. repr shows no personal data.
 #[pyclass(frozen, module = "apcv_verify._native")]
 struct VerificationResult {
@@ -593,10 +634,19 @@ struct VerificationResult {
     credential_expires_at: Option<i64>,
     #[pyo3(get)]
     person: Option<Py<Person>>,
+    #[pyo3(get)]
+    delegation_label: Option<String>,
+    amc: Vec<Py<AmcCoverage>>,
 }
 
 #[pymethods]
 impl VerificationResult {
+    /// One entry per AMC attestation, in presentation order; empty unless accepted.
+    #[getter]
+    fn amc<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, AmcCoverage>> {
+        self.amc.iter().map(|a| a.bind(py).clone()).collect()
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "<VerificationResult accepted={} reason={} duplicate={}>",
@@ -634,6 +684,23 @@ fn person_to_py(py: Python<'_>, p: claims::Person) -> PyResult<Py<Person>> {
     )
 }
 
+fn amc_to_py(py: Python<'_>, a: verify::AmcCoverage) -> PyResult<Py<AmcCoverage>> {
+    Py::new(
+        py,
+        AmcCoverage {
+            valid: a.valid(),
+            reason: a.reason.as_str(),
+            detail: a.detail,
+            organisation: a.organisation,
+            amc_number: a.amc_number,
+            contract: a.contract,
+            third_party_payment: a.third_party_payment,
+            domains: a.domains,
+            expires_at: a.expires_at,
+        },
+    )
+}
+
 fn result_to_py(py: Python<'_>, d: verify::Decision) -> PyResult<VerificationResult> {
     Ok(VerificationResult {
         accepted: d.accepted(),
@@ -645,6 +712,12 @@ fn result_to_py(py: Python<'_>, d: verify::Decision) -> PyResult<VerificationRes
         issuer: d.issuer,
         credential_expires_at: d.credential_expires_at,
         person: d.person.map(|p| person_to_py(py, p)).transpose()?,
+        delegation_label: d.delegation_label,
+        amc: d
+            .amc
+            .into_iter()
+            .map(|a| amc_to_py(py, a))
+            .collect::<PyResult<_>>()?,
     })
 }
 
@@ -736,6 +809,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Scan>()?;
     m.add_class::<AmoRights>()?;
     m.add_class::<Person>()?;
+    m.add_class::<AmcCoverage>()?;
     m.add_class::<VerificationResult>()?;
     m.add_class::<Verifier>()?;
     Ok(())
