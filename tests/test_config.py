@@ -68,3 +68,91 @@ def test_unknown_keys_and_missing_trust_are_refused(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text("[server\n")
     with pytest.raises(ConfigError, match="invalid TOML"):
         load_config(tmp_path / "bad.toml", environ={})
+
+
+def test_callers_table_from_file_and_from_apcv_callers_json(trust_files: Path) -> None:
+    from apcv_verify.config import DEFAULT_DISCLOSURE
+
+    with (trust_files / "apcv.toml").open("a") as config:
+        config.write(
+            '[[callers]]\nid = "his-1"\nuses = ["care", "dmp"]\n'
+            'disclose = { care = ["amo"] }\n'
+            '[[callers]]\nid = "edge"\nmay_send_scanned_at = true\nmax_scan_delay_seconds = 900\n'
+        )
+    config = load_config(trust_files / "apcv.toml", environ={})
+    his = config.caller("his-1")
+    assert his is not None and his.uses == ("care", "dmp")
+    assert his.disclosed("care") == {"amo"}
+    assert his.disclosed("dmp") == set(DEFAULT_DISCLOSURE["dmp"]) == {"ins", "identity"}
+    edge = config.caller("edge")
+    assert edge is not None and edge.may_send_scanned_at and edge.max_scan_delay_seconds == 900
+    assert config.caller("stranger") is None  # no "*" entry: not allowed
+
+    environ = {"APCV_CALLERS": '[{"id": "*", "uses": ["auth"]}]'}
+    from_env = load_config(trust_files / "apcv.toml", environ=environ)
+    anyone = from_env.caller("stranger")
+    assert anyone is not None and anyone.uses == ("auth",) and not anyone.may_send_scanned_at
+
+
+def test_without_a_callers_table_everyone_gets_the_defaults(trust_files: Path) -> None:
+    caller = load_config(trust_files / "apcv.toml", environ={}).caller("anonymous")
+    assert caller is not None
+    assert caller.uses == ("care", "dmp", "dp", "auth")
+    assert caller.disclosed("care") == {"ins", "identity", "amo", "amc"}
+    assert caller.disclosed("auth") == {"ins"}
+    assert not caller.may_send_scanned_at
+
+
+@pytest.mark.parametrize(
+    ("callers", "message"),
+    [
+        ('[{"id": "a", "uses": ["billing"]}]', r"callers\[0\]\.uses: unknown use 'billing'"),
+        ('[{"id": "a", "disclose": {"care": ["nir"]}}]', r"callers\[0\]\.disclose\.care: unknown"),
+        ('[{"id": "a", "disclose": {"x": ["ins"]}}]', r"callers\[0\]\.disclose: unknown use 'x'"),
+        ('[{"id": "a"}, {"id": "a"}]', r"callers: caller 'a' is listed twice"),
+        ('[{"id": "a", "max_scan_delay_seconds": -1}]', r"callers\[0\]\.max_scan_delay_seconds"),
+        ('[{"id": "a", "may_send_scanned_at": "yes"}]', r"callers\[0\]\.may_send_scanned_at"),
+        ('[{"uses": ["care"]}]', r"callers\[0\]\.id: a non-empty string is required"),
+        ('[{"id": "a", "scope": 1}]', r"callers\[0\]\.scope: unknown key"),
+        ('{"id": "a"}', r"callers: expected an array of tables"),
+        ("[{", r"callers: APCV_CALLERS is not valid JSON"),
+    ],
+)
+def test_bad_callers_name_the_entry(trust_files: Path, callers: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(trust_files / "apcv.toml", environ={"APCV_CALLERS": callers})
+
+
+@pytest.mark.parametrize(
+    ("tls", "message"),
+    [
+        ('server_cert = "anchor.pem"', r"tls\.server_cert: server_cert and server_key go together"),
+        ('client_ca = "anchor.pem"', r"tls\.client_ca: needs tls\.server_cert"),
+        ('server_cert = "anchor.pem"\nserver_key = "anchor.pem"', r"tls\.client_ca: required"),
+        (
+            'server_cert = "anchor.pem"\nserver_key = "anchor.pem"\nclient_ca = "anchor.pem"\n'
+            "require_client_auth = false",
+            r"tls\.client_ca: client certificates are always required",
+        ),
+        ('server_cert = "a.pem"\nserver_key = "anchor.pem"\nclient_ca = "anchor.pem"',
+         r"tls\.server_cert: file not found"),
+    ],
+)  # fmt: skip
+def test_bad_tls_settings_name_the_key(trust_files: Path, tls: str, message: str) -> None:
+    with (trust_files / "apcv.toml").open("a") as config:
+        config.write(f"[tls]\n{tls}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(trust_files / "apcv.toml", environ={})
+
+
+def test_tls_paths_are_relative_to_the_file_and_batch_bound(trust_files: Path) -> None:
+    with (trust_files / "apcv.toml").open("a") as config:
+        config.write(
+            '[tls]\nserver_cert = "anchor.pem"\nserver_key = "anchor.pem"\n'
+            'client_ca = "anchor.pem"\n'
+        )
+    config = load_config(trust_files / "apcv.toml", environ={"APCV_SERVER_MAX_BATCH": "50"})
+    assert config.tls.enabled and config.tls.client_ca == str(trust_files / "anchor.pem")
+    assert config.server.max_batch == 50
+    with pytest.raises(ConfigError, match=r"server\.max_batch: must be between 1 and 100000"):
+        load_config(trust_files / "apcv.toml", environ={"APCV_SERVER_MAX_BATCH": "0"})

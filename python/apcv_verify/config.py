@@ -91,9 +91,13 @@ class TlsSection:
     server_cert: str = ""
     #: PEM private key of the server certificate.
     server_key: str = ""
-    #: PEM CA bundle that client certificates must chain to (mTLS).
+    #: PEM CA bundle that client certificates must chain to (mTLS); the caller id is then
+    #: the verified certificate's subject CN.
     client_ca: str = ""
-    #: Refuse connections without a client certificate (only with ``client_ca``).
+    #: mTLS: true (the default) needs ``client_ca`` and refuses connections without a valid
+    #: client certificate; false is TLS without client certificates (every caller is
+    #: ``anonymous``). Optional client certificates are not offered: an unverified CN must
+    #: never name a caller.
     require_client_auth: bool = True
 
     @property
@@ -240,6 +244,18 @@ class Config:
             raise ConfigError("tls.server_cert: server_cert and server_key go together")
         if tls.client_ca and not tls.server_cert:
             raise ConfigError("tls.client_ca: needs tls.server_cert and tls.server_key")
+        if tls.server_cert and tls.require_client_auth and not tls.client_ca:
+            raise ConfigError(
+                "tls.client_ca: required while tls.require_client_auth is true "
+                "(set require_client_auth = false for TLS without client certificates)"
+            )
+        if tls.client_ca and not tls.require_client_auth:
+            # gRPC Python can only request an optional client certificate without verifying
+            # it, and an unverified CN must never name a caller.
+            raise ConfigError(
+                "tls.client_ca: client certificates are always required when a client CA is set;"
+                " remove tls.require_client_auth = false"
+            )
         for key, path in (
             ("tls.server_cert", tls.server_cert),
             ("tls.server_key", tls.server_key),

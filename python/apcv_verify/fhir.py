@@ -205,12 +205,16 @@ def _amo_coverage(response: verifier_pb2.VerifyResponse, patient_url: str) -> di
 
 
 def _amc_coverage(amc: verifier_pb2.AmcCoverage, patient_url: str) -> dict[str, Any]:
+    extensions: list[dict[str, Any]] = [
+        {"url": CARE_DOMAIN_EXTENSION, "valueCode": domain} for domain in amc.domains
+    ]
+    if amc.HasField("third_party_payment"):
+        extensions.insert(
+            0, {"url": THIRD_PARTY_PAYMENT_EXTENSION, "valueBoolean": amc.third_party_payment}
+        )
     coverage: dict[str, Any] = {
         "resourceType": "Coverage",
-        "extension": [
-            {"url": THIRD_PARTY_PAYMENT_EXTENSION, "valueBoolean": amc.third_party_payment},
-            *({"url": CARE_DOMAIN_EXTENSION, "valueCode": domain} for domain in amc.domains),
-        ],
+        "extension": extensions,
         "identifier": [{"system": AMC_CONTRACT_SYSTEM, "value": amc.contract}],
         "status": "active",
         "type": {"coding": [{"system": ACT_CODE_SYSTEM, "code": "EHCPOL"}], "text": "AMC"},

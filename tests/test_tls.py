@@ -1,0 +1,227 @@
+"""mTLS over real gRPC: the caller is the client certificate's subject CN.
+
+A throw-away CA made with ``cryptography`` signs the server certificate and the client
+certificates; the ``[[callers]]`` table (no ``*`` entry) names two callers.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
+from apcv_verify.issuer import DemoPKI, qr_text
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .conftest import RunningServer, open_channel, start_server, stop_server, write_config
+
+DAY = datetime.timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class Issued:
+    cert_pem: bytes
+    key_pem: bytes
+
+
+class CertificateAuthority:
+    """A certificate authority for one test: ES256 keys, short validity."""
+
+    def __init__(self, name: str = "apcv test CA") -> None:
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        now = datetime.datetime.now(datetime.UTC)
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - DAY)
+            .not_valid_after(now + DAY)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )  # fmt: skip
+            .sign(self.key, hashes.SHA256())
+        )
+        self.pem = self.cert.public_bytes(serialization.Encoding.PEM)
+
+    def issue(self, common_name: str, *, server: bool = False) -> Issued:
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - DAY)
+            .not_valid_after(now + DAY)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        )
+        if server:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
+                critical=False,
+            )
+        cert = builder.sign(self.key, hashes.SHA256())
+        return Issued(
+            cert.public_bytes(serialization.Encoding.PEM),
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        )
+
+    def credentials(self, client: Issued | None) -> grpc.ChannelCredentials:
+        if client is None:
+            return grpc.ssl_channel_credentials(root_certificates=self.pem)
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.pem,
+            private_key=client.key_pem,
+            certificate_chain=client.cert_pem,
+        )
+
+
+CALLERS = """
+[[callers]]
+id = "his-1"
+
+[[callers]]
+id = "edge-reader"
+uses = ["dmp"]
+"""
+
+
+@dataclass
+class MtlsServer:
+    server: RunningServer
+    ca: CertificateAuthority
+
+    def verify(self, client: Issued | None, presentation: bytes) -> verifier_pb2.VerifyResponse:
+        request = verifier_pb2.VerifyRequest(request_id="t-1", qr_text=qr_text(presentation))
+        request.reader.reader_id = "desk-1"
+        with open_channel(self.server.address, self.ca.credentials(client)) as channel:
+            return verifier_pb2_grpc.VerifierStub(channel).Verify(request, timeout=10)
+
+
+def serve_tls(
+    pki: DemoPKI, tmp_path: Path, ca: CertificateAuthority, *, client_auth: bool = True
+) -> RunningServer:
+    server_cert = ca.issue("verifier.apcv.example", server=True)
+    (tmp_path / "server.pem").write_bytes(server_cert.cert_pem)
+    (tmp_path / "server.key").write_bytes(server_cert.key_pem)
+    (tmp_path / "clients-ca.pem").write_bytes(ca.pem)
+    tls = '[tls]\nserver_cert = "server.pem"\nserver_key = "server.key"\n'
+    if client_auth:
+        tls += 'client_ca = "clients-ca.pem"\n'
+    else:
+        tls += "require_client_auth = false\n"
+    return start_server(
+        pki.directory,
+        tmp_path / "tls.log",
+        "--allow-test-identities",
+        "--config",
+        str(write_config(tmp_path / "tls.toml", tls + CALLERS)),
+        credentials=ca.credentials(ca.issue("his-1") if client_auth else None),
+    )
+
+
+@pytest.fixture
+def mtls(pki: DemoPKI, tmp_path: Path) -> Iterator[MtlsServer]:
+    ca = CertificateAuthority()
+    running = serve_tls(pki, tmp_path, ca)
+    yield MtlsServer(running, ca)
+    stop_server(running)
+
+
+def reason(response: verifier_pb2.VerifyResponse) -> str:
+    return verifier_pb2.Reason.Name(response.reason)
+
+
+def test_a_known_caller_is_served(mtls: MtlsServer, pki: DemoPKI) -> None:
+    response = mtls.verify(mtls.ca.issue("his-1"), pki.present("alice"))
+    assert (response.decision, reason(response)) == (verifier_pb2.ACCEPTED, "OK")
+    assert response.person.HasField("identity") and response.person.HasField("amo")
+
+
+def test_a_caller_without_the_use_gets_purpose_not_allowed(mtls: MtlsServer, pki: DemoPKI) -> None:
+    edge = mtls.ca.issue("edge-reader")
+    refused = mtls.verify(edge, pki.present("alice", use="care"))
+    assert (refused.decision, reason(refused)) == (verifier_pb2.REJECTED, "PURPOSE_NOT_ALLOWED")
+    assert not refused.HasField("person")
+    allowed = mtls.verify(edge, pki.present("alice", use="dmp"))
+    assert reason(allowed) == "OK"
+    assert not allowed.person.HasField("amo")  # dmp discloses INS and traits only
+
+
+def test_an_unknown_caller_is_permission_denied(mtls: MtlsServer, pki: DemoPKI) -> None:
+    with pytest.raises(grpc.RpcError) as denied:
+        mtls.verify(mtls.ca.issue("stranger"), pki.present("alice"))
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "caller 'stranger' is not in the callers table" in (denied.value.details() or "")
+
+
+def test_no_client_certificate_no_connection(mtls: MtlsServer, pki: DemoPKI) -> None:
+    with pytest.raises(grpc.RpcError) as refused:
+        mtls.verify(None, pki.present("alice"))
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_certificate_from_another_ca_no_connection(mtls: MtlsServer, pki: DemoPKI) -> None:
+    other = CertificateAuthority("another CA")
+    with pytest.raises(grpc.RpcError) as refused:
+        mtls.verify(other.issue("his-1"), pki.present("alice"))
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_plaintext_client_cannot_talk_to_a_tls_server(mtls: MtlsServer, pki: DemoPKI) -> None:
+    request = verifier_pb2.VerifyRequest(request_id="p", qr_text=qr_text(pki.present("alice")))
+    with (
+        grpc.insecure_channel(mtls.server.address) as channel,
+        pytest.raises(grpc.RpcError) as refused,
+    ):
+        verifier_pb2_grpc.VerifierStub(channel).Verify(request, timeout=5)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_tls_without_client_certificates_makes_every_caller_anonymous(
+    pki: DemoPKI, tmp_path: Path
+) -> None:
+    ca = CertificateAuthority()
+    running = serve_tls(pki, tmp_path, ca, client_auth=False)
+    try:
+        server = MtlsServer(running, ca)
+        # Even a certificate the CA signed names nobody: without client_ca none is verified.
+        for client in (None, ca.issue("his-1")):
+            with pytest.raises(grpc.RpcError) as denied:
+                server.verify(client, pki.present("alice"))
+            assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "caller 'anonymous'" in (denied.value.details() or "")
+    finally:
+        stop_server(running)
