@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
@@ -22,9 +22,14 @@ from grpc_reflection.v1alpha import reflection
 
 from . import _native, fhir
 from ._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
+from .audit import AuditTrail
 from .config import FIELD_GROUPS, CallerPolicy, Config
 from .issuer import cose_key_from_public_pem
+from .metrics import ServiceMetrics, start_metrics_server
 from .policy import CallRefused, caller_id, resolve_caller, scanned_at_permission
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
 
 __all__ = [
     "RunningServer",
@@ -230,34 +235,15 @@ def _scan(request: verifier_pb2.VerifyRequest, policy: CallerPolicy, caller: str
     )
 
 
-def _log(
-    method: str,
-    caller: str,
-    request: verifier_pb2.VerifyRequest,
-    result: _native.VerificationResult,
-    seconds: float,
-    item: int | None = None,
-) -> None:
-    log.info(
-        "verification",
-        method=method,
-        caller=caller,
-        request_id=request.request_id,
-        reader=request.reader.reader_id,
-        decision="ACCEPTED" if result.accepted else "REJECTED",
-        reason=result.reason,
-        duplicate=result.duplicate,
-        latency_ms=round(seconds * 1000, 3),
-        **({} if item is None else {"item": item}),
-    )
-
-
 class VerifierService(verifier_pb2_grpc.VerifierServicer):
     """``apcv.verify.v1.Verifier``: protobuf in, core decision out, filtered by caller policy."""
 
-    def __init__(self, verifiers: dict[int, _native.Verifier], config: Config) -> None:
+    def __init__(
+        self, verifiers: dict[int, _native.Verifier], config: Config, audit: AuditTrail
+    ) -> None:
         self._verifiers = verifiers
         self._config = config
+        self._audit = audit
 
     async def _caller(self, context: grpc.aio.ServicerContext) -> tuple[str, CallerPolicy]:
         caller = caller_id(context.auth_context())
@@ -313,7 +299,14 @@ class VerifierService(verifier_pb2_grpc.VerifierServicer):
         now = int(time.time())
         started = time.perf_counter()
         (result,) = await self._verify(policy, scans, now)
-        _log("Verify", caller, request, result, time.perf_counter() - started)
+        self._audit.record_verification(
+            method="Verify",
+            request_id=request.request_id,
+            reader_id=request.reader.reader_id,
+            result=result,
+            latency_seconds=time.perf_counter() - started,
+            caller=caller,
+        )
         return self._response(request, result, policy, now)
 
     async def VerifyBatch(  # noqa: N802 (gRPC method name)
@@ -341,8 +334,17 @@ class VerifierService(verifier_pb2_grpc.VerifierServicer):
         # One core call for the whole batch: one snapshot, one `now`, replay in batch order.
         results = await self._verify(policy, scans, now)
         latency = time.perf_counter() - started
+        self._audit.record_batch(len(items))
         for index, (item, result) in enumerate(zip(items, results, strict=True)):
-            _log("VerifyBatch", caller, item, result, latency, index)
+            self._audit.record_verification(
+                method="VerifyBatch",
+                request_id=item.request_id,
+                reader_id=item.reader.reader_id,
+                result=result,
+                latency_seconds=latency,
+                caller=caller,
+                item=index,
+            )
         return verifier_pb2.VerifyBatchResponse(
             responses=[
                 self._response(item, result, policy, now)
@@ -353,16 +355,22 @@ class VerifierService(verifier_pb2_grpc.VerifierServicer):
 
 @dataclass
 class RunningServer:
-    """A started server, the port it bound and its health service."""
+    """A started server, the port it bound, its health service and its metrics."""
 
     server: grpc.aio.Server
     port: int
     health: health.aio.HealthServicer
+    metrics: ServiceMetrics | None = None
+    #: The ``/metrics`` HTTP server (None when ``metrics.listen`` is "" or could not bind).
+    metrics_http: WSGIServer | None = None
 
     async def stop(self, grace_seconds: float) -> None:
         """Report NOT_SERVING first, then let in-flight calls finish within the grace period."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_seconds)
+        if self.metrics_http is not None:
+            self.metrics_http.shutdown()
+            self.metrics_http.server_close()
 
 
 def server_credentials(config: Config) -> grpc.ServerCredentials:
@@ -379,14 +387,20 @@ def server_credentials(config: Config) -> grpc.ServerCredentials:
 
 async def start_server(config: Config, material: TrustMaterial) -> RunningServer:
     """Start serving; ``server.listen`` may use port 0 to pick a free port."""
+    metrics = ServiceMetrics(stream_services=(SERVICE_NAME,))
+    metrics.watch_trust_material(lambda: material)
     server = grpc.aio.server(
+        # First, so that it sees the status codes set by any later interceptor.
+        interceptors=[metrics.interceptor()],
         options=[
             ("grpc.max_receive_message_length", config.server.max_message_bytes),
             ("grpc.max_send_message_length", config.server.max_message_bytes),
         ],
     )
     verifier_pb2_grpc.add_VerifierServicer_to_server(
-        VerifierService(build_verifiers(config, material), config),
+        VerifierService(
+            build_verifiers(config, material), config, AuditTrail.from_config(config, metrics)
+        ),
         server,
     )
     health_servicer = health.aio.HealthServicer()
@@ -402,6 +416,7 @@ async def start_server(config: Config, material: TrustMaterial) -> RunningServer
     if port == 0:
         raise OSError(f"cannot listen on {config.server.listen}")
     await server.start()
+    metrics_http = _start_metrics_http(config.metrics.listen, metrics)
     # A trust list is loaded (start refuses otherwise): ready to serve.
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -413,8 +428,24 @@ async def start_server(config: Config, material: TrustMaterial) -> RunningServer
         client_auth=bool(config.tls.client_ca),
         trust_list_seq=material.trust_list.seq,
         status_lists=len(material.status_lists),
+        metrics_port=None if metrics_http is None else metrics_http.server_port,
     )
-    return RunningServer(server, port, health_servicer)
+    return RunningServer(server, port, health_servicer, metrics, metrics_http)
+
+
+def _start_metrics_http(listen: str, metrics: ServiceMetrics) -> WSGIServer | None:
+    """The ``/metrics`` endpoint; a port already taken is logged, not fatal.
+
+    Verification matters more than its metrics: a second server on a laptop, or a port
+    clash, must not stop the service (docs/operations.md "Metrics").
+    """
+    if not listen:
+        return None
+    try:
+        return start_metrics_server(listen, metrics.registry)
+    except OSError as error:
+        log.error("metrics_unavailable", listen=listen, error=error.strerror or str(error))
+        return None
 
 
 async def _serve_until_signalled(config: Config, material: TrustMaterial) -> None:
