@@ -1,7 +1,8 @@
 """Issuer toolkit (apcv_verify.issuer, .cli_issue): encoding, keys, objects, DemoPKI, CLI.
 
-Pure Python: none of this needs the native verifier. Interoperability is checked against pycose,
-an independent COSE implementation, in both directions.
+Pure Python: none of this needs the native verifier, except the delegation and AMC round trips at
+the end, which show that what the toolkit mints is what the verifier accepts. Interoperability is
+checked against pycose, an independent COSE implementation, in both directions.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import cbor2
 import pytest
 from apcv_verify import cli_issue
 from apcv_verify.issuer import (
+    DEMO_AMC_NUMBER,
     DEMO_SAMPLE_NAMES,
     DEMO_STATUS_URI,
     INS_DEMO_OID,
@@ -35,6 +37,8 @@ from apcv_verify.issuer import (
     cose_key_from_public_pem,
     deterministic_cbor,
     issue_credential,
+    make_amc_attestation,
+    make_delegation,
     make_presentation,
     make_status_list,
     make_trust_list,
@@ -630,3 +634,165 @@ def test_cli_errors_exit_2_without_personal_data(
     assert "unknown holder" in err and "index 99999" in err and "nothing to do" in err
     for personal in ("MARTIN", "Alice", "285067511504214", "1985"):
         assert personal not in err
+
+
+# --- delegation and AMC attestation (docs/profile.md §2.6, §2.7) ----------------------------------
+
+
+def test_delegation_claims() -> None:
+    issuer, delegate = SigningKey.generate(-7), SigningKey.generate(-7)
+    delegation = make_delegation(
+        issuer,
+        iss="https://amo.example",
+        sub="dlg-1",
+        delegate_key=delegate,
+        for_credential="cred-1",
+        ben=[0, 1],
+        use=["care", "dp"],
+        who="Mamie",
+        status_uri="https://status.example/1",
+        status_index=7,
+        iat=NOW,
+        nbf=NOW,
+        exp=NOW + 3600,
+    )
+    parsed = parse_sign1(delegation)
+    assert parsed.kid == issuer.kid and parsed.alg == -7
+    claims = parsed.claims()
+    assert (claims[1], claims[2], claims[4], claims[5], claims[6]) == (
+        "https://amo.example",
+        "dlg-1",
+        NOW + 3600,
+        NOW,
+        NOW,
+    )
+    assert claims[8] == {1: delegate.public_key.cose_key(include_alg=False)}
+    assert claims[65535] == {"status_list": {"idx": 7, "uri": "https://status.example/1"}}
+    assert claims["apcv"] == {
+        "v": 1,
+        "for": "cred-1",
+        "ben": [0, 1],
+        "use": ["care", "dp"],
+        "who": "Mamie",
+    }
+    verify_sign1(delegation, issuer.public_key)
+    assert parsed.payload == deterministic_cbor(claims)
+    unlabelled = make_delegation(
+        issuer,
+        iss="i",
+        sub="s",
+        delegate_key=delegate.public_key,
+        for_credential="c",
+        ben=[0],
+        use=["care"],
+        status_uri="u",
+        status_index=0,
+        iat=NOW,
+        nbf=NOW,
+        exp=NOW,
+    )
+    assert "who" not in parse_sign1(unlabelled).claims()["apcv"]
+
+
+def test_amc_attestation_claims() -> None:
+    amc = SigningKey.generate(-8)
+    common: dict[str, Any] = {
+        "iss": "https://amc.example",
+        "sub": "contract-1",
+        "covered": [matricule("1841275056123")],
+        "amc_number": "000123456",
+        "third_party_payment": False,
+        "domains": ("PHAR", "OPT"),
+        "iat": NOW,
+        "nbf": NOW,
+        "exp": NOW + 3600,
+    }
+    attestation = make_amc_attestation(amc, **common)
+    claims = cbor2.loads(verify_sign1(attestation, amc.public_key))
+    assert 65535 not in claims
+    assert (claims[1], claims[2], claims[4]) == ("https://amc.example", "contract-1", NOW + 3600)
+    assert claims["apcv"] == {
+        "v": 1,
+        "for": ["184127505612355"],
+        "amc": "000123456",
+        "tp": False,
+        "dom": ["PHAR", "OPT"],
+    }
+    with_status = make_amc_attestation(amc, **common, status_uri="u", status_index=3)
+    assert parse_sign1(with_status).claims()[65535] == {"status_list": {"idx": 3, "uri": "u"}}
+    with pytest.raises(ValueError, match="both"):
+        make_amc_attestation(amc, **common, status_uri="u")
+
+
+def test_demo_delegate_and_amc_allocate_status_indexes(tmp_path: Path) -> None:
+    pki = DemoPKI.create(tmp_path / "pki", now=NOW)
+    holder_indexes = {h.status_index for h in pki.holders.values()}
+    key, delegation = pki.delegate("family", ben=[0, 1], use=["care"], who="Papi", now=NOW)
+    claims = parse_sign1(delegation).claims()
+    assert claims[8] == {1: key.public_key.cose_key(include_alg=False)}
+    assert claims["apcv"]["for"] == parse_sign1(pki.holder("family").credential).claims()[2]
+    assert claims["apcv"]["who"] == "Papi" and claims["apcv"]["ben"] == [0, 1]
+    verify_sign1(delegation, pki.amo_issuer)
+    dlg_index = claims[65535]["status_list"]["idx"]
+    assert dlg_index not in holder_indexes
+    attestation = pki.amc_attestation("family", now=NOW)
+    amc_claims = cbor2.loads(verify_sign1(attestation, pki.amc_issuer))
+    assert amc_claims["apcv"]["for"] == list(pki.matricules("family").values())
+    assert amc_claims["apcv"]["amc"] == DEMO_AMC_NUMBER
+    amc_index = amc_claims[65535]["status_list"]["idx"]
+    assert amc_index not in holder_indexes | {dlg_index}
+    only_child = pki.amc_attestation("family", ranks=[1], revocable=False, now=NOW)
+    child_claims = parse_sign1(only_child).claims()
+    assert child_claims["apcv"]["for"] == [pki.matricules("family")[1]]
+    assert 65535 not in child_claims
+    # Allocations survive a reload; a new holder does not take them.
+    reloaded = DemoPKI.load(tmp_path / "pki")
+    new_holder = reloaded.add_holder("late", sample_person(), now=NOW)
+    assert new_holder.status_index not in {dlg_index, amc_index}
+    # revoke_object revokes what the object's status claim names.
+    signed = pki.revoke_object(delegation)
+    packed = zlib.decompress(cbor2.loads(verify_sign1(signed, pki.status_signer))[65533]["lst"])
+    assert status_at(packed, 2, dlg_index) == 1
+    with pytest.raises(ValueError, match="no status claim"):
+        pki.revoke_object(only_child)
+
+
+def test_demo_present_with_signer(tmp_path: Path) -> None:
+    pki = DemoPKI.create(tmp_path / "pki", now=NOW)
+    key, delegation = pki.delegate("alice", now=NOW)
+    presentation = pki.present("alice", iat=NOW, dlg=delegation, signer=key)
+    verify_sign1(presentation, key.public_key)
+    with pytest.raises(Exception, match="signature"):
+        verify_sign1(presentation, pki.holder("alice").device_key.public_key)
+    assert parse_sign1(presentation).claims()["dlg"] == delegation
+
+
+def test_demo_delegation_and_amc_through_the_verifier(tmp_path: Path) -> None:
+    from apcv_verify import _native
+
+    pki = DemoPKI.create(tmp_path / "pki", now=NOW)
+    trust = _native.TrustList.verify(pki.trust_list, [pki.anchor_cose_key], NOW)
+    policy = _native.Policy(allow_test_identities=True)
+
+    def verifier() -> _native.Verifier:
+        lists = [_native.StatusList.verify(b, trust, NOW) for b in pki.status_lists.values()]
+        return _native.Verifier(trust, lists, policy, _native.MemoryReplayStore())
+
+    key, delegation = pki.delegate("family", ben=[1], use=["care"], who="Papi", now=NOW)
+    attestation = pki.amc_attestation("family", now=NOW)
+    data = pki.present("family", ben=1, iat=NOW, dlg=delegation, signer=key, amc=[attestation])
+    (r,) = verifier().verify_batch([_native.Scan(data, "desk")], NOW)
+    assert (r.reason, r.delegation_label) == ("OK", "Papi"), r.detail
+    assert r.person is not None and r.person.rank == 1
+    (coverage,) = r.amc
+    assert coverage.valid and coverage.amc_number == DEMO_AMC_NUMBER
+    # Revoking the attestation: the presentation stays accepted, the coverage does not.
+    pki.revoke_object(attestation, now=NOW)
+    data = pki.present("family", ben=1, iat=NOW, dlg=delegation, signer=key, amc=[attestation])
+    (r,) = verifier().verify_batch([_native.Scan(data, "desk")], NOW)
+    assert r.accepted and r.amc[0].reason == "REVOKED"
+    # Revoking the delegation stops it at the next status-list load.
+    pki.revoke_object(delegation, now=NOW)
+    data = pki.present("family", ben=1, iat=NOW, dlg=delegation, signer=key)
+    (r,) = verifier().verify_batch([_native.Scan(data, "desk")], NOW)
+    assert (r.reason, r.detail) == ("DELEGATION_INVALID", "delegation revoked")

@@ -60,6 +60,8 @@ __all__ = [
     "cose_key_from_public_pem",
     "deterministic_cbor",
     "issue_credential",
+    "make_amc_attestation",
+    "make_delegation",
     "make_presentation",
     "make_status_list",
     "make_trust_list",
@@ -666,7 +668,8 @@ def make_presentation(
     """Make a presentation (profile §2) signed by the device key; protected header ``{1: -7}`` only.
 
     ``exp`` defaults to ``iat + 120``; ``cti`` to 16 random bytes (the replay key). ``amc`` and
-    ``dlg`` take ready-made attestation / delegation bytes (minting them is a later issue).
+    ``dlg`` take ready-made attestation / delegation bytes (:func:`make_amc_attestation`,
+    :func:`make_delegation`); with ``dlg``, ``device_key`` is the delegate's phone key.
     """
     if device_key.alg is not Alg.ES256:
         raise ValueError("device keys are ES256 (P-256) only (profile §2)")
@@ -687,6 +690,95 @@ def make_presentation(
     if dlg is not None:
         claims["dlg"] = dlg
     return sign1(device_key, claims, kid=False)
+
+
+# --- Delegation and AMC attestation (docs/profile.md §2.6, §2.7) ----------------------------------
+
+
+def make_delegation(
+    issuer_key: SigningKey,
+    *,
+    iss: str,
+    sub: str,
+    delegate_key: SigningKey | VerifyingKey,
+    for_credential: str,
+    ben: Sequence[int],
+    use: Sequence[str],
+    who: str | None = None,
+    status_uri: str,
+    status_index: int,
+    iat: int,
+    nbf: int,
+    exp: int,
+) -> bytes:
+    """A delegation (profile §2.6) signed by an AMO issuer key; tagged COSE_Sign1 bytes.
+
+    ``delegate_key`` is the delegate's phone key (only its public half is used; ``cnf`` without
+    ``alg``); ``for_credential`` the ``sub`` of the holder's credential; ``ben`` the ranks and
+    ``use`` the uses the delegate may present. ``who`` (a display label) is left out when None.
+    The presentation that carries it must be signed by ``delegate_key``.
+    """
+    apcv: dict[str, Any] = {
+        "v": PROFILE_VERSION,
+        "for": for_credential,
+        "ben": list(ben),
+        "use": list(use),
+    }
+    if who is not None:
+        apcv["who"] = who
+    claims = {
+        _CLAIM_ISS: iss,
+        _CLAIM_SUB: sub,
+        _CLAIM_EXP: exp,
+        _CLAIM_NBF: nbf,
+        _CLAIM_IAT: iat,
+        _CLAIM_CNF: {_CNF_COSE_KEY: _as_verifying_key(delegate_key).cose_key(include_alg=False)},
+        _CLAIM_STATUS: {"status_list": {"idx": status_index, "uri": status_uri}},
+        "apcv": apcv,
+    }
+    return sign1(issuer_key, claims)
+
+
+def make_amc_attestation(
+    amc_key: SigningKey,
+    *,
+    iss: str,
+    sub: str,
+    covered: Sequence[str],
+    amc_number: str,
+    third_party_payment: bool,
+    domains: Sequence[str],
+    iat: int,
+    nbf: int,
+    exp: int,
+    status_uri: str | None = None,
+    status_index: int | None = None,
+) -> bytes:
+    """An AMC attestation (profile §2.7) signed by a complementary insurer's key (role ``amc``).
+
+    ``iss`` is the AMC organisation id, ``sub`` the contract id, ``covered`` the INS matricules
+    it applies to, ``amc_number`` the organisation number (text: leading zeros matter). The
+    ``status`` claim is optional: give both ``status_uri`` and ``status_index``, or neither.
+    """
+    if (status_uri is None) != (status_index is None):
+        raise ValueError("give both status_uri and status_index, or neither")
+    claims: dict[Any, Any] = {
+        _CLAIM_ISS: iss,
+        _CLAIM_SUB: sub,
+        _CLAIM_EXP: exp,
+        _CLAIM_NBF: nbf,
+        _CLAIM_IAT: iat,
+        "apcv": {
+            "v": PROFILE_VERSION,
+            "for": list(covered),
+            "amc": amc_number,
+            "tp": third_party_payment,
+            "dom": list(domains),
+        },
+    }
+    if status_uri is not None:
+        claims[_CLAIM_STATUS] = {"status_list": {"idx": status_index, "uri": status_uri}}
+    return sign1(amc_key, claims)
 
 
 def qr_text(presentation: bytes) -> str:
@@ -836,6 +928,11 @@ DEMO_AMO_ISS = "https://amo.apcv.example"
 DEMO_AMC_ISS = "https://amc.apcv.example"
 DEMO_STATUS_ISS = "https://status.apcv.example"
 DEMO_STATUS_URI = "https://status.apcv.example/amo/1"
+#: AMC organisation number of the demo complementary insurer (fictional).
+DEMO_AMC_NUMBER = "012345678"
+#: Default care domains of demo AMC attestations.
+DEMO_AMC_DOMAINS = ("PHAR", "MED", "HOSP", "OPT", "DENT")
+DEMO_DELEGATION_VALIDITY = 30 * 86_400
 
 _DAY = 86_400
 _YEAR = 365 * _DAY
@@ -1154,6 +1251,7 @@ class DemoPKI:
 
     def _allocate_status_index(self, uri: str) -> int:
         used = {holder.status_index for holder in self.holders.values() if holder.status_uri == uri}
+        used.update(self.manifest["status_lists"][uri].get("allocated", []))
         size = self.manifest["status_lists"][uri]["size"]
         for index in range(size):
             if index not in used:
@@ -1240,14 +1338,17 @@ class DemoPKI:
         nonce: bytes | None = None,
         amc: Sequence[bytes] | None = None,
         dlg: bytes | None = None,
+        signer: SigningKey | None = None,
     ) -> bytes:
         """A presentation by ``holder``'s phone (profile §2); ``iat`` defaults to the current time.
 
-        ``credential`` replaces the holder's own (e.g. :meth:`expired_credential`).
+        ``credential`` replaces the holder's own (e.g. :meth:`expired_credential`); ``signer``
+        replaces the holder's phone key (e.g. the delegate's key from :meth:`delegate`, with
+        ``dlg``).
         """
         demo_holder = self.holder(holder)
         return make_presentation(
-            demo_holder.device_key,
+            demo_holder.device_key if signer is None else signer,
             demo_holder.credential if credential is None else credential,
             ben=ben,
             use=use,
@@ -1259,6 +1360,114 @@ class DemoPKI:
             amc=amc,
             dlg=dlg,
         )
+
+    def _allocate_extra_status_index(self, uri: str) -> int:
+        """A status index for a delegation or an attestation, recorded so it is never reused."""
+        index = self._allocate_status_index(uri)
+        self.manifest["status_lists"][uri].setdefault("allocated", []).append(index)
+        self._save_manifest()
+        return index
+
+    def matricules(self, holder: str = "alice") -> dict[int, str]:
+        """The INS matricules of ``holder``'s credential by rank (0 = the holder)."""
+        apcv = parse_sign1(self.holder(holder).credential).claims()["apcv"]
+        ranks = {0: apcv["ins"]["m"]}
+        ranks.update({b["rank"]: b["ins"]["m"] for b in apcv.get("ben", [])})
+        return ranks
+
+    def delegate(
+        self,
+        holder: str = "alice",
+        *,
+        ben: Sequence[int] = (0,),
+        use: Sequence[str] = ("care",),
+        who: str | None = None,
+        delegate_key: SigningKey | None = None,
+        now: int | None = None,
+        nbf: int | None = None,
+        exp: int | None = None,
+    ) -> tuple[SigningKey, bytes]:
+        """A delegation of ``holder``'s credential (profile §2.6) by the holder's AMO issuer.
+
+        Returns the delegate's phone key (new unless ``delegate_key`` is given) and the
+        delegation; present with ``present(holder, dlg=delegation, signer=key)``. A status index
+        is allocated for it, so :meth:`revoke_object` can revoke it. Valid from ``now − 1 day``
+        for 30 days unless ``nbf`` / ``exp`` say otherwise.
+        """
+        demo_holder = self.holder(holder)
+        issued_at = self._issue_time(now) - _DAY
+        key = SigningKey.generate(Alg.ES256) if delegate_key is None else delegate_key
+        uri = DEMO_STATUS_URI
+        delegation = make_delegation(
+            self.keys[demo_holder.issuer],
+            iss=self.manifest["keys"][demo_holder.issuer]["iss"],
+            sub="dlg-" + secrets.token_hex(8),
+            delegate_key=key,
+            for_credential=parse_sign1(demo_holder.credential).claims()[_CLAIM_SUB],
+            ben=ben,
+            use=use,
+            who=who,
+            status_uri=uri,
+            status_index=self._allocate_extra_status_index(uri),
+            iat=issued_at,
+            nbf=issued_at if nbf is None else nbf,
+            exp=issued_at + DEMO_DELEGATION_VALIDITY if exp is None else exp,
+        )
+        return key, delegation
+
+    def amc_attestation(
+        self,
+        holder: str = "alice",
+        *,
+        ranks: Sequence[int] | None = None,
+        covered: Sequence[str] | None = None,
+        contract: str | None = None,
+        amc_number: str = DEMO_AMC_NUMBER,
+        third_party_payment: bool = True,
+        domains: Sequence[str] = DEMO_AMC_DOMAINS,
+        revocable: bool = True,
+        signer: SigningKey | None = None,
+        now: int | None = None,
+        nbf: int | None = None,
+        exp: int | None = None,
+    ) -> bytes:
+        """An AMC attestation (profile §2.7) by the demo complementary insurer for ``holder``.
+
+        It covers the persons of ``ranks`` (default: everyone in the credential) or the
+        matricules ``covered``. With ``revocable`` (default) it gets a status index, so
+        :meth:`revoke_object` can revoke it. Valid from ``now − 1 day`` for a year unless
+        ``nbf`` / ``exp`` say otherwise; ``signer`` replaces the AMC key (e.g. an untrusted one).
+        """
+        if covered is None:
+            by_rank = self.matricules(holder)
+            covered = [by_rank[r] for r in (sorted(by_rank) if ranks is None else ranks)]
+        issued_at = self._issue_time(now) - _DAY
+        uri = DEMO_STATUS_URI if revocable else None
+        return make_amc_attestation(
+            self.amc_issuer if signer is None else signer,
+            iss=self.manifest["keys"][_AMC]["iss"],
+            sub="contract-" + secrets.token_hex(6) if contract is None else contract,
+            covered=covered,
+            amc_number=amc_number,
+            third_party_payment=third_party_payment,
+            domains=domains,
+            iat=issued_at,
+            nbf=issued_at if nbf is None else nbf,
+            exp=issued_at + _YEAR if exp is None else exp,
+            status_uri=uri,
+            status_index=None if uri is None else self._allocate_extra_status_index(uri),
+        )
+
+    def revoke_object(
+        self, signed: bytes, status: int = STATUS_INVALID, *, now: int | None = None
+    ) -> bytes:
+        """Set the status of the object whose status claim ``signed`` carries (a credential,
+        delegation or attestation), rewrite its status list, and return the new signed list."""
+        claims = parse_sign1(signed).claims()
+        if _CLAIM_STATUS not in claims:
+            raise ValueError("the object carries no status claim")
+        entry = claims[_CLAIM_STATUS]["status_list"]
+        return self.set_status(entry["idx"], status, uri=entry["uri"], now=now)
 
     def credential_variant(
         self,
