@@ -796,3 +796,26 @@ def test_demo_delegation_and_amc_through_the_verifier(tmp_path: Path) -> None:
     data = pki.present("family", ben=1, iat=NOW, dlg=delegation, signer=key)
     (r,) = verifier().verify_batch([_native.Scan(data, "desk")], NOW)
     assert (r.reason, r.detail) == ("DELEGATION_INVALID", "delegation revoked")
+
+
+def test_cli_delegated_presentation_with_amc(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pki_dir = tmp_path / "pki"
+    assert run_cli("issue", "pki", "--out", str(pki_dir), "--now", str(NOW)) == 0
+    capsys.readouterr()
+    code = run_cli(
+        "issue", "presentation", "--pki", str(pki_dir), "--holder", "family", "--ben", "1",
+        "--use", "dp", "--who", "Papi", "--amc", "--iat", str(NOW),
+    )  # fmt: skip
+    assert code == 0
+    claims = parse_sign1(presentation_from_qr_text(capsys.readouterr().out.strip())).claims()
+    delegation = parse_sign1(claims["dlg"]).claims()
+    assert delegation["apcv"]["who"] == "Papi"
+    assert (delegation["apcv"]["ben"], delegation["apcv"]["use"]) == ([1], ["dp"])
+    (attestation,) = claims["amc"]
+    assert parse_sign1(attestation).claims()["apcv"]["amc"] == DEMO_AMC_NUMBER
+    # Plain presentations carry neither.
+    assert run_cli("issue", "presentation", "--pki", str(pki_dir)) == 0
+    plain = parse_sign1(presentation_from_qr_text(capsys.readouterr().out.strip())).claims()
+    assert "dlg" not in plain and "amc" not in plain

@@ -117,6 +117,13 @@ def _issue_presentation(args: argparse.Namespace) -> int:
     if args.lifetime > _MAX_PRESENTATION_LIFETIME:
         print(f"{_PROG}: warning: lifetime over {_MAX_PRESENTATION_LIFETIME} s", file=sys.stderr)
     iat = args.iat if args.iat is not None else int(time.time())
+    signer, delegation = None, None
+    if args.delegate or args.who is not None:
+        # A delegate's phone presents: a fresh key, a delegation scoped to this ben and use.
+        signer, delegation = pki.delegate(
+            args.holder, ben=[args.ben], use=[args.use], who=args.who, now=iat
+        )
+    attestations = [pki.amc_attestation(args.holder, now=iat)] if args.amc else None
     presentation = pki.present(
         args.holder,
         ben=args.ben,
@@ -125,6 +132,9 @@ def _issue_presentation(args: argparse.Namespace) -> int:
         exp=iat + args.lifetime,
         aud=args.aud,
         nonce=args.nonce,
+        amc=attestations,
+        dlg=delegation,
+        signer=signer,
     )
     if args.nfc is not None:
         Path(args.nfc).write_bytes(presentation)
@@ -219,6 +229,17 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         type=_non_negative,
         default=issuer.DEFAULT_PRESENTATION_LIFETIME,
         help="seconds until exp (default 120)",
+    )
+    presentation.add_argument(
+        "--delegate",
+        action="store_true",
+        help="present from a new delegate's phone with a delegation for this --ben and --use",
+    )
+    presentation.add_argument("--who", help="the delegation's display label (implies --delegate)")
+    presentation.add_argument(
+        "--amc",
+        action="store_true",
+        help="attach a demo AMC attestation covering everyone in the credential",
     )
     presentation.add_argument("--png", help="also write the QR code as PNG to this file")
     presentation.add_argument("--svg", help="also write the QR code as SVG to this file")

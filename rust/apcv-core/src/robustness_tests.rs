@@ -118,3 +118,61 @@ fn no_panic_on_random_and_mutated_input() {
     let d = verifier.verify(&Scan::new(ScanData::Nfc(good), "r".into(), None, None), NOW);
     assert!(d.accepted(), "{}", d.detail);
 }
+
+/// Issue 3 paths: mutated delegations inside otherwise valid, freshly signed presentations
+/// (so the pipeline reaches steps 3–8 with them), and mutated AMC attestations in accepted
+/// presentations (so step 10 judges them).
+#[test]
+fn no_panic_on_mutated_delegations_and_attestations() {
+    use ciborium::Value;
+
+    use crate::claims;
+    use crate::delegation_tests::{fx3, holder_ins};
+
+    let f = fx3();
+    let dlg = f.dlg_bytes(&f.pki.amo, &f.dlg_claims());
+    let amc = f.amc_bytes(&f.amc, &f.amc_claims(&[holder_ins()]));
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let iterations: usize = std::env::var("APCV_FUZZ_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3_000)
+        / 10;
+    for i in 0..iterations {
+        let d = mutate(&mut rng, &dlg);
+        let a = mutate(&mut rng, &amc);
+        let _ = claims::parse_delegation(&d);
+        let _ = claims::parse_amc_attestation(&a);
+        let _ = claims::parse_delegation(&mutate(&mut rng, Sign1::parse(&dlg).unwrap().payload()));
+        let _ =
+            claims::parse_amc_attestation(&mutate(&mut rng, Sign1::parse(&amc).unwrap().payload()));
+        let n = i as u64;
+        let with_dlg = f.pres_by(&f.delegate, |p| {
+            set(p, &[text("dlg")], Some(Value::Bytes(d)));
+            set(p, &[int(7)], Some(Value::Bytes(n.to_be_bytes().repeat(2))));
+        });
+        let _ = f.run(with_dlg);
+        let with_amc = f.pres_by(&f.pki.device, |p| {
+            set(
+                p,
+                &[text("amc")],
+                Some(Value::Array(vec![
+                    Value::Bytes(a),
+                    Value::Bytes(amc.clone()),
+                ])),
+            );
+            set(
+                p,
+                &[int(7)],
+                Some(Value::Bytes((n | 1 << 63).to_be_bytes().repeat(2))),
+            );
+        });
+        let out = f.run(with_amc);
+        // Long runs fill the fixture's replay store (1000 entries): fail closed, no AMC.
+        if out.reason == crate::verify::Reason::ReplayUnavailable {
+            continue;
+        }
+        assert!(out.accepted(), "{}", out.detail);
+        assert_eq!(out.amc.len(), 2);
+    }
+}
