@@ -8,16 +8,19 @@ import re
 import socket
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
 from apcv_verify.config import ConfigError, load_config
 from apcv_verify.issuer import DemoPKI, qr_text
+from apcv_verify.metrics import ServiceMetrics
 from apcv_verify.server import load_trust_material
 from apcv_verify.server import start_server as start_in_process
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import RunningServer, free_port, start_server, stop_server
@@ -276,3 +279,93 @@ def test_a_batch_counts_its_size_and_each_item(
     assert [(r["request_id"], r["item"], r["method"]) for r in records] == [
         ("b-0", 0, "VerifyBatch"), ("b-1", 1, "VerifyBatch"), ("b-2", 2, "VerifyBatch"),
     ]  # fmt: skip
+
+
+def test_the_interceptor_times_every_call_kind_and_counts_open_streams() -> None:
+    """The paths VerifyStream will take, on a stand-in service (bytes in, bytes out)."""
+    metrics = ServiceMetrics(stream_services=("test.Echo",))
+
+    async def echo(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+        async for message in requests:
+            yield message
+
+    async def write_back(requests: AsyncIterator[bytes], context: Any) -> None:
+        async for message in requests:
+            await context.write(message)
+
+    async def deny(request: bytes, context: Any) -> AsyncIterator[bytes]:
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, "not this caller")
+        yield b""
+
+    async def slow(request: bytes, context: Any) -> bytes:
+        await asyncio.sleep(5)
+        return request
+
+    async def broken(request: bytes, context: Any) -> bytes:
+        raise ValueError("a bug")
+
+    handlers = {
+        "Echo": grpc.stream_stream_rpc_method_handler(echo),
+        "WriteBack": grpc.stream_stream_rpc_method_handler(write_back),
+        "Deny": grpc.unary_stream_rpc_method_handler(deny),
+        "Slow": grpc.unary_unary_rpc_method_handler(slow),
+        "Broken": grpc.unary_unary_rpc_method_handler(broken),
+    }
+    streams = metrics.registry.get_sample_value
+
+    async def scenario() -> None:
+        server = grpc.aio.server(interceptors=[metrics.interceptor()])
+        server.add_generic_rpc_handlers(
+            [
+                grpc.method_handlers_generic_handler("test.Echo", handlers),
+                grpc.method_handlers_generic_handler("test.Plain", {"Echo": handlers["Echo"]}),
+            ]
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                for method in ("Echo", "WriteBack"):
+                    call = channel.stream_stream(f"/test.Echo/{method}")()
+                    await call.write(b"scan")
+                    assert await call.read() == b"scan"
+                    assert streams("apcv_inflight_streams") == 1, method
+                    await call.done_writing()
+                    assert await call.code() == grpc.StatusCode.OK
+                plain = channel.stream_stream("/test.Plain/Echo")()
+                await plain.write(b"scan")
+                await plain.read()
+                assert streams("apcv_inflight_streams") == 0  # not the verifier service
+                await plain.done_writing()
+                await plain.code()
+                denied = channel.unary_stream("/test.Echo/Deny")(b"")
+                assert await denied.code() == grpc.StatusCode.PERMISSION_DENIED
+                late = channel.stream_stream("/test.Echo/Echo")(timeout=0.3)
+                await late.write(b"scan")
+                await late.read()
+                assert await late.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                with pytest.raises(grpc.RpcError):
+                    await channel.unary_unary("/test.Echo/Slow")(b"", timeout=0.3)
+                with pytest.raises(grpc.RpcError):
+                    await channel.unary_unary("/test.Echo/Broken")(b"", timeout=5)
+            await asyncio.sleep(0.5)  # let the server side of the timed-out calls finish
+        finally:
+            await server.stop(0)
+
+    asyncio.run(scenario())
+    found = samples(generate_latest(metrics.registry).decode())
+
+    def handled(grpc_type: str, method: str, code: str) -> float:
+        labels = {"grpc_type": grpc_type, "grpc_service": "test.Echo", "grpc_method": method}
+        return value(found, "grpc_server_handled_total", **labels, grpc_code=code)
+
+    assert handled("bidi_stream", "Echo", "OK") == 1
+    assert handled("bidi_stream", "WriteBack", "OK") == 1
+    assert handled("server_stream", "Deny", "PERMISSION_DENIED") == 1
+    assert handled("bidi_stream", "Echo", "DEADLINE_EXCEEDED") == 1
+    assert handled("unary", "Slow", "DEADLINE_EXCEEDED") == 1
+    assert handled("unary", "Broken", "UNKNOWN") == 1
+    assert value(found, "apcv_inflight_streams") == 0
+    echo_labels = {"grpc_type": "bidi_stream", "grpc_service": "test.Echo", "grpc_method": "Echo"}
+    assert value(found, "grpc_server_started_total", **echo_labels) == 2
+    assert value(found, "grpc_server_handling_seconds_count", **echo_labels) == 2

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from . import _native
+from .config import ANONYMOUS_CALLER
 
 if TYPE_CHECKING:
     from .config import Config
@@ -33,8 +34,6 @@ __all__ = [
 
 log = structlog.get_logger("apcv_verify.audit")
 
-#: Caller identity when the call carries none (no mTLS client certificate).
-ANONYMOUS_CALLER = "anonymous"
 #: 32 hex characters = 128 bits of the HMAC: collisions stay negligible for billions of
 #: credentials, and the reference stays short in every log line.
 HOLDER_REF_HEX_CHARS = 32

@@ -201,16 +201,23 @@ def _split_method(full_method: str) -> tuple[str, str]:
 
 def _final_code(context: grpc.aio.ServicerContext, error: BaseException | None) -> str:
     """The status the call ends with, as go-grpc-prometheus names it (``OK``, ``NOT_FOUND``)."""
-    if error is None or isinstance(error, grpc.aio.AbortError):
-        code = context.code()  # set by abort() or set_code(); None means OK
-        if code is None:
-            return "OK" if error is None else "UNKNOWN"
-        return code.name if isinstance(code, grpc.StatusCode) else grpc.StatusCode(code).name
-    if isinstance(error, asyncio.CancelledError | GeneratorExit):
-        remaining = context.time_remaining()
-        if remaining is not None and remaining <= 0:
-            return "DEADLINE_EXCEEDED"
-        return "CANCELLED"
+    if isinstance(error, grpc.aio.AbortError):
+        code = context.code()  # set by abort()
+        return "UNKNOWN" if code is None else str(code.name)
+    remaining = context.time_remaining()
+    deadline_passed = remaining is not None and remaining <= 0
+    # grpc.aio leaves cancelled() False after a client cancel (grpc/grpc#36193) and a
+    # streaming handler may simply see its request stream end, so a cancelled stream
+    # without a deadline can count as OK; a passed deadline is always seen.
+    if (
+        context.cancelled()
+        or isinstance(error, asyncio.CancelledError | GeneratorExit)
+        or (error is None and deadline_passed)
+    ):
+        return "DEADLINE_EXCEEDED" if deadline_passed else "CANCELLED"
+    if error is None:
+        code = context.code()  # set_code(); None means OK
+        return "OK" if code is None else str(code.name)
     return "UNKNOWN"  # what grpc.aio answers for an unhandled exception
 
 
