@@ -694,3 +694,82 @@ def test_amc_coverage_through_the_binding(verifier: Verifier, pki: Pki) -> None:
         [],
     )
     assert _accepted(verifier, pki, 73).amc == []
+
+
+# ------------------------------------------------------------------ external replay store
+
+
+def test_external_replay_store_results_are_pending_until_settled(
+    pki: Pki, trust_list: TrustList
+) -> None:
+    status = StatusList.verify(pki.status_list({1: 1, 2: 2}), trust_list, NOW)
+    external = Verifier(trust_list, [status], Policy(clock_skew=60), None)
+    assert external.external_replay and "replay=external" in repr(external)
+    assert not Verifier(trust_list, [status], Policy(), MemoryReplayStore()).external_replay
+    presentation = pki.presentation(30)
+    pending, junk = external.verify_batch([Scan(presentation, "desk-1"), Scan(b"x", "d")], NOW)
+    # A rejection by steps 1-8 is final; the store is not asked.
+    assert (junk.reason, junk.replay_pending, junk.replay_key) == ("MALFORMED", False, None)
+    with pytest.raises(ValueError, match="not pending"):
+        junk.with_replay_outcome("new")
+    # Pending reads as REPLAY_UNAVAILABLE without the person: never settled = fail closed.
+    assert pending.replay_pending and not pending.accepted
+    assert (pending.reason, pending.detail) == ("REPLAY_UNAVAILABLE", "replay check pending")
+    assert pending.person is None and pending.amc == [] and pending.delegation_label is None
+    assert pending.credential_id == "cred-0001" and pending.use == "care"
+    assert pending.replay_key == (30).to_bytes(16, "big")  # the presentation's cti
+    # Kept until the presentation's exp + skew + max_scan_delay (PROFILE §7.4, §7.5).
+    assert pending.replay_expires_at == NOW + 110 + 60
+    assert "replay_pending=True" in repr(pending)
+    # The same pending result settled each way; the pending one is unchanged (frozen).
+    new = pending.with_replay_outcome("new")
+    assert (new.accepted, new.reason, new.duplicate) == (True, "OK", False)
+    assert not new.replay_pending
+    assert new.person is not None and new.person.ins == HOLDER_INS and new.replay_key is None
+    same = pending.with_replay_outcome("same_reader")
+    assert (same.accepted, same.duplicate, same.detail) == (
+        True,
+        True,
+        "already accepted for this reader",
+    )
+    other = pending.with_replay_outcome("other_reader")
+    assert (other.accepted, other.reason, other.person) == (False, "REPLAYED", None)
+    down = pending.with_replay_outcome("unavailable")
+    assert (down.reason, down.detail, down.person) == (
+        "REPLAY_UNAVAILABLE",
+        "replay store unavailable",
+        None,
+    )
+    assert not down.replay_unchecked
+    unchecked = pending.with_replay_outcome("unchecked")
+    assert unchecked.accepted and unchecked.replay_unchecked and unchecked.person is not None
+    assert unchecked.detail == "accepted without replay check: replay store unavailable"
+    assert "replay_unchecked=True" in repr(unchecked)
+    assert pending.replay_pending and not pending.accepted
+    with pytest.raises(ValueError, match="outcome must be"):
+        pending.with_replay_outcome("maybe")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not pending"):
+        new.with_replay_outcome("new")
+    # Derived snapshots keep the external store; nothing was recorded in-process.
+    again = external.with_status_lists([status]).verify_batch([Scan(presentation, "desk-2")], NOW)
+    assert again[0].replay_pending
+
+
+def test_replay_messages_match_the_embedded_store(pki: Pki, trust_list: TrustList) -> None:
+    status = StatusList.verify(pki.status_list({}), trust_list, NOW)
+    embedded = Verifier(trust_list, [status], Policy(), MemoryReplayStore())
+    external = Verifier(trust_list, [status], Policy(), None)
+    presentation = pki.presentation(31)
+    settled = []
+    for reader, outcome in (("r1", "new"), ("r1", "same_reader"), ("r2", "other_reader")):
+        (expected,) = embedded.verify_batch([Scan(presentation, reader)], NOW)
+        (pending,) = external.verify_batch([Scan(presentation, reader)], NOW)
+        got = pending.with_replay_outcome(outcome)
+        settled.append(got.reason)
+        assert (got.accepted, got.reason, got.detail, got.duplicate) == (
+            expected.accepted,
+            expected.reason,
+            expected.detail,
+            expected.duplicate,
+        )
+    assert settled == ["OK", "OK", "REPLAYED"]

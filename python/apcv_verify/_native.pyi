@@ -1,7 +1,7 @@
 """Type stub of the compiled core (rust/apcv-py). Hand-written; checked by mypy.stubtest."""
 
 from collections.abc import Sequence
-from typing import Self, final
+from typing import Literal, Self, final
 
 __all__ = [
     "AmcCoverage",
@@ -233,6 +233,23 @@ class VerificationResult:
     @property
     def amc(self) -> list[AmcCoverage]:
         """One entry per AMC attestation, in presentation order; empty unless accepted."""
+    @property
+    def replay_unchecked(self) -> bool:
+        """Accepted although the replay store could not be asked (fail-open policy)."""
+    @property
+    def replay_pending(self) -> bool:
+        """True while the result waits for an external replay store; it then reads as
+        REPLAY_UNAVAILABLE until :meth:`with_replay_outcome` settles it."""
+    @property
+    def replay_key(self) -> bytes | None:
+        """The replay key (the presentation's 16-byte ``cti``) while pending, else None."""
+    @property
+    def replay_expires_at(self) -> int | None:
+        """While pending: keep the replay entry until this time (seconds), else None."""
+    def with_replay_outcome(
+        self, outcome: Literal["new", "same_reader", "other_reader", "unavailable", "unchecked"]
+    ) -> VerificationResult:
+        """The final result of a pending one, given the external store's answer."""
 
 @final
 class Verifier:
@@ -241,8 +258,13 @@ class Verifier:
         trust_list: TrustList,
         status_lists: Sequence[StatusList],
         policy: Policy,
-        replay_store: MemoryReplayStore,
-    ) -> Self: ...
+        replay_store: MemoryReplayStore | None,
+    ) -> Self:
+        """``replay_store=None``: an external store; accepted results come back pending
+        (``VerificationResult.with_replay_outcome`` settles them)."""
+    @property
+    def external_replay(self) -> bool:
+        """True when built without a replay store: accepted results come back pending."""
     def with_trust_list(self, trust_list: TrustList) -> Verifier: ...
     def with_status_lists(self, status_lists: Sequence[StatusList]) -> Verifier: ...
     def verify_batch(self, scans: Sequence[Scan], now: int) -> list[VerificationResult]:

@@ -10,6 +10,7 @@ from typing import Any
 from . import _native, cli_issue
 from .config import ConfigError, load_config
 from .logs import configure_logging
+from .trust_source import SourceError
 
 __all__ = ["main"]
 
@@ -54,8 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="trust anchor public key, PEM or COSE_Key file; repeatable (trust.anchors)",
     )
-    serve.add_argument("--trust-list", help="signed trust list file (trust.trust_list)")
-    serve.add_argument("--status-list", action="append", help="signed status list file; repeatable")
+    serve.add_argument(
+        "--trust-list", help="signed trust list, file or http(s) URL (trust.trust_list)"
+    )
+    serve.add_argument(
+        "--status-list",
+        action="append",
+        help="signed status list, file or http(s) URL; repeatable (trust.status_lists)",
+    )
     serve.add_argument(
         "--allow-test-identities",
         action="store_true",
@@ -89,6 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except _native.StatusListError as error:
         print(f"apcv-verify: status list refused: {error}", file=sys.stderr)
+        return 1
+    except SourceError as error:
+        print(f"apcv-verify: trust material unreadable: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -109,10 +109,15 @@ class TlsSection:
 class TrustSection:
     #: Trust anchors: PEM public keys or COSE_Key files (PROFILE §5: configured out of band).
     anchors: tuple[str, ...] = ()
-    #: The signed trust list (COSE_Sign1) file.
+    #: The signed trust list (COSE_Sign1): a file or an http(s):// URL.
     trust_list: str = ""
-    #: Signed status-list CWT files (PROFILE §6).
+    #: Signed status-list CWTs (PROFILE §6): files or http(s):// URLs.
     status_lists: tuple[str, ...] = ()
+    #: Seconds between refreshes of the trust list and status lists (files re-read when
+    #: changed, URLs fetched with If-None-Match); 0 loads them once.
+    refresh_seconds: float = 300.0
+    #: Timeout of one HTTP(S) fetch of a list, in seconds.
+    http_timeout_seconds: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -204,15 +209,24 @@ class Config:
         if not self.trust.anchors:
             raise ConfigError("trust.anchors: at least one trust anchor is required")
         if not self.trust.trust_list:
-            raise ConfigError("trust.trust_list: a trust list file is required")
+            raise ConfigError("trust.trust_list: a trust list file or URL is required")
         for key, paths in (
             ("trust.anchors", self.trust.anchors),
             ("trust.trust_list", (self.trust.trust_list,)),
             ("trust.status_lists", self.trust.status_lists),
         ):
             for path in paths:
+                if _is_url(path) and key != "trust.anchors":
+                    continue
+                if "://" in path:
+                    what = "http(s) URLs or files" if key != "trust.anchors" else "files"
+                    raise ConfigError(f"{key}: {path!r}: only {what} are supported")
                 if not Path(path).is_file():
                     raise ConfigError(f"{key}: file not found: {path}")
+        if self.trust.refresh_seconds < 0:
+            raise ConfigError("trust.refresh_seconds: must not be negative (0 = no refresh)")
+        if not 0 < self.trust.http_timeout_seconds <= 300:
+            raise ConfigError("trust.http_timeout_seconds: must be between 0 (excluded) and 300")
         if not 0 <= self.policy.clock_skew_seconds <= 3600:
             raise ConfigError("policy.clock_skew_seconds: must be between 0 and 3600")
         if self.policy.status_grace_seconds < 0:
@@ -302,11 +316,16 @@ def _convert(key: str, annotation: str, raw: Any, *, from_env: bool) -> Any:
     raise ConfigError(f"{key}: expected {annotation.replace('tuple[str, ...]', 'list of strings')}")
 
 
+def _is_url(value: str) -> bool:
+    return value.lower().startswith(("http://", "https://"))
+
+
 def _relative_to(base: Path, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
-    """Paths in a config file are relative to that file, as a user reading it expects."""
+    """Paths in a config file are relative to that file, as a user reading it expects;
+    URLs are kept as they are."""
     if isinstance(value, str):
-        return str(base / value) if value else value
-    return tuple(str(base / item) for item in value)
+        return str(base / value) if value and not _is_url(value) else value
+    return tuple(item if _is_url(item) else str(base / item) for item in value)
 
 
 def _sections() -> dict[str, type]:
@@ -423,7 +442,8 @@ def load_config(
             annotation = str(item.type)
             if item.name in given:
                 value = _convert(key, annotation, given.pop(item.name), from_env=False)
-                if section_name in ("trust", "tls") and annotation != "bool" and path is not None:
+                relative = annotation in ("str", "tuple[str, ...]")
+                if section_name in ("trust", "tls") and relative and path is not None:
                     value = _relative_to(Path(path).parent, value)
                 values[item.name] = value
             env_name = ENV_PREFIX + key.replace(".", "_").upper()

@@ -24,9 +24,9 @@ from . import _native, fhir
 from ._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
 from .audit import AuditTrail
 from .config import FIELD_GROUPS, CallerPolicy, Config
-from .issuer import cose_key_from_public_pem
 from .metrics import ServiceMetrics, start_metrics_server
 from .policy import CallRefused, caller_id, resolve_caller, scanned_at_permission
+from .trust_source import Snapshot, TrustMaterial, TrustSource, read_anchor
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "RunningServer",
     "TrustMaterial",
+    "TrustSource",
     "VerifierService",
     "load_trust_material",
     "serve",
@@ -60,24 +61,9 @@ INS_QUALIFICATION = verifier_pb2.IdentityQualification(
 ALL_GROUPS = frozenset(FIELD_GROUPS)
 
 
-def read_anchor(path: str | Path) -> bytes:
-    """A trust anchor as COSE_Key bytes, from a PEM public key or a COSE_Key file."""
-    data = Path(path).read_bytes()
-    if data.lstrip().startswith(b"-----BEGIN"):
-        return cose_key_from_public_pem(data)
-    return data
-
-
-@dataclass(frozen=True)
-class TrustMaterial:
-    """One consistent snapshot of what the service trusts (ARCHITECTURE.md: swapped whole)."""
-
-    trust_list: _native.TrustList
-    status_lists: tuple[_native.StatusList, ...]
-
-
 def load_trust_material(config: Config, *, now: int | None = None) -> TrustMaterial:
-    """Read and verify the anchors, the trust list and the status lists named in ``config``.
+    """Read and verify the anchors, the trust list and the status list files of ``config``
+    (the service itself loads and refreshes them with :class:`TrustSource`, URLs included).
 
     Raises :class:`~apcv_verify._native.TrustListError` / ``StatusListError`` naming the
     problem; nothing partial is returned.
@@ -238,10 +224,9 @@ def _scan(request: verifier_pb2.VerifyRequest, policy: CallerPolicy, caller: str
 class VerifierService(verifier_pb2_grpc.VerifierServicer):
     """``apcv.verify.v1.Verifier``: protobuf in, core decision out, filtered by caller policy."""
 
-    def __init__(
-        self, verifiers: dict[int, _native.Verifier], config: Config, audit: AuditTrail
-    ) -> None:
-        self._verifiers = verifiers
+    def __init__(self, trust: TrustSource, config: Config, audit: AuditTrail) -> None:
+        #: Read once per call (``trust.current``): a refresh swaps the snapshot, never edits it.
+        self._trust = trust
         self._config = config
         self._audit = audit
 
@@ -266,10 +251,22 @@ class VerifierService(verifier_pb2_grpc.VerifierServicer):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(refused))
             raise  # not reached: abort raises
 
+    async def _snapshot(self, context: grpc.aio.ServicerContext) -> Snapshot:
+        snapshot = self._trust.current  # the one read of this call: it verifies on this
+        if snapshot is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "no trust list loaded yet")
+            raise AssertionError  # not reached: abort raises
+        return snapshot
+
     async def _verify(
-        self, policy: CallerPolicy, scans: Sequence[_native.Scan], now: int
+        self,
+        policy: CallerPolicy,
+        scans: Sequence[_native.Scan],
+        now: int,
+        context: grpc.aio.ServicerContext,
     ) -> list[_native.VerificationResult]:
-        verifier = self._verifiers[policy.max_scan_delay_seconds]
+        snapshot = await self._snapshot(context)
+        verifier = snapshot.verifiers[policy.max_scan_delay_seconds]
         # verify_batch releases the GIL for the whole batch: run it off the event loop.
         return await asyncio.to_thread(verifier.verify_batch, scans, now)
 
@@ -298,7 +295,7 @@ class VerifierService(verifier_pb2_grpc.VerifierServicer):
         scans = await self._scans([request], policy, caller, context)
         now = int(time.time())
         started = time.perf_counter()
-        (result,) = await self._verify(policy, scans, now)
+        (result,) = await self._verify(policy, scans, now, context)
         self._audit.record_verification(
             method="Verify",
             request_id=request.request_id,
@@ -332,7 +329,7 @@ class VerifierService(verifier_pb2_grpc.VerifierServicer):
         now = int(time.time())
         started = time.perf_counter()
         # One core call for the whole batch: one snapshot, one `now`, replay in batch order.
-        results = await self._verify(policy, scans, now)
+        results = await self._verify(policy, scans, now, context)
         latency = time.perf_counter() - started
         self._audit.record_batch(len(items))
         for index, (item, result) in enumerate(zip(items, results, strict=True)):
@@ -363,10 +360,14 @@ class RunningServer:
     metrics: ServiceMetrics | None = None
     #: The ``/metrics`` HTTP server (None when ``metrics.listen`` is "" or could not bind).
     metrics_http: WSGIServer | None = None
+    #: The trust material holder and its background refresh.
+    trust: TrustSource | None = None
 
     async def stop(self, grace_seconds: float) -> None:
         """Report NOT_SERVING first, then let in-flight calls finish within the grace period."""
         await self.health.enter_graceful_shutdown()
+        if self.trust is not None:
+            await self.trust.stop()
         await self.server.stop(grace_seconds)
         if self.metrics_http is not None:
             self.metrics_http.shutdown()
@@ -385,10 +386,22 @@ def server_credentials(config: Config) -> grpc.ServerCredentials:
     )
 
 
-async def start_server(config: Config, material: TrustMaterial) -> RunningServer:
-    """Start serving; ``server.listen`` may use port 0 to pick a free port."""
+async def start_server(config: Config, material: TrustMaterial | None = None) -> RunningServer:
+    """Start serving; ``server.listen`` may use port 0 to pick a free port.
+
+    Without ``material`` the trust list and status lists are loaded from their sources
+    (a failing file raises; a failing URL leaves the server NOT_SERVING until a refresh
+    loads it). Either way they are refreshed every ``trust.refresh_seconds``.
+    """
     metrics = ServiceMetrics(stream_services=(SERVICE_NAME,))
-    metrics.watch_trust_material(lambda: material)
+    trust = TrustSource(
+        config, lambda loaded: build_verifiers(config, loaded), registry=metrics.registry
+    )
+    if material is not None:
+        trust.seed(material)
+    else:
+        await asyncio.to_thread(trust.load_initial)
+    metrics.watch_trust_material(lambda: trust.material)
     server = grpc.aio.server(
         # First, so that it sees the status codes set by any later interceptor.
         interceptors=[metrics.interceptor()],
@@ -398,9 +411,7 @@ async def start_server(config: Config, material: TrustMaterial) -> RunningServer
         ],
     )
     verifier_pb2_grpc.add_VerifierServicer_to_server(
-        VerifierService(
-            build_verifiers(config, material), config, AuditTrail.from_config(config, metrics)
-        ),
+        VerifierService(trust, config, AuditTrail.from_config(config, metrics)),
         server,
     )
     health_servicer = health.aio.HealthServicer()
@@ -417,20 +428,32 @@ async def start_server(config: Config, material: TrustMaterial) -> RunningServer
         raise OSError(f"cannot listen on {config.server.listen}")
     await server.start()
     metrics_http = _start_metrics_http(config.metrics.listen, metrics)
-    # A trust list is loaded (start refuses otherwise): ready to serve.
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def ready() -> None:
+        # SERVING only once a trust list is loaded (ignored after a graceful shutdown began).
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    loaded = trust.material
+    await (ready() if loaded is not None else _not_serving(health_servicer))
+    trust.start(on_loaded=ready)
     log.info(
-        "serving",
+        "serving" if loaded is not None else "waiting_for_trust_list",
         listen=config.server.listen,
         port=port,
         tls=config.tls.enabled,
         client_auth=bool(config.tls.client_ca),
-        trust_list_seq=material.trust_list.seq,
-        status_lists=len(material.status_lists),
+        trust_list_seq=None if loaded is None else loaded.trust_list.seq,
+        status_lists=0 if loaded is None else len(loaded.status_lists),
+        refresh_seconds=config.trust.refresh_seconds,
         metrics_port=None if metrics_http is None else metrics_http.server_port,
     )
-    return RunningServer(server, port, health_servicer, metrics, metrics_http)
+    return RunningServer(server, port, health_servicer, metrics, metrics_http, trust)
+
+
+async def _not_serving(health_servicer: health.aio.HealthServicer) -> None:
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
 
 def _start_metrics_http(listen: str, metrics: ServiceMetrics) -> WSGIServer | None:
@@ -448,8 +471,8 @@ def _start_metrics_http(listen: str, metrics: ServiceMetrics) -> WSGIServer | No
         return None
 
 
-async def _serve_until_signalled(config: Config, material: TrustMaterial) -> None:
-    running = await start_server(config, material)
+async def _serve_until_signalled(config: Config) -> None:
+    running = await start_server(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -460,6 +483,5 @@ async def _serve_until_signalled(config: Config, material: TrustMaterial) -> Non
 
 
 def serve(config: Config) -> None:
-    """Load and verify the trust material, then serve until SIGINT/SIGTERM."""
-    material = load_trust_material(config)
-    asyncio.run(_serve_until_signalled(config, material))
+    """Load and verify the trust material, then serve (refreshing it) until SIGINT/SIGTERM."""
+    asyncio.run(_serve_until_signalled(config))

@@ -468,6 +468,54 @@ struct ReplayKey {
     keep_until: i64,
 }
 
+/// Step 9 left to an external replay store (e.g. Redis, driven by the service for several
+/// replicas): what the store must record, atomically, for a presentation that passed
+/// steps 1–8 (PROFILE §7.4). The decision it came with is settled by
+/// [`settle_replay`] once the store has answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplayTicket {
+    /// The replay key: the presentation's `cti`.
+    pub cti: [u8; CTI_LEN],
+    /// Keep the entry until this time (`exp + skew + max_scan_delay`, seconds).
+    pub keep_until: i64,
+}
+
+/// One item of [`Verifier::verify_batch_deferred`].
+#[derive(Clone, Debug)]
+pub enum Deferred {
+    /// Decided by steps 1–8 (rejected): the replay store is not consulted.
+    Decided(Decision),
+    /// Passed steps 1–8 (step 10 computed): accepted once the store answers
+    /// [`ReplayOutcome::New`] or [`ReplayOutcome::SameReader`] for the ticket.
+    Pending(Decision, ReplayTicket),
+}
+
+/// Step 9 applied to a decision that passed steps 1–8, given the store's answer: `New` keeps
+/// it accepted, `SameReader` accepts it again with `duplicate = true`, `OtherReader` is
+/// `REPLAYED` and `Unavailable` is `REPLAY_UNAVAILABLE` (both without the person, the
+/// delegation label or the AMC outcomes).
+pub fn settle_replay(mut d: Decision, outcome: ReplayOutcome) -> Decision {
+    let (reason, detail) = match outcome {
+        ReplayOutcome::New => return d,
+        ReplayOutcome::SameReader => {
+            d.duplicate = true;
+            d.detail = "already accepted for this reader";
+            return d;
+        }
+        ReplayOutcome::OtherReader => (
+            Reason::Replayed,
+            "presentation already used at another reader",
+        ),
+        ReplayOutcome::Unavailable => (Reason::ReplayUnavailable, "replay store unavailable"),
+    };
+    d.reason = reason;
+    d.detail = detail;
+    d.person = None;
+    d.delegation_label = None;
+    d.amc.clear();
+    d
+}
+
 /// What a presentation that passed steps 1–8 yields (step 10 computed alongside).
 struct Passed {
     person: Person,
@@ -578,6 +626,31 @@ impl Verifier {
             .collect()
     }
 
+    /// Steps 1–8 (and 10) of a batch in parallel, with step 9 left to an external store:
+    /// each item that passed comes back [`Deferred::Pending`] with its [`ReplayTicket`].
+    /// The caller must consult its store **in batch order** (the earlier item wins, PROFILE
+    /// §7.4) and settle each pending decision with [`settle_replay`]. This snapshot's own
+    /// replay store is not used.
+    pub fn verify_batch_deferred<S: Borrow<Scan> + Sync>(
+        &self,
+        scans: &[S],
+        now: i64,
+    ) -> Vec<Deferred> {
+        scans
+            .par_iter()
+            .map(|s| match self.steps_1_to_8(s.borrow(), now) {
+                (d, Some(key)) => Deferred::Pending(
+                    d,
+                    ReplayTicket {
+                        cti: key.cti,
+                        keep_until: key.keep_until,
+                    },
+                ),
+                (d, None) => Deferred::Decided(d),
+            })
+            .collect()
+    }
+
     /// Verifies one scan: a batch of one.
     pub fn verify(&self, scan: &Scan, now: i64) -> Decision {
         self.verify_batch(std::slice::from_ref(scan), now)
@@ -626,29 +699,11 @@ impl Verifier {
     }
 
     /// Step 9: replay, only once everything else holds (contract step 9, PROFILE §7.4).
-    fn step_9(&self, mut d: Decision, key: &ReplayKey, reader_id: &str, now: i64) -> Decision {
+    fn step_9(&self, d: Decision, key: &ReplayKey, reader_id: &str, now: i64) -> Decision {
         let outcome = self
             .replay
             .check_and_insert(&key.cti, reader_id, key.keep_until, now);
-        let (reason, detail) = match outcome {
-            ReplayOutcome::New => return d,
-            ReplayOutcome::SameReader => {
-                d.duplicate = true;
-                d.detail = "already accepted for this reader";
-                return d;
-            }
-            ReplayOutcome::OtherReader => (
-                Reason::Replayed,
-                "presentation already used at another reader",
-            ),
-            ReplayOutcome::Unavailable => (Reason::ReplayUnavailable, "replay store unavailable"),
-        };
-        d.reason = reason;
-        d.detail = detail;
-        d.person = None;
-        d.delegation_label = None;
-        d.amc.clear();
-        d
+        settle_replay(d, outcome)
     }
 
     /// The status at `idx` of the list `uri`, judged at `now` (PROFILE §6.6–6.8).

@@ -783,3 +783,66 @@ fn replay_within_a_batch_runs_in_batch_order() {
         assert!(out[1].person.is_none() && out[0].person.is_some());
     }
 }
+
+#[test]
+fn deferred_replay_gives_tickets_and_settles_like_the_embedded_store() {
+    use crate::replay::{ReplayOutcome, ReplayStore};
+    use crate::verify::{settle_replay, Deferred};
+
+    let f = fx();
+    let good = f.pres(|_| {}, cti(5));
+    let bad = f.pres(
+        |_| {},
+        |p| set(p, &[int(7)], Some(Value::Bytes(vec![1; 3]))),
+    );
+    let out = f
+        .verifier
+        .verify_batch_deferred(&[nfc(good.clone()), nfc(bad)], NOW);
+    let [Deferred::Pending(d, ticket), Deferred::Decided(rejected)] = &out[..] else {
+        panic!("expected one pending and one decided item");
+    };
+    assert_eq!(rejected.reason, Reason::Malformed);
+    assert_eq!(ticket.cti, [5; 16]);
+    let policy = f.verifier.policy();
+    // Presentation exp is NOW + 110 in testutil; kept until exp + skew + max_scan_delay.
+    assert_eq!(
+        ticket.keep_until,
+        NOW + 110 + policy.clock_skew + policy.max_scan_delay
+    );
+    // Pending: accepted so far, person held; the embedded store was not consulted.
+    assert!(d.accepted() && d.person.is_some());
+    assert!(!f.run(nfc(good.clone())).duplicate);
+
+    let new = settle_replay(d.clone(), ReplayOutcome::New);
+    assert!(new.accepted() && !new.duplicate && new.person.is_some());
+    let same = settle_replay(d.clone(), ReplayOutcome::SameReader);
+    assert!(same.accepted() && same.duplicate && same.person.is_some());
+    for (outcome, reason) in [
+        (ReplayOutcome::OtherReader, Reason::Replayed),
+        (ReplayOutcome::Unavailable, Reason::ReplayUnavailable),
+    ] {
+        let s = settle_replay(d.clone(), outcome);
+        assert_eq!(s.reason, reason);
+        assert!(s.person.is_none() && s.amc.is_empty() && s.delegation_label.is_none());
+    }
+    // The same settlement as the embedded path for a replay by another reader.
+    let store = MemoryReplayStore::new(10);
+    assert_eq!(
+        store.check_and_insert(&ticket.cti, "r1", ticket.keep_until, NOW),
+        ReplayOutcome::New
+    );
+    let embedded = f.run(Scan::new(
+        ScanData::Nfc(good),
+        "reader-2".into(),
+        None,
+        None,
+    ));
+    let external = settle_replay(
+        d.clone(),
+        store.check_and_insert(&ticket.cti, "reader-2", ticket.keep_until, NOW),
+    );
+    assert_eq!(
+        (embedded.reason, embedded.detail),
+        (external.reason, external.detail)
+    );
+}

@@ -613,6 +613,18 @@ impl AmcCoverage {
     }
 }
 
+/// A result waiting for an external replay store (PROFILE §7.4 step 9): the decision of
+/// steps 1–8 (accepted) and what the store must record.
+struct PendingReplay {
+    decision: verify::Decision,
+    ticket: verify::ReplayTicket,
+}
+
+/// Detail of a result still waiting for its replay check (it reads as REPLAY_UNAVAILABLE).
+const PENDING_DETAIL: &str = "replay check pending";
+/// Detail of a result accepted without a replay check (replay.on_store_error = "accept").
+const UNCHECKED_DETAIL: &str = "accepted without replay check: replay store unavailable";
+
 /// The outcome of one verification. repr shows no personal data.
 #[pyclass(frozen, module = "apcv_verify._native")]
 struct VerificationResult {
@@ -637,6 +649,10 @@ struct VerificationResult {
     #[pyo3(get)]
     delegation_label: Option<String>,
     amc: Vec<Py<AmcCoverage>>,
+    /// Accepted although the replay store could not be asked (fail-open policy).
+    #[pyo3(get)]
+    replay_unchecked: bool,
+    pending: Option<PendingReplay>,
 }
 
 #[pymethods]
@@ -647,12 +663,72 @@ impl VerificationResult {
         self.amc.iter().map(|a| a.bind(py).clone()).collect()
     }
 
+    /// True while the result waits for an external replay store; it then reads as
+    /// REPLAY_UNAVAILABLE until :meth:`with_replay_outcome` settles it.
+    #[getter]
+    fn replay_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// The replay key (the presentation's 16-byte ``cti``) while pending, else None.
+    #[getter]
+    fn replay_key<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
+        self.pending
+            .as_ref()
+            .map(|p| PyBytes::new(py, &p.ticket.cti))
+    }
+
+    /// While pending: keep the replay entry until this time (seconds), else None.
+    #[getter]
+    fn replay_expires_at(&self) -> Option<i64> {
+        self.pending.as_ref().map(|p| p.ticket.keep_until)
+    }
+
+    /// The final result of a pending one, given the external store's answer: "new"
+    /// (accepted), "same_reader" (accepted, duplicate), "other_reader" (REPLAYED),
+    /// "unavailable" (REPLAY_UNAVAILABLE) or "unchecked" (accepted without a replay check,
+    /// flagged by ``replay_unchecked``: the operator's fail-open policy). ValueError when
+    /// the result is not pending or the outcome unknown.
+    fn with_replay_outcome(&self, py: Python<'_>, outcome: &str) -> PyResult<VerificationResult> {
+        let Some(pending) = &self.pending else {
+            return Err(PyValueError::new_err(
+                "result is not pending a replay check",
+            ));
+        };
+        let (outcome, unchecked) = match outcome {
+            "new" => (replay::ReplayOutcome::New, false),
+            "same_reader" => (replay::ReplayOutcome::SameReader, false),
+            "other_reader" => (replay::ReplayOutcome::OtherReader, false),
+            "unavailable" => (replay::ReplayOutcome::Unavailable, false),
+            "unchecked" => (replay::ReplayOutcome::New, true),
+            _ => {
+                return Err(PyValueError::new_err(
+                    "outcome must be new, same_reader, other_reader, unavailable or unchecked",
+                ))
+            }
+        };
+        let mut d = verify::settle_replay(pending.decision.clone(), outcome);
+        if unchecked {
+            d.detail = UNCHECKED_DETAIL;
+        }
+        let mut result = result_to_py(py, d)?;
+        result.replay_unchecked = unchecked;
+        Ok(result)
+    }
+
     fn __repr__(&self) -> String {
         format!(
-            "<VerificationResult accepted={} reason={} duplicate={}>",
+            "<VerificationResult accepted={} reason={} duplicate={}{}>",
             if self.accepted { "True" } else { "False" },
             self.reason,
-            if self.duplicate { "True" } else { "False" }
+            if self.duplicate { "True" } else { "False" },
+            if self.pending.is_some() {
+                " replay_pending=True"
+            } else if self.replay_unchecked {
+                " replay_unchecked=True"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -718,7 +794,41 @@ fn result_to_py(py: Python<'_>, d: verify::Decision) -> PyResult<VerificationRes
             .into_iter()
             .map(|a| amc_to_py(py, a))
             .collect::<PyResult<_>>()?,
+        replay_unchecked: false,
+        pending: None,
     })
+}
+
+/// An item of a deferred batch: a decided result, or a pending one that reads as
+/// REPLAY_UNAVAILABLE (no person) until settled, so a result never settled fails closed.
+fn deferred_to_py(py: Python<'_>, item: verify::Deferred) -> PyResult<VerificationResult> {
+    match item {
+        verify::Deferred::Decided(d) => result_to_py(py, d),
+        verify::Deferred::Pending(decision, ticket) => {
+            let mut shown =
+                verify::settle_replay(decision.clone(), replay::ReplayOutcome::Unavailable);
+            shown.detail = PENDING_DETAIL;
+            let mut result = result_to_py(py, shown)?;
+            result.pending = Some(PendingReplay { decision, ticket });
+            Ok(result)
+        }
+    }
+}
+
+/// The replay store of a verifier whose step 9 is done outside the core (Python, Redis):
+/// never consulted by `verify_batch_deferred`; were it ever asked, it fails closed.
+struct ExternalReplayStore;
+
+impl replay::ReplayStore for ExternalReplayStore {
+    fn check_and_insert(
+        &self,
+        _cti: &[u8; apcv_core::limits::CTI_LEN],
+        _reader_id: &str,
+        _expires_at: i64,
+        _now: i64,
+    ) -> replay::ReplayOutcome {
+        replay::ReplayOutcome::Unavailable
+    }
 }
 
 // ------------------------------------------------------------------ verifier
@@ -727,6 +837,9 @@ fn result_to_py(py: Python<'_>, d: verify::Decision) -> PyResult<VerificationRes
 #[pyclass(frozen, module = "apcv_verify._native")]
 struct Verifier {
     inner: verify::Verifier,
+    /// Step 9 is left to the caller (replay_store=None): results that pass steps 1–8 come
+    /// back pending.
+    external_replay: bool,
 }
 
 fn status_arcs(lists: &[Bound<'_, StatusList>]) -> Vec<Arc<status::StatusList>> {
@@ -735,14 +848,19 @@ fn status_arcs(lists: &[Bound<'_, StatusList>]) -> Vec<Arc<status::StatusList>> 
 
 #[pymethods]
 impl Verifier {
+    /// ``replay_store=None``: an external store (step 9 done by the caller, see
+    /// ``VerificationResult.with_replay_outcome``).
     #[new]
     fn new(
         trust_list: &Bound<'_, TrustList>,
         status_lists: Vec<Bound<'_, StatusList>>,
         policy: &Bound<'_, Policy>,
-        replay_store: &Bound<'_, MemoryReplayStore>,
+        replay_store: Option<&Bound<'_, MemoryReplayStore>>,
     ) -> Verifier {
-        let store: Arc<dyn replay::ReplayStore> = replay_store.get().inner.clone();
+        let store: Arc<dyn replay::ReplayStore> = match replay_store {
+            Some(s) => s.get().inner.clone(),
+            None => Arc::new(ExternalReplayStore),
+        };
         Verifier {
             inner: verify::Verifier::new(
                 trust_list.get().inner.clone(),
@@ -750,13 +868,21 @@ impl Verifier {
                 policy.get().inner,
                 store,
             ),
+            external_replay: replay_store.is_none(),
         }
+    }
+
+    /// True when built without a replay store: accepted results come back pending.
+    #[getter]
+    fn external_replay(&self) -> bool {
+        self.external_replay
     }
 
     /// A new snapshot with another trust list (same status lists, policy and store).
     fn with_trust_list(&self, trust_list: &Bound<'_, TrustList>) -> Verifier {
         Verifier {
             inner: self.inner.with_trust_list(trust_list.get().inner.clone()),
+            external_replay: self.external_replay,
         }
     }
 
@@ -764,10 +890,12 @@ impl Verifier {
     fn with_status_lists(&self, status_lists: Vec<Bound<'_, StatusList>>) -> Verifier {
         Verifier {
             inner: self.inner.with_status_lists(status_arcs(&status_lists)),
+            external_replay: self.external_replay,
         }
     }
 
     /// Verifies every scan with the GIL released (rayon-parallel); results in input order.
+    /// With an external replay store, results that passed steps 1–8 come back pending.
     fn verify_batch(
         &self,
         py: Python<'_>,
@@ -776,12 +904,27 @@ impl Verifier {
     ) -> PyResult<Vec<VerificationResult>> {
         let items: Vec<Arc<verify::Scan>> = scans.iter().map(|s| s.get().inner.clone()).collect();
         let inner = &self.inner;
+        if self.external_replay {
+            let deferred = py.detach(|| inner.verify_batch_deferred(&items, now));
+            return deferred
+                .into_iter()
+                .map(|d| deferred_to_py(py, d))
+                .collect();
+        }
         let decisions = py.detach(|| inner.verify_batch(&items, now));
         decisions.into_iter().map(|d| result_to_py(py, d)).collect()
     }
 
     fn __repr__(&self) -> String {
-        format!("<Verifier trust_seq={}>", self.inner.trust_list().seq)
+        format!(
+            "<Verifier trust_seq={}{}>",
+            self.inner.trust_list().seq,
+            if self.external_replay {
+                " replay=external"
+            } else {
+                ""
+            }
+        )
     }
 }
 

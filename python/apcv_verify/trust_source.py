@@ -1,0 +1,520 @@
+"""Trust list and status lists from files or HTTP(S) URLs, refreshed in the background.
+
+:class:`TrustSource` holds the current :class:`Snapshot` — the verified trust list, the
+verified status lists and the core verifiers built on them — and replaces it whole when a
+refresh brings something new (ARCHITECTURE.md: trust material is swapped, never edited).
+A call reads :attr:`TrustSource.current` once and verifies on that snapshot to the end, so a
+swap in the middle of a call or a batch changes nothing for it.
+
+Rules of a refresh (docs/operations.md "Trust list and status list refresh"):
+
+* a document is used only once verified: the trust list against the configured anchors with
+  the held sequence number (``held_seq``: a lower sequence is a rollback and is refused), a
+  status list against the trust list in use, at the current time;
+* a status list older (``iat``) than the one held for the same source is refused (rollback);
+* on any failure — unreachable server, oversize body, bad signature, rollback — the last
+  good document is kept, the failure is logged and counted
+  (``apcv_trust_refresh_failures_total``), and nothing crashes;
+* when the trust list changes, every held status list is verified again against the new
+  one; a list whose signer is no longer trusted is dropped (verifications that need it
+  answer ``STATUS_UNAVAILABLE``, fail closed) and fetched again at each refresh;
+* HTTP sources are fetched with ``If-None-Match`` (the ``ETag`` of the last accepted body);
+  ``304 Not Modified`` means unchanged. File sources are read again when their mtime or
+  size changes. A validator is remembered only once its document is accepted, so a refused
+  document is fetched and judged again at the next refresh.
+
+Expiry is not judged here beyond the load checks of the core: a held status list past its
+expiry plus ``policy.status_grace_seconds`` is the core's decision (``STATUS_UNAVAILABLE``)
+and shows as ``apcv_trust_source_expired``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from . import _native
+from .config import Config
+from .issuer import cose_key_from_public_pem
+
+__all__ = [
+    "INITIAL_RETRY_SECONDS",
+    "MAX_SOURCE_BYTES",
+    "Snapshot",
+    "SourceError",
+    "TrustMaterial",
+    "TrustSource",
+    "is_url",
+    "read_anchor",
+]
+
+log = structlog.get_logger("apcv_verify.trust_source")
+
+#: Largest body read from a source. The core refuses any trust list over 4 MiB and any
+#: status list over 17 MiB (rust/apcv-core/src/limits.rs) before looking at it; 32 MiB is
+#: above both, so no document the core would accept is cut off, while a misconfigured or
+#: hostile server cannot make the service buffer an unbounded response in memory.
+MAX_SOURCE_BYTES = 32 * 1024 * 1024
+#: How often a source is tried while no trust list is loaded yet (at most, and never more
+#: often than ``trust.refresh_seconds``).
+INITIAL_RETRY_SECONDS = 5.0
+#: Sent with every HTTP request, so that publishers can tell who fetches their lists.
+USER_AGENT = "apcv-verify (trust list refresh)"
+
+#: Source names used in logs and metric labels: config keys, never URLs (a URL may carry a
+#: token in its query string).
+TRUST_LIST_SOURCE = "trust_list"
+
+
+def is_url(location: str) -> bool:
+    """True for an ``http://`` or ``https://`` location; anything else is a file path."""
+    return location.lower().startswith(("http://", "https://"))
+
+
+def _display(location: str) -> str:
+    """A location fit for logs: a URL without user info, query or fragment."""
+    if not is_url(location):
+        return location
+    parts = urllib.parse.urlsplit(location)
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def read_anchor(path: str | Path) -> bytes:
+    """A trust anchor as COSE_Key bytes, from a PEM public key or a COSE_Key file."""
+    data = Path(path).read_bytes()
+    if data.lstrip().startswith(b"-----BEGIN"):
+        return cose_key_from_public_pem(data)
+    return data
+
+
+class SourceError(Exception):
+    """A source could not be read (unreachable, HTTP error, oversize, missing file)."""
+
+
+@dataclass(frozen=True)
+class TrustMaterial:
+    """One consistent set of what the service trusts (ARCHITECTURE.md: swapped whole)."""
+
+    trust_list: _native.TrustList
+    status_lists: tuple[_native.StatusList, ...]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What one call verifies with: the material and the core verifiers built on it."""
+
+    material: TrustMaterial
+    #: One core verifier per ``max_scan_delay`` of the callers table (server.build_verifiers).
+    verifiers: Mapping[int, _native.Verifier]
+
+    @property
+    def trust_list(self) -> _native.TrustList:
+        return self.material.trust_list
+
+    @property
+    def status_lists(self) -> tuple[_native.StatusList, ...]:
+        return self.material.status_lists
+
+
+class _Source:
+    """One configured location: a file or an HTTP(S) URL, with its change validator."""
+
+    def __init__(self, name: str, location: str, timeout: float) -> None:
+        self.name = name
+        self.location = location
+        self.display = _display(location)
+        self.timeout = timeout
+        self.is_url = is_url(location)
+        #: Validator of the last accepted document: the ETag (HTTP) or (mtime_ns, size).
+        self._accepted: object = None
+
+    def fetch(self) -> tuple[bytes, object] | None:
+        """The document and its validator, or None when unchanged since the last accepted one.
+
+        Blocking (run it in a thread); raises :class:`SourceError`.
+        """
+        return self._fetch_url() if self.is_url else self._fetch_file()
+
+    def accept(self, validator: object) -> None:
+        """Remember the validator of a document that was verified and taken into use."""
+        self._accepted = validator
+
+    def forget(self) -> None:
+        """Fetch the whole document again next time (its held copy was dropped)."""
+        self._accepted = None
+
+    def _fetch_file(self) -> tuple[bytes, object] | None:
+        try:
+            stat = os.stat(self.location)
+            validator = (stat.st_mtime_ns, stat.st_size)
+            if validator == self._accepted:
+                return None
+            if stat.st_size > MAX_SOURCE_BYTES:
+                raise SourceError(f"larger than {MAX_SOURCE_BYTES} bytes")
+            with open(self.location, "rb") as handle:
+                data = handle.read(MAX_SOURCE_BYTES + 1)
+        except OSError as error:
+            raise SourceError(error.strerror or str(error)) from None
+        if len(data) > MAX_SOURCE_BYTES:
+            raise SourceError(f"larger than {MAX_SOURCE_BYTES} bytes")
+        return data, validator
+
+    def _fetch_url(self) -> tuple[bytes, object] | None:
+        headers = {"User-Agent": USER_AGENT, "Accept": "application/cose, */*"}
+        if isinstance(self._accepted, str):
+            headers["If-None-Match"] = self._accepted
+        request = urllib.request.Request(self.location, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                length = response.headers.get("Content-Length")
+                if length is not None and length.isdigit() and int(length) > MAX_SOURCE_BYTES:
+                    raise SourceError(f"larger than {MAX_SOURCE_BYTES} bytes")
+                data = response.read(MAX_SOURCE_BYTES + 1)
+                etag = response.headers.get("ETag")
+        except urllib.error.HTTPError as error:
+            if error.code == 304:
+                return None
+            raise SourceError(f"HTTP {error.code}") from None
+        except (urllib.error.URLError, OSError, ValueError) as error:
+            reason = getattr(error, "reason", None) or error
+            raise SourceError(str(reason)) from None
+        if len(data) > MAX_SOURCE_BYTES:
+            raise SourceError(f"larger than {MAX_SOURCE_BYTES} bytes")
+        return data, etag
+
+
+@dataclass
+class _Held:
+    """A status list in use, with the signed bytes it was verified from."""
+
+    data: bytes
+    status_list: _native.StatusList
+
+
+class _FreshnessCollector(Collector):
+    """``apcv_trust_source_expired{source}`` at scrape time: 1 while a held list is unusable
+    because of its age (trust list past ``exp``; status list past ``exp`` + grace)."""
+
+    def __init__(self, holder: TrustSource) -> None:
+        self._holder = holder
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [self._family()]
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        family = self._family()
+        snapshot = self._holder.current
+        if snapshot is None:
+            return [family]
+        now = time.time()
+        family.add_metric([TRUST_LIST_SOURCE], float(now > snapshot.trust_list.expires_at))
+        grace = self._holder.status_grace_seconds
+        for name, held in self._holder.held_status_lists().items():
+            family.add_metric([name], float(now > held.expires_at + grace))
+        return [family]
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "apcv_trust_source_expired",
+            "1 while the list held for a source is past its expiry (status lists: plus "
+            "policy.status_grace_seconds), so verifications that need it are refused.",
+            labels=["source"],
+        )
+
+
+class TrustSource:
+    """The holder of the current :class:`Snapshot` and its background refresh.
+
+    ``make_verifiers`` builds the core verifiers of the first snapshot (server.build_verifiers);
+    later snapshots derive from them with ``with_trust_list``/``with_status_lists`` so that
+    the replay store and the policies carry over.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        make_verifiers: Callable[[TrustMaterial], Mapping[int, _native.Verifier]],
+        *,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        trust = config.trust
+        self._anchors = [read_anchor(path) for path in trust.anchors]
+        self._make_verifiers = make_verifiers
+        self.refresh_seconds = trust.refresh_seconds
+        self.status_grace_seconds = config.policy.status_grace_seconds
+        timeout = trust.http_timeout_seconds
+        self._trust_source = _Source(TRUST_LIST_SOURCE, trust.trust_list, timeout)
+        self._status_sources = [
+            _Source(f"status_lists[{index}]", location, timeout)
+            for index, location in enumerate(trust.status_lists)
+        ]
+        self._held: dict[str, _Held] = {}
+        self._current: Snapshot | None = None
+        self._task: asyncio.Task[None] | None = None
+        registry = CollectorRegistry() if registry is None else registry
+        self._failures = Counter(
+            "apcv_trust_refresh_failures_total",
+            "Refreshes of a trust-list or status-list source that kept the last good list: "
+            "reason fetch (unreachable, HTTP error, oversize), refused (verification failed), "
+            "rollback (older than the list held), untrusted (signer not in a new trust list).",
+            ["source", "reason"],
+            registry=registry,
+        )
+        self._swaps = Counter(
+            "apcv_trust_snapshot_swaps_total",
+            "Verified trust material taken into use (first load included).",
+            registry=registry,
+        )
+        registry.register(_FreshnessCollector(self))
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    @property
+    def current(self) -> Snapshot | None:
+        """The snapshot in use, or None while no trust list is loaded yet. Read it once per
+        call: the reference stays valid (and unchanged) however many swaps follow."""
+        return self._current
+
+    @property
+    def material(self) -> TrustMaterial | None:
+        """The material of the current snapshot (for the metrics collector)."""
+        snapshot = self._current
+        return None if snapshot is None else snapshot.material
+
+    def held_status_lists(self) -> dict[str, _native.StatusList]:
+        """The status lists in use, by source name."""
+        return {name: held.status_list for name, held in dict(self._held).items()}
+
+    # -- loading ---------------------------------------------------------------------------------
+
+    def seed(self, material: TrustMaterial) -> None:
+        """Start from material already loaded and verified from these sources, in order
+        (server.load_trust_material); the sources are read again at the first refresh."""
+        if len(material.status_lists) != len(self._status_sources):
+            raise ValueError("seed material does not match trust.status_lists")
+        # Without the signed bytes a seeded list cannot be verified again: under a new trust
+        # list it is dropped and fetched again (_reverify).
+        self._held = {
+            source.name: _Held(b"", status_list)
+            for source, status_list in zip(self._status_sources, material.status_lists, strict=True)
+        }
+        self._install(material.trust_list, material.status_lists)
+
+    def load_initial(self, now: int | None = None) -> None:
+        """The first load, at start. A file source that fails raises (a configuration error
+        is reported at start, as before refresh existed); a URL source that fails is logged
+        and retried by the refresh task, the server answering NOT_SERVING meanwhile."""
+        self.refresh(now, strict_files=True)
+
+    def refresh(self, now: int | None = None, *, strict_files: bool = False) -> bool:
+        """Fetch every source once and swap in a new snapshot if anything changed.
+
+        Blocking (network and signature checks): the refresh task runs it in a thread.
+        Returns True when a new snapshot was installed. Never raises for a bad or unreachable
+        source unless ``strict_files`` and the source is a file.
+        """
+        now = int(time.time()) if now is None else now
+        previous = self._current
+        trust_list = previous.trust_list if previous is not None else None
+        trust_changed = False
+
+        fetched = self._fetch(self._trust_source, strict_files)
+        if fetched is not None:
+            data, validator = fetched
+            held_seq = None if trust_list is None else trust_list.seq
+            try:
+                new_list = _native.TrustList.verify(data, self._anchors, now, held_seq)
+            except _native.TrustListError as error:
+                self._failed(self._trust_source, _refusal(error), str(error))
+                if strict_files and not self._trust_source.is_url:
+                    raise
+            else:
+                self._trust_source.accept(validator)
+                trust_changed = trust_list is None or _trust_list_differs(trust_list, new_list)
+                trust_list = new_list
+        if trust_list is None:
+            return False  # nothing can be verified without a trust list
+
+        status_changed = False
+        held = dict(self._held)
+        if trust_changed and previous is not None:
+            status_changed = self._reverify(held, trust_list, now)
+        for source in self._status_sources:
+            if self._refresh_status(source, held, trust_list, now, strict_files):
+                status_changed = True
+
+        if not (trust_changed or status_changed):
+            return False
+        self._held = held
+        self._install(
+            trust_list,
+            tuple(held[s.name].status_list for s in self._status_sources if s.name in held),
+        )
+        log.info(
+            "trust_material_loaded",
+            trust_list_seq=trust_list.seq,
+            trust_list_changed=trust_changed,
+            status_lists=len(held),
+            status_lists_configured=len(self._status_sources),
+        )
+        return True
+
+    def _fetch(self, source: _Source, strict_files: bool) -> tuple[bytes, object] | None:
+        try:
+            return source.fetch()
+        except SourceError as error:
+            self._failed(source, "fetch", str(error))
+            if strict_files and not source.is_url:
+                raise
+            return None
+
+    def _reverify(self, held: dict[str, _Held], trust_list: _native.TrustList, now: int) -> bool:
+        """Verify every held status list again under a new trust list; drop the refused.
+
+        Judged at ``min(now, exp)``: a list past its expiry but within the grace period is
+        kept for the core's grace policy rather than dropped for its age.
+        """
+        changed = False
+        for name, item in list(held.items()):
+            source = next(s for s in self._status_sources if s.name == name)
+            changed = True
+            if not item.data:  # seeded: fetched again right after this
+                del held[name]
+                source.forget()
+                continue
+            at = min(now, item.status_list.expires_at)
+            try:
+                held[name] = _Held(item.data, _native.StatusList.verify(item.data, trust_list, at))
+            except _native.StatusListError as error:
+                del held[name]
+                source.forget()
+                self._failed(source, "untrusted", str(error))
+        return changed
+
+    def _refresh_status(
+        self,
+        source: _Source,
+        held: dict[str, _Held],
+        trust_list: _native.TrustList,
+        now: int,
+        strict_files: bool,
+    ) -> bool:
+        fetched = self._fetch(source, strict_files)
+        if fetched is None:
+            return False
+        data, validator = fetched
+        try:
+            status_list = _native.StatusList.verify(data, trust_list, now)
+        except _native.StatusListError as error:
+            self._failed(source, "refused", str(error))
+            if strict_files and not source.is_url:
+                raise
+            return False
+        old = held.get(source.name)
+        if old is not None and status_list.issued_at < old.status_list.issued_at:
+            self._failed(
+                source,
+                "rollback",
+                f"issued at {status_list.issued_at}, before the list held "
+                f"({old.status_list.issued_at})",
+            )
+            return False
+        source.accept(validator)
+        if old is not None and old.data == data:
+            return False
+        held[source.name] = _Held(data, status_list)
+        return True
+
+    def _install(
+        self, trust_list: _native.TrustList, status_lists: Sequence[_native.StatusList]
+    ) -> None:
+        material = TrustMaterial(trust_list, tuple(status_lists))
+        previous = self._current
+        if previous is None:
+            verifiers = dict(self._make_verifiers(material))
+        else:
+            verifiers = {
+                delay: verifier.with_trust_list(trust_list).with_status_lists(list(status_lists))
+                for delay, verifier in previous.verifiers.items()
+            }
+        # One reference assignment: a call sees the old snapshot or the new one, never a mix.
+        self._current = Snapshot(material, verifiers)
+        self._swaps.inc()
+
+    def _failed(self, source: _Source, reason: str, detail: str) -> None:
+        self._failures.labels(source=source.name, reason=reason).inc()
+        log.warning(
+            "trust_refresh_failed",
+            source=source.name,
+            location=source.display,
+            reason=reason,
+            detail=detail,
+            kept_last_good=self._current is not None,
+        )
+
+    # -- background refresh ----------------------------------------------------------------------
+
+    def start(self, on_loaded: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Start the refresh task on the running loop; ``on_loaded`` is awaited once, after
+        the first snapshot is installed (at once if there is one already)."""
+        self._task = asyncio.get_running_loop().create_task(self._run(on_loaded))
+
+    async def stop(self) -> None:
+        """Cancel the refresh task and wait for it (a fetch in its thread ends on its own,
+        bounded by ``trust.http_timeout_seconds``; its result is discarded)."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def _run(self, on_loaded: Callable[[], Awaitable[None]] | None) -> None:
+        announced = False
+        while True:
+            if self._current is not None and not announced:
+                announced = True
+                if on_loaded is not None:
+                    await on_loaded()
+            if self._current is not None and self.refresh_seconds <= 0:
+                return  # refresh disabled: loaded once
+            delay = self.refresh_seconds
+            if self._current is None:
+                delay = INITIAL_RETRY_SECONDS if delay <= 0 else min(delay, INITIAL_RETRY_SECONDS)
+            await asyncio.sleep(delay)
+            try:
+                await asyncio.to_thread(self.refresh)
+            except Exception:  # never let the refresh task die: the last good list stays
+                log.exception("trust_refresh_error")
+
+
+def _refusal(error: _native.TrustListError) -> str:
+    return "rollback" if "rollback" in str(error).lower() else "refused"
+
+
+def _trust_list_differs(old: _native.TrustList, new: _native.TrustList) -> bool:
+    """Whether a verified trust list is another list than the one held (same seq and iat
+    is the same publication fetched again, PROFILE §6.3)."""
+    return (old.seq, old.issued_at, old.expires_at, len(old)) != (
+        new.seq,
+        new.issued_at,
+        new.expires_at,
+        len(new),
+    )

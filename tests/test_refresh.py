@@ -1,0 +1,397 @@
+"""Trust list and status lists fetched over HTTP from a real server on loopback and
+refreshed in the background by a real ``apcv-verify serve`` process (trust_source.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from apcv_verify import _native
+from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
+from apcv_verify.config import ConfigError, load_config
+from apcv_verify.issuer import STATUS_ROLE, DemoPKI, tamper_signature
+from apcv_verify.server import build_verifiers
+from apcv_verify.trust_source import MAX_SOURCE_BYTES, TrustSource
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from .conftest import REPO, RunningServer, free_port, stop_server, wait_serving
+
+#: Refresh interval of the servers under test, and the bound of every wait for a refresh.
+REFRESH = "0.3"
+WAIT_SECONDS = 20.0
+
+
+class ListServer:
+    """A publisher of signed lists: serves files of a directory with a strong ETag,
+    answers ``If-None-Match`` with 304, and counts what it was asked."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.available = True  # False: 503 for everything
+        self.requests: list[tuple[str, str | None]] = []  # (path, If-None-Match)
+        self.not_modified = 0
+        self._lock = threading.Lock()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server name)
+                owner._serve(self)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def url(self, path: Path) -> str:
+        return f"http://127.0.0.1:{self.port}/{path.relative_to(self.root).as_posix()}"
+
+    def _serve(self, handler: BaseHTTPRequestHandler) -> None:
+        condition = handler.headers.get("If-None-Match")
+        with self._lock:
+            self.requests.append((handler.path, condition))
+        if not self.available:
+            handler.send_error(503)
+            return
+        path = self.root / handler.path.lstrip("/")
+        if not path.is_file():
+            handler.send_error(404)
+            return
+        body = path.read_bytes()
+        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        if condition == etag:
+            with self._lock:
+                self.not_modified += 1
+            handler.send_response(304)
+            handler.send_header("ETag", etag)
+            handler.end_headers()
+            return
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/cose")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.send_header("ETag", etag)
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._thread.join(timeout=10)
+
+
+@pytest.fixture
+def lists(pki: DemoPKI) -> Iterator[ListServer]:
+    publisher = ListServer(pki.directory)
+    yield publisher
+    publisher.close()
+
+
+def launch(pki: DemoPKI, lists: ListServer, log_path: Path, metrics_port: int) -> RunningServer:
+    """``apcv-verify serve`` with the trust list and status lists at their URLs (no wait)."""
+    address = f"127.0.0.1:{free_port()}"
+    status_urls = [lists.url(path) for path in pki.status_list_paths.values()]
+    command = [
+        sys.executable, "-m", "apcv_verify.cli", "serve",
+        "--listen", address,
+        "--anchor", str(pki.directory / "anchor.pem"),
+        "--trust-list", lists.url(pki.trust_list_path),
+        *[arg for url in status_urls for arg in ("--status-list", url)],
+        "--allow-test-identities",
+    ]  # fmt: skip
+    env = {
+        **os.environ,
+        "APCV_TRUST_REFRESH_SECONDS": REFRESH,
+        "APCV_TRUST_HTTP_TIMEOUT_SECONDS": "2",
+        "APCV_METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
+    }
+    log_file = log_path.open("w")
+    process = subprocess.Popen(
+        command, stdout=log_file, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env
+    )
+    return RunningServer(process, address, log_path)
+
+
+@pytest.fixture
+def metrics_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def served(
+    pki: DemoPKI, lists: ListServer, tmp_path: Path, metrics_port: int
+) -> Iterator[RunningServer]:
+    running = launch(pki, lists, tmp_path / "server.log", metrics_port)
+    try:
+        wait_serving(running.address, running.process)
+    except Exception:
+        stop_server(running)
+        raise RuntimeError(f"server did not start:\n{running.logs()}") from None
+    yield running
+    stop_server(running)
+
+
+def verify(
+    server: RunningServer, pki: DemoPKI, holder: str = "alice"
+) -> verifier_pb2.VerifyResponse:
+    """A fresh presentation by ``holder`` (never a replay), verified over gRPC."""
+    request = verifier_pb2.VerifyRequest(request_id="r-1", nfc_bytes=pki.present(holder))
+    request.reader.reader_id = "desk-1"
+    with server.channel() as channel:
+        return verifier_pb2_grpc.VerifierStub(channel).Verify(request, timeout=10)
+
+
+def reason(response: verifier_pb2.VerifyResponse) -> str:
+    return verifier_pb2.Reason.Name(response.reason)
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def metric(port: int, name: str, **labels: str) -> float:
+    return scrape(port).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def wait_for(condition: Callable[[], bool], what: str, server: RunningServer) -> None:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        assert server.process.poll() is None, f"server exited:\n{server.logs()}"
+        time.sleep(0.1)
+    raise AssertionError(f"not within {WAIT_SECONDS}s: {what}\n{server.logs()}")
+
+
+def failures(port: int, source: str, why: str) -> float:
+    return metric(port, "apcv_trust_refresh_failures_total", source=source, reason=why)
+
+
+def test_lists_load_from_urls_and_refresh_with_conditional_requests(
+    served: RunningServer, pki: DemoPKI, lists: ListServer, metrics_port: int
+) -> None:
+    assert reason(verify(served, pki)) == "OK"
+    assert reason(verify(served, pki, "revoked")) == "REVOKED"
+    wait_for(lambda: lists.not_modified >= 4, "304 answers to If-None-Match", served)
+    paths = {path for path, _ in lists.requests}
+    assert "/trust-list.cose" in paths
+    status_paths = {
+        "/" + p.relative_to(pki.directory).as_posix() for p in pki.status_list_paths.values()
+    }
+    assert status_paths <= paths
+    assert any(condition is not None for _, condition in lists.requests)
+    assert metric(metrics_port, "apcv_trust_list_sequence") == pki.trust_list_seq
+    assert metric(metrics_port, "apcv_trust_source_expired", source="trust_list") == 0
+    # Unchanged lists are no swap: the first load only.
+    assert metric(metrics_port, "apcv_trust_snapshot_swaps_total") == 1
+
+
+def test_a_revocation_published_is_enforced_after_the_next_refresh(
+    served: RunningServer, pki: DemoPKI
+) -> None:
+    assert reason(verify(served, pki)) == "OK"
+    alice = pki.holder("alice")
+    pki.revoke(alice.status_index, uri=alice.status_uri, now=int(time.time()) + 1)
+    wait_for(lambda: reason(verify(served, pki)) == "REVOKED", "alice revoked", served)
+
+
+def test_a_trust_list_with_a_lower_seq_is_refused_and_the_old_one_kept(
+    served: RunningServer, pki: DemoPKI, metrics_port: int
+) -> None:
+    first = pki.trust_list_seq
+    pki.new_trust_list(first + 5)
+    wait_for(
+        lambda: metric(metrics_port, "apcv_trust_list_sequence") == first + 5, "seq +5", served
+    )
+    pki.new_trust_list(first + 1)  # a rollback, validly signed by the anchor
+    wait_for(lambda: failures(metrics_port, "trust_list", "rollback") >= 1, "rollback", served)
+    assert metric(metrics_port, "apcv_trust_list_sequence") == first + 5
+    assert reason(verify(served, pki)) == "OK"
+    assert "trust_refresh_failed" in served.logs()
+
+
+def test_a_bad_signature_is_refused_and_the_old_lists_kept(
+    served: RunningServer, pki: DemoPKI, metrics_port: int
+) -> None:
+    seq = pki.trust_list_seq
+    pki.trust_list_path.write_bytes(tamper_signature(pki.new_trust_list(seq + 1), 3))
+    (status_path,) = pki.status_list_paths.values()
+    alice = pki.holder("alice")
+    revoked = pki.revoke(alice.status_index, uri=alice.status_uri, now=int(time.time()) + 1)
+    status_path.write_bytes(tamper_signature(revoked, 3))
+    wait_for(lambda: failures(metrics_port, "trust_list", "refused") >= 1, "refused", served)
+    wait_for(lambda: failures(metrics_port, "status_lists[0]", "refused") >= 1, "refused", served)
+    assert metric(metrics_port, "apcv_trust_list_sequence") == seq
+    assert reason(verify(served, pki)) == "OK"  # the tampered revocation is not used
+
+
+def test_the_http_server_going_away_keeps_the_last_good_lists(
+    served: RunningServer, pki: DemoPKI, lists: ListServer, metrics_port: int
+) -> None:
+    lists.close()
+    wait_for(lambda: failures(metrics_port, "trust_list", "fetch") >= 2, "fetch fails", served)
+    wait_for(lambda: failures(metrics_port, "status_lists[0]", "fetch") >= 2, "fetch", served)
+    assert reason(verify(served, pki)) == "OK"
+    assert reason(verify(served, pki, "revoked")) == "REVOKED"
+    assert metric(metrics_port, "apcv_trust_list_sequence") == pki.trust_list_seq
+    with served.channel() as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_status_list_whose_signer_left_the_trust_list_is_dropped(
+    served: RunningServer, pki: DemoPKI, metrics_port: int
+) -> None:
+    assert reason(verify(served, pki)) == "OK"
+    kept = [entry for entry in pki.trust_entries() if entry.role != STATUS_ROLE]
+    pki.new_trust_list(pki.trust_list_seq + 1, entries=kept)
+    wait_for(lambda: reason(verify(served, pki)) == "STATUS_UNAVAILABLE", "dropped", served)
+    assert failures(metrics_port, "status_lists[0]", "untrusted") >= 1
+    # The signer comes back in a later list: the status list is fetched and used again.
+    pki.new_trust_list(pki.trust_list_seq + 1)
+    wait_for(lambda: reason(verify(served, pki)) == "OK", "status list back", served)
+
+
+def test_not_serving_and_unavailable_until_a_trust_list_is_loaded(
+    pki: DemoPKI, lists: ListServer, tmp_path: Path, metrics_port: int
+) -> None:
+    lists.available = False
+    running = launch(pki, lists, tmp_path / "server.log", metrics_port)
+    try:
+        with running.channel() as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            deadline = time.monotonic() + WAIT_SECONDS
+            while True:
+                try:
+                    reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    break
+                except grpc.RpcError:
+                    assert time.monotonic() < deadline, running.logs()
+                    assert running.process.poll() is None, running.logs()
+                    time.sleep(0.1)
+            assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            with pytest.raises(grpc.RpcError) as refused:
+                verify(running, pki)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert refused.value.details() == "no trust list loaded yet"
+            lists.available = True
+            wait_serving(running.address, running.process, timeout=WAIT_SECONDS)
+            assert reason(verify(running, pki)) == "OK"
+    finally:
+        stop_server(running)
+
+
+# -- in process: file sources and configuration --------------------------------------------------
+
+
+def _source(pki: DemoPKI, **environ: str) -> TrustSource:
+    config = load_config(
+        environ={
+            "APCV_TRUST_ANCHORS": str(pki.directory / "anchor.pem"),
+            "APCV_TRUST_TRUST_LIST": str(pki.trust_list_path),
+            "APCV_TRUST_STATUS_LISTS": ",".join(map(str, pki.status_list_paths.values())),
+            "APCV_POLICY_ALLOW_TEST_IDENTITIES": "true",
+            **environ,
+        }
+    )
+    return TrustSource(
+        config, lambda material: build_verifiers(config, material), registry=CollectorRegistry()
+    )
+
+
+def test_file_sources_are_read_again_only_when_they_change(pki: DemoPKI) -> None:
+    source = _source(pki)
+    source.load_initial()
+    first = source.current
+    assert first is not None
+    assert not source.refresh()  # unchanged files: no swap
+    assert source.current is first
+    later = int(time.time()) + 2
+    alice = pki.holder("alice")
+    pki.revoke(alice.status_index, uri=alice.status_uri, now=later)
+    assert source.refresh()
+    second = source.current
+    assert second is not None and second is not first
+    scan = _native.Scan(pki.present("alice"), "desk-1")
+    # The first snapshot still answers as it did: a call that read it is not affected.
+    assert first.verifiers[0].verify_batch([scan], later)[0].reason == "OK"
+    assert second.verifiers[0].verify_batch([scan], later)[0].reason == "REVOKED"
+
+
+def test_an_older_status_list_is_a_rollback(pki: DemoPKI) -> None:
+    (status_path,) = pki.status_list_paths.values()
+    old = status_path.read_bytes()
+    pki.write_status_lists(now=int(time.time()) + 10)
+    source = _source(pki)
+    source.load_initial()
+    status_path.write_bytes(old)
+    assert not source.refresh()
+    held = source.current
+    assert held is not None
+    assert (
+        held.status_lists[0].issued_at
+        > _native.StatusList.verify(old, held.trust_list, int(time.time())).issued_at
+    )
+
+
+def test_a_file_that_fails_at_start_is_an_error(pki: DemoPKI) -> None:
+    pki.trust_list_path.write_bytes(tamper_signature(pki.trust_list, 3))
+    with pytest.raises(_native.TrustListError):
+        _source(pki).load_initial()
+
+
+def test_urls_are_kept_and_paths_made_relative_to_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "anchor.pem").write_text("")
+    (tmp_path / "local.cwt").write_text("")
+    config_file = tmp_path / "apcv.toml"
+    config_file.write_text(
+        '[trust]\nanchors = ["anchor.pem"]\n'
+        'trust_list = "https://lists.example/trust-list.cose"\n'
+        'status_lists = ["http://lists.example/amo/1", "local.cwt"]\n'
+        "refresh_seconds = 60\nhttp_timeout_seconds = 5\n"
+    )
+    trust = load_config(config_file, environ={}).trust
+    assert trust.trust_list == "https://lists.example/trust-list.cose"
+    assert trust.status_lists == ("http://lists.example/amo/1", str(tmp_path / "local.cwt"))
+    assert (trust.refresh_seconds, trust.http_timeout_seconds) == (60, 5)
+    assert load_config(config_file, environ={}).trust.anchors == (str(tmp_path / "anchor.pem"),)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("APCV_TRUST_REFRESH_SECONDS", "-1", "trust.refresh_seconds: must not be negative"),
+        ("APCV_TRUST_HTTP_TIMEOUT_SECONDS", "0", "trust.http_timeout_seconds:"),
+        ("APCV_TRUST_TRUST_LIST", "ftp://lists.example/tl", "trust.trust_list:"),
+        ("APCV_TRUST_ANCHORS", "https://lists.example/anchor.pem", "trust.anchors:"),
+    ],
+)
+def test_bad_refresh_settings_name_the_key(
+    pki: DemoPKI, key: str, value: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _source(pki, **{key: value})
+
+
+def test_the_response_cap_is_above_every_document_the_core_accepts() -> None:
+    assert MAX_SOURCE_BYTES > 17 * 1024 * 1024
