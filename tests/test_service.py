@@ -9,12 +9,21 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
-from apcv_verify.issuer import INS_DEMO_OID, DemoPKI, qr_text
+from apcv_verify.issuer import (
+    INS_DEMO_OID,
+    DemoPKI,
+    parse_sign1,
+    qr_text,
+    sign1,
+    tamper_signature,
+)
 
 from .conftest import REPO, RunningServer, start_server, stop_server
 
@@ -225,3 +234,250 @@ def test_make_demo_prints_six_expected_decisions(grpcurl: str) -> None:
     assert "grpcurl -plaintext -d" in out
     # The demo runs the grpcurl command it prints against its live server.
     assert '"decision": "ACCEPTED"' in out.split("grpcurl answered")[1]
+
+
+# --- Every reason code of docs/profile.md §8 over gRPC (listed in its §11) ----------------------
+
+SHARED_POLICY = """
+[[callers]]
+id = "anonymous"
+uses = ["care", "dmp", "dp"]
+may_send_scanned_at = true
+max_scan_delay_seconds = 600
+"""
+
+
+@pytest.fixture(scope="module")
+def shared_pki(tmp_path_factory: pytest.TempPathFactory) -> DemoPKI:
+    pki = DemoPKI.create(tmp_path_factory.mktemp("shared") / "pki", now=int(time.time()))
+    pki.suspend(pki.holder("corsica").status_index)  # status lists are read at start
+    return pki
+
+
+@pytest.fixture(scope="module")
+def shared(
+    shared_pki: DemoPKI, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """One server for the reason-code table: anonymous may not use ``auth`` and may send
+    scanned_at up to 10 minutes old."""
+    work = tmp_path_factory.mktemp("shared-server")
+    (work / "apcv.toml").write_text(SHARED_POLICY)
+    running = start_server(shared_pki.directory, work / "server.log", "--allow-test-identities",
+                           "--config", str(work / "apcv.toml"))  # fmt: skip
+    yield running
+    stop_server(running)
+
+
+def resigned(
+    pki: DemoPKI, holder: str, change: Callable[[dict[Any, Any]], None], **sign: Any
+) -> bytes:
+    """``holder``'s credential claims changed by ``change``, signed again by its issuer."""
+    claims = parse_sign1(pki.holder(holder).credential).claims()
+    change(claims)
+    return sign1(pki.keys[pki.holder(holder).issuer], claims, **sign)
+
+
+def _wrong_ins_key(claims: dict[Any, Any]) -> None:
+    matricule = claims["apcv"]["ins"]["m"]
+    claims["apcv"]["ins"]["m"] = matricule[:13] + f"{(int(matricule[13:]) % 97) + 1:02d}"
+
+
+def _version_2(claims: dict[Any, Any]) -> None:
+    claims["apcv"]["v"] = 2
+
+
+def _status_index_outside_the_list(claims: dict[Any, Any]) -> None:
+    claims[65535]["status_list"]["idx"] = 100_000
+
+
+def _out_of_scope_delegation(pki: DemoPKI, now: int) -> bytes:
+    key, delegation = pki.delegate("alice", use=("dmp",), who="Mamie")
+    return pki.present("alice", dlg=delegation, signer=key, use="care", iat=now)
+
+
+#: reason → how to make a presentation that the shared server rejects with it.
+REJECTIONS: dict[str, Callable[[DemoPKI, int], bytes | str]] = {
+    "MALFORMED": lambda pki, now: "APCV1:%%%%",
+    "UNSUPPORTED_VERSION": lambda pki, now: pki.present(
+        credential=resigned(pki, "alice", _version_2), iat=now
+    ),
+    "UNKNOWN_ISSUER": lambda pki, now: pki.present(credential=pki.rogue_credential(), iat=now),
+    "ALG_MISMATCH": lambda pki, now: pki.present(
+        # header says EdDSA, the trust list binds the key to ES256 (PROFILE §3.5)
+        credential=resigned(pki, "alice", lambda c: None, protected_extra={1: -8}),
+        iat=now,
+    ),
+    "ISSUER_MISMATCH": lambda pki, now: pki.present(
+        credential=pki.credential_variant(iss="https://elsewhere.example"), iat=now
+    ),
+    "CLAIMS_INVALID": lambda pki, now: pki.present(
+        credential=resigned(pki, "alice", _wrong_ins_key), iat=now
+    ),
+    "CREDENTIAL_NOT_YET_VALID": lambda pki, now: pki.present(
+        credential=pki.credential_variant(nbf=now + 86_400), iat=now
+    ),
+    "CREDENTIAL_EXPIRED": lambda pki, now: pki.present(
+        credential=pki.expired_credential(now=now), iat=now
+    ),
+    "PRESENTATION_NOT_YET_VALID": lambda pki, now: pki.present(iat=now + 3600),
+    "PRESENTATION_EXPIRED": lambda pki, now: pki.present(iat=now - 1000, exp=now - 900),
+    "PRESENTATION_LIFETIME_EXCEEDED": lambda pki, now: pki.present(iat=now, exp=now + 301),
+    "REVOKED": lambda pki, now: pki.present("revoked", iat=now),
+    "SUSPENDED": lambda pki, now: pki.present("corsica", iat=now),
+    "STATUS_UNAVAILABLE": lambda pki, now: pki.present(
+        credential=resigned(pki, "alice", _status_index_outside_the_list), iat=now
+    ),
+    "BAD_ISSUER_SIGNATURE": lambda pki, now: pki.present(
+        credential=tamper_signature(pki.holder("alice").credential), iat=now
+    ),
+    "DELEGATION_INVALID": _out_of_scope_delegation,
+    "BAD_DEVICE_SIGNATURE": lambda pki, now: tamper_signature(pki.present(iat=now)),
+    "AUDIENCE_MISMATCH": lambda pki, now: pki.present(aud="pharmacy-9", iat=now),
+    # A nonce the reader did not send (PROFILE §7.2 step 8b).
+    "NONCE_MISMATCH": lambda pki, now: pki.present(nonce=b"\x01" * 16, iat=now),
+    "UNKNOWN_BENEFICIARY": lambda pki, now: pki.present("family", ben=2, iat=now),
+    "PURPOSE_NOT_ALLOWED": lambda pki, now: pki.present(use="auth", iat=now),
+}
+
+
+@pytest.mark.parametrize("expected", sorted(REJECTIONS))
+def test_reason_code_over_grpc(shared: RunningServer, shared_pki: DemoPKI, expected: str) -> None:
+    presentation = REJECTIONS[expected](shared_pki, int(time.time()))
+    response = verify(shared, presentation)
+    assert (response.decision, reason(response)) == (verifier_pb2.REJECTED, expected)
+    assert response.detail and not response.HasField("person")
+
+
+def test_reason_ok_and_duplicate(shared: RunningServer, shared_pki: DemoPKI) -> None:
+    code = qr_text(shared_pki.present())
+    first, again = verify(shared, code, "desk-1"), verify(shared, code, "desk-1")
+    assert (reason(first), first.duplicate, reason(again), again.duplicate) == (
+        "OK", False, "OK", True
+    )  # fmt: skip
+
+
+def test_reason_replayed(shared: RunningServer, shared_pki: DemoPKI) -> None:
+    code = qr_text(shared_pki.present())
+    assert reason(verify(shared, code, "desk-1")) == "OK"
+    assert reason(verify(shared, code, "desk-2")) == "REPLAYED"
+
+
+def test_reason_scan_time_invalid(shared: RunningServer, shared_pki: DemoPKI) -> None:
+    now = int(time.time())
+    old = now - 3600  # beyond the caller's 600 s
+    request = Request(request_id="s-1", qr_text=qr_text(shared_pki.present(iat=old)))
+    request.reader.reader_id = "edge-1"
+    request.scanned_at.FromSeconds(old)
+    with shared.channel() as channel:
+        response = verifier_pb2_grpc.VerifierStub(channel).Verify(request, timeout=10)
+    assert (response.decision, reason(response)) == (verifier_pb2.REJECTED, "SCAN_TIME_INVALID")
+
+
+def test_reason_replay_unavailable(pki: DemoPKI, tmp_path: Path) -> None:
+    tiny = start_server(pki.directory, tmp_path / "tiny.log", "--allow-test-identities",
+                        env={"APCV_REPLAY_MAX_ENTRIES": "1"})  # fmt: skip
+    try:
+        assert reason(verify(tiny, pki.present("alice"))) == "OK"
+        full = verify(tiny, pki.present("lunar"))
+        assert (full.decision, reason(full)) == (verifier_pb2.REJECTED, "REPLAY_UNAVAILABLE")
+    finally:
+        stop_server(tiny)
+
+
+def test_reason_status_unavailable_without_a_status_list(pki: DemoPKI, tmp_path: Path) -> None:
+    bare = start_server(pki.directory, tmp_path / "bare.log", "--allow-test-identities",
+                        status_lists=False)  # fmt: skip
+    try:
+        assert reason(verify(bare, pki.present("alice"))) == "STATUS_UNAVAILABLE"
+    finally:
+        stop_server(bare)
+
+
+# --- NFC challenge (issue 3 item 3) --------------------------------------------------------------
+
+
+def test_nfc_challenge_nonce_and_audience_match(shared: RunningServer, shared_pki: DemoPKI) -> None:
+    nonce = bytes(range(16))
+    tap = shared_pki.present("family", ben=1, aud="pharmacy-7", nonce=nonce)
+    accepted = verify(shared, tap, "pharmacy-7", nonce=nonce)
+    assert (reason(accepted), accepted.person.rank) == ("OK", 1)
+    # The same challenge answered for another reader, or a reader that sent no nonce.
+    other = shared_pki.present(aud="pharmacy-7", nonce=nonce)
+    assert reason(verify(shared, other, "pharmacy-8", nonce=nonce)) == "AUDIENCE_MISMATCH"
+    assert reason(verify(shared, shared_pki.present(nonce=nonce), "desk-1")) == "NONCE_MISMATCH"
+    assert reason(verify(shared, shared_pki.present(), "desk-1", nonce=nonce)) == "NONCE_MISMATCH"
+
+
+# --- Delegation (issue 3 item 1) -----------------------------------------------------------------
+
+
+def test_delegation_says_it_was_used_with_its_label_only(
+    shared: RunningServer, shared_pki: DemoPKI
+) -> None:
+    key, delegation = shared_pki.delegate("family", ben=(1,), use=("care",), who="Mamie Jeanne")
+    tap = shared_pki.present("family", ben=1, dlg=delegation, signer=key)
+    response = verify(shared, tap)
+    assert (reason(response), response.person.rank) == ("OK", 1)
+    assert (response.delegation.used, response.delegation.label) == (True, "Mamie Jeanne")
+    # The holder presenting in person: no delegation in the response.
+    assert not verify(shared, shared_pki.present("family")).HasField("delegation")
+    # Out of scope: a rank the delegation does not name.
+    holder_tap = shared_pki.present("family", ben=0, dlg=delegation, signer=key)
+    assert reason(verify(shared, holder_tap)) == "DELEGATION_INVALID"
+
+
+def test_a_revoked_delegation_stops_at_the_next_list(pki: DemoPKI, tmp_path: Path) -> None:
+    key, delegation = pki.delegate("alice", who="")
+    before = start_server(pki.directory, tmp_path / "before.log", "--allow-test-identities")
+    try:
+        response = verify(before, pki.present("alice", dlg=delegation, signer=key))
+        assert reason(response) == "OK"
+        assert (response.delegation.used, response.delegation.label) == (True, "")
+    finally:
+        stop_server(before)
+    pki.revoke_object(delegation)
+    after = start_server(pki.directory, tmp_path / "after.log", "--allow-test-identities")
+    try:
+        refused = verify(after, pki.present("alice", dlg=delegation, signer=key))
+        assert reason(refused) == "DELEGATION_INVALID"
+    finally:
+        stop_server(after)
+
+
+# --- AMC attestations (issue 3 item 2) -----------------------------------------------------------
+
+
+def test_amc_coverage_each_attestation_on_its_own(
+    shared: RunningServer, shared_pki: DemoPKI
+) -> None:
+    now = int(time.time())
+    valid = shared_pki.amc_attestation("family", ranks=[1], contract="C-42", domains=["PHAR"])
+    for_holder_only = shared_pki.amc_attestation("family", ranks=[0])
+    expired = shared_pki.amc_attestation("family", ranks=[1], nbf=now - 400 * 86_400,
+                                         exp=now - 30 * 86_400)  # fmt: skip
+    untrusted = shared_pki.amc_attestation("family", ranks=[1], signer=shared_pki.rogue_issuer)
+    tap = shared_pki.present("family", ben=1, amc=[valid, for_holder_only, expired, untrusted])
+    response = verify(shared, tap)
+    assert reason(response) == "OK"  # an invalid attestation never rejects the presentation
+    outcomes = [(item.valid, verifier_pb2.Reason.Name(item.reason)) for item in response.amc]
+    assert outcomes == [
+        (True, "OK"),
+        (False, "NOT_APPLICABLE"),
+        (False, "ATTESTATION_EXPIRED"),
+        (False, "UNKNOWN_ISSUER"),
+    ]
+    good, other_person, stale, forged = response.amc
+    assert (good.contract, list(good.domains), good.third_party_payment) == ("C-42", ["PHAR"], True)
+    assert good.amc_number and good.organisation and good.HasField("expires_at")
+    # No data from an attestation about someone else or from an untrusted signer.
+    for absent in (other_person, forged):
+        assert not absent.contract and not absent.domains and not absent.HasField("expires_at")
+    assert stale.contract  # trusted and naming the person: returned, flagged not valid
+
+
+def test_amc_coverage_follows_disclosure(shared: RunningServer, shared_pki: DemoPKI) -> None:
+    attestation = shared_pki.amc_attestation("alice")
+    dmp = verify(shared, shared_pki.present(use="dmp", amc=[attestation]))
+    assert reason(dmp) == "OK" and len(dmp.amc) == 0  # dmp: INS and traits only
+    care = verify(shared, shared_pki.present(use="care", amc=[attestation]))
+    assert [verifier_pb2.Reason.Name(item.reason) for item in care.amc] == ["OK"]

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import grpc
 import structlog
@@ -131,11 +131,11 @@ def _person_message(
     return message
 
 
-def _amc_message(coverage: Any) -> verifier_pb2.AmcCoverage:
-    """One AMC attestation's verdict (PROFILE §2.7): its own validity, reason and content."""
+def _amc_message(coverage: _native.AmcCoverage) -> verifier_pb2.AmcCoverage:
+    """One AMC attestation's verdict (PROFILE §2.7, §8.1): its own validity, reason, content."""
     message = verifier_pb2.AmcCoverage(
         valid=coverage.valid,
-        reason=coverage.reason,  # OK, NOT_APPLICABLE or a §8 code: the enum's names
+        reason=coverage.reason,  # the §8.1 codes are the enum's names
         detail=coverage.detail,
         organisation=coverage.organisation or "",
         amc_number=coverage.amc_number or "",
@@ -177,12 +177,12 @@ def response_message(
     response.issuer = result.issuer or ""
     if "ins" in disclosed:
         response.identity_qualification.CopyFrom(INS_QUALIFICATION)
-    # getattr: delegation and AMC results arrive with the issue-3 core; an older core has none.
     if "amc" in disclosed:
-        response.amc.extend(_amc_message(item) for item in getattr(result, "amc", ()))
-    label = getattr(result, "delegation_label", None)
-    if label is not None:
-        response.delegation.CopyFrom(verifier_pb2.Delegation(used=True, label=label))
+        response.amc.extend(_amc_message(item) for item in result.amc)
+    if result.delegation_label is not None:  # "" for a delegation without a label
+        response.delegation.CopyFrom(
+            verifier_pb2.Delegation(used=True, label=result.delegation_label)
+        )
     if include_fhir:
         now = int(time.time()) if verified_at is None else verified_at
         response.fhir_json = fhir.bundle_json(response, verified_at=now)
