@@ -3,6 +3,7 @@ refreshed in the background by a real ``apcv-verify serve`` process (trust_sourc
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import subprocess
@@ -395,3 +396,19 @@ def test_bad_refresh_settings_name_the_key(
 
 def test_the_response_cap_is_above_every_document_the_core_accepts() -> None:
     assert MAX_SOURCE_BYTES > 17 * 1024 * 1024
+
+
+def test_a_stopped_source_fetches_nothing_more(pki: DemoPKI) -> None:
+    source = _source(pki, APCV_TRUST_REFRESH_SECONDS="0.05")
+    source.load_initial()
+
+    async def run_and_stop() -> None:
+        source.start()
+        await asyncio.sleep(0.2)
+        await source.stop()
+
+    asyncio.run(run_and_stop())
+    held = source.current
+    pki.new_trust_list(pki.trust_list_seq + 1)
+    assert not source.refresh()
+    assert source.current is held

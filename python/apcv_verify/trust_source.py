@@ -107,6 +107,10 @@ class SourceError(Exception):
     """A source could not be read (unreachable, HTTP error, oversize, missing file)."""
 
 
+class _Stopped(Exception):
+    """The refresh task is stopping: the refresh in progress is abandoned."""
+
+
 @dataclass(frozen=True)
 class TrustMaterial:
     """One consistent set of what the service trusts (ARCHITECTURE.md: swapped whole)."""
@@ -268,6 +272,8 @@ class TrustSource:
         self._held: dict[str, _Held] = {}
         self._current: Snapshot | None = None
         self._task: asyncio.Task[None] | None = None
+        #: Set by stop(): a refresh running in its thread fetches nothing more.
+        self._stopping = False
         registry = CollectorRegistry() if registry is None else registry
         self._failures = Counter(
             "apcv_trust_refresh_failures_total",
@@ -330,7 +336,12 @@ class TrustSource:
         Returns True when a new snapshot was installed. Never raises for a bad or unreachable
         source unless ``strict_files`` and the source is a file.
         """
-        now = int(time.time()) if now is None else now
+        try:
+            return self._refresh(int(time.time()) if now is None else now, strict_files)
+        except _Stopped:
+            return False
+
+    def _refresh(self, now: int, strict_files: bool) -> bool:
         previous = self._current
         trust_list = previous.trust_list if previous is not None else None
         trust_changed = False
@@ -377,6 +388,8 @@ class TrustSource:
         return True
 
     def _fetch(self, source: _Source, strict_files: bool) -> tuple[bytes, object] | None:
+        if self._stopping:
+            raise _Stopped
         try:
             return source.fetch()
         except SourceError as error:
@@ -477,8 +490,9 @@ class TrustSource:
         self._task = asyncio.get_running_loop().create_task(self._run(on_loaded))
 
     async def stop(self) -> None:
-        """Cancel the refresh task and wait for it (a fetch in its thread ends on its own,
-        bounded by ``trust.http_timeout_seconds``; its result is discarded)."""
+        """Cancel the refresh task and wait for it. A refresh running in its thread starts
+        no further fetch, so it ends within one ``trust.http_timeout_seconds``."""
+        self._stopping = True
         task, self._task = self._task, None
         if task is None:
             return
