@@ -10,7 +10,7 @@ PROTO_OUT := python/apcv_verify/_proto
 PROTO_SRC := $(shell find protos -name '*.proto')
 export PATH := $(TOOLS):$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: dev proto demo test test-rust test-python lint fmt tools clean
+.PHONY: dev proto demo test test-rust test-python lint fmt tools clean system-deps
 
 # The virtualenv and the build tools; everything else is installed by `maturin develop`.
 $(VENV)/.stamp: pyproject.toml
@@ -42,13 +42,24 @@ $(GRPCURL):
 
 tools: $(GRPCURL)
 
+# System packages the tests need: redis-server (tests/test_replay_redis.py starts a real one on
+# loopback). Installed only when missing; needs root (CI runs as root).
+system-deps:
+	@if command -v redis-server >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+		echo "redis-server is missing: run 'sudo apt-get update && sudo apt-get install -y redis-server'" \
+			"(the Redis replay-store tests are skipped without it, and fail under CI=true)"; \
+		exit 0; \
+	fi; \
+	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server
+
 demo: dev tools
 	$(VENV)/bin/apcv-verify demo
 
 test-rust:
 	cargo test --workspace
 
-test-python: dev tools
+test-python: dev tools system-deps
 	$(PY) -m pytest
 
 test: test-rust test-python

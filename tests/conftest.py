@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -18,6 +19,10 @@ from apcv_verify.issuer import DemoPKI
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
+#: Log files of the servers started by the current test, scanned after it for personal data.
+SERVER_LOGS: list[Path] = []
+#: A NIR (INS matricule) outside Corsica: sex digit, 12 digits, 2-digit key (PROFILE §5.3).
+NIR_SHAPED = re.compile(r"\b[12]\d{12}\d{2}\b")
 
 
 def free_port() -> int:
@@ -99,6 +104,7 @@ def start_server(
         *extra,
     ]  # fmt: skip
     log_file = log_path.open("w")
+    SERVER_LOGS.append(log_path)
     process = subprocess.Popen(
         command,
         stdout=log_file,
@@ -123,6 +129,39 @@ def stop_server(server: RunningServer) -> None:
     except subprocess.TimeoutExpired:
         server.process.kill()
         server.process.wait()
+
+
+def personal_values(pki: DemoPKI) -> list[str]:
+    """Names, INS matricules and birth dates of every demo person: never in a log line."""
+    from apcv_verify.issuer import parse_sign1
+
+    values: list[str] = []
+    for holder in pki.holders.values():
+        profile = parse_sign1(holder.credential).claims()["apcv"]
+        for person in [profile, *profile.get("ben", [])]:
+            values += [person["ins"]["m"], person["id"]["bn"], person["id"]["dob"]]
+            values += person["id"]["gn"].split()
+    return values
+
+
+@pytest.fixture(autouse=True)
+def server_logs_carry_no_personal_data(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every line logged by every server of every test (issue 4, audit and logs): no name,
+    INS/NIR or birth date of the test's demo people, no NIR-shaped number."""
+    SERVER_LOGS.clear()
+    # Taken now: a fixture requested here is torn down after this one. A module may define
+    # its own ``pki`` (tests/test_native.py): only a DemoPKI has demo people.
+    pki = request.getfixturevalue("pki") if "pki" in request.fixturenames else None
+    yield
+    if not SERVER_LOGS:
+        return
+    personal = personal_values(pki) if isinstance(pki, DemoPKI) else []  # incl. added holders
+    for path in SERVER_LOGS:
+        lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+        for number, line in enumerate(lines, 1):
+            leaked = [value for value in personal if value in line]
+            assert not leaked, f"{path.name}:{number}: personal data in a log line: {line}"
+            assert not NIR_SHAPED.search(line), f"{path.name}:{number}: NIR-shaped number: {line}"
 
 
 @pytest.fixture

@@ -17,9 +17,8 @@ from apcv_verify.config import ConfigError, load_config
 from apcv_verify.issuer import DemoPKI, parse_sign1, qr_text
 from apcv_verify.server import build_verifiers, load_trust_material
 
-from .conftest import RunningServer, start_server, stop_server
+from .conftest import RunningServer, personal_values, start_server, stop_server
 from .test_metrics import call
-from .test_service import _personal_values
 
 SECRET = "audit-test-secret-0123456789abcdef"
 AUDIT_FIELDS = {
@@ -163,7 +162,7 @@ def test_every_log_line_of_every_scenario_is_free_of_personal_data(
     records = audit_records(server)
     assert len(records) == 2 * len(pki.samples(now=now)) + len(pki.holders) + 2 + 3
     assert {record["reason"] for record in records} >= {"OK", "REVOKED", "REPLAYED", "MALFORMED"}
-    personal = _personal_values(pki)
+    personal = personal_values(pki)
     for line in logs.splitlines():
         assert [value for value in personal if value in line] == [], line
         assert not re.search(r"\b[12]\d{12}\d{2}\b", line), line

@@ -156,3 +156,76 @@ def test_tls_paths_are_relative_to_the_file_and_batch_bound(trust_files: Path) -
     assert config.server.max_batch == 50
     with pytest.raises(ConfigError, match=r"server\.max_batch: must be between 1 and 100000"):
         load_config(trust_files / "apcv.toml", environ={"APCV_SERVER_MAX_BATCH": "0"})
+
+
+def test_replay_section_redis_from_file_and_environment(trust_files: Path) -> None:
+    from apcv_verify.config import redact_url
+
+    with (trust_files / "apcv.toml").open("a") as config:
+        config.write(
+            '[replay]\nbackend = "redis"\nredis_url = "redis://:s3cret-pw@10.0.0.7:6379/2"\n'
+            'key_prefix = "prod:replay:"\ntimeout_seconds = 0.25\n'
+        )
+    loaded = load_config(trust_files / "apcv.toml", environ={})
+    replay = loaded.replay
+    assert (replay.backend, replay.key_prefix, replay.timeout_seconds) == (
+        "redis",
+        "prod:replay:",
+        0.25,
+    )
+    assert replay.on_store_error == "reject"  # fail closed unless the operator says otherwise
+    assert replay.redis_url == "redis://:s3cret-pw@10.0.0.7:6379/2"  # the path is not touched
+    assert "s3cret-pw" not in repr(loaded)
+    assert redact_url(replay.redis_url) == "redis://:***@10.0.0.7:6379/2"
+    assert (
+        redact_url("rediss://app:pw@cache.internal:6380") == "rediss://app:***@cache.internal:6380"
+    )
+    assert redact_url("redis://cache:6379/0") == "redis://cache:6379/0"
+    environ = {"APCV_REPLAY_ON_STORE_ERROR": "accept", "APCV_REPLAY_REDIS_URL": "unix:///run/r.s"}
+    replay = load_config(trust_files / "apcv.toml", environ=environ).replay
+    assert (replay.on_store_error, replay.redis_url) == ("accept", "unix:///run/r.s")
+    # The default: the in-process store.
+    assert (
+        load_config(
+            trust_files / "apcv.toml", environ={"APCV_REPLAY_BACKEND": "memory"}
+        ).replay.backend
+        == "memory"
+    )
+    assert load_config(None, environ=_minimal(trust_files)).replay.backend == "memory"
+
+
+def _minimal(trust_files: Path) -> dict[str, str]:
+    return {
+        "APCV_TRUST_ANCHORS": str(trust_files / "anchor.pem"),
+        "APCV_TRUST_TRUST_LIST": str(trust_files / "trust-list.cose"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"APCV_REPLAY_BACKEND": "redis"}, r"replay\.redis_url: required when"),
+        (
+            {"APCV_REPLAY_BACKEND": "redis", "APCV_REPLAY_REDIS_URL": "http://:pw@cache:80"},
+            r"replay\.redis_url: http://:\*\*\*@cache:80: expected redis://",
+        ),
+        (
+            {"APCV_REPLAY_BACKEND": "redis", "APCV_REPLAY_REDIS_URL": "redis://:pw@c:port"},
+            r"replay\.redis_url: \(unparsable URL\)",
+        ),
+        (
+            {"APCV_REPLAY_BACKEND": "redis", "APCV_REPLAY_REDIS_URL": "redis://:pw@:6379"},
+            r"replay\.redis_url: redis://:\*\*\*@:6379: no host",
+        ),
+        ({"APCV_REPLAY_ON_STORE_ERROR": "retry"}, r"replay\.on_store_error: 'retry'"),
+        ({"APCV_REPLAY_TIMEOUT_SECONDS": "0"}, r"replay\.timeout_seconds: must be"),
+        ({"APCV_REPLAY_TIMEOUT_SECONDS": "soon"}, r"replay\.timeout_seconds: expected float"),
+        ({"APCV_REPLAY_KEY_PREFIX": ""}, r"replay\.key_prefix: between 1 and 64"),
+    ],
+)
+def test_bad_replay_settings_name_the_key_and_never_show_the_password(
+    trust_files: Path, environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message) as raised:
+        load_config(trust_files / "apcv.toml", environ=environ)
+    assert ":pw@" not in str(raised.value)

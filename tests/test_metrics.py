@@ -23,8 +23,7 @@ from apcv_verify.server import start_server as start_in_process
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import RunningServer, free_port, start_server, stop_server
-from .test_service import _personal_values
+from .conftest import RunningServer, free_port, personal_values, start_server, stop_server
 
 VERIFIER = "apcv.verify.v1.Verifier"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -166,7 +165,7 @@ def test_no_personal_data_or_reader_id_in_metrics_or_logs(
     text = scrape_text(metrics_port)
     stop_server(observed)
     logs = observed.logs()
-    personal = _personal_values(pki)
+    personal = personal_values(pki)
     assert personal
     assert [found for found in personal if found in text] == []
     assert [found for found in personal if found in logs] == []

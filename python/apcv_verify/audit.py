@@ -136,4 +136,6 @@ class AuditTrail:
         }
         if item is not None:
             fields["item"] = item
+        if result.replay_unchecked:  # replay.on_store_error = "accept" while Redis was down
+            fields["replay_unchecked"] = True
         log.info("verification", **fields)

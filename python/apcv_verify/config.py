@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ __all__ = [
     "ConfigError",
     "Config",
     "load_config",
+    "redact_url",
 ]
 
 ENV_PREFIX = "APCV_"
@@ -65,6 +67,8 @@ ANONYMOUS_CALLER = "anonymous"
 MAX_CALLER_ID_LENGTH = 128
 #: scanned_at older than a day is no "delayed scan" any more.
 MAX_SCAN_DELAY_LIMIT = 86_400
+#: ``replay.backend`` values.
+REPLAY_BACKENDS = ("memory", "redis")
 
 
 class ConfigError(ValueError):
@@ -130,12 +134,37 @@ class PolicySection:
     status_grace_seconds: int = 0
 
 
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for logs and printed configurations)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
 @dataclass(frozen=True)
 class ReplaySection:
-    #: "memory": in-process TTL set (one replica).
+    """The replay store (PROFILE §7.4; docs/operations.md "Replay store")."""
+
+    #: "memory": the in-process TTL set (one replica); "redis": a Redis server shared by
+    #: every replica (SET NX with expiry).
     backend: str = "memory"
     #: Bound of the in-process store; beyond it verifications fail closed (REPLAY_UNAVAILABLE).
     max_entries: int = 1_000_000
+    #: backend = "redis": redis://[:password@]host:port/db, rediss://… (TLS) or
+    #: unix:///path. A password in it is masked wherever the URL is shown (redact_url).
+    redis_url: str = field(default="", repr=False, metadata={"secret": True, "redact": redact_url})
+    #: Prefix of the replay keys: the key of a presentation is prefix + hex(cti).
+    key_prefix: str = "apcv:replay:"
+    #: Seconds one Redis round trip (a whole batch) may take before the store counts as
+    #: unavailable.
+    timeout_seconds: float = 0.5
+    #: When Redis cannot answer: "reject" (fail closed: REPLAY_UNAVAILABLE) or "accept"
+    #: (fail open: accepted without a replay check, flagged in the response detail and the
+    #: audit record). The in-process store always fails closed.
+    on_store_error: str = "reject"
 
 
 @dataclass(frozen=True)
@@ -231,10 +260,7 @@ class Config:
             raise ConfigError("policy.clock_skew_seconds: must be between 0 and 3600")
         if self.policy.status_grace_seconds < 0:
             raise ConfigError("policy.status_grace_seconds: must not be negative")
-        if self.replay.backend != "memory":
-            raise ConfigError(f"replay.backend: unknown backend {self.replay.backend!r} (memory)")
-        if self.replay.max_entries < 1:
-            raise ConfigError("replay.max_entries: must be at least 1")
+        self._validate_replay()
         if self.metrics.listen:
             host, sep, port = self.metrics.listen.rpartition(":")
             if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -251,6 +277,39 @@ class Config:
                 raise ConfigError(f"callers: caller {caller.id!r} is listed twice")
             seen.add(caller.id)
         return self
+
+    def _validate_replay(self) -> None:
+        replay = self.replay
+        if replay.backend not in REPLAY_BACKENDS:
+            raise ConfigError(
+                f"replay.backend: unknown backend {replay.backend!r} ({', '.join(REPLAY_BACKENDS)})"
+            )
+        if replay.max_entries < 1:
+            raise ConfigError("replay.max_entries: must be at least 1")
+        if replay.on_store_error not in ("reject", "accept"):
+            raise ConfigError(
+                f"replay.on_store_error: {replay.on_store_error!r}: expected reject or accept"
+            )
+        if not 0 < replay.timeout_seconds <= 60:
+            raise ConfigError("replay.timeout_seconds: must be between 0 (excluded) and 60")
+        if not 0 < len(replay.key_prefix) <= 64:
+            raise ConfigError("replay.key_prefix: between 1 and 64 characters")
+        if replay.backend != "redis":
+            return
+        if not replay.redis_url:
+            raise ConfigError('replay.redis_url: required when replay.backend = "redis"')
+        try:
+            parts = urllib.parse.urlsplit(replay.redis_url)
+            parts.port  # noqa: B018 (raises ValueError on a bad port)
+        except ValueError:
+            parts = None
+        shown = redact_url(replay.redis_url) if parts is not None else "(unparsable URL)"
+        if parts is None or parts.scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError(
+                f"replay.redis_url: {shown}: expected redis://, rediss:// or unix:// URL"
+            )
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ConfigError(f"replay.redis_url: {shown}: no host")
 
     def _validate_tls(self) -> None:
         tls = self.tls

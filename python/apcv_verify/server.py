@@ -26,6 +26,7 @@ from .audit import AuditTrail
 from .config import FIELD_GROUPS, CallerPolicy, Config
 from .metrics import ServiceMetrics, start_metrics_server
 from .policy import CallRefused, caller_id, resolve_caller, scanned_at_permission
+from .replay import RedisReplayStore
 from .trust_source import Snapshot, TrustMaterial, TrustSource, read_anchor
 
 if TYPE_CHECKING:
@@ -82,9 +83,15 @@ def build_verifiers(config: Config, material: TrustMaterial) -> dict[int, _nativ
     """One core verifier per distinct ``max_scan_delay`` of the callers table, by delay.
 
     They share one replay store, so a presentation accepted for one caller is a replay for
-    every other (PROFILE §7.4); only the scan-delay bound of the policy differs.
+    every other (PROFILE §7.4); only the scan-delay bound of the policy differs. With
+    ``replay.backend = "redis"`` they have none: accepted results come back pending and the
+    service settles them with :class:`~apcv_verify.replay.RedisReplayStore`.
     """
-    store = _native.MemoryReplayStore(max_entries=config.replay.max_entries)
+    store = (
+        None
+        if config.replay.backend == "redis"
+        else _native.MemoryReplayStore(max_entries=config.replay.max_entries)
+    )
     delays = {0} | {caller.max_scan_delay_seconds for caller in config.callers}
     verifiers = {}
     for delay in sorted(delays):
@@ -224,11 +231,19 @@ def _scan(request: verifier_pb2.VerifyRequest, policy: CallerPolicy, caller: str
 class VerifierService(verifier_pb2_grpc.VerifierServicer):
     """``apcv.verify.v1.Verifier``: protobuf in, core decision out, filtered by caller policy."""
 
-    def __init__(self, trust: TrustSource, config: Config, audit: AuditTrail) -> None:
+    def __init__(
+        self,
+        trust: TrustSource,
+        config: Config,
+        audit: AuditTrail,
+        replay: RedisReplayStore | None = None,
+    ) -> None:
         #: Read once per call (``trust.current``): a refresh swaps the snapshot, never edits it.
         self._trust = trust
         self._config = config
         self._audit = audit
+        #: The shared replay store (replay.backend = "redis"), else None (in-process store).
+        self._replay = replay
 
     async def _caller(self, context: grpc.aio.ServicerContext) -> tuple[str, CallerPolicy]:
         caller = caller_id(context.auth_context())
@@ -268,7 +283,10 @@ class VerifierService(verifier_pb2_grpc.VerifierServicer):
         snapshot = await self._snapshot(context)
         verifier = snapshot.verifiers[policy.max_scan_delay_seconds]
         # verify_batch releases the GIL for the whole batch: run it off the event loop.
-        return await asyncio.to_thread(verifier.verify_batch, scans, now)
+        results = await asyncio.to_thread(verifier.verify_batch, scans, now)
+        if self._replay is not None:  # step 9 on the shared store: one round trip per batch
+            results = await self._replay.settle(scans, results, now)
+        return results
 
     def _response(
         self,
@@ -362,6 +380,8 @@ class RunningServer:
     metrics_http: WSGIServer | None = None
     #: The trust material holder and its background refresh.
     trust: TrustSource | None = None
+    #: The shared replay store client (replay.backend = "redis").
+    replay: RedisReplayStore | None = None
 
     async def stop(self, grace_seconds: float) -> None:
         """Report NOT_SERVING first, then let in-flight calls finish within the grace period."""
@@ -369,6 +389,8 @@ class RunningServer:
         if self.trust is not None:
             await self.trust.stop()
         await self.server.stop(grace_seconds)
+        if self.replay is not None:
+            await self.replay.close()
         if self.metrics_http is not None:
             self.metrics_http.shutdown()
             self.metrics_http.server_close()
@@ -410,8 +432,13 @@ async def start_server(config: Config, material: TrustMaterial | None = None) ->
             ("grpc.max_send_message_length", config.server.max_message_bytes),
         ],
     )
+    replay = RedisReplayStore(config.replay, metrics) if config.replay.backend == "redis" else None
+    if replay is not None:
+        # Logged either way; an unreachable Redis does not stop the start (PROFILE §7.4: the
+        # verifications that need it fail closed, or open by policy, until it answers).
+        log.info("replay_store", backend="redis", location=replay.location, up=await replay.ping())
     verifier_pb2_grpc.add_VerifierServicer_to_server(
-        VerifierService(trust, config, AuditTrail.from_config(config, metrics)),
+        VerifierService(trust, config, AuditTrail.from_config(config, metrics), replay),
         server,
     )
     health_servicer = health.aio.HealthServicer()
@@ -448,7 +475,7 @@ async def start_server(config: Config, material: TrustMaterial | None = None) ->
         refresh_seconds=config.trust.refresh_seconds,
         metrics_port=None if metrics_http is None else metrics_http.server_port,
     )
-    return RunningServer(server, port, health_servicer, metrics, metrics_http, trust)
+    return RunningServer(server, port, health_servicer, metrics, metrics_http, trust, replay)
 
 
 async def _not_serving(health_servicer: health.aio.HealthServicer) -> None:

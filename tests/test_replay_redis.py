@@ -1,0 +1,344 @@
+"""The shared replay store (issue 4 item 3, PROFILE §7.4): a real ``redis-server`` on loopback
+(installed by ``make system-deps``) and real ``apcv-verify serve`` processes sharing it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
+from apcv_verify.issuer import DemoPKI, parse_sign1, tamper_signature
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from .conftest import RunningServer, free_port, start_server, stop_server
+
+PREFIX = "apcv:replay:"
+
+
+@dataclass
+class RedisServer:
+    """A throw-away ``redis-server`` (no persistence) that a test may stop and start again."""
+
+    executable: str
+    port: int
+    directory: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [self.executable, "--bind", "127.0.0.1", "--port", str(self.port),
+             "--save", "", "--appendonly", "no", "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        client = self.client()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    executable = shutil.which("redis-server")
+    if executable is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is missing: `make system-deps` installs it")
+        pytest.skip("redis-server not installed; run `make system-deps`")
+    server = RedisServer(executable, free_port(), tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@dataclass
+class Replica:
+    server: RunningServer
+    metrics_port: int
+
+
+def start_replica(
+    pki: DemoPKI, log: Path, redis_server: RedisServer, on_store_error: str = "reject"
+) -> Replica:
+    metrics_port = free_port()
+    env = {
+        "APCV_REPLAY_BACKEND": "redis",
+        # A password in the URL is never logged (redact_url); this server needs none.
+        "APCV_REPLAY_REDIS_URL": redis_server.url,
+        "APCV_REPLAY_ON_STORE_ERROR": on_store_error,
+        "APCV_METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
+    }
+    return Replica(
+        start_server(pki.directory, log, "--allow-test-identities", env=env), metrics_port
+    )
+
+
+@pytest.fixture
+def replicas(
+    pki: DemoPKI, tmp_path: Path, redis_server: RedisServer
+) -> Iterator[tuple[Replica, Replica]]:
+    a = start_replica(pki, tmp_path / "a.log", redis_server)
+    b = start_replica(pki, tmp_path / "b.log", redis_server)
+    yield a, b
+    stop_server(a.server)
+    stop_server(b.server)
+
+
+def request(
+    presentation: bytes, reader_id: str, request_id: str = "r-1"
+) -> verifier_pb2.VerifyRequest:
+    return verifier_pb2.VerifyRequest(
+        request_id=request_id,
+        nfc_bytes=presentation,
+        reader=verifier_pb2.ReaderContext(reader_id=reader_id),
+    )
+
+
+def verify(replica: Replica, presentation: bytes, reader_id: str) -> verifier_pb2.VerifyResponse:
+    with replica.server.channel() as channel:
+        stub = verifier_pb2_grpc.VerifierStub(channel)
+        return stub.Verify(request(presentation, reader_id), timeout=10)
+
+
+def verify_batch(
+    replica: Replica, items: list[tuple[bytes, str]]
+) -> list[verifier_pb2.VerifyResponse]:
+    batch = verifier_pb2.VerifyBatchRequest(
+        requests=[request(p, reader, f"b-{i}") for i, (p, reader) in enumerate(items)]
+    )
+    with replica.server.channel() as channel:
+        reply = verifier_pb2_grpc.VerifierStub(channel).VerifyBatch(batch, timeout=10)
+    return list(reply.responses)
+
+
+def outcome(response: verifier_pb2.VerifyResponse) -> tuple[str, str, bool]:
+    return (
+        verifier_pb2.Decision.Name(response.decision),
+        verifier_pb2.Reason.Name(response.reason),
+        response.duplicate,
+    )
+
+
+ACCEPTED = ("ACCEPTED", "OK", False)
+DUPLICATE = ("ACCEPTED", "OK", True)
+REPLAYED = ("REJECTED", "REPLAYED", False)
+UNAVAILABLE = ("REJECTED", "REPLAY_UNAVAILABLE", False)
+
+
+def cti(presentation: bytes) -> bytes:
+    value = parse_sign1(presentation).claims()[7]
+    assert isinstance(value, bytes) and len(value) == 16
+    return value
+
+
+def replay_errors(replica: Replica) -> float:
+    url = f"http://127.0.0.1:{replica.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        text = reply.read().decode()
+    for line in text.splitlines():
+        if line.startswith('apcv_replay_store_errors_total{backend="redis"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def log_events(replica: Replica) -> list[dict[str, object]]:
+    events = []
+    for line in replica.server.logs().splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return events
+
+
+def health(replica: Replica) -> str:
+    with replica.server.channel() as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=5
+        )
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+def test_two_servers_sharing_redis_reject_a_presentation_replayed_across_them(
+    replicas: tuple[Replica, Replica], pki: DemoPKI, redis_server: RedisServer
+) -> None:
+    a, b = replicas
+    presentation = pki.present("alice")
+    assert outcome(verify(a, presentation, "reader-1")) == ACCEPTED
+    # Server B has never seen it, but Redis has: another reader is a replay...
+    replayed = verify(b, presentation, "reader-2")
+    assert outcome(replayed) == REPLAYED
+    assert replayed.detail == "presentation already used at another reader"
+    assert not replayed.HasField("person")
+    # ...and a retry by the first reader, on either server, a flagged duplicate.
+    retry = verify(b, presentation, "reader-1")
+    assert outcome(retry) == DUPLICATE
+    assert retry.person.ins.matricule  # accepted again with the person
+    assert outcome(verify(a, presentation, "reader-1")) == DUPLICATE
+    # The entry: SET NX with the first reader, expiring with the presentation (exp + skew).
+    client = redis_server.client()
+    key = PREFIX + cti(presentation).hex()
+    assert client.get(key) == b"reader-1"
+    assert 0 < client.ttl(key) <= 120 + 60 + 1  # exp = iat + 120 (issuer default), skew 60
+    # A presentation refused by steps 1-8 never reaches the store.
+    keys = client.dbsize()
+    assert outcome(verify(b, tamper_signature(pki.present("alice")), "reader-1"))[1] == (
+        "BAD_DEVICE_SIGNATURE"
+    )
+    assert client.dbsize() == keys
+    assert replay_errors(a) == replay_errors(b) == 0
+
+
+def test_verify_batch_across_replicas_keeps_batch_order(
+    replicas: tuple[Replica, Replica], pki: DemoPKI
+) -> None:
+    a, b = replicas
+    first, second, third = (pki.present("alice") for _ in range(3))
+    assert outcome(verify(a, first, "reader-1")) == ACCEPTED
+    responses = verify_batch(
+        b,
+        [
+            (second, "reader-3"),  # new
+            (second, "reader-4"),  # the earlier item of the batch wins
+            (first, "reader-1"),  # accepted on A for the same reader: duplicate
+            (first, "reader-3"),  # accepted on A for another reader
+            (second, "reader-3"),  # the batch's own first item again: duplicate
+            (b"\x00junk", "reader-3"),  # rejected before the store
+            (third, "reader-5"),
+        ],
+    )
+    assert [outcome(r) for r in responses] == [
+        ACCEPTED,
+        REPLAYED,
+        DUPLICATE,
+        REPLAYED,
+        DUPLICATE,
+        ("REJECTED", "MALFORMED", False),
+        ACCEPTED,
+    ]
+    assert [r.request_id for r in responses] == [f"b-{i}" for i in range(7)]
+    # And back on A: what B's batch recorded holds there too.
+    assert [outcome(r) for r in verify_batch(a, [(third, "reader-6"), (third, "reader-5")])] == [
+        REPLAYED,
+        DUPLICATE,
+    ]
+
+
+def test_redis_down_fails_closed_by_default_and_recovers(
+    replicas: tuple[Replica, Replica], pki: DemoPKI, redis_server: RedisServer
+) -> None:
+    a, _ = replicas
+    assert outcome(verify(a, pki.present("alice"), "reader-1")) == ACCEPTED
+    redis_server.stop()
+    refused = verify(a, pki.present("alice"), "reader-1")
+    assert outcome(refused) == UNAVAILABLE
+    assert refused.detail == "replay store unavailable"
+    assert not refused.HasField("person")
+    # Decided per item: a presentation refused by steps 1-8 keeps its own reason, and the
+    # service stays SERVING (docs/operations.md "Replay store": all replicas share Redis).
+    assert outcome(verify(a, b"\x00junk", "reader-1"))[1] == "MALFORMED"
+    assert health(a) == "SERVING"
+    batch = verify_batch(a, [(pki.present("alice"), "reader-1"), (pki.present("alice"), "r-2")])
+    assert [outcome(r) for r in batch] == [UNAVAILABLE, UNAVAILABLE]
+    assert replay_errors(a) == 3
+    events = log_events(a)
+    down = [e for e in events if e.get("event") == "replay_store_unavailable"]
+    assert len(down) == 1 and down[0]["on_store_error"] == "reject"  # once per outage
+    # Redis back (empty: no persistence): the next verification is checked again.
+    redis_server.start()
+    assert outcome(verify(a, pki.present("alice"), "reader-1")) == ACCEPTED
+    assert any(e.get("event") == "replay_store_available" for e in log_events(a))
+    assert replay_errors(a) == 3
+
+
+def test_redis_down_with_on_store_error_accept_fails_open_and_flags_it(
+    pki: DemoPKI, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    replica = start_replica(pki, tmp_path / "open.log", redis_server, on_store_error="accept")
+    try:
+        redis_server.stop()
+        presentation = pki.present("alice")
+        response = verify(replica, presentation, "reader-1")
+        assert outcome(response) == ACCEPTED
+        assert response.detail == "accepted without replay check: replay store unavailable"
+        assert response.person.ins.matricule
+        assert replay_errors(replica) == 1
+        audit = [e for e in log_events(replica) if e.get("event") == "verification"]
+        assert audit[-1]["replay_unchecked"] is True and audit[-1]["decision"] == "ACCEPTED"
+        down = [e for e in log_events(replica) if e.get("event") == "replay_store_unavailable"]
+        assert down[0]["on_store_error"] == "accept"
+        # Nothing was recorded, so nothing can be known: an unchecked presentation may pass
+        # again elsewhere while Redis is down. That is the operator's explicit choice.
+        assert outcome(verify(replica, presentation, "reader-2")) == ACCEPTED
+        assert replay_errors(replica) == 2
+    finally:
+        stop_server(replica.server)
+
+
+def test_start_with_redis_unreachable_serves_and_masks_the_password(
+    pki: DemoPKI, tmp_path: Path
+) -> None:
+    metrics_port = free_port()
+    env = {
+        "APCV_REPLAY_BACKEND": "redis",
+        "APCV_REPLAY_REDIS_URL": f"redis://:hunter2-secret@127.0.0.1:{free_port()}/0",
+        "APCV_METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
+    }
+    server = start_server(pki.directory, tmp_path / "s.log", "--allow-test-identities", env=env)
+    replica = Replica(server, metrics_port)
+    try:
+        assert health(replica) == "SERVING"
+        assert outcome(verify(replica, pki.present("alice"), "reader-1")) == UNAVAILABLE
+        logs = server.logs()
+        assert "hunter2-secret" not in logs
+        started = [e for e in log_events(replica) if e.get("event") == "replay_store"]
+        assert started[0]["up"] is False and started[0]["location"] == (
+            env["APCV_REPLAY_REDIS_URL"].replace("hunter2-secret", "***")
+        )
+    finally:
+        stop_server(server)
+
+
+def test_memory_backend_is_unchanged_and_per_process(pki: DemoPKI, tmp_path: Path) -> None:
+    """Without Redis each process has its own store: the cross-replica replay is not seen
+    (why several replicas need ``replay.backend = "redis"``)."""
+    a = start_server(pki.directory, tmp_path / "m1.log", "--allow-test-identities",
+                     env={"APCV_METRICS_LISTEN": ""})  # fmt: skip
+    b = start_server(pki.directory, tmp_path / "m2.log", "--allow-test-identities",
+                     env={"APCV_METRICS_LISTEN": ""})  # fmt: skip
+    try:
+        presentation = pki.present("alice")
+        ra, rb = Replica(a, 0), Replica(b, 0)
+        assert outcome(verify(ra, presentation, "reader-1")) == ACCEPTED
+        assert outcome(verify(ra, presentation, "reader-2")) == REPLAYED
+        assert outcome(verify(rb, presentation, "reader-2")) == ACCEPTED
+    finally:
+        stop_server(a)
+        stop_server(b)
