@@ -122,3 +122,27 @@ def test_configured_bound(pki: DemoPKI, tmp_path: Path) -> None:
         assert over.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     finally:
         stop_server(small)
+
+
+def test_grpcurl_verify_batch(server: RunningServer, pki: DemoPKI, grpcurl: str) -> None:
+    import json
+    import subprocess
+
+    code = qr_text(pki.present("alice"))
+    body = {
+        "requests": [
+            {"request_id": "g-0", "qr_text": code, "reader": {"reader_id": "edge-1"}},
+            {"request_id": "g-1", "qr_text": code, "reader": {"reader_id": "edge-2"}},
+        ]
+    }
+    completed = subprocess.run(
+        [grpcurl, "-plaintext", "-d", json.dumps(body), server.address,
+         "apcv.verify.v1.Verifier/VerifyBatch"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    responses = json.loads(completed.stdout)["responses"]
+    assert [(r["request_id"], r["reason"]) for r in responses] == [
+        ("g-0", "OK"),
+        ("g-1", "REPLAYED"),
+    ]

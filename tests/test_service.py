@@ -17,8 +17,11 @@ import grpc
 import pytest
 from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
 from apcv_verify.issuer import (
+    DEMO_AMC_ISS,
     INS_DEMO_OID,
+    STATUS_SUSPENDED,
     DemoPKI,
+    make_amc_attestation,
     parse_sign1,
     qr_text,
     sign1,
@@ -247,10 +250,18 @@ max_scan_delay_seconds = 600
 """
 
 
+#: AMC attestations whose status the shared PKI sets before its server starts.
+SHARED_ATTESTATIONS: dict[str, bytes] = {}
+
+
 @pytest.fixture(scope="module")
 def shared_pki(tmp_path_factory: pytest.TempPathFactory) -> DemoPKI:
     pki = DemoPKI.create(tmp_path_factory.mktemp("shared") / "pki", now=int(time.time()))
     pki.suspend(pki.holder("corsica").status_index)  # status lists are read at start
+    revoked, suspended = pki.amc_attestation("alice"), pki.amc_attestation("alice")
+    pki.revoke_object(revoked)
+    pki.revoke_object(suspended, STATUS_SUSPENDED)
+    SHARED_ATTESTATIONS.update(REVOKED=revoked, SUSPENDED=suspended)
     return pki
 
 
@@ -481,3 +492,90 @@ def test_amc_coverage_follows_disclosure(shared: RunningServer, shared_pki: Demo
     assert reason(dmp) == "OK" and len(dmp.amc) == 0  # dmp: INS and traits only
     care = verify(shared, shared_pki.present(use="care", amc=[attestation]))
     assert [verifier_pb2.Reason.Name(item.reason) for item in care.amc] == ["OK"]
+
+
+def _resigned_attestation(
+    pki: DemoPKI, change: Callable[[dict[Any, Any]], None], **sign: Any
+) -> bytes:
+    claims = parse_sign1(pki.amc_attestation("alice")).claims()
+    change(claims)
+    return sign1(pki.amc_issuer, claims, **sign)
+
+
+def _for_with_a_wrong_key(claims: dict[Any, Any]) -> None:
+    good = claims["apcv"]["for"][0]
+    claims["apcv"]["for"].append(good[:13] + f"{(int(good[13:]) % 97) + 1:02d}")
+
+
+#: PROFILE §8.1 outcome → an attestation attached to alice's presentation that yields it.
+AMC_OUTCOMES: dict[str, Callable[[DemoPKI, int], bytes]] = {
+    "OK": lambda pki, now: pki.amc_attestation("alice"),
+    "MALFORMED": lambda pki, now: b"\xa1\x01",
+    "UNSUPPORTED_VERSION": lambda pki, now: _resigned_attestation(
+        pki, lambda claims: claims["apcv"].update(v=2)
+    ),
+    "UNKNOWN_ISSUER": lambda pki, now: pki.amc_attestation("alice", signer=pki.rogue_issuer),
+    "ALG_MISMATCH": lambda pki, now: _resigned_attestation(
+        pki, lambda claims: None, protected_extra={1: -8}
+    ),
+    "ISSUER_MISMATCH": lambda pki, now: _resigned_attestation(
+        pki, lambda claims: claims.update({1: "https://other-amc.example"})
+    ),
+    "BAD_ISSUER_SIGNATURE": lambda pki, now: tamper_signature(pki.amc_attestation("alice")),
+    "CLAIMS_INVALID": lambda pki, now: _resigned_attestation(pki, _for_with_a_wrong_key),
+    "NOT_APPLICABLE": lambda pki, now: pki.amc_attestation("family"),
+    "ATTESTATION_NOT_YET_VALID": lambda pki, now: pki.amc_attestation("alice", nbf=now + 86_400),
+    "ATTESTATION_EXPIRED": lambda pki, now: pki.amc_attestation(
+        "alice", nbf=now - 400 * 86_400, exp=now - 86_400
+    ),
+    "REVOKED": lambda pki, now: SHARED_ATTESTATIONS["REVOKED"],
+    "SUSPENDED": lambda pki, now: SHARED_ATTESTATIONS["SUSPENDED"],
+    "STATUS_UNAVAILABLE": lambda pki, now: make_amc_attestation(
+        pki.amc_issuer,
+        iss=DEMO_AMC_ISS,
+        sub="contract-x",
+        covered=[pki.matricules()[0]],
+        amc_number="012345678",
+        third_party_payment=False,
+        domains=["MED"],
+        iat=now - 86_400,
+        nbf=now - 86_400,
+        exp=now + 86_400,
+        status_uri="https://status.apcv.example/not-loaded",
+        status_index=3,
+    ),  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("expected", sorted(AMC_OUTCOMES))
+def test_amc_outcome_over_grpc(shared: RunningServer, shared_pki: DemoPKI, expected: str) -> None:
+    attestation = AMC_OUTCOMES[expected](shared_pki, int(time.time()))
+    response = verify(shared, shared_pki.present("alice", amc=[attestation]))
+    assert (response.decision, reason(response)) == (verifier_pb2.ACCEPTED, "OK")
+    (outcome,) = response.amc
+    assert (verifier_pb2.Reason.Name(outcome.reason), outcome.valid) == (expected, expected == "OK")
+    assert bool(outcome.detail) == (expected != "OK")  # a fixed phrase for every failure
+    # Coverage only from a trusted signer naming the person (PROFILE §8.1 "Coverage returned").
+    returned = expected in ("OK", "ATTESTATION_NOT_YET_VALID", "ATTESTATION_EXPIRED", "REVOKED",
+                            "SUSPENDED", "STATUS_UNAVAILABLE")  # fmt: skip
+    assert bool(outcome.contract) == returned and bool(outcome.domains) == returned
+
+
+def test_profile_section_11_names_a_real_test_for_every_reason_code() -> None:
+    """docs/profile.md §11 lists every code of §8 and §8.1, and only tests that exist."""
+    import importlib
+
+    text = (REPO / "docs" / "profile.md").read_text()
+    section_8 = text[text.index("## 8. Reason codes") : text.index("## 9. Privacy")]
+    section_11 = text[text.index("## 11. Reason") : text.index("## 12. Security")]
+    codes = set(re.findall(r"^\| `([A-Z_]+)` \|", section_8, re.MULTILINE))
+    listed = set(re.findall(r"^\| `([A-Z_]+)`", section_11, re.MULTILINE))
+    assert codes and codes <= listed
+    parameters = {
+        "test_reason_code_over_grpc": REJECTIONS,
+        "test_amc_outcome_over_grpc": AMC_OUTCOMES,
+    }
+    for module, name, param in re.findall(r"`tests/(\w+)\.py::(\w+)(?:\[(\w+)\])?`", section_11):
+        assert hasattr(importlib.import_module(f"tests.{module}"), name), (module, name)
+        if param:
+            assert param in parameters[name], (name, param)
