@@ -1,4 +1,4 @@
-"""``apcv-verify``: serve, demo, issue."""
+"""``apcv-verify``: serve, config, demo, issue."""
 
 from __future__ import annotations
 
@@ -15,19 +15,57 @@ from .trust_source import SourceError
 __all__ = ["main"]
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from .server import serve
-
-    overrides: dict[str, Any] = {
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``section.key`` values given as flags (None: not given, the file or env decides)."""
+    return {
         "server.listen": args.listen,
         "trust.anchors": args.anchor,
         "trust.trust_list": args.trust_list,
         "trust.status_lists": args.status_list,
         "policy.allow_test_identities": True if args.allow_test_identities else None,
     }
-    config = load_config(args.config, overrides=overrides)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server import serve
+
+    config = load_config(args.config, overrides=_overrides(args))
     serve(config)
     return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    from .config_print import config_toml
+
+    if not args.print:
+        print("apcv-verify config: nothing to do (use --print)", file=sys.stderr)
+        return 2
+    sys.stdout.write(config_toml(load_config(args.config, overrides=_overrides(args))))
+    return 0
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags that override configuration keys (shared by ``serve`` and ``config``)."""
+    parser.add_argument("--config", help="TOML configuration file (see docs/operations.md)")
+    parser.add_argument("--listen", help="HOST:PORT to listen on (server.listen)")
+    parser.add_argument(
+        "--anchor",
+        action="append",
+        help="trust anchor public key, PEM or COSE_Key file; repeatable (trust.anchors)",
+    )
+    parser.add_argument(
+        "--trust-list", help="signed trust list, file or http(s) URL (trust.trust_list)"
+    )
+    parser.add_argument(
+        "--status-list",
+        action="append",
+        help="signed status list, file or http(s) URL; repeatable (trust.status_lists)",
+    )
+    parser.add_argument(
+        "--allow-test-identities",
+        action="store_true",
+        help="accept INS test/demonstration OIDs (policy.allow_test_identities); not in production",
+    )
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -48,27 +86,19 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the gRPC verification service")
-    serve.add_argument("--config", help="TOML configuration file (see docs/operations.md)")
-    serve.add_argument("--listen", help="HOST:PORT to listen on (server.listen)")
-    serve.add_argument(
-        "--anchor",
-        action="append",
-        help="trust anchor public key, PEM or COSE_Key file; repeatable (trust.anchors)",
-    )
-    serve.add_argument(
-        "--trust-list", help="signed trust list, file or http(s) URL (trust.trust_list)"
-    )
-    serve.add_argument(
-        "--status-list",
-        action="append",
-        help="signed status list, file or http(s) URL; repeatable (trust.status_lists)",
-    )
-    serve.add_argument(
-        "--allow-test-identities",
-        action="store_true",
-        help="accept INS test/demonstration OIDs (policy.allow_test_identities); not in production",
-    )
+    _add_config_flags(serve)
     serve.set_defaults(func=_serve)
+
+    config = commands.add_parser(
+        "config", help="show the effective configuration (defaults < file < env < flags)"
+    )
+    config.add_argument(
+        "--print",
+        action="store_true",
+        help="print it as TOML, secrets masked (TLS key files are never read)",
+    )
+    _add_config_flags(config)
+    config.set_defaults(func=_config)
 
     demo = commands.add_parser(
         "demo", help="ephemeral demo PKI, server and sample presentations over real gRPC"
