@@ -113,7 +113,8 @@ class ServiceMetrics:
         )
         self.replay_store_errors = Counter(
             "apcv_replay_store_errors_total",
-            "Verifications the replay store could not answer (decided REPLAY_UNAVAILABLE).",
+            "Verifications the replay store could not answer: decided REPLAY_UNAVAILABLE, or "
+            "accepted unchecked when the store fails open.",
             ["backend"],
             registry=registry,
         )
