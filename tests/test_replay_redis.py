@@ -342,3 +342,23 @@ def test_memory_backend_is_unchanged_and_per_process(pki: DemoPKI, tmp_path: Pat
     finally:
         stop_server(a)
         stop_server(b)
+
+
+def test_an_error_reply_for_one_item_fails_only_that_item_closed(
+    replicas: tuple[Replica, Replica], pki: DemoPKI, redis_server: RedisServer
+) -> None:
+    """Redis answers the round trip but refuses one command (here: the key holds a list, so
+    SET … GET is WRONGTYPE): that item is REPLAY_UNAVAILABLE, the others are decided."""
+    a, _ = replicas
+    blocked = bytes(range(16))
+    redis_server.client().lpush(PREFIX + blocked.hex(), "not a reader")
+    responses = verify_batch(
+        a,
+        [(pki.present("alice"), "reader-1"), (pki.present("alice", cti=blocked), "reader-1")],
+    )
+    assert [outcome(r) for r in responses] == [ACCEPTED, UNAVAILABLE]
+    assert replay_errors(a) == 1
+    assert any(
+        e.get("event") == "replay_store_unavailable" and e.get("error") == "ResponseError"
+        for e in log_events(a)
+    )
