@@ -262,3 +262,21 @@ def test_no_fhir_unless_asked(server: RunningServer, pki: DemoPKI) -> None:
     (patient,) = validate_bundle(json.loads(corsica.fhir_json))["Patient"]
     assert patient["birthDate"] == corsica.person.identity.birth_date  # a calendar date
     assert "_birthDate" not in patient
+
+
+def test_fhir_over_grpc_has_a_coverage_per_valid_amc(server: RunningServer, pki: DemoPKI) -> None:
+    valid = pki.amc_attestation("family", ranks=[1], contract="C-7", domains=["PHAR", "DENT"])
+    for_the_holder = pki.amc_attestation("family", ranks=[0])
+    tap = pki.present("family", ben=1, amc=[valid, for_the_holder])
+    response = fhir_verify(server, tap, include_fhir=True)
+    assert [verifier_pb2.Reason.Name(amc.reason) for amc in response.amc] == [
+        "OK",
+        "NOT_APPLICABLE",
+    ]
+    by_type = validate_bundle(json.loads(response.fhir_json))
+    (patient,) = by_type["Patient"]
+    assert patient["identifier"][0]["value"] == response.person.ins.matricule  # the child
+    amo, amc = by_type["Coverage"]
+    assert amo["type"]["text"] == "AMO" and amc["type"]["text"] == "AMC"
+    assert amc["identifier"] == [{"system": fhir.AMC_CONTRACT_SYSTEM, "value": "C-7"}]
+    assert [e["valueCode"] for e in amc["extension"] if "valueCode" in e] == ["PHAR", "DENT"]
