@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 import urllib.request
@@ -362,3 +364,48 @@ def test_an_error_reply_for_one_item_fails_only_that_item_closed(
         e.get("event") == "replay_store_unavailable" and e.get("error") == "ResponseError"
         for e in log_events(a)
     )
+
+
+def test_a_silent_redis_times_out_within_timeout_seconds(pki: DemoPKI) -> None:
+    """A Redis that accepts connections but never answers (overloaded, a blackholed port)
+    costs one call at most ``replay.timeout_seconds``, then the policy decides."""
+    from apcv_verify import _native
+    from apcv_verify.config import load_config
+    from apcv_verify.replay import RedisReplayStore
+    from apcv_verify.server import build_verifiers, load_trust_material
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        config = load_config(
+            None,
+            environ={},
+            overrides={
+                "trust.anchors": [str(pki.directory / "anchor.pem")],
+                "trust.trust_list": str(pki.trust_list_path),
+                "trust.status_lists": [str(path) for path in pki.status_list_paths.values()],
+                "policy.allow_test_identities": True,
+                "replay.backend": "redis",
+                "replay.redis_url": f"redis://127.0.0.1:{silent.getsockname()[1]}/0",
+                "replay.timeout_seconds": 0.3,
+            },
+        )
+        verifier = build_verifiers(config, load_trust_material(config))[0]
+        assert verifier.external_replay
+        now = int(time.time())
+        scans = [_native.Scan(pki.present("alice"), "reader-1"), _native.Scan(b"junk", "r")]
+        results = verifier.verify_batch(scans, now)
+        assert [r.replay_pending for r in results] == [True, False]
+
+        async def settle() -> tuple[list[_native.VerificationResult], float]:
+            store = RedisReplayStore(config.replay)
+            started = time.monotonic()
+            try:
+                return await store.settle(scans, results, now), time.monotonic() - started
+            finally:
+                await store.close()
+
+        settled, elapsed = asyncio.run(settle())
+    assert [r.reason for r in settled] == ["REPLAY_UNAVAILABLE", "MALFORMED"]
+    assert not settled[0].replay_pending and settled[1] is results[1]
+    assert 0.2 < elapsed < 2.0
