@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from apcv_verify import cli
 from apcv_verify.cli import main
 from apcv_verify.config import load_config
 
@@ -18,6 +19,13 @@ from .conftest import REPO
 SECRET = "holder-ref-secret-do-not-print-0123456789"
 REDIS_PASSWORD = "redis-pass-do-not-print"
 KEY_MARKER = "-----BEGIN PRIVATE KEY----- do-not-print"
+
+
+@pytest.fixture(autouse=True)
+def keep_logging_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    """main() points structlog at the sys.stdout of the moment: here pytest's capture, closed
+    after the test, which would break the logs of every later in-process server."""
+    monkeypatch.setattr(cli, "configure_logging", lambda level: None)
 
 
 @pytest.fixture

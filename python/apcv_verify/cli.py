@@ -19,6 +19,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The ``section.key`` values given as flags (None: not given, the file or env decides)."""
     return {
         "server.listen": args.listen,
+        "server.workers": args.workers,
         "trust.anchors": args.anchor,
         "trust.trust_list": args.trust_list,
         "trust.status_lists": args.status_list,
@@ -30,6 +31,10 @@ def _serve(args: argparse.Namespace) -> int:
     from .server import serve
 
     config = load_config(args.config, overrides=_overrides(args))
+    if config.server.workers > 1:
+        from .workers import serve_workers
+
+        return serve_workers(config)
     serve(config)
     return 0
 
@@ -48,6 +53,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     """The flags that override configuration keys (shared by ``serve`` and ``config``)."""
     parser.add_argument("--config", help="TOML configuration file (see docs/operations.md)")
     parser.add_argument("--listen", help="HOST:PORT to listen on (server.listen)")
+    parser.add_argument(
+        "--workers", type=int, help="worker processes sharing the port (server.workers)"
+    )
     parser.add_argument(
         "--anchor",
         action="append",

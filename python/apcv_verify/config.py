@@ -69,6 +69,8 @@ MAX_CALLER_ID_LENGTH = 128
 MAX_SCAN_DELAY_LIMIT = 86_400
 #: ``replay.backend`` values.
 REPLAY_BACKENDS = ("memory", "redis")
+#: Most ``server.workers``: one process per core is the point; more only adds contention.
+MAX_WORKERS = 64
 
 
 class ConfigError(ValueError):
@@ -85,6 +87,10 @@ class ServerSection:
     grace_seconds: float = 10.0
     #: Most requests in one VerifyBatch call (INVALID_ARGUMENT above it).
     max_batch: int = 1000
+    #: Worker processes sharing server.listen (SO_REUSEPORT), forked before gRPC starts
+    #: and supervised by the parent, which serves the metrics of all of them
+    #: (docs/operations.md "Workers"). More than 1 needs replay.backend = "redis".
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -271,6 +277,7 @@ class Config:
                 " (e.g. `openssl rand -hex 32`)"
             )
         self._validate_tls()
+        self._validate_workers()
         seen: set[str] = set()
         for caller in self.callers:
             if caller.id in seen:
@@ -310,6 +317,22 @@ class Config:
             )
         if parts.scheme != "unix" and not parts.hostname:
             raise ConfigError(f"replay.redis_url: {shown}: no host")
+
+    def _validate_workers(self) -> None:
+        workers = self.server.workers
+        if not 1 <= workers <= MAX_WORKERS:
+            raise ConfigError(f"server.workers: must be between 1 and {MAX_WORKERS}")
+        if workers == 1:
+            return
+        if self.replay.backend == "memory":
+            # The in-process replay store is per worker: a presentation replayed to another
+            # worker would be accepted again (PROFILE §7.4).
+            raise ConfigError(
+                'server.workers: more than one worker needs replay.backend = "redis" '
+                "(the memory store is per process: a replay across workers would go unseen)"
+            )
+        if self.server.listen.rpartition(":")[2] == "0":
+            raise ConfigError("server.workers: several workers need a fixed port in server.listen")
 
     def _validate_tls(self) -> None:
         tls = self.tls

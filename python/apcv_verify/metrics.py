@@ -109,6 +109,7 @@ class ServiceMetrics:
         self.inflight_streams = Gauge(
             "apcv_inflight_streams",
             "Streaming calls of the verifier service currently open.",
+            multiprocess_mode="livesum",  # server.workers > 1: the open streams of all workers
             registry=registry,
         )
         self.replay_store_errors = Counter(
