@@ -67,6 +67,10 @@ ANONYMOUS_CALLER = "anonymous"
 MAX_CALLER_ID_LENGTH = 128
 #: scanned_at older than a day is no "delayed scan" any more.
 MAX_SCAN_DELAY_LIMIT = 86_400
+#: Largest ``server.stream_window``: each request read ahead is at most max_message_bytes.
+MAX_STREAM_WINDOW = 10_000
+#: Largest keepalive and connection-age timer, in seconds (a week); gRPC takes int32 ms.
+MAX_TIMER_SECONDS = 7 * 86_400
 #: ``replay.backend`` values.
 REPLAY_BACKENDS = ("memory", "redis")
 #: Most ``server.workers``: one process per core is the point; more only adds contention.
@@ -87,6 +91,31 @@ class ServerSection:
     grace_seconds: float = 10.0
     #: Most requests in one VerifyBatch call (INVALID_ARGUMENT above it).
     max_batch: int = 1000
+    #: VerifyStream: most requests read but not yet answered, per stream. When it is full the
+    #: server stops reading that stream (HTTP/2 flow control then holds the client back), so
+    #: one fast client cannot grow the server's memory (docs/operations.md "Streaming").
+    stream_window: int = 256
+    #: Most RPCs handled at once by this process (health checks included); the next ones
+    #: get RESOURCE_EXHAUSTED. 0 = no limit.
+    max_concurrent_rpcs: int = 1000
+    #: Seconds between the server's keepalive pings on a connection (detects dead peers
+    #: behind NATs and load balancers): grpc.keepalive_time_ms.
+    keepalive_time_seconds: float = 60.0
+    #: Seconds to wait for a keepalive ping's answer before closing: grpc.keepalive_timeout_ms.
+    keepalive_timeout_seconds: float = 20.0
+    #: Clients pinging more often than this get GOAWAY ("too_many_pings"):
+    #: grpc.http2.min_ping_interval_without_data_ms. Clients' keepalive_time must be above it.
+    keepalive_min_ping_interval_seconds: float = 10.0
+    #: Accept client keepalive pings on connections without calls (idle edge readers):
+    #: grpc.keepalive_permit_without_calls.
+    keepalive_permit_without_calls: bool = True
+    #: A connection older than this is sent GOAWAY, so that clients reconnect and long
+    #: streams rebalance across replicas: grpc.max_connection_age_ms. 0 = never.
+    max_connection_age_seconds: float = 1800.0
+    #: Seconds calls of a connection past its age get to finish before it is closed (open
+    #: streams then end with UNAVAILABLE: resend unanswered requests):
+    #: grpc.max_connection_age_grace_ms.
+    max_connection_age_grace_seconds: float = 30.0
     #: Worker processes sharing server.listen (SO_REUSEPORT), forked before gRPC starts
     #: and supervised by the parent, which serves the metrics of all of them
     #: (docs/operations.md "Workers"). More than 1 needs replay.backend = "redis".
@@ -241,6 +270,7 @@ class Config:
             raise ConfigError("server.grace_seconds: must not be negative")
         if not 1 <= self.server.max_batch <= 100_000:
             raise ConfigError("server.max_batch: must be between 1 and 100000")
+        self._validate_server_limits()
         if not self.trust.anchors:
             raise ConfigError("trust.anchors: at least one trust anchor is required")
         if not self.trust.trust_list:
@@ -284,6 +314,33 @@ class Config:
                 raise ConfigError(f"callers: caller {caller.id!r} is listed twice")
             seen.add(caller.id)
         return self
+
+    def _validate_server_limits(self) -> None:
+        server = self.server
+        if not 1 <= server.stream_window <= MAX_STREAM_WINDOW:
+            raise ConfigError(f"server.stream_window: must be between 1 and {MAX_STREAM_WINDOW}")
+        if server.max_concurrent_rpcs < 0:
+            raise ConfigError("server.max_concurrent_rpcs: must not be negative (0 = no limit)")
+        if server.max_concurrent_rpcs == 1:
+            # Health checks count too: one slot would let a probe refuse every verification.
+            raise ConfigError("server.max_concurrent_rpcs: must be at least 2 (or 0 = no limit)")
+        for key, value, minimum in (
+            ("keepalive_time_seconds", server.keepalive_time_seconds, 1.0),
+            ("keepalive_timeout_seconds", server.keepalive_timeout_seconds, 1.0),
+            ("keepalive_min_ping_interval_seconds", server.keepalive_min_ping_interval_seconds, 0),
+        ):
+            if not minimum <= value <= MAX_TIMER_SECONDS:
+                raise ConfigError(
+                    f"server.{key}: must be between {minimum:g} and {MAX_TIMER_SECONDS} seconds"
+                )
+        for key, value in (
+            ("max_connection_age_seconds", server.max_connection_age_seconds),
+            ("max_connection_age_grace_seconds", server.max_connection_age_grace_seconds),
+        ):
+            if not 0 <= value <= MAX_TIMER_SECONDS:
+                raise ConfigError(
+                    f"server.{key}: must be between 0 and {MAX_TIMER_SECONDS} seconds"
+                )
 
     def _validate_replay(self) -> None:
         replay = self.replay

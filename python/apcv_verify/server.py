@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from . import _native, fhir
 from ._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
 from .audit import AuditTrail
-from .config import FIELD_GROUPS, CallerPolicy, Config
+from .config import FIELD_GROUPS, CallerPolicy, Config, ServerSection
 from .metrics import ServiceMetrics, start_metrics_server
 from .policy import CallRefused, caller_id, resolve_caller, scanned_at_permission
 from .replay import RedisReplayStore
@@ -280,6 +280,9 @@ class VerifierService(verifier_pb2_grpc.VerifierServicer):
         now: int,
         context: grpc.aio.ServicerContext,
     ) -> list[_native.VerificationResult]:
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:  # nobody waits for the answer any more
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed")
         snapshot = await self._snapshot(context)
         verifier = snapshot.verifiers[policy.max_scan_delay_seconds]
         # verify_batch releases the GIL for the whole batch: run it off the event loop.
@@ -343,29 +346,123 @@ class VerifierService(verifier_pb2_grpc.VerifierServicer):
                     grpc.StatusCode.INVALID_ARGUMENT, f"requests[{index}]: {problem}"
                 )
         caller, policy = await self._caller(context)
+        responses = await self._answer("VerifyBatch", items, policy, caller, context)
+        self._audit.record_batch(len(items))
+        return verifier_pb2.VerifyBatchResponse(responses=responses)
+
+    async def _answer(
+        self,
+        method: str,
+        items: Sequence[verifier_pb2.VerifyRequest],
+        policy: CallerPolicy,
+        caller: str,
+        context: grpc.aio.ServicerContext,
+        *,
+        positions: Sequence[int] | None = None,
+    ) -> list[verifier_pb2.VerifyResponse]:
+        """Verify valid ``items`` in one core call (one snapshot, one ``now``, replay in
+        item order), audit each decision and answer them in order. ``positions`` number
+        them in the audit (a stream's items by their place in the stream); default 0, 1, …."""
         scans = await self._scans(items, policy, caller, context)
         now = int(time.time())
         started = time.perf_counter()
-        # One core call for the whole batch: one snapshot, one `now`, replay in batch order.
         results = await self._verify(policy, scans, now, context)
         latency = time.perf_counter() - started
-        self._audit.record_batch(len(items))
         for index, (item, result) in enumerate(zip(items, results, strict=True)):
             self._audit.record_verification(
-                method="VerifyBatch",
+                method=method,
                 request_id=item.request_id,
                 reader_id=item.reader.reader_id,
                 result=result,
                 latency_seconds=latency,
                 caller=caller,
-                item=index,
+                item=index if positions is None else positions[index],
             )
-        return verifier_pb2.VerifyBatchResponse(
-            responses=[
-                self._response(item, result, policy, now)
-                for item, result in zip(items, results, strict=True)
-            ]
+        return [
+            self._response(item, result, policy, now)
+            for item, result in zip(items, results, strict=True)
+        ]
+
+    async def VerifyStream(  # noqa: N802 (gRPC method name)
+        self,
+        request_iterator: AsyncIterator[verifier_pb2.VerifyRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[verifier_pb2.VerifyResponse]:
+        """Answer a stream of requests in request order, ``server.stream_window`` at most
+        read ahead of the answers, verifying whatever has arrived as one micro-batch."""
+        caller, policy = await self._caller(context)
+        window = self._config.server.stream_window
+        cap = min(window, self._config.server.max_batch)
+        # One credit per request read and not yet answered: with none left the reader stops
+        # reading, and HTTP/2 flow control stops the client (docs/operations.md "Streaming").
+        credits = asyncio.Semaphore(window)
+        arrived: asyncio.Queue[verifier_pb2.VerifyRequest | None] = asyncio.Queue()
+
+        async def read() -> None:
+            try:
+                while True:
+                    await credits.acquire()
+                    request = await anext(aiter(request_iterator), None)
+                    if request is None:  # the client half-closed
+                        return
+                    arrived.put_nowait(request)
+            finally:
+                arrived.put_nowait(None)
+
+        reader = asyncio.create_task(read(), name="VerifyStream reader")
+        answered = 0
+        try:
+            while True:
+                batch = [await arrived.get()]
+                while batch[-1] is not None and len(batch) < cap and not arrived.empty():
+                    batch.append(arrived.get_nowait())
+                requests = [request for request in batch if request is not None]
+                for response in await self._stream_answers(
+                    requests, policy, caller, context, answered
+                ):
+                    yield response
+                    answered += 1
+                    credits.release()
+                if batch[-1] is None:
+                    break
+            await reader  # re-raises what ended the request stream, if not the client
+        finally:
+            reader.cancel()  # cancellation of the call: read nothing more
+
+    async def _stream_answers(
+        self,
+        requests: Sequence[verifier_pb2.VerifyRequest],
+        policy: CallerPolicy,
+        caller: str,
+        context: grpc.aio.ServicerContext,
+        first_position: int,
+    ) -> list[verifier_pb2.VerifyResponse]:
+        """One micro-batch of a stream: unusable items rejected as MALFORMED in place (the
+        stream goes on), the others verified in one core call."""
+        answers: list[verifier_pb2.VerifyResponse | None] = []
+        valid: list[verifier_pb2.VerifyRequest] = []
+        positions: list[int] = []
+        for position, request in enumerate(requests, first_position):
+            problem = _request_problem(request)
+            if problem is None:
+                valid.append(request)
+                positions.append(position)
+                answers.append(None)
+            else:
+                answers.append(
+                    verifier_pb2.VerifyResponse(
+                        request_id=request.request_id,
+                        decision=verifier_pb2.REJECTED,
+                        reason=verifier_pb2.MALFORMED,
+                        detail=problem,
+                    )
+                )
+        verified = iter(
+            await self._answer("VerifyStream", valid, policy, caller, context, positions=positions)
+            if valid
+            else []
         )
+        return [answer if answer is not None else next(verified) for answer in answers]
 
 
 @dataclass
@@ -408,6 +505,32 @@ def server_credentials(config: Config) -> grpc.ServerCredentials:
     )
 
 
+def server_options(server: ServerSection) -> list[tuple[str, int]]:
+    """The gRPC channel arguments of ``[server]``: message size, keepalive, connection age
+    (docs/operations.md "Limits"); timers in seconds become gRPC's milliseconds."""
+
+    def ms(seconds: float) -> int:
+        return round(seconds * 1000)
+
+    options = [
+        ("grpc.max_receive_message_length", server.max_message_bytes),
+        ("grpc.max_send_message_length", server.max_message_bytes),
+        ("grpc.keepalive_time_ms", ms(server.keepalive_time_seconds)),
+        ("grpc.keepalive_timeout_ms", ms(server.keepalive_timeout_seconds)),
+        (
+            "grpc.http2.min_ping_interval_without_data_ms",
+            ms(server.keepalive_min_ping_interval_seconds),
+        ),
+        ("grpc.keepalive_permit_without_calls", int(server.keepalive_permit_without_calls)),
+    ]
+    if server.max_connection_age_seconds > 0:
+        options += [
+            ("grpc.max_connection_age_ms", ms(server.max_connection_age_seconds)),
+            ("grpc.max_connection_age_grace_ms", ms(server.max_connection_age_grace_seconds)),
+        ]
+    return options
+
+
 async def start_server(config: Config, material: TrustMaterial | None = None) -> RunningServer:
     """Start serving; ``server.listen`` may use port 0 to pick a free port.
 
@@ -427,10 +550,8 @@ async def start_server(config: Config, material: TrustMaterial | None = None) ->
     server = grpc.aio.server(
         # First, so that it sees the status codes set by any later interceptor.
         interceptors=[metrics.interceptor()],
-        options=[
-            ("grpc.max_receive_message_length", config.server.max_message_bytes),
-            ("grpc.max_send_message_length", config.server.max_message_bytes),
-        ],
+        options=server_options(config.server),
+        maximum_concurrent_rpcs=config.server.max_concurrent_rpcs or None,
     )
     replay = RedisReplayStore(config.replay, metrics) if config.replay.backend == "redis" else None
     if replay is not None:
