@@ -409,3 +409,24 @@ def test_a_silent_redis_times_out_within_timeout_seconds(pki: DemoPKI) -> None:
     assert [r.reason for r in settled] == ["REPLAY_UNAVAILABLE", "MALFORMED"]
     assert not settled[0].replay_pending and settled[1] is results[1]
     assert 0.2 < elapsed < 2.0
+
+
+def test_verify_stream_shares_redis_with_unary_calls_on_another_replica(
+    replicas: tuple[Replica, Replica], pki: DemoPKI
+) -> None:
+    a, b = replicas
+    first, second = pki.present("alice"), pki.present("alice")
+    assert outcome(verify(a, first, "reader-1")) == ACCEPTED
+    sent = [
+        request(first, "reader-2", "s-0"),  # accepted on A for another reader
+        request(second, "reader-2", "s-1"),
+        request(first, "reader-1", "s-2"),  # A's reader retrying: duplicate
+        request(second, "reader-2", "s-3"),  # the stream's own earlier item: duplicate
+    ]
+    with b.server.channel() as channel:
+        responses = list(
+            verifier_pb2_grpc.VerifierStub(channel).VerifyStream(iter(sent), timeout=30)
+        )
+    assert [r.request_id for r in responses] == ["s-0", "s-1", "s-2", "s-3"]
+    assert [outcome(r) for r in responses] == [REPLAYED, ACCEPTED, DUPLICATE, DUPLICATE]
+    assert outcome(verify(a, second, "reader-9")) == REPLAYED
