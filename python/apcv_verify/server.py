@@ -528,6 +528,10 @@ def server_options(server: ServerSection) -> list[tuple[str, int]]:
             ("grpc.max_connection_age_ms", ms(server.max_connection_age_seconds)),
             ("grpc.max_connection_age_grace_ms", ms(server.max_connection_age_grace_seconds)),
         ]
+    # server.workers > 1: every worker binds the same port and the kernel spreads the
+    # connections over them (apcv_verify.workers). One worker: a port already in use is an
+    # error, not a silent share with whatever holds it.
+    options.append(("grpc.so_reuseport", int(server.workers > 1)))
     return options
 
 
