@@ -15,6 +15,7 @@ import grpc
 import pytest
 from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
 from apcv_verify.issuer import DemoPKI, qr_text
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .conftest import start_server
 
@@ -54,12 +55,33 @@ def test_sigterm_mid_stream_answers_every_request_sent_and_exits_0(
             yield request(request_id, codes[index % len(codes)])
             time.sleep(0.01)  # still sending while the server drains
 
+    health_seen: list[tuple[str, float]] = []
+
+    def watch_health(channel: grpc.Channel) -> None:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=""), timeout=WAIT_SECONDS
+        )
+        try:
+            for reply in watch:
+                status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+                health_seen.append((status, time.monotonic()))
+                if status == "NOT_SERVING":
+                    watch.cancel()  # a watch is an open call too: do not hold the drain
+        except grpc.RpcError:
+            pass
+
     try:
         with server.channel() as channel:
+            watcher = threading.Thread(target=watch_health, args=(channel,))
+            watcher.start()
             stub = verifier_pb2_grpc.VerifierStub(channel)
             call = stub.VerifyStream(requests(), timeout=WAIT_SECONDS)
-            answered = [response.request_id for response in call]
+            answered = []
+            for response in call:
+                answered.append(response.request_id)
+                last_answer = time.monotonic()
             assert call.code() == grpc.StatusCode.OK
+            watcher.join(WAIT_SECONDS)
             # After the signal: NOT_SERVING or no new call at all, never a new verification.
             with pytest.raises(grpc.RpcError) as refused:
                 stub.Verify(request("late", codes[0]), timeout=5)
@@ -73,8 +95,10 @@ def test_sigterm_mid_stream_answers_every_request_sent_and_exits_0(
     # Every request sent before the signal was answered, and so were the later ones the open
     # stream carried while the server drained, in order.
     assert answered == sent_before_signal + sent
-    logs = server.logs()
-    assert '"event": "stopping"' in logs
+    # NOT_SERVING first: reported while the open stream was still being answered.
+    assert [status for status, _ in health_seen] == ["SERVING", "NOT_SERVING"]
+    assert health_seen[1][1] < last_answer
+    assert '"event": "stopping"' in server.logs()
 
 
 def test_a_stream_left_open_is_ended_at_the_grace_period_and_the_server_exits_0(
