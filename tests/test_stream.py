@@ -233,3 +233,25 @@ def test_a_stream_past_its_deadline_ends_with_deadline_exceeded(pki: DemoPKI) ->
             assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
     asyncio.run(scenario())
+
+
+def test_scanned_at_without_the_right_ends_the_stream_with_permission_denied(
+    pki: DemoPKI,
+) -> None:
+    """A call-level refusal is not an item's: answered items stay answered, then the call
+    ends PERMISSION_DENIED (the default caller may not send scanned_at)."""
+    code = qr_text(pki.present("alice"))
+
+    async def scenario() -> None:
+        async with serving(pki) as (_running, stub):
+            call = stub.VerifyStream(timeout=30)
+            await call.write(request("p-0", code))
+            assert (await call.read()).request_id == "p-0"
+            delayed = request("p-1", code)
+            delayed.scanned_at.GetCurrentTime()
+            await call.write(delayed)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call.read()
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    asyncio.run(scenario())
