@@ -10,11 +10,13 @@ from typing import Any
 
 import grpc
 import pytest
+import structlog
 from apcv_verify import _native
 from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
 from apcv_verify.audit import HOLDER_REF_HEX_CHARS, AuditTrail, holder_ref
 from apcv_verify.config import ConfigError, load_config
 from apcv_verify.issuer import DemoPKI, parse_sign1, qr_text
+from apcv_verify.logs import configure_logging
 from apcv_verify.server import build_verifiers, load_trust_material
 
 from .conftest import RunningServer, personal_values, start_server, stop_server
@@ -211,3 +213,35 @@ def test_audit_secret_is_validated_and_masked(pki: DemoPKI) -> None:
     config = load_config(None, environ={"APCV_AUDIT_HOLDER_REF_SECRET": SECRET}, overrides=base)
     assert config.audit.holder_ref_secret == SECRET
     assert SECRET not in repr(config)
+
+
+def test_each_log_record_is_one_write_ending_in_a_newline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Worker processes share one stdout: a record and its newline must not be split."""
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.writes: list[str] = []
+
+        def write(self, text: str) -> int:
+            self.writes.append(text)
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+    saved = structlog.get_config()
+    recorder = Recorder()
+    monkeypatch.setattr("sys.stdout", recorder)
+    try:
+        configure_logging("info")
+        logger = structlog.get_logger("test")
+        logger.info("verification", kind="audit", request_id="w-1")
+        logger.warning("something", detail="x")
+    finally:
+        structlog.configure(**saved)
+    assert len(recorder.writes) == 2
+    for text in recorder.writes:
+        assert text.endswith("\n") and text.count("\n") == 1
+        json.loads(text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import queue
 import re
 import socket
 import time
@@ -368,3 +369,51 @@ def test_the_interceptor_times_every_call_kind_and_counts_open_streams() -> None
     echo_labels = {"grpc_type": "bidi_stream", "grpc_service": "test.Echo", "grpc_method": "Echo"}
     assert value(found, "grpc_server_started_total", **echo_labels) == 2
     assert value(found, "grpc_server_handling_seconds_count", **echo_labels) == 2
+
+
+def test_a_verify_stream_is_in_flight_until_it_ends_and_each_answer_is_counted(
+    observed: RunningServer, metrics_port: int, pki: DemoPKI
+) -> None:
+    requests: queue.Queue[verifier_pb2.VerifyRequest | None] = queue.Queue()
+    stream = {"grpc_type": "bidi_stream", "grpc_service": VERIFIER, "grpc_method": "VerifyStream"}
+
+    def request(request_id: str, text: str) -> verifier_pb2.VerifyRequest:
+        message = verifier_pb2.VerifyRequest(request_id=request_id, qr_text=text)
+        message.reader.reader_id = "edge-7"
+        return message
+
+    with observed.channel() as channel:
+        answers = verifier_pb2_grpc.VerifierStub(channel).VerifyStream(
+            iter(requests.get, None), timeout=30
+        )
+        requests.put(request("s-1", qr_text(pki.present("alice"))))
+        assert next(answers).request_id == "s-1"
+        open_stream = samples(scrape_text(metrics_port))
+        assert value(open_stream, "apcv_inflight_streams") == 1
+        assert value(open_stream, "grpc_server_started_total", **stream) == 1
+        assert value(open_stream, "grpc_server_handled_total", **stream, grpc_code="OK") == 0
+        requests.put(request("s-2", "APCV1:%%%%"))
+        requests.put(None)  # half-close: the stream ends after the last answer
+        assert [answer.request_id for answer in answers] == ["s-2"]
+
+    deadline = time.monotonic() + 10
+    while True:  # the server side ends just after the client saw the last answer
+        ended = samples(scrape_text(metrics_port))
+        if value(ended, "grpc_server_handled_total", **stream, grpc_code="OK") or (
+            time.monotonic() > deadline
+        ):
+            break
+        time.sleep(0.05)
+    assert value(ended, "grpc_server_handled_total", **stream, grpc_code="OK") == 1
+    assert value(ended, "apcv_inflight_streams") == 0
+    method = {"method": "VerifyStream"}
+    assert value(ended, "apcv_verifications_total", decision="ACCEPTED", reason="OK", **method) == 1
+    assert (
+        value(ended, "apcv_verifications_total", decision="REJECTED", reason="MALFORMED", **method)
+        == 1
+    )
+    stop_server(observed)
+    records = [json.loads(line) for line in observed.logs().splitlines() if '"audit"' in line]
+    assert [(r["request_id"], r["method"], r["reader_id"]) for r in records] == [
+        ("s-1", "VerifyStream", "edge-7"), ("s-2", "VerifyStream", "edge-7"),
+    ]  # fmt: skip

@@ -27,6 +27,9 @@ def configure_logging(level: str = "info") -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
+        # One write per record, newline included (print() writes the newline separately):
+        # with PYTHONUNBUFFERED or several worker processes on one stdout, two writes per
+        # line let another process's line land between a record and its newline.
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stdout),
         cache_logger_on_first_use=True,
     )
