@@ -10,7 +10,7 @@ PROTO_OUT := python/apcv_verify/_proto
 PROTO_SRC := $(shell find protos -name '*.proto')
 export PATH := $(TOOLS):$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: dev proto demo test test-rust test-python lint fmt tools clean system-deps
+.PHONY: dev proto demo test test-rust test-python lint fmt tools clean system-deps bench
 
 # The virtualenv and the build tools; everything else is installed by `maturin develop`.
 $(VENV)/.stamp: pyproject.toml
@@ -31,9 +31,9 @@ $(PROTO_OUT)/.stamp: $(PROTO_SRC) $(VENV)/.stamp
 
 proto: $(PROTO_OUT)/.stamp
 
-# Builds the native core in release mode into the venv with the dev extras.
+# Builds the native core in release mode into the venv with the dev and load (locust) extras.
 dev: proto
-	$(VENV)/bin/maturin develop --release --extras dev
+	$(VENV)/bin/maturin develop --release --extras dev,load
 
 # grpcurl: the real gRPC client used by the tests and the README.
 $(GRPCURL):
@@ -64,17 +64,22 @@ test-python: dev tools system-deps
 
 test: test-rust test-python
 
+# ghz side by side on loopback: Verify with 1 and 2 workers, VerifyBatch(100) vs Verify, Redis vs
+# memory (loadtest/bench.py; installs the pinned ghz into .tools/bin). Writes docs/benchmarks.md.
+bench: dev system-deps
+	$(PY) loadtest/bench.py
+
 lint: dev
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	$(VENV)/bin/ruff check python tests
-	$(VENV)/bin/ruff format --check python tests
+	$(VENV)/bin/ruff check python tests loadtest
+	$(VENV)/bin/ruff format --check python tests loadtest
 	$(VENV)/bin/mypy python/apcv_verify
 	$(PY) -m mypy.stubtest apcv_verify._native
 
 fmt:
 	cargo fmt --all
-	$(VENV)/bin/ruff format python tests
+	$(VENV)/bin/ruff format python tests loadtest
 
 clean:
 	rm -rf $(VENV) target $(PROTO_OUT) .tools

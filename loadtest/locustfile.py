@@ -1,0 +1,56 @@
+"""Locust users for the verifier: only tasks here (the gRPC plumbing is in grpc_user.py).
+
+The server must trust the demo PKI the users present from: make one and serve it, e.g.
+
+    python loadtest/corpus.py /tmp/load --count 1
+    APCV_METRICS_LISTEN= apcv-verify serve --listen 127.0.0.1:50051 \\
+        --anchor /tmp/load/pki/anchor.pem --trust-list /tmp/load/pki/trust-list.cose \\
+        --status-list /tmp/load/pki/status/amo-1.cwt --allow-test-identities
+    APCV_LOADTEST_PKI=/tmp/load/pki locust -f loadtest/locustfile.py --host 127.0.0.1:50051
+
+Each request carries a presentation made just before it (a fresh cti: never a replay).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from itertools import count
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc  # noqa: E402
+from apcv_verify.issuer import DemoPKI  # noqa: E402
+from corpus import HOLDERS, READER_ID  # noqa: E402
+from grpc_user import GrpcUser  # noqa: E402
+from locust import between, task  # noqa: E402
+
+PKI = DemoPKI.load(os.environ.get("APCV_LOADTEST_PKI", "loadtest-pki"))
+#: Presentations per VerifyBatch: 50 (about 35 kB) fits the default server.max_message_bytes
+#: (64 KiB); raise both together.
+BATCH_SIZE = int(os.environ.get("APCV_LOADTEST_BATCH", "50"))
+_ids = count()
+
+
+def _request(holder: str) -> verifier_pb2.VerifyRequest:
+    return verifier_pb2.VerifyRequest(
+        request_id=f"locust-{next(_ids)}",
+        nfc_bytes=PKI.present(holder),
+        reader=verifier_pb2.ReaderContext(reader_id=READER_ID),
+    )
+
+
+class ReceptionDesk(GrpcUser):
+    """A reception desk scanning one phone at a time, and now and then a reader's batch."""
+
+    stub_class = verifier_pb2_grpc.VerifierStub
+    wait_time = between(0.0, 0.01)
+
+    @task(10)
+    def verify(self) -> None:
+        self.stub.Verify(_request(HOLDERS[next(_ids) % len(HOLDERS)]), timeout=10)
+
+    @task(1)
+    def verify_batch(self) -> None:
+        requests = [_request(HOLDERS[i % len(HOLDERS)]) for i in range(BATCH_SIZE)]
+        self.stub.VerifyBatch(verifier_pb2.VerifyBatchRequest(requests=requests), timeout=30)
