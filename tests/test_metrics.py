@@ -393,8 +393,9 @@ def test_a_verify_stream_is_in_flight_until_it_ends_and_each_answer_is_counted(
         assert value(open_stream, "grpc_server_started_total", **stream) == 1
         assert value(open_stream, "grpc_server_handled_total", **stream, grpc_code="OK") == 0
         requests.put(request("s-2", "APCV1:%%%%"))
+        requests.put(request("s-3", ""))  # no presentation: answered MALFORMED, stream goes on
         requests.put(None)  # half-close: the stream ends after the last answer
-        assert [answer.request_id for answer in answers] == ["s-2"]
+        assert [answer.request_id for answer in answers] == ["s-2", "s-3"]
 
     deadline = time.monotonic() + 10
     while True:  # the server side ends just after the client saw the last answer
@@ -412,8 +413,11 @@ def test_a_verify_stream_is_in_flight_until_it_ends_and_each_answer_is_counted(
         value(ended, "apcv_verifications_total", decision="REJECTED", reason="MALFORMED", **method)
         == 1
     )
+    assert value(ended, "apcv_verification_seconds_count", **method) == 2
     stop_server(observed)
     records = [json.loads(line) for line in observed.logs().splitlines() if '"audit"' in line]
-    assert [(r["request_id"], r["method"], r["reader_id"]) for r in records] == [
-        ("s-1", "VerifyStream", "edge-7"), ("s-2", "VerifyStream", "edge-7"),
-    ]  # fmt: skip
+    # s-3 never reached the core: answered MALFORMED in place, but no verification to audit.
+    assert [(r["request_id"], r["method"], r["reader_id"], r["item"]) for r in records] == [
+        ("s-1", "VerifyStream", "edge-7", 0),
+        ("s-2", "VerifyStream", "edge-7", 1),
+    ]
