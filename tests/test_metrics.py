@@ -25,6 +25,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import RunningServer, free_port, personal_values, start_server, stop_server
+from .test_workers import redis_url, start_workers  # noqa: F401 (redis_url: a fixture)
 
 VERIFIER = "apcv.verify.v1.Verifier"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -421,3 +422,31 @@ def test_a_verify_stream_is_in_flight_until_it_ends_and_each_answer_is_counted(
         ("s-1", "VerifyStream", "edge-7", 0),
         ("s-2", "VerifyStream", "edge-7", 1),
     ]
+
+
+def test_trust_gauges_reach_the_parent_with_several_workers(
+    pki: DemoPKI,
+    tmp_path: Path,
+    redis_url: str,  # noqa: F811 (the fixture imported above)
+) -> None:
+    """Multiprocess mode: the workers publish the gauges, the parent serves the worst one."""
+    port = free_port()
+    server, _, _ = start_workers(pki, tmp_path / "workers.log", redis_url, port)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            found = samples(scrape_text(port))
+            if value(found, "apcv_trust_list_sequence") or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert value(found, "apcv_trust_list_sequence") == pki.trust_list_seq
+        age = value(found, "apcv_trust_list_age_seconds")
+        assert 0 <= age < 600
+        assert value(found, "apcv_trust_list_expiry_timestamp_seconds") > time.time()
+        for uri in pki.status_list_paths:
+            assert 0 <= value(found, "apcv_status_list_age_seconds", uri=uri) < 600
+            assert value(found, "apcv_status_list_expiry_timestamp_seconds", uri=uri) > time.time()
+        time.sleep(2.5)  # the age moves without any request
+        assert value(samples(scrape_text(port)), "apcv_trust_list_age_seconds") >= age + 1
+    finally:
+        stop_server(server)

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import grpc
+import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -34,6 +37,8 @@ __all__ = [
     "ServiceMetrics",
     "start_metrics_server",
 ]
+
+log = structlog.get_logger("apcv_verify.metrics")
 
 #: A verification takes tens of microseconds in the core: buckets start at 0.1 ms so the
 #: histogram resolves it; 1 s is already far beyond any useful answer at a reception desk.
@@ -119,16 +124,21 @@ class ServiceMetrics:
             ["backend"],
             registry=registry,
         )
-        self._trust = _TrustCollector()
-        registry.register(self._trust)
+        self._trust: _TrustCollector | _TrustPublisher
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            self._trust = _TrustPublisher(registry)
+        else:
+            self._trust = _TrustCollector()
+            registry.register(self._trust)
 
     def watch_trust_material(self, current: Callable[[], TrustMaterial | None]) -> None:
         """Export sequence, age and expiry of whatever ``current()`` returns at each scrape.
 
         A callable rather than a value so that a refreshed (swapped) snapshot is what the
-        next scrape reports.
+        next scrape reports. In Prometheus multiprocess mode (``server.workers`` > 1) the
+        values are published every :data:`TRUST_PUBLISH_SECONDS` instead.
         """
-        self._trust.current = current
+        self._trust.watch(current)
 
     def interceptor(self) -> MetricsInterceptor:
         """The grpc.aio server interceptor feeding the ``grpc_server_*`` metrics."""
@@ -148,51 +158,106 @@ class ServiceMetrics:
         self.batch_size.observe(size)
 
 
+#: name → (help, labels, multiprocess mode). In multiprocess mode the parent reports the
+#: worst value over live workers: the oldest sequence and lists, the nearest expiry.
+_TRUST_GAUGES: dict[str, tuple[str, tuple[str, ...], Literal["livemin", "livemax"]]] = {
+    "apcv_trust_list_sequence": ("Sequence number of the trust list in use.", (), "livemin"),
+    "apcv_trust_list_age_seconds": (
+        "Seconds since the trust list in use was issued (iat).", (), "livemax",
+    ),
+    "apcv_trust_list_expiry_timestamp_seconds": (
+        "Expiry (exp) of the trust list in use, as a Unix time.", (), "livemin",
+    ),
+    "apcv_status_list_age_seconds": (
+        "Seconds since each status list in use was issued (iat).", ("uri",), "livemax",
+    ),
+    "apcv_status_list_expiry_timestamp_seconds": (
+        "Expiry (exp) of each status list in use, as a Unix time.", ("uri",), "livemin",
+    ),
+}  # fmt: skip
+#: How often a worker republishes its trust gauges in multiprocess mode (age resolution).
+TRUST_PUBLISH_SECONDS = 1.0
+
+
+def _trust_samples(
+    material: TrustMaterial | None, now: float
+) -> list[tuple[str, tuple[str, ...], float]]:
+    """(metric, label values, value) of the trust gauges for ``material`` at ``now``."""
+    if material is None:
+        return []
+    trust_list = material.trust_list
+    samples: list[tuple[str, tuple[str, ...], float]] = [
+        ("apcv_trust_list_sequence", (), trust_list.seq),
+        ("apcv_trust_list_age_seconds", (), now - trust_list.issued_at),
+        ("apcv_trust_list_expiry_timestamp_seconds", (), trust_list.expires_at),
+    ]
+    for status_list in material.status_lists:
+        # The URI names a published list, not a person (PROFILE §6).
+        uri = (status_list.uri,)
+        samples.append(("apcv_status_list_age_seconds", uri, now - status_list.issued_at))
+        samples.append(("apcv_status_list_expiry_timestamp_seconds", uri, status_list.expires_at))
+    return samples
+
+
 class _TrustCollector(Collector):
     """Trust-list and status-list gauges computed at scrape time from the loaded snapshot."""
 
     def __init__(self) -> None:
         self.current: Callable[[], TrustMaterial | None] = lambda: None
 
+    def watch(self, current: Callable[[], TrustMaterial | None]) -> None:
+        self.current = current
+
     def describe(self) -> list[GaugeMetricFamily]:
-        return list(self._families())
+        return self._families(None, 0.0)
 
     def collect(self) -> list[GaugeMetricFamily]:
-        return list(self._families(self.current(), time.time()))
+        return self._families(self.current(), time.time())
 
-    def _families(
-        self, material: TrustMaterial | None = None, now: float = 0.0
-    ) -> Iterable[GaugeMetricFamily]:
-        sequence = GaugeMetricFamily(
-            "apcv_trust_list_sequence", "Sequence number of the trust list in use."
-        )
-        age = GaugeMetricFamily(
-            "apcv_trust_list_age_seconds", "Seconds since the trust list in use was issued (iat)."
-        )
-        expiry = GaugeMetricFamily(
-            "apcv_trust_list_expiry_timestamp_seconds",
-            "Expiry (exp) of the trust list in use, as a Unix time.",
-        )
-        status_age = GaugeMetricFamily(
-            "apcv_status_list_age_seconds",
-            "Seconds since each status list in use was issued (iat).",
-            labels=["uri"],
-        )
-        status_expiry = GaugeMetricFamily(
-            "apcv_status_list_expiry_timestamp_seconds",
-            "Expiry (exp) of each status list in use, as a Unix time.",
-            labels=["uri"],
-        )
-        if material is not None:
-            trust_list = material.trust_list
-            sequence.add_metric([], trust_list.seq)
-            age.add_metric([], now - trust_list.issued_at)
-            expiry.add_metric([], trust_list.expires_at)
-            for status_list in material.status_lists:
-                # The URI names a published list, not a person (PROFILE §6).
-                status_age.add_metric([status_list.uri], now - status_list.issued_at)
-                status_expiry.add_metric([status_list.uri], status_list.expires_at)
-        return (sequence, age, expiry, status_age, status_expiry)
+    def _families(self, material: TrustMaterial | None, now: float) -> list[GaugeMetricFamily]:
+        families = {
+            name: GaugeMetricFamily(name, help_text, labels=list(labels))
+            for name, (help_text, labels, _) in _TRUST_GAUGES.items()
+        }
+        for name, label_values, value in _trust_samples(material, now):
+            families[name].add_metric(list(label_values), value)
+        return list(families.values())
+
+
+class _TrustPublisher:
+    """The same gauges in Prometheus multiprocess mode, where the parent process serving
+    ``/metrics`` never sees a worker's snapshot: each worker writes them to the shared files
+    every :data:`TRUST_PUBLISH_SECONDS` from a daemon thread."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.current: Callable[[], TrustMaterial | None] = lambda: None
+        self._gauges = {
+            name: Gauge(name, help_text, list(labels), multiprocess_mode=mode, registry=registry)
+            for name, (help_text, labels, mode) in _TRUST_GAUGES.items()
+        }
+        self._thread: threading.Thread | None = None
+
+    def watch(self, current: Callable[[], TrustMaterial | None]) -> None:
+        self.current = current
+        self.publish()
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="apcv-trust-metrics", daemon=True
+            )
+            self._thread.start()
+
+    def publish(self) -> None:
+        for name, label_values, value in _trust_samples(self.current(), time.time()):
+            gauge = self._gauges[name]
+            (gauge.labels(*label_values) if label_values else gauge).set(value)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(TRUST_PUBLISH_SECONDS)
+            try:
+                self.publish()
+            except Exception:  # a metric must never take a worker down; try again later
+                log.exception("trust_metrics_publish_failed")
 
 
 def _split_method(full_method: str) -> tuple[str, str]:
