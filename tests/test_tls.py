@@ -225,3 +225,19 @@ def test_tls_without_client_certificates_makes_every_caller_anonymous(
             assert "caller 'anonymous'" in (denied.value.details() or "")
     finally:
         stop_server(running)
+
+
+def test_a_known_caller_without_the_scanned_at_right_is_permission_denied(
+    mtls: MtlsServer, pki: DemoPKI
+) -> None:
+    """Only callers the policy allows may date a scan in the past (issue 4 item 5)."""
+    request = verifier_pb2.VerifyRequest(request_id="t-2", qr_text=qr_text(pki.present("alice")))
+    request.reader.reader_id = "desk-1"
+    request.scanned_at.GetCurrentTime()
+    client = mtls.ca.issue("his-1")
+    with (
+        open_channel(mtls.server.address, mtls.ca.credentials(client)) as channel,
+        pytest.raises(grpc.RpcError) as denied,
+    ):
+        verifier_pb2_grpc.VerifierStub(channel).Verify(request, timeout=10)
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
