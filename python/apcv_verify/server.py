@@ -24,6 +24,7 @@ from . import _native, fhir
 from ._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
 from .audit import AuditTrail
 from .config import FIELD_GROUPS, CallerPolicy, Config, ServerSection
+from .errors import ErrorInterceptor
 from .metrics import ServiceMetrics, start_metrics_server
 from .policy import CallRefused, caller_id, resolve_caller, scanned_at_permission
 from .replay import RedisReplayStore
@@ -552,8 +553,8 @@ async def start_server(config: Config, material: TrustMaterial | None = None) ->
         await asyncio.to_thread(trust.load_initial)
     metrics.watch_trust_material(lambda: trust.material)
     server = grpc.aio.server(
-        # First, so that it sees the status codes set by any later interceptor.
-        interceptors=[metrics.interceptor()],
+        # Metrics first, so that they see the status the error mapping sets.
+        interceptors=[metrics.interceptor(), ErrorInterceptor()],
         options=server_options(config.server),
         maximum_concurrent_rpcs=config.server.max_concurrent_rpcs or None,
     )

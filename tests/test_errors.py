@@ -1,0 +1,71 @@
+"""A bug in a handler reaches the caller as INTERNAL with nothing of the exception echoed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import grpc
+import pytest
+import structlog
+from apcv_verify import server as server_module
+from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
+from apcv_verify.config import load_config
+from apcv_verify.errors import INTERNAL_ERROR_DETAIL
+from apcv_verify.issuer import DemoPKI, qr_text
+from apcv_verify.logs import configure_logging
+
+SECRET = "DUPONT 185127505612355"  # what a careless exception message could carry
+
+
+async def _call_with_broken_core(pki: DemoPKI) -> tuple[grpc.StatusCode, str]:
+    config = load_config(
+        None,
+        environ={},
+        overrides={
+            "server.listen": "127.0.0.1:0",
+            "trust.anchors": [str(pki.directory / "anchor.pem")],
+            "trust.trust_list": str(pki.trust_list_path),
+            "trust.status_lists": [str(path) for path in pki.status_list_paths.values()],
+            "policy.allow_test_identities": True,
+            "metrics.listen": "",
+        },
+    )
+    running = await server_module.start_server(config)
+    try:
+        request = verifier_pb2.VerifyRequest(request_id="e-1", qr_text=qr_text(pki.present()))
+        request.reader.reader_id = "desk-1"
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = verifier_pb2_grpc.VerifierStub(channel)
+            try:
+                await stub.Verify(request, timeout=10)
+            except grpc.aio.AioRpcError as error:
+                status, detail = error.code(), error.details() or ""
+            else:
+                raise AssertionError("a broken core must not answer")
+            return status, detail
+    finally:
+        await running.stop(1.0)
+
+
+def test_an_unexpected_exception_becomes_internal_without_its_text(
+    pki: DemoPKI, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(SECRET)
+
+    monkeypatch.setattr(server_module.VerifierService, "_verify", broken)
+    saved = structlog.get_config()  # configure_logging binds today's (captured) stdout
+    try:
+        configure_logging("info")
+        status, detail = asyncio.run(_call_with_broken_core(pki))
+    finally:
+        structlog.configure(**saved)
+    assert status == grpc.StatusCode.INTERNAL
+    assert detail == INTERNAL_ERROR_DETAIL
+    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    (record,) = [line for line in logged if line["event"] == "unhandled_error"]
+    assert record["error_type"] == "RuntimeError"
+    assert record["raised_at"].startswith("test_errors.py:")
+    assert SECRET not in json.dumps(logged)
