@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from typing import Any
 
@@ -50,21 +51,28 @@ async def _call_with_broken_core(pki: DemoPKI) -> tuple[grpc.StatusCode, str]:
 
 
 def test_an_unexpected_exception_becomes_internal_without_its_text(
-    pki: DemoPKI, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    pki: DemoPKI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError(SECRET)
 
     monkeypatch.setattr(server_module.VerifierService, "_verify", broken)
-    saved = structlog.get_config()  # configure_logging binds today's (captured) stdout
+    saved = structlog.get_config()
+    buffer = io.StringIO()
     try:
         configure_logging("info")
+        # The service's JSON records, into a buffer; loggers first used here must not stay
+        # cached on it for later tests.
+        structlog.configure(
+            logger_factory=structlog.PrintLoggerFactory(file=buffer),
+            cache_logger_on_first_use=False,
+        )
         status, detail = asyncio.run(_call_with_broken_core(pki))
     finally:
         structlog.configure(**saved)
     assert status == grpc.StatusCode.INTERNAL
     assert detail == INTERNAL_ERROR_DETAIL
-    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    logged = [json.loads(line) for line in buffer.getvalue().splitlines()]
     (record,) = [line for line in logged if line["event"] == "unhandled_error"]
     assert record["error_type"] == "RuntimeError"
     assert record["raised_at"].startswith("test_errors.py:")
