@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import redis
 from apcv_verify.issuer import DemoPKI
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -187,3 +188,57 @@ def grpcurl() -> str:
             pytest.fail("grpcurl is missing: `make tools` installs it")
         pytest.skip("grpcurl not installed; run `make tools`")
     return found
+
+
+@dataclass
+class RedisServer:
+    """A throw-away ``redis-server`` (no persistence) that a test may stop and start again."""
+
+    executable: str
+    port: int
+    directory: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [self.executable, "--bind", "127.0.0.1", "--port", str(self.port),
+             "--save", "", "--appendonly", "no", "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        client = self.client()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    executable = shutil.which("redis-server")
+    if executable is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is missing: `make system-deps` installs it")
+        pytest.skip("redis-server not installed; run `make system-deps`")
+    server = RedisServer(executable, free_port(), tmp_path)
+    server.start()
+    yield server
+    server.stop()

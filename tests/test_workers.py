@@ -10,7 +10,6 @@ import shutil
 import signal
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -22,23 +21,14 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import RunningServer, free_port, start_server
-from .test_replay_redis import RedisServer
+from .conftest import RedisServer, RunningServer, free_port, start_server
 
 CONNECTIONS = 24
 
 
 @pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    executable = shutil.which("redis-server")
-    if executable is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is missing: `make system-deps` installs it")
-        pytest.skip("redis-server not installed; run `make system-deps`")
-    server = RedisServer(executable, free_port(), tmp_path)
-    server.start()
-    yield server.url
-    server.stop()
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url
 
 
 def log_events(server: RunningServer, event: str) -> list[dict[str, object]]:
