@@ -9,13 +9,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 import redis
+from apcv_verify.config import Config, load_config
 from apcv_verify.issuer import DemoPKI
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -30,6 +32,24 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def pki_config(pki: DemoPKI, overrides: Mapping[str, Any] | None = None) -> Config:
+    """An in-process server's configuration for ``pki``: loopback on a free port, no metrics
+    endpoint, demonstration identities allowed; ``overrides`` maps ``section.key`` to values."""
+    return load_config(
+        None,
+        environ={},
+        overrides={
+            "server.listen": "127.0.0.1:0",
+            "metrics.listen": "",
+            "trust.anchors": [str(pki.directory / "anchor.pem")],
+            "trust.trust_list": str(pki.trust_list_path),
+            "trust.status_lists": [str(path) for path in pki.status_list_paths.values()],
+            "policy.allow_test_identities": True,
+            **(overrides or {}),
+        },
+    )
 
 
 @dataclass

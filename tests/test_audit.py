@@ -19,7 +19,7 @@ from apcv_verify.issuer import DemoPKI, parse_sign1, qr_text
 from apcv_verify.logs import configure_logging
 from apcv_verify.server import build_verifiers, load_trust_material
 
-from .conftest import RunningServer, personal_values, start_server, stop_server
+from .conftest import RunningServer, personal_values, pki_config, start_server, stop_server
 from .test_metrics import call
 
 SECRET = "audit-test-secret-0123456789abcdef"
@@ -176,17 +176,7 @@ def test_audit_trail_counts_verifications_in_process(pki: DemoPKI) -> None:
     """``record_verification`` is what VerifyBatch and VerifyStream call per item."""
     from apcv_verify.metrics import ServiceMetrics
 
-    config = load_config(
-        None,
-        environ={},
-        overrides={
-            "trust.anchors": [str(pki.directory / "anchor.pem")],
-            "trust.trust_list": str(pki.trust_list_path),
-            "trust.status_lists": [str(path) for path in pki.status_list_paths.values()],
-            "policy.allow_test_identities": True,
-            "audit.holder_ref_secret": SECRET,
-        },
-    )
+    config = pki_config(pki, {"audit.holder_ref_secret": SECRET})
     metrics = ServiceMetrics()
     trail = AuditTrail.from_config(config, metrics)
     verifier = build_verifiers(config, load_trust_material(config))[0]

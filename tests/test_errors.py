@@ -12,27 +12,17 @@ import pytest
 import structlog
 from apcv_verify import server as server_module
 from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
-from apcv_verify.config import load_config
 from apcv_verify.errors import INTERNAL_ERROR_DETAIL
 from apcv_verify.issuer import DemoPKI, qr_text
 from apcv_verify.logs import configure_logging
+
+from .conftest import pki_config
 
 SECRET = "DUPONT 185127505612355"  # what a careless exception message could carry
 
 
 async def _call_with_broken_core(pki: DemoPKI) -> tuple[grpc.StatusCode, str]:
-    config = load_config(
-        None,
-        environ={},
-        overrides={
-            "server.listen": "127.0.0.1:0",
-            "trust.anchors": [str(pki.directory / "anchor.pem")],
-            "trust.trust_list": str(pki.trust_list_path),
-            "trust.status_lists": [str(path) for path in pki.status_list_paths.values()],
-            "policy.allow_test_identities": True,
-            "metrics.listen": "",
-        },
-    )
+    config = pki_config(pki)
     running = await server_module.start_server(config)
     try:
         request = verifier_pb2.VerifyRequest(request_id="e-1", qr_text=qr_text(pki.present()))

@@ -24,7 +24,14 @@ from apcv_verify.server import start_server as start_in_process
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import RunningServer, free_port, personal_values, start_server, stop_server
+from .conftest import (
+    RunningServer,
+    free_port,
+    personal_values,
+    pki_config,
+    start_server,
+    stop_server,
+)
 from .test_workers import redis_url, start_workers  # noqa: F401 (redis_url: a fixture)
 
 VERIFIER = "apcv.verify.v1.Verifier"
@@ -200,18 +207,7 @@ def test_empty_listen_disables_the_endpoint_and_a_taken_port_is_not_fatal(
 
 
 def test_each_server_in_a_process_has_its_own_registry(pki: DemoPKI) -> None:
-    config = load_config(
-        None,
-        environ={},
-        overrides={
-            "server.listen": "127.0.0.1:0",
-            "metrics.listen": "127.0.0.1:0",
-            "trust.anchors": [str(pki.directory / "anchor.pem")],
-            "trust.trust_list": str(pki.trust_list_path),
-            "trust.status_lists": [str(path) for path in pki.status_list_paths.values()],
-            "policy.allow_test_identities": True,
-        },
-    )
+    config = pki_config(pki, {"metrics.listen": "127.0.0.1:0"})
 
     async def scenario() -> tuple[str, str]:
         first = await start_in_process(config, load_trust_material(config))

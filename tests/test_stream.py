@@ -12,7 +12,7 @@ import grpc
 import pytest
 from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
 from apcv_verify.audit import AuditTrail
-from apcv_verify.config import Config, load_config
+from apcv_verify.config import Config
 from apcv_verify.issuer import DemoPKI, qr_text
 from apcv_verify.server import (
     RunningServer,
@@ -23,23 +23,13 @@ from apcv_verify.server import (
     start_server,
 )
 
+from .conftest import pki_config
+
 Request = verifier_pb2.VerifyRequest
 
 
 def server_config(pki: DemoPKI, **server: Any) -> Config:
-    return load_config(
-        None,
-        environ={},
-        overrides={
-            "server.listen": "127.0.0.1:0",
-            "metrics.listen": "",
-            "trust.anchors": [str(pki.directory / "anchor.pem")],
-            "trust.trust_list": str(pki.trust_list_path),
-            "trust.status_lists": [str(path) for path in pki.status_list_paths.values()],
-            "policy.allow_test_identities": True,
-            **{f"server.{key}": value for key, value in server.items()},
-        },
-    )
+    return pki_config(pki, {f"server.{key}": value for key, value in server.items()})
 
 
 @asynccontextmanager
