@@ -21,7 +21,14 @@ import pytest
 from apcv_verify import _native
 from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
 from apcv_verify.config import ConfigError, load_config
-from apcv_verify.issuer import STATUS_ROLE, DemoPKI, tamper_signature
+from apcv_verify.issuer import (
+    STATUS_INVALID,
+    STATUS_ROLE,
+    DemoPKI,
+    make_status_list,
+    make_trust_list,
+    tamper_signature,
+)
 from apcv_verify.server import build_verifiers
 from apcv_verify.trust_source import MAX_SOURCE_BYTES, TrustSource
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -235,10 +242,28 @@ def test_a_bad_signature_is_refused_and_the_old_lists_kept(
     served: RunningServer, pki: DemoPKI, metrics_port: int
 ) -> None:
     seq = pki.trust_list_seq
-    pki.trust_list_path.write_bytes(tamper_signature(pki.new_trust_list(seq + 1), 3))
+    now = int(time.time())
+    # Signed here and written only tampered: DemoPKI.new_trust_list/revoke would first write
+    # the valid lists, which a refresh could pick up before the tampered bytes replace them.
+    newer = make_trust_list(
+        pki.anchor, seq=seq + 1, iat=now, exp=now + 3600, entries=pki.trust_entries()
+    )
+    pki.trust_list_path.write_bytes(tamper_signature(newer, 3))
     (status_path,) = pki.status_list_paths.values()
     alice = pki.holder("alice")
-    revoked = pki.revoke(alice.status_index, uri=alice.status_uri, now=int(time.time()) + 1)
+    entry = pki.manifest["status_lists"][alice.status_uri]
+    statuses = [0] * entry["size"]
+    for index, status in entry["statuses"].items():
+        statuses[int(index)] = status
+    statuses[alice.status_index] = STATUS_INVALID
+    revoked = make_status_list(
+        pki.status_signer,
+        uri=alice.status_uri,
+        statuses=statuses,
+        bits=entry["bits"],
+        iat=now + 1,
+        exp=now + 3600,
+    )
     status_path.write_bytes(tamper_signature(revoked, 3))
     wait_for(lambda: failures(metrics_port, "trust_list", "refused") >= 1, "refused", served)
     wait_for(lambda: failures(metrics_port, "status_lists[0]", "refused") >= 1, "refused", served)
