@@ -18,14 +18,23 @@ import grpc
 import pytest
 import redis
 from apcv_verify.config import Config, load_config
-from apcv_verify.issuer import DemoPKI
+from apcv_verify.issuer import DemoPKI, nir_key_is_valid
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
 #: Log files of the servers started by the current test, scanned after it for personal data.
 SERVER_LOGS: list[Path] = []
-#: A NIR (INS matricule) outside Corsica: sex digit, 12 digits, 2-digit key (PROFILE §5.3).
-NIR_SHAPED = re.compile(r"\b[12]\d{12}\d{2}\b")
+#: A 15-character NIR/NIA candidate (docs/profile.md §5.3): 13 characters, digits except a
+#: Corsican département ``2A``/``2B`` at characters 6-7, then a 2-digit key. It must not touch
+#: another digit or a decimal point (a ``.`` next to a digit): the fraction of a float such as
+#: ``0.250685691833496`` is not an identifier.
+_NIR_CANDIDATE = re.compile(r"(?<!\d)(?<!\d\.)(\d{5}(?:\d\d|2[AB])\d{8})(?!\d)(?!\.\d)")
+
+
+def nir_numbers(text: str) -> list[str]:
+    """The real NIR/NIA numbers in ``text``: candidates whose key is ``97 − (number mod 97)``
+    (with the Corsica rule), so that floats, timestamps and ids are not mistaken for one."""
+    return [found for found in _NIR_CANDIDATE.findall(text) if nir_key_is_valid(found)]
 
 
 def free_port() -> int:
@@ -167,7 +176,7 @@ def personal_values(pki: DemoPKI) -> list[str]:
 
 @pytest.fixture(autouse=True)
 def server_logs_carry_no_personal_data(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Every line logged by every server of every test (issue 4, audit and logs): no name,
+    """Every line logged by every server of every test (audit and operational logs): no name,
     INS/NIR or birth date of the test's demo people, no NIR-shaped number."""
     SERVER_LOGS.clear()
     # Taken now: a fixture requested here is torn down after this one. A module may define
@@ -182,7 +191,7 @@ def server_logs_carry_no_personal_data(request: pytest.FixtureRequest) -> Iterat
         for number, line in enumerate(lines, 1):
             leaked = [value for value in personal if value in line]
             assert not leaked, f"{path.name}:{number}: personal data in a log line: {line}"
-            assert not NIR_SHAPED.search(line), f"{path.name}:{number}: NIR-shaped number: {line}"
+            assert not nir_numbers(line), f"{path.name}:{number}: a NIR/NIA number: {line}"
 
 
 @pytest.fixture
