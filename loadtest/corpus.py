@@ -1,6 +1,6 @@
 """Load-test corpus: a demo PKI and many distinct presentations of its holders.
 
-Every presentation has its own ``cti`` (the replay key, PROFILE §7.4), so a load test is
+Every presentation has its own ``cti`` (the replay key, docs/profile.md §7.4), so a load test is
 never answered REPLAYED; they all come from the same reader. A presentation is valid for
 ``DEFAULT_PRESENTATION_LIFETIME`` seconds after it is made (two minutes): make the corpus
 right before the run that sends it.

@@ -196,7 +196,7 @@ def test_delayed_scan_judges_freshness_at_scan_time(
 ) -> None:
     now = int(time.time())
     scanned_at = now - 1800
-    # Made at the scan and expired by now: fresh at scan time (PROFILE §7.5), so accepted.
+    # Made at the scan and expired by now: fresh at scan time (docs/profile.md §7.5), so accepted.
     stale = pki.present("alice", iat=scanned_at - 10, exp=scanned_at + 110)
     assert reason(verify(edge_policy, stale)) == "PRESENTATION_EXPIRED"
     assert reason(verify(edge_policy, stale, scanned_at=scanned_at, reader_id="edge-7")) == "OK"

@@ -65,7 +65,7 @@ from pycose.messages import Sign1Message
 NOW = 1_780_000_000  # fixed clock (2026-05-28) so the tests do not depend on the wall clock
 
 
-# --- helpers -------------------------------------------------------------------------------------
+# --- helpers --------------------------------------------------------------------------------------
 
 
 def sample_person(oid: str = INS_DEMO_OID) -> Person:
@@ -125,7 +125,7 @@ def demo_pki(tmp_path_factory: pytest.TempPathFactory) -> DemoPKI:
     return DemoPKI.create(tmp_path_factory.mktemp("pki"), now=NOW)
 
 
-# --- deterministic CBOR (RFC 8949 §4.2.1) ------------------------------------------------------
+# --- deterministic CBOR (RFC 8949 §4.2.1) ---------------------------------------------------------
 
 
 def test_map_keys_sorted_bytewise_not_length_first() -> None:
@@ -147,7 +147,7 @@ def test_deterministic_cbor_refuses_floats() -> None:
         deterministic_cbor({"x": 1.5})
 
 
-# --- NIR / NIA keys (profile §1, RG_BS603) -----------------------------------------------------
+# --- NIR / NIA keys (profile §5.2, RG_BS603) ------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -174,7 +174,7 @@ def test_wrong_or_malformed_nir_keys() -> None:
         nir_key("2A90549588157")  # 2A outside the département position
 
 
-# --- keys, kid, signatures -----------------------------------------------------------------------
+# --- keys, kid, signatures ------------------------------------------------------------------------
 
 
 def test_thumbprint_rfc9679_example() -> None:
@@ -237,7 +237,7 @@ def test_ed25519_signature_is_64_bytes() -> None:
     assert not key.public_key.verify(signature, b"other message")
 
 
-# --- COSE_Sign1 ----------------------------------------------------------------------------------
+# --- COSE_Sign1 -----------------------------------------------------------------------------------
 
 
 def test_sign1_is_tagged_with_alg_and_kid_protected() -> None:
@@ -259,7 +259,7 @@ def test_verify_sign1_rejects_tampering_and_alg_confusion() -> None:
         verify_sign1(message, SigningKey.generate(-8))
 
 
-# --- credential and presentation (profile §1, §2) ------------------------------------------------
+# --- credential and presentation (profile §2.4, §2.5) ---------------------------------------------
 
 
 def test_credential_claims() -> None:
@@ -333,7 +333,7 @@ def test_qr_text_round_trip() -> None:
     assert len(text) < 1600  # profile goal for a QR-sized presentation
 
 
-# --- trust list and status list (profile §5, §6) -------------------------------------------------
+# --- trust list and status list (profile §2.8, §2.9) ----------------------------------------------
 
 
 def test_trust_list_payload() -> None:
@@ -395,7 +395,7 @@ def test_signed_status_list() -> None:
     assert zlib.decompress(claims[65533]["lst"]) == bytes([0b100100])
 
 
-# --- pycose interoperability ---------------------------------------------------------------------
+# --- pycose interoperability ----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("alg", [-7, -8])
@@ -442,7 +442,7 @@ def test_toolkit_verifies_pycose_sign1(alg: int, pycose_alg: Any) -> None:
         verify_sign1(tamper_signature(encoded, byte_index=63), public)
 
 
-# --- DemoPKI -------------------------------------------------------------------------------------
+# --- DemoPKI --------------------------------------------------------------------------------------
 
 
 def test_demo_pki_files(demo_pki: DemoPKI) -> None:
@@ -578,7 +578,7 @@ def test_demo_pki_with_real_oid(tmp_path: Path) -> None:
     assert claims["apcv"]["ins"]["oid"] == INS_NIR_OID
 
 
-# --- CLI -----------------------------------------------------------------------------------------
+# --- CLI ------------------------------------------------------------------------------------------
 
 
 def run_cli(*argv: str) -> int:
@@ -636,7 +636,7 @@ def test_cli_errors_exit_2_without_personal_data(
         assert personal not in err
 
 
-# --- delegation and AMC attestation (docs/profile.md §2.6, §2.7) ----------------------------------
+# --- delegation and AMC attestation (profile §2.6, §2.7) ------------------------------------------
 
 
 def test_delegation_claims() -> None:

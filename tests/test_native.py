@@ -505,7 +505,7 @@ def test_verify_batch_round_trip(verifier: Verifier, pki: Pki) -> None:
     rejected = results[2]
     assert rejected.person is None and rejected.use is None and rejected.credential_id is None
     assert results[4].person is None and results[4].use == "dmp"
-    # Within one batch the earlier item wins the replay entry (PROFILE §7.4).
+    # Within one batch the earlier item wins the replay entry (docs/profile.md §7.4).
     twice = pki.presentation(16)
     first, second = verifier.verify_batch([Scan(twice, "desk-9"), Scan(twice, "desk-8")], NOW)
     assert (first.reason, second.reason) == ("OK", "REPLAYED")
@@ -570,7 +570,7 @@ def test_verify_batch_runs_concurrently_from_threads(verifier: Verifier, pki: Pk
     assert out == {t: ["OK"] * 10 for t in range(4)}
 
 
-# ------------------------------------------------------------------ delayed scans (PROFILE §7.5)
+# ------------------------------------------------------------- delayed scans (docs/profile.md §7.5)
 
 
 def test_delayed_scan_freshness_at_scan_time_status_at_now(pki: Pki, trust_list: TrustList) -> None:
@@ -602,7 +602,7 @@ def test_delayed_scan_freshness_at_scan_time_status_at_now(pki: Pki, trust_list:
     assert r.reason == "SCAN_TIME_INVALID"
 
 
-# ------------------------------------------------------------ delegation, AMC (PROFILE §2.6, §2.7)
+# -------------------------------------------------- delegation, AMC (docs/profile.md §2.6, §2.7)
 
 
 def test_delegation_through_the_binding(verifier: Verifier, pki: Pki) -> None:
@@ -718,7 +718,7 @@ def test_external_replay_store_results_are_pending_until_settled(
     assert pending.person is None and pending.amc == [] and pending.delegation_label is None
     assert pending.credential_id == "cred-0001" and pending.use == "care"
     assert pending.replay_key == (30).to_bytes(16, "big")  # the presentation's cti
-    # Kept until the presentation's exp + skew + max_scan_delay (PROFILE §7.4, §7.5).
+    # Kept until the presentation's exp + skew + max_scan_delay (docs/profile.md §7.4, §7.5).
     assert pending.replay_expires_at == NOW + 110 + 60
     assert "replay_pending=True" in repr(pending)
     # The same pending result settled each way; the pending one is unchanged (frozen).

@@ -1,7 +1,7 @@
 """The wheel carries the compiled core and the generated protobuf code.
 
-Maturin drops git-ignored files unless ``[tool.maturin] include`` lists them (STYLE.md,
-TGI ``server/``); the generated ``_proto`` package is git-ignored by design.
+Maturin drops git-ignored files unless ``[tool.maturin] include`` lists them; the
+generated ``_proto`` package is git-ignored by design.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The shared replay store (issue 4 item 3, PROFILE §7.4): a real ``redis-server`` on loopback
+"""The shared replay store (docs/profile.md §7.4): a real ``redis-server`` on loopback
 (installed by ``make system-deps``) and real ``apcv-verify serve`` processes sharing it."""
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ def test_grpcurl_lists_the_service_reports_health_and_verifies_a_cli_presentatio
     assert reply.get("request_id") == "g-1", reply
     assert reply["decision"] == "ACCEPTED"
     assert reply["reason"] == "OK"
-    # Lunar birth dates are valid identity data, returned verbatim (PROFILE §5.4).
+    # Lunar birth dates are valid identity data, returned verbatim (docs/profile.md §5.4).
     assert reply["person"]["identity"]["birth_date"] == "1957-00-00"
     assert reply["person"]["ins"]["oid"] == INS_DEMO_OID
     assert len(reply["person"]["ins"]["matricule"]) == 15
@@ -118,7 +118,7 @@ def test_the_six_demo_decisions_over_grpc(server: RunningServer, pki: DemoPKI) -
         retry = verify(restarted, replayed, "desk-1")
         other = verify(restarted, replayed, "pharmacy-2")
         assert (reason(first), first.duplicate) == ("OK", False)
-        # A retry from the same reader is accepted again and flagged (PROFILE §7.4).
+        # A retry from the same reader is accepted again and flagged (docs/profile.md §7.4).
         assert (reason(retry), retry.duplicate) == ("OK", True)
         assert (other.decision, reason(other)) == (verifier_pb2.REJECTED, "REPLAYED")
     finally:
@@ -314,7 +314,7 @@ REJECTIONS: dict[str, Callable[[DemoPKI, int], bytes | str]] = {
     ),
     "UNKNOWN_ISSUER": lambda pki, now: pki.present(credential=pki.rogue_credential(), iat=now),
     "ALG_MISMATCH": lambda pki, now: pki.present(
-        # header says EdDSA, the trust list binds the key to ES256 (PROFILE §3.5)
+        # header says EdDSA, the trust list binds the key to ES256 (docs/profile.md §3.5)
         credential=resigned(pki, "alice", lambda c: None, protected_extra={1: -8}),
         iat=now,
     ),
@@ -344,7 +344,7 @@ REJECTIONS: dict[str, Callable[[DemoPKI, int], bytes | str]] = {
     "DELEGATION_INVALID": _out_of_scope_delegation,
     "BAD_DEVICE_SIGNATURE": lambda pki, now: tamper_signature(pki.present(iat=now)),
     "AUDIENCE_MISMATCH": lambda pki, now: pki.present(aud="pharmacy-9", iat=now),
-    # A nonce the reader did not send (PROFILE §7.2 step 8b).
+    # A nonce the reader did not send (docs/profile.md §7.2 step 8b).
     "NONCE_MISMATCH": lambda pki, now: pki.present(nonce=b"\x01" * 16, iat=now),
     "UNKNOWN_BENEFICIARY": lambda pki, now: pki.present("family", ben=2, iat=now),
     "PURPOSE_NOT_ALLOWED": lambda pki, now: pki.present(use="auth", iat=now),
@@ -404,7 +404,7 @@ def test_reason_status_unavailable_without_a_status_list(pki: DemoPKI, tmp_path:
         stop_server(bare)
 
 
-# --- NFC challenge (issue 3 item 3) --------------------------------------------------------------
+# --- NFC challenge --------------------------------------------------------------
 
 
 def test_nfc_challenge_nonce_and_audience_match(shared: RunningServer, shared_pki: DemoPKI) -> None:
@@ -419,7 +419,7 @@ def test_nfc_challenge_nonce_and_audience_match(shared: RunningServer, shared_pk
     assert reason(verify(shared, shared_pki.present(), "desk-1", nonce=nonce)) == "NONCE_MISMATCH"
 
 
-# --- Delegation (issue 3 item 1) -----------------------------------------------------------------
+# --- Delegation -----------------------------------------------------------------
 
 
 def test_delegation_says_it_was_used_with_its_label_only(
@@ -455,7 +455,7 @@ def test_a_revoked_delegation_stops_at_the_next_list(pki: DemoPKI, tmp_path: Pat
         stop_server(after)
 
 
-# --- AMC attestations (issue 3 item 2) -----------------------------------------------------------
+# --- AMC attestations -----------------------------------------------------------
 
 
 def test_amc_coverage_each_attestation_on_its_own(
@@ -507,7 +507,7 @@ def _for_with_a_wrong_key(claims: dict[Any, Any]) -> None:
     claims["apcv"]["for"].append(good[:13] + f"{(int(good[13:]) % 97) + 1:02d}")
 
 
-#: PROFILE §8.1 outcome → an attestation attached to alice's presentation that yields it.
+#: docs/profile.md §8.1 outcome → an attestation attached to alice's presentation that yields it.
 AMC_OUTCOMES: dict[str, Callable[[DemoPKI, int], bytes]] = {
     "OK": lambda pki, now: pki.amc_attestation("alice"),
     "MALFORMED": lambda pki, now: b"\xa1\x01",
@@ -555,7 +555,7 @@ def test_amc_outcome_over_grpc(shared: RunningServer, shared_pki: DemoPKI, expec
     (outcome,) = response.amc
     assert (verifier_pb2.Reason.Name(outcome.reason), outcome.valid) == (expected, expected == "OK")
     assert bool(outcome.detail) == (expected != "OK")  # a fixed phrase for every failure
-    # Coverage only from a trusted signer naming the person (PROFILE §8.1 "Coverage returned").
+    # Coverage only from a trusted signer naming the person (docs/profile.md §8.1).
     returned = expected in ("OK", "ATTESTATION_NOT_YET_VALID", "ATTESTATION_EXPIRED", "REVOKED",
                             "SUSPENDED", "STATUS_UNAVAILABLE")  # fmt: skip
     assert bool(outcome.contract) == returned and bool(outcome.domains) == returned

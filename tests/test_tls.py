@@ -230,7 +230,7 @@ def test_tls_without_client_certificates_makes_every_caller_anonymous(
 def test_a_known_caller_without_the_scanned_at_right_is_permission_denied(
     mtls: MtlsServer, pki: DemoPKI
 ) -> None:
-    """Only callers the policy allows may date a scan in the past (issue 4 item 5)."""
+    """Only callers the policy allows may date a scan in the past."""
     request = verifier_pb2.VerifyRequest(request_id="t-2", qr_text=qr_text(pki.present("alice")))
     request.reader.reader_id = "desk-1"
     request.scanned_at.GetCurrentTime()

@@ -1,4 +1,4 @@
-"""Several worker processes on one port (issue 4 item 9): ``serve --workers 2`` forks two
+"""Several worker processes on one port: ``serve --workers 2`` forks two
 servers sharing the port (SO_REUSEPORT) and a Redis replay store; the parent supervises them
 and serves their metrics summed (Prometheus multiprocess mode)."""
 

@@ -122,7 +122,7 @@ class Policy:
     def status_grace(self) -> int: ...
     @property
     def max_scan_delay(self) -> int:
-        """How old a scan's ``scanned_at`` may be, in seconds (PROFILE §7.5)."""
+        """How old a scan's ``scanned_at`` may be, in seconds (docs/profile.md §7.5)."""
 
 @final
 class MemoryReplayStore:
@@ -146,7 +146,7 @@ class Scan:
     def reader_id(self) -> str: ...
     @property
     def scanned_at(self) -> int | None:
-        """When the reader scanned the code (delayed scan, PROFILE §7.5), or None."""
+        """When the reader scanned the code (delayed scan, docs/profile.md §7.5), or None."""
 
 @final
 class AmoRights:
@@ -184,8 +184,8 @@ class Person:
 
 @final
 class AmcCoverage:
-    """One AMC attestation's outcome (PROFILE §2.7); coverage fields set only when it is signed
-    by a trusted "amc" key and names the presented person."""
+    """One AMC attestation's outcome (docs/profile.md §2.7); coverage fields set only when it is
+    signed by a trusted "amc" key and names the presented person."""
 
     @property
     def valid(self) -> bool: ...

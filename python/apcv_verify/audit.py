@@ -6,7 +6,7 @@ HMAC-SHA-256(secret, credential id), hex, truncated to :data:`HOLDER_REF_HEX_CHA
 credential gives the same reference under one secret, so an operator can follow a
 credential's verifications (or answer a holder's access request, given their credential id)
 without the log ever holding an identity. Never a name, NIR/INS, birth date or raw scan
-(ARCHITECTURE.md "Audit", PROFILE §9).
+(docs/profile.md §9, docs/operations.md "The audit record").
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ MIN_AUDIT_SECRET_CHARS = 16
 #: Environment override of the ``[[callers]]`` table: a JSON array of caller tables.
 CALLERS_ENV = "APCV_CALLERS"
 
-#: The presentation uses of PROFILE §2.5.
+#: The presentation uses of docs/profile.md §2.5.
 USES = ("care", "dmp", "dp", "auth")
 #: Field groups a response may disclose: the INS (and its identity qualification), identity
 #: traits, AMO rights, AMC coverage.
@@ -146,11 +146,11 @@ class TlsSection:
 
 @dataclass(frozen=True)
 class TrustSection:
-    #: Trust anchors: PEM public keys or COSE_Key files (PROFILE §5: configured out of band).
+    #: Trust anchors: PEM public keys or COSE_Key files (docs/profile.md §6.1: out of band).
     anchors: tuple[str, ...] = ()
     #: The signed trust list (COSE_Sign1): a file or an http(s):// URL.
     trust_list: str = ""
-    #: Signed status-list CWTs (PROFILE §6): files or http(s):// URLs.
+    #: Signed status-list CWTs (docs/profile.md §6.5): files or http(s):// URLs.
     status_lists: tuple[str, ...] = ()
     #: Seconds between refreshes of the trust list and status lists (files re-read when
     #: changed, URLs fetched with If-None-Match); 0 loads them once.
@@ -163,7 +163,7 @@ class TrustSection:
 class PolicySection:
     #: Accept INS test / demonstration OIDs (1.2.250.1.213.1.4.10 / .11). Never in production.
     allow_test_identities: bool = False
-    #: Tolerated clock difference between phones and this server (PROFILE §5 times).
+    #: Tolerated clock difference between phones and this server (docs/profile.md §7.3).
     clock_skew_seconds: int = 60
     #: How long past its expiry a status list is still used (0 = fail closed at expiry).
     status_grace_seconds: int = 0
@@ -181,7 +181,7 @@ def redact_url(url: str) -> str:
 
 @dataclass(frozen=True)
 class ReplaySection:
-    """The replay store (PROFILE §7.4; docs/operations.md "Replay store")."""
+    """The replay store (docs/profile.md §7.4; docs/operations.md "Replay store")."""
 
     #: "memory": the in-process TTL set (one replica); "redis": a Redis server shared by
     #: every replica (SET NX with expiry).
@@ -383,7 +383,7 @@ class Config:
             return
         if self.replay.backend == "memory":
             # The in-process replay store is per worker: a presentation replayed to another
-            # worker would be accepted again (PROFILE §7.4).
+            # worker would be accepted again (docs/profile.md §7.4).
             raise ConfigError(
                 'server.workers: more than one worker needs replay.backend = "redis" '
                 "(the memory store is per process: a replay across workers would go unseen)"

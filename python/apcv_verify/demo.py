@@ -1,8 +1,8 @@
 """The embedded default: an ephemeral demo PKI, a real server and real gRPC calls.
 
 ``apcv-verify demo`` (``make demo``) verifies six sample presentations and exits 0 when every
-decision is the expected one; ``--serve`` keeps the server up for grpcurl (ARCHITECTURE.md
-"Embedded default"). Nothing leaves 127.0.0.1.
+decision is the expected one; ``--serve`` keeps the server up for grpcurl. Nothing leaves
+127.0.0.1.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class Sample:
     expected_reason: str
 
 
-# The six decisions `make demo` must show (issue 2 "Embedded default").
+# The six decisions `make demo` must show (README "Quick start").
 SAMPLES = (
     Sample("valid presentation", "accepted", "reception-desk-1", "ACCEPTED", "OK"),
     Sample("expired credential", "expired", "reception-desk-1", "REJECTED", "CREDENTIAL_EXPIRED"),
@@ -126,7 +126,7 @@ async def _run(serve: bool, listen: str | None) -> int:
                 "trust.anchors": [str(pki.directory / "anchor.pem")],
                 "trust.trust_list": str(pki.trust_list_path),
                 "trust.status_lists": [str(path) for path in pki.status_list_paths.values()],
-                # The demo people carry the INS demonstration OID (PROFILE §5.3).
+                # The demo people carry the INS demonstration OID (docs/profile.md §5.3).
                 "policy.allow_test_identities": True,
                 # Everything is ephemeral here: a per-run audit key (no "not stable" warning
                 # in the table) and /metrics only when the demo keeps serving.

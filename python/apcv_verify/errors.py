@@ -1,11 +1,13 @@
-"""The one place where an unexpected exception becomes a gRPC status (STYLE.md "Errors").
+"""The one place where an unexpected exception becomes a gRPC status.
+
+docs/architecture.md "Choices worth knowing" (errors by class).
 
 Rejected presentations are responses, and call-level problems are answered by the handlers
 with ``context.abort`` (INVALID_ARGUMENT, PERMISSION_DENIED, UNAVAILABLE, …). Anything else
 that escapes a handler is a bug: the caller gets INTERNAL with a fixed message — never the
 exception text or a stack trace, which could echo request data — and the log gets the
 exception's class and where it was raised (file, line, function) under an
-``unhandled_error`` event; not its message, for the same reason (PROFILE §9).
+``unhandled_error`` event; not its message, for the same reason (docs/profile.md §9).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ no AMC → no AMC Coverage. The Bundle (type ``collection``) holds:
 - one ``Coverage`` for the AMO rights (payor = the AMO organisation regime+caisse+centre);
 - one ``Coverage`` per *valid* AMC attestation.
 
-Lunar birth dates (PROFILE §5.4): FHIR ``date`` is ``YYYY``, ``YYYY-MM`` or a real calendar
+Lunar birth dates (docs/profile.md §5.4): FHIR ``date`` is ``YYYY``, ``YYYY-MM`` or a real calendar
 ``YYYY-MM-DD``, so ``1957-00-00`` or ``1962-02-30`` cannot be a ``birthDate``. The profile says
 such a date stands for its year where a date is needed, so ``birthDate`` holds the year
 (``"1957"``) and the verbatim value is kept, unchanged, in an extension on the primitive
@@ -85,12 +85,12 @@ _DATE_SHAPE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
 def fhir_date(value: str) -> tuple[str, bool]:
     """``(FHIR date, verbatim kept)``: the date itself, or its year for a lunar date."""
     match = _DATE_SHAPE.match(value)
-    if match is None:  # the core only accepts this shape (PROFILE §5.4); be safe anyway
+    if match is None:  # the core only accepts this shape (docs/profile.md §5.4); be safe anyway
         return value[:4], True
     year, month, day = (int(part) for part in match.groups())
     if 1 <= month <= 12 and 1 <= day <= calendar.monthrange(year, month)[1]:
         return value, False
-    return match.group(1), True  # lunar: processed as its year (PROFILE §5.4)
+    return match.group(1), True  # lunar: processed as its year (docs/profile.md §5.4)
 
 
 def _set_date(target: dict[str, Any], key: str, value: str) -> None:

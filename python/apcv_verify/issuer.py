@@ -9,8 +9,7 @@ The toolkit does not police claim values (a wrong NIR key, an unknown ``use``, a
 are all emitted as given) so that test benches can build every kind of invalid object; the verifier
 is the judge. It only refuses what it cannot encode or sign.
 
-Section references ("profile §N") are to ``/work/shared/design/PROFILE.md`` and the implementation
-contract, which pins the wire format byte for byte.
+Section references (§N) are to ``docs/profile.md``, which pins the wire format byte for byte.
 """
 
 from __future__ import annotations
@@ -77,16 +76,16 @@ __all__ = [
     "verify_sign1",
 ]
 
-# --- Constants ---------------------------------------------------------------------------------
+# --- Constants ------------------------------------------------------------------------------------
 
-#: INS object identifiers (profile §1 "ins"). Test and demonstration OIDs are accepted by a
+#: INS object identifiers (profile §2.4 "ins"). Test and demonstration OIDs are accepted by a
 #: verifier only when its policy allows test identities.
 INS_NIR_OID = "1.2.250.1.213.1.4.8"
 INS_NIA_OID = "1.2.250.1.213.1.4.9"
 INS_TEST_OID = "1.2.250.1.213.1.4.10"
 INS_DEMO_OID = "1.2.250.1.213.1.4.11"
 
-#: Trust-list roles (profile §5).
+#: Trust-list roles (profile §2.8).
 AMO_ROLE = "amo"
 AMC_ROLE = "amc"
 STATUS_ROLE = "status"
@@ -94,16 +93,16 @@ STATUS_ROLE = "status"
 #: QR payload prefix (profile "Encodings"): ``"APCV1:" + base45(zlib(presentation))``.
 QR_PREFIX = "APCV1:"
 
-#: Default presentation lifetime; the verifier rejects anything over 300 s (profile §2).
+#: Default presentation lifetime; the verifier rejects anything over 300 s (profile §2.5).
 DEFAULT_PRESENTATION_LIFETIME = 120
 
-#: Length of ``cti``, the presentation id and replay key (profile §2).
+#: Length of ``cti``, the presentation id and replay key (profile §2.5).
 CTI_LENGTH = 16
 
 #: ``kid`` is the first 8 bytes of the RFC 9679 thumbprint (profile "Signed headers").
 KID_LENGTH = 8
 
-#: Profile data version carried in ``"apcv": {"v": 1}`` (profile §1).
+#: Profile data version carried in ``"apcv": {"v": 1}`` (profile §2.4).
 PROFILE_VERSION = 1
 
 #: Token Status List media type, protected header ``typ`` (label 16, RFC 9596).
@@ -148,7 +147,7 @@ class Alg(enum.IntEnum):
     EDDSA = -8
 
 
-# --- Deterministic CBOR ------------------------------------------------------------------------
+# --- Deterministic CBOR ---------------------------------------------------------------------------
 
 
 def deterministic_cbor(value: Any) -> bytes:
@@ -183,7 +182,7 @@ def _in_deterministic_order(value: Any) -> Any:
     return value
 
 
-# --- Keys ----------------------------------------------------------------------------------------
+# --- Keys -----------------------------------------------------------------------------------------
 
 _PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
 _PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
@@ -313,7 +312,7 @@ class VerifyingKey:
 class SigningKey:
     """A private signing key: ES256 (P-256) or EdDSA (Ed25519) (profile "Signed headers").
 
-    Issuer keys may use either algorithm; device keys are ES256 only (profile §2: the iOS Secure
+    Issuer keys may use either algorithm; device keys are ES256 only (profile §2.5: the iOS Secure
     Enclave offers P-256 only).
     """
 
@@ -388,7 +387,7 @@ def cose_key_from_public_pem(pem: bytes | str, include_alg: bool = True) -> byte
     return VerifyingKey.from_pem(pem).cose_key_bytes(include_alg)
 
 
-# --- COSE_Sign1 --------------------------------------------------------------------------------
+# --- COSE_Sign1 -----------------------------------------------------------------------------------
 
 
 def _sig_structure(protected: bytes, payload: bytes, external_aad: bytes = b"") -> bytes:
@@ -407,7 +406,7 @@ def sign1(
     """Make a tagged (18) COSE_Sign1 (RFC 9052 §4.2) with an empty unprotected map.
 
     Protected header: ``{1: alg, 4: kid}`` for issuer-signed objects (``kid=True``), ``{1: alg}``
-    for presentations (``kid=False``; profile §2), plus ``protected_extra``. A mapping payload is
+    for presentations (``kid=False``; profile §2.5), plus ``protected_extra``. A mapping payload is
     encoded deterministically; bytes are embedded as they are.
     """
     protected_map: dict[int, Any] = {_HEADER_ALG: int(key.alg)}
@@ -500,13 +499,13 @@ def tamper_signature(cose_sign1: bytes, byte_index: int = 0) -> bytes:
     return deterministic_cbor(item)
 
 
-# --- Identity data (profile §1 "apcv") -----------------------------------------------------------
+# --- Identity data (profile §2.4 "apcv") ----------------------------------------------------------
 
 _CORSICA_SUBSTITUTES = {"2A": "19", "2B": "18"}  # RG_BS603 (CNAM billing rules)
 
 
 def nir_key(number13: str) -> str:
-    """The 2-digit NIR/NIA key: ``97 − (number mod 97)`` (profile §1, RG_BS603).
+    """The 2-digit NIR/NIA key: ``97 − (number mod 97)`` (profile §5.2, RG_BS603).
 
     Characters 6–7 (the département) may be ``2A``/``2B`` (Corsica): they count as ``19``/``18``.
     """
@@ -520,7 +519,7 @@ def nir_key(number13: str) -> str:
 
 
 def matricule(number13: str) -> str:
-    """The 15-character matricule: the 13-character number followed by its key (profile §1)."""
+    """The 15-character matricule: the 13-character number followed by its key (profile §5.1)."""
     return number13 + nir_key(number13)
 
 
@@ -536,7 +535,7 @@ def nir_key_is_valid(matricule15: str) -> bool:
 
 @dataclass(frozen=True)
 class AmoRights:
-    """Open rights with the mandatory scheme (profile §1 ``"amo"``): codes are digit strings."""
+    """Open rights with the mandatory scheme (profile §2.4 ``"amo"``): codes are digit strings."""
 
     regime: str  # 2 digits
     caisse: str  # 3 digits
@@ -559,7 +558,7 @@ class AmoRights:
 
 @dataclass(frozen=True)
 class Identity:
-    """INS identity traits (profile §1 ``"id"``); lunar dates (``1957-00-00``) are valid as is."""
+    """INS identity traits (profile §2.4 ``"id"``); lunar dates (``1957-00-00``) are valid as is."""
 
     birth_name: str
     given_names: str  # space-separated, INS order
@@ -582,7 +581,7 @@ class Identity:
 
 @dataclass(frozen=True)
 class Person:
-    """A covered person: INS (15-char matricule + OID), identity and AMO rights (profile §1)."""
+    """A covered person: INS (15-char matricule + OID), identity and AMO rights (profile §2.4)."""
 
     ins: str  # matricule, see matricule()
     ins_oid: str  # INS_NIR_OID, INS_NIA_OID, INS_TEST_OID or INS_DEMO_OID
@@ -602,7 +601,7 @@ class Person:
 
 @dataclass(frozen=True)
 class Beneficiary:
-    """A person attached to the holder (profile §1 ``"ben"``); rank ≥ 1, the holder is rank 0."""
+    """A person attached to the holder (profile §2.4 ``"ben"``); rank ≥ 1, the holder is rank 0."""
 
     rank: int
     person: Person
@@ -611,7 +610,7 @@ class Beneficiary:
         return {"rank": self.rank, **self.person.to_claims()}
 
 
-# --- Credential and presentation (profile §1, §2) ------------------------------------------------
+# --- Credential and presentation (profile §2.4, §2.5) ---------------------------------------------
 
 
 def issue_credential(
@@ -629,7 +628,7 @@ def issue_credential(
     exp: int,
     version: int = PROFILE_VERSION,
 ) -> bytes:
-    """Issue a credential CWT (profile §1) signed by an AMO issuer key; tagged COSE_Sign1 bytes.
+    """Issue a credential CWT (profile §2.4) signed by an AMO issuer key; tagged COSE_Sign1 bytes.
 
     ``device_key`` is the holder's phone key (only its public half is used) and goes into ``cnf``
     (RFC 8747 §3.1) without ``alg``, as the profile shows it. ``"ben"`` is left out when empty (the
@@ -665,14 +664,14 @@ def make_presentation(
     amc: Sequence[bytes] | None = None,
     dlg: bytes | None = None,
 ) -> bytes:
-    """Make a presentation (profile §2) signed by the device key; protected header ``{1: -7}`` only.
+    """Make a presentation (§2.5) signed by the device key; protected header ``{1: -7}`` only.
 
     ``exp`` defaults to ``iat + 120``; ``cti`` to 16 random bytes (the replay key). ``amc`` and
     ``dlg`` take ready-made attestation / delegation bytes (:func:`make_amc_attestation`,
     :func:`make_delegation`); with ``dlg``, ``device_key`` is the delegate's phone key.
     """
     if device_key.alg is not Alg.ES256:
-        raise ValueError("device keys are ES256 (P-256) only (profile §2)")
+        raise ValueError("device keys are ES256 (P-256) only (profile §2.5)")
     claims: dict[Any, Any] = {
         _CLAIM_IAT: iat,
         _CLAIM_EXP: iat + DEFAULT_PRESENTATION_LIFETIME if exp is None else exp,
@@ -692,7 +691,7 @@ def make_presentation(
     return sign1(device_key, claims, kid=False)
 
 
-# --- Delegation and AMC attestation (docs/profile.md §2.6, §2.7) ----------------------------------
+# --- Delegation and AMC attestation (profile §2.6, §2.7) ------------------------------------------
 
 
 def make_delegation(
@@ -793,12 +792,12 @@ def presentation_from_qr_text(text: str) -> bytes:
     return zlib.decompress(base45.b45decode(text[len(QR_PREFIX) :]))
 
 
-# --- Trust list (profile §5) ---------------------------------------------------------------------
+# --- Trust list (profile §2.8) --------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class TrustEntry:
-    """One trusted key (profile §5): only the public part of ``key`` is published."""
+    """One trusted key (profile §2.8): only the public part of ``key`` is published."""
 
     key: SigningKey | VerifyingKey
     role: str  # AMO_ROLE | AMC_ROLE | STATUS_ROLE
@@ -812,7 +811,7 @@ class TrustEntry:
             "kid": public.kid,
             "role": self.role,
             "iss": self.iss,
-            "key": public.cose_key(include_alg=True),  # alg is required in the list (profile §5)
+            "key": public.cose_key(include_alg=True),  # alg is required in the list (profile §2.8)
             "nbf": self.nbf,
             "exp": self.exp,
         }
@@ -821,7 +820,7 @@ class TrustEntry:
 def make_trust_list(
     anchor_key: SigningKey, *, seq: int, iat: int, exp: int, entries: Sequence[TrustEntry]
 ) -> bytes:
-    """Trust list signed by a trust anchor (profile §5): protected ``{1: alg, 4: anchor kid}``."""
+    """Trust list signed by a trust anchor (profile §2.8): protected ``{1: alg, 4: anchor kid}``."""
     payload = {
         "v": PROFILE_VERSION,
         "seq": seq,
@@ -832,7 +831,7 @@ def make_trust_list(
     return sign1(anchor_key, payload)
 
 
-# --- Status list (Token Status List draft, CWT form; profile §6) --------------------------------
+# --- Status list (Token Status List draft, CWT form; profile §2.9) --------------------------------
 
 _ALLOWED_STATUS_BITS = (1, 2, 4, 8)  # Token Status List draft §4.1; the profile issues 1 or 2
 
@@ -895,7 +894,7 @@ class StatusListBuilder:
     def sign(
         self, signer_key: SigningKey, *, uri: str, iat: int, exp: int, ttl: int | None = None
     ) -> bytes:
-        """Status list CWT (profile §6): protected ``{1, 4, 16: "application/statuslist+cwt"}``."""
+        """Status list CWT (§2.9): protected ``{1, 4, 16: "application/statuslist+cwt"}``."""
         claims: dict[int, Any] = {
             _CLAIM_SUB: uri,
             _CLAIM_IAT: iat,
@@ -922,7 +921,7 @@ def make_status_list(
     return builder.sign(signer_key, uri=uri, iat=iat, exp=exp, ttl=ttl)
 
 
-# --- Demonstration PKI ---------------------------------------------------------------------------
+# --- Demonstration PKI ----------------------------------------------------------------------------
 
 DEMO_AMO_ISS = "https://amo.apcv.example"
 DEMO_AMC_ISS = "https://amc.apcv.example"
@@ -940,7 +939,7 @@ _YEAR = 365 * _DAY
 DEMO_LIST_VALIDITY = _YEAR
 DEMO_KEY_VALIDITY = 5 * _YEAR
 DEMO_CREDENTIAL_VALIDITY = _YEAR
-#: 1,024 entries × 2 bits: room for revoked (1) and suspended (2) samples (profile §6).
+#: 1,024 entries × 2 bits: room for revoked (1) and suspended (2) samples (profile §2.9).
 DEMO_STATUS_LIST_SIZE = 1024
 DEMO_STATUS_BITS = 2
 DEMO_STATUS_TTL = 3600
@@ -978,7 +977,7 @@ class _DemoHolderSpec:
 
 
 def _demo_holder_specs() -> tuple[_DemoHolderSpec, ...]:
-    """Fictional people; NIR numbers are made up, keys computed (profile §1)."""
+    """Fictional people; NIR numbers are made up, keys computed (profile §5.2)."""
     return (
         _DemoHolderSpec(
             "alice",
@@ -1054,10 +1053,10 @@ class DemoPKI:
         anchor.cose_key, anchor.pem      trust anchor public key (COSE_Key bytes / PEM)
         keys/<name>.pem                  private keys (PKCS#8): anchor, amo-es256, amo-ed25519,
                                          amc, status, rogue-amo (NOT in the trust list)
-        trust-list.cose                  trust list signed by the anchor (profile §5)
+        trust-list.cose                  trust list signed by the anchor (profile §2.8)
         status/amo-1.cwt                 status list for https://status.apcv.example/amo/1 (2 bits)
         holders/<name>/device.key.pem    the holder's phone key (ES256)
-        holders/<name>/credential.cose   the holder's credential (profile §1)
+        holders/<name>/credential.cose   the holder's credential (profile §2.4)
 
     Holders: ``alice`` (ordinary), ``corsica`` (born in 2A, Ed25519 issuer), ``lunar`` (birth date
     1957-00-00), ``family`` (child beneficiary rank 1), ``revoked`` (revoked in the status list).
@@ -1340,7 +1339,7 @@ class DemoPKI:
         dlg: bytes | None = None,
         signer: SigningKey | None = None,
     ) -> bytes:
-        """A presentation by ``holder``'s phone (profile §2); ``iat`` defaults to the current time.
+        """A presentation by ``holder``'s phone (§2.5); ``iat`` defaults to the current time.
 
         ``credential`` replaces the holder's own (e.g. :meth:`expired_credential`); ``signer``
         replaces the holder's phone key (e.g. the delegate's key from :meth:`delegate`, with

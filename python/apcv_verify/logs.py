@@ -1,6 +1,6 @@
 """Structured JSON logs on stdout (structlog).
 
-Privacy rule (README, PROFILE §9): log records carry decisions, reason codes, ids chosen by
+Privacy rule (README, docs/profile.md §9): log records carry decisions, reason codes, ids chosen by
 callers and latencies, never a name, NIR/INS, birth date or raw scan.
 """
 

@@ -3,10 +3,10 @@
 Each server gets its own :class:`~prometheus_client.CollectorRegistry` (never the global
 default), so several servers can run in one process (tests) without sharing counters.
 
-Privacy and cardinality rule (ARCHITECTURE.md "Metrics", PROFILE §9): label values come
-from small closed sets only — gRPC method and status names, decisions, reason codes,
-status-list URIs from the signed trust material. Never a name, NIR/INS, birth date,
-request id or reader id: reader ids go to the audit log (:mod:`apcv_verify.audit`).
+Privacy and cardinality rule (docs/profile.md §9, docs/operations.md "Privacy and
+cardinality"): label values come from small closed sets only — gRPC method and status names,
+decisions, reason codes, status-list URIs from the signed trust material. Never a name, NIR/INS,
+birth date, request id or reader id: reader ids go to the audit log (:mod:`apcv_verify.audit`).
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ def _trust_samples(
         ("apcv_trust_list_expiry_timestamp_seconds", (), trust_list.expires_at),
     ]
     for status_list in material.status_lists:
-        # The URI names a published list, not a person (PROFILE §6).
+        # The URI names a published list, not a person (docs/profile.md §6.5).
         uri = (status_list.uri,)
         samples.append(("apcv_status_list_age_seconds", uri, now - status_list.issued_at))
         samples.append(("apcv_status_list_expiry_timestamp_seconds", uri, status_list.expires_at))

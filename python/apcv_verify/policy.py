@@ -6,7 +6,7 @@ certificate is the caller ``anonymous``. The ``[[callers]]`` table of the config
 (:class:`~apcv_verify.config.CallerPolicy`) then gives its allowed uses (PURPOSE_NOT_ALLOWED
 in the core otherwise), the field groups disclosed per use, and whether it may send
 ``scanned_at``. Fields a caller may not see are left out of the response (unset), never
-blanked (ARCHITECTURE.md "The service", PROFILE §9.3).
+blanked (docs/profile.md §9.3).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def resolve_caller(config: Config, caller: str) -> CallerPolicy:
 
 
 def scanned_at_permission(policy: CallerPolicy, caller: str) -> None:
-    """CallRefused unless ``caller`` may send ``scanned_at`` (delayed scans, PROFILE §7.5)."""
+    """CallRefused unless ``caller`` may send ``scanned_at`` (docs/profile.md §7.5)."""
     if not policy.may_send_scanned_at:
         raise CallRefused(
             f"caller {caller!r} may not send scanned_at (callers.may_send_scanned_at is false)"

@@ -1,4 +1,4 @@
-"""The shared replay store: step 9 of PROFILE §7.4 on a Redis server used by every replica.
+"""The shared replay store: step 9 of docs/profile.md §7.4 on a Redis server used by every replica.
 
 With ``replay.backend = "redis"`` the core verifiers are built without a replay store
 (``_native.Verifier(..., replay_store=None)``): a presentation that passed steps 1–8 comes

@@ -1,8 +1,8 @@
 """The gRPC service: ``apcv.verify.v1.Verifier`` over grpc.aio, with health and reflection.
 
-The servicer is thin (STYLE.md, TGI ``server/``): protobuf → :class:`~apcv_verify._native.Scan`
+The servicer is thin: protobuf → :class:`~apcv_verify._native.Scan`
 → the Rust core → protobuf. Signature, status and replay checks all happen in the core
-(ARCHITECTURE.md "The core"); Python never sees CBOR or curves.
+(docs/architecture.md "The core decides, Python transports"); Python never sees CBOR or curves.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ SERVICE_NAME = verifier_pb2.DESCRIPTOR.services_by_name["Verifier"].full_name
 
 #: Caller-chosen identifiers are echoed and logged; bound them.
 MAX_ID_LENGTH = 128
-#: An NFC challenge is a short random value (PROFILE §2 "nonce").
+#: An NFC challenge is a short random value (docs/profile.md §2.5 "nonce").
 MAX_NONCE_BYTES = 64
 
 #: RNIV identity status of an INS read from the Appli carte Vitale: qualified. The RNIV
@@ -84,7 +84,7 @@ def build_verifiers(config: Config, material: TrustMaterial) -> dict[int, _nativ
     """One core verifier per distinct ``max_scan_delay`` of the callers table, by delay.
 
     They share one replay store, so a presentation accepted for one caller is a replay for
-    every other (PROFILE §7.4); only the scan-delay bound of the policy differs. With
+    every other (docs/profile.md §7.4); only the scan-delay bound of the policy differs. With
     ``replay.backend = "redis"`` they have none: accepted results come back pending and the
     service settles them with :class:`~apcv_verify.replay.RedisReplayStore`.
     """
@@ -140,7 +140,7 @@ def _person_message(
 
 
 def _amc_message(coverage: _native.AmcCoverage) -> verifier_pb2.AmcCoverage:
-    """One AMC attestation's verdict (PROFILE §2.7, §8.1): its own validity, reason, content."""
+    """One AMC attestation's verdict (docs/profile.md §2.7, §8.1): validity, reason, content."""
     message = verifier_pb2.AmcCoverage(
         valid=coverage.valid,
         reason=coverage.reason,  # the §8.1 codes are the enum's names
@@ -174,13 +174,13 @@ def response_message(
     response = verifier_pb2.VerifyResponse(
         request_id=request_id,
         decision=verifier_pb2.ACCEPTED if result.accepted else verifier_pb2.REJECTED,
-        reason=result.reason,  # the core's codes are the enum's names (PROFILE §8)
+        reason=result.reason,  # the core's codes are the enum's names (docs/profile.md §8)
         detail=result.detail,
         duplicate=result.duplicate,
         use=result.use or "",
     )
     if not result.accepted or result.person is None:
-        return response  # on rejection no person is returned (PROFILE §7.6)
+        return response  # on rejection no person is returned (docs/profile.md §7.6)
     response.person.CopyFrom(_person_message(result.person, disclosed))
     response.issuer = result.issuer or ""
     if "ins" in disclosed:
@@ -560,7 +560,7 @@ async def start_server(config: Config, material: TrustMaterial | None = None) ->
     )
     replay = RedisReplayStore(config.replay, metrics) if config.replay.backend == "redis" else None
     if replay is not None:
-        # Logged either way; an unreachable Redis does not stop the start (PROFILE §7.4: the
+        # Logged either way; an unreachable Redis does not stop the start (docs/profile.md §7.4: the
         # verifications that need it fail closed, or open by policy, until it answers).
         log.info("replay_store", backend="redis", location=replay.location, up=await replay.ping())
     verifier_pb2_grpc.add_VerifierServicer_to_server(

@@ -2,7 +2,7 @@
 
 :class:`TrustSource` holds the current :class:`Snapshot` — the verified trust list, the
 verified status lists and the core verifiers built on them — and replaces it whole when a
-refresh brings something new (ARCHITECTURE.md: trust material is swapped, never edited).
+refresh brings something new (docs/architecture.md "Immutable snapshots").
 A call reads :attr:`TrustSource.current` once and verifies on that snapshot to the end, so a
 swap in the middle of a call or a batch changes nothing for it.
 
@@ -113,7 +113,7 @@ class _Stopped(Exception):
 
 @dataclass(frozen=True)
 class TrustMaterial:
-    """One consistent set of what the service trusts (ARCHITECTURE.md: swapped whole)."""
+    """All the service trusts, swapped whole (docs/architecture.md "Immutable snapshots")."""
 
     trust_list: _native.TrustList
     status_lists: tuple[_native.StatusList, ...]
@@ -525,7 +525,7 @@ def _refusal(error: _native.TrustListError) -> str:
 
 def _trust_list_differs(old: _native.TrustList, new: _native.TrustList) -> bool:
     """Whether a verified trust list is another list than the one held (same seq and iat
-    is the same publication fetched again, PROFILE §6.3)."""
+    is the same publication fetched again, docs/profile.md §6.3)."""
     return (old.seq, old.issued_at, old.expires_at, len(old)) != (
         new.seq,
         new.issued_at,
