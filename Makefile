@@ -1,4 +1,4 @@
-# The single entry point (STYLE.md: pydantic-core style). CI and the README call these.
+# The single entry point: CI and the README call these targets.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -19,7 +19,7 @@ $(VENV)/.stamp: pyproject.toml
 	$(PIP) install --quiet "maturin>=1.7,<2" "grpcio-tools>=1.66"
 	touch $@
 
-# Generated protobuf code is built here, never committed (STYLE.md, TGI server/Makefile).
+# Generated protobuf code is built here, never committed (docs/architecture.md).
 $(PROTO_OUT)/.stamp: $(PROTO_SRC) $(VENV)/.stamp
 	rm -rf $(PROTO_OUT) && mkdir -p $(PROTO_OUT)
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=$(PROTO_OUT) --pyi_out=$(PROTO_OUT) \
