@@ -40,6 +40,8 @@ from .conftest import REPO, RunningServer, free_port, stop_server, wait_serving
 #: Refresh interval of the servers under test, and the bound of every wait for a refresh.
 REFRESH = "0.3"
 WAIT_SECONDS = 20.0
+#: A dripping list server sends one byte this often: every read succeeds, the fetch never ends.
+DRIP_SECONDS = 0.5
 
 
 class ListServer:
@@ -49,6 +51,10 @@ class ListServer:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.available = True  # False: 503 for everything
+        #: Paths answered with their headers, then one byte every DRIP_SECONDS, until closed.
+        self.drip: set[str] = set()
+        self.dripping = 0  # drips in progress
+        self._closing = threading.Event()
         self.requests: list[tuple[str, str | None]] = []  # (path, If-None-Match)
         self.not_modified = 0
         self._lock = threading.Lock()
@@ -94,9 +100,29 @@ class ListServer:
         handler.send_header("Content-Length", str(len(body)))
         handler.send_header("ETag", etag)
         handler.end_headers()
-        handler.wfile.write(body)
+        if handler.path in self.drip:
+            self._drip(handler, body)
+        else:
+            handler.wfile.write(body)
+
+    def _drip(self, handler: BaseHTTPRequestHandler, body: bytes) -> None:
+        """Each byte well within any read timeout, the whole body taking far longer."""
+        with self._lock:
+            self.dripping += 1
+        try:
+            for byte in body:
+                if self._closing.wait(DRIP_SECONDS) or handler.path not in self.drip:
+                    return
+                handler.wfile.write(bytes([byte]))
+                handler.wfile.flush()
+        except OSError:
+            return  # the client gave up
+        finally:
+            with self._lock:
+                self.dripping -= 1
 
     def close(self) -> None:
+        self._closing.set()
         self.httpd.shutdown()
         self.httpd.server_close()
         self._thread.join(timeout=10)
@@ -109,8 +135,11 @@ def lists(pki: DemoPKI) -> Iterator[ListServer]:
     publisher.close()
 
 
-def launch(pki: DemoPKI, lists: ListServer, log_path: Path, metrics_port: int) -> RunningServer:
-    """``apcv-verify serve`` with the trust list and status lists at their URLs (no wait)."""
+def launch(
+    pki: DemoPKI, lists: ListServer, log_path: Path, metrics_port: int, **environ: str
+) -> RunningServer:
+    """``apcv-verify serve`` with the trust list and status lists at their URLs (no wait);
+    ``environ`` adds to or overrides its environment."""
     address = f"127.0.0.1:{free_port()}"
     status_urls = [lists.url(path) for path in pki.status_list_paths.values()]
     command = [
@@ -126,6 +155,7 @@ def launch(pki: DemoPKI, lists: ListServer, log_path: Path, metrics_port: int) -
         "APCV_TRUST_REFRESH_SECONDS": REFRESH,
         "APCV_TRUST_HTTP_TIMEOUT_SECONDS": "2",
         "APCV_METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
+        **environ,
     }
     log_file = log_path.open("w")
     process = subprocess.Popen(
@@ -221,6 +251,54 @@ def test_a_revocation_published_is_enforced_after_the_next_refresh(
     alice = pki.holder("alice")
     pki.revoke(alice.status_index, uri=alice.status_uri, now=int(time.time()) + 1)
     wait_for(lambda: reason(verify(served, pki)) == "REVOKED", "alice revoked", served)
+
+
+def test_a_dripping_list_server_holds_back_no_revocation(
+    served: RunningServer, pki: DemoPKI, lists: ListServer, metrics_port: int
+) -> None:
+    """Every byte of the trust list arrives within the read timeout, the whole never does:
+    the fetch is cut at its deadline, counted and logged, and the status list's revocation
+    is enforced meanwhile."""
+    assert reason(verify(served, pki)) == "OK"
+    lists.drip.add("/" + pki.trust_list_path.relative_to(pki.directory).as_posix())
+    pki.new_trust_list(pki.trust_list_seq + 1)  # a change, so the trust list is fetched whole
+    wait_for(lambda: lists.dripping > 0, "a dripping fetch", served)
+    alice = pki.holder("alice")
+    pki.revoke(alice.status_index, uri=alice.status_uri, now=int(time.time()) + 1)
+    wait_for(lambda: reason(verify(served, pki)) == "REVOKED", "alice revoked", served)
+    wait_for(lambda: failures(metrics_port, "trust_list", "timeout") >= 1, "timeout", served)
+    assert '"reason": "timeout"' in served.logs()
+    with served.channel() as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+    assert health.status == health_pb2.HealthCheckResponse.SERVING  # the last good list is kept
+
+
+def test_shutdown_does_not_wait_for_a_stuck_fetch(
+    pki: DemoPKI, lists: ListServer, tmp_path: Path, metrics_port: int
+) -> None:
+    """SIGTERM while a list fetch drips, with a fetch deadline far beyond the grace: the
+    server ends within its grace (Kubernetes would SIGKILL it after that)."""
+    running = launch(
+        pki,
+        lists,
+        tmp_path / "server.log",
+        metrics_port,
+        APCV_TRUST_HTTP_TIMEOUT_SECONDS="120",
+        APCV_SERVER_GRACE_SECONDS="2",
+    )
+    try:
+        wait_serving(running.address, running.process)
+        (status_path,) = pki.status_list_paths.values()
+        lists.drip.add("/" + status_path.relative_to(pki.directory).as_posix())
+        alice = pki.holder("alice")
+        pki.revoke(alice.status_index, uri=alice.status_uri, now=int(time.time()) + 1)
+        wait_for(lambda: lists.dripping > 0, "a dripping fetch", running)
+        started = time.monotonic()
+        running.process.terminate()
+        running.process.wait(timeout=30)
+        assert time.monotonic() - started < 2 + 2.5, running.logs()
+    finally:
+        stop_server(running)
 
 
 def test_a_trust_list_with_a_lower_seq_is_refused_and_the_old_one_kept(
@@ -347,15 +425,15 @@ def _source(pki: DemoPKI, **environ: str) -> TrustSource:
 
 def test_file_sources_are_read_again_only_when_they_change(pki: DemoPKI) -> None:
     source = _source(pki)
-    source.load_initial()
+    asyncio.run(source.load_initial())
     first = source.current
     assert first is not None
-    assert not source.refresh()  # unchanged files: no swap
+    assert not asyncio.run(source.refresh())  # unchanged files: no swap
     assert source.current is first
     later = int(time.time()) + 2
     alice = pki.holder("alice")
     pki.revoke(alice.status_index, uri=alice.status_uri, now=later)
-    assert source.refresh()
+    assert asyncio.run(source.refresh())
     second = source.current
     assert second is not None and second is not first
     scan = _native.Scan(pki.present("alice"), "desk-1")
@@ -369,9 +447,9 @@ def test_an_older_status_list_is_a_rollback(pki: DemoPKI) -> None:
     old = status_path.read_bytes()
     pki.write_status_lists(now=int(time.time()) + 10)
     source = _source(pki)
-    source.load_initial()
+    asyncio.run(source.load_initial())
     status_path.write_bytes(old)
-    assert not source.refresh()
+    assert not asyncio.run(source.refresh())
     held = source.current
     assert held is not None
     assert (
@@ -383,7 +461,7 @@ def test_an_older_status_list_is_a_rollback(pki: DemoPKI) -> None:
 def test_a_file_that_fails_at_start_is_an_error(pki: DemoPKI) -> None:
     pki.trust_list_path.write_bytes(tamper_signature(pki.trust_list, 3))
     with pytest.raises(_native.TrustListError):
-        _source(pki).load_initial()
+        asyncio.run(_source(pki).load_initial())
 
 
 def test_urls_are_kept_and_paths_made_relative_to_the_config_file(tmp_path: Path) -> None:
@@ -425,7 +503,7 @@ def test_the_response_cap_is_above_every_document_the_core_accepts() -> None:
 
 def test_a_stopped_source_fetches_nothing_more(pki: DemoPKI) -> None:
     source = _source(pki, APCV_TRUST_REFRESH_SECONDS="0.05")
-    source.load_initial()
+    asyncio.run(source.load_initial())
 
     async def run_and_stop() -> None:
         source.start()
@@ -435,5 +513,5 @@ def test_a_stopped_source_fetches_nothing_more(pki: DemoPKI) -> None:
     asyncio.run(run_and_stop())
     held = source.current
     pki.new_trust_list(pki.trust_list_seq + 1)
-    assert not source.refresh()
+    assert not asyncio.run(source.refresh())
     assert source.current is held

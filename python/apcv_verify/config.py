@@ -155,7 +155,7 @@ class TrustSection:
     #: Seconds between refreshes of the trust list and status lists (files re-read when
     #: changed, URLs fetched with If-None-Match); 0 loads them once.
     refresh_seconds: float = 300.0
-    #: Timeout of one HTTP(S) fetch of a list, in seconds.
+    #: Deadline of one HTTP(S) fetch of a list, in seconds, from connecting to the last byte.
     http_timeout_seconds: float = 10.0
 
 

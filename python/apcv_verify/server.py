@@ -550,7 +550,7 @@ async def start_server(config: Config, material: TrustMaterial | None = None) ->
     if material is not None:
         trust.seed(material)
     else:
-        await asyncio.to_thread(trust.load_initial)
+        await trust.load_initial()
     metrics.watch_trust_material(lambda: trust.material)
     server = grpc.aio.server(
         # Metrics first, so that they see the status the error mapping sets.

@@ -12,12 +12,15 @@ Rules of a refresh (docs/operations.md "Trust list and status list refresh"):
   the held sequence number (``held_seq``: a lower sequence is a rollback and is refused), a
   status list against the trust list in use, at the current time;
 * a status list older (``iat``) than the one held for the same source is refused (rollback);
-* on any failure — unreachable server, oversize body, bad signature, rollback — the last
-  good document is kept, the failure is logged and counted
+* on any failure — unreachable server, overrun deadline, oversize body, bad signature,
+  rollback — the last good document is kept, the failure is logged and counted
   (``apcv_trust_refresh_failures_total``), and nothing crashes;
 * when the trust list changes, every held status list is verified again against the new
   one; a list whose signer is no longer trusted is dropped (verifications that need it
   answer ``STATUS_UNAVAILABLE``, fail closed) and fetched again at each refresh;
+* every source is fetched at the same time, each within ``trust.http_timeout_seconds`` in
+  all (a server that drips its answer is cut off), and each verified list is taken into use
+  as soon as it arrives, so one slow source never holds back another's revocations;
 * HTTP sources are fetched with ``If-None-Match`` (the ``ETag`` of the last accepted body);
   ``304 Not Modified`` means unchanged. File sources are read again when their mtime or
   size changes. A validator is remembered only once its document is accepted, so a refused
@@ -34,13 +37,12 @@ import asyncio
 import contextlib
 import os
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import structlog
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
@@ -53,6 +55,7 @@ from .issuer import cose_key_from_public_pem
 __all__ = [
     "INITIAL_RETRY_SECONDS",
     "MAX_SOURCE_BYTES",
+    "FetchTimeout",
     "Snapshot",
     "SourceError",
     "TrustMaterial",
@@ -106,9 +109,14 @@ def read_anchor(path: str | Path) -> bytes:
 class SourceError(Exception):
     """A source could not be read (unreachable, HTTP error, oversize, missing file)."""
 
+    reason = "fetch"
 
-class _Stopped(Exception):
-    """The refresh task is stopping: the refresh in progress is abandoned."""
+
+class FetchTimeout(SourceError):
+    """A fetch did not complete within ``trust.http_timeout_seconds``, from the connection to
+    the last byte: a server that drips its answer is cut off like one that never answers."""
+
+    reason = "timeout"
 
 
 @dataclass(frozen=True)
@@ -148,12 +156,18 @@ class _Source:
         #: Validator of the last accepted document: the ETag (HTTP) or (mtime_ns, size).
         self._accepted: object = None
 
-    def fetch(self) -> tuple[bytes, object] | None:
+    async def fetch(self, session: aiohttp.ClientSession) -> tuple[bytes, object] | None:
         """The document and its validator, or None when unchanged since the last accepted one.
 
-        Blocking (run it in a thread); raises :class:`SourceError`.
+        Raises :class:`SourceError`; :class:`FetchTimeout` past ``timeout`` seconds in all.
         """
-        return self._fetch_url() if self.is_url else self._fetch_file()
+        if not self.is_url:
+            return await asyncio.to_thread(self._fetch_file)
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self._fetch_url(session)
+        except TimeoutError:
+            raise FetchTimeout(f"no complete answer within {self.timeout:g} s") from None
 
     def accept(self, validator: object) -> None:
         """Remember the validator of a document that was verified and taken into use."""
@@ -179,28 +193,28 @@ class _Source:
             raise SourceError(f"larger than {MAX_SOURCE_BYTES} bytes")
         return data, validator
 
-    def _fetch_url(self) -> tuple[bytes, object] | None:
+    async def _fetch_url(self, session: aiohttp.ClientSession) -> tuple[bytes, object] | None:
         headers = {"User-Agent": USER_AGENT, "Accept": "application/cose, */*"}
         if isinstance(self._accepted, str):
             headers["If-None-Match"] = self._accepted
-        request = urllib.request.Request(self.location, headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                length = response.headers.get("Content-Length")
-                if length is not None and length.isdigit() and int(length) > MAX_SOURCE_BYTES:
+            async with session.get(self.location, headers=headers) as response:
+                if response.status == 304:
+                    return None
+                if response.status != 200:
+                    raise SourceError(f"HTTP {response.status}")
+                length = response.content_length
+                if length is not None and length > MAX_SOURCE_BYTES:
                     raise SourceError(f"larger than {MAX_SOURCE_BYTES} bytes")
-                data = response.read(MAX_SOURCE_BYTES + 1)
+                body = bytearray()
+                async for chunk in response.content.iter_chunked(64 * 1024):
+                    body += chunk
+                    if len(body) > MAX_SOURCE_BYTES:
+                        raise SourceError(f"larger than {MAX_SOURCE_BYTES} bytes")
                 etag = response.headers.get("ETag")
-        except urllib.error.HTTPError as error:
-            if error.code == 304:
-                return None
-            raise SourceError(f"HTTP {error.code}") from None
-        except (urllib.error.URLError, OSError, ValueError) as error:
-            reason = getattr(error, "reason", None) or error
-            raise SourceError(str(reason)) from None
-        if len(data) > MAX_SOURCE_BYTES:
-            raise SourceError(f"larger than {MAX_SOURCE_BYTES} bytes")
-        return data, etag
+        except (aiohttp.ClientError, OSError, ValueError) as error:
+            raise SourceError(str(error) or type(error).__name__) from None
+        return bytes(body), etag
 
 
 @dataclass
@@ -278,7 +292,8 @@ class TrustSource:
         self._failures = Counter(
             "apcv_trust_refresh_failures_total",
             "Refreshes of a trust-list or status-list source that kept the last good list: "
-            "reason fetch (unreachable, HTTP error, oversize), refused (verification failed), "
+            "reason fetch (unreachable, HTTP error, oversize), timeout (no complete answer "
+            "within trust.http_timeout_seconds), refused (verification failed), "
             "rollback (older than the list held), untrusted (signer not in a new trust list).",
             ["source", "reason"],
             registry=registry,
@@ -323,57 +338,123 @@ class TrustSource:
         }
         self._install(material.trust_list, material.status_lists)
 
-    def load_initial(self, now: int | None = None) -> None:
+    async def load_initial(self, now: int | None = None) -> None:
         """The first load, at start. A file source that fails raises (a configuration error
         is reported at start, as before refresh existed); a URL source that fails is logged
         and retried by the refresh task, the server answering NOT_SERVING meanwhile."""
-        self.refresh(now, strict_files=True)
+        await self.refresh(now, strict_files=True)
 
-    def refresh(self, now: int | None = None, *, strict_files: bool = False) -> bool:
-        """Fetch every source once and swap in a new snapshot if anything changed.
+    async def refresh(self, now: int | None = None, *, strict_files: bool = False) -> bool:
+        """Fetch every source once, all at the same time, and swap in a new snapshot as soon
+        as a fetched list is verified; returns True when at least one swap happened.
 
-        Blocking (network and signature checks): the refresh task runs it in a thread.
-        Returns True when a new snapshot was installed. Never raises for a bad or unreachable
-        source unless ``strict_files`` and the source is a file.
+        Each fetch has its own overall deadline (``trust.http_timeout_seconds``), so a slow or
+        stuck source delays nobody else: the trust list is applied first (status lists are
+        verified under it), then each status list as soon as it arrives. Never raises for a
+        bad or unreachable source unless ``strict_files`` and the source is a file.
         """
-        try:
-            return self._refresh(int(time.time()) if now is None else now, strict_files)
-        except _Stopped:
+        if self._stopping:
             return False
-
-    def _refresh(self, now: int, strict_files: bool) -> bool:
-        previous = self._current
-        trust_list = previous.trust_list if previous is not None else None
-        trust_changed = False
-
-        fetched = self._fetch(self._trust_source, strict_files)
-        if fetched is not None:
-            data, validator = fetched
-            held_seq = None if trust_list is None else trust_list.seq
+        at = int(time.time()) if now is None else now
+        async with aiohttp.ClientSession() as session:
+            trust = asyncio.ensure_future(self._fetch(self._trust_source, session, strict_files))
+            statuses = [
+                asyncio.ensure_future(self._fetch_status(source, session, strict_files))
+                for source in self._status_sources
+            ]
             try:
-                new_list = _native.TrustList.verify(data, self._anchors, now, held_seq)
-            except _native.TrustListError as error:
-                self._failed(self._trust_source, _refusal(error), str(error))
-                if strict_files and not self._trust_source.is_url:
-                    raise
-            else:
-                self._trust_source.accept(validator)
-                trust_changed = trust_list is None or _trust_list_differs(trust_list, new_list)
-                trust_list = new_list
+                return await self._apply_as_fetched(trust, statuses, at, strict_files)
+            finally:
+                for task in (trust, *statuses):
+                    task.cancel()
+                await asyncio.gather(trust, *statuses, return_exceptions=True)
+
+    async def _apply_as_fetched(
+        self,
+        trust: asyncio.Future[tuple[bytes, object] | None],
+        statuses: Sequence[asyncio.Future[tuple[_Source, tuple[bytes, object] | None]]],
+        now: int,
+        strict_files: bool,
+    ) -> bool:
+        """Take fetched lists into use: the trust list first, then each status list as it
+        arrives. Until a first snapshot exists, everything fetched is installed together, so
+        no call ever sees a trust list without the status lists that came with it."""
+        current = self._current
+        first_load = current is None
+        trust_list = None if current is None else current.trust_list
+        held = dict(self._held)
+        changed = False
+        fetched = await trust
+        if fetched is not None:
+            verified = await asyncio.to_thread(
+                self._verify_trust_list, fetched, trust_list, held, now, strict_files
+            )
+            if verified is not None:
+                trust_list = verified
+                changed = True
+                if not first_load:
+                    self._take(trust_list, held, trust_list_changed=True)
         if trust_list is None:
             return False  # nothing can be verified without a trust list
+        for arrival in asyncio.as_completed(statuses):
+            source, fetched = await arrival
+            if fetched is not None and await asyncio.to_thread(
+                self._verify_status_list, source, fetched, held, trust_list, now, strict_files
+            ):
+                changed = True
+                if not first_load:
+                    self._take(trust_list, held, trust_list_changed=False)
+        if first_load and changed:
+            self._take(trust_list, held, trust_list_changed=True)
+        return changed
 
-        status_changed = False
-        held = dict(self._held)
-        if trust_changed and previous is not None:
-            status_changed = self._reverify(held, trust_list, now)
-        for source in self._status_sources:
-            if self._refresh_status(source, held, trust_list, now, strict_files):
-                status_changed = True
+    async def _fetch(
+        self, source: _Source, session: aiohttp.ClientSession, strict_files: bool
+    ) -> tuple[bytes, object] | None:
+        try:
+            return await source.fetch(session)
+        except SourceError as error:
+            self._failed(source, error.reason, str(error))
+            if strict_files and not source.is_url:
+                raise
+            return None
 
-        if not (trust_changed or status_changed):
-            return False
-        self._held = held
+    async def _fetch_status(
+        self, source: _Source, session: aiohttp.ClientSession, strict_files: bool
+    ) -> tuple[_Source, tuple[bytes, object] | None]:
+        return source, await self._fetch(source, session, strict_files)
+
+    def _verify_trust_list(
+        self,
+        fetched: tuple[bytes, object],
+        held_list: _native.TrustList | None,
+        held: dict[str, _Held],
+        now: int,
+        strict: bool,
+    ) -> _native.TrustList | None:
+        """A fetched trust list, verified against the anchors and the held sequence; the held
+        status lists are verified again under it (in ``held``). None when it is refused or
+        is the list already held."""
+        data, validator = fetched
+        held_seq = None if held_list is None else held_list.seq
+        try:
+            trust_list = _native.TrustList.verify(data, self._anchors, now, held_seq)
+        except _native.TrustListError as error:
+            self._failed(self._trust_source, _refusal(error), str(error))
+            if strict and not self._trust_source.is_url:
+                raise
+            return None
+        self._trust_source.accept(validator)
+        if held_list is not None and not _trust_list_differs(held_list, trust_list):
+            return None
+        self._reverify(held, trust_list, now)
+        return trust_list
+
+    def _take(
+        self, trust_list: _native.TrustList, held: dict[str, _Held], *, trust_list_changed: bool
+    ) -> None:
+        """Install a snapshot of ``trust_list`` and the status lists in ``held``."""
+        self._held = dict(held)
         self._install(
             trust_list,
             tuple(held[s.name].status_list for s in self._status_sources if s.name in held),
@@ -381,34 +462,20 @@ class TrustSource:
         log.info(
             "trust_material_loaded",
             trust_list_seq=trust_list.seq,
-            trust_list_changed=trust_changed,
+            trust_list_changed=trust_list_changed,
             status_lists=len(held),
             status_lists_configured=len(self._status_sources),
         )
-        return True
 
-    def _fetch(self, source: _Source, strict_files: bool) -> tuple[bytes, object] | None:
-        if self._stopping:
-            raise _Stopped
-        try:
-            return source.fetch()
-        except SourceError as error:
-            self._failed(source, "fetch", str(error))
-            if strict_files and not source.is_url:
-                raise
-            return None
-
-    def _reverify(self, held: dict[str, _Held], trust_list: _native.TrustList, now: int) -> bool:
+    def _reverify(self, held: dict[str, _Held], trust_list: _native.TrustList, now: int) -> None:
         """Verify every held status list again under a new trust list; drop the refused.
 
         Judged at ``min(now, exp)``: a list past its expiry but within the grace period is
         kept for the core's grace policy rather than dropped for its age.
         """
-        changed = False
         for name, item in list(held.items()):
             source = next(s for s in self._status_sources if s.name == name)
-            changed = True
-            if not item.data:  # seeded: fetched again right after this
+            if not item.data:  # seeded: fetched again at the next refresh
                 del held[name]
                 source.forget()
                 continue
@@ -419,19 +486,18 @@ class TrustSource:
                 del held[name]
                 source.forget()
                 self._failed(source, "untrusted", str(error))
-        return changed
 
-    def _refresh_status(
+    def _verify_status_list(
         self,
         source: _Source,
+        fetched: tuple[bytes, object],
         held: dict[str, _Held],
         trust_list: _native.TrustList,
         now: int,
         strict_files: bool,
     ) -> bool:
-        fetched = self._fetch(source, strict_files)
-        if fetched is None:
-            return False
+        """Verify a fetched status list under ``trust_list`` and put it in ``held``; True when
+        it is new (refused, rolled back or unchanged: False)."""
         data, validator = fetched
         try:
             status_list = _native.StatusList.verify(data, trust_list, now)
@@ -490,8 +556,8 @@ class TrustSource:
         self._task = asyncio.get_running_loop().create_task(self._run(on_loaded))
 
     async def stop(self) -> None:
-        """Cancel the refresh task and wait for it. A refresh running in its thread starts
-        no further fetch, so it ends within one ``trust.http_timeout_seconds``."""
+        """Cancel the refresh task and wait for it: a fetch in progress is abandoned at once
+        (shutdown never waits for a list server), and no refresh starts afterwards."""
         self._stopping = True
         task, self._task = self._task, None
         if task is None:
@@ -514,7 +580,7 @@ class TrustSource:
                 delay = INITIAL_RETRY_SECONDS if delay <= 0 else min(delay, INITIAL_RETRY_SECONDS)
             await asyncio.sleep(delay)
             try:
-                await asyncio.to_thread(self.refresh)
+                await self.refresh()
             except Exception:  # never let the refresh task die: the last good list stays
                 log.exception("trust_refresh_error")
 
