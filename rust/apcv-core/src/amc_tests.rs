@@ -1,4 +1,4 @@
-//! AMC attestations (PROFILE §2.7): each judged on its own at step 10, never rejecting.
+//! AMC attestations (docs/profile.md §2.7): each judged on its own at step 10, never rejecting.
 
 use ciborium::Value;
 

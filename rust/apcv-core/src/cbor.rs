@@ -2,7 +2,7 @@
 //!
 //! ciborium (and coset above it) accept indefinite-length items and duplicate map keys and
 //! decode whatever follows the first item only if asked; the profile forbids all three
-//! (contract "CBOR rules", PROFILE "Encodings"). So every byte string that is CBOR goes
+//! (docs/profile.md §4.3). So every byte string that is CBOR goes
 //! through [`check_well_formed`] first, and only then through ciborium.
 
 use std::collections::BTreeSet;
@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::limits::MAX_CBOR_DEPTH;
 
 /// Identity of a map key for duplicate detection. Integers and strings compare by value so
-/// that a non-shortest encoding (accepted, contract "CBOR rules") cannot smuggle a duplicate;
+/// that a non-shortest encoding (accepted, docs/profile.md §4.3 rule 3) cannot smuggle a duplicate;
 /// any other key compares by its encoded bytes.
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 enum KeyId<'a> {
@@ -120,7 +120,8 @@ impl<'a> PrePass<'a> {
                         let mut keys = BTreeSet::new();
                         for _ in 0..h.arg {
                             let key_start = self.pos;
-                            // PROFILE §2.1 rule 3: map keys are integers or text, everywhere.
+                            // docs/profile.md §2.1 rule 3: map keys are integers or text,
+                            // everywhere.
                             if !matches!(self.data.get(key_start).map(|b| b >> 5), Some(0 | 1 | 3))
                             {
                                 return Err(Error::Malformed(
@@ -166,7 +167,7 @@ fn key_id(encoded: &[u8]) -> KeyId<'_> {
 
 /// Checks that `data` is exactly one well-formed CBOR item within the profile's rules:
 /// definite lengths only, no duplicate map keys, nesting ≤ [`MAX_CBOR_DEPTH`], valid UTF-8
-/// text, no reserved additional information, no trailing bytes (contract "CBOR rules").
+/// text, no reserved additional information, no trailing bytes (docs/profile.md §4.3).
 pub fn check_well_formed(data: &[u8]) -> Result<()> {
     let mut p = PrePass { data, pos: 0 };
     p.item(0)?;

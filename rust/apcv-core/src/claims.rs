@@ -1,12 +1,25 @@
-//! Credential (PROFILE §1) and presentation (PROFILE §2) claims: parsing (step 2 →
-//! MALFORMED / UNSUPPORTED_VERSION) and sanity checks (step 4 → CLAIMS_INVALID).
+//! Claims of the credential (docs/profile.md §2.4), presentation (§2.5), delegation (§2.6)
+//! and AMC attestation (§2.7): parsing (§7.2 step 2 → MALFORMED / UNSUPPORTED_VERSION) and
+//! the identity rules of §5 (step 4 → CLAIMS_INVALID). Failures are [`ClaimsError`]s; the
+//! pipeline turns them into reason codes.
 
 use ciborium::Value;
 
 use crate::cbor::{self, Key};
 use crate::cose::{HeaderAlg, PublicKey};
 use crate::limits::{CTI_LEN, MAX_AMC_ATTESTATIONS};
-use crate::verify::{Reason, Reject};
+
+/// Why claims were refused; the pipeline maps each kind to its reason code (docs/profile.md
+/// §7.2 steps 2 and 4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClaimsError {
+    /// A claim missing or of the wrong type: `MALFORMED`.
+    Malformed(&'static str),
+    /// `apcv.v` is not 1: `UNSUPPORTED_VERSION`.
+    UnsupportedVersion(&'static str),
+    /// Breaks the identity rules of docs/profile.md §5: `CLAIMS_INVALID`.
+    Invalid(&'static str),
+}
 
 /// CWT claim keys (RFC 8392 §4; 8 = cnf, RFC 8747; 65535 = status, Token Status List).
 mod claim {
@@ -23,7 +36,7 @@ mod claim {
     pub const CNF_COSE_KEY: i64 = 1;
 }
 
-/// INS OIDs (PROFILE §1 `"ins"`).
+/// INS OIDs (docs/profile.md §5.3).
 pub mod oid {
     /// INS-NIR (the social security number).
     pub const INS_NIR: &str = "1.2.250.1.213.1.4.8";
@@ -35,7 +48,7 @@ pub mod oid {
     pub const INS_DEMO: &str = "1.2.250.1.213.1.4.11";
 }
 
-/// What the presentation is for (PROFILE §2 `"use"`).
+/// What the presentation is for (docs/profile.md §2.5 `"use"`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Use {
     /// Care and billing.
@@ -83,7 +96,7 @@ impl Use {
     }
 }
 
-/// Open rights with the mandatory insurer (PROFILE §1 `"amo"`).
+/// Open rights with the mandatory insurer (docs/profile.md §2.4 `"amo"`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct AmoRights {
     /// Scheme code (2 digits).
@@ -113,7 +126,7 @@ pub struct Person {
     pub given_names: String,
     /// "M" or "F".
     pub sex: String,
-    /// "YYYY-MM-DD" verbatim (lunar dates kept, PROFILE §1).
+    /// "YYYY-MM-DD" verbatim (lunar dates kept, docs/profile.md §5.4).
     pub birth_date: String,
     /// INSEE place code (5 chars).
     pub birth_place: String,
@@ -121,7 +134,7 @@ pub struct Person {
     pub amo: AmoRights,
 }
 
-// Personal data never goes to a log line through Debug (ARCHITECTURE "Audit").
+// Personal data never goes to a log line through Debug (docs/profile.md §9.1).
 impl std::fmt::Debug for Person {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Person")
@@ -151,7 +164,7 @@ pub struct Credential {
     pub iat: i64,
     /// The device key of `cnf` (EC2 P-256).
     pub device_key: PublicKey,
-    /// The `alg` parameter of the device key as found (judged at step 3, PROFILE §2.2).
+    /// The `alg` parameter of the device key as found (judged at step 3, docs/profile.md §2.2).
     pub device_key_alg: HeaderAlg,
     /// Status-list index.
     pub status_idx: u64,
@@ -188,14 +201,14 @@ pub struct Presentation {
     pub use_: Use,
     /// The reader's challenge.
     pub nonce: Option<Vec<u8>>,
-    /// A delegation (PROFILE §2.6): the COSE_Sign1 bytes.
+    /// A delegation (docs/profile.md §2.6): the COSE_Sign1 bytes.
     pub dlg: Option<Vec<u8>>,
-    /// AMC attestations (PROFILE §2.7): COSE_Sign1 bytes each, at most
+    /// AMC attestations (docs/profile.md §2.7): COSE_Sign1 bytes each, at most
     /// [`MAX_AMC_ATTESTATIONS`].
     pub amc: Vec<Vec<u8>>,
 }
 
-/// A parsed (not yet verified) delegation (PROFILE §2.6).
+/// A parsed (not yet verified) delegation (docs/profile.md §2.6).
 #[derive(Clone)]
 pub struct Delegation {
     /// `iss`.
@@ -230,7 +243,7 @@ impl std::fmt::Debug for Delegation {
     }
 }
 
-/// Parsed (not yet verified) AMC attestation claims (PROFILE §2.7).
+/// Parsed (not yet verified) AMC attestation claims (docs/profile.md §2.7).
 #[derive(Clone)]
 pub struct AmcAttestation {
     /// `iss`: the AMC organisation id.
@@ -259,36 +272,36 @@ impl std::fmt::Debug for AmcAttestation {
     }
 }
 
-fn malformed(detail: &'static str) -> Reject {
-    Reject::new(Reason::Malformed, detail)
+fn malformed(detail: &'static str) -> ClaimsError {
+    ClaimsError::Malformed(detail)
 }
 
-fn invalid(detail: &'static str) -> Reject {
-    Reject::new(Reason::ClaimsInvalid, detail)
+fn invalid(detail: &'static str) -> ClaimsError {
+    ClaimsError::Invalid(detail)
 }
 
 type Map = [(Value, Value)];
 
-fn req<'m>(m: &'m Map, k: Key<'_>, what: &'static str) -> Result<&'m Value, Reject> {
+fn req<'m>(m: &'m Map, k: Key<'_>, what: &'static str) -> Result<&'m Value, ClaimsError> {
     cbor::get(m, k).ok_or(malformed(what))
 }
 
-fn req_text(m: &Map, k: Key<'_>, what: &'static str) -> Result<String, Reject> {
+fn req_text(m: &Map, k: Key<'_>, what: &'static str) -> Result<String, ClaimsError> {
     req(m, k, what)
         .and_then(|v| cbor::as_text(v).ok_or(malformed(what)))
         .map(str::to_owned)
 }
 
-fn req_i64(m: &Map, k: Key<'_>, what: &'static str) -> Result<i64, Reject> {
+fn req_i64(m: &Map, k: Key<'_>, what: &'static str) -> Result<i64, ClaimsError> {
     req(m, k, what).and_then(|v| cbor::as_i64(v).ok_or(malformed(what)))
 }
 
-fn req_map<'m>(m: &'m Map, k: Key<'_>, what: &'static str) -> Result<&'m Map, Reject> {
+fn req_map<'m>(m: &'m Map, k: Key<'_>, what: &'static str) -> Result<&'m Map, ClaimsError> {
     req(m, k, what).and_then(|v| cbor::as_map(v).ok_or(malformed(what)))
 }
 
-/// Parses presentation claims from its (strict-CBOR) payload (PROFILE §2).
-pub fn parse_presentation(payload: &[u8]) -> Result<Presentation, Reject> {
+/// Parses presentation claims from its (strict-CBOR) payload (docs/profile.md §2.5).
+pub fn parse_presentation(payload: &[u8]) -> Result<Presentation, ClaimsError> {
     const W: &str = "presentation: missing or mistyped claim";
     let v =
         cbor::decode(payload).map_err(|_| malformed("presentation payload is not strict CBOR"))?;
@@ -310,7 +323,7 @@ pub fn parse_presentation(payload: &[u8]) -> Result<Presentation, Reject> {
     let use_ = cbor::as_text(req(m, Key::Text("use"), W)?)
         .and_then(Use::parse)
         .ok_or(malformed("presentation: unknown use"))?;
-    let opt_bytes = |k: &str| -> Result<Option<Vec<u8>>, Reject> {
+    let opt_bytes = |k: &str| -> Result<Option<Vec<u8>>, ClaimsError> {
         match cbor::get(m, Key::Text(k)) {
             None => Ok(None),
             Some(b) => Ok(Some(cbor::as_bytes(b).ok_or(malformed(W))?.to_vec())),
@@ -345,14 +358,15 @@ pub fn parse_presentation(payload: &[u8]) -> Result<Presentation, Reject> {
     })
 }
 
-/// Parses credential claims from its (strict-CBOR) payload (PROFILE §1). Formats are not
+/// Parses credential claims from its (strict-CBOR) payload (docs/profile.md §2.4). Formats are not
 /// judged here (that is [`check_credential`], step 4); only presence and types.
-pub fn parse_credential(payload: &[u8]) -> Result<Credential, Reject> {
+pub fn parse_credential(payload: &[u8]) -> Result<Credential, ClaimsError> {
     const W: &str = "credential: missing or mistyped claim";
     let v =
         cbor::decode(payload).map_err(|_| malformed("credential payload is not strict CBOR"))?;
     let m = cbor::as_map(&v).ok_or(malformed(W))?;
-    // PROFILE §1: "v" = 1; another version may have another shape, so it is judged first.
+    // docs/profile.md §7.2 step 2: "v" = 1; another version may have another shape, so it is
+    // judged first.
     let apcv = apcv_v1(m, W, "credential version is not 1")?;
     let iss = req_text(m, Key::Int(claim::ISS), W)?;
     let sub = req_text(m, Key::Int(claim::SUB), W)?;
@@ -398,13 +412,13 @@ pub fn parse_credential(payload: &[u8]) -> Result<Credential, Reject> {
     })
 }
 
-/// `cnf` (RFC 8747 §3.2): an EC2 P-256 COSE_Key (PROFILE §2.2) and its `alg` as found.
+/// `cnf` (RFC 8747 §3.2): an EC2 P-256 COSE_Key (docs/profile.md §2.2) and its `alg` as found.
 /// `details`: unusable key, alg not an integer, not P-256.
 fn parse_cnf(
     m: &Map,
     w: &'static str,
     details: [&'static str; 3],
-) -> Result<(PublicKey, HeaderAlg), Reject> {
+) -> Result<(PublicKey, HeaderAlg), ClaimsError> {
     let [unusable, alg_type, not_p256] = details;
     let cnf = req_map(m, Key::Int(claim::CNF), w)?;
     let (key, alg) =
@@ -413,15 +427,16 @@ fn parse_cnf(
     if alg == HeaderAlg::Invalid {
         return Err(malformed(alg_type));
     }
-    // PROFILE §2.2: device keys are EC2 P-256 (ES256) only.
+    // docs/profile.md §2.2: device keys are EC2 P-256 (ES256) only.
     if !key.is_p256() {
         return Err(malformed(not_p256));
     }
     Ok((key, alg))
 }
 
-/// `status` (Token Status List): `{"status_list": {"idx": uint, "uri": tstr}}`.
-fn parse_status(status: &Value, w: &'static str) -> Result<(u64, String), Reject> {
+/// `status` (Token Status List, docs/profile.md §2.4): `{"status_list": {"idx": uint, "uri":
+/// tstr}}`.
+fn parse_status(status: &Value, w: &'static str) -> Result<(u64, String), ClaimsError> {
     let status = cbor::as_map(status).ok_or(malformed(w))?;
     let sl = req_map(status, Key::Text("status_list"), w)?;
     let idx = cbor::as_u64(req(sl, Key::Text("idx"), w)?).ok_or(malformed(w))?;
@@ -429,12 +444,16 @@ fn parse_status(status: &Value, w: &'static str) -> Result<(u64, String), Reject
     Ok((idx, uri))
 }
 
-/// The `"apcv"` map and its `"v"`, judged before any other claim (PROFILE §7.2 step 2).
-fn apcv_v1<'m>(m: &'m Map, w: &'static str, unsupported: &'static str) -> Result<&'m Map, Reject> {
+/// The `"apcv"` map and its `"v"`, judged before any other claim (docs/profile.md §7.2 step 2).
+fn apcv_v1<'m>(
+    m: &'m Map,
+    w: &'static str,
+    unsupported: &'static str,
+) -> Result<&'m Map, ClaimsError> {
     let apcv = req_map(m, Key::Text("apcv"), w)?;
     match cbor::get(apcv, Key::Text("v")).and_then(cbor::as_u64) {
         Some(1) => Ok(apcv),
-        Some(_) => Err(Reject::new(Reason::UnsupportedVersion, unsupported)),
+        Some(_) => Err(ClaimsError::UnsupportedVersion(unsupported)),
         None => Err(malformed(w)),
     }
 }
@@ -444,7 +463,7 @@ fn nonempty_array<T>(
     v: &Value,
     w: &'static str,
     f: impl Fn(&Value) -> Option<T>,
-) -> Result<Vec<T>, Reject> {
+) -> Result<Vec<T>, ClaimsError> {
     let items = cbor::as_array(v).ok_or(malformed(w))?;
     if items.is_empty() {
         return Err(malformed(w));
@@ -452,9 +471,9 @@ fn nonempty_array<T>(
     items.iter().map(|x| f(x).ok_or(malformed(w))).collect()
 }
 
-/// Parses delegation claims from its (strict-CBOR) payload (PROFILE §2.6): presence and
+/// Parses delegation claims from its (strict-CBOR) payload (docs/profile.md §2.6): presence and
 /// types (step 2 → MALFORMED / UNSUPPORTED_VERSION).
-pub fn parse_delegation(payload: &[u8]) -> Result<Delegation, Reject> {
+pub fn parse_delegation(payload: &[u8]) -> Result<Delegation, ClaimsError> {
     const W: &str = "delegation: missing or mistyped claim";
     let v =
         cbor::decode(payload).map_err(|_| malformed("delegation payload is not strict CBOR"))?;
@@ -500,9 +519,9 @@ pub fn parse_delegation(payload: &[u8]) -> Result<Delegation, Reject> {
     })
 }
 
-/// Parses AMC attestation claims from its (strict-CBOR) payload (PROFILE §2.7): presence and
-/// types (→ MALFORMED / UNSUPPORTED_VERSION for this attestation only).
-pub fn parse_amc_attestation(payload: &[u8]) -> Result<AmcAttestation, Reject> {
+/// Parses AMC attestation claims from its (strict-CBOR) payload (docs/profile.md §2.7): presence
+/// and types (→ MALFORMED / UNSUPPORTED_VERSION for this attestation only).
+pub fn parse_amc_attestation(payload: &[u8]) -> Result<AmcAttestation, ClaimsError> {
     const W: &str = "AMC attestation: missing or mistyped claim";
     let v = cbor::decode(payload)
         .map_err(|_| malformed("AMC attestation payload is not strict CBOR"))?;
@@ -537,7 +556,7 @@ pub fn parse_amc_attestation(payload: &[u8]) -> Result<AmcAttestation, Reject> {
     })
 }
 
-fn parse_person(m: &Map, rank: u64, w: &'static str) -> Result<Person, Reject> {
+fn parse_person(m: &Map, rank: u64, w: &'static str) -> Result<Person, ClaimsError> {
     let ins = req_map(m, Key::Text("ins"), w)?;
     let id = req_map(m, Key::Text("id"), w)?;
     let amo = req_map(m, Key::Text("amo"), w)?;
@@ -561,12 +580,13 @@ fn parse_person(m: &Map, rank: u64, w: &'static str) -> Result<Person, Reject> {
     })
 }
 
-/// Step 4: claims sanity of every person of the credential (contract "INS checks").
-pub fn check_credential(c: &Credential, allow_test_identities: bool) -> Result<(), Reject> {
+/// Step 4: the identity rules of docs/profile.md §5 on the holder, then on each beneficiary
+/// in list order (including rank uniqueness, §5.5).
+pub fn check_credential(c: &Credential, allow_test_identities: bool) -> Result<(), ClaimsError> {
     check_person(&c.holder, allow_test_identities)?;
     let mut ranks = std::collections::HashSet::new();
     for b in &c.beneficiaries {
-        // PROFILE §1: beneficiary ranks are ≥ 1 (0 is the holder) and name one person each.
+        // docs/profile.md §5.5: beneficiary ranks are ≥ 1 (0 is the holder) and unique.
         if b.rank == 0 || !ranks.insert(b.rank) {
             return Err(invalid("beneficiary ranks must be unique and at least 1"));
         }
@@ -575,7 +595,7 @@ pub fn check_credential(c: &Credential, allow_test_identities: bool) -> Result<(
     Ok(())
 }
 
-fn check_person(p: &Person, allow_test: bool) -> Result<(), Reject> {
+fn check_person(p: &Person, allow_test: bool) -> Result<(), ClaimsError> {
     if !ins_key_ok(&p.ins) {
         return Err(invalid("INS matricule or its key is invalid"));
     }
@@ -593,7 +613,8 @@ fn check_person(p: &Person, allow_test: bool) -> Result<(), Reject> {
     if !date_ok(&p.birth_date) {
         return Err(invalid("birth date is not YYYY-MM-DD"));
     }
-    // INSEE place code: 5 chars of [0-9AB] (2A/2B for Corsica, 99xxx for a country).
+    // docs/profile.md §5.5: INSEE place code, 5 chars of [0-9AB] (2A/2B for Corsica, 99xxx for
+    // a country).
     if !(p.birth_place.len() == 5
         && p.birth_place
             .bytes()
@@ -616,7 +637,8 @@ fn digits(s: &str, n: usize) -> bool {
 }
 
 /// "YYYY-MM-DD" with month 00–12 and day 00–31: French civil data has lunar dates (day or
-/// month 00, or a day beyond the month's end); they are valid and kept verbatim (PROFILE §1).
+/// month 00, or a day beyond the month's end); they are valid and kept verbatim
+/// (docs/profile.md §5.4).
 pub fn date_ok(s: &str) -> bool {
     let b = s.as_bytes();
     if b.len() != 10 || b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') {
@@ -633,8 +655,8 @@ pub fn date_ok(s: &str) -> bool {
     matches!((num(0..4), num(5..7), num(8..10)), (Some(_), Some(m), Some(d)) if m <= 12 && d <= 31)
 }
 
-/// INS matricule check (RG_BS603): 13-char number + 2-digit key, key = 97 − (number mod 97),
-/// with Corsican département "2A"/"2B" (chars 6–7) read as 19/18.
+/// INS matricule check (RG_BS603, docs/profile.md §5.1–5.2): 13-char number + 2-digit key,
+/// key = 97 − (number mod 97), with Corsican département "2A"/"2B" (chars 6–7) read as 19/18.
 pub fn ins_key_ok(m: &str) -> bool {
     let Ok(b) = <&[u8; 15]>::try_from(m.as_bytes()) else {
         return false;
@@ -678,7 +700,7 @@ mod tests {
 
     #[test]
     fn ins_keys() {
-        // PROFILE §5.2 worked examples, incl. Corsica (2A → 19, 2B → 18).
+        // docs/profile.md §5.2 worked examples, incl. Corsica (2A → 19, 2B → 18).
         assert!(ins_key_ok("184127505612355"));
         assert!(ins_key_ok("293072A00401545"));
         assert!(ins_key_ok("255082B03305174"));

@@ -16,7 +16,7 @@ use crate::limits::{KID_LEN, MAX_COSE_KEY_BYTES};
 pub const COSE_SIGN1_TAG: u64 = 18;
 
 /// Header labels this profile understands, the only ones allowed in `crit`
-/// (PROFILE "Objects": alg 1, kid 4, typ 16 of RFC 9596).
+/// (docs/profile.md §2.3: alg 1, kid 4, typ 16 of RFC 9596).
 const UNDERSTOOD_CRIT_LABELS: [i64; 3] = [1, 4, 16];
 
 /// A signature algorithm the profile allows (RFC 9053 §2.1, §2.2).
@@ -54,7 +54,7 @@ pub enum HeaderAlg {
     Absent,
     /// An integer `alg` the profile does not allow.
     Unsupported,
-    /// An `alg` of the wrong type (text): MALFORMED (PROFILE §2.1 rule 4).
+    /// An `alg` of the wrong type (text): MALFORMED (docs/profile.md §2.1 rule 4).
     Invalid,
     /// An allowed algorithm.
     Known(Alg),
@@ -113,7 +113,7 @@ impl PublicKey {
     }
 
     /// Parses a COSE_Key already decoded from strict CBOR; its `alg` parameter, if any,
-    /// must be the one its type allows (PROFILE §2.2).
+    /// must be the one its type allows (docs/profile.md §2.2).
     pub fn from_value(v: Value) -> Result<PublicKey> {
         let (mut key, alg) = PublicKey::from_value_any_alg(v)?;
         match alg {
@@ -129,7 +129,7 @@ impl PublicKey {
 
     /// Parses a COSE_Key without judging its `alg` parameter, which is returned as found
     /// (the credential's `cnf` key: a wrong `alg` there is ALG_MISMATCH at step 3, not a
-    /// parse error, PROFILE §2.2). The returned key carries no `alg`.
+    /// parse error, docs/profile.md §2.2). The returned key carries no `alg`.
     pub fn from_value_any_alg(v: Value) -> Result<(PublicKey, HeaderAlg)> {
         let key = CoseKey::from_cbor_value(v).map_err(|_| Error::CoseKey("not a COSE_Key map"))?;
         let param = |label: i64| {
@@ -211,7 +211,7 @@ impl PublicKey {
         }
     }
 
-    /// True for an EC2 P-256 key (the only device-key type, PROFILE §1 `cnf`).
+    /// True for an EC2 P-256 key (the only device-key type, docs/profile.md §2.2).
     pub fn is_p256(&self) -> bool {
         matches!(self.material, Material::P256(_))
     }
@@ -221,7 +221,7 @@ impl PublicKey {
         self.thumbprint
     }
 
-    /// The profile's `kid`: the first 8 bytes of the thumbprint (PROFILE "Objects").
+    /// The profile's `kid`: the first 8 bytes of the thumbprint (docs/profile.md §3.4).
     pub fn kid(&self) -> [u8; KID_LEN] {
         let mut k = [0u8; KID_LEN];
         k.copy_from_slice(&self.thumbprint[..KID_LEN]);
@@ -271,7 +271,7 @@ impl Sign1 {
             Value::Tag(..) => return Err(Error::Malformed("unexpected CBOR tag")),
             other => other,
         };
-        // PROFILE §2.3 rule 2: nothing in the unprotected bucket is acted on (it is not
+        // docs/profile.md §2.3 rule 2: nothing in the unprotected bucket is acted on (it is not
         // signed), so it is only type-checked as a map, then emptied before coset sees it.
         if let Value::Array(items) = &mut v {
             match items.get_mut(1) {
@@ -320,8 +320,8 @@ impl Sign1 {
 /// The generic COSE primitive behind `verify_sign1`: strict parse, then verify with the
 /// protected `alg`, and return the payload.
 ///
-/// `alg` must be in the protected bucket (contract "COSE_Sign1": alg in unprotected only →
-/// MALFORMED), and must be one the profile allows; the key's `alg` parameter, if any, must
+/// `alg` must be in the protected bucket (docs/profile.md §2.3 rule 1: alg in unprotected
+/// only → MALFORMED), and must be one the profile allows; the key's `alg` parameter, if any, must
 /// agree with it.
 pub fn verify_sign1(data: &[u8], key: &PublicKey, external_aad: &[u8]) -> Result<Vec<u8>> {
     let s = Sign1::parse(data)?;
@@ -537,7 +537,7 @@ pub(crate) mod tests {
         let parsed = Sign1::parse(&msg).unwrap();
         assert_eq!(parsed.alg, HeaderAlg::Absent);
         assert!(parsed.verify(&key, Alg::Es256, b"").unwrap());
-        // The contract: alg in the unprotected bucket only is MALFORMED.
+        // docs/profile.md §2.3 rule 1: alg in the unprotected bucket only is MALFORMED.
         assert_eq!(
             verify_sign1(&msg, &key, b""),
             Err(Error::Malformed("alg not in protected header"))

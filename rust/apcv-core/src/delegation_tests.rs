@@ -1,4 +1,4 @@
-//! Delegation (PROFILE §2.6) and AMC attestation (§2.7) fixtures, and the delegation rules.
+//! Delegation (docs/profile.md §2.6) and AMC attestation (§2.7) fixtures, and the delegation rules.
 
 use std::sync::Arc;
 

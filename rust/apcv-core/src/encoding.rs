@@ -1,4 +1,4 @@
-//! Transport encodings of a presentation (PROFILE "Encodings"):
+//! Transport encodings of a presentation (docs/profile.md §4.1, §4.2, limits §4.4):
 //! QR text `"APCV1:" + base45(zlib(presentation))` (RFC 9285, RFC 1950) and raw NFC bytes.
 
 use std::io::Read;
@@ -19,7 +19,7 @@ pub fn decode_qr(text: &str) -> Result<Vec<u8>> {
         .strip_prefix(QR_PREFIX)
         .ok_or(Error::Malformed("missing APCV1: prefix"))?;
     // RFC 9285 §4: a final 2-character group encodes one byte, so its value must be ≤ 255
-    // (the base45 crate would silently truncate it; PROFILE §4.1).
+    // (the base45 crate would silently truncate it; docs/profile.md §4.1).
     if body.len() % 3 == 2 {
         let tail = body.as_bytes().get(body.len() - 2..).unwrap_or(&[]);
         let digit = |c: &u8| BASE45_ALPHABET.iter().position(|a| a == c);
@@ -160,7 +160,7 @@ mod tests {
 
     #[test]
     fn zlib_header_rules() {
-        // FDICT set (preset dictionary): refused (PROFILE §4.1). 0x78BB is a valid FCHECK.
+        // FDICT set (preset dictionary): refused (docs/profile.md §4.1). 0x78BB is a valid FCHECK.
         let mut with_dict = vec![0x78, 0xbb, 0, 0, 0, 1];
         with_dict.extend_from_slice(&[0x03, 0x00]);
         assert_eq!(

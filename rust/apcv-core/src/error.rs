@@ -1,13 +1,13 @@
 //! The one error-kind enum of the core (pyca `ValidationErrorKind` style).
 //!
 //! Errors are for misuse and for refused configuration inputs (trust lists, status lists,
-//! keys). A bad presentation is never an error: it is a [`crate::verify::Decision`] with a
-//! [`crate::verify::Reason`].
+//! keys). A bad presentation is never an error: it is a `Decision` with a `Reason` (the
+//! `decision` module, docs/profile.md §7.6, §8).
 
 /// Everything that can go wrong outside the verification decision itself.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
-    /// Bytes that are not a strict CBOR / COSE_Sign1 structure (contract "CBOR rules").
+    /// Bytes that are not a strict CBOR / COSE_Sign1 structure (docs/profile.md §4.3).
     #[error("malformed: {0}")]
     Malformed(&'static str),
     /// A signature that does not verify under the given key.
@@ -16,14 +16,14 @@ pub enum Error {
     /// A COSE_Key that cannot be used, or an algorithm the profile does not allow.
     #[error("unusable COSE_Key: {0}")]
     CoseKey(&'static str),
-    /// The trust list names an anchor that is not configured (PROFILE §5).
+    /// The trust list names an anchor that is not configured (docs/profile.md §6.2 check 2).
     #[error("unknown trust anchor")]
     UnknownTrustAnchor,
     /// The trust list's alg does not fit its anchor, or its signature does not verify under it
-    /// (PROFILE §6.2 check 3).
+    /// (docs/profile.md §6.2 check 3).
     #[error("bad trust list signature")]
     BadTrustListSignature,
-    /// The trust list is older than the one held (PROFILE §5: rollback).
+    /// The trust list is older than the one held (docs/profile.md §6.3: rollback).
     #[error("rollback: sequence {seq} is lower than held {held}")]
     TrustListRollback {
         /// Sequence number of the refused list.
@@ -31,7 +31,8 @@ pub enum Error {
         /// Sequence number of the list already held.
         held: u64,
     },
-    /// A trust-list key whose kid is not its thumbprint prefix (PROFILE §5, RFC 9679).
+    /// A trust-list key whose kid is not its thumbprint prefix (docs/profile.md §6.2 check 7,
+    /// RFC 9679).
     #[error("key {0}: kid is not the RFC 9679 thumbprint prefix")]
     TrustListBadKid(usize),
     /// A trust list that is not well formed.
@@ -40,10 +41,11 @@ pub enum Error {
     /// A trust list past its `exp`.
     #[error("trust list expired")]
     TrustListExpired,
-    /// The status list's kid selects no usable key of role "status" (PROFILE §6.5).
+    /// The status list's kid selects no usable key of role "status" (docs/profile.md §6.5 check 2).
     #[error("unknown status list signer")]
     UnknownStatusListSigner,
-    /// The status list's alg is not its key's, or its signature does not verify (PROFILE §6.5).
+    /// The status list's alg is not its key's, or its signature does not verify (docs/profile.md
+    /// §6.5 check 3).
     #[error("bad status list signature")]
     BadStatusListSignature,
     /// A status list that is not well formed.

@@ -6,7 +6,7 @@
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
-// No panics on any input (ARCHITECTURE "The core"): the lint-checked part of that promise;
+// No panics on any input (docs/profile.md §12): the lint-checked part of that promise;
 // times are compared in i128 so that no claim value can overflow them.
 #![cfg_attr(
     not(test),
@@ -21,10 +21,14 @@
 pub mod cbor;
 pub mod claims;
 pub mod cose;
+pub mod decision;
 pub mod encoding;
 pub mod error;
+pub mod inputs;
 pub mod limits;
+mod pipeline;
 pub mod replay;
+pub mod settle;
 pub mod status;
 pub mod trust;
 pub mod verify;

@@ -1,9 +1,9 @@
 //! Hard limits of the profile, each a named constant with the reason it exists.
 //!
-//! Every limit is checked before the work it bounds (PROFILE "Encodings": "hard limits
-//! before any work").
+//! Every limit is checked before the work it bounds (docs/profile.md §4.4: "checked before
+//! any other work").
 
-/// Prefix of the QR text form (PROFILE "Encodings"; version 1 of the profile).
+/// Prefix of the QR text form (docs/profile.md §4.1; version 1 of the profile).
 pub const QR_PREFIX: &str = "APCV1:";
 
 /// Largest QR text accepted: the alphanumeric capacity of a version 40-L QR code, so
@@ -14,7 +14,7 @@ pub const MAX_QR_CHARS: usize = 4_296;
 pub const MAX_NFC_BYTES: usize = 16_384;
 
 /// Largest inflated QR payload (bytes); inflating stops at this cap + 1 byte, which defeats
-/// zip bombs (PROFILE "Encodings": "inflated ≤ 16 KiB").
+/// zip bombs (docs/profile.md §4.4: inflated QR payload ≤ 16 KiB).
 pub const MAX_INFLATED_BYTES: usize = 16_384;
 
 /// Deepest CBOR nesting accepted (arrays, maps and tags each count one level). The profile's
@@ -22,7 +22,7 @@ pub const MAX_INFLATED_BYTES: usize = 16_384;
 pub const MAX_CBOR_DEPTH: usize = 16;
 
 /// Largest inflated status list (bytes): 16 MiB holds 134 million 1-bit entries, far beyond
-/// any issuer's population, and bounds memory per list (contract "Status list").
+/// any issuer's population, and bounds memory per list (docs/profile.md §4.4, §6.5).
 pub const MAX_STATUS_LIST_INFLATED_BYTES: usize = 16 * 1024 * 1024;
 
 /// Largest signed status-list CWT accepted (bytes), bounding work before the signature check.
@@ -37,24 +37,24 @@ pub const MAX_TRUST_LIST_BYTES: usize = 4 * 1024 * 1024;
 /// optional parameter is under 200 bytes.
 pub const MAX_COSE_KEY_BYTES: usize = 1_024;
 
-/// Longest a presentation may live, `exp − iat`, in seconds (PROFILE §2: "exp ≤ iat + 300 s"),
+/// Longest a presentation may live, `exp − iat`, in seconds (docs/profile.md §4.4, §7.3),
 /// so that a screenshot of an old QR code is useless.
 pub const MAX_PRESENTATION_LIFETIME: i64 = 300;
 
-/// Length of a presentation id `cti` (PROFILE §2: "16 random bytes").
+/// Length of a presentation id `cti` (docs/profile.md §2.5).
 pub const CTI_LEN: usize = 16;
 
-/// Length of a `kid`: the first 8 bytes of the RFC 9679 thumbprint (PROFILE "Objects").
+/// Length of a `kid`: the first 8 bytes of the RFC 9679 thumbprint (docs/profile.md §3.4).
 pub const KID_LEN: usize = 8;
 
-/// Default clock skew tolerated on every time check, in seconds (contract "Times").
+/// Default clock skew tolerated on every time check, in seconds (docs/profile.md §7.3).
 pub const DEFAULT_CLOCK_SKEW: i64 = 60;
 
 /// Default bound of the in-process replay store: about 100 MB at worst, and a day of scans
-/// for a large region; fail closed beyond it (contract step 9).
+/// for a large region; fail closed beyond it (docs/profile.md §4.4, §7.4).
 pub const DEFAULT_MAX_REPLAY_ENTRIES: usize = 1_000_000;
 
-/// Most AMC attestations one presentation may carry (PROFILE §2.7); more is MALFORMED. A
-/// person rarely has more than one or two complementary insurers; each attestation costs a
-/// signature check, so the bound caps the work an accepted presentation can cause.
+/// Most AMC attestations one presentation may carry (docs/profile.md §2.7, §4.4); more is
+/// MALFORMED. A person rarely has more than one or two complementary insurers; each attestation
+/// costs a signature check, so the bound caps the work an accepted presentation can cause.
 pub const MAX_AMC_ATTESTATIONS: usize = 8;

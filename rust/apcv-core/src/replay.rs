@@ -1,6 +1,6 @@
-//! Replay detection (contract step 9): `cti` → reader id, kept until the presentation's
+//! Replay detection (docs/profile.md §7.4): `cti` → reader id, kept until the presentation's
 //! `exp` + skew. The key is `cti`, never the signature bytes (ECDSA signatures are
-//! malleable, PROFILE "Verification order" 9).
+//! malleable, §7.4).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -124,6 +124,25 @@ impl ReplayStore for MemoryReplayStore {
         g.min_expiry = g.min_expiry.min(expires_at);
         g.entries.insert(*cti, (reader_id.into(), expires_at));
         ReplayOutcome::New
+    }
+}
+
+/// The replay store of a verifier whose step 9 is done outside the core (e.g. Redis, driven
+/// by the service, with the `settle` module): never consulted by
+/// `Verifier::verify_batch_deferred`; were it ever asked, it fails closed (docs/profile.md
+/// §7.4).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExternalReplayStore;
+
+impl ReplayStore for ExternalReplayStore {
+    fn check_and_insert(
+        &self,
+        _cti: &[u8; CTI_LEN],
+        _reader_id: &str,
+        _expires_at: i64,
+        _now: i64,
+    ) -> ReplayOutcome {
+        ReplayOutcome::Unavailable
     }
 }
 

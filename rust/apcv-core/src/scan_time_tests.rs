@@ -1,4 +1,4 @@
-//! Delayed scans (PROFILE §7.5): freshness at `scanned_at`, trust and status at `now`.
+//! Delayed scans (docs/profile.md §7.5): freshness at `scanned_at`, trust and status at `now`.
 
 use std::sync::Arc;
 

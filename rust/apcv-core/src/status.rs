@@ -1,4 +1,8 @@
-//! Token Status List (IETF OAuth WG draft, CWT form): the bit array and the signed list.
+//! Token Status List (IETF OAuth WG draft, CWT form; docs/profile.md §2.9, §6.5–6.8): the
+//! bit array, the signed list, and the lists of a snapshot.
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use ciborium::Value;
 
@@ -121,7 +125,7 @@ impl StatusList {
         if data.len() > MAX_STATUS_LIST_BYTES {
             return Err(Error::MalformedStatusList("too large"));
         }
-        // PROFILE §6.5, checks in order. 1: strict Sign1, protected alg and kid.
+        // docs/profile.md §6.5, checks in order. 1: strict Sign1, protected alg and kid.
         let s = Sign1::parse(data).map_err(|e| Error::MalformedStatusList(detail(&e)))?;
         let alg = match s.alg {
             HeaderAlg::Known(a) => a,
@@ -135,8 +139,8 @@ impl StatusList {
         if s.kid.len() != KID_LEN {
             return Err(Error::MalformedStatusList("kid not in protected header"));
         }
-        // typ (16) is not checked: key roles already exclude type confusion (PROFILE §2.9).
-        // 2: a usable key of role "status" (PROFILE §6.4).
+        // typ (16) is not checked: key roles already exclude type confusion (docs/profile.md §2.9).
+        // 2: a usable key of role "status" (docs/profile.md §6.4).
         let signer = trust
             .find(&s.kid, Role::Status, now)
             .ok_or(Error::UnknownStatusListSigner)?;
@@ -163,7 +167,7 @@ impl StatusList {
         };
         let bits =
             StatusBits::from_value(cbor::get(m, Key::Int(CLAIM_STATUS_LIST)).ok_or(BAD_FIELD)?)?;
-        // 5: not expired (no grace at load, PROFILE §6.5).
+        // 5: not expired (no grace at load, docs/profile.md §6.5).
         if now > expires_at {
             return Err(Error::StatusListExpired);
         }
@@ -174,6 +178,74 @@ impl StatusList {
             ttl,
             bits,
         })
+    }
+}
+
+/// Why a status lookup did not give VALID (docs/profile.md §6.7, §6.8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusFail {
+    /// No list with that URI is held.
+    NotLoaded,
+    /// The list is past its `exp` plus the grace.
+    Expired,
+    /// The index is beyond the list.
+    BeyondList,
+    /// Status INVALID, or an unknown value (fail closed).
+    Revoked,
+    /// Status SUSPENDED.
+    Suspended,
+}
+
+/// The status lists of a verification snapshot, by URI (docs/profile.md §6.5).
+#[derive(Clone, Debug, Default)]
+pub struct StatusLists {
+    by_uri: HashMap<String, Arc<StatusList>>,
+}
+
+impl StatusLists {
+    /// Indexes `lists` by URI; of two lists for one URI, the most recently issued wins.
+    pub fn new(lists: Vec<Arc<StatusList>>) -> StatusLists {
+        let mut by_uri: HashMap<String, Arc<StatusList>> = HashMap::new();
+        for l in lists {
+            match by_uri.get(&l.uri) {
+                Some(held) if held.issued_at > l.issued_at => {}
+                _ => {
+                    by_uri.insert(l.uri.clone(), l);
+                }
+            }
+        }
+        StatusLists { by_uri }
+    }
+
+    /// Number of lists held.
+    pub fn len(&self) -> usize {
+        self.by_uri.len()
+    }
+
+    /// True when no list is held.
+    pub fn is_empty(&self) -> bool {
+        self.by_uri.is_empty()
+    }
+
+    /// The status at `idx` of the list `uri`, judged at `now` with `grace` seconds past the
+    /// list's `exp` (docs/profile.md §6.6–6.8): `Ok` for VALID (0).
+    pub fn status(
+        &self,
+        idx: u64,
+        uri: &str,
+        now: i64,
+        grace: i64,
+    ) -> std::result::Result<(), StatusFail> {
+        let list = self.by_uri.get(uri).ok_or(StatusFail::NotLoaded)?;
+        if i128::from(now) > i128::from(list.expires_at) + i128::from(grace) {
+            return Err(StatusFail::Expired);
+        }
+        match list.bits.get(idx) {
+            None => Err(StatusFail::BeyondList),
+            Some(0) => Ok(()),
+            Some(2) => Err(StatusFail::Suspended),
+            Some(_) => Err(StatusFail::Revoked),
+        }
     }
 }
 
@@ -276,7 +348,7 @@ mod tests {
                 .to_string(),
             "bad status list signature"
         );
-        // Any typ, or none, is accepted (PROFILE §2.9: typ is not checked).
+        // Any typ, or none, is accepted (docs/profile.md §2.9: typ is not checked).
         let p = enc(&Value::Map(vec![
             (int(1), int(-8)),
             (int(4), Value::Bytes(pki.status.kid().to_vec())),

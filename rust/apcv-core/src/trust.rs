@@ -1,5 +1,5 @@
-//! The trust list (PROFILE §5): which issuer keys the verifier trusts, signed by an
-//! operator-configured trust anchor.
+//! The trust list (docs/profile.md §2.8, §6.1–6.4): which issuer keys the verifier trusts, signed
+//! by an operator-configured trust anchor.
 
 use std::collections::HashMap;
 
@@ -10,7 +10,7 @@ use crate::cose::{Alg, HeaderAlg, PublicKey, Sign1};
 use crate::error::{Error, Result};
 use crate::limits::{KID_LEN, MAX_TRUST_LIST_BYTES};
 
-/// What a trusted key may sign (PROFILE §5 `role`).
+/// What a trusted key may sign (docs/profile.md §2.8 `role`, §6.4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
     /// An AMO issuer: credentials and delegations.
@@ -54,7 +54,7 @@ pub struct TrustedKey {
 /// A verified trust list: immutable once built.
 #[derive(Clone, Debug)]
 pub struct TrustList {
-    /// Monotonic sequence number (PROFILE §5: rollback protection).
+    /// Monotonic sequence number (docs/profile.md §6.3: rollback protection).
     pub seq: u64,
     /// `iat` of the list.
     pub issued_at: i64,
@@ -66,7 +66,7 @@ pub struct TrustList {
 
 impl TrustList {
     /// Verifies a signed trust list against the configured anchors and returns it, or
-    /// names the problem (contract "Trust list" load errors).
+    /// names the problem (docs/profile.md §6.2, checks in order).
     pub fn verify(
         data: &[u8],
         anchors: &[PublicKey],
@@ -76,7 +76,7 @@ impl TrustList {
         if data.len() > MAX_TRUST_LIST_BYTES {
             return Err(Error::MalformedTrustList("too large"));
         }
-        // PROFILE §6.2, checks in order. 1: strict Sign1, protected alg and 8-byte kid.
+        // docs/profile.md §6.2, checks in order. 1: strict Sign1, protected alg and 8-byte kid.
         let s = Sign1::parse(data).map_err(|e| Error::MalformedTrustList(malformed_detail(&e)))?;
         let alg = match s.alg {
             HeaderAlg::Known(a) => a,
@@ -95,7 +95,7 @@ impl TrustList {
             .iter()
             .find(|a| a.kid()[..] == s.kid[..])
             .ok_or(Error::UnknownTrustAnchor)?;
-        // 3: alg fits the anchor (no algorithm taken from the message alone, PROFILE §3.5)
+        // 3: alg fits the anchor (no algorithm taken from the message alone, docs/profile.md §3.5)
         // and the signature verifies; the payload is read only after that.
         if alg != anchor.natural_alg() || !s.verify(anchor, alg, b"").unwrap_or(false) {
             return Err(Error::BadTrustListSignature);
@@ -106,7 +106,7 @@ impl TrustList {
         if now > list.expires_at {
             return Err(Error::TrustListExpired);
         }
-        // 6: no rollback; equal sequence is the same list fetched again (PROFILE §6.3).
+        // 6: no rollback; equal sequence is the same list fetched again (docs/profile.md §6.3).
         if let Some(held) = held_seq {
             if list.seq < held {
                 return Err(Error::TrustListRollback {
@@ -115,7 +115,7 @@ impl TrustList {
                 });
             }
         }
-        // 7: every kid is its key's thumbprint prefix (PROFILE §3.4).
+        // 7: every kid is its key's thumbprint prefix (docs/profile.md §3.4).
         if let Some(i) = list.keys.iter().position(|k| k.kid != k.key.kid()) {
             return Err(Error::TrustListBadKid(i));
         }
@@ -132,8 +132,8 @@ impl TrustList {
         self.keys.is_empty()
     }
 
-    /// The key with this kid and role whose window contains `now` (PROFILE §5: a key is
-    /// usable only within its nbf..exp).
+    /// The key with this kid and role whose window contains `now` (docs/profile.md §6.4: a
+    /// key is usable only within its nbf..exp).
     pub fn find(&self, kid: &[u8], role: Role, now: i64) -> Option<&TrustedKey> {
         let kid: [u8; KID_LEN] = kid.try_into().ok()?;
         self.by_kid
@@ -167,7 +167,8 @@ fn parse_payload(payload: &[u8]) -> Result<TrustList> {
     let mut by_kid: HashMap<[u8; KID_LEN], usize> = HashMap::new();
     for (i, e) in entries.iter().enumerate() {
         let k = parse_key(e)?;
-        // PROFILE §3.4: a kid selects one key; a list with two keys sharing one is refused.
+        // docs/profile.md §2.8, §3.4: a kid selects one key; a list with two keys sharing one is
+        // refused.
         if by_kid.insert(k.kid, i).is_some() {
             return Err(Error::MalformedTrustList("duplicate kid"));
         }
@@ -194,7 +195,7 @@ fn parse_key(e: &Value) -> Result<TrustedKey> {
     let iss = cbor::as_text(field("iss")?).ok_or(BAD_FIELD)?.to_owned();
     let key = PublicKey::from_value(field("key")?.clone())
         .map_err(|_| Error::MalformedTrustList("unusable key"))?;
-    // PROFILE §5: the key carries its alg (label 3); it is the only alg it may sign with.
+    // docs/profile.md §2.2: the key carries its alg (label 3); it is the only alg it may sign with.
     let alg = key
         .alg_param()
         .ok_or(Error::MalformedTrustList("key without alg"))?;

@@ -1,4 +1,4 @@
-//! Pipeline tests: every reason code the core produces, in contract order.
+//! Pipeline tests: every reason code the core produces, in the order of docs/profile.md §8.
 
 use std::sync::Arc;
 
@@ -558,7 +558,7 @@ fn signatures() {
         f.reason(presentation_bytes(&f.pki, &presentation_claims(cred))),
         Reason::BadIssuerSignature
     );
-    // A delegation that is not a COSE_Sign1 is MALFORMED at step 2 (PROFILE §7.2).
+    // A delegation that is not a COSE_Sign1 is MALFORMED at step 2 (docs/profile.md §7.2).
     let dlg = |p: &mut Value| set(p, &[text("dlg")], Some(Value::Bytes(vec![1, 2, 3])));
     assert_eq!(f.reason(f.pres(|_| {}, dlg)), Reason::Malformed);
     // Signed by another device key.
@@ -566,7 +566,7 @@ fn signatures() {
     let other = Signer::es256();
     let bytes = sign1(&other, &prot(&other, false), &enc(&pc), true);
     assert_eq!(f.reason(bytes), Reason::BadDeviceSignature);
-    // A broken AMC attestation never rejects the presentation (PROFILE §2.7).
+    // A broken AMC attestation never rejects the presentation (docs/profile.md §2.7).
     let amc = |p: &mut Value| {
         set(
             p,

@@ -1,0 +1,276 @@
+//! Results: frozen Python views of the core's decisions, and of a decision still waiting
+//! for an external replay store (the settlement rules are the core's, `apcv_core::settle`).
+
+use apcv_core::claims;
+use apcv_core::settle::{PendingReplay, ReplayAnswer};
+use apcv_core::verify;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+/// Open AMO rights of the presented person. repr shows no value.
+#[pyclass(frozen, module = "apcv_verify._native")]
+pub(crate) struct AmoRights {
+    #[pyo3(get)]
+    regime: String,
+    #[pyo3(get)]
+    caisse: String,
+    #[pyo3(get)]
+    centre: String,
+    #[pyo3(get)]
+    open_from: String,
+    #[pyo3(get)]
+    open_to: String,
+}
+
+#[pymethods]
+impl AmoRights {
+    fn __repr__(&self) -> &'static str {
+        "<AmoRights>"
+    }
+}
+
+/// The presented person (holder rank 0 or a beneficiary). repr shows no personal data.
+#[pyclass(frozen, module = "apcv_verify._native")]
+pub(crate) struct Person {
+    #[pyo3(get)]
+    rank: u64,
+    #[pyo3(get)]
+    ins: String,
+    #[pyo3(get)]
+    ins_oid: String,
+    #[pyo3(get)]
+    birth_name: String,
+    #[pyo3(get)]
+    given_names: String,
+    #[pyo3(get)]
+    sex: String,
+    #[pyo3(get)]
+    birth_date: String,
+    #[pyo3(get)]
+    birth_place: String,
+    #[pyo3(get)]
+    amo: Py<AmoRights>,
+}
+
+#[pymethods]
+impl Person {
+    fn __repr__(&self) -> &'static str {
+        // docs/profile.md §9.1: nothing about the person, not even the rank.
+        "<Person>"
+    }
+}
+
+/// One AMC attestation's outcome and coverage (docs/profile.md §2.7). The coverage fields are set
+/// only when the attestation is signed by a trusted "amc" key and names the presented person.
+/// repr shows no value.
+#[pyclass(frozen, module = "apcv_verify._native")]
+pub(crate) struct AmcCoverage {
+    #[pyo3(get)]
+    valid: bool,
+    #[pyo3(get)]
+    reason: &'static str,
+    #[pyo3(get)]
+    detail: &'static str,
+    #[pyo3(get)]
+    organisation: Option<String>,
+    #[pyo3(get)]
+    amc_number: Option<String>,
+    #[pyo3(get)]
+    contract: Option<String>,
+    #[pyo3(get)]
+    third_party_payment: Option<bool>,
+    domains: Vec<String>,
+    #[pyo3(get)]
+    expires_at: Option<i64>,
+}
+
+#[pymethods]
+impl AmcCoverage {
+    /// Care domains (a new list each time).
+    #[getter]
+    fn domains(&self) -> Vec<String> {
+        self.domains.clone()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<AmcCoverage valid={} reason={}>",
+            if self.valid { "True" } else { "False" },
+            self.reason
+        )
+    }
+}
+
+/// The outcome of one verification. repr shows no personal data.
+#[pyclass(frozen, module = "apcv_verify._native")]
+pub(crate) struct VerificationResult {
+    #[pyo3(get)]
+    accepted: bool,
+    #[pyo3(get)]
+    reason: &'static str,
+    #[pyo3(get)]
+    detail: &'static str,
+    #[pyo3(get)]
+    duplicate: bool,
+    #[pyo3(get, name = "use")]
+    use_: Option<&'static str>,
+    #[pyo3(get)]
+    credential_id: Option<String>,
+    #[pyo3(get)]
+    issuer: Option<String>,
+    #[pyo3(get)]
+    credential_expires_at: Option<i64>,
+    #[pyo3(get)]
+    person: Option<Py<Person>>,
+    #[pyo3(get)]
+    delegation_label: Option<String>,
+    amc: Vec<Py<AmcCoverage>>,
+    /// Accepted although the replay store could not be asked (fail-open policy).
+    #[pyo3(get)]
+    replay_unchecked: bool,
+    pending: Option<PendingReplay>,
+}
+
+#[pymethods]
+impl VerificationResult {
+    /// One entry per AMC attestation, in presentation order; empty unless accepted.
+    #[getter]
+    fn amc<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, AmcCoverage>> {
+        self.amc.iter().map(|a| a.bind(py).clone()).collect()
+    }
+
+    /// True while the result waits for an external replay store; it then reads as
+    /// REPLAY_UNAVAILABLE until :meth:`with_replay_outcome` settles it.
+    #[getter]
+    fn replay_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// The replay key (the presentation's 16-byte ``cti``) while pending, else None.
+    #[getter]
+    fn replay_key<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
+        self.pending
+            .as_ref()
+            .map(|p| PyBytes::new(py, &p.ticket().cti))
+    }
+
+    /// While pending: keep the replay entry until this time (seconds), else None.
+    #[getter]
+    fn replay_expires_at(&self) -> Option<i64> {
+        self.pending.as_ref().map(|p| p.ticket().keep_until)
+    }
+
+    /// The final result of a pending one, given the external store's answer: "new"
+    /// (accepted), "same_reader" (accepted, duplicate), "other_reader" (REPLAYED),
+    /// "unavailable" (REPLAY_UNAVAILABLE) or "unchecked" (accepted without a replay check,
+    /// flagged by ``replay_unchecked``: the operator's fail-open policy). ValueError when
+    /// the result is not pending or the outcome unknown.
+    fn with_replay_outcome(&self, py: Python<'_>, outcome: &str) -> PyResult<VerificationResult> {
+        let Some(pending) = &self.pending else {
+            return Err(PyValueError::new_err(
+                "result is not pending a replay check",
+            ));
+        };
+        let answer = ReplayAnswer::from_name(outcome).ok_or_else(|| {
+            PyValueError::new_err(
+                "outcome must be new, same_reader, other_reader, unavailable or unchecked",
+            )
+        })?;
+        result_to_py(py, pending.settle(answer))
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<VerificationResult accepted={} reason={} duplicate={}{}>",
+            if self.accepted { "True" } else { "False" },
+            self.reason,
+            if self.duplicate { "True" } else { "False" },
+            if self.pending.is_some() {
+                " replay_pending=True"
+            } else if self.replay_unchecked {
+                " replay_unchecked=True"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+fn person_to_py(py: Python<'_>, p: claims::Person) -> PyResult<Py<Person>> {
+    let amo = Py::new(
+        py,
+        AmoRights {
+            regime: p.amo.regime,
+            caisse: p.amo.caisse,
+            centre: p.amo.centre,
+            open_from: p.amo.open_from,
+            open_to: p.amo.open_to,
+        },
+    )?;
+    Py::new(
+        py,
+        Person {
+            rank: p.rank,
+            ins: p.ins,
+            ins_oid: p.ins_oid,
+            birth_name: p.birth_name,
+            given_names: p.given_names,
+            sex: p.sex,
+            birth_date: p.birth_date,
+            birth_place: p.birth_place,
+            amo,
+        },
+    )
+}
+
+fn amc_to_py(py: Python<'_>, a: verify::AmcCoverage) -> PyResult<Py<AmcCoverage>> {
+    Py::new(
+        py,
+        AmcCoverage {
+            valid: a.valid(),
+            reason: a.reason.as_str(),
+            detail: a.detail,
+            organisation: a.organisation,
+            amc_number: a.amc_number,
+            contract: a.contract,
+            third_party_payment: a.third_party_payment,
+            domains: a.domains,
+            expires_at: a.expires_at,
+        },
+    )
+}
+
+pub(crate) fn result_to_py(py: Python<'_>, d: verify::Decision) -> PyResult<VerificationResult> {
+    Ok(VerificationResult {
+        accepted: d.accepted(),
+        reason: d.reason.as_str(),
+        detail: d.detail,
+        duplicate: d.duplicate,
+        use_: d.use_.map(claims::Use::as_str),
+        credential_id: d.credential_id,
+        issuer: d.issuer,
+        credential_expires_at: d.credential_expires_at,
+        person: d.person.map(|p| person_to_py(py, p)).transpose()?,
+        delegation_label: d.delegation_label,
+        amc: d
+            .amc
+            .into_iter()
+            .map(|a| amc_to_py(py, a))
+            .collect::<PyResult<_>>()?,
+        replay_unchecked: d.replay_unchecked,
+        pending: None,
+    })
+}
+
+/// An item of a deferred batch: a decided result, or a pending one that reads as
+/// REPLAY_UNAVAILABLE until settled (`apcv_core::settle::Deferred::split`).
+pub(crate) fn deferred_to_py(
+    py: Python<'_>,
+    item: verify::Deferred,
+) -> PyResult<VerificationResult> {
+    let (shown, pending) = item.split();
+    let mut result = result_to_py(py, shown)?;
+    result.pending = pending;
+    Ok(result)
+}
