@@ -25,10 +25,11 @@ async def _call_with_broken_core(pki: DemoPKI) -> tuple[grpc.StatusCode, str]:
     config = pki_config(pki)
     running = await server_module.start_server(config)
     try:
-        request = verifier_pb2.VerifyRequest(request_id="e-1", qr_text=qr_text(pki.present()))
-        request.reader.reader_id = "desk-1"
+        scan = verifier_pb2.Scan(request_id="e-1", qr_text=qr_text(pki.present()))
+        scan.reader.reader_id = "desk-1"
+        request = verifier_pb2.VerifyRequest(scan=scan)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            stub = verifier_pb2_grpc.VerifierStub(channel)
+            stub = verifier_pb2_grpc.VerifierServiceStub(channel)
             try:
                 await stub.Verify(request, timeout=10)
             except grpc.aio.AioRpcError as error:
