@@ -48,8 +48,8 @@ def test_demo_serve_prints_a_grpcurl_command_that_verifies(grpcurl: str) -> None
         argv = shlex.split(command)
         argv[0] = grpcurl
         reply = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True)
-        answer = json.loads(reply.stdout)
-        assert (answer["decision"], answer["reason"]) == ("ACCEPTED", "OK")
+        answer = json.loads(reply.stdout)["verdict"]
+        assert (answer["decision"], answer["reason"]) == ("DECISION_ACCEPTED", "REASON_OK")
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=30)

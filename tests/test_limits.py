@@ -12,7 +12,7 @@ from apcv_verify.config import ConfigError, load_config
 from apcv_verify.issuer import DemoPKI, qr_text
 from apcv_verify.server import server_options
 
-from .test_stream import reason, request, serving
+from .test_stream import reason, request, serving, unary
 
 
 def test_calls_beyond_max_concurrent_rpcs_get_resource_exhausted(pki: DemoPKI) -> None:
@@ -24,15 +24,15 @@ def test_calls_beyond_max_concurrent_rpcs_get_resource_exhausted(pki: DemoPKI) -
             for index in range(2):  # two open streams hold both slots
                 stream = stub.VerifyStream(timeout=30)
                 await stream.write(request(f"held-{index}", code))
-                assert (await stream.read()).request_id == f"held-{index}"
+                assert (await stream.read()).verdict.request_id == f"held-{index}"
                 streams.append(stream)
             with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await stub.Verify(request("third", code), timeout=10)
+                await stub.Verify(unary("third", code), timeout=10)
             assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             await streams[0].done_writing()  # one stream ends: its slot is free again
             assert await streams[0].read() == grpc.aio.EOF
             assert await streams[0].code() == grpc.StatusCode.OK
-            answer = await stub.Verify(request("fourth", code), timeout=10)
+            answer = (await stub.Verify(unary("fourth", code), timeout=10)).verdict
             assert reason(answer) == "OK" and answer.duplicate
             streams[1].cancel()
 
@@ -44,13 +44,13 @@ def test_a_message_over_max_message_bytes_is_refused(pki: DemoPKI) -> None:
         async with serving(pki, max_message_bytes=4096) as (_running, stub):
             oversize = request("big", "APCV1:" + "A" * 5000)
             with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await stub.Verify(oversize, timeout=10)
+                await stub.Verify(unary("big", "APCV1:" + "A" * 5000), timeout=10)
             assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             stream = stub.VerifyStream(iter([oversize]), timeout=10)
             with pytest.raises(grpc.aio.AioRpcError) as ended:
                 _ = [response async for response in stream]
             assert ended.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            small = await stub.Verify(request("small", "APCV1:%%"), timeout=10)
+            small = (await stub.Verify(unary("small", "APCV1:%%"), timeout=10)).verdict
             assert reason(small) == "MALFORMED"
 
     asyncio.run(scenario())
@@ -73,14 +73,14 @@ def test_max_connection_age_ends_a_long_stream_with_a_retryable_status(pki: Demo
             with pytest.raises((grpc.aio.AioRpcError, asyncio.InvalidStateError)):
                 while time.monotonic() - started < 15:
                     await stream.write(request(f"long-{answered}", code))
-                    assert (await stream.read()).request_id == f"long-{answered}"
+                    assert (await stream.read()).verdict.request_id == f"long-{answered}"
                     answered += 1
                     await asyncio.sleep(0.1)
             lasted = time.monotonic() - started
             assert await stream.code() == grpc.StatusCode.UNAVAILABLE
             assert 1 <= lasted < 10 and answered > 0
             # The same channel reconnects: the client's retry works.
-            again = await stub.Verify(request("retry", code), timeout=10)
+            again = (await stub.Verify(unary("retry", code), timeout=10)).verdict
             assert reason(again) == "OK"
 
     asyncio.run(scenario())

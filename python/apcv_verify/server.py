@@ -1,4 +1,5 @@
-"""The gRPC service: ``apcv.verify.v1.Verifier`` over grpc.aio, with health and reflection.
+"""The gRPC service: ``apcv.verify.v1.VerifierService`` over grpc.aio, with health and
+reflection.
 
 The servicer is thin: protobuf → :class:`~apcv_verify._native.Scan`
 → the Rust core → protobuf. Signature, status and replay checks all happen in the core
@@ -10,21 +11,23 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import grpc
 import structlog
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from . import _native, fhir
-from ._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
+from ._proto.apcv.verify.v1 import verifier_pb2
 from .audit import AuditTrail
 from .config import FIELD_GROUPS, CallerPolicy, Config, ServerSection
-from .errors import ErrorInterceptor
+from .errors import ErrorInterceptor, FieldProblem, abort
 from .metrics import ServiceMetrics, start_metrics_server
 from .policy import CallRefused, caller_id, resolve_caller, scanned_at_permission
 from .replay import RedisReplayStore
@@ -38,6 +41,7 @@ __all__ = [
     "TrustMaterial",
     "TrustSource",
     "VerifierService",
+    "add_verifier_service",
     "load_trust_material",
     "serve",
     "start_server",
@@ -45,7 +49,9 @@ __all__ = [
 
 log = structlog.get_logger("apcv_verify.server")
 
-SERVICE_NAME = verifier_pb2.DESCRIPTOR.services_by_name["Verifier"].full_name
+SERVICE_NAME = verifier_pb2.DESCRIPTOR.services_by_name["VerifierService"].full_name
+
+M = TypeVar("M", bound=Message)
 
 #: Caller-chosen identifiers are echoed and logged; bound them.
 MAX_ID_LENGTH = 128
@@ -143,7 +149,7 @@ def _amc_message(coverage: _native.AmcCoverage) -> verifier_pb2.AmcCoverage:
     """One AMC attestation's verdict (docs/profile.md §2.7, §8.1): validity, reason, content."""
     message = verifier_pb2.AmcCoverage(
         valid=coverage.valid,
-        reason=coverage.reason,  # the §8.1 codes are the enum's names
+        reason=f"REASON_{coverage.reason}",  # REASON_ + the §8.1 code
         detail=coverage.detail,
         organisation=coverage.organisation or "",
         amc_number=coverage.amc_number or "",
@@ -164,17 +170,19 @@ def response_message(
     disclosed: frozenset[str] = ALL_GROUPS,
     include_fhir: bool = False,
     verified_at: int | None = None,
-) -> verifier_pb2.VerifyResponse:
+) -> verifier_pb2.Verdict:
     """The protobuf form of one core decision, carrying only the ``disclosed`` field groups.
 
     Groups (``ins``, ``identity``, ``amo``, ``amc``) outside ``disclosed`` are absent, not
     blanked; the identity qualification goes with the INS; FHIR JSON, when asked for, is
     built from this already-filtered message, so it can disclose nothing more.
     """
-    response = verifier_pb2.VerifyResponse(
+    response = verifier_pb2.Verdict(
         request_id=request_id,
-        decision=verifier_pb2.ACCEPTED if result.accepted else verifier_pb2.REJECTED,
-        reason=result.reason,  # the core's codes are the enum's names (docs/profile.md §8)
+        decision=verifier_pb2.DECISION_ACCEPTED
+        if result.accepted
+        else verifier_pb2.DECISION_REJECTED,
+        reason=f"REASON_{result.reason}",  # REASON_ + the docs/profile.md §8 code
         detail=result.detail,
         duplicate=result.duplicate,
         use=result.use or "",
@@ -197,22 +205,95 @@ def response_message(
     return response
 
 
-def _request_problem(request: verifier_pb2.VerifyRequest) -> str | None:
-    """Why a request is unusable as a call (INVALID_ARGUMENT), or None."""
-    kind = request.WhichOneof("presentation")
+def _scan_problem(scan: verifier_pb2.Scan) -> FieldProblem | None:
+    """Why a scan is unusable (its field relative to the Scan), or None: INVALID_ARGUMENT for
+    Verify, a MALFORMED verdict in place for a batch or stream item."""
+    kind = scan.WhichOneof("presentation")
     if kind is None:
-        return "no presentation in request"
-    if not (request.qr_text if kind == "qr_text" else request.nfc_bytes):
-        return "empty presentation"
-    if len(request.request_id) > MAX_ID_LENGTH or len(request.reader.reader_id) > MAX_ID_LENGTH:
-        return f"request_id and reader_id are limited to {MAX_ID_LENGTH} characters"
-    if len(request.reader.nonce) > MAX_NONCE_BYTES:
-        return f"nonce is limited to {MAX_NONCE_BYTES} bytes"
+        return FieldProblem("PRESENTATION_MISSING", "presentation", "no qr_text or nfc_bytes")
+    if not (scan.qr_text if kind == "qr_text" else scan.nfc_bytes):
+        return FieldProblem("PRESENTATION_EMPTY", kind, "empty presentation")
+    ids = (
+        ("request_id", scan.request_id, "REQUEST_ID_MISSING"),
+        ("reader.reader_id", scan.reader.reader_id, "READER_ID_MISSING"),
+    )
+    for field, value, missing in ids:
+        if not value:  # replay and retries are judged per request id and reader
+            return FieldProblem(missing, field, "required")
+        if len(value) > MAX_ID_LENGTH:
+            return FieldProblem("ID_TOO_LONG", field, f"at most {MAX_ID_LENGTH} characters")
+    if len(scan.reader.nonce) > MAX_NONCE_BYTES:
+        return FieldProblem("NONCE_TOO_LONG", "reader.nonce", f"at most {MAX_NONCE_BYTES} bytes")
     return None
 
 
-def _scan(request: verifier_pb2.VerifyRequest, policy: CallerPolicy, caller: str) -> _native.Scan:
-    """The core's view of one request under the caller's policy (CallRefused if not allowed)."""
+@dataclass(frozen=True)
+class Undecodable:
+    """Bytes that are not a valid protobuf encoding of the expected message (broken framing,
+    invalid UTF-8 in a string field): what the request deserializers give instead of raising,
+    so that the servicer answers it (INVALID_ARGUMENT, or MALFORMED in place for an item)
+    rather than grpcio (UNKNOWN with the exception text, or a stream ended as a whole)."""
+
+
+#: What an undecodable scan's field violation says (the field is the scan's path).
+UNDECODABLE = "not a valid protobuf encoding (for instance invalid UTF-8 in a string field)"
+
+
+def _lenient(message_type: type[M]) -> Callable[[bytes], M | Undecodable]:
+    """A request deserializer for ``message_type`` that returns :class:`Undecodable` rather
+    than raising."""
+
+    def deserialize(data: bytes) -> M | Undecodable:
+        try:
+            return message_type.FromString(data)
+        except DecodeError:
+            return Undecodable()
+
+    return deserialize
+
+
+def _raw_batch_type() -> type[Message]:
+    """``VerifyBatchRequest`` with its scans left as bytes (same field number, and a
+    length-delimited field parses as bytes without any check), so that one undecodable scan
+    is answered in place instead of making the whole batch undecodable."""
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="apcv_verify/raw_batch.proto", package="apcv_verify.internal", syntax="proto3"
+    )
+    proto.message_type.add(name="RawBatch").field.add(
+        name="scans",
+        number=verifier_pb2.VerifyBatchRequest.SCANS_FIELD_NUMBER,
+        type=descriptor_pb2.FieldDescriptorProto.TYPE_BYTES,
+        label=descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED,
+    )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("apcv_verify.internal.RawBatch")
+    )
+
+
+_RAW_BATCH = _raw_batch_type()
+_scan_or_undecodable = _lenient(verifier_pb2.Scan)
+
+#: A batch's scans, each decoded or not (what the batch deserializer gives when the batch as
+#: a whole does not decode but its framing does).
+BatchItems = list[verifier_pb2.Scan | Undecodable]
+
+
+def _deserialize_batch(data: bytes) -> verifier_pb2.VerifyBatchRequest | BatchItems | Undecodable:
+    try:
+        return verifier_pb2.VerifyBatchRequest.FromString(data)  # the usual case: one parse
+    except DecodeError:
+        pass
+    try:
+        raw = _RAW_BATCH.FromString(data)
+    except DecodeError:
+        return Undecodable()  # not even the batch's framing
+    return [_scan_or_undecodable(item) for item in raw.scans]  # type: ignore[attr-defined]
+
+
+def _scan(request: verifier_pb2.Scan, policy: CallerPolicy, caller: str) -> _native.Scan:
+    """The core's view of one scan under the caller's policy (CallRefused if not allowed)."""
     data: str | bytes = (
         request.qr_text if request.WhichOneof("presentation") == "qr_text" else request.nfc_bytes
     )
@@ -229,8 +310,10 @@ def _scan(request: verifier_pb2.VerifyRequest, policy: CallerPolicy, caller: str
     )
 
 
-class VerifierService(verifier_pb2_grpc.VerifierServicer):
-    """``apcv.verify.v1.Verifier``: protobuf in, core decision out, filtered by caller policy."""
+class VerifierService:
+    """``apcv.verify.v1.VerifierService``: protobuf in, core decision out, filtered by caller
+    policy. Its requests come from the lenient deserializers of :func:`add_verifier_service`,
+    so an undecodable request or item is an :class:`Undecodable` to answer, not an error."""
 
     def __init__(
         self,
@@ -251,12 +334,11 @@ class VerifierService(verifier_pb2_grpc.VerifierServicer):
         try:
             return caller, resolve_caller(self._config, caller)
         except CallRefused as refused:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(refused))
-            raise  # not reached: abort raises
+            await abort(context, grpc.StatusCode.PERMISSION_DENIED, refused.reason, str(refused))
 
     async def _scans(
         self,
-        requests: Sequence[verifier_pb2.VerifyRequest],
+        requests: Sequence[verifier_pb2.Scan],
         policy: CallerPolicy,
         caller: str,
         context: grpc.aio.ServicerContext,
@@ -264,14 +346,17 @@ class VerifierService(verifier_pb2_grpc.VerifierServicer):
         try:
             return [_scan(request, policy, caller) for request in requests]
         except CallRefused as refused:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(refused))
-            raise  # not reached: abort raises
+            await abort(context, grpc.StatusCode.PERMISSION_DENIED, refused.reason, str(refused))
 
     async def _snapshot(self, context: grpc.aio.ServicerContext) -> Snapshot:
         snapshot = self._trust.current  # the one read of this call: it verifies on this
         if snapshot is None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "no trust list loaded yet")
-            raise AssertionError  # not reached: abort raises
+            await abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                "TRUST_LIST_NOT_LOADED",
+                "no trust list loaded yet",
+            )
         return snapshot
 
     async def _verify(
@@ -283,7 +368,9 @@ class VerifierService(verifier_pb2_grpc.VerifierServicer):
     ) -> list[_native.VerificationResult]:
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:  # nobody waits for the answer any more
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed")
+            await abort(
+                context, grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_PASSED", "deadline passed"
+            )
         snapshot = await self._snapshot(context)
         verifier = snapshot.verifiers[policy.max_scan_delay_seconds]
         # verify_batch releases the GIL for the whole batch: run it off the event loop.
@@ -294,11 +381,11 @@ class VerifierService(verifier_pb2_grpc.VerifierServicer):
 
     def _response(
         self,
-        request: verifier_pb2.VerifyRequest,
+        request: verifier_pb2.Scan,
         result: _native.VerificationResult,
         policy: CallerPolicy,
         now: int,
-    ) -> verifier_pb2.VerifyResponse:
+    ) -> verifier_pb2.Verdict:
         return response_message(
             request.request_id,
             result,
@@ -308,68 +395,83 @@ class VerifierService(verifier_pb2_grpc.VerifierServicer):
         )
 
     async def Verify(  # noqa: N802 (gRPC method name)
-        self, request: verifier_pb2.VerifyRequest, context: grpc.aio.ServicerContext
+        self,
+        request: verifier_pb2.VerifyRequest | Undecodable,
+        context: grpc.aio.ServicerContext,
     ) -> verifier_pb2.VerifyResponse:
-        problem = _request_problem(request)
+        if isinstance(request, Undecodable):
+            await _invalid_argument(
+                context, FieldProblem("REQUEST_UNDECODABLE", "scan", UNDECODABLE)
+            )
+        scan = request.scan
+        problem = _scan_problem(scan)
         if problem is not None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+            await _invalid_argument(context, _at("scan", problem))
         caller, policy = await self._caller(context)
-        scans = await self._scans([request], policy, caller, context)
+        scans = await self._scans([scan], policy, caller, context)
         now = int(time.time())
         started = time.perf_counter()
         (result,) = await self._verify(policy, scans, now, context)
         self._audit.record_verification(
             method="Verify",
-            request_id=request.request_id,
-            reader_id=request.reader.reader_id,
+            request_id=scan.request_id,
+            reader_id=scan.reader.reader_id,
             result=result,
             latency_seconds=time.perf_counter() - started,
             caller=caller,
         )
-        return self._response(request, result, policy, now)
+        return verifier_pb2.VerifyResponse(verdict=self._response(scan, result, policy, now))
 
     async def VerifyBatch(  # noqa: N802 (gRPC method name)
-        self, request: verifier_pb2.VerifyBatchRequest, context: grpc.aio.ServicerContext
+        self,
+        request: verifier_pb2.VerifyBatchRequest | BatchItems | Undecodable,
+        context: grpc.aio.ServicerContext,
     ) -> verifier_pb2.VerifyBatchResponse:
-        items = request.requests
+        if isinstance(request, Undecodable):
+            await _invalid_argument(
+                context, FieldProblem("REQUEST_UNDECODABLE", "scans", UNDECODABLE)
+            )
+        items: Sequence[verifier_pb2.Scan | Undecodable] = (
+            request.scans if isinstance(request, verifier_pb2.VerifyBatchRequest) else request
+        )
         limit = self._config.server.max_batch
         if not items:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty batch")
+            await _invalid_argument(context, FieldProblem("BATCH_EMPTY", "scans", "empty batch"))
         if len(items) > limit:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"batch of {len(items)} requests is over the limit of {limit} (server.max_batch)",
+            await _invalid_argument(
+                context,
+                FieldProblem(
+                    "BATCH_TOO_LARGE", "scans", f"at most {limit} scans (server.max_batch)"
+                ),
+                f"batch of {len(items)} scans is over the limit of {limit} (server.max_batch)",
+                metadata={"max_batch": str(limit), "count": str(len(items))},
             )
-        for index, item in enumerate(items):
-            problem = _request_problem(item)
-            if problem is not None:
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT, f"requests[{index}]: {problem}"
-                )
         caller, policy = await self._caller(context)
-        responses = await self._answer("VerifyBatch", items, policy, caller, context)
+        verdicts = await self._judge(
+            "VerifyBatch", items, policy, caller, context, path=lambda index: f"scans[{index}]"
+        )
         self._audit.record_batch(len(items))
-        return verifier_pb2.VerifyBatchResponse(responses=responses)
+        return verifier_pb2.VerifyBatchResponse(verdicts=verdicts)
 
     async def _answer(
         self,
         method: str,
-        items: Sequence[verifier_pb2.VerifyRequest],
+        items: Sequence[verifier_pb2.Scan],
         policy: CallerPolicy,
         caller: str,
         context: grpc.aio.ServicerContext,
         *,
-        positions: Sequence[int] | None = None,
-    ) -> list[verifier_pb2.VerifyResponse]:
+        positions: Sequence[int],
+    ) -> list[verifier_pb2.Verdict]:
         """Verify valid ``items`` in one core call (one snapshot, one ``now``, replay in
         item order), audit each decision and answer them in order. ``positions`` number
-        them in the audit (a stream's items by their place in the stream); default 0, 1, …."""
+        them in the audit (a batch's items by their index, a stream's by their place in it)."""
         scans = await self._scans(items, policy, caller, context)
         now = int(time.time())
         started = time.perf_counter()
         results = await self._verify(policy, scans, now, context)
         latency = time.perf_counter() - started
-        for index, (item, result) in enumerate(zip(items, results, strict=True)):
+        for position, item, result in zip(positions, items, results, strict=True):
             self._audit.record_verification(
                 method=method,
                 request_id=item.request_id,
@@ -377,7 +479,7 @@ class VerifierService(verifier_pb2_grpc.VerifierServicer):
                 result=result,
                 latency_seconds=latency,
                 caller=caller,
-                item=index if positions is None else positions[index],
+                item=position,
             )
         return [
             self._response(item, result, policy, now)
@@ -386,9 +488,9 @@ class VerifierService(verifier_pb2_grpc.VerifierServicer):
 
     async def VerifyStream(  # noqa: N802 (gRPC method name)
         self,
-        request_iterator: AsyncIterator[verifier_pb2.VerifyRequest],
+        request_iterator: AsyncIterator[verifier_pb2.VerifyStreamRequest | Undecodable],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[verifier_pb2.VerifyResponse]:
+    ) -> AsyncIterator[verifier_pb2.VerifyStreamResponse]:
         """Answer a stream of requests in request order, ``server.stream_window`` at most
         read ahead of the answers, verifying whatever has arrived as one micro-batch."""
         caller, policy = await self._caller(context)
@@ -397,7 +499,9 @@ class VerifierService(verifier_pb2_grpc.VerifierServicer):
         # One credit per request read and not yet answered: with none left the reader stops
         # reading, and HTTP/2 flow control stops the client (docs/operations.md "Streaming").
         credits = asyncio.Semaphore(window)
-        arrived: asyncio.Queue[verifier_pb2.VerifyRequest | None] = asyncio.Queue()
+        arrived: asyncio.Queue[verifier_pb2.VerifyStreamRequest | Undecodable | None] = (
+            asyncio.Queue()
+        )
 
         async def read() -> None:
             try:
@@ -417,11 +521,21 @@ class VerifierService(verifier_pb2_grpc.VerifierServicer):
                 batch = [await arrived.get()]
                 while batch[-1] is not None and len(batch) < cap and not arrived.empty():
                     batch.append(arrived.get_nowait())
-                requests = [request for request in batch if request is not None]
-                for response in await self._stream_answers(
-                    requests, policy, caller, context, answered
+                items = [
+                    request if isinstance(request, Undecodable) else request.scan
+                    for request in batch
+                    if request is not None
+                ]
+                for verdict in await self._judge(
+                    "VerifyStream",
+                    items,
+                    policy,
+                    caller,
+                    context,
+                    path=lambda _position: "scan",
+                    first_position=answered,
                 ):
-                    yield response
+                    yield verifier_pb2.VerifyStreamResponse(verdict=verdict)
                     answered += 1
                     credits.release()
                 if batch[-1] is None:
@@ -430,40 +544,99 @@ class VerifierService(verifier_pb2_grpc.VerifierServicer):
         finally:
             reader.cancel()  # cancellation of the call: read nothing more
 
-    async def _stream_answers(
+    async def _judge(
         self,
-        requests: Sequence[verifier_pb2.VerifyRequest],
+        method: str,
+        items: Sequence[verifier_pb2.Scan | Undecodable],
         policy: CallerPolicy,
         caller: str,
         context: grpc.aio.ServicerContext,
-        first_position: int,
-    ) -> list[verifier_pb2.VerifyResponse]:
-        """One micro-batch of a stream: unusable items rejected as MALFORMED in place (the
-        stream goes on), the others verified in one core call."""
-        answers: list[verifier_pb2.VerifyResponse | None] = []
-        valid: list[verifier_pb2.VerifyRequest] = []
+        *,
+        path: Callable[[int], str],
+        first_position: int = 0,
+    ) -> list[verifier_pb2.Verdict]:
+        """A batch, or one micro-batch of a stream: unusable items answered REJECTED /
+        MALFORMED in place with the field in ``detail`` (``path`` of the item's position, then
+        the field), the others verified in one core call; verdicts in item order."""
+        answers: list[verifier_pb2.Verdict | None] = []
+        valid: list[verifier_pb2.Scan] = []
         positions: list[int] = []
-        for position, request in enumerate(requests, first_position):
-            problem = _request_problem(request)
+        for position, item in enumerate(items, first_position):
+            if isinstance(item, Undecodable):
+                problem: FieldProblem | None = FieldProblem("REQUEST_UNDECODABLE", "", UNDECODABLE)
+            else:
+                problem = _scan_problem(item)
             if problem is None:
-                valid.append(request)
+                assert not isinstance(item, Undecodable)
+                valid.append(item)
                 positions.append(position)
                 answers.append(None)
-            else:
-                answers.append(
-                    verifier_pb2.VerifyResponse(
-                        request_id=request.request_id,
-                        decision=verifier_pb2.REJECTED,
-                        reason=verifier_pb2.MALFORMED,
-                        detail=problem,
-                    )
+                continue
+            answers.append(
+                verifier_pb2.Verdict(
+                    request_id="" if isinstance(item, Undecodable) else item.request_id,
+                    decision=verifier_pb2.DECISION_REJECTED,
+                    reason=verifier_pb2.REASON_MALFORMED,
+                    detail=str(_at(path(position), problem)),
                 )
+            )
         verified = iter(
-            await self._answer("VerifyStream", valid, policy, caller, context, positions=positions)
+            await self._answer(method, valid, policy, caller, context, positions=positions)
             if valid
             else []
         )
         return [answer if answer is not None else next(verified) for answer in answers]
+
+
+async def _invalid_argument(
+    context: grpc.aio.ServicerContext,
+    problem: FieldProblem,
+    message: str | None = None,
+    *,
+    metadata: dict[str, str] | None = None,
+) -> NoReturn:
+    """End the call INVALID_ARGUMENT: ``problem``'s reason, and its field violation."""
+    await abort(
+        context,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        problem.reason,
+        str(problem) if message is None else message,
+        violations=[problem],
+        metadata=metadata,
+    )
+
+
+def _at(path: str, problem: FieldProblem) -> FieldProblem:
+    """``problem`` with its field given from the request message (``path`` = the scan's)."""
+    field = f"{path}.{problem.field}" if problem.field else path
+    return FieldProblem(problem.reason, field, problem.description)
+
+
+def add_verifier_service(service: VerifierService, server: grpc.aio.Server) -> None:
+    """Register ``service`` as ``apcv.verify.v1.VerifierService`` on ``server``, like the
+    generated ``add_VerifierServiceServicer_to_server`` but with request deserializers that
+    never raise: grpcio would answer a request it cannot decode with UNKNOWN and the
+    exception text (unary) or end a whole stream for one bad message; here the service
+    answers it (INVALID_ARGUMENT, or MALFORMED in place for a batch or stream item)."""
+    handlers = {
+        "Verify": grpc.unary_unary_rpc_method_handler(
+            service.Verify,
+            request_deserializer=_lenient(verifier_pb2.VerifyRequest),
+            response_serializer=verifier_pb2.VerifyResponse.SerializeToString,
+        ),
+        "VerifyBatch": grpc.unary_unary_rpc_method_handler(
+            service.VerifyBatch,
+            request_deserializer=_deserialize_batch,
+            response_serializer=verifier_pb2.VerifyBatchResponse.SerializeToString,
+        ),
+        "VerifyStream": grpc.stream_stream_rpc_method_handler(
+            service.VerifyStream,
+            request_deserializer=_lenient(verifier_pb2.VerifyStreamRequest),
+            response_serializer=verifier_pb2.VerifyStreamResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
 @dataclass
@@ -563,12 +736,13 @@ async def start_server(config: Config, material: TrustMaterial | None = None) ->
         # Logged either way; an unreachable Redis does not stop the start (docs/profile.md §7.4: the
         # verifications that need it fail closed, or open by policy, until it answers).
         log.info("replay_store", backend="redis", location=replay.location, up=await replay.ping())
-    verifier_pb2_grpc.add_VerifierServicer_to_server(
-        VerifierService(trust, config, AuditTrail.from_config(config, metrics), replay),
-        server,
+    add_verifier_service(
+        VerifierService(trust, config, AuditTrail.from_config(config, metrics), replay), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    # grpc.reflection.v1alpha: grpcio-reflection has no grpc.reflection.v1 service yet; clients
+    # such as grpcurl try v1 first and fall back to v1alpha.
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
