@@ -23,7 +23,13 @@ from grpc_reflection.v1alpha import reflection
 from . import _native, fhir
 from ._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
 from .audit import AuditTrail
-from .config import FIELD_GROUPS, CallerPolicy, Config, ServerSection
+from .config import (
+    DEFAULT_FHIR_CANONICAL_BASE,
+    FIELD_GROUPS,
+    CallerPolicy,
+    Config,
+    ServerSection,
+)
 from .errors import ErrorInterceptor
 from .metrics import ServiceMetrics, start_metrics_server
 from .policy import CallRefused, caller_id, resolve_caller, scanned_at_permission
@@ -164,6 +170,7 @@ def response_message(
     disclosed: frozenset[str] = ALL_GROUPS,
     include_fhir: bool = False,
     verified_at: int | None = None,
+    fhir_canonical_base: str = DEFAULT_FHIR_CANONICAL_BASE,
 ) -> verifier_pb2.VerifyResponse:
     """The protobuf form of one core decision, carrying only the ``disclosed`` field groups.
 
@@ -193,7 +200,9 @@ def response_message(
         )
     if include_fhir:
         now = int(time.time()) if verified_at is None else verified_at
-        response.fhir_json = fhir.bundle_json(response, verified_at=now)
+        response.fhir_json = fhir.bundle_json(
+            response, verified_at=now, canonical_base=fhir_canonical_base
+        )
     return response
 
 
@@ -305,6 +314,7 @@ class VerifierService(verifier_pb2_grpc.VerifierServicer):
             disclosed=policy.disclosed(result.use or ""),
             include_fhir=request.include_fhir,
             verified_at=now,
+            fhir_canonical_base=self._config.fhir.canonical_base,
         )
 
     async def Verify(  # noqa: N802 (gRPC method name)
