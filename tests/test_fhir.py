@@ -323,6 +323,7 @@ def test_one_coverage_per_valid_amc_attestation() -> None:
         contract="C-1", third_party_payment=True, domains=["PHAR", "OPT"],
     )  # fmt: skip
     valid.expires_at.FromSeconds(1_800_000_000)
+    valid.valid_from.FromSeconds(1_780_000_000)
     invalid = verifier_pb2.AmcCoverage(valid=False, reason=verifier_pb2.NOT_APPLICABLE)
     response.amc.extend([valid, invalid])
     (amc,) = check_bundle(fhir.bundle(response, verified_at=NOW))["Coverage"]
@@ -333,7 +334,7 @@ def test_one_coverage_per_valid_amc_attestation() -> None:
         {"url": OWN.care_domain, "valueCode": "PHAR"},
         {"url": OWN.care_domain, "valueCode": "OPT"},
     ]
-    assert amc["period"] == {"end": "2027-01-15T08:00:00Z"}
+    assert amc["period"] == {"start": "2026-05-28T20:26:40Z", "end": "2027-01-15T08:00:00Z"}
 
 
 def test_rejection_gives_a_bundle_without_entries() -> None:
@@ -465,7 +466,12 @@ def test_a_beneficiary_with_amc_attestations_over_grpc(over_grpc: dict[str, Prod
     assert amc["identifier"] == [{"system": SERVED.amc_contract, "value": "C-7"}]
     assert amc["payor"][0]["identifier"]["system"] == SERVED.amc_number
     assert [e["valueCode"] for e in amc["extension"] if "valueCode" in e] == ["PHAR", "DENT"]
-    assert amc["period"]["end"] == fhir._iso(produced.response.amc[0].expires_at.seconds)
+    attestation = produced.response.amc[0]
+    assert attestation.valid_from.seconds < attestation.expires_at.seconds
+    assert amc["period"] == {
+        "start": fhir._iso(attestation.valid_from.seconds),  # the attestation's nbf
+        "end": fhir._iso(attestation.expires_at.seconds),  # and exp
+    }
 
 
 def test_a_delegated_presentation_over_grpc(over_grpc: dict[str, Produced]) -> None:

@@ -321,10 +321,15 @@ def _amc_coverage(
     }
     if not extensions:
         del coverage["extension"]
+    period: dict[str, str] = {}
+    if amc.HasField("valid_from"):
+        period["start"] = _iso(amc.valid_from.seconds)
+        lines.append(f"Valable à partir du {period['start']}")
     if amc.HasField("expires_at"):
-        end = _iso(amc.expires_at.seconds)
-        coverage["period"] = {"end": end}
-        lines.append(f"Valable jusqu'au {end}")
+        period["end"] = _iso(amc.expires_at.seconds)
+        lines.append(f"Valable jusqu'au {period['end']}")
+    if period:  # the attestation's nbf and exp (docs/profile.md §2.7)
+        coverage["period"] = period
     coverage["text"] = _narrative(*lines)
     return coverage
 

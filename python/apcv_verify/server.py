@@ -160,6 +160,8 @@ def _amc_message(coverage: _native.AmcCoverage) -> verifier_pb2.AmcCoverage:
         message.third_party_payment = coverage.third_party_payment
     if coverage.expires_at is not None:
         message.expires_at.FromSeconds(coverage.expires_at)
+    if coverage.valid_from is not None:
+        message.valid_from.FromSeconds(coverage.valid_from)
     return message
 
 
