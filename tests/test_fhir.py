@@ -344,6 +344,14 @@ def test_rejection_gives_a_bundle_without_entries() -> None:
     assert "entry" not in fhir.bundle(response, verified_at=NOW)
 
 
+def test_empty_names_leave_no_empty_values() -> None:
+    identity = verifier_pb2.IdentityTraits()
+    identity.CopyFrom(IDENTITY)
+    identity.birth_name, identity.given_names = "", " "
+    (patient,) = fhir.bundle(accepted(identity=identity), verified_at=NOW)["entry"]
+    assert patient["resource"]["name"] == [{"use": "official"}]
+
+
 def test_the_narrative_is_escaped() -> None:
     identity = verifier_pb2.IdentityTraits()
     identity.CopyFrom(IDENTITY)

@@ -240,17 +240,18 @@ def _patient(response: verifier_pb2.VerifyResponse, resource_id: str) -> dict[st
                 f" (recueil {qualification.collection_method})"
             )
     if has_identity:
-        given = identity.given_names.split()
-        patient["name"] = [
-            {
+        name: dict[str, Any] = {"use": "official"}
+        if identity.birth_name:  # FHIR JSON has no empty strings or arrays
+            name["family"] = identity.birth_name
+        if identity.given_names.split():
+            name = {
                 "extension": [
                     {"url": BIRTH_LIST_GIVEN_NAME_EXTENSION, "valueString": identity.given_names}
                 ],
-                "use": "official",
-                "family": identity.birth_name,
-                "given": given[:1],
+                **name,
+                "given": identity.given_names.split()[:1],
             }
-        ]
+        patient["name"] = [name]
         patient["gender"] = _GENDERS.get(identity.sex, "unknown")
         patient["birthDate"] = birth_date
         lines[:0] = [
