@@ -322,8 +322,8 @@ def test_the_canonical_base_is_a_config_key(tmp_path: Path) -> None:
 def test_one_coverage_per_valid_amc_attestation() -> None:
     response = accepted()
     valid = verifier_pb2.AmcCoverage(
-        valid=True, reason=verifier_pb2.REASON_OK, organisation="https://amc.test", amc_number="12345678",
-        contract="C-1", third_party_payment=True, domains=["PHAR", "OPT"],
+        valid=True, reason=verifier_pb2.REASON_OK, organisation="https://amc.test",
+        amc_number="12345678", contract="C-1", third_party_payment=True, domains=["PHAR", "OPT"],
     )  # fmt: skip
     valid.expires_at.FromSeconds(1_800_000_000)
     valid.valid_from.FromSeconds(1_780_000_000)
