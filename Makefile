@@ -19,8 +19,10 @@ PROTO_BASELINE := protos/v1-baseline.binpb
 PROTO_OUT := python/apcv_verify/_proto
 PROTO_SRC := $(shell find protos -name '*.proto')
 export PATH := $(TOOLS):$(CURDIR)/$(VENV)/bin:$(PATH)
+FHIR_VALIDATOR_DIR := tools/fhir-validator
+FHIR_VALIDATOR := $(FHIR_VALIDATOR_DIR)/target/apcv-fhir-validator-1.jar
 
-.PHONY: dev proto demo test test-rust test-python lint lint-proto fmt tools clean system-deps bench
+.PHONY: dev proto demo test test-rust test-python lint lint-proto fmt tools clean system-deps bench fhir-validator
 
 # The virtualenv and the build tools; everything else is installed by `maturin develop`.
 $(VENV)/.stamp: pyproject.toml
@@ -76,13 +78,23 @@ system-deps:
 	fi; \
 	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server
 
+# The official HAPI FHIR validator as a small Java checker (docs/fhir.md "Validation"), used by
+# tests/test_fhir.py. Built once, again only when its pom or sources change; Maven keeps the
+# downloaded jars in ~/.m2, so a rebuild is quick. Needs Java 17 and Maven (Debian's `maven`).
+$(FHIR_VALIDATOR): $(FHIR_VALIDATOR_DIR)/pom.xml $(shell find $(FHIR_VALIDATOR_DIR)/src -name '*.java')
+	@command -v mvn >/dev/null || { echo "mvn is missing: apt-get install -y maven (Java 17 too)"; exit 1; }
+	cd $(FHIR_VALIDATOR_DIR) && mvn -B -q package
+	touch $@
+
+fhir-validator: $(FHIR_VALIDATOR)
+
 demo: dev tools
 	$(VENV)/bin/apcv-verify demo
 
 test-rust:
 	cargo test --workspace
 
-test-python: dev tools system-deps
+test-python: dev tools system-deps fhir-validator
 	$(PY) -m pytest
 
 test: test-rust test-python
@@ -110,4 +122,4 @@ fmt:
 	$(VENV)/bin/ruff format python tests loadtest
 
 clean:
-	rm -rf $(VENV) target $(PROTO_OUT) .tools
+	rm -rf $(VENV) target $(PROTO_OUT) .tools $(FHIR_VALIDATOR_DIR)/target

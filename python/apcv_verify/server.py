@@ -26,7 +26,13 @@ from grpc_reflection.v1alpha import reflection
 from . import _native, fhir
 from ._proto.apcv.verify.v1 import verifier_pb2
 from .audit import AuditTrail
-from .config import FIELD_GROUPS, CallerPolicy, Config, ServerSection
+from .config import (
+    DEFAULT_FHIR_CANONICAL_BASE,
+    FIELD_GROUPS,
+    CallerPolicy,
+    Config,
+    ServerSection,
+)
 from .errors import ErrorInterceptor, FieldProblem, abort
 from .metrics import ServiceMetrics, start_metrics_server
 from .policy import CallRefused, caller_id, resolve_caller, scanned_at_permission
@@ -160,6 +166,8 @@ def _amc_message(coverage: _native.AmcCoverage) -> verifier_pb2.AmcCoverage:
         message.third_party_payment = coverage.third_party_payment
     if coverage.expires_at is not None:
         message.expires_at.FromSeconds(coverage.expires_at)
+    if coverage.valid_from is not None:
+        message.valid_from.FromSeconds(coverage.valid_from)
     return message
 
 
@@ -170,6 +178,7 @@ def response_message(
     disclosed: frozenset[str] = ALL_GROUPS,
     include_fhir: bool = False,
     verified_at: int | None = None,
+    fhir_canonical_base: str = DEFAULT_FHIR_CANONICAL_BASE,
 ) -> verifier_pb2.Verdict:
     """The protobuf form of one core decision, carrying only the ``disclosed`` field groups.
 
@@ -201,7 +210,9 @@ def response_message(
         )
     if include_fhir:
         now = int(time.time()) if verified_at is None else verified_at
-        response.fhir_json = fhir.bundle_json(response, verified_at=now)
+        response.fhir_json = fhir.bundle_json(
+            response, verified_at=now, canonical_base=fhir_canonical_base
+        )
     return response
 
 
@@ -392,6 +403,7 @@ class VerifierService:
             disclosed=policy.disclosed(result.use or ""),
             include_fhir=request.include_fhir,
             verified_at=now,
+            fhir_canonical_base=self._config.fhir.canonical_base,
         )
 
     async def Verify(  # noqa: N802 (gRPC method name)
