@@ -10,7 +10,8 @@ PROTO_OUT := python/apcv_verify/_proto
 PROTO_SRC := $(shell find protos -name '*.proto')
 export PATH := $(TOOLS):$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: dev proto demo test test-rust test-python lint fmt tools clean system-deps bench
+.PHONY: dev proto demo test test-rust test-python lint fmt tools clean system-deps bench \
+	image image-deps image-base image-test helm
 
 # The virtualenv and the build tools; everything else is installed by `maturin develop`.
 $(VENV)/.stamp: pyproject.toml
@@ -42,6 +43,16 @@ $(GRPCURL):
 
 tools: $(GRPCURL)
 
+# helm: the chart's lint, rendering and unit tests (tests/test_helm_chart.py).
+HELM := $(TOOLS)/helm
+HELM_VERSION ?= v3.22.0
+
+$(HELM):
+	mkdir -p $(TOOLS)
+	GOBIN=$(TOOLS) go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+
+helm: $(HELM)
+
 # System packages the tests need: redis-server (tests/test_replay_redis.py starts a real one on
 # loopback). Installed only when missing; needs root (CI runs as root).
 system-deps:
@@ -59,7 +70,7 @@ demo: dev tools
 test-rust:
 	cargo test --workspace
 
-test-python: dev tools system-deps
+test-python: dev tools helm system-deps
 	$(PY) -m pytest
 
 test: test-rust test-python
