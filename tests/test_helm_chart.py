@@ -9,20 +9,27 @@ the files and environment the pod would have.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import http.server
 import os
 import re
 import shutil
 import subprocess
+import sys
+import threading
 import tomllib
 from pathlib import Path
 from typing import Any
 
+import grpc
 import kubernetes_validate
 import pytest
 import yaml
+from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
 from apcv_verify.config import Config, ConfigError, load_config
+from apcv_verify.issuer import DemoPKI, qr_text
 
-from .conftest import REPO
+from .conftest import REPO, SERVER_LOGS, free_port, wait_serving
 
 CHART = REPO / "helm" / "apcv-verify"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
@@ -398,3 +405,71 @@ def test_the_default_config_asks_for_a_trust_anchor(helm: str, tmp_path: Path) -
     assert config.replay.backend == "redis"
     assert config.server.max_message_bytes == 65536
     assert config.replay.timeout_seconds == 0.5
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
+        pass
+
+
+def test_a_server_started_from_the_rendered_chart_verifies(
+    helm: str, pki: DemoPKI, tmp_path: Path
+) -> None:
+    """The whole path: the chart's ConfigMap and environment, the lists fetched from URLs as in
+    a cluster (here from loopback), the probes' health port, then a verification."""
+    lists = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(pki.directory))
+    )
+    threading.Thread(target=lists.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{lists.server_address[1]}"
+    status_urls = ",".join(
+        f"{base}/{path.relative_to(pki.directory)}" for path in pki.status_list_paths.values()
+    )
+    grpc_port, health_port = free_port(), free_port()
+    args = ["template", "apcv", str(CHART), "--kube-version", KUBE_VERSIONS[-1]]
+    for item in (
+        f"containerPorts.grpc={grpc_port}",
+        f"containerPorts.health={health_port}",
+        "metrics.enabled=false",
+        "autoscaling.enabled=false",
+        "replicaCount=1",
+        "config.replay.backend=memory",
+        "config.policy.allow_test_identities=true",
+        f"trust.trustListUrl={base}/{pki.trust_list_path.relative_to(pki.directory)}",
+        f"trust.statusListUrls={{{status_urls}}}",
+    ):
+        args += ["--set", item]
+    args += ["--set-file", f"trust.anchors[0]={pki.directory / 'anchor.pem'}"]
+    done = run_helm(helm, *args)
+    assert done.returncode == 0, done.stderr
+    docs = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+    config_path = mount_config(docs, tmp_path / "pod")
+    log_path = tmp_path / "server.log"
+    SERVER_LOGS.append(log_path)
+    # The container's arguments, with the pod's mount point replaced by the test's copy.
+    serve_args = [
+        str(config_path) if arg == "/etc/apcv-verify/config.toml" else arg
+        for arg in container(docs)["args"]
+    ]
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "apcv_verify.cli", "serve", *serve_args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env={**os.environ, **pod_environment(container(docs), SECRETS)},
+        )
+    try:
+        wait_serving(f"127.0.0.1:{health_port}", process)
+        request = verifier_pb2.VerifyRequest(
+            request_id="c-1", qr_text=qr_text(pki.present("alice"))
+        )
+        request.reader.reader_id = "desk-1"
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            response = verifier_pb2_grpc.VerifierStub(channel).Verify(request, timeout=10)
+        assert verifier_pb2.Decision.Name(response.decision) == "ACCEPTED"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        lists.shutdown()
+        lists.server_close()
