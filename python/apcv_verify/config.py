@@ -85,6 +85,9 @@ class ConfigError(ValueError):
 class ServerSection:
     #: host:port the gRPC server listens on.
     listen: str = "127.0.0.1:50051"
+    #: host:port of a plaintext port that serves only the standard health service
+    #: (grpc.health.v1), for probes that cannot speak mTLS (Kubernetes gRPC probes); "" = none.
+    health_listen: str = ""
     #: Largest request accepted, in bytes (a QR text is at most 4,296 characters).
     max_message_bytes: int = 64 * 1024
     #: Seconds given to in-flight calls on shutdown.
@@ -278,6 +281,7 @@ class Config:
         host, sep, port = self.server.listen.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ConfigError("server.listen: expected HOST:PORT, e.g. 127.0.0.1:50051")
+        self._validate_health_listen()
         if self.server.max_message_bytes < 4096:
             raise ConfigError("server.max_message_bytes: must be at least 4096")
         if self.server.grace_seconds < 0:
@@ -347,6 +351,18 @@ class Config:
                 "fhir.canonical_base: expected an http(s) URL without query, fragment or"
                 " trailing slash, e.g. https://fhir.example.org/apcv"
             )
+
+    def _validate_health_listen(self) -> None:
+        health_listen = self.server.health_listen
+        if not health_listen:
+            return
+        host, sep, port = health_listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError('server.health_listen: expected HOST:PORT, e.g. 0.0.0.0:50052, or ""')
+        if health_listen == self.server.listen and int(port) != 0:
+            raise ConfigError("server.health_listen: must differ from server.listen")
+        if self.server.workers > 1 and int(port) == 0:
+            raise ConfigError("server.health_listen: several workers need a fixed port")
 
     def _validate_server_limits(self) -> None:
         server = self.server
