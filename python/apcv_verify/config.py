@@ -71,6 +71,9 @@ MAX_SCAN_DELAY_LIMIT = 86_400
 MAX_STREAM_WINDOW = 10_000
 #: Largest keepalive and connection-age timer, in seconds (a week); gRPC takes int32 ms.
 MAX_TIMER_SECONDS = 7 * 86_400
+#: Largest ``server.max_message_bytes``: gRPC takes its limits as int32 and is let read
+#: messages up to twice this setting (server.TRANSPORT_LIMIT_FACTOR).
+MAX_MESSAGE_BYTES_LIMIT = 1024 * 1024 * 1024
 #: ``replay.backend`` values.
 REPLAY_BACKENDS = ("memory", "redis")
 #: Most ``server.workers``: one process per core is the point; more only adds contention.
@@ -85,8 +88,11 @@ class ConfigError(ValueError):
 class ServerSection:
     #: host:port the gRPC server listens on.
     listen: str = "127.0.0.1:50051"
-    #: Largest request accepted, in bytes (a QR text is at most 4,296 characters).
-    max_message_bytes: int = 64 * 1024
+    #: Largest message accepted or sent, in bytes: a whole VerifyBatch must fit, so the
+    #: default holds ``max_batch`` requests of about 2 kB (a QR code of 1,600 characters, the
+    #: profile's design target, makes a request of about 1.7 kB). A single VerifyRequest is
+    #: bounded apart (server.MAX_REQUEST_BYTES), so a stream's read-ahead stays small.
+    max_message_bytes: int = 2 * 1024 * 1024
     #: Seconds given to in-flight calls on shutdown.
     grace_seconds: float = 10.0
     #: Most requests in one VerifyBatch call (INVALID_ARGUMENT above it).
@@ -264,8 +270,10 @@ class Config:
         host, sep, port = self.server.listen.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ConfigError("server.listen: expected HOST:PORT, e.g. 127.0.0.1:50051")
-        if self.server.max_message_bytes < 4096:
-            raise ConfigError("server.max_message_bytes: must be at least 4096")
+        if not 4096 <= self.server.max_message_bytes <= MAX_MESSAGE_BYTES_LIMIT:
+            raise ConfigError(
+                f"server.max_message_bytes: must be between 4096 and {MAX_MESSAGE_BYTES_LIMIT}"
+            )
         if self.server.grace_seconds < 0:
             raise ConfigError("server.grace_seconds: must not be negative")
         if not 1 <= self.server.max_batch <= 100_000:

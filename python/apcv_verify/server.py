@@ -51,6 +51,15 @@ SERVICE_NAME = verifier_pb2.DESCRIPTOR.services_by_name["Verifier"].full_name
 MAX_ID_LENGTH = 128
 #: An NFC challenge is a short random value (docs/profile.md §2.5 "nonce").
 MAX_NONCE_BYTES = 64
+#: Largest single VerifyRequest (a Verify call, one VerifyStream message): the largest
+#: presentation is 16 KiB of NFC bytes or 4,296 QR characters (docs/profile.md "Limits"), plus
+#: two 128-character ids and a 64-byte nonce, so a bigger request carries no real scan. It
+#: also bounds what a stream holds: at most ``stream_window`` requests of this size read ahead.
+MAX_REQUEST_BYTES = 64 * 1024
+#: gRPC's own receive limit is this many times ``server.max_message_bytes``: a message up to
+#: it is read and refused by the handler with a message naming the setting to raise (gRPC's
+#: refusal names none); only a larger one is refused by gRPC before it is read whole.
+TRANSPORT_LIMIT_FACTOR = 2
 
 #: RNIV identity status of an INS read from the Appli carte Vitale: qualified. The RNIV
 #: (1 - Principes communs v2.0, §4.3.4) counts an identity obtained by scanning or reading the
@@ -211,6 +220,26 @@ def _request_problem(request: verifier_pb2.VerifyRequest) -> str | None:
     return None
 
 
+def _size_problem(request: verifier_pb2.VerifyRequest, server: ServerSection) -> str | None:
+    """Why one VerifyRequest (a Verify call, a VerifyStream message) is too large, or None."""
+    size = request.ByteSize()
+    if size > server.max_message_bytes:
+        return (
+            f"request of {size} bytes is over server.max_message_bytes"
+            f" ({server.max_message_bytes}): raise it in the server's configuration"
+        )
+    if size > MAX_REQUEST_BYTES:
+        return (
+            f"request of {size} bytes is over {MAX_REQUEST_BYTES} bytes, the most one"
+            " VerifyRequest can be: no QR code or NFC read holds a larger presentation"
+        )
+    return None
+
+
+class _StreamMessageTooLarge(Exception):
+    """A VerifyStream message over the size limits (ends the stream RESOURCE_EXHAUSTED)."""
+
+
 def _scan(request: verifier_pb2.VerifyRequest, policy: CallerPolicy, caller: str) -> _native.Scan:
     """The core's view of one request under the caller's policy (CallRefused if not allowed)."""
     data: str | bytes = (
@@ -310,6 +339,9 @@ class VerifierService(verifier_pb2_grpc.VerifierServicer):
     async def Verify(  # noqa: N802 (gRPC method name)
         self, request: verifier_pb2.VerifyRequest, context: grpc.aio.ServicerContext
     ) -> verifier_pb2.VerifyResponse:
+        too_large = _size_problem(request, self._config.server)
+        if too_large is not None:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, too_large)
         problem = _request_problem(request)
         if problem is not None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
@@ -331,6 +363,13 @@ class VerifierService(verifier_pb2_grpc.VerifierServicer):
     async def VerifyBatch(  # noqa: N802 (gRPC method name)
         self, request: verifier_pb2.VerifyBatchRequest, context: grpc.aio.ServicerContext
     ) -> verifier_pb2.VerifyBatchResponse:
+        size, max_bytes = request.ByteSize(), self._config.server.max_message_bytes
+        if size > max_bytes:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"batch of {size} bytes is over server.max_message_bytes ({max_bytes}):"
+                " send fewer requests per batch or raise server.max_message_bytes",
+            )
         items = request.requests
         limit = self._config.server.max_batch
         if not items:
@@ -349,7 +388,17 @@ class VerifierService(verifier_pb2_grpc.VerifierServicer):
         caller, policy = await self._caller(context)
         responses = await self._answer("VerifyBatch", items, policy, caller, context)
         self._audit.record_batch(len(items))
-        return verifier_pb2.VerifyBatchResponse(responses=responses)
+        reply = verifier_pb2.VerifyBatchResponse(responses=responses)
+        if reply.ByteSize() > max_bytes:
+            # gRPC would refuse to send it with a message naming nothing. The items are
+            # verified (and audited): a retry from the same reader is a duplicate, not REPLAYED.
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"response of {reply.ByteSize()} bytes is over server.max_message_bytes"
+                f" ({max_bytes}): send fewer requests per batch (include_fhir makes each"
+                " answer several kB) or raise server.max_message_bytes",
+            )
+        return reply
 
     async def _answer(
         self,
@@ -406,6 +455,9 @@ class VerifierService(verifier_pb2_grpc.VerifierServicer):
                     request = await anext(aiter(request_iterator), None)
                     if request is None:  # the client half-closed
                         return
+                    too_large = _size_problem(request, self._config.server)
+                    if too_large is not None:  # answered up to here, then the stream ends
+                        raise _StreamMessageTooLarge(too_large)
                     arrived.put_nowait(request)
             finally:
                 arrived.put_nowait(None)
@@ -426,7 +478,10 @@ class VerifierService(verifier_pb2_grpc.VerifierServicer):
                     credits.release()
                 if batch[-1] is None:
                     break
-            await reader  # re-raises what ended the request stream, if not the client
+            try:
+                await reader  # re-raises what ended the request stream, if not the client
+            except _StreamMessageTooLarge as too_large:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(too_large))
         finally:
             reader.cancel()  # cancellation of the call: read nothing more
 
@@ -514,7 +569,9 @@ def server_options(server: ServerSection) -> list[tuple[str, int]]:
         return round(seconds * 1000)
 
     options = [
-        ("grpc.max_receive_message_length", server.max_message_bytes),
+        # The handlers refuse messages over max_message_bytes with a message naming it;
+        # gRPC itself only those over TRANSPORT_LIMIT_FACTOR times it (see that constant).
+        ("grpc.max_receive_message_length", TRANSPORT_LIMIT_FACTOR * server.max_message_bytes),
         ("grpc.max_send_message_length", server.max_message_bytes),
         ("grpc.keepalive_time_ms", ms(server.keepalive_time_seconds)),
         ("grpc.keepalive_timeout_ms", ms(server.keepalive_timeout_seconds)),
