@@ -10,7 +10,7 @@ PROTO_OUT := python/apcv_verify/_proto
 PROTO_SRC := $(shell find protos -name '*.proto')
 export PATH := $(TOOLS):$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: dev proto demo test test-rust test-python lint fmt tools clean system-deps bench
+.PHONY: build dev proto demo test test-rust test-python lint fmt tools clean system-deps bench
 
 # The virtualenv and the build tools; everything else is installed by `maturin develop`.
 $(VENV)/.stamp: pyproject.toml
@@ -30,6 +30,11 @@ $(PROTO_OUT)/.stamp: $(PROTO_SRC) $(VENV)/.stamp
 	touch $@
 
 proto: $(PROTO_OUT)/.stamp
+
+# The package as users get it: its runtime dependencies and the native core in release mode.
+# Enough for `make demo`; the dev and load toolchain comes with `make dev`.
+build: proto
+	$(VENV)/bin/maturin develop --release
 
 # Builds the native core in release mode into the venv with the dev and load (locust) extras.
 dev: proto
@@ -53,7 +58,7 @@ system-deps:
 	fi; \
 	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server
 
-demo: dev tools
+demo: build tools
 	$(VENV)/bin/apcv-verify demo
 
 test-rust:
