@@ -27,7 +27,7 @@ from apcv_verify.server import MAX_REQUEST_BYTES, server_options
 from .conftest import pki_config
 from .test_stream import reason, request, serving
 
-#: A typical QR code: the profile's design target (docs/profile.md, QR encoding) is at most
+#: A typical QR code: the profile's design target (docs/profile.md §4.1) is at most
 #: this for a holder with two beneficiaries and one AMC attestation.
 TYPICAL_QR_CHARS = 1600
 

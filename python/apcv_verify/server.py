@@ -52,7 +52,7 @@ MAX_ID_LENGTH = 128
 #: An NFC challenge is a short random value (docs/profile.md §2.5 "nonce").
 MAX_NONCE_BYTES = 64
 #: Largest single VerifyRequest (a Verify call, one VerifyStream message): the largest
-#: presentation is 16 KiB of NFC bytes or 4,296 QR characters (docs/profile.md "Limits"), plus
+#: presentation is 16 KiB of NFC bytes or 4,296 QR characters (docs/profile.md §4.4), plus
 #: two 128-character ids and a 64-byte nonce, so a bigger request carries no real scan. It
 #: also bounds what a stream holds: at most ``stream_window`` requests of this size read ahead.
 MAX_REQUEST_BYTES = 64 * 1024
