@@ -6,11 +6,21 @@ PIP := $(VENV)/bin/pip
 TOOLS := $(CURDIR)/.tools/bin
 GRPCURL := $(TOOLS)/grpcurl
 GRPCURL_VERSION ?= v1.9.4
+BUF := $(TOOLS)/buf
+BUF_VERSION ?= v1.75.0
+# Go code generators for buf.gen.yaml (tests/test_contract.py builds a Go client with them).
+PROTOC_GEN_GO := $(TOOLS)/protoc-gen-go
+PROTOC_GEN_GO_VERSION ?= v1.36.12
+PROTOC_GEN_GO_GRPC := $(TOOLS)/protoc-gen-go-grpc
+PROTOC_GEN_GO_GRPC_VERSION ?= v1.6.2
+# The v1 contract as released (`buf build -o` of protos/ when v1 was frozen): `buf breaking`
+# compares protos/ with it, so v1 only changes compatibly. Never regenerate it.
+PROTO_BASELINE := protos/v1-baseline.binpb
 PROTO_OUT := python/apcv_verify/_proto
 PROTO_SRC := $(shell find protos -name '*.proto')
 export PATH := $(TOOLS):$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: build dev proto demo test test-rust test-python lint fmt tools clean system-deps bench
+.PHONY: build dev proto demo test test-rust test-python lint lint-proto fmt tools clean system-deps bench
 
 # The virtualenv and the build tools; everything else is installed by `maturin develop`.
 $(VENV)/.stamp: pyproject.toml
@@ -45,7 +55,20 @@ $(GRPCURL):
 	mkdir -p $(TOOLS)
 	GOBIN=$(TOOLS) go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
 
-tools: $(GRPCURL)
+# buf: the protobuf linter (buf.yaml: STANDARD) and breaking-change check, and `buf generate`.
+$(BUF):
+	mkdir -p $(TOOLS)
+	GOBIN=$(TOOLS) go install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
+
+$(PROTOC_GEN_GO):
+	mkdir -p $(TOOLS)
+	GOBIN=$(TOOLS) go install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+
+$(PROTOC_GEN_GO_GRPC):
+	mkdir -p $(TOOLS)
+	GOBIN=$(TOOLS) go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+
+tools: $(GRPCURL) $(BUF) $(PROTOC_GEN_GO) $(PROTOC_GEN_GO_GRPC)
 
 # System packages the tests need: redis-server (tests/test_replay_redis.py starts a real one on
 # loopback). Installed only when missing; needs root (CI runs as root).
@@ -58,7 +81,7 @@ system-deps:
 	fi; \
 	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server
 
-demo: build tools
+demo: build $(GRPCURL)
 	$(VENV)/bin/apcv-verify demo
 
 test-rust:
@@ -74,7 +97,12 @@ test: test-rust test-python
 bench: dev system-deps
 	$(PY) loadtest/bench.py
 
-lint: dev
+# The public contract: buf's STANDARD lint rules, and no breaking change against v1.
+lint-proto: $(BUF)
+	$(BUF) lint
+	$(BUF) breaking --against $(PROTO_BASELINE)
+
+lint: dev lint-proto
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	$(VENV)/bin/ruff check python tests loadtest

@@ -254,7 +254,7 @@ def ghz_command(case: Case, data: Path, address: str, duration: float) -> list[s
     return [
         str(GHZ), "--insecure", "--proto", str(REPO / "protos" / PROTO),
         "--import-paths", str(REPO / "protos"),
-        "--call", f"apcv.verify.v1.Verifier/{case.method}",
+        "--call", f"apcv.verify.v1.VerifierService/{case.method}",
         "--data-file", str(data),
         "--concurrency", str(case.concurrency), "--connections", str(case.connections),
         "--duration", f"{duration}s", "--max-send-message-size", str(MAX_MESSAGE_BYTES),

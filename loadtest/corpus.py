@@ -24,7 +24,15 @@ from typing import Any
 
 from apcv_verify.issuer import DemoPKI
 
-__all__ = ["HOLDERS", "READER_ID", "batch_requests", "make_pki", "presentations", "verify_request"]
+__all__ = [
+    "HOLDERS",
+    "READER_ID",
+    "batch_requests",
+    "make_pki",
+    "presentations",
+    "scan",
+    "verify_request",
+]
 
 #: Demo holders whose presentations are accepted (the demo PKI's "revoked" holder is not).
 HOLDERS = ("alice", "corsica", "lunar", "family")
@@ -43,8 +51,8 @@ def presentations(pki: DemoPKI, count: int, holders: Sequence[str] = HOLDERS) ->
         yield pki.present(holder)
 
 
-def verify_request(presentation: bytes, request_id: str) -> dict[str, Any]:
-    """One ``VerifyRequest`` in the protobuf JSON mapping (bytes as base64)."""
+def scan(presentation: bytes, request_id: str) -> dict[str, Any]:
+    """One ``Scan`` in the protobuf JSON mapping (bytes as base64)."""
     return {
         "request_id": request_id,
         "nfc_bytes": base64.b64encode(presentation).decode(),
@@ -52,13 +60,17 @@ def verify_request(presentation: bytes, request_id: str) -> dict[str, Any]:
     }
 
 
+def verify_request(presentation: bytes, request_id: str) -> dict[str, Any]:
+    """One ``VerifyRequest`` in the protobuf JSON mapping."""
+    return {"scan": scan(presentation, request_id)}
+
+
 def batch_requests(items: Sequence[bytes], size: int) -> list[dict[str, Any]]:
-    """``VerifyBatchRequest`` messages of ``size`` requests each (the last may be shorter)."""
+    """``VerifyBatchRequest`` messages of ``size`` scans each (the last may be shorter)."""
     return [
         {
-            "requests": [
-                verify_request(p, f"b{start // size}-{i}")
-                for i, p in enumerate(items[start : start + size])
+            "scans": [
+                scan(p, f"b{start // size}-{i}") for i, p in enumerate(items[start : start + size])
             ]
         }
         for start in range(0, len(items), size)

@@ -27,12 +27,12 @@ class PresentationRejected(Exception):
 
 
 def _rejections(response: Any) -> list[str]:
-    """Reason codes of the rejected decisions in a Verify or VerifyBatch response."""
-    answers = response.responses if hasattr(response, "responses") else [response]
+    """Reason codes of the rejected verdicts in a Verify or VerifyBatch response."""
+    verdicts = response.verdicts if hasattr(response, "verdicts") else [response.verdict]
     return [
-        verifier_pb2.Reason.Name(answer.reason)
-        for answer in answers
-        if answer.decision != verifier_pb2.ACCEPTED
+        verifier_pb2.Reason.Name(verdict.reason)
+        for verdict in verdicts
+        if verdict.decision != verifier_pb2.DECISION_ACCEPTED
     ]
 
 

@@ -32,8 +32,8 @@ BATCH_SIZE = int(os.environ.get("APCV_LOADTEST_BATCH", "50"))
 _ids = count()
 
 
-def _request(holder: str) -> verifier_pb2.VerifyRequest:
-    return verifier_pb2.VerifyRequest(
+def _scan(holder: str) -> verifier_pb2.Scan:
+    return verifier_pb2.Scan(
         request_id=f"locust-{next(_ids)}",
         nfc_bytes=PKI.present(holder),
         reader=verifier_pb2.ReaderContext(reader_id=READER_ID),
@@ -43,14 +43,15 @@ def _request(holder: str) -> verifier_pb2.VerifyRequest:
 class ReceptionDesk(GrpcUser):
     """A reception desk scanning one phone at a time, and now and then a reader's batch."""
 
-    stub_class = verifier_pb2_grpc.VerifierStub
+    stub_class = verifier_pb2_grpc.VerifierServiceStub
     wait_time = between(0.0, 0.01)
 
     @task(10)
     def verify(self) -> None:
-        self.stub.Verify(_request(HOLDERS[next(_ids) % len(HOLDERS)]), timeout=10)
+        scan = _scan(HOLDERS[next(_ids) % len(HOLDERS)])
+        self.stub.Verify(verifier_pb2.VerifyRequest(scan=scan), timeout=10)
 
     @task(1)
     def verify_batch(self) -> None:
-        requests = [_request(HOLDERS[i % len(HOLDERS)]) for i in range(BATCH_SIZE)]
-        self.stub.VerifyBatch(verifier_pb2.VerifyBatchRequest(requests=requests), timeout=30)
+        scans = [_scan(HOLDERS[i % len(HOLDERS)]) for i in range(BATCH_SIZE)]
+        self.stub.VerifyBatch(verifier_pb2.VerifyBatchRequest(scans=scans), timeout=30)

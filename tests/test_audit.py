@@ -81,8 +81,8 @@ def test_one_audit_record_per_verification(
         responses["a-5"] = call(server, replayed, "a-5", "desk-1")
         responses["a-6"] = call(server, replayed, "a-6", "desk-1")
         with server.channel() as channel, pytest.raises(grpc.RpcError):
-            verifier_pb2_grpc.VerifierStub(channel).Verify(
-                verifier_pb2.VerifyRequest(request_id="a-7"), timeout=10
+            verifier_pb2_grpc.VerifierServiceStub(channel).Verify(
+                verifier_pb2.VerifyRequest(scan=verifier_pb2.Scan(request_id="a-7")), timeout=10
             )
     finally:
         stop_server(server)
@@ -96,8 +96,10 @@ def test_one_audit_record_per_verification(
         assert set(record) == AUDIT_FIELDS, request_id
         assert record["event"] == "verification" and record["level"] == "info"
         assert record["caller"] == "anonymous" and record["method"] == "Verify"
-        assert record["decision"] == verifier_pb2.Decision.Name(response.decision)
-        assert record["reason"] == verifier_pb2.Reason.Name(response.reason)
+        assert record["decision"] == verifier_pb2.Decision.Name(response.decision).removeprefix(
+            "DECISION_"
+        )
+        assert record["reason"] == verifier_pb2.Reason.Name(response.reason).removeprefix("REASON_")
         assert record["duplicate"] is response.duplicate
         assert isinstance(record["latency_ms"], float) and 0 <= record["latency_ms"] < 10_000
     assert [by_id[key]["reader_id"] for key in ("a-1", "a-2", "a-4")] == [
@@ -159,10 +161,12 @@ def test_every_log_line_of_every_scenario_is_free_of_personal_data(
         for garbage in ("APCV1:", "HC1:NCFOXN%TS3DH3ZSUZK+.V0ETD%65NL-AH", b"\xa1\x01\x01"):
             call(server, garbage, "g")
         with server.channel() as channel:
-            stub = verifier_pb2_grpc.VerifierStub(channel)
+            stub = verifier_pb2_grpc.VerifierServiceStub(channel)
             with pytest.raises(grpc.RpcError):
                 stub.Verify(
-                    verifier_pb2.VerifyRequest(request_id="big", nfc_bytes=b"\0" * 200_000),
+                    verifier_pb2.VerifyRequest(
+                        scan=verifier_pb2.Scan(request_id="big", nfc_bytes=b"\0" * 200_000)
+                    ),
                     timeout=10,
                 )
     finally:

@@ -52,8 +52,8 @@ def test_demo_serve_prints_a_grpcurl_command_that_verifies(grpcurl: str) -> None
         reply = subprocess.run(
             command, shell=True, capture_output=True, text=True, timeout=30, check=True, cwd=REPO
         )
-        answer = json.loads(reply.stdout)
-        assert (answer["decision"], answer["reason"]) == ("ACCEPTED", "OK")
+        answer = json.loads(reply.stdout)["verdict"]
+        assert (answer["decision"], answer["reason"]) == ("DECISION_ACCEPTED", "REASON_OK")
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=30)

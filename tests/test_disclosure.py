@@ -19,7 +19,7 @@ from apcv_verify.issuer import DemoPKI, qr_text
 
 from .conftest import RunningServer, start_server, stop_server, write_config
 
-Request = verifier_pb2.VerifyRequest
+Request = verifier_pb2.Scan
 Reader = verifier_pb2.ReaderContext
 
 GROUPS = ("ins", "identity", "amo")
@@ -47,7 +47,7 @@ def verify(
     reader_id: str = "desk-1",
     include_fhir: bool = False,
     scanned_at: int | None = None,
-) -> verifier_pb2.VerifyResponse:
+) -> verifier_pb2.Verdict:
     request = Request(
         request_id="d-1",
         qr_text=qr_text(presentation),
@@ -57,18 +57,19 @@ def verify(
     if scanned_at is not None:
         request.scanned_at.FromSeconds(scanned_at)
     with server.channel() as channel:
-        return verifier_pb2_grpc.VerifierStub(channel).Verify(request, timeout=10)
+        stub = verifier_pb2_grpc.VerifierServiceStub(channel)
+        return stub.Verify(verifier_pb2.VerifyRequest(scan=request), timeout=10).verdict
 
 
-def present_groups(response: verifier_pb2.VerifyResponse) -> set[str]:
+def present_groups(response: verifier_pb2.Verdict) -> set[str]:
     groups = {group for group in GROUPS if response.person.HasField(group)}
     if response.HasField("identity_qualification"):
         groups.add("qualification")
     return groups
 
 
-def reason(response: verifier_pb2.VerifyResponse) -> str:
-    return verifier_pb2.Reason.Name(response.reason)
+def reason(response: verifier_pb2.Verdict) -> str:
+    return verifier_pb2.Reason.Name(response.reason).removeprefix("REASON_")
 
 
 @pytest.mark.parametrize(
@@ -134,7 +135,10 @@ disclose = { care = ["amo"], auth = ["identity"] }
         assert present_groups(auth) == {"identity"}
 
         dmp = verify(running, pki.present("alice", use="dmp"))
-        assert (dmp.decision, reason(dmp)) == (verifier_pb2.REJECTED, "PURPOSE_NOT_ALLOWED")
+        assert (dmp.decision, reason(dmp)) == (
+            verifier_pb2.DECISION_REJECTED,
+            "PURPOSE_NOT_ALLOWED",
+        )
         assert not dmp.HasField("person")
     finally:
         stop_server(running)
@@ -208,7 +212,10 @@ def test_scan_time_outside_the_allowed_delay(edge_policy: RunningServer, pki: De
     response = verify(
         edge_policy, pki.present("alice", iat=too_old, exp=too_old + 120), scanned_at=too_old
     )
-    assert (response.decision, reason(response)) == (verifier_pb2.REJECTED, "SCAN_TIME_INVALID")
+    assert (response.decision, reason(response)) == (
+        verifier_pb2.DECISION_REJECTED,
+        "SCAN_TIME_INVALID",
+    )
     future = verify(edge_policy, pki.present("alice"), scanned_at=now + 3600)
     assert reason(future) == "SCAN_TIME_INVALID"
 

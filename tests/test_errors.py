@@ -12,30 +12,38 @@ import pytest
 import structlog
 from apcv_verify import server as server_module
 from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
-from apcv_verify.errors import INTERNAL_ERROR_DETAIL
+from apcv_verify.errors import ERROR_DOMAIN, INTERNAL_ERROR_DETAIL
 from apcv_verify.issuer import DemoPKI, qr_text
 from apcv_verify.logs import configure_logging
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from .conftest import pki_config
 
 SECRET = "DUPONT 185127505612355"  # what a careless exception message could carry
 
 
-async def _call_with_broken_core(pki: DemoPKI) -> tuple[grpc.StatusCode, str]:
+async def _call_with_broken_core(pki: DemoPKI) -> tuple[grpc.StatusCode, str, str]:
     config = pki_config(pki)
     running = await server_module.start_server(config)
     try:
-        request = verifier_pb2.VerifyRequest(request_id="e-1", qr_text=qr_text(pki.present()))
-        request.reader.reader_id = "desk-1"
+        scan = verifier_pb2.Scan(request_id="e-1", qr_text=qr_text(pki.present()))
+        scan.reader.reader_id = "desk-1"
+        request = verifier_pb2.VerifyRequest(scan=scan)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            stub = verifier_pb2_grpc.VerifierStub(channel)
+            stub = verifier_pb2_grpc.VerifierServiceStub(channel)
             try:
                 await stub.Verify(request, timeout=10)
             except grpc.aio.AioRpcError as error:
                 status, detail = error.code(), error.details() or ""
+                details = rpc_status.from_call(error)  # type: ignore[arg-type]
             else:
                 raise AssertionError("a broken core must not answer")
-            return status, detail
+            assert details is not None and len(details.details) == 1
+            info = error_details_pb2.ErrorInfo()
+            assert details.details[0].Unpack(info) and info.domain == ERROR_DOMAIN
+            return status, detail, info.reason
+
     finally:
         await running.stop(1.0)
 
@@ -57,11 +65,12 @@ def test_an_unexpected_exception_becomes_internal_without_its_text(
             logger_factory=structlog.PrintLoggerFactory(file=buffer),
             cache_logger_on_first_use=False,
         )
-        status, detail = asyncio.run(_call_with_broken_core(pki))
+        status, detail, reason = asyncio.run(_call_with_broken_core(pki))
     finally:
         structlog.configure(**saved)
     assert status == grpc.StatusCode.INTERNAL
     assert detail == INTERNAL_ERROR_DETAIL
+    assert reason == "INTERNAL_ERROR"  # the stable reason a client can branch on
     logged = [json.loads(line) for line in buffer.getvalue().splitlines()]
     (record,) = [line for line in logged if line["event"] == "unhandled_error"]
     assert record["error_type"] == "RuntimeError"

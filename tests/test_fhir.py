@@ -134,9 +134,12 @@ def validate_bundle(bundle: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     return by_type
 
 
-def accepted(**person: Any) -> verifier_pb2.VerifyResponse:
-    response = verifier_pb2.VerifyResponse(
-        decision=verifier_pb2.ACCEPTED, reason=verifier_pb2.OK, use="care", issuer="AMO"
+def accepted(**person: Any) -> verifier_pb2.Verdict:
+    response = verifier_pb2.Verdict(
+        decision=verifier_pb2.DECISION_ACCEPTED,
+        reason=verifier_pb2.REASON_OK,
+        use="care",
+        issuer="AMO",
     )
     response.person.CopyFrom(verifier_pb2.VerifiedPerson(rank=0, **person))
     return response
@@ -203,11 +206,11 @@ def test_one_coverage_per_valid_amc_attestation() -> None:
         )
     )
     valid = verifier_pb2.AmcCoverage(
-        valid=True, reason=verifier_pb2.OK, organisation="Mutuelle Exemple", amc_number="12345678",
-        contract="C-1", third_party_payment=True, domains=["PHAR", "OPT"],
+        valid=True, reason=verifier_pb2.REASON_OK, organisation="Mutuelle Exemple",
+        amc_number="12345678", contract="C-1", third_party_payment=True, domains=["PHAR", "OPT"],
     )  # fmt: skip
     valid.expires_at.FromSeconds(1_800_000_000)
-    invalid = verifier_pb2.AmcCoverage(valid=False, reason=verifier_pb2.NOT_APPLICABLE)
+    invalid = verifier_pb2.AmcCoverage(valid=False, reason=verifier_pb2.REASON_NOT_APPLICABLE)
     response.amc.extend([valid, invalid])
     by_type = validate_bundle(fhir.bundle(response, verified_at=1_790_000_000))
     amo, amc = by_type["Coverage"]
@@ -226,22 +229,23 @@ def test_one_coverage_per_valid_amc_attestation() -> None:
 
 
 def test_rejection_gives_an_empty_bundle() -> None:
-    response = verifier_pb2.VerifyResponse(
-        decision=verifier_pb2.REJECTED, reason=verifier_pb2.REVOKED
+    response = verifier_pb2.Verdict(
+        decision=verifier_pb2.DECISION_REJECTED, reason=verifier_pb2.REASON_REVOKED
     )
     assert validate_bundle(fhir.bundle(response, verified_at=1_790_000_000)) == {}
 
 
 def fhir_verify(server: RunningServer, presentation: bytes, **fields: Any) -> Any:
-    request = verifier_pb2.VerifyRequest(request_id="f-1", qr_text=qr_text(presentation), **fields)
-    request.reader.reader_id = "desk-1"
+    scan = verifier_pb2.Scan(request_id="f-1", qr_text=qr_text(presentation), **fields)
+    scan.reader.reader_id = "desk-1"
     with server.channel() as channel:
-        return verifier_pb2_grpc.VerifierStub(channel).Verify(request, timeout=10)
+        stub = verifier_pb2_grpc.VerifierServiceStub(channel)
+        return stub.Verify(verifier_pb2.VerifyRequest(scan=scan), timeout=10).verdict
 
 
 def test_fhir_over_grpc_for_a_lunar_birth_date(server: RunningServer, pki: DemoPKI) -> None:
     response = fhir_verify(server, pki.present("lunar"), include_fhir=True)
-    assert verifier_pb2.Reason.Name(response.reason) == "OK"
+    assert verifier_pb2.Reason.Name(response.reason).removeprefix("REASON_") == "OK"
     by_type = validate_bundle(json.loads(response.fhir_json))
     (patient,) = by_type["Patient"]
     assert patient["meta"]["profile"] == [f"{FR_CORE}/StructureDefinition/fr-core-patient-ins"]
@@ -269,7 +273,9 @@ def test_fhir_over_grpc_has_a_coverage_per_valid_amc(server: RunningServer, pki:
     for_the_holder = pki.amc_attestation("family", ranks=[0])
     tap = pki.present("family", ben=1, amc=[valid, for_the_holder])
     response = fhir_verify(server, tap, include_fhir=True)
-    assert [verifier_pb2.Reason.Name(amc.reason) for amc in response.amc] == [
+    assert [
+        verifier_pb2.Reason.Name(amc.reason).removeprefix("REASON_") for amc in response.amc
+    ] == [
         "OK",
         "NOT_APPLICABLE",
     ]

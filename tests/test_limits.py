@@ -25,7 +25,8 @@ from apcv_verify.issuer import (
 from apcv_verify.server import MAX_REQUEST_BYTES, server_options
 
 from .conftest import pki_config
-from .test_stream import reason, request, serving
+from .test_contract import status_details
+from .test_stream import reason, request, scan, serving, unary
 
 #: A typical QR code: the profile's design target (docs/profile.md §4.1) is at most
 #: this for a holder with two beneficiaries and one AMC attestation.
@@ -63,14 +64,14 @@ def test_a_default_server_takes_a_full_batch_of_typical_qr_codes(tmp_path: Path)
     codes = typical_qr_codes(pki, defaults.max_batch)
     assert min(len(code) for code in codes) >= TYPICAL_QR_CHARS
     batch = verifier_pb2.VerifyBatchRequest(
-        requests=[request(f"b-{index}", code) for index, code in enumerate(codes)]
+        scans=[scan(f"b-{index}", code) for index, code in enumerate(codes)]
     )
     assert batch.ByteSize() > 1000 * TYPICAL_QR_CHARS  # no smaller than it says
 
     async def scenario() -> None:
         async with serving(pki) as (_running, stub):
             reply = await stub.VerifyBatch(batch, timeout=60)
-        assert [reason(response) for response in reply.responses] == ["OK"] * len(codes)
+        assert [reason(verdict) for verdict in reply.verdicts] == ["OK"] * len(codes)
 
     asyncio.run(scenario())
 
@@ -83,34 +84,43 @@ def test_a_batch_over_max_message_bytes_names_the_setting(tmp_path: Path) -> Non
         async with serving(pki, max_message_bytes=96 * 1024) as (_running, stub):
             for count in (70, 130):  # over the setting; over twice it (refused by gRPC)
                 batch = verifier_pb2.VerifyBatchRequest(
-                    requests=[request(f"b-{index}", code) for index, code in
-                              enumerate(codes[:count])]
-                )  # fmt: skip
+                    scans=[scan(f"b-{index}", code) for index, code in enumerate(codes[:count])]
+                )
                 with pytest.raises(grpc.aio.AioRpcError) as refused:
                     await stub.VerifyBatch(batch, timeout=10)
                 assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                 if count == 70:
                     assert refused.value.details() == (
                         f"batch of {batch.ByteSize()} bytes is over server.max_message_bytes"
-                        f" ({96 * 1024}): send fewer requests per batch or raise"
+                        f" ({96 * 1024}): send fewer scans per batch or raise"
                         " server.max_message_bytes"
                     )
+                    info, violations = status_details(refused.value)
+                    assert (info.reason, violations) == ("MESSAGE_TOO_LARGE", [])
+                    assert dict(info.metadata) == {
+                        "setting": "server.max_message_bytes",
+                        "limit": str(96 * 1024),
+                        "size": str(batch.ByteSize()),
+                    }
             # The answer must fit too: with FHIR each one is several kB.
             fhir = verifier_pb2.VerifyBatchRequest(
-                requests=[request(f"f-{index}", code) for index, code in enumerate(codes[:20])]
+                scans=[scan(f"f-{index}", code) for index, code in enumerate(codes[:20])]
             )
-            for item in fhir.requests:
+            for item in fhir.scans:
                 item.include_fhir = True
             with pytest.raises(grpc.aio.AioRpcError) as too_long:
                 await stub.VerifyBatch(fhir, timeout=10)
             assert too_long.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert re.fullmatch(
                 r"response of \d+ bytes is over server\.max_message_bytes \(98304\): send fewer"
-                r" requests per batch \(include_fhir .*\) or raise server\.max_message_bytes",
+                r" scans per batch \(include_fhir .*\) or raise server\.max_message_bytes",
                 too_long.value.details() or "",
             )
-            small = verifier_pb2.VerifyBatchRequest(requests=[request("b-0", codes[0])])
-            assert [reason(r) for r in (await stub.VerifyBatch(small, timeout=10)).responses] == [
+            info, _violations = status_details(too_long.value)
+            assert info.reason == "MESSAGE_TOO_LARGE"
+            assert info.metadata["setting"] == "server.max_message_bytes"
+            small = verifier_pb2.VerifyBatchRequest(scans=[scan("b-0", codes[0])])
+            assert [reason(r) for r in (await stub.VerifyBatch(small, timeout=10)).verdicts] == [
                 "OK"
             ]
 
@@ -126,15 +136,15 @@ def test_calls_beyond_max_concurrent_rpcs_get_resource_exhausted(pki: DemoPKI) -
             for index in range(2):  # two open streams hold both slots
                 stream = stub.VerifyStream(timeout=30)
                 await stream.write(request(f"held-{index}", code))
-                assert (await stream.read()).request_id == f"held-{index}"
+                assert (await stream.read()).verdict.request_id == f"held-{index}"
                 streams.append(stream)
             with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await stub.Verify(request("third", code), timeout=10)
+                await stub.Verify(unary("third", code), timeout=10)
             assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             await streams[0].done_writing()  # one stream ends: its slot is free again
             assert await streams[0].read() == grpc.aio.EOF
             assert await streams[0].code() == grpc.StatusCode.OK
-            answer = await stub.Verify(request("fourth", code), timeout=10)
+            answer = (await stub.Verify(unary("fourth", code), timeout=10)).verdict
             assert reason(answer) == "OK" and answer.duplicate
             streams[1].cancel()
 
@@ -144,22 +154,32 @@ def test_calls_beyond_max_concurrent_rpcs_get_resource_exhausted(pki: DemoPKI) -
 def test_a_message_over_max_message_bytes_is_refused(pki: DemoPKI) -> None:
     async def scenario() -> None:
         async with serving(pki, max_message_bytes=4096) as (_running, stub):
-            oversize = request("big", "APCV1:" + "A" * 5000)
+            oversize = unary("big", "APCV1:" + "A" * 5000)
             named = "over server.max_message_bytes (4096): raise it in the server's configuration"
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await stub.Verify(oversize, timeout=10)
             assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert refused.value.details() == f"request of {oversize.ByteSize()} bytes is {named}"
-            stream = stub.VerifyStream(iter([oversize]), timeout=10)
+            info, _violations = status_details(refused.value)
+            assert (info.reason, dict(info.metadata)) == (
+                "MESSAGE_TOO_LARGE",
+                {
+                    "setting": "server.max_message_bytes",
+                    "limit": "4096",
+                    "size": str(oversize.ByteSize()),
+                },
+            )
+            stream = stub.VerifyStream(iter([request("big", "APCV1:" + "A" * 5000)]), timeout=10)
             with pytest.raises(grpc.aio.AioRpcError) as ended:
                 _ = [response async for response in stream]
             assert ended.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert named in (ended.value.details() or "")
+            assert status_details(ended.value)[0].reason == "MESSAGE_TOO_LARGE"
             # Over twice the setting gRPC refuses it before the service sees it: the same code.
             with pytest.raises(grpc.aio.AioRpcError) as huge:
-                await stub.Verify(request("huge", "APCV1:" + "A" * 9000), timeout=10)
+                await stub.Verify(unary("huge", "APCV1:" + "A" * 9000), timeout=10)
             assert huge.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            small = await stub.Verify(request("small", "APCV1:%%"), timeout=10)
+            small = (await stub.Verify(unary("small", "APCV1:%%"), timeout=10)).verdict
             assert reason(small) == "MALFORMED"
 
     asyncio.run(scenario())
@@ -182,14 +202,14 @@ def test_max_connection_age_ends_a_long_stream_with_a_retryable_status(pki: Demo
             with pytest.raises((grpc.aio.AioRpcError, asyncio.InvalidStateError)):
                 while time.monotonic() - started < 15:
                     await stream.write(request(f"long-{answered}", code))
-                    assert (await stream.read()).request_id == f"long-{answered}"
+                    assert (await stream.read()).verdict.request_id == f"long-{answered}"
                     answered += 1
                     await asyncio.sleep(0.1)
             lasted = time.monotonic() - started
             assert await stream.code() == grpc.StatusCode.UNAVAILABLE
             assert 1 <= lasted < 10 and answered > 0
             # The same channel reconnects: the client's retry works.
-            again = await stub.Verify(request("retry", code), timeout=10)
+            again = (await stub.Verify(unary("retry", code), timeout=10)).verdict
             assert reason(again) == "OK"
 
     asyncio.run(scenario())
@@ -253,25 +273,48 @@ def test_a_bad_limit_names_its_key(key: str, value: str, problem: str) -> None:
 def test_one_request_over_max_request_bytes_is_refused_and_a_stream_answers_what_came_before(
     pki: DemoPKI,
 ) -> None:
-    """A VerifyRequest is bounded apart from server.max_message_bytes, which a whole batch
-    needs: a stream never holds stream_window requests of max_message_bytes each."""
+    """A request of one scan is bounded apart from server.max_message_bytes, which a whole
+    batch needs: a stream never holds stream_window requests of max_message_bytes each. The
+    bound is measured on the bytes, so an oversize request that does not decode is refused
+    for its size too."""
     code = qr_text(pki.present("alice"))
-    oversize = request("big", "APCV1:" + "A" * MAX_REQUEST_BYTES)
-    bound = f"over {MAX_REQUEST_BYTES} bytes, the most one VerifyRequest can be"
+    oversize = unary("big", "APCV1:" + "A" * MAX_REQUEST_BYTES)
+    bound = f"over {MAX_REQUEST_BYTES} bytes, the most a request of one scan can be"
 
     async def scenario() -> None:
-        async with serving(pki) as (_running, stub):  # default max_message_bytes (2 MiB)
+        async with serving(pki) as (running, stub):  # default max_message_bytes (2 MiB)
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await stub.Verify(oversize, timeout=10)
             assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert bound in (refused.value.details() or "")
-            stream = stub.VerifyStream(iter([request("first", code), oversize]), timeout=10)
+            info, _violations = status_details(refused.value)
+            # No setting to raise: no real scan is this large.
+            assert (info.reason, dict(info.metadata)) == (
+                "MESSAGE_TOO_LARGE",
+                {"limit": str(MAX_REQUEST_BYTES), "size": str(oversize.ByteSize())},
+            )
+            stream = stub.VerifyStream(
+                iter([request("first", code), request("big", "APCV1:" + "A" * MAX_REQUEST_BYTES)]),
+                timeout=10,
+            )
             answers = []
             with pytest.raises(grpc.aio.AioRpcError) as ended:
                 async for answer in stream:
-                    answers.append(answer)
+                    answers.append(answer.verdict)
             assert [(a.request_id, reason(a)) for a in answers] == [("first", "OK")]
             assert ended.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert bound in (ended.value.details() or "")
+            assert status_details(ended.value)[0].reason == "MESSAGE_TOO_LARGE"
+            # Not a protobuf encoding at all, and too large: refused for its size, unread.
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+                verify = channel.unary_unary(
+                    "/apcv.verify.v1.VerifierService/Verify",
+                    request_serializer=None,
+                    response_deserializer=verifier_pb2.VerifyResponse.FromString,
+                )
+                with pytest.raises(grpc.aio.AioRpcError) as junk:
+                    await verify(b"\xff" * (MAX_REQUEST_BYTES + 1), timeout=10)
+            assert junk.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert status_details(junk.value)[0].reason == "MESSAGE_TOO_LARGE"
 
     asyncio.run(scenario())

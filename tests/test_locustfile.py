@@ -35,6 +35,6 @@ def test_locustfile_verifies_without_failures(
     assert reply.returncode == 0, reply.stderr[-3000:]
     with (tmp_path / "run_stats.csv").open() as handle:
         rows = {row["Name"]: row for row in csv.DictReader(handle)}
-    verify = rows["/apcv.verify.v1.Verifier/Verify"]
+    verify = rows["/apcv.verify.v1.VerifierService/Verify"]
     assert int(verify["Request Count"]) > 0
     assert sum(int(row["Failure Count"]) for row in rows.values()) == 0, reply.stderr[-3000:]

@@ -34,7 +34,7 @@ from .conftest import (
 )
 from .test_workers import redis_url, start_workers  # noqa: F401 (redis_url: a fixture)
 
-VERIFIER = "apcv.verify.v1.Verifier"
+VERIFIER = "apcv.verify.v1.VerifierService"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -59,15 +59,16 @@ def value(found: Samples, name: str, **labels: str) -> float:
 
 def call(
     server: RunningServer, presentation: str | bytes, request_id: str, reader_id: str = "desk-1"
-) -> verifier_pb2.VerifyResponse:
-    request = verifier_pb2.VerifyRequest(request_id=request_id)
+) -> verifier_pb2.Verdict:
+    scan = verifier_pb2.Scan(request_id=request_id)
     if isinstance(presentation, str):
-        request.qr_text = presentation
+        scan.qr_text = presentation
     else:
-        request.nfc_bytes = presentation
-    request.reader.reader_id = reader_id
+        scan.nfc_bytes = presentation
+    scan.reader.reader_id = reader_id
     with server.channel() as channel:
-        return verifier_pb2_grpc.VerifierStub(channel).Verify(request, timeout=10)
+        stub = verifier_pb2_grpc.VerifierServiceStub(channel)
+        return stub.Verify(verifier_pb2.VerifyRequest(scan=scan), timeout=10).verdict
 
 
 @pytest.fixture
@@ -95,15 +96,15 @@ def test_grpc_and_verification_metrics_move_with_the_right_labels(
     health = {"grpc_type": "unary", "grpc_service": "grpc.health.v1.Health", "grpc_method": "Check"}
     assert value(before, "grpc_server_handled_total", **health, grpc_code="OK") >= 1
 
-    assert call(observed, qr_text(pki.present("alice")), "m-1").reason == verifier_pb2.OK
-    assert call(observed, pki.present("lunar"), "m-2").reason == verifier_pb2.OK
-    assert call(observed, "APCV1:%%%%", "m-3").reason == verifier_pb2.MALFORMED
+    assert call(observed, qr_text(pki.present("alice")), "m-1").reason == verifier_pb2.REASON_OK
+    assert call(observed, pki.present("lunar"), "m-2").reason == verifier_pb2.REASON_OK
+    assert call(observed, "APCV1:%%%%", "m-3").reason == verifier_pb2.REASON_MALFORMED
     replayed = qr_text(pki.present("corsica"))
     call(observed, replayed, "m-4", "desk-1")
-    assert call(observed, replayed, "m-5", "desk-2").reason == verifier_pb2.REPLAYED
+    assert call(observed, replayed, "m-5", "desk-2").reason == verifier_pb2.REASON_REPLAYED
     with observed.channel() as channel, pytest.raises(grpc.RpcError) as error:
-        verifier_pb2_grpc.VerifierStub(channel).Verify(
-            verifier_pb2.VerifyRequest(request_id="m-6"), timeout=10
+        verifier_pb2_grpc.VerifierServiceStub(channel).Verify(
+            verifier_pb2.VerifyRequest(scan=verifier_pb2.Scan(request_id="m-6")), timeout=10
         )
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     with observed.channel() as channel, pytest.raises(grpc.RpcError) as unknown:
@@ -200,7 +201,9 @@ def test_empty_listen_disables_the_endpoint_and_a_taken_port_is_not_fatal(
         monkeypatch.setenv("APCV_METRICS_LISTEN", f"127.0.0.1:{port}")
         clash = start_server(pki.directory, tmp_path / "clash.log", "--allow-test-identities")
         try:
-            assert call(clash, qr_text(pki.present("alice")), "c-1").reason == verifier_pb2.OK
+            assert (
+                call(clash, qr_text(pki.present("alice")), "c-1").reason == verifier_pb2.REASON_OK
+            )
         finally:
             stop_server(clash)
     assert '"event": "metrics_unavailable"' in clash.logs()
@@ -215,8 +218,10 @@ def test_each_server_in_a_process_has_its_own_registry(pki: DemoPKI) -> None:
         try:
             assert first.metrics_http is not None and second.metrics_http is not None
             async with grpc.aio.insecure_channel(f"127.0.0.1:{first.port}") as channel:
-                request = verifier_pb2.VerifyRequest(request_id="x", qr_text="APCV1:")
-                await verifier_pb2_grpc.VerifierStub(channel).Verify(request, timeout=10)
+                scan = verifier_pb2.Scan(request_id="x", qr_text="APCV1:")
+                scan.reader.reader_id = "desk-1"
+                request = verifier_pb2.VerifyRequest(scan=scan)
+                await verifier_pb2_grpc.VerifierServiceStub(channel).Verify(request, timeout=10)
             ports = (first.metrics_http.server_port, second.metrics_http.server_port)
             texts = await asyncio.gather(*(asyncio.to_thread(scrape_text, p) for p in ports))
             return texts[0], texts[1]
@@ -244,7 +249,7 @@ def test_a_batch_counts_its_size_and_each_item(
     observed: RunningServer, metrics_port: int, pki: DemoPKI
 ) -> None:
     items = [
-        verifier_pb2.VerifyRequest(request_id=f"b-{index}", qr_text=text)
+        verifier_pb2.Scan(request_id=f"b-{index}", qr_text=text)
         for index, text in enumerate(
             [qr_text(pki.present("alice")), qr_text(pki.present("lunar")), "APCV1:%%%%"]
         )
@@ -252,8 +257,8 @@ def test_a_batch_counts_its_size_and_each_item(
     for item in items:
         item.reader.reader_id = "edge-1"
     with observed.channel() as channel:
-        stub = verifier_pb2_grpc.VerifierStub(channel)
-        stub.VerifyBatch(verifier_pb2.VerifyBatchRequest(requests=items), timeout=30)
+        stub = verifier_pb2_grpc.VerifierServiceStub(channel)
+        stub.VerifyBatch(verifier_pb2.VerifyBatchRequest(scans=items), timeout=30)
         with pytest.raises(grpc.RpcError):
             stub.VerifyBatch(verifier_pb2.VerifyBatchRequest(), timeout=30)  # empty: refused
     found = samples(scrape_text(metrics_port))
@@ -371,20 +376,22 @@ def test_the_interceptor_times_every_call_kind_and_counts_open_streams() -> None
 def test_a_verify_stream_is_in_flight_until_it_ends_and_each_answer_is_counted(
     observed: RunningServer, metrics_port: int, pki: DemoPKI
 ) -> None:
-    requests: queue.Queue[verifier_pb2.VerifyRequest | None] = queue.Queue()
+    requests: queue.Queue[verifier_pb2.VerifyStreamRequest | None] = queue.Queue()
     stream = {"grpc_type": "bidi_stream", "grpc_service": VERIFIER, "grpc_method": "VerifyStream"}
 
-    def request(request_id: str, text: str) -> verifier_pb2.VerifyRequest:
-        message = verifier_pb2.VerifyRequest(request_id=request_id, qr_text=text)
-        message.reader.reader_id = "edge-7"
+    def request(request_id: str, text: str) -> verifier_pb2.VerifyStreamRequest:
+        message = verifier_pb2.VerifyStreamRequest()
+        message.scan.request_id = request_id
+        message.scan.qr_text = text
+        message.scan.reader.reader_id = "edge-7"
         return message
 
     with observed.channel() as channel:
-        answers = verifier_pb2_grpc.VerifierStub(channel).VerifyStream(
+        answers = verifier_pb2_grpc.VerifierServiceStub(channel).VerifyStream(
             iter(requests.get, None), timeout=30
         )
         requests.put(request("s-1", qr_text(pki.present("alice"))))
-        assert next(answers).request_id == "s-1"
+        assert next(answers).verdict.request_id == "s-1"
         open_stream = samples(scrape_text(metrics_port))
         assert value(open_stream, "apcv_inflight_streams") == 1
         assert value(open_stream, "grpc_server_started_total", **stream) == 1
@@ -392,7 +399,7 @@ def test_a_verify_stream_is_in_flight_until_it_ends_and_each_answer_is_counted(
         requests.put(request("s-2", "APCV1:%%%%"))
         requests.put(request("s-3", ""))  # no presentation: answered MALFORMED, stream goes on
         requests.put(None)  # half-close: the stream ends after the last answer
-        assert [answer.request_id for answer in answers] == ["s-2", "s-3"]
+        assert [answer.verdict.request_id for answer in answers] == ["s-2", "s-3"]
 
     deadline = time.monotonic() + 10
     while True:  # the server side ends just after the client saw the last answer

@@ -183,18 +183,18 @@ def served(
     stop_server(running)
 
 
-def verify(
-    server: RunningServer, pki: DemoPKI, holder: str = "alice"
-) -> verifier_pb2.VerifyResponse:
+def verify(server: RunningServer, pki: DemoPKI, holder: str = "alice") -> verifier_pb2.Verdict:
     """A fresh presentation by ``holder`` (never a replay), verified over gRPC."""
-    request = verifier_pb2.VerifyRequest(request_id="r-1", nfc_bytes=pki.present(holder))
-    request.reader.reader_id = "desk-1"
+    request = verifier_pb2.VerifyRequest(
+        scan=verifier_pb2.Scan(request_id="r-1", nfc_bytes=pki.present(holder))
+    )
+    request.scan.reader.reader_id = "desk-1"
     with server.channel() as channel:
-        return verifier_pb2_grpc.VerifierStub(channel).Verify(request, timeout=10)
+        return verifier_pb2_grpc.VerifierServiceStub(channel).Verify(request, timeout=10).verdict
 
 
-def reason(response: verifier_pb2.VerifyResponse) -> str:
-    return verifier_pb2.Reason.Name(response.reason)
+def reason(response: verifier_pb2.Verdict) -> str:
+    return verifier_pb2.Reason.Name(response.reason).removeprefix("REASON_")
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -55,37 +55,34 @@ def replicas(
     stop_server(b.server)
 
 
-def request(
-    presentation: bytes, reader_id: str, request_id: str = "r-1"
-) -> verifier_pb2.VerifyRequest:
-    return verifier_pb2.VerifyRequest(
+def request(presentation: bytes, reader_id: str, request_id: str = "r-1") -> verifier_pb2.Scan:
+    return verifier_pb2.Scan(
         request_id=request_id,
         nfc_bytes=presentation,
         reader=verifier_pb2.ReaderContext(reader_id=reader_id),
     )
 
 
-def verify(replica: Replica, presentation: bytes, reader_id: str) -> verifier_pb2.VerifyResponse:
+def verify(replica: Replica, presentation: bytes, reader_id: str) -> verifier_pb2.Verdict:
     with replica.server.channel() as channel:
-        stub = verifier_pb2_grpc.VerifierStub(channel)
-        return stub.Verify(request(presentation, reader_id), timeout=10)
+        stub = verifier_pb2_grpc.VerifierServiceStub(channel)
+        scan = request(presentation, reader_id)
+        return stub.Verify(verifier_pb2.VerifyRequest(scan=scan), timeout=10).verdict
 
 
-def verify_batch(
-    replica: Replica, items: list[tuple[bytes, str]]
-) -> list[verifier_pb2.VerifyResponse]:
+def verify_batch(replica: Replica, items: list[tuple[bytes, str]]) -> list[verifier_pb2.Verdict]:
     batch = verifier_pb2.VerifyBatchRequest(
-        requests=[request(p, reader, f"b-{i}") for i, (p, reader) in enumerate(items)]
+        scans=[request(p, reader, f"b-{i}") for i, (p, reader) in enumerate(items)]
     )
     with replica.server.channel() as channel:
-        reply = verifier_pb2_grpc.VerifierStub(channel).VerifyBatch(batch, timeout=10)
-    return list(reply.responses)
+        reply = verifier_pb2_grpc.VerifierServiceStub(channel).VerifyBatch(batch, timeout=10)
+    return list(reply.verdicts)
 
 
-def outcome(response: verifier_pb2.VerifyResponse) -> tuple[str, str, bool]:
+def outcome(response: verifier_pb2.Verdict) -> tuple[str, str, bool]:
     return (
-        verifier_pb2.Decision.Name(response.decision),
-        verifier_pb2.Reason.Name(response.reason),
+        verifier_pb2.Decision.Name(response.decision).removeprefix("DECISION_"),
+        verifier_pb2.Reason.Name(response.reason).removeprefix("REASON_"),
         response.duplicate,
     )
 
@@ -359,16 +356,16 @@ def test_verify_stream_shares_redis_with_unary_calls_on_another_replica(
     a, b = replicas
     first, second = pki.present("alice"), pki.present("alice")
     assert outcome(verify(a, first, "reader-1")) == ACCEPTED
-    sent = [
+    scans = [
         request(first, "reader-2", "s-0"),  # accepted on A for another reader
         request(second, "reader-2", "s-1"),
         request(first, "reader-1", "s-2"),  # A's reader retrying: duplicate
         request(second, "reader-2", "s-3"),  # the stream's own earlier item: duplicate
     ]
+    sent = [verifier_pb2.VerifyStreamRequest(scan=scan) for scan in scans]
     with b.server.channel() as channel:
-        responses = list(
-            verifier_pb2_grpc.VerifierStub(channel).VerifyStream(iter(sent), timeout=30)
-        )
+        stub = verifier_pb2_grpc.VerifierServiceStub(channel)
+        responses = [answer.verdict for answer in stub.VerifyStream(iter(sent), timeout=30)]
     assert [r.request_id for r in responses] == ["s-0", "s-1", "s-2", "s-3"]
     assert [outcome(r) for r in responses] == [REPLAYED, ACCEPTED, DUPLICATE, DUPLICATE]
     assert outcome(verify(a, second, "reader-9")) == REPLAYED

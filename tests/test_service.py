@@ -30,25 +30,29 @@ from apcv_verify.issuer import (
 
 from .conftest import REPO, RunningServer, nir_numbers, start_server, stop_server
 
-Request = verifier_pb2.VerifyRequest
+Scan = verifier_pb2.Scan
 Reader = verifier_pb2.ReaderContext
+
+
+def unary(scan: verifier_pb2.Scan) -> verifier_pb2.VerifyRequest:
+    return verifier_pb2.VerifyRequest(scan=scan)
 
 
 def verify(
     server: RunningServer, presentation: str | bytes, reader_id: str = "desk-1", **reader: bytes
-) -> verifier_pb2.VerifyResponse:
+) -> verifier_pb2.Verdict:
     with server.channel() as channel:
-        stub = verifier_pb2_grpc.VerifierStub(channel)
+        stub = verifier_pb2_grpc.VerifierServiceStub(channel)
         if isinstance(presentation, str):
-            request = Request(request_id="r-1", qr_text=presentation)
+            scan = Scan(request_id="r-1", qr_text=presentation)
         else:
-            request = Request(request_id="r-1", nfc_bytes=presentation)
-        request.reader.CopyFrom(Reader(reader_id=reader_id, **reader))
-        return stub.Verify(request, timeout=10)
+            scan = Scan(request_id="r-1", nfc_bytes=presentation)
+        scan.reader.CopyFrom(Reader(reader_id=reader_id, **reader))
+        return stub.Verify(unary(scan), timeout=10).verdict
 
 
-def reason(response: verifier_pb2.VerifyResponse) -> str:
-    return verifier_pb2.Reason.Name(response.reason)
+def reason(response: verifier_pb2.Verdict) -> str:
+    return verifier_pb2.Reason.Name(response.reason).removeprefix("REASON_")
 
 
 def run_grpcurl(grpcurl: str, address: str, *args: str) -> str:
@@ -66,7 +70,7 @@ def test_grpcurl_lists_the_service_reports_health_and_verifies_a_cli_presentatio
     server: RunningServer, pki: DemoPKI, grpcurl: str
 ) -> None:
     services = run_grpcurl(grpcurl, server.address, "list")
-    assert "apcv.verify.v1.Verifier" in services.split()
+    assert "apcv.verify.v1.VerifierService" in services.split()
     assert "grpc.health.v1.Health" in services.split()
 
     health = json.loads(run_grpcurl(grpcurl, server.address, "grpc.health.v1.Health/Check"))
@@ -79,13 +83,20 @@ def test_grpcurl_lists_the_service_reports_health_and_verifies_a_cli_presentatio
     )  # fmt: skip
     text = issued.stdout.strip()
     assert text.startswith("APCV1:")
-    body = json.dumps({"request_id": "g-1", "qr_text": text, "reader": {"reader_id": "desk-9"}})
-    reply = json.loads(
-        run_grpcurl(grpcurl, server.address, "-d", body, "apcv.verify.v1.Verifier/Verify")
+    scan = {"request_id": "g-1", "qr_text": text, "reader": {"reader_id": "desk-9"}}
+    answer = json.loads(
+        run_grpcurl(
+            grpcurl,
+            server.address,
+            "-d",
+            json.dumps({"scan": scan}),
+            "apcv.verify.v1.VerifierService/Verify",
+        )
     )
+    reply = answer["verdict"]
     assert reply.get("request_id") == "g-1", reply
-    assert reply["decision"] == "ACCEPTED"
-    assert reply["reason"] == "OK"
+    assert reply["decision"] == "DECISION_ACCEPTED"
+    assert reply["reason"] == "REASON_OK"
     # Lunar birth dates are valid identity data, returned verbatim (docs/profile.md §5.4).
     assert reply["person"]["identity"]["birth_date"] == "1957-00-00"
     assert reply["person"]["ins"]["oid"] == INS_DEMO_OID
@@ -100,7 +111,7 @@ def test_the_six_demo_decisions_over_grpc(server: RunningServer, pki: DemoPKI) -
     try:
         samples = pki.samples(now=int(time.time()))
         accepted = verify(restarted, qr_text(samples["accepted"]))
-        assert (accepted.decision, reason(accepted)) == (verifier_pb2.ACCEPTED, "OK")
+        assert (accepted.decision, reason(accepted)) == (verifier_pb2.DECISION_ACCEPTED, "OK")
         assert accepted.person.rank == 0 and accepted.use == "care"
         assert accepted.issuer
         for name, expected in [
@@ -110,7 +121,10 @@ def test_the_six_demo_decisions_over_grpc(server: RunningServer, pki: DemoPKI) -
             ("wrong_issuer", "UNKNOWN_ISSUER"),
         ]:
             response = verify(restarted, qr_text(samples[name]))
-            assert (response.decision, reason(response)) == (verifier_pb2.REJECTED, expected), name
+            assert (response.decision, reason(response)) == (
+                verifier_pb2.DECISION_REJECTED,
+                expected,
+            ), name
             assert not response.HasField("person"), name
 
         replayed = qr_text(samples["replayed"])
@@ -120,7 +134,7 @@ def test_the_six_demo_decisions_over_grpc(server: RunningServer, pki: DemoPKI) -
         assert (reason(first), first.duplicate) == ("OK", False)
         # A retry from the same reader is accepted again and flagged (docs/profile.md §7.4).
         assert (reason(retry), retry.duplicate) == ("OK", True)
-        assert (other.decision, reason(other)) == (verifier_pb2.REJECTED, "REPLAYED")
+        assert (other.decision, reason(other)) == (verifier_pb2.DECISION_REJECTED, "REPLAYED")
     finally:
         stop_server(restarted)
 
@@ -154,22 +168,22 @@ def test_bad_input_is_a_normal_rejection(server: RunningServer, garbage: str | b
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         return
     response = verify(server, garbage)
-    assert response.decision == verifier_pb2.REJECTED
+    assert response.decision == verifier_pb2.DECISION_REJECTED
     assert reason(response) == "MALFORMED"
     assert server.process.poll() is None
 
 
 def test_call_level_errors_use_grpc_status(server: RunningServer) -> None:
     with server.channel() as channel:
-        stub = verifier_pb2_grpc.VerifierStub(channel)
+        stub = verifier_pb2_grpc.VerifierServiceStub(channel)
         with pytest.raises(grpc.RpcError) as missing:
-            stub.Verify(Request(request_id="no-presentation"), timeout=10)
+            stub.Verify(unary(Scan(request_id="no-presentation")), timeout=10)
         assert missing.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         with pytest.raises(grpc.RpcError) as oversize:
-            stub.Verify(Request(request_id="big", nfc_bytes=b"\0" * 200_000), timeout=10)
+            stub.Verify(unary(Scan(request_id="big", nfc_bytes=b"\0" * 200_000)), timeout=10)
         assert oversize.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         with pytest.raises(grpc.RpcError) as long_id:
-            stub.Verify(Request(request_id="x" * 500, qr_text="APCV1:"), timeout=10)
+            stub.Verify(unary(Scan(request_id="x" * 500, qr_text="APCV1:")), timeout=10)
         assert long_id.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -177,7 +191,10 @@ def test_production_policy_rejects_demonstration_identities(pki: DemoPKI, tmp_pa
     production = start_server(pki.directory, tmp_path / "production.log")
     try:
         response = verify(production, qr_text(pki.present("alice")))
-        assert (response.decision, reason(response)) == (verifier_pb2.REJECTED, "CLAIMS_INVALID")
+        assert (response.decision, reason(response)) == (
+            verifier_pb2.DECISION_REJECTED,
+            "CLAIMS_INVALID",
+        )
     finally:
         stop_server(production)
 
@@ -241,7 +258,7 @@ def test_make_demo_prints_seven_expected_decisions(grpcurl: str) -> None:
     shown = out.split("verified by grpcurl:\n")[1].splitlines()[0]
     local = Path(".tools/bin/grpcurl")
     assert shown.split()[0] == (str(local) if (REPO / local).exists() else "grpcurl")
-    assert '"decision": "ACCEPTED"' in out.split("grpcurl answered")[1]
+    assert '"decision": "DECISION_ACCEPTED"' in out.split("grpcurl answered")[1]
     # ...and, its server gone, says how to get one that stays up.
     assert "This demo's server stops now" in out
     assert "apcv-verify demo --serve`: it keeps a server on 127.0.0.1:50051" in out
@@ -363,7 +380,7 @@ REJECTIONS: dict[str, Callable[[DemoPKI, int], bytes | str]] = {
 def test_reason_code_over_grpc(shared: RunningServer, shared_pki: DemoPKI, expected: str) -> None:
     presentation = REJECTIONS[expected](shared_pki, int(time.time()))
     response = verify(shared, presentation)
-    assert (response.decision, reason(response)) == (verifier_pb2.REJECTED, expected)
+    assert (response.decision, reason(response)) == (verifier_pb2.DECISION_REJECTED, expected)
     assert response.detail and not response.HasField("person")
 
 
@@ -384,12 +401,16 @@ def test_reason_replayed(shared: RunningServer, shared_pki: DemoPKI) -> None:
 def test_reason_scan_time_invalid(shared: RunningServer, shared_pki: DemoPKI) -> None:
     now = int(time.time())
     old = now - 3600  # beyond the caller's 600 s
-    request = Request(request_id="s-1", qr_text=qr_text(shared_pki.present(iat=old)))
-    request.reader.reader_id = "edge-1"
-    request.scanned_at.FromSeconds(old)
+    scan = Scan(request_id="s-1", qr_text=qr_text(shared_pki.present(iat=old)))
+    scan.reader.reader_id = "edge-1"
+    scan.scanned_at.FromSeconds(old)
     with shared.channel() as channel:
-        response = verifier_pb2_grpc.VerifierStub(channel).Verify(request, timeout=10)
-    assert (response.decision, reason(response)) == (verifier_pb2.REJECTED, "SCAN_TIME_INVALID")
+        stub = verifier_pb2_grpc.VerifierServiceStub(channel)
+        response = stub.Verify(unary(scan), timeout=10).verdict
+    assert (response.decision, reason(response)) == (
+        verifier_pb2.DECISION_REJECTED,
+        "SCAN_TIME_INVALID",
+    )
 
 
 def test_reason_replay_unavailable(pki: DemoPKI, tmp_path: Path) -> None:
@@ -398,7 +419,10 @@ def test_reason_replay_unavailable(pki: DemoPKI, tmp_path: Path) -> None:
     try:
         assert reason(verify(tiny, pki.present("alice"))) == "OK"
         full = verify(tiny, pki.present("lunar"))
-        assert (full.decision, reason(full)) == (verifier_pb2.REJECTED, "REPLAY_UNAVAILABLE")
+        assert (full.decision, reason(full)) == (
+            verifier_pb2.DECISION_REJECTED,
+            "REPLAY_UNAVAILABLE",
+        )
     finally:
         stop_server(tiny)
 
@@ -478,7 +502,10 @@ def test_amc_coverage_each_attestation_on_its_own(
     tap = shared_pki.present("family", ben=1, amc=[valid, for_holder_only, expired, untrusted])
     response = verify(shared, tap)
     assert reason(response) == "OK"  # an invalid attestation never rejects the presentation
-    outcomes = [(item.valid, verifier_pb2.Reason.Name(item.reason)) for item in response.amc]
+    outcomes = [
+        (item.valid, verifier_pb2.Reason.Name(item.reason).removeprefix("REASON_"))
+        for item in response.amc
+    ]
     assert outcomes == [
         (True, "OK"),
         (False, "NOT_APPLICABLE"),
@@ -499,7 +526,9 @@ def test_amc_coverage_follows_disclosure(shared: RunningServer, shared_pki: Demo
     dmp = verify(shared, shared_pki.present(use="dmp", amc=[attestation]))
     assert reason(dmp) == "OK" and len(dmp.amc) == 0  # dmp: INS and traits only
     care = verify(shared, shared_pki.present(use="care", amc=[attestation]))
-    assert [verifier_pb2.Reason.Name(item.reason) for item in care.amc] == ["OK"]
+    assert [verifier_pb2.Reason.Name(item.reason).removeprefix("REASON_") for item in care.amc] == [
+        "OK"
+    ]
 
 
 def _resigned_attestation(
@@ -559,9 +588,12 @@ AMC_OUTCOMES: dict[str, Callable[[DemoPKI, int], bytes]] = {
 def test_amc_outcome_over_grpc(shared: RunningServer, shared_pki: DemoPKI, expected: str) -> None:
     attestation = AMC_OUTCOMES[expected](shared_pki, int(time.time()))
     response = verify(shared, shared_pki.present("alice", amc=[attestation]))
-    assert (response.decision, reason(response)) == (verifier_pb2.ACCEPTED, "OK")
+    assert (response.decision, reason(response)) == (verifier_pb2.DECISION_ACCEPTED, "OK")
     (outcome,) = response.amc
-    assert (verifier_pb2.Reason.Name(outcome.reason), outcome.valid) == (expected, expected == "OK")
+    assert (verifier_pb2.Reason.Name(outcome.reason).removeprefix("REASON_"), outcome.valid) == (
+        expected,
+        expected == "OK",
+    )
     assert bool(outcome.detail) == (expected != "OK")  # a fixed phrase for every failure
     # Coverage only from a trusted signer naming the person (docs/profile.md §8.1).
     returned = expected in ("OK", "ATTESTATION_NOT_YET_VALID", "ATTESTATION_EXPIRED", "REVOKED",

@@ -19,14 +19,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .conftest import start_server
 
-Request = verifier_pb2.VerifyRequest
+Request = verifier_pb2.VerifyStreamRequest
 #: Bound on every wait of these tests: a hung shutdown fails them, never hangs them.
 WAIT_SECONDS = 20
 
 
 def request(request_id: str, presentation: str) -> Request:
-    message = Request(request_id=request_id, qr_text=presentation)
-    message.reader.reader_id = "edge-1"
+    message = Request(scan=verifier_pb2.Scan(request_id=request_id, qr_text=presentation))
+    message.scan.reader.reader_id = "edge-1"
     return message
 
 
@@ -74,17 +74,19 @@ def test_sigterm_mid_stream_answers_every_request_sent_and_exits_0(
         with server.channel() as channel:
             watcher = threading.Thread(target=watch_health, args=(channel,))
             watcher.start()
-            stub = verifier_pb2_grpc.VerifierStub(channel)
+            stub = verifier_pb2_grpc.VerifierServiceStub(channel)
             call = stub.VerifyStream(requests(), timeout=WAIT_SECONDS)
             answered = []
             for response in call:
-                answered.append(response.request_id)
+                answered.append(response.verdict.request_id)
                 last_answer = time.monotonic()
             assert call.code() == grpc.StatusCode.OK
             watcher.join(WAIT_SECONDS)
             # After the signal: NOT_SERVING or no new call at all, never a new verification.
             with pytest.raises(grpc.RpcError) as refused:
-                stub.Verify(request("late", codes[0]), timeout=5)
+                stub.Verify(
+                    verifier_pb2.VerifyRequest(scan=request("late", codes[0]).scan), timeout=5
+                )
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
         assert server.process.wait(timeout=WAIT_SECONDS) == 0
     finally:
@@ -120,10 +122,10 @@ def test_a_stream_left_open_is_ended_at_the_grace_period_and_the_server_exits_0(
 
     try:
         with server.channel() as channel:
-            call = verifier_pb2_grpc.VerifierStub(channel).VerifyStream(
+            call = verifier_pb2_grpc.VerifierServiceStub(channel).VerifyStream(
                 requests(), timeout=WAIT_SECONDS
             )
-            answered = [next(call).request_id for _ in range(5)]
+            answered = [next(call).verdict.request_id for _ in range(5)]
             server.process.send_signal(signal.SIGTERM)
             started = time.monotonic()
             with pytest.raises(grpc.RpcError) as ended:

@@ -25,7 +25,7 @@ from apcv_verify.server import (
 
 from .conftest import pki_config
 
-Request = verifier_pb2.VerifyRequest
+Request = verifier_pb2.VerifyStreamRequest
 
 
 def server_config(pki: DemoPKI, **server: Any) -> Config:
@@ -35,26 +35,38 @@ def server_config(pki: DemoPKI, **server: Any) -> Config:
 @asynccontextmanager
 async def serving(
     pki: DemoPKI, **server: Any
-) -> AsyncIterator[tuple[RunningServer, verifier_pb2_grpc.VerifierStub]]:
+) -> AsyncIterator[tuple[RunningServer, verifier_pb2_grpc.VerifierServiceStub]]:
     config = server_config(pki, **server)
     running = await start_server(config, load_trust_material(config))
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            yield running, verifier_pb2_grpc.VerifierStub(channel)
+            yield running, verifier_pb2_grpc.VerifierServiceStub(channel)
     finally:
         await running.stop(0)
 
 
-def request(request_id: str, presentation: str = "", reader_id: str = "edge-1") -> Request:
-    message = Request(request_id=request_id)
+def scan(request_id: str, presentation: str = "", reader_id: str = "edge-1") -> verifier_pb2.Scan:
+    message = verifier_pb2.Scan(request_id=request_id)
     message.reader.reader_id = reader_id
     if presentation:
         message.qr_text = presentation
     return message
 
 
-def reason(response: verifier_pb2.VerifyResponse) -> str:
-    return verifier_pb2.Reason.Name(response.reason)
+def request(request_id: str, presentation: str = "", reader_id: str = "edge-1") -> Request:
+    """A VerifyStream request."""
+    return Request(scan=scan(request_id, presentation, reader_id))
+
+
+def unary(
+    request_id: str, presentation: str = "", reader_id: str = "edge-1"
+) -> verifier_pb2.VerifyRequest:
+    """The same scan as a Verify request."""
+    return verifier_pb2.VerifyRequest(scan=scan(request_id, presentation, reader_id))
+
+
+def reason(response: verifier_pb2.Verdict) -> str:
+    return verifier_pb2.Reason.Name(response.reason).removeprefix("REASON_")
 
 
 def verifications(running: RunningServer, method: str = "VerifyStream") -> float:
@@ -87,10 +99,10 @@ def test_responses_echo_ids_in_request_order_and_a_bad_item_keeps_the_stream(
         request("s-6", "APCV1:%%%%"),
     ]
 
-    async def scenario() -> list[verifier_pb2.VerifyResponse]:
+    async def scenario() -> list[verifier_pb2.Verdict]:
         async with serving(pki) as (running, stub):
             call = stub.VerifyStream(iter(sent), timeout=30)
-            responses = [response async for response in call]
+            responses = [response.verdict async for response in call]
             assert await call.code() == grpc.StatusCode.OK  # half-close ended the stream
             assert verifications(running) == 6  # the bad item is no verification
             assert gauge(running, "apcv_inflight_streams") == 0
@@ -107,8 +119,8 @@ def test_responses_echo_ids_in_request_order_and_a_bad_item_keeps_the_stream(
         "REPLAYED",
         "MALFORMED",
     ]
-    assert responses[2].decision == verifier_pb2.REJECTED
-    assert responses[2].detail == "no presentation in request"
+    assert responses[2].decision == verifier_pb2.DECISION_REJECTED
+    assert responses[2].detail == "scan.presentation: no qr_text or nfc_bytes"
     assert [response.duplicate for response in responses[3:6]] == [False, True, False]
     assert responses[0].person.identity.birth_name  # the default caller sees the traits
 
@@ -129,10 +141,12 @@ def test_arrived_requests_go_to_the_core_together(
     monkeypatch.setattr(server_module.asyncio, "to_thread", counting_to_thread)
     codes = [qr_text(pki.present("alice")) for _ in range(3)]
 
-    async def scenario() -> list[verifier_pb2.VerifyResponse]:
+    async def scenario() -> list[verifier_pb2.Verdict]:
         async with serving(pki, stream_window=64) as (_running, stub):
             sent = [request(f"m-{i}", codes[i % 3], f"edge-{i}") for i in range(50)]
-            return [response async for response in stub.VerifyStream(iter(sent), timeout=30)]
+            return [
+                response.verdict async for response in stub.VerifyStream(iter(sent), timeout=30)
+            ]
 
     responses = asyncio.run(scenario())
     assert [response.request_id for response in responses] == [f"m-{i}" for i in range(50)]
@@ -175,11 +189,11 @@ def test_the_server_reads_at_most_the_window_ahead_and_cancellation_stops_readin
         service = VerifierService(trust, config, AuditTrail.from_config(config))
         stream = service.VerifyStream(endless(), FakeContext())  # type: ignore[arg-type]
         first = await anext(stream)  # the consumer of the responses then stalls
-        assert first.request_id == "w-1"
+        assert first.verdict.request_id == "w-1"
         await asyncio.sleep(0.5)
         assert read == 5  # the window: 5 read and not yet answered, then no more
         for expected in range(2, 5):
-            assert (await anext(stream)).request_id == f"w-{expected}"
+            assert (await anext(stream)).verdict.request_id == f"w-{expected}"
         await asyncio.sleep(0.2)
         assert read == 8  # each response sent frees one place
         await stream.aclose()  # the call ends (cancelled): its reader is stopped
@@ -196,7 +210,7 @@ def test_a_cancelled_stream_stops_and_the_server_goes_on(pki: DemoPKI) -> None:
         async with serving(pki) as (running, stub):
             call = stub.VerifyStream(timeout=30)
             await call.write(request("c-0", code))
-            assert (await call.read()).request_id == "c-0"
+            assert (await call.read()).verdict.request_id == "c-0"
             assert gauge(running, "apcv_inflight_streams") == 1
             call.cancel()
             for _ in range(50):
@@ -204,7 +218,7 @@ def test_a_cancelled_stream_stops_and_the_server_goes_on(pki: DemoPKI) -> None:
                     break
                 await asyncio.sleep(0.05)
             assert gauge(running, "apcv_inflight_streams") == 0
-            again = await stub.Verify(request("c-1", code, "edge-1"), timeout=10)
+            again = (await stub.Verify(unary("c-1", code, "edge-1"), timeout=10)).verdict
             assert reason(again) == "OK" and again.duplicate
 
     asyncio.run(scenario())
@@ -217,7 +231,7 @@ def test_a_stream_past_its_deadline_ends_with_deadline_exceeded(pki: DemoPKI) ->
         async with serving(pki) as (_running, stub):
             call = stub.VerifyStream(timeout=0.5)
             await call.write(request("d-0", code))
-            assert (await call.read()).request_id == "d-0"
+            assert (await call.read()).verdict.request_id == "d-0"
             with pytest.raises(grpc.aio.AioRpcError) as raised:
                 await call.read()  # the client neither writes nor half-closes
             assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -236,9 +250,9 @@ def test_scanned_at_without_the_right_ends_the_stream_with_permission_denied(
         async with serving(pki) as (_running, stub):
             call = stub.VerifyStream(timeout=30)
             await call.write(request("p-0", code))
-            assert (await call.read()).request_id == "p-0"
+            assert (await call.read()).verdict.request_id == "p-0"
             delayed = request("p-1", code)
-            delayed.scanned_at.GetCurrentTime()
+            delayed.scan.scanned_at.GetCurrentTime()
             await call.write(delayed)
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await call.read()

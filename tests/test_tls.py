@@ -125,11 +125,12 @@ class MtlsServer:
     server: RunningServer
     ca: CertificateAuthority
 
-    def verify(self, client: Issued | None, presentation: bytes) -> verifier_pb2.VerifyResponse:
-        request = verifier_pb2.VerifyRequest(request_id="t-1", qr_text=qr_text(presentation))
-        request.reader.reader_id = "desk-1"
+    def verify(self, client: Issued | None, presentation: bytes) -> verifier_pb2.Verdict:
+        scan = verifier_pb2.Scan(request_id="t-1", qr_text=qr_text(presentation))
+        scan.reader.reader_id = "desk-1"
         with open_channel(self.server.address, self.ca.credentials(client)) as channel:
-            return verifier_pb2_grpc.VerifierStub(channel).Verify(request, timeout=10)
+            stub = verifier_pb2_grpc.VerifierServiceStub(channel)
+            return stub.Verify(verifier_pb2.VerifyRequest(scan=scan), timeout=10).verdict
 
 
 def serve_tls(
@@ -162,20 +163,23 @@ def mtls(pki: DemoPKI, tmp_path: Path) -> Iterator[MtlsServer]:
     stop_server(running)
 
 
-def reason(response: verifier_pb2.VerifyResponse) -> str:
-    return verifier_pb2.Reason.Name(response.reason)
+def reason(response: verifier_pb2.Verdict) -> str:
+    return verifier_pb2.Reason.Name(response.reason).removeprefix("REASON_")
 
 
 def test_a_known_caller_is_served(mtls: MtlsServer, pki: DemoPKI) -> None:
     response = mtls.verify(mtls.ca.issue("his-1"), pki.present("alice"))
-    assert (response.decision, reason(response)) == (verifier_pb2.ACCEPTED, "OK")
+    assert (response.decision, reason(response)) == (verifier_pb2.DECISION_ACCEPTED, "OK")
     assert response.person.HasField("identity") and response.person.HasField("amo")
 
 
 def test_a_caller_without_the_use_gets_purpose_not_allowed(mtls: MtlsServer, pki: DemoPKI) -> None:
     edge = mtls.ca.issue("edge-reader")
     refused = mtls.verify(edge, pki.present("alice", use="care"))
-    assert (refused.decision, reason(refused)) == (verifier_pb2.REJECTED, "PURPOSE_NOT_ALLOWED")
+    assert (refused.decision, reason(refused)) == (
+        verifier_pb2.DECISION_REJECTED,
+        "PURPOSE_NOT_ALLOWED",
+    )
     assert not refused.HasField("person")
     allowed = mtls.verify(edge, pki.present("alice", use="dmp"))
     assert reason(allowed) == "OK"
@@ -203,12 +207,14 @@ def test_a_certificate_from_another_ca_no_connection(mtls: MtlsServer, pki: Demo
 
 
 def test_plaintext_client_cannot_talk_to_a_tls_server(mtls: MtlsServer, pki: DemoPKI) -> None:
-    request = verifier_pb2.VerifyRequest(request_id="p", qr_text=qr_text(pki.present("alice")))
+    scan = verifier_pb2.Scan(request_id="p", qr_text=qr_text(pki.present("alice")))
+    scan.reader.reader_id = "desk-1"
+    request = verifier_pb2.VerifyRequest(scan=scan)
     with (
         grpc.insecure_channel(mtls.server.address) as channel,
         pytest.raises(grpc.RpcError) as refused,
     ):
-        verifier_pb2_grpc.VerifierStub(channel).Verify(request, timeout=5)
+        verifier_pb2_grpc.VerifierServiceStub(channel).Verify(request, timeout=5)
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
@@ -233,15 +239,17 @@ def test_a_known_caller_without_the_scanned_at_right_is_permission_denied(
     mtls: MtlsServer, pki: DemoPKI
 ) -> None:
     """Only callers the policy allows may date a scan in the past."""
-    request = verifier_pb2.VerifyRequest(request_id="t-2", qr_text=qr_text(pki.present("alice")))
-    request.reader.reader_id = "desk-1"
-    request.scanned_at.GetCurrentTime()
+    request = verifier_pb2.VerifyRequest(
+        scan=verifier_pb2.Scan(request_id="t-2", qr_text=qr_text(pki.present("alice")))
+    )
+    request.scan.reader.reader_id = "desk-1"
+    request.scan.scanned_at.GetCurrentTime()
     client = mtls.ca.issue("his-1")
     with (
         open_channel(mtls.server.address, mtls.ca.credentials(client)) as channel,
         pytest.raises(grpc.RpcError) as denied,
     ):
-        verifier_pb2_grpc.VerifierStub(channel).Verify(request, timeout=10)
+        verifier_pb2_grpc.VerifierServiceStub(channel).Verify(request, timeout=10)
     assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
@@ -282,12 +290,14 @@ def test_the_readme_certificate_recipe_and_tls_example_serve_mtls(
         credentials=credentials("his"),
     )
     try:
-        request = verifier_pb2.VerifyRequest(request_id="t-1", qr_text=qr_text(pki.present()))
-        request.reader.reader_id = "desk-1"
+        scan = verifier_pb2.Scan(request_id="t-1", qr_text=qr_text(pki.present()))
+        scan.reader.reader_id = "desk-1"
+        request = verifier_pb2.VerifyRequest(scan=scan)
         with open_channel(running.address, credentials("his")) as channel:
-            response = verifier_pb2_grpc.VerifierStub(channel).Verify(request, timeout=10)
-        # A "care" presentation: accepted for his-chu-nord, PURPOSE_NOT_ALLOWED for "*".
-        assert (response.decision, reason(response)) == (verifier_pb2.ACCEPTED, "OK")
+            stub = verifier_pb2_grpc.VerifierServiceStub(channel)
+            response = stub.Verify(request, timeout=10).verdict
+        # A "care" presentation: accepted for his-chu-nord, REASON_PURPOSE_NOT_ALLOWED for "*".
+        assert (response.decision, reason(response)) == (verifier_pb2.DECISION_ACCEPTED, "OK")
         assert response.person.HasField("amo")
     finally:
         stop_server(running)

@@ -67,16 +67,17 @@ def start_workers(
 
 def verify_on_own_connection(
     address: str, presentation: bytes, reader_id: str
-) -> verifier_pb2.VerifyResponse:
+) -> verifier_pb2.Verdict:
     # A local subchannel pool: a new TCP connection per channel, so the kernel picks a
     # worker for each (channels to one target otherwise share their connection).
     with grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
-        request = verifier_pb2.VerifyRequest(
+        scan = verifier_pb2.Scan(
             request_id=reader_id,
             nfc_bytes=presentation,
             reader=verifier_pb2.ReaderContext(reader_id=reader_id),
         )
-        return verifier_pb2_grpc.VerifierStub(ch).Verify(request, timeout=10)
+        stub = verifier_pb2_grpc.VerifierServiceStub(ch)
+        return stub.Verify(verifier_pb2.VerifyRequest(scan=scan), timeout=10).verdict
 
 
 def handled_by(metrics_dir: str, pid: int, scratch: Path) -> float:
@@ -118,8 +119,8 @@ def test_two_workers_share_the_port_the_replay_store_and_the_metrics(
         ]
         # Accepted once; every other reader's scan is a replay, whichever worker got it.
         outcomes = [(r.decision, r.reason) for r in replies]
-        assert outcomes[0] == (verifier_pb2.ACCEPTED, verifier_pb2.OK)
-        assert set(outcomes[1:]) == {(verifier_pb2.REJECTED, verifier_pb2.REPLAYED)}
+        assert outcomes[0] == (verifier_pb2.DECISION_ACCEPTED, verifier_pb2.REASON_OK)
+        assert set(outcomes[1:]) == {(verifier_pb2.DECISION_REJECTED, verifier_pb2.REASON_REPLAYED)}
         # Both workers answered (the kernel hashes each new connection to one of them).
         per_worker = [handled_by(metrics_dir, pid, tmp_path / str(pid)) for pid in pids]
         assert all(count > 0 for count in per_worker), per_worker
@@ -129,7 +130,7 @@ def test_two_workers_share_the_port_the_replay_store_and_the_metrics(
         verify_ok = (
             "grpc_server_handled_total",
             (("grpc_code", "OK"), ("grpc_method", "Verify"),
-             ("grpc_service", "apcv.verify.v1.Verifier"), ("grpc_type", "unary")),
+             ("grpc_service", "apcv.verify.v1.VerifierService"), ("grpc_type", "unary")),
         )  # fmt: skip
         assert samples[verify_ok] == CONNECTIONS
         replayed = (

@@ -67,7 +67,8 @@ ANONYMOUS_CALLER = "anonymous"
 MAX_CALLER_ID_LENGTH = 128
 #: scanned_at older than a day is no "delayed scan" any more.
 MAX_SCAN_DELAY_LIMIT = 86_400
-#: Largest ``server.stream_window``: each request read ahead is at most max_message_bytes.
+#: Largest ``server.stream_window``: each request read ahead is at most 64 KiB
+#: (server.MAX_REQUEST_BYTES).
 MAX_STREAM_WINDOW = 10_000
 #: Largest keepalive and connection-age timer, in seconds (a week); gRPC takes int32 ms.
 MAX_TIMER_SECONDS = 7 * 86_400
@@ -89,9 +90,10 @@ class ServerSection:
     #: host:port the gRPC server listens on.
     listen: str = "127.0.0.1:50051"
     #: Largest message accepted or sent, in bytes: a whole VerifyBatch must fit, so the
-    #: default holds ``max_batch`` requests of about 2 kB (a QR code of 1,600 characters, the
-    #: profile's design target, makes a request of about 1.7 kB). A single VerifyRequest is
-    #: bounded apart (server.MAX_REQUEST_BYTES), so a stream's read-ahead stays small.
+    #: default holds ``max_batch`` scans of about 2 kB (a QR code of 1,600 characters, the
+    #: profile's design target, makes a scan of about 1.7 kB). A request of one scan (Verify,
+    #: a VerifyStream message) is bounded apart (server.MAX_REQUEST_BYTES), so a stream's
+    #: read-ahead stays small.
     max_message_bytes: int = 2 * 1024 * 1024
     #: Seconds given to in-flight calls on shutdown.
     grace_seconds: float = 10.0

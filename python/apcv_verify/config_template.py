@@ -26,10 +26,10 @@ _TEMPLATE = """\
 [server]
 listen = {}  # HOST:PORT; port 0 picks a free port
 # Largest message accepted or sent, in bytes: a whole VerifyBatch must fit (a QR code of
-# 1,600 characters takes about 1.7 kB, so the default holds max_batch of them). A single
-# VerifyRequest (Verify, each VerifyStream message) is at most 64 KiB whatever this says.
+# 1,600 characters takes about 1.7 kB, so the default holds max_batch of them). A request
+# of one scan (Verify, each VerifyStream message) is at most 64 KiB whatever this says.
 max_message_bytes = {}
-max_batch = {}  # most requests in one VerifyBatch
+max_batch = {}  # most scans in one VerifyBatch
 stream_window = {}  # VerifyStream: requests read ahead of answers
 grace_seconds = {}  # SIGTERM: open calls get this long
 max_concurrent_rpcs = {}  # then RESOURCE_EXHAUSTED; 0 = no limit

@@ -65,10 +65,11 @@ def grpcurl_command(
     address: str, text: str, reader_id: str = "reception-desk-1", *, grpcurl: str = "grpcurl"
 ) -> str:
     """The shell command that verifies ``text`` on ``address``, as printed for the user."""
-    body = json.dumps({"request_id": "demo-1", "qr_text": text, "reader": {"reader_id": reader_id}})
+    scan = {"request_id": "demo-1", "qr_text": text, "reader": {"reader_id": reader_id}}
+    body = json.dumps({"scan": scan})
     return (
         f"{shlex.quote(grpcurl)} -plaintext -d {shlex.quote(body)} {address}"
-        " apcv.verify.v1.Verifier/Verify"
+        " apcv.verify.v1.VerifierService/Verify"
     )
 
 
@@ -78,20 +79,23 @@ async def _verify_samples(address: str, pki: DemoPKI) -> bool:
     print(f"{'sample':<28} {'reader':<18} {'decision':<9} {'reason':<22} expected")
     print("-" * 88)
     async with grpc.aio.insecure_channel(address) as channel:
-        stub = verifier_pb2_grpc.VerifierStub(channel)
+        stub = verifier_pb2_grpc.VerifierServiceStub(channel)
         for number, sample in enumerate(SAMPLES, start=1):
-            request = verifier_pb2.VerifyRequest(
+            scan = verifier_pb2.Scan(
                 request_id=f"demo-{number}",
                 qr_text=qr_text(presentations[sample.sample]),
                 reader=verifier_pb2.ReaderContext(reader_id=sample.reader_id),
             )
-            response = await stub.Verify(request, timeout=10)
-            decision = verifier_pb2.Decision.Name(response.decision)
-            reason = verifier_pb2.Reason.Name(response.reason)
+            verdict = (await stub.Verify(verifier_pb2.VerifyRequest(scan=scan), timeout=10)).verdict
+            # Shown as in docs/profile.md §8: the enum names less their DECISION_/REASON_ prefix.
+            decision = verifier_pb2.Decision.Name(verdict.decision).removeprefix("DECISION_")
+            reason = verifier_pb2.Reason.Name(verdict.reason).removeprefix("REASON_")
             matches = (decision, reason) == (sample.expected_decision, sample.expected_reason)
             all_expected &= matches
-            verdict = "yes" if matches else f"NO (want {sample.expected_reason})"
-            print(f"{sample.label:<28} {sample.reader_id:<18} {decision:<9} {reason:<22} {verdict}")
+            expected = "yes" if matches else f"NO (want {sample.expected_reason})"
+            print(
+                f"{sample.label:<28} {sample.reader_id:<18} {decision:<9} {reason:<22} {expected}"
+            )
     return all_expected
 
 

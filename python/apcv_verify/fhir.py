@@ -105,7 +105,7 @@ def _iso(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _patient(response: verifier_pb2.VerifyResponse, verified_at: int) -> dict[str, Any]:
+def _patient(response: verifier_pb2.Verdict, verified_at: int) -> dict[str, Any]:
     person = response.person
     has_ins = person.HasField("ins")
     has_identity = person.HasField("identity")
@@ -181,7 +181,7 @@ def _patient(response: verifier_pb2.VerifyResponse, verified_at: int) -> dict[st
     return patient
 
 
-def _amo_coverage(response: verifier_pb2.VerifyResponse, patient_url: str) -> dict[str, Any]:
+def _amo_coverage(response: verifier_pb2.Verdict, patient_url: str) -> dict[str, Any]:
     amo = response.person.amo
     period: dict[str, Any] = {}
     _set_date(period, "start", amo.open_from)
@@ -231,10 +231,10 @@ def _amc_coverage(amc: verifier_pb2.AmcCoverage, patient_url: str) -> dict[str, 
     return coverage
 
 
-def bundle(response: verifier_pb2.VerifyResponse, *, verified_at: int) -> dict[str, Any]:
+def bundle(response: verifier_pb2.Verdict, *, verified_at: int) -> dict[str, Any]:
     """The FHIR R4 Bundle of an accepted, already filtered response (empty when rejected)."""
     entries: list[dict[str, Any]] = []
-    if response.decision == verifier_pb2.ACCEPTED and response.HasField("person"):
+    if response.decision == verifier_pb2.DECISION_ACCEPTED and response.HasField("person"):
         patient_url = f"urn:uuid:{uuid.uuid4()}"
         entries.append({"fullUrl": patient_url, "resource": _patient(response, verified_at)})
         resources = []
@@ -250,6 +250,6 @@ def bundle(response: verifier_pb2.VerifyResponse, *, verified_at: int) -> dict[s
     }
 
 
-def bundle_json(response: verifier_pb2.VerifyResponse, *, verified_at: int) -> str:
+def bundle_json(response: verifier_pb2.Verdict, *, verified_at: int) -> str:
     """:func:`bundle` as compact JSON (UTF-8 text, names not escaped)."""
     return json.dumps(bundle(response, verified_at=verified_at), ensure_ascii=False)

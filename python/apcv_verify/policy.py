@@ -22,7 +22,12 @@ _CN_PROPERTY = "x509_common_name"
 
 
 class CallRefused(Exception):
-    """The call itself is not allowed (mapped to PERMISSION_DENIED with this message)."""
+    """The call itself is not allowed (mapped to PERMISSION_DENIED with this message and
+    ``reason``, the ``ErrorInfo`` reason: ``CALLER_NOT_ALLOWED``, ``SCANNED_AT_NOT_ALLOWED``)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def caller_id(auth_context: Mapping[str, Sequence[bytes]]) -> str:
@@ -43,7 +48,7 @@ def resolve_caller(config: Config, caller: str) -> CallerPolicy:
     """The policy of ``caller``; CallRefused when the table has neither it nor ``*``."""
     policy = config.caller(caller)
     if policy is None:
-        raise CallRefused(f"caller {caller!r} is not in the callers table")
+        raise CallRefused(f"caller {caller!r} is not in the callers table", "CALLER_NOT_ALLOWED")
     return policy
 
 
@@ -51,5 +56,6 @@ def scanned_at_permission(policy: CallerPolicy, caller: str) -> None:
     """CallRefused unless ``caller`` may send ``scanned_at`` (docs/profile.md §7.5)."""
     if not policy.may_send_scanned_at:
         raise CallRefused(
-            f"caller {caller!r} may not send scanned_at (callers.may_send_scanned_at is false)"
+            f"caller {caller!r} may not send scanned_at (callers.may_send_scanned_at is false)",
+            "SCANNED_AT_NOT_ALLOWED",
         )

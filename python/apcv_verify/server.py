@@ -1,4 +1,5 @@
-"""The gRPC service: ``apcv.verify.v1.Verifier`` over grpc.aio, with health and reflection.
+"""The gRPC service: ``apcv.verify.v1.VerifierService`` over grpc.aio, with health and
+reflection.
 
 The servicer is thin: protobuf → :class:`~apcv_verify._native.Scan`
 → the Rust core → protobuf. Signature, status and replay checks all happen in the core
@@ -10,21 +11,23 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import grpc
 import structlog
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from . import _native, fhir
-from ._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
+from ._proto.apcv.verify.v1 import verifier_pb2
 from .audit import AuditTrail
 from .config import FIELD_GROUPS, CallerPolicy, Config, ServerSection
-from .errors import ErrorInterceptor
+from .errors import ErrorInterceptor, FieldProblem, abort
 from .metrics import ServiceMetrics, start_metrics_server
 from .policy import CallRefused, caller_id, resolve_caller, scanned_at_permission
 from .replay import RedisReplayStore
@@ -38,6 +41,7 @@ __all__ = [
     "TrustMaterial",
     "TrustSource",
     "VerifierService",
+    "add_verifier_service",
     "load_trust_material",
     "serve",
     "start_server",
@@ -45,20 +49,24 @@ __all__ = [
 
 log = structlog.get_logger("apcv_verify.server")
 
-SERVICE_NAME = verifier_pb2.DESCRIPTOR.services_by_name["Verifier"].full_name
+SERVICE_NAME = verifier_pb2.DESCRIPTOR.services_by_name["VerifierService"].full_name
+
+M = TypeVar("M", bound=Message)
 
 #: Caller-chosen identifiers are echoed and logged; bound them.
 MAX_ID_LENGTH = 128
 #: An NFC challenge is a short random value (docs/profile.md §2.5 "nonce").
 MAX_NONCE_BYTES = 64
-#: Largest single VerifyRequest (a Verify call, one VerifyStream message): the largest
+#: Largest request of one scan (a Verify call, one VerifyStream message): the largest
 #: presentation is 16 KiB of NFC bytes or 4,296 QR characters (docs/profile.md §4.4), plus
 #: two 128-character ids and a 64-byte nonce, so a bigger request carries no real scan. It
 #: also bounds what a stream holds: at most ``stream_window`` requests of this size read ahead.
+#: A VerifyBatch is bounded by ``server.max_message_bytes`` alone.
 MAX_REQUEST_BYTES = 64 * 1024
 #: gRPC's own receive limit is this many times ``server.max_message_bytes``: a message up to
-#: it is read and refused by the handler with a message naming the setting to raise (gRPC's
-#: refusal names none); only a larger one is refused by gRPC before it is read whole.
+#: it is read and refused by the service with a message naming the setting to raise (gRPC's
+#: refusal names none, and carries no details); only a larger one is refused by gRPC before it
+#: is read whole.
 TRANSPORT_LIMIT_FACTOR = 2
 
 #: RNIV identity status of an INS read from the Appli carte Vitale: qualified. The RNIV
@@ -152,7 +160,7 @@ def _amc_message(coverage: _native.AmcCoverage) -> verifier_pb2.AmcCoverage:
     """One AMC attestation's verdict (docs/profile.md §2.7, §8.1): validity, reason, content."""
     message = verifier_pb2.AmcCoverage(
         valid=coverage.valid,
-        reason=coverage.reason,  # the §8.1 codes are the enum's names
+        reason=f"REASON_{coverage.reason}",  # REASON_ + the §8.1 code
         detail=coverage.detail,
         organisation=coverage.organisation or "",
         amc_number=coverage.amc_number or "",
@@ -173,17 +181,19 @@ def response_message(
     disclosed: frozenset[str] = ALL_GROUPS,
     include_fhir: bool = False,
     verified_at: int | None = None,
-) -> verifier_pb2.VerifyResponse:
+) -> verifier_pb2.Verdict:
     """The protobuf form of one core decision, carrying only the ``disclosed`` field groups.
 
     Groups (``ins``, ``identity``, ``amo``, ``amc``) outside ``disclosed`` are absent, not
     blanked; the identity qualification goes with the INS; FHIR JSON, when asked for, is
     built from this already-filtered message, so it can disclose nothing more.
     """
-    response = verifier_pb2.VerifyResponse(
+    response = verifier_pb2.Verdict(
         request_id=request_id,
-        decision=verifier_pb2.ACCEPTED if result.accepted else verifier_pb2.REJECTED,
-        reason=result.reason,  # the core's codes are the enum's names (docs/profile.md §8)
+        decision=verifier_pb2.DECISION_ACCEPTED
+        if result.accepted
+        else verifier_pb2.DECISION_REJECTED,
+        reason=f"REASON_{result.reason}",  # REASON_ + the docs/profile.md §8 code
         detail=result.detail,
         duplicate=result.duplicate,
         use=result.use or "",
@@ -206,42 +216,149 @@ def response_message(
     return response
 
 
-def _request_problem(request: verifier_pb2.VerifyRequest) -> str | None:
-    """Why a request is unusable as a call (INVALID_ARGUMENT), or None."""
-    kind = request.WhichOneof("presentation")
+def _scan_problem(scan: verifier_pb2.Scan) -> FieldProblem | None:
+    """Why a scan is unusable (its field relative to the Scan), or None: INVALID_ARGUMENT for
+    Verify, a MALFORMED verdict in place for a batch or stream item."""
+    kind = scan.WhichOneof("presentation")
     if kind is None:
-        return "no presentation in request"
-    if not (request.qr_text if kind == "qr_text" else request.nfc_bytes):
-        return "empty presentation"
-    if len(request.request_id) > MAX_ID_LENGTH or len(request.reader.reader_id) > MAX_ID_LENGTH:
-        return f"request_id and reader_id are limited to {MAX_ID_LENGTH} characters"
-    if len(request.reader.nonce) > MAX_NONCE_BYTES:
-        return f"nonce is limited to {MAX_NONCE_BYTES} bytes"
+        return FieldProblem("PRESENTATION_MISSING", "presentation", "no qr_text or nfc_bytes")
+    if not (scan.qr_text if kind == "qr_text" else scan.nfc_bytes):
+        return FieldProblem("PRESENTATION_EMPTY", kind, "empty presentation")
+    ids = (
+        ("request_id", scan.request_id, "REQUEST_ID_MISSING"),
+        ("reader.reader_id", scan.reader.reader_id, "READER_ID_MISSING"),
+    )
+    for field, value, missing in ids:
+        if not value:  # replay and retries are judged per request id and reader
+            return FieldProblem(missing, field, "required")
+        if len(value) > MAX_ID_LENGTH:
+            return FieldProblem("ID_TOO_LONG", field, f"at most {MAX_ID_LENGTH} characters")
+    if len(scan.reader.nonce) > MAX_NONCE_BYTES:
+        return FieldProblem("NONCE_TOO_LONG", "reader.nonce", f"at most {MAX_NONCE_BYTES} bytes")
     return None
 
 
-def _size_problem(request: verifier_pb2.VerifyRequest, server: ServerSection) -> str | None:
-    """Why one VerifyRequest (a Verify call, a VerifyStream message) is too large, or None."""
-    size = request.ByteSize()
-    if size > server.max_message_bytes:
-        return (
-            f"request of {size} bytes is over server.max_message_bytes"
-            f" ({server.max_message_bytes}): raise it in the server's configuration"
+@dataclass(frozen=True)
+class Undecodable:
+    """Bytes that are not a valid protobuf encoding of the expected message (broken framing,
+    invalid UTF-8 in a string field): what the request deserializers give instead of raising,
+    so that the servicer answers it (INVALID_ARGUMENT, or MALFORMED in place for an item)
+    rather than grpcio (UNKNOWN with the exception text, or a stream ended as a whole)."""
+
+
+@dataclass(frozen=True)
+class TooLarge:
+    """A message over its size limit: what the request deserializers give, measured on the raw
+    bytes and left undecoded (:func:`_bounded`), and what a batch's response is checked
+    against. The service answers it RESOURCE_EXHAUSTED / ``MESSAGE_TOO_LARGE`` naming the
+    limit and, when a setting bounds it, the setting to raise."""
+
+    what: str  # "request", "batch" or "response"
+    size: int
+    limit: int
+    setting: str | None  # the configuration key that sets ``limit`` (None: MAX_REQUEST_BYTES)
+
+    def __str__(self) -> str:
+        if self.setting is None:
+            return (
+                f"{self.what} of {self.size} bytes is over {self.limit} bytes, the most a"
+                " request of one scan can be: no QR code or NFC read holds a larger presentation"
+            )
+        advice = {
+            "request": "raise it in the server's configuration",
+            "batch": f"send fewer scans per batch or raise {self.setting}",
+            "response": "send fewer scans per batch (include_fhir makes each answer several"
+            f" kB) or raise {self.setting}",
+        }[self.what]
+        return f"{self.what} of {self.size} bytes is over {self.setting} ({self.limit}): {advice}"
+
+    async def abort(self, context: grpc.aio.ServicerContext) -> NoReturn:
+        setting = {} if self.setting is None else {"setting": self.setting}
+        await abort(
+            context,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "MESSAGE_TOO_LARGE",
+            str(self),
+            metadata={"limit": str(self.limit), "size": str(self.size), **setting},
         )
-    if size > MAX_REQUEST_BYTES:
-        return (
-            f"request of {size} bytes is over {MAX_REQUEST_BYTES} bytes, the most one"
-            " VerifyRequest can be: no QR code or NFC read holds a larger presentation"
-        )
-    return None
 
 
-class _StreamMessageTooLarge(Exception):
-    """A VerifyStream message over the size limits (ends the stream RESOURCE_EXHAUSTED)."""
+R = TypeVar("R")
 
 
-def _scan(request: verifier_pb2.VerifyRequest, policy: CallerPolicy, caller: str) -> _native.Scan:
-    """The core's view of one request under the caller's policy (CallRefused if not allowed)."""
+def _bounded(
+    deserialize: Callable[[bytes], R], what: str, limit: int, setting: str | None
+) -> Callable[[bytes], R | TooLarge]:
+    """``deserialize``, except that bytes over ``limit`` become a :class:`TooLarge` unread
+    (so an undecodable oversize message is refused for its size too)."""
+
+    def bounded(data: bytes) -> R | TooLarge:
+        if len(data) > limit:
+            return TooLarge(what, len(data), limit, setting)
+        return deserialize(data)
+
+    return bounded
+
+
+#: What an undecodable scan's field violation says (the field is the scan's path).
+UNDECODABLE = "not a valid protobuf encoding (for instance invalid UTF-8 in a string field)"
+
+
+def _lenient(message_type: type[M]) -> Callable[[bytes], M | Undecodable]:
+    """A request deserializer for ``message_type`` that returns :class:`Undecodable` rather
+    than raising."""
+
+    def deserialize(data: bytes) -> M | Undecodable:
+        try:
+            return message_type.FromString(data)
+        except DecodeError:
+            return Undecodable()
+
+    return deserialize
+
+
+def _raw_batch_type() -> type[Message]:
+    """``VerifyBatchRequest`` with its scans left as bytes (same field number, and a
+    length-delimited field parses as bytes without any check), so that one undecodable scan
+    is answered in place instead of making the whole batch undecodable."""
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="apcv_verify/raw_batch.proto", package="apcv_verify.internal", syntax="proto3"
+    )
+    proto.message_type.add(name="RawBatch").field.add(
+        name="scans",
+        number=verifier_pb2.VerifyBatchRequest.SCANS_FIELD_NUMBER,
+        type=descriptor_pb2.FieldDescriptorProto.TYPE_BYTES,
+        label=descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED,
+    )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("apcv_verify.internal.RawBatch")
+    )
+
+
+_RAW_BATCH = _raw_batch_type()
+_scan_or_undecodable = _lenient(verifier_pb2.Scan)
+
+#: A batch's scans, each decoded or not (what the batch deserializer gives when the batch as
+#: a whole does not decode but its framing does).
+BatchItems = list[verifier_pb2.Scan | Undecodable]
+
+
+def _deserialize_batch(data: bytes) -> verifier_pb2.VerifyBatchRequest | BatchItems | Undecodable:
+    try:
+        return verifier_pb2.VerifyBatchRequest.FromString(data)  # the usual case: one parse
+    except DecodeError:
+        pass
+    try:
+        raw = _RAW_BATCH.FromString(data)
+    except DecodeError:
+        return Undecodable()  # not even the batch's framing
+    return [_scan_or_undecodable(item) for item in raw.scans]  # type: ignore[attr-defined]
+
+
+def _scan(request: verifier_pb2.Scan, policy: CallerPolicy, caller: str) -> _native.Scan:
+    """The core's view of one scan under the caller's policy (CallRefused if not allowed)."""
     data: str | bytes = (
         request.qr_text if request.WhichOneof("presentation") == "qr_text" else request.nfc_bytes
     )
@@ -258,8 +375,10 @@ def _scan(request: verifier_pb2.VerifyRequest, policy: CallerPolicy, caller: str
     )
 
 
-class VerifierService(verifier_pb2_grpc.VerifierServicer):
-    """``apcv.verify.v1.Verifier``: protobuf in, core decision out, filtered by caller policy."""
+class VerifierService:
+    """``apcv.verify.v1.VerifierService``: protobuf in, core decision out, filtered by caller
+    policy. Its requests come from the lenient deserializers of :func:`add_verifier_service`,
+    so an undecodable request or item is an :class:`Undecodable` to answer, not an error."""
 
     def __init__(
         self,
@@ -280,12 +399,11 @@ class VerifierService(verifier_pb2_grpc.VerifierServicer):
         try:
             return caller, resolve_caller(self._config, caller)
         except CallRefused as refused:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(refused))
-            raise  # not reached: abort raises
+            await abort(context, grpc.StatusCode.PERMISSION_DENIED, refused.reason, str(refused))
 
     async def _scans(
         self,
-        requests: Sequence[verifier_pb2.VerifyRequest],
+        requests: Sequence[verifier_pb2.Scan],
         policy: CallerPolicy,
         caller: str,
         context: grpc.aio.ServicerContext,
@@ -293,14 +411,17 @@ class VerifierService(verifier_pb2_grpc.VerifierServicer):
         try:
             return [_scan(request, policy, caller) for request in requests]
         except CallRefused as refused:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(refused))
-            raise  # not reached: abort raises
+            await abort(context, grpc.StatusCode.PERMISSION_DENIED, refused.reason, str(refused))
 
     async def _snapshot(self, context: grpc.aio.ServicerContext) -> Snapshot:
         snapshot = self._trust.current  # the one read of this call: it verifies on this
         if snapshot is None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "no trust list loaded yet")
-            raise AssertionError  # not reached: abort raises
+            await abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                "TRUST_LIST_NOT_LOADED",
+                "no trust list loaded yet",
+            )
         return snapshot
 
     async def _verify(
@@ -312,7 +433,9 @@ class VerifierService(verifier_pb2_grpc.VerifierServicer):
     ) -> list[_native.VerificationResult]:
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:  # nobody waits for the answer any more
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed")
+            await abort(
+                context, grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_PASSED", "deadline passed"
+            )
         snapshot = await self._snapshot(context)
         verifier = snapshot.verifiers[policy.max_scan_delay_seconds]
         # verify_batch releases the GIL for the whole batch: run it off the event loop.
@@ -323,11 +446,11 @@ class VerifierService(verifier_pb2_grpc.VerifierServicer):
 
     def _response(
         self,
-        request: verifier_pb2.VerifyRequest,
+        request: verifier_pb2.Scan,
         result: _native.VerificationResult,
         policy: CallerPolicy,
         now: int,
-    ) -> verifier_pb2.VerifyResponse:
+    ) -> verifier_pb2.Verdict:
         return response_message(
             request.request_id,
             result,
@@ -337,88 +460,96 @@ class VerifierService(verifier_pb2_grpc.VerifierServicer):
         )
 
     async def Verify(  # noqa: N802 (gRPC method name)
-        self, request: verifier_pb2.VerifyRequest, context: grpc.aio.ServicerContext
+        self,
+        request: verifier_pb2.VerifyRequest | Undecodable | TooLarge,
+        context: grpc.aio.ServicerContext,
     ) -> verifier_pb2.VerifyResponse:
-        too_large = _size_problem(request, self._config.server)
-        if too_large is not None:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, too_large)
-        problem = _request_problem(request)
+        if isinstance(request, TooLarge):
+            await request.abort(context)
+        if isinstance(request, Undecodable):
+            await _invalid_argument(
+                context, FieldProblem("REQUEST_UNDECODABLE", "scan", UNDECODABLE)
+            )
+        scan = request.scan
+        problem = _scan_problem(scan)
         if problem is not None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+            await _invalid_argument(context, _at("scan", problem))
         caller, policy = await self._caller(context)
-        scans = await self._scans([request], policy, caller, context)
+        scans = await self._scans([scan], policy, caller, context)
         now = int(time.time())
         started = time.perf_counter()
         (result,) = await self._verify(policy, scans, now, context)
         self._audit.record_verification(
             method="Verify",
-            request_id=request.request_id,
-            reader_id=request.reader.reader_id,
+            request_id=scan.request_id,
+            reader_id=scan.reader.reader_id,
             result=result,
             latency_seconds=time.perf_counter() - started,
             caller=caller,
         )
-        return self._response(request, result, policy, now)
+        return verifier_pb2.VerifyResponse(verdict=self._response(scan, result, policy, now))
 
     async def VerifyBatch(  # noqa: N802 (gRPC method name)
-        self, request: verifier_pb2.VerifyBatchRequest, context: grpc.aio.ServicerContext
+        self,
+        request: verifier_pb2.VerifyBatchRequest | BatchItems | Undecodable | TooLarge,
+        context: grpc.aio.ServicerContext,
     ) -> verifier_pb2.VerifyBatchResponse:
-        size, max_bytes = request.ByteSize(), self._config.server.max_message_bytes
-        if size > max_bytes:
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"batch of {size} bytes is over server.max_message_bytes ({max_bytes}):"
-                " send fewer requests per batch or raise server.max_message_bytes",
+        if isinstance(request, TooLarge):
+            await request.abort(context)
+        if isinstance(request, Undecodable):
+            await _invalid_argument(
+                context, FieldProblem("REQUEST_UNDECODABLE", "scans", UNDECODABLE)
             )
-        items = request.requests
+        items: Sequence[verifier_pb2.Scan | Undecodable] = (
+            request.scans if isinstance(request, verifier_pb2.VerifyBatchRequest) else request
+        )
         limit = self._config.server.max_batch
         if not items:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty batch")
+            await _invalid_argument(context, FieldProblem("BATCH_EMPTY", "scans", "empty batch"))
         if len(items) > limit:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"batch of {len(items)} requests is over the limit of {limit} (server.max_batch)",
+            await _invalid_argument(
+                context,
+                FieldProblem(
+                    "BATCH_TOO_LARGE", "scans", f"at most {limit} scans (server.max_batch)"
+                ),
+                f"batch of {len(items)} scans is over the limit of {limit} (server.max_batch)",
+                metadata={"max_batch": str(limit), "count": str(len(items))},
             )
-        for index, item in enumerate(items):
-            problem = _request_problem(item)
-            if problem is not None:
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT, f"requests[{index}]: {problem}"
-                )
         caller, policy = await self._caller(context)
-        responses = await self._answer("VerifyBatch", items, policy, caller, context)
+        verdicts = await self._judge(
+            "VerifyBatch", items, policy, caller, context, path=lambda index: f"scans[{index}]"
+        )
         self._audit.record_batch(len(items))
-        reply = verifier_pb2.VerifyBatchResponse(responses=responses)
+        reply = verifier_pb2.VerifyBatchResponse(verdicts=verdicts)
+        max_bytes = self._config.server.max_message_bytes
         if reply.ByteSize() > max_bytes:
-            # gRPC would refuse to send it with a message naming nothing. The items are
+            # gRPC would refuse to send it with a message naming nothing. The scans are
             # verified (and audited): a retry from the same reader is a duplicate, not REPLAYED.
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"response of {reply.ByteSize()} bytes is over server.max_message_bytes"
-                f" ({max_bytes}): send fewer requests per batch (include_fhir makes each"
-                " answer several kB) or raise server.max_message_bytes",
+            too_large = TooLarge(
+                "response", reply.ByteSize(), max_bytes, "server.max_message_bytes"
             )
+            await too_large.abort(context)
         return reply
 
     async def _answer(
         self,
         method: str,
-        items: Sequence[verifier_pb2.VerifyRequest],
+        items: Sequence[verifier_pb2.Scan],
         policy: CallerPolicy,
         caller: str,
         context: grpc.aio.ServicerContext,
         *,
-        positions: Sequence[int] | None = None,
-    ) -> list[verifier_pb2.VerifyResponse]:
+        positions: Sequence[int],
+    ) -> list[verifier_pb2.Verdict]:
         """Verify valid ``items`` in one core call (one snapshot, one ``now``, replay in
         item order), audit each decision and answer them in order. ``positions`` number
-        them in the audit (a stream's items by their place in the stream); default 0, 1, …."""
+        them in the audit (a batch's items by their index, a stream's by their place in it)."""
         scans = await self._scans(items, policy, caller, context)
         now = int(time.time())
         started = time.perf_counter()
         results = await self._verify(policy, scans, now, context)
         latency = time.perf_counter() - started
-        for index, (item, result) in enumerate(zip(items, results, strict=True)):
+        for position, item, result in zip(positions, items, results, strict=True):
             self._audit.record_verification(
                 method=method,
                 request_id=item.request_id,
@@ -426,7 +557,7 @@ class VerifierService(verifier_pb2_grpc.VerifierServicer):
                 result=result,
                 latency_seconds=latency,
                 caller=caller,
-                item=index if positions is None else positions[index],
+                item=position,
             )
         return [
             self._response(item, result, policy, now)
@@ -435,9 +566,9 @@ class VerifierService(verifier_pb2_grpc.VerifierServicer):
 
     async def VerifyStream(  # noqa: N802 (gRPC method name)
         self,
-        request_iterator: AsyncIterator[verifier_pb2.VerifyRequest],
+        request_iterator: AsyncIterator[verifier_pb2.VerifyStreamRequest | Undecodable | TooLarge],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[verifier_pb2.VerifyResponse]:
+    ) -> AsyncIterator[verifier_pb2.VerifyStreamResponse]:
         """Answer a stream of requests in request order, ``server.stream_window`` at most
         read ahead of the answers, verifying whatever has arrived as one micro-batch."""
         caller, policy = await self._caller(context)
@@ -446,18 +577,19 @@ class VerifierService(verifier_pb2_grpc.VerifierServicer):
         # One credit per request read and not yet answered: with none left the reader stops
         # reading, and HTTP/2 flow control stops the client (docs/operations.md "Streaming").
         credits = asyncio.Semaphore(window)
-        arrived: asyncio.Queue[verifier_pb2.VerifyRequest | None] = asyncio.Queue()
+        arrived: asyncio.Queue[verifier_pb2.VerifyStreamRequest | Undecodable | None] = (
+            asyncio.Queue()
+        )
 
-        async def read() -> None:
+        async def read() -> TooLarge | None:
             try:
                 while True:
                     await credits.acquire()
                     request = await anext(aiter(request_iterator), None)
                     if request is None:  # the client half-closed
-                        return
-                    too_large = _size_problem(request, self._config.server)
-                    if too_large is not None:  # answered up to here, then the stream ends
-                        raise _StreamMessageTooLarge(too_large)
+                        return None
+                    if isinstance(request, TooLarge):  # answered up to here, then the call ends
+                        return request
                     arrived.put_nowait(request)
             finally:
                 arrived.put_nowait(None)
@@ -469,56 +601,136 @@ class VerifierService(verifier_pb2_grpc.VerifierServicer):
                 batch = [await arrived.get()]
                 while batch[-1] is not None and len(batch) < cap and not arrived.empty():
                     batch.append(arrived.get_nowait())
-                requests = [request for request in batch if request is not None]
-                for response in await self._stream_answers(
-                    requests, policy, caller, context, answered
+                items = [
+                    request if isinstance(request, Undecodable) else request.scan
+                    for request in batch
+                    if request is not None
+                ]
+                for verdict in await self._judge(
+                    "VerifyStream",
+                    items,
+                    policy,
+                    caller,
+                    context,
+                    path=lambda _position: "scan",
+                    first_position=answered,
                 ):
-                    yield response
+                    yield verifier_pb2.VerifyStreamResponse(verdict=verdict)
                     answered += 1
                     credits.release()
                 if batch[-1] is None:
                     break
-            try:
-                await reader  # re-raises what ended the request stream, if not the client
-            except _StreamMessageTooLarge as too_large:
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(too_large))
+            too_large = await reader  # re-raises what ended the request stream, if not the client
+            if too_large is not None:
+                await too_large.abort(context)
         finally:
             reader.cancel()  # cancellation of the call: read nothing more
 
-    async def _stream_answers(
+    async def _judge(
         self,
-        requests: Sequence[verifier_pb2.VerifyRequest],
+        method: str,
+        items: Sequence[verifier_pb2.Scan | Undecodable],
         policy: CallerPolicy,
         caller: str,
         context: grpc.aio.ServicerContext,
-        first_position: int,
-    ) -> list[verifier_pb2.VerifyResponse]:
-        """One micro-batch of a stream: unusable items rejected as MALFORMED in place (the
-        stream goes on), the others verified in one core call."""
-        answers: list[verifier_pb2.VerifyResponse | None] = []
-        valid: list[verifier_pb2.VerifyRequest] = []
+        *,
+        path: Callable[[int], str],
+        first_position: int = 0,
+    ) -> list[verifier_pb2.Verdict]:
+        """A batch, or one micro-batch of a stream: unusable items answered REJECTED /
+        MALFORMED in place with the field in ``detail`` (``path`` of the item's position, then
+        the field), the others verified in one core call; verdicts in item order."""
+        answers: list[verifier_pb2.Verdict | None] = []
+        valid: list[verifier_pb2.Scan] = []
         positions: list[int] = []
-        for position, request in enumerate(requests, first_position):
-            problem = _request_problem(request)
+        for position, item in enumerate(items, first_position):
+            if isinstance(item, Undecodable):
+                problem: FieldProblem | None = FieldProblem("REQUEST_UNDECODABLE", "", UNDECODABLE)
+            else:
+                problem = _scan_problem(item)
             if problem is None:
-                valid.append(request)
+                assert not isinstance(item, Undecodable)
+                valid.append(item)
                 positions.append(position)
                 answers.append(None)
-            else:
-                answers.append(
-                    verifier_pb2.VerifyResponse(
-                        request_id=request.request_id,
-                        decision=verifier_pb2.REJECTED,
-                        reason=verifier_pb2.MALFORMED,
-                        detail=problem,
-                    )
+                continue
+            answers.append(
+                verifier_pb2.Verdict(
+                    request_id="" if isinstance(item, Undecodable) else item.request_id,
+                    decision=verifier_pb2.DECISION_REJECTED,
+                    reason=verifier_pb2.REASON_MALFORMED,
+                    detail=str(_at(path(position), problem)),
                 )
+            )
         verified = iter(
-            await self._answer("VerifyStream", valid, policy, caller, context, positions=positions)
+            await self._answer(method, valid, policy, caller, context, positions=positions)
             if valid
             else []
         )
         return [answer if answer is not None else next(verified) for answer in answers]
+
+
+async def _invalid_argument(
+    context: grpc.aio.ServicerContext,
+    problem: FieldProblem,
+    message: str | None = None,
+    *,
+    metadata: dict[str, str] | None = None,
+) -> NoReturn:
+    """End the call INVALID_ARGUMENT: ``problem``'s reason, and its field violation."""
+    await abort(
+        context,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        problem.reason,
+        str(problem) if message is None else message,
+        violations=[problem],
+        metadata=metadata,
+    )
+
+
+def _at(path: str, problem: FieldProblem) -> FieldProblem:
+    """``problem`` with its field given from the request message (``path`` = the scan's)."""
+    field = f"{path}.{problem.field}" if problem.field else path
+    return FieldProblem(problem.reason, field, problem.description)
+
+
+def add_verifier_service(service: VerifierService, server: grpc.aio.Server) -> None:
+    """Register ``service`` as ``apcv.verify.v1.VerifierService`` on ``server``, like the
+    generated ``add_VerifierServiceServicer_to_server`` but with request deserializers that
+    never raise: grpcio would answer a request it cannot decode with UNKNOWN and the
+    exception text (unary) or end a whole stream for one bad message; here the service
+    answers it (INVALID_ARGUMENT, or MALFORMED in place for a batch or stream item). They
+    also measure each message: one over its limit is a :class:`TooLarge`, left undecoded."""
+    # A batch is bounded by server.max_message_bytes, a request of one scan by
+    # MAX_REQUEST_BYTES too (the setting is named only when it is the smaller bound).
+    max_bytes = service._config.server.max_message_bytes
+    setting = "server.max_message_bytes"
+    scan_limit, scan_setting = (
+        (max_bytes, setting) if max_bytes <= MAX_REQUEST_BYTES else (MAX_REQUEST_BYTES, None)
+    )
+    handlers = {
+        "Verify": grpc.unary_unary_rpc_method_handler(
+            service.Verify,
+            request_deserializer=_bounded(
+                _lenient(verifier_pb2.VerifyRequest), "request", scan_limit, scan_setting
+            ),
+            response_serializer=verifier_pb2.VerifyResponse.SerializeToString,
+        ),
+        "VerifyBatch": grpc.unary_unary_rpc_method_handler(
+            service.VerifyBatch,
+            request_deserializer=_bounded(_deserialize_batch, "batch", max_bytes, setting),
+            response_serializer=verifier_pb2.VerifyBatchResponse.SerializeToString,
+        ),
+        "VerifyStream": grpc.stream_stream_rpc_method_handler(
+            service.VerifyStream,
+            request_deserializer=_bounded(
+                _lenient(verifier_pb2.VerifyStreamRequest), "request", scan_limit, scan_setting
+            ),
+            response_serializer=verifier_pb2.VerifyStreamResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
 @dataclass
@@ -569,7 +781,7 @@ def server_options(server: ServerSection) -> list[tuple[str, int]]:
         return round(seconds * 1000)
 
     options = [
-        # The handlers refuse messages over max_message_bytes with a message naming it;
+        # The service refuses messages over max_message_bytes with a message naming it;
         # gRPC itself only those over TRANSPORT_LIMIT_FACTOR times it (see that constant).
         ("grpc.max_receive_message_length", TRANSPORT_LIMIT_FACTOR * server.max_message_bytes),
         ("grpc.max_send_message_length", server.max_message_bytes),
@@ -620,12 +832,13 @@ async def start_server(config: Config, material: TrustMaterial | None = None) ->
         # Logged either way; an unreachable Redis does not stop the start (docs/profile.md §7.4: the
         # verifications that need it fail closed, or open by policy, until it answers).
         log.info("replay_store", backend="redis", location=replay.location, up=await replay.ping())
-    verifier_pb2_grpc.add_VerifierServicer_to_server(
-        VerifierService(trust, config, AuditTrail.from_config(config, metrics), replay),
-        server,
+    add_verifier_service(
+        VerifierService(trust, config, AuditTrail.from_config(config, metrics), replay), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    # grpc.reflection.v1alpha: grpcio-reflection has no grpc.reflection.v1 service yet; clients
+    # such as grpcurl try v1 first and fall back to v1alpha.
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
