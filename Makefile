@@ -22,8 +22,8 @@ export PATH := $(TOOLS):$(CURDIR)/$(VENV)/bin:$(PATH)
 FHIR_VALIDATOR_DIR := tools/fhir-validator
 FHIR_VALIDATOR := $(FHIR_VALIDATOR_DIR)/target/apcv-fhir-validator-1.jar
 
-.PHONY: dev proto demo test test-rust test-python lint lint-proto fmt tools clean system-deps bench \
-	fhir-validator image image-deps image-base image-test helm
+.PHONY: build dev proto demo test test-rust test-python lint lint-proto fmt tools clean \
+	system-deps bench fhir-validator image image-deps image-base image-test helm
 
 # The virtualenv and the build tools; everything else is installed by `maturin develop`.
 $(VENV)/.stamp: pyproject.toml
@@ -43,6 +43,11 @@ $(PROTO_OUT)/.stamp: $(PROTO_SRC) $(VENV)/.stamp
 	touch $@
 
 proto: $(PROTO_OUT)/.stamp
+
+# The package as users get it: its runtime dependencies and the native core in release mode.
+# Enough for `make demo`; the dev and load toolchain comes with `make dev`.
+build: proto
+	$(VENV)/bin/maturin develop --release
 
 # Builds the native core in release mode into the venv with the dev and load (locust) extras.
 dev: proto
@@ -99,7 +104,7 @@ $(FHIR_VALIDATOR): $(FHIR_VALIDATOR_DIR)/pom.xml $(shell find $(FHIR_VALIDATOR_D
 
 fhir-validator: $(FHIR_VALIDATOR)
 
-demo: dev tools
+demo: build $(GRPCURL)
 	$(VENV)/bin/apcv-verify demo
 
 test-rust:

@@ -63,6 +63,17 @@ M = TypeVar("M", bound=Message)
 MAX_ID_LENGTH = 128
 #: An NFC challenge is a short random value (docs/profile.md §2.5 "nonce").
 MAX_NONCE_BYTES = 64
+#: Largest request of one scan (a Verify call, one VerifyStream message): the largest
+#: presentation is 16 KiB of NFC bytes or 4,296 QR characters (docs/profile.md §4.4), plus
+#: two 128-character ids and a 64-byte nonce, so a bigger request carries no real scan. It
+#: also bounds what a stream holds: at most ``stream_window`` requests of this size read ahead.
+#: A VerifyBatch is bounded by ``server.max_message_bytes`` alone.
+MAX_REQUEST_BYTES = 64 * 1024
+#: gRPC's own receive limit is this many times ``server.max_message_bytes``: a message up to
+#: it is read and refused by the service with a message naming the setting to raise (gRPC's
+#: refusal names none, and carries no details); only a larger one is refused by gRPC before it
+#: is read whole.
+TRANSPORT_LIMIT_FACTOR = 2
 
 #: RNIV identity status of an INS read from the Appli carte Vitale: qualified. The RNIV
 #: (1 - Principes communs v2.0, §4.3.4) counts an identity obtained by scanning or reading the
@@ -246,6 +257,60 @@ class Undecodable:
     rather than grpcio (UNKNOWN with the exception text, or a stream ended as a whole)."""
 
 
+@dataclass(frozen=True)
+class TooLarge:
+    """A message over its size limit: what the request deserializers give, measured on the raw
+    bytes and left undecoded (:func:`_bounded`), and what a batch's response is checked
+    against. The service answers it RESOURCE_EXHAUSTED / ``MESSAGE_TOO_LARGE`` naming the
+    limit and, when a setting bounds it, the setting to raise."""
+
+    what: str  # "request", "batch" or "response"
+    size: int
+    limit: int
+    setting: str | None  # the configuration key that sets ``limit`` (None: MAX_REQUEST_BYTES)
+
+    def __str__(self) -> str:
+        if self.setting is None:
+            return (
+                f"{self.what} of {self.size} bytes is over {self.limit} bytes, the most a"
+                " request of one scan can be: no QR code or NFC read holds a larger presentation"
+            )
+        advice = {
+            "request": "raise it in the server's configuration",
+            "batch": f"send fewer scans per batch or raise {self.setting}",
+            "response": "send fewer scans per batch (include_fhir makes each answer several"
+            f" kB) or raise {self.setting}",
+        }[self.what]
+        return f"{self.what} of {self.size} bytes is over {self.setting} ({self.limit}): {advice}"
+
+    async def abort(self, context: grpc.aio.ServicerContext) -> NoReturn:
+        setting = {} if self.setting is None else {"setting": self.setting}
+        await abort(
+            context,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "MESSAGE_TOO_LARGE",
+            str(self),
+            metadata={"limit": str(self.limit), "size": str(self.size), **setting},
+        )
+
+
+R = TypeVar("R")
+
+
+def _bounded(
+    deserialize: Callable[[bytes], R], what: str, limit: int, setting: str | None
+) -> Callable[[bytes], R | TooLarge]:
+    """``deserialize``, except that bytes over ``limit`` become a :class:`TooLarge` unread
+    (so an undecodable oversize message is refused for its size too)."""
+
+    def bounded(data: bytes) -> R | TooLarge:
+        if len(data) > limit:
+            return TooLarge(what, len(data), limit, setting)
+        return deserialize(data)
+
+    return bounded
+
+
 #: What an undecodable scan's field violation says (the field is the scan's path).
 UNDECODABLE = "not a valid protobuf encoding (for instance invalid UTF-8 in a string field)"
 
@@ -408,9 +473,11 @@ class VerifierService:
 
     async def Verify(  # noqa: N802 (gRPC method name)
         self,
-        request: verifier_pb2.VerifyRequest | Undecodable,
+        request: verifier_pb2.VerifyRequest | Undecodable | TooLarge,
         context: grpc.aio.ServicerContext,
     ) -> verifier_pb2.VerifyResponse:
+        if isinstance(request, TooLarge):
+            await request.abort(context)
         if isinstance(request, Undecodable):
             await _invalid_argument(
                 context, FieldProblem("REQUEST_UNDECODABLE", "scan", UNDECODABLE)
@@ -436,9 +503,11 @@ class VerifierService:
 
     async def VerifyBatch(  # noqa: N802 (gRPC method name)
         self,
-        request: verifier_pb2.VerifyBatchRequest | BatchItems | Undecodable,
+        request: verifier_pb2.VerifyBatchRequest | BatchItems | Undecodable | TooLarge,
         context: grpc.aio.ServicerContext,
     ) -> verifier_pb2.VerifyBatchResponse:
+        if isinstance(request, TooLarge):
+            await request.abort(context)
         if isinstance(request, Undecodable):
             await _invalid_argument(
                 context, FieldProblem("REQUEST_UNDECODABLE", "scans", UNDECODABLE)
@@ -463,7 +532,16 @@ class VerifierService:
             "VerifyBatch", items, policy, caller, context, path=lambda index: f"scans[{index}]"
         )
         self._audit.record_batch(len(items))
-        return verifier_pb2.VerifyBatchResponse(verdicts=verdicts)
+        reply = verifier_pb2.VerifyBatchResponse(verdicts=verdicts)
+        max_bytes = self._config.server.max_message_bytes
+        if reply.ByteSize() > max_bytes:
+            # gRPC would refuse to send it with a message naming nothing. The scans are
+            # verified (and audited): a retry from the same reader is a duplicate, not REPLAYED.
+            too_large = TooLarge(
+                "response", reply.ByteSize(), max_bytes, "server.max_message_bytes"
+            )
+            await too_large.abort(context)
+        return reply
 
     async def _answer(
         self,
@@ -500,7 +578,7 @@ class VerifierService:
 
     async def VerifyStream(  # noqa: N802 (gRPC method name)
         self,
-        request_iterator: AsyncIterator[verifier_pb2.VerifyStreamRequest | Undecodable],
+        request_iterator: AsyncIterator[verifier_pb2.VerifyStreamRequest | Undecodable | TooLarge],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[verifier_pb2.VerifyStreamResponse]:
         """Answer a stream of requests in request order, ``server.stream_window`` at most
@@ -515,13 +593,15 @@ class VerifierService:
             asyncio.Queue()
         )
 
-        async def read() -> None:
+        async def read() -> TooLarge | None:
             try:
                 while True:
                     await credits.acquire()
                     request = await anext(aiter(request_iterator), None)
                     if request is None:  # the client half-closed
-                        return
+                        return None
+                    if isinstance(request, TooLarge):  # answered up to here, then the call ends
+                        return request
                     arrived.put_nowait(request)
             finally:
                 arrived.put_nowait(None)
@@ -552,7 +632,9 @@ class VerifierService:
                     credits.release()
                 if batch[-1] is None:
                     break
-            await reader  # re-raises what ended the request stream, if not the client
+            too_large = await reader  # re-raises what ended the request stream, if not the client
+            if too_large is not None:
+                await too_large.abort(context)
         finally:
             reader.cancel()  # cancellation of the call: read nothing more
 
@@ -629,21 +711,33 @@ def add_verifier_service(service: VerifierService, server: grpc.aio.Server) -> N
     generated ``add_VerifierServiceServicer_to_server`` but with request deserializers that
     never raise: grpcio would answer a request it cannot decode with UNKNOWN and the
     exception text (unary) or end a whole stream for one bad message; here the service
-    answers it (INVALID_ARGUMENT, or MALFORMED in place for a batch or stream item)."""
+    answers it (INVALID_ARGUMENT, or MALFORMED in place for a batch or stream item). They
+    also measure each message: one over its limit is a :class:`TooLarge`, left undecoded."""
+    # A batch is bounded by server.max_message_bytes, a request of one scan by
+    # MAX_REQUEST_BYTES too (the setting is named only when it is the smaller bound).
+    max_bytes = service._config.server.max_message_bytes
+    setting = "server.max_message_bytes"
+    scan_limit, scan_setting = (
+        (max_bytes, setting) if max_bytes <= MAX_REQUEST_BYTES else (MAX_REQUEST_BYTES, None)
+    )
     handlers = {
         "Verify": grpc.unary_unary_rpc_method_handler(
             service.Verify,
-            request_deserializer=_lenient(verifier_pb2.VerifyRequest),
+            request_deserializer=_bounded(
+                _lenient(verifier_pb2.VerifyRequest), "request", scan_limit, scan_setting
+            ),
             response_serializer=verifier_pb2.VerifyResponse.SerializeToString,
         ),
         "VerifyBatch": grpc.unary_unary_rpc_method_handler(
             service.VerifyBatch,
-            request_deserializer=_deserialize_batch,
+            request_deserializer=_bounded(_deserialize_batch, "batch", max_bytes, setting),
             response_serializer=verifier_pb2.VerifyBatchResponse.SerializeToString,
         ),
         "VerifyStream": grpc.stream_stream_rpc_method_handler(
             service.VerifyStream,
-            request_deserializer=_lenient(verifier_pb2.VerifyStreamRequest),
+            request_deserializer=_bounded(
+                _lenient(verifier_pb2.VerifyStreamRequest), "request", scan_limit, scan_setting
+            ),
             response_serializer=verifier_pb2.VerifyStreamResponse.SerializeToString,
         ),
     }
@@ -706,7 +800,9 @@ def server_options(server: ServerSection) -> list[tuple[str, int]]:
         return round(seconds * 1000)
 
     options = [
-        ("grpc.max_receive_message_length", server.max_message_bytes),
+        # The service refuses messages over max_message_bytes with a message naming it;
+        # gRPC itself only those over TRANSPORT_LIMIT_FACTOR times it (see that constant).
+        ("grpc.max_receive_message_length", TRANSPORT_LIMIT_FACTOR * server.max_message_bytes),
         ("grpc.max_send_message_length", server.max_message_bytes),
         ("grpc.keepalive_time_ms", ms(server.keepalive_time_seconds)),
         ("grpc.keepalive_timeout_ms", ms(server.keepalive_timeout_seconds)),
