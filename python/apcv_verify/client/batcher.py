@@ -377,8 +377,9 @@ class EdgeBatcher:
 
     async def answers(self) -> AsyncIterator[Answer]:
         """The final answers as they are stored (those left undelivered by a previous run
-        first). An answer counts as delivered when the loop asks for the next one; the
-        iteration ends at :meth:`close`, or raises the error that stopped the batcher."""
+        first). An answer is marked delivered in the spool when the loop asks for the next
+        one (so one whose processing was cut short by a crash comes again at the next start);
+        the iteration ends at :meth:`close`, or raises the error that stopped the batcher."""
         if self._on_answer is not None:
             raise RuntimeError("answers go to on_answer: no iterator")
         if self._iterating:
@@ -392,14 +393,16 @@ class EdgeBatcher:
                     if self._error is not None:
                         raise self._error
                     return
+                self._settle(1)  # handed out: drain() need not wait for the next request
                 yield answer
-                await self._delivered([answer.request_id])
+                await self._delivered([answer.request_id], settle=False)
         finally:
             self._iterating = False
 
     async def drain(self, timeout: float | None = None) -> None:
         """Wait until every scan submitted (or resumed from the spool) has its final answer
-        stored and delivered. Raises the error that stopped the batcher, or ``TimeoutError``."""
+        stored and handed over (``on_answer`` returned, or :meth:`answers` yielded it).
+        Raises the error that stopped the batcher, or ``TimeoutError``."""
         settled = asyncio.ensure_future(self._settled.wait())
         failed = asyncio.ensure_future(self._failed.wait())
         try:
@@ -620,13 +623,14 @@ class EdgeBatcher:
                 delivered.append(answer.request_id)
             await self._delivered(delivered)
 
-    async def _delivered(self, request_ids: list[str]) -> None:
+    async def _delivered(self, request_ids: list[str], *, settle: bool = True) -> None:
         if not request_ids:
             return
-        if self._spool is not None:
+        if self._spool is not None:  # else closed: delivered again at the next start
             await self._spool.mark_delivered(request_ids)
         self._count("answers_delivered", len(request_ids))
-        self._settle(len(request_ids))
+        if settle:
+            self._settle(len(request_ids))
 
     def _settle(self, count: int) -> None:
         self._undelivered -= count

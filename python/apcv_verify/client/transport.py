@@ -104,7 +104,6 @@ def channel_options(
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.initial_reconnect_backoff_ms", int(retry.initial_backoff * 1000)),
-        ("grpc.min_reconnect_backoff_ms", int(retry.initial_backoff * 1000)),
         ("grpc.max_reconnect_backoff_ms", int(retry.max_backoff * 1000)),
     ]
     if tls is not None and tls.server_name:
