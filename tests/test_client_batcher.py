@@ -5,6 +5,7 @@ errors that stop it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from collections import Counter
@@ -235,3 +236,99 @@ def test_permission_denied_stops_the_batcher_and_keeps_the_scans(
         stop_server(running)
     assert denied.reason == "CALLER_NOT_ALLOWED"
     assert asyncio.run(summaries(spool_path)) == [("denied-1", "pending", None, None)]
+
+
+class FlakyLink:
+    """A TCP relay on loopback in front of the server that can swallow what the server sends
+    (its verdicts are lost on the way) and cut every connection, as a network failure does."""
+
+    def __init__(self, upstream: str) -> None:
+        self.host, port = upstream.rsplit(":", 1)
+        self.port = int(port)
+        self.swallow = False
+        self.writers: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(self.host, self.port)
+        self.writers += [writer, up_writer]
+
+        async def pump(
+            source: asyncio.StreamReader, sink: asyncio.StreamWriter, down: bool
+        ) -> None:
+            with contextlib.suppress(ConnectionError, OSError):
+                while data := await source.read(65536):
+                    if not (down and self.swallow):
+                        sink.write(data)
+                        await sink.drain()
+            sink.close()
+
+        await asyncio.gather(pump(reader, up_writer, False), pump(up_reader, writer, True))
+
+    def cut(self) -> None:
+        for writer in self.writers:
+            writer.transport.abort()
+        self.writers.clear()
+
+    async def close(self) -> None:
+        self.cut()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+def test_verdicts_lost_on_the_way_are_resent_and_answered_as_duplicates(
+    server: RunningServer, pki: DemoPKI, tmp_path: Path
+) -> None:
+    """The server verifies five scans but their verdicts never arrive; the connection breaks.
+    The batcher reopens the stream and resends them with their ids: accepted ``duplicate``
+    (the same reader's retry), not REPLAYED, and each still has exactly one final answer."""
+    metrics = Recorder()
+    delivered: list[Answer] = []
+
+    def audited(request_id: str) -> int:
+        return server.logs().count(f'"request_id": "{request_id}"')
+
+    async def scenario() -> None:
+        link = FlakyLink(server.address)
+        address = await link.start()
+        try:
+            async with EdgeBatcher(
+                address,
+                spool=tmp_path / "reader.spool",
+                reader_id="edge-1",
+                on_answer=delivered.append,
+                metrics=metrics,
+                retry=FAST,
+            ) as batcher:
+                for i in range(3):
+                    await batcher.submit(qr_text(pki.present("alice")), request_id=f"kept-{i}")
+                await batcher.drain(timeout=30)
+                link.swallow = True
+                for i in range(5):
+                    await batcher.submit(qr_text(pki.present("alice")), request_id=f"lost-{i}")
+                for _ in range(500):  # until the server has verified all five
+                    if all(audited(f"lost-{i}") for i in range(5)):
+                        break
+                    await asyncio.sleep(0.02)
+                assert all(audited(f"lost-{i}") == 1 for i in range(5))
+                assert batcher.pending == 5 and len(delivered) == 3
+                link.swallow = False
+                link.cut()
+                await batcher.drain(timeout=30)
+        finally:
+            await link.close()
+
+    asyncio.run(scenario())
+    by_id = {answer.request_id: answer for answer in delivered}
+    assert len(delivered) == len(by_id) == 8
+    for i in range(5):
+        verdict = by_id[f"lost-{i}"].verdict
+        assert (reason(by_id[f"lost-{i}"]), verdict.duplicate) == ("OK", True)
+    assert not any(by_id[f"kept-{i}"].verdict.duplicate for i in range(3))
+    assert metrics.counts["scans_resent"] == 5 and metrics.counts["reconnects"] >= 1
+    assert metrics.counts["answers_stored"] == 8
