@@ -332,3 +332,46 @@ def test_verdicts_lost_on_the_way_are_resent_and_answered_as_duplicates(
     assert not any(by_id[f"kept-{i}"].verdict.duplicate for i in range(3))
     assert metrics.counts["scans_resent"] == 5 and metrics.counts["reconnects"] >= 1
     assert metrics.counts["answers_stored"] == 8
+
+
+def test_a_stream_ended_by_connection_age_is_reopened_and_nothing_is_lost(
+    pki: DemoPKI, tmp_path: Path
+) -> None:
+    """The server ends connections older than 1 s (GOAWAY, then UNAVAILABLE after a 1 s
+    grace): a reader scanning for longer reopens its stream and every scan is answered once."""
+    running = start_server(
+        pki.directory,
+        tmp_path / "server.log",
+        "--allow-test-identities",
+        env={
+            "APCV_SERVER_MAX_CONNECTION_AGE_SECONDS": "1",
+            "APCV_SERVER_MAX_CONNECTION_AGE_GRACE_SECONDS": "1",
+        },
+    )
+    metrics = Recorder()
+    delivered: list[Answer] = []
+
+    async def scenario() -> None:
+        async with EdgeBatcher(
+            running.address,
+            spool=tmp_path / "reader.spool",
+            reader_id="edge-1",
+            on_answer=delivered.append,
+            metrics=metrics,
+            retry=FAST,
+        ) as batcher:
+            for i in range(40):  # about 4 s of scanning on one stream
+                await batcher.submit(qr_text(pki.present("alice")), request_id=f"age-{i}")
+                await asyncio.sleep(0.1)
+            await batcher.drain(timeout=30)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        stop_server(running)
+    assert sorted(answer.request_id for answer in delivered) == sorted(
+        f"age-{i}" for i in range(40)
+    )
+    assert all(reason(answer) == "OK" for answer in delivered)
+    assert metrics.counts["streams_opened"] >= 2 and metrics.counts["stream_errors"] >= 1
+    assert metrics.counts["answers_stored"] == 40
