@@ -220,7 +220,7 @@ class EdgeBatcher:
         self._undelivered = 0
         self._wake = asyncio.Event()  # the writer: something to send, or room freed
         self._work = asyncio.Event()  # the connection loop: scans are pending
-        self._settled = asyncio.Event()  # every scan answered and delivered
+        self._settled = asyncio.Event()  # every scan answered and handed over
         self._failed = asyncio.Event()
         self._error: BaseException | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -245,7 +245,23 @@ class EdgeBatcher:
         if self._running or self._closed:
             raise BatcherClosedError("start() once per batcher")
         spool = await Spool.open(self.spool_path)
+        try:
+            await self._resume(spool)
+        except BaseException:
+            await spool.close()
+            raise
         self._spool = spool
+        self._channel = open_channel(self.target, self._tls, self._retry, self._options)
+        self._stub = verifier_pb2_grpc.VerifierServiceStub(self._channel)
+        self._running = True
+        self._update()
+        self._connection = self._spawn(self._connection_loop())
+        self._spawn(self._store_loop())
+        if self._on_answer is not None:
+            self._spawn(self._delivery_loop())
+
+    async def _resume(self, spool: Spool) -> None:
+        """Queue what a previous batcher left in the spool."""
         await spool.purge(time.time() - self._retention)
         for row in await spool.pending():
             request = verifier_pb2.VerifyStreamRequest.FromString(row.request)
@@ -266,14 +282,6 @@ class EdgeBatcher:
                 len(self._pending),
                 self._undelivered,
             )
-        self._channel = open_channel(self.target, self._tls, self._retry, self._options)
-        self._stub = verifier_pb2_grpc.VerifierServiceStub(self._channel)
-        self._running = True
-        self._update()
-        self._connection = self._spawn(self._connection_loop())
-        self._spawn(self._store_loop())
-        if self._on_answer is not None:
-            self._spawn(self._delivery_loop())
 
     def _spawn(self, work: Awaitable[None]) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.ensure_future(work)

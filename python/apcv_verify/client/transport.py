@@ -98,7 +98,9 @@ def channel_options(
 ) -> list[ChannelOption]:
     """Keepalive on open calls (every 30 s, above the server's default 10 s minimum, so a
     vanished server is noticed on an idle stream), and the channel's own reconnection backoff
-    no longer than ``retry``'s (gRPC's default grows to 120 s); ``extra`` last, so it wins."""
+    no longer than ``retry``'s (gRPC's default grows to 120 s); ``extra`` last, so it wins.
+    ``grpc.min_reconnect_backoff_ms`` is left alone: gRPC uses it as the connection attempt's
+    timeout (20 s), which a slow TLS handshake may need."""
     options: list[ChannelOption] = [
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
