@@ -20,12 +20,14 @@ from apcv_verify.client import (
     Reason,
     RetryPolicy,
     SpoolBusyError,
+    TLSConfig,
 )
 from apcv_verify.client.spool import Spool
 from apcv_verify.issuer import DemoPKI, qr_text
 
 from .conftest import RunningServer, free_port, start_server, stop_server
 from .test_client import serve_on
+from .test_tls import CertificateAuthority, serve_tls
 
 FAST = RetryPolicy(initial_backoff=0.05, max_backoff=0.5)
 
@@ -375,3 +377,35 @@ def test_a_stream_ended_by_connection_age_is_reopened_and_nothing_is_lost(
     assert all(reason(answer) == "OK" for answer in delivered)
     assert metrics.counts["streams_opened"] >= 2 and metrics.counts["stream_errors"] >= 1
     assert metrics.counts["answers_stored"] == 40
+
+
+def test_a_batcher_over_mtls_is_served_as_its_certificate_s_caller(
+    pki: DemoPKI, tmp_path: Path
+) -> None:
+    ca = CertificateAuthority()
+    running = serve_tls(pki, tmp_path, ca)
+    client = ca.issue("his-1")
+    tls = TLSConfig(ca.pem, client.cert_pem, client.key_pem)
+    delivered: list[Answer] = []
+
+    async def scenario() -> None:
+        async with EdgeBatcher(
+            running.address,
+            spool=tmp_path / "reader.spool",
+            reader_id="edge-1",
+            tls=tls,
+            on_answer=delivered.append,
+            retry=FAST,
+        ) as batcher:
+            for i in range(3):
+                await batcher.submit(qr_text(pki.present("alice")), request_id=f"tls-{i}")
+            await batcher.drain(timeout=30)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        stop_server(running)
+    assert sorted((answer.request_id, reason(answer)) for answer in delivered) == [
+        (f"tls-{i}", "OK") for i in range(3)
+    ]
+    assert "his-1" in running.logs()  # the audit records name the certificate's caller
