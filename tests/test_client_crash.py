@@ -29,7 +29,7 @@ from apcv_verify.client import Answer, Decision, EdgeBatcher, Reason, RetryPolic
 from apcv_verify.client.spool import Spool
 from apcv_verify.issuer import DemoPKI, qr_text
 
-from .conftest import REPO, RedisServer, free_port, stop_server
+from .conftest import REPO, RedisServer, free_port, nir_numbers, personal_values, stop_server
 from .test_client import serve_on
 
 READER_ID = "edge-crash"
@@ -206,6 +206,11 @@ def test_server_and_reader_killed_mid_run_every_scan_has_one_final_answer(
     assert [row[0] for row in rows] == [scan["id"] for scan in scans]  # in scan order
     assert {row[1] for row in rows} == {"delivered"}
     assert all(Reason.Name(row[2] or 0) == by_id[row[0]][0]["reason"] for row in rows)
+    # The client logs no scan and no person either.
+    for run in (1, 2):
+        text = (tmp_path / f"reader-{run}.log").read_text()
+        assert not [value for value in personal_values(pki) if value in text]
+        assert not nir_numbers(text) and "APCV1:" not in text
     # The server kill broke an open stream: the reader reopened it and resent.
     first_run = (tmp_path / "reader-1.log").read_text()
     assert "stream ended with UNAVAILABLE" in first_run
