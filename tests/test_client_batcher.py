@@ -10,8 +10,10 @@ import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
+from apcv_verify._proto.apcv.verify.v1.verifier_pb2 import VerifyStreamRequest
 from apcv_verify.client import (
     Answer,
     DuplicateScanError,
@@ -109,7 +111,7 @@ def test_every_scan_gets_one_final_answer_stored_then_delivered(
     rows = asyncio.run(summaries(spool_path))
     assert {row[1] for row in rows} == {"delivered"} and len(rows) == 15
     # What stays after delivery: ids and outcomes, no scan and no verdict (no person).
-    with sqlite3.connect(spool_path) as db:
+    with contextlib.closing(sqlite3.connect(spool_path)) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         kept = db.execute(
             "SELECT COUNT(*) FROM scans WHERE request IS NOT NULL OR verdict IS NOT NULL"
@@ -409,3 +411,48 @@ def test_a_batcher_over_mtls_is_served_as_its_certificate_s_caller(
         (f"tls-{i}", "OK") for i in range(3)
     ]
     assert "his-1" in running.logs()  # the audit records name the certificate's caller
+
+
+def test_scanned_at_is_the_submission_time_and_survives_a_restart(
+    pki: DemoPKI, tmp_path: Path
+) -> None:
+    """A reader allowed to send scanned_at queues a scan while the server is down; the scan
+    keeps the time it was made, and is verified at that time once resent by a new batcher."""
+    address = f"127.0.0.1:{free_port()}"
+    spool_path = tmp_path / "reader.spool"
+    code = qr_text(pki.present("alice"))
+    options: dict[str, Any] = {
+        "spool": spool_path,
+        "reader_id": "edge-1",
+        "send_scanned_at": True,
+        "retry": FAST,
+    }
+
+    async def offline() -> float:
+        async with EdgeBatcher(address, **options) as batcher:
+            before = time.time()
+            await batcher.submit(code, request_id="queued-1")
+            return before
+
+    async def online() -> list[Answer]:
+        delivered: list[Answer] = []
+        async with EdgeBatcher(address, on_answer=delivered.append, **options) as batcher:
+            await batcher.drain(timeout=30)
+        return delivered
+
+    before = asyncio.run(offline())
+    with contextlib.closing(sqlite3.connect(spool_path)) as db:
+        (request,) = db.execute("SELECT request FROM scans").fetchone()
+    spooled = VerifyStreamRequest.FromString(request)
+    assert abs(spooled.scan.scanned_at.seconds - before) <= 1
+    callers = (
+        '[{"id": "*", "uses": ["care"], "may_send_scanned_at": true,'
+        ' "max_scan_delay_seconds": 3600}]'
+    )
+    running = serve_on(pki, address, tmp_path / "server.log", {"APCV_CALLERS": callers})
+    try:
+        (answer,) = asyncio.run(online())
+    finally:
+        stop_server(running)
+    assert (answer.request_id, reason(answer), answer.redelivered) == ("queued-1", "OK", False)
+    assert abs(answer.scanned_at - before) <= 1
