@@ -49,6 +49,8 @@ REPO = Path(__file__).resolve().parent.parent
 GHZ_VERSION = "v0.120.0"
 GHZ = REPO / ".tools" / "bin" / "ghz"
 PROTO = "apcv/verify/v1/verifier.proto"
+#: Markers of the core's section of docs/benchmarks.md (loadtest/core_bench.py).
+CORE_BEGIN, CORE_END = "<!-- core-bench:begin -->", "<!-- core-bench:end -->"
 #: Large enough for a VerifyBatch of 100 presentations and its answer.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
@@ -490,7 +492,13 @@ def main() -> int:
                 for case in ordered:
                     results.append(run_case(case, round_, args, redis_url, work))
     results.sort(key=lambda r: (r.round, CASES.index(r.case)))
-    args.output.write_text(markdown(results, info, command, args))
+    # Keep the core's section (loadtest/core_bench.py, run before this by `make bench`).
+    held = args.output.read_text() if args.output.exists() else ""
+    core = ""
+    if CORE_BEGIN in held and CORE_END in held:
+        core = CORE_BEGIN + held.split(CORE_BEGIN, 1)[1].split(CORE_END, 1)[0] + CORE_END + "\n"
+    text = markdown(results, info, command, args)
+    args.output.write_text(text + ("\n" + core if core else ""))
     for label, values, median in ratio_rows(results):
         print(f"{label}: {', '.join(f'{v:.2f}' for v in values)} (median {median:.2f})")
     print(f"written to {args.output}")

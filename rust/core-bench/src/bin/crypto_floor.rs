@@ -8,7 +8,8 @@
 //! must accept the good signature and refuse a tampered one.
 //!
 //! Output: one JSON object per line and case, then nothing else (`loadtest/core_bench.py`
-//! reads it). `--quick` runs few iterations, to keep the benchmark working in `make test`.
+//! reads it). `--quick` runs few iterations, to keep the benchmark working in `make test`
+//! (which builds it without the `alternatives` feature: ring alone).
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -79,17 +80,20 @@ fn verify(backend: Backend, alg: Alg, key: &[u8], msg: &[u8], sig: &[u8]) -> boo
                 .verify(msg, sig)
                 .is_ok()
         }
+        #[cfg(feature = "alternatives")]
         (Backend::AwsLc, Alg::Es256) => aws_lc_rs::signature::UnparsedPublicKey::new(
             &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
             key,
         )
         .verify(msg, sig)
         .is_ok(),
+        #[cfg(feature = "alternatives")]
         (Backend::AwsLc, Alg::Ed25519) => {
             aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ED25519, key)
                 .verify(msg, sig)
                 .is_ok()
         }
+        #[cfg(feature = "alternatives")]
         (Backend::RustCrypto, Alg::Es256) => {
             use p256::ecdsa::signature::Verifier;
             let Ok(k) = p256::ecdsa::VerifyingKey::from_sec1_bytes(key) else {
@@ -100,6 +104,7 @@ fn verify(backend: Backend, alg: Alg, key: &[u8], msg: &[u8], sig: &[u8]) -> boo
             };
             k.verify(msg, &s).is_ok()
         }
+        #[cfg(feature = "alternatives")]
         (Backend::RustCrypto, Alg::Ed25519) => {
             let Ok(k) = <[u8; 32]>::try_from(key) else {
                 return false;
@@ -112,6 +117,8 @@ fn verify(backend: Backend, alg: Alg, key: &[u8], msg: &[u8], sig: &[u8]) -> boo
             };
             k.verify_strict(msg, &s).is_ok()
         }
+        #[cfg(not(feature = "alternatives"))]
+        (Backend::AwsLc | Backend::RustCrypto, _) => unreachable!("built without alternatives"),
     }
 }
 
@@ -136,9 +143,13 @@ fn main() {
     let per_thread = arg("--iterations", if quick { 50 } else { 6000 });
 
     let fx = Fixture::new();
-    let backends = [Backend::Ring, Backend::AwsLc, Backend::RustCrypto];
+    let backends: &[Backend] = if cfg!(feature = "alternatives") {
+        &[Backend::Ring, Backend::AwsLc, Backend::RustCrypto]
+    } else {
+        &[Backend::Ring]
+    };
     let algs = [Alg::Es256, Alg::Ed25519];
-    for b in backends {
+    for &b in backends {
         for a in algs {
             let (key, sig) = fx.key_and_sig(a);
             assert!(verify(b, a, key, &fx.message, sig), "{b:?} {a:?} refuses");
@@ -151,7 +162,7 @@ fn main() {
     let mut cases = Vec::new();
     for a in algs {
         for threads in [1usize, 2] {
-            for b in backends {
+            for &b in backends {
                 cases.push((b, a, threads));
             }
         }
