@@ -5,7 +5,9 @@
    (``inflate``: base45, then inflate with the core's flate2/zlib-rs and with miniz_oxide).
 2. **Core from Python**: ``_native.Verifier.verify_batch`` on a corpus of presentations, one item
    per call and batches of 100, 1 and 2 rayon threads, NFC bytes and QR text, with the cache of
-   verified issuer signatures and without it.
+   verified issuer signatures and without it; and the same batches in Rust alone on rayon pools
+   of 1 and 2 threads beside a perfectly parallel probe (``batch_threads``), which tells what
+   the machine gave from what the core scales.
 3. **Peer**: loadtest/peer.py, a plain-Python verifier of the same profile (cbor2 +
    cryptography), on the same corpus.
 4. **Scale**: a 70-million-entry status population split into lists as an issuer would, the
@@ -397,6 +399,20 @@ def _cargo_bins(quick: bool) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+def _batch_threads(directory: Path, corpus_path: Path, quick: bool) -> list[dict[str, Any]]:
+    """rust/core-bench ``batch_threads`` on the corpus's NFC presentations."""
+    corpus = pickle.loads(corpus_path.read_bytes())
+    (directory / "trust.cose").write_bytes(corpus["trust_list"])
+    (directory / "anchor.key").write_bytes(corpus["anchor"])
+    (directory / "status.cwt").write_bytes(corpus["status_lists"][0])
+    (directory / "now").write_text(str(corpus["now"]))
+    blob = b"".join(len(p).to_bytes(4, "big") + p for p in corpus["nfc"])
+    (directory / "nfc.bin").write_bytes(blob)
+    args = [str(CORE_BENCH_TARGET / "release" / "batch_threads"), str(directory)]
+    text = subprocess.run(args + (["--quick"] if quick else []), check=True, stdout=subprocess.PIPE)
+    return [json.loads(line) for line in text.stdout.decode().splitlines() if line.strip()]
+
+
 def _worker(args: list[str], threads: int | None = None) -> Any:
     env = dict(os.environ)
     if threads is not None:
@@ -467,6 +483,7 @@ def main() -> None:
         print(f"core-bench: corpus of {holders} holders x {args.repeat}", flush=True)
         make_corpus(corpus, holders, args.repeat, now)
         count = holders * args.repeat
+        results["batch_threads"] = _batch_threads(Path(tmp), corpus, quick)
         rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for r in range(1, rounds + 1):
             order = CASES if r % 2 else list(reversed(CASES))
@@ -643,6 +660,29 @@ def report(results: dict[str, Any]) -> str:
         ),
     ]
     out += ["", "| ratio | value |", "|---|---|", *(f"| {n} | {v:.2f} |" for n, v in ratios)]
+    bt: dict[tuple[str, int], dict[int, dict[str, Any]]] = defaultdict(dict)
+    for row in results["batch_threads"]:
+        bt[(row["case"], row["threads"])][row["round"]] = row
+    out += [
+        "",
+        "The same NFC corpus in Rust alone (rust/core-bench `batch_threads`: `verify_batch` in "
+        "batches of 100 with the cache, on rayon pools of 1 and 2 threads), beside a perfectly "
+        "parallel probe (SHA-256) that shows the cores the machine gave at that moment:",
+        "",
+        "| case | 2 / 1 threads throughput, per round | median | cores used at 2 threads "
+        "| CPU µs / item, 1 → 2 threads |",
+        "|---|---|---|---|---|",
+    ]
+    for case in ("core", "probe"):
+        one, two = bt[(case, 1)], bt[(case, 2)]
+        per_round = [two[r]["per_s"] / one[r]["per_s"] for r in sorted(one) if r in two]
+        out.append(
+            f"| {case} | {', '.join(f'{x:.2f}' for x in per_round)} "
+            f"| {statistics.median(per_round):.2f} "
+            f"| {statistics.median(r['cores_used'] for r in two.values()):.2f} "
+            f"| {statistics.median(r['cpu_us'] for r in one.values()):.1f} → "
+            f"{statistics.median(r['cpu_us'] for r in two.values()):.1f} |"
+        )
     status, pop = results["status"]["status_sizes"], results["status"]["status_population"]
     out += [
         "",
