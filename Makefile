@@ -120,7 +120,6 @@ test: test-rust test-python
 # VerifyBatch(100) vs Verify, Redis vs memory (loadtest/bench.py; installs the pinned ghz into
 # .tools/bin). Both write docs/benchmarks.md, the core into its own section.
 bench: dev system-deps
-	$(PIP) install --quiet "matplotlib>=3.8"
 	$(PY) loadtest/core_bench.py --write docs/benchmarks.md --plot docs/benchmarks-scale.png
 	$(PY) loadtest/bench.py
 
