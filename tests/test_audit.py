@@ -13,11 +13,12 @@ import pytest
 import structlog
 from apcv_verify import _native
 from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
-from apcv_verify.audit import HOLDER_REF_HEX_CHARS, AuditTrail, holder_ref
 from apcv_verify.config import ConfigError, load_config
 from apcv_verify.issuer import DemoPKI, parse_sign1, qr_text
-from apcv_verify.logs import configure_logging
-from apcv_verify.server import build_verifiers, load_trust_material
+from apcv_verify.observe.audit import HOLDER_REF_HEX_CHARS, AuditTrail, holder_ref
+from apcv_verify.observe.logs import configure_logging
+from apcv_verify.service.startup import build_verifiers
+from apcv_verify.trust.material import load_trust_material
 
 from .conftest import (
     RunningServer,
@@ -185,7 +186,7 @@ def test_every_log_line_of_every_scenario_is_free_of_personal_data(
 
 def test_audit_trail_counts_verifications_in_process(pki: DemoPKI) -> None:
     """``record_verification`` is what VerifyBatch and VerifyStream call per item."""
-    from apcv_verify.metrics import ServiceMetrics
+    from apcv_verify.observe.metrics import ServiceMetrics
 
     config = pki_config(pki, {"audit.holder_ref_secret": SECRET})
     metrics = ServiceMetrics()

@@ -17,7 +17,7 @@ from typing import Any
 import base45  # type: ignore[import-untyped]
 import cbor2
 import pytest
-from apcv_verify import cli_issue
+from apcv_verify.cli import issue as cli_issue
 from apcv_verify.issuer import (
     DEMO_AMC_NUMBER,
     DEMO_SAMPLE_NAMES,

@@ -10,7 +10,7 @@ import grpc
 import pytest
 from apcv_verify.config import ConfigError, load_config
 from apcv_verify.issuer import DemoPKI, qr_text
-from apcv_verify.server import server_options
+from apcv_verify.service.startup import server_options
 
 from .test_stream import reason, request, serving, unary
 

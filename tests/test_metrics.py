@@ -17,9 +17,10 @@ import pytest
 from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
 from apcv_verify.config import ConfigError, load_config
 from apcv_verify.issuer import DemoPKI, qr_text
-from apcv_verify.metrics import ServiceMetrics
-from apcv_verify.server import load_trust_material
-from apcv_verify.server import start_server as start_in_process
+from apcv_verify.observe.metrics import ServiceMetrics
+from apcv_verify.service.interceptors import MetricsInterceptor
+from apcv_verify.service.startup import start_server as start_in_process
+from apcv_verify.trust.material import load_trust_material
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -316,7 +317,7 @@ def test_the_interceptor_times_every_call_kind_and_counts_open_streams() -> None
     streams = metrics.registry.get_sample_value
 
     async def scenario() -> None:
-        server = grpc.aio.server(interceptors=[metrics.interceptor()])
+        server = grpc.aio.server(interceptors=[MetricsInterceptor(metrics)])
         server.add_generic_rpc_handlers(
             [
                 grpc.method_handlers_generic_handler("test.Echo", handlers),
@@ -432,7 +433,8 @@ def test_trust_gauges_reach_the_parent_with_several_workers(
     tmp_path: Path,
     redis_url: str,  # noqa: F811 (the fixture imported above)
 ) -> None:
-    """Multiprocess mode: the workers publish the gauges, the parent serves the worst one."""
+    """Multiprocess mode: the workers publish the gauges, the parent serves the worst one,
+    ``apcv_trust_source_expired`` included."""
     port = free_port()
     server, _, _ = start_workers(pki, tmp_path / "workers.log", redis_url, port)
     try:
@@ -449,6 +451,11 @@ def test_trust_gauges_reach_the_parent_with_several_workers(
         for uri in pki.status_list_paths:
             assert 0 <= value(found, "apcv_status_list_age_seconds", uri=uri) < 600
             assert value(found, "apcv_status_list_expiry_timestamp_seconds", uri=uri) > time.time()
+        # Freshness per source, like one process reports it (nothing held is expired here).
+        sources = ["trust_list"] + [f"status_lists[{i}]" for i in range(len(pki.status_list_paths))]
+        for source in sources:
+            key = ("apcv_trust_source_expired", frozenset({"source": source}.items()))
+            assert found.get(key) == 0, source  # present, and 0
         time.sleep(2.5)  # the age moves without any request
         assert value(samples(scrape_text(port)), "apcv_trust_list_age_seconds") >= age + 1
     finally:

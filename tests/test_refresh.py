@@ -29,8 +29,8 @@ from apcv_verify.issuer import (
     make_trust_list,
     tamper_signature,
 )
-from apcv_verify.server import build_verifiers
-from apcv_verify.trust_source import MAX_SOURCE_BYTES, TrustSource
+from apcv_verify.service.startup import build_verifiers
+from apcv_verify.trust.sources import MAX_SOURCE_BYTES, TrustSource
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families

@@ -310,8 +310,9 @@ def test_a_silent_redis_times_out_within_timeout_seconds(pki: DemoPKI) -> None:
     costs one call at most ``replay.timeout_seconds``, then the policy decides."""
     from apcv_verify import _native
     from apcv_verify.config import load_config
-    from apcv_verify.replay import RedisReplayStore
-    from apcv_verify.server import build_verifiers, load_trust_material
+    from apcv_verify.replay.redis import RedisReplayStore
+    from apcv_verify.service.startup import build_verifiers
+    from apcv_verify.trust.material import load_trust_material
 
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))

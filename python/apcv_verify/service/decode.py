@@ -1,0 +1,85 @@
+"""Request deserializers that never raise: bytes that do not decode become
+:class:`Undecodable`, which the servicer answers (INVALID_ARGUMENT, or MALFORMED in place for a
+batch or stream item) instead of grpcio (UNKNOWN with the exception text, or a whole stream
+ended for one bad message).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError, Message
+
+from .._proto.apcv.verify.v1 import verifier_pb2
+
+__all__ = ["UNDECODABLE", "BatchItems", "Undecodable", "deserialize_batch", "lenient"]
+
+M = TypeVar("M", bound=Message)
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """Bytes that are not a valid protobuf encoding of the expected message (broken framing,
+    invalid UTF-8 in a string field): what the request deserializers give instead of raising,
+    so that the servicer answers it (INVALID_ARGUMENT, or MALFORMED in place for an item)
+    rather than grpcio (UNKNOWN with the exception text, or a stream ended as a whole)."""
+
+
+#: What an undecodable scan's field violation says (the field is the scan's path).
+UNDECODABLE = "not a valid protobuf encoding (for instance invalid UTF-8 in a string field)"
+
+
+def lenient(message_type: type[M]) -> Callable[[bytes], M | Undecodable]:
+    """A request deserializer for ``message_type`` that returns :class:`Undecodable` rather
+    than raising."""
+
+    def deserialize(data: bytes) -> M | Undecodable:
+        try:
+            return message_type.FromString(data)
+        except DecodeError:
+            return Undecodable()
+
+    return deserialize
+
+
+def _raw_batch_type() -> type[Message]:
+    """``VerifyBatchRequest`` with its scans left as bytes (same field number, and a
+    length-delimited field parses as bytes without any check), so that one undecodable scan
+    is answered in place instead of making the whole batch undecodable."""
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="apcv_verify/raw_batch.proto", package="apcv_verify.internal", syntax="proto3"
+    )
+    proto.message_type.add(name="RawBatch").field.add(
+        name="scans",
+        number=verifier_pb2.VerifyBatchRequest.SCANS_FIELD_NUMBER,
+        type=descriptor_pb2.FieldDescriptorProto.TYPE_BYTES,
+        label=descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED,
+    )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("apcv_verify.internal.RawBatch")
+    )
+
+
+_RAW_BATCH = _raw_batch_type()
+_scan_or_undecodable = lenient(verifier_pb2.Scan)
+
+#: A batch's scans, each decoded or not (what the batch deserializer gives when the batch as
+#: a whole does not decode but its framing does).
+BatchItems = list[verifier_pb2.Scan | Undecodable]
+
+
+def deserialize_batch(data: bytes) -> verifier_pb2.VerifyBatchRequest | BatchItems | Undecodable:
+    try:
+        return verifier_pb2.VerifyBatchRequest.FromString(data)  # the usual case: one parse
+    except DecodeError:
+        pass
+    try:
+        raw = _RAW_BATCH.FromString(data)
+    except DecodeError:
+        return Undecodable()  # not even the batch's framing
+    return [_scan_or_undecodable(item) for item in raw.scans]  # type: ignore[attr-defined]
