@@ -62,7 +62,7 @@ def pki_config(pki: DemoPKI, overrides: Mapping[str, Any] | None = None) -> Conf
 
 
 @dataclass
-class RunningServer:
+class ServerProcess:
     """An ``apcv-verify serve`` child process and how to reach it."""
 
     process: subprocess.Popen[str]
@@ -120,7 +120,7 @@ def start_server(
     env: dict[str, str] | None = None,
     status_lists: bool = True,
     credentials: grpc.ChannelCredentials | None = None,
-) -> RunningServer:
+) -> ServerProcess:
     """Start ``apcv-verify serve`` on a free port; ``env`` adds APCV_… variables;
     ``status_lists=False`` serves without any status list (STATUS_UNAVAILABLE)."""
     address = f"127.0.0.1:{free_port()}"
@@ -149,10 +149,10 @@ def start_server(
         process.kill()
         process.wait()
         raise RuntimeError(f"server did not start:\n{log_path.read_text()}") from None
-    return RunningServer(process, address, log_path, credentials)
+    return ServerProcess(process, address, log_path, credentials)
 
 
-def stop_server(server: RunningServer) -> None:
+def stop_server(server: ServerProcess) -> None:
     server.process.terminate()
     try:
         server.process.wait(timeout=15)
@@ -200,7 +200,7 @@ def pki(tmp_path: Path) -> DemoPKI:
 
 
 @pytest.fixture
-def server(pki: DemoPKI, tmp_path: Path) -> Iterator[RunningServer]:
+def server(pki: DemoPKI, tmp_path: Path) -> Iterator[ServerProcess]:
     """A verifier with the demo PKI; the demo identities use the INS demonstration OID."""
     running = start_server(pki.directory, tmp_path / "server.log", "--allow-test-identities")
     yield running

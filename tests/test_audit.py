@@ -21,7 +21,7 @@ from apcv_verify.service.startup import build_verifiers
 from apcv_verify.trust.material import load_trust_material
 
 from .conftest import (
-    RunningServer,
+    ServerProcess,
     nir_numbers,
     personal_values,
     pki_config,
@@ -42,14 +42,14 @@ def credential_id(pki: DemoPKI, holder: str) -> str:
     return str(parse_sign1(pki.holder(holder).credential).claims()[2])
 
 
-def audit_records(server: RunningServer) -> list[dict[str, Any]]:
+def audit_records(server: ServerProcess) -> list[dict[str, Any]]:
     records = [json.loads(line) for line in server.logs().splitlines() if line.startswith("{")]
     return [record for record in records if record.get("kind") == "audit"]
 
 
 def serve_with_secret(
     pki: DemoPKI, log_path: Path, monkeypatch: pytest.MonkeyPatch, secret: str
-) -> RunningServer:
+) -> ServerProcess:
     monkeypatch.setenv("APCV_AUDIT_HOLDER_REF_SECRET", secret)
     monkeypatch.setenv("APCV_METRICS_LISTEN", "")
     return start_server(pki.directory, log_path, "--allow-test-identities")

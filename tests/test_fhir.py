@@ -18,7 +18,7 @@ from apcv_verify import fhir
 from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
 from apcv_verify.issuer import INS_DEMO_OID, DemoPKI, qr_text
 
-from .conftest import RunningServer
+from .conftest import ServerProcess
 
 # FHIR R4 primitive formats (https://hl7.org/fhir/R4/datatypes.html).
 FHIR_DATE = re.compile(
@@ -235,7 +235,7 @@ def test_rejection_gives_an_empty_bundle() -> None:
     assert validate_bundle(fhir.bundle(response, verified_at=1_790_000_000)) == {}
 
 
-def fhir_verify(server: RunningServer, presentation: bytes, **fields: Any) -> Any:
+def fhir_verify(server: ServerProcess, presentation: bytes, **fields: Any) -> Any:
     scan = verifier_pb2.Scan(request_id="f-1", qr_text=qr_text(presentation), **fields)
     scan.reader.reader_id = "desk-1"
     with server.channel() as channel:
@@ -243,7 +243,7 @@ def fhir_verify(server: RunningServer, presentation: bytes, **fields: Any) -> An
         return stub.Verify(verifier_pb2.VerifyRequest(scan=scan), timeout=10).verdict
 
 
-def test_fhir_over_grpc_for_a_lunar_birth_date(server: RunningServer, pki: DemoPKI) -> None:
+def test_fhir_over_grpc_for_a_lunar_birth_date(server: ServerProcess, pki: DemoPKI) -> None:
     response = fhir_verify(server, pki.present("lunar"), include_fhir=True)
     assert verifier_pb2.Reason.Name(response.reason).removeprefix("REASON_") == "OK"
     by_type = validate_bundle(json.loads(response.fhir_json))
@@ -260,7 +260,7 @@ def test_fhir_over_grpc_for_a_lunar_birth_date(server: RunningServer, pki: DemoP
     assert amo["period"] == {"start": rights.open_from, "end": rights.open_to}
 
 
-def test_no_fhir_unless_asked(server: RunningServer, pki: DemoPKI) -> None:
+def test_no_fhir_unless_asked(server: ServerProcess, pki: DemoPKI) -> None:
     assert fhir_verify(server, pki.present("alice")).fhir_json == ""
     corsica = fhir_verify(server, pki.present("corsica"), include_fhir=True)
     (patient,) = validate_bundle(json.loads(corsica.fhir_json))["Patient"]
@@ -268,7 +268,7 @@ def test_no_fhir_unless_asked(server: RunningServer, pki: DemoPKI) -> None:
     assert "_birthDate" not in patient
 
 
-def test_fhir_over_grpc_has_a_coverage_per_valid_amc(server: RunningServer, pki: DemoPKI) -> None:
+def test_fhir_over_grpc_has_a_coverage_per_valid_amc(server: ServerProcess, pki: DemoPKI) -> None:
     valid = pki.amc_attestation("family", ranks=[1], contract="C-7", domains=["PHAR", "DENT"])
     for_the_holder = pki.amc_attestation("family", ranks=[0])
     tap = pki.present("family", ben=1, amc=[valid, for_the_holder])

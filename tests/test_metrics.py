@@ -25,7 +25,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import (
-    RunningServer,
+    ServerProcess,
     free_port,
     nir_numbers,
     personal_values,
@@ -59,7 +59,7 @@ def value(found: Samples, name: str, **labels: str) -> float:
 
 
 def call(
-    server: RunningServer, presentation: str | bytes, request_id: str, reader_id: str = "desk-1"
+    server: ServerProcess, presentation: str | bytes, request_id: str, reader_id: str = "desk-1"
 ) -> verifier_pb2.Verdict:
     scan = verifier_pb2.Scan(request_id=request_id)
     if isinstance(presentation, str):
@@ -81,14 +81,14 @@ def metrics_port(monkeypatch: pytest.MonkeyPatch) -> int:
 
 
 @pytest.fixture
-def observed(pki: DemoPKI, tmp_path: Path, metrics_port: int) -> Iterator[RunningServer]:
+def observed(pki: DemoPKI, tmp_path: Path, metrics_port: int) -> Iterator[ServerProcess]:
     running = start_server(pki.directory, tmp_path / "server.log", "--allow-test-identities")
     yield running
     stop_server(running)
 
 
 def test_grpc_and_verification_metrics_move_with_the_right_labels(
-    observed: RunningServer, metrics_port: int, pki: DemoPKI
+    observed: ServerProcess, metrics_port: int, pki: DemoPKI
 ) -> None:
     before = samples(scrape_text(metrics_port))
     unary = {"grpc_type": "unary", "grpc_service": VERIFIER, "grpc_method": "Verify"}
@@ -148,7 +148,7 @@ def test_grpc_and_verification_metrics_move_with_the_right_labels(
 
 
 def test_trust_and_status_list_gauges_are_computed_at_scrape(
-    observed: RunningServer, metrics_port: int, pki: DemoPKI
+    observed: ServerProcess, metrics_port: int, pki: DemoPKI
 ) -> None:
     first = samples(scrape_text(metrics_port))
     assert value(first, "apcv_trust_list_sequence") == pki.trust_list_seq
@@ -167,7 +167,7 @@ def test_trust_and_status_list_gauges_are_computed_at_scrape(
 
 
 def test_no_personal_data_or_reader_id_in_metrics_or_logs(
-    observed: RunningServer, metrics_port: int, pki: DemoPKI
+    observed: ServerProcess, metrics_port: int, pki: DemoPKI
 ) -> None:
     reader = "ward-7-bed-12-reader"
     for index, holder in enumerate(pki.holders):
@@ -247,7 +247,7 @@ def test_a_bad_metrics_listen_names_the_key(listen: str) -> None:
 
 
 def test_a_batch_counts_its_size_and_each_item(
-    observed: RunningServer, metrics_port: int, pki: DemoPKI
+    observed: ServerProcess, metrics_port: int, pki: DemoPKI
 ) -> None:
     items = [
         verifier_pb2.Scan(request_id=f"b-{index}", qr_text=text)
@@ -375,7 +375,7 @@ def test_the_interceptor_times_every_call_kind_and_counts_open_streams() -> None
 
 
 def test_a_verify_stream_is_in_flight_until_it_ends_and_each_answer_is_counted(
-    observed: RunningServer, metrics_port: int, pki: DemoPKI
+    observed: ServerProcess, metrics_port: int, pki: DemoPKI
 ) -> None:
     requests: queue.Queue[verifier_pb2.VerifyStreamRequest | None] = queue.Queue()
     stream = {"grpc_type": "bidi_stream", "grpc_service": VERIFIER, "grpc_method": "VerifyStream"}

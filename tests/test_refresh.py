@@ -35,7 +35,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import REPO, RunningServer, free_port, stop_server, wait_serving
+from .conftest import REPO, ServerProcess, free_port, stop_server, wait_serving
 
 #: Refresh interval of the servers under test, and the bound of every wait for a refresh.
 REFRESH = "0.3"
@@ -137,7 +137,7 @@ def lists(pki: DemoPKI) -> Iterator[ListServer]:
 
 def launch(
     pki: DemoPKI, lists: ListServer, log_path: Path, metrics_port: int, **environ: str
-) -> RunningServer:
+) -> ServerProcess:
     """``apcv-verify serve`` with the trust list and status lists at their URLs (no wait);
     ``environ`` adds to or overrides its environment."""
     address = f"127.0.0.1:{free_port()}"
@@ -161,7 +161,7 @@ def launch(
     process = subprocess.Popen(
         command, stdout=log_file, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env
     )
-    return RunningServer(process, address, log_path)
+    return ServerProcess(process, address, log_path)
 
 
 @pytest.fixture
@@ -172,7 +172,7 @@ def metrics_port() -> int:
 @pytest.fixture
 def served(
     pki: DemoPKI, lists: ListServer, tmp_path: Path, metrics_port: int
-) -> Iterator[RunningServer]:
+) -> Iterator[ServerProcess]:
     running = launch(pki, lists, tmp_path / "server.log", metrics_port)
     try:
         wait_serving(running.address, running.process)
@@ -183,7 +183,7 @@ def served(
     stop_server(running)
 
 
-def verify(server: RunningServer, pki: DemoPKI, holder: str = "alice") -> verifier_pb2.Verdict:
+def verify(server: ServerProcess, pki: DemoPKI, holder: str = "alice") -> verifier_pb2.Verdict:
     """A fresh presentation by ``holder`` (never a replay), verified over gRPC."""
     request = verifier_pb2.VerifyRequest(
         scan=verifier_pb2.Scan(request_id="r-1", nfc_bytes=pki.present(holder))
@@ -211,7 +211,7 @@ def metric(port: int, name: str, **labels: str) -> float:
     return scrape(port).get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-def wait_for(condition: Callable[[], bool], what: str, server: RunningServer) -> None:
+def wait_for(condition: Callable[[], bool], what: str, server: ServerProcess) -> None:
     deadline = time.monotonic() + WAIT_SECONDS
     while time.monotonic() < deadline:
         if condition():
@@ -226,7 +226,7 @@ def failures(port: int, source: str, why: str) -> float:
 
 
 def test_lists_load_from_urls_and_refresh_with_conditional_requests(
-    served: RunningServer, pki: DemoPKI, lists: ListServer, metrics_port: int
+    served: ServerProcess, pki: DemoPKI, lists: ListServer, metrics_port: int
 ) -> None:
     assert reason(verify(served, pki)) == "OK"
     assert reason(verify(served, pki, "revoked")) == "REVOKED"
@@ -245,7 +245,7 @@ def test_lists_load_from_urls_and_refresh_with_conditional_requests(
 
 
 def test_a_revocation_published_is_enforced_after_the_next_refresh(
-    served: RunningServer, pki: DemoPKI
+    served: ServerProcess, pki: DemoPKI
 ) -> None:
     assert reason(verify(served, pki)) == "OK"
     alice = pki.holder("alice")
@@ -254,7 +254,7 @@ def test_a_revocation_published_is_enforced_after_the_next_refresh(
 
 
 def test_a_dripping_list_server_holds_back_no_revocation(
-    served: RunningServer, pki: DemoPKI, lists: ListServer, metrics_port: int
+    served: ServerProcess, pki: DemoPKI, lists: ListServer, metrics_port: int
 ) -> None:
     """Every byte of the trust list arrives within the read timeout, the whole never does:
     the fetch is cut at its deadline, counted and logged, and the status list's revocation
@@ -302,7 +302,7 @@ def test_shutdown_does_not_wait_for_a_stuck_fetch(
 
 
 def test_a_trust_list_with_a_lower_seq_is_refused_and_the_old_one_kept(
-    served: RunningServer, pki: DemoPKI, metrics_port: int
+    served: ServerProcess, pki: DemoPKI, metrics_port: int
 ) -> None:
     first = pki.trust_list_seq
     pki.new_trust_list(first + 5)
@@ -317,7 +317,7 @@ def test_a_trust_list_with_a_lower_seq_is_refused_and_the_old_one_kept(
 
 
 def test_a_bad_signature_is_refused_and_the_old_lists_kept(
-    served: RunningServer, pki: DemoPKI, metrics_port: int
+    served: ServerProcess, pki: DemoPKI, metrics_port: int
 ) -> None:
     seq = pki.trust_list_seq
     now = int(time.time())
@@ -350,7 +350,7 @@ def test_a_bad_signature_is_refused_and_the_old_lists_kept(
 
 
 def test_the_http_server_going_away_keeps_the_last_good_lists(
-    served: RunningServer, pki: DemoPKI, lists: ListServer, metrics_port: int
+    served: ServerProcess, pki: DemoPKI, lists: ListServer, metrics_port: int
 ) -> None:
     lists.close()
     wait_for(lambda: failures(metrics_port, "trust_list", "fetch") >= 2, "fetch fails", served)
@@ -364,7 +364,7 @@ def test_the_http_server_going_away_keeps_the_last_good_lists(
 
 
 def test_a_status_list_whose_signer_left_the_trust_list_is_dropped(
-    served: RunningServer, pki: DemoPKI, metrics_port: int
+    served: ServerProcess, pki: DemoPKI, metrics_port: int
 ) -> None:
     assert reason(verify(served, pki)) == "OK"
     kept = [entry for entry in pki.trust_entries() if entry.role != STATUS_ROLE]

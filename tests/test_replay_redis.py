@@ -17,14 +17,14 @@ from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
 from apcv_verify.issuer import DemoPKI, parse_sign1, tamper_signature
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from .conftest import RedisServer, RunningServer, free_port, start_server, stop_server
+from .conftest import RedisServer, ServerProcess, free_port, start_server, stop_server
 
 PREFIX = "apcv:replay:"
 
 
 @dataclass
 class Replica:
-    server: RunningServer
+    server: ServerProcess
     metrics_port: int
 
 

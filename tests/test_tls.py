@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .conftest import RunningServer, open_channel, start_server, stop_server, write_config
+from .conftest import ServerProcess, open_channel, start_server, stop_server, write_config
 
 DAY = datetime.timedelta(days=1)
 
@@ -120,7 +120,7 @@ uses = ["dmp"]
 
 @dataclass
 class MtlsServer:
-    server: RunningServer
+    server: ServerProcess
     ca: CertificateAuthority
 
     def verify(self, client: Issued | None, presentation: bytes) -> verifier_pb2.Verdict:
@@ -133,7 +133,7 @@ class MtlsServer:
 
 def serve_tls(
     pki: DemoPKI, tmp_path: Path, ca: CertificateAuthority, *, client_auth: bool = True
-) -> RunningServer:
+) -> ServerProcess:
     server_cert = ca.issue("verifier.apcv.example", server=True)
     (tmp_path / "server.pem").write_bytes(server_cert.cert_pem)
     (tmp_path / "server.key").write_bytes(server_cert.key_pem)

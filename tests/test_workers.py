@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import RedisServer, RunningServer, free_port, start_server
+from .conftest import RedisServer, ServerProcess, free_port, start_server
 
 CONNECTIONS = 24
 
@@ -31,7 +31,7 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
-def log_events(server: RunningServer, event: str) -> list[dict[str, object]]:
+def log_events(server: ServerProcess, event: str) -> list[dict[str, object]]:
     found = []
     for line in server.logs().splitlines():
         if line.startswith("{"):
@@ -51,7 +51,7 @@ def wait_for(predicate: object, what: str, timeout: float = 30.0) -> None:
 
 def start_workers(
     pki: DemoPKI, log: Path, redis_url: str, metrics_port: int
-) -> tuple[RunningServer, list[int], str]:
+) -> tuple[ServerProcess, list[int], str]:
     env = {
         "APCV_REPLAY_BACKEND": "redis",
         "APCV_REPLAY_REDIS_URL": redis_url,
