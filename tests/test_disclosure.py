@@ -14,10 +14,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
-from apcv_verify.issuer import DemoPKI, qr_text
+from apcv_verify._proto.apcv.verify.v1 import verifier_pb2
+from apcv_verify.issuer import DemoPKI
 
-from .conftest import ServerProcess, start_server, stop_server, write_config
+from .conftest import ServerProcess, reason, start_server, stop_server, verify, write_config
 
 Request = verifier_pb2.Scan
 Reader = verifier_pb2.ReaderContext
@@ -40,36 +40,11 @@ def default_policy(pki: DemoPKI, tmp_path: Path) -> Iterator[ServerProcess]:
     stop_server(running)
 
 
-def verify(
-    server: ServerProcess,
-    presentation: bytes,
-    *,
-    reader_id: str = "desk-1",
-    include_fhir: bool = False,
-    scanned_at: int | None = None,
-) -> verifier_pb2.Verdict:
-    request = Request(
-        request_id="d-1",
-        qr_text=qr_text(presentation),
-        reader=Reader(reader_id=reader_id),
-        include_fhir=include_fhir,
-    )
-    if scanned_at is not None:
-        request.scanned_at.FromSeconds(scanned_at)
-    with server.channel() as channel:
-        stub = verifier_pb2_grpc.VerifierServiceStub(channel)
-        return stub.Verify(verifier_pb2.VerifyRequest(scan=request), timeout=10).verdict
-
-
 def present_groups(response: verifier_pb2.Verdict) -> set[str]:
     groups = {group for group in GROUPS if response.person.HasField(group)}
     if response.HasField("identity_qualification"):
         groups.add("qualification")
     return groups
-
-
-def reason(response: verifier_pb2.Verdict) -> str:
-    return verifier_pb2.Reason.Name(response.reason).removeprefix("REASON_")
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,6 @@ import json
 import queue
 import socket
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,6 @@ from apcv_verify.service.interceptors import MetricsInterceptor
 from apcv_verify.service.startup import start_server as start_in_process
 from apcv_verify.trust.material import load_trust_material
 from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import (
     ServerProcess,
@@ -30,32 +28,15 @@ from .conftest import (
     nir_numbers,
     personal_values,
     pki_config,
+    samples,
+    scrape_text,
     start_server,
     stop_server,
+    value,
 )
 from .test_workers import redis_url, start_workers  # noqa: F401 (redis_url: a fixture)
 
 VERIFIER = "apcv.verify.v1.VerifierService"
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def scrape_text(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
-        assert reply.status == 200
-        return str(reply.read().decode())
-
-
-def samples(text: str) -> Samples:
-    """Every sample of the exposition, by (name, labels)."""
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(found: Samples, name: str, **labels: str) -> float:
-    return found.get((name, frozenset(labels.items())), 0.0)
 
 
 def call(

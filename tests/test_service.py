@@ -28,7 +28,15 @@ from apcv_verify.issuer import (
     tamper_signature,
 )
 
-from .conftest import REPO, ServerProcess, nir_numbers, start_server, stop_server
+from .conftest import (
+    REPO,
+    ServerProcess,
+    nir_numbers,
+    reason,
+    start_server,
+    stop_server,
+    verify,
+)
 
 Scan = verifier_pb2.Scan
 Reader = verifier_pb2.ReaderContext
@@ -36,23 +44,6 @@ Reader = verifier_pb2.ReaderContext
 
 def unary(scan: verifier_pb2.Scan) -> verifier_pb2.VerifyRequest:
     return verifier_pb2.VerifyRequest(scan=scan)
-
-
-def verify(
-    server: ServerProcess, presentation: str | bytes, reader_id: str = "desk-1", **reader: bytes
-) -> verifier_pb2.Verdict:
-    with server.channel() as channel:
-        stub = verifier_pb2_grpc.VerifierServiceStub(channel)
-        if isinstance(presentation, str):
-            scan = Scan(request_id="r-1", qr_text=presentation)
-        else:
-            scan = Scan(request_id="r-1", nfc_bytes=presentation)
-        scan.reader.CopyFrom(Reader(reader_id=reader_id, **reader))
-        return stub.Verify(unary(scan), timeout=10).verdict
-
-
-def reason(response: verifier_pb2.Verdict) -> str:
-    return verifier_pb2.Reason.Name(response.reason).removeprefix("REASON_")
 
 
 def run_grpcurl(grpcurl: str, address: str, *args: str) -> str:

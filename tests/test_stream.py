@@ -19,7 +19,7 @@ from apcv_verify.service.startup import ServerHandle, build_verifiers, start_ser
 from apcv_verify.trust.material import load_trust_material
 from apcv_verify.trust.sources import TrustSource
 
-from .conftest import pki_config
+from .conftest import pki_config, reason
 
 Request = verifier_pb2.VerifyStreamRequest
 
@@ -59,10 +59,6 @@ def unary(
 ) -> verifier_pb2.VerifyRequest:
     """The same scan as a Verify request."""
     return verifier_pb2.VerifyRequest(scan=scan(request_id, presentation, reader_id))
-
-
-def reason(response: verifier_pb2.Verdict) -> str:
-    return verifier_pb2.Reason.Name(response.reason).removeprefix("REASON_")
 
 
 def verifications(running: ServerHandle, method: str = "VerifyStream") -> float:

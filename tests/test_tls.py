@@ -21,7 +21,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .conftest import ServerProcess, open_channel, start_server, stop_server, write_config
+from .conftest import (
+    ServerProcess,
+    open_channel,
+    reason,
+    start_server,
+    stop_server,
+    write_config,
+)
 
 DAY = datetime.timedelta(days=1)
 
@@ -159,10 +166,6 @@ def mtls(pki: DemoPKI, tmp_path: Path) -> Iterator[MtlsServer]:
     running = serve_tls(pki, tmp_path, ca)
     yield MtlsServer(running, ca)
     stop_server(running)
-
-
-def reason(response: verifier_pb2.Verdict) -> str:
-    return verifier_pb2.Reason.Name(response.reason).removeprefix("REASON_")
 
 
 def test_a_known_caller_is_served(mtls: MtlsServer, pki: DemoPKI) -> None:
