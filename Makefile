@@ -20,7 +20,7 @@ PROTO_OUT := python/apcv_verify/_proto
 PROTO_SRC := $(shell find protos -name '*.proto')
 export PATH := $(TOOLS):$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: dev proto demo test test-rust test-python lint lint-proto fmt tools clean system-deps bench
+.PHONY: dev proto demo test test-fast test-rust test-python lint lint-proto fmt tools clean system-deps bench
 
 # The virtualenv and the build tools; everything else is installed by `maturin develop`.
 $(VENV)/.stamp: pyproject.toml
@@ -86,6 +86,11 @@ test-python: dev tools system-deps
 	$(PY) -m pytest
 
 test: test-rust test-python
+
+# The Python suite without the tests marked slow (over about 3 s each: real server processes,
+# refresh and shutdown timings; pyproject.toml registers the marker). `make test` runs them all.
+test-fast: dev tools system-deps
+	$(PY) -m pytest -m "not slow"
 
 # ghz side by side on loopback: Verify with 1 and 2 workers, VerifyBatch(100) vs Verify, Redis vs
 # memory (loadtest/bench.py; installs the pinned ghz into .tools/bin). Writes docs/benchmarks.md.

@@ -67,6 +67,7 @@ def test_holder_ref_is_a_keyed_pseudonym() -> None:
     assert "secret-one" not in repr(AuditTrail(b"secret-one"))
 
 
+@pytest.mark.slow
 def test_one_audit_record_per_verification(
     pki: DemoPKI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -120,6 +121,7 @@ def test_one_audit_record_per_verification(
     assert '"audit_secret_ephemeral"' not in logs
 
 
+@pytest.mark.slow
 def test_holder_ref_stable_across_restarts_with_a_secret_not_without(
     pki: DemoPKI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -109,6 +109,7 @@ def test_default_bound_is_1000(server: ServerProcess) -> None:
     assert "over the limit of 1000 (server.max_batch)" in (over.value.details() or "")
 
 
+@pytest.mark.slow
 def test_configured_bound(pki: DemoPKI, tmp_path: Path) -> None:
     config = write_config(tmp_path / "apcv.toml", "[server]\nmax_batch = 2\n")
     small = start_server(

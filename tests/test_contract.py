@@ -289,6 +289,7 @@ def test_reflection_lists_the_service_and_describes_its_messages(
     assert "string request_id = 1;" in described and "ReaderContext reader = 4;" in described
 
 
+@pytest.mark.slow
 def test_the_proto_generates_a_go_client_that_compiles_without_extra_flags(
     tmp_path: Path,
 ) -> None:

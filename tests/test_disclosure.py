@@ -87,6 +87,7 @@ def test_rejections_disclose_nothing(default_policy: ServerProcess, pki: DemoPKI
     assert not response.fhir_json
 
 
+@pytest.mark.slow
 def test_a_caller_table_narrows_disclosure_and_uses(pki: DemoPKI, tmp_path: Path) -> None:
     config = """
 [[callers]]
@@ -129,6 +130,7 @@ def test_fhir_follows_the_default_auth_filter(default_policy: ServerProcess, pki
         assert absent not in patient
 
 
+@pytest.mark.slow
 def test_unknown_caller_is_permission_denied(pki: DemoPKI, tmp_path: Path) -> None:
     running = serve_with(pki, tmp_path, '[[callers]]\nid = "his-1"\n')
     try:
@@ -140,6 +142,7 @@ def test_unknown_caller_is_permission_denied(pki: DemoPKI, tmp_path: Path) -> No
         stop_server(running)
 
 
+@pytest.mark.slow
 def test_star_entry_covers_unlisted_callers(pki: DemoPKI, tmp_path: Path) -> None:
     running = serve_with(pki, tmp_path, '[[callers]]\nid = "*"\nuses = ["auth"]\n')
     try:

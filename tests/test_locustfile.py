@@ -15,6 +15,7 @@ from apcv_verify.issuer import DemoPKI
 from .conftest import REPO, ServerProcess
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     importlib.util.find_spec("locust") is None,
     reason="locust is not installed (pip install -e '.[load]' or the `load` extra)",

@@ -167,6 +167,7 @@ def test_no_personal_data_or_reader_id_in_metrics_or_logs(
         assert not nir_numbers(where), "a NIR/NIA number leaked"
 
 
+@pytest.mark.slow
 def test_empty_listen_disables_the_endpoint_and_a_taken_port_is_not_fatal(
     pki: DemoPKI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -409,6 +410,7 @@ def test_a_verify_stream_is_in_flight_until_it_ends_and_each_answer_is_counted(
     ]
 
 
+@pytest.mark.slow
 def test_trust_gauges_reach_the_parent_with_several_workers(
     pki: DemoPKI,
     tmp_path: Path,

@@ -231,6 +231,7 @@ def test_a_revocation_published_is_enforced_after_the_next_refresh(
     wait_for(lambda: reason(verify(served, pki.present())) == "REVOKED", "alice revoked", served)
 
 
+@pytest.mark.slow
 def test_a_dripping_list_server_holds_back_no_revocation(
     served: ServerProcess, pki: DemoPKI, lists: ListServer, metrics_port: int
 ) -> None:
@@ -251,6 +252,7 @@ def test_a_dripping_list_server_holds_back_no_revocation(
     assert health.status == health_pb2.HealthCheckResponse.SERVING  # the last good list is kept
 
 
+@pytest.mark.slow
 def test_shutdown_does_not_wait_for_a_stuck_fetch(
     pki: DemoPKI, lists: ListServer, tmp_path: Path, metrics_port: int
 ) -> None:

@@ -219,6 +219,7 @@ def test_redis_down_fails_closed_by_default_and_recovers(
     assert replay_errors(a) == 3
 
 
+@pytest.mark.slow
 def test_redis_down_with_on_store_error_accept_fails_open_and_flags_it(
     pki: DemoPKI, tmp_path: Path, redis_server: RedisServer
 ) -> None:
@@ -285,6 +286,7 @@ def test_memory_backend_is_unchanged_and_per_process(pki: DemoPKI, tmp_path: Pat
         stop_server(b)
 
 
+@pytest.mark.slow
 def test_an_error_reply_for_one_item_fails_only_that_item_closed(
     replicas: tuple[Replica, Replica], pki: DemoPKI, redis_server: RedisServer
 ) -> None:
@@ -351,6 +353,7 @@ def test_a_silent_redis_times_out_within_timeout_seconds(pki: DemoPKI) -> None:
     assert 0.2 < elapsed < 2.0
 
 
+@pytest.mark.slow
 def test_verify_stream_shares_redis_with_unary_calls_on_another_replica(
     replicas: tuple[Replica, Replica], pki: DemoPKI
 ) -> None:

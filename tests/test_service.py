@@ -94,6 +94,7 @@ def test_grpcurl_lists_the_service_reports_health_and_verifies_a_cli_presentatio
     assert len(reply["person"]["ins"]["matricule"]) == 15
 
 
+@pytest.mark.slow
 def test_the_six_demo_decisions_over_grpc(server: ServerProcess, pki: DemoPKI) -> None:
     pki.revoke(pki.holder("revoked").status_index)
     stop_server(server)  # the status list is read at start (refresh is a later issue)
@@ -178,6 +179,7 @@ def test_call_level_errors_use_grpc_status(server: ServerProcess) -> None:
         assert long_id.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+@pytest.mark.slow
 def test_production_policy_rejects_demonstration_identities(pki: DemoPKI, tmp_path: Path) -> None:
     production = start_server(pki.directory, tmp_path / "production.log")
     try:
@@ -410,6 +412,7 @@ def test_reason_replay_unavailable(pki: DemoPKI, tmp_path: Path) -> None:
         stop_server(tiny)
 
 
+@pytest.mark.slow
 def test_reason_status_unavailable_without_a_status_list(pki: DemoPKI, tmp_path: Path) -> None:
     bare = start_server(pki.directory, tmp_path / "bare.log", "--allow-test-identities",
                         status_lists=False)  # fmt: skip
@@ -452,6 +455,7 @@ def test_delegation_says_it_was_used_with_its_label_only(
     assert reason(verify(shared, holder_tap)) == "DELEGATION_INVALID"
 
 
+@pytest.mark.slow
 def test_a_revoked_delegation_stops_at_the_next_list(pki: DemoPKI, tmp_path: Path) -> None:
     key, delegation = pki.delegate("alice", who="")
     before = start_server(pki.directory, tmp_path / "before.log", "--allow-test-identities")
