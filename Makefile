@@ -41,9 +41,16 @@ $(PROTO_OUT)/.stamp: $(PROTO_SRC) $(VENV)/.stamp
 
 proto: $(PROTO_OUT)/.stamp
 
-# Builds the native core in release mode into the venv with the dev and load (locust) extras.
+# Builds the native core into the venv with the dev and load (locust) extras: in release mode
+# (what `make test`, `make demo` and `make bench` use), or with `make dev PROFILE=debug` in debug
+# mode, several times faster to build, for iterating on the Python side (the core is slower).
+# Only from the command line: an unrelated PROFILE in the environment is ignored.
+ifneq ($(origin PROFILE),command line)
+PROFILE := release
+endif
 dev: proto
-	$(VENV)/bin/maturin develop --release --extras dev,load
+	@case "$(PROFILE)" in release|debug) ;; *) echo "PROFILE must be release or debug"; exit 2;; esac
+	$(VENV)/bin/maturin develop $(if $(filter release,$(PROFILE)),--release) --extras dev,load
 
 # grpcurl: the real gRPC client used by the tests and the README.
 $(GRPCURL):
