@@ -1,4 +1,4 @@
-"""Issuer toolkit (apcv_verify.issuer, .cli_issue): encoding, keys, objects, DemoPKI, CLI.
+"""Issuer toolkit (apcv_verify.issuer, cli.issue): encoding, keys, objects, DemoPKI, CLI.
 
 Pure Python: none of this needs the native verifier, except the delegation and AMC round trips at
 the end, which show that what the toolkit mints is what the verifier accepts. Interoperability is

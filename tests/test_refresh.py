@@ -1,5 +1,5 @@
 """Trust list and status lists fetched over HTTP from a real server on loopback and
-refreshed in the background by a real ``apcv-verify serve`` process (trust_source.py)."""
+refreshed in the background by a real ``apcv-verify serve`` process (trust/sources.py)."""
 
 from __future__ import annotations
 
