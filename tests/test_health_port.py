@@ -71,9 +71,8 @@ def test_the_health_port_answers_in_plaintext_beside_an_mtls_port(
 ) -> None:
     address = mtls_with_health_port.health_address
     assert health_status(address) == health_pb2.HealthCheckResponse.SERVING
-    assert (
-        health_status(address, "apcv.verify.v1.VerifierService") == health_pb2.HealthCheckResponse.SERVING
-    )
+    serving = health_pb2.HealthCheckResponse.SERVING
+    assert health_status(address, "apcv.verify.v1.VerifierService") == serving
     # The main port still refuses a plaintext client (it is the mTLS one).
     with pytest.raises(grpc.RpcError) as refused:
         health_status(mtls_with_health_port.server.address)
