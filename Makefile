@@ -19,8 +19,11 @@ PROTO_BASELINE := protos/v1-baseline.binpb
 PROTO_OUT := python/apcv_verify/_proto
 PROTO_SRC := $(shell find protos -name '*.proto')
 export PATH := $(TOOLS):$(CURDIR)/$(VENV)/bin:$(PATH)
+FHIR_VALIDATOR_DIR := tools/fhir-validator
+FHIR_VALIDATOR := $(FHIR_VALIDATOR_DIR)/target/apcv-fhir-validator-1.jar
 
-.PHONY: dev proto demo test test-fast test-rust test-python lint lint-proto fmt tools clean system-deps bench
+.PHONY: dev proto demo test test-fast test-rust test-python lint lint-proto fmt tools clean \
+	system-deps bench fhir-validator image image-deps image-base image-test helm
 
 # The virtualenv and the build tools; everything else is installed by `maturin develop`.
 $(VENV)/.stamp: pyproject.toml
@@ -72,6 +75,16 @@ $(PROTOC_GEN_GO_GRPC):
 
 tools: $(GRPCURL) $(BUF) $(PROTOC_GEN_GO) $(PROTOC_GEN_GO_GRPC)
 
+# helm: the chart's lint, rendering and unit tests (tests/test_helm_chart.py).
+HELM := $(TOOLS)/helm
+HELM_VERSION ?= v3.22.0
+
+$(HELM):
+	mkdir -p $(TOOLS)
+	GOBIN=$(TOOLS) go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+
+helm: $(HELM)
+
 # System packages the tests need: redis-server (tests/test_replay_redis.py starts a real one on
 # loopback). Installed only when missing; needs root (CI runs as root).
 system-deps:
@@ -83,21 +96,31 @@ system-deps:
 	fi; \
 	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server
 
+# The official HAPI FHIR validator as a small Java checker (docs/fhir.md "Validation"), used by
+# tests/test_fhir.py. Built once, again only when its pom or sources change; Maven keeps the
+# downloaded jars in ~/.m2, so a rebuild is quick. Needs Java 17 and Maven (Debian's `maven`).
+$(FHIR_VALIDATOR): $(FHIR_VALIDATOR_DIR)/pom.xml $(shell find $(FHIR_VALIDATOR_DIR)/src -name '*.java')
+	@command -v mvn >/dev/null || { echo "mvn is missing: apt-get install -y maven (Java 17 too)"; exit 1; }
+	cd $(FHIR_VALIDATOR_DIR) && mvn -B -q package
+	touch $@
+
+fhir-validator: $(FHIR_VALIDATOR)
+
 demo: dev tools
 	$(VENV)/bin/apcv-verify demo
 
 test-rust:
 	cargo test --workspace
 
-test-python: dev tools system-deps
+test-python: dev tools helm system-deps fhir-validator
 	$(PY) -m pytest
 
 test: test-rust test-python
 
 # The Python suite without the tests marked slow (over about 3 s each: real server processes,
 # refresh and shutdown timings; pyproject.toml registers the marker). `make test` runs them all.
-test-fast: dev tools system-deps
-	$(PY) -m pytest -m "not slow"
+test-fast: dev tools helm system-deps fhir-validator
+	$(PY) -m pytest -m "not slow and not image"
 
 # ghz side by side on loopback: Verify with 1 and 2 workers, VerifyBatch(100) vs Verify, Redis vs
 # memory (loadtest/bench.py; installs the pinned ghz into .tools/bin). Writes docs/benchmarks.md.
@@ -121,5 +144,83 @@ fmt:
 	cargo fmt --all
 	$(VENV)/bin/ruff format python tests loadtest
 
+# The OCI image (Containerfile; docs/deploy.md "Image"). No container registry is reachable,
+# so both base images are made from Debian bookworm's packages with mmdebstrap and imported
+# with buildah; `buildah bud --isolation chroot` then builds the wheel (maturin + zig,
+# manylinux_2_28) and the slim runtime. Needs root (CI runs as root).
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -1)
+IMAGE ?= localhost/apcv-verify:$(VERSION)
+# The base tarballs; delete them (or the folder) to refresh the bases with Debian's updates.
+IMAGE_DIR ?= .image
+DEBIAN_SUITE := bookworm
+DEBIAN_MIRRORS := "deb http://deb.debian.org/debian $(DEBIAN_SUITE) main" \
+	"deb http://deb.debian.org/debian $(DEBIAN_SUITE)-updates main" \
+	"deb http://deb.debian.org/debian-security $(DEBIAN_SUITE)-security main"
+# Documentation, manual pages and translations are not needed in a container; merged /usr is
+# made by mmdebstrap's hook instead of the usrmerge package (which would pull in perl).
+MMDEBSTRAP := mmdebstrap --variant=minbase --format=tar --aptopt='Acquire::Retries "3"' \
+	--aptopt='APT::Install-Recommends "false"' --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
+	--dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
+	--dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+	--dpkgopt='path-exclude=/usr/share/info/*'
+BUILDAH := buildah
+# The build host's CA bundle, mounted over the build stages' own while they fetch from PyPI and
+# crates.io (behind a TLS-inspecting proxy only the host trusts its CA); never in the image.
+BUILD_CA_BUNDLE ?= /etc/ssl/certs/ca-certificates.crt
+BUD := $(BUILDAH) bud --isolation chroot --layers \
+	$(if $(wildcard $(BUILD_CA_BUNDLE)),--volume $(BUILD_CA_BUNDLE):/etc/ssl/certs/ca-certificates.crt:ro)
+
+image-deps:
+	@if command -v mmdebstrap >/dev/null && command -v buildah >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+		echo "mmdebstrap and buildah are missing: run 'sudo apt-get install -y mmdebstrap buildah'"; \
+		exit 1; \
+	fi; \
+	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+		mmdebstrap buildah
+
+$(IMAGE_DIR)/runtime.tar:
+	mkdir -p $(IMAGE_DIR)
+	$(MMDEBSTRAP) --include=python3,ca-certificates $(DEBIAN_SUITE) $@.tmp $(DEBIAN_MIRRORS)
+	mv $@.tmp $@
+
+$(IMAGE_DIR)/build.tar:
+	mkdir -p $(IMAGE_DIR)
+	$(MMDEBSTRAP) --include=python3,python3-venv,ca-certificates,rustc-web,cargo-web \
+		$(DEBIAN_SUITE) $@.tmp $(DEBIAN_MIRRORS)
+	mv $@.tmp $@
+
+# One base image per tarball, imported again when the tarball is newer than its last import
+# or the image is missing from buildah's storage.
+image-base: image-deps $(IMAGE_DIR)/runtime.tar $(IMAGE_DIR)/build.tar
+	@set -e; for kind in runtime build; do \
+		name=localhost/apcv-verify-$$([ $$kind = build ] && echo build-base || echo base):$(DEBIAN_SUITE); \
+		tar=$(IMAGE_DIR)/$$kind.tar; stamp=$(IMAGE_DIR)/$$kind.imported; \
+		if [ $$stamp -nt $$tar ] && $(BUILDAH) inspect --type image $$name >/dev/null 2>&1; then \
+			continue; \
+		fi; \
+		echo "importing $$tar as $$name"; \
+		ctr=$$($(BUILDAH) from scratch); \
+		$(BUILDAH) add $$ctr $$tar /; \
+		$(BUILDAH) config --env PATH=/usr/local/bin:/usr/bin:/bin --cmd /bin/sh $$ctr; \
+		$(BUILDAH) commit --quiet --rm $$ctr $$name; \
+		touch $$stamp; \
+	done
+
+# The image, and the wheel its first stage built copied to dist/ (its tag is tested).
+image: proto image-base
+	$(BUD) --build-arg VERSION=$(VERSION) -f Containerfile -t $(IMAGE) .
+	$(BUD) --target wheel -f Containerfile -t $(IMAGE)-wheel .
+	rm -rf dist && mkdir -p dist
+	ctr=$$($(BUILDAH) from $(IMAGE)-wheel) && \
+	mnt=$$($(BUILDAH) mount $$ctr) && cp $$mnt/dist/*.whl dist/ && \
+	$(BUILDAH) umount $$ctr && $(BUILDAH) rm $$ctr
+	$(BUILDAH) images --format '{{.Name}}:{{.Tag}} {{.Size}}' $(IMAGE)
+
+# The image's smoke test (tests/test_image.py): slow, so apart from `make test`; .ci/run
+# runs it after `make test`.
+image-test: dev image
+	APCV_IMAGE=$(IMAGE) $(PY) -m pytest -m image tests/test_image.py
+
 clean:
-	rm -rf $(VENV) target $(PROTO_OUT) .tools
+	rm -rf $(VENV) target $(PROTO_OUT) .tools $(FHIR_VALIDATOR_DIR)/target $(IMAGE_DIR) dist

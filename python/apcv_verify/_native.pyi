@@ -206,6 +206,9 @@ class AmcCoverage:
         """Care domains (a new list each time)."""
     @property
     def expires_at(self) -> int | None: ...
+    @property
+    def valid_from(self) -> int | None:
+        """The attestation's ``nbf``: when the coverage starts."""
 
 @final
 class VerificationResult:

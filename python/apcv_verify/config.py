@@ -85,6 +85,9 @@ class ConfigError(ValueError):
 class ServerSection:
     #: host:port the gRPC server listens on.
     listen: str = "127.0.0.1:50051"
+    #: host:port of a plaintext port that serves only the standard health service
+    #: (grpc.health.v1), for probes that cannot speak mTLS (Kubernetes gRPC probes); "" = none.
+    health_listen: str = ""
     #: Largest request accepted, in bytes (a QR text is at most 4,296 characters).
     max_message_bytes: int = 64 * 1024
     #: Seconds given to in-flight calls on shutdown.
@@ -241,6 +244,19 @@ class AuditSection:
     holder_ref_secret: str = field(default="", repr=False, metadata={"secret": True})
 
 
+#: Default base of the FHIR extensions and naming systems this service defines where fr-core has
+#: none (docs/fhir.md "Canonical base"): fixed across releases. The ``.invalid`` top-level domain
+#: never resolves (RFC 6761 §6.4), so nobody else can own these URLs and no consumer mistakes
+#: them for a published definition; operators who publish the definitions set their own base.
+DEFAULT_FHIR_CANONICAL_BASE = "https://apcv-verify.invalid/fhir"
+
+
+@dataclass(frozen=True)
+class FhirSection:
+    #: Base URL of this service's own FHIR extensions and naming systems (docs/fhir.md).
+    canonical_base: str = DEFAULT_FHIR_CANONICAL_BASE
+
+
 @dataclass(frozen=True)
 class Config:
     server: ServerSection = field(default_factory=ServerSection)
@@ -249,6 +265,7 @@ class Config:
     replay: ReplaySection = field(default_factory=ReplaySection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     audit: AuditSection = field(default_factory=AuditSection)
+    fhir: FhirSection = field(default_factory=FhirSection)
     tls: TlsSection = field(default_factory=TlsSection)
     #: The purpose policy, by caller id; empty means every caller is DEFAULT_CALLER.
     callers: tuple[CallerPolicy, ...] = ()
@@ -264,6 +281,7 @@ class Config:
         host, sep, port = self.server.listen.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ConfigError("server.listen: expected HOST:PORT, e.g. 127.0.0.1:50051")
+        self._validate_health_listen()
         if self.server.max_message_bytes < 4096:
             raise ConfigError("server.max_message_bytes: must be at least 4096")
         if self.server.grace_seconds < 0:
@@ -306,6 +324,7 @@ class Config:
                 f"audit.holder_ref_secret: at least {MIN_AUDIT_SECRET_CHARS} characters"
                 " (e.g. `openssl rand -hex 32`)"
             )
+        self._validate_fhir()
         self._validate_tls()
         self._validate_workers()
         seen: set[str] = set()
@@ -314,6 +333,36 @@ class Config:
                 raise ConfigError(f"callers: caller {caller.id!r} is listed twice")
             seen.add(caller.id)
         return self
+
+    def _validate_fhir(self) -> None:
+        # A canonical URL: absolute http(s), no query, fragment or trailing slash, since the
+        # definitions' URLs are the base + "/StructureDefinition/<id>" (docs/fhir.md).
+        base = self.fhir.canonical_base
+        parts = urllib.parse.urlsplit(base)
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.netloc
+            or parts.query
+            or parts.fragment
+            or base.endswith("/")
+            or any(char.isspace() for char in base)
+        ):
+            raise ConfigError(
+                "fhir.canonical_base: expected an http(s) URL without query, fragment or"
+                " trailing slash, e.g. https://fhir.example.org/apcv"
+            )
+
+    def _validate_health_listen(self) -> None:
+        health_listen = self.server.health_listen
+        if not health_listen:
+            return
+        host, sep, port = health_listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError('server.health_listen: expected HOST:PORT, e.g. 0.0.0.0:50052, or ""')
+        if health_listen == self.server.listen and int(port) != 0:
+            raise ConfigError("server.health_listen: must differ from server.listen")
+        if self.server.workers > 1 and int(port) == 0:
+            raise ConfigError("server.health_listen: several workers need a fixed port")
 
     def _validate_server_limits(self) -> None:
         server = self.server

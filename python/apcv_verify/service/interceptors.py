@@ -107,22 +107,32 @@ def _split_method(full_method: str) -> tuple[str, str]:
     return service, method
 
 
-def _final_code(context: grpc.aio.ServicerContext, error: BaseException | None) -> str:
+#: How close to the server's own deadline a call cut short, or a stream that ends, counts as
+#: ended by the deadline. The server computes its deadline when the request arrives, so it
+#: falls a little after the client's: when the client's deadline cuts the call, the server
+#: sees a cancel (or its request stream end) while its own clock still shows time left —
+#: more so on a loaded host.
+DEADLINE_SLACK_SECONDS = 0.25
+
+
+def _final_code(
+    context: grpc.aio.ServicerContext, error: BaseException | None, *, streaming: bool
+) -> str:
     """The status the call ends with, as go-grpc-prometheus names it (``OK``, ``NOT_FOUND``)."""
     if isinstance(error, grpc.aio.AbortError):
         code = context.code()  # set by abort()
         return "UNKNOWN" if code is None else str(code.name)
     remaining = context.time_remaining()
-    deadline_passed = remaining is not None and remaining <= 0
+    near_deadline = remaining is not None and remaining <= DEADLINE_SLACK_SECONDS
     # grpc.aio leaves cancelled() False after a client cancel (grpc/grpc#36193) and a
     # streaming handler may simply see its request stream end, so a cancelled stream
     # without a deadline can count as OK; a passed deadline is always seen.
-    if (
-        context.cancelled()
-        or isinstance(error, asyncio.CancelledError | GeneratorExit)
-        or (error is None and deadline_passed)
-    ):
-        return "DEADLINE_EXCEEDED" if deadline_passed else "CANCELLED"
+    cut_short = context.cancelled() or isinstance(error, asyncio.CancelledError | GeneratorExit)
+    if cut_short:
+        return "DEADLINE_EXCEEDED" if near_deadline else "CANCELLED"
+    deadline_passed = remaining is not None and remaining <= 0
+    if error is None and (deadline_passed or (streaming and near_deadline)):
+        return "DEADLINE_EXCEEDED"
     if error is None:
         code = context.code()  # set_code(); None means OK
         return "OK" if code is None else str(code.name)
@@ -157,7 +167,8 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
     def _observer(self, grpc_type: str, service: str, method: str) -> Around:
         metrics = self._metrics
         labels = {"grpc_type": grpc_type, "grpc_service": service, "grpc_method": method}
-        counts_as_stream = grpc_type != "unary" and service in metrics.stream_services
+        streaming = grpc_type != "unary"
+        counts_as_stream = streaming and service in metrics.stream_services
 
         def begin(context: grpc.aio.ServicerContext) -> After:
             metrics.grpc_started.labels(**labels).inc()
@@ -168,7 +179,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             async def end(error: BaseException | None) -> None:
                 if counts_as_stream:
                     metrics.inflight_streams.dec()
-                code = _final_code(context, error)
+                code = _final_code(context, error, streaming=streaming)
                 metrics.grpc_handled.labels(**labels, grpc_code=code).inc()
                 metrics.grpc_handling_seconds.labels(**labels).observe(
                     time.perf_counter() - started

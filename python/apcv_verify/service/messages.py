@@ -9,7 +9,7 @@ import time
 
 from .. import _native, fhir
 from .._proto.apcv.verify.v1 import verifier_pb2
-from ..config import FIELD_GROUPS, CallerPolicy
+from ..config import DEFAULT_FHIR_CANONICAL_BASE, FIELD_GROUPS, CallerPolicy
 from .errors import FieldProblem
 from .policy import scanned_at_permission
 
@@ -85,6 +85,8 @@ def _amc_message(coverage: _native.AmcCoverage) -> verifier_pb2.AmcCoverage:
         message.third_party_payment = coverage.third_party_payment
     if coverage.expires_at is not None:
         message.expires_at.FromSeconds(coverage.expires_at)
+    if coverage.valid_from is not None:
+        message.valid_from.FromSeconds(coverage.valid_from)
     return message
 
 
@@ -95,6 +97,7 @@ def response_message(
     disclosed: frozenset[str] = ALL_GROUPS,
     include_fhir: bool = False,
     verified_at: int | None = None,
+    fhir_canonical_base: str = DEFAULT_FHIR_CANONICAL_BASE,
 ) -> verifier_pb2.Verdict:
     """The protobuf form of one core decision, carrying only the ``disclosed`` field groups.
 
@@ -126,7 +129,9 @@ def response_message(
         )
     if include_fhir:
         now = int(time.time()) if verified_at is None else verified_at
-        response.fhir_json = fhir.bundle_json(response, verified_at=now)
+        response.fhir_json = fhir.bundle_json(
+            response, verified_at=now, canonical_base=fhir_canonical_base
+        )
     return response
 
 

@@ -113,6 +113,7 @@ class VerifierService:
             disclosed=policy.disclosed(result.use or ""),
             include_fhir=request.include_fhir,
             verified_at=now,
+            fhir_canonical_base=self._config.fhir.canonical_base,
         )
 
     async def Verify(  # noqa: N802 (gRPC method name)

@@ -83,6 +83,10 @@ class ServerHandle:
     trust: TrustSource | None = None
     #: The shared replay store client (replay.backend = "redis").
     replay: RedisReplayStore | None = None
+    #: The plaintext health-only server of ``server.health_listen`` (None when unset).
+    health_server: grpc.aio.Server | None = None
+    #: The port ``health_server`` bound.
+    health_port: int | None = None
 
     async def stop(self, grace_seconds: float) -> None:
         """Report NOT_SERVING first, then let in-flight calls finish within the grace period."""
@@ -90,6 +94,9 @@ class ServerHandle:
         if self.trust is not None:
             await self.trust.stop()
         await self.server.stop(grace_seconds)
+        if self.health_server is not None:
+            # Last, so that probes see NOT_SERVING for the whole drain.
+            await self.health_server.stop(None)
         if self.replay is not None:
             await self.replay.close()
         if self.metrics_http is not None:
@@ -183,6 +190,7 @@ async def start_server(config: Config, material: TrustMaterial | None = None) ->
     if port == 0:
         raise OSError(f"cannot listen on {config.server.listen}")
     await server.start()
+    health_server, health_port = await _start_health_server(config.server, health_servicer)
     metrics_http = _start_metrics_http(config.metrics.listen, metrics)
 
     async def ready() -> None:
@@ -203,8 +211,42 @@ async def start_server(config: Config, material: TrustMaterial | None = None) ->
         status_lists=0 if loaded is None else len(loaded.status_lists),
         refresh_seconds=config.trust.refresh_seconds,
         metrics_port=None if metrics_http is None else metrics_http.server_port,
+        health_port=health_port,
     )
-    return ServerHandle(server, port, health_servicer, metrics, metrics_http, trust, replay)
+    return ServerHandle(
+        server,
+        port,
+        health_servicer,
+        metrics,
+        metrics_http,
+        trust,
+        replay,
+        health_server=health_server,
+        health_port=health_port,
+    )
+
+
+async def _start_health_server(
+    server_config: ServerSection, health_servicer: health.aio.HealthServicer
+) -> tuple[grpc.aio.Server | None, int | None]:
+    """The plaintext port of ``server.health_listen``: the health service and nothing else.
+
+    Kubernetes gRPC probes speak neither TLS nor mTLS; this port lets them see the status the
+    main port reports (the same servicer: NOT_SERVING until a trust list is loaded and while
+    draining) without offering any verification or reflection in clear text.
+    """
+    if not server_config.health_listen:
+        return None, None
+    health_server = grpc.aio.server(
+        # server.workers > 1: every worker binds it, as server.listen (server_options).
+        options=[("grpc.so_reuseport", int(server_config.workers > 1))],
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+    port = health_server.add_insecure_port(server_config.health_listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {server_config.health_listen}")
+    await health_server.start()
+    return health_server, port
 
 
 async def _not_serving(health_servicer: health.aio.HealthServicer) -> None:

@@ -58,6 +58,7 @@ fn a_valid_attestation_reports_the_coverage() {
     assert_eq!(a.third_party_payment, Some(true));
     assert_eq!(a.domains, vec!["PHAR".to_string(), "OPT".to_string()]);
     assert_eq!(a.expires_at, Some(NOW + YEAR));
+    assert_eq!(a.valid_from, Some(NOW - DAY));
     // Debug shows the reason only.
     let dbg = format!("{a:?}");
     assert!(

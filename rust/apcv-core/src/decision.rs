@@ -233,6 +233,8 @@ pub struct AmcCoverage {
     pub domains: Vec<String>,
     /// `exp`.
     pub expires_at: Option<i64>,
+    /// `nbf`: the start of the coverage (the FHIR `Coverage.period.start`).
+    pub valid_from: Option<i64>,
 }
 
 impl AmcCoverage {
@@ -251,6 +253,7 @@ impl AmcCoverage {
             third_party_payment: None,
             domains: Vec::new(),
             expires_at: None,
+            valid_from: None,
         }
     }
 
@@ -268,6 +271,7 @@ impl AmcCoverage {
             third_party_payment: Some(a.third_party_payment),
             domains: a.domains,
             expires_at: Some(a.exp),
+            valid_from: Some(a.nbf),
         }
     }
 }

@@ -83,6 +83,8 @@ pub(crate) struct AmcCoverage {
     domains: Vec<String>,
     #[pyo3(get)]
     expires_at: Option<i64>,
+    #[pyo3(get)]
+    valid_from: Option<i64>,
 }
 
 #[pymethods]
@@ -237,6 +239,7 @@ fn amc_to_py(py: Python<'_>, a: verify::AmcCoverage) -> PyResult<Py<AmcCoverage>
             third_party_payment: a.third_party_payment,
             domains: a.domains,
             expires_at: a.expires_at,
+            valid_from: a.valid_from,
         },
     )
 }

@@ -1,0 +1,474 @@
+"""The Helm chart helm/apcv-verify, offline: lint, rendering, Kubernetes schemas, its config.
+
+Every rendered manifest (defaults and each ci/*-values.yaml) is validated against the
+Kubernetes API schemas bundled by kubernetes-validate; the conditional parts are checked by
+rendering assertions; the ConfigMap's config.toml is loaded by the server's own loader with
+the files and environment the pod would have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import http.server
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import grpc
+import kubernetes_validate
+import pytest
+import yaml
+from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
+from apcv_verify.config import Config, ConfigError, load_config
+from apcv_verify.issuer import DemoPKI, qr_text
+
+from .conftest import REPO, SERVER_LOGS, free_port, wait_serving
+
+CHART = REPO / "helm" / "apcv-verify"
+CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+#: The oldest Kubernetes the chart supports (Chart.yaml kubeVersion: native gRPC probes).
+KUBE_VERSIONS = ("1.27", str(kubernetes_validate.latest_version()))
+#: Kinds of the prometheus-operator CRDs: not in the Kubernetes schemas, checked by hand.
+OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}
+#: Keys of config.toml that the chart writes itself (from containerPorts, trust, redis, tls,
+#: audit and metrics values); every other key of the server's Config is under `config`.
+CHART_MANAGED = {
+    "server.listen",
+    "server.health_listen",
+    "trust.anchors",
+    "trust.trust_list",
+    "trust.status_lists",
+    "replay.redis_url",
+    "metrics.listen",
+    "audit.holder_ref_secret",
+    "tls.server_cert",
+    "tls.server_key",
+    "tls.client_ca",
+    "tls.require_client_auth",
+}
+#: Where the pod mounts the TLS Secret (templates/_helpers.tpl apcv-verify.tlsDir).
+TLS_DIR = "/etc/apcv-verify-tls"
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    local = REPO / ".tools" / "bin" / "helm"
+    found = str(local) if local.exists() else shutil.which("helm")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("helm is missing: `make helm` installs it")
+        pytest.skip("helm not installed; run `make helm`")
+    return found
+
+
+def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([helm, *args], capture_output=True, text=True, timeout=120)
+
+
+def render(
+    helm: str, values: Path | None = None, *sets: str, kube_version: str = KUBE_VERSIONS[-1]
+) -> list[dict[str, Any]]:
+    # helm template assumes Kubernetes 1.20 offline; the chart needs 1.27 (gRPC probes).
+    args = ["template", "apcv", str(CHART), "--namespace", "verify", "--kube-version", kube_version]
+    if values is not None:
+        args += ["-f", str(values)]
+    for item in sets:
+        args += ["--set", item]
+    done = run_helm(helm, *args)
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+def render_error(helm: str, *sets: str) -> str:
+    args = ["template", "apcv", str(CHART), "--kube-version", KUBE_VERSIONS[-1]]
+    for item in sets:
+        args += ["--set", item]
+    done = run_helm(helm, *args)
+    assert done.returncode != 0, f"rendered with {sets}"
+    return done.stderr
+
+
+def kinds(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The rendered objects by kind (the chart makes at most one of each, plus a test Pod)."""
+    by_kind: dict[str, dict[str, Any]] = {}
+    for doc in docs:
+        assert doc["kind"] not in by_kind, f"two {doc['kind']} objects"
+        by_kind[doc["kind"]] = doc
+    return by_kind
+
+
+def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (found,) = kinds(docs)["Deployment"]["spec"]["template"]["spec"]["containers"]
+    return dict(found)
+
+
+def values_id(values: Path | None) -> str:
+    return "defaults" if values is None else values.name
+
+
+ALL_VALUES = [None, *CI_VALUES]
+
+
+def test_there_are_ci_values_files() -> None:
+    assert len(CI_VALUES) >= 3
+
+
+def test_kubernetes_older_than_the_grpc_probes_is_refused(helm: str) -> None:
+    done = run_helm(helm, "template", "apcv", str(CHART), "--kube-version", "1.26")
+    assert done.returncode != 0
+    assert "kubeVersion" in done.stderr
+
+
+@pytest.mark.parametrize("values", ALL_VALUES, ids=values_id)
+def test_helm_lint_strict(helm: str, values: Path | None) -> None:
+    args = ["lint", "--strict", str(CHART)]
+    if values is not None:
+        args += ["-f", str(values)]
+    done = run_helm(helm, *args)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("values", ALL_VALUES, ids=values_id)
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+def test_every_manifest_matches_the_kubernetes_schemas(
+    helm: str, values: Path | None, kube_version: str
+) -> None:
+    docs = render(helm, values, kube_version=kube_version)
+    assert docs
+    for doc in docs:
+        if doc["kind"] in OPERATOR_KINDS:
+            assert doc["apiVersion"] == "monitoring.coreos.com/v1"
+            assert set(doc) == {"apiVersion", "kind", "metadata", "spec"}
+            continue
+        # strict: unknown fields are errors, as `kubectl apply --validate=strict` says.
+        kubernetes_validate.validate(doc, kube_version, strict=True)
+
+
+def test_defaults_render_the_hardened_deployment(helm: str) -> None:
+    docs = render(helm)
+    by_kind = kinds(docs)
+    assert set(by_kind) == {
+        "ConfigMap", "Deployment", "Service", "ServiceAccount", "HorizontalPodAutoscaler",
+        "PodDisruptionBudget", "NetworkPolicy", "Pod",
+    }  # fmt: skip
+    pod = by_kind["Deployment"]["spec"]["template"]["spec"]
+    main = container(docs)
+    # Restricted Pod Security Standard.
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    security = main["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert pod["automountServiceAccountToken"] is False
+    # /tmp is the one writable path.
+    writable = [m for m in main["volumeMounts"] if not m.get("readOnly")]
+    assert [m["mountPath"] for m in writable] == ["/tmp"]
+    # Native gRPC probes on the plaintext health port.
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert main[probe]["grpc"] == {"port": 50052}
+    assert {p["name"]: p["containerPort"] for p in main["ports"]} == {
+        "grpc": 50051, "health": 50052, "metrics": 9464,
+    }  # fmt: skip
+    # The HPA owns the replica count.
+    assert "replicas" not in by_kind["Deployment"]["spec"]
+    assert by_kind["HorizontalPodAutoscaler"]["spec"]["minReplicas"] == 2
+    # Spread over zones and nodes.
+    keys = [c["topologyKey"] for c in pod["topologySpreadConstraints"]]
+    assert keys == ["topology.kubernetes.io/zone", "kubernetes.io/hostname"]
+    # Longer than the server's grace and the preStop sleep.
+    config = tomllib.loads(by_kind["ConfigMap"]["data"]["config.toml"])
+    assert pod["terminationGracePeriodSeconds"] > config["server"]["grace_seconds"] + 5
+    assert main["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
+    # Redis without a password; the NetworkPolicy lets any pod call, egress is open.
+    env = {e["name"]: e for e in main["env"]}
+    assert env["APCV_REPLAY_REDIS_URL"]["value"] == "redis://apcv-redis-master:6379/0"
+    policy = by_kind["NetworkPolicy"]["spec"]
+    assert policy["policyTypes"] == ["Ingress"]
+    assert "from" not in policy["ingress"][0]
+    service_ports = {p["name"]: p["port"] for p in by_kind["Service"]["spec"]["ports"]}
+    assert service_ports == {"grpc": 50051, "health": 50052, "metrics": 9464}
+    assert by_kind["Pod"]["metadata"]["annotations"]["helm.sh/hook"] == "test"
+
+
+def test_production_values_use_mtls_secrets_and_a_closed_network(helm: str) -> None:
+    docs = render(helm, CHART / "ci" / "mtls-redis-values.yaml")
+    by_kind = kinds(docs)
+    main = container(docs)
+    assert main["image"].endswith("@sha256:" + "0123456789abcdef" * 4)
+    env = {e["name"]: e for e in main["env"]}
+    assert env["APCV_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "apcv-redis", "key": "redis-password",
+    }  # fmt: skip
+    # Kubernetes expands $(VAR) from the variables defined before it.
+    names = [e["name"] for e in main["env"]]
+    assert names.index("APCV_REDIS_PASSWORD") < names.index("APCV_REPLAY_REDIS_URL")
+    assert (
+        env["APCV_REPLAY_REDIS_URL"]["value"]
+        == "rediss://:$(APCV_REDIS_PASSWORD)@redis-master.redis.svc:6380/2"
+    )
+    assert env["APCV_AUDIT_HOLDER_REF_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == "apcv-audit"
+    volumes = {v["name"]: v for v in by_kind["Deployment"]["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == "apcv-verify-tls"
+    config = tomllib.loads(by_kind["ConfigMap"]["data"]["config.toml"])
+    assert config["tls"] == {
+        "server_cert": f"{TLS_DIR}/tls.crt",
+        "server_key": f"{TLS_DIR}/tls.key",
+        "client_ca": f"{TLS_DIR}/ca.crt",
+    }
+    assert [c["id"] for c in config["callers"]] == ["his-chu-nord", "edge-reader-ward-7", "*"]
+    assert config["callers"][0]["disclose"]["dmp"] == ["ins", "identity"]
+    policy = by_kind["NetworkPolicy"]["spec"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    callers = policy["ingress"][0]["from"]
+    assert callers[0] == {"podSelector": {"matchLabels": {"apcv-apcv-verify-client": "true"}}}
+    assert callers[1]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "his"}
+    egress_ports = {p["port"] for rule in policy["egress"] for p in rule["ports"]}
+    assert egress_ports == {53, 443, 6380}
+    # The helm test pod carries the client label, so it gets through the policy.
+    assert by_kind["Pod"]["metadata"]["labels"]["apcv-apcv-verify-client"] == "true"
+
+
+def test_a_single_memory_replica_has_no_hpa_pdb_metrics_or_probes_turned_off(helm: str) -> None:
+    docs = render(helm, CHART / "ci" / "single-memory-values.yaml")
+    by_kind = kinds(docs)
+    assert not {"HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceAccount"} & set(by_kind)
+    deployment = by_kind["Deployment"]["spec"]
+    assert deployment["replicas"] == 1
+    assert deployment["template"]["spec"]["serviceAccountName"] == "apcv-verifier"
+    assert "topologySpreadConstraints" not in deployment["template"]["spec"]
+    main = container(docs)
+    assert "startupProbe" not in main and "livenessProbe" not in main
+    assert main["readinessProbe"]["grpc"]["port"] == 50052
+    assert "lifecycle" not in main
+    assert "metrics" not in {p["name"] for p in main["ports"]}
+    assert not any(e["name"].startswith("APCV_REPLAY") for e in main.get("env") or [])
+    config = tomllib.loads(by_kind["ConfigMap"]["data"]["config.toml"])
+    assert config["metrics"]["listen"] == ""
+    assert config["tls"]["require_client_auth"] is False
+    assert "client_ca" not in config["tls"]
+
+
+def test_monitoring_objects_only_when_enabled(helm: str) -> None:
+    assert not OPERATOR_KINDS & set(kinds(render(helm)))
+    docs = render(helm, CHART / "ci" / "monitoring-values.yaml")
+    by_kind = kinds(docs)
+    monitor = by_kind["ServiceMonitor"]
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    assert monitor["spec"]["endpoints"][0]["interval"] == "15s"
+    rules = by_kind["PrometheusRule"]["spec"]["groups"][0]["rules"]
+    assert "ApcvStatusListStale" in {r["alert"] for r in rules}
+    assert rules[-1]["alert"] == "ApcvNoReplicaReady"
+    assert by_kind["PodDisruptionBudget"]["spec"] == {
+        "maxUnavailable": 1,
+        "selector": by_kind["PodDisruptionBudget"]["spec"]["selector"],
+    }
+    constraints = by_kind["Deployment"]["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert [c["whenUnsatisfiable"] for c in constraints] == ["DoNotSchedule"]
+    # Metrics off: no ServiceMonitor even when asked for.
+    off = kinds(render(helm, None, "metrics.enabled=false", "metrics.serviceMonitor.enabled=true"))
+    assert "ServiceMonitor" not in off
+
+
+def test_a_changed_config_rolls_the_pods(helm: str) -> None:
+    def checksum(*sets: str) -> str:
+        deployment = kinds(render(helm, None, *sets))["Deployment"]
+        return str(deployment["spec"]["template"]["metadata"]["annotations"]["checksum/config"])
+
+    assert checksum() == checksum()
+    assert checksum() != checksum("config.policy.clock_skew_seconds=30")
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (("unknown=1",), r"additional properties 'unknown' not allowed"),
+        (("config.server.listen=0.0.0.0:1",), r"additional properties 'listen' not allowed"),
+        (("config.replay.backend=disk",), r"/config/replay/backend': value must be one of"),
+        (("config.replay.backend=memory",), r"\"memory\" is per process"),
+        (("terminationGracePeriodSeconds=12",), r"terminationGracePeriodSeconds \(12\)"),
+        (("tls.enabled=true",), r"tls\.existingSecret: required"),
+        (("trust.trustListUrl=ftp://lists/x",), r"/trust/trustListUrl'"),
+        (("redis.url=redis://user:pw@redis:6379",), r"/redis/url'"),
+    ],
+)
+def test_bad_values_are_refused(helm: str, sets: tuple[str, ...], message: str) -> None:
+    assert re.search(message, render_error(helm, *sets), re.IGNORECASE)
+
+
+def test_memory_backend_is_allowed_for_one_replica_only(helm: str) -> None:
+    sets = ("config.replay.backend=memory", "autoscaling.enabled=false", "replicaCount=1")
+    assert kinds(render(helm, None, *sets))["Deployment"]["spec"]["replicas"] == 1
+    render_error(helm, *sets[:2], "replicaCount=2")
+
+
+def test_values_cover_every_server_config_key() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    covered = {
+        f"{section}.{key}"
+        for section, keys in values["config"].items()
+        if section != "callers"
+        for key in keys
+    } | CHART_MANAGED
+    expected = {
+        f"{section.name}.{item.name}"
+        for section in dataclasses.fields(Config)
+        if section.name != "callers"
+        for item in dataclasses.fields(section.default_factory())  # type: ignore[misc]
+    }
+    assert covered == expected
+
+
+def pod_environment(main: dict[str, Any], secrets: dict[str, str]) -> dict[str, str]:
+    """The container's environment as Kubernetes builds it: Secret references resolved and
+    $(VAR) references expanded from the variables defined before."""
+    environ: dict[str, str] = {}
+    for item in main.get("env") or []:
+        if "valueFrom" in item:
+            value = secrets[item["valueFrom"]["secretKeyRef"]["key"]]
+        else:
+            value = re.sub(
+                r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+                lambda ref: environ.get(ref[1], ref[0]),
+                item["value"],
+            )
+        environ[item["name"]] = value
+    return environ
+
+
+def mount_config(docs: list[dict[str, Any]], root: Path) -> Path:
+    """Write the ConfigMap and the TLS Secret's files as the pod mounts them, under root."""
+    config_map = kinds(docs)["ConfigMap"]["data"]
+    config_dir = root / "etc" / "apcv-verify"
+    config_dir.mkdir(parents=True)
+    for name, text in config_map.items():
+        (config_dir / name).write_text(text)
+    tls_dir = root / TLS_DIR.lstrip("/")
+    tls_dir.mkdir(parents=True)
+    for name in ("tls.crt", "tls.key", "ca.crt"):
+        (tls_dir / name).write_text("mounted from the TLS Secret\n")
+    config = config_dir / "config.toml"
+    # The mount points, under root.
+    config.write_text(config.read_text().replace(f'"{TLS_DIR}/', f'"{tls_dir}/'))
+    return config
+
+
+SECRETS = {"redis-password": "s3cret-Pw", "holder-ref-secret": "0123456789abcdef0123456789abcdef"}
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=values_id)
+def test_the_rendered_config_loads_in_the_server(helm: str, values: Path, tmp_path: Path) -> None:
+    docs = render(helm, values)
+    main = container(docs)
+    config_path = mount_config(docs, tmp_path)
+    assert main["args"] == ["--config", "/etc/apcv-verify/config.toml"]
+    chart_values = yaml.safe_load(values.read_text())
+    config = load_config(config_path, environ=pod_environment(main, SECRETS))
+    assert config.server.listen == "0.0.0.0:50051"
+    assert config.server.health_listen == "0.0.0.0:50052"
+    assert len(config.trust.anchors) == 1
+    assert Path(config.trust.anchors[0]).read_text().startswith("-----BEGIN PUBLIC KEY-----")
+    assert config.trust.trust_list.startswith("https://")
+    assert all(url.startswith("https://") for url in config.trust.status_lists)
+    if config.replay.backend == "redis":
+        secret = chart_values.get("redis", {}).get("existingSecret")
+        assert (":s3cret-Pw@" in config.replay.redis_url) == bool(secret)
+    if chart_values.get("audit", {}).get("existingSecret"):
+        assert config.audit.holder_ref_secret == SECRETS["holder-ref-secret"]
+    for section, keys in chart_values.get("config", {}).items():
+        if section == "callers":
+            assert [c.id for c in config.callers] == [c["id"] for c in keys]
+            continue
+        for key, value in keys.items():
+            assert getattr(getattr(config, section), key) == value, f"{section}.{key}"
+    assert config.tls.enabled == chart_values.get("tls", {}).get("enabled", False)
+
+
+def test_the_default_config_asks_for_a_trust_anchor(helm: str, tmp_path: Path) -> None:
+    """Without trust.anchors the server stops at start naming the key (NOTES.txt warns too)."""
+    docs = render(helm)
+    config_path = mount_config(docs, tmp_path)
+    environ = pod_environment(container(docs), SECRETS)
+    with pytest.raises(ConfigError, match=r"trust\.anchors: at least one trust anchor"):
+        load_config(config_path, environ=environ)
+    anchored = render(helm, None, "trust.anchors[0]=-----BEGIN PUBLIC KEY-----\nAAAA\n")
+    (tmp_path / "anchored").mkdir()
+    config = load_config(mount_config(anchored, tmp_path / "anchored"), environ=environ)
+    assert config.replay.backend == "redis"
+    assert config.server.max_message_bytes == 65536
+    assert config.replay.timeout_seconds == 0.5
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
+        pass
+
+
+def test_a_server_started_from_the_rendered_chart_verifies(
+    helm: str, pki: DemoPKI, tmp_path: Path
+) -> None:
+    """The whole path: the chart's ConfigMap and environment, the lists fetched from URLs as in
+    a cluster (here from loopback), the probes' health port, then a verification."""
+    lists = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(pki.directory))
+    )
+    threading.Thread(target=lists.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{lists.server_address[1]}"
+    status_urls = ",".join(
+        f"{base}/{path.relative_to(pki.directory)}" for path in pki.status_list_paths.values()
+    )
+    grpc_port, health_port = free_port(), free_port()
+    args = ["template", "apcv", str(CHART), "--kube-version", KUBE_VERSIONS[-1]]
+    for item in (
+        f"containerPorts.grpc={grpc_port}",
+        f"containerPorts.health={health_port}",
+        "metrics.enabled=false",
+        "autoscaling.enabled=false",
+        "replicaCount=1",
+        "config.replay.backend=memory",
+        "config.policy.allow_test_identities=true",
+        f"trust.trustListUrl={base}/{pki.trust_list_path.relative_to(pki.directory)}",
+        f"trust.statusListUrls={{{status_urls}}}",
+    ):
+        args += ["--set", item]
+    args += ["--set-file", f"trust.anchors[0]={pki.directory / 'anchor.pem'}"]
+    done = run_helm(helm, *args)
+    assert done.returncode == 0, done.stderr
+    docs = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+    config_path = mount_config(docs, tmp_path / "pod")
+    log_path = tmp_path / "server.log"
+    SERVER_LOGS.append(log_path)
+    # The container's arguments, with the pod's mount point replaced by the test's copy.
+    serve_args = [
+        str(config_path) if arg == "/etc/apcv-verify/config.toml" else arg
+        for arg in container(docs)["args"]
+    ]
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "apcv_verify.cli", "serve", *serve_args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env={**os.environ, **pod_environment(container(docs), SECRETS)},
+        )
+    try:
+        wait_serving(f"127.0.0.1:{health_port}", process)
+        scan = verifier_pb2.Scan(request_id="c-1", qr_text=qr_text(pki.present("alice")))
+        scan.reader.reader_id = "desk-1"
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            stub = verifier_pb2_grpc.VerifierServiceStub(channel)
+            verdict = stub.Verify(verifier_pb2.VerifyRequest(scan=scan), timeout=10).verdict
+        assert verifier_pb2.Decision.Name(verdict.decision) == "DECISION_ACCEPTED"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        lists.shutdown()
+        lists.server_close()
