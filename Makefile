@@ -22,7 +22,7 @@ export PATH := $(TOOLS):$(CURDIR)/$(VENV)/bin:$(PATH)
 FHIR_VALIDATOR_DIR := tools/fhir-validator
 FHIR_VALIDATOR := $(FHIR_VALIDATOR_DIR)/target/apcv-fhir-validator-1.jar
 
-.PHONY: dev proto demo test test-fast test-rust test-python lint lint-proto fmt tools clean \
+.PHONY: build dev proto demo test test-fast test-rust test-python lint lint-proto fmt tools clean \
 	system-deps bench fhir-validator image image-deps image-base image-test helm
 
 # The virtualenv and the build tools; everything else is installed by `maturin develop`.
@@ -44,9 +44,14 @@ $(PROTO_OUT)/.stamp: $(PROTO_SRC) $(VENV)/.stamp
 
 proto: $(PROTO_OUT)/.stamp
 
+# The package as users get it: its runtime dependencies and the native core in release mode.
+# Enough for `make demo`; the dev and load toolchain comes with `make dev`.
+build: proto
+	$(VENV)/bin/maturin develop --release
+
 # Builds the native core into the venv with the dev and load (locust) extras: in release mode
-# (what `make test`, `make demo` and `make bench` use), or with `make dev PROFILE=debug` in debug
-# mode, several times faster to build, for iterating on the Python side (the core is slower).
+# (what `make test` and `make bench` use), or with `make dev PROFILE=debug` in debug mode,
+# several times faster to build, for iterating on the Python side (the core is slower).
 # Only from the command line: an unrelated PROFILE in the environment is ignored.
 ifneq ($(origin PROFILE),command line)
 PROFILE := release
@@ -106,7 +111,7 @@ $(FHIR_VALIDATOR): $(FHIR_VALIDATOR_DIR)/pom.xml $(shell find $(FHIR_VALIDATOR_D
 
 fhir-validator: $(FHIR_VALIDATOR)
 
-demo: dev tools
+demo: build $(GRPCURL)
 	$(VENV)/bin/apcv-verify demo
 
 test-rust:

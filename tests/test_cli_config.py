@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import subprocess
 import sys
 import tomllib
@@ -12,7 +13,14 @@ from typing import Any
 import apcv_verify.cli.main as cli
 import pytest
 from apcv_verify.cli.main import main
-from apcv_verify.config import load_config
+from apcv_verify.config import (
+    DEFAULT_CALLER,
+    USES,
+    Config,
+    ConfigError,
+    TrustSection,
+    load_config,
+)
 
 from .conftest import REPO
 
@@ -144,6 +152,84 @@ def test_a_bad_value_names_the_key_and_exits_2(config_dir: Path) -> None:
     assert reply.stdout == ""
 
 
-def test_without_print_there_is_nothing_to_do(capsys: pytest.CaptureFixture[str]) -> None:
+def test_without_print_or_template_there_is_nothing_to_do(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     assert main(["config"]) == 2
-    assert "use --print" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "--template prints a commented configuration file" in error
+    assert "--print the effective configuration" in error
+
+
+def test_version_is_the_package_version() -> None:
+    reply = subprocess.run(
+        [sys.executable, "-m", "apcv_verify.cli", "--version"],
+        capture_output=True, text=True, cwd=REPO, timeout=60, check=True,
+    )  # fmt: skip
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert reply.stdout == f"apcv-verify {project['version']}\n"
+
+
+def template(capsys: pytest.CaptureFixture[str]) -> str:
+    assert main(["config", "--template"]) == 0
+    return capsys.readouterr().out
+
+
+def test_the_template_has_every_key_with_its_default_and_a_comment(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    text = template(capsys)
+    shown = tomllib.loads(text)
+    defaults = Config()
+    for section in dataclasses.fields(Config):
+        if section.name == "callers":
+            assert "callers" not in shown  # the example is commented out: no callers by default
+            continue
+        values = getattr(defaults, section.name)
+        expected = {
+            item.name: list(value) if isinstance(value, tuple) else value
+            for item in dataclasses.fields(values)
+            for value in [getattr(values, item.name)]
+        }
+        assert shown[section.name] == expected, section.name
+    assert "\n#" in text and "REQUIRED" in text
+    for line in text.splitlines():
+        if line.startswith(("max_batch", "stream_window", "on_store_error")):
+            assert "# " in line  # the keys carry their comment
+
+
+def test_the_template_loads_back_as_the_defaults_once_the_required_keys_are_filled(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "apcv.toml"
+    path.write_text(template(capsys))
+    # As it is, the loader names what is missing, as it would for any file.
+    with pytest.raises(ConfigError, match=r"^trust\.anchors: at least one trust anchor"):
+        load_config(path, environ={})
+    for name in ("anchor.pem", "trust-list.cose"):
+        (tmp_path / name).write_bytes(b"x")
+    text = path.read_text()
+    assert text.count("\nanchors = []\n") == 1 and text.count('\ntrust_list = ""\n') == 1
+    text = text.replace("\nanchors = []\n", '\nanchors = ["anchor.pem"]\n')
+    path.write_text(text.replace('\ntrust_list = ""\n', '\ntrust_list = "trust-list.cose"\n'))
+    trust = TrustSection(
+        anchors=(str(tmp_path / "anchor.pem"),), trust_list=str(tmp_path / "trust-list.cose")
+    )
+    assert load_config(path, environ={}) == Config(trust=trust)
+    # The commented [[callers]] example, uncommented, is the policy of every caller by default.
+    lines = path.read_text().splitlines()
+    start = lines.index("# [[callers]]")
+    example = [line[2:] for line in lines[start:] if line.startswith("# ")]
+    path.write_text("\n".join([*lines[:start], *example]) + "\n")
+    (caller,) = load_config(path, environ={}).callers
+    assert caller.id == DEFAULT_CALLER.id and caller.uses == DEFAULT_CALLER.uses
+    assert (caller.may_send_scanned_at, caller.max_scan_delay_seconds) == (False, 0)
+    for use in USES:
+        assert caller.disclosed(use) == DEFAULT_CALLER.disclosed(use)
+
+
+def test_template_and_print_do_not_go_together(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as usage:
+        main(["config", "--template", "--print"])
+    assert usage.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err

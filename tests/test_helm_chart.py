@@ -403,7 +403,7 @@ def test_the_default_config_asks_for_a_trust_anchor(helm: str, tmp_path: Path) -
     (tmp_path / "anchored").mkdir()
     config = load_config(mount_config(anchored, tmp_path / "anchored"), environ=environ)
     assert config.replay.backend == "redis"
-    assert config.server.max_message_bytes == 65536
+    assert config.server.max_message_bytes == 2 * 1024 * 1024
     assert config.replay.timeout_seconds == 0.5
 
 

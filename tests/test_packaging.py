@@ -35,3 +35,28 @@ def test_wheel_contains_native_core_and_generated_protobuf(tmp_path: Path) -> No
     assert "apcv_verify/py.typed" in names
     for module in ("verifier_pb2.py", "verifier_pb2_grpc.py", "verifier_pb2.pyi"):
         assert f"apcv_verify/_proto/apcv/verify/v1/{module}" in names
+
+
+def make_recipe(target: str, venv: Path) -> str:
+    """What ``make <target>`` would run from a checkout without a venv (make -n runs nothing)."""
+    return subprocess.run(
+        ["make", "-n", target, f"VENV={venv}"],
+        cwd=REPO, capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+
+
+def test_make_demo_installs_the_runtime_package_without_the_dev_and_load_tools(
+    tmp_path: Path,
+) -> None:
+    demo = make_recipe("demo", tmp_path / "venv").replace(str(tmp_path), "<tmp>")
+    (build,) = [line for line in demo.splitlines() if "maturin develop" in line]
+    assert "--release" in build and "--extras" not in build
+    for tool in ("pytest", "mypy", "ruff", "locust"):
+        assert tool not in demo
+    # The tests and the linters still get them.
+    for target in ("test-python", "lint"):
+        (develop,) = [
+            line for line in make_recipe(target, tmp_path / "venv").splitlines()
+            if "maturin develop" in line
+        ]  # fmt: skip
+        assert "--extras dev,load" in develop

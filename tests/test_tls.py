@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import shutil
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .conftest import (
+    REPO,
     ServerProcess,
     open_channel,
     reason,
@@ -252,3 +255,54 @@ def test_a_known_caller_without_the_scanned_at_right_is_permission_denied(
     ):
         verifier_pb2_grpc.VerifierServiceStub(channel).Verify(request, timeout=10)
     assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def readme_block(after: str, language: str) -> str:
+    """The first ``language`` code block of the README after the line starting ``after``."""
+    text = (REPO / "README.md").read_text()
+    start = text.index(f"\n```{language}\n", text.index(after)) + len(language) + 5
+    return text[start : text.index("\n```\n", start) + 1]
+
+
+def test_the_readme_certificate_recipe_and_tls_example_serve_mtls(
+    pki: DemoPKI, tmp_path: Path
+) -> None:
+    """The openssl commands of the README, run as written, make certificates with which the
+    README's [tls] and [[callers]] examples serve mTLS: the client certificate's CN is the
+    caller."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    recipe = readme_block("Test certificates for this example", "sh")
+    subprocess.run(["sh", "-e"], input=recipe, text=True, cwd=tmp_path, check=True,
+                   capture_output=True, timeout=60)  # fmt: skip
+    config = readme_block("## TLS and mTLS", "toml") + readme_block("## Callers and", "toml")
+    ca = (tmp_path / "ca.pem").read_bytes()
+
+    def credentials(name: str) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=ca,
+            private_key=(tmp_path / f"{name}.key").read_bytes(),
+            certificate_chain=(tmp_path / f"{name}.pem").read_bytes(),
+        )
+
+    running = start_server(
+        pki.directory,
+        tmp_path / "tls.log",
+        "--allow-test-identities",
+        "--config",
+        str(write_config(tmp_path / "apcv.toml", config)),
+        credentials=credentials("his"),
+    )
+    try:
+        scan = verifier_pb2.Scan(request_id="t-1", qr_text=qr_text(pki.present()))
+        scan.reader.reader_id = "desk-1"
+        request = verifier_pb2.VerifyRequest(scan=scan)
+        with open_channel(running.address, credentials("his")) as channel:
+            stub = verifier_pb2_grpc.VerifierServiceStub(channel)
+            response = stub.Verify(request, timeout=10).verdict
+        # A "care" presentation: accepted for his-chu-nord, REASON_PURPOSE_NOT_ALLOWED for "*".
+        assert (response.decision, reason(response)) == (verifier_pb2.DECISION_ACCEPTED, "OK")
+        assert response.person.HasField("amo")
+    finally:
+        stop_server(running)
+    assert '"caller": "his-chu-nord"' in running.logs()

@@ -67,10 +67,14 @@ ANONYMOUS_CALLER = "anonymous"
 MAX_CALLER_ID_LENGTH = 128
 #: scanned_at older than a day is no "delayed scan" any more.
 MAX_SCAN_DELAY_LIMIT = 86_400
-#: Largest ``server.stream_window``: each request read ahead is at most max_message_bytes.
+#: Largest ``server.stream_window``: each request read ahead is at most 64 KiB
+#: (server.MAX_REQUEST_BYTES).
 MAX_STREAM_WINDOW = 10_000
 #: Largest keepalive and connection-age timer, in seconds (a week); gRPC takes int32 ms.
 MAX_TIMER_SECONDS = 7 * 86_400
+#: Largest ``server.max_message_bytes``: gRPC takes its limits as int32 and is let read
+#: messages up to twice this setting (server.TRANSPORT_LIMIT_FACTOR).
+MAX_MESSAGE_BYTES_LIMIT = 1024 * 1024 * 1024
 #: ``replay.backend`` values.
 REPLAY_BACKENDS = ("memory", "redis")
 #: Most ``server.workers``: one process per core is the point; more only adds contention.
@@ -88,8 +92,12 @@ class ServerSection:
     #: host:port of a plaintext port that serves only the standard health service
     #: (grpc.health.v1), for probes that cannot speak mTLS (Kubernetes gRPC probes); "" = none.
     health_listen: str = ""
-    #: Largest request accepted, in bytes (a QR text is at most 4,296 characters).
-    max_message_bytes: int = 64 * 1024
+    #: Largest message accepted or sent, in bytes: a whole VerifyBatch must fit, so the
+    #: default holds ``max_batch`` scans of about 2 kB (a QR code of 1,600 characters, the
+    #: profile's design target, makes a scan of about 1.7 kB). A request of one scan (Verify,
+    #: a VerifyStream message) is bounded apart (server.MAX_REQUEST_BYTES), so a stream's
+    #: read-ahead stays small.
+    max_message_bytes: int = 2 * 1024 * 1024
     #: Seconds given to in-flight calls on shutdown.
     grace_seconds: float = 10.0
     #: Most requests in one VerifyBatch call (INVALID_ARGUMENT above it).
@@ -282,8 +290,10 @@ class Config:
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ConfigError("server.listen: expected HOST:PORT, e.g. 127.0.0.1:50051")
         self._validate_health_listen()
-        if self.server.max_message_bytes < 4096:
-            raise ConfigError("server.max_message_bytes: must be at least 4096")
+        if not 4096 <= self.server.max_message_bytes <= MAX_MESSAGE_BYTES_LIMIT:
+            raise ConfigError(
+                f"server.max_message_bytes: must be between 4096 and {MAX_MESSAGE_BYTES_LIMIT}"
+            )
         if self.server.grace_seconds < 0:
             raise ConfigError("server.grace_seconds: must not be negative")
         if not 1 <= self.server.max_batch <= 100_000:

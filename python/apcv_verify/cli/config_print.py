@@ -15,7 +15,7 @@ from typing import Any
 
 from ..config import Config
 
-__all__ = ["MASK", "config_toml"]
+__all__ = ["MASK", "config_toml", "toml_value"]
 
 #: What a secret that is set prints as (an unset secret prints as "", so a missing one shows).
 MASK = "***"
@@ -30,7 +30,7 @@ def _shown(item: dataclasses.Field[Any], value: Any) -> Any:
     return redact(value) if redact is not None else MASK
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -46,7 +46,7 @@ def _toml_value(value: Any) -> str:
         # DEL escaped.
         return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(value, tuple | list):
-        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
     raise TypeError(f"no TOML form for {type(value).__name__}")
 
 
@@ -63,19 +63,19 @@ def config_toml(config: Config) -> str:
         lines += ["", f"[{section_field.name}]"]
         for item in dataclasses.fields(section):
             value = _shown(item, getattr(section, item.name))
-            lines.append(f"{item.name} = {_toml_value(value)}")
+            lines.append(f"{item.name} = {toml_value(value)}")
     if not config.callers:
         lines += ["", '# No [[callers]]: every caller gets the defaults of id = "*".']
     for caller in config.callers:
         lines += [
             "",
             "[[callers]]",
-            f"id = {_toml_value(caller.id)}",
-            f"uses = {_toml_value(caller.uses)}",
-            f"may_send_scanned_at = {_toml_value(caller.may_send_scanned_at)}",
-            f"max_scan_delay_seconds = {_toml_value(caller.max_scan_delay_seconds)}",
+            f"id = {toml_value(caller.id)}",
+            f"uses = {toml_value(caller.uses)}",
+            f"may_send_scanned_at = {toml_value(caller.may_send_scanned_at)}",
+            f"max_scan_delay_seconds = {toml_value(caller.max_scan_delay_seconds)}",
         ]
         if caller.disclose:
             lines.append("[callers.disclose]")
-            lines += [f"{use} = {_toml_value(groups)}" for use, groups in caller.disclose.items()]
+            lines += [f"{use} = {toml_value(groups)}" for use, groups in caller.disclose.items()]
     return "\n".join(lines) + "\n"

@@ -1,8 +1,8 @@
 """The embedded default: an ephemeral demo PKI, a real server and real gRPC calls.
 
-``apcv-verify demo`` (``make demo``) verifies six sample presentations and exits 0 when every
-decision is the expected one; ``--serve`` keeps the server up for grpcurl. Nothing leaves
-127.0.0.1.
+``apcv-verify demo`` (``make demo``) verifies six sample presentations in seven scans (the
+replayed one is scanned at two desks) and exits 0 when every decision is the expected one;
+``--serve`` keeps the server up for grpcurl. Nothing leaves 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import secrets
 import shlex
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -41,7 +42,8 @@ class Sample:
     expected_reason: str
 
 
-# The six decisions `make demo` must show (README "Quick start").
+# The scans `make demo` shows (README "Quick start"): six sample presentations, one of them
+# scanned at two desks.
 SAMPLES = (
     Sample("valid presentation", "accepted", "reception-desk-1", "ACCEPTED", "OK"),
     Sample("expired credential", "expired", "reception-desk-1", "REJECTED", "CREDENTIAL_EXPIRED"),
@@ -55,10 +57,21 @@ SAMPLES = (
 )  # fmt: skip
 
 
-def grpcurl_command(address: str, text: str, reader_id: str = "reception-desk-1") -> str:
+#: Where `make tools` installs grpcurl, relative to the repository (the demo's working directory
+#: under `make demo`).
+LOCAL_GRPCURL = Path(".tools") / "bin" / "grpcurl"
+
+
+def grpcurl_command(
+    address: str, text: str, reader_id: str = "reception-desk-1", *, grpcurl: str = "grpcurl"
+) -> str:
+    """The shell command that verifies ``text`` on ``address``, as printed for the user."""
     scan = {"request_id": "demo-1", "qr_text": text, "reader": {"reader_id": reader_id}}
     body = json.dumps({"scan": scan})
-    return f"grpcurl -plaintext -d '{body}' {address} apcv.verify.v1.VerifierService/Verify"
+    return (
+        f"{shlex.quote(grpcurl)} -plaintext -d {shlex.quote(body)} {address}"
+        " apcv.verify.v1.VerifierService/Verify"
+    )
 
 
 async def _verify_samples(address: str, pki: DemoPKI) -> bool:
@@ -87,10 +100,28 @@ async def _verify_samples(address: str, pki: DemoPKI) -> bool:
     return all_expected
 
 
+def _shown_path(path: Path) -> str:
+    """``path`` as a user in the current directory can type it (relative when below it)."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def serve_command() -> str:
+    """How to start the demo that keeps serving, with the ``apcv-verify`` of this install
+    (``.venv/bin/apcv-verify`` from the repository), else the one on PATH."""
+    script = Path(sys.executable).parent / "apcv-verify"
+    program = _shown_path(script) if script.is_file() else "apcv-verify"
+    return f"{shlex.quote(program)} demo --serve"
+
+
 def find_grpcurl() -> str | None:
-    """grpcurl as installed by `make tools` (.tools/bin), else from PATH."""
-    local = Path.cwd() / ".tools" / "bin" / "grpcurl"
-    return str(local) if local.is_file() else shutil.which("grpcurl")
+    """grpcurl as a user in this directory would type it: ``.tools/bin/grpcurl`` when `make
+    tools` installed it here, else ``grpcurl`` when it is on PATH, else None."""
+    if LOCAL_GRPCURL.is_file():
+        return str(LOCAL_GRPCURL)
+    return "grpcurl" if shutil.which("grpcurl") else None
 
 
 async def _show_qr(address: str, pki: DemoPKI, *, serving: bool) -> None:
@@ -98,24 +129,34 @@ async def _show_qr(address: str, pki: DemoPKI, *, serving: bool) -> None:
     text = qr_text(pki.present("alice", iat=now, exp=now + 300))
     print("\nA fresh presentation (valid for 5 minutes), as the phone shows it:\n")
     segno.make(text, error="l").terminal(compact=True)
-    command = grpcurl_command(address, text)
-    print(f"\nQR text ({len(text)} characters). The grpcurl command that verifies it:\n{command}")
-    if serving:
-        return
     grpcurl = find_grpcurl()
-    if grpcurl is None:
-        print("(grpcurl not found: `make tools` installs it)")
+    command = grpcurl_command(address, text, grpcurl=grpcurl or str(LOCAL_GRPCURL))
+    missing = "" if grpcurl else " (grpcurl is not installed: `make tools` installs it)"
+    if serving:
+        print(
+            f"\nQR text ({len(text)} characters). While this demo serves, this command verifies"
+            f" it{missing}:\n{command}"
+        )
         return
-    # The server runs on this event loop: the client must not block it.
-    process = await asyncio.create_subprocess_exec(
-        grpcurl,
-        *shlex.split(command)[1:],
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+    if grpcurl is None:
+        print(f"\nQR text ({len(text)} characters); grpcurl is not installed (`make tools`).")
+    else:
+        # The server runs on this event loop: the client must not block it.
+        process = await asyncio.create_subprocess_exec(
+            *shlex.split(command),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        output, _ = await asyncio.wait_for(process.communicate(), timeout=30)
+        print(f"\nQR text ({len(text)} characters), verified by grpcurl:\n{command}")
+        print("\ngrpcurl answered (a fictional demo person):")
+        print(output.decode(errors="replace"))
+    # That server stops with this demo: a command for it would find nothing listening.
+    print(
+        "This demo's server stops now. To verify codes yourself, run"
+        f" `{serve_command()}`: it keeps a server on {DEFAULT_SERVE_LISTEN} and prints a grpcurl"
+        " command that works as shown while it runs."
     )
-    output, _ = await asyncio.wait_for(process.communicate(), timeout=30)
-    print("\ngrpcurl answered (a fictional demo person):")
-    print(output.decode(errors="replace"))
 
 
 async def _run(serve: bool, listen: str | None) -> int:
@@ -157,7 +198,11 @@ async def _run(serve: bool, listen: str | None) -> int:
     if not all_expected:
         print("\nSome decisions differ from the expected ones.")
         return 1
-    print("\nAll six decisions as expected.")
+    presentations = len({sample.sample for sample in SAMPLES})
+    print(
+        f"\nAll {len(SAMPLES)} decisions as expected ({presentations} sample presentations;"
+        " the replayed one is scanned at two desks)."
+    )
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -43,8 +44,17 @@ def _serve(args: argparse.Namespace) -> int:
 def _config(args: argparse.Namespace) -> int:
     from .config_print import config_toml
 
+    if args.template:
+        from .config_template import config_template
+
+        sys.stdout.write(config_template())
+        return 0
     if not args.print:
-        print("apcv-verify config: nothing to do (use --print)", file=sys.stderr)
+        print(
+            "apcv-verify config: nothing to do: --template prints a commented configuration"
+            " file to start from, --print the effective configuration",
+            file=sys.stderr,
+        )
         return 2
     sys.stdout.write(config_toml(load_config(args.config, overrides=_overrides(args))))
     return 0
@@ -83,10 +93,16 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(serve=args.serve, listen=args.listen)
 
 
+def version_line() -> str:
+    """``apcv-verify X.Y.Z``: the version of the installed package (pyproject.toml)."""
+    return f"apcv-verify {importlib.metadata.version('apcv-verify')}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="apcv-verify", description="Verification service for the open ApCV profile v1."
     )
+    parser.add_argument("--version", action="version", version=version_line())
     parser.add_argument(
         "--log-level",
         choices=["debug", "info", "warning"],
@@ -101,10 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
     config = commands.add_parser(
         "config", help="show the effective configuration (defaults < file < env < flags)"
     )
-    config.add_argument(
+    shown = config.add_mutually_exclusive_group()
+    shown.add_argument(
         "--print",
         action="store_true",
         help="print it as TOML, secrets masked (TLS key files are never read)",
+    )
+    shown.add_argument(
+        "--template",
+        action="store_true",
+        help="print a commented configuration file with every key and its default",
     )
     _add_config_flags(config)
     config.set_defaults(func=_config)

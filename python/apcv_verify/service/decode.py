@@ -1,23 +1,41 @@
 """Request deserializers that never raise: bytes that do not decode become
 :class:`Undecodable`, which the servicer answers (INVALID_ARGUMENT, or MALFORMED in place for a
 batch or stream item) instead of grpcio (UNKNOWN with the exception text, or a whole stream
-ended for one bad message).
+ended for one bad message); bytes over their size limit become :class:`TooLarge`, unread.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
+import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
 
 from .._proto.apcv.verify.v1 import verifier_pb2
+from .errors import abort
 
-__all__ = ["UNDECODABLE", "BatchItems", "Undecodable", "deserialize_batch", "lenient"]
+__all__ = [
+    "MAX_REQUEST_BYTES",
+    "UNDECODABLE",
+    "BatchItems",
+    "TooLarge",
+    "Undecodable",
+    "bounded",
+    "deserialize_batch",
+    "lenient",
+]
 
 M = TypeVar("M", bound=Message)
+
+#: Largest request of one scan (a Verify call, one VerifyStream message): the largest
+#: presentation is 16 KiB of NFC bytes or 4,296 QR characters (docs/profile.md §4.4), plus
+#: two 128-character ids and a 64-byte nonce, so a bigger request carries no real scan. It
+#: also bounds what a stream holds: at most ``stream_window`` requests of this size read ahead.
+#: A VerifyBatch is bounded by ``server.max_message_bytes`` alone.
+MAX_REQUEST_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -26,6 +44,60 @@ class Undecodable:
     invalid UTF-8 in a string field): what the request deserializers give instead of raising,
     so that the servicer answers it (INVALID_ARGUMENT, or MALFORMED in place for an item)
     rather than grpcio (UNKNOWN with the exception text, or a stream ended as a whole)."""
+
+
+@dataclass(frozen=True)
+class TooLarge:
+    """A message over its size limit: what the request deserializers give, measured on the raw
+    bytes and left undecoded (:func:`bounded`), and what a batch's response is checked
+    against. The service answers it RESOURCE_EXHAUSTED / ``MESSAGE_TOO_LARGE`` naming the
+    limit and, when a setting bounds it, the setting to raise."""
+
+    what: str  # "request", "batch" or "response"
+    size: int
+    limit: int
+    setting: str | None  # the configuration key that sets ``limit`` (None: MAX_REQUEST_BYTES)
+
+    def __str__(self) -> str:
+        if self.setting is None:
+            return (
+                f"{self.what} of {self.size} bytes is over {self.limit} bytes, the most a"
+                " request of one scan can be: no QR code or NFC read holds a larger presentation"
+            )
+        advice = {
+            "request": "raise it in the server's configuration",
+            "batch": f"send fewer scans per batch or raise {self.setting}",
+            "response": "send fewer scans per batch (include_fhir makes each answer several"
+            f" kB) or raise {self.setting}",
+        }[self.what]
+        return f"{self.what} of {self.size} bytes is over {self.setting} ({self.limit}): {advice}"
+
+    async def abort(self, context: grpc.aio.ServicerContext) -> NoReturn:
+        setting = {} if self.setting is None else {"setting": self.setting}
+        await abort(
+            context,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "MESSAGE_TOO_LARGE",
+            str(self),
+            metadata={"limit": str(self.limit), "size": str(self.size), **setting},
+        )
+
+
+R = TypeVar("R")
+
+
+def bounded(
+    deserialize: Callable[[bytes], R], what: str, limit: int, setting: str | None
+) -> Callable[[bytes], R | TooLarge]:
+    """``deserialize``, except that bytes over ``limit`` become a :class:`TooLarge` unread
+    (so an undecodable oversize message is refused for its size too)."""
+
+    def bounded(data: bytes) -> R | TooLarge:
+        if len(data) > limit:
+            return TooLarge(what, len(data), limit, setting)
+        return deserialize(data)
+
+    return bounded
 
 
 #: What an undecodable scan's field violation says (the field is the scan's path).

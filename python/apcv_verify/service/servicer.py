@@ -21,7 +21,16 @@ from ..observe.audit import AuditTrail
 from ..replay.redis import RedisReplayStore
 from ..trust.material import Snapshot
 from ..trust.sources import TrustSource
-from .decode import UNDECODABLE, BatchItems, Undecodable, deserialize_batch, lenient
+from .decode import (
+    MAX_REQUEST_BYTES,
+    UNDECODABLE,
+    BatchItems,
+    TooLarge,
+    Undecodable,
+    bounded,
+    deserialize_batch,
+    lenient,
+)
 from .errors import FieldProblem, abort
 from .messages import core_scan, response_message, scan_problem
 from .policy import CallRefused, caller_id, resolve_caller
@@ -118,9 +127,11 @@ class VerifierService:
 
     async def Verify(  # noqa: N802 (gRPC method name)
         self,
-        request: verifier_pb2.VerifyRequest | Undecodable,
+        request: verifier_pb2.VerifyRequest | Undecodable | TooLarge,
         context: grpc.aio.ServicerContext,
     ) -> verifier_pb2.VerifyResponse:
+        if isinstance(request, TooLarge):
+            await request.abort(context)
         if isinstance(request, Undecodable):
             await _invalid_argument(
                 context, FieldProblem("REQUEST_UNDECODABLE", "scan", UNDECODABLE)
@@ -136,9 +147,11 @@ class VerifierService:
 
     async def VerifyBatch(  # noqa: N802 (gRPC method name)
         self,
-        request: verifier_pb2.VerifyBatchRequest | BatchItems | Undecodable,
+        request: verifier_pb2.VerifyBatchRequest | BatchItems | Undecodable | TooLarge,
         context: grpc.aio.ServicerContext,
     ) -> verifier_pb2.VerifyBatchResponse:
+        if isinstance(request, TooLarge):
+            await request.abort(context)
         if isinstance(request, Undecodable):
             await _invalid_argument(
                 context, FieldProblem("REQUEST_UNDECODABLE", "scans", UNDECODABLE)
@@ -163,7 +176,16 @@ class VerifierService:
             "VerifyBatch", items, policy, caller, context, path=lambda index: f"scans[{index}]"
         )
         self._audit.record_batch(len(items))
-        return verifier_pb2.VerifyBatchResponse(verdicts=verdicts)
+        reply = verifier_pb2.VerifyBatchResponse(verdicts=verdicts)
+        max_bytes = self._config.server.max_message_bytes
+        if reply.ByteSize() > max_bytes:
+            # gRPC would refuse to send it with a message naming nothing. The scans are
+            # verified (and audited): a retry from the same reader is a duplicate, not REPLAYED.
+            too_large = TooLarge(
+                "response", reply.ByteSize(), max_bytes, "server.max_message_bytes"
+            )
+            await too_large.abort(context)
+        return reply
 
     async def _answer(
         self,
@@ -202,7 +224,7 @@ class VerifierService:
 
     async def VerifyStream(  # noqa: N802 (gRPC method name)
         self,
-        request_iterator: AsyncIterator[verifier_pb2.VerifyStreamRequest | Undecodable],
+        request_iterator: AsyncIterator[verifier_pb2.VerifyStreamRequest | Undecodable | TooLarge],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[verifier_pb2.VerifyStreamResponse]:
         """Answer a stream of requests in request order, ``server.stream_window`` at most
@@ -217,13 +239,15 @@ class VerifierService:
             asyncio.Queue()
         )
 
-        async def read() -> None:
+        async def read() -> TooLarge | None:
             try:
                 while True:
                     await credits.acquire()
                     request = await anext(aiter(request_iterator), None)
                     if request is None:  # the client half-closed
-                        return
+                        return None
+                    if isinstance(request, TooLarge):  # answered up to here, then the call ends
+                        return request
                     arrived.put_nowait(request)
             finally:
                 arrived.put_nowait(None)
@@ -254,7 +278,9 @@ class VerifierService:
                     credits.release()
                 if batch[-1] is None:
                     break
-            await reader  # re-raises what ended the request stream, if not the client
+            too_large = await reader  # re-raises what ended the request stream, if not the client
+            if too_large is not None:
+                await too_large.abort(context)
         finally:
             reader.cancel()  # cancellation of the call: read nothing more
 
@@ -331,21 +357,33 @@ def add_verifier_service(service: VerifierService, server: grpc.aio.Server) -> N
     generated ``add_VerifierServiceServicer_to_server`` but with request deserializers that
     never raise: grpcio would answer a request it cannot decode with UNKNOWN and the
     exception text (unary) or end a whole stream for one bad message; here the service
-    answers it (INVALID_ARGUMENT, or MALFORMED in place for a batch or stream item)."""
+    answers it (INVALID_ARGUMENT, or MALFORMED in place for a batch or stream item). They
+    also measure each message: one over its limit is a :class:`TooLarge`, left undecoded."""
+    # A batch is bounded by server.max_message_bytes, a request of one scan by
+    # MAX_REQUEST_BYTES too (the setting is named only when it is the smaller bound).
+    max_bytes = service._config.server.max_message_bytes
+    setting = "server.max_message_bytes"
+    scan_limit, scan_setting = (
+        (max_bytes, setting) if max_bytes <= MAX_REQUEST_BYTES else (MAX_REQUEST_BYTES, None)
+    )
     handlers = {
         "Verify": grpc.unary_unary_rpc_method_handler(
             service.Verify,
-            request_deserializer=lenient(verifier_pb2.VerifyRequest),
+            request_deserializer=bounded(
+                lenient(verifier_pb2.VerifyRequest), "request", scan_limit, scan_setting
+            ),
             response_serializer=verifier_pb2.VerifyResponse.SerializeToString,
         ),
         "VerifyBatch": grpc.unary_unary_rpc_method_handler(
             service.VerifyBatch,
-            request_deserializer=deserialize_batch,
+            request_deserializer=bounded(deserialize_batch, "batch", max_bytes, setting),
             response_serializer=verifier_pb2.VerifyBatchResponse.SerializeToString,
         ),
         "VerifyStream": grpc.stream_stream_rpc_method_handler(
             service.VerifyStream,
-            request_deserializer=lenient(verifier_pb2.VerifyStreamRequest),
+            request_deserializer=bounded(
+                lenient(verifier_pb2.VerifyStreamRequest), "request", scan_limit, scan_setting
+            ),
             response_serializer=verifier_pb2.VerifyStreamResponse.SerializeToString,
         ),
     }

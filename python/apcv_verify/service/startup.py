@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
 __all__ = [
+    "TRANSPORT_LIMIT_FACTOR",
     "ServerHandle",
     "build_verifiers",
     "serve",
@@ -38,6 +39,12 @@ __all__ = [
 ]
 
 log = structlog.get_logger("apcv_verify.service.startup")
+
+#: gRPC's own receive limit is this many times ``server.max_message_bytes``: a message up to
+#: it is read and refused by the service with a message naming the setting to raise (gRPC's
+#: refusal names none, and carries no details); only a larger one is refused by gRPC before it
+#: is read whole.
+TRANSPORT_LIMIT_FACTOR = 2
 
 
 def build_verifiers(config: Config, material: TrustMaterial) -> dict[int, _native.Verifier]:
@@ -124,7 +131,9 @@ def server_options(server: ServerSection) -> list[tuple[str, int]]:
         return round(seconds * 1000)
 
     options = [
-        ("grpc.max_receive_message_length", server.max_message_bytes),
+        # The service refuses messages over max_message_bytes with a message naming it;
+        # gRPC itself only those over TRANSPORT_LIMIT_FACTOR times it (see that constant).
+        ("grpc.max_receive_message_length", TRANSPORT_LIMIT_FACTOR * server.max_message_bytes),
         ("grpc.max_send_message_length", server.max_message_bytes),
         ("grpc.keepalive_time_ms", ms(server.keepalive_time_seconds)),
         ("grpc.keepalive_timeout_ms", ms(server.keepalive_timeout_seconds)),

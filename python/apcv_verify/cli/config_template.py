@@ -1,0 +1,124 @@
+"""``apcv-verify config --template``: a commented configuration file to start from.
+
+Every key of every section is there with its default value, taken from the configuration
+dataclasses (``{}`` below is replaced by the default), so the template cannot
+drift from the code: loaded as it is, it is the default configuration, except that
+``trust.anchors`` and ``trust.trust_list`` have no default and must be filled in.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..config import Config
+from .config_print import toml_value
+
+__all__ = ["config_template"]
+
+_TEMPLATE = """\
+# apcv-verify configuration: `apcv-verify serve --config FILE`.
+# Every key below shows its default; delete the ones you keep as they are.
+# Each key can be overridden by an environment variable APCV_<SECTION>_<KEY>
+# (server.max_batch -> APCV_SERVER_MAX_BATCH) and some by serve's flags:
+# defaults < this file < environment < flags. `apcv-verify config --print --config FILE`
+# shows the result. Relative paths in [trust] and [tls] are relative to this file.
+
+[server]
+listen = {}  # HOST:PORT; port 0 picks a free port
+health_listen = {}  # plaintext, health service only; "" = off
+# Largest message accepted or sent, in bytes: a whole VerifyBatch must fit (a QR code of
+# 1,600 characters takes about 1.7 kB, so the default holds max_batch of them). A request
+# of one scan (Verify, each VerifyStream message) is at most 64 KiB whatever this says.
+max_message_bytes = {}
+max_batch = {}  # most scans in one VerifyBatch
+stream_window = {}  # VerifyStream: requests read ahead of answers
+grace_seconds = {}  # SIGTERM: open calls get this long
+max_concurrent_rpcs = {}  # then RESOURCE_EXHAUSTED; 0 = no limit
+keepalive_time_seconds = {}  # server pings each connection
+keepalive_timeout_seconds = {}  # no ping answer: connection closed
+keepalive_min_ping_interval_seconds = {}  # clients pinging more: GOAWAY
+keepalive_permit_without_calls = {}  # idle readers stay connected
+max_connection_age_seconds = {}  # GOAWAY, streams rebalance; 0 = never
+max_connection_age_grace_seconds = {}  # then streams end UNAVAILABLE
+workers = {}  # processes on the port; >1 needs redis
+
+[trust]
+# REQUIRED: trust anchor public keys, PEM or COSE_Key files (files only: out of band).
+anchors = {}
+# REQUIRED: the signed trust list, a file or an http(s):// URL.
+trust_list = {}
+status_lists = {}  # files or http(s):// URLs
+refresh_seconds = {}  # refresh of both lists; 0 = load once
+http_timeout_seconds = {}  # one fetch, first to last byte
+
+[policy]
+allow_test_identities = {}  # INS test/demo OIDs: never in production
+clock_skew_seconds = {}  # tolerated phone clock difference
+status_grace_seconds = {}  # use a status list this long past exp
+
+[replay]
+backend = {}  # "redis" for several replicas or workers
+max_entries = {}  # memory store bound (full: REPLAY_UNAVAILABLE)
+# redis: redis://[:password@]host:port/db, rediss:// (TLS) or unix:///path; pass a password
+# through APCV_REPLAY_REDIS_URL rather than this file.
+redis_url = {}
+key_prefix = {}  # keys are prefix + hex(cti)
+timeout_seconds = {}  # one Redis round trip (a whole batch)
+on_store_error = {}  # Redis down: "reject" (fail closed), "accept"
+
+[fhir]
+# Base URL of the project's own FHIR extensions and naming systems (docs/fhir.md).
+canonical_base = {}
+
+[metrics]
+listen = {}  # Prometheus GET /metrics; "" = off
+
+[audit]
+# HMAC key of the audit records' holder_ref, at least 16 characters (`openssl rand -hex 32`),
+# the same on every replica; pass it through APCV_AUDIT_HOLDER_REF_SECRET. Empty: a random
+# key per process (references then change at each restart).
+holder_ref_secret = {}
+
+[tls]
+# TLS is on when server_cert and server_key are set (PEM files); mTLS with client_ca.
+server_cert = {}
+server_key = {}
+client_ca = {}  # mTLS: clients need a certificate from it
+require_client_auth = {}  # false: no client certificates (all "anonymous")
+
+# Callers (the client certificate CN with mTLS, else "anonymous"): without any [[callers]]
+# entry every caller may use all four uses with the default disclosure. One entry per caller;
+# the keys and their defaults:
+# [[callers]]
+# id = "*"  # a CN, "anonymous", or "*" for anyone not listed
+# uses = ["care", "dmp", "dp", "auth"]
+# may_send_scanned_at = false
+# max_scan_delay_seconds = 0
+# [callers.disclose]  # per use; a use not listed gets its default:
+# care = ["ins", "identity", "amo", "amc"]
+# dmp = ["ins", "identity"]
+# dp = ["ins", "identity"]
+# auth = ["ins"]
+"""
+
+#: Where end-of-line comments start, so that they line up whatever the defaults' lengths.
+_COMMENT_COLUMN = 40
+_SECTION = re.compile(r"^\[(\w+)\]$")
+_SETTING = re.compile(r"^(\w+) = \{\}(?:  # (.*))?$")
+
+
+def config_template() -> str:
+    """The template, each ``key = {}`` given the default of that key of its section."""
+    defaults = Config()
+    section = ""
+    lines = []
+    for line in _TEMPLATE.splitlines():
+        if heading := _SECTION.match(line):
+            section = heading.group(1)
+        elif setting := _SETTING.match(line):
+            key, comment = setting.groups()
+            line = f"{key} = {toml_value(getattr(getattr(defaults, section), key))}"
+            if comment:
+                line = f"{line:<{_COMMENT_COLUMN - 1}} # {comment}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
