@@ -551,6 +551,7 @@ def hapi_validate(directory: Path) -> list[Message]:
     return [replace(m, location=re.sub(r"/\*.*?\*/", "", m.location)) for m in messages]
 
 
+@pytest.mark.slow
 def test_every_bundle_passes_the_hapi_validator(
     over_grpc: dict[str, Produced], tmp_path: Path
 ) -> None:
