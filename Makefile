@@ -127,9 +127,12 @@ test: test-rust test-python
 test-fast: dev tools helm system-deps fhir-validator
 	$(PY) -m pytest -m "not slow and not image"
 
-# ghz side by side on loopback: Verify with 1 and 2 workers, VerifyBatch(100) vs Verify, Redis vs
-# memory (loadtest/bench.py; installs the pinned ghz into .tools/bin). Writes docs/benchmarks.md.
+# The core first (loadtest/core_bench.py: crypto floor, core from Python, the plain-Python peer,
+# scale, with a matplotlib plot), then ghz side by side on loopback: Verify with 1 and 2 workers,
+# VerifyBatch(100) vs Verify, Redis vs memory (loadtest/bench.py; installs the pinned ghz into
+# .tools/bin). Both write docs/benchmarks.md, the core into its own section.
 bench: dev system-deps
+	$(PY) loadtest/core_bench.py --write docs/benchmarks.md --plot docs/benchmarks-scale.png
 	$(PY) loadtest/bench.py
 
 # The public contract: buf's STANDARD lint rules, and no breaking change against v1.

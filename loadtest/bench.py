@@ -49,6 +49,8 @@ REPO = Path(__file__).resolve().parent.parent
 GHZ_VERSION = "v0.120.0"
 GHZ = REPO / ".tools" / "bin" / "ghz"
 PROTO = "apcv/verify/v1/verifier.proto"
+#: Where the core's part of docs/benchmarks.md begins (loadtest/core_bench.py).
+CORE_BEGIN = "<!-- core-bench:begin -->"
 #: Large enough for a VerifyBatch of 100 presentations and its answer.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
@@ -490,7 +492,12 @@ def main() -> int:
                 for case in ordered:
                     results.append(run_case(case, round_, args, redis_url, work))
     results.sort(key=lambda r: (r.round, CASES.index(r.case)))
-    args.output.write_text(markdown(results, info, command, args))
+    # Keep the core's part, from its section (loadtest/core_bench.py, run before this by
+    # `make bench`) to the end of the file, where its notes follow it.
+    held = args.output.read_text() if args.output.exists() else ""
+    core = CORE_BEGIN + held.split(CORE_BEGIN, 1)[1] if CORE_BEGIN in held else ""
+    text = markdown(results, info, command, args)
+    args.output.write_text(text + ("\n" + core if core else ""))
     for label, values, median in ratio_rows(results):
         print(f"{label}: {', '.join(f'{v:.2f}' for v in values)} (median {median:.2f})")
     print(f"written to {args.output}")

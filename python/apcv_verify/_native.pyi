@@ -262,12 +262,17 @@ class Verifier:
         status_lists: Sequence[StatusList],
         policy: Policy,
         replay_store: MemoryReplayStore | None,
+        signature_cache_entries: int = 262144,
     ) -> Self:
         """``replay_store=None``: an external store; accepted results come back pending
-        (``VerificationResult.with_replay_outcome`` settles them)."""
+        (``VerificationResult.with_replay_outcome`` settles them). ``signature_cache_entries``
+        bounds the cache of verified issuer signatures (0: none); a new trust list empties it."""
     @property
     def external_replay(self) -> bool:
         """True when built without a replay store: accepted results come back pending."""
+    @property
+    def signature_cache_len(self) -> int:
+        """Issuer signatures held by the cache of this snapshot's trust list."""
     def with_trust_list(self, trust_list: TrustList) -> Verifier: ...
     def with_status_lists(self, status_lists: Sequence[StatusList]) -> Verifier: ...
     def verify_batch(self, scans: Sequence[Scan], now: int) -> list[VerificationResult]:

@@ -29,6 +29,7 @@ pub mod limits;
 mod pipeline;
 pub mod replay;
 pub mod settle;
+pub mod sigcache;
 pub mod status;
 pub mod trust;
 pub mod verify;

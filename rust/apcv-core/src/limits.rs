@@ -54,6 +54,11 @@ pub const DEFAULT_CLOCK_SKEW: i64 = 60;
 /// for a large region; fail closed beyond it (docs/profile.md §4.4, §7.4).
 pub const DEFAULT_MAX_REPLAY_ENTRIES: usize = 1_000_000;
 
+/// Default bound of the cache of verified issuer signatures (`sigcache`): 262,144 entries
+/// of a 32-byte digest, about 20 MB at most with the cache's own overhead; a region's daily
+/// distinct credentials at one verifier fit, and a miss only costs the signature check it saves.
+pub const SIGNATURE_CACHE_ENTRIES: usize = 262_144;
+
 /// Most AMC attestations one presentation may carry (docs/profile.md §2.7, §4.4); more is
 /// MALFORMED. A person rarely has more than one or two complementary insurers; each attestation
 /// costs a signature check, so the bound caps the work an accepted presentation can cause.

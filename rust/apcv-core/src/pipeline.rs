@@ -15,6 +15,7 @@ use crate::error::Error;
 use crate::inputs::{Policy, Scan, ScanData};
 use crate::limits::{KID_LEN, MAX_PRESENTATION_LIFETIME};
 use crate::settle::ReplayTicket;
+use crate::sigcache::SignatureCache;
 use crate::status::{StatusFail, StatusLists};
 use crate::trust::{Role, TrustList, TrustedKey};
 
@@ -25,6 +26,8 @@ pub(crate) struct Snapshot<'a> {
     pub(crate) trust: &'a TrustList,
     pub(crate) status: &'a StatusLists,
     pub(crate) policy: &'a Policy,
+    /// Issuer signatures already verified under this trust list (step 7 a, b; step 10).
+    pub(crate) signatures: &'a SignatureCache,
 }
 
 impl<'a> Snapshot<'a> {
@@ -246,12 +249,7 @@ impl<'a> Snapshot<'a> {
     /// key → `BAD_DEVICE_SIGNATURE`, or with a delegation under the delegate's key and not the
     /// holder's (§2.6).
     fn signatures(&self, p: &Parsed, keys: &Keys<'_>) -> Result<(), Reject> {
-        if !p
-            .cred
-            .sign1
-            .verify(&keys.cred.key, keys.cred.alg, b"")
-            .unwrap_or(false)
-        {
+        if !self.issuer_signed(&p.pres.claims.cred, &p.cred.sign1, keys.cred) {
             return Err(Reject::new(
                 Reason::BadIssuerSignature,
                 "credential signature does not verify",
@@ -274,7 +272,8 @@ impl<'a> Snapshot<'a> {
                 Err(bad_device)
             };
         };
-        if !dlg.sign1.verify(&key.key, key.alg, b"").unwrap_or(false) {
+        let dlg_bytes = p.pres.claims.dlg.as_deref().unwrap_or_default();
+        if !self.issuer_signed(dlg_bytes, &dlg.sign1, key) {
             return Err(invalid("delegation signature does not verify"));
         }
         if !pres
@@ -291,6 +290,13 @@ impl<'a> Snapshot<'a> {
             return Err(invalid("presentation also verifies under the holder's key"));
         }
         Ok(())
+    }
+
+    /// An issuer's signature — of a credential, a delegation or an AMC attestation parsed
+    /// from exactly `bytes` — under its trust-list key, remembered for this trust list
+    /// ([`SignatureCache`]): the same bytes presented again skip the check.
+    fn issuer_signed(&self, bytes: &[u8], sign1: &Sign1, key: &TrustedKey) -> bool {
+        self.signatures.verify(bytes, sign1, &key.key, key.alg)
     }
 
     /// Step 8, context, against the scan (docs/profile.md §7.2 step 8, a–e): audience, nonce,
@@ -394,7 +400,7 @@ impl<'a> Snapshot<'a> {
             let detail = "AMC attestation iss differs from the trust list";
             return fail(AmcReason::IssuerMismatch, detail);
         }
-        if !sign1.verify(&key.key, key.alg, b"").unwrap_or(false) {
+        if !self.issuer_signed(bytes, sign1, key) {
             let detail = "AMC attestation signature does not verify";
             return fail(AmcReason::BadIssuerSignature, detail);
         }

@@ -35,11 +35,14 @@ impl std::fmt::Debug for StatusBits {
 }
 
 impl StatusBits {
-    /// Builds a list from `bits` (1, 2, 4 or 8, draft §4.1) and the inflated bytes.
-    pub fn new(bits: u8, bytes: Vec<u8>) -> Result<StatusBits> {
+    /// Builds a list from `bits` (1, 2, 4 or 8, draft §4.1) and the inflated bytes, kept
+    /// packed as they are: a list costs its bit size (the spare capacity that inflating
+    /// leaves is given back).
+    pub fn new(bits: u8, mut bytes: Vec<u8>) -> Result<StatusBits> {
         if !matches!(bits, 1 | 2 | 4 | 8) {
             return Err(Error::MalformedStatusList("bits is not 1, 2, 4 or 8"));
         }
+        bytes.shrink_to_fit();
         Ok(StatusBits { bits, bytes })
     }
 

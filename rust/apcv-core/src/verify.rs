@@ -8,8 +8,10 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
+use crate::limits::SIGNATURE_CACHE_ENTRIES;
 use crate::pipeline::Snapshot;
 use crate::replay::ReplayStore;
+use crate::sigcache::SignatureCache;
 use crate::status::{StatusList, StatusLists};
 use crate::trust::TrustList;
 
@@ -26,6 +28,9 @@ pub struct Verifier {
     status: Arc<StatusLists>,
     policy: Policy,
     replay: Arc<dyn ReplayStore>,
+    /// Issuer signatures verified under `trust`: shared by the snapshots derived from this
+    /// one while they keep the same trust list, dropped with it.
+    signatures: Arc<SignatureCache>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -34,12 +39,14 @@ impl std::fmt::Debug for Verifier {
             .field("trust_seq", &self.trust.seq)
             .field("status_lists", &self.status.len())
             .field("policy", &self.policy)
+            .field("signatures", &self.signatures)
             .finish()
     }
 }
 
 impl Verifier {
-    /// A snapshot.
+    /// A snapshot, with a cache of verified issuer signatures of the default bound
+    /// ([`SIGNATURE_CACHE_ENTRIES`]).
     pub fn new(
         trust: Arc<TrustList>,
         status_lists: Vec<Arc<StatusList>>,
@@ -51,15 +58,38 @@ impl Verifier {
             status: Arc::new(StatusLists::new(status_lists)),
             policy,
             replay,
+            signatures: Arc::new(SignatureCache::new(SIGNATURE_CACHE_ENTRIES)),
+        }
+    }
+
+    /// The same snapshot with an empty cache of verified issuer signatures holding at most
+    /// `capacity` entries (0: every issuer signature is checked on every presentation).
+    pub fn with_signature_cache(&self, capacity: usize) -> Verifier {
+        Verifier {
+            signatures: Arc::new(SignatureCache::new(capacity)),
+            ..self.clone()
         }
     }
 
     /// A new snapshot with another trust list (same status lists, policy, replay store).
+    /// The cache of verified issuer signatures is kept only if it is the same list (the same
+    /// `Arc`), else the new snapshot starts with an empty one of the same bound.
     pub fn with_trust_list(&self, trust: Arc<TrustList>) -> Verifier {
+        let signatures = if Arc::ptr_eq(&trust, &self.trust) {
+            self.signatures.clone()
+        } else {
+            Arc::new(SignatureCache::new(self.signatures.capacity()))
+        };
         Verifier {
             trust,
+            signatures,
             ..self.clone()
         }
+    }
+
+    /// The cache of verified issuer signatures of this snapshot.
+    pub fn signature_cache(&self) -> &SignatureCache {
+        &self.signatures
     }
 
     /// A new snapshot with another set of status lists.
@@ -85,6 +115,7 @@ impl Verifier {
             trust: &self.trust,
             status: &self.status,
             policy: &self.policy,
+            signatures: &self.signatures,
         }
     }
 

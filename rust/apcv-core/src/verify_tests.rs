@@ -846,3 +846,74 @@ fn deferred_replay_gives_tickets_and_settles_like_the_embedded_store() {
         (external.reason, external.detail)
     );
 }
+
+#[test]
+fn issuer_signature_cache_skips_only_the_issuer_signature() {
+    let f = fx();
+    let cache = |v: &Verifier| v.signature_cache().len();
+    let cred = credential_bytes(&f.pki, &f.cred());
+    let pres = |n: u8| {
+        let mut p = presentation_claims(cred.clone());
+        cti(n)(&mut p);
+        presentation_bytes(&f.pki, &p)
+    };
+    assert_eq!(cache(&f.verifier), 0);
+    assert_eq!(f.reason(pres(1)), Reason::Ok);
+    assert_eq!(cache(&f.verifier), 1);
+    // The same credential presented again: one entry, still accepted.
+    assert_eq!(f.reason(pres(2)), Reason::Ok);
+    assert_eq!(cache(&f.verifier), 1);
+    // Other bytes never hit: the same credential with one bit flipped.
+    let mut bad = cred.clone();
+    let n = bad.len();
+    bad[n - 1] ^= 1;
+    assert_eq!(
+        f.reason(presentation_bytes(&f.pki, &presentation_claims(bad))),
+        Reason::BadIssuerSignature
+    );
+    assert_eq!(cache(&f.verifier), 1);
+    // The device signature is checked on every presentation of a cached credential.
+    let other = Signer::es256();
+    let mut pc = presentation_claims(cred.clone());
+    cti(3)(&mut pc);
+    let forged = sign1(&other, &prot(&other, false), &enc(&pc), true);
+    assert_eq!(f.reason(forged), Reason::BadDeviceSignature);
+    // So is the status: a snapshot with new status lists keeps the cache, and revokes.
+    let tl: Arc<TrustList> = f.verifier.trust_list().clone();
+    let revoked = StatusList::verify(
+        &f.pki.status_list_bytes(URI, 1, &[(5, 1)], NOW + DAY),
+        &tl,
+        NOW,
+    )
+    .unwrap();
+    let v = f.verifier.with_status_lists(vec![Arc::new(revoked)]);
+    assert_eq!(cache(&v), 1);
+    assert_eq!(v.verify(&nfc(pres(4)), NOW).reason, Reason::Revoked);
+    // The same trust list keeps the cache; a new one (even with the same content) drops it.
+    assert_eq!(cache(&f.verifier.with_trust_list(tl.clone())), 1);
+    let fresh = f.verifier.with_trust_list(Arc::new(f.pki.trust_list()));
+    assert_eq!(cache(&fresh), 0);
+    assert_eq!(fresh.signature_cache().capacity(), 262_144);
+    assert_eq!(fresh.verify(&nfc(pres(5)), NOW).reason, Reason::Ok);
+    assert_eq!(cache(&fresh), 1);
+    // Capacity 0: no cache.
+    let off = f.verifier.with_signature_cache(0);
+    assert_eq!(off.verify(&nfc(pres(6)), NOW).reason, Reason::Ok);
+    assert_eq!(cache(&off), 0);
+}
+
+#[test]
+fn issuer_signature_cache_is_bounded() {
+    let f = fx();
+    let v = f.verifier.with_signature_cache(16);
+    for i in 0..64u8 {
+        let sub = format!("cred-{i:04}");
+        let pres = f.pres(move |c| set(c, &[int(2)], Some(text(&sub))), cti(i));
+        assert_eq!(v.verify(&nfc(pres), NOW).reason, Reason::Ok);
+    }
+    assert!(
+        v.signature_cache().len() <= 16,
+        "{}",
+        v.signature_cache().len()
+    );
+}

@@ -11,6 +11,9 @@ use crate::inputs::{MemoryReplayStore, Policy, Scan};
 use crate::lists::{StatusList, TrustList};
 use crate::results::{deferred_to_py, result_to_py, VerificationResult};
 
+// The default of `signature_cache_entries` is written out for the signature text.
+const _: () = assert!(apcv_core::limits::SIGNATURE_CACHE_ENTRIES == 262_144);
+
 /// An immutable verification snapshot (trust list, status lists, policy, replay store).
 #[pyclass(frozen, module = "apcv_verify._native")]
 pub(crate) struct Verifier {
@@ -27,13 +30,19 @@ fn status_arcs(lists: &[Bound<'_, StatusList>]) -> Vec<Arc<status::StatusList>> 
 #[pymethods]
 impl Verifier {
     /// ``replay_store=None``: an external store (step 9 done by the caller, see
-    /// ``VerificationResult.with_replay_outcome``).
+    /// ``VerificationResult.with_replay_outcome``). ``signature_cache_entries``: the bound of
+    /// the cache of verified issuer signatures (0: none).
     #[new]
+    #[pyo3(signature = (
+        trust_list, status_lists, policy, replay_store,
+        signature_cache_entries = 262_144
+    ))]
     fn new(
         trust_list: &Bound<'_, TrustList>,
         status_lists: Vec<Bound<'_, StatusList>>,
         policy: &Bound<'_, Policy>,
         replay_store: Option<&Bound<'_, MemoryReplayStore>>,
+        signature_cache_entries: usize,
     ) -> Verifier {
         let store: Arc<dyn replay::ReplayStore> = match replay_store {
             Some(s) => s.get().inner.clone(),
@@ -45,7 +54,8 @@ impl Verifier {
                 status_arcs(&status_lists),
                 policy.get().inner,
                 store,
-            ),
+            )
+            .with_signature_cache(signature_cache_entries),
             external_replay: replay_store.is_none(),
         }
     }
@@ -56,7 +66,14 @@ impl Verifier {
         self.external_replay
     }
 
-    /// A new snapshot with another trust list (same status lists, policy and store).
+    /// Issuer signatures held by the cache of this snapshot's trust list.
+    #[getter]
+    fn signature_cache_len(&self) -> usize {
+        self.inner.signature_cache().len()
+    }
+
+    /// A new snapshot with another trust list (same status lists, policy and store); the
+    /// cache of verified issuer signatures starts empty unless it is the same trust list.
     fn with_trust_list(&self, trust_list: &Bound<'_, TrustList>) -> Verifier {
         Verifier {
             inner: self.inner.with_trust_list(trust_list.get().inner.clone()),

@@ -1,0 +1,105 @@
+//! The core's batches on 1 and 2 rayon threads, in Rust (no Python around it), beside a probe
+//! of the cores the machine gives at that moment (docs/benchmarks.md, "2 threads").
+//!
+//! `batch_threads DIR`: DIR holds what loadtest/core_bench.py writes: `trust.cose`,
+//! `anchor.key` (COSE_Key), `status.cwt`, `now` and `nfc.bin` (presentations, each a 4-byte
+//! big-endian length then its bytes). Cases, interleaved over rounds: `core` (verify_batch in
+//! batches of 100, fresh verifier with its signature cache and replay store) and `probe` (SHA-256
+//! over the same bytes, perfectly parallel), each on a pool of 1 and 2 threads. One JSON object
+//! per line and case. `--quick`: one round.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use apcv_core::cose::PublicKey;
+use apcv_core::replay::MemoryReplayStore;
+use apcv_core::status::StatusList;
+use apcv_core::trust::TrustList;
+use apcv_core::verify::{Policy, Scan, ScanData, Verifier};
+use cpu_time::ProcessTime;
+use rayon::prelude::*;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let dir = std::path::PathBuf::from(args.iter().find(|a| !a.starts_with("--")).expect("DIR"));
+    let read = |name: &str| std::fs::read(dir.join(name)).expect(name);
+    let now: i64 = String::from_utf8(read("now"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let anchor = PublicKey::from_bytes(&read("anchor.key")).expect("anchor");
+    let trust = Arc::new(TrustList::verify(&read("trust.cose"), &[anchor], now, None).unwrap());
+    let status = Arc::new(StatusList::verify(&read("status.cwt"), &trust, now).unwrap());
+    let blob = read("nfc.bin");
+    let mut items = Vec::new();
+    let mut at = 0;
+    while at < blob.len() {
+        let n = u32::from_be_bytes(blob[at..at + 4].try_into().unwrap()) as usize;
+        items.push(blob[at + 4..at + 4 + n].to_vec());
+        at += 4 + n;
+    }
+    let policy = Policy::new(true, 60, 0).unwrap();
+    let rounds = if quick { 1 } else { 3 };
+    let cases = [("core", 1), ("core", 2), ("probe", 1), ("probe", 2)];
+    for round in 1..=rounds {
+        let order: Vec<_> = if round % 2 == 1 {
+            cases.to_vec()
+        } else {
+            cases.iter().rev().copied().collect()
+        };
+        for (case, threads) in order {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let scans: Vec<Scan> = items
+                .iter()
+                .map(|b| Scan::new(ScanData::Nfc(b.clone()), "bench-reader".into(), None, None))
+                .collect();
+            let verifier = Verifier::new(
+                trust.clone(),
+                vec![status.clone()],
+                policy,
+                Arc::new(MemoryReplayStore::new(1_000_000)),
+            );
+            let (cpu0, wall0) = (ProcessTime::now(), Instant::now());
+            let done: usize = pool.install(|| match case {
+                "core" => scans
+                    .chunks(100)
+                    .map(|c| {
+                        verifier
+                            .verify_batch(c, now)
+                            .iter()
+                            .filter(|d| d.accepted())
+                            .count()
+                    })
+                    .sum(),
+                _ => items
+                    .par_iter()
+                    .map(|b| {
+                        let mut d = b.clone();
+                        for _ in 0..40 {
+                            d = ring::digest::digest(&ring::digest::SHA256, &d)
+                                .as_ref()
+                                .to_vec();
+                        }
+                        usize::from(!std::hint::black_box(d).is_empty())
+                    })
+                    .sum(),
+            });
+            let (cpu, wall) = (cpu0.elapsed().as_secs_f64(), wall0.elapsed().as_secs_f64());
+            assert_eq!(done, items.len(), "{case}: not every item done");
+            let line = serde_json::json!({
+                "round": round,
+                "case": case,
+                "threads": threads,
+                "cpu_us": cpu * 1e6 / items.len() as f64,
+                "per_s": items.len() as f64 / wall,
+                "cores_used": cpu / wall,
+            });
+            println!("{line}");
+        }
+    }
+}
