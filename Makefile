@@ -22,7 +22,7 @@ export PATH := $(TOOLS):$(CURDIR)/$(VENV)/bin:$(PATH)
 FHIR_VALIDATOR_DIR := tools/fhir-validator
 FHIR_VALIDATOR := $(FHIR_VALIDATOR_DIR)/target/apcv-fhir-validator-1.jar
 
-.PHONY: build dev proto demo test test-rust test-python lint lint-proto fmt tools clean \
+.PHONY: build dev proto demo test test-fast test-rust test-python lint lint-proto fmt tools clean \
 	system-deps bench fhir-validator image image-deps image-base image-test helm
 
 # The virtualenv and the build tools; everything else is installed by `maturin develop`.
@@ -49,9 +49,16 @@ proto: $(PROTO_OUT)/.stamp
 build: proto
 	$(VENV)/bin/maturin develop --release
 
-# Builds the native core in release mode into the venv with the dev and load (locust) extras.
+# Builds the native core into the venv with the dev and load (locust) extras: in release mode
+# (what `make test` and `make bench` use), or with `make dev PROFILE=debug` in debug mode,
+# several times faster to build, for iterating on the Python side (the core is slower).
+# Only from the command line: an unrelated PROFILE in the environment is ignored.
+ifneq ($(origin PROFILE),command line)
+PROFILE := release
+endif
 dev: proto
-	$(VENV)/bin/maturin develop --release --extras dev,load
+	@case "$(PROFILE)" in release|debug) ;; *) echo "PROFILE must be release or debug"; exit 2;; esac
+	$(VENV)/bin/maturin develop $(if $(filter release,$(PROFILE)),--release) --extras dev,load
 
 # grpcurl: the real gRPC client used by the tests and the README.
 $(GRPCURL):
@@ -114,6 +121,11 @@ test-python: dev tools helm system-deps fhir-validator
 	$(PY) -m pytest
 
 test: test-rust test-python
+
+# The Python suite without the tests marked slow (over about 3 s each: real server processes,
+# refresh and shutdown timings; pyproject.toml registers the marker). `make test` runs them all.
+test-fast: dev tools helm system-deps fhir-validator
+	$(PY) -m pytest -m "not slow and not image"
 
 # The core first (loadtest/core_bench.py: crypto floor, core from Python, the plain-Python peer,
 # scale, with a matplotlib plot), then ghz side by side on loopback: Verify with 1 and 2 workers,

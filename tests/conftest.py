@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,11 @@ from typing import Any
 import grpc
 import pytest
 import redis
+from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
 from apcv_verify.config import Config, load_config
 from apcv_verify.issuer import DemoPKI, nir_key_is_valid
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parent.parent
 #: Log files of the servers started by the current test, scanned after it for personal data.
@@ -62,7 +65,7 @@ def pki_config(pki: DemoPKI, overrides: Mapping[str, Any] | None = None) -> Conf
 
 
 @dataclass
-class RunningServer:
+class ServerProcess:
     """An ``apcv-verify serve`` child process and how to reach it."""
 
     process: subprocess.Popen[str]
@@ -82,6 +85,70 @@ def open_channel(address: str, credentials: grpc.ChannelCredentials | None = Non
     if credentials is None:
         return grpc.insecure_channel(address)
     return grpc.secure_channel(address, credentials)
+
+
+def reason(verdict: verifier_pb2.Verdict) -> str:
+    """The verdict's reason code without its enum prefix (``OK``, ``REVOKED``)."""
+    return verifier_pb2.Reason.Name(verdict.reason).removeprefix("REASON_")
+
+
+def verify(
+    server: ServerProcess,
+    presentation: str | bytes,
+    reader_id: str = "desk-1",
+    *,
+    request_id: str = "r-1",
+    include_fhir: bool = False,
+    scanned_at: int | None = None,
+    **reader: bytes,
+) -> verifier_pb2.Verdict:
+    """One unary Verify of ``presentation`` over gRPC: QR text (a str) or NFC bytes."""
+    scan = verifier_pb2.Scan(request_id=request_id, include_fhir=include_fhir)
+    if isinstance(presentation, str):
+        scan.qr_text = presentation
+    else:
+        scan.nfc_bytes = presentation
+    scan.reader.CopyFrom(verifier_pb2.ReaderContext(reader_id=reader_id, **reader))
+    if scanned_at is not None:
+        scan.scanned_at.FromSeconds(scanned_at)
+    with server.channel() as channel:
+        stub = verifier_pb2_grpc.VerifierServiceStub(channel)
+        return stub.Verify(verifier_pb2.VerifyRequest(scan=scan), timeout=10).verdict
+
+
+#: Samples of a Prometheus exposition, by (metric name, labels).
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape_text(port: int) -> str:
+    """The ``/metrics`` exposition served on loopback ``port``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        assert reply.status == 200
+        return str(reply.read().decode())
+
+
+def samples(text: str) -> Samples:
+    """Every sample of the exposition, by (name, labels)."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def scrape(port: int) -> Samples:
+    """Every sample served on ``port``'s ``/metrics``."""
+    return samples(scrape_text(port))
+
+
+def value(found: Samples, name: str, **labels: str) -> float:
+    """The sample ``name{labels}``; 0 when absent (a counter not yet incremented)."""
+    return found.get((name, frozenset(labels.items())), 0.0)
+
+
+def metric(port: int, name: str, **labels: str) -> float:
+    """The sample ``name{labels}`` served on ``port`` now (0 when absent)."""
+    return value(scrape(port), name, **labels)
 
 
 def write_config(path: Path, text: str) -> Path:
@@ -120,7 +187,7 @@ def start_server(
     env: dict[str, str] | None = None,
     status_lists: bool = True,
     credentials: grpc.ChannelCredentials | None = None,
-) -> RunningServer:
+) -> ServerProcess:
     """Start ``apcv-verify serve`` on a free port; ``env`` adds APCV_… variables;
     ``status_lists=False`` serves without any status list (STATUS_UNAVAILABLE)."""
     address = f"127.0.0.1:{free_port()}"
@@ -149,10 +216,10 @@ def start_server(
         process.kill()
         process.wait()
         raise RuntimeError(f"server did not start:\n{log_path.read_text()}") from None
-    return RunningServer(process, address, log_path, credentials)
+    return ServerProcess(process, address, log_path, credentials)
 
 
-def stop_server(server: RunningServer) -> None:
+def stop_server(server: ServerProcess) -> None:
     server.process.terminate()
     try:
         server.process.wait(timeout=15)
@@ -200,7 +267,7 @@ def pki(tmp_path: Path) -> DemoPKI:
 
 
 @pytest.fixture
-def server(pki: DemoPKI, tmp_path: Path) -> Iterator[RunningServer]:
+def server(pki: DemoPKI, tmp_path: Path) -> Iterator[ServerProcess]:
     """A verifier with the demo PKI; the demo identities use the INS demonstration OID."""
     running = start_server(pki.directory, tmp_path / "server.log", "--allow-test-identities")
     yield running

@@ -13,14 +13,15 @@ import pytest
 import structlog
 from apcv_verify import _native
 from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
-from apcv_verify.audit import HOLDER_REF_HEX_CHARS, AuditTrail, holder_ref
 from apcv_verify.config import ConfigError, load_config
 from apcv_verify.issuer import DemoPKI, parse_sign1, qr_text
-from apcv_verify.logs import configure_logging
-from apcv_verify.server import build_verifiers, load_trust_material
+from apcv_verify.observe.audit import HOLDER_REF_HEX_CHARS, AuditTrail, holder_ref
+from apcv_verify.observe.logs import configure_logging
+from apcv_verify.service.startup import build_verifiers
+from apcv_verify.trust.material import load_trust_material
 
 from .conftest import (
-    RunningServer,
+    ServerProcess,
     nir_numbers,
     personal_values,
     pki_config,
@@ -41,14 +42,14 @@ def credential_id(pki: DemoPKI, holder: str) -> str:
     return str(parse_sign1(pki.holder(holder).credential).claims()[2])
 
 
-def audit_records(server: RunningServer) -> list[dict[str, Any]]:
+def audit_records(server: ServerProcess) -> list[dict[str, Any]]:
     records = [json.loads(line) for line in server.logs().splitlines() if line.startswith("{")]
     return [record for record in records if record.get("kind") == "audit"]
 
 
 def serve_with_secret(
     pki: DemoPKI, log_path: Path, monkeypatch: pytest.MonkeyPatch, secret: str
-) -> RunningServer:
+) -> ServerProcess:
     monkeypatch.setenv("APCV_AUDIT_HOLDER_REF_SECRET", secret)
     monkeypatch.setenv("APCV_METRICS_LISTEN", "")
     return start_server(pki.directory, log_path, "--allow-test-identities")
@@ -66,6 +67,7 @@ def test_holder_ref_is_a_keyed_pseudonym() -> None:
     assert "secret-one" not in repr(AuditTrail(b"secret-one"))
 
 
+@pytest.mark.slow
 def test_one_audit_record_per_verification(
     pki: DemoPKI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -119,6 +121,7 @@ def test_one_audit_record_per_verification(
     assert '"audit_secret_ephemeral"' not in logs
 
 
+@pytest.mark.slow
 def test_holder_ref_stable_across_restarts_with_a_secret_not_without(
     pki: DemoPKI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -185,7 +188,7 @@ def test_every_log_line_of_every_scenario_is_free_of_personal_data(
 
 def test_audit_trail_counts_verifications_in_process(pki: DemoPKI) -> None:
     """``record_verification`` is what VerifyBatch and VerifyStream call per item."""
-    from apcv_verify.metrics import ServiceMetrics
+    from apcv_verify.observe.metrics import ServiceMetrics
 
     config = pki_config(pki, {"audit.holder_ref_secret": SECRET})
     metrics = ServiceMetrics()

@@ -11,7 +11,7 @@ import pytest
 from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
 from apcv_verify.issuer import DemoPKI, qr_text, tamper_signature
 
-from .conftest import RunningServer, start_server, stop_server, write_config
+from .conftest import ServerProcess, start_server, stop_server, write_config
 
 Scan = verifier_pb2.Scan
 Reader = verifier_pb2.ReaderContext
@@ -26,7 +26,7 @@ def item(request_id: str, presentation: str | bytes, reader_id: str = "edge-1") 
     return request
 
 
-def verify_batch(server: RunningServer, items: list[Scan]) -> list[verifier_pb2.Verdict]:
+def verify_batch(server: ServerProcess, items: list[Scan]) -> list[verifier_pb2.Verdict]:
     with server.channel() as channel:
         stub = verifier_pb2_grpc.VerifierServiceStub(channel)
         reply = stub.VerifyBatch(verifier_pb2.VerifyBatchRequest(scans=items), timeout=30)
@@ -39,7 +39,7 @@ def reasons(responses: list[verifier_pb2.Verdict]) -> list[str]:
     ]
 
 
-def test_responses_come_in_request_order(server: RunningServer, pki: DemoPKI) -> None:
+def test_responses_come_in_request_order(server: ServerProcess, pki: DemoPKI) -> None:
     now = int(time.time())
     samples = pki.samples(now=now)
     items = [
@@ -65,7 +65,7 @@ def test_responses_come_in_request_order(server: RunningServer, pki: DemoPKI) ->
     assert not responses[1].HasField("person")
 
 
-def test_replay_is_judged_in_batch_order(server: RunningServer, pki: DemoPKI) -> None:
+def test_replay_is_judged_in_batch_order(server: ServerProcess, pki: DemoPKI) -> None:
     code = qr_text(pki.present("alice"))
     responses = verify_batch(
         server,
@@ -83,7 +83,7 @@ def test_replay_is_judged_in_batch_order(server: RunningServer, pki: DemoPKI) ->
     assert verifier_pb2.Reason.Name(single.reason).removeprefix("REASON_") == "REPLAYED"
 
 
-def test_batch_and_single_verify_agree(server: RunningServer, pki: DemoPKI) -> None:
+def test_batch_and_single_verify_agree(server: ServerProcess, pki: DemoPKI) -> None:
     tampered = tamper_signature(pki.present("corsica"))
     (batched,) = verify_batch(server, [item("one", tampered)])
     with server.channel() as channel:
@@ -93,14 +93,14 @@ def test_batch_and_single_verify_agree(server: RunningServer, pki: DemoPKI) -> N
     assert batched == single
 
 
-def test_an_empty_batch_is_invalid_argument(server: RunningServer) -> None:
+def test_an_empty_batch_is_invalid_argument(server: ServerProcess) -> None:
     with pytest.raises(grpc.RpcError) as empty:
         verify_batch(server, [])
     assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "empty batch" in (empty.value.details() or "")
 
 
-def test_default_bound_is_1000(server: RunningServer) -> None:
+def test_default_bound_is_1000(server: ServerProcess) -> None:
     garbage = [item(f"g-{i}", "APCV1:") for i in range(1000)]
     assert set(reasons(verify_batch(server, garbage))) == {"MALFORMED"}
     with pytest.raises(grpc.RpcError) as over:
@@ -109,6 +109,7 @@ def test_default_bound_is_1000(server: RunningServer) -> None:
     assert "over the limit of 1000 (server.max_batch)" in (over.value.details() or "")
 
 
+@pytest.mark.slow
 def test_configured_bound(pki: DemoPKI, tmp_path: Path) -> None:
     config = write_config(tmp_path / "apcv.toml", "[server]\nmax_batch = 2\n")
     small = start_server(
@@ -126,7 +127,7 @@ def test_configured_bound(pki: DemoPKI, tmp_path: Path) -> None:
         stop_server(small)
 
 
-def test_grpcurl_verify_batch(server: RunningServer, pki: DemoPKI, grpcurl: str) -> None:
+def test_grpcurl_verify_batch(server: ServerProcess, pki: DemoPKI, grpcurl: str) -> None:
     import json
     import subprocess
 

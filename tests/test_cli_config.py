@@ -10,9 +10,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import apcv_verify.cli.main as cli
 import pytest
-from apcv_verify import cli
-from apcv_verify.cli import main
+from apcv_verify.cli.main import main
 from apcv_verify.config import (
     DEFAULT_CALLER,
     USES,

@@ -10,11 +10,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from apcv_verify.issuer import DemoPKI
 
 from .conftest import REPO, free_port, start_server, stop_server, wait_serving
 
 
+@pytest.mark.slow
 def test_serve_takes_the_anchor_as_a_cose_key_file(pki: DemoPKI, tmp_path: Path) -> None:
     (pki.directory / "anchor.pem").unlink()  # only the COSE_Key form is left
     (pki.directory / "anchor.pem").symlink_to(pki.directory / "anchor.cose_key")

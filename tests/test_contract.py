@@ -18,7 +18,7 @@ from apcv_verify.issuer import DemoPKI, qr_text
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from .conftest import REPO, RunningServer
+from .conftest import REPO, ServerProcess
 
 SERVICE = "/apcv.verify.v1.VerifierService"
 DOMAIN = "apcv.verify.v1"
@@ -93,7 +93,7 @@ def status_details(
 
 
 def test_an_undecodable_verify_is_invalid_argument_with_details_and_no_exception_text(
-    server: RunningServer, pki: DemoPKI
+    server: ServerProcess, pki: DemoPKI
 ) -> None:
     good = scan("XXXX", qr_text(pki.present("alice")))
     for payload in (field(1, not_utf8(good)), TRUNCATED):
@@ -119,7 +119,7 @@ def test_an_undecodable_verify_is_invalid_argument_with_details_and_no_exception
 
 
 def test_a_broken_item_in_a_stream_is_malformed_in_place_and_later_items_are_answered(
-    server: RunningServer, pki: DemoPKI
+    server: ServerProcess, pki: DemoPKI
 ) -> None:
     codes = [qr_text(pki.present("alice")), qr_text(pki.present("lunar"))]
     messages = [
@@ -151,7 +151,7 @@ def test_a_broken_item_in_a_stream_is_malformed_in_place_and_later_items_are_ans
 
 
 def test_a_batch_answers_bad_items_in_place_and_verifies_the_others(
-    server: RunningServer, pki: DemoPKI
+    server: ServerProcess, pki: DemoPKI
 ) -> None:
     codes = [qr_text(pki.present(holder)) for holder in ("alice", "lunar", "corsica")]
     scans = [
@@ -186,7 +186,7 @@ def test_a_batch_answers_bad_items_in_place_and_verifies_the_others(
 
 
 def test_an_undecodable_batch_item_is_answered_in_place_a_broken_batch_is_refused(
-    server: RunningServer, pki: DemoPKI
+    server: ServerProcess, pki: DemoPKI
 ) -> None:
     code = qr_text(pki.present("alice"))
     payload = b"".join(
@@ -221,7 +221,7 @@ def test_an_undecodable_batch_item_is_answered_in_place_a_broken_batch_is_refuse
     ],
 )
 def test_verify_requires_request_id_and_reader_id(
-    server: RunningServer, pki: DemoPKI, request_id: str, reader_id: str, reason: str, path: str
+    server: ServerProcess, pki: DemoPKI, request_id: str, reader_id: str, reason: str, path: str
 ) -> None:
     request = verifier_pb2.VerifyRequest(
         scan=scan(request_id, qr_text(pki.present("alice")), reader_id)
@@ -234,7 +234,7 @@ def test_verify_requires_request_id_and_reader_id(
     assert (refused.value.details() or "").startswith(f"{path}: ")
 
 
-def test_call_level_errors_carry_a_stable_reason(server: RunningServer, pki: DemoPKI) -> None:
+def test_call_level_errors_carry_a_stable_reason(server: ServerProcess, pki: DemoPKI) -> None:
     code = qr_text(pki.present("alice"))
     with server.channel() as channel:
         stub = verifier_pb2_grpc.VerifierServiceStub(channel)
@@ -262,7 +262,7 @@ def test_call_level_errors_carry_a_stable_reason(server: RunningServer, pki: Dem
 
 
 def test_reflection_lists_the_service_and_describes_its_messages(
-    server: RunningServer, grpcurl: str
+    server: ServerProcess, grpcurl: str
 ) -> None:
     """grpcio-reflection offers ``grpc.reflection.v1alpha`` only (no ``v1`` in Python yet):
     grpcurl asks for v1 first and falls back to it."""
@@ -289,6 +289,7 @@ def test_reflection_lists_the_service_and_describes_its_messages(
     assert "string request_id = 1;" in described and "ReaderContext reader = 4;" in described
 
 
+@pytest.mark.slow
 def test_the_proto_generates_a_go_client_that_compiles_without_extra_flags(
     tmp_path: Path,
 ) -> None:
@@ -364,7 +365,7 @@ func main() {
 
 
 def test_grpcurl_json_uses_the_prefixed_enum_names(
-    server: RunningServer, pki: DemoPKI, grpcurl: str
+    server: ServerProcess, pki: DemoPKI, grpcurl: str
 ) -> None:
     body = {"scan": {"request_id": "j-1", "qr_text": "APCV1:%%", "reader": {"reader_id": "d"}}}
     completed = subprocess.run(

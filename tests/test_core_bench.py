@@ -21,6 +21,7 @@ import core_bench  # noqa: E402
 from peer import PeerVerifier, Rejected  # noqa: E402
 
 
+@pytest.mark.slow
 def test_quick_benchmark_writes_its_section(tmp_path: Path) -> None:
     out = tmp_path / "benchmarks.md"
     out.write_text("# Benchmarks\n\nkept\n")

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
-from apcv_verify.issuer import DemoPKI, qr_text
+from apcv_verify._proto.apcv.verify.v1 import verifier_pb2
+from apcv_verify.issuer import DemoPKI
 
-from .conftest import RunningServer, start_server, stop_server, write_config
+from .conftest import ServerProcess, reason, start_server, stop_server, verify, write_config
 
 Request = verifier_pb2.Scan
 Reader = verifier_pb2.ReaderContext
@@ -25,7 +25,7 @@ Reader = verifier_pb2.ReaderContext
 GROUPS = ("ins", "identity", "amo")
 
 
-def serve_with(pki: DemoPKI, tmp_path: Path, config: str, name: str = "policy") -> RunningServer:
+def serve_with(pki: DemoPKI, tmp_path: Path, config: str, name: str = "policy") -> ServerProcess:
     path = write_config(tmp_path / f"{name}.toml", config)
     return start_server(
         pki.directory, tmp_path / f"{name}.log", "--allow-test-identities", "--config", str(path)
@@ -33,32 +33,11 @@ def serve_with(pki: DemoPKI, tmp_path: Path, config: str, name: str = "policy") 
 
 
 @pytest.fixture
-def default_policy(pki: DemoPKI, tmp_path: Path) -> Iterator[RunningServer]:
+def default_policy(pki: DemoPKI, tmp_path: Path) -> Iterator[ServerProcess]:
     """A callers table that gives ``anonymous`` every use with the default disclosure."""
     running = serve_with(pki, tmp_path, '[[callers]]\nid = "anonymous"\n', "default")
     yield running
     stop_server(running)
-
-
-def verify(
-    server: RunningServer,
-    presentation: bytes,
-    *,
-    reader_id: str = "desk-1",
-    include_fhir: bool = False,
-    scanned_at: int | None = None,
-) -> verifier_pb2.Verdict:
-    request = Request(
-        request_id="d-1",
-        qr_text=qr_text(presentation),
-        reader=Reader(reader_id=reader_id),
-        include_fhir=include_fhir,
-    )
-    if scanned_at is not None:
-        request.scanned_at.FromSeconds(scanned_at)
-    with server.channel() as channel:
-        stub = verifier_pb2_grpc.VerifierServiceStub(channel)
-        return stub.Verify(verifier_pb2.VerifyRequest(scan=request), timeout=10).verdict
 
 
 def present_groups(response: verifier_pb2.Verdict) -> set[str]:
@@ -66,10 +45,6 @@ def present_groups(response: verifier_pb2.Verdict) -> set[str]:
     if response.HasField("identity_qualification"):
         groups.add("qualification")
     return groups
-
-
-def reason(response: verifier_pb2.Verdict) -> str:
-    return verifier_pb2.Reason.Name(response.reason).removeprefix("REASON_")
 
 
 @pytest.mark.parametrize(
@@ -82,7 +57,7 @@ def reason(response: verifier_pb2.Verdict) -> str:
     ],
 )
 def test_default_disclosure_per_use(
-    default_policy: RunningServer, pki: DemoPKI, use: str, expected: set[str]
+    default_policy: ServerProcess, pki: DemoPKI, use: str, expected: set[str]
 ) -> None:
     response = verify(default_policy, pki.present("alice", use=use))
     assert (reason(response), response.use) == ("OK", use)
@@ -93,7 +68,7 @@ def test_default_disclosure_per_use(
 
 
 def test_identity_qualification_is_qualified_by_apcv(
-    default_policy: RunningServer, pki: DemoPKI
+    default_policy: ServerProcess, pki: DemoPKI
 ) -> None:
     response = verify(default_policy, pki.present("family", ben=1, use="dmp"))
     qualification = response.identity_qualification
@@ -102,7 +77,7 @@ def test_identity_qualification_is_qualified_by_apcv(
     assert qualification.collection_method == "AV"
 
 
-def test_rejections_disclose_nothing(default_policy: RunningServer, pki: DemoPKI) -> None:
+def test_rejections_disclose_nothing(default_policy: ServerProcess, pki: DemoPKI) -> None:
     response = verify(
         default_policy, pki.present("alice", credential=pki.expired_credential("alice"))
     )
@@ -112,6 +87,7 @@ def test_rejections_disclose_nothing(default_policy: RunningServer, pki: DemoPKI
     assert not response.fhir_json
 
 
+@pytest.mark.slow
 def test_a_caller_table_narrows_disclosure_and_uses(pki: DemoPKI, tmp_path: Path) -> None:
     config = """
 [[callers]]
@@ -144,7 +120,7 @@ disclose = { care = ["amo"], auth = ["identity"] }
         stop_server(running)
 
 
-def test_fhir_follows_the_default_auth_filter(default_policy: RunningServer, pki: DemoPKI) -> None:
+def test_fhir_follows_the_default_auth_filter(default_policy: ServerProcess, pki: DemoPKI) -> None:
     response = verify(default_policy, pki.present("lunar", use="auth"), include_fhir=True)
     bundle = json.loads(response.fhir_json)
     (entry,) = bundle["entry"]  # no Coverage: AMO and AMC are not disclosed for auth
@@ -154,6 +130,7 @@ def test_fhir_follows_the_default_auth_filter(default_policy: RunningServer, pki
         assert absent not in patient
 
 
+@pytest.mark.slow
 def test_unknown_caller_is_permission_denied(pki: DemoPKI, tmp_path: Path) -> None:
     running = serve_with(pki, tmp_path, '[[callers]]\nid = "his-1"\n')
     try:
@@ -165,6 +142,7 @@ def test_unknown_caller_is_permission_denied(pki: DemoPKI, tmp_path: Path) -> No
         stop_server(running)
 
 
+@pytest.mark.slow
 def test_star_entry_covers_unlisted_callers(pki: DemoPKI, tmp_path: Path) -> None:
     running = serve_with(pki, tmp_path, '[[callers]]\nid = "*"\nuses = ["auth"]\n')
     try:
@@ -175,7 +153,7 @@ def test_star_entry_covers_unlisted_callers(pki: DemoPKI, tmp_path: Path) -> Non
         stop_server(running)
 
 
-def test_scanned_at_needs_permission(default_policy: RunningServer, pki: DemoPKI) -> None:
+def test_scanned_at_needs_permission(default_policy: ServerProcess, pki: DemoPKI) -> None:
     with pytest.raises(grpc.RpcError) as denied:
         verify(default_policy, pki.present("alice"), scanned_at=int(time.time()) - 30)
     assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -183,7 +161,7 @@ def test_scanned_at_needs_permission(default_policy: RunningServer, pki: DemoPKI
 
 
 @pytest.fixture
-def edge_policy(pki: DemoPKI, tmp_path: Path) -> Iterator[RunningServer]:
+def edge_policy(pki: DemoPKI, tmp_path: Path) -> Iterator[ServerProcess]:
     config = """
 [[callers]]
 id = "anonymous"
@@ -196,7 +174,7 @@ max_scan_delay_seconds = 3600
 
 
 def test_delayed_scan_judges_freshness_at_scan_time(
-    edge_policy: RunningServer, pki: DemoPKI
+    edge_policy: ServerProcess, pki: DemoPKI
 ) -> None:
     now = int(time.time())
     scanned_at = now - 1800
@@ -206,7 +184,7 @@ def test_delayed_scan_judges_freshness_at_scan_time(
     assert reason(verify(edge_policy, stale, scanned_at=scanned_at, reader_id="edge-7")) == "OK"
 
 
-def test_scan_time_outside_the_allowed_delay(edge_policy: RunningServer, pki: DemoPKI) -> None:
+def test_scan_time_outside_the_allowed_delay(edge_policy: ServerProcess, pki: DemoPKI) -> None:
     now = int(time.time())
     too_old = now - 7200
     response = verify(

@@ -10,11 +10,12 @@ from typing import Any
 import grpc
 import pytest
 import structlog
-from apcv_verify import server as server_module
 from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
-from apcv_verify.errors import ERROR_DOMAIN, INTERNAL_ERROR_DETAIL
 from apcv_verify.issuer import DemoPKI, qr_text
-from apcv_verify.logs import configure_logging
+from apcv_verify.observe.logs import configure_logging
+from apcv_verify.service.errors import ERROR_DOMAIN, INTERNAL_ERROR_DETAIL
+from apcv_verify.service.servicer import VerifierService
+from apcv_verify.service.startup import start_server
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -25,7 +26,7 @@ SECRET = "DUPONT 185127505612355"  # what a careless exception message could car
 
 async def _call_with_broken_core(pki: DemoPKI) -> tuple[grpc.StatusCode, str, str]:
     config = pki_config(pki)
-    running = await server_module.start_server(config)
+    running = await start_server(config)
     try:
         scan = verifier_pb2.Scan(request_id="e-1", qr_text=qr_text(pki.present()))
         scan.reader.reader_id = "desk-1"
@@ -54,7 +55,7 @@ def test_an_unexpected_exception_becomes_internal_without_its_text(
     async def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError(SECRET)
 
-    monkeypatch.setattr(server_module.VerifierService, "_verify", broken)
+    monkeypatch.setattr(VerifierService, "_verify", broken)
     saved = structlog.get_config()
     buffer = io.StringIO()
     try:

@@ -22,12 +22,12 @@ from typing import Any
 
 import pytest
 from apcv_verify import fhir
-from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
+from apcv_verify._proto.apcv.verify.v1 import verifier_pb2
+from apcv_verify.cli.config_print import config_toml
 from apcv_verify.config import DEFAULT_FHIR_CANONICAL_BASE, ConfigError, load_config
-from apcv_verify.config_print import config_toml
 from apcv_verify.issuer import INS_DEMO_OID, DemoPKI, qr_text
 
-from .conftest import REPO, RunningServer, start_server, stop_server
+from .conftest import REPO, ServerProcess, start_server, stop_server, verify
 
 # FHIR R4 primitive formats (https://hl7.org/fhir/R4/datatypes.html).
 FHIR_DATE = re.compile(
@@ -372,20 +372,12 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> DemoPKI:
 
 
 @pytest.fixture(scope="module")
-def server(pki: DemoPKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+def server(pki: DemoPKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     log = tmp_path_factory.mktemp("fhir-server") / "server.log"
     env = {"APCV_FHIR_CANONICAL_BASE": SERVED.base}
     running = start_server(pki.directory, log, "--allow-test-identities", env=env)
     yield running
     stop_server(running)
-
-
-def fhir_verify(server: RunningServer, presentation: bytes, **fields: Any) -> Any:
-    scan = verifier_pb2.Scan(request_id="f-1", qr_text=qr_text(presentation), **fields)
-    scan.reader.reader_id = "desk-1"
-    with server.channel() as channel:
-        stub = verifier_pb2_grpc.VerifierServiceStub(channel)
-        return stub.Verify(verifier_pb2.VerifyRequest(scan=scan), timeout=10).verdict
 
 
 @dataclass(frozen=True)
@@ -395,7 +387,7 @@ class Produced:
 
 
 @pytest.fixture(scope="module")
-def over_grpc(server: RunningServer, pki: DemoPKI) -> dict[str, Produced]:
+def over_grpc(server: ServerProcess, pki: DemoPKI) -> dict[str, Produced]:
     """Every kind of Bundle the service produces, by name."""
     delegate, delegation = pki.delegate("family", ben=(1,), use=("care",), who="Mamie")
     child_amc = pki.amc_attestation("family", ranks=[1], contract="C-7", domains=["PHAR", "DENT"])
@@ -411,14 +403,14 @@ def over_grpc(server: RunningServer, pki: DemoPKI) -> dict[str, Produced]:
     }
     produced = {}
     for name, tap in taps.items():
-        response = fhir_verify(server, tap, include_fhir=True)
+        response = verify(server, qr_text(tap), request_id="f-1", include_fhir=True)
         assert verifier_pb2.Reason.Name(response.reason) == "REASON_OK", name
         produced[name] = Produced(response, json.loads(response.fhir_json))
     return produced
 
 
-def test_no_fhir_unless_asked(server: RunningServer, pki: DemoPKI) -> None:
-    assert fhir_verify(server, pki.present("alice")).fhir_json == ""
+def test_no_fhir_unless_asked(server: ServerProcess, pki: DemoPKI) -> None:
+    assert verify(server, qr_text(pki.present("alice"))).fhir_json == ""
 
 
 def test_a_holder_over_grpc(over_grpc: dict[str, Produced]) -> None:
@@ -559,6 +551,7 @@ def hapi_validate(directory: Path) -> list[Message]:
     return [replace(m, location=re.sub(r"/\*.*?\*/", "", m.location)) for m in messages]
 
 
+@pytest.mark.slow
 def test_every_bundle_passes_the_hapi_validator(
     over_grpc: dict[str, Produced], tmp_path: Path
 ) -> None:

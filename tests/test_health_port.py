@@ -22,13 +22,13 @@ from apcv_verify.issuer import DemoPKI, qr_text
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from .conftest import RunningServer, free_port, start_server, stop_server, write_config
+from .conftest import ServerProcess, free_port, start_server, stop_server, write_config
 from .test_tls import CALLERS, CertificateAuthority
 
 
 @dataclass
 class HealthPortServer:
-    server: RunningServer
+    server: ServerProcess
     health_address: str
     ca: CertificateAuthority
 

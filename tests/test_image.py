@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from apcv_verify.demo import SAMPLES
+from apcv_verify.cli.demo import SAMPLES
 
 from .conftest import REPO
 

@@ -1,4 +1,4 @@
-"""Issuer toolkit (apcv_verify.issuer, .cli_issue): encoding, keys, objects, DemoPKI, CLI.
+"""Issuer toolkit (apcv_verify.issuer, cli.issue): encoding, keys, objects, DemoPKI, CLI.
 
 Pure Python: none of this needs the native verifier, except the delegation and AMC round trips at
 the end, which show that what the toolkit mints is what the verifier accepts. Interoperability is
@@ -17,7 +17,7 @@ from typing import Any
 import base45  # type: ignore[import-untyped]
 import cbor2
 import pytest
-from apcv_verify import cli_issue
+from apcv_verify.cli import issue as cli_issue
 from apcv_verify.issuer import (
     DEMO_AMC_NUMBER,
     DEMO_SAMPLE_NAMES,

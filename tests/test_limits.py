@@ -22,7 +22,8 @@ from apcv_verify.issuer import (
     matricule,
     qr_text,
 )
-from apcv_verify.server import MAX_REQUEST_BYTES, server_options
+from apcv_verify.service.decode import MAX_REQUEST_BYTES
+from apcv_verify.service.startup import server_options
 
 from .conftest import pki_config
 from .test_contract import status_details

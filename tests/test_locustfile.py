@@ -12,15 +12,16 @@ from pathlib import Path
 import pytest
 from apcv_verify.issuer import DemoPKI
 
-from .conftest import REPO, RunningServer
+from .conftest import REPO, ServerProcess
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     importlib.util.find_spec("locust") is None,
     reason="locust is not installed (pip install -e '.[load]' or the `load` extra)",
 )
 def test_locustfile_verifies_without_failures(
-    pki: DemoPKI, server: RunningServer, tmp_path: Path
+    pki: DemoPKI, server: ServerProcess, tmp_path: Path
 ) -> None:
     reply = subprocess.run(
         [sys.executable, "-m", "locust", "-f", str(REPO / "loadtest" / "locustfile.py"),

@@ -7,7 +7,6 @@ import json
 import queue
 import socket
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,48 +16,31 @@ import pytest
 from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
 from apcv_verify.config import ConfigError, load_config
 from apcv_verify.issuer import DemoPKI, qr_text
-from apcv_verify.metrics import ServiceMetrics
-from apcv_verify.server import load_trust_material
-from apcv_verify.server import start_server as start_in_process
+from apcv_verify.observe.metrics import ServiceMetrics
+from apcv_verify.service.interceptors import MetricsInterceptor
+from apcv_verify.service.startup import start_server as start_in_process
+from apcv_verify.trust.material import load_trust_material
 from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import (
-    RunningServer,
+    ServerProcess,
     free_port,
     nir_numbers,
     personal_values,
     pki_config,
+    samples,
+    scrape_text,
     start_server,
     stop_server,
+    value,
 )
 from .test_workers import redis_url, start_workers  # noqa: F401 (redis_url: a fixture)
 
 VERIFIER = "apcv.verify.v1.VerifierService"
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def scrape_text(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
-        assert reply.status == 200
-        return str(reply.read().decode())
-
-
-def samples(text: str) -> Samples:
-    """Every sample of the exposition, by (name, labels)."""
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(found: Samples, name: str, **labels: str) -> float:
-    return found.get((name, frozenset(labels.items())), 0.0)
 
 
 def call(
-    server: RunningServer, presentation: str | bytes, request_id: str, reader_id: str = "desk-1"
+    server: ServerProcess, presentation: str | bytes, request_id: str, reader_id: str = "desk-1"
 ) -> verifier_pb2.Verdict:
     scan = verifier_pb2.Scan(request_id=request_id)
     if isinstance(presentation, str):
@@ -80,14 +62,14 @@ def metrics_port(monkeypatch: pytest.MonkeyPatch) -> int:
 
 
 @pytest.fixture
-def observed(pki: DemoPKI, tmp_path: Path, metrics_port: int) -> Iterator[RunningServer]:
+def observed(pki: DemoPKI, tmp_path: Path, metrics_port: int) -> Iterator[ServerProcess]:
     running = start_server(pki.directory, tmp_path / "server.log", "--allow-test-identities")
     yield running
     stop_server(running)
 
 
 def test_grpc_and_verification_metrics_move_with_the_right_labels(
-    observed: RunningServer, metrics_port: int, pki: DemoPKI
+    observed: ServerProcess, metrics_port: int, pki: DemoPKI
 ) -> None:
     before = samples(scrape_text(metrics_port))
     unary = {"grpc_type": "unary", "grpc_service": VERIFIER, "grpc_method": "Verify"}
@@ -147,7 +129,7 @@ def test_grpc_and_verification_metrics_move_with_the_right_labels(
 
 
 def test_trust_and_status_list_gauges_are_computed_at_scrape(
-    observed: RunningServer, metrics_port: int, pki: DemoPKI
+    observed: ServerProcess, metrics_port: int, pki: DemoPKI
 ) -> None:
     first = samples(scrape_text(metrics_port))
     assert value(first, "apcv_trust_list_sequence") == pki.trust_list_seq
@@ -166,7 +148,7 @@ def test_trust_and_status_list_gauges_are_computed_at_scrape(
 
 
 def test_no_personal_data_or_reader_id_in_metrics_or_logs(
-    observed: RunningServer, metrics_port: int, pki: DemoPKI
+    observed: ServerProcess, metrics_port: int, pki: DemoPKI
 ) -> None:
     reader = "ward-7-bed-12-reader"
     for index, holder in enumerate(pki.holders):
@@ -185,6 +167,7 @@ def test_no_personal_data_or_reader_id_in_metrics_or_logs(
         assert not nir_numbers(where), "a NIR/NIA number leaked"
 
 
+@pytest.mark.slow
 def test_empty_listen_disables_the_endpoint_and_a_taken_port_is_not_fatal(
     pki: DemoPKI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -246,7 +229,7 @@ def test_a_bad_metrics_listen_names_the_key(listen: str) -> None:
 
 
 def test_a_batch_counts_its_size_and_each_item(
-    observed: RunningServer, metrics_port: int, pki: DemoPKI
+    observed: ServerProcess, metrics_port: int, pki: DemoPKI
 ) -> None:
     items = [
         verifier_pb2.Scan(request_id=f"b-{index}", qr_text=text)
@@ -316,7 +299,7 @@ def test_the_interceptor_times_every_call_kind_and_counts_open_streams() -> None
     streams = metrics.registry.get_sample_value
 
     async def scenario() -> None:
-        server = grpc.aio.server(interceptors=[metrics.interceptor()])
+        server = grpc.aio.server(interceptors=[MetricsInterceptor(metrics)])
         server.add_generic_rpc_handlers(
             [
                 grpc.method_handlers_generic_handler("test.Echo", handlers),
@@ -374,7 +357,7 @@ def test_the_interceptor_times_every_call_kind_and_counts_open_streams() -> None
 
 
 def test_a_verify_stream_is_in_flight_until_it_ends_and_each_answer_is_counted(
-    observed: RunningServer, metrics_port: int, pki: DemoPKI
+    observed: ServerProcess, metrics_port: int, pki: DemoPKI
 ) -> None:
     requests: queue.Queue[verifier_pb2.VerifyStreamRequest | None] = queue.Queue()
     stream = {"grpc_type": "bidi_stream", "grpc_service": VERIFIER, "grpc_method": "VerifyStream"}
@@ -427,12 +410,14 @@ def test_a_verify_stream_is_in_flight_until_it_ends_and_each_answer_is_counted(
     ]
 
 
+@pytest.mark.slow
 def test_trust_gauges_reach_the_parent_with_several_workers(
     pki: DemoPKI,
     tmp_path: Path,
     redis_url: str,  # noqa: F811 (the fixture imported above)
 ) -> None:
-    """Multiprocess mode: the workers publish the gauges, the parent serves the worst one."""
+    """Multiprocess mode: the workers publish the gauges, the parent serves the worst one,
+    ``apcv_trust_source_expired`` included."""
     port = free_port()
     server, _, _ = start_workers(pki, tmp_path / "workers.log", redis_url, port)
     try:
@@ -449,6 +434,11 @@ def test_trust_gauges_reach_the_parent_with_several_workers(
         for uri in pki.status_list_paths:
             assert 0 <= value(found, "apcv_status_list_age_seconds", uri=uri) < 600
             assert value(found, "apcv_status_list_expiry_timestamp_seconds", uri=uri) > time.time()
+        # Freshness per source, like one process reports it (nothing held is expired here).
+        sources = ["trust_list"] + [f"status_lists[{i}]" for i in range(len(pki.status_list_paths))]
+        for source in sources:
+            key = ("apcv_trust_source_expired", frozenset({"source": source}.items()))
+            assert found.get(key) == 0, source  # present, and 0
         time.sleep(2.5)  # the age moves without any request
         assert value(samples(scrape_text(port)), "apcv_trust_list_age_seconds") >= age + 1
     finally:

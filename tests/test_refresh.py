@@ -1,5 +1,5 @@
 """Trust list and status lists fetched over HTTP from a real server on loopback and
-refreshed in the background by a real ``apcv-verify serve`` process (trust_source.py)."""
+refreshed in the background by a real ``apcv-verify serve`` process (trust/sources.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,7 +18,6 @@ from typing import Any
 import grpc
 import pytest
 from apcv_verify import _native
-from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
 from apcv_verify.config import ConfigError, load_config
 from apcv_verify.issuer import (
     STATUS_INVALID,
@@ -29,13 +27,21 @@ from apcv_verify.issuer import (
     make_trust_list,
     tamper_signature,
 )
-from apcv_verify.server import build_verifiers
-from apcv_verify.trust_source import MAX_SOURCE_BYTES, TrustSource
+from apcv_verify.service.startup import build_verifiers
+from apcv_verify.trust.sources import MAX_SOURCE_BYTES, TrustSource
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
-from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import REPO, RunningServer, free_port, stop_server, wait_serving
+from .conftest import (
+    REPO,
+    ServerProcess,
+    free_port,
+    metric,
+    reason,
+    stop_server,
+    verify,
+    wait_serving,
+)
 
 #: Refresh interval of the servers under test, and the bound of every wait for a refresh.
 REFRESH = "0.3"
@@ -137,7 +143,7 @@ def lists(pki: DemoPKI) -> Iterator[ListServer]:
 
 def launch(
     pki: DemoPKI, lists: ListServer, log_path: Path, metrics_port: int, **environ: str
-) -> RunningServer:
+) -> ServerProcess:
     """``apcv-verify serve`` with the trust list and status lists at their URLs (no wait);
     ``environ`` adds to or overrides its environment."""
     address = f"127.0.0.1:{free_port()}"
@@ -161,7 +167,7 @@ def launch(
     process = subprocess.Popen(
         command, stdout=log_file, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env
     )
-    return RunningServer(process, address, log_path)
+    return ServerProcess(process, address, log_path)
 
 
 @pytest.fixture
@@ -172,7 +178,7 @@ def metrics_port() -> int:
 @pytest.fixture
 def served(
     pki: DemoPKI, lists: ListServer, tmp_path: Path, metrics_port: int
-) -> Iterator[RunningServer]:
+) -> Iterator[ServerProcess]:
     running = launch(pki, lists, tmp_path / "server.log", metrics_port)
     try:
         wait_serving(running.address, running.process)
@@ -183,35 +189,7 @@ def served(
     stop_server(running)
 
 
-def verify(server: RunningServer, pki: DemoPKI, holder: str = "alice") -> verifier_pb2.Verdict:
-    """A fresh presentation by ``holder`` (never a replay), verified over gRPC."""
-    request = verifier_pb2.VerifyRequest(
-        scan=verifier_pb2.Scan(request_id="r-1", nfc_bytes=pki.present(holder))
-    )
-    request.scan.reader.reader_id = "desk-1"
-    with server.channel() as channel:
-        return verifier_pb2_grpc.VerifierServiceStub(channel).Verify(request, timeout=10).verdict
-
-
-def reason(response: verifier_pb2.Verdict) -> str:
-    return verifier_pb2.Reason.Name(response.reason).removeprefix("REASON_")
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
-        text = reply.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def metric(port: int, name: str, **labels: str) -> float:
-    return scrape(port).get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def wait_for(condition: Callable[[], bool], what: str, server: RunningServer) -> None:
+def wait_for(condition: Callable[[], bool], what: str, server: ServerProcess) -> None:
     deadline = time.monotonic() + WAIT_SECONDS
     while time.monotonic() < deadline:
         if condition():
@@ -226,10 +204,10 @@ def failures(port: int, source: str, why: str) -> float:
 
 
 def test_lists_load_from_urls_and_refresh_with_conditional_requests(
-    served: RunningServer, pki: DemoPKI, lists: ListServer, metrics_port: int
+    served: ServerProcess, pki: DemoPKI, lists: ListServer, metrics_port: int
 ) -> None:
-    assert reason(verify(served, pki)) == "OK"
-    assert reason(verify(served, pki, "revoked")) == "REVOKED"
+    assert reason(verify(served, pki.present())) == "OK"
+    assert reason(verify(served, pki.present("revoked"))) == "REVOKED"
     wait_for(lambda: lists.not_modified >= 4, "304 answers to If-None-Match", served)
     paths = {path for path, _ in lists.requests}
     assert "/trust-list.cose" in paths
@@ -245,27 +223,28 @@ def test_lists_load_from_urls_and_refresh_with_conditional_requests(
 
 
 def test_a_revocation_published_is_enforced_after_the_next_refresh(
-    served: RunningServer, pki: DemoPKI
+    served: ServerProcess, pki: DemoPKI
 ) -> None:
-    assert reason(verify(served, pki)) == "OK"
+    assert reason(verify(served, pki.present())) == "OK"
     alice = pki.holder("alice")
     pki.revoke(alice.status_index, uri=alice.status_uri, now=int(time.time()) + 1)
-    wait_for(lambda: reason(verify(served, pki)) == "REVOKED", "alice revoked", served)
+    wait_for(lambda: reason(verify(served, pki.present())) == "REVOKED", "alice revoked", served)
 
 
+@pytest.mark.slow
 def test_a_dripping_list_server_holds_back_no_revocation(
-    served: RunningServer, pki: DemoPKI, lists: ListServer, metrics_port: int
+    served: ServerProcess, pki: DemoPKI, lists: ListServer, metrics_port: int
 ) -> None:
     """Every byte of the trust list arrives within the read timeout, the whole never does:
     the fetch is cut at its deadline, counted and logged, and the status list's revocation
     is enforced meanwhile."""
-    assert reason(verify(served, pki)) == "OK"
+    assert reason(verify(served, pki.present())) == "OK"
     lists.drip.add("/" + pki.trust_list_path.relative_to(pki.directory).as_posix())
     pki.new_trust_list(pki.trust_list_seq + 1)  # a change, so the trust list is fetched whole
     wait_for(lambda: lists.dripping > 0, "a dripping fetch", served)
     alice = pki.holder("alice")
     pki.revoke(alice.status_index, uri=alice.status_uri, now=int(time.time()) + 1)
-    wait_for(lambda: reason(verify(served, pki)) == "REVOKED", "alice revoked", served)
+    wait_for(lambda: reason(verify(served, pki.present())) == "REVOKED", "alice revoked", served)
     wait_for(lambda: failures(metrics_port, "trust_list", "timeout") >= 1, "timeout", served)
     assert '"reason": "timeout"' in served.logs()
     with served.channel() as channel:
@@ -273,6 +252,7 @@ def test_a_dripping_list_server_holds_back_no_revocation(
     assert health.status == health_pb2.HealthCheckResponse.SERVING  # the last good list is kept
 
 
+@pytest.mark.slow
 def test_shutdown_does_not_wait_for_a_stuck_fetch(
     pki: DemoPKI, lists: ListServer, tmp_path: Path, metrics_port: int
 ) -> None:
@@ -302,7 +282,7 @@ def test_shutdown_does_not_wait_for_a_stuck_fetch(
 
 
 def test_a_trust_list_with_a_lower_seq_is_refused_and_the_old_one_kept(
-    served: RunningServer, pki: DemoPKI, metrics_port: int
+    served: ServerProcess, pki: DemoPKI, metrics_port: int
 ) -> None:
     first = pki.trust_list_seq
     pki.new_trust_list(first + 5)
@@ -312,12 +292,12 @@ def test_a_trust_list_with_a_lower_seq_is_refused_and_the_old_one_kept(
     pki.new_trust_list(first + 1)  # a rollback, validly signed by the anchor
     wait_for(lambda: failures(metrics_port, "trust_list", "rollback") >= 1, "rollback", served)
     assert metric(metrics_port, "apcv_trust_list_sequence") == first + 5
-    assert reason(verify(served, pki)) == "OK"
+    assert reason(verify(served, pki.present())) == "OK"
     assert "trust_refresh_failed" in served.logs()
 
 
 def test_a_bad_signature_is_refused_and_the_old_lists_kept(
-    served: RunningServer, pki: DemoPKI, metrics_port: int
+    served: ServerProcess, pki: DemoPKI, metrics_port: int
 ) -> None:
     seq = pki.trust_list_seq
     now = int(time.time())
@@ -346,17 +326,17 @@ def test_a_bad_signature_is_refused_and_the_old_lists_kept(
     wait_for(lambda: failures(metrics_port, "trust_list", "refused") >= 1, "refused", served)
     wait_for(lambda: failures(metrics_port, "status_lists[0]", "refused") >= 1, "refused", served)
     assert metric(metrics_port, "apcv_trust_list_sequence") == seq
-    assert reason(verify(served, pki)) == "OK"  # the tampered revocation is not used
+    assert reason(verify(served, pki.present())) == "OK"  # the tampered revocation is not used
 
 
 def test_the_http_server_going_away_keeps_the_last_good_lists(
-    served: RunningServer, pki: DemoPKI, lists: ListServer, metrics_port: int
+    served: ServerProcess, pki: DemoPKI, lists: ListServer, metrics_port: int
 ) -> None:
     lists.close()
     wait_for(lambda: failures(metrics_port, "trust_list", "fetch") >= 2, "fetch fails", served)
     wait_for(lambda: failures(metrics_port, "status_lists[0]", "fetch") >= 2, "fetch", served)
-    assert reason(verify(served, pki)) == "OK"
-    assert reason(verify(served, pki, "revoked")) == "REVOKED"
+    assert reason(verify(served, pki.present())) == "OK"
+    assert reason(verify(served, pki.present("revoked"))) == "REVOKED"
     assert metric(metrics_port, "apcv_trust_list_sequence") == pki.trust_list_seq
     with served.channel() as channel:
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
@@ -364,16 +344,18 @@ def test_the_http_server_going_away_keeps_the_last_good_lists(
 
 
 def test_a_status_list_whose_signer_left_the_trust_list_is_dropped(
-    served: RunningServer, pki: DemoPKI, metrics_port: int
+    served: ServerProcess, pki: DemoPKI, metrics_port: int
 ) -> None:
-    assert reason(verify(served, pki)) == "OK"
+    assert reason(verify(served, pki.present())) == "OK"
     kept = [entry for entry in pki.trust_entries() if entry.role != STATUS_ROLE]
     pki.new_trust_list(pki.trust_list_seq + 1, entries=kept)
-    wait_for(lambda: reason(verify(served, pki)) == "STATUS_UNAVAILABLE", "dropped", served)
+    wait_for(
+        lambda: reason(verify(served, pki.present())) == "STATUS_UNAVAILABLE", "dropped", served
+    )
     assert failures(metrics_port, "status_lists[0]", "untrusted") >= 1
     # The signer comes back in a later list: the status list is fetched and used again.
     pki.new_trust_list(pki.trust_list_seq + 1)
-    wait_for(lambda: reason(verify(served, pki)) == "OK", "status list back", served)
+    wait_for(lambda: reason(verify(served, pki.present())) == "OK", "status list back", served)
 
 
 def test_not_serving_and_unavailable_until_a_trust_list_is_loaded(
@@ -395,12 +377,12 @@ def test_not_serving_and_unavailable_until_a_trust_list_is_loaded(
                     time.sleep(0.1)
             assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
             with pytest.raises(grpc.RpcError) as refused:
-                verify(running, pki)
+                verify(running, pki.present())
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
             assert refused.value.details() == "no trust list loaded yet"
             lists.available = True
             wait_serving(running.address, running.process, timeout=WAIT_SECONDS)
-            assert reason(verify(running, pki)) == "OK"
+            assert reason(verify(running, pki.present())) == "OK"
     finally:
         stop_server(running)
 

@@ -17,14 +17,14 @@ from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
 from apcv_verify.issuer import DemoPKI, parse_sign1, tamper_signature
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from .conftest import RedisServer, RunningServer, free_port, start_server, stop_server
+from .conftest import RedisServer, ServerProcess, free_port, start_server, stop_server
 
 PREFIX = "apcv:replay:"
 
 
 @dataclass
 class Replica:
-    server: RunningServer
+    server: ServerProcess
     metrics_port: int
 
 
@@ -219,6 +219,7 @@ def test_redis_down_fails_closed_by_default_and_recovers(
     assert replay_errors(a) == 3
 
 
+@pytest.mark.slow
 def test_redis_down_with_on_store_error_accept_fails_open_and_flags_it(
     pki: DemoPKI, tmp_path: Path, redis_server: RedisServer
 ) -> None:
@@ -285,6 +286,7 @@ def test_memory_backend_is_unchanged_and_per_process(pki: DemoPKI, tmp_path: Pat
         stop_server(b)
 
 
+@pytest.mark.slow
 def test_an_error_reply_for_one_item_fails_only_that_item_closed(
     replicas: tuple[Replica, Replica], pki: DemoPKI, redis_server: RedisServer
 ) -> None:
@@ -310,8 +312,9 @@ def test_a_silent_redis_times_out_within_timeout_seconds(pki: DemoPKI) -> None:
     costs one call at most ``replay.timeout_seconds``, then the policy decides."""
     from apcv_verify import _native
     from apcv_verify.config import load_config
-    from apcv_verify.replay import RedisReplayStore
-    from apcv_verify.server import build_verifiers, load_trust_material
+    from apcv_verify.replay.redis import RedisReplayStore
+    from apcv_verify.service.startup import build_verifiers
+    from apcv_verify.trust.material import load_trust_material
 
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
@@ -350,6 +353,7 @@ def test_a_silent_redis_times_out_within_timeout_seconds(pki: DemoPKI) -> None:
     assert 0.2 < elapsed < 2.0
 
 
+@pytest.mark.slow
 def test_verify_stream_shares_redis_with_unary_calls_on_another_replica(
     replicas: tuple[Replica, Replica], pki: DemoPKI
 ) -> None:

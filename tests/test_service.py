@@ -28,7 +28,15 @@ from apcv_verify.issuer import (
     tamper_signature,
 )
 
-from .conftest import REPO, RunningServer, nir_numbers, start_server, stop_server
+from .conftest import (
+    REPO,
+    ServerProcess,
+    nir_numbers,
+    reason,
+    start_server,
+    stop_server,
+    verify,
+)
 
 Scan = verifier_pb2.Scan
 Reader = verifier_pb2.ReaderContext
@@ -36,23 +44,6 @@ Reader = verifier_pb2.ReaderContext
 
 def unary(scan: verifier_pb2.Scan) -> verifier_pb2.VerifyRequest:
     return verifier_pb2.VerifyRequest(scan=scan)
-
-
-def verify(
-    server: RunningServer, presentation: str | bytes, reader_id: str = "desk-1", **reader: bytes
-) -> verifier_pb2.Verdict:
-    with server.channel() as channel:
-        stub = verifier_pb2_grpc.VerifierServiceStub(channel)
-        if isinstance(presentation, str):
-            scan = Scan(request_id="r-1", qr_text=presentation)
-        else:
-            scan = Scan(request_id="r-1", nfc_bytes=presentation)
-        scan.reader.CopyFrom(Reader(reader_id=reader_id, **reader))
-        return stub.Verify(unary(scan), timeout=10).verdict
-
-
-def reason(response: verifier_pb2.Verdict) -> str:
-    return verifier_pb2.Reason.Name(response.reason).removeprefix("REASON_")
 
 
 def run_grpcurl(grpcurl: str, address: str, *args: str) -> str:
@@ -67,7 +58,7 @@ def run_grpcurl(grpcurl: str, address: str, *args: str) -> str:
 
 
 def test_grpcurl_lists_the_service_reports_health_and_verifies_a_cli_presentation(
-    server: RunningServer, pki: DemoPKI, grpcurl: str
+    server: ServerProcess, pki: DemoPKI, grpcurl: str
 ) -> None:
     services = run_grpcurl(grpcurl, server.address, "list")
     assert "apcv.verify.v1.VerifierService" in services.split()
@@ -103,7 +94,8 @@ def test_grpcurl_lists_the_service_reports_health_and_verifies_a_cli_presentatio
     assert len(reply["person"]["ins"]["matricule"]) == 15
 
 
-def test_the_six_demo_decisions_over_grpc(server: RunningServer, pki: DemoPKI) -> None:
+@pytest.mark.slow
+def test_the_six_demo_decisions_over_grpc(server: ServerProcess, pki: DemoPKI) -> None:
     pki.revoke(pki.holder("revoked").status_index)
     stop_server(server)  # the status list is read at start (refresh is a later issue)
     restarted = start_server(pki.directory, server.log_path.with_name("restarted.log"),
@@ -139,7 +131,7 @@ def test_the_six_demo_decisions_over_grpc(server: RunningServer, pki: DemoPKI) -
         stop_server(restarted)
 
 
-def test_nfc_bytes_and_beneficiary(server: RunningServer, pki: DemoPKI) -> None:
+def test_nfc_bytes_and_beneficiary(server: ServerProcess, pki: DemoPKI) -> None:
     child = verify(server, pki.present("family", ben=1))
     assert reason(child) == "OK"
     assert child.person.rank == 1
@@ -161,7 +153,7 @@ def test_nfc_bytes_and_beneficiary(server: RunningServer, pki: DemoPKI) -> None:
         b"\x9f" * 40,  # indefinite-length arrays, nested deeper than allowed
     ],
 )
-def test_bad_input_is_a_normal_rejection(server: RunningServer, garbage: str | bytes) -> None:
+def test_bad_input_is_a_normal_rejection(server: ServerProcess, garbage: str | bytes) -> None:
     if garbage == "":
         with pytest.raises(grpc.RpcError) as error:
             verify(server, garbage)
@@ -173,7 +165,7 @@ def test_bad_input_is_a_normal_rejection(server: RunningServer, garbage: str | b
     assert server.process.poll() is None
 
 
-def test_call_level_errors_use_grpc_status(server: RunningServer) -> None:
+def test_call_level_errors_use_grpc_status(server: ServerProcess) -> None:
     with server.channel() as channel:
         stub = verifier_pb2_grpc.VerifierServiceStub(channel)
         with pytest.raises(grpc.RpcError) as missing:
@@ -187,6 +179,7 @@ def test_call_level_errors_use_grpc_status(server: RunningServer) -> None:
         assert long_id.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+@pytest.mark.slow
 def test_production_policy_rejects_demonstration_identities(pki: DemoPKI, tmp_path: Path) -> None:
     production = start_server(pki.directory, tmp_path / "production.log")
     try:
@@ -212,7 +205,7 @@ def test_serve_refuses_a_trust_list_under_an_unknown_anchor(pki: DemoPKI) -> Non
     assert "unknown trust anchor" in completed.stderr
 
 
-def test_logs_carry_no_personal_data(server: RunningServer, pki: DemoPKI) -> None:
+def test_logs_carry_no_personal_data(server: ServerProcess, pki: DemoPKI) -> None:
     for holder in pki.holders:
         verify(server, qr_text(pki.present(holder)))
     verify(server, pki.present("family", ben=1))
@@ -293,7 +286,7 @@ def shared_pki(tmp_path_factory: pytest.TempPathFactory) -> DemoPKI:
 @pytest.fixture(scope="module")
 def shared(
     shared_pki: DemoPKI, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningServer]:
+) -> Iterator[ServerProcess]:
     """One server for the reason-code table: anonymous may not use ``auth`` and may send
     scanned_at up to 10 minutes old."""
     work = tmp_path_factory.mktemp("shared-server")
@@ -377,14 +370,14 @@ REJECTIONS: dict[str, Callable[[DemoPKI, int], bytes | str]] = {
 
 
 @pytest.mark.parametrize("expected", sorted(REJECTIONS))
-def test_reason_code_over_grpc(shared: RunningServer, shared_pki: DemoPKI, expected: str) -> None:
+def test_reason_code_over_grpc(shared: ServerProcess, shared_pki: DemoPKI, expected: str) -> None:
     presentation = REJECTIONS[expected](shared_pki, int(time.time()))
     response = verify(shared, presentation)
     assert (response.decision, reason(response)) == (verifier_pb2.DECISION_REJECTED, expected)
     assert response.detail and not response.HasField("person")
 
 
-def test_reason_ok_and_duplicate(shared: RunningServer, shared_pki: DemoPKI) -> None:
+def test_reason_ok_and_duplicate(shared: ServerProcess, shared_pki: DemoPKI) -> None:
     code = qr_text(shared_pki.present())
     first, again = verify(shared, code, "desk-1"), verify(shared, code, "desk-1")
     assert (reason(first), first.duplicate, reason(again), again.duplicate) == (
@@ -392,13 +385,13 @@ def test_reason_ok_and_duplicate(shared: RunningServer, shared_pki: DemoPKI) -> 
     )  # fmt: skip
 
 
-def test_reason_replayed(shared: RunningServer, shared_pki: DemoPKI) -> None:
+def test_reason_replayed(shared: ServerProcess, shared_pki: DemoPKI) -> None:
     code = qr_text(shared_pki.present())
     assert reason(verify(shared, code, "desk-1")) == "OK"
     assert reason(verify(shared, code, "desk-2")) == "REPLAYED"
 
 
-def test_reason_scan_time_invalid(shared: RunningServer, shared_pki: DemoPKI) -> None:
+def test_reason_scan_time_invalid(shared: ServerProcess, shared_pki: DemoPKI) -> None:
     now = int(time.time())
     old = now - 3600  # beyond the caller's 600 s
     scan = Scan(request_id="s-1", qr_text=qr_text(shared_pki.present(iat=old)))
@@ -427,6 +420,7 @@ def test_reason_replay_unavailable(pki: DemoPKI, tmp_path: Path) -> None:
         stop_server(tiny)
 
 
+@pytest.mark.slow
 def test_reason_status_unavailable_without_a_status_list(pki: DemoPKI, tmp_path: Path) -> None:
     bare = start_server(pki.directory, tmp_path / "bare.log", "--allow-test-identities",
                         status_lists=False)  # fmt: skip
@@ -439,7 +433,7 @@ def test_reason_status_unavailable_without_a_status_list(pki: DemoPKI, tmp_path:
 # --- NFC challenge --------------------------------------------------------------
 
 
-def test_nfc_challenge_nonce_and_audience_match(shared: RunningServer, shared_pki: DemoPKI) -> None:
+def test_nfc_challenge_nonce_and_audience_match(shared: ServerProcess, shared_pki: DemoPKI) -> None:
     nonce = bytes(range(16))
     tap = shared_pki.present("family", ben=1, aud="pharmacy-7", nonce=nonce)
     accepted = verify(shared, tap, "pharmacy-7", nonce=nonce)
@@ -455,7 +449,7 @@ def test_nfc_challenge_nonce_and_audience_match(shared: RunningServer, shared_pk
 
 
 def test_delegation_says_it_was_used_with_its_label_only(
-    shared: RunningServer, shared_pki: DemoPKI
+    shared: ServerProcess, shared_pki: DemoPKI
 ) -> None:
     key, delegation = shared_pki.delegate("family", ben=(1,), use=("care",), who="Mamie Jeanne")
     tap = shared_pki.present("family", ben=1, dlg=delegation, signer=key)
@@ -469,6 +463,7 @@ def test_delegation_says_it_was_used_with_its_label_only(
     assert reason(verify(shared, holder_tap)) == "DELEGATION_INVALID"
 
 
+@pytest.mark.slow
 def test_a_revoked_delegation_stops_at_the_next_list(pki: DemoPKI, tmp_path: Path) -> None:
     key, delegation = pki.delegate("alice", who="")
     before = start_server(pki.directory, tmp_path / "before.log", "--allow-test-identities")
@@ -491,7 +486,7 @@ def test_a_revoked_delegation_stops_at_the_next_list(pki: DemoPKI, tmp_path: Pat
 
 
 def test_amc_coverage_each_attestation_on_its_own(
-    shared: RunningServer, shared_pki: DemoPKI
+    shared: ServerProcess, shared_pki: DemoPKI
 ) -> None:
     now = int(time.time())
     valid = shared_pki.amc_attestation("family", ranks=[1], contract="C-42", domains=["PHAR"])
@@ -521,7 +516,7 @@ def test_amc_coverage_each_attestation_on_its_own(
     assert stale.contract  # trusted and naming the person: returned, flagged not valid
 
 
-def test_amc_coverage_follows_disclosure(shared: RunningServer, shared_pki: DemoPKI) -> None:
+def test_amc_coverage_follows_disclosure(shared: ServerProcess, shared_pki: DemoPKI) -> None:
     attestation = shared_pki.amc_attestation("alice")
     dmp = verify(shared, shared_pki.present(use="dmp", amc=[attestation]))
     assert reason(dmp) == "OK" and len(dmp.amc) == 0  # dmp: INS and traits only
@@ -585,7 +580,7 @@ AMC_OUTCOMES: dict[str, Callable[[DemoPKI, int], bytes]] = {
 
 
 @pytest.mark.parametrize("expected", sorted(AMC_OUTCOMES))
-def test_amc_outcome_over_grpc(shared: RunningServer, shared_pki: DemoPKI, expected: str) -> None:
+def test_amc_outcome_over_grpc(shared: ServerProcess, shared_pki: DemoPKI, expected: str) -> None:
     attestation = AMC_OUTCOMES[expected](shared_pki, int(time.time()))
     response = verify(shared, shared_pki.present("alice", amc=[attestation]))
     assert (response.decision, reason(response)) == (verifier_pb2.DECISION_ACCEPTED, "OK")

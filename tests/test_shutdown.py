@@ -30,6 +30,7 @@ def request(request_id: str, presentation: str) -> Request:
     return message
 
 
+@pytest.mark.slow
 def test_sigterm_mid_stream_answers_every_request_sent_and_exits_0(
     pki: DemoPKI, tmp_path: Path
 ) -> None:
@@ -103,6 +104,7 @@ def test_sigterm_mid_stream_answers_every_request_sent_and_exits_0(
     assert '"event": "stopping"' in server.logs()
 
 
+@pytest.mark.slow
 def test_a_stream_left_open_is_ended_at_the_grace_period_and_the_server_exits_0(
     pki: DemoPKI, tmp_path: Path
 ) -> None:

@@ -11,19 +11,15 @@ from typing import Any
 import grpc
 import pytest
 from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
-from apcv_verify.audit import AuditTrail
 from apcv_verify.config import Config
 from apcv_verify.issuer import DemoPKI, qr_text
-from apcv_verify.server import (
-    RunningServer,
-    TrustSource,
-    VerifierService,
-    build_verifiers,
-    load_trust_material,
-    start_server,
-)
+from apcv_verify.observe.audit import AuditTrail
+from apcv_verify.service.servicer import VerifierService
+from apcv_verify.service.startup import ServerHandle, build_verifiers, start_server
+from apcv_verify.trust.material import load_trust_material
+from apcv_verify.trust.sources import TrustSource
 
-from .conftest import pki_config
+from .conftest import pki_config, reason
 
 Request = verifier_pb2.VerifyStreamRequest
 
@@ -35,7 +31,7 @@ def server_config(pki: DemoPKI, **server: Any) -> Config:
 @asynccontextmanager
 async def serving(
     pki: DemoPKI, **server: Any
-) -> AsyncIterator[tuple[RunningServer, verifier_pb2_grpc.VerifierServiceStub]]:
+) -> AsyncIterator[tuple[ServerHandle, verifier_pb2_grpc.VerifierServiceStub]]:
     config = server_config(pki, **server)
     running = await start_server(config, load_trust_material(config))
     try:
@@ -65,11 +61,7 @@ def unary(
     return verifier_pb2.VerifyRequest(scan=scan(request_id, presentation, reader_id))
 
 
-def reason(response: verifier_pb2.Verdict) -> str:
-    return verifier_pb2.Reason.Name(response.reason).removeprefix("REASON_")
-
-
-def verifications(running: RunningServer, method: str = "VerifyStream") -> float:
+def verifications(running: ServerHandle, method: str = "VerifyStream") -> float:
     assert running.metrics is not None
     total = 0.0
     for family in running.metrics.registry.collect():
@@ -79,7 +71,7 @@ def verifications(running: RunningServer, method: str = "VerifyStream") -> float
     return total
 
 
-def gauge(running: RunningServer, name: str) -> float | None:
+def gauge(running: ServerHandle, name: str) -> float | None:
     assert running.metrics is not None
     return running.metrics.registry.get_sample_value(name)
 
@@ -129,7 +121,7 @@ def test_arrived_requests_go_to_the_core_together(
     pki: DemoPKI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Requests that have arrived form one micro-batch: one core call, not one per item."""
-    import apcv_verify.server as server_module
+    import apcv_verify.service.servicer as servicer_module
 
     sizes: list[int] = []
     real_to_thread = asyncio.to_thread
@@ -138,7 +130,7 @@ def test_arrived_requests_go_to_the_core_together(
         sizes.append(len(scans))
         return await real_to_thread(function, scans, *args)
 
-    monkeypatch.setattr(server_module.asyncio, "to_thread", counting_to_thread)
+    monkeypatch.setattr(servicer_module.asyncio, "to_thread", counting_to_thread)
     codes = [qr_text(pki.present("alice")) for _ in range(3)]
 
     async def scenario() -> list[verifier_pb2.Verdict]:

@@ -23,7 +23,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .conftest import REPO, RunningServer, open_channel, start_server, stop_server, write_config
+from .conftest import (
+    REPO,
+    ServerProcess,
+    open_channel,
+    reason,
+    start_server,
+    stop_server,
+    write_config,
+)
 
 DAY = datetime.timedelta(days=1)
 
@@ -122,7 +130,7 @@ uses = ["dmp"]
 
 @dataclass
 class MtlsServer:
-    server: RunningServer
+    server: ServerProcess
     ca: CertificateAuthority
 
     def verify(self, client: Issued | None, presentation: bytes) -> verifier_pb2.Verdict:
@@ -135,7 +143,7 @@ class MtlsServer:
 
 def serve_tls(
     pki: DemoPKI, tmp_path: Path, ca: CertificateAuthority, *, client_auth: bool = True
-) -> RunningServer:
+) -> ServerProcess:
     server_cert = ca.issue("verifier.apcv.example", server=True)
     (tmp_path / "server.pem").write_bytes(server_cert.cert_pem)
     (tmp_path / "server.key").write_bytes(server_cert.key_pem)
@@ -161,10 +169,6 @@ def mtls(pki: DemoPKI, tmp_path: Path) -> Iterator[MtlsServer]:
     running = serve_tls(pki, tmp_path, ca)
     yield MtlsServer(running, ca)
     stop_server(running)
-
-
-def reason(response: verifier_pb2.Verdict) -> str:
-    return verifier_pb2.Reason.Name(response.reason).removeprefix("REASON_")
 
 
 def test_a_known_caller_is_served(mtls: MtlsServer, pki: DemoPKI) -> None:

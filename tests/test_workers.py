@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import time
-import urllib.request
 from pathlib import Path
 
 import grpc
@@ -19,9 +18,8 @@ from apcv_verify.config import ConfigError, load_config
 from apcv_verify.issuer import DemoPKI
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import RedisServer, RunningServer, free_port, start_server
+from .conftest import RedisServer, ServerProcess, free_port, scrape, start_server, value
 
 CONNECTIONS = 24
 
@@ -31,7 +29,7 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
-def log_events(server: RunningServer, event: str) -> list[dict[str, object]]:
+def log_events(server: ServerProcess, event: str) -> list[dict[str, object]]:
     found = []
     for line in server.logs().splitlines():
         if line.startswith("{"):
@@ -51,7 +49,7 @@ def wait_for(predicate: object, what: str, timeout: float = 30.0) -> None:
 
 def start_workers(
     pki: DemoPKI, log: Path, redis_url: str, metrics_port: int
-) -> tuple[RunningServer, list[int], str]:
+) -> tuple[ServerProcess, list[int], str]:
     env = {
         "APCV_REPLAY_BACKEND": "redis",
         "APCV_REPLAY_REDIS_URL": redis_url,
@@ -96,16 +94,6 @@ def handled_by(metrics_dir: str, pid: int, scratch: Path) -> float:
     )
 
 
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
-        text = reply.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
 def test_two_workers_share_the_port_the_replay_store_and_the_metrics(
     pki: DemoPKI, tmp_path: Path, redis_url: str
 ) -> None:
@@ -126,18 +114,24 @@ def test_two_workers_share_the_port_the_replay_store_and_the_metrics(
         assert all(count > 0 for count in per_worker), per_worker
         assert sum(per_worker) == CONNECTIONS
         # The parent's /metrics: the sum over both workers.
-        samples = scrape(metrics_port)
-        verify_ok = (
+        found = scrape(metrics_port)
+        verify_ok = value(
+            found,
             "grpc_server_handled_total",
-            (("grpc_code", "OK"), ("grpc_method", "Verify"),
-             ("grpc_service", "apcv.verify.v1.VerifierService"), ("grpc_type", "unary")),
-        )  # fmt: skip
-        assert samples[verify_ok] == CONNECTIONS
-        replayed = (
-            "apcv_verifications_total",
-            (("decision", "REJECTED"), ("method", "Verify"), ("reason", "REPLAYED")),
+            grpc_code="OK",
+            grpc_method="Verify",
+            grpc_service="apcv.verify.v1.VerifierService",
+            grpc_type="unary",
         )
-        assert samples[replayed] == CONNECTIONS - 1
+        assert verify_ok == CONNECTIONS
+        replayed = value(
+            found,
+            "apcv_verifications_total",
+            decision="REJECTED",
+            method="Verify",
+            reason="REPLAYED",
+        )
+        assert replayed == CONNECTIONS - 1
     finally:
         server.process.send_signal(signal.SIGTERM)
         server.process.wait(timeout=60)

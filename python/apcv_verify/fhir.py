@@ -2,7 +2,7 @@
 
 docs/fhir.md maps every element to its source in the presentation and names the fr-core version
 followed (:data:`FR_CORE_VERSION`). Built from the *already filtered* :class:`Verdict`
-(policy.py), so the FHIR form never discloses more than the protobuf one: no INS → no INS
+(service/policy.py), so the FHIR form never discloses more than the protobuf one: no INS → no INS
 identifier and no identity reliability; no identity traits → no name, gender, birth date or
 birth place; no AMO → no AMO Coverage; no AMC → no AMC Coverage. The Bundle (type
 ``collection``) holds:

@@ -32,12 +32,12 @@ from prometheus_client import CollectorRegistry
 from prometheus_client import values as prometheus_values
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from .config import Config, MetricsSection
-from .metrics import start_metrics_server
+from ..config import Config, MetricsSection
+from ..observe.metrics import start_metrics_server
 
 __all__ = ["serve_workers"]
 
-log = structlog.get_logger("apcv_verify.workers")
+log = structlog.get_logger("apcv_verify.cli.workers")
 
 #: Seconds the parent waits beyond server.grace_seconds for children to exit after a stop
 #: signal before it kills them.
@@ -64,7 +64,7 @@ def _child(config: Config, index: int) -> NoReturn:
         # Metrics read values.ValueClass when they are created: choose again, here, so the
         # files are this child's (they are named by its pid).
         prometheus_values.ValueClass = prometheus_values.get_value_class()
-        from .server import serve
+        from ..service.startup import serve
 
         # The parent serves /metrics for every worker.
         serve(dataclasses.replace(config, metrics=MetricsSection(listen="")))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from .config import ANONYMOUS_CALLER, CallerPolicy, Config
+from ..config import ANONYMOUS_CALLER, CallerPolicy, Config
 
 __all__ = ["CallRefused", "caller_id", "resolve_caller", "scanned_at_permission"]
 

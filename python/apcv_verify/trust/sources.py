@@ -40,17 +40,16 @@ import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import aiohttp
 import structlog
-from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client import CollectorRegistry
 
-from . import _native
-from .config import Config
-from .issuer import cose_key_from_public_pem
+from .. import _native
+from ..config import Config
+from .anchors import read_anchor
+from .material import TRUST_LIST_SOURCE, Snapshot, TrustMaterial
+from .metrics import TrustMetrics
 
 __all__ = [
     "INITIAL_RETRY_SECONDS",
@@ -61,10 +60,9 @@ __all__ = [
     "TrustMaterial",
     "TrustSource",
     "is_url",
-    "read_anchor",
 ]
 
-log = structlog.get_logger("apcv_verify.trust_source")
+log = structlog.get_logger("apcv_verify.trust.sources")
 
 #: Largest body read from a source. The core refuses any trust list over 4 MiB and any
 #: status list over 17 MiB (rust/apcv-core/src/limits.rs) before looking at it; 32 MiB is
@@ -76,10 +74,6 @@ MAX_SOURCE_BYTES = 32 * 1024 * 1024
 INITIAL_RETRY_SECONDS = 5.0
 #: Sent with every HTTP request, so that publishers can tell who fetches their lists.
 USER_AGENT = "apcv-verify (trust list refresh)"
-
-#: Source names used in logs and metric labels: config keys, never URLs (a URL may carry a
-#: token in its query string).
-TRUST_LIST_SOURCE = "trust_list"
 
 
 def is_url(location: str) -> bool:
@@ -98,14 +92,6 @@ def _display(location: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-def read_anchor(path: str | Path) -> bytes:
-    """A trust anchor as COSE_Key bytes, from a PEM public key or a COSE_Key file."""
-    data = Path(path).read_bytes()
-    if data.lstrip().startswith(b"-----BEGIN"):
-        return cose_key_from_public_pem(data)
-    return data
-
-
 class SourceError(Exception):
     """A source could not be read (unreachable, HTTP error, oversize, missing file)."""
 
@@ -117,31 +103,6 @@ class FetchTimeout(SourceError):
     the last byte: a server that drips its answer is cut off like one that never answers."""
 
     reason = "timeout"
-
-
-@dataclass(frozen=True)
-class TrustMaterial:
-    """All the service trusts, swapped whole (docs/architecture.md "Immutable snapshots")."""
-
-    trust_list: _native.TrustList
-    status_lists: tuple[_native.StatusList, ...]
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """What one call verifies with: the material and the core verifiers built on it."""
-
-    material: TrustMaterial
-    #: One core verifier per ``max_scan_delay`` of the callers table (server.build_verifiers).
-    verifiers: Mapping[int, _native.Verifier]
-
-    @property
-    def trust_list(self) -> _native.TrustList:
-        return self.material.trust_list
-
-    @property
-    def status_lists(self) -> tuple[_native.StatusList, ...]:
-        return self.material.status_lists
 
 
 class _Source:
@@ -225,44 +186,13 @@ class _Held:
     status_list: _native.StatusList
 
 
-class _FreshnessCollector(Collector):
-    """``apcv_trust_source_expired{source}`` at scrape time: 1 while a held list is unusable
-    because of its age (trust list past ``exp``; status list past ``exp`` + grace)."""
-
-    def __init__(self, holder: TrustSource) -> None:
-        self._holder = holder
-
-    def describe(self) -> list[GaugeMetricFamily]:
-        return [self._family()]
-
-    def collect(self) -> list[GaugeMetricFamily]:
-        family = self._family()
-        snapshot = self._holder.current
-        if snapshot is None:
-            return [family]
-        now = time.time()
-        family.add_metric([TRUST_LIST_SOURCE], float(now > snapshot.trust_list.expires_at))
-        grace = self._holder.status_grace_seconds
-        for name, held in self._holder.held_status_lists().items():
-            family.add_metric([name], float(now > held.expires_at + grace))
-        return [family]
-
-    @staticmethod
-    def _family() -> GaugeMetricFamily:
-        return GaugeMetricFamily(
-            "apcv_trust_source_expired",
-            "1 while the list held for a source is past its expiry (status lists: plus "
-            "policy.status_grace_seconds), so verifications that need it are refused.",
-            labels=["source"],
-        )
-
-
 class TrustSource:
     """The holder of the current :class:`Snapshot` and its background refresh.
 
-    ``make_verifiers`` builds the core verifiers of the first snapshot (server.build_verifiers);
-    later snapshots derive from them with ``with_trust_list``/``with_status_lists`` so that
-    the replay store and the policies carry over.
+    ``make_verifiers`` builds the core verifiers of the first snapshot
+    (:func:`apcv_verify.service.startup.build_verifiers`); later snapshots derive from them
+    with ``with_trust_list``/``with_status_lists`` so that the replay store and the policies
+    carry over.
     """
 
     def __init__(
@@ -288,22 +218,8 @@ class TrustSource:
         self._task: asyncio.Task[None] | None = None
         #: Set by stop(): a refresh running in its thread fetches nothing more.
         self._stopping = False
-        registry = CollectorRegistry() if registry is None else registry
-        self._failures = Counter(
-            "apcv_trust_refresh_failures_total",
-            "Refreshes of a trust-list or status-list source that kept the last good list: "
-            "reason fetch (unreachable, HTTP error, oversize), timeout (no complete answer "
-            "within trust.http_timeout_seconds), refused (verification failed), "
-            "rollback (older than the list held), untrusted (signer not in a new trust list).",
-            ["source", "reason"],
-            registry=registry,
-        )
-        self._swaps = Counter(
-            "apcv_trust_snapshot_swaps_total",
-            "Verified trust material taken into use (first load included).",
-            registry=registry,
-        )
-        registry.register(_FreshnessCollector(self))
+        #: Every trust metric (counters, gauges of the material in use, expiry per source).
+        self.metrics = TrustMetrics(self, CollectorRegistry() if registry is None else registry)
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -315,7 +231,7 @@ class TrustSource:
 
     @property
     def material(self) -> TrustMaterial | None:
-        """The material of the current snapshot (for the metrics collector)."""
+        """The material of the current snapshot (for the trust metrics)."""
         snapshot = self._current
         return None if snapshot is None else snapshot.material
 
@@ -327,7 +243,7 @@ class TrustSource:
 
     def seed(self, material: TrustMaterial) -> None:
         """Start from material already loaded and verified from these sources, in order
-        (server.load_trust_material); the sources are read again at the first refresh."""
+        (trust.material.load_trust_material); the sources are read again at the first refresh."""
         if len(material.status_lists) != len(self._status_sources):
             raise ValueError("seed material does not match trust.status_lists")
         # Without the signed bytes a seeded list cannot be verified again: under a new trust
@@ -535,10 +451,10 @@ class TrustSource:
             }
         # One reference assignment: a call sees the old snapshot or the new one, never a mix.
         self._current = Snapshot(material, verifiers)
-        self._swaps.inc()
+        self.metrics.swapped()
 
     def _failed(self, source: _Source, reason: str, detail: str) -> None:
-        self._failures.labels(source=source.name, reason=reason).inc()
+        self.metrics.refresh_failures.labels(source=source.name, reason=reason).inc()
         log.warning(
             "trust_refresh_failed",
             source=source.name,

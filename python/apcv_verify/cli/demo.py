@@ -22,10 +22,11 @@ from pathlib import Path
 import grpc
 import segno
 
-from ._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
-from .config import load_config
-from .issuer import DemoPKI, qr_text
-from .server import load_trust_material, start_server
+from .._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
+from ..config import load_config
+from ..issuer import DemoPKI, qr_text
+from ..service.startup import start_server
+from ..trust.material import load_trust_material
 
 __all__ = ["run_demo"]
 

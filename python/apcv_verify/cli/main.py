@@ -8,10 +8,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import _native, cli_issue
-from .config import ConfigError, load_config
-from .logs import configure_logging
-from .trust_source import SourceError
+from .. import _native
+from ..config import ConfigError, load_config
+from ..observe.logs import configure_logging
+from ..trust.sources import SourceError
+from . import issue as cli_issue
 
 __all__ = ["main"]
 
@@ -29,7 +30,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .server import serve
+    from ..service.startup import serve
 
     config = load_config(args.config, overrides=_overrides(args))
     if config.server.workers > 1:

@@ -13,9 +13,10 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import issuer
+if TYPE_CHECKING:
+    from .. import issuer
 
 __all__ = ["register"]
 
@@ -65,6 +66,8 @@ def _non_negative(text: str) -> int:
 
 
 def _open_pki(directory: str) -> issuer.DemoPKI:
+    from .. import issuer  # the toolkit is loaded by the issue commands only, never to serve
+
     if not (Path(directory) / "pki.json").is_file():
         raise IssueError(f"{directory}: no pki.json here (make one with `issue pki --out DIR`)")
     try:
@@ -97,6 +100,8 @@ def _handle_errors(
 
 
 def _issue_pki(args: argparse.Namespace) -> int:
+    from .. import issuer  # the toolkit is loaded by the issue commands only, never to serve
+
     out = Path(args.out)
     if (out / "pki.json").exists() and not args.force:
         raise IssueError(f"{out}: a demo PKI already exists (use --force to replace it)")
@@ -111,10 +116,13 @@ def _issue_pki(args: argparse.Namespace) -> int:
 
 
 def _issue_presentation(args: argparse.Namespace) -> int:
+    from .. import issuer  # the toolkit is loaded by the issue commands only, never to serve
+
     pki = _open_pki(args.pki)
     if args.holder not in pki.holders:
         raise IssueError(f"unknown holder name (known: {', '.join(sorted(pki.holders))})")
-    if args.lifetime > _MAX_PRESENTATION_LIFETIME:
+    lifetime = issuer.DEFAULT_PRESENTATION_LIFETIME if args.lifetime is None else args.lifetime
+    if lifetime > _MAX_PRESENTATION_LIFETIME:
         print(f"{_PROG}: warning: lifetime over {_MAX_PRESENTATION_LIFETIME} s", file=sys.stderr)
     iat = args.iat if args.iat is not None else int(time.time())
     signer, delegation = None, None
@@ -129,7 +137,7 @@ def _issue_presentation(args: argparse.Namespace) -> int:
         ben=args.ben,
         use=args.use,
         iat=iat,
-        exp=iat + args.lifetime,
+        exp=iat + lifetime,
         aud=args.aud,
         nonce=args.nonce,
         amc=attestations,
@@ -153,6 +161,8 @@ def _issue_presentation(args: argparse.Namespace) -> int:
 
 
 def _issue_status_list(args: argparse.Namespace) -> int:
+    from .. import issuer  # the toolkit is loaded by the issue commands only, never to serve
+
     pki = _open_pki(args.pki)
     changes = [
         *((index, issuer.STATUS_INVALID) for index in args.revoke),
@@ -161,13 +171,14 @@ def _issue_status_list(args: argparse.Namespace) -> int:
     ]
     if not changes:
         raise IssueError("nothing to do: give --revoke, --suspend or --reinstate")
-    if args.uri not in pki.manifest["status_lists"]:
+    uri = issuer.DEMO_STATUS_URI if args.uri is None else args.uri
+    if uri not in pki.manifest["status_lists"]:
         raise IssueError(f"unknown status list URI (known: {', '.join(pki.status_list_paths)})")
     try:
-        pki.set_statuses(dict(changes), uri=args.uri, now=args.now)
+        pki.set_statuses(dict(changes), uri=uri, now=args.now)
     except (IndexError, ValueError) as error:
         raise IssueError(str(error)) from None
-    print(pki.status_list_paths[args.uri])
+    print(pki.status_list_paths[uri])
     return 0
 
 
@@ -227,7 +238,6 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     presentation.add_argument(
         "--lifetime",
         type=_non_negative,
-        default=issuer.DEFAULT_PRESENTATION_LIFETIME,
         help="seconds until exp (default 120)",
     )
     presentation.add_argument(
@@ -250,9 +260,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "status-list", help="change entries of a status list and re-sign it"
     )
     status_list.add_argument("--pki", required=True, help="demo PKI directory")
-    status_list.add_argument(
-        "--uri", default=issuer.DEMO_STATUS_URI, help="status list URI (default the AMO list)"
-    )
+    status_list.add_argument("--uri", help="status list URI (default the AMO list)")
     for flag, meaning in (
         ("--revoke", "revoked (1)"),
         ("--suspend", "suspended (2)"),

@@ -39,15 +39,15 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from . import _native
-from .config import ReplaySection, redact_url
+from .. import _native
+from ..config import ReplaySection, redact_url
 
 if TYPE_CHECKING:
-    from .metrics import ServiceMetrics
+    from ..observe.metrics import ServiceMetrics
 
 __all__ = ["RedisReplayStore"]
 
-log = structlog.get_logger("apcv_verify.replay")
+log = structlog.get_logger("apcv_verify.replay.redis")
 
 Outcome = Literal["new", "same_reader", "other_reader", "unavailable", "unchecked"]
 

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from . import _native
-from .config import ANONYMOUS_CALLER
+from .. import _native
+from ..config import ANONYMOUS_CALLER
 
 if TYPE_CHECKING:
-    from .config import Config
+    from ..config import Config
     from .metrics import ServiceMetrics
 
 __all__ = [
@@ -32,7 +32,7 @@ __all__ = [
     "holder_ref",
 ]
 
-log = structlog.get_logger("apcv_verify.audit")
+log = structlog.get_logger("apcv_verify.observe.audit")
 
 #: 32 hex characters = 128 bits of the HMAC: collisions stay negligible for billions of
 #: credentials, and the reference stays short in every log line.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from .config import Config
+from ..config import Config
 from .config_print import toml_value
 
 __all__ = ["config_template"]

@@ -13,7 +13,7 @@ import json
 import math
 from typing import Any
 
-from .config import Config
+from ..config import Config
 
 __all__ = ["MASK", "config_toml", "toml_value"]
 

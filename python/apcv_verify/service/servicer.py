@@ -1,0 +1,391 @@
+"""``apcv.verify.v1.VerifierService`` over grpc.aio.
+
+The servicer is thin: protobuf → :class:`~apcv_verify._native.Scan`
+→ the Rust core → protobuf. Signature, status and replay checks all happen in the core
+(docs/architecture.md "The core decides, Python transports"); Python never sees CBOR or curves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import NoReturn
+
+import grpc
+
+from .. import _native
+from .._proto.apcv.verify.v1 import verifier_pb2
+from ..config import CallerPolicy, Config
+from ..observe.audit import AuditTrail
+from ..replay.redis import RedisReplayStore
+from ..trust.material import Snapshot
+from ..trust.sources import TrustSource
+from .decode import (
+    MAX_REQUEST_BYTES,
+    UNDECODABLE,
+    BatchItems,
+    TooLarge,
+    Undecodable,
+    bounded,
+    deserialize_batch,
+    lenient,
+)
+from .errors import FieldProblem, abort
+from .messages import core_scan, response_message, scan_problem
+from .policy import CallRefused, caller_id, resolve_caller
+
+__all__ = ["SERVICE_NAME", "VerifierService", "add_verifier_service"]
+
+SERVICE_NAME = verifier_pb2.DESCRIPTOR.services_by_name["VerifierService"].full_name
+
+
+class VerifierService:
+    """``apcv.verify.v1.VerifierService``: protobuf in, core decision out, filtered by caller
+    policy. Its requests come from the lenient deserializers of :func:`add_verifier_service`,
+    so an undecodable request or item is an :class:`Undecodable` to answer, not an error."""
+
+    def __init__(
+        self,
+        trust: TrustSource,
+        config: Config,
+        audit: AuditTrail,
+        replay: RedisReplayStore | None = None,
+    ) -> None:
+        #: Read once per call (``trust.current``): a refresh swaps the snapshot, never edits it.
+        self._trust = trust
+        self._config = config
+        self._audit = audit
+        #: The shared replay store (replay.backend = "redis"), else None (in-process store).
+        self._replay = replay
+
+    async def _caller(self, context: grpc.aio.ServicerContext) -> tuple[str, CallerPolicy]:
+        caller = caller_id(context.auth_context())
+        try:
+            return caller, resolve_caller(self._config, caller)
+        except CallRefused as refused:
+            await abort(context, grpc.StatusCode.PERMISSION_DENIED, refused.reason, str(refused))
+
+    async def _scans(
+        self,
+        requests: Sequence[verifier_pb2.Scan],
+        policy: CallerPolicy,
+        caller: str,
+        context: grpc.aio.ServicerContext,
+    ) -> list[_native.Scan]:
+        try:
+            return [core_scan(request, policy, caller) for request in requests]
+        except CallRefused as refused:
+            await abort(context, grpc.StatusCode.PERMISSION_DENIED, refused.reason, str(refused))
+
+    async def _snapshot(self, context: grpc.aio.ServicerContext) -> Snapshot:
+        snapshot = self._trust.current  # the one read of this call: it verifies on this
+        if snapshot is None:
+            await abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                "TRUST_LIST_NOT_LOADED",
+                "no trust list loaded yet",
+            )
+        return snapshot
+
+    async def _verify(
+        self,
+        policy: CallerPolicy,
+        scans: Sequence[_native.Scan],
+        now: int,
+        context: grpc.aio.ServicerContext,
+    ) -> list[_native.VerificationResult]:
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:  # nobody waits for the answer any more
+            await abort(
+                context, grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_PASSED", "deadline passed"
+            )
+        snapshot = await self._snapshot(context)
+        verifier = snapshot.verifiers[policy.max_scan_delay_seconds]
+        # verify_batch releases the GIL for the whole batch: run it off the event loop.
+        results = await asyncio.to_thread(verifier.verify_batch, scans, now)
+        if self._replay is not None:  # step 9 on the shared store: one round trip per batch
+            results = await self._replay.settle(scans, results, now)
+        return results
+
+    def _response(
+        self,
+        request: verifier_pb2.Scan,
+        result: _native.VerificationResult,
+        policy: CallerPolicy,
+        now: int,
+    ) -> verifier_pb2.Verdict:
+        return response_message(
+            request.request_id,
+            result,
+            disclosed=policy.disclosed(result.use or ""),
+            include_fhir=request.include_fhir,
+            verified_at=now,
+            fhir_canonical_base=self._config.fhir.canonical_base,
+        )
+
+    async def Verify(  # noqa: N802 (gRPC method name)
+        self,
+        request: verifier_pb2.VerifyRequest | Undecodable | TooLarge,
+        context: grpc.aio.ServicerContext,
+    ) -> verifier_pb2.VerifyResponse:
+        if isinstance(request, TooLarge):
+            await request.abort(context)
+        if isinstance(request, Undecodable):
+            await _invalid_argument(
+                context, FieldProblem("REQUEST_UNDECODABLE", "scan", UNDECODABLE)
+            )
+        scan = request.scan
+        problem = scan_problem(scan)
+        if problem is not None:
+            await _invalid_argument(context, _at("scan", problem))
+        caller, policy = await self._caller(context)
+        # A batch of one, through the same code as VerifyBatch and VerifyStream.
+        (verdict,) = await self._answer("Verify", [scan], policy, caller, context, positions=None)
+        return verifier_pb2.VerifyResponse(verdict=verdict)
+
+    async def VerifyBatch(  # noqa: N802 (gRPC method name)
+        self,
+        request: verifier_pb2.VerifyBatchRequest | BatchItems | Undecodable | TooLarge,
+        context: grpc.aio.ServicerContext,
+    ) -> verifier_pb2.VerifyBatchResponse:
+        if isinstance(request, TooLarge):
+            await request.abort(context)
+        if isinstance(request, Undecodable):
+            await _invalid_argument(
+                context, FieldProblem("REQUEST_UNDECODABLE", "scans", UNDECODABLE)
+            )
+        items: Sequence[verifier_pb2.Scan | Undecodable] = (
+            request.scans if isinstance(request, verifier_pb2.VerifyBatchRequest) else request
+        )
+        limit = self._config.server.max_batch
+        if not items:
+            await _invalid_argument(context, FieldProblem("BATCH_EMPTY", "scans", "empty batch"))
+        if len(items) > limit:
+            await _invalid_argument(
+                context,
+                FieldProblem(
+                    "BATCH_TOO_LARGE", "scans", f"at most {limit} scans (server.max_batch)"
+                ),
+                f"batch of {len(items)} scans is over the limit of {limit} (server.max_batch)",
+                metadata={"max_batch": str(limit), "count": str(len(items))},
+            )
+        caller, policy = await self._caller(context)
+        verdicts = await self._judge(
+            "VerifyBatch", items, policy, caller, context, path=lambda index: f"scans[{index}]"
+        )
+        self._audit.record_batch(len(items))
+        reply = verifier_pb2.VerifyBatchResponse(verdicts=verdicts)
+        max_bytes = self._config.server.max_message_bytes
+        if reply.ByteSize() > max_bytes:
+            # gRPC would refuse to send it with a message naming nothing. The scans are
+            # verified (and audited): a retry from the same reader is a duplicate, not REPLAYED.
+            too_large = TooLarge(
+                "response", reply.ByteSize(), max_bytes, "server.max_message_bytes"
+            )
+            await too_large.abort(context)
+        return reply
+
+    async def _answer(
+        self,
+        method: str,
+        items: Sequence[verifier_pb2.Scan],
+        policy: CallerPolicy,
+        caller: str,
+        context: grpc.aio.ServicerContext,
+        *,
+        positions: Sequence[int] | None,
+    ) -> list[verifier_pb2.Verdict]:
+        """Verify valid ``items`` in one core call (one snapshot, one ``now``, replay in
+        item order), audit each decision and answer them in order. ``positions`` number
+        them in the audit (a batch's items by their index, a stream's by their place in it;
+        None for the one item of a unary Verify, audited without a number)."""
+        scans = await self._scans(items, policy, caller, context)
+        now = int(time.time())
+        started = time.perf_counter()
+        results = await self._verify(policy, scans, now, context)
+        latency = time.perf_counter() - started
+        numbers: Sequence[int | None] = [None] * len(items) if positions is None else positions
+        for position, item, result in zip(numbers, items, results, strict=True):
+            self._audit.record_verification(
+                method=method,
+                request_id=item.request_id,
+                reader_id=item.reader.reader_id,
+                result=result,
+                latency_seconds=latency,
+                caller=caller,
+                item=position,
+            )
+        return [
+            self._response(item, result, policy, now)
+            for item, result in zip(items, results, strict=True)
+        ]
+
+    async def VerifyStream(  # noqa: N802 (gRPC method name)
+        self,
+        request_iterator: AsyncIterator[verifier_pb2.VerifyStreamRequest | Undecodable | TooLarge],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[verifier_pb2.VerifyStreamResponse]:
+        """Answer a stream of requests in request order, ``server.stream_window`` at most
+        read ahead of the answers, verifying whatever has arrived as one micro-batch."""
+        caller, policy = await self._caller(context)
+        window = self._config.server.stream_window
+        cap = min(window, self._config.server.max_batch)
+        # One credit per request read and not yet answered: with none left the reader stops
+        # reading, and HTTP/2 flow control stops the client (docs/operations.md "Streaming").
+        credits = asyncio.Semaphore(window)
+        arrived: asyncio.Queue[verifier_pb2.VerifyStreamRequest | Undecodable | None] = (
+            asyncio.Queue()
+        )
+
+        async def read() -> TooLarge | None:
+            try:
+                while True:
+                    await credits.acquire()
+                    request = await anext(aiter(request_iterator), None)
+                    if request is None:  # the client half-closed
+                        return None
+                    if isinstance(request, TooLarge):  # answered up to here, then the call ends
+                        return request
+                    arrived.put_nowait(request)
+            finally:
+                arrived.put_nowait(None)
+
+        reader = asyncio.create_task(read(), name="VerifyStream reader")
+        answered = 0
+        try:
+            while True:
+                batch = [await arrived.get()]
+                while batch[-1] is not None and len(batch) < cap and not arrived.empty():
+                    batch.append(arrived.get_nowait())
+                items = [
+                    request if isinstance(request, Undecodable) else request.scan
+                    for request in batch
+                    if request is not None
+                ]
+                for verdict in await self._judge(
+                    "VerifyStream",
+                    items,
+                    policy,
+                    caller,
+                    context,
+                    path=lambda _position: "scan",
+                    first_position=answered,
+                ):
+                    yield verifier_pb2.VerifyStreamResponse(verdict=verdict)
+                    answered += 1
+                    credits.release()
+                if batch[-1] is None:
+                    break
+            too_large = await reader  # re-raises what ended the request stream, if not the client
+            if too_large is not None:
+                await too_large.abort(context)
+        finally:
+            reader.cancel()  # cancellation of the call: read nothing more
+
+    async def _judge(
+        self,
+        method: str,
+        items: Sequence[verifier_pb2.Scan | Undecodable],
+        policy: CallerPolicy,
+        caller: str,
+        context: grpc.aio.ServicerContext,
+        *,
+        path: Callable[[int], str],
+        first_position: int = 0,
+    ) -> list[verifier_pb2.Verdict]:
+        """A batch, or one micro-batch of a stream: unusable items answered REJECTED /
+        MALFORMED in place with the field in ``detail`` (``path`` of the item's position, then
+        the field), the others verified in one core call; verdicts in item order."""
+        answers: list[verifier_pb2.Verdict | None] = []
+        valid: list[verifier_pb2.Scan] = []
+        positions: list[int] = []
+        for position, item in enumerate(items, first_position):
+            if isinstance(item, Undecodable):
+                problem: FieldProblem | None = FieldProblem("REQUEST_UNDECODABLE", "", UNDECODABLE)
+            else:
+                problem = scan_problem(item)
+            if problem is None:
+                assert not isinstance(item, Undecodable)
+                valid.append(item)
+                positions.append(position)
+                answers.append(None)
+                continue
+            answers.append(
+                verifier_pb2.Verdict(
+                    request_id="" if isinstance(item, Undecodable) else item.request_id,
+                    decision=verifier_pb2.DECISION_REJECTED,
+                    reason=verifier_pb2.REASON_MALFORMED,
+                    detail=str(_at(path(position), problem)),
+                )
+            )
+        verified = iter(
+            await self._answer(method, valid, policy, caller, context, positions=positions)
+            if valid
+            else []
+        )
+        return [answer if answer is not None else next(verified) for answer in answers]
+
+
+async def _invalid_argument(
+    context: grpc.aio.ServicerContext,
+    problem: FieldProblem,
+    message: str | None = None,
+    *,
+    metadata: dict[str, str] | None = None,
+) -> NoReturn:
+    """End the call INVALID_ARGUMENT: ``problem``'s reason, and its field violation."""
+    await abort(
+        context,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        problem.reason,
+        str(problem) if message is None else message,
+        violations=[problem],
+        metadata=metadata,
+    )
+
+
+def _at(path: str, problem: FieldProblem) -> FieldProblem:
+    """``problem`` with its field given from the request message (``path`` = the scan's)."""
+    field = f"{path}.{problem.field}" if problem.field else path
+    return FieldProblem(problem.reason, field, problem.description)
+
+
+def add_verifier_service(service: VerifierService, server: grpc.aio.Server) -> None:
+    """Register ``service`` as ``apcv.verify.v1.VerifierService`` on ``server``, like the
+    generated ``add_VerifierServiceServicer_to_server`` but with request deserializers that
+    never raise: grpcio would answer a request it cannot decode with UNKNOWN and the
+    exception text (unary) or end a whole stream for one bad message; here the service
+    answers it (INVALID_ARGUMENT, or MALFORMED in place for a batch or stream item). They
+    also measure each message: one over its limit is a :class:`TooLarge`, left undecoded."""
+    # A batch is bounded by server.max_message_bytes, a request of one scan by
+    # MAX_REQUEST_BYTES too (the setting is named only when it is the smaller bound).
+    max_bytes = service._config.server.max_message_bytes
+    setting = "server.max_message_bytes"
+    scan_limit, scan_setting = (
+        (max_bytes, setting) if max_bytes <= MAX_REQUEST_BYTES else (MAX_REQUEST_BYTES, None)
+    )
+    handlers = {
+        "Verify": grpc.unary_unary_rpc_method_handler(
+            service.Verify,
+            request_deserializer=bounded(
+                lenient(verifier_pb2.VerifyRequest), "request", scan_limit, scan_setting
+            ),
+            response_serializer=verifier_pb2.VerifyResponse.SerializeToString,
+        ),
+        "VerifyBatch": grpc.unary_unary_rpc_method_handler(
+            service.VerifyBatch,
+            request_deserializer=bounded(deserialize_batch, "batch", max_bytes, setting),
+            response_serializer=verifier_pb2.VerifyBatchResponse.SerializeToString,
+        ),
+        "VerifyStream": grpc.stream_stream_rpc_method_handler(
+            service.VerifyStream,
+            request_deserializer=bounded(
+                lenient(verifier_pb2.VerifyStreamRequest), "request", scan_limit, scan_setting
+            ),
+            response_serializer=verifier_pb2.VerifyStreamResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)

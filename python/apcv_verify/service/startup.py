@@ -1,0 +1,294 @@
+"""Starting and stopping the server: the grpc.aio server with the verifier service, health,
+reflection, its interceptors, the ``/metrics`` endpoint, the trust refresh and the replay store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from .. import _native
+from ..config import Config, ServerSection
+from ..observe.audit import AuditTrail
+from ..observe.metrics import ServiceMetrics, start_metrics_server
+from ..replay.redis import RedisReplayStore
+from ..trust.material import TrustMaterial
+from ..trust.sources import TrustSource
+from .interceptors import ErrorInterceptor, MetricsInterceptor
+from .servicer import SERVICE_NAME, VerifierService, add_verifier_service
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+__all__ = [
+    "TRANSPORT_LIMIT_FACTOR",
+    "ServerHandle",
+    "build_verifiers",
+    "serve",
+    "server_credentials",
+    "server_options",
+    "start_server",
+]
+
+log = structlog.get_logger("apcv_verify.service.startup")
+
+#: gRPC's own receive limit is this many times ``server.max_message_bytes``: a message up to
+#: it is read and refused by the service with a message naming the setting to raise (gRPC's
+#: refusal names none, and carries no details); only a larger one is refused by gRPC before it
+#: is read whole.
+TRANSPORT_LIMIT_FACTOR = 2
+
+
+def build_verifiers(config: Config, material: TrustMaterial) -> dict[int, _native.Verifier]:
+    """One core verifier per distinct ``max_scan_delay`` of the callers table, by delay.
+
+    They share one replay store, so a presentation accepted for one caller is a replay for
+    every other (docs/profile.md §7.4); only the scan-delay bound of the policy differs. With
+    ``replay.backend = "redis"`` they have none: accepted results come back pending and the
+    service settles them with :class:`~apcv_verify.replay.redis.RedisReplayStore`.
+    """
+    store = (
+        None
+        if config.replay.backend == "redis"
+        else _native.MemoryReplayStore(max_entries=config.replay.max_entries)
+    )
+    delays = {0} | {caller.max_scan_delay_seconds for caller in config.callers}
+    verifiers = {}
+    for delay in sorted(delays):
+        policy = _native.Policy(
+            allow_test_identities=config.policy.allow_test_identities,
+            clock_skew=config.policy.clock_skew_seconds,
+            status_grace=config.policy.status_grace_seconds,
+            max_scan_delay=delay,
+        )
+        verifiers[delay] = _native.Verifier(
+            material.trust_list, material.status_lists, policy, store
+        )
+    return verifiers
+
+
+@dataclass
+class ServerHandle:
+    """A started server (:func:`start_server`), the port it bound, its health service and its
+    metrics; :meth:`stop` shuts it down."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    metrics: ServiceMetrics | None = None
+    #: The ``/metrics`` HTTP server (None when ``metrics.listen`` is "" or could not bind).
+    metrics_http: WSGIServer | None = None
+    #: The trust material holder and its background refresh.
+    trust: TrustSource | None = None
+    #: The shared replay store client (replay.backend = "redis").
+    replay: RedisReplayStore | None = None
+    #: The plaintext health-only server of ``server.health_listen`` (None when unset).
+    health_server: grpc.aio.Server | None = None
+    #: The port ``health_server`` bound.
+    health_port: int | None = None
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Report NOT_SERVING first, then let in-flight calls finish within the grace period."""
+        await self.health.enter_graceful_shutdown()
+        if self.trust is not None:
+            await self.trust.stop()
+        await self.server.stop(grace_seconds)
+        if self.health_server is not None:
+            # Last, so that probes see NOT_SERVING for the whole drain.
+            await self.health_server.stop(None)
+        if self.replay is not None:
+            await self.replay.close()
+        if self.metrics_http is not None:
+            self.metrics_http.shutdown()
+            self.metrics_http.server_close()
+
+
+def server_credentials(config: Config) -> grpc.ServerCredentials:
+    """TLS credentials from ``[tls]``; with ``client_ca``, every client must present a
+    certificate that chains to it, and its subject CN names the caller (policy.caller_id)."""
+    tls = config.tls
+    key_pair = (Path(tls.server_key).read_bytes(), Path(tls.server_cert).read_bytes())
+    client_ca = Path(tls.client_ca).read_bytes() if tls.client_ca else None
+    # Config.validate: client_ca is set exactly when client certificates are required.
+    return grpc.ssl_server_credentials(
+        [key_pair], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
+def server_options(server: ServerSection) -> list[tuple[str, int]]:
+    """The gRPC channel arguments of ``[server]``: message size, keepalive, connection age
+    (docs/operations.md "Limits"); timers in seconds become gRPC's milliseconds."""
+
+    def ms(seconds: float) -> int:
+        return round(seconds * 1000)
+
+    options = [
+        # The service refuses messages over max_message_bytes with a message naming it;
+        # gRPC itself only those over TRANSPORT_LIMIT_FACTOR times it (see that constant).
+        ("grpc.max_receive_message_length", TRANSPORT_LIMIT_FACTOR * server.max_message_bytes),
+        ("grpc.max_send_message_length", server.max_message_bytes),
+        ("grpc.keepalive_time_ms", ms(server.keepalive_time_seconds)),
+        ("grpc.keepalive_timeout_ms", ms(server.keepalive_timeout_seconds)),
+        (
+            "grpc.http2.min_ping_interval_without_data_ms",
+            ms(server.keepalive_min_ping_interval_seconds),
+        ),
+        ("grpc.keepalive_permit_without_calls", int(server.keepalive_permit_without_calls)),
+    ]
+    if server.max_connection_age_seconds > 0:
+        options += [
+            ("grpc.max_connection_age_ms", ms(server.max_connection_age_seconds)),
+            ("grpc.max_connection_age_grace_ms", ms(server.max_connection_age_grace_seconds)),
+        ]
+    # server.workers > 1: every worker binds the same port and the kernel spreads the
+    # connections over them (apcv_verify.cli.workers). One worker: a port already in use is an
+    # error, not a silent share with whatever holds it.
+    options.append(("grpc.so_reuseport", int(server.workers > 1)))
+    return options
+
+
+async def start_server(config: Config, material: TrustMaterial | None = None) -> ServerHandle:
+    """Start serving; ``server.listen`` may use port 0 to pick a free port.
+
+    Without ``material`` the trust list and status lists are loaded from their sources
+    (a failing file raises; a failing URL leaves the server NOT_SERVING until a refresh
+    loads it). Either way they are refreshed every ``trust.refresh_seconds``.
+    """
+    metrics = ServiceMetrics(stream_services=(SERVICE_NAME,))
+    trust = TrustSource(
+        config, lambda loaded: build_verifiers(config, loaded), registry=metrics.registry
+    )
+    if material is not None:
+        trust.seed(material)
+    else:
+        await trust.load_initial()
+    server = grpc.aio.server(
+        # Metrics first, so that they see the status the error mapping sets.
+        interceptors=[MetricsInterceptor(metrics), ErrorInterceptor()],
+        options=server_options(config.server),
+        maximum_concurrent_rpcs=config.server.max_concurrent_rpcs or None,
+    )
+    replay = RedisReplayStore(config.replay, metrics) if config.replay.backend == "redis" else None
+    if replay is not None:
+        # Logged either way; an unreachable Redis does not stop the start (docs/profile.md §7.4: the
+        # verifications that need it fail closed, or open by policy, until it answers).
+        log.info("replay_store", backend="redis", location=replay.location, up=await replay.ping())
+    add_verifier_service(
+        VerifierService(trust, config, AuditTrail.from_config(config, metrics), replay), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    # grpc.reflection.v1alpha: grpcio-reflection has no grpc.reflection.v1 service yet; clients
+    # such as grpcurl try v1 first and fall back to v1alpha.
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = (
+        server.add_secure_port(config.server.listen, server_credentials(config))
+        if config.tls.enabled
+        else server.add_insecure_port(config.server.listen)
+    )
+    if port == 0:
+        raise OSError(f"cannot listen on {config.server.listen}")
+    await server.start()
+    health_server, health_port = await _start_health_server(config.server, health_servicer)
+    metrics_http = _start_metrics_http(config.metrics.listen, metrics)
+
+    async def ready() -> None:
+        # SERVING only once a trust list is loaded (ignored after a graceful shutdown began).
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    loaded = trust.material
+    await (ready() if loaded is not None else _not_serving(health_servicer))
+    trust.start(on_loaded=ready)
+    log.info(
+        "serving" if loaded is not None else "waiting_for_trust_list",
+        listen=config.server.listen,
+        port=port,
+        tls=config.tls.enabled,
+        client_auth=bool(config.tls.client_ca),
+        trust_list_seq=None if loaded is None else loaded.trust_list.seq,
+        status_lists=0 if loaded is None else len(loaded.status_lists),
+        refresh_seconds=config.trust.refresh_seconds,
+        metrics_port=None if metrics_http is None else metrics_http.server_port,
+        health_port=health_port,
+    )
+    return ServerHandle(
+        server,
+        port,
+        health_servicer,
+        metrics,
+        metrics_http,
+        trust,
+        replay,
+        health_server=health_server,
+        health_port=health_port,
+    )
+
+
+async def _start_health_server(
+    server_config: ServerSection, health_servicer: health.aio.HealthServicer
+) -> tuple[grpc.aio.Server | None, int | None]:
+    """The plaintext port of ``server.health_listen``: the health service and nothing else.
+
+    Kubernetes gRPC probes speak neither TLS nor mTLS; this port lets them see the status the
+    main port reports (the same servicer: NOT_SERVING until a trust list is loaded and while
+    draining) without offering any verification or reflection in clear text.
+    """
+    if not server_config.health_listen:
+        return None, None
+    health_server = grpc.aio.server(
+        # server.workers > 1: every worker binds it, as server.listen (server_options).
+        options=[("grpc.so_reuseport", int(server_config.workers > 1))],
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+    port = health_server.add_insecure_port(server_config.health_listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {server_config.health_listen}")
+    await health_server.start()
+    return health_server, port
+
+
+async def _not_serving(health_servicer: health.aio.HealthServicer) -> None:
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+
+def _start_metrics_http(listen: str, metrics: ServiceMetrics) -> WSGIServer | None:
+    """The ``/metrics`` endpoint; a port already taken is logged, not fatal.
+
+    Verification matters more than its metrics: a second server on a laptop, or a port
+    clash, must not stop the service (docs/operations.md "Metrics").
+    """
+    if not listen:
+        return None
+    try:
+        return start_metrics_server(listen, metrics.registry)
+    except OSError as error:
+        log.error("metrics_unavailable", listen=listen, error=error.strerror or str(error))
+        return None
+
+
+async def _serve_until_signalled(config: Config) -> None:
+    running = await start_server(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("stopping", grace_seconds=config.server.grace_seconds)
+    await running.stop(config.server.grace_seconds)
+
+
+def serve(config: Config) -> None:
+    """Load and verify the trust material, then serve (refreshing it) until SIGINT/SIGTERM."""
+    asyncio.run(_serve_until_signalled(config))
