@@ -33,7 +33,7 @@ from apcv_verify.issuer import DemoPKI, qr_text
 from .conftest import (
     REPO,
     SERVER_LOGS,
-    RunningServer,
+    ServerProcess,
     free_port,
     start_server,
     stop_server,
@@ -48,7 +48,7 @@ def reason(verdict: Verdict) -> str:
 
 def serve_on(
     pki: DemoPKI, address: str, log_path: Path, env: dict[str, str] | None = None
-) -> RunningServer:
+) -> ServerProcess:
     """``apcv-verify serve`` on a chosen ``address``, so that a test can start it late or
     start it again after killing it (conftest's start_server picks a free port itself)."""
     command = [
@@ -74,11 +74,12 @@ def serve_on(
         process.kill()
         process.wait()
         raise
-    return RunningServer(process, address, log_path)
+    return ServerProcess(process, address, log_path)
 
 
+@pytest.mark.slow
 def test_verify_and_a_resend_with_the_same_request_id_is_a_duplicate(
-    server: RunningServer, pki: DemoPKI
+    server: ServerProcess, pki: DemoPKI
 ) -> None:
     code = qr_text(pki.present("alice"))
 
@@ -97,8 +98,9 @@ def test_verify_and_a_resend_with_the_same_request_id_is_a_duplicate(
     assert (other.decision, reason(other)) == (D.DECISION_REJECTED, "REPLAYED")
 
 
+@pytest.mark.slow
 def test_an_empty_reader_id_is_the_typed_invalid_argument_with_its_field(
-    server: RunningServer, pki: DemoPKI
+    server: ServerProcess, pki: DemoPKI
 ) -> None:
     async def scenario() -> InvalidRequestError:
         async with VerifierClient(server.address) as client:
@@ -115,8 +117,9 @@ def test_an_empty_reader_id_is_the_typed_invalid_argument_with_its_field(
     assert "scan.reader.reader_id" in str(error) and "APCV1" not in str(error)
 
 
+@pytest.mark.slow
 def test_a_request_id_is_given_once_and_a_default_reader_fills_in(
-    server: RunningServer, pki: DemoPKI
+    server: ServerProcess, pki: DemoPKI
 ) -> None:
     scan = make_scan(qr_text(pki.present()), reader_id="", request_id="")
     scan.ClearField("request_id")
@@ -132,6 +135,7 @@ def test_a_request_id_is_given_once_and_a_default_reader_fills_in(
     assert reason(verdict) == "OK" and len(verdict.request_id) == 32
 
 
+@pytest.mark.slow
 def test_verify_batch_chunks_in_order_and_a_too_large_batch_carries_its_metadata(
     pki: DemoPKI, tmp_path: Path
 ) -> None:
@@ -171,6 +175,7 @@ def test_verify_batch_chunks_in_order_and_a_too_large_batch_carries_its_metadata
     assert [item.field for item in error.field_violations] == ["scans"]
 
 
+@pytest.mark.slow
 def test_unavailable_is_retried_with_the_same_request_until_the_server_is_up(
     pki: DemoPKI, tmp_path: Path
 ) -> None:
@@ -179,7 +184,7 @@ def test_unavailable_is_retried_with_the_same_request_until_the_server_is_up(
     address = f"127.0.0.1:{free_port()}"
     code = qr_text(pki.present())
     log_path = tmp_path / "late.log"
-    started: list[RunningServer] = []
+    started: list[ServerProcess] = []
 
     async def scenario() -> tuple[Verdict, float]:
         retry = RetryPolicy(max_attempts=40, initial_backoff=0.1, max_backoff=0.5)
@@ -239,6 +244,7 @@ def test_the_backoff_is_exponential_jittered_and_bounded() -> None:
         RetryPolicy(max_attempts=0)
 
 
+@pytest.mark.slow
 def test_mtls_a_known_caller_is_served_and_a_stranger_is_permission_denied(
     pki: DemoPKI, tmp_path: Path
 ) -> None:

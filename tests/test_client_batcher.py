@@ -27,9 +27,12 @@ from apcv_verify.client import (
 from apcv_verify.client.spool import Spool
 from apcv_verify.issuer import DemoPKI, qr_text
 
-from .conftest import RunningServer, free_port, start_server, stop_server
+from .conftest import ServerProcess, free_port, start_server, stop_server
 from .test_client import serve_on
 from .test_tls import CertificateAuthority, serve_tls
+
+#: Real server processes (and, for some, their restarts): over about 3 s each.
+pytestmark = pytest.mark.slow
 
 FAST = RetryPolicy(initial_backoff=0.05, max_backoff=0.5)
 
@@ -64,7 +67,7 @@ async def summaries(path: Path) -> list[tuple[str, str, int | None, bool | None]
 
 
 def test_every_scan_gets_one_final_answer_stored_then_delivered(
-    server: RunningServer, pki: DemoPKI, tmp_path: Path
+    server: ServerProcess, pki: DemoPKI, tmp_path: Path
 ) -> None:
     samples = pki.samples()
     presentations = {
@@ -121,7 +124,7 @@ def test_every_scan_gets_one_final_answer_stored_then_delivered(
 
 
 def test_a_group_waits_for_its_window_or_its_size(
-    server: RunningServer, pki: DemoPKI, tmp_path: Path
+    server: ServerProcess, pki: DemoPKI, tmp_path: Path
 ) -> None:
     async def first_answer_after(max_batch: int, max_delay: float, count: int) -> float:
         async with EdgeBatcher(
@@ -157,7 +160,7 @@ def test_a_new_batcher_on_the_spool_resends_the_pending_and_redelivers_the_answe
     address = f"127.0.0.1:{free_port()}"
     spool_path = tmp_path / "reader.spool"
     codes = [qr_text(pki.present("alice")) for _ in range(4)]
-    started: list[RunningServer] = []
+    started: list[ServerProcess] = []
 
     async def offline() -> None:
         async with EdgeBatcher(address, spool=spool_path, reader_id="edge-1", retry=FAST) as b:
@@ -286,7 +289,7 @@ class FlakyLink:
 
 
 def test_verdicts_lost_on_the_way_are_resent_and_answered_as_duplicates(
-    server: RunningServer, pki: DemoPKI, tmp_path: Path
+    server: ServerProcess, pki: DemoPKI, tmp_path: Path
 ) -> None:
     """The server verifies five scans but their verdicts never arrive; the connection breaks.
     The batcher reopens the stream and resends them with their ids: accepted ``duplicate``

@@ -25,12 +25,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from apcv_verify.client import Answer, Decision, EdgeBatcher, Reason, RetryPolicy
 from apcv_verify.client.spool import Spool
 from apcv_verify.issuer import DemoPKI, qr_text
 
 from .conftest import REPO, RedisServer, free_port, nir_numbers, personal_values, stop_server
 from .test_client import serve_on
+
+#: Real server processes (and, for some, their restarts): over about 3 s each.
+pytestmark = pytest.mark.slow
 
 READER_ID = "edge-crash"
 

@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 from apcv_verify.issuer import DemoPKI, qr_text
 
-from .conftest import REPO, RunningServer
+from .conftest import REPO, ServerProcess
+
+#: Real server processes (and, for some, their restarts): over about 3 s each.
+pytestmark = pytest.mark.slow
 
 DOC = REPO / "docs" / "integration.md"
 BLOCK = re.compile(r"```python\n(.*?)```\n\n```text\n(.*?)```", re.DOTALL)
@@ -28,7 +31,7 @@ def test_the_document_has_its_examples() -> None:
 
 @pytest.mark.parametrize("index", range(4))
 def test_an_integration_example_runs_as_documented(
-    index: int, server: RunningServer, pki: DemoPKI, tmp_path: Path
+    index: int, server: ServerProcess, pki: DemoPKI, tmp_path: Path
 ) -> None:
     code, output = examples()[index]
     env = {
