@@ -70,7 +70,7 @@ def container(buildah: str, image: dict[str, object]) -> Iterator[str]:
     subprocess.run([buildah, "rm", name], capture_output=True, check=False)
 
 
-def test_the_image_runs_the_demo_with_its_six_decisions(buildah: str, container: str) -> None:
+def test_the_image_runs_the_demo_with_its_expected_decisions(buildah: str, container: str) -> None:
     started = time.time()
     demo = subprocess.run(
         [buildah, "run", "--isolation", "chroot", container, "--", "apcv-verify", "demo"],
@@ -94,7 +94,7 @@ def test_the_image_runs_the_demo_with_its_six_decisions(buildah: str, container:
         decision, reason = line[len(sample.label) :].split()[1:3]
         rows[sample.label] = (decision, reason)
     assert rows == {s.label: (s.expected_decision, s.expected_reason) for s in SAMPLES}
-    assert "All six decisions as expected." in demo.stdout
+    assert f"All {len(SAMPLES)} decisions as expected" in demo.stdout
     # Read-only root filesystem ready: the run wrote nothing outside /tmp (checked on the
     # container's file tree, which the run shared).
     mount = subprocess.run(
