@@ -87,6 +87,14 @@ class VerifierService:
                 "TRUST_LIST_NOT_LOADED",
                 "no trust list loaded yet",
             )
+        if self._trust.refuses(snapshot, time.time()):
+            await abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                "TRUST_LIST_EXPIRED",
+                "the trust list in use expired more than trust.expired_grace_seconds ago;"
+                " waiting for a valid one",
+            )
         return snapshot
 
     async def _verify(
