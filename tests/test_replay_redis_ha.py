@@ -121,7 +121,9 @@ def test_redis_cluster_three_masters_settle_a_batch_across_slots(
 ) -> None:
     ports = [free_port() for _ in range(3)]
     for port in ports:
+        # The bus port is given: the default (port + 10000) may be taken, or beyond 65535.
         processes.start(port, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                        "--cluster-port", str(free_port()),
                         "--cluster-node-timeout", "2000")  # fmt: skip
     subprocess.run(
         [executable("redis-cli"), "--cluster", "create",
