@@ -35,6 +35,8 @@ def test_wheel_contains_native_core_and_generated_protobuf(tmp_path: Path) -> No
     assert "apcv_verify/py.typed" in names
     for module in ("verifier_pb2.py", "verifier_pb2_grpc.py", "verifier_pb2.pyi"):
         assert f"apcv_verify/_proto/apcv/verify/v1/{module}" in names
+    for module in ("__init__.py", "unary.py", "batcher.py", "spool.py", "errors.py"):
+        assert f"apcv_verify/client/{module}" in names  # the client SDK ships in the wheel
 
 
 def make_recipe(target: str, venv: Path) -> str:

@@ -1,0 +1,175 @@
+"""Call errors of the v1 contract as typed exceptions, one class per kind a caller acts on.
+
+A failed call carries a ``google.rpc.Status`` in its ``grpc-status-details-bin`` trailer
+(``protos/apcv/verify/v1/verifier.proto``, README "The contract and its errors"): an
+``ErrorInfo`` whose ``reason`` (in the domain :data:`ERROR_DOMAIN`) is the stable field to
+branch on, and for ``INVALID_ARGUMENT`` a ``BadRequest`` naming the fields. The gRPC library's
+own errors (a shutdown, too many concurrent calls) carry none: their ``reason`` is ``""``.
+
+=============================  =====================  ==========================================
+exception                      status                 what the caller does
+=============================  =====================  ==========================================
+:class:`InvalidRequestError`   INVALID_ARGUMENT       fix the request (``field_violations``)
+:class:`PermissionDeniedError` PERMISSION_DENIED      fix the caller's certificate or policy
+:class:`MessageTooLargeError`  RESOURCE_EXHAUSTED     send less per call (``MESSAGE_TOO_LARGE``)
+:class:`ServerBusyError`       RESOURCE_EXHAUSTED     back off, try again (no details)
+:class:`UnavailableError`      UNAVAILABLE            try again later or on another replica
+:class:`DeadlineExceededError` DEADLINE_EXCEEDED      the answer is unknown: resend the same id
+:class:`ServerError`           INTERNAL, UNKNOWN      report it (a bug on the server's side)
+:class:`VerifierError`         any other              the base class of all of them
+=============================  =====================  ==========================================
+
+The messages are the server's fixed phrases and reason codes: never a scan or personal data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+__all__ = [
+    "ERROR_DOMAIN",
+    "DeadlineExceededError",
+    "FieldViolation",
+    "InvalidRequestError",
+    "MessageTooLargeError",
+    "PermissionDeniedError",
+    "ServerBusyError",
+    "ServerError",
+    "UnavailableError",
+    "VerifierError",
+    "error_from_rpc",
+]
+
+#: ``ErrorInfo.domain`` of the v1 contract's errors.
+ERROR_DOMAIN = "apcv.verify.v1"
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One ``BadRequest`` field violation: ``field`` is a path from the request message
+    (``scan.reader.reader_id``, ``scans``), ``reason`` its ``ErrorInfo`` reason."""
+
+    field: str
+    description: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.description}"
+
+
+class VerifierError(Exception):
+    """A call to the verifier failed. ``reason`` is the ``ErrorInfo`` reason (``""`` when the
+    error came from the gRPC library without details), ``metadata`` its metadata (for
+    instance ``limit``/``size``/``setting`` of ``MESSAGE_TOO_LARGE``), ``field_violations``
+    the ``BadRequest`` entries; ``message`` is the status message, for people."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        *,
+        reason: str = "",
+        metadata: Mapping[str, str] | None = None,
+        field_violations: Sequence[FieldViolation] = (),
+    ) -> None:
+        self.code = code
+        self.message = message
+        self.reason = reason
+        self.metadata: Mapping[str, str] = MappingProxyType(dict(metadata or {}))
+        self.field_violations: tuple[FieldViolation, ...] = tuple(field_violations)
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        text = f"{self.code.name}"
+        if self.reason:
+            text += f" {self.reason}"
+        if self.message:
+            text += f": {self.message}"
+        if self.field_violations:
+            text += " (" + "; ".join(str(item) for item in self.field_violations) + ")"
+        return text
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r})"
+
+
+class InvalidRequestError(VerifierError):
+    """``INVALID_ARGUMENT``: the request is unusable as sent; ``field_violations`` say why."""
+
+
+class PermissionDeniedError(VerifierError):
+    """``PERMISSION_DENIED``: ``CALLER_NOT_ALLOWED`` (the client certificate's CN is not in
+    the server's callers table) or ``SCANNED_AT_NOT_ALLOWED``."""
+
+
+class MessageTooLargeError(VerifierError):
+    """``RESOURCE_EXHAUSTED`` / ``MESSAGE_TOO_LARGE``: send smaller batches (``metadata``
+    has ``limit`` and ``size`` in bytes and, when a setting bounds it, ``setting``)."""
+
+
+class ServerBusyError(VerifierError):
+    """``RESOURCE_EXHAUSTED`` from the gRPC library: too many concurrent calls."""
+
+
+class UnavailableError(VerifierError):
+    """``UNAVAILABLE``: the server is unreachable, shutting down, or has no trust list yet
+    (``TRUST_LIST_NOT_LOADED``). Resending the same ``request_id`` is safe."""
+
+
+class DeadlineExceededError(VerifierError):
+    """``DEADLINE_EXCEEDED``: no answer in time. The scan may or may not have been verified:
+    resend it with the same ``request_id`` (a same-reader resend is an accepted
+    ``duplicate``)."""
+
+
+class ServerError(VerifierError):
+    """``INTERNAL`` (``INTERNAL_ERROR``: a bug on the server's side) or ``UNKNOWN``."""
+
+
+_BY_CODE: dict[grpc.StatusCode, type[VerifierError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequestError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.INTERNAL: ServerError,
+    grpc.StatusCode.UNKNOWN: ServerError,
+}
+
+
+def error_from_rpc(error: grpc.RpcError) -> VerifierError:
+    """The typed exception for a failed call (``grpc.aio.AioRpcError`` or a synchronous
+    ``grpc.Call`` error), its details parsed with grpcio-status ``rpc_status.from_call``."""
+    code: grpc.StatusCode = error.code()
+    message: str = error.details() or ""
+    reason = ""
+    metadata: dict[str, str] = {}
+    violations: list[FieldViolation] = []
+    try:
+        status = rpc_status.from_call(error)
+    except ValueError:  # a trailer that contradicts the call's status: ignored
+        status = None
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            if info.domain == ERROR_DOMAIN:
+                reason, metadata = info.reason, dict(info.metadata)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations += [
+                FieldViolation(item.field, item.description, item.reason)
+                for item in bad.field_violations
+            ]
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        too_large = reason == "MESSAGE_TOO_LARGE"
+        kind: type[VerifierError] = MessageTooLargeError if too_large else ServerBusyError
+    else:
+        kind = _BY_CODE.get(code, VerifierError)
+    return kind(code, message, reason=reason, metadata=metadata, field_violations=violations)

@@ -1,0 +1,192 @@
+"""``VerifierClient``: ``Verify`` and ``VerifyBatch`` for hospital systems, with deadlines,
+idempotent retries on ``UNAVAILABLE`` and typed errors (docs/integration.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Final, TypeVar
+
+import grpc
+
+from .._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
+from .errors import UnavailableError, VerifierError, error_from_rpc
+from .transport import ChannelOption, RetryPolicy, TLSConfig, open_channel
+
+__all__ = ["MAX_ID_LENGTH", "VerifierClient", "make_scan"]
+
+log = logging.getLogger("apcv_verify.client")
+
+#: The contract's bound on ``request_id`` and ``reader_id`` (characters).
+MAX_ID_LENGTH: Final = 128
+
+Scan = verifier_pb2.Scan
+Verdict = verifier_pb2.Verdict
+_Response = TypeVar("_Response")
+
+
+class _Default:
+    """The client's own timeout, as opposed to an explicit ``None`` (no deadline)."""
+
+
+DEFAULT: Final = _Default()
+
+
+def make_scan(
+    presentation: str | bytes,
+    *,
+    reader_id: str,
+    request_id: str | None = None,
+    nonce: bytes = b"",
+    include_fhir: bool = False,
+    scanned_at: float | None = None,
+) -> verifier_pb2.Scan:
+    """A ``Scan``: ``presentation`` is the QR code text (``str``, ``"APCV1:…"``) or the raw
+    NFC bytes; ``request_id`` defaults to a fresh random id; ``scanned_at`` (Unix seconds) is
+    for callers allowed to send it (README "Callers and disclosure")."""
+    scan = verifier_pb2.Scan(
+        request_id=request_id or new_request_id(),
+        reader=verifier_pb2.ReaderContext(reader_id=reader_id, nonce=nonce),
+        include_fhir=include_fhir,
+    )
+    if isinstance(presentation, str):
+        scan.qr_text = presentation
+    else:
+        scan.nfc_bytes = presentation
+    if scanned_at is not None:
+        scan.scanned_at.FromSeconds(int(scanned_at))
+    return scan
+
+
+def new_request_id() -> str:
+    """A random ``request_id`` (32 hexadecimal characters)."""
+    return uuid.uuid4().hex
+
+
+class VerifierClient:
+    """An asyncio client of ``apcv.verify.v1.VerifierService`` on one channel.
+
+    ``timeout`` (seconds, ``None`` for none) is the deadline of a whole :meth:`verify` or of
+    one :meth:`verify_batch` chunk, retries included. A call failing with ``UNAVAILABLE`` is
+    sent again, unchanged (same ``request_id``), after ``retry``'s backoff, at most
+    ``retry.max_attempts`` times in all and never past the deadline: the server answers a
+    same-reader resend of an accepted presentation as an accepted ``duplicate``, never
+    ``REASON_REPLAYED``. A scan without ``request_id`` gets a random one first, so its retries
+    share it; one without ``reader.reader_id`` gets ``reader_id`` when given. Failures raise
+    the typed exceptions of :mod:`apcv_verify.client.errors`.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        tls: TLSConfig | None = None,
+        timeout: float | None = 10.0,
+        retry: RetryPolicy | None = None,
+        reader_id: str | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        channel_options: Sequence[ChannelOption] = (),
+    ) -> None:
+        self.target = target
+        self._tls = tls
+        self._timeout = timeout
+        self._retry = retry or RetryPolicy()
+        self._reader_id = reader_id
+        self._metadata = tuple(metadata)
+        self._options = tuple(channel_options)
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: verifier_pb2_grpc.VerifierServiceStub | None = None
+
+    async def __aenter__(self) -> VerifierClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel (calls still open are cancelled)."""
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = self._stub = None
+
+    def _service(self) -> verifier_pb2_grpc.VerifierServiceStub:
+        # Made on first use, inside the running event loop that will drive it.
+        if self._stub is None:
+            self._channel = open_channel(self.target, self._tls, self._retry, self._options)
+            self._stub = verifier_pb2_grpc.VerifierServiceStub(self._channel)
+        return self._stub
+
+    def prepare(self, scan: verifier_pb2.Scan) -> verifier_pb2.Scan:
+        """A copy of ``scan`` with its ``request_id`` (and default ``reader_id``) filled in."""
+        prepared = verifier_pb2.Scan()
+        prepared.CopyFrom(scan)
+        if not prepared.request_id:
+            prepared.request_id = new_request_id()
+        if self._reader_id and not prepared.reader.reader_id:
+            prepared.reader.reader_id = self._reader_id
+        return prepared
+
+    async def verify(
+        self, scan: verifier_pb2.Scan, *, timeout: float | None | _Default = DEFAULT
+    ) -> verifier_pb2.Verdict:
+        """The verdict on one scan (``Verify``). A rejected presentation is a verdict
+        (``DECISION_REJECTED`` and its reason), not an exception."""
+        request = verifier_pb2.VerifyRequest(scan=self.prepare(scan))
+        stub = self._service()
+        response = await self._call(stub.Verify, request, self._deadline(timeout), "Verify")
+        return response.verdict
+
+    async def verify_batch(
+        self,
+        scans: Iterable[verifier_pb2.Scan],
+        *,
+        timeout: float | None | _Default = DEFAULT,
+        max_batch: int = 1000,
+    ) -> list[verifier_pb2.Verdict]:
+        """The verdicts on ``scans``, in their order (``VerifyBatch``), sent in chunks of at
+        most ``max_batch`` (the server's ``server.max_batch``, 1,000 by default), one after
+        the other so that replay is judged in order; ``timeout`` applies to each chunk. An
+        unusable item is answered in place (``REASON_MALFORMED``), not raised."""
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        prepared = [self.prepare(scan) for scan in scans]
+        stub = self._service()
+        verdicts: list[verifier_pb2.Verdict] = []
+        for start in range(0, len(prepared), max_batch):
+            request = verifier_pb2.VerifyBatchRequest(scans=prepared[start : start + max_batch])
+            deadline = self._deadline(timeout)
+            response = await self._call(stub.VerifyBatch, request, deadline, "VerifyBatch")
+            verdicts.extend(response.verdicts)
+        return verdicts
+
+    def _deadline(self, timeout: float | None | _Default) -> float | None:
+        seconds = self._timeout if isinstance(timeout, _Default) else timeout
+        return None if seconds is None else asyncio.get_running_loop().time() + seconds
+
+    async def _call(
+        self,
+        method: Callable[..., Awaitable[_Response]],
+        request: object,
+        deadline: float | None,
+        name: str,
+    ) -> _Response:
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = None if deadline is None else max(deadline - loop.time(), 0.0)
+            try:
+                return await method(request, timeout=remaining, metadata=self._metadata)
+            except grpc.aio.AioRpcError as failure:
+                error: VerifierError = error_from_rpc(failure)
+            if not isinstance(error, UnavailableError) or attempt >= self._retry.max_attempts:
+                raise error
+            pause = self._retry.delay(attempt - 1)
+            if deadline is not None and loop.time() + pause >= deadline:
+                raise error
+            log.info(
+                "retrying %s after %s (attempt %d) in %.2fs", name, error.code.name, attempt, pause
+            )
+            await asyncio.sleep(pause)

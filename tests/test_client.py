@@ -1,0 +1,279 @@
+"""apcv_verify.client.VerifierClient against a real ``apcv-verify serve`` process: verdicts,
+idempotent resends, the v1 error details as typed exceptions, retries, deadlines, mTLS."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from apcv_verify.client import (
+    DeadlineExceededError,
+    FieldViolation,
+    InvalidRequestError,
+    PermissionDeniedError,
+    Reason,
+    RetryPolicy,
+    TLSConfig,
+    UnavailableError,
+    Verdict,
+    VerifierClient,
+    make_scan,
+)
+from apcv_verify.client import Decision as D
+from apcv_verify.issuer import DemoPKI, qr_text
+
+from .conftest import (
+    REPO,
+    SERVER_LOGS,
+    ServerProcess,
+    free_port,
+    start_server,
+    stop_server,
+    wait_serving,
+)
+from .test_tls import CertificateAuthority, serve_tls
+
+
+def reason(verdict: Verdict) -> str:
+    return Reason.Name(verdict.reason).removeprefix("REASON_")
+
+
+def serve_on(
+    pki: DemoPKI, address: str, log_path: Path, env: dict[str, str] | None = None
+) -> ServerProcess:
+    """``apcv-verify serve`` on a chosen ``address``, so that a test can start it late or
+    start it again after killing it (conftest's start_server picks a free port itself)."""
+    command = [
+        sys.executable, "-m", "apcv_verify.cli", "serve", "--listen", address,
+        "--anchor", str(pki.directory / "anchor.pem"),
+        "--trust-list", str(pki.trust_list_path),
+        *[arg for path in pki.status_list_paths.values() for arg in ("--status-list", str(path))],
+        "--allow-test-identities",
+    ]  # fmt: skip
+    SERVER_LOGS.append(log_path)
+    with log_path.open("a") as log_file:
+        process = subprocess.Popen(
+            command,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, **(env or {})},
+        )
+    try:
+        wait_serving(address, process)
+    except Exception:
+        process.kill()
+        process.wait()
+        raise
+    return ServerProcess(process, address, log_path)
+
+
+@pytest.mark.slow
+def test_verify_and_a_resend_with_the_same_request_id_is_a_duplicate(
+    server: ServerProcess, pki: DemoPKI
+) -> None:
+    code = qr_text(pki.present("alice"))
+
+    async def scenario() -> tuple[Verdict, Verdict, Verdict]:
+        async with VerifierClient(server.address, reader_id="desk-1") as client:
+            scan = make_scan(code, reader_id="desk-1", request_id="h-1")
+            first = await client.verify(scan)
+            again = await client.verify(scan)  # a resend: same reader, same id
+            other = await client.verify(make_scan(code, reader_id="desk-2"))
+            return first, again, other
+
+    first, again, other = asyncio.run(scenario())
+    assert (first.decision, reason(first), first.duplicate) == (D.DECISION_ACCEPTED, "OK", False)
+    assert first.request_id == "h-1" and first.person.identity.birth_name
+    assert (again.decision, reason(again), again.duplicate) == (D.DECISION_ACCEPTED, "OK", True)
+    assert (other.decision, reason(other)) == (D.DECISION_REJECTED, "REPLAYED")
+
+
+@pytest.mark.slow
+def test_an_empty_reader_id_is_the_typed_invalid_argument_with_its_field(
+    server: ServerProcess, pki: DemoPKI
+) -> None:
+    async def scenario() -> InvalidRequestError:
+        async with VerifierClient(server.address) as client:
+            with pytest.raises(InvalidRequestError) as raised:
+                await client.verify(make_scan(qr_text(pki.present()), reader_id=""))
+            return raised.value
+
+    error = asyncio.run(scenario())
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.reason == "READER_ID_MISSING"
+    assert error.field_violations == (
+        FieldViolation("scan.reader.reader_id", "required", "READER_ID_MISSING"),
+    )
+    assert "scan.reader.reader_id" in str(error) and "APCV1" not in str(error)
+
+
+@pytest.mark.slow
+def test_a_request_id_is_given_once_and_a_default_reader_fills_in(
+    server: ServerProcess, pki: DemoPKI
+) -> None:
+    scan = make_scan(qr_text(pki.present()), reader_id="", request_id="")
+    scan.ClearField("request_id")
+
+    async def scenario() -> Verdict:
+        async with VerifierClient(server.address, reader_id="desk-9") as client:
+            prepared = client.prepare(scan)
+            assert len(prepared.request_id) == 32 and prepared.reader.reader_id == "desk-9"
+            assert not scan.request_id  # the caller's message is left as it was
+            return await client.verify(prepared)
+
+    verdict = asyncio.run(scenario())
+    assert reason(verdict) == "OK" and len(verdict.request_id) == 32
+
+
+@pytest.mark.slow
+def test_verify_batch_chunks_in_order_and_a_too_large_batch_carries_its_metadata(
+    pki: DemoPKI, tmp_path: Path
+) -> None:
+    running = start_server(
+        pki.directory,
+        tmp_path / "server.log",
+        "--allow-test-identities",
+        env={"APCV_SERVER_MAX_BATCH": "2"},
+    )
+    samples = pki.samples()
+    scans = [
+        make_scan(qr_text(samples[name]), reader_id="edge-1", request_id=f"b-{i}")
+        for i, name in enumerate(["accepted", "expired", "revoked", "tampered", "wrong_issuer"])
+    ]
+
+    async def scenario() -> tuple[list[Verdict], InvalidRequestError]:
+        async with VerifierClient(running.address) as client:
+            verdicts = await client.verify_batch(scans, max_batch=2)
+            with pytest.raises(InvalidRequestError) as too_large:
+                await client.verify_batch(scans[:3], max_batch=3)
+            return verdicts, too_large.value
+
+    try:
+        verdicts, error = asyncio.run(scenario())
+    finally:
+        stop_server(running)
+    assert [verdict.request_id for verdict in verdicts] == [f"b-{i}" for i in range(5)]
+    assert [reason(verdict) for verdict in verdicts] == [
+        "OK",
+        "CREDENTIAL_EXPIRED",
+        "REVOKED",
+        "BAD_DEVICE_SIGNATURE",
+        "UNKNOWN_ISSUER",
+    ]
+    assert error.reason == "BATCH_TOO_LARGE"
+    assert dict(error.metadata) == {"max_batch": "2", "count": "3"}
+    assert [item.field for item in error.field_violations] == ["scans"]
+
+
+@pytest.mark.slow
+def test_unavailable_is_retried_with_the_same_request_until_the_server_is_up(
+    pki: DemoPKI, tmp_path: Path
+) -> None:
+    """No server yet: the call is retried with backoff; once one listens, the same request
+    (same request_id) is answered."""
+    address = f"127.0.0.1:{free_port()}"
+    code = qr_text(pki.present())
+    log_path = tmp_path / "late.log"
+    started: list[ServerProcess] = []
+
+    async def scenario() -> tuple[Verdict, float]:
+        retry = RetryPolicy(max_attempts=40, initial_backoff=0.1, max_backoff=0.5)
+        async with VerifierClient(address, retry=retry, timeout=60) as client:
+            begin = time.monotonic()
+            call = asyncio.ensure_future(
+                client.verify(make_scan(code, reader_id="desk-1", request_id="late-1"))
+            )
+            await asyncio.sleep(1.0)
+            assert not call.done()  # still retrying
+            started.append(await asyncio.to_thread(serve_on, pki, address, log_path))
+            return await call, time.monotonic() - begin
+
+    try:
+        verdict, elapsed = asyncio.run(scenario())
+    finally:
+        for running in started:
+            stop_server(running)
+    assert (verdict.request_id, reason(verdict)) == ("late-1", "OK")
+    assert elapsed >= 1.0
+
+
+def test_unavailable_gives_up_after_max_attempts_and_deadlines_are_typed() -> None:
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    with socket.socket() as silent:  # accepts connections and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        silent_address = f"127.0.0.1:{silent.getsockname()[1]}"
+
+        async def scenario() -> tuple[UnavailableError, float, DeadlineExceededError]:
+            retry = RetryPolicy(max_attempts=3, initial_backoff=0.05, max_backoff=0.1)
+            async with VerifierClient(address, retry=retry, timeout=20) as client:
+                begin = time.monotonic()
+                with pytest.raises(UnavailableError) as unavailable:
+                    await client.verify(make_scan("APCV1:X", reader_id="d"))
+                spent = time.monotonic() - begin
+            async with VerifierClient(silent_address, retry=retry, timeout=0.5) as client:
+                with pytest.raises(DeadlineExceededError) as late:
+                    await client.verify(make_scan("APCV1:X", reader_id="d"))
+            return unavailable.value, spent, late.value
+
+        unavailable, spent, late = asyncio.run(scenario())
+    assert unavailable.code == grpc.StatusCode.UNAVAILABLE and unavailable.reason == ""
+    assert spent < 10
+    assert late.code == grpc.StatusCode.DEADLINE_EXCEEDED and late.reason == ""
+
+
+def test_the_backoff_is_exponential_jittered_and_bounded() -> None:
+    policy = RetryPolicy(initial_backoff=0.2, max_backoff=3.0, multiplier=2.0)
+    rng = random.Random(7)
+    for retry, ceiling in enumerate([0.2, 0.4, 0.8, 1.6, 3.0, 3.0]):
+        drawn = {policy.delay(retry, rng) for _ in range(50)}
+        assert all(ceiling / 2 <= value <= ceiling for value in drawn)
+        assert len(drawn) > 1  # jittered
+    assert policy.ceiling(10_000) == 3.0
+    with pytest.raises(ValueError):
+        RetryPolicy(max_attempts=0)
+
+
+@pytest.mark.slow
+def test_mtls_a_known_caller_is_served_and_a_stranger_is_permission_denied(
+    pki: DemoPKI, tmp_path: Path
+) -> None:
+    ca = CertificateAuthority()
+    running = serve_tls(pki, tmp_path, ca)
+    known, stranger = ca.issue("his-1"), ca.issue("stranger")
+    for name, issued in {"his.pem": known, "stranger.pem": stranger}.items():
+        (tmp_path / name).write_bytes(issued.cert_pem)
+        (tmp_path / f"{name}.key").write_bytes(issued.key_pem)
+    (tmp_path / "ca.pem").write_bytes(ca.pem)
+
+    async def scenario() -> tuple[Verdict, PermissionDeniedError]:
+        tls = TLSConfig.from_files(
+            ca=tmp_path / "ca.pem", cert=tmp_path / "his.pem", key=tmp_path / "his.pem.key"
+        )
+        assert "PRIVATE KEY" not in repr(tls)
+        async with VerifierClient(running.address, tls=tls, reader_id="desk-1") as client:
+            verdict = await client.verify(make_scan(qr_text(pki.present()), reader_id="desk-1"))
+        other = TLSConfig(ca.pem, stranger.cert_pem, stranger.key_pem)
+        async with VerifierClient(running.address, tls=other) as client:
+            with pytest.raises(PermissionDeniedError) as denied:
+                await client.verify(make_scan(qr_text(pki.present()), reader_id="desk-1"))
+        return verdict, denied.value
+
+    try:
+        verdict, denied = asyncio.run(scenario())
+    finally:
+        stop_server(running)
+    assert reason(verdict) == "OK"
+    assert denied.reason == "CALLER_NOT_ALLOWED" and denied.field_violations == ()
+    with pytest.raises(ValueError):
+        TLSConfig(ca.pem, certificate_chain=known.cert_pem)  # a certificate without its key
