@@ -184,6 +184,17 @@ def test_replay_section_redis_from_file_and_environment(trust_files: Path) -> No
     environ = {"APCV_REPLAY_ON_STORE_ERROR": "accept", "APCV_REPLAY_REDIS_URL": "unix:///run/r.s"}
     replay = load_config(trust_files / "apcv.toml", environ=environ).replay
     assert (replay.on_store_error, replay.redis_url) == ("accept", "unix:///run/r.s")
+    # Redis Sentinel and Redis Cluster (docs/operations.md "Redis topologies").
+    for url in (
+        "redis+sentinel://:pw@10.0.0.7:26379,10.0.0.8:26379/apcv/2",
+        "rediss+sentinel://sentinel.internal:26379/apcv",
+        "redis+cluster://:pw@10.0.0.7:6379,10.0.0.8:6379,[::1]:6379",
+        "rediss+cluster://cache.internal:6379",
+    ):
+        environ = {"APCV_REPLAY_REDIS_URL": url}
+        replay = load_config(trust_files / "apcv.toml", environ=environ).replay
+        assert replay.redis_url == url
+        assert ":pw@" not in redact_url(url)
     # The default: the in-process store.
     assert (
         load_config(
@@ -216,6 +227,24 @@ def _minimal(trust_files: Path) -> dict[str, str]:
         (
             {"APCV_REPLAY_BACKEND": "redis", "APCV_REPLAY_REDIS_URL": "redis://:pw@:6379"},
             r"replay\.redis_url: redis://:\*\*\*@:6379: no host",
+        ),
+        (
+            {
+                "APCV_REPLAY_BACKEND": "redis",
+                "APCV_REPLAY_REDIS_URL": "redis+sentinel://:pw@s1:26379,s2:26379",
+            },
+            r"replay\.redis_url: redis\+sentinel://:\*\*\*@s1:26379,s2:26379: no master name",
+        ),
+        (
+            {
+                "APCV_REPLAY_BACKEND": "redis",
+                "APCV_REPLAY_REDIS_URL": "redis+cluster://:pw@n1:6379,n2:port",
+            },
+            r"replay\.redis_url: \(unparsable URL\)",
+        ),
+        (
+            {"APCV_REPLAY_BACKEND": "redis", "APCV_REPLAY_REDIS_URL": "redis+cluster://:pw@n1:1,"},
+            r"replay\.redis_url: redis\+cluster://:\*\*\*@n1:1,: no host",
         ),
         ({"APCV_REPLAY_ON_STORE_ERROR": "retry"}, r"replay\.on_store_error: 'retry'"),
         ({"APCV_REPLAY_TIMEOUT_SECONDS": "0"}, r"replay\.timeout_seconds: must be"),

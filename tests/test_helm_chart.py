@@ -304,6 +304,23 @@ def test_bad_values_are_refused(helm: str, sets: tuple[str, ...], message: str) 
     assert re.search(message, render_error(helm, *sets), re.IGNORECASE)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+sentinel://sentinel-0.redis:26379,sentinel-1.redis:26379/apcv/2",
+        "rediss+cluster://redis-0.redis:6379,redis-1.redis:6379",
+    ],
+)
+def test_redis_sentinel_and_cluster_urls_take_the_password(helm: str, url: str) -> None:
+    """docs/operations.md "Redis topologies": the chart passes the URL with the password from
+    the Secret (tests/test_config.py: the server accepts these URLs)."""
+    sets = (f"redis.url={url.replace(',', chr(92) + ',')}", "redis.existingSecret=apcv-redis")
+    env = {e["name"]: e for e in container(render(helm, None, *sets))["env"]}
+    scheme, rest = url.split("://")
+    rendered = env["APCV_REPLAY_REDIS_URL"]["value"]
+    assert rendered == f"{scheme}://:$(APCV_REDIS_PASSWORD)@{rest}"
+
+
 def test_memory_backend_is_allowed_for_one_replica_only(helm: str) -> None:
     sets = ("config.replay.backend=memory", "autoscaling.enabled=false", "replicaCount=1")
     assert kinds(render(helm, None, *sets))["Deployment"]["spec"]["replicas"] == 1

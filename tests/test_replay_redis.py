@@ -20,6 +20,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from .conftest import RedisServer, ServerProcess, free_port, start_server, stop_server
 
 PREFIX = "apcv:replay:"
+#: The replicas' clock skew: small, so that a presentation issued after a noticed loss (at
+#: least this much later) can be shown accepted without waiting a minute.
+SKEW = 2
 
 
 @dataclass
@@ -38,6 +41,7 @@ def start_replica(
         "APCV_REPLAY_REDIS_URL": redis_server.url,
         "APCV_REPLAY_ON_STORE_ERROR": on_store_error,
         "APCV_METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
+        "APCV_POLICY_CLOCK_SKEW_SECONDS": str(SKEW),
     }
     return Replica(
         start_server(pki.directory, log, "--allow-test-identities", env=env), metrics_port
@@ -99,12 +103,12 @@ def cti(presentation: bytes) -> bytes:
     return value
 
 
-def replay_errors(replica: Replica) -> float:
+def replay_errors(replica: Replica, name: str = "apcv_replay_store_errors_total") -> float:
     url = f"http://127.0.0.1:{replica.metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=10) as reply:
         text = reply.read().decode()
     for line in text.splitlines():
-        if line.startswith('apcv_replay_store_errors_total{backend="redis"}'):
+        if line.startswith(name + '{backend="redis"}'):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
 
@@ -212,11 +216,79 @@ def test_redis_down_fails_closed_by_default_and_recovers(
     events = log_events(a)
     down = [e for e in events if e.get("event") == "replay_store_unavailable"]
     assert len(down) == 1 and down[0]["on_store_error"] == "reject"  # once per outage
-    # Redis back (empty: no persistence): the next verification is checked again.
+    # Redis back, but empty (no persistence): it lost its entries, so a presentation issued
+    # before that was noticed is still refused (test_a_redis_restarted_empty_...)...
     redis_server.start()
-    assert outcome(verify(a, pki.present("alice"), "reader-1")) == ACCEPTED
+    assert outcome(verify(a, pki.present("alice"), "reader-1")) == UNAVAILABLE
     assert any(e.get("event") == "replay_store_available" for e in log_events(a))
-    assert replay_errors(a) == 3
+    assert replay_errors(a) == 4
+    # ...and the next one issued after it is checked again.
+    time.sleep(SKEW + 1)
+    assert outcome(verify(a, pki.present("alice"), "reader-1")) == ACCEPTED
+    assert replay_errors(a) == 4
+
+
+def test_a_redis_restarted_empty_refuses_presentations_issued_before_the_loss(
+    replicas: tuple[Replica, Replica], pki: DemoPKI, redis_server: RedisServer
+) -> None:
+    """Redis restarted without its entries: a presentation accepted just before must not be
+    accepted again at another reader; the loss is noticed by the marker key, recorded there for
+    every replica, logged and counted; fresh presentations are accepted."""
+    a, b = replicas
+    presentation = pki.present("alice")
+    assert outcome(verify(a, presentation, "reader-1")) == ACCEPTED
+    client = redis_server.client()
+    epoch = client.get(PREFIX + "store-epoch")
+    assert epoch is not None and epoch.endswith(b":0")  # written at first contact, no loss
+    redis_server.stop()
+    redis_server.start()  # empty: no persistence
+    assert redis_server.client().dbsize() == 0
+    started = time.time()
+    # Without the marker, Redis would answer "new" here: a double acceptance.
+    assert outcome(verify(b, presentation, "reader-2")) == UNAVAILABLE
+    # The loss is recorded in the marker, so the other replica knows it as well, even for
+    # the reader that presented it first.
+    marker = redis_server.client().get(PREFIX + "store-epoch")
+    assert marker is not None
+    noticed = int(marker.split(b":")[1])
+    assert started - 1 <= noticed <= time.time() + 1
+    assert outcome(verify(a, presentation, "reader-1")) == UNAVAILABLE
+    assert outcome(verify(a, presentation, "reader-3")) == UNAVAILABLE
+    # Once noticed, it stays refused on retries (the store now holds reader-2 for it).
+    assert outcome(verify(b, presentation, "reader-2")) == UNAVAILABLE
+    assert replay_errors(b, "apcv_replay_store_losses_total") == 1
+    assert replay_errors(a, "apcv_replay_store_losses_total") == 0  # noticed once, by B
+    lost = [e for e in log_events(b) if e.get("event") == "replay_store_lost_entries"]
+    assert len(lost) == 1 and lost[0]["refused_until"] == noticed + 300 + 2 * SKEW
+    # A restart is not an outage: the stale pooled connections of A were retried on fresh
+    # ones instead of failing the call.
+    assert not [e for e in log_events(a) if e.get("event") == "replay_store_unavailable"]
+    # A presentation issued after the loss was noticed (beyond the skew) is checked as usual.
+    time.sleep(max(0.0, noticed + SKEW + 1 - time.time()))
+    fresh = pki.present("alice")
+    assert outcome(verify(b, fresh, "reader-2")) == ACCEPTED
+    assert outcome(verify(a, fresh, "reader-1")) == REPLAYED
+    assert outcome(verify(a, fresh, "reader-2")) == DUPLICATE
+
+
+def test_the_first_verification_after_a_restart_uses_a_fresh_connection(
+    replicas: tuple[Replica, Replica], pki: DemoPKI, redis_server: RedisServer
+) -> None:
+    """Pooled connections to a Redis that restarted are dead: the call is tried once more
+    on a fresh connection rather than failing while Redis is back."""
+    a, _ = replicas
+    for _ in range(3):
+        assert outcome(verify(a, pki.present("alice"), "reader-1")) == ACCEPTED
+    redis_server.stop()
+    redis_server.start()
+    # Redis answered (through a fresh connection): the loss is noticed, not an outage.
+    assert outcome(verify(a, pki.present("alice"), "reader-1")) == UNAVAILABLE
+    events = [e.get("event") for e in log_events(a)]
+    assert "replay_store_lost_entries" in events and "replay_store_unavailable" not in events
+    time.sleep(SKEW + 1)
+    for _ in range(3):
+        assert outcome(verify(a, pki.present("alice"), "reader-1")) == ACCEPTED
+    assert replay_errors(a) == 1
 
 
 @pytest.mark.slow

@@ -249,6 +249,9 @@ class VerificationResult:
     @property
     def replay_expires_at(self) -> int | None:
         """While pending: keep the replay entry until this time (seconds), else None."""
+    @property
+    def replay_issued_at(self) -> int | None:
+        """While pending: the presentation's ``iat`` (seconds), else None."""
     def with_replay_outcome(
         self, outcome: Literal["new", "same_reader", "other_reader", "unavailable", "unchecked"]
     ) -> VerificationResult:

@@ -77,6 +77,9 @@ MAX_TIMER_SECONDS = 7 * 86_400
 MAX_MESSAGE_BYTES_LIMIT = 1024 * 1024 * 1024
 #: ``replay.backend`` values.
 REPLAY_BACKENDS = ("memory", "redis")
+#: ``replay.redis_url`` schemes of Redis Sentinel and Redis Cluster (docs/operations.md).
+REDIS_SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+REDIS_CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 #: Most ``server.workers``: one process per core is the point; more only adds contention.
 MAX_WORKERS = 64
 
@@ -204,7 +207,10 @@ class ReplaySection:
     #: Bound of the in-process store; beyond it verifications fail closed (REPLAY_UNAVAILABLE).
     max_entries: int = 1_000_000
     #: backend = "redis": redis://[:password@]host:port/db, rediss://… (TLS) or
-    #: unix:///path. A password in it is masked wherever the URL is shown (redact_url).
+    #: unix:///path; Redis Sentinel: redis+sentinel://[:password@]host:port[,host:port…]/
+    #: <master name>[/db] (rediss+sentinel: TLS); Redis Cluster: redis+cluster://[:password@]
+    #: host:port[,host:port…] (rediss+cluster: TLS). A password in it is masked wherever the
+    #: URL is shown (redact_url).
     redis_url: str = field(default="", repr=False, metadata={"secret": True, "redact": redact_url})
     #: Prefix of the replay keys: the key of a presentation is prefix + hex(cti).
     key_prefix: str = "apcv:replay:"
@@ -427,18 +433,26 @@ class Config:
             return
         if not replay.redis_url:
             raise ConfigError('replay.redis_url: required when replay.backend = "redis"')
+        schemes = ("redis", "rediss", "unix") + REDIS_SENTINEL_SCHEMES + REDIS_CLUSTER_SCHEMES
         try:
             parts = urllib.parse.urlsplit(replay.redis_url)
-            parts.port  # noqa: B018 (raises ValueError on a bad port)
+            hosts = parts.netloc.rpartition("@")[2].split(",")
+            for host in hosts:
+                urllib.parse.urlsplit(f"//{host}").port  # noqa: B018 (ValueError: bad port)
         except ValueError:
             parts = None
         shown = redact_url(replay.redis_url) if parts is not None else "(unparsable URL)"
-        if parts is None or parts.scheme not in ("redis", "rediss", "unix"):
+        if parts is None or parts.scheme not in schemes:
             raise ConfigError(
-                f"replay.redis_url: {shown}: expected redis://, rediss:// or unix:// URL"
+                f"replay.redis_url: {shown}: expected redis://, rediss://, unix://, "
+                "redis+sentinel://, rediss+sentinel://, redis+cluster:// or rediss+cluster:// URL"
             )
-        if parts.scheme != "unix" and not parts.hostname:
+        if parts.scheme != "unix" and not all(
+            urllib.parse.urlsplit(f"//{h}").hostname for h in hosts
+        ):
             raise ConfigError(f"replay.redis_url: {shown}: no host")
+        if parts.scheme in REDIS_SENTINEL_SCHEMES and not parts.path.strip("/"):
+            raise ConfigError(f"replay.redis_url: {shown}: no master name (…/<master name>[/db])")
 
     def _validate_workers(self) -> None:
         workers = self.server.workers

@@ -60,8 +60,10 @@ status_grace_seconds = {}  # use a status list this long past exp
 [replay]
 backend = {}  # "redis" for several replicas or workers
 max_entries = {}  # memory store bound (full: REPLAY_UNAVAILABLE)
-# redis: redis://[:password@]host:port/db, rediss:// (TLS) or unix:///path; pass a password
-# through APCV_REPLAY_REDIS_URL rather than this file.
+# redis (>= 7): redis://[:password@]host:port/db, rediss:// (TLS) or unix:///path;
+# Sentinel: redis+sentinel://[:password@]host:port[,host:port...]/<master name>[/db];
+# Cluster: redis+cluster://[:password@]host:port[,host:port...] (rediss+...: TLS).
+# Pass a password through APCV_REPLAY_REDIS_URL rather than this file.
 redis_url = {}
 key_prefix = {}  # keys are prefix + hex(cti)
 timeout_seconds = {}  # one Redis round trip (a whole batch)

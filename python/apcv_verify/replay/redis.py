@@ -24,22 +24,52 @@ every pending item as ``REPLAY_UNAVAILABLE``; ``"accept"`` (fail open) accepts t
 ``replay_unchecked`` set, which the response detail and the audit record show. Either way the
 failure is logged (once per outage, and again when Redis answers again) and counted in
 ``apcv_replay_store_errors_total{backend="redis"}``. Health stays SERVING: see
-docs/operations.md "Replay store" for why.
+docs/operations.md "Replay store" for why. A round trip that fails on a dead connection (a
+pooled connection to a Redis that restarted) is tried once more on fresh connections.
+
+**A store that lost its entries** (Redis restarted empty, or failed over to a server without
+them) would let a presentation accepted just before be accepted again. Every round trip starts
+with ``SET <key_prefix>store-epoch <epoch> NX GET`` in the same pipeline: the marker holds a
+random epoch and the time a loss was noticed (0 for none). A replica that finds the marker gone
+or replaced since it last saw it has noticed a loss; it records the time in the marker, so that
+every replica knows it, logs ``replay_store_lost_entries`` and counts it in
+``apcv_replay_store_losses_total``. Until one maximum presentation lifetime plus twice the skew
+plus the longest allowed scan delay has passed since then, a presentation issued (``iat``)
+before the loss was noticed (plus the skew a reader's clock may be ahead) is refused with
+``REPLAY_UNAVAILABLE`` whatever the policy, since no store can vouch for it; fresh ones are
+checked as usual.
+
+Topologies, by URL scheme: ``redis://``, ``rediss://`` (TLS), ``unix://`` (one server);
+``redis+sentinel://`` / ``rediss+sentinel://`` ``[:password@]host:port[,host:port…]/<master
+name>[/db]`` (Redis Sentinel: the master is looked up on the sentinels at each new connection);
+``redis+cluster://`` / ``rediss+cluster://`` ``[:password@]host:port[,host:port…]`` (Redis
+Cluster: the pipeline is split by slot across the masters). ``SET … NX GET`` needs Redis 7:
+an older server is logged as an error (``replay_store_unsupported``) and every pending item
+fails closed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
+import time
+import urllib.parse
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import redis.asyncio as aioredis
 import structlog
+from prometheus_client import Counter
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from .. import _native
+from ..config import REDIS_CLUSTER_SCHEMES as CLUSTER_SCHEMES
+from ..config import REDIS_SENTINEL_SCHEMES as SENTINEL_SCHEMES
 from ..config import ReplaySection, redact_url
 
 if TYPE_CHECKING:
@@ -50,6 +80,67 @@ __all__ = ["RedisReplayStore"]
 log = structlog.get_logger("apcv_verify.replay.redis")
 
 Outcome = Literal["new", "same_reader", "other_reader", "unavailable", "unchecked"]
+
+#: The longest presentation lifetime the core accepts (``exp - iat``, docs/profile.md §7.2).
+MAX_PRESENTATION_LIFETIME = 300
+#: The oldest Redis that has ``SET … NX GET``.
+MINIMUM_REDIS_VERSION = (7, 0)
+#: Suffix of the marker key (not hexadecimal: it cannot collide with a replay key).
+EPOCH_KEY = "store-epoch"
+
+
+def _hosts(netloc: str) -> tuple[str | None, list[tuple[str, int]]]:
+    """The password and the ``host:port`` list of a sentinel or cluster URL's netloc."""
+    password = None
+    if "@" in netloc:
+        credentials, netloc = netloc.rsplit("@", 1)
+        password = urllib.parse.unquote(credentials.split(":", 1)[-1]) or None
+    hosts = []
+    for item in netloc.split(","):
+        host, _, port = item.rpartition(":")
+        hosts.append((host.strip("[]") or item, int(port) if port.isdigit() else 26379))
+    return password, hosts
+
+
+def make_client(url: str, timeout: float) -> Any:
+    """The client for ``url`` (see the module docstring for the schemes): one attempt per
+    command (the store retries a dead connection itself), ``timeout`` per socket operation."""
+    options: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+    }
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme in SENTINEL_SCHEMES:
+        password, sentinels = _hosts(parts.netloc)
+        path = [p for p in parts.path.split("/") if p]
+        if not path:
+            raise ValueError("a sentinel URL needs the master's name as its path")
+        tls = parts.scheme.startswith("rediss")
+        sentinel = Sentinel(
+            sentinels,
+            sentinel_kwargs={**options, "ssl": tls},
+            password=password,
+            ssl=tls,
+            db=int(path[1]) if len(path) > 1 else 0,
+            retry=Retry(NoBackoff(), 0),
+            **options,
+        )
+        return sentinel.master_for(path[0])
+    if parts.scheme in CLUSTER_SCHEMES:
+        password, nodes = _hosts(parts.netloc)
+        return RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in nodes],
+            password=password,
+            ssl=parts.scheme.startswith("rediss"),
+            **options,
+        )
+    return aioredis.Redis.from_url(
+        url, retry=Retry(NoBackoff(), 0), retry_on_timeout=False, **options
+    )
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".")[:2] if part.isdigit())
 
 
 class RedisReplayStore:
@@ -63,6 +154,8 @@ class RedisReplayStore:
         metrics: ServiceMetrics | None = None,
         *,
         client: aioredis.Redis | None = None,
+        clock_skew: int = 60,
+        max_scan_delay: int = 0,
     ) -> None:
         self._prefix = config.key_prefix
         self._timeout = config.timeout_seconds
@@ -70,31 +163,150 @@ class RedisReplayStore:
         self._metrics = metrics
         #: Where Redis is, for logs: the URL with any password masked.
         self.location = redact_url(config.redis_url)
-        self._client = client or aioredis.Redis.from_url(
-            config.redis_url,
-            socket_timeout=config.timeout_seconds,
-            socket_connect_timeout=config.timeout_seconds,
-            # One attempt per batch: the batch's caller is waiting, and the next batch tries
-            # again anyway.
-            retry=Retry(NoBackoff(), 0),
-            retry_on_timeout=False,
-        )
+        # One attempt per command: the batch's caller is waiting; only a dead connection is
+        # retried, once (settle).
+        self._client = client or make_client(config.redis_url, config.timeout_seconds)
         #: False from a failed round trip until one succeeds (None before the first).
         self.available: bool | None = None
+        self._marker = self._prefix + EPOCH_KEY
+        self._skew = clock_skew
+        #: How long after a noticed loss presentations issued before it are refused.
+        self.loss_window = MAX_PRESENTATION_LIFETIME + 2 * clock_skew + max_scan_delay
+        #: The marker's epoch last seen, and when (None before the first contact).
+        self._epoch: str | None = None
+        self._epoch_seen_at = 0
+        #: When the last loss was noticed (0: none).
+        self.loss_noticed_at = 0
+        #: The server's version, once known: below MINIMUM_REDIS_VERSION everything fails closed.
+        self.version: tuple[int, ...] | None = None
+        self._losses: Counter | None = None
+        if metrics is not None:
+            self._losses = Counter(
+                "apcv_replay_store_losses_total",
+                "Times the shared replay store was found to have lost its entries (restarted "
+                "empty or failed over without them).",
+                ["backend"],
+                registry=metrics.registry,
+            )
 
     def __repr__(self) -> str:
         return f"RedisReplayStore({self.location!r})"
 
     async def ping(self) -> bool:
-        """One PING within the timeout; logs and records the answer (used at start)."""
+        """One PING and the server's version within the timeout; logs and records the answer
+        (used at start)."""
         try:
             async with asyncio.timeout(self._timeout):
                 await self._client.ping()
+                await self._check_version()
+                if self.supported:
+                    # Learn the store's epoch now, so that a loss before the first
+                    # verification is noticed too.
+                    answers = await self._round_trip([], int(time.time()))
+                    if isinstance(answers[0], BaseException):
+                        raise answers[0]
         except (RedisError, OSError, TimeoutError) as error:
             self._failed(error, items=0)
             return False
         self._answered()
-        return True
+        return self.supported
+
+    @property
+    def supported(self) -> bool:
+        """False once the server is known to be older than Redis 7 (no ``SET … NX GET``)."""
+        return self.version is None or self.version >= MINIMUM_REDIS_VERSION
+
+    async def _check_version(self) -> None:
+        if self.version is not None:
+            return
+        info = await self._client.info("server")
+        # A cluster answers per node: the oldest one counts.
+        answers = info.values() if info and "redis_version" not in info else [info]
+        versions = [
+            parse_version(str(a.get("redis_version", "0"))) for a in answers if isinstance(a, dict)
+        ]
+        self.version = min(versions) if versions else (0,)
+        if not self.supported:
+            log.error(
+                "replay_store_unsupported",
+                backend=self.backend,
+                location=self.location,
+                version=".".join(map(str, self.version)),
+                required="7.0",
+                detail="SET NX GET needs Redis 7: pending verifications are refused with "
+                "REPLAY_UNAVAILABLE (fail closed)",
+            )
+
+    async def _round_trip(self, commands: Sequence[tuple[str, str, int]], now: int) -> list[Any]:
+        """One pipelined round trip: the marker, then ``SET key reader NX GET EX ttl`` per
+        command. A dead connection (a restarted server) is retried once on fresh ones."""
+        noticed = now if self._epoch is not None else 0
+        candidate = f"{secrets.token_hex(8)}:{noticed}"
+        for attempt in (1, 2):
+            pipe = self._client.pipeline(transaction=False)
+            pipe.set(self._marker, candidate, nx=True, get=True)
+            for key, reader, ttl in commands:
+                pipe.set(key, reader, nx=True, get=True, ex=ttl)
+            try:
+                answers: list[Any] = await pipe.execute(raise_on_error=False)
+            except RedisConnectionError:
+                if attempt == 2:
+                    raise
+                await self._reset_connections()
+                continue
+            if attempt == 1 and any(isinstance(a, RedisConnectionError) for a in answers):
+                await self._reset_connections()
+                continue
+            answers[0] = await self._epoch_answer(answers[0], candidate, now)
+            return answers
+        raise AssertionError("unreachable")
+
+    async def _reset_connections(self) -> None:
+        pool = getattr(self._client, "connection_pool", None)
+        if pool is not None:
+            await pool.disconnect()
+
+    async def _epoch_answer(self, answer: object, candidate: str, now: int) -> object:
+        """Reads the marker's answer, notices a loss; returns the error if the marker failed."""
+        if isinstance(answer, BaseException):
+            return answer
+        text = candidate if answer is None else _text(answer)
+        epoch, _, noticed_text = text.partition(":")
+        noticed = int(noticed_text) if noticed_text.isdigit() else 0
+        lost = self._epoch is not None and (
+            # We created the marker (our candidate records the loss), or another replica
+            # replaced it without recording one (its first contact with an empty store).
+            text == candidate or (epoch != self._epoch and noticed < self._epoch_seen_at)
+        )
+        if lost:
+            if text != candidate:
+                noticed = now
+                await self._client.set(self._marker, f"{epoch}:{now}")
+            log.error(
+                "replay_store_lost_entries",
+                backend=self.backend,
+                location=self.location,
+                refused_until=now + self.loss_window,
+                detail="the replay store lost its entries (restarted empty or failed over "
+                "without them): presentations issued before now are refused with "
+                "REPLAY_UNAVAILABLE until refused_until",
+            )
+            if self._losses is not None:
+                self._losses.labels(backend=self.backend).inc()
+        elif epoch != self._epoch and noticed and self._epoch is not None:
+            log.warning(
+                "replay_store_loss_noticed_elsewhere", backend=self.backend, noticed_at=noticed
+            )
+        self._epoch, self._epoch_seen_at = epoch, now
+        self.loss_noticed_at = max(self.loss_noticed_at, noticed)
+        return None
+
+    def _lost_for(self, issued_at: int | None, now: int) -> bool:
+        """True for a presentation no store can vouch for: issued before the loss noticed."""
+        noticed = self.loss_noticed_at
+        if not noticed or now >= noticed + self.loss_window:
+            return False
+        return issued_at is None or issued_at < noticed + self._skew
 
     async def settle(
         self,
@@ -108,26 +320,33 @@ class RedisReplayStore:
         pending = [index for index, result in enumerate(results) if result.replay_pending]
         if not pending:
             return list(results)
-        pipe = self._client.pipeline(transaction=False)
+        commands = []
         for index in pending:
             result = results[index]
             key, keep_until = result.replay_key, result.replay_expires_at
             assert key is not None and keep_until is not None  # set while pending
-            pipe.set(
-                self._prefix + key.hex(),
-                scans[index].reader_id,
-                nx=True,
-                get=True,
-                ex=max(1, keep_until - now + 1),
+            commands.append(
+                (self._prefix + key.hex(), scans[index].reader_id, max(1, keep_until - now + 1))
             )
         answers: list[object] | None
         try:
             async with asyncio.timeout(self._timeout):
-                answers = await pipe.execute(raise_on_error=False)
+                await self._check_version()
+                answers = await self._round_trip(commands, now) if self.supported else None
         except (RedisError, OSError, TimeoutError) as error:
             self._failed(error, items=len(pending))
             answers = None
+        if not self.supported:
+            return [
+                result.with_replay_outcome("unavailable") if result.replay_pending else result
+                for result in results
+            ]
+        if answers is not None and isinstance(answers[0], BaseException):
+            # No epoch, no vouching: the whole batch fails as if Redis had not answered.
+            self._failed(answers[0], items=len(pending))
+            answers = None
         if answers is not None:
+            answers = answers[1:]
             failed = sum(isinstance(answer, BaseException) for answer in answers)
             if failed:
                 first = next(a for a in answers if isinstance(a, BaseException))
@@ -138,6 +357,8 @@ class RedisReplayStore:
         for position, index in enumerate(pending):
             answer = None if answers is None else answers[position]
             outcome = self._outcome(answer, scans[index].reader_id, failed=answers is None)
+            if answers is not None and self._lost_for(results[index].replay_issued_at, now):
+                outcome = "unavailable"  # whatever the policy: the store cannot vouch
             settled[index] = results[index].with_replay_outcome(outcome)
         return settled
 
@@ -146,8 +367,7 @@ class RedisReplayStore:
             return "unchecked" if self._fail_open else "unavailable"
         if answer is None:
             return "new"
-        held = answer.decode("utf-8", "replace") if isinstance(answer, bytes) else str(answer)
-        return "same_reader" if held == reader_id else "other_reader"
+        return "same_reader" if _text(answer) == reader_id else "other_reader"
 
     def _failed(self, error: BaseException, *, items: int) -> None:
         if self.available is not False:
@@ -178,3 +398,7 @@ class RedisReplayStore:
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+def _text(answer: object) -> str:
+    return answer.decode("utf-8", "replace") if isinstance(answer, bytes) else str(answer)

@@ -187,7 +187,16 @@ async def start_server(config: Config, material: TrustMaterial | None = None) ->
         options=server_options(config.server),
         maximum_concurrent_rpcs=config.server.max_concurrent_rpcs or None,
     )
-    replay = RedisReplayStore(config.replay, metrics) if config.replay.backend == "redis" else None
+    replay = (
+        RedisReplayStore(
+            config.replay,
+            metrics,
+            clock_skew=config.policy.clock_skew_seconds,
+            max_scan_delay=max([0] + [c.max_scan_delay_seconds for c in config.callers]),
+        )
+        if config.replay.backend == "redis"
+        else None
+    )
     if replay is not None:
         # Logged either way; an unreachable Redis does not stop the start (docs/profile.md §7.4: the
         # verifications that need it fail closed, or open by policy, until it answers).

@@ -358,6 +358,7 @@ impl<'a> Snapshot<'a> {
                 .exp
                 .saturating_add(self.policy.clock_skew)
                 .saturating_add(self.policy.max_scan_delay),
+            issued_at: pres.iat,
         }
     }
 

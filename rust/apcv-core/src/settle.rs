@@ -16,6 +16,9 @@ pub struct ReplayTicket {
     pub cti: [u8; CTI_LEN],
     /// Keep the entry until this time (`exp + skew + max_scan_delay`, seconds).
     pub keep_until: i64,
+    /// The presentation's `iat` (seconds): a store that lost its entries cannot vouch for a
+    /// presentation issued before the loss.
+    pub issued_at: i64,
 }
 
 /// One item of a batch whose step 9 is left to an external store

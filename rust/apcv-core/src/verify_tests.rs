@@ -809,6 +809,8 @@ fn deferred_replay_gives_tickets_and_settles_like_the_embedded_store() {
         ticket.keep_until,
         NOW + 110 + policy.clock_skew + policy.max_scan_delay
     );
+    // And carries the presentation's iat, for a store that lost its entries.
+    assert_eq!(ticket.issued_at, NOW - 10);
     // Pending: accepted so far, person held; the embedded store was not consulted.
     assert!(d.accepted() && d.person.is_some());
     assert!(!f.run(nfc(good.clone())).duplicate);

@@ -163,6 +163,12 @@ impl VerificationResult {
         self.pending.as_ref().map(|p| p.ticket().keep_until)
     }
 
+    /// While pending: the presentation's ``iat`` (seconds), else None.
+    #[getter]
+    fn replay_issued_at(&self) -> Option<i64> {
+        self.pending.as_ref().map(|p| p.ticket().issued_at)
+    }
+
     /// The final result of a pending one, given the external store's answer: "new"
     /// (accepted), "same_reader" (accepted, duplicate), "other_reader" (REPLAYED),
     /// "unavailable" (REPLAY_UNAVAILABLE) or "unchecked" (accepted without a replay check,

@@ -1,0 +1,225 @@
+"""The shared replay store beyond one Redis server: Redis Cluster (three masters made with
+``redis-cli --cluster create``) and Redis Sentinel (a master, a replica and a sentinel that
+promotes it), all real ``redis-server`` processes on loopback in throw-away directories."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis
+from apcv_verify import _native
+from apcv_verify.config import Config, load_config
+from apcv_verify.issuer import DemoPKI
+from apcv_verify.replay.redis import RedisReplayStore
+from apcv_verify.service.startup import build_verifiers
+from apcv_verify.trust.material import load_trust_material
+
+from .conftest import free_port
+
+PREFIX = "apcv:replay:"
+
+
+def executable(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is missing: `make system-deps` installs it")
+        pytest.skip(f"{name} not installed; run `make system-deps`")
+    return found
+
+
+@dataclass
+class Processes:
+    """redis-server processes started by a test, stopped after it."""
+
+    server: str
+    directory: Path
+    running: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, port: int, *args: str, config: str | None = None) -> None:
+        workdir = self.directory / str(port)
+        workdir.mkdir(exist_ok=True)
+        command = [self.server]
+        if config is not None:
+            (workdir / "redis.conf").write_text(config)
+            command.append(str(workdir / "redis.conf"))
+        command += ["--bind", "127.0.0.1", "--port", str(port), "--dir", str(workdir),
+                    "--save", "", "--appendonly", "no", *args]  # fmt: skip
+        self.running[port] = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                if self.running[port].poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.05)
+
+    def kill(self, port: int) -> None:
+        process = self.running.pop(port)
+        process.kill()
+        process.wait()
+
+    def stop_all(self) -> None:
+        for port in list(self.running):
+            self.kill(port)
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    started = Processes(executable("redis-server"), tmp_path)
+    yield started
+    started.stop_all()
+
+
+def store_config(pki: DemoPKI, url: str) -> Config:
+    return load_config(
+        None,
+        environ={},
+        overrides={
+            "trust.anchors": [str(pki.directory / "anchor.pem")],
+            "trust.trust_list": str(pki.trust_list_path),
+            "trust.status_lists": [str(path) for path in pki.status_list_paths.values()],
+            "policy.allow_test_identities": True,
+            "replay.backend": "redis",
+            "replay.redis_url": url,
+            "replay.timeout_seconds": 0.5,
+            # Small, so that presentations issued after a noticed loss are soon accepted.
+            "policy.clock_skew_seconds": 1,
+        },
+    )
+
+
+class Replica:
+    """What one server does per batch: the core's steps 1-8, then the shared store."""
+
+    def __init__(self, config: Config) -> None:
+        self.verifier = build_verifiers(config, load_trust_material(config))[0]
+        self.store = RedisReplayStore(config.replay)
+
+    async def verify(self, items: Sequence[tuple[bytes, str]]) -> list[str]:
+        scans = [_native.Scan(presentation, reader) for presentation, reader in items]
+        now = int(time.time())
+        results = await self.store.settle(scans, self.verifier.verify_batch(scans, now), now)
+        return ["DUPLICATE" if r.duplicate else r.reason for r in results]
+
+
+def test_redis_cluster_three_masters_settle_a_batch_across_slots(
+    pki: DemoPKI, processes: Processes
+) -> None:
+    ports = [free_port() for _ in range(3)]
+    for port in ports:
+        # The bus port is given: the default (port + 10000) may be taken, or beyond 65535.
+        processes.start(port, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                        "--cluster-port", str(free_port()),
+                        "--cluster-node-timeout", "2000")  # fmt: skip
+    subprocess.run(
+        [executable("redis-cli"), "--cluster", "create",
+         *(f"127.0.0.1:{port}" for port in ports), "--cluster-replicas", "0", "--cluster-yes"],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    deadline = time.monotonic() + 15
+    while redis.Redis(port=ports[0]).cluster("info").get("cluster_state") != "ok":
+        assert time.monotonic() < deadline, "the cluster did not become ok"
+        time.sleep(0.1)
+    config = store_config(pki, "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports))
+    presentations = [pki.present("alice") for _ in range(12)]
+
+    async def run() -> None:
+        a, b = Replica(config), Replica(config)
+        try:
+            assert await a.store.ping() and await b.store.ping()
+            first = await a.verify([(p, "reader-1") for p in presentations]
+                                   + [(presentations[0], "reader-2")])  # fmt: skip
+            assert first == ["OK"] * 12 + ["REPLAYED"]  # the earlier item of the batch wins
+            again = await b.verify(
+                [(p, "reader-2") for p in presentations] + [(presentations[3], "reader-1")]
+            )
+            assert again == ["REPLAYED"] * 12 + ["DUPLICATE"]
+        finally:
+            await a.store.close()
+            await b.store.close()
+
+    asyncio.run(run())
+    # The entries are spread over the three masters (one pipeline, split by slot).
+    held = [redis.Redis(port=port).dbsize() for port in ports]
+    assert sum(held) == 12 + 1  # and the marker
+    assert all(count > 0 for count in held)
+
+
+SENTINEL_CONFIG = """\
+sentinel monitor apcv 127.0.0.1 {master} 1
+sentinel down-after-milliseconds apcv 1000
+sentinel failover-timeout apcv 10000
+sentinel parallel-syncs apcv 1
+"""
+
+
+@pytest.mark.slow
+def test_redis_sentinel_failover_never_accepts_twice_and_fails_closed_meanwhile(
+    pki: DemoPKI, processes: Processes
+) -> None:
+    master, replica, sentinel = free_port(), free_port(), free_port()
+    processes.start(master)
+    processes.start(replica, "--replicaof", "127.0.0.1", str(master))
+    processes.start(sentinel, "--sentinel", config=SENTINEL_CONFIG.format(master=master))
+    deadline = time.monotonic() + 15
+    while redis.Redis(port=replica).info("replication").get("master_link_status") != "up":
+        assert time.monotonic() < deadline, "the replica did not sync"
+        time.sleep(0.1)
+    config = store_config(pki, f"redis+sentinel://127.0.0.1:{sentinel}/apcv")
+
+    async def run() -> None:
+        a, b = Replica(config), Replica(config)
+        accepted: list[bytes] = []
+        seen: dict[str, int] = {}
+        try:
+            assert await a.store.ping() and await b.store.ping()
+            killed_at, before = None, 0
+            deadline = time.monotonic() + 40
+            while time.monotonic() < deadline:
+                presentation = pki.present("alice")
+                [on_a] = await a.verify([(presentation, "reader-1")])
+                [on_b] = await b.verify([(presentation, "reader-2")])
+                # Never accepted at two readers, before, during or after the failover.
+                assert (on_a, on_b) in {
+                    ("OK", "REPLAYED"),
+                    ("OK", "REPLAY_UNAVAILABLE"),
+                    ("REPLAY_UNAVAILABLE", "OK"),
+                    ("REPLAY_UNAVAILABLE", "REPLAY_UNAVAILABLE"),
+                }, (on_a, on_b)
+                if "OK" in (on_a, on_b):
+                    accepted.append(presentation)
+                for answer in (on_a, on_b):
+                    seen[answer] = seen.get(answer, 0) + 1
+                if killed_at is None and len(accepted) >= 20:
+                    processes.kill(master)  # the master dies while verifications run
+                    killed_at, before = time.monotonic(), len(accepted)
+                    seen.clear()
+                elif killed_at is not None and len(accepted) >= before + 20:
+                    break
+                await asyncio.sleep(0.02)
+            assert killed_at is not None and len(accepted) >= before + 20, seen
+            # While no master was reachable, answers failed closed; then the replica took over.
+            assert seen.get("REPLAY_UNAVAILABLE", 0) > 0
+            assert redis.Redis(port=replica).info("replication")["role"] == "master"
+            # Everything accepted before and during the failover is still known.
+            again = await a.verify([(p, "reader-3") for p in accepted])
+            assert set(again) == {"REPLAYED"}
+        finally:
+            await a.store.close()
+            await b.store.close()
+
+    asyncio.run(run())
