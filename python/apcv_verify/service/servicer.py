@@ -14,12 +14,10 @@ from typing import NoReturn
 
 import grpc
 
-from .. import _native
 from .._proto.apcv.verify.v1 import verifier_pb2
 from ..config import CallerPolicy, Config
 from ..observe.audit import AuditTrail
 from ..replay.redis import RedisReplayStore
-from ..trust.material import Snapshot
 from ..trust.sources import TrustSource
 from .decode import (
     MAX_REQUEST_BYTES,
@@ -38,6 +36,9 @@ from .policy import CallRefused, caller_id, resolve_caller
 __all__ = ["SERVICE_NAME", "VerifierService", "add_verifier_service"]
 
 SERVICE_NAME = verifier_pb2.DESCRIPTOR.services_by_name["VerifierService"].full_name
+#: Up to this many scans are verified on the event loop, more in a worker thread
+#: (docs/benchmarks.md: the hop to a thread and back costs about half a scan's core time).
+INLINE_SCANS = 2
 
 
 class VerifierService:
@@ -58,72 +59,25 @@ class VerifierService:
         self._audit = audit
         #: The shared replay store (replay.backend = "redis"), else None (in-process store).
         self._replay = replay
+        self._disclosures: dict[tuple[str, str], frozenset[str]] = {}
 
-    async def _caller(self, context: grpc.aio.ServicerContext) -> tuple[str, CallerPolicy]:
+    def _caller(self, context: grpc.aio.ServicerContext) -> tuple[str, CallerPolicy | CallRefused]:
+        """The caller and its policy, or why it may not call (to abort with: see
+        :func:`_refuse`)."""
         caller = caller_id(context.auth_context())
         try:
             return caller, resolve_caller(self._config, caller)
         except CallRefused as refused:
-            await abort(context, grpc.StatusCode.PERMISSION_DENIED, refused.reason, str(refused))
+            return caller, refused
 
-    async def _scans(
-        self,
-        requests: Sequence[verifier_pb2.Scan],
-        policy: CallerPolicy,
-        caller: str,
-        context: grpc.aio.ServicerContext,
-    ) -> list[_native.Scan]:
-        try:
-            return [core_scan(request, policy, caller) for request in requests]
-        except CallRefused as refused:
-            await abort(context, grpc.StatusCode.PERMISSION_DENIED, refused.reason, str(refused))
-
-    async def _snapshot(self, context: grpc.aio.ServicerContext) -> Snapshot:
-        snapshot = self._trust.current  # the one read of this call: it verifies on this
-        if snapshot is None:
-            await abort(
-                context,
-                grpc.StatusCode.UNAVAILABLE,
-                "TRUST_LIST_NOT_LOADED",
-                "no trust list loaded yet",
-            )
-        return snapshot
-
-    async def _verify(
-        self,
-        policy: CallerPolicy,
-        scans: Sequence[_native.Scan],
-        now: int,
-        context: grpc.aio.ServicerContext,
-    ) -> list[_native.VerificationResult]:
-        remaining = context.time_remaining()
-        if remaining is not None and remaining <= 0:  # nobody waits for the answer any more
-            await abort(
-                context, grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_PASSED", "deadline passed"
-            )
-        snapshot = await self._snapshot(context)
-        verifier = snapshot.verifiers[policy.max_scan_delay_seconds]
-        # verify_batch releases the GIL for the whole batch: run it off the event loop.
-        results = await asyncio.to_thread(verifier.verify_batch, scans, now)
-        if self._replay is not None:  # step 9 on the shared store: one round trip per batch
-            results = await self._replay.settle(scans, results, now)
-        return results
-
-    def _response(
-        self,
-        request: verifier_pb2.Scan,
-        result: _native.VerificationResult,
-        policy: CallerPolicy,
-        now: int,
-    ) -> verifier_pb2.Verdict:
-        return response_message(
-            request.request_id,
-            result,
-            disclosed=policy.disclosed(result.use or ""),
-            include_fhir=request.include_fhir,
-            verified_at=now,
-            fhir_canonical_base=self._config.fhir.canonical_base,
-        )
+    def _disclosed(self, policy: CallerPolicy, use: str) -> frozenset[str]:
+        """``policy.disclosed(use)``, computed once per caller and use (the policies are the
+        configuration's: fixed for the server's life)."""
+        key = (policy.id, use)
+        groups = self._disclosures.get(key)
+        if groups is None:
+            groups = self._disclosures[key] = policy.disclosed(use)
+        return groups
 
     async def Verify(  # noqa: N802 (gRPC method name)
         self,
@@ -140,7 +94,9 @@ class VerifierService:
         problem = scan_problem(scan)
         if problem is not None:
             await _invalid_argument(context, _at("scan", problem))
-        caller, policy = await self._caller(context)
+        caller, policy = self._caller(context)
+        if isinstance(policy, CallRefused):
+            await _refuse(context, policy)
         # A batch of one, through the same code as VerifyBatch and VerifyStream.
         (verdict,) = await self._answer("Verify", [scan], policy, caller, context, positions=None)
         return verifier_pb2.VerifyResponse(verdict=verdict)
@@ -171,7 +127,9 @@ class VerifierService:
                 f"batch of {len(items)} scans is over the limit of {limit} (server.max_batch)",
                 metadata={"max_batch": str(limit), "count": str(len(items))},
             )
-        caller, policy = await self._caller(context)
+        caller, policy = self._caller(context)
+        if isinstance(policy, CallRefused):
+            await _refuse(context, policy)
         verdicts = await self._judge(
             "VerifyBatch", items, policy, caller, context, path=lambda index: f"scans[{index}]"
         )
@@ -200,25 +158,54 @@ class VerifierService:
         """Verify valid ``items`` in one core call (one snapshot, one ``now``, replay in
         item order), audit each decision and answer them in order. ``positions`` number
         them in the audit (a batch's items by their index, a stream's by their place in it;
-        None for the one item of a unary Verify, audited without a number)."""
-        scans = await self._scans(items, policy, caller, context)
+        None for the one item of a unary Verify, audited without a number).
+
+        One coroutine from the scans to the answers: the checks that may end the call are
+        plain tests, with an ``await`` only on the way out."""
+        try:
+            scans = [core_scan(item, policy, caller) for item in items]
+        except CallRefused as refused:
+            await _refuse(context, refused)
         now = int(time.time())
         started = time.perf_counter()
-        results = await self._verify(policy, scans, now, context)
-        latency = time.perf_counter() - started
-        numbers: Sequence[int | None] = [None] * len(items) if positions is None else positions
-        for position, item, result in zip(numbers, items, results, strict=True):
-            self._audit.record_verification(
-                method=method,
-                request_id=item.request_id,
-                reader_id=item.reader.reader_id,
-                result=result,
-                latency_seconds=latency,
-                caller=caller,
-                item=position,
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:  # nobody waits for the answer any more
+            await abort(
+                context, grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_PASSED", "deadline passed"
             )
+        snapshot = self._trust.current  # the one read of this call: it verifies on this
+        if snapshot is None:
+            await abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                "TRUST_LIST_NOT_LOADED",
+                "no trust list loaded yet",
+            )
+        verifier = snapshot.verifiers[policy.max_scan_delay_seconds]
+        if len(scans) <= INLINE_SCANS:
+            # A scan or two take less than the hop to a thread and back, and one item never
+            # uses the core's threads: verify on the event loop.
+            results = verifier.verify_batch(scans, now)
+        else:
+            # verify_batch releases the GIL for the whole batch: run it off the event loop.
+            results = await asyncio.to_thread(verifier.verify_batch, scans, now)
+        if self._replay is not None:  # step 9 on the shared store: one round trip per batch
+            results = await self._replay.settle(scans, results, now)
+        latency = time.perf_counter() - started
+        self._audit.record_verifications(
+            method, items, results, latency_seconds=latency, caller=caller, positions=positions
+        )
+        canonical_base = self._config.fhir.canonical_base
+        disclosed = self._disclosed
         return [
-            self._response(item, result, policy, now)
+            response_message(
+                item.request_id,
+                result,
+                disclosed=disclosed(policy, result.use or ""),
+                include_fhir=item.include_fhir,
+                verified_at=now,
+                fhir_canonical_base=canonical_base,
+            )
             for item, result in zip(items, results, strict=True)
         ]
 
@@ -229,7 +216,9 @@ class VerifierService:
     ) -> AsyncIterator[verifier_pb2.VerifyStreamResponse]:
         """Answer a stream of requests in request order, ``server.stream_window`` at most
         read ahead of the answers, verifying whatever has arrived as one micro-batch."""
-        caller, policy = await self._caller(context)
+        caller, policy = self._caller(context)
+        if isinstance(policy, CallRefused):
+            await _refuse(context, policy)
         window = self._config.server.stream_window
         cap = min(window, self._config.server.max_batch)
         # One credit per request read and not yet answered: with none left the reader stops
@@ -326,6 +315,10 @@ class VerifierService:
             else []
         )
         return [answer if answer is not None else next(verified) for answer in answers]
+
+
+async def _refuse(context: grpc.aio.ServicerContext, refused: CallRefused) -> NoReturn:
+    await abort(context, grpc.StatusCode.PERMISSION_DENIED, refused.reason, str(refused))
 
 
 async def _invalid_argument(
