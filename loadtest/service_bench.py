@@ -106,7 +106,7 @@ def _scan(presentation: bytes, request_id: str) -> verifier_pb2.Scan:
     return verifier_pb2.Scan(
         request_id=request_id,
         nfc_bytes=presentation,
-        reader=verifier_pb2.Reader(reader_id=READER_ID),
+        reader=verifier_pb2.ReaderContext(reader_id=READER_ID),
     )
 
 
