@@ -290,6 +290,7 @@ def latency_at(address: str, pki: Any, work: Path, rps: float, args: Any) -> dic
 def _start_variant(name: str, path: str | None, pki: Any, work: Path) -> Any:
     """The server of the package in this checkout (``path`` None), or of the copy at ``path``
     (its ``python`` folder, native module included: ``--variant``)."""
+    work.mkdir(parents=True, exist_ok=True)
     saved = os.environ.get("PYTHONPATH")
     if path is not None:
         os.environ["PYTHONPATH"] = path

@@ -30,7 +30,7 @@ from .decode import (
     lenient,
 )
 from .errors import FieldProblem, abort
-from .messages import core_scan, response_message, scan_problem
+from .messages import core_scan, fill_verdict, scan_problem
 from .policy import CallRefused, caller_id, resolve_caller
 
 __all__ = ["SERVICE_NAME", "VerifierService", "add_verifier_service"]
@@ -98,8 +98,11 @@ class VerifierService:
         if isinstance(policy, CallRefused):
             await _refuse(context, policy)
         # A batch of one, through the same code as VerifyBatch and VerifyStream.
-        (verdict,) = await self._answer("Verify", [scan], policy, caller, context, positions=None)
-        return verifier_pb2.VerifyResponse(verdict=verdict)
+        reply = verifier_pb2.VerifyResponse()
+        await self._answer(
+            "Verify", [scan], [reply.verdict], policy, caller, context, positions=None
+        )
+        return reply
 
     async def VerifyBatch(  # noqa: N802 (gRPC method name)
         self,
@@ -130,11 +133,20 @@ class VerifierService:
         caller, policy = self._caller(context)
         if isinstance(policy, CallRefused):
             await _refuse(context, policy)
-        verdicts = await self._judge(
-            "VerifyBatch", items, policy, caller, context, path=lambda index: f"scans[{index}]"
+        # The verdicts are filled in place in the reply (a message added to a repeated field
+        # would be copied).
+        reply = verifier_pb2.VerifyBatchResponse()
+        add = reply.verdicts.add
+        await self._judge(
+            "VerifyBatch",
+            items,
+            [add() for _ in items],
+            policy,
+            caller,
+            context,
+            path=lambda index: f"scans[{index}]",
         )
         self._audit.record_batch(len(items))
-        reply = verifier_pb2.VerifyBatchResponse(verdicts=verdicts)
         max_bytes = self._config.server.max_message_bytes
         if reply.ByteSize() > max_bytes:
             # gRPC would refuse to send it with a message naming nothing. The scans are
@@ -149,14 +161,16 @@ class VerifierService:
         self,
         method: str,
         items: Sequence[verifier_pb2.Scan],
+        verdicts: Sequence[verifier_pb2.Verdict],
         policy: CallerPolicy,
         caller: str,
         context: grpc.aio.ServicerContext,
         *,
         positions: Sequence[int] | None,
-    ) -> list[verifier_pb2.Verdict]:
+    ) -> None:
         """Verify valid ``items`` in one core call (one snapshot, one ``now``, replay in
-        item order), audit each decision and answer them in order. ``positions`` number
+        item order), audit each decision and answer them in ``verdicts`` (empty, in the
+        reply), in order. ``positions`` number
         them in the audit (a batch's items by their index, a stream's by their place in it;
         None for the one item of a unary Verify, audited without a number).
 
@@ -197,8 +211,9 @@ class VerifierService:
         )
         canonical_base = self._config.fhir.canonical_base
         disclosed = self._disclosed
-        return [
-            response_message(
+        for verdict, item, result in zip(verdicts, items, results, strict=True):
+            fill_verdict(
+                verdict,
                 item.request_id,
                 result,
                 disclosed=disclosed(policy, result.use or ""),
@@ -206,8 +221,6 @@ class VerifierService:
                 verified_at=now,
                 fhir_canonical_base=canonical_base,
             )
-            for item, result in zip(items, results, strict=True)
-        ]
 
     async def VerifyStream(  # noqa: N802 (gRPC method name)
         self,
@@ -253,16 +266,19 @@ class VerifierService:
                     for request in batch
                     if request is not None
                 ]
-                for verdict in await self._judge(
+                replies = [verifier_pb2.VerifyStreamResponse() for _ in items]
+                await self._judge(
                     "VerifyStream",
                     items,
+                    [reply.verdict for reply in replies],
                     policy,
                     caller,
                     context,
                     path=lambda _position: "scan",
                     first_position=answered,
-                ):
-                    yield verifier_pb2.VerifyStreamResponse(verdict=verdict)
+                )
+                for reply in replies:
+                    yield reply
                     answered += 1
                     credits.release()
                 if batch[-1] is None:
@@ -277,20 +293,24 @@ class VerifierService:
         self,
         method: str,
         items: Sequence[verifier_pb2.Scan | Undecodable],
+        verdicts: Sequence[verifier_pb2.Verdict],
         policy: CallerPolicy,
         caller: str,
         context: grpc.aio.ServicerContext,
         *,
         path: Callable[[int], str],
         first_position: int = 0,
-    ) -> list[verifier_pb2.Verdict]:
+    ) -> None:
         """A batch, or one micro-batch of a stream: unusable items answered REJECTED /
         MALFORMED in place with the field in ``detail`` (``path`` of the item's position, then
-        the field), the others verified in one core call; verdicts in item order."""
-        answers: list[verifier_pb2.Verdict | None] = []
+        the field), the others verified in one core call; each item's verdict filled in
+        ``verdicts`` (empty, in the reply), in item order."""
         valid: list[verifier_pb2.Scan] = []
+        targets: list[verifier_pb2.Verdict] = []
         positions: list[int] = []
-        for position, item in enumerate(items, first_position):
+        for position, (item, verdict) in enumerate(
+            zip(items, verdicts, strict=True), first_position
+        ):
             if isinstance(item, Undecodable):
                 problem: FieldProblem | None = FieldProblem("REQUEST_UNDECODABLE", "", UNDECODABLE)
             else:
@@ -298,23 +318,15 @@ class VerifierService:
             if problem is None:
                 assert not isinstance(item, Undecodable)
                 valid.append(item)
+                targets.append(verdict)
                 positions.append(position)
-                answers.append(None)
                 continue
-            answers.append(
-                verifier_pb2.Verdict(
-                    request_id="" if isinstance(item, Undecodable) else item.request_id,
-                    decision=verifier_pb2.DECISION_REJECTED,
-                    reason=verifier_pb2.REASON_MALFORMED,
-                    detail=str(_at(path(position), problem)),
-                )
-            )
-        verified = iter(
-            await self._answer(method, valid, policy, caller, context, positions=positions)
-            if valid
-            else []
-        )
-        return [answer if answer is not None else next(verified) for answer in answers]
+            verdict.request_id = "" if isinstance(item, Undecodable) else item.request_id
+            verdict.decision = verifier_pb2.DECISION_REJECTED
+            verdict.reason = verifier_pb2.REASON_MALFORMED
+            verdict.detail = str(_at(path(position), problem))
+        if valid:
+            await self._answer(method, valid, targets, policy, caller, context, positions=positions)
 
 
 async def _refuse(context: grpc.aio.ServicerContext, refused: CallRefused) -> NoReturn:
