@@ -21,7 +21,7 @@ import structlog
 
 from .. import _native
 from ..config import ANONYMOUS_CALLER
-from .logs import AUDIT_LOGGER
+from .logs import AUDIT_LOGGER, audit_lines
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -136,7 +136,8 @@ class AuditTrail:
         position in a batch. ``caller`` is the client-certificate identity when mTLS gives
         one.
         """
-        self._record(method, request_id, reader_id, result, latency_seconds, caller, item)
+        fields = self._fields(method, request_id, reader_id, result, latency_seconds, caller, item)
+        _emit([fields])
 
     def record_verifications(
         self,
@@ -150,21 +151,26 @@ class AuditTrail:
     ) -> None:
         """:meth:`record_verification` of each of ``results``, the decisions on ``items``
         (scans with ``request_id`` and ``reader.reader_id``) verified together in
-        ``latency_seconds``, numbered by ``positions`` (None: one unary item, no number)."""
-        record = self._record
+        ``latency_seconds``, numbered by ``positions`` (None: one unary item, no number).
+        Still one record per decision; their lines are written together."""
         numbers: Sequence[int | None] = [None] * len(items) if positions is None else positions
-        for position, item, result in zip(numbers, items, results, strict=True):
-            record(
-                method,
-                item.request_id,
-                item.reader.reader_id,
-                result,
-                latency_seconds,
-                caller,
-                position,
-            )
+        fields = self._fields
+        _emit(
+            [
+                fields(
+                    method,
+                    item.request_id,
+                    item.reader.reader_id,
+                    result,
+                    latency_seconds,
+                    caller,
+                    position,
+                )
+                for position, item, result in zip(numbers, items, results, strict=True)
+            ]
+        )
 
-    def _record(
+    def _fields(
         self,
         method: str,
         request_id: str,
@@ -173,7 +179,8 @@ class AuditTrail:
         latency_seconds: float,
         caller: str,
         item: int | None,
-    ) -> None:
+    ) -> dict[str, object]:
+        """One decision's audit record, counted in the metrics."""
         decision = "ACCEPTED" if result.accepted else "REJECTED"
         reason = result.reason
         if self._metrics is not None:
@@ -200,4 +207,12 @@ class AuditTrail:
             fields["item"] = item
         if result.replay_unchecked:  # replay.on_store_error = "accept" while Redis was down
             fields["replay_unchecked"] = True
-        log.info("verification", **fields)
+        return fields
+
+
+def _emit(records: list[dict[str, object]]) -> None:
+    """Write ``records`` (one line each, written together), as ``log.info("verification",
+    ...)`` of each would (:func:`~apcv_verify.observe.logs.audit_lines`)."""
+    if not audit_lines(records):
+        for fields in records:
+            log.info("verification", **fields)

@@ -7,15 +7,19 @@ Audit records (the logger named :data:`AUDIT_LOGGER`, one per verification) are 
 are buffered and written together, whole lines only, at most :data:`AUDIT_FLUSH_SECONDS`
 after the first of them, when the buffer holds :data:`AUDIT_FLUSH_BYTES`, and at shutdown
 (:func:`flush_audit`, also at interpreter exit). Every other record is written at once.
+The audit trail renders its records itself (:func:`audit_lines`): the same JSON line as
+structlog's chain, for a fraction of its cost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import json
 import logging
 import sys
 import threading
+from collections.abc import Sequence
 from typing import Any, TextIO
 
 import structlog
@@ -25,6 +29,7 @@ __all__ = [
     "AUDIT_FLUSH_SECONDS",
     "AUDIT_LOGGER",
     "BufferedLines",
+    "audit_lines",
     "configure_logging",
     "flush_audit",
 ]
@@ -97,6 +102,30 @@ class BufferedLines:
 
 
 _audit_buffer: BufferedLines | None = None
+#: Whether records at level info are logged (the audit's level).
+_audit_enabled = True
+_stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
+
+
+def audit_lines(records: Sequence[dict[str, object]]) -> bool:
+    """Write ``records`` (the fields of audit records, each one line) as the audit logger
+    would write ``log.info("verification", **fields)`` under :func:`configure_logging` (the
+    same keys: the fields, ``event``, the bound context variables, ``level`` and one
+    ``timestamp``), without its processor chain per record; False (nothing written) when
+    :func:`configure_logging` did not configure logging, for the caller to log them itself."""
+    buffer = _audit_buffer
+    if buffer is None:
+        return False
+    if not _audit_enabled:
+        return True
+    common: dict[str, object] = {"event": "verification"}
+    common.update(structlog.contextvars.get_contextvars())
+    common["level"] = "info"
+    _stamp(None, "info", common)
+    dumps = json.dumps
+    for record in records:
+        buffer.write(dumps({**record, **common}) + "\n")
+    return True
 
 
 def flush_audit() -> None:
@@ -123,9 +152,11 @@ class _LoggerFactory:
 
 def configure_logging(level: str = "info") -> None:
     """One JSON object per line on stdout, with an ISO timestamp and the level."""
-    global _audit_buffer
+    global _audit_buffer, _audit_enabled
     flush_audit()  # what an earlier configuration buffered
     _audit_buffer = BufferedLines(sys.stdout)
+    threshold = logging.getLevelNamesMapping()[level.upper()]
+    _audit_enabled = threshold <= logging.INFO
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -134,9 +165,7 @@ def configure_logging(level: str = "info") -> None:
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(),
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
         # One write per record, newline included (print() writes the newline separately):
         # with PYTHONUNBUFFERED or several worker processes on one stdout, two writes per
         # line let another process's line land between a record and its newline.
