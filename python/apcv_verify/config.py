@@ -168,6 +168,10 @@ class TrustSection:
     refresh_seconds: float = 300.0
     #: Deadline of one HTTP(S) fetch of a list, in seconds, from connecting to the last byte.
     http_timeout_seconds: float = 10.0
+    #: How long a held trust list stays in use past its own expiry while no valid newer one
+    #: arrives (docs/profile.md §6.3); after that the service fails closed: health
+    #: NOT_SERVING and calls UNAVAILABLE (TRUST_LIST_EXPIRED) until a valid list is loaded.
+    expired_grace_seconds: float = 86400.0
 
 
 @dataclass(frozen=True)
@@ -320,6 +324,8 @@ class Config:
             raise ConfigError("trust.refresh_seconds: must not be negative (0 = no refresh)")
         if not 0 < self.trust.http_timeout_seconds <= 300:
             raise ConfigError("trust.http_timeout_seconds: must be between 0 (excluded) and 300")
+        if self.trust.expired_grace_seconds < 0:
+            raise ConfigError("trust.expired_grace_seconds: must not be negative")
         if not 0 <= self.policy.clock_skew_seconds <= 3600:
             raise ConfigError("policy.clock_skew_seconds: must be between 0 and 3600")
         if self.policy.status_grace_seconds < 0:

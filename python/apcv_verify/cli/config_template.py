@@ -50,6 +50,7 @@ trust_list = {}
 status_lists = {}  # files or http(s):// URLs
 refresh_seconds = {}  # refresh of both lists; 0 = load once
 http_timeout_seconds = {}  # one fetch, first to last byte
+expired_grace_seconds = {}  # held trust list past exp: then refused
 
 [policy]
 allow_test_identities = {}  # INS test/demo OIDs: never in production

@@ -195,6 +195,14 @@ class VerifierService:
                 "TRUST_LIST_NOT_LOADED",
                 "no trust list loaded yet",
             )
+        if self._trust.refuses(snapshot, time.time()):
+            await abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                "TRUST_LIST_EXPIRED",
+                "the trust list in use expired more than trust.expired_grace_seconds ago;"
+                " waiting for a valid one",
+            )
         verifier = snapshot.verifiers[policy.max_scan_delay_seconds]
         if len(scans) <= INLINE_SCANS:
             # A scan or two take less than the hop to a thread and back, and one item never

@@ -5,7 +5,9 @@ reflection, its interceptors, the ``/metrics`` endpoint, the trust refresh and t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,6 +48,9 @@ log = structlog.get_logger("apcv_verify.service.startup")
 #: refusal names none, and carries no details); only a larger one is refused by gRPC before it
 #: is read whole.
 TRANSPORT_LIMIT_FACTOR = 2
+#: How often health is brought in line with the trust material (a trust list that reaches its
+#: expiry plus grace turns it NOT_SERVING within this).
+HEALTH_FOLLOW_SECONDS = 1.0
 
 
 def build_verifiers(config: Config, material: TrustMaterial) -> dict[int, _native.Verifier]:
@@ -95,10 +100,16 @@ class ServerHandle:
     health_server: grpc.aio.Server | None = None
     #: The port ``health_server`` bound.
     health_port: int | None = None
+    #: The task that keeps health in line with the trust material (:func:`_follow_trust`).
+    health_follower: asyncio.Task[None] | None = None
 
     async def stop(self, grace_seconds: float) -> None:
         """Report NOT_SERVING first, then let in-flight calls finish within the grace period."""
         await self.health.enter_graceful_shutdown()
+        if self.health_follower is not None:
+            self.health_follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.health_follower
         if self.trust is not None:
             await self.trust.stop()
         await self.server.stop(grace_seconds)
@@ -204,14 +215,18 @@ async def start_server(config: Config, material: TrustMaterial | None = None) ->
     health_server, health_port = await _start_health_server(config.server, health_servicer)
     metrics_http = _start_metrics_http(config.metrics.listen, metrics)
 
-    async def ready() -> None:
-        # SERVING only once a trust list is loaded (ignored after a graceful shutdown began).
-        for name in ("", SERVICE_NAME):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-
     loaded = trust.material
-    await (ready() if loaded is not None else _not_serving(health_servicer))
-    trust.start(on_loaded=ready)
+    trust_changed = asyncio.Event()
+
+    async def loaded_now() -> None:
+        trust_changed.set()
+
+    serving = _trust_usable(trust)
+    await _set_health(health_servicer, serving)
+    follower = asyncio.get_running_loop().create_task(
+        _follow_trust(trust, health_servicer, trust_changed, serving)
+    )
+    trust.start(on_loaded=loaded_now)
     log.info(
         "serving" if loaded is not None else "waiting_for_trust_list",
         listen=config.server.listen,
@@ -234,6 +249,7 @@ async def start_server(config: Config, material: TrustMaterial | None = None) ->
         replay,
         health_server=health_server,
         health_port=health_port,
+        health_follower=follower,
     )
 
 
@@ -260,9 +276,50 @@ async def _start_health_server(
     return health_server, port
 
 
-async def _not_serving(health_servicer: health.aio.HealthServicer) -> None:
+def _trust_usable(trust: TrustSource) -> bool:
+    snapshot = trust.current
+    return snapshot is not None and not trust.refuses(snapshot, time.time())
+
+
+async def _set_health(health_servicer: health.aio.HealthServicer, serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.NOT_SERVING
+    if serving:
+        status = health_pb2.HealthCheckResponse.SERVING
     for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await health_servicer.set(name, status)
+
+
+async def _follow_trust(
+    trust: TrustSource,
+    health_servicer: health.aio.HealthServicer,
+    changed: asyncio.Event,
+    serving: bool,
+) -> None:
+    """Health follows the trust material: SERVING while a trust list is loaded and not refused
+    for its age (docs/profile.md §6.3), NOT_SERVING otherwise. Checked every
+    :data:`HEALTH_FOLLOW_SECONDS` and at once when ``changed`` is set; once a graceful shutdown
+    began, the servicer ignores these updates and stays NOT_SERVING."""
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), HEALTH_FOLLOW_SECONDS)
+        changed.clear()
+        usable = _trust_usable(trust)
+        if usable == serving:
+            continue
+        snapshot = trust.current
+        seq = None if snapshot is None else snapshot.trust_list.seq
+        if usable:
+            log.info("trust_list_usable", trust_list_seq=seq)
+        elif snapshot is not None:
+            log.error(
+                "trust_list_refused",
+                trust_list_seq=seq,
+                expired_at=snapshot.trust_list.expires_at,
+                expired_grace_seconds=trust.expired_grace_seconds,
+                detail="past its expiry and grace: NOT_SERVING until a valid list loads",
+            )
+        await _set_health(health_servicer, usable)
+        serving = usable
 
 
 def _start_metrics_http(listen: str, metrics: ServiceMetrics) -> WSGIServer | None:

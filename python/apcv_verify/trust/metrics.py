@@ -51,6 +51,12 @@ _TRUST_GAUGES: dict[str, tuple[str, tuple[str, ...], Literal["livemin", "livemax
     "apcv_status_list_expiry_timestamp_seconds": (
         "Expiry (exp) of each status list in use, as a Unix time.", ("uri",), "livemin",
     ),
+    "apcv_trust_list_refused": (
+        "1 while the trust list in use is past its expiry plus trust.expired_grace_seconds: "
+        "the service is NOT_SERVING and answers UNAVAILABLE until a valid list is loaded.",
+        (),
+        "livemax",
+    ),
     "apcv_trust_source_expired": (
         "1 while the list held for a source is past its expiry (status lists: plus "
         "policy.status_grace_seconds), so verifications that need it are refused.",
@@ -66,6 +72,7 @@ class TrustView(Protocol):
     """What the trust metrics read from the holder of the trust material."""
 
     status_grace_seconds: int
+    expired_grace_seconds: float
 
     @property
     def material(self) -> TrustMaterial | None: ...
@@ -84,6 +91,11 @@ def _samples(view: TrustView, now: float) -> list[Sample]:
         ("apcv_trust_list_age_seconds", (), now - trust_list.issued_at),
         ("apcv_trust_list_expiry_timestamp_seconds", (), trust_list.expires_at),
         ("apcv_trust_source_expired", (TRUST_LIST_SOURCE,), float(now > trust_list.expires_at)),
+        (
+            "apcv_trust_list_refused",
+            (),
+            float(now > trust_list.expires_at + view.expired_grace_seconds),
+        ),
     ]
     for status_list in material.status_lists:
         # The URI names a published list, not a person (docs/profile.md §6.5).

@@ -26,9 +26,11 @@ Rules of a refresh (docs/operations.md "Trust list and status list refresh"):
   size changes. A validator is remembered only once its document is accepted, so a refused
   document is fetched and judged again at the next refresh.
 
-Expiry is not judged here beyond the load checks of the core: a held status list past its
-expiry plus ``policy.status_grace_seconds`` is the core's decision (``STATUS_UNAVAILABLE``)
-and shows as ``apcv_trust_source_expired``.
+A held status list past its expiry plus ``policy.status_grace_seconds`` is the core's
+decision (``STATUS_UNAVAILABLE``) and shows as ``apcv_trust_source_expired``. A held trust list
+past its expiry is kept for ``trust.expired_grace_seconds`` (refreshes may be failing only for
+a while), then refused (:meth:`TrustSource.refuses`): the service fails closed until a valid
+list arrives, so blocking the distribution of lists cannot keep a withdrawn key trusted.
 """
 
 from __future__ import annotations
@@ -207,6 +209,7 @@ class TrustSource:
         self._make_verifiers = make_verifiers
         self.refresh_seconds = trust.refresh_seconds
         self.status_grace_seconds = config.policy.status_grace_seconds
+        self.expired_grace_seconds = trust.expired_grace_seconds
         timeout = trust.http_timeout_seconds
         self._trust_source = _Source(TRUST_LIST_SOURCE, trust.trust_list, timeout)
         self._status_sources = [
@@ -228,6 +231,11 @@ class TrustSource:
         """The snapshot in use, or None while no trust list is loaded yet. Read it once per
         call: the reference stays valid (and unchanged) however many swaps follow."""
         return self._current
+
+    def refuses(self, snapshot: Snapshot, now: float) -> bool:
+        """True when ``snapshot``'s trust list is past its expiry plus
+        ``trust.expired_grace_seconds`` (docs/profile.md §6.3): it must not be used any more."""
+        return now > snapshot.trust_list.expires_at + self.expired_grace_seconds
 
     @property
     def material(self) -> TrustMaterial | None:
