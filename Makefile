@@ -130,10 +130,14 @@ test-fast: dev tools helm system-deps fhir-validator
 # The core first (loadtest/core_bench.py: crypto floor, core from Python, the plain-Python peer,
 # scale, with a matplotlib plot), then ghz side by side on loopback: Verify with 1 and 2 workers,
 # VerifyBatch(100) vs Verify, Redis vs memory (loadtest/bench.py; installs the pinned ghz into
-# .tools/bin). Both write docs/benchmarks.md, the core into its own section.
+# .tools/bin). Then the service against its core (loadtest/service_bench.py: server CPU per
+# presentation for Verify, VerifyBatch, VerifyStream, the core and a bare grpc.aio echo server,
+# ghz for Verify's p99 at half its maximum rate). Each writes docs/benchmarks.md, the core and
+# the service into their own sections.
 bench: dev system-deps
 	$(PY) loadtest/core_bench.py --write docs/benchmarks.md --plot docs/benchmarks-scale.png
 	$(PY) loadtest/bench.py
+	$(PY) loadtest/service_bench.py --write docs/benchmarks.md
 
 # The public contract: buf's STANDARD lint rules, and no breaking change against v1.
 lint-proto: $(BUF)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -249,3 +250,52 @@ def test_each_log_record_is_one_write_ending_in_a_newline(
     for text in recorder.writes:
         assert text.endswith("\n") and text.count("\n") == 1
         json.loads(text)
+
+
+def test_audit_lines_are_what_structlog_would_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The audit trail renders its records itself (buffered): the same keys and values as the
+    configured structlog chain gives ``log.info("verification", **fields)``, one line each,
+    written at the latest at shutdown (flush_audit)."""
+    from apcv_verify.observe import logs
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.writes: list[str] = []
+
+        def write(self, text: str) -> int:
+            self.writes.append(text)
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+    saved = structlog.get_config()
+    recorder = Recorder()
+    monkeypatch.setattr("sys.stdout", recorder)
+    fields: dict[str, object] = {
+        "kind": "audit",
+        "request_id": "w-1",
+        "item": 3,
+        "duplicate": False,
+    }
+    try:
+        configure_logging("info")
+        structlog.contextvars.bind_contextvars(worker=1)
+        structlog.get_logger("test").info("verification", **fields)
+
+        async def in_the_server() -> None:
+            assert logs.audit_lines([fields, {**fields, "request_id": "w-2"}])
+            assert len(recorder.writes) == 1  # on an event loop, audit lines wait a little
+            logs.flush_audit()
+
+        asyncio.run(in_the_server())
+        configure_logging("warning")  # info records, the audit's, are not logged
+        assert logs.audit_lines([fields])
+    finally:
+        structlog.contextvars.unbind_contextvars("worker")
+        structlog.configure(**saved)
+    direct, first, second = (json.loads(line) for line in "".join(recorder.writes).splitlines())
+    assert "".join(recorder.writes).count("\n") == 3
+    for record in (direct, first, second):
+        record.pop("timestamp")
+    assert first == direct and second == {**direct, "request_id": "w-2"}

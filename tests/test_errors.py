@@ -55,7 +55,7 @@ def test_an_unexpected_exception_becomes_internal_without_its_text(
     async def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError(SECRET)
 
-    monkeypatch.setattr(VerifierService, "_verify", broken)
+    monkeypatch.setattr(VerifierService, "_answer", broken)
     saved = structlog.get_config()
     buffer = io.StringIO()
     try:

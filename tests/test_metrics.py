@@ -244,7 +244,19 @@ def test_a_batch_counts_its_size_and_each_item(
         stub.VerifyBatch(verifier_pb2.VerifyBatchRequest(scans=items), timeout=30)
         with pytest.raises(grpc.RpcError):
             stub.VerifyBatch(verifier_pb2.VerifyBatchRequest(), timeout=30)  # empty: refused
-    found = samples(scrape_text(metrics_port))
+    # The client has the refusal as soon as it is sent; the server counts the call's end just
+    # after, on its event loop: a scrape on a loaded machine can come in between.
+    deadline = time.monotonic() + 10
+    while True:
+        found = samples(scrape_text(metrics_port))
+        refused = value(
+            found, "grpc_server_handled_total", grpc_type="unary",
+            grpc_service="apcv.verify.v1.VerifierService", grpc_method="VerifyBatch",
+            grpc_code="INVALID_ARGUMENT",
+        )  # fmt: skip
+        if refused or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert value(found, "apcv_batch_size_count") == 1
     assert value(found, "apcv_batch_size_sum") == 3
     assert value(found, "apcv_batch_size_bucket", le="2.0") == 0

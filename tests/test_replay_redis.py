@@ -123,6 +123,17 @@ def log_events(replica: Replica) -> list[dict[str, object]]:
     return events
 
 
+def audit_events(replica: Replica, timeout: float = 10.0) -> list[dict[str, object]]:
+    """The audit records written so far, waiting for a first one: audit lines are buffered
+    for up to 50 ms (docs/operations.md "The audit record")."""
+    deadline = time.monotonic() + timeout
+    while True:
+        audit = [e for e in log_events(replica) if e.get("event") == "verification"]
+        if audit or time.monotonic() > deadline:
+            return audit
+        time.sleep(0.02)
+
+
 def health(replica: Replica) -> str:
     with replica.server.channel() as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(
@@ -304,7 +315,7 @@ def test_redis_down_with_on_store_error_accept_fails_open_and_flags_it(
         assert response.detail == "accepted without replay check: replay store unavailable"
         assert response.person.ins.matricule
         assert replay_errors(replica) == 1
-        audit = [e for e in log_events(replica) if e.get("event") == "verification"]
+        audit = audit_events(replica)
         assert audit[-1]["replay_unchecked"] is True and audit[-1]["decision"] == "ACCEPTED"
         down = [e for e in log_events(replica) if e.get("event") == "replay_store_unavailable"]
         assert down[0]["on_store_error"] == "accept"

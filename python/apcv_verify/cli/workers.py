@@ -33,6 +33,7 @@ from prometheus_client import values as prometheus_values
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from ..config import Config, MetricsSection
+from ..observe.logs import flush_audit
 from ..observe.metrics import start_metrics_server
 
 __all__ = ["serve_workers"]
@@ -72,6 +73,7 @@ def _child(config: Config, index: int) -> NoReturn:
     except BaseException as error:  # noqa: BLE001 (a worker reports any end, then exits)
         log.error("worker_failed", error=f"{type(error).__name__}: {error}")
     finally:
+        flush_audit()  # os._exit runs no exit handler
         sys.stdout.flush()
         os._exit(code)
 

@@ -14,12 +14,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
 from .. import _native
 from ..config import ANONYMOUS_CALLER
+from .logs import AUDIT_LOGGER, audit_lines
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -32,7 +34,22 @@ __all__ = [
     "holder_ref",
 ]
 
-log = structlog.get_logger("apcv_verify.observe.audit")
+log = structlog.get_logger(AUDIT_LOGGER)
+
+
+class _Reader(Protocol):
+    @property
+    def reader_id(self) -> str: ...
+
+
+class _Scanned(Protocol):
+    """What the audit reads of a scan (``apcv.verify.v1.Scan``)."""
+
+    @property
+    def request_id(self) -> str: ...
+    @property
+    def reader(self) -> _Reader: ...
+
 
 #: 32 hex characters = 128 bits of the HMAC: collisions stay negligible for billions of
 #: credentials, and the reference stays short in every log line.
@@ -59,7 +76,9 @@ class AuditTrail:
     ) -> None:
         if not secret:
             raise ValueError("the holder reference secret must not be empty")
-        self._secret = secret
+        #: The keyed HMAC before any message: copied per record, never rebuilt (the key
+        #: schedule is done once).
+        self._mac = hmac.new(secret, digestmod=hashlib.sha256)
         self._metrics = metrics
         self._replay_backend = replay_backend
 
@@ -87,7 +106,11 @@ class AuditTrail:
 
     def holder_ref(self, credential_id: str | None) -> str | None:
         """``None`` when the presentation was too broken to name a credential."""
-        return None if credential_id is None else holder_ref(self._secret, credential_id)
+        if credential_id is None:
+            return None
+        mac = self._mac.copy()
+        mac.update(credential_id.encode("utf-8"))
+        return mac.hexdigest()[:HOLDER_REF_HEX_CHARS]
 
     def record_batch(self, size: int) -> None:
         """Observe one verified batch's size in ``apcv_batch_size`` (its items are audited)."""
@@ -113,12 +136,58 @@ class AuditTrail:
         position in a batch. ``caller`` is the client-certificate identity when mTLS gives
         one.
         """
+        fields = self._fields(method, request_id, reader_id, result, latency_seconds, caller, item)
+        _emit([fields])
+
+    def record_verifications(
+        self,
+        method: str,
+        items: Sequence[_Scanned],
+        results: Sequence[_native.VerificationResult],
+        *,
+        latency_seconds: float,
+        caller: str = ANONYMOUS_CALLER,
+        positions: Sequence[int] | None = None,
+    ) -> None:
+        """:meth:`record_verification` of each of ``results``, the decisions on ``items``
+        (scans with ``request_id`` and ``reader.reader_id``) verified together in
+        ``latency_seconds``, numbered by ``positions`` (None: one unary item, no number).
+        Still one record per decision; their lines are written together."""
+        numbers: Sequence[int | None] = [None] * len(items) if positions is None else positions
+        fields = self._fields
+        _emit(
+            [
+                fields(
+                    method,
+                    item.request_id,
+                    item.reader.reader_id,
+                    result,
+                    latency_seconds,
+                    caller,
+                    position,
+                )
+                for position, item, result in zip(numbers, items, results, strict=True)
+            ]
+        )
+
+    def _fields(
+        self,
+        method: str,
+        request_id: str,
+        reader_id: str,
+        result: _native.VerificationResult,
+        latency_seconds: float,
+        caller: str,
+        item: int | None,
+    ) -> dict[str, object]:
+        """One decision's audit record, counted in the metrics."""
         decision = "ACCEPTED" if result.accepted else "REJECTED"
+        reason = result.reason
         if self._metrics is not None:
             self._metrics.observe_verification(
                 method=method,
                 decision=decision,
-                reason=result.reason,
+                reason=reason,
                 seconds=latency_seconds,
                 replay_backend=self._replay_backend,
             )
@@ -129,7 +198,7 @@ class AuditTrail:
             "reader_id": reader_id,
             "method": method,
             "decision": decision,
-            "reason": result.reason,
+            "reason": reason,
             "duplicate": result.duplicate,
             "latency_ms": round(latency_seconds * 1000, 3),
             "holder_ref": self.holder_ref(result.credential_id),
@@ -138,4 +207,12 @@ class AuditTrail:
             fields["item"] = item
         if result.replay_unchecked:  # replay.on_store_error = "accept" while Redis was down
             fields["replay_unchecked"] = True
-        log.info("verification", **fields)
+        return fields
+
+
+def _emit(records: list[dict[str, object]]) -> None:
+    """Write ``records`` (one line each, written together), as ``log.info("verification",
+    ...)`` of each would (:func:`~apcv_verify.observe.logs.audit_lines`)."""
+    if not audit_lines(records):
+        for fields in records:
+            log.info("verification", **fields)

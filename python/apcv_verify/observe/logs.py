@@ -2,20 +2,161 @@
 
 Privacy rule (README, docs/profile.md §9): log records carry decisions, reason codes, ids chosen by
 callers and latencies, never a name, NIR/INS, birth date or raw scan.
+
+Audit records (the logger named :data:`AUDIT_LOGGER`, one per verification) are many: they
+are buffered and written together, whole lines only, at most :data:`AUDIT_FLUSH_SECONDS`
+after the first of them, when the buffer holds :data:`AUDIT_FLUSH_BYTES`, and at shutdown
+(:func:`flush_audit`, also at interpreter exit). Every other record is written at once.
+The audit trail renders its records itself (:func:`audit_lines`): the same JSON line as
+structlog's chain, for a fraction of its cost.
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import json
 import logging
 import sys
+import threading
+from collections.abc import Sequence
+from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["configure_logging"]
+__all__ = [
+    "AUDIT_FLUSH_BYTES",
+    "AUDIT_FLUSH_SECONDS",
+    "AUDIT_LOGGER",
+    "BufferedLines",
+    "audit_lines",
+    "configure_logging",
+    "flush_audit",
+]
+
+#: The name of the audit trail's logger (:mod:`apcv_verify.observe.audit`).
+AUDIT_LOGGER = "apcv_verify.observe.audit"
+#: The longest an audit record waits in the buffer.
+AUDIT_FLUSH_SECONDS = 0.05
+#: At most this many bytes per write, whole lines only: a pipe write of at most PIPE_BUF
+#: (4,096 bytes on Linux) is atomic, so several worker processes on one stdout never split
+#: one another's lines.
+AUDIT_FLUSH_BYTES = 4096
+
+
+class BufferedLines:
+    """A file-like object for structlog's ``WriteLogger`` that keeps the lines written to it
+    and writes them to ``file`` later, in writes of whole lines of at most ``limit`` bytes
+    (a line longer than that alone): ``flush()`` (which the logger calls after each record)
+    does nothing; :meth:`drain` writes. A first line arms a timer on the running event loop
+    to drain after ``interval`` seconds; outside an event loop each line is written at once."""
+
+    def __init__(
+        self, file: TextIO, *, interval: float = AUDIT_FLUSH_SECONDS, limit: int = AUDIT_FLUSH_BYTES
+    ) -> None:
+        self._file = file
+        self._interval = interval
+        self._limit = limit
+        self._lines: list[str] = []
+        self._size = 0
+        self._armed = False
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            self._lines.append(text)
+            self._size += len(text)
+            full = self._size >= self._limit
+            arm = not full and not self._armed
+            if arm:
+                self._armed = True
+        if full:
+            self.drain()
+        elif arm:
+            try:
+                asyncio.get_running_loop().call_later(self._interval, self.drain)
+            except RuntimeError:  # no event loop in this thread: nothing would drain later
+                self.drain()
+        return len(text)
+
+    def flush(self) -> None:
+        """Called after each record: the timer, the size bound or shutdown writes instead."""
+
+    def drain(self) -> None:
+        """Write every buffered line now."""
+        with self._lock:
+            lines, self._lines, self._size, self._armed = self._lines, [], 0, False
+            if not lines:
+                return
+            chunk: list[str] = []
+            size = 0
+            for line in lines:
+                if chunk and size + len(line) > self._limit:
+                    self._file.write("".join(chunk))
+                    self._file.flush()
+                    chunk, size = [], 0
+                chunk.append(line)
+                size += len(line)
+            self._file.write("".join(chunk))
+            self._file.flush()
+
+
+_audit_buffer: BufferedLines | None = None
+#: Whether records at level info are logged (the audit's level).
+_audit_enabled = True
+_stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
+
+
+def audit_lines(records: Sequence[dict[str, object]]) -> bool:
+    """Write ``records`` (the fields of audit records, each one line) as the audit logger
+    would write ``log.info("verification", **fields)`` under :func:`configure_logging` (the
+    same keys: the fields, ``event``, the bound context variables, ``level`` and one
+    ``timestamp``), without its processor chain per record; False (nothing written) when
+    :func:`configure_logging` did not configure logging, for the caller to log them itself."""
+    buffer = _audit_buffer
+    if buffer is None:
+        return False
+    if not _audit_enabled:
+        return True
+    common: dict[str, object] = {"event": "verification"}
+    common.update(structlog.contextvars.get_contextvars())
+    common["level"] = "info"
+    _stamp(None, "info", common)
+    dumps = json.dumps
+    for record in records:
+        buffer.write(dumps({**record, **common}) + "\n")
+    return True
+
+
+def flush_audit() -> None:
+    """Write the buffered audit records now (at shutdown; also registered at exit)."""
+    if _audit_buffer is not None:
+        _audit_buffer.drain()
+
+
+atexit.register(flush_audit)
+
+
+class _LoggerFactory:
+    """structlog ``WriteLogger``s on ``file``, the audit logger's on a :class:`BufferedLines`."""
+
+    def __init__(self, file: TextIO, audit: BufferedLines) -> None:
+        self._file = file
+        self._audit = audit
+
+    def __call__(self, *args: Any) -> structlog.WriteLogger:
+        if args and args[0] == AUDIT_LOGGER:
+            return structlog.WriteLogger(file=self._audit)  # type: ignore[arg-type]
+        return structlog.WriteLogger(file=self._file)
 
 
 def configure_logging(level: str = "info") -> None:
     """One JSON object per line on stdout, with an ISO timestamp and the level."""
+    global _audit_buffer, _audit_enabled
+    flush_audit()  # what an earlier configuration buffered
+    _audit_buffer = BufferedLines(sys.stdout)
+    threshold = logging.getLevelNamesMapping()[level.upper()]
+    _audit_enabled = threshold <= logging.INFO
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -24,12 +165,10 @@ def configure_logging(level: str = "info") -> None:
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(),
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
         # One write per record, newline included (print() writes the newline separately):
         # with PYTHONUNBUFFERED or several worker processes on one stdout, two writes per
         # line let another process's line land between a record and its newline.
-        logger_factory=structlog.WriteLoggerFactory(file=sys.stdout),
+        logger_factory=_LoggerFactory(sys.stdout, _audit_buffer),
         cache_logger_on_first_use=True,
     )

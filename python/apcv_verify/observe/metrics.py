@@ -18,7 +18,7 @@ birth date, request id or reader id: reader ids go to the audit log
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -108,13 +108,26 @@ class ServiceMetrics:
             ["backend"],
             registry=registry,
         )
+        self._verification_children: dict[tuple[str, str, str], Any] = {}
+        self._seconds_children: dict[str, Any] = {}
 
     def observe_verification(
         self, *, method: str, decision: str, reason: str, seconds: float, replay_backend: str
     ) -> None:
         """Count one decision and observe its latency (called by the audit trail)."""
-        self.verifications.labels(decision=decision, reason=reason, method=method).inc()
-        self.verification_seconds.labels(method=method).observe(seconds)
+        # The label children, looked up once per label set (small closed sets, see above).
+        key = (decision, reason, method)
+        counter = self._verification_children.get(key)
+        if counter is None:
+            counter = self.verifications.labels(decision=decision, reason=reason, method=method)
+            self._verification_children[key] = counter
+        counter.inc()
+        histogram = self._seconds_children.get(method)
+        if histogram is None:
+            histogram = self._seconds_children[method] = self.verification_seconds.labels(
+                method=method
+            )
+        histogram.observe(seconds)
         if reason == "REPLAY_UNAVAILABLE":
             self.replay_store_errors.labels(backend=replay_backend).inc()
 

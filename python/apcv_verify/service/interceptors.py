@@ -29,12 +29,13 @@ __all__ = ["ErrorInterceptor", "MetricsInterceptor", "wrap_handler"]
 
 log = structlog.get_logger("apcv_verify.service.interceptors")
 
-#: What runs after a call, given how it ended: None when it returned (or its stream ended),
-#: else the exception that ended it. It may raise another exception in its place; if it
-#: returns, the exception propagates unchanged.
-After = Callable[[BaseException | None], Awaitable[None]]
-#: Called with the call's context when a call begins; returns what runs after it.
-Around = Callable[[grpc.aio.ServicerContext], After]
+#: Called with the call's context when a call begins; what it returns is given to :data:`End`.
+Begin = Callable[[grpc.aio.ServicerContext], Any]
+#: Called when a call ends, with the call's context, what :data:`Begin` returned and how the
+#: call ended: None when it returned (or its stream ended), else the exception that ended it.
+#: It may return an awaitable (awaited before the exception propagates), which may raise
+#: another exception in its place; otherwise the exception propagates unchanged.
+End = Callable[[grpc.aio.ServicerContext, Any, BaseException | None], Awaitable[None] | None]
 
 #: A method handler's behaviour attributes, with go-grpc-prometheus' ``grpc_type`` of each.
 _KINDS = (
@@ -53,8 +54,10 @@ def handler_kind(handler: grpc.RpcMethodHandler) -> tuple[str, str] | None:
     return None
 
 
-def wrap_handler(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMethodHandler:
-    """``handler`` with ``around`` run at the start and end of each call of its behaviour.
+def wrap_handler(handler: grpc.RpcMethodHandler, begin: Begin, end: End) -> grpc.RpcMethodHandler:
+    """``handler`` with ``begin`` run at the start of each call of its behaviour and ``end`` at
+    its end. Made once per method (the interceptors cache it): a call costs the two calls and
+    no new closure.
 
     A synchronous behaviour (none in this service) is returned unchanged: it runs in grpc's
     thread pool, with grpc's own handling.
@@ -68,27 +71,35 @@ def wrap_handler(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMeth
     if inspect.iscoroutinefunction(behaviour):
 
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            after = around(context)
+            token = begin(context)
             try:
                 response = await behaviour(request, context)
             except BaseException as error:
-                await after(error)
+                pending = end(context, token, error)
+                if pending is not None:
+                    await pending
                 raise
-            await after(None)
+            pending = end(context, token, None)
+            if pending is not None:
+                await pending
             return response
 
         wrapped = call
     elif inspect.isasyncgenfunction(behaviour):
 
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            after = around(context)
+            token = begin(context)
             try:
                 async for response in behaviour(request, context):
                     yield response
             except BaseException as error:
-                await after(error)
+                pending = end(context, token, error)
+                if pending is not None:
+                    await pending
                 raise
-            await after(None)
+            pending = end(context, token, None)
+            if pending is not None:
+                await pending
 
         wrapped = stream
     else:
@@ -99,6 +110,33 @@ def wrap_handler(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMeth
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
+
+
+class _CachingInterceptor(grpc.aio.ServerInterceptor):
+    """An interceptor that wraps each method's handler once (:meth:`_wrap`) and then answers
+    every call of that method with the wrapped handler, without asking the interceptors
+    after it again: the handlers of a server are registered once and never change. Unknown
+    methods (no handler) are not cached: their names are chosen by callers."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            handler = await continuation(handler_call_details)
+            if handler is None:
+                return handler
+            wrapped = self._wrapped[method] = self._wrap(method, handler)
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        raise NotImplementedError
 
 
 def _split_method(full_method: str) -> tuple[str, str]:
@@ -139,7 +177,7 @@ def _final_code(
     return "UNKNOWN"  # what grpc.aio answers for an unhandled exception
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
+class MetricsInterceptor(_CachingInterceptor):
     """``grpc_server_started_total``, ``…_handled_total`` and ``…_handling_seconds`` per call.
 
     Put it first in the interceptor list so that codes set by inner interceptors (the
@@ -148,46 +186,45 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
     """
 
     def __init__(self, metrics: ServiceMetrics) -> None:
+        super().__init__()
         self._metrics = metrics
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         kind = handler_kind(handler)
         if kind is None:
             return handler
-        service, method = _split_method(handler_call_details.method)
-        return wrap_handler(handler, self._observer(kind[1], service, method))
-
-    def _observer(self, grpc_type: str, service: str, method: str) -> Around:
+        grpc_type = kind[1]
+        service, name = _split_method(method)
         metrics = self._metrics
-        labels = {"grpc_type": grpc_type, "grpc_service": service, "grpc_method": method}
+        labels = {"grpc_type": grpc_type, "grpc_service": service, "grpc_method": name}
         streaming = grpc_type != "unary"
         counts_as_stream = streaming and service in metrics.stream_services
+        # The label children, looked up once: per call only the code's child is looked up.
+        started_total = metrics.grpc_started.labels(**labels)
+        handling_seconds = metrics.grpc_handling_seconds.labels(**labels)
+        handled: dict[str, Any] = {}
+        inflight = metrics.inflight_streams
+        perf_counter = time.perf_counter
 
-        def begin(context: grpc.aio.ServicerContext) -> After:
-            metrics.grpc_started.labels(**labels).inc()
+        def begin(context: grpc.aio.ServicerContext) -> float:
+            started_total.inc()
             if counts_as_stream:
-                metrics.inflight_streams.inc()
-            started = time.perf_counter()
+                inflight.inc()
+            return perf_counter()
 
-            async def end(error: BaseException | None) -> None:
-                if counts_as_stream:
-                    metrics.inflight_streams.dec()
-                code = _final_code(context, error, streaming=streaming)
-                metrics.grpc_handled.labels(**labels, grpc_code=code).inc()
-                metrics.grpc_handling_seconds.labels(**labels).observe(
-                    time.perf_counter() - started
-                )
+        def end(
+            context: grpc.aio.ServicerContext, started: float, error: BaseException | None
+        ) -> None:
+            if counts_as_stream:
+                inflight.dec()
+            code = _final_code(context, error, streaming=streaming)
+            child = handled.get(code)
+            if child is None:
+                child = handled[code] = metrics.grpc_handled.labels(**labels, grpc_code=code)
+            child.inc()
+            handling_seconds.observe(perf_counter() - started)
 
-            return end
-
-        return begin
+        return wrap_handler(handler, begin, end)
 
 
 #: Exceptions that already carry the call's outcome and must pass through unchanged: an
@@ -195,27 +232,22 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 _PASS_THROUGH = (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit)
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
+def _no_token(context: grpc.aio.ServicerContext) -> None:
+    return None
+
+
+class ErrorInterceptor(_CachingInterceptor):
     """Maps exceptions escaping a handler to INTERNAL, with nothing of them echoed."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        def fail(
+            context: grpc.aio.ServicerContext, _token: None, error: BaseException | None
+        ) -> Awaitable[None] | None:
+            if isinstance(error, Exception) and not isinstance(error, _PASS_THROUGH):
+                return _fail(method, error, context)
+            return None
 
-        def guard(context: grpc.aio.ServicerContext) -> After:
-            async def fail(error: BaseException | None) -> None:
-                if isinstance(error, Exception) and not isinstance(error, _PASS_THROUGH):
-                    await _fail(method, error, context)
-
-            return fail
-
-        return wrap_handler(handler, guard)
+        return wrap_handler(handler, _no_token, fail)
 
 
 def _raised_at(error: BaseException) -> str:

@@ -6,6 +6,7 @@ turned into the core's :class:`~apcv_verify._native.Scan`, a core decision turne
 from __future__ import annotations
 
 import time
+from typing import cast
 
 from .. import _native, fhir
 from .._proto.apcv.verify.v1 import verifier_pb2
@@ -19,6 +20,7 @@ __all__ = [
     "MAX_ID_LENGTH",
     "MAX_NONCE_BYTES",
     "core_scan",
+    "fill_verdict",
     "response_message",
     "scan_problem",
 ]
@@ -39,55 +41,66 @@ INS_QUALIFICATION = verifier_pb2.IdentityQualification(
 ALL_GROUPS = frozenset(FIELD_GROUPS)
 
 
-def _person_message(
-    person: _native.Person, disclosed: frozenset[str]
-) -> verifier_pb2.VerifiedPerson:
-    """The presented person with only the disclosed field groups set (the rest unset)."""
-    message = verifier_pb2.VerifiedPerson(rank=person.rank)
+def _fill_person(
+    message: verifier_pb2.VerifiedPerson, person: _native.Person, disclosed: frozenset[str]
+) -> None:
+    """The presented person with only the disclosed field groups set (the rest unset).
+    Fields are set in place: a submessage is present once one of its fields is set, even to
+    its default value."""
+    message.rank = person.rank
     if "ins" in disclosed:
-        message.ins.CopyFrom(verifier_pb2.Ins(matricule=person.ins, oid=person.ins_oid))
+        ins = message.ins
+        ins.matricule = person.ins
+        ins.oid = person.ins_oid
     if "identity" in disclosed:
-        message.identity.CopyFrom(
-            verifier_pb2.IdentityTraits(
-                birth_name=person.birth_name,
-                given_names=person.given_names,
-                sex=person.sex,
-                birth_date=person.birth_date,
-                birth_place=person.birth_place,
-            )
-        )
+        identity = message.identity
+        identity.birth_name = person.birth_name
+        identity.given_names = person.given_names
+        identity.sex = person.sex
+        identity.birth_date = person.birth_date
+        identity.birth_place = person.birth_place
     if "amo" in disclosed:
         amo = person.amo
-        message.amo.CopyFrom(
-            verifier_pb2.AmoRights(
-                regime=amo.regime,
-                caisse=amo.caisse,
-                centre=amo.centre,
-                open_from=amo.open_from,
-                open_to=amo.open_to,
-            )
-        )
-    return message
+        rights = message.amo
+        rights.regime = amo.regime
+        rights.caisse = amo.caisse
+        rights.centre = amo.centre
+        rights.open_from = amo.open_from
+        rights.open_to = amo.open_to
 
 
-def _amc_message(coverage: _native.AmcCoverage) -> verifier_pb2.AmcCoverage:
+def _fill_amc(message: verifier_pb2.AmcCoverage, coverage: _native.AmcCoverage) -> None:
     """One AMC attestation's verdict (docs/profile.md §2.7, §8.1): validity, reason, content."""
-    message = verifier_pb2.AmcCoverage(
-        valid=coverage.valid,
-        reason=f"REASON_{coverage.reason}",  # REASON_ + the §8.1 code
-        detail=coverage.detail,
-        organisation=coverage.organisation or "",
-        amc_number=coverage.amc_number or "",
-        contract=coverage.contract or "",
-        domains=list(coverage.domains),
-    )
-    if coverage.third_party_payment is not None:
-        message.third_party_payment = coverage.third_party_payment
-    if coverage.expires_at is not None:
-        message.expires_at.FromSeconds(coverage.expires_at)
-    if coverage.valid_from is not None:
-        message.valid_from.FromSeconds(coverage.valid_from)
-    return message
+    message.valid = coverage.valid
+    message.reason = _reason(coverage.reason)  # REASON_ + the §8.1 code
+    message.detail = coverage.detail
+    message.organisation = coverage.organisation or ""
+    message.amc_number = coverage.amc_number or ""
+    message.contract = coverage.contract or ""
+    message.domains.extend(coverage.domains)
+    third_party_payment = coverage.third_party_payment
+    if third_party_payment is not None:
+        message.third_party_payment = third_party_payment
+    expires_at = coverage.expires_at
+    if expires_at is not None:
+        message.expires_at.FromSeconds(expires_at)
+    valid_from = coverage.valid_from
+    if valid_from is not None:
+        message.valid_from.FromSeconds(valid_from)
+
+
+#: ``Reason`` values by the core's code (docs/profile.md §8), filled as codes are met.
+_REASONS: dict[str, verifier_pb2.Reason] = {}
+
+
+def _reason(code: str) -> verifier_pb2.Reason:
+    """The ``Reason`` value ``REASON_`` + ``code`` (ValueError for a code the contract lacks)."""
+    value = _REASONS.get(code)
+    if value is None:
+        value = _REASONS[code] = cast(
+            verifier_pb2.Reason, verifier_pb2.Reason.Value(f"REASON_{code}")
+        )
+    return value
 
 
 def response_message(
@@ -99,40 +112,70 @@ def response_message(
     verified_at: int | None = None,
     fhir_canonical_base: str = DEFAULT_FHIR_CANONICAL_BASE,
 ) -> verifier_pb2.Verdict:
-    """The protobuf form of one core decision, carrying only the ``disclosed`` field groups.
+    """The protobuf form of one core decision, carrying only the ``disclosed`` field groups
+    (:func:`fill_verdict` of a new ``Verdict``)."""
+    response = verifier_pb2.Verdict()
+    fill_verdict(
+        response,
+        request_id,
+        result,
+        disclosed=disclosed,
+        include_fhir=include_fhir,
+        verified_at=verified_at,
+        fhir_canonical_base=fhir_canonical_base,
+    )
+    return response
+
+
+def fill_verdict(
+    response: verifier_pb2.Verdict,
+    request_id: str,
+    result: _native.VerificationResult,
+    *,
+    disclosed: frozenset[str] = ALL_GROUPS,
+    include_fhir: bool = False,
+    verified_at: int | None = None,
+    fhir_canonical_base: str = DEFAULT_FHIR_CANONICAL_BASE,
+) -> None:
+    """Set the empty ``response`` (a new ``Verdict``, or one in place in the reply) to one
+    core decision, carrying only the ``disclosed`` field groups.
 
     Groups (``ins``, ``identity``, ``amo``, ``amc``) outside ``disclosed`` are absent, not
     blanked; the identity qualification goes with the INS; FHIR JSON, when asked for, is
     built from this already-filtered message, so it can disclose nothing more.
     """
-    response = verifier_pb2.Verdict(
-        request_id=request_id,
-        decision=verifier_pb2.DECISION_ACCEPTED
-        if result.accepted
-        else verifier_pb2.DECISION_REJECTED,
-        reason=f"REASON_{result.reason}",  # REASON_ + the docs/profile.md §8 code
-        detail=result.detail,
-        duplicate=result.duplicate,
-        use=result.use or "",
+    accepted = result.accepted
+    response.request_id = request_id
+    response.decision = (
+        verifier_pb2.DECISION_ACCEPTED if accepted else verifier_pb2.DECISION_REJECTED
     )
-    if not result.accepted or result.person is None:
-        return response  # on rejection no person is returned (docs/profile.md §7.6)
-    response.person.CopyFrom(_person_message(result.person, disclosed))
+    response.reason = _reason(result.reason)  # REASON_ + the docs/profile.md §8 code
+    response.detail = result.detail
+    response.duplicate = result.duplicate
+    response.use = result.use or ""
+    person = result.person if accepted else None
+    if person is None:
+        return  # on rejection no person is returned (docs/profile.md §7.6)
+    _fill_person(response.person, person, disclosed)
     response.issuer = result.issuer or ""
     if "ins" in disclosed:
-        response.identity_qualification.CopyFrom(INS_QUALIFICATION)
+        qualification = response.identity_qualification
+        qualification.status = INS_QUALIFICATION.status
+        qualification.status_code = INS_QUALIFICATION.status_code
+        qualification.collection_method = INS_QUALIFICATION.collection_method
     if "amc" in disclosed:
-        response.amc.extend(_amc_message(item) for item in result.amc)
-    if result.delegation_label is not None:  # "" for a delegation without a label
-        response.delegation.CopyFrom(
-            verifier_pb2.Delegation(used=True, label=result.delegation_label)
-        )
+        for item in result.amc:
+            _fill_amc(response.amc.add(), item)
+    delegation_label = result.delegation_label
+    if delegation_label is not None:  # "" for a delegation without a label
+        delegation = response.delegation
+        delegation.used = True
+        delegation.label = delegation_label
     if include_fhir:
         now = int(time.time()) if verified_at is None else verified_at
         response.fhir_json = fhir.bundle_json(
             response, verified_at=now, canonical_base=fhir_canonical_base
         )
-    return response
 
 
 def scan_problem(scan: verifier_pb2.Scan) -> FieldProblem | None:

@@ -14,12 +14,10 @@ from typing import NoReturn
 
 import grpc
 
-from .. import _native
 from .._proto.apcv.verify.v1 import verifier_pb2
 from ..config import CallerPolicy, Config
 from ..observe.audit import AuditTrail
 from ..replay.redis import RedisReplayStore
-from ..trust.material import Snapshot
 from ..trust.sources import TrustSource
 from .decode import (
     MAX_REQUEST_BYTES,
@@ -32,12 +30,15 @@ from .decode import (
     lenient,
 )
 from .errors import FieldProblem, abort
-from .messages import core_scan, response_message, scan_problem
+from .messages import core_scan, fill_verdict, scan_problem
 from .policy import CallRefused, caller_id, resolve_caller
 
 __all__ = ["SERVICE_NAME", "VerifierService", "add_verifier_service"]
 
 SERVICE_NAME = verifier_pb2.DESCRIPTOR.services_by_name["VerifierService"].full_name
+#: Up to this many scans are verified on the event loop, more in a worker thread
+#: (docs/benchmarks.md: the hop to a thread and back costs about half a scan's core time).
+INLINE_SCANS = 2
 
 
 class VerifierService:
@@ -58,80 +59,25 @@ class VerifierService:
         self._audit = audit
         #: The shared replay store (replay.backend = "redis"), else None (in-process store).
         self._replay = replay
+        self._disclosures: dict[tuple[str, str], frozenset[str]] = {}
 
-    async def _caller(self, context: grpc.aio.ServicerContext) -> tuple[str, CallerPolicy]:
+    def _caller(self, context: grpc.aio.ServicerContext) -> tuple[str, CallerPolicy | CallRefused]:
+        """The caller and its policy, or why it may not call (to abort with: see
+        :func:`_refuse`)."""
         caller = caller_id(context.auth_context())
         try:
             return caller, resolve_caller(self._config, caller)
         except CallRefused as refused:
-            await abort(context, grpc.StatusCode.PERMISSION_DENIED, refused.reason, str(refused))
+            return caller, refused
 
-    async def _scans(
-        self,
-        requests: Sequence[verifier_pb2.Scan],
-        policy: CallerPolicy,
-        caller: str,
-        context: grpc.aio.ServicerContext,
-    ) -> list[_native.Scan]:
-        try:
-            return [core_scan(request, policy, caller) for request in requests]
-        except CallRefused as refused:
-            await abort(context, grpc.StatusCode.PERMISSION_DENIED, refused.reason, str(refused))
-
-    async def _snapshot(self, context: grpc.aio.ServicerContext) -> Snapshot:
-        snapshot = self._trust.current  # the one read of this call: it verifies on this
-        if snapshot is None:
-            await abort(
-                context,
-                grpc.StatusCode.UNAVAILABLE,
-                "TRUST_LIST_NOT_LOADED",
-                "no trust list loaded yet",
-            )
-        if self._trust.refuses(snapshot, time.time()):
-            await abort(
-                context,
-                grpc.StatusCode.UNAVAILABLE,
-                "TRUST_LIST_EXPIRED",
-                "the trust list in use expired more than trust.expired_grace_seconds ago;"
-                " waiting for a valid one",
-            )
-        return snapshot
-
-    async def _verify(
-        self,
-        policy: CallerPolicy,
-        scans: Sequence[_native.Scan],
-        now: int,
-        context: grpc.aio.ServicerContext,
-    ) -> list[_native.VerificationResult]:
-        remaining = context.time_remaining()
-        if remaining is not None and remaining <= 0:  # nobody waits for the answer any more
-            await abort(
-                context, grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_PASSED", "deadline passed"
-            )
-        snapshot = await self._snapshot(context)
-        verifier = snapshot.verifiers[policy.max_scan_delay_seconds]
-        # verify_batch releases the GIL for the whole batch: run it off the event loop.
-        results = await asyncio.to_thread(verifier.verify_batch, scans, now)
-        if self._replay is not None:  # step 9 on the shared store: one round trip per batch
-            results = await self._replay.settle(scans, results, now)
-        return results
-
-    def _response(
-        self,
-        request: verifier_pb2.Scan,
-        result: _native.VerificationResult,
-        policy: CallerPolicy,
-        now: int,
-    ) -> verifier_pb2.Verdict:
-        return response_message(
-            request.request_id,
-            result,
-            disclosed=policy.disclosed(result.use or ""),
-            include_fhir=request.include_fhir,
-            verified_at=now,
-            fhir_canonical_base=self._config.fhir.canonical_base,
-        )
+    def _disclosed(self, policy: CallerPolicy, use: str) -> frozenset[str]:
+        """``policy.disclosed(use)``, computed once per caller and use (the policies are the
+        configuration's: fixed for the server's life)."""
+        key = (policy.id, use)
+        groups = self._disclosures.get(key)
+        if groups is None:
+            groups = self._disclosures[key] = policy.disclosed(use)
+        return groups
 
     async def Verify(  # noqa: N802 (gRPC method name)
         self,
@@ -148,10 +94,15 @@ class VerifierService:
         problem = scan_problem(scan)
         if problem is not None:
             await _invalid_argument(context, _at("scan", problem))
-        caller, policy = await self._caller(context)
+        caller, policy = self._caller(context)
+        if isinstance(policy, CallRefused):
+            await _refuse(context, policy)
         # A batch of one, through the same code as VerifyBatch and VerifyStream.
-        (verdict,) = await self._answer("Verify", [scan], policy, caller, context, positions=None)
-        return verifier_pb2.VerifyResponse(verdict=verdict)
+        reply = verifier_pb2.VerifyResponse()
+        await self._answer(
+            "Verify", [scan], [reply.verdict], policy, caller, context, positions=None
+        )
+        return reply
 
     async def VerifyBatch(  # noqa: N802 (gRPC method name)
         self,
@@ -179,12 +130,23 @@ class VerifierService:
                 f"batch of {len(items)} scans is over the limit of {limit} (server.max_batch)",
                 metadata={"max_batch": str(limit), "count": str(len(items))},
             )
-        caller, policy = await self._caller(context)
-        verdicts = await self._judge(
-            "VerifyBatch", items, policy, caller, context, path=lambda index: f"scans[{index}]"
+        caller, policy = self._caller(context)
+        if isinstance(policy, CallRefused):
+            await _refuse(context, policy)
+        # The verdicts are filled in place in the reply (a message added to a repeated field
+        # would be copied).
+        reply = verifier_pb2.VerifyBatchResponse()
+        add = reply.verdicts.add
+        await self._judge(
+            "VerifyBatch",
+            items,
+            [add() for _ in items],
+            policy,
+            caller,
+            context,
+            path=lambda index: f"scans[{index}]",
         )
         self._audit.record_batch(len(items))
-        reply = verifier_pb2.VerifyBatchResponse(verdicts=verdicts)
         max_bytes = self._config.server.max_message_bytes
         if reply.ByteSize() > max_bytes:
             # gRPC would refuse to send it with a message naming nothing. The scans are
@@ -199,36 +161,74 @@ class VerifierService:
         self,
         method: str,
         items: Sequence[verifier_pb2.Scan],
+        verdicts: Sequence[verifier_pb2.Verdict],
         policy: CallerPolicy,
         caller: str,
         context: grpc.aio.ServicerContext,
         *,
         positions: Sequence[int] | None,
-    ) -> list[verifier_pb2.Verdict]:
+    ) -> None:
         """Verify valid ``items`` in one core call (one snapshot, one ``now``, replay in
-        item order), audit each decision and answer them in order. ``positions`` number
+        item order), audit each decision and answer them in ``verdicts`` (empty, in the
+        reply), in order. ``positions`` number
         them in the audit (a batch's items by their index, a stream's by their place in it;
-        None for the one item of a unary Verify, audited without a number)."""
-        scans = await self._scans(items, policy, caller, context)
+        None for the one item of a unary Verify, audited without a number).
+
+        One coroutine from the scans to the answers: the checks that may end the call are
+        plain tests, with an ``await`` only on the way out."""
+        try:
+            scans = [core_scan(item, policy, caller) for item in items]
+        except CallRefused as refused:
+            await _refuse(context, refused)
         now = int(time.time())
         started = time.perf_counter()
-        results = await self._verify(policy, scans, now, context)
-        latency = time.perf_counter() - started
-        numbers: Sequence[int | None] = [None] * len(items) if positions is None else positions
-        for position, item, result in zip(numbers, items, results, strict=True):
-            self._audit.record_verification(
-                method=method,
-                request_id=item.request_id,
-                reader_id=item.reader.reader_id,
-                result=result,
-                latency_seconds=latency,
-                caller=caller,
-                item=position,
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:  # nobody waits for the answer any more
+            await abort(
+                context, grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_PASSED", "deadline passed"
             )
-        return [
-            self._response(item, result, policy, now)
-            for item, result in zip(items, results, strict=True)
-        ]
+        snapshot = self._trust.current  # the one read of this call: it verifies on this
+        if snapshot is None:
+            await abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                "TRUST_LIST_NOT_LOADED",
+                "no trust list loaded yet",
+            )
+        if self._trust.refuses(snapshot, time.time()):
+            await abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                "TRUST_LIST_EXPIRED",
+                "the trust list in use expired more than trust.expired_grace_seconds ago;"
+                " waiting for a valid one",
+            )
+        verifier = snapshot.verifiers[policy.max_scan_delay_seconds]
+        if len(scans) <= INLINE_SCANS:
+            # A scan or two take less than the hop to a thread and back, and one item never
+            # uses the core's threads: verify on the event loop.
+            results = verifier.verify_batch(scans, now)
+        else:
+            # verify_batch releases the GIL for the whole batch: run it off the event loop.
+            results = await asyncio.to_thread(verifier.verify_batch, scans, now)
+        if self._replay is not None:  # step 9 on the shared store: one round trip per batch
+            results = await self._replay.settle(scans, results, now)
+        latency = time.perf_counter() - started
+        self._audit.record_verifications(
+            method, items, results, latency_seconds=latency, caller=caller, positions=positions
+        )
+        canonical_base = self._config.fhir.canonical_base
+        disclosed = self._disclosed
+        for verdict, item, result in zip(verdicts, items, results, strict=True):
+            fill_verdict(
+                verdict,
+                item.request_id,
+                result,
+                disclosed=disclosed(policy, result.use or ""),
+                include_fhir=item.include_fhir,
+                verified_at=now,
+                fhir_canonical_base=canonical_base,
+            )
 
     async def VerifyStream(  # noqa: N802 (gRPC method name)
         self,
@@ -237,7 +237,9 @@ class VerifierService:
     ) -> AsyncIterator[verifier_pb2.VerifyStreamResponse]:
         """Answer a stream of requests in request order, ``server.stream_window`` at most
         read ahead of the answers, verifying whatever has arrived as one micro-batch."""
-        caller, policy = await self._caller(context)
+        caller, policy = self._caller(context)
+        if isinstance(policy, CallRefused):
+            await _refuse(context, policy)
         window = self._config.server.stream_window
         cap = min(window, self._config.server.max_batch)
         # One credit per request read and not yet answered: with none left the reader stops
@@ -272,16 +274,19 @@ class VerifierService:
                     for request in batch
                     if request is not None
                 ]
-                for verdict in await self._judge(
+                replies = [verifier_pb2.VerifyStreamResponse() for _ in items]
+                await self._judge(
                     "VerifyStream",
                     items,
+                    [reply.verdict for reply in replies],
                     policy,
                     caller,
                     context,
                     path=lambda _position: "scan",
                     first_position=answered,
-                ):
-                    yield verifier_pb2.VerifyStreamResponse(verdict=verdict)
+                )
+                for reply in replies:
+                    yield reply
                     answered += 1
                     credits.release()
                 if batch[-1] is None:
@@ -296,20 +301,24 @@ class VerifierService:
         self,
         method: str,
         items: Sequence[verifier_pb2.Scan | Undecodable],
+        verdicts: Sequence[verifier_pb2.Verdict],
         policy: CallerPolicy,
         caller: str,
         context: grpc.aio.ServicerContext,
         *,
         path: Callable[[int], str],
         first_position: int = 0,
-    ) -> list[verifier_pb2.Verdict]:
+    ) -> None:
         """A batch, or one micro-batch of a stream: unusable items answered REJECTED /
         MALFORMED in place with the field in ``detail`` (``path`` of the item's position, then
-        the field), the others verified in one core call; verdicts in item order."""
-        answers: list[verifier_pb2.Verdict | None] = []
+        the field), the others verified in one core call; each item's verdict filled in
+        ``verdicts`` (empty, in the reply), in item order."""
         valid: list[verifier_pb2.Scan] = []
+        targets: list[verifier_pb2.Verdict] = []
         positions: list[int] = []
-        for position, item in enumerate(items, first_position):
+        for position, (item, verdict) in enumerate(
+            zip(items, verdicts, strict=True), first_position
+        ):
             if isinstance(item, Undecodable):
                 problem: FieldProblem | None = FieldProblem("REQUEST_UNDECODABLE", "", UNDECODABLE)
             else:
@@ -317,23 +326,19 @@ class VerifierService:
             if problem is None:
                 assert not isinstance(item, Undecodable)
                 valid.append(item)
+                targets.append(verdict)
                 positions.append(position)
-                answers.append(None)
                 continue
-            answers.append(
-                verifier_pb2.Verdict(
-                    request_id="" if isinstance(item, Undecodable) else item.request_id,
-                    decision=verifier_pb2.DECISION_REJECTED,
-                    reason=verifier_pb2.REASON_MALFORMED,
-                    detail=str(_at(path(position), problem)),
-                )
-            )
-        verified = iter(
-            await self._answer(method, valid, policy, caller, context, positions=positions)
-            if valid
-            else []
-        )
-        return [answer if answer is not None else next(verified) for answer in answers]
+            verdict.request_id = "" if isinstance(item, Undecodable) else item.request_id
+            verdict.decision = verifier_pb2.DECISION_REJECTED
+            verdict.reason = verifier_pb2.REASON_MALFORMED
+            verdict.detail = str(_at(path(position), problem))
+        if valid:
+            await self._answer(method, valid, targets, policy, caller, context, positions=positions)
+
+
+async def _refuse(context: grpc.aio.ServicerContext, refused: CallRefused) -> NoReturn:
+    await abort(context, grpc.StatusCode.PERMISSION_DENIED, refused.reason, str(refused))
 
 
 async def _invalid_argument(

@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from .. import _native
 from ..config import Config, ServerSection
 from ..observe.audit import AuditTrail
+from ..observe.logs import flush_audit
 from ..observe.metrics import ServiceMetrics, start_metrics_server
 from ..replay.redis import RedisReplayStore
 from ..trust.material import TrustMaterial
@@ -120,6 +121,7 @@ class ServerHandle:
         if self.metrics_http is not None:
             self.metrics_http.shutdown()
             self.metrics_http.server_close()
+        flush_audit()  # the audit records of the last calls
 
 
 def server_credentials(config: Config) -> grpc.ServerCredentials:

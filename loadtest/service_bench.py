@@ -1,0 +1,489 @@
+"""The service against its core: server CPU per presentation, side by side in one run.
+
+Part of ``make bench`` (after loadtest/bench.py). Each round starts a fresh demo PKI, an
+``apcv-verify serve`` (1 worker, in-memory replay store, audit log to a file as in production)
+and a bare grpc.aio echo server (this file with ``--echo``: the same Python, grpcio and
+protobuf, the request parsed as a ``VerifyRequest`` and a ``VerifyResponse`` of the service's
+size sent back), then runs, in the opposite order of the previous round:
+
+* ``core``: ``_native.Verifier.verify_batch`` from Python on the same presentations as
+  ``Scan`` objects, one per call and 100 per call (this process's CPU time);
+* ``verify``: unary ``Verify``; ``batch100``: ``VerifyBatch`` of 100; ``stream``:
+  ``VerifyStream``, ``--streams`` streams each keeping up to 64 requests in flight;
+* ``echo``: unary calls to the echo server with the ``Verify`` request and response sizes.
+
+The client (a grpc.aio channel in this process) sends requests it encoded before the run, so
+its own cost is small and never counted: the figure is the server process's own CPU
+accounting (``/proc/<pid>/stat`` utime + stime) before and after, divided by the presentations
+answered. Then the unary latency: the maximum ``Verify`` rate is the one just measured, and
+``ghz`` (when installed in .tools/bin by loadtest/bench.py) runs at half of it for p50/p99.
+
+Results (median of the rounds) go to docs/benchmarks.md between the service-bench markers.
+``--quick`` is a short run for the tests (tests/test_service_bench.py): numbers, no claims.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from apcv_verify import _native  # noqa: E402
+from apcv_verify._proto.apcv.verify.v1 import verifier_pb2  # noqa: E402
+from bench import (  # noqa: E402
+    GHZ,
+    MAX_MESSAGE_BYTES,
+    Case,
+    cpu_seconds,
+    free_port,
+    ghz_command,
+    start_server,
+    stop_server,
+)
+from corpus import READER_ID, make_pki, presentations, write_corpus  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+BEGIN = "<!-- service-bench:begin -->"
+END = "<!-- service-bench:end -->"
+SERVICE = "/apcv.verify.v1.VerifierService/"
+ECHO = "/apcv.bench.Echo/Echo"
+BATCH = 100
+STREAM_WINDOW = 64
+SERVER_CASES = ("verify", "batch100", "stream", "echo")
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+# --- the bare echo server ------------------------------------------------------------------------
+
+
+async def _echo_server(port: int, response_size: int) -> None:
+    """grpc.aio, one unary method: parse a VerifyRequest, answer ``response_size`` bytes of
+    an encoded VerifyResponse (the service's answer size)."""
+    reply = verifier_pb2.VerifyResponse(
+        verdict=verifier_pb2.Verdict(request_id="x", detail="x" * max(0, response_size - 8))
+    )
+
+    async def echo(request: verifier_pb2.VerifyRequest, context: Any) -> Any:
+        return reply
+
+    handler = grpc.unary_unary_rpc_method_handler(
+        echo,
+        request_deserializer=verifier_pb2.VerifyRequest.FromString,
+        response_serializer=verifier_pb2.VerifyResponse.SerializeToString,
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("apcv.bench.Echo", {"Echo": handler}),)
+    )
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    print("serving", flush=True)
+    await server.wait_for_termination()
+
+
+# --- the pre-encoding client ---------------------------------------------------------------------
+
+
+def _scan(presentation: bytes, request_id: str) -> verifier_pb2.Scan:
+    return verifier_pb2.Scan(
+        request_id=request_id,
+        nfc_bytes=presentation,
+        reader=verifier_pb2.ReaderContext(reader_id=READER_ID),
+    )
+
+
+def encode_unary(items: Sequence[bytes], prefix: str) -> list[bytes]:
+    return [
+        verifier_pb2.VerifyRequest(scan=_scan(p, f"{prefix}{i}")).SerializeToString()
+        for i, p in enumerate(items)
+    ]
+
+
+def encode_batches(items: Sequence[bytes], prefix: str) -> list[bytes]:
+    return [
+        verifier_pb2.VerifyBatchRequest(
+            scans=[_scan(p, f"{prefix}{s}-{i}") for i, p in enumerate(items[s : s + BATCH])]
+        ).SerializeToString()
+        for s in range(0, len(items), BATCH)
+    ]
+
+
+def encode_stream(items: Sequence[bytes], prefix: str) -> list[bytes]:
+    return [
+        verifier_pb2.VerifyStreamRequest(scan=_scan(p, f"{prefix}{i}")).SerializeToString()
+        for i, p in enumerate(items)
+    ]
+
+
+async def _unary(address: str, method: str, requests: list[bytes], concurrency: int) -> list[bytes]:
+    replies: list[bytes] = []
+    async with grpc.aio.insecure_channel(
+        address, options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+    ) as channel:
+        call = channel.unary_unary(
+            method, request_serializer=_identity, response_deserializer=_identity
+        )
+        queue = iter(requests)
+
+        async def worker() -> None:
+            for request in queue:
+                replies.append(await call(request, timeout=60))
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return replies
+
+
+async def _streams(address: str, requests: list[bytes], streams: int) -> list[bytes]:
+    replies: list[bytes] = []
+    async with grpc.aio.insecure_channel(address) as channel:
+        method = channel.stream_stream(
+            SERVICE + "VerifyStream", request_serializer=_identity, response_deserializer=_identity
+        )
+
+        async def one(part: list[bytes]) -> None:
+            credits = asyncio.Semaphore(STREAM_WINDOW)
+
+            async def send() -> Any:
+                for request in part:
+                    await credits.acquire()
+                    yield request
+
+            call = method(send(), timeout=300)
+            async for reply in call:
+                replies.append(reply)
+                credits.release()
+
+        await asyncio.gather(*(one(requests[i::streams]) for i in range(streams)))
+    return replies
+
+
+@dataclass
+class Measured:
+    case: str
+    round: int
+    items: int
+    cpu_us_per_item: float
+    wall_s: float
+    accepted: int
+    load_before: float
+
+    @property
+    def rate(self) -> float:
+        return self.items / self.wall_s
+
+
+def _accepted(case: str, replies: list[bytes]) -> int:
+    if case == "echo":
+        return len(replies)
+    if case == "batch100":
+        return sum(
+            v.decision == verifier_pb2.DECISION_ACCEPTED
+            for r in replies
+            for v in verifier_pb2.VerifyBatchResponse.FromString(r).verdicts
+        )
+    kind = verifier_pb2.VerifyResponse if case == "verify" else verifier_pb2.VerifyStreamResponse
+    return sum(
+        kind.FromString(r).verdict.decision == verifier_pb2.DECISION_ACCEPTED for r in replies
+    )
+
+
+def measure_server(
+    case: str, pid: int, address: str, items: Sequence[bytes], round_: int, args: Any
+) -> Measured:
+    prefix = f"{case}{round_}-"
+    if case in ("verify", "echo"):
+        requests = encode_unary(items, prefix)
+    elif case == "batch100":
+        requests = encode_batches(items, prefix)
+    else:
+        requests = encode_stream(items, prefix)
+    if case == "stream":
+        run = _streams(address, requests, args.streams)
+    elif case == "batch100":
+        run = _unary(address, SERVICE + "VerifyBatch", requests, args.batch_concurrency)
+    else:
+        method = ECHO if case == "echo" else SERVICE + "Verify"
+        run = _unary(address, method, requests, args.concurrency)
+    load = os.getloadavg()[0]
+    before = cpu_seconds(pid)
+    started = time.perf_counter()
+    replies = asyncio.run(run)
+    wall = time.perf_counter() - started
+    used = cpu_seconds(pid) - before
+    return Measured(
+        case, round_, len(items), used / len(items) * 1e6, wall, _accepted(case, replies), load
+    )
+
+
+def measure_core(pki: Any, items: Sequence[bytes], per_call: int, round_: int) -> Measured:
+    now = int(time.time())
+    trust = _native.TrustList.verify(pki.trust_list, [pki.anchor_cose_key], now)
+    lists = [_native.StatusList.verify(s, trust, now) for s in pki.status_lists.values()]
+    verifier = _native.Verifier(
+        trust, lists, _native.Policy(allow_test_identities=True), _native.MemoryReplayStore()
+    )
+    scans = [_native.Scan(p, READER_ID) for p in items]
+    load = os.getloadavg()[0]
+    accepted = 0
+    cpu = time.process_time()
+    started = time.perf_counter()
+    for start in range(0, len(scans), per_call):
+        accepted += sum(
+            r.accepted for r in verifier.verify_batch(scans[start : start + per_call], now)
+        )
+    wall = time.perf_counter() - started
+    used = time.process_time() - cpu
+    return Measured(
+        f"core{per_call}", round_, len(items), used / len(items) * 1e6, wall, accepted, load
+    )
+
+
+def _start_echo(response_size: int) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, __file__, "--echo", str(port), "--response-size", str(response_size)],
+        stdout=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    if process.stdout.readline().strip() != b"serving":
+        raise RuntimeError("echo server did not start")
+    return process, f"127.0.0.1:{port}"
+
+
+def _response_size(address: str, item: bytes) -> int:
+    (reply,) = asyncio.run(_unary(address, SERVICE + "Verify", encode_unary([item], "size-"), 1))
+    return len(reply)
+
+
+def latency_at(address: str, pki: Any, work: Path, rps: float, args: Any) -> dict[str, float]:
+    """ghz at ``rps`` for ``args.latency_seconds``: p50 and p99 in ms (empty without ghz)."""
+    if not GHZ.exists() or args.latency_seconds <= 0:
+        return {}
+    count = int(rps * args.latency_seconds * 1.2) + 10
+    data = write_corpus(work, pki, count)
+    case = Case("latency", "Verify", 1, "memory", concurrency=16, connections=4)
+    command = ghz_command(case, data, address, args.latency_seconds)
+    command[-1:-1] = ["--rps", str(max(1, int(rps)))]
+    report = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+    latency = {int(d["percentage"]): d["latency"] / 1e6 for d in report["latencyDistribution"]}
+    return {"rps": rps, "p50_ms": latency.get(50, float("nan")), "p99_ms": latency.get(99, 0.0)}
+
+
+def _start_variant(name: str, path: str | None, pki: Any, work: Path) -> Any:
+    """The server of the package in this checkout (``path`` None), or of the copy at ``path``
+    (its ``python`` folder, native module included: ``--variant``)."""
+    work.mkdir(parents=True, exist_ok=True)
+    saved = os.environ.get("PYTHONPATH")
+    if path is not None:
+        os.environ["PYTHONPATH"] = path
+    try:
+        return start_server(
+            Case(f"service-{name}", "Verify", 1, "memory"), pki.directory, None, work
+        )
+    finally:
+        if path is not None:
+            if saved is None:
+                del os.environ["PYTHONPATH"]
+            else:
+                os.environ["PYTHONPATH"] = saved
+
+
+def run(args: Any) -> tuple[list[Measured], list[dict[str, float]]]:
+    results: list[Measured] = []
+    latencies: list[dict[str, float]] = []
+    variants: dict[str, str | None] = dict(v.split("=", 1) for v in args.variant)
+    with tempfile.TemporaryDirectory(prefix="apcv-service-bench-") as temporary:
+        work = Path(temporary)
+        for round_ in range(1, args.rounds + 1):
+            pki = make_pki(work / f"pki-{round_}")
+            others = {
+                name: _start_variant(name, path, pki, work / name)
+                for name, path in variants.items()
+            }
+            server = _start_variant(f"{round_}", None, pki, work)
+            echo = None
+            try:
+                for other in others.values():
+                    warm = list(presentations(pki, 100))
+                    asyncio.run(
+                        _unary(other.address, SERVICE + "Verify", encode_unary(warm, "w"), 8)
+                    )
+                # Warm the server up (and learn its answer size for the echo server).
+                warm = list(presentations(pki, 200))
+                size = _response_size(server.address, warm[0])
+                asyncio.run(
+                    _unary(server.address, SERVICE + "Verify", encode_unary(warm[1:], "w"), 8)
+                )
+                echo, echo_address = _start_echo(size)
+                asyncio.run(_unary(echo_address, ECHO, encode_unary(warm, "w"), 8))
+                cases = ["core1", "core100", *SERVER_CASES]
+                cases += [f"{c}@{name}" for name in others for c in SERVER_CASES if c != "echo"]
+                for case in cases if round_ % 2 else list(reversed(cases)):
+                    items = list(presentations(pki, args.items))
+                    kind, _, variant = case.partition("@")
+                    if case.startswith("core"):
+                        result = measure_core(pki, items, int(case[4:]), round_)
+                    elif case == "echo":
+                        result = measure_server(case, echo.pid, echo_address, items, round_, args)
+                    else:
+                        target = others[variant] if variant else server
+                        result = measure_server(
+                            kind, target.process.pid, target.address, items, round_, args
+                        )
+                        result.case = case
+                    print(
+                        f"round {round_} {result.case:9} {result.cpu_us_per_item:8.1f} µs CPU/item"
+                        f" {result.rate:9.1f} items/s accepted {result.accepted}/{result.items}"
+                        f" load {result.load_before:.2f}",
+                        flush=True,
+                    )
+                    results.append(result)
+                verify = next(r for r in reversed(results) if r.case == "verify")
+                latency = latency_at(
+                    server.address, pki, work / f"pki-{round_}", verify.rate / 2, args
+                )
+                if latency:
+                    print(f"round {round_} Verify at {latency['rps']:.0f}/s: {latency}", flush=True)
+                    latencies.append(latency)
+            finally:
+                if echo is not None:
+                    echo.terminate()
+                    echo.wait(timeout=10)
+                stop_server(server)
+                for other in others.values():
+                    stop_server(other)
+    return results, latencies
+
+
+def median(results: list[Measured], case: str, key: str = "cpu_us_per_item") -> float:
+    return statistics.median(getattr(r, key) for r in results if r.case == case)
+
+
+def report(results: list[Measured], latencies: list[dict[str, float]], args: Any) -> str:
+    variants = sorted({r.case.partition("@")[2] for r in results} - {""})
+    cases = ["core1", "core100", *SERVER_CASES]
+    cases += [f"{c}@{name}" for name in variants for c in SERVER_CASES if c != "echo"]
+    core1, core100 = median(results, "core1"), median(results, "core100")
+    echo = median(results, "echo")
+    loads = ", ".join(f"{r.load_before:.2f}" for r in results)
+    command = "make bench  # " + shlex.join(["python", "loadtest/service_bench.py", *sys.argv[1:]])
+    lines = [
+        BEGIN,
+        "## Service against its core (loadtest/service_bench.py)",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs,"
+        f" Python {platform.python_version()}, grpcio {grpc.__version__}.",
+        f"Command: `{command}`. {args.rounds} rounds of interleaved cases, {args.items}"
+        " presentations per case and round (distinct, none a replay), 1 worker, in-memory replay"
+        " store, audit log to a file. Server CPU is the server process's own accounting"
+        " (`/proc/<pid>/stat` utime + stime) over the case, per presentation answered; the core's"
+        " is this process's CPU time around `verify_batch`. The client sends requests it encoded"
+        f" beforehand (unary concurrency {args.concurrency}, batch concurrency"
+        f" {args.batch_concurrency}, {args.streams} streams with up to {STREAM_WINDOW} requests"
+        " in flight each). Medians of the rounds.",
+        "",
+        "| case | CPU µs / presentation | presentations/s | accepted |",
+        "|---|---|---|---|",
+    ]
+    for case in cases:
+        rows = [r for r in results if r.case == case]
+        rate = statistics.median(r.rate for r in rows)
+        accepted = f"{sum(r.accepted for r in rows)}/{sum(r.items for r in rows)}"
+        lines.append(f"| {case} | {median(results, case):.1f} | {rate:.0f} | {accepted} |")
+    unary_bound = core1 + 1.2 * echo
+    lines += [
+        "",
+        f"Load average before each case, in order: {loads}.",
+        "",
+        "| ratio | value | target |",
+        "|---|---|---|",
+    ]
+    for name in ["", *variants]:
+        at = f"@{name}" if name else ""
+        of = f" ({name})" if name else ""
+        verify = median(results, f"verify{at}")
+        lines += [
+            f"| VerifyBatch(100) / core (100 per call){of}"
+            f" | {median(results, f'batch100{at}') / core100:.2f} | ≤ 1.2 |",
+            f"| VerifyStream / core (100 per call){of}"
+            f" | {median(results, f'stream{at}') / core100:.2f} | ≤ 1.2 |",
+            f"| Verify / (core + 1.2 × echo){of} | {verify / unary_bound:.2f}"
+            f" ({verify:.0f} / {unary_bound:.0f} µs) | ≤ 1 |",
+            f"| Verify / core (1 per call){of} | {verify / core1:.2f} | |",
+        ]
+    if latencies:
+        p99 = statistics.median(x["p99_ms"] for x in latencies)
+        p50 = statistics.median(x["p50_ms"] for x in latencies)
+        rps = statistics.median(x["rps"] for x in latencies)
+        lines.append(
+            f"| Verify p99 at half the maximum rate (ghz, {rps:.0f}/s; p50 {p50:.2f} ms)"
+            f" | {p99:.2f} ms | ≤ 2 ms |"
+        )
+    lines += [END, ""]
+    return "\n".join(lines)
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace the service section of ``path`` (between the markers), or append it."""
+    text = path.read_text() if path.exists() else ""
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section + rest.split(END, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + section
+    path.write_text(text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--items", type=int, default=3000, help="presentations per case")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--batch-concurrency", type=int, default=2)
+    parser.add_argument("--streams", type=int, default=2)
+    parser.add_argument("--latency-seconds", type=float, default=5.0)
+    parser.add_argument("--quick", action="store_true", help="1 round of 200, no ghz run")
+    parser.add_argument("--write", type=Path, help="docs/benchmarks.md to update")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=PYTHONPATH",
+        help="also measure the server of another copy of the package (a lever's before/after)",
+    )
+    parser.add_argument("--echo", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--response-size", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.echo:
+        asyncio.run(_echo_server(args.echo, args.response_size))
+        return 0
+    if args.quick:
+        args.rounds, args.items, args.latency_seconds = 1, 200, 0.0
+    results, latencies = run(args)
+    section = report(results, latencies, args)
+    print(section)
+    if args.write:
+        write_section(args.write, section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
