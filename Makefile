@@ -58,7 +58,7 @@ PROFILE := release
 endif
 dev: proto
 	@case "$(PROFILE)" in release|debug) ;; *) echo "PROFILE must be release or debug"; exit 2;; esac
-	$(VENV)/bin/maturin develop $(if $(filter release,$(PROFILE)),--release) --extras dev,load
+	$(VENV)/bin/maturin develop $(if $(filter release,$(PROFILE)),--release) --extras dev,load,scan
 
 # grpcurl: the real gRPC client used by the tests and the README.
 $(GRPCURL):

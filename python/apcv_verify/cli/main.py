@@ -1,4 +1,4 @@
-"""``apcv-verify``: serve, config, demo, issue."""
+"""``apcv-verify``: serve, config, demo, issue, corpus."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from .. import _native
 from ..config import ConfigError, load_config
 from ..observe.logs import configure_logging
 from ..trust.sources import SourceError
+from . import corpus as cli_corpus
 from . import issue as cli_issue
 
 __all__ = ["main"]
@@ -141,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     cli_issue.register(commands)
+    cli_corpus.register(commands)
     return parser
 
 
