@@ -182,3 +182,15 @@ def test_spooled_scans_go_over_the_stream_and_stay_in_the_spool(
     with sqlite3.connect(spool) as db:
         states = db.execute("SELECT state, count(*) FROM scans GROUP BY state").fetchall()
     assert states == [("delivered", 61)]
+
+
+def test_an_unreachable_verifier_is_one_line_and_status_1(tmp_path: Path) -> None:
+    code = "APCV1:NCF" + "0" * 40
+    reply = subprocess.run(
+        [sys.executable, "-m", "apcv_verify.cli", "scan", "--target", "127.0.0.1:1",
+         "--reader-id", "desk-1", "--timeout", "2"],
+        input=code + "\n", capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert reply.returncode == 1
+    assert reply.stderr.startswith("apcv-verify scan: the verifier did not answer: UNAVAILABLE")
+    assert code not in reply.stderr and reply.stdout == ""
