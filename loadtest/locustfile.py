@@ -36,7 +36,7 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc  # noqa: E402
-from corpus_feed import CorpusFeed  # noqa: E402
+from corpus_feed import CorpusExpired, CorpusFeed  # noqa: E402
 from grpc_user import GrpcUser, StreamSession  # noqa: E402
 from locust import between, events, task  # noqa: E402
 from locust.env import Environment  # noqa: E402
@@ -45,7 +45,10 @@ from locust.stats import CSV_STATS_INTERVAL_SEC  # noqa: E402
 
 log = logging.getLogger("apcv_loadtest")
 
-FEED = CorpusFeed(os.environ.get("APCV_LOADTEST_CORPUS", "loadtest-corpus"))
+try:
+    FEED = CorpusFeed(os.environ.get("APCV_LOADTEST_CORPUS", "loadtest-corpus"))
+except (OSError, CorpusExpired) as error:  # one line, not a traceback, before any user starts
+    raise SystemExit(f"loadtest: no corpus to send: {error} (set APCV_LOADTEST_CORPUS)") from None
 #: Scans an edge reader writes before reading their answers.
 STREAM_BATCH = int(os.environ.get("APCV_LOADTEST_STREAM_BATCH", "16"))
 VERIFY = "/apcv.verify.v1.VerifierService/Verify"

@@ -137,6 +137,25 @@ def test_serving_does_not_load_the_issuer_toolkit(graph: dict[str, list[Import]]
         assert not sorted(filter(is_issuer, loaded)), entry
 
 
+#: The commands that make test material, the only parts of the command line that load the
+#: issuer toolkit (and only when they run: see the test above).
+TOOLKIT_COMMANDS = {"apcv_verify.cli.issue", "apcv_verify.cli.demo", "apcv_verify.cli.corpus"}
+
+
+def test_only_the_toolkit_commands_import_the_issuer(graph: dict[str, list[Import]]) -> None:
+    """``scan`` verifies through the client SDK; only ``issue``, ``demo`` and ``corpus`` make
+    keys, credentials and presentations."""
+    importers = {
+        name
+        for name, items in graph.items()
+        if name.startswith("apcv_verify.cli.") and any(is_issuer(i.module) for i in items)
+    }
+    assert importers == TOOLKIT_COMMANDS
+    scan = reachable(graph, "apcv_verify.cli.scan", top_level_only=False)
+    assert "apcv_verify.client" in scan
+    assert not sorted(filter(is_issuer, scan)), "apcv_verify.cli.scan"
+
+
 @pytest.mark.parametrize("layer", sorted(FORBIDDEN))
 def test_lower_layers_do_not_import_higher_ones(graph: dict[str, list[Import]], layer: str) -> None:
     for name, items in graph.items():
