@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ast
 import graphlib
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,3 +166,14 @@ def test_lower_layers_do_not_import_higher_ones(graph: dict[str, list[Import]], 
         for item in items:
             reached = [f for f in FORBIDDEN[layer] if f"{item.module}.".startswith(f"{f}.")]
             assert not reached, f"{name} imports {item.module}"
+
+
+def test_the_command_line_loads_no_scan_or_progress_library_to_serve() -> None:
+    """tqdm, Pillow and zxing-cpp are for ``scan`` and ``corpus``: imported when they run."""
+    loaded = subprocess.run(
+        [sys.executable, "-c",
+         "import sys, apcv_verify.cli.main, apcv_verify.service.startup; print(*sys.modules)"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert "apcv_verify.cli.scan" in loaded  # the check sees the commands' modules…
+    assert not {"tqdm", "PIL", "zxingcpp"} & set(loaded)  # …but not what they run with
