@@ -31,8 +31,9 @@ pair counting as two items.
 
 Reproducible: the same seed, count, mix, repeat rate and readers give the same plan — the
 same kinds, readers, credentials, persons presented, uses and expected decisions in the same
-order, hence the same ``plan_sha256`` — while keys, signatures, ``cti`` values and times are
-new at each run (they come from the operating system's randomness and clock).
+order, hence the same ``plan_sha256`` — while keys, signatures, ``cti`` values, times and the
+``request_id`` prefix are new at each run (they come from the operating system's randomness
+and clock: two corpora never share a presentation or a request id).
 
 Presentations are made with ``iat`` = the generation time and the profile's longest lifetime
 (300 s, §2.5): send the corpus before ``valid_until`` (that time plus 300 s), the verifier's
@@ -573,7 +574,9 @@ def make_corpus(
     digest = hashlib.sha256()
     repeats = fresh = 0
     used: set[tuple[str, int]] = set()
-    prefix = f"s{seed}"
+    # Request ids are new for each corpus: a verifier keeps answers by (caller, reader,
+    # request_id) to give them back to a resend, so two corpora must never share one.
+    prefix = secrets.token_hex(4)
     first_qr: dict[int, str] = {}  # each replayed code's first presentation, by position
     scans_path = root / CORPUS_SCANS
     with scans_path.open("w", encoding="utf-8") as out:
@@ -595,7 +598,14 @@ def make_corpus(
             if item.kind == "replayed" and item.partner is not None:
                 line["after"] = f"{prefix}-{item.partner:07d}"
             # The plan's digest: everything the seed decides, nothing the run makes.
-            planned = {**line, "ben": item.ben, "use": item.use, "noise": item.noise}
+            planned = {
+                **{key: value for key, value in line.items() if key not in ("request_id", "after")},
+                "position": position,
+                "after": item.partner if item.kind == "replayed" else None,
+                "ben": item.ben,
+                "use": item.use,
+                "noise": item.noise,
+            }
             digest.update(json.dumps(planned, sort_keys=True).encode() + b"\n")
             if item.kind == "replayed" and item.partner is not None:
                 line["qr_text"] = first_qr[item.partner]
