@@ -8,7 +8,7 @@ every answer against the corpus's expected decision (a wrong one is a locust fai
     APCV_METRICS_LISTEN= apcv-verify serve …   # the command `apcv-verify corpus` prints
     APCV_LOADTEST_CORPUS=/tmp/load locust -f loadtest/locustfile.py --host 127.0.0.1:50051
 
-``make loadtest`` does all three (loadtest/run.py; docs/benchmarks.md "Load test"). Users:
+``make loadtest`` does all three (loadtest/run.py; docs/operations.md "Load test"). Users:
 
 - :class:`HospitalUser` — a hospital system: one unary ``Verify`` per scan;
 - :class:`EdgeReaderUser` — a regional edge reader: one ``VerifyStream`` kept open, scans
@@ -51,7 +51,6 @@ except (OSError, CorpusExpired) as error:  # one line, not a traceback, before a
     raise SystemExit(f"loadtest: no corpus to send: {error} (set APCV_LOADTEST_CORPUS)") from None
 #: Scans an edge reader writes before reading their answers.
 STREAM_BATCH = int(os.environ.get("APCV_LOADTEST_STREAM_BATCH", "16"))
-VERIFY = "/apcv.verify.v1.VerifierService/Verify"
 VERIFY_STREAM = "/apcv.verify.v1.VerifierService/VerifyStream"
 #: How long a user waits when every item left waits for another's answer.
 WAIT_FOR_ANSWERS = 0.005

@@ -12,7 +12,7 @@
    ``run_failures.csv``, ``run_exceptions.csv``, ``summary.json`` (answers right and wrong
    per kind of scan) and ``server.log``.
 
-Exit status: locust's (1 when any call failed or any answer was wrong). docs/benchmarks.md
+Exit status: locust's (1 when any call failed or any answer was wrong). docs/operations.md
 "Load test" says how to read the reports.
 """
 
