@@ -17,9 +17,6 @@ from apcv_verify.issuer import DemoPKI, qr_text
 
 from .conftest import REPO, ServerProcess
 
-#: Real server processes (and, for some, their restarts): over about 3 s each.
-pytestmark = pytest.mark.slow
-
 DOC = REPO / "docs" / "integration.md"
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```\n", re.DOTALL | re.MULTILINE)
 TOOLS = REPO / ".tools" / "bin"
@@ -99,6 +96,7 @@ def test_the_documents_excerpts_are_the_programs_own_lines(language: str) -> Non
         assert starts, f"not in {SOURCES[language].name}:\n{excerpt.code}"
 
 
+@pytest.mark.slow  # a real server process: over about 3 s
 @pytest.mark.parametrize("index", range(4))
 def test_an_integration_example_runs_as_documented(
     index: int, server: ServerProcess, pki: DemoPKI, tmp_path: Path
@@ -119,6 +117,7 @@ def test_an_integration_example_runs_as_documented(
     check_output(run.stdout, example.output)
 
 
+@pytest.mark.slow  # a real server process: over about 3 s
 @pytest.mark.parametrize("index", range(6))
 def test_a_shell_example_runs_as_documented(
     index: int, server: ServerProcess, pki: DemoPKI, grpcurl: str
