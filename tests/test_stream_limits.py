@@ -144,6 +144,11 @@ def test_a_caller_is_limited_over_all_its_connections_and_health_is_counted_apar
                 health_pb2.HealthCheckRequest(), timeout=10
             )
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            watch = health_pb2_grpc.HealthStub(channels[2]).Watch(
+                health_pb2.HealthCheckRequest(), timeout=10
+            )
+            assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+            watch.cancel()
             await streams[0].done_writing()
             assert await streams[0].code() == grpc.StatusCode.OK
             answer = (await third.Verify(unary("fifth", code), timeout=10)).verdict

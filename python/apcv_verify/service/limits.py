@@ -32,6 +32,7 @@ the iterator does.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
@@ -295,7 +296,7 @@ class LimitsInterceptor(_CachingInterceptor):
         health = service == HEALTH_SERVICE
         guarded = attribute == "stream_stream" and service in self._stream_services
         wrapped: Callable[..., Any]
-        if attribute in ("unary_unary", "stream_unary"):
+        if inspect.iscoroutinefunction(behaviour):  # a unary answer, or one sent by write()
 
             async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 connection, caller = _keys(context)
@@ -308,7 +309,7 @@ class LimitsInterceptor(_CachingInterceptor):
                     self._leave(health, connection, caller)
 
             wrapped = call
-        elif guarded:
+        elif guarded and inspect.isasyncgenfunction(behaviour):
 
             async def guarded_stream(
                 requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
@@ -331,7 +332,7 @@ class LimitsInterceptor(_CachingInterceptor):
                     self._leave(health, connection, caller)
 
             wrapped = guarded_stream
-        else:
+        elif inspect.isasyncgenfunction(behaviour):
 
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 connection, caller = _keys(context)
@@ -345,6 +346,8 @@ class LimitsInterceptor(_CachingInterceptor):
                     self._leave(health, connection, caller)
 
             wrapped = stream
+        else:  # synchronous (none here): grpc's thread pool, with grpc's own handling
+            return handler
         factory = getattr(grpc, f"{attribute}_rpc_method_handler")
         return factory(
             wrapped,
