@@ -26,10 +26,11 @@ def examples() -> list[tuple[str, str]]:
 
 
 def test_the_document_has_its_examples() -> None:
-    assert len(examples()) == 4  # hospital, typed error, batcher with callback, iterator
+    # hospital, typed error, answer recovery, batcher with callback, iterator
+    assert len(examples()) == 5
 
 
-@pytest.mark.parametrize("index", range(4))
+@pytest.mark.parametrize("index", range(5))
 def test_an_integration_example_runs_as_documented(
     index: int, server: ServerProcess, pki: DemoPKI, tmp_path: Path
 ) -> None:
