@@ -26,7 +26,8 @@ In Redis, each batch costs one more pipelined round trip before verification (``
 its keys) and one after (``SET key record NX GET EX retention``: the first answer stays; a
 concurrent request that lost the race gets the winner's answer, or :data:`REUSED`). When
 Redis cannot answer, nothing is recovered or kept and the batch is verified as usual (the
-replay store's ``on_store_error`` then decides): answer recovery never fails a call.
+replay store's ``on_store_error`` then decides): answer recovery never fails a call. While
+the replay store counts Redis as unavailable, recovery does not try it (no added wait).
 """
 
 from __future__ import annotations
@@ -129,6 +130,10 @@ class RedisAnswers:
         self._read_at_loss = 0
 
     async def keys(self) -> _native.AnswerKeys | None:
+        if self._store.available is False:
+            # Redis did not answer the replay store's last round trip: do not wait for it
+            # twice more per batch; recovery resumes once the replay store reaches it again.
+            return None
         if self._fixed:
             return self._keys
         if self._keys is not None and self._read_at_loss == self._store.loss_noticed_at:
