@@ -14,6 +14,7 @@ Each request carries a presentation made just before it (a fresh cti: never a re
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 from itertools import count
 from pathlib import Path
@@ -30,11 +31,14 @@ PKI = DemoPKI.load(os.environ.get("APCV_LOADTEST_PKI", "loadtest-pki"))
 #: (2 MiB) takes up to server.max_batch (1,000) of them.
 BATCH_SIZE = int(os.environ.get("APCV_LOADTEST_BATCH", "50"))
 _ids = count()
+#: Request ids unique across locust processes and runs against one server: a request id
+#: answered for one presentation is refused for another (REQUEST_ID_REUSED).
+_RUN = secrets.token_hex(4)
 
 
 def _scan(holder: str) -> verifier_pb2.Scan:
     return verifier_pb2.Scan(
-        request_id=f"locust-{next(_ids)}",
+        request_id=f"locust-{_RUN}-{next(_ids)}",
         nfc_bytes=PKI.present(holder),
         reader=verifier_pb2.ReaderContext(reader_id=READER_ID),
     )

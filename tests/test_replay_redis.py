@@ -8,6 +8,7 @@ import json
 import socket
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,9 +60,13 @@ def replicas(
     stop_server(b.server)
 
 
-def request(presentation: bytes, reader_id: str, request_id: str = "r-1") -> verifier_pb2.Scan:
+def request(
+    presentation: bytes, reader_id: str, request_id: str | None = None
+) -> verifier_pb2.Scan:
+    """A scan; each a new request (its own id) unless ``request_id`` is given: a resend of
+    a request gets the answer kept for it instead of a replay check (answer recovery)."""
     return verifier_pb2.Scan(
-        request_id=request_id,
+        request_id=request_id or f"r-{uuid.uuid4().hex[:12]}",
         nfc_bytes=presentation,
         reader=verifier_pb2.ReaderContext(reader_id=reader_id),
     )
@@ -75,9 +80,7 @@ def verify(replica: Replica, presentation: bytes, reader_id: str) -> verifier_pb
 
 
 def verify_batch(replica: Replica, items: list[tuple[bytes, str]]) -> list[verifier_pb2.Verdict]:
-    batch = verifier_pb2.VerifyBatchRequest(
-        scans=[request(p, reader, f"b-{i}") for i, (p, reader) in enumerate(items)]
-    )
+    batch = verifier_pb2.VerifyBatchRequest(scans=[request(p, reader) for p, reader in items])
     with replica.server.channel() as channel:
         reply = verifier_pb2_grpc.VerifierServiceStub(channel).VerifyBatch(batch, timeout=10)
     return list(reply.verdicts)

@@ -174,6 +174,7 @@ def test_redis_cluster_three_masters_settle_a_batch_across_slots(
         scans = [_native.Scan(p, "reader-9") for p in fresh]
         requests = [("anonymous", "reader-9", f"c-{i}") for i in range(12)]
         try:
+            assert await a.store.ping() and await b.store.ping()  # connected, slots known
             now = int(time.time())
             first = await recovery_a.answer(scans, requests, now, a.results)
             assert [(r.reason, r.resent) for r in results(first)] == [("OK", False)] * 12
