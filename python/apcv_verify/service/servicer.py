@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import NoReturn
+from typing import NoReturn, cast
 
 import grpc
 
@@ -18,7 +18,7 @@ from .. import _native
 from .._proto.apcv.verify.v1 import verifier_pb2
 from ..config import CallerPolicy, Config
 from ..observe.audit import AuditTrail
-from ..replay.answers import REUSED, AnswerRecovery
+from ..replay.answers import REUSED, Answer, AnswerRecovery, Reused
 from ..replay.redis import RedisReplayStore
 from ..trust.sources import TrustSource
 from .decode import (
@@ -228,8 +228,9 @@ class VerifierService:
                 results = await self._replay.settle(scans, results, now)
             return results
 
+        answers: Sequence[Answer]
         if self._recovery is None:
-            answers: Sequence[_native.VerificationResult | object] = await verify(scans)
+            answers = await verify(scans)
         else:
             requests = [(caller, item.reader.reader_id, item.request_id) for item in items]
             answers = await self._recovery.answer(scans, requests, now, verify)
@@ -241,23 +242,24 @@ class VerifierService:
                 f"scan.request_id: {REUSED.description}",
             )
         latency = time.perf_counter() - started
-        answered = [
-            (index, item, answer)
-            for index, (item, answer) in enumerate(zip(items, answers, strict=True))
-            if isinstance(answer, _native.VerificationResult)
-        ]
+        audited_items, audited, numbers = items, answers, positions
+        if any(answer is REUSED for answer in answers):  # refused, not verified: no audit
+            kept = [i for i, answer in enumerate(answers) if answer is not REUSED]
+            audited_items = [items[i] for i in kept]
+            audited = [answers[i] for i in kept]
+            numbers = None if positions is None else [positions[i] for i in kept]
         self._audit.record_verifications(
             method,
-            [item for _, item, _ in answered],
-            [answer for _, _, answer in answered],
+            audited_items,
+            cast(Sequence[_native.VerificationResult], audited),
             latency_seconds=latency,
             caller=caller,
-            positions=None if positions is None else [positions[i] for i, _, _ in answered],
+            positions=numbers,
         )
         canonical_base = self._config.fhir.canonical_base
         disclosed = self._disclosed
         for index, (verdict, item, result) in enumerate(zip(verdicts, items, answers, strict=True)):
-            if not isinstance(result, _native.VerificationResult):  # REUSED, in place
+            if isinstance(result, Reused):  # a batch or stream item: answered in place
                 assert path is not None and positions is not None
                 _reused_in_place(verdict, item.request_id, path(positions[index]))
                 continue
