@@ -23,7 +23,7 @@ FHIR_VALIDATOR_DIR := tools/fhir-validator
 FHIR_VALIDATOR := $(FHIR_VALIDATOR_DIR)/target/apcv-fhir-validator-1.jar
 
 .PHONY: build dev proto demo test test-fast test-rust test-python lint lint-proto fmt tools clean \
-	system-deps bench fhir-validator image image-deps image-base image-test helm
+	system-deps bench loadtest fhir-validator image image-deps image-base image-test helm
 
 # The virtualenv and the build tools; everything else is installed by `maturin develop`.
 $(VENV)/.stamp: pyproject.toml
@@ -58,7 +58,7 @@ PROFILE := release
 endif
 dev: proto
 	@case "$(PROFILE)" in release|debug) ;; *) echo "PROFILE must be release or debug"; exit 2;; esac
-	$(VENV)/bin/maturin develop $(if $(filter release,$(PROFILE)),--release) --extras dev,load
+	$(VENV)/bin/maturin develop $(if $(filter release,$(PROFILE)),--release) --extras dev,load,scan
 
 # grpcurl: the real gRPC client used by the tests and the README.
 $(GRPCURL):
@@ -138,6 +138,18 @@ bench: dev system-deps
 	$(PY) loadtest/core_bench.py --write docs/benchmarks.md --plot docs/benchmarks-scale.png
 	$(PY) loadtest/bench.py
 	$(PY) loadtest/service_bench.py --write docs/benchmarks.md
+
+# A longer load test than the short one of `make test` (docs/operations.md "Load test"): a
+# corpus of LOADTEST_COUNT scans, a real server on loopback, locust headless for LOADTEST_TIME
+# with LOADTEST_USERS users (hospital systems on Verify, edge readers on VerifyStream), every
+# answer checked against the corpus; CSV and HTML reports in LOADTEST_OUT.
+LOADTEST_OUT ?= .loadtest
+LOADTEST_COUNT ?= 20000
+LOADTEST_USERS ?= 16
+LOADTEST_TIME ?= 60s
+loadtest: dev
+	$(PY) loadtest/run.py --out $(LOADTEST_OUT) --count $(LOADTEST_COUNT) \
+		--users $(LOADTEST_USERS) --run-time $(LOADTEST_TIME)
 
 # The public contract: buf's STANDARD lint rules, and no breaking change against v1.
 lint-proto: $(BUF)
