@@ -295,7 +295,9 @@ def run_case(
         # Warm-up (not measured), then the measured run; each on presentations made just
         # before it (a presentation is valid for two minutes).
         (case_dir / "warm").mkdir()
-        warm = write_corpus(case_dir / "warm", pki, 200 * case.items_per_call, case.batch)
+        warm = write_corpus(
+            case_dir / "warm", pki, 200 * case.items_per_call, case.batch, prefix="warm-"
+        )
         subprocess.run(
             ghz_command(case, warm, server.address, 1.0), check=True, capture_output=True
         )

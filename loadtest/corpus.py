@@ -65,27 +65,33 @@ def verify_request(presentation: bytes, request_id: str) -> dict[str, Any]:
     return {"scan": scan(presentation, request_id)}
 
 
-def batch_requests(items: Sequence[bytes], size: int) -> list[dict[str, Any]]:
+def batch_requests(items: Sequence[bytes], size: int, prefix: str = "") -> list[dict[str, Any]]:
     """``VerifyBatchRequest`` messages of ``size`` scans each (the last may be shorter)."""
     return [
         {
             "scans": [
-                scan(p, f"b{start // size}-{i}") for i, p in enumerate(items[start : start + size])
+                scan(p, f"{prefix}b{start // size}-{i}")
+                for i, p in enumerate(items[start : start + size])
             ]
         }
         for start in range(0, len(items), size)
     ]
 
 
-def write_corpus(directory: Path, pki: DemoPKI, count: int, batch: int = 0) -> Path:
-    """Write ``count`` presentations as ghz data (a JSON array of messages); its path."""
+def write_corpus(
+    directory: Path, pki: DemoPKI, count: int, batch: int = 0, prefix: str = ""
+) -> Path:
+    """Write ``count`` presentations as ghz data (a JSON array of messages); its path. The
+    request ids start with ``prefix``: two corpora sent to one server need different ones,
+    since a request id answered for one presentation is refused for another
+    (``REQUEST_ID_REUSED``)."""
     items = list(presentations(pki, count))
     if batch:
         path = directory / f"batch-{batch}.json"
-        messages = batch_requests(items, batch)
+        messages = batch_requests(items, batch, prefix)
     else:
         path = directory / "verify.json"
-        messages = [verify_request(p, f"r{i}") for i, p in enumerate(items)]
+        messages = [verify_request(p, f"{prefix}r{i}") for i, p in enumerate(items)]
     path.write_text(json.dumps(messages, separators=(",", ":")))
     return path
 

@@ -278,7 +278,7 @@ def latency_at(address: str, pki: Any, work: Path, rps: float, args: Any) -> dic
     if not GHZ.exists() or args.latency_seconds <= 0:
         return {}
     count = int(rps * args.latency_seconds * 1.2) + 10
-    data = write_corpus(work, pki, count)
+    data = write_corpus(work, pki, count, prefix=f"latency-{rps:g}-")  # new ids each time
     case = Case("latency", "Verify", 1, "memory", concurrency=16, connections=4)
     command = ghz_command(case, data, address, args.latency_seconds)
     command[-1:-1] = ["--rps", str(max(1, int(rps)))]

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,12 +98,16 @@ def verify(
     presentation: str | bytes,
     reader_id: str = "desk-1",
     *,
-    request_id: str = "r-1",
+    request_id: str | None = None,
     include_fhir: bool = False,
     scanned_at: int | None = None,
     **reader: bytes,
 ) -> verifier_pb2.Verdict:
-    """One unary Verify of ``presentation`` over gRPC: QR text (a str) or NFC bytes."""
+    """One unary Verify of ``presentation`` over gRPC: QR text (a str) or NFC bytes. Each
+    call is a new request (a new ``request_id``) unless ``request_id`` is given: a resend of
+    the same request gets the answer kept for it (answer recovery)."""
+    if request_id is None:
+        request_id = f"r-{uuid.uuid4().hex[:12]}"
     scan = verifier_pb2.Scan(request_id=request_id, include_fhir=include_fhir)
     if isinstance(presentation, str):
         scan.qr_text = presentation

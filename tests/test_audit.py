@@ -162,8 +162,10 @@ def test_every_log_line_of_every_scenario_is_free_of_personal_data(
             call(server, qr_text(pki.present(holder)), f"h-{holder}")
         call(server, pki.present("family", ben=1), "ben-1")
         call(server, pki.present("family", ben=2), "ben-2")
-        for garbage in ("APCV1:", "HC1:NCFOXN%TS3DH3ZSUZK+.V0ETD%65NL-AH", b"\xa1\x01\x01"):
-            call(server, garbage, "g")
+        for n, garbage in enumerate(
+            ("APCV1:", "HC1:NCFOXN%TS3DH3ZSUZK+.V0ETD%65NL-AH", b"\xa1\x01\x01")
+        ):
+            call(server, garbage, f"g-{n}")
         with server.channel() as channel:
             stub = verifier_pb2_grpc.VerifierServiceStub(channel)
             with pytest.raises(grpc.RpcError):

@@ -88,9 +88,16 @@ def test_batch_and_single_verify_agree(server: ServerProcess, pki: DemoPKI) -> N
     (batched,) = verify_batch(server, [item("one", tampered)])
     with server.channel() as channel:
         stub = verifier_pb2_grpc.VerifierServiceStub(channel)
-        request = verifier_pb2.VerifyRequest(scan=item("one", tampered))
+        request = verifier_pb2.VerifyRequest(scan=item("two", tampered))
         single = stub.Verify(request, timeout=10).verdict
+        # The same request again is not verified again: its answer is the batch's, resent.
+        again = stub.Verify(verifier_pb2.VerifyRequest(scan=item("one", tampered)), timeout=10)
+    assert (single.request_id, batched.request_id) == ("two", "one")
+    single.request_id = "one"
     assert batched == single
+    assert again.verdict.resent
+    again.verdict.ClearField("resent")
+    assert again.verdict == batched
 
 
 def test_an_empty_batch_is_invalid_argument(server: ServerProcess) -> None:

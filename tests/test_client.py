@@ -20,6 +20,7 @@ from apcv_verify.client import (
     InvalidRequestError,
     PermissionDeniedError,
     Reason,
+    RequestIdReusedError,
     RetryPolicy,
     TLSConfig,
     UnavailableError,
@@ -78,23 +79,35 @@ def serve_on(
 
 
 @pytest.mark.slow
-def test_verify_and_a_resend_with_the_same_request_id_is_a_duplicate(
+def test_verify_and_a_resend_with_the_same_request_id_gets_the_same_answer(
     server: ServerProcess, pki: DemoPKI
 ) -> None:
     code = qr_text(pki.present("alice"))
 
-    async def scenario() -> tuple[Verdict, Verdict, Verdict]:
+    async def scenario() -> tuple[Verdict, Verdict, Verdict, Verdict]:
         async with VerifierClient(server.address, reader_id="desk-1") as client:
             scan = make_scan(code, reader_id="desk-1", request_id="h-1")
             first = await client.verify(scan)
             again = await client.verify(scan)  # a resend: same reader, same id
+            retry = await client.verify(make_scan(code, reader_id="desk-1"))  # a new id
             other = await client.verify(make_scan(code, reader_id="desk-2"))
-            return first, again, other
+            with pytest.raises(RequestIdReusedError) as reused:
+                await client.verify(
+                    make_scan(qr_text(pki.present()), reader_id="desk-1", request_id="h-1")
+                )
+            assert (reused.value.code, reused.value.reason) == (
+                grpc.StatusCode.ALREADY_EXISTS,
+                "REQUEST_ID_REUSED",
+            )
+            return first, again, retry, other
 
-    first, again, other = asyncio.run(scenario())
+    first, again, retry, other = asyncio.run(scenario())
     assert (first.decision, reason(first), first.duplicate) == (D.DECISION_ACCEPTED, "OK", False)
     assert first.request_id == "h-1" and first.person.identity.birth_name
-    assert (again.decision, reason(again), again.duplicate) == (D.DECISION_ACCEPTED, "OK", True)
+    assert (again.decision, reason(again), again.resent) == (D.DECISION_ACCEPTED, "OK", True)
+    again.ClearField("resent")
+    assert again == first
+    assert (retry.decision, reason(retry), retry.duplicate) == (D.DECISION_ACCEPTED, "OK", True)
     assert (other.decision, reason(other)) == (D.DECISION_REJECTED, "REPLAYED")
 
 

@@ -288,12 +288,19 @@ class FlakyLink:
             await self.server.wait_closed()
 
 
-def test_verdicts_lost_on_the_way_are_resent_and_answered_as_duplicates(
-    server: ServerProcess, pki: DemoPKI, tmp_path: Path
+def test_verdicts_lost_on_the_way_are_recovered_even_after_the_presentations_expired(
+    pki: DemoPKI, tmp_path: Path
 ) -> None:
-    """The server verifies five scans but their verdicts never arrive; the connection breaks.
-    The batcher reopens the stream and resends them with their ids: accepted ``duplicate``
-    (the same reader's retry), not REPLAYED, and each still has exactly one final answer."""
+    """The server verifies five scans but their verdicts never arrive; the connection breaks
+    and stays down until the presentations have expired. The batcher reopens the stream and
+    resends them with their ids: each gets its original answer back (accepted, ``resent``),
+    neither REPLAYED nor PRESENTATION_EXPIRED, and still has exactly one final answer."""
+    server = start_server(
+        pki.directory,
+        tmp_path / "server.log",
+        "--allow-test-identities",
+        env={"APCV_POLICY_CLOCK_SKEW_SECONDS": "1"},
+    )
     metrics = Recorder()
     delivered: list[Answer] = []
 
@@ -316,26 +323,37 @@ def test_verdicts_lost_on_the_way_are_resent_and_answered_as_duplicates(
                     await batcher.submit(qr_text(pki.present("alice")), request_id=f"kept-{i}")
                 await batcher.drain(timeout=30)
                 link.swallow = True
+                now = int(time.time())
                 for i in range(5):
-                    await batcher.submit(qr_text(pki.present("alice")), request_id=f"lost-{i}")
+                    short_lived = pki.present("alice", iat=now, exp=now + 2)
+                    await batcher.submit(qr_text(short_lived), request_id=f"lost-{i}")
                 for _ in range(500):  # until the server has verified all five
                     if all(audited(f"lost-{i}") for i in range(5)):
                         break
                     await asyncio.sleep(0.02)
                 assert all(audited(f"lost-{i}") == 1 for i in range(5))
                 assert batcher.pending == 5 and len(delivered) == 3
+                await asyncio.sleep(max(0.0, now + 2 + 1 + 1.5 - time.time()))  # exp + skew
                 link.swallow = False
                 link.cut()
                 await batcher.drain(timeout=30)
         finally:
             await link.close()
 
-    asyncio.run(scenario())
+    try:
+        asyncio.run(scenario())
+    finally:
+        stop_server(server)
     by_id = {answer.request_id: answer for answer in delivered}
     assert len(delivered) == len(by_id) == 8
     for i in range(5):
         verdict = by_id[f"lost-{i}"].verdict
-        assert (reason(by_id[f"lost-{i}"]), verdict.duplicate) == ("OK", True)
+        assert (reason(by_id[f"lost-{i}"]), verdict.resent, verdict.duplicate) == (
+            "OK",
+            True,
+            False,
+        )
+    assert not any(by_id[f"kept-{i}"].verdict.resent for i in range(3))
     assert not any(by_id[f"kept-{i}"].verdict.duplicate for i in range(3))
     assert metrics.counts["scans_resent"] == 5 and metrics.counts["reconnects"] >= 1
     assert metrics.counts["answers_stored"] == 8

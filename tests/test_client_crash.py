@@ -66,6 +66,7 @@ async def run_reader(args: argparse.Namespace) -> None:
                 "decision": Decision.Name(verdict.decision),
                 "reason": Reason.Name(verdict.reason),
                 "duplicate": verdict.duplicate,
+                "resent": verdict.resent,
                 "redelivered": answer.redelivered,
                 "sha256": hashlib.sha256(verdict.SerializeToString()).hexdigest(),
             }
@@ -238,4 +239,5 @@ def test_server_and_reader_killed_mid_run_every_scan_has_one_final_answer(
     ]
     assert last_server, "the server stopped with SIGTERM flushed its audit records"
     duplicates = sum(answer["duplicate"] for answer in answers)
-    print(f"{duplicates} answers were accepted duplicates of a resend")
+    resent = sum(answer["resent"] for answer in answers)
+    print(f"{duplicates} answers were accepted duplicates, {resent} recovered answers")

@@ -72,8 +72,8 @@ def check_output(printed: str, output: str) -> None:
 
 
 def test_the_document_has_its_examples() -> None:
-    # hospital, typed error, batcher with callback, iterator
-    assert len(examples("python")) == 4
+    # hospital, typed error, answer recovery, batcher with callback, iterator
+    assert len(examples("python")) == 5
     # grpcurl: list, verify, resends, an error; the Go and the Java program
     assert len(examples("sh")) == 6
     assert [block.code for block in examples("sh")[-2:]] == [
@@ -97,7 +97,7 @@ def test_the_documents_excerpts_are_the_programs_own_lines(language: str) -> Non
 
 
 @pytest.mark.slow  # a real server process: over about 3 s
-@pytest.mark.parametrize("index", range(4))
+@pytest.mark.parametrize("index", range(5))
 def test_an_integration_example_runs_as_documented(
     index: int, server: ServerProcess, pki: DemoPKI, tmp_path: Path
 ) -> None:

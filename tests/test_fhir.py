@@ -403,7 +403,7 @@ def over_grpc(server: ServerProcess, pki: DemoPKI) -> dict[str, Produced]:
     }
     produced = {}
     for name, tap in taps.items():
-        response = verify(server, qr_text(tap), request_id="f-1", include_fhir=True)
+        response = verify(server, qr_text(tap), request_id=f"f-{name}", include_fhir=True)
         assert verifier_pb2.Reason.Name(response.reason) == "REASON_OK", name
         produced[name] = Produced(response, json.loads(response.fhir_json))
     return produced

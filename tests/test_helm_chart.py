@@ -48,6 +48,7 @@ CHART_MANAGED = {
     "replay.redis_url",
     "metrics.listen",
     "audit.holder_ref_secret",
+    "replay.answer_secret",
     "tls.server_cert",
     "tls.server_key",
     "tls.client_ca",

@@ -696,6 +696,76 @@ def test_amc_coverage_through_the_binding(verifier: Verifier, pki: Pki) -> None:
     assert _accepted(verifier, pki, 73).amc == []
 
 
+# ------------------------------------------------------------------ answer recovery
+
+
+def test_answer_records_are_compact_and_rebuild_the_answer(verifier: Verifier, pki: Pki) -> None:
+    """What answer recovery keeps of an answer (docs/operations.md "Answer recovery"): 26
+    bytes for an accepted presentation without AMC, 2 more per AMC outcome plus its phrase;
+    no personal data; the person and coverage rebuilt from the resent presentation, with
+    nothing judged again."""
+    keys = _native.AnswerKeys(b"0123456789abcdef")
+    presentation = pki.presentation(
+        80, amc=[pki.amc_attestation([HOLDER_INS]), pki.amc_attestation([CORSICAN_INS])]
+    )
+    item = Scan(presentation, "desk-1")
+    (result,) = verifier.verify_batch([item], NOW)
+    assert result.accepted and [a.reason for a in result.amc] == ["OK", "NOT_APPLICABLE"]
+    record = keys.record(item, result, NOW)
+    detail = result.amc[1].detail.encode()
+    assert len(record) == 26 + 2 + 2 + len(detail)
+    for secret in (HOLDER_INS, "contract-42", "012345678", AMC_ISS, b"desk-1"):
+        assert (secret if isinstance(secret, bytes) else secret.encode()) not in record
+    (plain,) = verifier.verify_batch([Scan(pki.presentation(81), "desk-1")], NOW)
+    assert len(keys.record(Scan(pki.presentation(81), "desk-1"), plain, NOW)) == 26
+    again = keys.recover(item, record)
+    assert again is not None
+    assert (again.resent, again.verified_at, again.reason, again.duplicate) == (
+        True,
+        NOW,
+        "OK",
+        False,
+    )
+    assert result.resent is False and result.verified_at is None
+    assert again.person is not None and result.person is not None
+    assert (again.person.ins, again.person.birth_name) == (
+        result.person.ins,
+        result.person.birth_name,
+    )
+    assert [(a.reason, a.detail, a.contract) for a in again.amc] == [
+        (a.reason, a.detail, a.contract) for a in result.amc
+    ]
+    assert (again.issuer, again.use, again.credential_id) == (
+        result.issuer,
+        result.use,
+        result.credential_id,
+    )
+    assert repr(again) == "<VerificationResult accepted=True reason=OK duplicate=False resent=True>"
+    # Another presentation under the same key: not this record's (the caller refuses it).
+    assert keys.recover(Scan(pki.presentation(82), "desk-1"), record) is None
+    # Another key cannot read the digest; a damaged record is an error.
+    assert _native.AnswerKeys(b"another key 0123").recover(item, record) is None
+    with pytest.raises(ValueError, match="unreadable"):
+        keys.recover(item, record[:-1])
+    assert len(keys.key("caller", "desk-1", "r-1")) == 16
+    assert keys.key("caller", "desk-1", "r-1") != keys.key("caller", "desk-2", "r-1")
+
+
+def test_memory_answer_store_keeps_the_first_answer_and_drops_the_oldest() -> None:
+    store = _native.MemoryAnswerStore(2)
+    a, b, c = (bytes([n]) * 16 for n in (1, 2, 3))
+    assert store.insert_or_get(a, b"first", NOW + 10, NOW) is None
+    assert store.insert_or_get(a, b"second", NOW + 10, NOW) == b"first"
+    assert store.get_many([a, b], NOW) == [b"first", None]
+    assert store.insert_or_get(b, b"x", NOW + 20, NOW) is None
+    assert store.insert_or_get(c, b"y", NOW + 30, NOW) is None  # full: the oldest goes
+    assert (len(store), store.evicted, store.max_entries) == (2, 1, 2)
+    assert store.get_many([a, b, c], NOW) == [None, b"x", b"y"]
+    assert store.get_many([b], NOW + 21) == [None]  # expired
+    with pytest.raises(ValueError):
+        store.get_many([b"short"], NOW)
+
+
 # ------------------------------------------------------------------ external replay store
 
 

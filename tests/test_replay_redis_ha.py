@@ -18,6 +18,7 @@ import redis
 from apcv_verify import _native
 from apcv_verify.config import Config, load_config
 from apcv_verify.issuer import DemoPKI
+from apcv_verify.replay.answers import REUSED, AnswerRecovery, RedisAnswers
 from apcv_verify.replay.redis import RedisReplayStore
 from apcv_verify.service.startup import build_verifiers
 from apcv_verify.trust.material import load_trust_material
@@ -109,6 +110,10 @@ class Replica:
         self.verifier = build_verifiers(config, load_trust_material(config))[0]
         self.store = RedisReplayStore(config.replay)
 
+    async def results(self, scans: list[_native.Scan]) -> list[_native.VerificationResult]:
+        now = int(time.time())
+        return await self.store.settle(scans, self.verifier.verify_batch(scans, now), now)
+
     async def verify(self, items: Sequence[tuple[bytes, str]]) -> list[str]:
         scans = [_native.Scan(presentation, reader) for presentation, reader in items]
         now = int(time.time())
@@ -157,6 +162,38 @@ def test_redis_cluster_three_masters_settle_a_batch_across_slots(
     held = [redis.Redis(port=port).dbsize() for port in ports]
     assert sum(held) == 12 + 1  # and the marker
     assert all(count > 0 for count in held)
+
+    # Answer recovery on the cluster: answers kept by one replica, recovered by the other,
+    # their keys (and the shared key of the hashes) spread over the masters.
+    fresh = [pki.present("alice") for _ in range(12)]
+
+    async def recover() -> None:
+        a, b = Replica(config), Replica(config)
+        recovery_a = AnswerRecovery(RedisAnswers(a.store, config.replay), 3600)
+        recovery_b = AnswerRecovery(RedisAnswers(b.store, config.replay), 3600)
+        scans = [_native.Scan(p, "reader-9") for p in fresh]
+        requests = [("anonymous", "reader-9", f"c-{i}") for i in range(12)]
+        try:
+            assert await a.store.ping() and await b.store.ping()  # connected, slots known
+            now = int(time.time())
+            first = await recovery_a.answer(scans, requests, now, a.results)
+            assert [(r.reason, r.resent) for r in results(first)] == [("OK", False)] * 12
+            again = await recovery_b.answer(scans, requests, now, b.results)
+            assert [(r.reason, r.resent) for r in results(again)] == [("OK", True)] * 12
+            # Each request id under another presentation: refused, never answered anew.
+            assert await recovery_b.answer(scans[::-1], requests, now, b.results) == [REUSED] * 12
+        finally:
+            await a.store.close()
+            await b.store.close()
+
+    asyncio.run(recover())
+    answers = [len(redis.Redis(port=port).keys("apcv:replay:answer:*")) for port in ports]
+    assert sum(answers) == 12 and sum(count > 0 for count in answers) >= 2
+
+
+def results(answers: Sequence[object]) -> list[_native.VerificationResult]:
+    assert all(isinstance(answer, _native.VerificationResult) for answer in answers)
+    return list(answers)  # type: ignore[arg-type]
 
 
 SENTINEL_CONFIG = """\

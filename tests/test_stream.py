@@ -234,23 +234,36 @@ def test_a_stream_past_its_deadline_ends_with_deadline_exceeded(pki: DemoPKI) ->
     asyncio.run(scenario())
 
 
-def test_scanned_at_without_the_right_ends_the_stream_with_permission_denied(
+def test_scanned_at_without_the_right_is_answered_in_place_and_the_stream_goes_on(
     pki: DemoPKI,
 ) -> None:
-    """A call-level refusal is not an item's: answered items stay answered, then the call
-    ends PERMISSION_DENIED (the default caller may not send scanned_at)."""
+    """An item with scanned_at from a caller without that right (the default caller) is
+    answered in place, MALFORMED with the field and SCANNED_AT_NOT_ALLOWED in its detail; the
+    items behind it are verified as usual and the stream ends OK."""
     code = qr_text(pki.present("alice"))
+    later = qr_text(pki.present("alice"))
 
     async def scenario() -> None:
         async with serving(pki) as (_running, stub):
             call = stub.VerifyStream(timeout=30)
             await call.write(request("p-0", code))
             assert (await call.read()).verdict.request_id == "p-0"
-            delayed = request("p-1", code)
+            delayed = request("p-1", later)
             delayed.scan.scanned_at.GetCurrentTime()
             await call.write(delayed)
-            with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await call.read()
-            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            refused = (await call.read()).verdict
+            assert (refused.request_id, refused.decision, refused.reason) == (
+                "p-1",
+                verifier_pb2.DECISION_REJECTED,
+                verifier_pb2.REASON_MALFORMED,
+            )
+            assert refused.detail == (
+                "scan.scanned_at: not allowed for this caller (SCANNED_AT_NOT_ALLOWED)"
+            )
+            await call.write(request("p-2", later))  # the same scan, without scanned_at
+            after = (await call.read()).verdict
+            assert (after.request_id, after.reason) == ("p-2", verifier_pb2.REASON_OK)
+            await call.done_writing()
+            assert await call.code() == grpc.StatusCode.OK
 
     asyncio.run(scenario())

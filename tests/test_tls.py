@@ -10,6 +10,7 @@ import datetime
 import ipaddress
 import shutil
 import subprocess
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,7 +135,8 @@ class MtlsServer:
     ca: CertificateAuthority
 
     def verify(self, client: Issued | None, presentation: bytes) -> verifier_pb2.Verdict:
-        scan = verifier_pb2.Scan(request_id="t-1", qr_text=qr_text(presentation))
+        # Each call a new request (a resend would get the answer kept for it).
+        scan = verifier_pb2.Scan(request_id=f"t-{uuid.uuid4().hex}", qr_text=qr_text(presentation))
         scan.reader.reader_id = "desk-1"
         with open_channel(self.server.address, self.ca.credentials(client)) as channel:
             stub = verifier_pb2_grpc.VerifierServiceStub(channel)

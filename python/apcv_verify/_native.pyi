@@ -4,11 +4,13 @@ from collections.abc import Sequence
 from typing import Literal, Self, final
 
 __all__ = [
+    "AnswerKeys",
     "AmcCoverage",
     "AmoRights",
     "CoseKeyError",
     "InvalidSignature",
     "MalformedError",
+    "MemoryAnswerStore",
     "MemoryReplayStore",
     "NativeError",
     "Person",
@@ -256,6 +258,47 @@ class VerificationResult:
         self, outcome: Literal["new", "same_reader", "other_reader", "unavailable", "unchecked"]
     ) -> VerificationResult:
         """The final result of a pending one, given the external store's answer."""
+    @property
+    def resent(self) -> bool:
+        """The answer kept for an earlier request with the same caller, reader id and request
+        id, given again (answer recovery): decided at ``verified_at``, not now."""
+    @property
+    def verified_at(self) -> int | None:
+        """When a resent answer was decided (seconds); None for a fresh one (decided now)."""
+
+@final
+class AnswerKeys:
+    """The keyed hashes of answer recovery (HMAC-SHA256 under ``secret``, 16 bytes) and the
+    record of an answer: what is kept of it, without personal data."""
+
+    def __new__(cls, secret: bytes) -> Self: ...
+    def key(self, caller: str, reader_id: str, request_id: str) -> bytes:
+        """The 16-byte key of a request: (caller, reader id, request id), keyed."""
+    def record(self, scan: Scan, result: VerificationResult, verified_at: int) -> bytes:
+        """The record of ``result`` (final, not pending) for ``scan``, decided at
+        ``verified_at``: the presentation's keyed digest and the decision without the person."""
+    def recover(self, scan: Scan, record: bytes) -> VerificationResult | None:
+        """The answer kept in ``record`` given again for the resent ``scan`` (``resent``
+        set): the person and coverage rebuilt by decoding the presentation, nothing judged
+        again. None when ``record`` is another presentation's; ValueError when unreadable."""
+
+@final
+class MemoryAnswerStore:
+    """The in-process store of answer records: at most ``max_entries``, each kept until its
+    expiry; when full, the oldest is dropped (``evicted`` counts them)."""
+
+    def __new__(cls, max_entries: int) -> Self: ...
+    def get_many(self, keys: list[bytes], now: int) -> list[bytes | None]:
+        """The records kept under ``keys`` and live at ``now`` (None where there is none)."""
+    def insert_or_get(self, key: bytes, record: bytes, expires_at: int, now: int) -> bytes | None:
+        """Keeps ``record`` under ``key`` until ``expires_at`` unless a live record is
+        already there: that one is returned then (the first answer stays), else None."""
+    def __len__(self) -> int: ...
+    @property
+    def max_entries(self) -> int: ...
+    @property
+    def evicted(self) -> int:
+        """Live answers dropped so far to make room for newer ones."""
 
 @final
 class Verifier:

@@ -80,6 +80,8 @@ MAX_TIMER_SECONDS = 7 * 86_400
 MAX_MESSAGE_BYTES_LIMIT = 1024 * 1024 * 1024
 #: ``replay.backend`` values.
 REPLAY_BACKENDS = ("memory", "redis")
+#: Longest ``replay.answer_retention_seconds``: a week.
+MAX_ANSWER_RETENTION = 7 * 86_400
 #: ``replay.redis_url`` schemes of Redis Sentinel and Redis Cluster (docs/operations.md).
 REDIS_SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 REDIS_CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
@@ -239,6 +241,17 @@ class ReplaySection:
     #: (fail open: accepted without a replay check, flagged in the response detail and the
     #: audit record). The in-process store always fails closed.
     on_store_error: str = "reject"
+    #: Seconds the answer to a request is kept, so that a resend with the same caller,
+    #: reader id and request id gets it back (answer recovery, docs/integration.md); 0: not
+    #: kept (a resend is verified again).
+    answer_retention_seconds: int = 86_400
+    #: Bound of the in-process answer store (memory backend); when full, the oldest answer
+    #: is dropped first (docs/operations.md "Answer recovery").
+    answer_max_entries: int = 1_000_000
+    #: Key of the keyed hashes answers are kept under (at least 16 characters). Empty: a
+    #: random key per process (memory backend), or one drawn once and kept in Redis, shared
+    #: by the replicas (redis backend).
+    answer_secret: str = field(default="", repr=False, metadata={"secret": True})
 
 
 @dataclass(frozen=True)
@@ -456,6 +469,14 @@ class Config:
             raise ConfigError("replay.timeout_seconds: must be between 0 (excluded) and 60")
         if not 0 < len(replay.key_prefix) <= 64:
             raise ConfigError("replay.key_prefix: between 1 and 64 characters")
+        if not 0 <= replay.answer_retention_seconds <= MAX_ANSWER_RETENTION:
+            raise ConfigError(
+                f"replay.answer_retention_seconds: between 0 and {MAX_ANSWER_RETENTION} (7 days)"
+            )
+        if replay.answer_max_entries < 1:
+            raise ConfigError("replay.answer_max_entries: must be at least 1")
+        if 0 < len(replay.answer_secret) < MIN_AUDIT_SECRET_CHARS:
+            raise ConfigError(f"replay.answer_secret: at least {MIN_AUDIT_SECRET_CHARS} characters")
         if replay.backend != "redis":
             return
         if not replay.redis_url:

@@ -72,6 +72,11 @@ redis_url = {}
 key_prefix = {}  # keys are prefix + hex(cti)
 timeout_seconds = {}  # one Redis round trip (a whole batch)
 on_store_error = {}  # Redis down: "reject" (fail closed), "accept"
+answer_retention_seconds = {}  # a resend gets the kept answer; 0 = off
+answer_max_entries = {}  # memory: bound of the answers kept (full: oldest go)
+# Key of the hashes answers are kept under; "": random (memory) or kept in Redis.
+# Pass it through APCV_REPLAY_ANSWER_SECRET rather than this file.
+answer_secret = {}
 
 [fhir]
 # Base URL of the project's own FHIR extensions and naming systems (docs/fhir.md).

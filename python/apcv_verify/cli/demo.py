@@ -66,7 +66,7 @@ def grpcurl_command(
     address: str, text: str, reader_id: str = "reception-desk-1", *, grpcurl: str = "grpcurl"
 ) -> str:
     """The shell command that verifies ``text`` on ``address``, as printed for the user."""
-    scan = {"request_id": "demo-1", "qr_text": text, "reader": {"reader_id": reader_id}}
+    scan = {"request_id": "grpcurl-1", "qr_text": text, "reader": {"reader_id": reader_id}}
     body = json.dumps({"scan": scan})
     return (
         f"{shlex.quote(grpcurl)} -plaintext -d {shlex.quote(body)} {address}"

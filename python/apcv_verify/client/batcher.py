@@ -16,8 +16,11 @@ How it works:
   GOAWAY), ``RESOURCE_EXHAUSTED`` without details, ``DEADLINE_EXCEEDED``, ``INTERNAL``,
   ``UNKNOWN`` or ``CANCELLED`` is reopened after an exponential backoff with jitter
   (``retry``), and every unanswered scan is resent with its ``request_id``, unchanged: the
-  server answers a same-reader resend of an accepted presentation, within the presentation's
-  lifetime, as an accepted ``duplicate`` — never ``REASON_REPLAYED``. Other errors
+  server gives a resend the answer it kept for that request (``Verdict.resent``: the
+  original decision, even once the presentation has expired; docs/integration.md "Answer
+  recovery"), and verifies it otherwise (an accepted presentation resent by the same reader
+  is an accepted ``duplicate``) — never ``REASON_REPLAYED`` because of the resend. A resent
+  answer is final like any other. Other errors
   (``PERMISSION_DENIED``, ``INVALID_ARGUMENT``, ``MESSAGE_TOO_LARGE``, …) would fail again
   the same way: the batcher stops, raises the typed error from :meth:`drain` and
   :meth:`answers`, and keeps every scan in the spool.

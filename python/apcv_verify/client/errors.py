@@ -11,6 +11,7 @@ exception                      status                 what the caller does
 =============================  =====================  ==========================================
 :class:`InvalidRequestError`   INVALID_ARGUMENT       fix the request (``field_violations``)
 :class:`PermissionDeniedError` PERMISSION_DENIED      fix the caller's certificate or policy
+:class:`RequestIdReusedError`  ALREADY_EXISTS         give each presentation its own request id
 :class:`MessageTooLargeError`  RESOURCE_EXHAUSTED     send less per call (``MESSAGE_TOO_LARGE``)
 :class:`ServerBusyError`       RESOURCE_EXHAUSTED     back off, try again (``TOO_MANY_CALLS``)
 :class:`UnavailableError`      UNAVAILABLE            try again later or on another replica
@@ -108,6 +109,12 @@ class PermissionDeniedError(VerifierError):
     the server's callers table) or ``SCANNED_AT_NOT_ALLOWED``."""
 
 
+class RequestIdReusedError(VerifierError):
+    """``ALREADY_EXISTS`` / ``REQUEST_ID_REUSED``: the ``request_id`` was already answered
+    for another presentation from this caller and reader; the first answer stands. Give each
+    scan its own id (:func:`~apcv_verify.client.make_scan` does) and keep it for resends."""
+
+
 class MessageTooLargeError(VerifierError):
     """``RESOURCE_EXHAUSTED`` / ``MESSAGE_TOO_LARGE``: send smaller batches (``metadata``
     has ``limit`` and ``size`` in bytes and, when a setting bounds it, ``setting``)."""
@@ -127,8 +134,8 @@ class UnavailableError(VerifierError):
 
 class DeadlineExceededError(VerifierError):
     """``DEADLINE_EXCEEDED``: no answer in time. The scan may or may not have been verified:
-    resend it with the same ``request_id`` (a same-reader resend is an accepted
-    ``duplicate``)."""
+    resend it with the same ``request_id``: it gets the answer given to it, if any
+    (``Verdict.resent``), and is verified otherwise."""
 
 
 class ServerError(VerifierError):
@@ -138,6 +145,7 @@ class ServerError(VerifierError):
 _BY_CODE: dict[grpc.StatusCode, type[VerifierError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidRequestError,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    grpc.StatusCode.ALREADY_EXISTS: RequestIdReusedError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
     grpc.StatusCode.INTERNAL: ServerError,

@@ -71,11 +71,13 @@ class VerifierClient:
     ``timeout`` (seconds, ``None`` for none) is the deadline of a whole :meth:`verify` or of
     one :meth:`verify_batch` chunk, retries included. A call failing with ``UNAVAILABLE`` is
     sent again, unchanged (same ``request_id``), after ``retry``'s backoff, at most
-    ``retry.max_attempts`` times in all and never past the deadline: the server answers a
-    same-reader resend of an accepted presentation as an accepted ``duplicate``, never
-    ``REASON_REPLAYED``. A scan without ``request_id`` gets a random one first, so its retries
-    share it; one without ``reader.reader_id`` gets ``reader_id`` when given. Failures raise
-    the typed exceptions of :mod:`apcv_verify.client.errors`.
+    ``retry.max_attempts`` times in all and never past the deadline: the server gives a
+    resend the answer it kept for that request (``Verdict.resent``, the final answer, even
+    once the presentation has expired), never ``REASON_REPLAYED`` because of the retry. A
+    scan without ``request_id`` gets a random one first, so its retries share it; one without
+    ``reader.reader_id`` gets ``reader_id`` when given. Failures raise the typed exceptions of
+    :mod:`apcv_verify.client.errors` (``RequestIdReusedError``: another presentation under a
+    request id already answered).
     """
 
     def __init__(

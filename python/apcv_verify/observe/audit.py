@@ -207,6 +207,8 @@ class AuditTrail:
             fields["item"] = item
         if result.replay_unchecked:  # replay.on_store_error = "accept" while Redis was down
             fields["replay_unchecked"] = True
+        if result.resent:  # the answer kept for an earlier request, given again
+            fields["resent"] = True
         return fields
 
 

@@ -192,6 +192,11 @@ class RedisReplayStore:
     def __repr__(self) -> str:
         return f"RedisReplayStore({self.location!r})"
 
+    @property
+    def client(self) -> Any:
+        """The Redis client (shared with the answer store, :mod:`.answers`)."""
+        return self._client
+
     async def ping(self) -> bool:
         """One PING and the server's version within the timeout; logs and records the answer
         (used at start)."""

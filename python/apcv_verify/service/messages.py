@@ -152,6 +152,8 @@ def fill_verdict(
     response.reason = _reason(result.reason)  # REASON_ + the docs/profile.md §8 code
     response.detail = result.detail
     response.duplicate = result.duplicate
+    if result.resent:  # the kept answer of an earlier request (answer recovery)
+        response.resent = True
     response.use = result.use or ""
     person = result.person if accepted else None
     if person is None:

@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import NoReturn
+from typing import NoReturn, cast
 
 import grpc
 
+from .. import _native
 from .._proto.apcv.verify.v1 import verifier_pb2
 from ..config import CallerPolicy, Config
 from ..observe.audit import AuditTrail
+from ..replay.answers import REUSED, Answer, AnswerRecovery, Reused
 from ..replay.redis import RedisReplayStore
 from ..trust.sources import TrustSource
 from .decode import (
@@ -52,6 +54,7 @@ class VerifierService:
         config: Config,
         audit: AuditTrail,
         replay: RedisReplayStore | None = None,
+        recovery: AnswerRecovery | None = None,
     ) -> None:
         #: Read once per call (``trust.current``): a refresh swaps the snapshot, never edits it.
         self._trust = trust
@@ -59,6 +62,8 @@ class VerifierService:
         self._audit = audit
         #: The shared replay store (replay.backend = "redis"), else None (in-process store).
         self._replay = replay
+        #: Answer recovery (replay.answer_retention_seconds > 0), else None.
+        self._recovery = recovery
         self._disclosures: dict[tuple[str, str], frozenset[str]] = {}
 
     def _caller(self, context: grpc.aio.ServicerContext) -> tuple[str, CallerPolicy | CallRefused]:
@@ -100,7 +105,7 @@ class VerifierService:
         # A batch of one, through the same code as VerifyBatch and VerifyStream.
         reply = verifier_pb2.VerifyResponse()
         await self._answer(
-            "Verify", [scan], [reply.verdict], policy, caller, context, positions=None
+            "Verify", [scan], [reply.verdict], policy, caller, context, positions=None, path=None
         )
         return reply
 
@@ -167,12 +172,18 @@ class VerifierService:
         context: grpc.aio.ServicerContext,
         *,
         positions: Sequence[int] | None,
+        path: Callable[[int], str] | None,
     ) -> None:
         """Verify valid ``items`` in one core call (one snapshot, one ``now``, replay in
         item order), audit each decision and answer them in ``verdicts`` (empty, in the
         reply), in order. ``positions`` number
         them in the audit (a batch's items by their index, a stream's by their place in it;
         None for the one item of a unary Verify, audited without a number).
+
+        With answer recovery, a resend gets its kept answer instead of a verification, and
+        another presentation under a request id already answered is refused: ALREADY_EXISTS
+        for Verify (``path`` None), in place for a batch or stream item (``path`` of its
+        position, as in :meth:`_judge`).
 
         One coroutine from the scans to the answers: the checks that may end the call are
         plain tests, with an ``await`` only on the way out."""
@@ -204,29 +215,61 @@ class VerifierService:
                 " waiting for a valid one",
             )
         verifier = snapshot.verifiers[policy.max_scan_delay_seconds]
-        if len(scans) <= INLINE_SCANS:
-            # A scan or two take less than the hop to a thread and back, and one item never
-            # uses the core's threads: verify on the event loop.
-            results = verifier.verify_batch(scans, now)
+
+        async def verify(scans: list[_native.Scan]) -> list[_native.VerificationResult]:
+            if len(scans) <= INLINE_SCANS:
+                # A scan or two take less than the hop to a thread and back, and one item
+                # never uses the core's threads: verify on the event loop.
+                results = verifier.verify_batch(scans, now)
+            else:
+                # verify_batch releases the GIL for the whole batch: run it off the loop.
+                results = await asyncio.to_thread(verifier.verify_batch, scans, now)
+            if self._replay is not None:  # step 9 on the shared store: one round trip
+                results = await self._replay.settle(scans, results, now)
+            return results
+
+        answers: Sequence[Answer]
+        if self._recovery is None:
+            answers = await verify(scans)
         else:
-            # verify_batch releases the GIL for the whole batch: run it off the event loop.
-            results = await asyncio.to_thread(verifier.verify_batch, scans, now)
-        if self._replay is not None:  # step 9 on the shared store: one round trip per batch
-            results = await self._replay.settle(scans, results, now)
+            requests = [(caller, item.reader.reader_id, item.request_id) for item in items]
+            answers = await self._recovery.answer(scans, requests, now, verify)
+        if path is None and answers[0] is REUSED:
+            await abort(
+                context,
+                grpc.StatusCode.ALREADY_EXISTS,
+                REUSED.reason,
+                f"scan.request_id: {REUSED.description}",
+            )
         latency = time.perf_counter() - started
+        audited_items, audited, numbers = items, answers, positions
+        if any(answer is REUSED for answer in answers):  # refused, not verified: no audit
+            kept = [i for i, answer in enumerate(answers) if answer is not REUSED]
+            audited_items = [items[i] for i in kept]
+            audited = [answers[i] for i in kept]
+            numbers = None if positions is None else [positions[i] for i in kept]
         self._audit.record_verifications(
-            method, items, results, latency_seconds=latency, caller=caller, positions=positions
+            method,
+            audited_items,
+            cast(Sequence[_native.VerificationResult], audited),
+            latency_seconds=latency,
+            caller=caller,
+            positions=numbers,
         )
         canonical_base = self._config.fhir.canonical_base
         disclosed = self._disclosed
-        for verdict, item, result in zip(verdicts, items, results, strict=True):
+        for index, (verdict, item, result) in enumerate(zip(verdicts, items, answers, strict=True)):
+            if isinstance(result, Reused):  # a batch or stream item: answered in place
+                assert path is not None and positions is not None
+                _reused_in_place(verdict, item.request_id, path(positions[index]))
+                continue
             fill_verdict(
                 verdict,
                 item.request_id,
                 result,
                 disclosed=disclosed(policy, result.use or ""),
                 include_fhir=item.include_fhir,
-                verified_at=now,
+                verified_at=now if result.verified_at is None else result.verified_at,
                 fhir_canonical_base=canonical_base,
             )
 
@@ -284,6 +327,7 @@ class VerifierService:
                     context,
                     path=lambda _position: "scan",
                     first_position=answered,
+                    scanned_at_in_place=True,
                 )
                 for reply in replies:
                     yield reply
@@ -308,11 +352,14 @@ class VerifierService:
         *,
         path: Callable[[int], str],
         first_position: int = 0,
+        scanned_at_in_place: bool = False,
     ) -> None:
         """A batch, or one micro-batch of a stream: unusable items answered REJECTED /
         MALFORMED in place with the field in ``detail`` (``path`` of the item's position, then
         the field), the others verified in one core call; each item's verdict filled in
-        ``verdicts`` (empty, in the reply), in item order."""
+        ``verdicts`` (empty, in the reply), in item order. With ``scanned_at_in_place`` (a
+        stream), an item with ``scanned_at`` from a caller without that right is answered in
+        place too (SCANNED_AT_NOT_ALLOWED in ``detail``) instead of ending the call."""
         valid: list[verifier_pb2.Scan] = []
         targets: list[verifier_pb2.Verdict] = []
         positions: list[int] = []
@@ -323,6 +370,13 @@ class VerifierService:
                 problem: FieldProblem | None = FieldProblem("REQUEST_UNDECODABLE", "", UNDECODABLE)
             else:
                 problem = scan_problem(item)
+                if (
+                    problem is None
+                    and scanned_at_in_place
+                    and not policy.may_send_scanned_at
+                    and item.HasField("scanned_at")
+                ):
+                    problem = SCANNED_AT_REFUSED
             if problem is None:
                 assert not isinstance(item, Undecodable)
                 valid.append(item)
@@ -334,7 +388,26 @@ class VerifierService:
             verdict.reason = verifier_pb2.REASON_MALFORMED
             verdict.detail = str(_at(path(position), problem))
         if valid:
-            await self._answer(method, valid, targets, policy, caller, context, positions=positions)
+            await self._answer(
+                method, valid, targets, policy, caller, context, positions=positions, path=path
+            )
+
+
+#: A stream item's ``scanned_at`` from a caller without ``may_send_scanned_at``.
+SCANNED_AT_REFUSED = FieldProblem(
+    "SCANNED_AT_NOT_ALLOWED",
+    "scanned_at",
+    "not allowed for this caller (SCANNED_AT_NOT_ALLOWED)",
+)
+
+
+def _reused_in_place(verdict: verifier_pb2.Verdict, request_id: str, path: str) -> None:
+    """Answer in place a batch or stream item whose request id was already answered for
+    another presentation: REJECTED, MALFORMED, the field and REQUEST_ID_REUSED in ``detail``."""
+    verdict.request_id = request_id
+    verdict.decision = verifier_pb2.DECISION_REJECTED
+    verdict.reason = verifier_pb2.REASON_MALFORMED
+    verdict.detail = f"{path}.request_id: {REUSED.description} ({REUSED.reason})"
 
 
 async def _refuse(context: grpc.aio.ServicerContext, refused: CallRefused) -> NoReturn:

@@ -22,6 +22,7 @@ from ..config import Config, ServerSection
 from ..observe.audit import AuditTrail
 from ..observe.logs import flush_audit
 from ..observe.metrics import ServiceMetrics, start_metrics_server
+from ..replay.answers import AnswerRecovery
 from ..replay.redis import RedisReplayStore
 from ..trust.material import TrustMaterial
 from ..trust.sources import TrustSource
@@ -217,8 +218,11 @@ async def start_server(config: Config, material: TrustMaterial | None = None) ->
         # Logged either way; an unreachable Redis does not stop the start (docs/profile.md §7.4: the
         # verifications that need it fail closed, or open by policy, until it answers).
         log.info("replay_store", backend="redis", location=replay.location, up=await replay.ping())
+    # Answers kept for resends where the replay entries are (memory, or the same Redis).
+    recovery = AnswerRecovery.from_config(config.replay, metrics, replay)
     add_verifier_service(
-        VerifierService(trust, config, AuditTrail.from_config(config, metrics), replay), server
+        VerifierService(trust, config, AuditTrail.from_config(config, metrics), replay, recovery),
+        server,
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -311,3 +311,65 @@ fn every_amc_reason_code_string() {
     }
     assert_eq!(AmcReason::NotApplicable.to_string(), "NOT_APPLICABLE");
 }
+
+#[test]
+fn a_recovered_answer_is_the_original_without_judging_again() {
+    use crate::answers::{AnswerKeys, AnswerRecord};
+    use crate::verify::Verifier;
+    let f = fx3();
+    let c = f.amc_claims(&[holder_ins()]);
+    let mut expired = f.amc_claims(&[holder_ins()]);
+    set(&mut expired, &[int(4)], Some(int(NOW - 3600)));
+    let bytes = f.pres_by(&f.pki.device, |p| {
+        let amc = vec![
+            f.amc_bytes(&f.amc, &c),
+            f.amc_bytes(&f.amc, &expired),
+            vec![1],
+        ];
+        set(
+            p,
+            &[text("amc")],
+            Some(Value::Array(amc.into_iter().map(Value::Bytes).collect())),
+        );
+    });
+    let scan = Scan::new(ScanData::Nfc(bytes.clone()), "reader-1".into(), None, None);
+    let original = f.verifier.verify(&scan, NOW);
+    assert_eq!(original.reason, Reason::Ok, "{}", original.detail);
+    let keys = AnswerKeys::new(b"k");
+    let record = AnswerRecord::of(&original, keys.digest(&bytes), NOW);
+    let record = AnswerRecord::decode(&record.encode()).unwrap();
+    // A day later the presentation has long expired: judged again it would be refused.
+    assert_eq!(
+        f.verifier.verify(&scan, NOW + DAY).reason,
+        Reason::PresentationExpired
+    );
+    let again = Verifier::recover(&scan, &record);
+    assert_eq!(again.reason, Reason::Ok);
+    assert_eq!(again.person, original.person);
+    assert!(again.person.is_some());
+    assert_eq!(again.issuer, original.issuer);
+    assert_eq!(again.credential_id, original.credential_id);
+    assert_eq!(again.use_, original.use_);
+    let reasons = |d: &Decision| d.amc.iter().map(|a| a.reason).collect::<Vec<_>>();
+    assert_eq!(reasons(&again), reasons(&original));
+    for (a, b) in again.amc.iter().zip(&original.amc) {
+        assert_eq!(
+            (&a.contract, &a.expires_at, &a.domains),
+            (&b.contract, &b.expires_at, &b.domains)
+        );
+    }
+    assert_eq!(
+        record
+            .amc
+            .iter()
+            .map(|(_, d)| d.as_str())
+            .collect::<Vec<_>>(),
+        original.amc.iter().map(|a| a.detail).collect::<Vec<_>>()
+    );
+    // A rejected answer comes back rejected, without a person.
+    let mut refused = record.clone();
+    refused.reason = Reason::Revoked;
+    let d = Verifier::recover(&scan, &refused);
+    assert_eq!((d.reason, d.person.is_none()), (Reason::Revoked, true));
+    assert!(d.amc.is_empty());
+}

@@ -18,6 +18,7 @@
     )
 )]
 
+pub mod answers;
 pub mod cbor;
 pub mod claims;
 pub mod cose;

@@ -616,3 +616,79 @@ fn accepted(p: Parsed, person: Person, amc: Vec<AmcCoverage>) -> Decision {
         ..Decision::default()
     }
 }
+
+/// AMC outcomes whose coverage data is reported (docs/profile.md §2.7: signed by a trusted
+/// "amc" key and naming the presented person).
+fn amc_carries_data(reason: AmcReason) -> bool {
+    matches!(
+        reason,
+        AmcReason::Ok
+            | AmcReason::AttestationNotYetValid
+            | AmcReason::AttestationExpired
+            | AmcReason::Revoked
+            | AmcReason::Suspended
+            | AmcReason::StatusUnavailable
+    )
+}
+
+/// The decision kept in `record`, rebuilt for the resent `scan` (the same presentation bytes,
+/// checked by the caller against the record's digest): reason, flags and use from the
+/// record; the credential's id, issuer and expiry, and for an accepted one the presented
+/// person, the delegation's label and the AMC coverage, from decoding and parsing the
+/// presentation again (steps 1–2 and the person's choice of step 8). Nothing is judged
+/// again: no time, trust, status or replay check. Fixed phrases are left empty (the record
+/// has them).
+pub(crate) fn rebuild(scan: &Scan, record: &crate::answers::AnswerRecord) -> Decision {
+    let mut d = Decision {
+        reason: record.reason,
+        use_: record.use_,
+        duplicate: record.duplicate,
+        replay_unchecked: record.replay_unchecked,
+        ..Decision::default()
+    };
+    let bytes = match &scan.data {
+        ScanData::Qr(text) => encoding::decode_qr(text).map(Cow::Owned),
+        ScanData::Nfc(bytes) => encoding::decode_nfc(bytes).map(Cow::Borrowed),
+    };
+    let Ok(bytes) = bytes else { return d };
+    let Ok(pres) = parse_signed(&bytes, &PRESENTATION, claims::parse_presentation) else {
+        return d;
+    };
+    let Ok(cred) = parse_signed(&pres.claims.cred, &CREDENTIAL, claims::parse_credential) else {
+        return d;
+    };
+    let cred = cred.claims;
+    d.credential_id = Some(cred.sub.clone());
+    d.issuer = Some(cred.iss.clone());
+    d.credential_expires_at = Some(cred.exp);
+    if record.reason != Reason::Ok {
+        return d;
+    }
+    let pres = pres.claims;
+    let person = if pres.ben == 0 {
+        Some(cred.holder)
+    } else {
+        cred.beneficiaries.into_iter().find(|b| b.rank == pres.ben)
+    };
+    d.person = person;
+    if let Some(dlg) = &pres.dlg {
+        if let Ok(dlg) = parse_signed(dlg, &DELEGATION, claims::parse_delegation) {
+            d.delegation_label = Some(dlg.claims.who.unwrap_or_default());
+        }
+    }
+    d.amc = record
+        .amc
+        .iter()
+        .zip(&pres.amc)
+        .map(|((reason, _), bytes)| {
+            let parsed = amc_carries_data(*reason)
+                .then(|| parse_signed(bytes, &AMC_ATTESTATION, claims::parse_amc_attestation))
+                .and_then(Result::ok);
+            match parsed {
+                Some(s) => AmcCoverage::with_data(*reason, "", s.claims),
+                None => AmcCoverage::without_data(*reason, ""),
+            }
+        })
+        .collect();
+    d
+}

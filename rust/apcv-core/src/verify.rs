@@ -170,6 +170,16 @@ impl Verifier {
             })
     }
 
+    /// The answer kept in `record` for a resent `scan` (answer recovery, the `answers`
+    /// module): the same decision with its person, delegation label and AMC coverage rebuilt
+    /// by decoding the presentation again — no time, trust, status or replay check, so it
+    /// reads as it did whatever happened since. The caller checks first that the scan's
+    /// presentation is the recorded one ([`crate::answers::AnswerKeys::digest`]). Fixed
+    /// phrases are the record's (`record.detail`, `record.amc`), left empty here.
+    pub fn recover(scan: &Scan, record: &crate::answers::AnswerRecord) -> Decision {
+        crate::pipeline::rebuild(scan, record)
+    }
+
     /// Step 9, replay (docs/profile.md §7.2 step 9, §7.4), with this snapshot's store, only
     /// once everything else holds.
     fn replay_step(&self, d: Decision, t: &ReplayTicket, reader_id: &str, now: i64) -> Decision {

@@ -5,6 +5,7 @@
 //! (`results`). All verification logic, the replay settlement rules included, lives in
 //! apcv-core; `Verifier.verify_batch` runs it with the GIL released.
 
+mod answers;
 mod errors;
 mod inputs;
 mod lists;
@@ -14,6 +15,7 @@ mod verifier;
 
 use pyo3::prelude::*;
 
+use crate::answers::{AnswerKeys, MemoryAnswerStore};
 use crate::errors::{
     cose_key_error, malformed_error, InvalidSignature, NativeError, StatusListError, TrustListError,
 };
@@ -38,6 +40,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cose_key_thumbprint, m)?)?;
     m.add_function(wrap_pyfunction!(decode_status_list, m)?)?;
     m.add_class::<StatusBits>()?;
+    m.add_class::<AnswerKeys>()?;
+    m.add_class::<MemoryAnswerStore>()?;
     m.add_class::<TrustList>()?;
     m.add_class::<StatusList>()?;
     m.add_class::<Policy>()?;

@@ -1,6 +1,8 @@
 //! Results: frozen Python views of the core's decisions, and of a decision still waiting
 //! for an external replay store (the settlement rules are the core's, `apcv_core::settle`).
 
+use std::borrow::Cow;
+
 use apcv_core::claims;
 use apcv_core::settle::{PendingReplay, ReplayAnswer};
 use apcv_core::verify;
@@ -69,9 +71,9 @@ pub(crate) struct AmcCoverage {
     #[pyo3(get)]
     valid: bool,
     #[pyo3(get)]
-    reason: &'static str,
-    #[pyo3(get)]
-    detail: &'static str,
+    pub(crate) reason: &'static str,
+    /// A fixed phrase: the core's, or a kept answer's (answer recovery).
+    pub(crate) detail: Cow<'static, str>,
     #[pyo3(get)]
     organisation: Option<String>,
     #[pyo3(get)]
@@ -89,6 +91,11 @@ pub(crate) struct AmcCoverage {
 
 #[pymethods]
 impl AmcCoverage {
+    #[getter]
+    fn detail(&self) -> &str {
+        &self.detail
+    }
+
     /// Care domains (a new list each time).
     #[getter]
     fn domains(&self) -> Vec<String> {
@@ -110,13 +117,13 @@ pub(crate) struct VerificationResult {
     #[pyo3(get)]
     accepted: bool,
     #[pyo3(get)]
-    reason: &'static str,
+    pub(crate) reason: &'static str,
+    /// A fixed phrase: the core's, or a kept answer's (answer recovery).
+    pub(crate) detail: Cow<'static, str>,
     #[pyo3(get)]
-    detail: &'static str,
-    #[pyo3(get)]
-    duplicate: bool,
+    pub(crate) duplicate: bool,
     #[pyo3(get, name = "use")]
-    use_: Option<&'static str>,
+    pub(crate) use_: Option<&'static str>,
     #[pyo3(get)]
     credential_id: Option<String>,
     #[pyo3(get)]
@@ -127,15 +134,27 @@ pub(crate) struct VerificationResult {
     person: Option<Py<Person>>,
     #[pyo3(get)]
     delegation_label: Option<String>,
-    amc: Vec<Py<AmcCoverage>>,
+    pub(crate) amc: Vec<Py<AmcCoverage>>,
     /// Accepted although the replay store could not be asked (fail-open policy).
     #[pyo3(get)]
-    replay_unchecked: bool,
+    pub(crate) replay_unchecked: bool,
     pending: Option<PendingReplay>,
+    /// The answer kept for an earlier request with the same caller, reader id and request
+    /// id, given again (answer recovery): decided at ``verified_at``, not now.
+    #[pyo3(get)]
+    pub(crate) resent: bool,
+    /// When a resent answer was decided (seconds); None for a fresh one (decided now).
+    #[pyo3(get)]
+    pub(crate) verified_at: Option<i64>,
 }
 
 #[pymethods]
 impl VerificationResult {
+    #[getter]
+    fn detail(&self) -> &str {
+        &self.detail
+    }
+
     /// One entry per AMC attestation, in presentation order; empty unless accepted.
     #[getter]
     fn amc<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, AmcCoverage>> {
@@ -196,6 +215,8 @@ impl VerificationResult {
             if self.duplicate { "True" } else { "False" },
             if self.pending.is_some() {
                 " replay_pending=True"
+            } else if self.resent {
+                " resent=True"
             } else if self.replay_unchecked {
                 " replay_unchecked=True"
             } else {
@@ -232,13 +253,17 @@ fn person_to_py(py: Python<'_>, p: claims::Person) -> PyResult<Py<Person>> {
     )
 }
 
-fn amc_to_py(py: Python<'_>, a: verify::AmcCoverage) -> PyResult<Py<AmcCoverage>> {
+fn amc_to_py(
+    py: Python<'_>,
+    a: verify::AmcCoverage,
+    detail: Option<String>,
+) -> PyResult<Py<AmcCoverage>> {
     Py::new(
         py,
         AmcCoverage {
             valid: a.valid(),
             reason: a.reason.as_str(),
-            detail: a.detail,
+            detail: detail.map_or(Cow::Borrowed(a.detail), Cow::Owned),
             organisation: a.organisation,
             amc_number: a.amc_number,
             contract: a.contract,
@@ -250,11 +275,30 @@ fn amc_to_py(py: Python<'_>, a: verify::AmcCoverage) -> PyResult<Py<AmcCoverage>
     )
 }
 
+impl VerificationResult {
+    /// True while waiting for an external replay store.
+    pub(crate) fn is_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+}
+
 pub(crate) fn result_to_py(py: Python<'_>, d: verify::Decision) -> PyResult<VerificationResult> {
+    result_with_details(py, d, None, Vec::new())
+}
+
+/// [`result_to_py`] with the fixed phrases given (a kept answer's) instead of the decision's:
+/// `detail` for the decision, `amc_details` for its AMC outcomes in order.
+pub(crate) fn result_with_details(
+    py: Python<'_>,
+    d: verify::Decision,
+    detail: Option<String>,
+    amc_details: Vec<String>,
+) -> PyResult<VerificationResult> {
+    let mut amc_details = amc_details.into_iter();
     Ok(VerificationResult {
         accepted: d.accepted(),
         reason: d.reason.as_str(),
-        detail: d.detail,
+        detail: detail.map_or(Cow::Borrowed(d.detail), Cow::Owned),
         duplicate: d.duplicate,
         use_: d.use_.map(claims::Use::as_str),
         credential_id: d.credential_id,
@@ -265,10 +309,12 @@ pub(crate) fn result_to_py(py: Python<'_>, d: verify::Decision) -> PyResult<Veri
         amc: d
             .amc
             .into_iter()
-            .map(|a| amc_to_py(py, a))
+            .map(|a| amc_to_py(py, a, amc_details.next()))
             .collect::<PyResult<_>>()?,
         replay_unchecked: d.replay_unchecked,
         pending: None,
+        resent: false,
+        verified_at: None,
     })
 }
 
