@@ -78,9 +78,12 @@ func main() {
 		log.Fatalf("the resend was answered %v %v, the first send %v %v",
 			again.GetDecision(), again.GetReason(), first.GetDecision(), first.GetReason())
 	}
-	// duplicate: this acceptance was already counted; do not count (or bill) it twice.
-	// Answer recovery: where the server marks an answer as a resend, check that mark here.
-	fmt.Println("resent:", again.GetDecision(), again.GetReason(), "duplicate:", again.GetDuplicate())
+	// resent: the server gave back the answer of the first send (answer recovery), which was
+	// already counted; do not count (or bill) it twice.
+	if !again.GetResent() {
+		log.Fatal("the resend was verified again instead of answered from the first send")
+	}
+	fmt.Println("again:", again.GetDecision(), again.GetReason(), "resent:", again.GetResent())
 }
 
 // verify sends one Verify call with a 10 s deadline, retries included.

@@ -101,10 +101,14 @@ public final class VerifyExample {
             + again.getReason() + ", the first send " + first.getDecision() + " "
             + first.getReason());
       }
-      // duplicate: this acceptance was already counted; do not count (or bill) it twice.
-      // Answer recovery: where the server marks an answer as a resend, check that mark here.
-      System.out.println("resent: " + again.getDecision() + " " + again.getReason()
-          + " duplicate: " + again.getDuplicate());
+      // resent: the server gave back the answer of the first send (answer recovery), which
+      // was already counted; do not count (or bill) it twice.
+      if (!again.getResent()) {
+        throw new IllegalStateException(
+            "the resend was verified again instead of answered from the first send");
+      }
+      System.out.println("again: " + again.getDecision() + " " + again.getReason()
+          + " resent: " + again.getResent());
     } finally {
       channel.shutdownNow().awaitTermination(5, TimeUnit.SECONDS);
     }
