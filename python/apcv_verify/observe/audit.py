@@ -51,6 +51,10 @@ class _Scanned(Protocol):
     def reader(self) -> _Reader: ...
 
 
+#: One decision of ``WireBatch.audit_rows``: position, request id, reader id, accepted, reason,
+#: duplicate, credential id, replay unchecked.
+AuditRow = tuple[int, str, str, bool, str, bool, str | None, bool]
+
 #: 32 hex characters = 128 bits of the HMAC: collisions stay negligible for billions of
 #: credentials, and the reference stays short in every log line.
 HOLDER_REF_HEX_CHARS = 32
@@ -136,7 +140,19 @@ class AuditTrail:
         position in a batch. ``caller`` is the client-certificate identity when mTLS gives
         one.
         """
-        fields = self._fields(method, request_id, reader_id, result, latency_seconds, caller, item)
+        fields = self._fields(
+            method,
+            request_id,
+            reader_id,
+            result.accepted,
+            result.reason,
+            result.duplicate,
+            result.credential_id,
+            result.replay_unchecked,
+            latency_seconds,
+            caller,
+            item,
+        )
         _emit([fields])
 
     def record_verifications(
@@ -161,7 +177,11 @@ class AuditTrail:
                     method,
                     item.request_id,
                     item.reader.reader_id,
-                    result,
+                    result.accepted,
+                    result.reason,
+                    result.duplicate,
+                    result.credential_id,
+                    result.replay_unchecked,
                     latency_seconds,
                     caller,
                     position,
@@ -170,19 +190,62 @@ class AuditTrail:
             ]
         )
 
+    def record_rows(
+        self,
+        method: str,
+        rows: Sequence[AuditRow],
+        latency_seconds: float,
+        *,
+        caller: str = ANONYMOUS_CALLER,
+    ) -> None:
+        """:meth:`record_verifications` of decisions given as rows (``WireBatch.audit_rows``:
+        position, request id, reader id, accepted, reason, duplicate, credential id, replay
+        unchecked), verified together in ``latency_seconds``."""
+        fields = self._fields
+        _emit(
+            [
+                fields(
+                    method,
+                    request_id,
+                    reader_id,
+                    accepted,
+                    reason,
+                    duplicate,
+                    credential_id,
+                    unchecked,
+                    latency_seconds,
+                    caller,
+                    position,
+                )
+                for (
+                    position,
+                    request_id,
+                    reader_id,
+                    accepted,
+                    reason,
+                    duplicate,
+                    credential_id,
+                    unchecked,
+                ) in rows
+            ]
+        )
+
     def _fields(
         self,
         method: str,
         request_id: str,
         reader_id: str,
-        result: _native.VerificationResult,
+        accepted: bool,
+        reason: str,
+        duplicate: bool,
+        credential_id: str | None,
+        replay_unchecked: bool,
         latency_seconds: float,
         caller: str,
         item: int | None,
     ) -> dict[str, object]:
         """One decision's audit record, counted in the metrics."""
-        decision = "ACCEPTED" if result.accepted else "REJECTED"
-        reason = result.reason
+        decision = "ACCEPTED" if accepted else "REJECTED"
         if self._metrics is not None:
             self._metrics.observe_verification(
                 method=method,
@@ -199,13 +262,13 @@ class AuditTrail:
             "method": method,
             "decision": decision,
             "reason": reason,
-            "duplicate": result.duplicate,
+            "duplicate": duplicate,
             "latency_ms": round(latency_seconds * 1000, 3),
-            "holder_ref": self.holder_ref(result.credential_id),
+            "holder_ref": self.holder_ref(credential_id),
         }
         if item is not None:
             fields["item"] = item
-        if result.replay_unchecked:  # replay.on_store_error = "accept" while Redis was down
+        if replay_unchecked:  # replay.on_store_error = "accept" while Redis was down
             fields["replay_unchecked"] = True
         return fields
 

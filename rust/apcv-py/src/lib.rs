@@ -3,7 +3,8 @@
 //! Thin by design (pyca/cryptography style): it only converts. Arguments become core values,
 //! core errors become exceptions (`errors`), core decisions become frozen result classes
 //! (`results`). All verification logic, the replay settlement rules included, lives in
-//! apcv-core; `Verifier.verify_batch` runs it with the GIL released.
+//! apcv-core; `Verifier.verify_batch` runs it with the GIL released. `WireBatch` (`wire`) takes
+//! the service's batch and stream requests as protobuf bytes and answers them encoded.
 
 mod errors;
 mod inputs;
@@ -11,6 +12,7 @@ mod lists;
 mod primitives;
 mod results;
 mod verifier;
+mod wire;
 
 use pyo3::prelude::*;
 
@@ -22,6 +24,7 @@ use crate::lists::{StatusBits, StatusList, TrustList};
 use crate::primitives::{cose_key_thumbprint, decode_status_list, verify_sign1, verify_signature};
 use crate::results::{AmcCoverage, AmoRights, Person, VerificationResult};
 use crate::verifier::Verifier;
+use crate::wire::WireBatch;
 
 /// apcv_verify._native: the compiled verification core.
 #[pymodule]
@@ -48,5 +51,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<AmcCoverage>()?;
     m.add_class::<VerificationResult>()?;
     m.add_class::<Verifier>()?;
+    m.add_class::<WireBatch>()?;
     Ok(())
 }
