@@ -5,6 +5,7 @@ the same verdicts, details, disclosure and audit rows for the same scans."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -12,6 +13,7 @@ from apcv_verify import _native
 from apcv_verify._proto.apcv.verify.v1 import verifier_pb2
 from apcv_verify.config import FIELD_GROUPS, USES
 from apcv_verify.issuer import DemoPKI
+from apcv_verify.observe.audit import AuditTrail
 from apcv_verify.service.decode import UNDECODABLE
 from apcv_verify.service.messages import fill_verdict, scan_problem
 
@@ -157,3 +159,36 @@ def test_an_undecodable_item_is_answered_in_place_a_broken_batch_is_none(pki: De
     assert batch is not None and len(batch) == 2 and batch.valid == 1
     assert _native.WireBatch.batch(b"\x0a\xff") is None
     assert _native.WireBatch.batch(b"") is not None and len(_native.WireBatch.batch(b"")) == 0
+
+
+def test_the_core_writes_the_audit_records_the_audit_trail_would(pki: DemoPKI) -> None:
+    """Batch records rendered by the core (``WireBatch.audit_lines``) are the audit trail's
+    records rendered by ``json.dumps``, byte for byte, whatever the ids hold."""
+    now = int(time.time())
+    odd = 'r-"\\\n\t\x01\x7fé😀'
+    scans = [
+        Scan(request_id=odd, nfc_bytes=pki.present("alice"), reader=Reader(reader_id="desk-ü")),
+        Scan(request_id="r-2", qr_text="APCV1:0", reader=Reader(reader_id='d"1')),
+    ]
+    batch = _native.WireBatch.batch(
+        verifier_pb2.VerifyBatchRequest(scans=scans).SerializeToString()
+    )
+    assert batch is not None
+    new_verifier(pki, now).verify_wire(batch, list(USES), now)
+    common = {"event": "verification", "worker": 1, "level": "info", "timestamp": "2026-01-01Z"}
+    tail = json.dumps(common)[1:]
+    secret = b"audit secret"
+    lines = batch.audit_lines(
+        _native.HolderRefKey(secret), json.dumps("caller-é"), json.dumps("VerifyBatch"), "1.5", tail
+    )
+    trail = AuditTrail(secret)
+    expected = [
+        json.dumps({**trail._fields("VerifyBatch", *row[1:], 0.0015, "caller-é", row[0]), **common})
+        + "\n"
+        for row in batch.audit_rows()
+    ]
+    assert lines == expected
+    assert json.loads(lines[0])["holder_ref"] and json.loads(lines[1])["holder_ref"] is None
+    assert _native.HolderRefKey(secret).holder_ref("c-1") == trail.holder_ref("c-1")
+    assert "audit secret" not in repr(_native.HolderRefKey(secret))
+    assert batch.decision_counts() == [(True, "OK", 1), (False, "MALFORMED", 1)]

@@ -7,6 +7,7 @@ __all__ = [
     "AmcCoverage",
     "AmoRights",
     "CoseKeyError",
+    "HolderRefKey",
     "InvalidSignature",
     "MalformedError",
     "MemoryReplayStore",
@@ -310,6 +311,13 @@ class WireBatch:
     def audit_rows(self) -> list[tuple[int, str, str, bool, str, bool, str | None, bool]]:
         """``(position, request_id, reader_id, accepted, reason, duplicate, credential_id,
         replay_unchecked)`` of each verified item."""
+    def decision_counts(self) -> list[tuple[bool, str, int]]:
+        """``(accepted, reason, count)`` of the verified items, in the order first met."""
+    def audit_lines(
+        self, key: HolderRefKey, caller: str, method: str, latency_ms: str, tail: str
+    ) -> list[str]:
+        """Each verified item's audit line (newline included) as the audit trail writes it:
+        ``caller``, ``method``, ``latency_ms`` as JSON values, ``tail`` the common keys."""
     def fhir_wanted(self) -> list[int]:
         """Indices of the accepted items that asked for FHIR JSON."""
     def verdict(self, index: int, disclosure: Mapping[str, Sequence[str]]) -> bytes:
@@ -318,3 +326,10 @@ class WireBatch:
     def response(self, disclosure: Mapping[str, Sequence[str]]) -> Any:
         """An encoded ``VerifyBatchResponse``, or a list of encoded ``VerifyStreamResponse``s
         (bytes) for a stream; ``disclosure``: the field groups disclosed for each use."""
+
+@final
+class HolderRefKey:
+    """The audit trail's HMAC key for the core; repr shows nothing of it."""
+    def __new__(cls, secret: bytes) -> Self: ...
+    def holder_ref(self, credential_id: str) -> str:
+        """HMAC-SHA-256(secret, credential id), hex, truncated to 32 characters."""

@@ -298,9 +298,7 @@ class VerifierService:
                 await asyncio.to_thread(verifier.verify_wire, batch, list(policy.uses), now)
             if self._replay is not None:  # step 9 on the shared store: one round trip
                 await self._replay.settle_wire(batch, now)
-            self._audit.record_rows(
-                method, batch.audit_rows(), time.perf_counter() - started, caller=caller
-            )
+            self._audit.record_wire(method, batch, time.perf_counter() - started, caller=caller)
             disclosure = self._disclosure(policy)
             canonical_base = self._config.fhir.canonical_base
             for index in batch.fhir_wanted():  # built from the filtered verdict

@@ -6,6 +6,7 @@
 //! apcv-core; `Verifier.verify_batch` runs it with the GIL released. `WireBatch` (`wire`) takes
 //! the service's batch and stream requests as protobuf bytes and answers them encoded.
 
+mod audit;
 mod errors;
 mod inputs;
 mod lists;
@@ -16,6 +17,7 @@ mod wire;
 
 use pyo3::prelude::*;
 
+use crate::audit::HolderRefKey;
 use crate::errors::{
     cose_key_error, malformed_error, InvalidSignature, NativeError, StatusListError, TrustListError,
 };
@@ -52,5 +54,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<VerificationResult>()?;
     m.add_class::<Verifier>()?;
     m.add_class::<WireBatch>()?;
+    m.add_class::<HolderRefKey>()?;
     Ok(())
 }
