@@ -10,7 +10,9 @@ size sent back), then runs, in the opposite order of the previous round:
   ``Scan`` objects, one per call and 100 per call (this process's CPU time);
 * ``verify``: unary ``Verify``; ``batch100``: ``VerifyBatch`` of 100; ``stream``:
   ``VerifyStream``, ``--streams`` streams each keeping up to 64 requests in flight;
-* ``echo``: unary calls to the echo server with the ``Verify`` request and response sizes.
+* ``echo``: unary calls to the echo server with the ``Verify`` request and response sizes;
+  ``echo-batch100`` and ``echo-stream``: the ``VerifyBatch`` and ``VerifyStream`` shapes on it
+  (what gRPC and protobuf alone cost per presentation in each).
 
 The client (a grpc.aio channel in this process) sends requests it encoded before the run, so
 its own cost is small and never counted: the figure is the server process's own CPU
@@ -62,9 +64,13 @@ BEGIN = "<!-- service-bench:begin -->"
 END = "<!-- service-bench:end -->"
 SERVICE = "/apcv.verify.v1.VerifierService/"
 ECHO = "/apcv.bench.Echo/Echo"
+ECHO_BATCH = "/apcv.bench.Echo/EchoBatch"
+ECHO_STREAM = "/apcv.bench.Echo/EchoStream"
 BATCH = 100
 STREAM_WINDOW = 64
 SERVER_CASES = ("verify", "batch100", "stream", "echo")
+#: The echo server's cases (no variant has them).
+ECHO_CASES = ("echo", "echo-batch100", "echo-stream")
 
 
 def _identity(data: bytes) -> bytes:
@@ -75,23 +81,45 @@ def _identity(data: bytes) -> bytes:
 
 
 async def _echo_server(port: int, response_size: int) -> None:
-    """grpc.aio, one unary method: parse a VerifyRequest, answer ``response_size`` bytes of
-    an encoded VerifyResponse (the service's answer size)."""
-    reply = verifier_pb2.VerifyResponse(
-        verdict=verifier_pb2.Verdict(request_id="x", detail="x" * max(0, response_size - 8))
-    )
+    """grpc.aio, the service's three shapes with nothing behind them: ``Echo`` parses a
+    VerifyRequest and answers ``response_size`` bytes of an encoded VerifyResponse (the
+    service's answer size); ``EchoBatch`` parses a VerifyBatchRequest and answers as many such
+    verdicts; ``EchoStream`` parses each VerifyStreamRequest of a stream and answers each with
+    one VerifyStreamResponse of that size. What gRPC and protobuf cost per call, per message."""
+    verdict = verifier_pb2.Verdict(request_id="x", detail="x" * max(0, response_size - 8))
+    reply = verifier_pb2.VerifyResponse(verdict=verdict)
+    stream_reply = verifier_pb2.VerifyStreamResponse(verdict=verdict)
 
     async def echo(request: verifier_pb2.VerifyRequest, context: Any) -> Any:
         return reply
 
-    handler = grpc.unary_unary_rpc_method_handler(
-        echo,
-        request_deserializer=verifier_pb2.VerifyRequest.FromString,
-        response_serializer=verifier_pb2.VerifyResponse.SerializeToString,
-    )
-    server = grpc.aio.server()
+    async def echo_batch(request: verifier_pb2.VerifyBatchRequest, context: Any) -> Any:
+        return verifier_pb2.VerifyBatchResponse(verdicts=[verdict] * len(request.scans))
+
+    async def echo_stream(requests: Any, context: Any) -> Any:
+        async for _request in requests:
+            yield stream_reply
+
+    handlers = {
+        "Echo": grpc.unary_unary_rpc_method_handler(
+            echo,
+            request_deserializer=verifier_pb2.VerifyRequest.FromString,
+            response_serializer=verifier_pb2.VerifyResponse.SerializeToString,
+        ),
+        "EchoBatch": grpc.unary_unary_rpc_method_handler(
+            echo_batch,
+            request_deserializer=verifier_pb2.VerifyBatchRequest.FromString,
+            response_serializer=verifier_pb2.VerifyBatchResponse.SerializeToString,
+        ),
+        "EchoStream": grpc.stream_stream_rpc_method_handler(
+            echo_stream,
+            request_deserializer=verifier_pb2.VerifyStreamRequest.FromString,
+            response_serializer=verifier_pb2.VerifyStreamResponse.SerializeToString,
+        ),
+    }
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
     server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("apcv.bench.Echo", {"Echo": handler}),)
+        (grpc.method_handlers_generic_handler("apcv.bench.Echo", handlers),)
     )
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
@@ -151,11 +179,13 @@ async def _unary(address: str, method: str, requests: list[bytes], concurrency: 
     return replies
 
 
-async def _streams(address: str, requests: list[bytes], streams: int) -> list[bytes]:
+async def _streams(
+    address: str, requests: list[bytes], streams: int, path: str = SERVICE + "VerifyStream"
+) -> list[bytes]:
     replies: list[bytes] = []
     async with grpc.aio.insecure_channel(address) as channel:
         method = channel.stream_stream(
-            SERVICE + "VerifyStream", request_serializer=_identity, response_deserializer=_identity
+            path, request_serializer=_identity, response_deserializer=_identity
         )
 
         async def one(part: list[bytes]) -> None:
@@ -191,8 +221,10 @@ class Measured:
 
 
 def _accepted(case: str, replies: list[bytes]) -> int:
-    if case == "echo":
+    if case == "echo" or case == "echo-stream":
         return len(replies)
+    if case == "echo-batch100":
+        return sum(len(verifier_pb2.VerifyBatchResponse.FromString(r).verdicts) for r in replies)
     if case == "batch100":
         return sum(
             v.decision == verifier_pb2.DECISION_ACCEPTED
@@ -211,14 +243,18 @@ def measure_server(
     prefix = f"{case}{round_}-"
     if case in ("verify", "echo"):
         requests = encode_unary(items, prefix)
-    elif case == "batch100":
+    elif case in ("batch100", "echo-batch100"):
         requests = encode_batches(items, prefix)
     else:
         requests = encode_stream(items, prefix)
     if case == "stream":
         run = _streams(address, requests, args.streams)
+    elif case == "echo-stream":
+        run = _streams(address, requests, args.streams, ECHO_STREAM)
     elif case == "batch100":
         run = _unary(address, SERVICE + "VerifyBatch", requests, args.batch_concurrency)
+    elif case == "echo-batch100":
+        run = _unary(address, ECHO_BATCH, requests, args.batch_concurrency)
     else:
         method = ECHO if case == "echo" else SERVICE + "Verify"
         run = _unary(address, method, requests, args.concurrency)
@@ -335,13 +371,14 @@ def run(args: Any) -> tuple[list[Measured], list[dict[str, float]]]:
                 echo, echo_address = _start_echo(size)
                 asyncio.run(_unary(echo_address, ECHO, encode_unary(warm, "w"), 8))
                 cases = ["core1", "core100", *SERVER_CASES]
+                cases += ["echo-batch100", "echo-stream"]
                 cases += [f"{c}@{name}" for name in others for c in SERVER_CASES if c != "echo"]
                 for case in cases if round_ % 2 else list(reversed(cases)):
                     items = list(presentations(pki, args.items))
                     kind, _, variant = case.partition("@")
                     if case.startswith("core"):
                         result = measure_core(pki, items, int(case[4:]), round_)
-                    elif case == "echo":
+                    elif case in ECHO_CASES:
                         result = measure_server(case, echo.pid, echo_address, items, round_, args)
                     else:
                         target = others[variant] if variant else server
@@ -379,7 +416,7 @@ def median(results: list[Measured], case: str, key: str = "cpu_us_per_item") -> 
 
 def report(results: list[Measured], latencies: list[dict[str, float]], args: Any) -> str:
     variants = sorted({r.case.partition("@")[2] for r in results} - {""})
-    cases = ["core1", "core100", *SERVER_CASES]
+    cases = ["core1", "core100", *SERVER_CASES, "echo-batch100", "echo-stream"]
     cases += [f"{c}@{name}" for name in variants for c in SERVER_CASES if c != "echo"]
     core1, core100 = median(results, "core1"), median(results, "core100")
     echo = median(results, "echo")
@@ -429,6 +466,17 @@ def report(results: list[Measured], latencies: list[dict[str, float]], args: Any
             f" ({verify:.0f} / {unary_bound:.0f} µs) | ≤ 1 |",
             f"| Verify / core (1 per call){of} | {verify / core1:.2f} | |",
         ]
+    echo_batch, echo_stream = median(results, "echo-batch100"), median(results, "echo-stream")
+    lines += [
+        f"| gRPC + protobuf alone, VerifyBatch(100) shape (echo-batch100) / core (100 per call)"
+        f" | {echo_batch / core100:.2f} | |",
+        f"| gRPC + protobuf alone, VerifyStream shape (echo-stream) / core (100 per call)"
+        f" | {echo_stream / core100:.2f} | |",
+        f"| VerifyStream − echo-stream − core (100 per call): the service's own work, µs"
+        f" | {median(results, 'stream') - echo_stream - core100:.0f} | |",
+        f"| VerifyBatch(100) − echo-batch100 − core (100 per call): the service's own work, µs"
+        f" | {median(results, 'batch100') - echo_batch - core100:.0f} | |",
+    ]
     if latencies:
         p99 = statistics.median(x["p99_ms"] for x in latencies)
         p50 = statistics.median(x["p50_ms"] for x in latencies)

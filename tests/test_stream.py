@@ -171,11 +171,15 @@ def test_the_server_reads_at_most_the_window_ahead_and_cancellation_stops_readin
     code = qr_text(pki.present("alice"))
     read = 0
 
-    async def endless() -> AsyncIterator[Request]:
+    async def endless() -> AsyncIterator[bytes]:
         nonlocal read
         while True:
             read += 1
-            yield request(f"w-{read}", code)
+            # As gRPC hands them to the servicer: encoded (the core decodes them).
+            yield request(f"w-{read}", code).SerializeToString()
+
+    def verdict(reply: bytes) -> verifier_pb2.Verdict:
+        return verifier_pb2.VerifyStreamResponse.FromString(reply).verdict
 
     async def scenario() -> None:
         config = server_config(pki, stream_window=5)
@@ -183,12 +187,12 @@ def test_the_server_reads_at_most_the_window_ahead_and_cancellation_stops_readin
         trust.seed(load_trust_material(config))
         service = VerifierService(trust, config, AuditTrail.from_config(config))
         stream = service.VerifyStream(endless(), FakeContext())  # type: ignore[arg-type]
-        first = await anext(stream)  # the consumer of the responses then stalls
-        assert first.verdict.request_id == "w-1"
+        first = verdict(await anext(stream))  # the consumer of the responses then stalls
+        assert first.request_id == "w-1"
         await asyncio.sleep(0.5)
         assert read == 5  # the window: 5 read and not yet answered, then no more
         for expected in range(2, 5):
-            assert (await anext(stream)).verdict.request_id == f"w-{expected}"
+            assert verdict(await anext(stream)).request_id == f"w-{expected}"
         await asyncio.sleep(0.2)
         assert read == 8  # each response sent frees one place
         await stream.aclose()  # the call ends (cancelled): its reader is stopped

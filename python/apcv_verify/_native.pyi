@@ -1,13 +1,14 @@
 """Type stub of the compiled core (rust/apcv-py). Hand-written; checked by mypy.stubtest."""
 
-from collections.abc import Sequence
-from typing import Literal, Self, final
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, Self, final
 
 __all__ = [
     "AnswerKeys",
     "AmcCoverage",
     "AmoRights",
     "CoseKeyError",
+    "HolderRefKey",
     "InvalidSignature",
     "MalformedError",
     "MemoryAnswerStore",
@@ -23,6 +24,7 @@ __all__ = [
     "TrustListError",
     "VerificationResult",
     "Verifier",
+    "WireBatch",
     "cose_key_thumbprint",
     "decode_status_list",
     "verify_sign1",
@@ -323,3 +325,72 @@ class Verifier:
     def with_status_lists(self, status_lists: Sequence[StatusList]) -> Verifier: ...
     def verify_batch(self, scans: Sequence[Scan], now: int) -> list[VerificationResult]:
         """Verifies every scan with the GIL released (rayon-parallel); results in input order."""
+    def verify_wire(self, batch: WireBatch, uses: Sequence[str], now: int) -> None:
+        """Verifies the usable items of ``batch`` at ``now`` with the GIL released (once per
+        batch), each allowing ``uses``."""
+
+@final
+class WireBatch:
+    """The scans of one encoded ``VerifyBatchRequest`` or of a ``VerifyStream`` micro-batch,
+    decoded in Rust, verified in one core call and answered encoded: an unusable item is
+    REJECTED / MALFORMED in place with its field in ``detail``."""
+    @staticmethod
+    def batch(data: bytes) -> WireBatch | None:
+        """None when not even the batch's framing decodes."""
+    @staticmethod
+    def stream(messages: Sequence[bytes], first_position: int) -> WireBatch: ...
+    def __len__(self) -> int: ...
+    @property
+    def valid(self) -> int:
+        """Usable items (to verify)."""
+    @property
+    def fresh(self) -> int:
+        """Usable items not answered by answer recovery (to verify)."""
+    def refuse_scanned_at(self) -> None:
+        """Answers in place each usable item that sets ``scanned_at`` (SCANNED_AT_NOT_ALLOWED)."""
+    def answer_keys(self, keys: AnswerKeys, caller: str) -> list[bytes]:
+        """The answer key of each usable item, in item order."""
+    def recover(self, keys: AnswerKeys, found: Sequence[bytes | None]) -> int:
+        """Answers the items whose records were found (one per answer key): resent, or
+        REQUEST_ID_REUSED for another presentation's. The number of unreadable records."""
+    def records(self, keys: AnswerKeys, now: int) -> list[tuple[bytes, bytes]]:
+        """``(key, record)`` of each verified item's answer to keep (not REPLAY_UNAVAILABLE)."""
+    def keep_earlier(self, keys: AnswerKeys, earlier: Sequence[bytes | None]) -> int:
+        """Answers the items of :meth:`records` whose key held a record already with that
+        one. The number of unreadable records."""
+    def recovery_counts(self) -> tuple[int, int]:
+        """``(resent, reused)``: the items answer recovery answered."""
+    @property
+    def scanned_at(self) -> bool:
+        """Whether a usable item sets ``scanned_at``."""
+    def pending(self) -> list[tuple[int, bytes, str, int, int]]:
+        """Items waiting for an external replay store: ``(n, key, reader_id, keep_until,
+        issued_at)``."""
+    def settle(self, outcomes: Sequence[tuple[int, str]]) -> None:
+        """Settles pending items, ``(n, outcome)`` as for ``with_replay_outcome``."""
+    def audit_rows(self) -> list[tuple[int, str, str, bool, str, bool, str | None, bool, bool]]:
+        """``(position, request_id, reader_id, accepted, reason, duplicate, credential_id,
+        replay_unchecked, resent)`` of each answered item (verified or resent)."""
+    def decision_counts(self) -> list[tuple[bool, str, int]]:
+        """``(accepted, reason, count)`` of the verified items, in the order first met."""
+    def audit_lines(
+        self, key: HolderRefKey, caller: str, method: str, latency_ms: str, tail: str
+    ) -> list[str]:
+        """Each verified item's audit line (newline included) as the audit trail writes it:
+        ``caller``, ``method``, ``latency_ms`` as JSON values, ``tail`` the common keys."""
+    def fhir_wanted(self) -> list[tuple[int, int | None]]:
+        """``(index, verified_at)`` of the accepted items that asked for FHIR JSON
+        (``verified_at`` of a resent answer, else None)."""
+    def verdict(self, index: int, disclosure: Mapping[str, Sequence[str]]) -> bytes:
+        """The encoded ``Verdict`` of item ``index``."""
+    def set_fhir(self, index: int, json: str) -> None: ...
+    def response(self, disclosure: Mapping[str, Sequence[str]]) -> Any:
+        """An encoded ``VerifyBatchResponse``, or a list of encoded ``VerifyStreamResponse``s
+        (bytes) for a stream; ``disclosure``: the field groups disclosed for each use."""
+
+@final
+class HolderRefKey:
+    """The audit trail's HMAC key for the core; repr shows nothing of it."""
+    def __new__(cls, secret: bytes) -> Self: ...
+    def holder_ref(self, credential_id: str) -> str:
+        """HMAC-SHA-256(secret, credential id), hex, truncated to 32 characters."""

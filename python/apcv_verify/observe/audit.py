@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import secrets
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
@@ -21,7 +22,7 @@ import structlog
 
 from .. import _native
 from ..config import ANONYMOUS_CALLER
-from .logs import AUDIT_LOGGER, audit_lines
+from .logs import AUDIT_LOGGER, audit_lines, audit_tail, write_audit_lines
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -51,6 +52,29 @@ class _Scanned(Protocol):
     def reader(self) -> _Reader: ...
 
 
+#: One decision of ``WireBatch.audit_rows``: position, request id, reader id, accepted, reason,
+#: duplicate, credential id, replay unchecked, resent.
+AuditRow = tuple[int, str, str, bool, str, bool, str | None, bool, bool]
+
+#: The keys of an audit record, in order (``replay_unchecked`` only when set).
+RECORD_KEYS = frozenset(
+    {
+        "kind",
+        "request_id",
+        "caller",
+        "reader_id",
+        "method",
+        "decision",
+        "reason",
+        "duplicate",
+        "latency_ms",
+        "holder_ref",
+        "item",
+        "replay_unchecked",
+        "resent",
+    }
+)
+
 #: 32 hex characters = 128 bits of the HMAC: collisions stay negligible for billions of
 #: credentials, and the reference stays short in every log line.
 HOLDER_REF_HEX_CHARS = 32
@@ -79,6 +103,8 @@ class AuditTrail:
         #: The keyed HMAC before any message: copied per record, never rebuilt (the key
         #: schedule is done once).
         self._mac = hmac.new(secret, digestmod=hashlib.sha256)
+        #: The same key for the core, which renders a batch's records (:meth:`record_wire`).
+        self._key = _native.HolderRefKey(secret)
         self._metrics = metrics
         self._replay_backend = replay_backend
 
@@ -136,7 +162,20 @@ class AuditTrail:
         position in a batch. ``caller`` is the client-certificate identity when mTLS gives
         one.
         """
-        fields = self._fields(method, request_id, reader_id, result, latency_seconds, caller, item)
+        fields = self._fields(
+            method,
+            request_id,
+            reader_id,
+            result.accepted,
+            result.reason,
+            result.duplicate,
+            result.credential_id,
+            result.replay_unchecked,
+            result.resent,
+            latency_seconds,
+            caller,
+            item,
+        )
         _emit([fields])
 
     def record_verifications(
@@ -161,7 +200,12 @@ class AuditTrail:
                     method,
                     item.request_id,
                     item.reader.reader_id,
-                    result,
+                    result.accepted,
+                    result.reason,
+                    result.duplicate,
+                    result.credential_id,
+                    result.replay_unchecked,
+                    result.resent,
                     latency_seconds,
                     caller,
                     position,
@@ -170,19 +214,102 @@ class AuditTrail:
             ]
         )
 
+    def record_rows(
+        self,
+        method: str,
+        rows: Sequence[AuditRow],
+        latency_seconds: float,
+        *,
+        caller: str = ANONYMOUS_CALLER,
+    ) -> None:
+        """:meth:`record_verifications` of decisions given as rows (``WireBatch.audit_rows``:
+        position, request id, reader id, accepted, reason, duplicate, credential id, replay
+        unchecked, resent), verified together in ``latency_seconds``."""
+        fields = self._fields
+        _emit(
+            [
+                fields(
+                    method,
+                    request_id,
+                    reader_id,
+                    accepted,
+                    reason,
+                    duplicate,
+                    credential_id,
+                    unchecked,
+                    resent,
+                    latency_seconds,
+                    caller,
+                    position,
+                )
+                for (
+                    position,
+                    request_id,
+                    reader_id,
+                    accepted,
+                    reason,
+                    duplicate,
+                    credential_id,
+                    unchecked,
+                    resent,
+                ) in rows
+            ]
+        )
+
+    def record_wire(
+        self,
+        method: str,
+        batch: _native.WireBatch,
+        latency_seconds: float,
+        *,
+        caller: str = ANONYMOUS_CALLER,
+    ) -> None:
+        """:meth:`record_rows` of a verified batch's decisions: the same records and metrics,
+        the records rendered by the core (``WireBatch.audit_lines``) and the metrics updated
+        once per kind of decision, when logging is configured; else record by record."""
+        tail = audit_tail(RECORD_KEYS)
+        if tail is None:
+            self.record_rows(method, batch.audit_rows(), latency_seconds, caller=caller)
+            return
+        if self._metrics is not None:
+            for accepted, reason, count in batch.decision_counts():
+                self._metrics.observe_verification(
+                    method=method,
+                    decision="ACCEPTED" if accepted else "REJECTED",
+                    reason=reason,
+                    seconds=latency_seconds,
+                    replay_backend=self._replay_backend,
+                    count=count,
+                )
+        if tail:
+            dumps = json.dumps
+            write_audit_lines(
+                batch.audit_lines(
+                    self._key,
+                    dumps(caller),
+                    dumps(method),
+                    dumps(round(latency_seconds * 1000, 3)),
+                    tail,
+                )
+            )
+
     def _fields(
         self,
         method: str,
         request_id: str,
         reader_id: str,
-        result: _native.VerificationResult,
+        accepted: bool,
+        reason: str,
+        duplicate: bool,
+        credential_id: str | None,
+        replay_unchecked: bool,
+        resent: bool,
         latency_seconds: float,
         caller: str,
         item: int | None,
     ) -> dict[str, object]:
         """One decision's audit record, counted in the metrics."""
-        decision = "ACCEPTED" if result.accepted else "REJECTED"
-        reason = result.reason
+        decision = "ACCEPTED" if accepted else "REJECTED"
         if self._metrics is not None:
             self._metrics.observe_verification(
                 method=method,
@@ -199,15 +326,15 @@ class AuditTrail:
             "method": method,
             "decision": decision,
             "reason": reason,
-            "duplicate": result.duplicate,
+            "duplicate": duplicate,
             "latency_ms": round(latency_seconds * 1000, 3),
-            "holder_ref": self.holder_ref(result.credential_id),
+            "holder_ref": self.holder_ref(credential_id),
         }
         if item is not None:
             fields["item"] = item
-        if result.replay_unchecked:  # replay.on_store_error = "accept" while Redis was down
+        if replay_unchecked:  # replay.on_store_error = "accept" while Redis was down
             fields["replay_unchecked"] = True
-        if result.resent:  # the answer kept for an earlier request, given again
+        if resent:  # the answer kept for an earlier request, given again
             fields["resent"] = True
         return fields
 

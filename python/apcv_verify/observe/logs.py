@@ -128,6 +128,33 @@ def audit_lines(records: Sequence[dict[str, object]]) -> bool:
     return True
 
 
+def audit_tail(record_keys: frozenset[str]) -> str | None:
+    """The keys :func:`audit_lines` adds after a record's, rendered as the end of its JSON line
+    (``"event": "verification", …, "timestamp": "…"}``), for records rendered elsewhere (the
+    core's, ``WireBatch.audit_lines``); "" when the audit's level is not logged; None when
+    they cannot be (logging not configured by :func:`configure_logging`, or a bound context
+    variable named like one of ``record_keys``): then use :func:`audit_lines`."""
+    if _audit_buffer is None:
+        return None
+    if not _audit_enabled:
+        return ""
+    common: dict[str, object] = {"event": "verification"}
+    common.update(structlog.contextvars.get_contextvars())
+    common["level"] = "info"
+    _stamp(None, "info", common)
+    if not record_keys.isdisjoint(common):
+        return None
+    return json.dumps(common)[1:]
+
+
+def write_audit_lines(lines: Sequence[str]) -> None:
+    """Write audit lines rendered with :func:`audit_tail` (each ends with its newline)."""
+    buffer = _audit_buffer
+    if buffer is not None:
+        for line in lines:
+            buffer.write(line)
+
+
 def flush_audit() -> None:
     """Write the buffered audit records now (at shutdown; also registered at exit)."""
     if _audit_buffer is not None:

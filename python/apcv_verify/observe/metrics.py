@@ -112,24 +112,33 @@ class ServiceMetrics:
         self._seconds_children: dict[str, Any] = {}
 
     def observe_verification(
-        self, *, method: str, decision: str, reason: str, seconds: float, replay_backend: str
+        self,
+        *,
+        method: str,
+        decision: str,
+        reason: str,
+        seconds: float,
+        replay_backend: str,
+        count: int = 1,
     ) -> None:
-        """Count one decision and observe its latency (called by the audit trail)."""
+        """Count ``count`` decisions of one kind that took ``seconds`` each, and observe their
+        latency (called by the audit trail: a batch's decisions by kind)."""
         # The label children, looked up once per label set (small closed sets, see above).
         key = (decision, reason, method)
         counter = self._verification_children.get(key)
         if counter is None:
             counter = self.verifications.labels(decision=decision, reason=reason, method=method)
             self._verification_children[key] = counter
-        counter.inc()
+        counter.inc(count)
         histogram = self._seconds_children.get(method)
         if histogram is None:
             histogram = self._seconds_children[method] = self.verification_seconds.labels(
                 method=method
             )
-        histogram.observe(seconds)
+        for _ in range(count):  # one observation per verification
+            histogram.observe(seconds)
         if reason == "REPLAY_UNAVAILABLE":
-            self.replay_store_errors.labels(backend=replay_backend).inc()
+            self.replay_store_errors.labels(backend=replay_backend).inc(count)
 
     def observe_batch(self, size: int) -> None:
         """Record the size of one VerifyBatch call."""

@@ -303,8 +303,36 @@ class AnswerRecovery:
                         answers[index] = result if recovered is None else recovered
         done = [answer for answer in answers if answer is not None]
         assert len(done) == len(scans)
-        self._count(done)
+        self._count(
+            sum(isinstance(a, _native.VerificationResult) and a.resent for a in done),
+            sum(answer is REUSED for answer in done),
+        )
         return done
+
+    async def answer_wire(
+        self, batch: _native.WireBatch, caller: str, now: int, verify: Callable[[], Awaitable[None]]
+    ) -> None:
+        """:meth:`answer` of the usable items of ``batch`` (a ``VerifyBatch`` request or a
+        ``VerifyStream`` micro-batch as bytes), answered in the batch: the kept answer of a
+        resend, REQUEST_ID_REUSED in place for another presentation under a request id
+        already answered; ``verify`` (called at most once) verifies the others, whose answers
+        are then kept."""
+        keys_of = await self.backend.keys()
+        if keys_of is None:  # the store cannot answer: verify as if nothing were kept
+            await verify()
+            return
+        found = await self.backend.lookup(batch.answer_keys(keys_of, caller), now)
+        if found is not None:
+            self._unreadable(batch.recover(keys_of, found))
+        if batch.fresh:
+            await verify()
+            items = batch.records(keys_of, now)
+            if items:
+                earlier = await self.backend.keep(items, now + self.retention, now)
+                # A request answered meanwhile (a concurrent resend, or the same request
+                # twice in this batch): the first answer stays, and is this one's too.
+                self._unreadable(batch.keep_earlier(keys_of, earlier or []))
+        self._count(*batch.recovery_counts())
 
     def _recovered(
         self, keys: _native.AnswerKeys, scan: _native.Scan, record: bytes
@@ -312,15 +340,19 @@ class AnswerRecovery:
         try:
             result = keys.recover(scan, record)
         except ValueError:
-            log.warning("answer_record_unreadable", backend=self.backend.backend)
+            self._unreadable(1)
             return None
         return REUSED if result is None else result
 
-    def _count(self, answers: Sequence[Answer]) -> None:
+    def _unreadable(self, count: int) -> None:
+        """Log ``count`` kept records that could not be read (their requests are verified,
+        or keep the answer just given)."""
+        for _ in range(count):
+            log.warning("answer_record_unreadable", backend=self.backend.backend)
+
+    def _count(self, resent: int, reused: int) -> None:
         if self._resent is None or self._reused is None:
             return
-        reused = sum(answer is REUSED for answer in answers)
-        resent = sum(isinstance(a, _native.VerificationResult) and a.resent for a in answers)
         if reused:
             self._reused.inc(reused)
         if resent:

@@ -325,30 +325,47 @@ class RedisReplayStore:
         pending = [index for index, result in enumerate(results) if result.replay_pending]
         if not pending:
             return list(results)
-        commands = []
+        tickets = []
         for index in pending:
             result = results[index]
             key, keep_until = result.replay_key, result.replay_expires_at
             assert key is not None and keep_until is not None  # set while pending
-            commands.append(
-                (self._prefix + key.hex(), scans[index].reader_id, max(1, keep_until - now + 1))
-            )
+            tickets.append((key, scans[index].reader_id, keep_until, result.replay_issued_at))
+        outcomes = await self._outcomes(tickets, now)
+        settled = list(results)
+        for index, outcome in zip(pending, outcomes, strict=True):
+            settled[index] = results[index].with_replay_outcome(outcome)
+        return settled
+
+    async def settle_wire(self, batch: _native.WireBatch, now: int) -> None:
+        """:meth:`settle` of a verified :class:`~apcv_verify._native.WireBatch`, in place."""
+        pending = batch.pending()
+        if pending:
+            outcomes = await self._outcomes([ticket[1:] for ticket in pending], now)
+            batch.settle([(ticket[0], o) for ticket, o in zip(pending, outcomes, strict=True)])
+
+    async def _outcomes(
+        self, tickets: Sequence[tuple[bytes, str, int, int | None]], now: int
+    ) -> list[Outcome]:
+        """The store's answer for each pending presentation, ``(key, reader_id, keep_until,
+        issued_at)``, in one round trip and in order."""
+        commands = [
+            (self._prefix + key.hex(), reader_id, max(1, keep_until - now + 1))
+            for key, reader_id, keep_until, _issued_at in tickets
+        ]
         answers: list[object] | None
         try:
             async with asyncio.timeout(self._timeout):
                 await self._check_version()
                 answers = await self._round_trip(commands, now) if self.supported else None
         except (RedisError, OSError, TimeoutError) as error:
-            self._failed(error, items=len(pending))
+            self._failed(error, items=len(tickets))
             answers = None
         if not self.supported:
-            return [
-                result.with_replay_outcome("unavailable") if result.replay_pending else result
-                for result in results
-            ]
+            return ["unavailable"] * len(tickets)
         if answers is not None and isinstance(answers[0], BaseException):
             # No epoch, no vouching: the whole batch fails as if Redis had not answered.
-            self._failed(answers[0], items=len(pending))
+            self._failed(answers[0], items=len(tickets))
             answers = None
         if answers is not None:
             answers = answers[1:]
@@ -358,14 +375,14 @@ class RedisReplayStore:
                 self._failed(first, items=failed)
             else:
                 self._answered()
-        settled = list(results)
-        for position, index in enumerate(pending):
+        outcomes: list[Outcome] = []
+        for position, (_key, reader_id, _keep_until, issued_at) in enumerate(tickets):
             answer = None if answers is None else answers[position]
-            outcome = self._outcome(answer, scans[index].reader_id, failed=answers is None)
-            if answers is not None and self._lost_for(results[index].replay_issued_at, now):
+            outcome = self._outcome(answer, reader_id, failed=answers is None)
+            if answers is not None and self._lost_for(issued_at, now):
                 outcome = "unavailable"  # whatever the policy: the store cannot vouch
-            settled[index] = results[index].with_replay_outcome(outcome)
-        return settled
+            outcomes.append(outcome)
+        return outcomes
 
     def _outcome(self, answer: object, reader_id: str, *, failed: bool) -> Outcome:
         if failed or isinstance(answer, BaseException):

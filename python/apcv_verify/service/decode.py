@@ -1,7 +1,8 @@
 """Request deserializers that never raise: bytes that do not decode become
-:class:`Undecodable`, which the servicer answers (INVALID_ARGUMENT, or MALFORMED in place for a
-batch or stream item) instead of grpcio (UNKNOWN with the exception text, or a whole stream
-ended for one bad message); bytes over their size limit become :class:`TooLarge`, unread.
+:class:`Undecodable`, which the servicer answers (INVALID_ARGUMENT) instead of grpcio (UNKNOWN
+with the exception text); bytes over their size limit become :class:`TooLarge`, unread. Batch
+and stream messages are decoded by the core (``_native.WireBatch``), which answers an
+undecodable item MALFORMED in place and an undecodable batch like :class:`Undecodable`.
 """
 
 from __future__ import annotations
@@ -11,20 +12,16 @@ from dataclasses import dataclass
 from typing import NoReturn, TypeVar
 
 import grpc
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
 
-from .._proto.apcv.verify.v1 import verifier_pb2
 from .errors import abort
 
 __all__ = [
     "MAX_REQUEST_BYTES",
     "UNDECODABLE",
-    "BatchItems",
     "TooLarge",
     "Undecodable",
     "bounded",
-    "deserialize_batch",
     "lenient",
 ]
 
@@ -115,43 +112,3 @@ def lenient(message_type: type[M]) -> Callable[[bytes], M | Undecodable]:
             return Undecodable()
 
     return deserialize
-
-
-def _raw_batch_type() -> type[Message]:
-    """``VerifyBatchRequest`` with its scans left as bytes (same field number, and a
-    length-delimited field parses as bytes without any check), so that one undecodable scan
-    is answered in place instead of making the whole batch undecodable."""
-    proto = descriptor_pb2.FileDescriptorProto(
-        name="apcv_verify/raw_batch.proto", package="apcv_verify.internal", syntax="proto3"
-    )
-    proto.message_type.add(name="RawBatch").field.add(
-        name="scans",
-        number=verifier_pb2.VerifyBatchRequest.SCANS_FIELD_NUMBER,
-        type=descriptor_pb2.FieldDescriptorProto.TYPE_BYTES,
-        label=descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED,
-    )
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(proto)
-    return message_factory.GetMessageClass(
-        pool.FindMessageTypeByName("apcv_verify.internal.RawBatch")
-    )
-
-
-_RAW_BATCH = _raw_batch_type()
-_scan_or_undecodable = lenient(verifier_pb2.Scan)
-
-#: A batch's scans, each decoded or not (what the batch deserializer gives when the batch as
-#: a whole does not decode but its framing does).
-BatchItems = list[verifier_pb2.Scan | Undecodable]
-
-
-def deserialize_batch(data: bytes) -> verifier_pb2.VerifyBatchRequest | BatchItems | Undecodable:
-    try:
-        return verifier_pb2.VerifyBatchRequest.FromString(data)  # the usual case: one parse
-    except DecodeError:
-        pass
-    try:
-        raw = _RAW_BATCH.FromString(data)
-    except DecodeError:
-        return Undecodable()  # not even the batch's framing
-    return [_scan_or_undecodable(item) for item in raw.scans]  # type: ignore[attr-defined]

@@ -160,8 +160,11 @@ class _OverBudget(Exception):
 
 
 def request_size(request: object) -> int:
-    """Bytes a request read ahead holds: its encoded size (an undecodable or oversize one is
-    kept as a marker without its bytes)."""
+    """Bytes a request read ahead holds: its encoded size. VerifyStream requests arrive as their
+    wire bytes (the core decodes them); a decoded message counts its encoded size; an
+    undecodable or oversize one is kept as a marker without its bytes."""
+    if isinstance(request, bytes | bytearray | memoryview):
+        return len(request)
     return request.ByteSize() if isinstance(request, Message) else 0
 
 

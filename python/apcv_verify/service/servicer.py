@@ -3,37 +3,31 @@
 The servicer is thin: protobuf → :class:`~apcv_verify._native.Scan`
 → the Rust core → protobuf. Signature, status and replay checks all happen in the core
 (docs/architecture.md "The core decides, Python transports"); Python never sees CBOR or curves.
+``VerifyBatch`` requests and ``VerifyStream`` micro-batches go to the core as the bytes gRPC
+received (:class:`~apcv_verify._native.WireBatch`: decoded, checked and answered in Rust, by
+the same rules), so no Python object is built per item.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import NoReturn, cast
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, NoReturn
 
 import grpc
 
-from .. import _native
+from .. import _native, fhir
 from .._proto.apcv.verify.v1 import verifier_pb2
-from ..config import CallerPolicy, Config
+from ..config import USES, CallerPolicy, Config
 from ..observe.audit import AuditTrail
-from ..replay.answers import REUSED, Answer, AnswerRecovery, Reused
+from ..replay.answers import REUSED, AnswerRecovery, Reused
 from ..replay.redis import RedisReplayStore
 from ..trust.sources import TrustSource
-from .decode import (
-    MAX_REQUEST_BYTES,
-    UNDECODABLE,
-    BatchItems,
-    TooLarge,
-    Undecodable,
-    bounded,
-    deserialize_batch,
-    lenient,
-)
+from .decode import MAX_REQUEST_BYTES, UNDECODABLE, TooLarge, Undecodable, bounded, lenient
 from .errors import FieldProblem, abort
 from .messages import core_scan, fill_verdict, scan_problem
-from .policy import CallRefused, caller_id, resolve_caller
+from .policy import CallRefused, caller_id, resolve_caller, scanned_at_permission
 
 __all__ = ["SERVICE_NAME", "VerifierService", "add_verifier_service"]
 
@@ -65,6 +59,7 @@ class VerifierService:
         #: Answer recovery (replay.answer_retention_seconds > 0), else None.
         self._recovery = recovery
         self._disclosures: dict[tuple[str, str], frozenset[str]] = {}
+        self._disclosure_tables: dict[str, dict[str, list[str]]] = {}
 
     def _caller(self, context: grpc.aio.ServicerContext) -> tuple[str, CallerPolicy | CallRefused]:
         """The caller and its policy, or why it may not call (to abort with: see
@@ -83,6 +78,16 @@ class VerifierService:
         if groups is None:
             groups = self._disclosures[key] = policy.disclosed(use)
         return groups
+
+    def _disclosure(self, policy: CallerPolicy) -> dict[str, list[str]]:
+        """The groups disclosed to ``policy``'s caller for each use ("" for none), as
+        :meth:`~apcv_verify._native.WireBatch.response` takes them."""
+        table = self._disclosure_tables.get(policy.id)
+        if table is None:
+            table = self._disclosure_tables[policy.id] = {
+                use: sorted(self._disclosed(policy, use)) for use in ("", *USES)
+            }
+        return table
 
     async def Verify(  # noqa: N802 (gRPC method name)
         self,
@@ -105,61 +110,49 @@ class VerifierService:
         # A batch of one, through the same code as VerifyBatch and VerifyStream.
         reply = verifier_pb2.VerifyResponse()
         await self._answer(
-            "Verify", [scan], [reply.verdict], policy, caller, context, positions=None, path=None
+            "Verify", [scan], [reply.verdict], policy, caller, context, positions=None
         )
         return reply
 
     async def VerifyBatch(  # noqa: N802 (gRPC method name)
         self,
-        request: verifier_pb2.VerifyBatchRequest | BatchItems | Undecodable | TooLarge,
+        request: bytes | TooLarge,
         context: grpc.aio.ServicerContext,
-    ) -> verifier_pb2.VerifyBatchResponse:
+    ) -> bytes:
+        """An encoded ``VerifyBatchRequest`` in (see :func:`add_verifier_service`), an encoded
+        ``VerifyBatchResponse`` out."""
         if isinstance(request, TooLarge):
             await request.abort(context)
-        if isinstance(request, Undecodable):
+        batch = _native.WireBatch.batch(request)
+        if batch is None:  # not even the batch's framing decodes
             await _invalid_argument(
                 context, FieldProblem("REQUEST_UNDECODABLE", "scans", UNDECODABLE)
             )
-        items: Sequence[verifier_pb2.Scan | Undecodable] = (
-            request.scans if isinstance(request, verifier_pb2.VerifyBatchRequest) else request
-        )
+        count = len(batch)
         limit = self._config.server.max_batch
-        if not items:
+        if not count:
             await _invalid_argument(context, FieldProblem("BATCH_EMPTY", "scans", "empty batch"))
-        if len(items) > limit:
+        if count > limit:
             await _invalid_argument(
                 context,
                 FieldProblem(
                     "BATCH_TOO_LARGE", "scans", f"at most {limit} scans (server.max_batch)"
                 ),
-                f"batch of {len(items)} scans is over the limit of {limit} (server.max_batch)",
-                metadata={"max_batch": str(limit), "count": str(len(items))},
+                f"batch of {count} scans is over the limit of {limit} (server.max_batch)",
+                metadata={"max_batch": str(limit), "count": str(count)},
             )
         caller, policy = self._caller(context)
         if isinstance(policy, CallRefused):
             await _refuse(context, policy)
-        # The verdicts are filled in place in the reply (a message added to a repeated field
-        # would be copied).
-        reply = verifier_pb2.VerifyBatchResponse()
-        add = reply.verdicts.add
-        await self._judge(
-            "VerifyBatch",
-            items,
-            [add() for _ in items],
-            policy,
-            caller,
-            context,
-            path=lambda index: f"scans[{index}]",
-        )
-        self._audit.record_batch(len(items))
+        reply: bytes = await self._answer_wire("VerifyBatch", batch, policy, caller, context)
+        self._audit.record_batch(count)
         max_bytes = self._config.server.max_message_bytes
-        if reply.ByteSize() > max_bytes:
+        if len(reply) > max_bytes:
             # gRPC would refuse to send it with a message naming nothing. The scans are
             # verified (and audited): a retry from the same reader is a duplicate, not REPLAYED.
-            too_large = TooLarge(
-                "response", reply.ByteSize(), max_bytes, "server.max_message_bytes"
+            await TooLarge("response", len(reply), max_bytes, "server.max_message_bytes").abort(
+                context
             )
-            await too_large.abort(context)
         return reply
 
     async def _answer(
@@ -172,7 +165,6 @@ class VerifierService:
         context: grpc.aio.ServicerContext,
         *,
         positions: Sequence[int] | None,
-        path: Callable[[int], str] | None,
     ) -> None:
         """Verify valid ``items`` in one core call (one snapshot, one ``now``, replay in
         item order), audit each decision and answer them in ``verdicts`` (empty, in the
@@ -181,9 +173,8 @@ class VerifierService:
         None for the one item of a unary Verify, audited without a number).
 
         With answer recovery, a resend gets its kept answer instead of a verification, and
-        another presentation under a request id already answered is refused: ALREADY_EXISTS
-        for Verify (``path`` None), in place for a batch or stream item (``path`` of its
-        position, as in :meth:`_judge`).
+        another presentation under a request id already answered ends the call
+        ALREADY_EXISTS (a batch's and a stream's items go through :meth:`_answer_wire`).
 
         One coroutine from the scans to the answers: the checks that may end the call are
         plain tests, with an ``await`` only on the way out."""
@@ -193,28 +184,9 @@ class VerifierService:
             await _refuse(context, refused)
         now = int(time.time())
         started = time.perf_counter()
-        remaining = context.time_remaining()
-        if remaining is not None and remaining <= 0:  # nobody waits for the answer any more
-            await abort(
-                context, grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_PASSED", "deadline passed"
-            )
-        snapshot = self._trust.current  # the one read of this call: it verifies on this
-        if snapshot is None:
-            await abort(
-                context,
-                grpc.StatusCode.UNAVAILABLE,
-                "TRUST_LIST_NOT_LOADED",
-                "no trust list loaded yet",
-            )
-        if self._trust.refuses(snapshot, time.time()):
-            await abort(
-                context,
-                grpc.StatusCode.UNAVAILABLE,
-                "TRUST_LIST_EXPIRED",
-                "the trust list in use expired more than trust.expired_grace_seconds ago;"
-                " waiting for a valid one",
-            )
-        verifier = snapshot.verifiers[policy.max_scan_delay_seconds]
+        verifier = self._verifier(policy, context)
+        if isinstance(verifier, tuple):
+            await abort(context, *verifier)
 
         async def verify(scans: list[_native.Scan]) -> list[_native.VerificationResult]:
             if len(scans) <= INLINE_SCANS:
@@ -228,41 +200,28 @@ class VerifierService:
                 results = await self._replay.settle(scans, results, now)
             return results
 
-        answers: Sequence[Answer]
         if self._recovery is None:
-            answers = await verify(scans)
+            results = await verify(scans)
         else:
             requests = [(caller, item.reader.reader_id, item.request_id) for item in items]
             answers = await self._recovery.answer(scans, requests, now, verify)
-        if path is None and answers[0] is REUSED:
-            await abort(
-                context,
-                grpc.StatusCode.ALREADY_EXISTS,
-                REUSED.reason,
-                f"scan.request_id: {REUSED.description}",
-            )
+            results = []
+            for answer in answers:
+                if isinstance(answer, Reused):
+                    await abort(
+                        context,
+                        grpc.StatusCode.ALREADY_EXISTS,
+                        REUSED.reason,
+                        f"scan.request_id: {REUSED.description}",
+                    )
+                results.append(answer)
         latency = time.perf_counter() - started
-        audited_items, audited, numbers = items, answers, positions
-        if any(answer is REUSED for answer in answers):  # refused, not verified: no audit
-            kept = [i for i, answer in enumerate(answers) if answer is not REUSED]
-            audited_items = [items[i] for i in kept]
-            audited = [answers[i] for i in kept]
-            numbers = None if positions is None else [positions[i] for i in kept]
         self._audit.record_verifications(
-            method,
-            audited_items,
-            cast(Sequence[_native.VerificationResult], audited),
-            latency_seconds=latency,
-            caller=caller,
-            positions=numbers,
+            method, items, results, latency_seconds=latency, caller=caller, positions=positions
         )
         canonical_base = self._config.fhir.canonical_base
         disclosed = self._disclosed
-        for index, (verdict, item, result) in enumerate(zip(verdicts, items, answers, strict=True)):
-            if isinstance(result, Reused):  # a batch or stream item: answered in place
-                assert path is not None and positions is not None
-                _reused_in_place(verdict, item.request_id, path(positions[index]))
-                continue
+        for verdict, item, result in zip(verdicts, items, results, strict=True):
             fill_verdict(
                 verdict,
                 item.request_id,
@@ -275,11 +234,13 @@ class VerifierService:
 
     async def VerifyStream(  # noqa: N802 (gRPC method name)
         self,
-        request_iterator: AsyncIterator[verifier_pb2.VerifyStreamRequest | Undecodable | TooLarge],
+        request_iterator: AsyncIterator[bytes | TooLarge],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[verifier_pb2.VerifyStreamResponse]:
-        """Answer a stream of requests in request order, ``server.stream_window`` at most
-        read ahead of the answers, verifying whatever has arrived as one micro-batch."""
+    ) -> AsyncIterator[bytes]:
+        """Answer a stream of requests (encoded ``VerifyStreamRequest``s, see
+        :func:`add_verifier_service`) in request order with encoded ``VerifyStreamResponse``s,
+        ``server.stream_window`` at most read ahead of the answers, verifying whatever has
+        arrived as one micro-batch."""
         caller, policy = self._caller(context)
         if isinstance(policy, CallRefused):
             await _refuse(context, policy)
@@ -288,9 +249,7 @@ class VerifierService:
         # One credit per request read and not yet answered: with none left the reader stops
         # reading, and HTTP/2 flow control stops the client (docs/operations.md "Streaming").
         credits = asyncio.Semaphore(window)
-        arrived: asyncio.Queue[verifier_pb2.VerifyStreamRequest | Undecodable | None] = (
-            asyncio.Queue()
-        )
+        arrived: asyncio.Queue[bytes | None] = asyncio.Queue()
 
         async def read() -> TooLarge | None:
             try:
@@ -312,23 +271,16 @@ class VerifierService:
                 batch = [await arrived.get()]
                 while batch[-1] is not None and len(batch) < cap and not arrived.empty():
                     batch.append(arrived.get_nowait())
-                items = [
-                    request if isinstance(request, Undecodable) else request.scan
-                    for request in batch
-                    if request is not None
-                ]
-                replies = [verifier_pb2.VerifyStreamResponse() for _ in items]
-                await self._judge(
-                    "VerifyStream",
-                    items,
-                    [reply.verdict for reply in replies],
-                    policy,
-                    caller,
-                    context,
-                    path=lambda _position: "scan",
-                    first_position=answered,
-                    scanned_at_in_place=True,
-                )
+                messages = [message for message in batch if message is not None]
+                replies: list[bytes] = []
+                if messages:
+                    items = _native.WireBatch.stream(messages, answered)
+                    if not policy.may_send_scanned_at:
+                        # A stream's item with scanned_at is answered in place, not the call.
+                        items.refuse_scanned_at()
+                    replies = await self._answer_wire(
+                        "VerifyStream", items, policy, caller, context
+                    )
                 for reply in replies:
                     yield reply
                     answered += 1
@@ -341,73 +293,82 @@ class VerifierService:
         finally:
             reader.cancel()  # cancellation of the call: read nothing more
 
-    async def _judge(
+    async def _answer_wire(
         self,
         method: str,
-        items: Sequence[verifier_pb2.Scan | Undecodable],
-        verdicts: Sequence[verifier_pb2.Verdict],
+        batch: _native.WireBatch,
         policy: CallerPolicy,
         caller: str,
         context: grpc.aio.ServicerContext,
-        *,
-        path: Callable[[int], str],
-        first_position: int = 0,
-        scanned_at_in_place: bool = False,
-    ) -> None:
-        """A batch, or one micro-batch of a stream: unusable items answered REJECTED /
-        MALFORMED in place with the field in ``detail`` (``path`` of the item's position, then
-        the field), the others verified in one core call; each item's verdict filled in
-        ``verdicts`` (empty, in the reply), in item order. With ``scanned_at_in_place`` (a
-        stream), an item with ``scanned_at`` from a caller without that right is answered in
-        place too (SCANNED_AT_NOT_ALLOWED in ``detail``) instead of ending the call."""
-        valid: list[verifier_pb2.Scan] = []
-        targets: list[verifier_pb2.Verdict] = []
-        positions: list[int] = []
-        for position, (item, verdict) in enumerate(
-            zip(items, verdicts, strict=True), first_position
-        ):
-            if isinstance(item, Undecodable):
-                problem: FieldProblem | None = FieldProblem("REQUEST_UNDECODABLE", "", UNDECODABLE)
+    ) -> Any:
+        """A batch, or one micro-batch of a stream, as :meth:`_answer` does for protobuf
+        scans: unusable items answered REJECTED / MALFORMED in place with the field in
+        ``detail``, the others verified in one core call (one snapshot, one ``now``, replay in
+        item order), audited, and answered with the groups the caller may see. With answer
+        recovery, a resend gets its kept answer (``resent``) instead of a verification, and
+        another presentation under a request id already answered is answered in place
+        (REQUEST_ID_REUSED in ``detail``, not audited). The encoded response (a list of
+        encoded stream responses for a stream)."""
+        if batch.valid:
+            if batch.scanned_at:
+                try:
+                    scanned_at_permission(policy, caller)
+                except CallRefused as refused:
+                    await _refuse(context, refused)
+            now = int(time.time())
+            started = time.perf_counter()
+            verifier = self._verifier(policy, context)
+            if isinstance(verifier, tuple):
+                await abort(context, *verifier)
+            uses = list(policy.uses)
+
+            async def verify() -> None:
+                if batch.fresh <= INLINE_SCANS:
+                    verifier.verify_wire(batch, uses, now)
+                else:  # the GIL is released for the whole batch: off the event loop
+                    await asyncio.to_thread(verifier.verify_wire, batch, uses, now)
+                if self._replay is not None:  # step 9 on the shared store: one round trip
+                    await self._replay.settle_wire(batch, now)
+
+            if self._recovery is None:
+                await verify()
             else:
-                problem = scan_problem(item)
-                if (
-                    problem is None
-                    and scanned_at_in_place
-                    and not policy.may_send_scanned_at
-                    and item.HasField("scanned_at")
-                ):
-                    problem = SCANNED_AT_REFUSED
-            if problem is None:
-                assert not isinstance(item, Undecodable)
-                valid.append(item)
-                targets.append(verdict)
-                positions.append(position)
-                continue
-            verdict.request_id = "" if isinstance(item, Undecodable) else item.request_id
-            verdict.decision = verifier_pb2.DECISION_REJECTED
-            verdict.reason = verifier_pb2.REASON_MALFORMED
-            verdict.detail = str(_at(path(position), problem))
-        if valid:
-            await self._answer(
-                method, valid, targets, policy, caller, context, positions=positions, path=path
+                await self._recovery.answer_wire(batch, caller, now, verify)
+            self._audit.record_wire(method, batch, time.perf_counter() - started, caller=caller)
+            disclosure = self._disclosure(policy)
+            canonical_base = self._config.fhir.canonical_base
+            for index, verified_at in batch.fhir_wanted():  # built from the filtered verdict
+                verdict = verifier_pb2.Verdict.FromString(batch.verdict(index, disclosure))
+                bundle = fhir.bundle_json(
+                    verdict,
+                    verified_at=now if verified_at is None else verified_at,
+                    canonical_base=canonical_base,
+                )
+                batch.set_fhir(index, bundle)
+        else:
+            disclosure = {}
+        return batch.response(disclosure)
+
+    def _verifier(
+        self, policy: CallerPolicy, context: grpc.aio.ServicerContext
+    ) -> _native.Verifier | tuple[grpc.StatusCode, str, str]:
+        """The verifier of this call's snapshot for ``policy``, or why the call must end
+        (deadline passed, no usable trust list) as :func:`abort`'s code, reason and message: a
+        plain test, so that each RPC stays one coroutine with an ``await`` only on the way out."""
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:  # nobody waits for the answer any more
+            return grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_PASSED", "deadline passed"
+        snapshot = self._trust.current  # the one read of this call: it verifies on this
+        if snapshot is None:
+            return grpc.StatusCode.UNAVAILABLE, "TRUST_LIST_NOT_LOADED", "no trust list loaded yet"
+        if self._trust.refuses(snapshot, time.time()):
+            return (
+                grpc.StatusCode.UNAVAILABLE,
+                "TRUST_LIST_EXPIRED",
+                "the trust list in use expired more than trust.expired_grace_seconds ago;"
+                " waiting for a valid one",
             )
-
-
-#: A stream item's ``scanned_at`` from a caller without ``may_send_scanned_at``.
-SCANNED_AT_REFUSED = FieldProblem(
-    "SCANNED_AT_NOT_ALLOWED",
-    "scanned_at",
-    "not allowed for this caller (SCANNED_AT_NOT_ALLOWED)",
-)
-
-
-def _reused_in_place(verdict: verifier_pb2.Verdict, request_id: str, path: str) -> None:
-    """Answer in place a batch or stream item whose request id was already answered for
-    another presentation: REJECTED, MALFORMED, the field and REQUEST_ID_REUSED in ``detail``."""
-    verdict.request_id = request_id
-    verdict.decision = verifier_pb2.DECISION_REJECTED
-    verdict.reason = verifier_pb2.REASON_MALFORMED
-    verdict.detail = f"{path}.request_id: {REUSED.description} ({REUSED.reason})"
+        return snapshot.verifiers[policy.max_scan_delay_seconds]
 
 
 async def _refuse(context: grpc.aio.ServicerContext, refused: CallRefused) -> NoReturn:
@@ -438,13 +399,20 @@ def _at(path: str, problem: FieldProblem) -> FieldProblem:
     return FieldProblem(problem.reason, field, problem.description)
 
 
+def _as_bytes(data: bytes) -> bytes:
+    """A request left encoded, for the core to decode."""
+    return data
+
+
 def add_verifier_service(service: VerifierService, server: grpc.aio.Server) -> None:
     """Register ``service`` as ``apcv.verify.v1.VerifierService`` on ``server``, like the
     generated ``add_VerifierServiceServicer_to_server`` but with request deserializers that
     never raise: grpcio would answer a request it cannot decode with UNKNOWN and the
     exception text (unary) or end a whole stream for one bad message; here the service
     answers it (INVALID_ARGUMENT, or MALFORMED in place for a batch or stream item). They
-    also measure each message: one over its limit is a :class:`TooLarge`, left undecoded."""
+    also measure each message: one over its limit is a :class:`TooLarge`, left undecoded.
+    ``VerifyBatch`` and ``VerifyStream`` messages are left as bytes both ways: the core
+    decodes the requests and encodes the responses (:class:`~apcv_verify._native.WireBatch`)."""
     # A batch is bounded by server.max_message_bytes, a request of one scan by
     # MAX_REQUEST_BYTES too (the setting is named only when it is the smaller bound).
     max_bytes = service._config.server.max_message_bytes
@@ -462,15 +430,13 @@ def add_verifier_service(service: VerifierService, server: grpc.aio.Server) -> N
         ),
         "VerifyBatch": grpc.unary_unary_rpc_method_handler(
             service.VerifyBatch,
-            request_deserializer=bounded(deserialize_batch, "batch", max_bytes, setting),
-            response_serializer=verifier_pb2.VerifyBatchResponse.SerializeToString,
+            request_deserializer=bounded(_as_bytes, "batch", max_bytes, setting),
+            response_serializer=None,  # encoded by the core
         ),
         "VerifyStream": grpc.stream_stream_rpc_method_handler(
             service.VerifyStream,
-            request_deserializer=bounded(
-                lenient(verifier_pb2.VerifyStreamRequest), "request", scan_limit, scan_setting
-            ),
-            response_serializer=verifier_pb2.VerifyStreamResponse.SerializeToString,
+            request_deserializer=bounded(_as_bytes, "request", scan_limit, scan_setting),
+            response_serializer=None,  # encoded by the core
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

@@ -16,7 +16,7 @@ fn hash(bytes: &[u8]) -> PyResult<[u8; HASH_LEN]> {
         .map_err(|_| PyValueError::new_err("an answer key is 16 bytes"))
 }
 
-fn presentation_bytes(scan: &verify::Scan) -> &[u8] {
+pub(crate) fn presentation_bytes(scan: &verify::Scan) -> &[u8] {
     match &scan.data {
         ScanData::Qr(text) => text.as_bytes(),
         ScanData::Nfc(bytes) => bytes,
@@ -27,7 +27,7 @@ fn presentation_bytes(scan: &verify::Scan) -> &[u8] {
 /// record of an answer: what is kept of it, without personal data.
 #[pyclass(frozen, module = "apcv_verify._native")]
 pub(crate) struct AnswerKeys {
-    inner: answers::AnswerKeys,
+    pub(crate) inner: answers::AnswerKeys,
 }
 
 #[pymethods]

@@ -3,19 +3,23 @@
 //! Thin by design (pyca/cryptography style): it only converts. Arguments become core values,
 //! core errors become exceptions (`errors`), core decisions become frozen result classes
 //! (`results`). All verification logic, the replay settlement rules included, lives in
-//! apcv-core; `Verifier.verify_batch` runs it with the GIL released.
+//! apcv-core; `Verifier.verify_batch` runs it with the GIL released. `WireBatch` (`wire`) takes
+//! the service's batch and stream requests as protobuf bytes and answers them encoded.
 
 mod answers;
+mod audit;
 mod errors;
 mod inputs;
 mod lists;
 mod primitives;
 mod results;
 mod verifier;
+mod wire;
 
 use pyo3::prelude::*;
 
 use crate::answers::{AnswerKeys, MemoryAnswerStore};
+use crate::audit::HolderRefKey;
 use crate::errors::{
     cose_key_error, malformed_error, InvalidSignature, NativeError, StatusListError, TrustListError,
 };
@@ -24,6 +28,7 @@ use crate::lists::{StatusBits, StatusList, TrustList};
 use crate::primitives::{cose_key_thumbprint, decode_status_list, verify_sign1, verify_signature};
 use crate::results::{AmcCoverage, AmoRights, Person, VerificationResult};
 use crate::verifier::Verifier;
+use crate::wire::WireBatch;
 
 /// apcv_verify._native: the compiled verification core.
 #[pymodule]
@@ -52,5 +57,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<AmcCoverage>()?;
     m.add_class::<VerificationResult>()?;
     m.add_class::<Verifier>()?;
+    m.add_class::<WireBatch>()?;
+    m.add_class::<HolderRefKey>()?;
     Ok(())
 }

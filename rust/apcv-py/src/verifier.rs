@@ -10,6 +10,7 @@ use pyo3::prelude::*;
 use crate::inputs::{MemoryReplayStore, Policy, Scan};
 use crate::lists::{StatusList, TrustList};
 use crate::results::{deferred_to_py, result_to_py, VerificationResult};
+use crate::wire::WireBatch;
 
 // The default of `signature_cache_entries` is written out for the signature text.
 const _: () = assert!(apcv_core::limits::SIGNATURE_CACHE_ENTRIES == 262_144);
@@ -17,10 +18,10 @@ const _: () = assert!(apcv_core::limits::SIGNATURE_CACHE_ENTRIES == 262_144);
 /// An immutable verification snapshot (trust list, status lists, policy, replay store).
 #[pyclass(frozen, module = "apcv_verify._native")]
 pub(crate) struct Verifier {
-    inner: verify::Verifier,
+    pub(crate) inner: verify::Verifier,
     /// Step 9 is left to the caller (replay_store=None): results that pass steps 1–8 come
     /// back pending.
-    external_replay: bool,
+    pub(crate) external_replay: bool,
 }
 
 fn status_arcs(lists: &[Bound<'_, StatusList>]) -> Vec<Arc<status::StatusList>> {
@@ -108,6 +109,18 @@ impl Verifier {
         }
         let decisions = py.detach(|| inner.verify_batch(&items, now));
         decisions.into_iter().map(|d| result_to_py(py, d)).collect()
+    }
+
+    /// Verifies the usable items of ``batch`` (a `WireBatch`) in one core call at ``now``
+    /// with the GIL released, each allowing ``uses``; once per batch.
+    fn verify_wire(
+        &self,
+        py: Python<'_>,
+        batch: &Bound<'_, WireBatch>,
+        uses: Vec<String>,
+        now: i64,
+    ) -> PyResult<()> {
+        batch.borrow_mut().verify(py, self, &uses, now)
     }
 
     fn __repr__(&self) -> String {

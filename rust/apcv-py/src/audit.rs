@@ -1,0 +1,150 @@
+//! The audit records of a `WireBatch` as JSON lines, written exactly as the service's audit
+//! trail writes them (python/apcv_verify/observe/audit.py and logs.py: the record's keys, then
+//! the common ones, rendered as Python's `json.dumps` does), so that a batch's records cost no
+//! Python object per item; and the pseudonymous holder reference they carry:
+//! HMAC-SHA-256(secret, credential id), hex, truncated (docs/operations.md "The audit record").
+
+use std::fmt::Write as _;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use ring::hmac;
+
+/// Bytes of the HMAC kept in a holder reference (`HOLDER_REF_HEX_CHARS` = 32 hex characters).
+const HOLDER_REF_BYTES: usize = 16;
+
+/// The audit trail's HMAC key. repr shows nothing of it.
+#[pyclass(frozen, module = "apcv_verify._native")]
+pub(crate) struct HolderRefKey {
+    key: hmac::Key,
+}
+
+#[pymethods]
+impl HolderRefKey {
+    #[new]
+    fn new(secret: &[u8]) -> PyResult<HolderRefKey> {
+        if secret.is_empty() {
+            return Err(PyValueError::new_err(
+                "the holder reference secret must not be empty",
+            ));
+        }
+        Ok(HolderRefKey {
+            key: hmac::Key::new(hmac::HMAC_SHA256, secret),
+        })
+    }
+
+    /// The holder reference of ``credential_id``.
+    fn holder_ref(&self, credential_id: &str) -> String {
+        let mut out = String::with_capacity(2 * HOLDER_REF_BYTES);
+        self.push_ref(&mut out, credential_id);
+        out
+    }
+
+    fn __repr__(&self) -> &'static str {
+        "HolderRefKey(***)"
+    }
+}
+
+impl HolderRefKey {
+    fn push_ref(&self, out: &mut String, credential_id: &str) {
+        let tag = hmac::sign(&self.key, credential_id.as_bytes());
+        for byte in &tag.as_ref()[..HOLDER_REF_BYTES] {
+            let _ = write!(out, "{byte:02x}");
+        }
+    }
+}
+
+/// `s` as a JSON string the way Python's `json.dumps` (ensure_ascii) writes it: `"` and `\`
+/// escaped, `\n \r \t \b \f` by name, every other character outside space..`~` as `\uXXXX`
+/// (lowercase hex; UTF-16 surrogate pairs above U+FFFF).
+pub(crate) fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            ' '..='~' => out.push(c),
+            _ => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    let _ = write!(out, "\\u{unit:04x}");
+                }
+            }
+        }
+    }
+    out.push('"');
+}
+
+/// One decision of a batch, as the audit record shows it.
+pub(crate) struct Decided<'a> {
+    pub(crate) position: usize,
+    pub(crate) request_id: &'a str,
+    pub(crate) reader_id: &'a str,
+    pub(crate) accepted: bool,
+    pub(crate) reason: &'a str,
+    pub(crate) duplicate: bool,
+    pub(crate) credential_id: Option<&'a str>,
+    pub(crate) replay_unchecked: bool,
+    /// The answer kept for an earlier request, given again (answer recovery).
+    pub(crate) resent: bool,
+}
+
+/// What every record of one batch shares, already rendered as JSON values by the service:
+/// the caller, the method, the latency and `tail`, the common keys after the record's
+/// (`"event": …, "level": …, "timestamp": …}`).
+pub(crate) struct Shared<'a> {
+    pub(crate) caller: &'a str,
+    pub(crate) method: &'a str,
+    pub(crate) latency_ms: &'a str,
+    pub(crate) tail: &'a str,
+}
+
+/// The audit line of `d` (newline included), keys in the audit trail's order.
+pub(crate) fn line(key: &HolderRefKey, shared: &Shared<'_>, d: &Decided<'_>) -> String {
+    let mut out = String::with_capacity(320 + shared.tail.len());
+    out.push_str("{\"kind\": \"audit\", \"request_id\": ");
+    push_json_str(&mut out, d.request_id);
+    out.push_str(", \"caller\": ");
+    out.push_str(shared.caller);
+    out.push_str(", \"reader_id\": ");
+    push_json_str(&mut out, d.reader_id);
+    out.push_str(", \"method\": ");
+    out.push_str(shared.method);
+    out.push_str(", \"decision\": ");
+    out.push_str(if d.accepted {
+        "\"ACCEPTED\""
+    } else {
+        "\"REJECTED\""
+    });
+    out.push_str(", \"reason\": ");
+    push_json_str(&mut out, d.reason);
+    out.push_str(", \"duplicate\": ");
+    out.push_str(if d.duplicate { "true" } else { "false" });
+    out.push_str(", \"latency_ms\": ");
+    out.push_str(shared.latency_ms);
+    out.push_str(", \"holder_ref\": ");
+    match d.credential_id {
+        Some(id) => {
+            out.push('"');
+            key.push_ref(&mut out, id);
+            out.push('"');
+        }
+        None => out.push_str("null"),
+    }
+    let _ = write!(out, ", \"item\": {}", d.position);
+    if d.replay_unchecked {
+        out.push_str(", \"replay_unchecked\": true");
+    }
+    if d.resent {
+        out.push_str(", \"resent\": true");
+    }
+    out.push_str(", ");
+    out.push_str(shared.tail);
+    out.push('\n');
+    out
+}

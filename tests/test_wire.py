@@ -1,0 +1,195 @@
+"""The core's own decoding and encoding of batch and stream messages (``_native.WireBatch``,
+what VerifyBatch and VerifyStream use) against the service's protobuf rules
+(``messages.scan_problem``, ``messages.fill_verdict``, the audit trail's fields), item by item:
+the same verdicts, details, disclosure and audit rows for the same scans."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from apcv_verify import _native
+from apcv_verify._proto.apcv.verify.v1 import verifier_pb2
+from apcv_verify.config import FIELD_GROUPS, USES
+from apcv_verify.issuer import DemoPKI
+from apcv_verify.observe.audit import AuditTrail
+from apcv_verify.service.decode import UNDECODABLE
+from apcv_verify.service.messages import fill_verdict, scan_problem
+
+Scan = verifier_pb2.Scan
+Reader = verifier_pb2.ReaderContext
+
+
+def new_verifier(pki: DemoPKI, now: int) -> _native.Verifier:
+    trust = _native.TrustList.verify(pki.trust_list, [pki.anchor_cose_key], now)
+    lists = [_native.StatusList.verify(s, trust, now) for s in pki.status_lists.values()]
+    return _native.Verifier(
+        trust, lists, _native.Policy(allow_test_identities=True), _native.MemoryReplayStore()
+    )
+
+
+def scans_of_every_kind(pki: DemoPKI, now: int) -> list[Scan]:
+    """Accepted (with AMC attestations, through a delegation, a beneficiary), rejected for
+    several reasons, and unusable in each way the contract names."""
+    delegate_key, delegation = pki.delegate("alice")
+    attestations = [
+        pki.amc_attestation("alice"),
+        pki.amc_attestation("alice", nbf=now - 7200, exp=now - 3600),  # expired
+    ]
+    presentations = [
+        pki.present("alice", amc=attestations),
+        pki.present("alice", dlg=delegation, signer=delegate_key),
+        pki.present("alice", ben=1, use="dmp"),
+        pki.present("alice", use="auth"),
+        *pki.samples(now=now).values(),
+    ]
+    scans = [
+        Scan(request_id=f"r-{i}", nfc_bytes=p, reader=Reader(reader_id="desk-1"))
+        for i, p in enumerate(presentations)
+    ]
+    good = presentations[0]
+    scans += [
+        Scan(request_id="no-presentation", reader=Reader(reader_id="desk-1")),
+        Scan(request_id="empty-qr", qr_text="", reader=Reader(reader_id="desk-1")),
+        Scan(nfc_bytes=good, reader=Reader(reader_id="desk-1")),
+        Scan(request_id="no-reader", nfc_bytes=good),
+        Scan(request_id="é" * 129, nfc_bytes=good, reader=Reader(reader_id="desk-1")),
+        Scan(request_id="long-reader", nfc_bytes=good, reader=Reader(reader_id="x" * 129)),
+        Scan(
+            request_id="long-nonce", nfc_bytes=good, reader=Reader(reader_id="d", nonce=b"n" * 65)
+        ),
+        # 100 characters in 200 bytes: within the bound, which counts characters.
+        Scan(request_id="é" * 100, qr_text="APCV1:0", reader=Reader(reader_id="ü" * 128)),
+    ]
+    return scans
+
+
+def expected(
+    pki: DemoPKI, scans: list[Scan], now: int, disclosed: frozenset[str], path: str | None
+) -> tuple[list[verifier_pb2.Verdict], list[tuple[object, ...]]]:
+    """The verdicts and audit rows of the protobuf path (``path`` None: a batch's items)."""
+    verdicts = [verifier_pb2.Verdict() for _ in scans]
+    valid = []
+    for index, (scan, verdict) in enumerate(zip(scans, verdicts, strict=True)):
+        problem = scan_problem(scan)
+        if problem is None:
+            valid.append(index)
+            continue
+        at = f"scans[{index}]" if path is None else path
+        verdict.request_id = scan.request_id
+        verdict.decision = verifier_pb2.DECISION_REJECTED
+        verdict.reason = verifier_pb2.REASON_MALFORMED
+        verdict.detail = f"{at}.{problem.field}: {problem.description}"
+    core = [
+        _native.Scan(
+            scans[i].qr_text
+            if scans[i].WhichOneof("presentation") == "qr_text"
+            else scans[i].nfc_bytes,
+            scans[i].reader.reader_id,
+            nonce=scans[i].reader.nonce or None,
+            allowed_uses=list(USES),
+        )
+        for i in valid
+    ]
+    results = new_verifier(pki, now).verify_batch(core, now)
+    rows = []
+    for i, result in zip(valid, results, strict=True):
+        fill_verdict(verdicts[i], scans[i].request_id, result, disclosed=disclosed, verified_at=now)
+        rows.append(
+            (
+                i,
+                scans[i].request_id,
+                scans[i].reader.reader_id,
+                result.accepted,
+                result.reason,
+                result.duplicate,
+                result.credential_id,
+                result.replay_unchecked,
+                result.resent,
+            )
+        )
+    return verdicts, rows
+
+
+@pytest.mark.parametrize(
+    "groups", [tuple(FIELD_GROUPS), (), ("ins",), ("identity", "amo"), ("amc",)]
+)
+def test_a_batch_is_answered_as_the_protobuf_path_answers_it(
+    pki: DemoPKI, groups: tuple[str, ...]
+) -> None:
+    now = int(time.time())
+    scans = scans_of_every_kind(pki, now)
+    data = verifier_pb2.VerifyBatchRequest(scans=scans).SerializeToString()
+    batch = _native.WireBatch.batch(data)
+    assert batch is not None and len(batch) == len(scans)
+    new_verifier(pki, now).verify_wire(batch, list(USES), now)
+    reply = verifier_pb2.VerifyBatchResponse.FromString(
+        batch.response({use: list(groups) for use in ("", *USES)})
+    )
+    verdicts, rows = expected(pki, scans, now, frozenset(groups), None)
+    assert list(reply.verdicts) == verdicts
+    assert batch.audit_rows() == rows
+    assert sum(v.decision == verifier_pb2.DECISION_ACCEPTED for v in reply.verdicts) >= 5
+    assert any(len(v.amc) == 2 for v in reply.verdicts) == ("amc" in groups)
+    assert any(v.delegation.used for v in reply.verdicts)
+
+
+def test_stream_messages_are_answered_one_response_each(pki: DemoPKI) -> None:
+    now = int(time.time())
+    scans = scans_of_every_kind(pki, now)
+    messages = [verifier_pb2.VerifyStreamRequest(scan=s).SerializeToString() for s in scans]
+    batch = _native.WireBatch.stream([*messages, b"\xff\xff"], 40)
+    new_verifier(pki, now).verify_wire(batch, list(USES), now)
+    replies = batch.response({use: list(FIELD_GROUPS) for use in ("", *USES)})
+    verdicts, rows = expected(pki, scans, now, frozenset(FIELD_GROUPS), "scan")
+    answered = [verifier_pb2.VerifyStreamResponse.FromString(r).verdict for r in replies]
+    assert answered[:-1] == verdicts
+    assert answered[-1].reason == verifier_pb2.REASON_MALFORMED
+    assert answered[-1].detail == f"scan: {UNDECODABLE}"
+    # A stream's items are numbered along the stream.
+    assert batch.audit_rows() == [(40 + row[0], *row[1:]) for row in rows]
+
+
+def test_an_undecodable_item_is_answered_in_place_a_broken_batch_is_none(pki: DemoPKI) -> None:
+    good = verifier_pb2.Scan(request_id="r", qr_text="x", reader=Reader(reader_id="d"))
+    raw = verifier_pb2.VerifyBatchRequest(scans=[good]).SerializeToString()
+    # A scan whose request_id is not UTF-8: the batch's framing holds, that item does not.
+    broken = b"\x0a\x03\x0a\x01\xff"
+    batch = _native.WireBatch.batch(raw + broken)
+    assert batch is not None and len(batch) == 2 and batch.valid == 1
+    assert _native.WireBatch.batch(b"\x0a\xff") is None
+    assert _native.WireBatch.batch(b"") is not None and len(_native.WireBatch.batch(b"")) == 0
+
+
+def test_the_core_writes_the_audit_records_the_audit_trail_would(pki: DemoPKI) -> None:
+    """Batch records rendered by the core (``WireBatch.audit_lines``) are the audit trail's
+    records rendered by ``json.dumps``, byte for byte, whatever the ids hold."""
+    now = int(time.time())
+    odd = 'r-"\\\n\t\x01\x7fé😀'
+    scans = [
+        Scan(request_id=odd, nfc_bytes=pki.present("alice"), reader=Reader(reader_id="desk-ü")),
+        Scan(request_id="r-2", qr_text="APCV1:0", reader=Reader(reader_id='d"1')),
+    ]
+    batch = _native.WireBatch.batch(
+        verifier_pb2.VerifyBatchRequest(scans=scans).SerializeToString()
+    )
+    assert batch is not None
+    new_verifier(pki, now).verify_wire(batch, list(USES), now)
+    common = {"event": "verification", "worker": 1, "level": "info", "timestamp": "2026-01-01Z"}
+    tail = json.dumps(common)[1:]
+    secret = b"audit secret"
+    lines = batch.audit_lines(
+        _native.HolderRefKey(secret), json.dumps("caller-é"), json.dumps("VerifyBatch"), "1.5", tail
+    )
+    trail = AuditTrail(secret)
+    expected = [
+        json.dumps({**trail._fields("VerifyBatch", *row[1:], 0.0015, "caller-é", row[0]), **common})
+        + "\n"
+        for row in batch.audit_rows()
+    ]
+    assert lines == expected
+    assert json.loads(lines[0])["holder_ref"] and json.loads(lines[1])["holder_ref"] is None
+    assert _native.HolderRefKey(secret).holder_ref("c-1") == trail.holder_ref("c-1")
+    assert "audit secret" not in repr(_native.HolderRefKey(secret))
+    assert batch.decision_counts() == [(True, "OK", 1), (False, "MALFORMED", 1)]
