@@ -5,6 +5,7 @@ the same verdicts, details, disclosure and audit rows for the same scans."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -14,6 +15,7 @@ from apcv_verify._proto.apcv.verify.v1 import verifier_pb2
 from apcv_verify.config import FIELD_GROUPS, USES
 from apcv_verify.issuer import DemoPKI
 from apcv_verify.observe.audit import AuditTrail
+from apcv_verify.replay.answers import AnswerRecovery, MemoryAnswers
 from apcv_verify.service.decode import UNDECODABLE
 from apcv_verify.service.messages import fill_verdict, scan_problem
 
@@ -193,3 +195,103 @@ def test_the_core_writes_the_audit_records_the_audit_trail_would(pki: DemoPKI) -
     assert _native.HolderRefKey(secret).holder_ref("c-1") == trail.holder_ref("c-1")
     assert "audit secret" not in repr(_native.HolderRefKey(secret))
     assert batch.decision_counts() == [(True, "OK", 1), (False, "MALFORMED", 1)]
+
+
+def test_answer_recovery_answers_a_batch_in_place(pki: DemoPKI) -> None:
+    """A batch's resends get their kept answers (``resent``, audited as such), another
+    presentation under a used request id is refused in place and not audited, and the same
+    request twice in one batch is answered once, as ``AnswerRecovery.answer`` does."""
+    now = int(time.time())
+    verifier = new_verifier(pki, now)
+    recovery = AnswerRecovery(MemoryAnswers(100), 3600)
+    first_code, other_code = pki.present("alice"), pki.present("alice")
+
+    def answered(scans: list[Scan]) -> tuple[_native.WireBatch, list[verifier_pb2.Verdict]]:
+        data = verifier_pb2.VerifyBatchRequest(scans=scans).SerializeToString()
+        batch = _native.WireBatch.batch(data)
+        assert batch is not None
+
+        async def verify() -> None:
+            verifier.verify_wire(batch, list(USES), now)
+
+        asyncio.run(recovery.answer_wire(batch, "caller-1", now, verify))
+        reply = batch.response({use: list(FIELD_GROUPS) for use in ("", *USES)})
+        return batch, list(verifier_pb2.VerifyBatchResponse.FromString(reply).verdicts)
+
+    def scan(code: bytes, request_id: str) -> Scan:
+        return Scan(request_id=request_id, nfc_bytes=code, reader=Reader(reader_id="desk-1"))
+
+    batch, (first,) = answered([scan(first_code, "r-1")])
+    assert (first.reason, first.resent, batch.recovery_counts()) == (
+        verifier_pb2.REASON_OK,
+        False,
+        (0, 0),
+    )
+    batch, (again, reused, fresh, twice) = answered(
+        [
+            scan(first_code, "r-1"),
+            scan(other_code, "r-1"),
+            scan(other_code, "r-2"),
+            scan(other_code, "r-2"),
+        ]
+    )
+    assert again.resent and not again.duplicate  # the first answer, not a duplicate
+    again.ClearField("resent")
+    assert again == first
+    assert (reused.request_id, reused.reason, reused.detail) == (
+        "r-1",
+        verifier_pb2.REASON_MALFORMED,
+        "scans[1].request_id: already used for another presentation by this caller and reader"
+        " (REQUEST_ID_REUSED)",
+    )
+    assert (fresh.reason, fresh.resent, twice.reason, twice.resent) == (
+        verifier_pb2.REASON_OK,
+        False,
+        verifier_pb2.REASON_OK,
+        True,
+    )
+    assert batch.recovery_counts() == (2, 1)
+    rows = batch.audit_rows()
+    assert [(row[0], row[-1]) for row in rows] == [(0, True), (2, False), (3, True)]
+    secret = b"audit secret"
+    tail = json.dumps({"event": "verification"})[1:]
+    lines = batch.audit_lines(
+        _native.HolderRefKey(secret), json.dumps("caller-1"), json.dumps("VerifyBatch"), "0.0", tail
+    )
+    trail = AuditTrail(secret)
+    assert lines == [
+        json.dumps(
+            {
+                **trail._fields("VerifyBatch", *row[1:], 0.0, "caller-1", row[0]),
+                "event": "verification",
+            }
+        )
+        + "\n"
+        for row in rows
+    ]
+    assert [json.loads(line).get("resent") for line in lines] == [True, None, True]
+
+
+def test_a_stream_item_with_scanned_at_is_refused_in_place(pki: DemoPKI) -> None:
+    now = int(time.time())
+    scans = [
+        Scan(request_id="s-1", nfc_bytes=pki.present("alice"), reader=Reader(reader_id="d")),
+        Scan(request_id="s-2", nfc_bytes=pki.present("alice"), reader=Reader(reader_id="d")),
+    ]
+    scans[1].scanned_at.seconds = now - 10
+    messages = [verifier_pb2.VerifyStreamRequest(scan=s).SerializeToString() for s in scans]
+    batch = _native.WireBatch.stream(messages, 0)
+    assert batch.scanned_at
+    batch.refuse_scanned_at()
+    assert (batch.valid, batch.scanned_at) == (1, False)
+    new_verifier(pki, now).verify_wire(batch, list(USES), now)
+    first, second = (
+        verifier_pb2.VerifyStreamResponse.FromString(r).verdict
+        for r in batch.response({use: [] for use in ("", *USES)})
+    )
+    assert first.reason == verifier_pb2.REASON_OK
+    assert (second.request_id, second.reason, second.detail) == (
+        "s-2",
+        verifier_pb2.REASON_MALFORMED,
+        "scan.scanned_at: not allowed for this caller (SCANNED_AT_NOT_ALLOWED)",
+    )
