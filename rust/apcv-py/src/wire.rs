@@ -120,7 +120,7 @@ enum Recovered {
     /// The answer kept for an earlier request, given again (`resent`): the decision rebuilt
     /// from the presentation, the record's phrases and time, the scan's reader (audit).
     Resent {
-        decision: verify::Decision,
+        decision: Box<verify::Decision>,
         detail: String,
         amc_details: Vec<String>,
         verified_at: i64,
@@ -142,7 +142,7 @@ fn recovered(
         return Some(Recovered::Reused);
     }
     Some(Recovered::Resent {
-        decision: verify::Verifier::recover(scan, &record),
+        decision: Box::new(verify::Verifier::recover(scan, &record)),
         amc_details: record.amc.iter().map(|(_, d)| d.clone()).collect(),
         detail: record.detail,
         verified_at: record.verified_at,
