@@ -34,8 +34,10 @@ SERVICER = HERE.parents[2] / "tests" / "fuzz-corpus" / "servicer"
 VERIFY, BATCH, STREAM = 0, 1, 2
 
 
-def _pkcs8(pem_path: Path) -> bytes:
-    key = serialization.load_pem_private_key(pem_path.read_bytes(), password=None)
+def _pkcs8(pki: DemoPKI, name: str) -> bytes:
+    """The private key ``name`` of ``pki`` as PKCS#8 DER (what ring reads)."""
+    pem = (pki.directory / pki.manifest["keys"][name]["file"]).read_bytes()
+    key = serialization.load_pem_private_key(pem, password=None)
     return key.private_bytes(
         serialization.Encoding.DER,
         serialization.PrivateFormat.PKCS8,
@@ -71,15 +73,12 @@ def main() -> None:
         presentations = {**samples, "delegated": delegated, "amc": with_amc, "family": family}
         status = pki.status_lists
         (status_uri, status_list), *_ = status.items()
-        keys = pki.directory / "keys"
         _write(
             HERE / "fixture",
             {
                 "anchor.cose_key": pki.anchor_cose_key,
-                "anchor.pkcs8": _pkcs8(keys.parent / pki.manifest["keys"][_anchor_name(pki)]["file"]),
-                "status.pkcs8": _pkcs8(
-                    keys.parent / pki.manifest["keys"][_signer_name(pki, status_uri)]["file"]
-                ),
+                "anchor.pkcs8": _pkcs8(pki, _anchor_name(pki)),
+                "status.pkcs8": _pkcs8(pki, _signer_name(pki, status_uri)),
                 "trust-list.cose": pki.trust_list,
                 "status-list.cwt": status_list,
             },
@@ -117,23 +116,26 @@ def main() -> None:
             {"signed": pki.trust_list, "payload": b"\x01" + trust_payload},
         )
         batch = verifier_pb2.VerifyBatchRequest(
-            scans=[
-                _scan(f"b-{i}", p, qr=i % 2 == 0)
-                for i, p in enumerate(presentations.values())
-            ]
+            scans=[_scan(f"b-{i}", p, qr=i % 2 == 0) for i, p in enumerate(presentations.values())]
         )
         servicer = {
             f"verify-{name}": bytes([VERIFY])
             + verifier_pb2.VerifyRequest(scan=_scan("r-1", p, qr=True)).SerializeToString()
             for name, p in presentations.items()
         }
-        servicer["verify-nfc"] = bytes([VERIFY]) + verifier_pb2.VerifyRequest(
-            scan=_scan("r-2", samples["accepted"], qr=False)
-        ).SerializeToString()
+        servicer["verify-nfc"] = (
+            bytes([VERIFY])
+            + verifier_pb2.VerifyRequest(
+                scan=_scan("r-2", samples["accepted"], qr=False)
+            ).SerializeToString()
+        )
         servicer["batch"] = bytes([BATCH]) + batch.SerializeToString()
-        servicer["stream"] = bytes([STREAM]) + verifier_pb2.VerifyStreamRequest(
-            scan=_scan("s-1", samples["accepted"], qr=True)
-        ).SerializeToString()
+        servicer["stream"] = (
+            bytes([STREAM])
+            + verifier_pb2.VerifyStreamRequest(
+                scan=_scan("s-1", samples["accepted"], qr=True)
+            ).SerializeToString()
+        )
         _write(SERVICER, servicer)
 
 
