@@ -189,7 +189,7 @@ $(CARGO_AUDIT):
 	cargo install --locked cargo-audit@$(CARGO_AUDIT_VERSION) --root $(CURDIR)/.tools
 
 audit: dev $(CARGO_AUDIT)
-	$(VENV)/bin/pip-audit --vulnerability-service pypi --skip-editable
+	$(VENV)/bin/pip-audit --strict --vulnerability-service pypi --skip-editable
 	$(CARGO_AUDIT) audit $(if $(AUDIT_DB),--db $(AUDIT_DB) --no-fetch)
 
 # The public contract: buf's STANDARD lint rules, and no breaking change against v1.
