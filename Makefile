@@ -23,7 +23,8 @@ FHIR_VALIDATOR_DIR := tools/fhir-validator
 FHIR_VALIDATOR := $(FHIR_VALIDATOR_DIR)/target/apcv-fhir-validator-1.jar
 
 .PHONY: build dev proto demo test test-fast test-rust test-python lint lint-proto fmt tools clean \
-	system-deps bench loadtest fhir-validator examples image image-deps image-base image-test helm
+	system-deps bench loadtest fhir-validator examples image image-deps image-base image-test helm \
+	fuzz soak audit
 
 # The virtualenv and the build tools; everything else is installed by `maturin develop`.
 $(VENV)/.stamp: pyproject.toml
@@ -163,6 +164,59 @@ bench: dev system-deps
 	$(PY) loadtest/core_bench.py --write docs/benchmarks.md --plot docs/benchmarks-scale.png
 	$(PY) loadtest/bench.py
 	$(PY) loadtest/service_bench.py --write docs/benchmarks.md
+
+# Fuzzing (docs/reliability.md "Fuzzing"). `make test` already runs every target briefly: the
+# core's four as bounded property tests on stable (rust/apcv-core/tests/fuzz_targets.rs), the
+# servicer's with a short atheris run (tests/test_fuzz.py). `make fuzz` runs each for
+# FUZZ_SECONDS under libFuzzer: the core's with cargo-fuzz, which needs a nightly toolchain
+# (cargo-fuzz itself comes from crates.io, pinned, into .tools/bin), the servicer's with atheris.
+# New inputs go to target/fuzz-corpus, never into the committed seeds; a crash stops the run
+# with its input in rust/apcv-core/fuzz/artifacts/<target>/ or target/fuzz-corpus/artifacts/.
+FUZZ_SECONDS ?= 60
+CARGO_FUZZ_VERSION ?= 0.13.2
+CARGO_FUZZ := $(TOOLS)/cargo-fuzz
+FUZZ_TARGETS := qr_nfc cose_cwt status_list trust_list
+FUZZ_WORK := $(CURDIR)/target/fuzz-corpus
+
+fuzz: dev
+	@set -e; \
+	if rustup run nightly rustc --version >/dev/null 2>&1; then \
+		[ -x $(CARGO_FUZZ) ] || cargo install --locked cargo-fuzz@$(CARGO_FUZZ_VERSION) --root $(CURDIR)/.tools; \
+		for t in $(FUZZ_TARGETS); do \
+			mkdir -p $(FUZZ_WORK)/$$t; \
+			(cd rust/apcv-core && cargo +nightly fuzz run -O $$t $(FUZZ_WORK)/$$t fuzz/corpus/$$t \
+				$$([ -d fuzz/regressions/$$t ] && echo fuzz/regressions/$$t) \
+				-- -max_total_time=$(FUZZ_SECONDS)); \
+		done; \
+	else \
+		echo "make fuzz: no nightly Rust toolchain, which cargo-fuzz needs ('rustup toolchain install"; \
+		echo "nightly' where static.rust-lang.org is reachable): the core's targets are skipped here."; \
+		echo "make test runs them on stable as bounded property tests (docs/reliability.md)."; \
+	fi
+	mkdir -p $(FUZZ_WORK)/servicer $(FUZZ_WORK)/artifacts
+	$(PY) -m tests.fuzz_servicer -max_total_time=$(FUZZ_SECONDS) \
+		-artifact_prefix=$(FUZZ_WORK)/artifacts/ $(FUZZ_WORK)/servicer tests/fuzz-corpus/servicer
+
+# The soak (docs/reliability.md "Soak"; not in CI: ten minutes): a real server on loopback at 70%
+# of its measured capacity, RSS, errors and p99 over time into docs/soak.png and the results
+# into docs/reliability.md. `make test` runs loadtest/soak.py --quick (tests/test_soak.py).
+SOAK_SECONDS ?= 600
+soak: dev
+	$(PY) loadtest/soak.py --seconds $(SOAK_SECONDS) --write docs/reliability.md --plot docs/soak.png
+
+# Dependency audit (docs/security.md "Dependency audit"): the Python environment against PyPI's
+# advisories (pip-audit asks PyPI's JSON API), and Cargo.lock against the RustSec advisory
+# database (cargo-audit, pinned, from crates.io into .tools/bin; it fetches the database from
+# GitHub, so it needs that network access, or AUDIT_DB pointing at a local copy of the database).
+CARGO_AUDIT_VERSION ?= 0.22.1
+CARGO_AUDIT := $(TOOLS)/cargo-audit
+AUDIT_DB ?=
+$(CARGO_AUDIT):
+	cargo install --locked cargo-audit@$(CARGO_AUDIT_VERSION) --root $(CURDIR)/.tools
+
+audit: dev $(CARGO_AUDIT)
+	$(VENV)/bin/pip-audit --strict --vulnerability-service pypi --skip-editable
+	$(CARGO_AUDIT) audit $(if $(AUDIT_DB),--db $(AUDIT_DB) --no-fetch)
 
 # A longer load test than the short one of `make test` (docs/operations.md "Load test"): a
 # corpus of LOADTEST_COUNT scans, a real server on loopback, locust headless for LOADTEST_TIME
