@@ -4,6 +4,7 @@ from collections.abc import Sequence
 from typing import Literal, Self, final
 
 __all__ = [
+    "CORE_VERSION",
     "AmcCoverage",
     "AmoRights",
     "CoseKeyError",
@@ -26,6 +27,9 @@ __all__ = [
     "verify_sign1",
     "verify_signature",
 ]
+
+#: The version of the core crate (rust/apcv-core).
+CORE_VERSION: str
 
 class NativeError(Exception):
     """Base of every error raised by the native core."""
