@@ -23,7 +23,7 @@ FHIR_VALIDATOR_DIR := tools/fhir-validator
 FHIR_VALIDATOR := $(FHIR_VALIDATOR_DIR)/target/apcv-fhir-validator-1.jar
 
 .PHONY: build dev proto demo test test-fast test-rust test-python lint lint-proto fmt tools clean \
-	system-deps bench fhir-validator image image-deps image-base image-test helm
+	system-deps bench loadtest fhir-validator examples image image-deps image-base image-test helm
 
 # The virtualenv and the build tools; everything else is installed by `maturin develop`.
 $(VENV)/.stamp: pyproject.toml
@@ -49,16 +49,17 @@ proto: $(PROTO_OUT)/.stamp
 build: proto
 	$(VENV)/bin/maturin develop --release
 
-# Builds the native core into the venv with the dev, load (locust) and tracing (OpenTelemetry)
-# extras: in release mode (what `make test` and `make bench` use), or with `make dev PROFILE=debug` in debug mode,
-# several times faster to build, for iterating on the Python side (the core is slower).
+# Builds the native core into the venv with the dev, load (locust), scan and tracing
+# (OpenTelemetry) extras: in release mode (what `make test` and `make bench` use), or with
+# `make dev PROFILE=debug` in debug mode, several times faster to build, for iterating on the
+# Python side (the core is slower).
 # Only from the command line: an unrelated PROFILE in the environment is ignored.
 ifneq ($(origin PROFILE),command line)
 PROFILE := release
 endif
 dev: proto
 	@case "$(PROFILE)" in release|debug) ;; *) echo "PROFILE must be release or debug"; exit 2;; esac
-	$(VENV)/bin/maturin develop $(if $(filter release,$(PROFILE)),--release) --extras dev,load,tracing
+	$(VENV)/bin/maturin develop $(if $(filter release,$(PROFILE)),--release) --extras dev,load,scan,tracing
 
 # grpcurl: the real gRPC client used by the tests and the README.
 $(GRPCURL):
@@ -111,20 +112,45 @@ $(FHIR_VALIDATOR): $(FHIR_VALIDATOR_DIR)/pom.xml $(shell find $(FHIR_VALIDATOR_D
 
 fhir-validator: $(FHIR_VALIDATOR)
 
+# The Go and Java clients of docs/integration.md, built from protos/ as an integrator would;
+# tests/test_client_docs.py runs them against a real server. Each is built again only when
+# its sources or the proto change: the Go module cache, the Go build cache and ~/.m2 keep the
+# downloads, and the outputs stay in the git-ignored examples/go/{gen,bin} and
+# examples/java/target.
+GO_EXAMPLE := examples/go/bin/verify-example
+JAVA_EXAMPLE_DIR := examples/java
+JAVA_EXAMPLE := $(JAVA_EXAMPLE_DIR)/target/apcv-verify-example-1.jar
+
+# buf.gen.yaml as committed: the proto's go_package resolves in examples/go's module.
+$(GO_EXAMPLE): examples/go/main.go examples/go/go.mod examples/go/go.sum buf.gen.yaml $(PROTO_SRC) \
+		| $(BUF) $(PROTOC_GEN_GO) $(PROTOC_GEN_GO_GRPC)
+	rm -rf examples/go/gen
+	$(BUF) generate --output examples/go
+	cd examples/go && go vet ./... && go build -o bin/verify-example .
+
+# protoc comes from Maven Central through the pom (protobuf-maven-plugin).
+$(JAVA_EXAMPLE): $(JAVA_EXAMPLE_DIR)/pom.xml $(shell find $(JAVA_EXAMPLE_DIR)/src -name '*.java') \
+		$(PROTO_SRC)
+	@command -v mvn >/dev/null || { echo "mvn is missing: apt-get install -y maven (Java 17 too)"; exit 1; }
+	cd $(JAVA_EXAMPLE_DIR) && mvn -B -q package
+	touch $@
+
+examples: $(GO_EXAMPLE) $(JAVA_EXAMPLE)
+
 demo: build $(GRPCURL)
 	$(VENV)/bin/apcv-verify demo
 
 test-rust:
 	cargo test --workspace
 
-test-python: dev tools helm system-deps fhir-validator
+test-python: dev tools helm system-deps fhir-validator examples
 	$(PY) -m pytest
 
 test: test-rust test-python
 
 # The Python suite without the tests marked slow (over about 3 s each: real server processes,
 # refresh and shutdown timings; pyproject.toml registers the marker). `make test` runs them all.
-test-fast: dev tools helm system-deps fhir-validator
+test-fast: dev tools helm system-deps fhir-validator examples
 	$(PY) -m pytest -m "not slow and not image"
 
 # The core first (loadtest/core_bench.py: crypto floor, core from Python, the plain-Python peer,
@@ -139,6 +165,18 @@ bench: dev system-deps
 	$(PY) loadtest/bench.py
 	$(PY) loadtest/service_bench.py --write docs/benchmarks.md
 
+# A longer load test than the short one of `make test` (docs/operations.md "Load test"): a
+# corpus of LOADTEST_COUNT scans, a real server on loopback, locust headless for LOADTEST_TIME
+# with LOADTEST_USERS users (hospital systems on Verify, edge readers on VerifyStream), every
+# answer checked against the corpus; CSV and HTML reports in LOADTEST_OUT.
+LOADTEST_OUT ?= .loadtest
+LOADTEST_COUNT ?= 20000
+LOADTEST_USERS ?= 16
+LOADTEST_TIME ?= 60s
+loadtest: dev
+	$(PY) loadtest/run.py --out $(LOADTEST_OUT) --count $(LOADTEST_COUNT) \
+		--users $(LOADTEST_USERS) --run-time $(LOADTEST_TIME)
+
 # The public contract: buf's STANDARD lint rules, and no breaking change against v1.
 lint-proto: $(BUF)
 	$(BUF) lint
@@ -151,10 +189,13 @@ lint: dev lint-proto
 	$(VENV)/bin/ruff format --check python tests loadtest
 	$(VENV)/bin/mypy python/apcv_verify
 	$(PY) -m mypy.stubtest apcv_verify._native
+	@unformatted=$$(gofmt -l examples/go/main.go); \
+		if [ -n "$$unformatted" ]; then echo "gofmt would change: $$unformatted"; exit 1; fi
 
 fmt:
 	cargo fmt --all
 	$(VENV)/bin/ruff format python tests loadtest
+	gofmt -w examples/go/main.go
 
 # The OCI image (Containerfile; docs/deploy.md "Image"). No container registry is reachable,
 # so both base images are made from Debian bookworm's packages with mmdebstrap and imported
@@ -235,4 +276,5 @@ image-test: dev image
 	APCV_IMAGE=$(IMAGE) $(PY) -m pytest -m image tests/test_image.py
 
 clean:
-	rm -rf $(VENV) target $(PROTO_OUT) .tools $(FHIR_VALIDATOR_DIR)/target $(IMAGE_DIR) dist
+	rm -rf $(VENV) target $(PROTO_OUT) .tools $(FHIR_VALIDATOR_DIR)/target $(IMAGE_DIR) dist \
+		examples/go/gen examples/go/bin $(JAVA_EXAMPLE_DIR)/target

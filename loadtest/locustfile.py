@@ -1,57 +1,161 @@
-"""Locust users for the verifier: only tasks here (the gRPC plumbing is in grpc_user.py).
+"""Locust users for the verifier: only tasks here (the gRPC plumbing is in grpc_user.py, the
+corpus and its checks in corpus_feed.py).
 
-The server must trust the demo PKI the users present from: make one and serve it, e.g.
+They send a corpus made by ``apcv-verify corpus`` to a server that trusts its PKI, and check
+every answer against the corpus's expected decision (a wrong one is a locust failure):
 
-    python loadtest/corpus.py /tmp/load --count 1
-    APCV_METRICS_LISTEN= apcv-verify serve --listen 127.0.0.1:50051 \\
-        --anchor /tmp/load/pki/anchor.pem --trust-list /tmp/load/pki/trust-list.cose \\
-        --status-list /tmp/load/pki/status/amo-1.cwt --allow-test-identities
-    APCV_LOADTEST_PKI=/tmp/load/pki locust -f loadtest/locustfile.py --host 127.0.0.1:50051
+    apcv-verify corpus --out /tmp/load --count 20000 --seed 1
+    APCV_METRICS_LISTEN= apcv-verify serve …   # the command `apcv-verify corpus` prints
+    APCV_LOADTEST_CORPUS=/tmp/load locust -f loadtest/locustfile.py --host 127.0.0.1:50051
 
-Each request carries a presentation made just before it (a fresh cti: never a replay).
+``make loadtest`` does all three (loadtest/run.py; docs/operations.md "Load test"). Users:
+
+- :class:`HospitalUser` — a hospital system: one unary ``Verify`` per scan;
+- :class:`EdgeReaderUser` — a regional edge reader: one ``VerifyStream`` kept open, scans
+  written in micro-batches of ``APCV_LOADTEST_STREAM_BATCH`` (16), each answer read and
+  timed on its own (one locust request per scan, named after the method).
+
+Each corpus item is sent once, by whichever user takes it; the run stops when the corpus is
+used up (or at ``--run-time``). A presentation lives 300 s: make the corpus right before the
+run, large enough for it (rate × duration), and give each locust worker process its own.
+``APCV_LOADTEST_SUMMARY=FILE`` writes, at the end, the answers right and wrong per kind.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import sys
-from itertools import count
+import time
 from pathlib import Path
+from typing import Any
+
+import gevent
+import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc  # noqa: E402
-from apcv_verify.issuer import DemoPKI  # noqa: E402
-from corpus import HOLDERS, READER_ID  # noqa: E402
-from grpc_user import GrpcUser  # noqa: E402
-from locust import between, task  # noqa: E402
+from corpus_feed import CorpusExpired, CorpusFeed  # noqa: E402
+from grpc_user import GrpcUser, StreamSession  # noqa: E402
+from locust import between, events, task  # noqa: E402
+from locust.env import Environment  # noqa: E402
+from locust.exception import StopUser  # noqa: E402
+from locust.stats import CSV_STATS_INTERVAL_SEC  # noqa: E402
 
-PKI = DemoPKI.load(os.environ.get("APCV_LOADTEST_PKI", "loadtest-pki"))
-#: Presentations per VerifyBatch: 50 (about 35 kB); the default server.max_message_bytes
-#: (2 MiB) takes up to server.max_batch (1,000) of them.
-BATCH_SIZE = int(os.environ.get("APCV_LOADTEST_BATCH", "50"))
-_ids = count()
+log = logging.getLogger("apcv_loadtest")
+
+try:
+    FEED = CorpusFeed(os.environ.get("APCV_LOADTEST_CORPUS", "loadtest-corpus"))
+except (OSError, CorpusExpired) as error:  # one line, not a traceback, before any user starts
+    raise SystemExit(f"loadtest: no corpus to send: {error} (set APCV_LOADTEST_CORPUS)") from None
+#: Scans an edge reader writes before reading their answers.
+STREAM_BATCH = int(os.environ.get("APCV_LOADTEST_STREAM_BATCH", "16"))
+VERIFY_STREAM = "/apcv.verify.v1.VerifierService/VerifyStream"
+#: How long a user waits when every item left waits for another's answer.
+WAIT_FOR_ANSWERS = 0.005
 
 
-def _scan(holder: str) -> verifier_pb2.Scan:
-    return verifier_pb2.Scan(
-        request_id=f"locust-{next(_ids)}",
-        nfc_bytes=PKI.present(holder),
-        reader=verifier_pb2.ReaderContext(reader_id=READER_ID),
+@events.test_start.add_listener
+def _announce(environment: Environment, **_: Any) -> None:
+    log.info(
+        "corpus of %d scans, %.0f s of validity left (%s)",
+        FEED.total,
+        FEED.seconds_left,
+        ", ".join(f"{kind} {count}" for kind, count in FEED.manifest["kinds"].items()),
     )
 
 
-class ReceptionDesk(GrpcUser):
-    """A reception desk scanning one phone at a time, and now and then a reader's batch."""
+@events.test_stop.add_listener
+def _summarise(environment: Environment, **_: Any) -> None:
+    summary = FEED.summary()
+    log.info("corpus answers: %s", json.dumps(summary, sort_keys=True))
+    if path := os.environ.get("APCV_LOADTEST_SUMMARY"):
+        Path(path).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
+
+class _CorpusUser(GrpcUser):
+    abstract = True
     stub_class = verifier_pb2_grpc.VerifierServiceStub
-    wait_time = between(0.0, 0.01)
+    #: Users started and not yet stopped: the last one to stop at the end of the corpus ends
+    #: the run (none is then left to be killed in the middle of closing its channel).
+    running = 0
 
-    @task(10)
+    def on_start(self) -> None:
+        _CorpusUser.running += 1
+
+    def on_stop(self) -> None:
+        try:
+            super().on_stop()
+        finally:
+            _CorpusUser.running -= 1
+            if FEED.exhausted and _CorpusUser.running == 0 and self.environment.runner:
+                log.info("corpus used up: stopping the run")
+                # locust writes its CSV files every CSV_STATS_INTERVAL_SEC, not at exit:
+                # let it write the last answers first.
+                gevent.spawn_later(CSV_STATS_INTERVAL_SEC + 0.5, self.environment.runner.quit)
+
+    def _next(self, count: int) -> list[Any]:
+        """Items to send, waiting while the rest waits for answers; at the end of the
+        corpus this user stops."""
+        while True:
+            items = FEED.take(count)
+            if items:
+                return items
+            if FEED.exhausted:
+                raise StopUser()
+            gevent.sleep(WAIT_FOR_ANSWERS)
+
+
+class HospitalUser(_CorpusUser):
+    """A hospital system verifying one scan at a time with unary ``Verify``."""
+
+    weight = 3
+    wait_time = between(0.0, 0.005)
+
+    def judge(self, request: Any, response: Any) -> Exception | None:
+        item = FEED.item(request.scan.request_id)
+        return None if item is None else FEED.answered(item, response.verdict)
+
+    @task
     def verify(self) -> None:
-        scan = _scan(HOLDERS[next(_ids) % len(HOLDERS)])
-        self.stub.Verify(verifier_pb2.VerifyRequest(scan=scan), timeout=10)
+        (item,) = self._next(1)
+        try:
+            self.stub.Verify(verifier_pb2.VerifyRequest(scan=item.scan()), timeout=10)
+        except grpc.RpcError:  # reported as a failure by the interceptor
+            FEED.unanswered(item)
 
-    @task(1)
-    def verify_batch(self) -> None:
-        scans = [_scan(HOLDERS[i % len(HOLDERS)]) for i in range(BATCH_SIZE)]
-        self.stub.VerifyBatch(verifier_pb2.VerifyBatchRequest(scans=scans), timeout=30)
+
+class EdgeReaderUser(_CorpusUser):
+    """An edge reader: one ``VerifyStream`` open, micro-batches of scans written and their
+    answers read in order, each answer a locust request timed from its batch's write."""
+
+    weight = 1
+    wait_time = between(0.0, 0.01)
+    session: StreamSession | None = None
+
+    def on_stop(self) -> None:
+        try:
+            if self.session is not None:
+                self.session.close()
+        finally:  # even when the runner stops this user in the middle of it
+            super().on_stop()
+
+    @task
+    def stream(self) -> None:
+        items = self._next(STREAM_BATCH)
+        if self.session is None:
+            self.session = StreamSession(self.stream_stub.VerifyStream)
+        requests = [verifier_pb2.VerifyStreamRequest(scan=item.scan()) for item in items]
+        started = time.perf_counter()
+        answered = 0
+        try:
+            for item, response in zip(items, self.session.exchange(requests), strict=False):
+                answered += 1
+                problem = FEED.answered(item, response.verdict)
+                self.fire(VERIFY_STREAM, started, response.ByteSize(), problem)
+        except grpc.RpcError as error:  # the stream ended: the rest is unanswered
+            self.session = None
+            for item in items[answered:]:
+                FEED.unanswered(item)
+                self.fire(VERIFY_STREAM, started, 0, error)

@@ -1,5 +1,7 @@
-"""Every Python example of docs/integration.md runs as written against a real server and
-prints what the text block after it shows (``<id>`` standing for a random request_id)."""
+"""Every example of docs/integration.md runs as written against a real server and prints what
+the text block after it shows (``<id>`` standing for a random request_id, ``<date>`` for a
+date): the Python examples, the grpcurl commands, and the Go and Java programs of examples/
+(built by ``make examples``), whose excerpts in the document are their own lines."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -14,26 +17,91 @@ from apcv_verify.issuer import DemoPKI, qr_text
 
 from .conftest import REPO, ServerProcess
 
-#: Real server processes (and, for some, their restarts): over about 3 s each.
-pytestmark = pytest.mark.slow
-
 DOC = REPO / "docs" / "integration.md"
-BLOCK = re.compile(r"```python\n(.*?)```\n\n```text\n(.*?)```", re.DOTALL)
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```\n", re.DOTALL | re.MULTILINE)
+TOOLS = REPO / ".tools" / "bin"
+#: The programs a shell example may run, and the files whose lines its excerpts quote.
+BUILT = {
+    "examples/go/bin/verify-example": "go",
+    "examples/java/target/apcv-verify-example-1.jar": "java",
+}
+SOURCES = {
+    "go": REPO / "examples" / "go" / "main.go",
+    "java": REPO / "examples/java/src/main/java/fr/apcv/examples/VerifyExample.java",
+}
+PLACEHOLDERS = {"<id>": r"[0-9a-f]{32}", "<date>": r"\d{4}-\d{2}-\d{2}"}
 
 
-def examples() -> list[tuple[str, str]]:
-    return BLOCK.findall(DOC.read_text())
+@dataclass(frozen=True)
+class Block:
+    language: str
+    code: str
+    #: The text block that follows it with only blank lines between, if any.
+    output: str | None
+
+
+def blocks() -> list[Block]:
+    text = DOC.read_text()
+    found = list(FENCE.finditer(text))
+    result: list[Block] = []
+    for index, match in enumerate(found):
+        if match.group(1) == "text":
+            continue
+        after = found[index + 1] if index + 1 < len(found) else None
+        adjacent = (
+            after is not None
+            and after.group(1) == "text"
+            and not text[match.end() : after.start()].strip()
+        )
+        result.append(Block(match.group(1), match.group(2), after.group(2) if adjacent else None))
+    return result
+
+
+def examples(language: str) -> list[Block]:
+    return [block for block in blocks() if block.language == language and block.output]
+
+
+def check_output(printed: str, output: str) -> None:
+    expected = [re.escape(line) for line in output.splitlines()]
+    for placeholder, pattern in PLACEHOLDERS.items():
+        expected = [line.replace(re.escape(placeholder), pattern) for line in expected]
+    lines = printed.splitlines()
+    assert len(lines) == len(expected), printed
+    for line, pattern in zip(lines, expected, strict=True):
+        assert re.fullmatch(pattern, line), (line, pattern)
 
 
 def test_the_document_has_its_examples() -> None:
-    assert len(examples()) == 4  # hospital, typed error, batcher with callback, iterator
+    # hospital, typed error, batcher with callback, iterator
+    assert len(examples("python")) == 4
+    # grpcurl: list, verify, resends, an error; the Go and the Java program
+    assert len(examples("sh")) == 6
+    assert [block.code for block in examples("sh")[-2:]] == [
+        "examples/go/bin/verify-example\n",
+        'java -cp "examples/java/target/apcv-verify-example-1.jar:'
+        '$(cat examples/java/target/classpath.txt)" \\\n    fr.apcv.examples.VerifyExample\n',
+    ]
 
 
+@pytest.mark.parametrize("language", sorted(SOURCES))
+def test_the_documents_excerpts_are_the_programs_own_lines(language: str) -> None:
+    """Each Go or Java block of the document is a run of consecutive lines of its program
+    (indentation aside), so what the reader sees is what the tests run."""
+    source = [line.strip() for line in SOURCES[language].read_text().splitlines()]
+    excerpts = [block for block in blocks() if block.language == language]
+    assert len(excerpts) >= 3
+    for excerpt in excerpts:
+        lines = [line.strip() for line in excerpt.code.splitlines()]
+        starts = [i for i in range(len(source)) if source[i : i + len(lines)] == lines]
+        assert starts, f"not in {SOURCES[language].name}:\n{excerpt.code}"
+
+
+@pytest.mark.slow  # a real server process: over about 3 s
 @pytest.mark.parametrize("index", range(4))
 def test_an_integration_example_runs_as_documented(
     index: int, server: ServerProcess, pki: DemoPKI, tmp_path: Path
 ) -> None:
-    code, output = examples()[index]
+    example = examples("python")[index]
     env = {
         **os.environ,
         "APCV_TARGET": server.address,
@@ -41,14 +109,38 @@ def test_an_integration_example_runs_as_documented(
         "APCV_SPOOL": str(tmp_path / "reader.spool"),
     }
     run = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
-        timeout=120,
+        [sys.executable, "-c", example.code], env=env, cwd=tmp_path, capture_output=True,
+        text=True, timeout=120,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
-    expected = [
-        re.escape(line).replace(re.escape("<id>"), r"[0-9a-f]{32}") for line in output.splitlines()
-    ]
-    printed = run.stdout.splitlines()
-    assert len(printed) == len(expected), run.stdout
-    for line, pattern in zip(printed, expected, strict=True):
-        assert re.fullmatch(pattern, line), (line, pattern)
+    assert example.output is not None
+    check_output(run.stdout, example.output)
+
+
+@pytest.mark.slow  # a real server process: over about 3 s
+@pytest.mark.parametrize("index", range(6))
+def test_a_shell_example_runs_as_documented(
+    index: int, server: ServerProcess, pki: DemoPKI, grpcurl: str
+) -> None:
+    """grpcurl from `make tools`, the Go and Java programs from `make examples`, run by bash
+    from the repository's root."""
+    example = examples("sh")[index]
+    for path, language in BUILT.items():
+        if path in example.code and not (REPO / path).exists():
+            message = f"the {language} example is not built: `make examples` builds it"
+            if os.environ.get("CI"):
+                pytest.fail(message)
+            pytest.skip(message)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(grpcurl).parent}{os.pathsep}{TOOLS}{os.pathsep}{os.environ['PATH']}",
+        "APCV_TARGET": server.address,
+        "APCV_QR": qr_text(pki.present("alice")),
+    }
+    run = subprocess.run(
+        ["bash", "-c", example.code], env=env, cwd=REPO, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert example.output is not None
+    check_output(run.stdout, example.output)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ast
 import graphlib
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,6 +139,25 @@ def test_serving_does_not_load_the_issuer_toolkit(graph: dict[str, list[Import]]
         assert not sorted(filter(is_issuer, loaded)), entry
 
 
+#: The commands that make test material, the only parts of the command line that load the
+#: issuer toolkit (and only when they run: see the test above).
+TOOLKIT_COMMANDS = {"apcv_verify.cli.issue", "apcv_verify.cli.demo", "apcv_verify.cli.corpus"}
+
+
+def test_only_the_toolkit_commands_import_the_issuer(graph: dict[str, list[Import]]) -> None:
+    """``scan`` verifies through the client SDK; only ``issue``, ``demo`` and ``corpus`` make
+    keys, credentials and presentations."""
+    importers = {
+        name
+        for name, items in graph.items()
+        if name.startswith("apcv_verify.cli.") and any(is_issuer(i.module) for i in items)
+    }
+    assert importers == TOOLKIT_COMMANDS
+    scan = reachable(graph, "apcv_verify.cli.scan", top_level_only=False)
+    assert "apcv_verify.client" in scan
+    assert not sorted(filter(is_issuer, scan)), "apcv_verify.cli.scan"
+
+
 @pytest.mark.parametrize("layer", sorted(FORBIDDEN))
 def test_lower_layers_do_not_import_higher_ones(graph: dict[str, list[Import]], layer: str) -> None:
     for name, items in graph.items():
@@ -145,3 +166,14 @@ def test_lower_layers_do_not_import_higher_ones(graph: dict[str, list[Import]], 
         for item in items:
             reached = [f for f in FORBIDDEN[layer] if f"{item.module}.".startswith(f"{f}.")]
             assert not reached, f"{name} imports {item.module}"
+
+
+def test_the_command_line_loads_no_scan_or_progress_library_to_serve() -> None:
+    """tqdm, Pillow and zxing-cpp are for ``scan`` and ``corpus``: imported when they run."""
+    loaded = subprocess.run(
+        [sys.executable, "-c",
+         "import sys, apcv_verify.cli.main, apcv_verify.service.startup; print(*sys.modules)"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert "apcv_verify.cli.scan" in loaded  # the check sees the commands' modules…
+    assert not {"tqdm", "PIL", "zxingcpp"} & set(loaded)  # …but not what they run with

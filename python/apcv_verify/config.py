@@ -70,6 +70,9 @@ MAX_SCAN_DELAY_LIMIT = 86_400
 #: Largest ``server.stream_window``: each request read ahead is at most 64 KiB
 #: (server.MAX_REQUEST_BYTES).
 MAX_STREAM_WINDOW = 10_000
+#: Smallest ``server.stream_memory_bytes`` but 0: one request of the largest size
+#: (service.decode.MAX_REQUEST_BYTES) must fit.
+MIN_STREAM_MEMORY_BYTES = 64 * 1024
 #: Largest keepalive and connection-age timer, in seconds (a week); gRPC takes int32 ms.
 MAX_TIMER_SECONDS = 7 * 86_400
 #: Largest ``server.max_message_bytes``: gRPC takes its limits as int32 and is let read
@@ -109,9 +112,24 @@ class ServerSection:
     #: server stops reading that stream (HTTP/2 flow control then holds the client back), so
     #: one fast client cannot grow the server's memory (docs/operations.md "Streaming").
     stream_window: int = 256
-    #: Most RPCs handled at once by this process (health checks included); the next ones
-    #: get RESOURCE_EXHAUSTED. 0 = no limit.
+    #: Most RPCs handled at once by this process; the next ones get RESOURCE_EXHAUSTED
+    #: (TOO_MANY_CALLS). Health checks are counted apart (service.limits), so probes still
+    #: answer when it is reached. 0 = no limit.
     max_concurrent_rpcs: int = 1000
+    #: Most calls open at once on one HTTP/2 connection (streams included; health checks
+    #: too); the next ones get RESOURCE_EXHAUSTED (TOO_MANY_CALLS), so one connection cannot
+    #: fill ``max_concurrent_rpcs``. 0 = no limit.
+    max_streams_per_connection: int = 100
+    #: Most calls open at once for one caller: the client certificate's CN with mTLS, else the
+    #: peer's IP address. 0 = no limit.
+    max_streams_per_caller: int = 500
+    #: A VerifyStream whose client sends nothing for this many seconds while the server waits
+    #: for a request is ended with UNAVAILABLE (STREAM_IDLE). 0 = never.
+    stream_idle_seconds: float = 120.0
+    #: Bytes of VerifyStream requests read and not yet answered, all streams together: beyond
+    #: it streams stop reading (backpressure) and one that waits too long is ended with
+    #: RESOURCE_EXHAUSTED (STREAM_MEMORY_EXHAUSTED). 0 = no budget.
+    stream_memory_bytes: int = 64 * 1024 * 1024
     #: Seconds between the server's keepalive pings on a connection (detects dead peers
     #: behind NATs and load balancers): grpc.keepalive_time_ms.
     keepalive_time_seconds: float = 60.0
@@ -423,9 +441,18 @@ class Config:
             raise ConfigError(f"server.stream_window: must be between 1 and {MAX_STREAM_WINDOW}")
         if server.max_concurrent_rpcs < 0:
             raise ConfigError("server.max_concurrent_rpcs: must not be negative (0 = no limit)")
-        if server.max_concurrent_rpcs == 1:
-            # Health checks count too: one slot would let a probe refuse every verification.
-            raise ConfigError("server.max_concurrent_rpcs: must be at least 2 (or 0 = no limit)")
+        for key in ("max_streams_per_connection", "max_streams_per_caller"):
+            if getattr(server, key) < 0:
+                raise ConfigError(f"server.{key}: must not be negative (0 = no limit)")
+        if not 0 <= server.stream_idle_seconds <= MAX_TIMER_SECONDS:
+            raise ConfigError(
+                f"server.stream_idle_seconds: must be between 0 and {MAX_TIMER_SECONDS} seconds"
+            )
+        if server.stream_memory_bytes and server.stream_memory_bytes < MIN_STREAM_MEMORY_BYTES:
+            raise ConfigError(
+                f"server.stream_memory_bytes: must be at least {MIN_STREAM_MEMORY_BYTES}"
+                " (one request of the largest size) or 0 = no budget"
+            )
         for key, value, minimum in (
             ("keepalive_time_seconds", server.keepalive_time_seconds, 1.0),
             ("keepalive_timeout_seconds", server.keepalive_timeout_seconds, 1.0),

@@ -33,7 +33,11 @@ max_message_bytes = {}
 max_batch = {}  # most scans in one VerifyBatch
 stream_window = {}  # VerifyStream: requests read ahead of answers
 grace_seconds = {}  # SIGTERM: open calls get this long
-max_concurrent_rpcs = {}  # then RESOURCE_EXHAUSTED; 0 = no limit
+max_concurrent_rpcs = {}  # then RESOURCE_EXHAUSTED; health apart; 0 = no limit
+max_streams_per_connection = {}  # calls open on one connection; 0 = no limit
+max_streams_per_caller = {}  # per client CN (mTLS) or peer IP; 0 = no limit
+stream_idle_seconds = {}  # VerifyStream without a request: UNAVAILABLE; 0 = never
+stream_memory_bytes = {}  # stream requests read ahead, all streams; 0 = no budget
 keepalive_time_seconds = {}  # server pings each connection
 keepalive_timeout_seconds = {}  # no ping answer: connection closed
 keepalive_min_ping_interval_seconds = {}  # clients pinging more: GOAWAY

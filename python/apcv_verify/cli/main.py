@@ -1,4 +1,4 @@
-"""``apcv-verify``: serve, config, demo, issue."""
+"""``apcv-verify``: serve, config, demo, issue, scan, corpus."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from .. import _native
 from ..config import ConfigError, load_config
 from ..observe.logs import configure_logging
 from ..trust.sources import SourceError
+from . import corpus as cli_corpus
 from . import issue as cli_issue
+from . import scan as cli_scan
 
 __all__ = ["main"]
 
@@ -141,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     cli_issue.register(commands)
+    cli_scan.register(commands)
+    cli_corpus.register(commands)
     return parser
 
 

@@ -12,7 +12,7 @@ exception                      status                 what the caller does
 :class:`InvalidRequestError`   INVALID_ARGUMENT       fix the request (``field_violations``)
 :class:`PermissionDeniedError` PERMISSION_DENIED      fix the caller's certificate or policy
 :class:`MessageTooLargeError`  RESOURCE_EXHAUSTED     send less per call (``MESSAGE_TOO_LARGE``)
-:class:`ServerBusyError`       RESOURCE_EXHAUSTED     back off, try again (no details)
+:class:`ServerBusyError`       RESOURCE_EXHAUSTED     back off, try again (``TOO_MANY_CALLS``)
 :class:`UnavailableError`      UNAVAILABLE            try again later or on another replica
 :class:`DeadlineExceededError` DEADLINE_EXCEEDED      the answer is unknown: resend the same id
 :class:`ServerError`           INTERNAL, UNKNOWN      report it (a bug on the server's side)
@@ -114,7 +114,10 @@ class MessageTooLargeError(VerifierError):
 
 
 class ServerBusyError(VerifierError):
-    """``RESOURCE_EXHAUSTED`` from the gRPC library: too many concurrent calls."""
+    """``RESOURCE_EXHAUSTED`` other than ``MESSAGE_TOO_LARGE``: too many calls in progress
+    (``TOO_MANY_CALLS``, ``metadata["setting"]`` names the limit), a stream over the server's
+    memory budget (``STREAM_MEMORY_EXHAUSTED``), or the gRPC library's own (no details). Back
+    off and try again."""
 
 
 class UnavailableError(VerifierError):

@@ -1,7 +1,8 @@
 """Issuer toolkit for the open ApCV profile v1, by concern: keys (:mod:`.keys`), COSE_Sign1
 (:mod:`.cose`), claims — identity data, credentials, presentations, delegation, AMC
-(:mod:`.claims`) —, trust list and status lists (:mod:`.lists`) and the demonstration PKI
-(:mod:`.pki`). Every public name is importable from ``apcv_verify.issuer``.
+(:mod:`.claims`) —, trust list and status lists (:mod:`.lists`), the demonstration PKI
+(:mod:`.pki`) and load-test corpora (:mod:`.corpus`). Every public name is importable from
+``apcv_verify.issuer``.
 
 Keys, credentials, presentations, QR text, trust lists and status lists, plus a ready-made
 demonstration PKI. Used by the tests, the demo, load-test corpora and integrators' test benches.
@@ -39,6 +40,14 @@ from .claims import (
     nir_key_is_valid,
     presentation_from_qr_text,
     qr_text,
+)
+from .corpus import (
+    DEFAULT_MIX,
+    CorpusError,
+    CorpusSummary,
+    make_corpus,
+    parse_mix,
+    read_scans,
 )
 from .cose import (
     Sign1,
@@ -92,6 +101,7 @@ __all__ = [
     "AMO_ROLE",
     "CTI_LENGTH",
     "DEFAULT_PRESENTATION_LIFETIME",
+    "DEFAULT_MIX",
     "DEMO_AMC_DOMAINS",
     "DEMO_AMC_ISS",
     "DEMO_AMC_NUMBER",
@@ -121,6 +131,8 @@ __all__ = [
     "Alg",
     "AmoRights",
     "Beneficiary",
+    "CorpusError",
+    "CorpusSummary",
     "DemoHolder",
     "DemoPKI",
     "Identity",
@@ -134,6 +146,7 @@ __all__ = [
     "deterministic_cbor",
     "issue_credential",
     "make_amc_attestation",
+    "make_corpus",
     "make_delegation",
     "make_presentation",
     "make_status_list",
@@ -141,9 +154,11 @@ __all__ = [
     "matricule",
     "nir_key",
     "nir_key_is_valid",
+    "parse_mix",
     "parse_sign1",
     "presentation_from_qr_text",
     "qr_text",
+    "read_scans",
     "sign1",
     "tamper_signature",
     "thumbprint",

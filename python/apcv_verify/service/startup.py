@@ -27,6 +27,7 @@ from ..replay.redis import RedisReplayStore
 from ..trust.material import TrustMaterial
 from ..trust.sources import TrustSource
 from .interceptors import ErrorInterceptor, MetricsInterceptor, TracingInterceptor
+from .limits import LimitMetrics, LimitsInterceptor
 from .servicer import SERVICE_NAME, VerifierService, add_verifier_service
 
 if TYPE_CHECKING:
@@ -166,6 +167,12 @@ def server_options(server: ServerSection) -> list[tuple[str, int]]:
     # connections over them (apcv_verify.cli.workers). One worker: a port already in use is an
     # error, not a silent share with whatever holds it.
     options.append(("grpc.so_reuseport", int(server.workers > 1)))
+    # No BDP probing: with it gRPC grows each stream's receive window far beyond 64 KiB, and
+    # streams whose clients write faster than the service reads made the process hold about
+    # 7 MiB each in its transport buffers (200 such streams: 1.5 GB of RSS; without it: 57 MB,
+    # docs/operations.md "Streams that hold memory"). The requests read ahead are bounded
+    # apart, by server.stream_memory_bytes (service.limits).
+    options.append(("grpc.http2.bdp_probe", 0))
     return options
 
 
@@ -184,18 +191,23 @@ async def start_server(config: Config, material: TrustMaterial | None = None) ->
         trust.seed(material)
     else:
         await trust.load_initial()
+    # Metrics first, so that they see the status the error mapping sets and the calls the
+    # limits refuse (tracing, when on, before them for the same reason). The limits are the
+    # service's own, not grpc's maximum_concurrent_rpcs: that one counts health checks too
+    # and refuses without details (service.limits).
     interceptors: list[grpc.aio.ServerInterceptor] = [
         MetricsInterceptor(metrics),
         ErrorInterceptor(),
+        LimitsInterceptor(
+            config.server, LimitMetrics(metrics.registry), stream_services=(SERVICE_NAME,)
+        ),
     ]
     tracing = current_tracing()
     if tracing is not None:  # tracing.enabled (configure_tracing, in serve)
         interceptors.insert(0, TracingInterceptor(tracing))
     server = grpc.aio.server(
-        # Tracing and metrics first, so that they see the status the error mapping sets.
         interceptors=interceptors,
         options=server_options(config.server),
-        maximum_concurrent_rpcs=config.server.max_concurrent_rpcs or None,
     )
     replay = (
         RedisReplayStore(

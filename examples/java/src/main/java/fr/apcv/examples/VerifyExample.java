@@ -1,0 +1,147 @@
+package fr.apcv.examples;
+
+import com.google.protobuf.Any;
+import com.google.protobuf.InvalidProtocolBufferException;
+import com.google.rpc.BadRequest;
+import com.google.rpc.ErrorInfo;
+import fr.apcv.verify.v1.ReaderContext;
+import fr.apcv.verify.v1.Scan;
+import fr.apcv.verify.v1.Verdict;
+import fr.apcv.verify.v1.Verifier;
+import fr.apcv.verify.v1.VerifyRequest;
+import fr.apcv.verify.v1.VerifyResponse;
+import io.grpc.CallOptions;
+import io.grpc.Channel;
+import io.grpc.Grpc;
+import io.grpc.InsecureChannelCredentials;
+import io.grpc.ManagedChannel;
+import io.grpc.MethodDescriptor;
+import io.grpc.StatusRuntimeException;
+import io.grpc.protobuf.ProtoUtils;
+import io.grpc.protobuf.StatusProto;
+import io.grpc.stub.ClientCalls;
+import java.security.SecureRandom;
+import java.util.HexFormat;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.TimeUnit;
+
+/**
+ * A hospital system's client of the apcv.verify.v1 contract in Java, on the message classes
+ * that protoc generates from protos/ in the Maven build (docs/integration.md "Java"). It
+ * verifies one scan, reads the details of a call error, and resends a scan with its
+ * request_id.
+ *
+ * <pre>APCV_TARGET=127.0.0.1:50051 APCV_QR="$QR" java -cp … fr.apcv.examples.VerifyExample</pre>
+ */
+public final class VerifyExample {
+  /**
+   * VerifierService/Verify for grpc-java, named from the generated descriptor: what the
+   * VerifierServiceGrpc class of protoc-gen-grpc-java holds, where that plugin is used.
+   */
+  static final MethodDescriptor<VerifyRequest, VerifyResponse> VERIFY =
+      MethodDescriptor.<VerifyRequest, VerifyResponse>newBuilder()
+          .setType(MethodDescriptor.MethodType.UNARY)
+          .setFullMethodName(MethodDescriptor.generateFullMethodName(
+              Verifier.getDescriptor().findServiceByName("VerifierService").getFullName(),
+              "Verify"))
+          .setRequestMarshaller(ProtoUtils.marshaller(VerifyRequest.getDefaultInstance()))
+          .setResponseMarshaller(ProtoUtils.marshaller(VerifyResponse.getDefaultInstance()))
+          .build();
+
+  /**
+   * Lets grpc-java resend a call that failed with UNAVAILABLE, unchanged (so with the same
+   * request_id), with exponential backoff; nothing else is retried.
+   */
+  private static final Map<String, ?> SERVICE_CONFIG = Map.of("methodConfig", List.of(Map.of(
+      "name", List.of(Map.of("service", "apcv.verify.v1.VerifierService", "method", "Verify")),
+      "retryPolicy", Map.of(
+          "maxAttempts", 5.0, "initialBackoff", "0.2s", "maxBackoff", "10s",
+          "backoffMultiplier", 2.0, "retryableStatusCodes", List.of("UNAVAILABLE")))));
+
+  private static final SecureRandom RANDOM = new SecureRandom();
+
+  public static void main(String[] args) throws Exception {
+    // In production: TlsChannelCredentials with this system's client certificate, whose
+    // subject CN is its entry in the server's [[callers]] table.
+    ManagedChannel channel = Grpc.newChannelBuilder(
+            System.getenv("APCV_TARGET"), InsecureChannelCredentials.create())
+        .defaultServiceConfig(SERVICE_CONFIG)
+        .enableRetry()
+        .build();
+    try {
+      String qr = System.getenv("APCV_QR").split("\n")[0];
+
+      // 1. Verify a scan: a rejected presentation is a verdict, not an error.
+      Scan scan = Scan.newBuilder()
+          .setRequestId(newRequestId()) // kept for any resend of this scan
+          .setQrText(qr)
+          .setReader(ReaderContext.newBuilder().setReaderId("admissions-desk-3"))
+          .build();
+      Verdict first = verify(channel, scan);
+      System.out.println("verdict: " + first.getDecision() + " " + first.getReason()
+          + " duplicate: " + first.getDuplicate());
+
+      // 2. A call error: its status, then ErrorInfo.reason to branch on and BadRequest's fields.
+      Scan unnamed = scan.toBuilder()
+          .setRequestId(newRequestId())
+          .setReader(ReaderContext.getDefaultInstance()) // no reader_id
+          .build();
+      try {
+        verify(channel, unnamed);
+        throw new IllegalStateException("a scan without reader_id was answered");
+      } catch (StatusRuntimeException error) {
+        System.out.print(describe(error));
+      }
+
+      // 3. The answer was lost (a timeout, a crash): resend the same scan, same request_id.
+      Verdict again = verify(channel, scan);
+      if (again.getDecision() != first.getDecision() || again.getReason() != first.getReason()) {
+        throw new IllegalStateException("the resend was answered " + again.getDecision() + " "
+            + again.getReason() + ", the first send " + first.getDecision() + " "
+            + first.getReason());
+      }
+      // duplicate: this acceptance was already counted; do not count (or bill) it twice.
+      // Answer recovery: where the server marks an answer as a resend, check that mark here.
+      System.out.println("resent: " + again.getDecision() + " " + again.getReason()
+          + " duplicate: " + again.getDuplicate());
+    } finally {
+      channel.shutdownNow().awaitTermination(5, TimeUnit.SECONDS);
+    }
+  }
+
+  /** One Verify call with a 10 s deadline, retries included. */
+  static Verdict verify(Channel channel, Scan scan) {
+    CallOptions deadline = CallOptions.DEFAULT.withDeadlineAfter(10, TimeUnit.SECONDS);
+    VerifyRequest request = VerifyRequest.newBuilder().setScan(scan).build();
+    return ClientCalls.blockingUnaryCall(channel, VERIFY, deadline, request).getVerdict();
+  }
+
+  /** A call error's google.rpc.Status details (the v1 contract's error model). */
+  static String describe(StatusRuntimeException error) throws InvalidProtocolBufferException {
+    StringBuilder text = new StringBuilder("error: " + error.getStatus().getCode() + "\n");
+    com.google.rpc.Status status = StatusProto.fromThrowable(error);
+    List<Any> details = status == null ? List.of() : status.getDetailsList();
+    for (Any detail : details) {
+      if (detail.is(ErrorInfo.class)) { // domain "apcv.verify.v1", a stable reason
+        ErrorInfo info = detail.unpack(ErrorInfo.class);
+        text.append("reason: ").append(info.getDomain()).append(' ').append(info.getReason())
+            .append('\n');
+      } else if (detail.is(BadRequest.class)) { // INVALID_ARGUMENT: which fields are wrong
+        for (BadRequest.FieldViolation violation :
+            detail.unpack(BadRequest.class).getFieldViolationsList()) {
+          text.append("field: ").append(violation.getField()).append(' ')
+              .append(violation.getReason()).append('\n');
+        }
+      }
+    }
+    return text.toString();
+  }
+
+  /** A random id: unique per scan, reused only by a resend of that scan. */
+  static String newRequestId() {
+    byte[] id = new byte[16];
+    RANDOM.nextBytes(id);
+    return HexFormat.of().formatHex(id);
+  }
+}

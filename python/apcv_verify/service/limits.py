@@ -1,0 +1,389 @@
+"""Limits that keep one connection, one caller or one stream from taking the whole server
+(docs/operations.md "Limits" and "Streams that hold memory").
+
+:class:`LimitsInterceptor` counts the calls in progress and refuses one over a limit with the
+retryable ``RESOURCE_EXHAUSTED`` and the ``ErrorInfo`` reason ``TOO_MANY_CALLS`` (metadata
+``setting``: the key that bounds it, ``limit``):
+
+* ``server.max_concurrent_rpcs`` — every call of this process except health checks;
+* :data:`MAX_HEALTH_CALLS` — health checks and watches on the main port, counted apart and
+  in no other limit, so that a server, connection or caller full of calls still answers its
+  probes (the port of ``server.health_listen`` has no limit at all);
+* ``server.max_streams_per_connection`` — calls open on one HTTP/2 connection;
+* ``server.max_streams_per_caller`` — calls open for one caller: the client certificate's CN
+  with mTLS, else the peer's IP address (without a certificate every caller is ``anonymous``
+  to the policy, which must not make every plaintext client share one count).
+
+For ``VerifyStream`` it also ends, with ``UNAVAILABLE`` and the reason ``STREAM_IDLE``, a stream
+whose client sent no message for ``server.stream_idle_seconds`` while the server was waiting
+for one, and holds every stream's read-ahead in one budget, ``server.stream_memory_bytes``:
+the bytes of requests read and not yet answered, all streams together. A stream that would go
+over it stops reading (HTTP/2 flow control then holds its client back) until answers free
+some; one that cannot get its share within :data:`MEMORY_WAIT_SECONDS` is ended with
+``RESOURCE_EXHAUSTED`` and the reason ``STREAM_MEMORY_EXHAUSTED``, after the answers of what it
+sent before.
+
+Both stream rules act on the request iterator handed to the servicer and on the responses it
+yields: they rely only on the stream's contract (one response per request, in request order)
+and on an exception raised by the request iterator ending the handler, as any exception of
+the iterator does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import Counter as PromCounter
+
+from ..config import ServerSection
+from .errors import abort
+from .interceptors import _CachingInterceptor, _split_method, handler_kind
+from .policy import caller_id
+
+__all__ = [
+    "HEALTH_SERVICE",
+    "MAX_HEALTH_CALLS",
+    "MEMORY_WAIT_SECONDS",
+    "LimitMetrics",
+    "LimitsInterceptor",
+    "MemoryBudget",
+]
+
+#: The standard health service (grpc.health.v1): probes, never verification.
+HEALTH_SERVICE = "grpc.health.v1.Health"
+#: Health calls (checks and watches) at once on the main port. They are not counted in
+#: ``server.max_concurrent_rpcs``, so a server whose verification calls fill it still answers
+#: its probes; this bound only keeps a flood of watches from growing without end.
+MAX_HEALTH_CALLS = 100
+#: How long a stream over ``server.stream_memory_bytes`` waits for the budget before it is
+#: ended (RESOURCE_EXHAUSTED, ``STREAM_MEMORY_EXHAUSTED``): long enough for other streams'
+#: answers to free some, short enough that its client retries rather than stalls.
+MEMORY_WAIT_SECONDS = 10.0
+
+#: The ``limit`` label values of ``apcv_calls_refused_total``: the setting that refused.
+_SETTINGS = (
+    "server.max_concurrent_rpcs",
+    "server.max_streams_per_connection",
+    "server.max_streams_per_caller",
+    "health",
+    "server.stream_idle_seconds",
+    "server.stream_memory_bytes",
+)
+
+
+class LimitMetrics:
+    """``apcv_calls_refused_total{limit}`` and ``apcv_stream_buffered_bytes``, in the server's
+    registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.refused = PromCounter(
+            "apcv_calls_refused_total",
+            "Calls refused or streams ended by a limit, by the setting that bounds it.",
+            ["limit"],
+            registry=registry,
+        )
+        for setting in _SETTINGS:  # every series present from the start, at 0
+            self.refused.labels(limit=setting)
+        self.buffered = Gauge(
+            "apcv_stream_buffered_bytes",
+            "Bytes of VerifyStream requests read and not yet answered, all streams together "
+            "(bounded by server.stream_memory_bytes).",
+            multiprocess_mode="livesum",  # server.workers > 1: the sum over live workers
+            registry=registry,
+        )
+
+
+class MemoryBudget:
+    """A number of bytes shared by every stream: taken when a request is read, given back when
+    it is answered. Waiters are served in arrival order, so a large request is not starved by
+    small ones."""
+
+    def __init__(self, limit: int, gauge: Gauge | None = None) -> None:
+        self.limit = limit
+        self.held = 0
+        self._gauge = gauge
+        self._waiters: deque[tuple[asyncio.Future[None], int]] = deque()
+
+    def _set(self, held: int) -> None:
+        self.held = held
+        if self._gauge is not None:
+            self._gauge.set(held)
+
+    async def take(self, size: int, timeout: float) -> None:
+        """Hold ``size`` more bytes, waiting up to ``timeout`` seconds for them (TimeoutError)."""
+        size = min(size, self.limit)  # a request larger than the whole budget waits for all of it
+        if not self._waiters and self.held + size <= self.limit:
+            self._set(self.held + size)
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((waiter, size))
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():  # granted as it timed out
+                self.give(size)
+            raise
+        finally:
+            self._serve()  # a waiter that left may have been blocking the next ones
+
+    def give(self, size: int) -> None:
+        """Give back ``size`` bytes (as taken: :meth:`take` clamps to the whole budget)."""
+        self._set(self.held - min(size, self.limit))
+        self._serve()
+
+    def _serve(self) -> None:
+        while self._waiters:
+            waiter, size = self._waiters[0]
+            if waiter.done():
+                self._waiters.popleft()
+                continue
+            if self.held + size > self.limit:
+                return
+            self._waiters.popleft()
+            self._set(self.held + size)
+            waiter.set_result(None)
+
+
+class _StreamIdle(Exception):
+    """The client sent nothing for ``server.stream_idle_seconds`` while the server waited."""
+
+
+class _OverBudget(Exception):
+    """The stream's next request did not fit in ``server.stream_memory_bytes`` in time."""
+
+
+def request_size(request: object) -> int:
+    """Bytes a request read ahead holds: its encoded size (an undecodable or oversize one is
+    kept as a marker without its bytes)."""
+    return request.ByteSize() if isinstance(request, Message) else 0
+
+
+class _StreamGuard:
+    """One VerifyStream's idle timeout and share of the memory budget."""
+
+    def __init__(self, idle_seconds: float, budget: MemoryBudget | None) -> None:
+        self._idle = idle_seconds or None
+        self._budget = budget
+        #: Sizes of the requests read and not yet answered, oldest first.
+        self._held: deque[int] = deque()
+
+    async def requests(self, iterator: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """``iterator``'s requests, each admitted to the budget before it is handed on."""
+        source = aiter(iterator)
+        while True:
+            try:
+                async with asyncio.timeout(self._idle):
+                    request = await anext(source)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise _StreamIdle from None
+            size = request_size(request)
+            if self._budget is not None and size:
+                try:
+                    await self._budget.take(size, MEMORY_WAIT_SECONDS)
+                except TimeoutError:
+                    raise _OverBudget from None
+            self._held.append(size)
+            yield request
+
+    def answered(self) -> None:
+        """One response was sent: its request (the oldest held) is released."""
+        if self._held:
+            size = self._held.popleft()
+            if self._budget is not None and size:
+                self._budget.give(size)
+
+    def release(self) -> None:
+        while self._held:
+            self.answered()
+
+
+class LimitsInterceptor(_CachingInterceptor):
+    """Concurrent-call limits per server, connection and caller; idle timeout and memory
+    budget for the streams of ``stream_services`` (see the module docstring). Put it last in
+    the interceptor list, so that the metrics interceptor counts what it refuses."""
+
+    def __init__(
+        self,
+        server: ServerSection,
+        metrics: LimitMetrics,
+        *,
+        stream_services: Sequence[str] = (),
+    ) -> None:
+        super().__init__()
+        self._metrics = metrics
+        self._stream_services = frozenset(stream_services)
+        self._limits: Mapping[str, int] = {
+            "server.max_concurrent_rpcs": server.max_concurrent_rpcs,
+            "server.max_streams_per_connection": server.max_streams_per_connection,
+            "server.max_streams_per_caller": server.max_streams_per_caller,
+            "health": MAX_HEALTH_CALLS,
+        }
+        self._idle_seconds = server.stream_idle_seconds
+        self.budget = (
+            MemoryBudget(server.stream_memory_bytes, metrics.buffered)
+            if server.stream_memory_bytes
+            else None
+        )
+        self._calls = 0
+        self._health_calls = 0
+        self._per_connection: Counter[str] = Counter()
+        self._per_caller: Counter[str] = Counter()
+
+    # -- counting --------------------------------------------------------------------------
+
+    def _enter(self, health: bool, connection: str, caller: str) -> str | None:
+        """Count a call in, or return the setting that refuses it."""
+        limits = self._limits
+        if health:  # probes only compete with probes
+            if self._health_calls >= limits["health"]:
+                return "health"
+            self._health_calls += 1
+            return None
+        checks = (
+            ("server.max_concurrent_rpcs", self._calls),
+            ("server.max_streams_per_connection", self._per_connection[connection]),
+            ("server.max_streams_per_caller", self._per_caller[caller]),
+        )
+        for setting, count in checks:
+            limit = limits[setting]
+            if limit and count >= limit:
+                return setting
+        self._calls += 1
+        self._per_connection[connection] += 1
+        self._per_caller[caller] += 1
+        return None
+
+    def _leave(self, health: bool, connection: str, caller: str) -> None:
+        if health:
+            self._health_calls -= 1
+            return
+        self._calls -= 1
+        for counts, key in ((self._per_connection, connection), (self._per_caller, caller)):
+            counts[key] -= 1
+            if counts[key] <= 0:
+                del counts[key]
+
+    async def _refuse(self, context: grpc.aio.ServicerContext, setting: str) -> None:
+        self._metrics.refused.labels(limit=setting).inc()
+        limit = self._limits[setting]
+        what = "health calls" if setting == "health" else setting
+        await abort(
+            context,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "TOO_MANY_CALLS",
+            f"too many calls in progress ({what}: {limit}): retry with backoff",
+            metadata={"setting": setting, "limit": str(limit)},
+        )
+
+    # -- wrapping --------------------------------------------------------------------------
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        kind = handler_kind(handler)
+        if kind is None:
+            return handler
+        attribute = kind[0]
+        behaviour = getattr(handler, attribute)
+        service = _split_method(method)[0]
+        health = service == HEALTH_SERVICE
+        guarded = attribute == "stream_stream" and service in self._stream_services
+        wrapped: Callable[..., Any]
+        if inspect.iscoroutinefunction(behaviour):  # a unary answer, or one sent by write()
+
+            async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                connection, caller = _keys(context)
+                refused = self._enter(health, connection, caller)
+                if refused is not None:
+                    await self._refuse(context, refused)
+                try:
+                    return await behaviour(request, context)
+                finally:
+                    self._leave(health, connection, caller)
+
+            wrapped = call
+        elif guarded and inspect.isasyncgenfunction(behaviour):
+
+            async def guarded_stream(
+                requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[Any]:
+                connection, caller = _keys(context)
+                refused = self._enter(health, connection, caller)
+                if refused is not None:
+                    await self._refuse(context, refused)
+                guard = _StreamGuard(self._idle_seconds, self.budget)
+                try:
+                    async for response in behaviour(guard.requests(requests), context):
+                        yield response
+                        guard.answered()  # resumed: gRPC has sent it
+                except _StreamIdle:
+                    await self._end_idle(context)
+                except _OverBudget:
+                    await self._end_over_budget(context)
+                finally:
+                    guard.release()
+                    self._leave(health, connection, caller)
+
+            wrapped = guarded_stream
+        elif inspect.isasyncgenfunction(behaviour):
+
+            async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                connection, caller = _keys(context)
+                refused = self._enter(health, connection, caller)
+                if refused is not None:
+                    await self._refuse(context, refused)
+                try:
+                    async for response in behaviour(request, context):
+                        yield response
+                finally:
+                    self._leave(health, connection, caller)
+
+            wrapped = stream
+        else:  # synchronous (none here): grpc's thread pool, with grpc's own handling
+            return handler
+        factory = getattr(grpc, f"{attribute}_rpc_method_handler")
+        return factory(
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    async def _end_idle(self, context: grpc.aio.ServicerContext) -> None:
+        self._metrics.refused.labels(limit="server.stream_idle_seconds").inc()
+        seconds = f"{self._idle_seconds:g}"
+        await abort(
+            context,
+            grpc.StatusCode.UNAVAILABLE,
+            "STREAM_IDLE",
+            f"no request for {seconds} s (server.stream_idle_seconds): open a new stream"
+            " when there is more to send",
+            metadata={"setting": "server.stream_idle_seconds", "limit": seconds},
+        )
+
+    async def _end_over_budget(self, context: grpc.aio.ServicerContext) -> None:
+        self._metrics.refused.labels(limit="server.stream_memory_bytes").inc()
+        assert self.budget is not None
+        await abort(
+            context,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "STREAM_MEMORY_EXHAUSTED",
+            "the server holds too many unanswered stream requests"
+            " (server.stream_memory_bytes): resend the unanswered ones with backoff",
+            metadata={"setting": "server.stream_memory_bytes", "limit": str(self.budget.limit)},
+        )
+
+
+def _keys(context: grpc.aio.ServicerContext) -> tuple[str, str]:
+    """(connection, caller) of a call: the peer address with its port (one per TCP
+    connection), and the client certificate's CN or, without one, the peer's IP address."""
+    peer = context.peer() or ""
+    caller = caller_id(context.auth_context())
+    key = "ip:" + peer.rpartition(":")[0] if caller == "anonymous" else "cn:" + caller
+    return peer, key
