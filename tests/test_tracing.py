@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -16,8 +17,14 @@ import structlog
 from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
 from apcv_verify.config import load_config
 from apcv_verify.issuer import DemoPKI, qr_text
-from apcv_verify.observe.logs import configure_logging, flush_audit
-from apcv_verify.observe.tracing import CORE_SPAN, configure_tracing, shutdown_tracing
+from apcv_verify.observe.logs import configure_audit_file, configure_logging, flush_audit
+from apcv_verify.observe.tracing import (
+    CORE_SPAN,
+    add_trace_ids,
+    configure_tracing,
+    current_tracing,
+    shutdown_tracing,
+)
 from apcv_verify.service.startup import start_server
 from apcv_verify.trust.material import load_trust_material
 from opentelemetry.sdk.trace import ReadableSpan
@@ -50,10 +57,14 @@ def scan(request_id: str, text: str) -> verifier_pb2.Scan:
 def test_calls_and_core_verifications_are_spans_and_logs_carry_their_ids(
     pki: DemoPKI,
     exporter: InMemorySpanExporter,
-    capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
 ) -> None:
-    configure_logging("info")  # on the captured stdout
+    # The audit records in a file of their own (audit.path), read back below; the server's
+    # loggers stay on stdout (structlog caches them: never on a stream closed after the test).
+    configure_logging("info")
+    audit_path = tmp_path / "audit.jsonl"
+    configure_audit_file(str(audit_path), 0, 0)
     config = pki_config(pki)
 
     async def scenario() -> None:
@@ -126,29 +137,27 @@ def test_calls_and_core_verifications_are_spans_and_logs_carry_their_ids(
 
     # Audit records carry their call's trace id (and nothing else changes in them).
     flush_audit()
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    configure_logging("info")  # the audit records on stdout again
+    lines = [json.loads(line) for line in audit_path.read_text().splitlines()]
     audit = {record["request_id"]: record for record in lines if record.get("kind") == "audit"}
     assert audit["t-1"]["trace_id"] == f"{TRACE_ID:032x}"
     assert audit["t-1"]["span_id"] == f"{verify.context.span_id:016x}"
     assert audit["b-0"]["trace_id"] == audit["b-1"]["trace_id"] == f"{done.context.trace_id:032x}"
 
 
-def test_log_lines_inside_a_span_carry_its_ids(
-    exporter: InMemorySpanExporter, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_log_lines_inside_a_span_carry_its_ids(exporter: InMemorySpanExporter) -> None:
+    """The processor every log record goes through adds the current span's ids, and nothing
+    outside a span."""
     configure_logging("info")
-    log = structlog.get_logger("apcv_verify.tests.tracing")
-    from apcv_verify.observe.tracing import current_tracing
-
+    assert add_trace_ids in structlog.get_config()["processors"]
     tracing = current_tracing()
     assert tracing is not None
     with tracing.tracer.start_as_current_span("work") as span:
-        log.info("inside")
-    log.info("outside")
-    inside, outside = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+        inside = add_trace_ids(None, "info", {"event": "inside"})
+    outside = add_trace_ids(None, "info", {"event": "outside"})
     assert inside["trace_id"] == f"{span.get_span_context().trace_id:032x}"
     assert inside["span_id"] == f"{span.get_span_context().span_id:016x}"
-    assert "trace_id" not in outside and "span_id" not in outside
+    assert outside == {"event": "outside"}
 
 
 def test_off_by_default_and_nothing_imported(pki: DemoPKI) -> None:
