@@ -50,16 +50,17 @@ proto: $(PROTO_OUT)/.stamp
 build: proto
 	$(VENV)/bin/maturin develop --release
 
-# Builds the native core into the venv with the dev and load (locust) extras: in release mode
-# (what `make test` and `make bench` use), or with `make dev PROFILE=debug` in debug mode,
-# several times faster to build, for iterating on the Python side (the core is slower).
+# Builds the native core into the venv with the dev, load (locust), scan and tracing
+# (OpenTelemetry) extras: in release mode (what `make test` and `make bench` use), or with
+# `make dev PROFILE=debug` in debug mode, several times faster to build, for iterating on the
+# Python side (the core is slower).
 # Only from the command line: an unrelated PROFILE in the environment is ignored.
 ifneq ($(origin PROFILE),command line)
 PROFILE := release
 endif
 dev: proto
 	@case "$(PROFILE)" in release|debug) ;; *) echo "PROFILE must be release or debug"; exit 2;; esac
-	$(VENV)/bin/maturin develop $(if $(filter release,$(PROFILE)),--release) --extras dev,load,scan
+	$(VENV)/bin/maturin develop $(if $(filter release,$(PROFILE)),--release) --extras dev,load,scan,tracing
 
 # grpcurl: the real gRPC client used by the tests and the README.
 $(GRPCURL):

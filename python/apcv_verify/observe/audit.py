@@ -22,6 +22,7 @@ import structlog
 from .. import _native
 from ..config import ANONYMOUS_CALLER
 from .logs import AUDIT_LOGGER, audit_lines
+from .tracing import core_span
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -81,6 +82,8 @@ class AuditTrail:
         self._mac = hmac.new(secret, digestmod=hashlib.sha256)
         self._metrics = metrics
         self._replay_backend = replay_backend
+        if metrics is not None:  # exported from 0, so that rate() and increase() see the first
+            metrics.replay_store_errors.labels(backend=replay_backend)
 
     def __repr__(self) -> str:
         return "AuditTrail(secret=***)"
@@ -132,11 +135,14 @@ class AuditTrail:
 
         Call once per verified presentation: ``method`` is the RPC name (``Verify``,
         ``VerifyBatch``, ``VerifyStream``), ``latency_seconds`` the time from the start of the
-        core call to this decision (a batch's items share their batch's time), ``item`` the
-        position in a batch. ``caller`` is the client-certificate identity when mTLS gives
-        one.
+        core call to this decision (in the record; the latency metric observes it once),
+        ``item`` the position in a batch. ``caller`` is the client-certificate identity when
+        mTLS gives one.
         """
         fields = self._fields(method, request_id, reader_id, result, latency_seconds, caller, item)
+        if self._metrics is not None:
+            self._metrics.observe_latency(method=method, seconds=latency_seconds, count=1)
+        core_span(method, 1, latency_seconds)  # tracing on: the core call's span
         _emit([fields])
 
     def record_verifications(
@@ -152,8 +158,13 @@ class AuditTrail:
         """:meth:`record_verification` of each of ``results``, the decisions on ``items``
         (scans with ``request_id`` and ``reader.reader_id``) verified together in
         ``latency_seconds``, numbered by ``positions`` (None: one unary item, no number).
-        Still one record per decision; their lines are written together."""
+        Still one record per decision; their lines are written together. The latency metric
+        gets each item's share of ``latency_seconds``, observed once for all of them
+        (:meth:`~apcv_verify.observe.metrics.ServiceMetrics.observe_latency`)."""
         numbers: Sequence[int | None] = [None] * len(items) if positions is None else positions
+        if self._metrics is not None and items:
+            self._metrics.observe_latency(method=method, seconds=latency_seconds, count=len(items))
+        core_span(method, len(items), latency_seconds)  # tracing on: the core call's span
         fields = self._fields
         _emit(
             [
@@ -180,7 +191,8 @@ class AuditTrail:
         caller: str,
         item: int | None,
     ) -> dict[str, object]:
-        """One decision's audit record, counted in the metrics."""
+        """One decision's audit record, counted in the metrics (its latency is observed by
+        the caller, once per core call)."""
         decision = "ACCEPTED" if result.accepted else "REJECTED"
         reason = result.reason
         if self._metrics is not None:
@@ -188,7 +200,6 @@ class AuditTrail:
                 method=method,
                 decision=decision,
                 reason=reason,
-                seconds=latency_seconds,
                 replay_backend=self._replay_backend,
             )
         fields: dict[str, object] = {
