@@ -41,8 +41,13 @@ from .conftest import nir_numbers, pki_config
 #: The method byte (first byte of an input), as make_corpus.py writes the seeds.
 VERIFY, BATCH, STREAM = 0, 1, 2
 SERVICE = "/apcv.verify.v1.VerifierService/"
-#: The call errors a request alone may cause (protos/apcv/verify/v1/verifier.proto).
-ALLOWED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED}
+#: The call errors a request alone may cause (protos/apcv/verify/v1/verifier.proto):
+#: ALREADY_EXISTS is a Verify whose request id was answered for another presentation.
+ALLOWED = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ALREADY_EXISTS,
+}
 TIMEOUT = 10.0
 
 
