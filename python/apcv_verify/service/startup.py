@@ -22,8 +22,8 @@ from ..config import Config, ServerSection
 from ..observe.audit import AuditTrail
 from ..observe.logs import configure_audit_file, flush_audit
 from ..observe.metrics import ServiceMetrics, start_metrics_server
-from ..replay.answers import AnswerRecovery
 from ..observe.tracing import configure_tracing, current_tracing, shutdown_tracing
+from ..replay.answers import AnswerRecovery
 from ..replay.redis import RedisReplayStore
 from ..trust.material import TrustMaterial
 from ..trust.sources import TrustSource
