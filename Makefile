@@ -92,16 +92,21 @@ $(HELM):
 
 helm: $(HELM)
 
-# System packages the tests need: redis-server (tests/test_replay_redis.py starts a real one on
-# loopback). Installed only when missing; needs root (CI runs as root).
+# System packages the tests need, from Debian: redis-server (tests/test_replay_redis.py starts a
+# real one on loopback) and protobuf-compiler-grpc-java-plugin (grpc-java's protoc plugin, for
+# the Java client example's stubs). Installed only when missing; needs root (CI runs as root).
 system-deps:
-	@if command -v redis-server >/dev/null; then exit 0; fi; \
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v grpc_java_plugin >/dev/null || missing="$$missing protobuf-compiler-grpc-java-plugin"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" != 0 ]; then \
-		echo "redis-server is missing: run 'sudo apt-get update && sudo apt-get install -y redis-server'" \
-			"(the Redis replay-store tests are skipped without it, and fail under CI=true)"; \
+		echo "missing:$$missing: run 'sudo apt-get update && sudo apt-get install -y$$missing'" \
+			"(without redis-server the Redis replay-store tests are skipped, and fail under" \
+			"CI=true; without the plugin the Java client example does not build)"; \
 		exit 0; \
 	fi; \
-	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server
+	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing
 
 # The official HAPI FHIR validator as a small Java checker (docs/fhir.md "Validation"), used by
 # tests/test_fhir.py. Built once, again only when its pom or sources change; Maven keeps the
@@ -129,10 +134,13 @@ $(GO_EXAMPLE): examples/go/main.go examples/go/go.mod examples/go/go.sum buf.gen
 	$(BUF) generate --output examples/go
 	cd examples/go && go vet ./... && go build -o bin/verify-example .
 
-# protoc comes from Maven Central through the pom (protobuf-maven-plugin).
+# protoc comes from Maven Central through the pom (protobuf-maven-plugin), grpc-java's protoc
+# plugin from Debian (system-deps: order-only, so installing it does not force a rebuild).
 $(JAVA_EXAMPLE): $(JAVA_EXAMPLE_DIR)/pom.xml $(shell find $(JAVA_EXAMPLE_DIR)/src -name '*.java') \
-		$(PROTO_SRC)
+		$(PROTO_SRC) | system-deps
 	@command -v mvn >/dev/null || { echo "mvn is missing: apt-get install -y maven (Java 17 too)"; exit 1; }
+	@command -v grpc_java_plugin >/dev/null || { echo "grpc_java_plugin is missing:" \
+		"apt-get install -y protobuf-compiler-grpc-java-plugin"; exit 1; }
 	cd $(JAVA_EXAMPLE_DIR) && mvn -B -q package
 	touch $@
 
