@@ -23,7 +23,8 @@ FHIR_VALIDATOR_DIR := tools/fhir-validator
 FHIR_VALIDATOR := $(FHIR_VALIDATOR_DIR)/target/apcv-fhir-validator-1.jar
 
 .PHONY: build dev proto demo test test-fast test-rust test-python lint lint-proto fmt tools clean \
-	system-deps bench loadtest fhir-validator examples image image-deps image-base image-test helm
+	system-deps bench loadtest fhir-validator examples image image-deps image-base image-test helm \
+	fuzz soak audit
 
 # The virtualenv and the build tools; everything else is installed by `maturin develop`.
 $(VENV)/.stamp: pyproject.toml
@@ -49,16 +50,17 @@ proto: $(PROTO_OUT)/.stamp
 build: proto
 	$(VENV)/bin/maturin develop --release
 
-# Builds the native core into the venv with the dev and load (locust) extras: in release mode
-# (what `make test` and `make bench` use), or with `make dev PROFILE=debug` in debug mode,
-# several times faster to build, for iterating on the Python side (the core is slower).
+# Builds the native core into the venv with the dev, load (locust), scan and tracing
+# (OpenTelemetry) extras: in release mode (what `make test` and `make bench` use), or with
+# `make dev PROFILE=debug` in debug mode, several times faster to build, for iterating on the
+# Python side (the core is slower).
 # Only from the command line: an unrelated PROFILE in the environment is ignored.
 ifneq ($(origin PROFILE),command line)
 PROFILE := release
 endif
 dev: proto
 	@case "$(PROFILE)" in release|debug) ;; *) echo "PROFILE must be release or debug"; exit 2;; esac
-	$(VENV)/bin/maturin develop $(if $(filter release,$(PROFILE)),--release) --extras dev,load,scan
+	$(VENV)/bin/maturin develop $(if $(filter release,$(PROFILE)),--release) --extras dev,load,scan,tracing
 
 # grpcurl: the real gRPC client used by the tests and the README.
 $(GRPCURL):
@@ -90,16 +92,21 @@ $(HELM):
 
 helm: $(HELM)
 
-# System packages the tests need: redis-server (tests/test_replay_redis.py starts a real one on
-# loopback). Installed only when missing; needs root (CI runs as root).
+# System packages the tests need, from Debian: redis-server (tests/test_replay_redis.py starts a
+# real one on loopback) and protobuf-compiler-grpc-java-plugin (grpc-java's protoc plugin, for
+# the Java client example's stubs). Installed only when missing; needs root (CI runs as root).
 system-deps:
-	@if command -v redis-server >/dev/null; then exit 0; fi; \
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v grpc_java_plugin >/dev/null || missing="$$missing protobuf-compiler-grpc-java-plugin"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" != 0 ]; then \
-		echo "redis-server is missing: run 'sudo apt-get update && sudo apt-get install -y redis-server'" \
-			"(the Redis replay-store tests are skipped without it, and fail under CI=true)"; \
+		echo "missing:$$missing: run 'sudo apt-get update && sudo apt-get install -y$$missing'" \
+			"(without redis-server the Redis replay-store tests are skipped, and fail under" \
+			"CI=true; without the plugin the Java client example does not build)"; \
 		exit 0; \
 	fi; \
-	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server
+	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing
 
 # The official HAPI FHIR validator as a small Java checker (docs/fhir.md "Validation"), used by
 # tests/test_fhir.py. Built once, again only when its pom or sources change; Maven keeps the
@@ -127,10 +134,13 @@ $(GO_EXAMPLE): examples/go/main.go examples/go/go.mod examples/go/go.sum buf.gen
 	$(BUF) generate --output examples/go
 	cd examples/go && go vet ./... && go build -o bin/verify-example .
 
-# protoc comes from Maven Central through the pom (protobuf-maven-plugin).
+# protoc comes from Maven Central through the pom (protobuf-maven-plugin), grpc-java's protoc
+# plugin from Debian (system-deps: order-only, so installing it does not force a rebuild).
 $(JAVA_EXAMPLE): $(JAVA_EXAMPLE_DIR)/pom.xml $(shell find $(JAVA_EXAMPLE_DIR)/src -name '*.java') \
-		$(PROTO_SRC)
+		$(PROTO_SRC) | system-deps
 	@command -v mvn >/dev/null || { echo "mvn is missing: apt-get install -y maven (Java 17 too)"; exit 1; }
+	@command -v grpc_java_plugin >/dev/null || { echo "grpc_java_plugin is missing:" \
+		"apt-get install -y protobuf-compiler-grpc-java-plugin"; exit 1; }
 	cd $(JAVA_EXAMPLE_DIR) && mvn -B -q package
 	touch $@
 
@@ -163,6 +173,59 @@ bench: dev system-deps
 	$(PY) loadtest/core_bench.py --write docs/benchmarks.md --plot docs/benchmarks-scale.png
 	$(PY) loadtest/bench.py
 	$(PY) loadtest/service_bench.py --write docs/benchmarks.md
+
+# Fuzzing (docs/reliability.md "Fuzzing"). `make test` already runs every target briefly: the
+# core's four as bounded property tests on stable (rust/apcv-core/tests/fuzz_targets.rs), the
+# servicer's with a short atheris run (tests/test_fuzz.py). `make fuzz` runs each for
+# FUZZ_SECONDS under libFuzzer: the core's with cargo-fuzz, which needs a nightly toolchain
+# (cargo-fuzz itself comes from crates.io, pinned, into .tools/bin), the servicer's with atheris.
+# New inputs go to target/fuzz-corpus, never into the committed seeds; a crash stops the run
+# with its input in rust/apcv-core/fuzz/artifacts/<target>/ or target/fuzz-corpus/artifacts/.
+FUZZ_SECONDS ?= 60
+CARGO_FUZZ_VERSION ?= 0.13.2
+CARGO_FUZZ := $(TOOLS)/cargo-fuzz
+FUZZ_TARGETS := qr_nfc cose_cwt status_list trust_list
+FUZZ_WORK := $(CURDIR)/target/fuzz-corpus
+
+fuzz: dev
+	@set -e; \
+	if rustup run nightly rustc --version >/dev/null 2>&1; then \
+		[ -x $(CARGO_FUZZ) ] || cargo install --locked cargo-fuzz@$(CARGO_FUZZ_VERSION) --root $(CURDIR)/.tools; \
+		for t in $(FUZZ_TARGETS); do \
+			mkdir -p $(FUZZ_WORK)/$$t; \
+			(cd rust/apcv-core && cargo +nightly fuzz run -O $$t $(FUZZ_WORK)/$$t fuzz/corpus/$$t \
+				$$([ -d fuzz/regressions/$$t ] && echo fuzz/regressions/$$t) \
+				-- -max_total_time=$(FUZZ_SECONDS)); \
+		done; \
+	else \
+		echo "make fuzz: no nightly Rust toolchain, which cargo-fuzz needs ('rustup toolchain install"; \
+		echo "nightly' where static.rust-lang.org is reachable): the core's targets are skipped here."; \
+		echo "make test runs them on stable as bounded property tests (docs/reliability.md)."; \
+	fi
+	mkdir -p $(FUZZ_WORK)/servicer $(FUZZ_WORK)/artifacts
+	$(PY) -m tests.fuzz_servicer -max_total_time=$(FUZZ_SECONDS) \
+		-artifact_prefix=$(FUZZ_WORK)/artifacts/ $(FUZZ_WORK)/servicer tests/fuzz-corpus/servicer
+
+# The soak (docs/reliability.md "Soak"; not in CI: ten minutes): a real server on loopback at 70%
+# of its measured capacity, RSS, errors and p99 over time into docs/soak.png and the results
+# into docs/reliability.md. `make test` runs loadtest/soak.py --quick (tests/test_soak.py).
+SOAK_SECONDS ?= 600
+soak: dev
+	$(PY) loadtest/soak.py --seconds $(SOAK_SECONDS) --write docs/reliability.md --plot docs/soak.png
+
+# Dependency audit (docs/security.md "Dependency audit"): the Python environment against PyPI's
+# advisories (pip-audit asks PyPI's JSON API), and Cargo.lock against the RustSec advisory
+# database (cargo-audit, pinned, from crates.io into .tools/bin; it fetches the database from
+# GitHub, so it needs that network access, or AUDIT_DB pointing at a local copy of the database).
+CARGO_AUDIT_VERSION ?= 0.22.1
+CARGO_AUDIT := $(TOOLS)/cargo-audit
+AUDIT_DB ?=
+$(CARGO_AUDIT):
+	cargo install --locked cargo-audit@$(CARGO_AUDIT_VERSION) --root $(CURDIR)/.tools
+
+audit: dev $(CARGO_AUDIT)
+	$(VENV)/bin/pip-audit --strict --vulnerability-service pypi --skip-editable
+	$(CARGO_AUDIT) audit $(if $(AUDIT_DB),--db $(AUDIT_DB) --no-fetch)
 
 # A longer load test than the short one of `make test` (docs/operations.md "Load test"): a
 # corpus of LOADTEST_COUNT scans, a real server on loopback, locust headless for LOADTEST_TIME

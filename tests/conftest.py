@@ -167,8 +167,10 @@ def wait_serving(
     process: subprocess.Popen[str],
     timeout: float = 30.0,
     credentials: grpc.ChannelCredentials | None = None,
+    status: int = health_pb2.HealthCheckResponse.SERVING,
 ) -> None:
-    """Poll the standard health service until SERVING (or fail with the process output)."""
+    """Poll the standard health service until SERVING, or ``status`` (or fail with the
+    process output)."""
     deadline = time.monotonic() + timeout
     with open_channel(address, credentials) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
@@ -177,12 +179,13 @@ def wait_serving(
                 raise RuntimeError(f"server exited with {process.returncode}")
             try:
                 reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                if reply.status == status:
                     return
             except grpc.RpcError:
                 pass
             time.sleep(0.1)
-    raise TimeoutError(f"server at {address} not SERVING after {timeout}s")
+    name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+    raise TimeoutError(f"server at {address} not {name} after {timeout}s")
 
 
 def start_server(
@@ -194,7 +197,8 @@ def start_server(
     credentials: grpc.ChannelCredentials | None = None,
 ) -> ServerProcess:
     """Start ``apcv-verify serve`` on a free port; ``env`` adds APCV_… variables;
-    ``status_lists=False`` serves without any status list (STATUS_UNAVAILABLE)."""
+    ``status_lists=False`` serves without any status list (health NOT_SERVING, and
+    STATUS_UNAVAILABLE to whoever calls anyway)."""
     address = f"127.0.0.1:{free_port()}"
     found = sorted((pki_dir / "status").glob("*.cwt")) if status_lists else []
     command = [
@@ -216,7 +220,10 @@ def start_server(
         env={**os.environ, **(env or {})},
     )
     try:
-        wait_serving(address, process, credentials=credentials)
+        expected = health_pb2.HealthCheckResponse.SERVING
+        if not status_lists:
+            expected = health_pb2.HealthCheckResponse.NOT_SERVING
+        wait_serving(address, process, credentials=credentials, status=expected)
     except Exception:
         process.kill()
         process.wait()

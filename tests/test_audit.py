@@ -213,6 +213,64 @@ def test_audit_trail_counts_verifications_in_process(pki: DemoPKI) -> None:
     )
 
 
+def test_a_batch_observes_each_items_share_of_its_time_once(pki: DemoPKI) -> None:
+    """A batch of n verified in t seconds: n observations of t / n (not n of t, which made a
+    light VerifyBatch load look like slow verifications), in one update."""
+    from apcv_verify.observe.metrics import ServiceMetrics
+
+    config = pki_config(pki, {"audit.holder_ref_secret": SECRET})
+    metrics = ServiceMetrics()
+    trail = AuditTrail.from_config(config, metrics)
+    verifier = build_verifiers(config, load_trust_material(config))[0]
+    scans = [_native.Scan(qr_text(pki.present(name)), "edge-1") for name in ("alice", "lunar")]
+    scans += [_native.Scan("APCV1:", "edge-1")] * 2
+    results = verifier.verify_batch(scans, int(time.time()))
+    items = [
+        verifier_pb2.Scan(request_id=f"b-{i}", reader={"reader_id": "edge-1"}) for i in range(4)
+    ]
+    trail.record_verifications(
+        "VerifyBatch", items, results, latency_seconds=0.002, positions=[0, 1, 2, 3]
+    )
+    sample = metrics.registry.get_sample_value
+    batch = {"method": "VerifyBatch"}
+    assert sample("apcv_verification_seconds_count", batch) == 4
+    assert sample("apcv_verification_seconds_sum", batch) == pytest.approx(0.002)
+    # Each item's share, 0.5 ms, lands in the 0.5 ms bucket, not in the batch's 2.5 ms one.
+    assert sample("apcv_verification_seconds_bucket", {**batch, "le": "0.00025"}) == 0
+    assert sample("apcv_verification_seconds_bucket", {**batch, "le": "0.0005"}) == 4
+    assert (
+        sum(
+            sample("apcv_verifications_total", {"decision": d, "reason": r, **batch}) or 0
+            for d, r in (("ACCEPTED", "OK"), ("REJECTED", "MALFORMED"))
+        )
+        == 4
+    )
+
+
+@pytest.mark.parametrize("amount", [0.0, 0.000005, 0.0000051, 0.3, 1.0, 7.5])
+def test_observe_many_equals_observing_one_by_one(amount: float) -> None:
+    """observe_many updates prometheus_client's own values: pinned against ``observe``."""
+    from apcv_verify.observe.metrics import VERIFICATION_SECONDS_BUCKETS, observe_many
+    from prometheus_client import CollectorRegistry, Histogram
+
+    exposed = []
+    for counted in (False, True):
+        registry = CollectorRegistry()
+        histogram = Histogram("h", "h", buckets=VERIFICATION_SECONDS_BUCKETS, registry=registry)
+        if counted:
+            observe_many(histogram, amount, 7)
+        else:
+            for _ in range(7):
+                histogram.observe(amount)
+        exposed.append(
+            {(s.name, s.labels.get("le")): s.value for m in registry.collect() for s in m.samples}
+        )
+    one_by_one, counted_at_once = exposed
+    assert one_by_one.keys() == counted_at_once.keys()
+    for key, expected in one_by_one.items():
+        assert counted_at_once[key] == pytest.approx(expected, rel=1e-12), key
+
+
 def test_audit_secret_is_validated_and_masked(pki: DemoPKI) -> None:
     base = {"trust.anchors": [str(pki.directory / "anchor.pem")], "trust.trust_list": __file__}
     with pytest.raises(ConfigError, match=r"^audit\.holder_ref_secret: at least 16 characters"):
@@ -301,3 +359,66 @@ def test_audit_lines_are_what_structlog_would_write(monkeypatch: pytest.MonkeyPa
     for record in (direct, first, second):
         record.pop("timestamp")
     assert first == direct and second == {**direct, "request_id": "w-2"}
+
+
+@pytest.mark.slow
+def test_the_audit_trail_has_its_own_rotated_file(
+    pki: DemoPKI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """audit.path: the records go to a file of JSON lines rotated by size, none to stdout,
+    whole lines in every file, all of them kept (backup_count) and written by shutdown."""
+    audit = tmp_path / "audit" / "audit.jsonl"
+    audit.parent.mkdir()
+    monkeypatch.setenv("APCV_AUDIT_PATH", str(audit))
+    monkeypatch.setenv("APCV_AUDIT_MAX_BYTES", "1500")
+    monkeypatch.setenv("APCV_AUDIT_BACKUP_COUNT", "50")
+    server = serve_with_secret(pki, tmp_path / "server.log", monkeypatch, SECRET)
+    try:
+        for index in range(12):
+            call(server, qr_text(pki.present("alice")), f"f-{index}")
+            time.sleep(0.06)  # past the buffer's delay: one write, one rotation check, each
+    finally:
+        stop_server(server)
+    assert not audit_records(server)  # nothing on stdout
+    assert any('"event": "serving"' in line for line in server.logs().splitlines())
+    files = sorted(audit.parent.iterdir())
+    assert audit in files and len(files) >= 3, files  # rotated: audit.jsonl.1, .2, …
+    records = []
+    for file in files:
+        text = file.read_text()
+        assert text.endswith("\n")
+        assert file.stat().st_size <= 1500, file
+        records += [json.loads(line) for line in text.splitlines()]
+    assert sorted(r["request_id"] for r in records) == sorted(f"f-{i}" for i in range(12))
+    assert {r["kind"] for r in records} == {"audit"}
+    assert {r["holder_ref"] for r in records} == {
+        holder_ref(SECRET.encode(), credential_id(pki, "alice"))
+    }
+
+
+def test_audit_file_settings_are_checked(pki: DemoPKI, tmp_path: Path) -> None:
+    from apcv_verify.cli.workers import worker_audit_path
+
+    base = {"trust.anchors": [str(pki.directory / "anchor.pem")], "trust.trust_list": __file__}
+    for key, value, message in [
+        ("PATH", str(tmp_path / "missing" / "a.jsonl"), r"^audit\.path: directory not found"),
+        ("PATH", str(tmp_path), r"^audit\.path: is a directory"),
+        ("MAX_BYTES", "-1", r"^audit\.max_bytes: must not be negative"),
+        ("BACKUP_COUNT", "-1", r"^audit\.backup_count: must not be negative"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(None, environ={f"APCV_AUDIT_{key}": value}, overrides=base)
+    config = load_config(None, environ={}, overrides=base)
+    assert (config.audit.path, config.audit.max_bytes, config.audit.backup_count) == (
+        "",
+        100 * 1024 * 1024,
+        10,
+    )  # stdout, as before
+    # A relative path is relative to the config file; each worker rotates its own file.
+    (tmp_path / "c.toml").write_text('[audit]\npath = "audit.jsonl"\n')
+    assert load_config(tmp_path / "c.toml", environ={}, overrides=base).audit.path == str(
+        tmp_path / "audit.jsonl"
+    )
+    assert worker_audit_path("/var/log/apcv-verify/audit.jsonl", 1) == (
+        "/var/log/apcv-verify/audit.1.jsonl"
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import http.server
+import json
 import os
 import re
 import shutil
@@ -29,7 +30,15 @@ from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
 from apcv_verify.config import Config, ConfigError, load_config
 from apcv_verify.issuer import DemoPKI, qr_text
 
-from .conftest import REPO, SERVER_LOGS, free_port, wait_serving
+from .conftest import (
+    REPO,
+    SERVER_LOGS,
+    free_port,
+    scrape_text,
+    start_server,
+    stop_server,
+    wait_serving,
+)
 
 CHART = REPO / "helm" / "apcv-verify"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
@@ -54,6 +63,11 @@ CHART_MANAGED = {
     "tls.client_ca",
     "tls.require_client_auth",
 }
+#: Where the pod mounts `audit.volume` (templates/_helpers.tpl apcv-verify.auditDir).
+AUDIT_DIR = "/var/log/apcv-verify"
+#: The Grafana dashboard shipped in the chart (metrics.grafanaDashboard).
+DASHBOARD_FILE = "apcv-verify.json"
+DASHBOARD = CHART / "dashboards" / DASHBOARD_FILE
 #: Where the pod mounts the TLS Secret (templates/_helpers.tpl apcv-verify.tlsDir).
 TLS_DIR = "/etc/apcv-verify-tls"
 
@@ -100,8 +114,11 @@ def kinds(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The rendered objects by kind (the chart makes at most one of each, plus a test Pod)."""
     by_kind: dict[str, dict[str, Any]] = {}
     for doc in docs:
-        assert doc["kind"] not in by_kind, f"two {doc['kind']} objects"
-        by_kind[doc["kind"]] = doc
+        kind = doc["kind"]
+        if kind == "ConfigMap" and DASHBOARD_FILE in doc.get("data", {}):
+            kind = "GrafanaDashboard"  # the second ConfigMap, metrics.grafanaDashboard
+        assert kind not in by_kind, f"two {kind} objects"
+        by_kind[kind] = doc
     return by_kind
 
 
@@ -266,8 +283,19 @@ def test_monitoring_objects_only_when_enabled(helm: str) -> None:
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
     assert monitor["spec"]["endpoints"][0]["interval"] == "15s"
     rules = by_kind["PrometheusRule"]["spec"]["groups"][0]["rules"]
-    assert "ApcvStatusListStale" in {r["alert"] for r in rules}
+    assert {
+        "ApcvStatusListStale", "ApcvNotServing", "ApcvCallErrorRatio", "ApcvLatencySLO",
+        "ApcvReplayStoreErrors", "ApcvReplayStoreLost",
+    } <= {r["alert"] for r in rules}  # fmt: skip
     assert rules[-1]["alert"] == "ApcvNoReplicaReady"
+    # Thresholds from the values, and every expression scoped to the release's job.
+    slo = next(r for r in rules if r["alert"] == "ApcvLatencySLO")
+    assert slo["expr"].endswith("> 0.25")
+    assert all('job="apcv-apcv-verify"' in r["expr"] for r in rules[:-1])
+    dashboard = by_kind["GrafanaDashboard"]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["metadata"]["annotations"] == {"grafana_folder": "Verification"}
+    assert json.loads(dashboard["data"][DASHBOARD_FILE]) == json.loads(DASHBOARD.read_text())
     assert by_kind["PodDisruptionBudget"]["spec"] == {
         "maxUnavailable": 1,
         "selector": by_kind["PodDisruptionBudget"]["spec"]["selector"],
@@ -277,6 +305,26 @@ def test_monitoring_objects_only_when_enabled(helm: str) -> None:
     # Metrics off: no ServiceMonitor even when asked for.
     off = kinds(render(helm, None, "metrics.enabled=false", "metrics.serviceMonitor.enabled=true"))
     assert "ServiceMonitor" not in off
+
+
+def test_an_audit_file_gets_its_volume(helm: str) -> None:
+    """config.audit.path: the audit file on `audit.volume`, mounted at /var/log/apcv-verify;
+    stdout (the default) mounts nothing. A path elsewhere is refused (read-only root)."""
+    assert "audit" not in {m["name"] for m in container(render(helm))["volumeMounts"]}
+    path = "config.audit.path=/var/log/apcv-verify/audit.jsonl"
+    docs = render(helm, None, path, "audit.volume.persistentVolumeClaim.claimName=audit")
+    mounts = {m["name"]: m for m in container(docs)["volumeMounts"]}
+    assert mounts["audit"]["mountPath"] == "/var/log/apcv-verify"
+    volumes = {
+        v["name"]: v for v in kinds(docs)["Deployment"]["spec"]["template"]["spec"]["volumes"]
+    }
+    assert volumes["audit"]["persistentVolumeClaim"] == {"claimName": "audit"}
+    config = tomllib.loads(kinds(docs)["ConfigMap"]["data"]["config.toml"])
+    assert config["audit"] == {
+        "path": "/var/log/apcv-verify/audit.jsonl", "max_bytes": 104857600, "backup_count": 10,
+    }  # fmt: skip
+    assert config["tracing"] == {"enabled": False}
+    assert re.search(r"/config/audit/path", render_error(helm, "config.audit.path=/tmp/a.jsonl"))
 
 
 def test_a_changed_config_rolls_the_pods(helm: str) -> None:
@@ -373,9 +421,12 @@ def mount_config(docs: list[dict[str, Any]], root: Path) -> Path:
     tls_dir.mkdir(parents=True)
     for name in ("tls.crt", "tls.key", "ca.crt"):
         (tls_dir / name).write_text("mounted from the TLS Secret\n")
+    audit_dir = root / AUDIT_DIR.lstrip("/")
+    audit_dir.mkdir(parents=True)  # the audit volume
     config = config_dir / "config.toml"
     # The mount points, under root.
-    config.write_text(config.read_text().replace(f'"{TLS_DIR}/', f'"{tls_dir}/'))
+    text = config.read_text().replace(f'"{TLS_DIR}/', f'"{tls_dir}/')
+    config.write_text(text.replace(f'"{AUDIT_DIR}/', f'"{audit_dir}/'))
     return config
 
 
@@ -406,7 +457,10 @@ def test_the_rendered_config_loads_in_the_server(helm: str, values: Path, tmp_pa
             assert [c.id for c in config.callers] == [c["id"] for c in keys]
             continue
         for key, value in keys.items():
-            assert getattr(getattr(config, section), key) == value, f"{section}.{key}"
+            found = getattr(getattr(config, section), key)
+            if (section, key) == ("audit", "path"):  # mounted under tmp_path here
+                found = AUDIT_DIR + found.rpartition(AUDIT_DIR)[2]
+            assert found == value, f"{section}.{key}"
     assert config.tls.enabled == chart_values.get("tls", {}).get("enabled", False)
 
 
@@ -490,3 +544,80 @@ def test_a_server_started_from_the_rendered_chart_verifies(
         process.wait(timeout=30)
         lists.shutdown()
         lists.server_close()
+
+
+#: Metric names in PromQL expressions: this service's, gRPC's and the process/Python ones.
+METRIC_NAME = re.compile(r"\b(?:apcv|grpc_server|process|python)_[a-z0-9_]+\b")
+#: The series names a metric family of each type exposes.
+SUFFIXES = {
+    "counter": ("_total",),
+    "histogram": ("_bucket", "_sum", "_count"),
+    "gauge": ("",),
+    "info": ("_info",),
+    "summary": ("", "_sum", "_count"),
+}
+
+
+def served_names(text: str) -> set[str]:
+    """Every series name of an exposition, those of families without any series yet included
+    (a labelled counter before its first increment shows only its HELP and TYPE lines)."""
+    names = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, family, kind = line.split(" ", 3)
+            names |= {family + suffix for suffix in SUFFIXES.get(kind, ("",))}
+            if kind == "counter" and family.endswith("_total"):
+                names.add(family)
+        elif line and not line.startswith("#"):
+            names.add(re.split(r"[{ ]", line, maxsplit=1)[0])
+    return names
+
+
+def dashboard_and_alert_metrics(helm: str) -> dict[str, set[str]]:
+    """The metric names each panel of the dashboard and each alert of the chart reads."""
+    used: dict[str, set[str]] = {}
+    for panel in json.loads(DASHBOARD.read_text())["panels"]:
+        for target in panel.get("targets", []):
+            used.setdefault(f"panel {panel['title']!r}", set()).update(
+                METRIC_NAME.findall(target["expr"])
+            )
+    docs = render(helm, None, "metrics.prometheusRule.enabled=true")
+    for rule in kinds(docs)["PrometheusRule"]["spec"]["groups"][0]["rules"]:
+        used[f"alert {rule['alert']}"] = set(METRIC_NAME.findall(rule["expr"]))
+    return used
+
+
+@pytest.mark.slow
+def test_every_metric_of_the_dashboard_and_the_alerts_is_served(
+    helm: str, pki: DemoPKI, tmp_path: Path, redis_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real server (Redis replay store, as the chart deploys it), each call kind made once,
+    /metrics scraped: every name a panel or an alert uses must be there, or it would show
+    nothing and never fire."""
+    used = dashboard_and_alert_metrics(helm)
+    assert all(used.values()), [what for what, names in used.items() if not names]
+    port = free_port()
+    monkeypatch.setenv("APCV_METRICS_LISTEN", f"127.0.0.1:{port}")
+    monkeypatch.setenv("APCV_REPLAY_BACKEND", "redis")
+    monkeypatch.setenv("APCV_REPLAY_REDIS_URL", redis_server.url)
+    server = start_server(pki.directory, tmp_path / "server.log", "--allow-test-identities")
+    try:
+        scans = [
+            verifier_pb2.Scan(
+                request_id=f"d-{index}",
+                qr_text=qr_text(pki.present("alice")),
+                reader=verifier_pb2.ReaderContext(reader_id="desk-1"),
+            )
+            for index in range(3)
+        ]
+        with server.channel() as channel:
+            stub = verifier_pb2_grpc.VerifierServiceStub(channel)
+            stub.Verify(verifier_pb2.VerifyRequest(scan=scans[0]), timeout=10)
+            stub.VerifyBatch(verifier_pb2.VerifyBatchRequest(scans=scans[1:2]), timeout=10)
+            requests = iter([verifier_pb2.VerifyStreamRequest(scan=scans[2])])
+            assert len(list(stub.VerifyStream(requests, timeout=10))) == 1
+        served = served_names(scrape_text(port))
+    finally:
+        stop_server(server)
+    missing = {what: sorted(names - served) for what, names in used.items() if names - served}
+    assert not missing

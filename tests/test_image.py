@@ -131,6 +131,21 @@ def test_the_image_has_no_build_tools(buildah: str, container: str) -> None:
         assert found.returncode != 0, f"{tool} is in the runtime image: {found.stdout}"
 
 
+def test_the_image_can_trace(buildah: str, container: str) -> None:
+    """The tracing extra is installed, so that the chart's config.tracing.enabled works
+    (docs/operations.md "Tracing"): the SDK and both OTLP exporters import."""
+    code = (
+        "import opentelemetry.sdk.trace, opentelemetry.exporter.otlp.proto.grpc.trace_exporter,"
+        " opentelemetry.exporter.otlp.proto.http.trace_exporter"
+    )
+    done = subprocess.run(
+        [buildah, "run", "--isolation", "chroot", container, "--", "python3", "-c", code],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+
+
 def test_the_image_size_is_as_documented(buildah: str, image: dict[str, object]) -> None:
     listed = subprocess.run(
         [buildah, "images", "--json", image_name()], capture_output=True, text=True, check=True

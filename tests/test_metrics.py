@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
+import platform
 import queue
 import socket
 import time
@@ -13,6 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
+from apcv_verify import _native
 from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
 from apcv_verify.config import ConfigError, load_config
 from apcv_verify.issuer import DemoPKI, qr_text
@@ -120,8 +123,26 @@ def test_grpc_and_verification_metrics_move_with_the_right_labels(
         for labels in [dict(key)]
         if labels["le"] != "+Inf"
     ]
-    assert min(buckets) == 0.0001 and max(buckets) == 1.0
+    assert min(buckets) == 0.000005 and max(buckets) == 1.0
     assert value(after, "apcv_verification_seconds_bucket", method="Verify", le="1.0") == 5
+    # Call latency resolved from 100 µs, not from the Prometheus default of 5 ms.
+    handling = {
+        float(dict(key)["le"])
+        for (name, key), _ in after.items()
+        if name == "grpc_server_handling_seconds_bucket" and dict(key)["le"] != "+Inf"
+    }
+    assert min(handling) == 0.0001 and max(handling) == 10.0
+
+    # The process, the interpreter and the build, and no *_created series.
+    assert value(after, "process_resident_memory_bytes") > 1_000_000
+    assert value(after, "process_cpu_seconds_total") > 0
+    assert 0 < value(after, "process_open_fds") < value(after, "process_max_fds")
+    assert value(after, "python_info", **dict(next(k for n, k in after if n == "python_info"))) == 1
+    (build,) = [dict(key) for name, key in after if name == "apcv_build_info"]
+    assert build["version"] == importlib.metadata.version("apcv-verify")
+    assert build["core_version"] == _native.CORE_VERSION
+    assert build["python"] == platform.python_version()
+    assert "_created" not in text
 
     assert value(after, "apcv_inflight_streams") == 0
     assert value(after, "apcv_batch_size_count") == 0
@@ -391,6 +412,9 @@ def test_a_verify_stream_is_in_flight_until_it_ends_and_each_answer_is_counted(
         assert value(open_stream, "apcv_inflight_streams") == 1
         assert value(open_stream, "grpc_server_started_total", **stream) == 1
         assert value(open_stream, "grpc_server_handled_total", **stream, grpc_code="OK") == 0
+        # Per message, while the stream is open.
+        assert value(open_stream, "grpc_server_msg_received_total", **stream) == 1
+        assert value(open_stream, "grpc_server_msg_sent_total", **stream) == 1
         requests.put(request("s-2", "APCV1:%%%%"))
         requests.put(request("s-3", ""))  # no presentation: answered MALFORMED, stream goes on
         requests.put(None)  # half-close: the stream ends after the last answer
@@ -406,6 +430,12 @@ def test_a_verify_stream_is_in_flight_until_it_ends_and_each_answer_is_counted(
         time.sleep(0.05)
     assert value(ended, "grpc_server_handled_total", **stream, grpc_code="OK") == 1
     assert value(ended, "apcv_inflight_streams") == 0
+    assert value(ended, "grpc_server_msg_received_total", **stream) == 3
+    assert value(ended, "grpc_server_msg_sent_total", **stream) == 3
+    # Unary calls are counted by started/handled alone.
+    assert not [
+        key for key in ended if key[0].startswith("grpc_server_msg") and "unary" in str(key)
+    ]
     method = {"method": "VerifyStream"}
     assert value(ended, "apcv_verifications_total", decision="ACCEPTED", reason="OK", **method) == 1
     assert (
@@ -451,6 +481,24 @@ def test_trust_gauges_reach_the_parent_with_several_workers(
         for source in sources:
             key = ("apcv_trust_source_expired", frozenset({"source": source}.items()))
             assert found.get(key) == 0, source  # present, and 0
+        # process_* per process, labelled by worker (the supervisor too), from /proc.
+        text = scrape_text(port)
+        found = samples(text)
+        workers = {
+            dict(labels)["worker"]
+            for name, labels in found
+            if name == "process_resident_memory_bytes"
+        }
+        assert workers == {"parent", "0", "1"}
+        for worker in workers:
+            assert value(found, "process_resident_memory_bytes", worker=worker) > 1_000_000
+            assert value(found, "process_open_fds", worker=worker) > 0
+            assert value(found, "process_max_fds", worker=worker) > 0
+            assert value(found, "process_start_time_seconds", worker=worker) > 0
+        assert value(found, "process_cpu_seconds_total", worker="0") > 0
+        assert value(found, "apcv_serving") == 1
+        assert [name for name, _ in found if name == "apcv_build_info"] == ["apcv_build_info"]
+        assert "_created" not in text
         time.sleep(2.5)  # the age moves without any request
         assert value(samples(scrape_text(port)), "apcv_trust_list_age_seconds") >= age + 1
     finally:

@@ -31,10 +31,13 @@ from apcv_verify.issuer import (
 from .conftest import (
     REPO,
     ServerProcess,
+    free_port,
     nir_numbers,
     reason,
+    scrape,
     start_server,
     stop_server,
+    value,
     verify,
 )
 
@@ -421,13 +424,27 @@ def test_reason_replay_unavailable(pki: DemoPKI, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_reason_status_unavailable_without_a_status_list(pki: DemoPKI, tmp_path: Path) -> None:
+def test_reason_status_unavailable_without_a_status_list(
+    pki: DemoPKI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No status list loaded: every presentation would be STATUS_UNAVAILABLE, so health says
+    NOT_SERVING (start_server waits for it), with an error line and apcv_serving 0; a caller
+    that calls anyway still gets the fail-closed answer."""
+    metrics_port = free_port()
+    monkeypatch.setenv("APCV_METRICS_LISTEN", f"127.0.0.1:{metrics_port}")
     bare = start_server(pki.directory, tmp_path / "bare.log", "--allow-test-identities",
                         status_lists=False)  # fmt: skip
     try:
         assert reason(verify(bare, pki.present("alice"))) == "STATUS_UNAVAILABLE"
+        found = scrape(metrics_port)
+        assert value(found, "apcv_serving") == 0
+        assert value(found, "apcv_status_lists_loaded") == 0
+        assert value(found, "apcv_trust_list_sequence") == pki.trust_list_seq
     finally:
         stop_server(bare)
+    (line,) = [line for line in bare.logs().splitlines() if "no_status_list_loaded" in line]
+    record = json.loads(line)
+    assert (record["level"], record["status_lists_configured"]) == ("error", 0)
 
 
 # --- NFC challenge --------------------------------------------------------------

@@ -5,6 +5,7 @@ from typing import Any, Literal, Self, final
 
 __all__ = [
     "AnswerKeys",
+    "CORE_VERSION",
     "AmcCoverage",
     "AmoRights",
     "CoseKeyError",
@@ -30,6 +31,9 @@ __all__ = [
     "verify_sign1",
     "verify_signature",
 ]
+
+#: The version of the core crate (rust/apcv-core).
+CORE_VERSION: str
 
 class NativeError(Exception):
     """Base of every error raised by the native core."""

@@ -291,6 +291,22 @@ class AuditSection:
     #: differ across restarts and replicas. Hidden from repr; ``metadata["secret"]`` tells
     #: any configuration printer to mask it.
     holder_ref_secret: str = field(default="", repr=False, metadata={"secret": True})
+    #: File the audit records go to, apart from the operational logs (JSON lines, rotated
+    #: by size); "" = stdout, mixed with the logs and told apart by ``"kind": "audit"``. With
+    #: ``server.workers`` > 1 each worker writes its own file, ``<stem>.<worker><suffix>``.
+    path: str = ""
+    #: ``path``: rotate when the file would grow past this many bytes (0 = never rotate).
+    max_bytes: int = 100 * 1024 * 1024
+    #: ``path``: rotated files kept (``<path>.1`` the newest); 0 = the file is truncated.
+    backup_count: int = 10
+
+
+@dataclass(frozen=True)
+class TracingSection:
+    #: OpenTelemetry tracing (docs/operations.md "Tracing"): spans of each call and core call,
+    #: trace ids in the logs, exported over OTLP as the standard ``OTEL_*`` variables say.
+    #: Needs the ``tracing`` extra (``pip install 'apcv-verify[tracing]'``).
+    enabled: bool = False
 
 
 #: Default base of the FHIR extensions and naming systems this service defines where fr-core has
@@ -315,6 +331,7 @@ class Config:
     metrics: MetricsSection = field(default_factory=MetricsSection)
     audit: AuditSection = field(default_factory=AuditSection)
     fhir: FhirSection = field(default_factory=FhirSection)
+    tracing: TracingSection = field(default_factory=TracingSection)
     tls: TlsSection = field(default_factory=TlsSection)
     #: The purpose policy, by caller id; empty means every caller is DEFAULT_CALLER.
     callers: tuple[CallerPolicy, ...] = ()
@@ -377,6 +394,7 @@ class Config:
                 f"audit.holder_ref_secret: at least {MIN_AUDIT_SECRET_CHARS} characters"
                 " (e.g. `openssl rand -hex 32`)"
             )
+        self._validate_audit()
         self._validate_fhir()
         self._validate_tls()
         self._validate_workers()
@@ -386,6 +404,19 @@ class Config:
                 raise ConfigError(f"callers: caller {caller.id!r} is listed twice")
             seen.add(caller.id)
         return self
+
+    def _validate_audit(self) -> None:
+        audit = self.audit
+        if audit.max_bytes < 0:
+            raise ConfigError("audit.max_bytes: must not be negative (0 = never rotate)")
+        if audit.backup_count < 0:
+            raise ConfigError("audit.backup_count: must not be negative")
+        if audit.path:
+            directory = Path(audit.path).parent
+            if not directory.is_dir():
+                raise ConfigError(f"audit.path: directory not found: {directory}")
+            if Path(audit.path).is_dir():
+                raise ConfigError(f"audit.path: is a directory: {audit.path}")
 
     def _validate_fhir(self) -> None:
         # A canonical URL: absolute http(s), no query, fragment or trailing slash, since the
@@ -709,7 +740,8 @@ def load_config(
             if item.name in given:
                 value = _convert(key, annotation, given.pop(item.name), from_env=False)
                 relative = annotation in ("str", "tuple[str, ...]")
-                if section_name in ("trust", "tls") and relative and path is not None:
+                in_files = section_name in ("trust", "tls") or key == "audit.path"
+                if in_files and relative and path is not None:
                     value = _relative_to(Path(path).parent, value)
                 values[item.name] = value
             env_name = ENV_PREFIX + key.replace(".", "_").upper()

@@ -62,6 +62,8 @@ app.kubernetes.io/part-of: apcv-verify
 {{/* Where the ConfigMap, the anchors and the TLS files are mounted. */}}
 {{- define "apcv-verify.configDir" -}}/etc/apcv-verify{{- end }}
 {{- define "apcv-verify.tlsDir" -}}/etc/apcv-verify-tls{{- end }}
+{{- /* Where `audit.volume` is mounted: `config.audit.path` must be a file in it (schema). */}}
+{{- define "apcv-verify.auditDir" -}}/var/log/apcv-verify{{- end }}
 
 {{/*
 One TOML value from a values.yaml value: booleans, integers (values.yaml numbers arrive as

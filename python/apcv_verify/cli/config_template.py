@@ -21,7 +21,7 @@ _TEMPLATE = """\
 # Each key can be overridden by an environment variable APCV_<SECTION>_<KEY>
 # (server.max_batch -> APCV_SERVER_MAX_BATCH) and some by serve's flags:
 # defaults < this file < environment < flags. `apcv-verify config --print --config FILE`
-# shows the result. Relative paths in [trust] and [tls] are relative to this file.
+# shows the result. Relative paths in [trust], [tls] and audit.path are relative to this file.
 
 [server]
 listen = {}  # HOST:PORT; port 0 picks a free port
@@ -90,6 +90,16 @@ listen = {}  # Prometheus GET /metrics; "" = off
 # the same on every replica; pass it through APCV_AUDIT_HOLDER_REF_SECRET. Empty: a random
 # key per process (references then change at each restart).
 holder_ref_secret = {}
+# Audit records apart from the logs: a file of JSON lines, rotated by size (relative to this
+# file); "" = stdout with the logs ("kind": "audit"). Several workers: one file each.
+path = {}
+max_bytes = {}  # rotate past this size; 0 = never
+backup_count = {}  # rotated files kept (path.1 newest)
+
+[tracing]
+# OpenTelemetry spans and trace ids in the logs; the exporter, sampler and resource come from
+# the standard OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT...). Needs apcv-verify[tracing].
+enabled = {}
 
 [tls]
 # TLS is on when server_cert and server_key are set (PEM files); mTLS with client_ca.

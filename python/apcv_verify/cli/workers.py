@@ -10,8 +10,9 @@ The parent only supervises: SIGTERM/SIGINT are forwarded to the children (each d
 single server does), a child that ends stops the others, and the parent exits with the
 children's status. Metrics use Prometheus multiprocess mode: the children write their
 counters and histograms to files in a fresh ``PROMETHEUS_MULTIPROC_DIR`` and the parent
-serves their sum on ``metrics.listen``. Scrape-time gauges computed from a child's loaded
-trust material (trust-list sequence and age, status-list age) are not among them.
+serves their sum on ``metrics.listen``, with ``apcv_build_info`` and the ``process_*`` series
+of itself and of each live worker (labelled ``worker``, read from ``/proc`` at scrape time).
+The trust gauges reach it as each worker publishes them (:mod:`apcv_verify.trust.metrics`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import signal
 import sys
 import tempfile
 import time
+from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
@@ -34,9 +36,9 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 from ..config import Config, MetricsSection
 from ..observe.logs import flush_audit
-from ..observe.metrics import start_metrics_server
+from ..observe.metrics import BuildInfoCollector, WorkerProcessCollector, start_metrics_server
 
-__all__ = ["serve_workers"]
+__all__ = ["serve_workers", "worker_audit_path"]
 
 log = structlog.get_logger("apcv_verify.cli.workers")
 
@@ -53,6 +55,12 @@ def _exit_code(wait_status: int) -> int:
     return code if code >= 0 else 128 - code
 
 
+def worker_audit_path(path: str, index: int) -> str:
+    """Worker ``index``'s audit file: ``audit.jsonl`` → ``audit.0.jsonl``."""
+    file = Path(path)
+    return str(file.with_name(f"{file.stem}.{index}{file.suffix}"))
+
+
 def _child(config: Config, index: int) -> NoReturn:
     """Run one worker's server; never returns (``os._exit``, so no parent cleanup runs twice)."""
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -67,8 +75,12 @@ def _child(config: Config, index: int) -> NoReturn:
         prometheus_values.ValueClass = prometheus_values.get_value_class()
         from ..service.startup import serve
 
-        # The parent serves /metrics for every worker.
-        serve(dataclasses.replace(config, metrics=MetricsSection(listen="")))
+        # The parent serves /metrics for every worker; each worker rotates its own audit file
+        # (two processes renaming one file would lose records).
+        audit = config.audit
+        if audit.path:
+            audit = dataclasses.replace(audit, path=worker_audit_path(audit.path, index))
+        serve(dataclasses.replace(config, metrics=MetricsSection(listen=""), audit=audit))
         code = 0
     except BaseException as error:  # noqa: BLE001 (a worker reports any end, then exits)
         log.error("worker_failed", error=f"{type(error).__name__}: {error}")
@@ -117,6 +129,13 @@ def _supervise(
     """Wait for the children; the first one to end stops the others. Their worst status."""
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=directory)
+    registry.register(BuildInfoCollector())
+    parent = os.getpid()
+    registry.register(
+        WorkerProcessCollector(
+            lambda: {"parent": parent} | {str(index): pid for pid, index in children.copy().items()}
+        )
+    )
     metrics_http = None
     if config.metrics.listen:
         try:

@@ -1,2 +1,3 @@
 """What the service tells its operators: Prometheus metrics (:mod:`.metrics`), structured logs
-(:mod:`.logs`) and the audit trail of every decision (:mod:`.audit`)."""
+(:mod:`.logs`), the audit trail of every decision (:mod:`.audit`) and, when enabled,
+OpenTelemetry traces (:mod:`.tracing`)."""

@@ -23,6 +23,7 @@ import structlog
 from .. import _native
 from ..config import ANONYMOUS_CALLER
 from .logs import AUDIT_LOGGER, audit_lines, audit_tail, write_audit_lines
+from .tracing import core_span
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -107,6 +108,8 @@ class AuditTrail:
         self._key = _native.HolderRefKey(secret)
         self._metrics = metrics
         self._replay_backend = replay_backend
+        if metrics is not None:  # exported from 0, so that rate() and increase() see the first
+            metrics.replay_store_errors.labels(backend=replay_backend)
 
     def __repr__(self) -> str:
         return "AuditTrail(secret=***)"
@@ -158,9 +161,9 @@ class AuditTrail:
 
         Call once per verified presentation: ``method`` is the RPC name (``Verify``,
         ``VerifyBatch``, ``VerifyStream``), ``latency_seconds`` the time from the start of the
-        core call to this decision (a batch's items share their batch's time), ``item`` the
-        position in a batch. ``caller`` is the client-certificate identity when mTLS gives
-        one.
+        core call to this decision (in the record; the latency metric observes it once),
+        ``item`` the position in a batch. ``caller`` is the client-certificate identity when
+        mTLS gives one.
         """
         fields = self._fields(
             method,
@@ -176,6 +179,9 @@ class AuditTrail:
             caller,
             item,
         )
+        if self._metrics is not None:
+            self._metrics.observe_latency(method=method, seconds=latency_seconds, count=1)
+        core_span(method, 1, latency_seconds)  # tracing on: the core call's span
         _emit([fields])
 
     def record_verifications(
@@ -191,8 +197,13 @@ class AuditTrail:
         """:meth:`record_verification` of each of ``results``, the decisions on ``items``
         (scans with ``request_id`` and ``reader.reader_id``) verified together in
         ``latency_seconds``, numbered by ``positions`` (None: one unary item, no number).
-        Still one record per decision; their lines are written together."""
+        Still one record per decision; their lines are written together. The latency metric
+        gets each item's share of ``latency_seconds``, observed once for all of them
+        (:meth:`~apcv_verify.observe.metrics.ServiceMetrics.observe_latency`)."""
         numbers: Sequence[int | None] = [None] * len(items) if positions is None else positions
+        if self._metrics is not None and items:
+            self._metrics.observe_latency(method=method, seconds=latency_seconds, count=len(items))
+        core_span(method, len(items), latency_seconds)  # tracing on: the core call's span
         fields = self._fields
         _emit(
             [
@@ -224,7 +235,10 @@ class AuditTrail:
     ) -> None:
         """:meth:`record_verifications` of decisions given as rows (``WireBatch.audit_rows``:
         position, request id, reader id, accepted, reason, duplicate, credential id, replay
-        unchecked, resent), verified together in ``latency_seconds``."""
+        unchecked, resent), verified together in ``latency_seconds``: one core call."""
+        if self._metrics is not None and rows:
+            self._metrics.observe_latency(method=method, seconds=latency_seconds, count=len(rows))
+        core_span(method, len(rows), latency_seconds)  # tracing on: the core call's span
         fields = self._fields
         _emit(
             [
@@ -264,23 +278,29 @@ class AuditTrail:
         *,
         caller: str = ANONYMOUS_CALLER,
     ) -> None:
-        """:meth:`record_rows` of a verified batch's decisions: the same records and metrics,
-        the records rendered by the core (``WireBatch.audit_lines``) and the metrics updated
-        once per kind of decision, when logging is configured; else record by record."""
+        """:meth:`record_rows` of a verified batch's decisions: the same records, metrics and
+        core call span, the records rendered by the core (``WireBatch.audit_lines``, ending
+        with the same keys, ``trace_id`` and ``span_id`` included when tracing is on) and the
+        decision counter updated once per kind of decision, when logging is configured; else
+        record by record."""
         tail = audit_tail(RECORD_KEYS)
         if tail is None:
             self.record_rows(method, batch.audit_rows(), latency_seconds, caller=caller)
             return
-        if self._metrics is not None:
-            for accepted, reason, count in batch.decision_counts():
+        decided = 0
+        for accepted, reason, count in batch.decision_counts():
+            decided += count
+            if self._metrics is not None:
                 self._metrics.observe_verification(
                     method=method,
                     decision="ACCEPTED" if accepted else "REJECTED",
                     reason=reason,
-                    seconds=latency_seconds,
                     replay_backend=self._replay_backend,
                     count=count,
                 )
+        if self._metrics is not None and decided:
+            self._metrics.observe_latency(method=method, seconds=latency_seconds, count=decided)
+        core_span(method, decided, latency_seconds)  # tracing on: the core call's span
         if tail:
             dumps = json.dumps
             write_audit_lines(
@@ -308,14 +328,14 @@ class AuditTrail:
         caller: str,
         item: int | None,
     ) -> dict[str, object]:
-        """One decision's audit record, counted in the metrics."""
+        """One decision's audit record, counted in the metrics (its latency is observed by
+        the caller, once per core call)."""
         decision = "ACCEPTED" if accepted else "REJECTED"
         if self._metrics is not None:
             self._metrics.observe_verification(
                 method=method,
                 decision=decision,
                 reason=reason,
-                seconds=latency_seconds,
                 replay_backend=self._replay_backend,
             )
         fields: dict[str, object] = {

@@ -7,6 +7,8 @@ Audit records (the logger named :data:`AUDIT_LOGGER`, one per verification) are 
 are buffered and written together, whole lines only, at most :data:`AUDIT_FLUSH_SECONDS`
 after the first of them, when the buffer holds :data:`AUDIT_FLUSH_BYTES`, and at shutdown
 (:func:`flush_audit`, also at interpreter exit). Every other record is written at once.
+They go to stdout with the logs, or to a file of their own rotated by size
+(:func:`configure_audit_file`, ``audit.path``).
 The audit trail renders its records itself (:func:`audit_lines`): the same JSON line as
 structlog's chain, for a fraction of its cost.
 """
@@ -17,6 +19,7 @@ import asyncio
 import atexit
 import json
 import logging
+import logging.handlers
 import sys
 import threading
 from collections.abc import Sequence
@@ -24,12 +27,16 @@ from typing import Any, TextIO
 
 import structlog
 
+from .tracing import add_trace_ids, trace_fields
+
 __all__ = [
     "AUDIT_FLUSH_BYTES",
     "AUDIT_FLUSH_SECONDS",
     "AUDIT_LOGGER",
     "BufferedLines",
+    "RotatingAuditFile",
     "audit_lines",
+    "configure_audit_file",
     "configure_logging",
     "flush_audit",
 ]
@@ -82,6 +89,12 @@ class BufferedLines:
     def flush(self) -> None:
         """Called after each record: the timer, the size bound or shutdown writes instead."""
 
+    def redirect(self, file: TextIO) -> None:
+        """Write what is buffered to the current file, then everything after to ``file``."""
+        self.drain()
+        with self._lock:
+            self._file = file
+
     def drain(self) -> None:
         """Write every buffered line now."""
         with self._lock:
@@ -99,6 +112,43 @@ class BufferedLines:
                 size += len(line)
             self._file.write("".join(chunk))
             self._file.flush()
+
+
+class _AuditFileHandler(logging.handlers.RotatingFileHandler):
+    """The rotation of :mod:`logging` (rename to ``.1``, ``.2``… past ``maxBytes``), fed whole
+    chunks of lines. A failed write is logged without its lines (never echoed to stderr)."""
+
+    terminator = ""  # the chunks end with their own newline
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        error = sys.exc_info()[1]
+        structlog.get_logger("apcv_verify.observe.logs").error(
+            "audit_write_failed",
+            path=self.baseFilename,
+            error=type(error).__name__ if error is not None else "unknown",
+            detail=getattr(error, "strerror", None),
+        )
+
+
+class RotatingAuditFile:
+    """A file for :class:`BufferedLines`: each write (whole lines) is appended to ``path``,
+    which is rotated before a write would take it past ``max_bytes`` (0 = never), keeping
+    ``backup_count`` rotated files (``path.1`` the newest). Flushed after each write."""
+
+    def __init__(self, path: str, max_bytes: int, backup_count: int) -> None:
+        self._handler = _AuditFileHandler(
+            path, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8"
+        )
+
+    def write(self, text: str) -> int:
+        self._handler.emit(logging.makeLogRecord({"msg": text}))
+        return len(text)
+
+    def flush(self) -> None:
+        self._handler.flush()
+
+    def close(self) -> None:
+        self._handler.close()
 
 
 _audit_buffer: BufferedLines | None = None
@@ -120,6 +170,9 @@ def audit_lines(records: Sequence[dict[str, object]]) -> bool:
         return True
     common: dict[str, object] = {"event": "verification"}
     common.update(structlog.contextvars.get_contextvars())
+    traced = trace_fields()  # tracing on: the call's trace_id and span_id
+    if traced is not None:
+        common.update(traced)
     common["level"] = "info"
     _stamp(None, "info", common)
     dumps = json.dumps
@@ -133,13 +186,17 @@ def audit_tail(record_keys: frozenset[str]) -> str | None:
     (``"event": "verification", …, "timestamp": "…"}``), for records rendered elsewhere (the
     core's, ``WireBatch.audit_lines``); "" when the audit's level is not logged; None when
     they cannot be (logging not configured by :func:`configure_logging`, or a bound context
-    variable named like one of ``record_keys``): then use :func:`audit_lines`."""
+    variable named like one of ``record_keys``): then use :func:`audit_lines`. Tracing on,
+    the current span's ``trace_id`` and ``span_id`` are among those keys, as there."""
     if _audit_buffer is None:
         return None
     if not _audit_enabled:
         return ""
     common: dict[str, object] = {"event": "verification"}
     common.update(structlog.contextvars.get_contextvars())
+    traced = trace_fields()  # tracing on: the call's trace_id and span_id
+    if traced is not None:
+        common.update(traced)
     common["level"] = "info"
     _stamp(None, "info", common)
     if not record_keys.isdisjoint(common):
@@ -162,6 +219,16 @@ def flush_audit() -> None:
 
 
 atexit.register(flush_audit)
+
+
+def configure_audit_file(path: str, max_bytes: int, backup_count: int) -> None:
+    """Write the audit records to ``path`` (:class:`RotatingAuditFile`) instead of stdout,
+    from now on (what was buffered goes where it was meant to). After
+    :func:`configure_logging`; ``path`` "" keeps them on stdout."""
+    if _audit_buffer is None:
+        raise RuntimeError("configure_logging() first")
+    if path:
+        _audit_buffer.redirect(RotatingAuditFile(path, max_bytes, backup_count))  # type: ignore[arg-type]
 
 
 class _LoggerFactory:
@@ -187,6 +254,7 @@ def configure_logging(level: str = "info") -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            add_trace_ids,  # tracing.enabled: trace_id and span_id of the current span
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,

@@ -17,25 +17,62 @@ birth date, request id or reader id: reader ids go to the audit log
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import bisect
+import functools
+import os
+import platform
+from collections.abc import Callable, Iterable, Mapping
+from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    start_http_server,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .. import _native
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
 __all__ = [
     "BATCH_SIZE_BUCKETS",
+    "GRPC_SECONDS_BUCKETS",
     "VERIFICATION_SECONDS_BUCKETS",
+    "BuildInfoCollector",
     "ServiceMetrics",
+    "WorkerProcessCollector",
+    "build_info",
+    "observe_many",
     "start_metrics_server",
 ]
 
-#: A verification takes tens of microseconds in the core: buckets start at 0.1 ms so the
-#: histogram resolves it; 1 s is already far beyond any useful answer at a reception desk.
+# No ``*_created`` series: one more series per counter and histogram child that no dashboard
+# or alert reads (Prometheus derives resets from the counters themselves).
+disable_created_metrics()
+
+#: A verification takes tens of microseconds in the core, and a batch item's share of its
+#: batch a few: buckets start at 5 µs so the histogram resolves both; 1 s is already far
+#: beyond any useful answer at a reception desk.
 VERIFICATION_SECONDS_BUCKETS = (
+    0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+)  # fmt: skip
+#: A unary call is answered in well under a millisecond on loopback: the Prometheus default
+#: buckets (from 5 ms) put nearly every call in the first one. From 100 µs to 10 s (a stream
+#: lasts as long as its client keeps it open: its duration lands in +Inf).
+GRPC_SECONDS_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
 )  # fmt: skip
 #: Batch sizes from a single scan to a full batch of a reader's offline spool.
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
@@ -73,6 +110,21 @@ class ServiceMetrics:
             "Histogram of response latency (seconds) of gRPC that had been application-level "
             "handled by the server.",
             ["grpc_type", "grpc_service", "grpc_method"],
+            buckets=GRPC_SECONDS_BUCKETS,
+            registry=registry,
+        )
+        # Per message of a streaming call (go-grpc-prometheus counts every call kind; unary
+        # calls are one message each way, already in started/handled, so only streams here).
+        self.grpc_msg_received = Counter(
+            "grpc_server_msg_received_total",
+            "Total number of RPC stream messages received on the server.",
+            ["grpc_type", "grpc_service", "grpc_method"],
+            registry=registry,
+        )
+        self.grpc_msg_sent = Counter(
+            "grpc_server_msg_sent_total",
+            "Total number of gRPC stream messages sent by the server.",
+            ["grpc_type", "grpc_service", "grpc_method"],
             registry=registry,
         )
         self.verifications = Counter(
@@ -83,8 +135,8 @@ class ServiceMetrics:
         )
         self.verification_seconds = Histogram(
             "apcv_verification_seconds",
-            "Time from the start of the core call to the decision, one observation per "
-            "verification (a batch item observes its batch's time).",
+            "Time of the core call (and replay settlement) per verified presentation: a batch "
+            "or a stream's micro-batch of n items observes its time divided by n, n times.",
             ["method"],
             buckets=VERIFICATION_SECONDS_BUCKETS,
             registry=registry,
@@ -110,6 +162,14 @@ class ServiceMetrics:
         )
         self._verification_children: dict[tuple[str, str, str], Any] = {}
         self._seconds_children: dict[str, Any] = {}
+        registry.register(BuildInfoCollector())
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # CPU, memory, file descriptors and the interpreter of this process, as the
+            # default registry has them. With several workers the parent serves the same
+            # series for each worker instead (WorkerProcessCollector).
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+            GCCollector(registry=registry)
 
     def observe_verification(
         self,
@@ -117,12 +177,11 @@ class ServiceMetrics:
         method: str,
         decision: str,
         reason: str,
-        seconds: float,
         replay_backend: str,
         count: int = 1,
     ) -> None:
-        """Count ``count`` decisions of one kind that took ``seconds`` each, and observe their
-        latency (called by the audit trail: a batch's decisions by kind)."""
+        """Count ``count`` decisions of one kind (called by the audit trail: for each decision,
+        or for a batch's decisions by kind)."""
         # The label children, looked up once per label set (small closed sets, see above).
         key = (decision, reason, method)
         counter = self._verification_children.get(key)
@@ -130,19 +189,101 @@ class ServiceMetrics:
             counter = self.verifications.labels(decision=decision, reason=reason, method=method)
             self._verification_children[key] = counter
         counter.inc(count)
+        if reason == "REPLAY_UNAVAILABLE":
+            self.replay_store_errors.labels(backend=replay_backend).inc(count)
+
+    def observe_latency(self, *, method: str, seconds: float, count: int) -> None:
+        """Observe ``count`` verifications that took ``seconds`` together: each one's share,
+        ``seconds / count``, ``count`` times, in one update (:func:`observe_many`)."""
         histogram = self._seconds_children.get(method)
         if histogram is None:
             histogram = self._seconds_children[method] = self.verification_seconds.labels(
                 method=method
             )
-        for _ in range(count):  # one observation per verification
-            histogram.observe(seconds)
-        if reason == "REPLAY_UNAVAILABLE":
-            self.replay_store_errors.labels(backend=replay_backend).inc(count)
+        observe_many(histogram, seconds / count, count)
 
     def observe_batch(self, size: int) -> None:
         """Record the size of one VerifyBatch call."""
         self.batch_size.observe(size)
+
+
+def observe_many(histogram: Histogram, amount: float, count: int) -> None:
+    """``histogram.observe(amount)`` ``count`` times, in one update of its bucket and sum.
+
+    prometheus_client has no counted observation; this updates the same values its
+    ``observe`` does (the sum, and the first bucket whose bound holds ``amount``: buckets are
+    kept per bucket and made cumulative on export), in memory and in multiprocess files alike.
+    tests/test_metrics.py checks it against ``observe`` for the installed version."""
+    if count <= 0:
+        return
+    histogram._raise_if_not_observable()
+    histogram._sum.inc(amount * count)
+    index = bisect.bisect_left(histogram._upper_bounds, amount)
+    histogram._buckets[index].inc(count)
+
+
+def build_info() -> dict[str, str]:
+    """The labels of ``apcv_build_info``: package, core and Python versions (never a host
+    name or a path)."""
+    try:
+        version = metadata.version("apcv-verify")
+    except metadata.PackageNotFoundError:  # run from a source tree without installing
+        version = "unknown"
+    return {
+        "version": version,
+        "core_version": _native.CORE_VERSION,
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+    }
+
+
+class BuildInfoCollector(Collector):
+    """``apcv_build_info`` = 1, labelled with :func:`build_info` (join it on to tell which
+    version each target runs, e.g. during a rollout)."""
+
+    def __init__(self) -> None:
+        self._labels = build_info()
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "apcv_build_info",
+            "Always 1: the versions of this server (package, Rust core, Python) as labels.",
+            labels=list(self._labels),
+        )
+        family.add_metric(list(self._labels.values()), 1)
+        return [family]
+
+
+class WorkerProcessCollector(Collector):
+    """The ``process_*`` series (CPU, memory, file descriptors, start time) of several
+    processes, one series per process labelled ``worker``: what prometheus_client's
+    :class:`~prometheus_client.ProcessCollector` reads from ``/proc`` for one pid, for each of
+    ``processes()`` (label value → pid). The supervisor of ``server.workers`` serves it for
+    itself (``worker="parent"``) and each live worker (``worker="0"``, ``"1"``, …)."""
+
+    def __init__(self, processes: Callable[[], Mapping[str, int | str]]) -> None:
+        self._processes = processes
+
+    def collect(self) -> list[Metric]:
+        merged: dict[str, Metric] = {}
+        for worker, pid in self._processes().items():
+            # A worker that just ended has no /proc entry: ProcessCollector yields nothing.
+            collector = ProcessCollector(pid=functools.partial(_pid, pid), registry=None)
+            for family in collector.collect():
+                target = merged.get(family.name)
+                if target is None:
+                    target = merged[family.name] = Metric(
+                        family.name, family.documentation, family.type
+                    )
+                for sample in family.samples:
+                    target.add_sample(
+                        sample.name, {**sample.labels, "worker": worker}, sample.value
+                    )
+        return list(merged.values())
+
+
+def _pid(pid: int | str) -> int | str:
+    return pid
 
 
 def start_metrics_server(listen: str, registry: CollectorRegistry) -> WSGIServer:

@@ -188,6 +188,7 @@ class RedisReplayStore:
                 ["backend"],
                 registry=metrics.registry,
             )
+            self._losses.labels(backend=self.backend)  # exported from 0 for increase()
 
     def __repr__(self) -> str:
         return f"RedisReplayStore({self.location!r})"

@@ -1,12 +1,16 @@
 """The server's two interceptors, both built on :func:`wrap_handler`:
 
 * :class:`MetricsInterceptor` — ``grpc_server_started_total``, ``…_handled_total`` and
-  ``…_handling_seconds`` per call (go-grpc-prometheus names, :mod:`apcv_verify.observe.metrics`);
+  ``…_handling_seconds`` per call, ``…_msg_received_total`` and ``…_msg_sent_total`` per
+  stream message (go-grpc-prometheus names, :mod:`apcv_verify.observe.metrics`);
 * :class:`ErrorInterceptor` — the one place where an unexpected exception becomes a gRPC
   status: INTERNAL with a fixed message and the reason ``INTERNAL_ERROR``, never the exception
   text (:mod:`apcv_verify.service.errors`).
 
-The metrics interceptor goes first, so that it counts the status the error mapping sets.
+* :class:`TracingInterceptor` — a span per call, only when tracing is on.
+
+The tracing and metrics interceptors go first, so that they see the status the error mapping
+sets.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ import grpc
 import structlog
 
 from ..observe.metrics import ServiceMetrics
+from ..observe.tracing import Tracing
 from .errors import INTERNAL_ERROR_DETAIL, abort
 
-__all__ = ["ErrorInterceptor", "MetricsInterceptor", "wrap_handler"]
+__all__ = ["ErrorInterceptor", "MetricsInterceptor", "TracingInterceptor", "wrap_handler"]
 
 log = structlog.get_logger("apcv_verify.service.interceptors")
 
@@ -54,10 +59,17 @@ def handler_kind(handler: grpc.RpcMethodHandler) -> tuple[str, str] | None:
     return None
 
 
-def wrap_handler(handler: grpc.RpcMethodHandler, begin: Begin, end: End) -> grpc.RpcMethodHandler:
+def wrap_handler(
+    handler: grpc.RpcMethodHandler,
+    begin: Begin,
+    end: End,
+    *,
+    request_deserializer: Callable[[bytes], Any] | None = None,
+    response_serializer: Callable[[Any], bytes] | None = None,
+) -> grpc.RpcMethodHandler:
     """``handler`` with ``begin`` run at the start of each call of its behaviour and ``end`` at
-    its end. Made once per method (the interceptors cache it): a call costs the two calls and
-    no new closure.
+    its end, and the given (de)serializers in place of its own, if any. Made once per method
+    (the interceptors cache it): a call costs the two calls and no new closure.
 
     A synchronous behaviour (none in this service) is returned unchanged: it runs in grpc's
     thread pool, with grpc's own handling.
@@ -107,8 +119,8 @@ def wrap_handler(handler: grpc.RpcMethodHandler, begin: Begin, end: End) -> grpc
     factory = getattr(grpc, f"{attribute}_rpc_method_handler")
     return factory(
         wrapped,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
+        request_deserializer=request_deserializer or handler.request_deserializer,
+        response_serializer=response_serializer or handler.response_serializer,
     )
 
 
@@ -223,6 +235,92 @@ class MetricsInterceptor(_CachingInterceptor):
                 child = handled[code] = metrics.grpc_handled.labels(**labels, grpc_code=code)
             child.inc()
             handling_seconds.observe(perf_counter() - started)
+
+        if not streaming:
+            return wrap_handler(handler, begin, end)
+        # Each message of a stream passes its (de)serializer once: count it there, without
+        # wrapping the request iterator or the responses.
+        received = metrics.grpc_msg_received.labels(**labels).inc
+        sent = metrics.grpc_msg_sent.labels(**labels).inc
+        deserialize = handler.request_deserializer or _identity
+        serialize = handler.response_serializer or _identity
+
+        def counted_request(data: bytes) -> Any:
+            received()
+            return deserialize(data)
+
+        def counted_response(message: Any) -> bytes:
+            sent()
+            return serialize(message)
+
+        return wrap_handler(
+            handler,
+            begin,
+            end,
+            request_deserializer=counted_request,
+            response_serializer=counted_response,
+        )
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+#: Codes that mark a server span as failed (OpenTelemetry semantic conventions for gRPC: the
+#: others are the caller's problem, not the server's).
+_SERVER_ERROR_CODES = frozenset(
+    {"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"}
+)
+
+
+class TracingInterceptor(_CachingInterceptor):
+    """One SERVER span per call (:mod:`apcv_verify.observe.tracing`), current while the
+    handler runs (so the core call's span and the log lines join it), continuing the trace of
+    the caller's ``traceparent`` metadata. Put first: it ends with the status the others set.
+    Only in the interceptor list when tracing is on."""
+
+    def __init__(self, tracing: Tracing) -> None:
+        super().__init__()
+        self._tracing = tracing
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        from opentelemetry import context as otel_context
+        from opentelemetry import propagate, trace
+        from opentelemetry.trace import SpanKind, Status, StatusCode
+
+        kind = handler_kind(handler)
+        if kind is None:
+            return handler
+        service, name = _split_method(method)
+        span_name = f"{service}/{name}"
+        streaming = kind[1] != "unary"
+        tracer = self._tracing.tracer
+        attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+
+        def begin(context: grpc.aio.ServicerContext) -> tuple[Any, Any]:
+            carrier = {
+                key: value
+                for key, value in context.invocation_metadata() or ()
+                if isinstance(value, str)
+            }
+            parent = propagate.extract(carrier)
+            span = tracer.start_span(
+                span_name, context=parent, kind=SpanKind.SERVER, attributes=attributes
+            )
+            return span, otel_context.attach(trace.set_span_in_context(span, parent))
+
+        def end(
+            context: grpc.aio.ServicerContext,
+            token: tuple[Any, Any],
+            error: BaseException | None,
+        ) -> None:
+            span, attached = token
+            code = _final_code(context, error, streaming=streaming)
+            span.set_attribute("rpc.grpc.status_code", grpc.StatusCode[code].value[0])
+            if code in _SERVER_ERROR_CODES:
+                span.set_status(Status(StatusCode.ERROR, code))
+            span.end()
+            otel_context.detach(attached)
 
         return wrap_handler(handler, begin, end)
 

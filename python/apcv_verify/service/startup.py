@@ -20,13 +20,14 @@ from grpc_reflection.v1alpha import reflection
 from .. import _native
 from ..config import Config, ServerSection
 from ..observe.audit import AuditTrail
-from ..observe.logs import flush_audit
+from ..observe.logs import configure_audit_file, flush_audit
 from ..observe.metrics import ServiceMetrics, start_metrics_server
+from ..observe.tracing import configure_tracing, current_tracing, shutdown_tracing
 from ..replay.answers import AnswerRecovery
 from ..replay.redis import RedisReplayStore
 from ..trust.material import TrustMaterial
 from ..trust.sources import TrustSource
-from .interceptors import ErrorInterceptor, MetricsInterceptor
+from .interceptors import ErrorInterceptor, MetricsInterceptor, TracingInterceptor
 from .limits import LimitMetrics, LimitsInterceptor
 from .servicer import SERVICE_NAME, VerifierService, add_verifier_service
 
@@ -191,17 +192,22 @@ async def start_server(config: Config, material: TrustMaterial | None = None) ->
         trust.seed(material)
     else:
         await trust.load_initial()
+    # Metrics first, so that they see the status the error mapping sets and the calls the
+    # limits refuse (tracing, when on, before them for the same reason). The limits are the
+    # service's own, not grpc's maximum_concurrent_rpcs: that one counts health checks too
+    # and refuses without details (service.limits).
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        MetricsInterceptor(metrics),
+        ErrorInterceptor(),
+        LimitsInterceptor(
+            config.server, LimitMetrics(metrics.registry), stream_services=(SERVICE_NAME,)
+        ),
+    ]
+    tracing = current_tracing()
+    if tracing is not None:  # tracing.enabled (configure_tracing, in serve)
+        interceptors.insert(0, TracingInterceptor(tracing))
     server = grpc.aio.server(
-        # Metrics first, so that they see the status the error mapping sets and the calls the
-        # limits refuse. The limits are the service's own, not grpc's maximum_concurrent_rpcs:
-        # that one counts health checks too and refuses without details (service.limits).
-        interceptors=[
-            MetricsInterceptor(metrics),
-            ErrorInterceptor(),
-            LimitsInterceptor(
-                config.server, LimitMetrics(metrics.registry), stream_services=(SERVICE_NAME,)
-            ),
-        ],
+        interceptors=interceptors,
         options=server_options(config.server),
     )
     replay = (
@@ -250,6 +256,8 @@ async def start_server(config: Config, material: TrustMaterial | None = None) ->
 
     serving = _trust_usable(trust)
     await _set_health(health_servicer, serving)
+    if loaded is not None and not serving and not loaded.status_lists:
+        _log_no_status_list(trust, loaded.trust_list.seq)
     follower = asyncio.get_running_loop().create_task(
         _follow_trust(trust, health_servicer, trust_changed, serving)
     )
@@ -304,8 +312,16 @@ async def _start_health_server(
 
 
 def _trust_usable(trust: TrustSource) -> bool:
+    """A trust list loaded and not refused for its age, and at least one status list: with
+    none, every presentation would be rejected STATUS_UNAVAILABLE (docs/profile.md §6.6), so
+    the replica reports NOT_SERVING and load balancers send the calls elsewhere
+    (``apcv_serving`` in the metrics says the same)."""
     snapshot = trust.current
-    return snapshot is not None and not trust.refuses(snapshot, time.time())
+    return (
+        snapshot is not None
+        and bool(snapshot.status_lists)
+        and not trust.refuses(snapshot, time.time())
+    )
 
 
 async def _set_health(health_servicer: health.aio.HealthServicer, serving: bool) -> None:
@@ -337,6 +353,8 @@ async def _follow_trust(
         seq = None if snapshot is None else snapshot.trust_list.seq
         if usable:
             log.info("trust_list_usable", trust_list_seq=seq)
+        elif snapshot is not None and not snapshot.status_lists:
+            _log_no_status_list(trust, seq)
         elif snapshot is not None:
             log.error(
                 "trust_list_refused",
@@ -347,6 +365,16 @@ async def _follow_trust(
             )
         await _set_health(health_servicer, usable)
         serving = usable
+
+
+def _log_no_status_list(trust: TrustSource, seq: int | None) -> None:
+    log.error(
+        "no_status_list_loaded",
+        trust_list_seq=seq,
+        status_lists_configured=trust.status_sources,
+        detail="every presentation would be STATUS_UNAVAILABLE: NOT_SERVING until a status "
+        "list loads (trust.status_lists)",
+    )
 
 
 def _start_metrics_http(listen: str, metrics: ServiceMetrics) -> WSGIServer | None:
@@ -376,5 +404,13 @@ async def _serve_until_signalled(config: Config) -> None:
 
 
 def serve(config: Config) -> None:
-    """Load and verify the trust material, then serve (refreshing it) until SIGINT/SIGTERM."""
-    asyncio.run(_serve_until_signalled(config))
+    """Load and verify the trust material, then serve (refreshing it) until SIGINT/SIGTERM.
+    The audit records go to ``audit.path`` when it is set (docs/operations.md "The audit
+    record"), spans to OTLP when ``tracing.enabled`` (docs/operations.md "Tracing")."""
+    audit = config.audit
+    configure_audit_file(audit.path, audit.max_bytes, audit.backup_count)
+    configure_tracing(config.tracing.enabled)
+    try:
+        asyncio.run(_serve_until_signalled(config))
+    finally:
+        shutdown_tracing()  # export the last spans

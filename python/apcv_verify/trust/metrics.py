@@ -57,6 +57,18 @@ _TRUST_GAUGES: dict[str, tuple[str, tuple[str, ...], Literal["livemin", "livemax
         (),
         "livemax",
     ),
+    "apcv_status_lists_loaded": (
+        "Status lists in use. With none the service reports NOT_SERVING: every presentation "
+        "would be rejected STATUS_UNAVAILABLE.",
+        (),
+        "livemin",
+    ),
+    "apcv_serving": (
+        "1 while the trust material is usable (a trust list loaded and not refused, at least "
+        "one status list) and health reports SERVING; 0 otherwise.",
+        (),
+        "livemin",
+    ),
     "apcv_trust_source_expired": (
         "1 while the list held for a source is past its expiry (status lists: plus "
         "policy.status_grace_seconds), so verifications that need it are refused.",
@@ -84,18 +96,17 @@ def _samples(view: TrustView, now: float) -> list[Sample]:
     """(metric, label values, value) of the trust gauges of what ``view`` holds at ``now``."""
     material = view.material
     if material is None:
-        return []
+        return [("apcv_status_lists_loaded", (), 0.0), ("apcv_serving", (), 0.0)]
     trust_list = material.trust_list
+    refused = now > trust_list.expires_at + view.expired_grace_seconds
     samples: list[Sample] = [
+        ("apcv_status_lists_loaded", (), float(len(material.status_lists))),
+        ("apcv_serving", (), float(not refused and bool(material.status_lists))),
         ("apcv_trust_list_sequence", (), trust_list.seq),
         ("apcv_trust_list_age_seconds", (), now - trust_list.issued_at),
         ("apcv_trust_list_expiry_timestamp_seconds", (), trust_list.expires_at),
         ("apcv_trust_source_expired", (TRUST_LIST_SOURCE,), float(now > trust_list.expires_at)),
-        (
-            "apcv_trust_list_refused",
-            (),
-            float(now > trust_list.expires_at + view.expired_grace_seconds),
-        ),
+        ("apcv_trust_list_refused", (), float(refused)),
     ]
     for status_list in material.status_lists:
         # The URI names a published list, not a person (docs/profile.md §6.5).

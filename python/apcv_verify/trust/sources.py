@@ -238,6 +238,11 @@ class TrustSource:
         return now > snapshot.trust_list.expires_at + self.expired_grace_seconds
 
     @property
+    def status_sources(self) -> int:
+        """How many status lists are configured (``trust.status_lists``)."""
+        return len(self._status_sources)
+
+    @property
     def material(self) -> TrustMaterial | None:
         """The material of the current snapshot (for the trust metrics)."""
         snapshot = self._current

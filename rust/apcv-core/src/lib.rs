@@ -37,6 +37,9 @@ pub mod verify;
 
 pub use error::{Error, Result};
 
+/// The version of this crate (`apcv_build_info`'s `core_version` label on the service side).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 #[cfg(test)]
 mod amc_tests;
 #[cfg(test)]

@@ -34,6 +34,7 @@ use crate::wire::WireBatch;
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
+    m.add("CORE_VERSION", apcv_core::VERSION)?;
     m.add("NativeError", py.get_type::<NativeError>())?;
     m.add("TrustListError", py.get_type::<TrustListError>())?;
     m.add("StatusListError", py.get_type::<StatusListError>())?;

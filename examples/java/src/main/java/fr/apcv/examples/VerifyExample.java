@@ -7,19 +7,14 @@ import com.google.rpc.ErrorInfo;
 import fr.apcv.verify.v1.ReaderContext;
 import fr.apcv.verify.v1.Scan;
 import fr.apcv.verify.v1.Verdict;
-import fr.apcv.verify.v1.Verifier;
+import fr.apcv.verify.v1.VerifierServiceGrpc;
 import fr.apcv.verify.v1.VerifyRequest;
-import fr.apcv.verify.v1.VerifyResponse;
-import io.grpc.CallOptions;
 import io.grpc.Channel;
 import io.grpc.Grpc;
 import io.grpc.InsecureChannelCredentials;
 import io.grpc.ManagedChannel;
-import io.grpc.MethodDescriptor;
 import io.grpc.StatusRuntimeException;
-import io.grpc.protobuf.ProtoUtils;
 import io.grpc.protobuf.StatusProto;
-import io.grpc.stub.ClientCalls;
 import java.security.SecureRandom;
 import java.util.HexFormat;
 import java.util.List;
@@ -28,27 +23,13 @@ import java.util.concurrent.TimeUnit;
 
 /**
  * A hospital system's client of the apcv.verify.v1 contract in Java, on the message classes
- * that protoc generates from protos/ in the Maven build (docs/integration.md "Java"). It
- * verifies one scan, reads the details of a call error, and resends a scan with its
- * request_id.
+ * and the VerifierServiceGrpc stub that protoc and grpc-java's plugin generate from protos/ in
+ * the Maven build (docs/integration.md "Java"). It verifies one scan, reads the details of a
+ * call error, and resends a scan with its request_id.
  *
  * <pre>APCV_TARGET=127.0.0.1:50051 APCV_QR="$QR" java -cp … fr.apcv.examples.VerifyExample</pre>
  */
 public final class VerifyExample {
-  /**
-   * VerifierService/Verify for grpc-java, named from the generated descriptor: what the
-   * VerifierServiceGrpc class of protoc-gen-grpc-java holds, where that plugin is used.
-   */
-  static final MethodDescriptor<VerifyRequest, VerifyResponse> VERIFY =
-      MethodDescriptor.<VerifyRequest, VerifyResponse>newBuilder()
-          .setType(MethodDescriptor.MethodType.UNARY)
-          .setFullMethodName(MethodDescriptor.generateFullMethodName(
-              Verifier.getDescriptor().findServiceByName("VerifierService").getFullName(),
-              "Verify"))
-          .setRequestMarshaller(ProtoUtils.marshaller(VerifyRequest.getDefaultInstance()))
-          .setResponseMarshaller(ProtoUtils.marshaller(VerifyResponse.getDefaultInstance()))
-          .build();
-
   /**
    * Lets grpc-java resend a call that failed with UNAVAILABLE, unchanged (so with the same
    * request_id), with exponential backoff; nothing else is retried.
@@ -116,9 +97,11 @@ public final class VerifyExample {
 
   /** One Verify call with a 10 s deadline, retries included. */
   static Verdict verify(Channel channel, Scan scan) {
-    CallOptions deadline = CallOptions.DEFAULT.withDeadlineAfter(10, TimeUnit.SECONDS);
     VerifyRequest request = VerifyRequest.newBuilder().setScan(scan).build();
-    return ClientCalls.blockingUnaryCall(channel, VERIFY, deadline, request).getVerdict();
+    return VerifierServiceGrpc.newBlockingStub(channel)
+        .withDeadlineAfter(10, TimeUnit.SECONDS)
+        .verify(request)
+        .getVerdict();
   }
 
   /** A call error's google.rpc.Status details (the v1 contract's error model). */

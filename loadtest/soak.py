@@ -1,0 +1,402 @@
+"""``make soak``: a long run at a steady fraction of the measured capacity, against a real
+server on loopback, watching for slow leaks and drift (docs/reliability.md "Soak").
+
+1. Start ``apcv-verify serve`` (1 worker, in-memory replay store, audit log to a file) on
+   127.0.0.1 with a fresh demo PKI, as ``make bench`` does (loadtest/bench.py).
+2. Capacity: unary Verify calls in a closed loop (``--concurrency`` in flight) for
+   ``--capacity-seconds``; capacity = answered calls per second.
+3. Soak: an open loop at ``--fraction`` (70 %) of that capacity for ``--seconds`` (600): each
+   call is sent at its scheduled time whatever the previous ones did, so a slowdown shows as
+   latency and errors rather than as a lower offered rate. Every presentation is distinct and
+   valid (loadtest/corpus.py), made by a helper process at most one segment ahead of its use,
+   so any answer other than ACCEPTED, or a call error, is an error.
+4. Each second: calls sent, accepted, errors; the server's resident memory (RSS, all its
+   processes, from /proc). Per 10-second window: p50 and p99 latency. At the end the server's
+   own count of accepted verifications (``apcv_verifications_total``) is compared with the
+   client's: nothing lost, nothing counted twice.
+
+Results: a Markdown section between markers (``--write docs/reliability.md``) and a plot of
+RSS, p99 and errors over time (``--plot docs/soak.png``, matplotlib). ``--quick`` runs a few
+seconds (tests/test_soak.py keeps it working; no timing is asserted anywhere).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from apcv_verify._proto.apcv.verify.v1 import verifier_pb2  # noqa: E402
+from apcv_verify.issuer import DemoPKI  # noqa: E402
+from bench import Case, _process_tree, decisions, machine, start_server, stop_server  # noqa: E402
+from corpus import HOLDERS, READER_ID, make_pki  # noqa: E402
+
+BEGIN = "<!-- soak:begin -->"
+END = "<!-- soak:end -->"
+VERIFY = "/apcv.verify.v1.VerifierService/Verify"
+#: Seconds of load made ready at once by the helper process, one segment ahead: well inside a
+#: presentation's lifetime (two minutes, loadtest/corpus.py), so none expires before use.
+SEGMENT_SECONDS = 20
+#: Latency percentiles are taken over windows of this many seconds.
+WINDOW_SECONDS = 10
+CALL_TIMEOUT = 10.0
+#: Channels (HTTP/2 connections) the load is spread over.
+CHANNELS = 4
+
+
+def make_requests(pki_dir: str, count: int, prefix: str) -> list[bytes]:
+    """``count`` serialized VerifyRequests of distinct fresh presentations (in the helper)."""
+    pki = DemoPKI.load(pki_dir)
+    out = []
+    for i in range(count):
+        scan = verifier_pb2.Scan(
+            request_id=f"{prefix}-{i}", nfc_bytes=pki.present(HOLDERS[i % len(HOLDERS)])
+        )
+        scan.reader.reader_id = READER_ID
+        out.append(verifier_pb2.VerifyRequest(scan=scan).SerializeToString())
+    return out
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of ``pid`` and its descendants."""
+    total = 0
+    for member in _process_tree(pid):
+        try:
+            status = Path(f"/proc/{member}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+@dataclass
+class Second:
+    """What happened to the calls scheduled in one second of the soak."""
+
+    sent: int = 0
+    accepted: int = 0
+    errors: int = 0
+    rss: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+
+class Load:
+    """Raw-bytes Verify stubs over a few channels, and the answer's judgement."""
+
+    def __init__(self, address: str) -> None:
+        self.channels = [grpc.aio.insecure_channel(address) for _ in range(CHANNELS)]
+        self.stubs = [c.unary_unary(VERIFY) for c in self.channels]  # bytes in, bytes out
+
+    async def call(self, n: int, request: bytes) -> tuple[bool, float]:
+        """(accepted, seconds) of one call; a call error or any other verdict is False."""
+        start = time.perf_counter()
+        try:
+            reply = await self.stubs[n % CHANNELS](request, timeout=CALL_TIMEOUT)
+            decision = verifier_pb2.VerifyResponse.FromString(reply).verdict.decision
+            accepted = decision == verifier_pb2.DECISION_ACCEPTED
+        except grpc.aio.AioRpcError:
+            accepted = False
+        return accepted, time.perf_counter() - start
+
+    async def close(self) -> None:
+        for channel in self.channels:
+            await channel.close()
+
+
+async def capacity(
+    load: Load, requests: Iterator[tuple[int, bytes]], seconds: float, concurrency: int
+) -> float:
+    """Answered calls per second in a closed loop of ``concurrency`` callers, taking their
+    requests from ``requests`` (shared with a warm-up run before)."""
+    pending = requests
+    answered = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+
+    async def caller() -> None:
+        nonlocal answered
+        for n, request in pending:
+            if time.perf_counter() > deadline:
+                return
+            await load.call(n, request)
+            answered += 1
+
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    return answered / (time.perf_counter() - start)
+
+
+async def soak(
+    load: Load,
+    pid: int,
+    rate: float,
+    seconds: int,
+    supply: ProcessPoolExecutor,
+    pki_dir: str,
+) -> list[Second]:
+    """The open loop: ``rate`` calls per second for ``seconds``, segment by segment."""
+    per_segment = max(1, round(rate * min(SEGMENT_SECONDS, seconds)))
+    segments = -(-seconds // SEGMENT_SECONDS)
+
+    def order(k: int) -> Future[list[bytes]]:
+        return supply.submit(make_requests, pki_dir, per_segment, f"s{k}")
+
+    ready = order(0).result()
+    upcoming = order(1) if segments > 1 else None
+    stats = [Second() for _ in range(seconds)]
+    tasks: set[asyncio.Task[None]] = set()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+
+    async def one(n: int, second: int, request: bytes) -> None:
+        accepted, latency = await load.call(n, request)
+        entry = stats[second]
+        entry.latencies.append(latency)
+        if accepted:
+            entry.accepted += 1
+        else:
+            entry.errors += 1
+
+    async def sample_rss() -> None:
+        while True:
+            second = int(loop.time() - start)
+            if second >= seconds:
+                return
+            stats[second].rss = rss_bytes(pid)
+            await asyncio.sleep(1.0 - (loop.time() - start) % 1.0)
+
+    sampler = loop.create_task(sample_rss())
+    n = 0
+    for k in range(segments):
+        if k > 0:
+            assert upcoming is not None
+            ready = await asyncio.wrap_future(upcoming)
+            upcoming = order(k + 1) if k + 1 < segments else None
+        for request in ready:
+            at = n / rate
+            if at >= seconds:
+                break
+            delay = start + at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            second = int(at)
+            stats[second].sent += 1
+            task = loop.create_task(one(n, second, request))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            n += 1
+    if tasks:
+        await asyncio.wait(tasks)
+    await sampler
+    return stats
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def windows(stats: list[Second]) -> list[dict[str, float]]:
+    """Per ``WINDOW_SECONDS``: start second, sent, accepted, errors, p50/p99 ms, max RSS MiB."""
+    rows = []
+    for begin in range(0, len(stats), WINDOW_SECONDS):
+        part = stats[begin : begin + WINDOW_SECONDS]
+        latencies = [x for s in part for x in s.latencies]
+        rows.append(
+            {
+                "t": begin,
+                "sent": sum(s.sent for s in part),
+                "accepted": sum(s.accepted for s in part),
+                "errors": sum(s.errors for s in part),
+                "p50_ms": percentile(latencies, 0.50) * 1000,
+                "p99_ms": percentile(latencies, 0.99) * 1000,
+                "rss_mib": max((s.rss for s in part), default=0) / 2**20,
+            }
+        )
+    return rows
+
+
+def plot(rows: list[dict[str, float]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [r["t"] / 60 for r in rows]
+    fig, (rss, p99, errors) = plt.subplots(3, 1, sharex=True, figsize=(8, 7))
+    rss.plot(t, [r["rss_mib"] for r in rows])
+    rss.set_ylabel("server RSS (MiB)")
+    rss.set_ylim(bottom=0)
+    p99.plot(t, [r["p99_ms"] for r in rows], label="p99")
+    p99.plot(t, [r["p50_ms"] for r in rows], label="p50")
+    p99.set_ylabel(f"latency per {WINDOW_SECONDS} s (ms)")
+    p99.set_ylim(bottom=0)
+    p99.legend()
+    errors.plot(t, [r["errors"] for r in rows], color="tab:red")
+    errors.set_ylabel(f"errors per {WINDOW_SECONDS} s")
+    errors.set_ylim(bottom=0)
+    errors.set_xlabel("minutes")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def report(rows: list[dict[str, float]], info: dict[str, Any], args: argparse.Namespace) -> str:
+    sent = sum(int(r["sent"]) for r in rows)
+    accepted = sum(int(r["accepted"]) for r in rows)
+    errors = sum(int(r["errors"]) for r in rows)
+    minute = max(1, 60 // WINDOW_SECONDS)
+    head = rows[:minute]
+    tail = rows[-minute:]
+    rss_head = statistics.median(r["rss_mib"] for r in head)
+    rss_tail = statistics.median(r["rss_mib"] for r in tail)
+    lines = [
+        BEGIN,
+        "",
+        f"Run of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(info['started']))}: "
+        f"`{info['command']}` on {info['machine']['nproc']} cores "
+        f"({info['machine']['cpu']}, {info['machine']['memory']}), Python "
+        f"{info['machine']['python']}, grpcio {info['machine']['grpcio']}; load average "
+        f"{info['load_before']:.2f} before the run (other work on the machine shows there). "
+        "Server and load generator share the cores.",
+        "",
+        f"- Capacity (closed loop, {args.concurrency} calls in flight, "
+        f"{args.capacity_seconds:g} s): **{info['capacity']:.0f} Verify/s**.",
+        f"- Soak: {args.seconds} s open loop at {args.fraction:.0%} of it, "
+        f"**{info['rate']:.0f} Verify/s** offered; {sent} calls, {accepted} accepted, "
+        f"**{errors} errors** (call errors and verdicts other than ACCEPTED).",
+        f"- Server's own count of accepted verifications: {info['server_accepted']:.0f} "
+        f"(client: {accepted}).",
+        f"- Server RSS: {rss_head:.1f} MiB over the first minute, {rss_tail:.1f} MiB over the "
+        f"last (median of {WINDOW_SECONDS}-second maxima); peak "
+        f"{max(r['rss_mib'] for r in rows):.1f} MiB.",
+        f"- p99: {statistics.median(r['p99_ms'] for r in head):.1f} ms over the first minute, "
+        f"{statistics.median(r['p99_ms'] for r in tail):.1f} ms over the last; worst "
+        f"{WINDOW_SECONDS}-second window {max(r['p99_ms'] for r in rows):.1f} ms.",
+        "",
+    ]
+    if info.get("plot"):
+        lines += [f"![RSS, latency and errors over the soak]({info['plot']})", ""]
+    lines += [
+        "| minute | sent | accepted | errors | p50 ms | p99 ms | RSS MiB |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for begin in range(0, len(rows), minute):
+        part = rows[begin : begin + minute]
+        lines.append(
+            f"| {part[0]['t'] / 60:.0f} | {sum(int(r['sent']) for r in part)} "
+            f"| {sum(int(r['accepted']) for r in part)} | {sum(int(r['errors']) for r in part)} "
+            f"| {statistics.median(r['p50_ms'] for r in part):.1f} "
+            f"| {max(r['p99_ms'] for r in part):.1f} "
+            f"| {max(r['rss_mib'] for r in part):.1f} |"
+        )
+    lines += ["", END, ""]
+    return "\n".join(lines)
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace the soak section of ``path`` (between the markers), or append it."""
+    text = path.read_text() if path.exists() else ""
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section + rest.split(END, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + section
+    path.write_text(text)
+
+
+async def run(
+    args: argparse.Namespace, work: Path
+) -> tuple[list[dict[str, float]], dict[str, Any]]:
+    pki = make_pki(work / "pki")
+    info: dict[str, Any] = {
+        "started": time.time(),
+        "machine": machine(),
+        "load_before": os.getloadavg()[0],
+    }
+    server = start_server(Case("soak", "Verify", 1, "memory"), pki.directory, None, work)
+    try:
+        # spawn, not fork: a forked child of a process with gRPC channels can hang.
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as supply:
+            load = Load(server.address)
+            try:
+                count = args.capacity_calls
+                made = supply.submit(make_requests, str(pki.directory), count, "c").result()
+                requests = iter(enumerate(made))
+                if args.warmup_seconds > 0:  # caches, allocator, connections: not counted
+                    await capacity(load, requests, args.warmup_seconds, args.concurrency)
+                info["capacity"] = await capacity(
+                    load, requests, args.capacity_seconds, args.concurrency
+                )
+                info["rate"] = max(1.0, info["capacity"] * args.fraction)
+                print(
+                    f"capacity {info['capacity']:.0f}/s, soak at {info['rate']:.0f}/s", flush=True
+                )
+                before = decisions(server.metrics_port).get("ACCEPTED/OK", 0.0)
+                stats = await soak(
+                    load,
+                    server.process.pid,
+                    info["rate"],
+                    args.seconds,
+                    supply,
+                    str(pki.directory),
+                )
+                after = decisions(server.metrics_port).get("ACCEPTED/OK", 0.0)
+                info["server_accepted"] = after - before
+            finally:
+                await load.close()
+    finally:
+        stop_server(server)
+    return windows(stats), info
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=600, help="length of the soak")
+    parser.add_argument("--fraction", type=float, default=0.7, help="of measured capacity")
+    parser.add_argument("--capacity-seconds", type=float, default=20.0)
+    parser.add_argument("--warmup-seconds", type=float, default=5.0, help="before capacity")
+    parser.add_argument("--capacity-calls", type=int, default=20_000, help="at most")
+    parser.add_argument("--concurrency", type=int, default=32, help="capacity run")
+    parser.add_argument("--quick", action="store_true", help="a few seconds: keeps it working")
+    parser.add_argument("--write", type=Path, help="docs/reliability.md to update")
+    parser.add_argument("--plot", type=Path, help="PNG of RSS, p99 and errors over time")
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.capacity_seconds, args.capacity_calls = 4, 1.0, 300
+        args.warmup_seconds = 0.0
+    with tempfile.TemporaryDirectory(prefix="apcv-soak-") as tmp:
+        rows, info = asyncio.run(run(args, Path(tmp)))
+    info["command"] = "python loadtest/soak.py " + shlex.join(sys.argv[1:])
+    if args.plot:
+        plot(rows, args.plot, f"soak at {info['rate']:.0f} Verify/s ({args.fraction:.0%})")
+        if args.write:
+            info["plot"] = os.path.relpath(args.plot, args.write.parent)
+    section = report(rows, info, args)
+    print(section)
+    if args.write:
+        write_section(args.write, section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

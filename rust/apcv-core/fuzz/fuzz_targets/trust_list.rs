@@ -1,0 +1,6 @@
+//! cargo-fuzz target: apcv_core_fuzz::trust_list (src/lib.rs says what it covers and checks).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    apcv_core_fuzz::trust_list(data);
+});

@@ -1,0 +1,38 @@
+"""The soak (loadtest/soak.py, `make soak`) keeps working: a few seconds of --quick against a
+real server write the section and the plot, every call answered ACCEPTED and counted once by
+the server. No timing is asserted (docs/reliability.md "Soak")."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO
+
+
+@pytest.mark.slow
+def test_quick_soak_writes_its_section_and_plot(tmp_path: Path) -> None:
+    out = tmp_path / "reliability.md"
+    out.write_text("# Reliability\n\n## Fault injection\n\nkept\n")
+    plot = tmp_path / "soak.png"
+    run = subprocess.run(
+        [sys.executable, str(REPO / "loadtest" / "soak.py"), "--quick",
+         "--write", str(out), "--plot", str(plot)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    text = out.read_text()
+    assert text.startswith("# Reliability\n\n## Fault injection\n\nkept\n")
+    assert text.count("<!-- soak:begin -->") == 1 and "![RSS, latency and errors" in text
+    assert plot.read_bytes().startswith(b"\x89PNG")
+    calls = re.search(r"; (\d+) calls, (\d+) accepted", text)
+    assert calls is not None
+    sent, accepted = map(int, calls.groups())
+    assert sent > 0 and accepted == sent
+    assert "**0 errors**" in text
+    server = re.search(r"accepted verifications: (\d+) \(client: (\d+)\)", text)
+    assert server is not None and server.group(1) == server.group(2) == str(sent)
