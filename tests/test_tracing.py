@@ -143,6 +143,14 @@ def test_calls_and_core_verifications_are_spans_and_logs_carry_their_ids(
     assert audit["t-1"]["trace_id"] == f"{TRACE_ID:032x}"
     assert audit["t-1"]["span_id"] == f"{verify.context.span_id:016x}"
     assert audit["b-0"]["trace_id"] == audit["b-1"]["trace_id"] == f"{done.context.trace_id:032x}"
+    # A batch's and a stream's records, rendered by the core (WireBatch.audit_lines), carry
+    # their call's span too, with the keys of a unary call's record (and their position).
+    assert audit["b-0"]["span_id"] == audit["b-1"]["span_id"] == f"{done.context.span_id:016x}"
+    assert audit["s-0"]["trace_id"] == f"{stream.context.trace_id:032x}"
+    assert audit["s-0"]["span_id"] == f"{stream.context.span_id:016x}"
+    unary_keys = set(audit["t-1"])
+    for request_id in ("b-0", "b-1", "s-0"):
+        assert set(audit[request_id]) == unary_keys | {"item"}, request_id
 
 
 def test_log_lines_inside_a_span_carry_its_ids(exporter: InMemorySpanExporter) -> None:
