@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 
 import pytest
 from apcv_verify import _native
@@ -195,6 +196,68 @@ def test_the_core_writes_the_audit_records_the_audit_trail_would(pki: DemoPKI) -
     assert _native.HolderRefKey(secret).holder_ref("c-1") == trail.holder_ref("c-1")
     assert "audit secret" not in repr(_native.HolderRefKey(secret))
     assert batch.decision_counts() == [(True, "OK", 1), (False, "MALFORMED", 1)]
+
+
+@pytest.mark.parametrize("rendered_by_core", [True, False])
+def test_a_batch_is_counted_timed_and_traced_as_one_core_call(
+    pki: DemoPKI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rendered_by_core: bool
+) -> None:
+    """``record_wire``, its records rendered by the core (logging configured, the audit in its
+    own file) or record by record (not configured): each kind of decision counted, each
+    audited item's share of the batch's time observed once, one core span in the call's span,
+    and the core-rendered records in the audit file with the call's trace and span ids."""
+    from apcv_verify.observe import logs
+    from apcv_verify.observe.metrics import ServiceMetrics
+    from apcv_verify.observe.tracing import CORE_SPAN, configure_tracing, shutdown_tracing
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    now = int(time.time())
+    batch = _native.WireBatch.batch(
+        verifier_pb2.VerifyBatchRequest(scans=scans_of_every_kind(pki, now)).SerializeToString()
+    )
+    assert batch is not None
+    new_verifier(pki, now).verify_wire(batch, list(USES), now)
+    rows = batch.audit_rows()
+    metrics = ServiceMetrics()
+    trail = AuditTrail(b"audit secret", metrics)
+    audit_path = tmp_path / "audit.jsonl"
+    if rendered_by_core:
+        logs.configure_logging("info")
+        logs.configure_audit_file(str(audit_path), 0, 0)
+    else:
+        monkeypatch.setattr(logs, "_audit_buffer", None)
+    exporter = InMemorySpanExporter()
+    tracing = configure_tracing(True, exporter=exporter, batch=False)
+    assert tracing is not None
+    try:
+        with tracing.tracer.start_as_current_span("call") as call:
+            trail.record_wire("VerifyBatch", batch, 0.004, caller="his-1")
+    finally:
+        shutdown_tracing()
+        if rendered_by_core:
+            logs.flush_audit()
+            logs.configure_logging("info")  # the audit records on stdout again
+
+    sample = metrics.registry.get_sample_value
+    method = {"method": "VerifyBatch"}
+    counts = batch.decision_counts()
+    assert len({reason for _, reason, _ in counts}) > 2
+    for accepted, reason, count in counts:
+        labels = {"decision": "ACCEPTED" if accepted else "REJECTED", "reason": reason, **method}
+        assert sample("apcv_verifications_total", labels) == count, reason
+    assert sum(count for *_, count in counts) == len(rows)
+    assert sample("apcv_verification_seconds_count", method) == len(rows)
+    assert sample("apcv_verification_seconds_sum", method) == pytest.approx(0.004)
+    (core,) = [span for span in exporter.get_finished_spans() if span.name == CORE_SPAN]
+    assert core.attributes == {"apcv.method": "VerifyBatch", "apcv.items": len(rows)}
+    assert core.parent is not None and core.parent.span_id == call.get_span_context().span_id
+    if rendered_by_core:
+        records = [json.loads(line) for line in audit_path.read_text().splitlines()]
+        assert [record["request_id"] for record in records] == [row[1] for row in rows]
+        ids = call.get_span_context()
+        assert {(r["trace_id"], r["span_id"]) for r in records} == {
+            (f"{ids.trace_id:032x}", f"{ids.span_id:016x}")
+        }
 
 
 def test_answer_recovery_answers_a_batch_in_place(pki: DemoPKI) -> None:
