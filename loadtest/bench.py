@@ -508,3 +508,16 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def replace_section(path: Path, section: str, begin: str, end: str) -> None:
+    """Replace the part of ``path`` between the markers ``begin`` and ``end`` by ``section``
+    (which carries the markers), or append it: each benchmark keeps its own section of one
+    document."""
+    text = path.read_text() if path.exists() else ""
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + section + rest.split(end, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + section
+    path.write_text(text)

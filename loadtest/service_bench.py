@@ -54,6 +54,7 @@ from bench import (  # noqa: E402
     cpu_seconds,
     free_port,
     ghz_command,
+    replace_section,
     start_server,
     stop_server,
 )
@@ -491,13 +492,7 @@ def report(results: list[Measured], latencies: list[dict[str, float]], args: Any
 
 def write_section(path: Path, section: str) -> None:
     """Replace the service section of ``path`` (between the markers), or append it."""
-    text = path.read_text() if path.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + section
-    path.write_text(text)
+    replace_section(path, section, BEGIN, END)
 
 
 def main() -> int:

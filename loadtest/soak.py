@@ -42,7 +42,15 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from apcv_verify._proto.apcv.verify.v1 import verifier_pb2  # noqa: E402
 from apcv_verify.issuer import DemoPKI  # noqa: E402
-from bench import Case, _process_tree, decisions, machine, start_server, stop_server  # noqa: E402
+from bench import (  # noqa: E402
+    Case,
+    _process_tree,
+    decisions,
+    machine,
+    replace_section,
+    start_server,
+    stop_server,
+)
 from corpus import HOLDERS, READER_ID, make_pki  # noqa: E402
 
 BEGIN = "<!-- soak:begin -->"
@@ -314,13 +322,7 @@ def report(rows: list[dict[str, float]], info: dict[str, Any], args: argparse.Na
 
 def write_section(path: Path, section: str) -> None:
     """Replace the soak section of ``path`` (between the markers), or append it."""
-    text = path.read_text() if path.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + section
-    path.write_text(text)
+    replace_section(path, section, BEGIN, END)
 
 
 async def run(
