@@ -142,7 +142,7 @@ def test_stream_messages_are_answered_one_response_each(pki: DemoPKI) -> None:
     now = int(time.time())
     scans = scans_of_every_kind(pki, now)
     messages = [verifier_pb2.VerifyStreamRequest(scan=s).SerializeToString() for s in scans]
-    batch = _native.WireBatch.stream([*messages, b"\xff\xff"], 40)
+    batch = _native.WireBatch.stream([*messages, b"\xff\xff"], 40, 1000)
     new_verifier(pki, now).verify_wire(batch, list(USES), now)
     replies = batch.response({use: list(FIELD_GROUPS) for use in ("", *USES)})
     verdicts, rows = expected(pki, scans, now, frozenset(FIELD_GROUPS), "scan")
@@ -152,6 +152,36 @@ def test_stream_messages_are_answered_one_response_each(pki: DemoPKI) -> None:
     assert answered[-1].detail == f"scan: {UNDECODABLE}"
     # A stream's items are numbered along the stream.
     assert batch.audit_rows() == [(40 + row[0], *row[1:]) for row in rows]
+
+
+def test_a_stream_request_of_several_scans_is_answered_as_a_batch_in_one_response(
+    pki: DemoPKI,
+) -> None:
+    """``scans`` in one request: one response whose ``verdicts`` are what a VerifyBatch of the
+    same scans gets (details naming ``scans[i]``), numbered along the stream."""
+    now = int(time.time())
+    scans = scans_of_every_kind(pki, now)
+    one = verifier_pb2.VerifyStreamRequest(scan=scans[0]).SerializeToString()
+    several = verifier_pb2.VerifyStreamRequest(scans=scans).SerializeToString()
+    assert (_native.WireBatch.stream_scans(one), _native.WireBatch.stream_scans(several)) == (
+        0,
+        len(scans),
+    )
+    assert _native.WireBatch.stream_scans(b"\xff\xff") == 0  # no framing: no count
+    batch = _native.WireBatch.stream([one, several], 7, 1000)
+    assert len(batch) == 1 + len(scans)
+    new_verifier(pki, now).verify_wire(batch, list(USES), now)
+    first, reply = (
+        verifier_pb2.VerifyStreamResponse.FromString(r)
+        for r in batch.response({use: list(FIELD_GROUPS) for use in ("", *USES)})
+    )
+    assert first.HasField("verdict") and not first.verdicts
+    assert not reply.HasField("verdict")
+    verdicts, rows = expected(pki, scans, now, frozenset(FIELD_GROUPS), None)
+    # The first scan was verified just before, in the same core call: its retry is a duplicate.
+    assert [v.request_id for v in reply.verdicts] == [v.request_id for v in verdicts]
+    assert [v.detail for v in reply.verdicts][1:] == [v.detail for v in verdicts][1:]
+    assert [row[0] for row in batch.audit_rows()] == [7] + [8 + row[0] for row in rows]
 
 
 def test_an_undecodable_item_is_answered_in_place_a_broken_batch_is_none(pki: DemoPKI) -> None:
@@ -343,7 +373,7 @@ def test_a_stream_item_with_scanned_at_is_refused_in_place(pki: DemoPKI) -> None
     ]
     scans[1].scanned_at.seconds = now - 10
     messages = [verifier_pb2.VerifyStreamRequest(scan=s).SerializeToString() for s in scans]
-    batch = _native.WireBatch.stream(messages, 0)
+    batch = _native.WireBatch.stream(messages, 0, 1000)
     assert batch.scanned_at
     batch.refuse_scanned_at()
     assert (batch.valid, batch.scanned_at) == (1, False)

@@ -342,7 +342,14 @@ class WireBatch:
     def batch(data: bytes) -> WireBatch | None:
         """None when not even the batch's framing decodes."""
     @staticmethod
-    def stream(messages: Sequence[bytes], first_position: int) -> WireBatch: ...
+    def stream(messages: Sequence[bytes], first_position: int, max_batch: int) -> WireBatch:
+        """The items of encoded ``VerifyStreamRequest``s (one per ``scan``, one per entry of
+        ``scans``), the first the ``first_position``-th of the stream; a request with more
+        than ``max_batch`` scans, or with both fields, is answered in place."""
+    @staticmethod
+    def stream_scans(message: bytes) -> int:
+        """The number of ``scans`` in an encoded ``VerifyStreamRequest``, from its framing
+        alone (0 for a request of one scan, or when the framing does not decode)."""
     def __len__(self) -> int: ...
     @property
     def valid(self) -> int:
@@ -390,7 +397,8 @@ class WireBatch:
     def set_fhir(self, index: int, json: str) -> None: ...
     def response(self, disclosure: Mapping[str, Sequence[str]]) -> Any:
         """An encoded ``VerifyBatchResponse``, or a list of encoded ``VerifyStreamResponse``s
-        (bytes) for a stream; ``disclosure``: the field groups disclosed for each use."""
+        (bytes, one per request) for a stream; ``disclosure``: the field groups disclosed for
+        each use."""
 
 @final
 class HolderRefKey:

@@ -27,11 +27,13 @@ __all__ = [
 
 M = TypeVar("M", bound=Message)
 
-#: Largest request of one scan (a Verify call, one VerifyStream message): the largest
-#: presentation is 16 KiB of NFC bytes or 4,296 QR characters (docs/profile.md §4.4), plus
-#: two 128-character ids and a 64-byte nonce, so a bigger request carries no real scan. It
-#: also bounds what a stream holds: at most ``stream_window`` requests of this size read ahead.
-#: A VerifyBatch is bounded by ``server.max_message_bytes`` alone.
+#: Largest request of one scan (a Verify call, a VerifyStream request with ``scan``): the
+#: largest presentation is 16 KiB of NFC bytes or 4,296 QR characters (docs/profile.md
+#: §4.4), plus two 128-character ids and a 64-byte nonce, so a bigger one carries no real scan. It
+#: also bounds what a stream of such requests holds: at most ``stream_window`` of them read
+#: ahead. A VerifyBatch, and a VerifyStream request with ``scans``, are bounded by
+#: ``server.max_message_bytes`` alone (and a stream's read-ahead by
+#: ``server.stream_memory_bytes``).
 MAX_REQUEST_BYTES = 64 * 1024
 
 
@@ -50,7 +52,7 @@ class TooLarge:
     against. The service answers it RESOURCE_EXHAUSTED / ``MESSAGE_TOO_LARGE`` naming the
     limit and, when a setting bounds it, the setting to raise."""
 
-    what: str  # "request", "batch" or "response"
+    what: str  # "request", "batch", "stream request" (of several scans) or "response"
     size: int
     limit: int
     setting: str | None  # the configuration key that sets ``limit`` (None: MAX_REQUEST_BYTES)
@@ -64,8 +66,9 @@ class TooLarge:
         advice = {
             "request": "raise it in the server's configuration",
             "batch": f"send fewer scans per batch or raise {self.setting}",
-            "response": "send fewer scans per batch (include_fhir makes each answer several"
-            f" kB) or raise {self.setting}",
+            "stream request": f"send fewer scans per request or raise {self.setting}",
+            "response": "send fewer scans per batch or request (include_fhir makes each answer"
+            f" several kB) or raise {self.setting}",
         }[self.what]
         return f"{self.what} of {self.size} bytes is over {self.setting} ({self.limit}): {advice}"
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, NoReturn
 
 import grpc
@@ -35,6 +36,8 @@ SERVICE_NAME = verifier_pb2.DESCRIPTOR.services_by_name["VerifierService"].full_
 #: Up to this many scans are verified on the event loop, more in a worker thread
 #: (docs/benchmarks.md: the hop to a thread and back costs about half a scan's core time).
 INLINE_SCANS = 2
+#: The setting that bounds batches, stream requests of several scans and every response.
+_MAX_BYTES = "server.max_message_bytes"
 
 
 class VerifierService:
@@ -237,19 +240,20 @@ class VerifierService:
         request_iterator: AsyncIterator[bytes | TooLarge],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[bytes]:
-        """Answer a stream of requests (encoded ``VerifyStreamRequest``s, see
-        :func:`add_verifier_service`) in request order with encoded ``VerifyStreamResponse``s,
-        ``server.stream_window`` at most read ahead of the answers, verifying whatever has
-        arrived as one micro-batch."""
+        """Answer a stream of requests (encoded ``VerifyStreamRequest``s of one scan or of
+        several, see :func:`add_verifier_service`) in request order with one encoded
+        ``VerifyStreamResponse`` each, ``server.stream_window`` requests at most read ahead of
+        the answers, verifying whatever has arrived as one micro-batch of whole requests, up
+        to ``server.max_batch`` scans."""
         caller, policy = self._caller(context)
         if isinstance(policy, CallRefused):
             await _refuse(context, policy)
-        window = self._config.server.stream_window
-        cap = min(window, self._config.server.max_batch)
+        max_batch = self._config.server.max_batch
+        max_bytes = self._config.server.max_message_bytes
         # One credit per request read and not yet answered: with none left the reader stops
         # reading, and HTTP/2 flow control stops the client (docs/operations.md "Streaming").
-        credits = asyncio.Semaphore(window)
-        arrived: asyncio.Queue[bytes | None] = asyncio.Queue()
+        credits = asyncio.Semaphore(self._config.server.stream_window)
+        arrived = _Arrivals()
 
         async def read() -> TooLarge | None:
             try:
@@ -260,33 +264,25 @@ class VerifierService:
                         return None
                     if isinstance(request, TooLarge):  # answered up to here, then the call ends
                         return request
-                    arrived.put_nowait(request)
+                    arrived.put(request)
             finally:
-                arrived.put_nowait(None)
+                arrived.end()
 
         reader = asyncio.create_task(read(), name="VerifyStream reader")
-        answered = 0
+        position = 0  # of the next item in the stream, for the audit
         try:
-            while True:
-                batch = [await arrived.get()]
-                while batch[-1] is not None and len(batch) < cap and not arrived.empty():
-                    batch.append(arrived.get_nowait())
-                messages = [message for message in batch if message is not None]
-                replies: list[bytes] = []
-                if messages:
-                    items = _native.WireBatch.stream(messages, answered)
-                    if not policy.may_send_scanned_at:
-                        # A stream's item with scanned_at is answered in place, not the call.
-                        items.refuse_scanned_at()
-                    replies = await self._answer_wire(
-                        "VerifyStream", items, policy, caller, context
-                    )
+            while messages := await arrived.micro_batch(max_batch):
+                items = _native.WireBatch.stream(messages, position, max_batch)
+                position += len(items)
+                if not policy.may_send_scanned_at:
+                    # A stream's item with scanned_at is answered in place, not the call.
+                    items.refuse_scanned_at()
+                replies = await self._answer_wire("VerifyStream", items, policy, caller, context)
                 for reply in replies:
+                    if len(reply) > max_bytes:  # gRPC would end the call naming nothing
+                        await TooLarge("response", len(reply), max_bytes, _MAX_BYTES).abort(context)
                     yield reply
-                    answered += 1
                     credits.release()
-                if batch[-1] is None:
-                    break
             too_large = await reader  # re-raises what ended the request stream, if not the client
             if too_large is not None:
                 await too_large.abort(context)
@@ -371,6 +367,39 @@ class VerifierService:
         return snapshot.verifiers[policy.max_scan_delay_seconds]
 
 
+class _Arrivals:
+    """A stream's requests read and not yet taken for verification, with their number of
+    scans, and whether the request stream has ended."""
+
+    def __init__(self) -> None:
+        self._waiting: deque[tuple[bytes, int]] = deque()
+        self._changed = asyncio.Event()
+        self._ended = False
+
+    def put(self, message: bytes) -> None:
+        self._waiting.append((message, max(1, _native.WireBatch.stream_scans(message))))
+        self._changed.set()
+
+    def end(self) -> None:
+        self._ended = True
+        self._changed.set()
+
+    async def micro_batch(self, max_scans: int) -> list[bytes]:
+        """The requests waiting, oldest first and whole, up to ``max_scans`` scans in all but
+        never fewer than one request (waiting for one); [] once the stream has ended and
+        every request was taken."""
+        while not self._waiting and not self._ended:
+            self._changed.clear()
+            await self._changed.wait()
+        batch: list[bytes] = []
+        scans = 0
+        while self._waiting and (not batch or scans + self._waiting[0][1] <= max_scans):
+            message, count = self._waiting.popleft()
+            batch.append(message)
+            scans += count
+        return batch
+
+
 async def _refuse(context: grpc.aio.ServicerContext, refused: CallRefused) -> NoReturn:
     await abort(context, grpc.StatusCode.PERMISSION_DENIED, refused.reason, str(refused))
 
@@ -404,6 +433,26 @@ def _as_bytes(data: bytes) -> bytes:
     return data
 
 
+def _stream_request(
+    scan_limit: int, scan_setting: str | None, max_bytes: int
+) -> Callable[[bytes], bytes | TooLarge]:
+    """The ``VerifyStream`` request deserializer: a request left encoded, or a
+    :class:`TooLarge` when one of one scan is over ``scan_limit`` (MAX_REQUEST_BYTES, or
+    ``server.max_message_bytes`` when smaller) or one with ``scans`` over ``max_bytes``."""
+
+    def deserialize(data: bytes) -> bytes | TooLarge:
+        size = len(data)
+        if size <= scan_limit:
+            return data
+        if not _native.WireBatch.stream_scans(data):
+            return TooLarge("request", size, scan_limit, scan_setting)
+        if size > max_bytes:
+            return TooLarge("stream request", size, max_bytes, _MAX_BYTES)
+        return data
+
+    return deserialize
+
+
 def add_verifier_service(service: VerifierService, server: grpc.aio.Server) -> None:
     """Register ``service`` as ``apcv.verify.v1.VerifierService`` on ``server``, like the
     generated ``add_VerifierServiceServicer_to_server`` but with request deserializers that
@@ -413,10 +462,11 @@ def add_verifier_service(service: VerifierService, server: grpc.aio.Server) -> N
     also measure each message: one over its limit is a :class:`TooLarge`, left undecoded.
     ``VerifyBatch`` and ``VerifyStream`` messages are left as bytes both ways: the core
     decodes the requests and encodes the responses (:class:`~apcv_verify._native.WireBatch`)."""
-    # A batch is bounded by server.max_message_bytes, a request of one scan by
-    # MAX_REQUEST_BYTES too (the setting is named only when it is the smaller bound).
+    # A batch and a stream request of several scans are bounded by server.max_message_bytes,
+    # a request of one scan by MAX_REQUEST_BYTES too (the setting is named only when it is
+    # the smaller bound).
     max_bytes = service._config.server.max_message_bytes
-    setting = "server.max_message_bytes"
+    setting = _MAX_BYTES
     scan_limit, scan_setting = (
         (max_bytes, setting) if max_bytes <= MAX_REQUEST_BYTES else (MAX_REQUEST_BYTES, None)
     )
@@ -435,7 +485,7 @@ def add_verifier_service(service: VerifierService, server: grpc.aio.Server) -> N
         ),
         "VerifyStream": grpc.stream_stream_rpc_method_handler(
             service.VerifyStream,
-            request_deserializer=bounded(_as_bytes, "request", scan_limit, scan_setting),
+            request_deserializer=_stream_request(scan_limit, scan_setting, max_bytes),
             response_serializer=None,  # encoded by the core
         ),
     }

@@ -35,6 +35,15 @@ struct RawBatch {
     scans: Vec<Vec<u8>>,
 }
 
+/// `VerifyStreamRequest` with its scans left as bytes, as `RawBatch`.
+#[derive(Clone, PartialEq, Message)]
+struct RawStreamRequest {
+    #[prost(bytes = "vec", optional, tag = "1")]
+    scan: Option<Vec<u8>>,
+    #[prost(bytes = "vec", repeated, tag = "2")]
+    scans: Vec<Vec<u8>>,
+}
+
 /// Caller-chosen identifiers are echoed and logged: at most this many characters
 /// (`MAX_ID_LENGTH` of the service).
 const MAX_ID_LENGTH: usize = 128;
@@ -48,10 +57,11 @@ const UNDECODABLE: &str =
 /// presentation (`REUSED` of the service's answer recovery).
 const REUSED: &str =
     "already used for another presentation by this caller and reader (REQUEST_ID_REUSED)";
-/// The detail of a stream item with `scanned_at` from a caller without that right
-/// (`SCANNED_AT_REFUSED` of the service).
-const SCANNED_AT_REFUSED: &str =
-    "scan.scanned_at: not allowed for this caller (SCANNED_AT_NOT_ALLOWED)";
+/// The detail's phrase of a stream item with `scanned_at` from a caller without that right.
+const SCANNED_AT_REFUSED: &str = "not allowed for this caller (SCANNED_AT_NOT_ALLOWED)";
+/// The details of a stream request with both `scan` and `scans`: neither is verified.
+const SCAN_WITH_SCANS: &str = "scan: set together with scans (send one or the other)";
+const SCANS_WITH_SCAN: &str = "scans: set together with scan (send one or the other)";
 /// The reason of an answer that is never kept: the replay store could not vouch for it.
 const REPLAY_UNAVAILABLE: &str = "REPLAY_UNAVAILABLE";
 
@@ -69,6 +79,19 @@ fn group_bit(name: &str) -> PyResult<u8> {
         "amc" => AMC,
         _ => return Err(PyValueError::new_err("unknown field group")),
     })
+}
+
+/// Where a stream item sits in its request: `scan`, or `scans[k]`.
+#[derive(Clone, Copy)]
+enum Slot {
+    Scan,
+    Scans(usize),
+}
+
+/// The items that answer one stream request: `verdict` (`scan`) and `verdicts` (`scans`).
+struct Reply {
+    scan: Option<usize>,
+    scans: std::ops::Range<usize>,
 }
 
 enum Item {
@@ -175,9 +198,12 @@ struct Verified {
 #[pyclass(module = "apcv_verify._native")]
 pub(crate) struct WireBatch {
     items: Vec<Item>,
-    /// Stream messages (answered one `VerifyStreamResponse` each, item path "scan") rather
-    /// than a batch's scans ("scans[i]").
+    /// Stream requests (answered one `VerifyStreamResponse` each) rather than a batch's scans.
     streamed: bool,
+    /// For stream requests, each item's place in its request, and the items of each
+    /// request; empty for a batch's scans (item path "scans[i]").
+    slots: Vec<Slot>,
+    replies: Vec<Reply>,
     /// Position of the first item in the audit (a stream's items are numbered along it).
     first_position: usize,
     verified: Option<Verified>,
@@ -211,6 +237,58 @@ fn undecodable(path: &str) -> Item {
         request_id: String::new(),
         detail: format!("{path}: {UNDECODABLE}"),
     }
+}
+
+/// An item answered in place with `detail`, whatever the scan holds (its request id echoed).
+fn refused(scan: Result<pb::Scan, ()>, detail: &str) -> Item {
+    Item::Malformed {
+        request_id: scan.map(|s| s.request_id).unwrap_or_default(),
+        detail: detail.to_owned(),
+    }
+}
+
+/// One encoded `VerifyStreamRequest`: its `scan` (None when `scans` alone is set) and its
+/// `scans`, each decoded on its own (Err: not a valid `Scan` encoding). Err when not even
+/// the request's framing decodes.
+#[allow(clippy::type_complexity)]
+fn stream_request(
+    data: &[u8],
+) -> Result<(Option<Result<pb::Scan, ()>>, Vec<Result<pb::Scan, ()>>), ()> {
+    if let Ok(request) = pb::VerifyStreamRequest::decode(data) {
+        // The usual case: one parse.
+        let scans = request.scans.into_iter().map(Ok).collect::<Vec<_>>();
+        let scan = match (request.scan, scans.is_empty()) {
+            (None, true) => Some(Ok(pb::Scan::default())), // neither: an unusable `scan`
+            (scan, _) => scan.map(Ok),
+        };
+        return Ok((scan, scans));
+    }
+    let raw = RawStreamRequest::decode(data).map_err(|_| ())?;
+    let one = |bytes: &Vec<u8>| pb::Scan::decode(bytes.as_slice()).map_err(|_| ());
+    let scan = match (&raw.scan, raw.scans.is_empty()) {
+        (None, true) => Some(Err(())), // what does not decode is in `scan`'s place
+        (scan, _) => scan.as_ref().map(one),
+    };
+    Ok((scan, raw.scans.iter().map(one).collect()))
+}
+
+/// The number of `scans` in an encoded `VerifyStreamRequest`, read from its framing alone:
+/// 0 for a request of one scan, or when the framing does not decode.
+fn count_scans(mut buf: &[u8]) -> usize {
+    use prost::encoding::{decode_key, skip_field, DecodeContext, WireType};
+    let mut count = 0;
+    while !buf.is_empty() {
+        let Ok((tag, wire_type)) = decode_key(&mut buf) else {
+            return 0;
+        };
+        if tag == 2 && wire_type == WireType::LengthDelimited {
+            count += 1;
+        }
+        if skip_field(wire_type, tag, &mut buf, DecodeContext::default()).is_err() {
+            return 0;
+        }
+    }
+    count
 }
 
 fn core_scan(scan: pb::Scan, uses: &[claims::Use]) -> verify::Scan {
@@ -414,11 +492,63 @@ impl WireBatch {
 
     /// The field path of item `i` in its request.
     fn path(&self, i: usize) -> String {
-        if self.streamed {
-            "scan".to_owned()
-        } else {
-            format!("scans[{i}]")
+        match self.slots.get(i) {
+            Some(Slot::Scan) => "scan".to_owned(),
+            Some(Slot::Scans(k)) => format!("scans[{k}]"),
+            None => format!("scans[{i}]"), // a batch's scan
         }
+    }
+
+    /// The items of `messages` (encoded `VerifyStreamRequest`s), with their places and the
+    /// items each request is answered with. A request with more than `max_batch` scans, or
+    /// with both `scan` and `scans`, has them all answered in place, none verified.
+    fn stream_items(
+        messages: &[Bound<'_, PyBytes>],
+        max_batch: usize,
+    ) -> (Vec<Item>, Vec<Slot>, Vec<Reply>) {
+        let mut items = Vec::with_capacity(messages.len());
+        let mut slots = Vec::with_capacity(messages.len());
+        let mut replies = Vec::with_capacity(messages.len());
+        for message in messages {
+            let Ok((scan, scans)) = stream_request(message.as_bytes()) else {
+                replies.push(Reply {
+                    scan: Some(items.len()),
+                    scans: 0..0,
+                });
+                items.push(undecodable("scan"));
+                slots.push(Slot::Scan);
+                continue;
+            };
+            let both = scan.is_some() && !scans.is_empty();
+            let too_many = (scans.len() > max_batch).then(|| {
+                format!("scans: at most {max_batch} scans per request (server.max_batch) (BATCH_TOO_LARGE)")
+            });
+            let scan = scan.map(|scan| {
+                items.push(match (scan, both) {
+                    (scan, true) => refused(scan, SCAN_WITH_SCANS),
+                    (Ok(scan), false) => item(scan, "scan"),
+                    (Err(()), false) => undecodable("scan"),
+                });
+                slots.push(Slot::Scan);
+                items.len() - 1
+            });
+            let first = items.len();
+            for (k, scan) in scans.into_iter().enumerate() {
+                let path = format!("scans[{k}]");
+                items.push(match (scan, both, &too_many) {
+                    (scan, true, _) => refused(scan, SCANS_WITH_SCAN),
+                    (scan, false, Some(detail)) => refused(scan, detail),
+                    (Ok(scan), false, None) => item(scan, &path),
+                    (Err(()), false, None) => undecodable(&path),
+                });
+                slots.push(Slot::Scans(k));
+            }
+            replies.push(Reply {
+                scan,
+                scans: first..items.len(),
+            });
+        }
+        (items, slots, replies)
     }
 
     /// The answered items (verified, or resent), in item order; not those refused as a
@@ -543,6 +673,8 @@ impl WireBatch {
         Some(WireBatch {
             items,
             streamed: false,
+            slots: Vec::new(),
+            replies: Vec::new(),
             first_position: 0,
             verified: None,
             fhir: HashMap::new(),
@@ -552,19 +684,20 @@ impl WireBatch {
         })
     }
 
-    /// Encoded `VerifyStreamRequest`s, the ``first_position``-th of their stream first.
+    /// Encoded `VerifyStreamRequest`s, the first of their items the ``first_position``-th
+    /// of their stream; a request with more than ``max_batch`` scans is answered in place.
     #[staticmethod]
-    fn stream(messages: Vec<Bound<'_, PyBytes>>, first_position: usize) -> WireBatch {
-        let items = messages
-            .iter()
-            .map(|m| match pb::VerifyStreamRequest::decode(m.as_bytes()) {
-                Ok(request) => item(request.scan.unwrap_or_default(), "scan"),
-                Err(_) => undecodable("scan"),
-            })
-            .collect();
+    fn stream(
+        messages: Vec<Bound<'_, PyBytes>>,
+        first_position: usize,
+        max_batch: usize,
+    ) -> WireBatch {
+        let (items, slots, replies) = WireBatch::stream_items(&messages, max_batch);
         WireBatch {
             items,
             streamed: true,
+            slots,
+            replies,
             first_position,
             verified: None,
             fhir: HashMap::new(),
@@ -572,6 +705,13 @@ impl WireBatch {
             keys: Vec::new(),
             kept: Vec::new(),
         }
+    }
+
+    /// The number of `scans` in an encoded `VerifyStreamRequest` (0 for a request of one
+    /// scan, or one whose framing does not decode), read without decoding them.
+    #[staticmethod]
+    fn stream_scans(message: &[u8]) -> usize {
+        count_scans(message)
     }
 
     fn __len__(&self) -> usize {
@@ -596,19 +736,19 @@ impl WireBatch {
     /// Answers in place each usable stream item that sets ``scanned_at`` (for a caller
     /// without that right): REJECTED / MALFORMED, SCANNED_AT_NOT_ALLOWED in ``detail``.
     fn refuse_scanned_at(&mut self) {
-        for it in &mut self.items {
-            if let Item::Valid {
+        for i in 0..self.items.len() {
+            let Item::Valid {
                 request_id,
                 scan: Some(scan),
                 ..
-            } = it
-            {
-                if scan.scanned_at.is_some() {
-                    *it = Item::Malformed {
-                        request_id: std::mem::take(request_id),
-                        detail: SCANNED_AT_REFUSED.to_owned(),
-                    };
-                }
+            } = &mut self.items[i]
+            else {
+                continue;
+            };
+            if scan.scanned_at.is_some() {
+                let request_id = std::mem::take(request_id);
+                let detail = format!("{}.scanned_at: {SCANNED_AT_REFUSED}", self.path(i));
+                self.items[i] = Item::Malformed { request_id, detail };
             }
         }
     }
@@ -927,17 +1067,24 @@ impl WireBatch {
         disclosure: HashMap<String, Vec<String>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let disclosed = disclosure_bits(disclosure)?;
-        let verdicts = (0..self.items.len())
-            .map(|i| self.verdict_of(i, &disclosed))
-            .collect::<PyResult<Vec<_>>>()?;
         if self.streamed {
             let list = PyList::empty(py);
-            for v in verdicts {
-                let reply = pb::VerifyStreamResponse { verdict: Some(v) };
+            for r in &self.replies {
+                let reply = pb::VerifyStreamResponse {
+                    verdict: r.scan.map(|i| self.verdict_of(i, &disclosed)).transpose()?,
+                    verdicts: r
+                        .scans
+                        .clone()
+                        .map(|i| self.verdict_of(i, &disclosed))
+                        .collect::<PyResult<_>>()?,
+                };
                 list.append(PyBytes::new(py, &reply.encode_to_vec()))?;
             }
             return Ok(list.into_any());
         }
+        let verdicts = (0..self.items.len())
+            .map(|i| self.verdict_of(i, &disclosed))
+            .collect::<PyResult<Vec<_>>>()?;
         let reply = pb::VerifyBatchResponse { verdicts };
         Ok(PyBytes::new(py, &reply.encode_to_vec()).into_any())
     }
