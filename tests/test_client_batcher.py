@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from apcv_verify._proto.apcv.verify.v1.verifier_pb2 import VerifyStreamRequest
 from apcv_verify.client import (
+    MAX_REQUEST_BYTES,
     Answer,
     DuplicateScanError,
     EdgeBatcher,
@@ -27,7 +28,7 @@ from apcv_verify.client import (
 from apcv_verify.client.spool import Spool
 from apcv_verify.issuer import DemoPKI, qr_text
 
-from .conftest import ServerProcess, free_port, start_server, stop_server
+from .conftest import ServerProcess, free_port, metric, start_server, stop_server
 from .test_client import serve_on
 from .test_tls import CertificateAuthority, serve_tls
 
@@ -121,6 +122,54 @@ def test_every_scan_gets_one_final_answer_stored_then_delivered(
         )
         assert kept.fetchone()[0] == 0
     assert spool_path.stat().st_mode & 0o077 == 0  # the owner's only
+
+
+def test_a_group_goes_as_one_request_split_only_by_max_message_bytes(
+    pki: DemoPKI, tmp_path: Path
+) -> None:
+    """100 scans of about 900 bytes, grouped by 100: two requests of several scans (their
+    64 KiB ``max_message_bytes`` splits them), not 100 messages; every scan answered."""
+    metrics_port = free_port()
+    server = start_server(
+        pki.directory,
+        tmp_path / "server.log",
+        "--allow-test-identities",
+        env={"APCV_METRICS_LISTEN": f"127.0.0.1:{metrics_port}"},
+    )
+    presentations = {f"g-{i}": qr_text(pki.present("alice")) for i in range(100)}
+    delivered: list[Answer] = []
+    metrics = Recorder()
+
+    async def scenario() -> None:
+        async with EdgeBatcher(
+            server.address,
+            spool=tmp_path / "reader.spool",
+            reader_id="edge-1",
+            on_answer=delivered.append,
+            metrics=metrics,
+            max_batch=100,
+            max_delay=30.0,  # the group goes when all 100 wait
+            max_message_bytes=MAX_REQUEST_BYTES,
+            retry=FAST,
+        ) as batcher:
+            for request_id, presentation in presentations.items():
+                await batcher.submit(presentation, request_id=request_id)
+            await batcher.drain(timeout=30)
+
+    try:
+        asyncio.run(scenario())
+        labels = {
+            "grpc_type": "bidi_stream",
+            "grpc_service": "apcv.verify.v1.VerifierService",
+            "grpc_method": "VerifyStream",
+        }
+        assert metric(metrics_port, "grpc_server_msg_received_total", **labels) == 2
+    finally:
+        stop_server(server)
+    assert sorted(answer.request_id for answer in delivered) == sorted(presentations)
+    assert {reason(answer) for answer in delivered} == {"OK"}
+    assert all(a.verdict.request_id == a.request_id for a in delivered)
+    assert metrics.counts["scans_sent"] == metrics.counts["answers_stored"] == 100
 
 
 def test_a_group_waits_for_its_window_or_its_size(

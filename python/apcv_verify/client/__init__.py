@@ -10,7 +10,14 @@ The messages are the generated ones of ``protos/apcv/verify/v1/verifier.proto``
 """
 
 from .._proto.apcv.verify.v1 import verifier_pb2 as _pb
-from .batcher import MAX_REQUEST_BYTES, Answer, BatcherClosedError, BatcherMetrics, EdgeBatcher
+from .batcher import (
+    MAX_MESSAGE_BYTES,
+    MAX_REQUEST_BYTES,
+    Answer,
+    BatcherClosedError,
+    BatcherMetrics,
+    EdgeBatcher,
+)
 from .errors import (
     ERROR_DOMAIN,
     DeadlineExceededError,
@@ -38,6 +45,7 @@ Reason = _pb.Reason
 __all__ = [
     "ERROR_DOMAIN",
     "MAX_ID_LENGTH",
+    "MAX_MESSAGE_BYTES",
     "MAX_REQUEST_BYTES",
     "Answer",
     "BatcherClosedError",

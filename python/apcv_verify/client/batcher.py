@@ -8,10 +8,14 @@ How it works:
 - One stream is open while there is work. Scans are written in groups: a group goes out when
   ``max_batch`` scans wait or the oldest has waited ``max_delay`` seconds, and at most
   ``max_in_flight`` are unanswered on the stream, so the server verifies each group in one
-  core call. A stream with nothing to send or await for ``idle_close`` seconds is half-closed.
-- Each verdict is matched to its scan by ``request_id`` (the server answers in request order),
-  stored in the spool as the scan's final answer — one per scan, never replaced — and then
-  delivered, to the ``on_answer`` callback or to the :meth:`EdgeBatcher.answers` iterator.
+  core call. A group is one ``VerifyStreamRequest`` (its ``scans``; a group of one its
+  ``scan``), split only to keep each request within ``max_message_bytes``: gRPC's cost is per
+  message, so several scans per request is what makes a stream cheap for the server. A
+  stream with nothing to send or await for ``idle_close`` seconds is half-closed.
+- The server answers each request with one response, in request order: each verdict is
+  matched to its scan by its place (``verdicts[i]`` answers ``scans[i]``), stored in the
+  spool as the scan's final answer — one per scan, never replaced — and then delivered, to
+  the ``on_answer`` callback or to the :meth:`EdgeBatcher.answers` iterator.
 - A stream that ends with ``UNAVAILABLE`` (server restarted or killed, connection aged out with
   GOAWAY), ``RESOURCE_EXHAUSTED`` without details, ``DEADLINE_EXCEEDED``, ``INTERNAL``,
   ``UNKNOWN`` or ``CANCELLED`` is reopened after an exponential backoff with jitter
@@ -52,6 +56,7 @@ from .transport import ChannelOption, RetryPolicy, TLSConfig, open_channel
 from .unary import MAX_ID_LENGTH, make_scan
 
 __all__ = [
+    "MAX_MESSAGE_BYTES",
     "MAX_REQUEST_BYTES",
     "Answer",
     "BatcherClosedError",
@@ -62,8 +67,12 @@ __all__ = [
 
 log = logging.getLogger("apcv_verify.client")
 
-#: The contract's bound on one ``VerifyStreamRequest`` (README "Batches: VerifyBatch").
+#: The contract's bound on one ``VerifyStreamRequest`` of one scan (README "Batches:
+#: VerifyBatch"): no scan is larger.
 MAX_REQUEST_BYTES: Final = 64 * 1024
+#: Default bound on a ``VerifyStreamRequest`` of several scans: half the server's default
+#: ``server.max_message_bytes`` (2 MiB), which bounds it there.
+MAX_MESSAGE_BYTES: Final = 1024 * 1024
 
 #: Stream endings after which the same scans are worth sending again.
 _RETRYABLE = frozenset(
@@ -129,6 +138,8 @@ class BatcherClosedError(RuntimeError):
 class _Item:
     request_id: str
     request: verifier_pb2.VerifyStreamRequest
+    #: The encoded size of ``request``: what the scan adds to a request of several.
+    size: int
     scanned_at: float
     #: Event-loop time when it was queued (its group's window starts then); 0 when loaded.
     queued_at: float
@@ -163,6 +174,12 @@ class EdgeBatcher:
     judged when the scan was made, not when it reached the server. ``retry`` paces the
     reconnections (its ``max_attempts`` is not used: scans wait in the spool until answered).
     Delivered rows are forgotten after ``retention`` seconds (their ids may then be reused).
+
+    A group of up to ``max_batch`` scans goes as one request of at most ``max_message_bytes``:
+    keep them within the server's ``server.max_batch`` (1,000 by default: a request of more
+    is answered MALFORMED in place) and ``server.max_message_bytes`` (2 MiB by default).
+    ``max_batch=1`` sends one scan per request, for a server older than
+    ``VerifyStreamRequest.scans``.
     """
 
     def __init__(
@@ -175,6 +192,7 @@ class EdgeBatcher:
         max_batch: int = 32,
         max_delay: float = 0.05,
         max_in_flight: int = 256,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
         retry: RetryPolicy | None = None,
         on_answer: AnswerCallback | None = None,
         metrics: BatcherMetrics | None = None,
@@ -190,6 +208,8 @@ class EdgeBatcher:
             raise ValueError("max_batch and max_in_flight must be at least 1")
         if max_delay < 0 or idle_close <= 0:
             raise ValueError("max_delay must be >= 0 and idle_close > 0")
+        if max_message_bytes < MAX_REQUEST_BYTES:
+            raise ValueError(f"max_message_bytes must be at least {MAX_REQUEST_BYTES}")
         self.target = target
         self.reader_id = reader_id
         self.spool_path = Path(spool)
@@ -197,6 +217,7 @@ class EdgeBatcher:
         self._max_batch = max_batch
         self._max_delay = max_delay
         self._max_in_flight = max_in_flight
+        self._max_message_bytes = max_message_bytes
         self._retry = retry or RetryPolicy(initial_backoff=0.5, max_backoff=30.0)
         self._on_answer = on_answer
         self._metrics: BatcherMetrics = metrics or NoMetrics()
@@ -268,7 +289,9 @@ class EdgeBatcher:
         await spool.purge(time.time() - self._retention)
         for row in await spool.pending():
             request = verifier_pb2.VerifyStreamRequest.FromString(row.request)
-            item = _Item(row.request_id, request, row.scanned_at, 0.0, sent_before=True)
+            item = _Item(
+                row.request_id, request, len(row.request), row.scanned_at, 0.0, sent_before=True
+            )
             self._pending[item.request_id] = item
             self._outbox.append(item)
         for stored in await spool.undelivered():
@@ -368,7 +391,8 @@ class EdgeBatcher:
         assert self._spool is not None
         await self._spool.add(scan.request_id, encoded, now)
         self._check_running()  # closed while the spool wrote: it stays there for the next start
-        item = _Item(scan.request_id, request, now, asyncio.get_running_loop().time())
+        loop = asyncio.get_running_loop()
+        item = _Item(scan.request_id, request, len(encoded), now, loop.time())
         self._pending[item.request_id] = item
         self._outbox.append(item)
         self._open += 1
@@ -454,6 +478,8 @@ class EdgeBatcher:
                     continue  # half-closed when idle: open again when there is work
                 except grpc.aio.AioRpcError as failure:
                     error = error_from_rpc(failure)
+                except VerifierError as failure:  # answers that cannot be the scans'
+                    error = failure
                 self._count("stream_errors")
                 if not _retryable(error):
                     self._fail(error, end=False)  # the store loop ends the deliveries
@@ -480,18 +506,19 @@ class EdgeBatcher:
         assert self._stub is not None
         call = self._stub.VerifyStream(metadata=self._metadata)
         sent: dict[str, _Item] = {}
+        groups: deque[list[_Item]] = deque()  # the scans of each request written, oldest first
         self._count("streams_opened")
         self._gauge("connected", 1)
         self._last_activity = asyncio.get_running_loop().time()
-        reader = asyncio.ensure_future(self._read(call, sent))
-        writer = asyncio.ensure_future(self._write(call, sent))
+        reader = asyncio.ensure_future(self._read(call, sent, groups))
+        writer = asyncio.ensure_future(self._write(call, sent, groups))
         try:
             waiting: set[asyncio.Future[None]] = {reader, writer}
             while not reader.done():
                 done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 if writer in done and writer.exception() is not None:
                     raise writer.exception()  # type: ignore[misc]
-            reader.result()  # the call's error, if it failed
+            reader.result()  # the call's error, if it failed (or an answer that cannot be)
         finally:
             for task in (reader, writer):
                 task.cancel()
@@ -503,17 +530,46 @@ class EdgeBatcher:
             self._update()
 
     async def _read(
-        self, call: grpc.aio.StreamStreamCall[object, object], sent: dict[str, _Item]
+        self,
+        call: grpc.aio.StreamStreamCall[object, object],
+        sent: dict[str, _Item],
+        groups: deque[list[_Item]],
     ) -> None:
         while True:
             response = await call.read()
             if response is grpc.aio.EOF:
                 return
             assert isinstance(response, verifier_pb2.VerifyStreamResponse)
-            self._answered(response.verdict, sent)
+            group = groups.popleft() if groups else []
+            if len(group) > 1 or response.verdicts:
+                self._answered_group(response, group, sent)
+            else:
+                self._answered(response.verdict, sent)
+
+    def _answered_group(
+        self,
+        response: verifier_pb2.VerifyStreamResponse,
+        group: list[_Item],
+        sent: dict[str, _Item],
+    ) -> None:
+        """The answers to a request of several scans: ``verdicts[i]`` answers ``group[i]``."""
+        if len(response.verdicts) != len(group):
+            # A server older than VerifyStreamRequest.scans answers such a request as one
+            # unusable scan: nothing of it may be stored as the scans' answers.
+            raise VerifierError(
+                grpc.StatusCode.UNIMPLEMENTED,
+                f"the server answered a request of {len(group)} scans with"
+                f" {len(response.verdicts)} verdicts: it predates VerifyStreamRequest.scans"
+                " (send one scan per request: max_batch=1)",
+            )
+        for item, verdict in zip(group, response.verdicts, strict=True):
+            self._answered(verdict, sent, item)
 
     async def _write(
-        self, call: grpc.aio.StreamStreamCall[object, object], sent: dict[str, _Item]
+        self,
+        call: grpc.aio.StreamStreamCall[object, object],
+        sent: dict[str, _Item],
+        groups: deque[list[_Item]],
     ) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -536,32 +592,57 @@ class EdgeBatcher:
             if room <= 0:
                 await self._woken(None)
                 continue
-            while self._outbox and room > 0:
-                item = self._outbox.popleft()
-                if item.request_id not in self._pending:
-                    continue
-                sent[item.request_id] = item
-                room -= 1
+            while group := self._next_group(room):
+                room -= len(group)
+                for item in group:
+                    sent[item.request_id] = item
+                groups.append(group)
                 try:
-                    await call.write(item.request)
+                    await call.write(_request(group))
                 except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
                     return  # the call has ended: the reader reports how
-                self._count("scans_sent")
-                if item.sent_before:
-                    self._count("scans_resent")
-                item.sent_before = True
+                self._count("scans_sent", len(group))
+                resent = sum(item.sent_before for item in group)
+                if resent:
+                    self._count("scans_resent", resent)
+                for item in group:
+                    item.sent_before = True
                 self._last_activity = loop.time()
                 self._in_flight = len(sent)
             self._update()
+
+    def _next_group(self, room: int) -> list[_Item]:
+        """The next scans of the outbox to write as one request: at most ``room`` of them,
+        and within ``max_message_bytes`` (one scan always fits: at most 64 KiB)."""
+        group: list[_Item] = []
+        size = 0
+        while self._outbox and len(group) < room:
+            item = self._outbox[0]
+            if item.request_id not in self._pending:  # answered meanwhile (a resend's twin)
+                self._outbox.popleft()
+                continue
+            if group and size + item.size > self._max_message_bytes:
+                break
+            self._outbox.popleft()
+            group.append(item)
+            size += item.size
+        return group
 
     async def _woken(self, timeout: float | None) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
 
-    def _answered(self, verdict: verifier_pb2.Verdict, sent: dict[str, _Item]) -> None:
-        item = sent.pop(verdict.request_id, None)
-        if item is None and not verdict.request_id and sent:
-            item = sent.pop(next(iter(sent)))  # an unnamed verdict answers the oldest scan
+    def _answered(
+        self, verdict: verifier_pb2.Verdict, sent: dict[str, _Item], scan: _Item | None = None
+    ) -> None:
+        """Store ``verdict`` as the answer to ``scan`` (a request of several scans: matched by
+        place), else to the scan in flight its ``request_id`` names."""
+        if scan is not None:
+            item = sent.pop(scan.request_id, None)
+        else:
+            item = sent.pop(verdict.request_id, None)
+            if item is None and not verdict.request_id and sent:
+                item = sent.pop(next(iter(sent)))  # an unnamed verdict answers the oldest scan
         if item is None or self._pending.pop(item.request_id, None) is None:
             self._count("answers_unmatched")
             log.warning("a verdict for no scan in flight (request_id %r)", verdict.request_id)
@@ -668,3 +749,10 @@ class EdgeBatcher:
             self._metrics.gauge(name, value)
         except Exception as error:
             log.warning("metrics hook gauge(%s) raised %s", name, type(error).__name__)
+
+
+def _request(group: list[_Item]) -> verifier_pb2.VerifyStreamRequest:
+    """The request that carries ``group``: its one scan in ``scan``, else all in ``scans``."""
+    if len(group) == 1:
+        return group[0].request
+    return verifier_pb2.VerifyStreamRequest(scans=[item.request.scan for item in group])
