@@ -9,10 +9,12 @@ size sent back), then runs, in the opposite order of the previous round:
 * ``core``: ``_native.Verifier.verify_batch`` from Python on the same presentations as
   ``Scan`` objects, one per call and 100 per call (this process's CPU time);
 * ``verify``: unary ``Verify``; ``batch100``: ``VerifyBatch`` of 100; ``stream``:
-  ``VerifyStream``, ``--streams`` streams each keeping up to 64 requests in flight;
+  ``VerifyStream`` with one scan per request, ``--streams`` streams each keeping up to 64
+  requests in flight; ``stream20``: ``VerifyStream`` with 20 scans per request (``scans``, as
+  an edge reader's batcher sends them), up to 12 requests (240 scans) in flight per stream;
 * ``echo``: unary calls to the echo server with the ``Verify`` request and response sizes;
-  ``echo-batch100`` and ``echo-stream``: the ``VerifyBatch`` and ``VerifyStream`` shapes on it
-  (what gRPC and protobuf alone cost per presentation in each).
+  ``echo-batch100``, ``echo-stream`` and ``echo-stream20``: the ``VerifyBatch`` and the two
+  ``VerifyStream`` shapes on it (what gRPC and protobuf alone cost per presentation in each).
 
 The client (a grpc.aio channel in this process) sends requests it encoded before the run, so
 its own cost is small and never counted: the figure is the server process's own CPU
@@ -69,9 +71,13 @@ ECHO_BATCH = "/apcv.bench.Echo/EchoBatch"
 ECHO_STREAM = "/apcv.bench.Echo/EchoStream"
 BATCH = 100
 STREAM_WINDOW = 64
-SERVER_CASES = ("verify", "batch100", "stream", "echo")
+#: Scans per request of the ``stream20`` cases, and their requests in flight per stream:
+#: about the client SDK's EdgeBatcher default of 256 scans in flight.
+STREAM_SCANS = 20
+STREAM_SCANS_WINDOW = 256 // STREAM_SCANS
+SERVER_CASES = ("verify", "batch100", "stream", "stream20", "echo")
 #: The echo server's cases (no variant has them).
-ECHO_CASES = ("echo", "echo-batch100", "echo-stream")
+ECHO_CASES = ("echo", "echo-batch100", "echo-stream", "echo-stream20")
 
 
 def _identity(data: bytes) -> bytes:
@@ -86,7 +92,8 @@ async def _echo_server(port: int, response_size: int) -> None:
     VerifyRequest and answers ``response_size`` bytes of an encoded VerifyResponse (the
     service's answer size); ``EchoBatch`` parses a VerifyBatchRequest and answers as many such
     verdicts; ``EchoStream`` parses each VerifyStreamRequest of a stream and answers each with
-    one VerifyStreamResponse of that size. What gRPC and protobuf cost per call, per message."""
+    one VerifyStreamResponse of that size, or of as many such verdicts as it has ``scans``.
+    What gRPC and protobuf cost per call, per message."""
     verdict = verifier_pb2.Verdict(request_id="x", detail="x" * max(0, response_size - 8))
     reply = verifier_pb2.VerifyResponse(verdict=verdict)
     stream_reply = verifier_pb2.VerifyStreamResponse(verdict=verdict)
@@ -98,8 +105,11 @@ async def _echo_server(port: int, response_size: int) -> None:
         return verifier_pb2.VerifyBatchResponse(verdicts=[verdict] * len(request.scans))
 
     async def echo_stream(requests: Any, context: Any) -> Any:
-        async for _request in requests:
-            yield stream_reply
+        async for request in requests:
+            if request.scans:
+                yield verifier_pb2.VerifyStreamResponse(verdicts=[verdict] * len(request.scans))
+            else:
+                yield stream_reply
 
     handlers = {
         "Echo": grpc.unary_unary_rpc_method_handler(
@@ -162,6 +172,16 @@ def encode_stream(items: Sequence[bytes], prefix: str) -> list[bytes]:
     ]
 
 
+def encode_stream_scans(items: Sequence[bytes], prefix: str) -> list[bytes]:
+    """Stream requests of ``STREAM_SCANS`` scans each (``scans``)."""
+    return [
+        verifier_pb2.VerifyStreamRequest(
+            scans=[_scan(p, f"{prefix}{s}-{i}") for i, p in enumerate(items[s : s + STREAM_SCANS])]
+        ).SerializeToString()
+        for s in range(0, len(items), STREAM_SCANS)
+    ]
+
+
 async def _unary(address: str, method: str, requests: list[bytes], concurrency: int) -> list[bytes]:
     replies: list[bytes] = []
     async with grpc.aio.insecure_channel(
@@ -181,7 +201,11 @@ async def _unary(address: str, method: str, requests: list[bytes], concurrency: 
 
 
 async def _streams(
-    address: str, requests: list[bytes], streams: int, path: str = SERVICE + "VerifyStream"
+    address: str,
+    requests: list[bytes],
+    streams: int,
+    path: str = SERVICE + "VerifyStream",
+    window: int = STREAM_WINDOW,
 ) -> list[bytes]:
     replies: list[bytes] = []
     async with grpc.aio.insecure_channel(address) as channel:
@@ -190,7 +214,7 @@ async def _streams(
         )
 
         async def one(part: list[bytes]) -> None:
-            credits = asyncio.Semaphore(STREAM_WINDOW)
+            credits = asyncio.Semaphore(window)
 
             async def send() -> Any:
                 for request in part:
@@ -224,6 +248,14 @@ class Measured:
 def _accepted(case: str, replies: list[bytes]) -> int:
     if case == "echo" or case == "echo-stream":
         return len(replies)
+    if case == "echo-stream20":
+        return sum(len(verifier_pb2.VerifyStreamResponse.FromString(r).verdicts) for r in replies)
+    if case == "stream20":
+        return sum(
+            v.decision == verifier_pb2.DECISION_ACCEPTED
+            for r in replies
+            for v in verifier_pb2.VerifyStreamResponse.FromString(r).verdicts
+        )
     if case == "echo-batch100":
         return sum(len(verifier_pb2.VerifyBatchResponse.FromString(r).verdicts) for r in replies)
     if case == "batch100":
@@ -246,12 +278,19 @@ def measure_server(
         requests = encode_unary(items, prefix)
     elif case in ("batch100", "echo-batch100"):
         requests = encode_batches(items, prefix)
+    elif case in ("stream20", "echo-stream20"):
+        requests = encode_stream_scans(items, prefix)
     else:
         requests = encode_stream(items, prefix)
     if case == "stream":
         run = _streams(address, requests, args.streams)
     elif case == "echo-stream":
         run = _streams(address, requests, args.streams, ECHO_STREAM)
+    elif case == "stream20":
+        stream = SERVICE + "VerifyStream"
+        run = _streams(address, requests, args.streams, stream, STREAM_SCANS_WINDOW)
+    elif case == "echo-stream20":
+        run = _streams(address, requests, args.streams, ECHO_STREAM, STREAM_SCANS_WINDOW)
     elif case == "batch100":
         run = _unary(address, SERVICE + "VerifyBatch", requests, args.batch_concurrency)
     elif case == "echo-batch100":
@@ -372,7 +411,7 @@ def run(args: Any) -> tuple[list[Measured], list[dict[str, float]]]:
                 echo, echo_address = _start_echo(size)
                 asyncio.run(_unary(echo_address, ECHO, encode_unary(warm, "w"), 8))
                 cases = ["core1", "core100", *SERVER_CASES]
-                cases += ["echo-batch100", "echo-stream"]
+                cases += ["echo-batch100", "echo-stream", "echo-stream20"]
                 cases += [f"{c}@{name}" for name in others for c in SERVER_CASES if c != "echo"]
                 for case in cases if round_ % 2 else list(reversed(cases)):
                     items = list(presentations(pki, args.items))
@@ -417,7 +456,7 @@ def median(results: list[Measured], case: str, key: str = "cpu_us_per_item") -> 
 
 def report(results: list[Measured], latencies: list[dict[str, float]], args: Any) -> str:
     variants = sorted({r.case.partition("@")[2] for r in results} - {""})
-    cases = ["core1", "core100", *SERVER_CASES, "echo-batch100", "echo-stream"]
+    cases = ["core1", "core100", *SERVER_CASES, "echo-batch100", "echo-stream", "echo-stream20"]
     cases += [f"{c}@{name}" for name in variants for c in SERVER_CASES if c != "echo"]
     core1, core100 = median(results, "core1"), median(results, "core100")
     echo = median(results, "echo")
@@ -436,7 +475,8 @@ def report(results: list[Measured], latencies: list[dict[str, float]], args: Any
         " is this process's CPU time around `verify_batch`. The client sends requests it encoded"
         f" beforehand (unary concurrency {args.concurrency}, batch concurrency"
         f" {args.batch_concurrency}, {args.streams} streams with up to {STREAM_WINDOW} requests"
-        " in flight each). Medians of the rounds.",
+        f" in flight each; `stream20`: {STREAM_SCANS} scans per `VerifyStreamRequest`, up to"
+        f" {STREAM_SCANS_WINDOW} requests in flight per stream). Medians of the rounds.",
         "",
         "| case | CPU µs / presentation | presentations/s | accepted |",
         "|---|---|---|---|",
@@ -461,20 +501,28 @@ def report(results: list[Measured], latencies: list[dict[str, float]], args: Any
         lines += [
             f"| VerifyBatch(100) / core (100 per call){of}"
             f" | {median(results, f'batch100{at}') / core100:.2f} | ≤ 1.2 |",
-            f"| VerifyStream / core (100 per call){of}"
-            f" | {median(results, f'stream{at}') / core100:.2f} | ≤ 1.2 |",
+            f"| VerifyStream ({STREAM_SCANS} per message) / core (100 per call){of}"
+            f" | {median(results, f'stream20{at}') / core100:.2f} | ≤ 1.2 |",
+            f"| VerifyStream (1 per message) / core (100 per call){of}"
+            f" | {median(results, f'stream{at}') / core100:.2f} | |",
             f"| Verify / (core + 1.2 × echo){of} | {verify / unary_bound:.2f}"
             f" ({verify:.0f} / {unary_bound:.0f} µs) | ≤ 1 |",
             f"| Verify / core (1 per call){of} | {verify / core1:.2f} | |",
         ]
     echo_batch, echo_stream = median(results, "echo-batch100"), median(results, "echo-stream")
+    echo_stream_scans = median(results, "echo-stream20")
     lines += [
         f"| gRPC + protobuf alone, VerifyBatch(100) shape (echo-batch100) / core (100 per call)"
         f" | {echo_batch / core100:.2f} | |",
         f"| gRPC + protobuf alone, VerifyStream shape (echo-stream) / core (100 per call)"
         f" | {echo_stream / core100:.2f} | |",
+        f"| gRPC + protobuf alone, VerifyStream shape of {STREAM_SCANS} per message"
+        f" (echo-stream20) / core (100 per call) | {echo_stream_scans / core100:.2f} | |",
         f"| VerifyStream − echo-stream − core (100 per call): the service's own work, µs"
         f" | {median(results, 'stream') - echo_stream - core100:.0f} | |",
+        f"| VerifyStream ({STREAM_SCANS} per message) − echo-stream20 − core (100 per call):"
+        f" the service's own work, µs"
+        f" | {median(results, 'stream20') - echo_stream_scans - core100:.0f} | |",
         f"| VerifyBatch(100) − echo-batch100 − core (100 per call): the service's own work, µs"
         f" | {median(results, 'batch100') - echo_batch - core100:.0f} | |",
     ]

@@ -1,6 +1,7 @@
 """The service benchmark keeps working (loadtest/service_bench.py --quick, no timing asserted):
-it drives a real server with pre-encoded Verify, VerifyBatch and VerifyStream requests and a
-bare echo server, and writes its section of docs/benchmarks.md."""
+it drives a real server with pre-encoded Verify, VerifyBatch and VerifyStream requests (one
+scan per request, and 20) and a bare echo server, and writes its section of
+docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -31,7 +32,9 @@ def test_quick_service_benchmark_writes_its_section(tmp_path: Path) -> None:
         for line in text.splitlines()
         if line.startswith("| ")
     }
-    for case in ("core1", "core100", "verify", "batch100", "stream", "echo"):
+    for case in ("core1", "core100", "verify", "batch100", "stream", "stream20", "echo"):
         # Every presentation answered, and every one accepted (distinct, valid, no replay).
         assert rows[case][3].rstrip(" |") == "200/200", rows[case]
+    assert rows["echo-stream20"][3].rstrip(" |") == "200/200", rows["echo-stream20"]
     assert "VerifyBatch(100) / core" in text and "Verify / (core + 1.2 × echo)" in text
+    assert "| VerifyStream (20 per message) / core (100 per call) |" in text
