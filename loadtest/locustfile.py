@@ -12,8 +12,9 @@ every answer against the corpus's expected decision (a wrong one is a locust fai
 
 - :class:`HospitalUser` — a hospital system: one unary ``Verify`` per scan;
 - :class:`EdgeReaderUser` — a regional edge reader: one ``VerifyStream`` kept open, scans
-  written in micro-batches of ``APCV_LOADTEST_STREAM_BATCH`` (16), each answer read and
-  timed on its own (one locust request per scan, named after the method).
+  written in micro-batches of ``APCV_LOADTEST_STREAM_BATCH`` (16), each micro-batch as one
+  request of several scans (``scans``), each answer checked and timed on its own (one locust
+  request per scan, named after the method).
 
 Each corpus item is sent once, by whichever user takes it; the run stops when the corpus is
 used up (or at ``--run-time``). A presentation lives 300 s: make the corpus right before the
@@ -49,7 +50,7 @@ try:
     FEED = CorpusFeed(os.environ.get("APCV_LOADTEST_CORPUS", "loadtest-corpus"))
 except (OSError, CorpusExpired) as error:  # one line, not a traceback, before any user starts
     raise SystemExit(f"loadtest: no corpus to send: {error} (set APCV_LOADTEST_CORPUS)") from None
-#: Scans an edge reader writes before reading their answers.
+#: Scans an edge reader writes, as one request, before reading their answers.
 STREAM_BATCH = int(os.environ.get("APCV_LOADTEST_STREAM_BATCH", "16"))
 VERIFY_STREAM = "/apcv.verify.v1.VerifierService/VerifyStream"
 #: How long a user waits when every item left waits for another's answer.
@@ -127,8 +128,9 @@ class HospitalUser(_CorpusUser):
 
 
 class EdgeReaderUser(_CorpusUser):
-    """An edge reader: one ``VerifyStream`` open, micro-batches of scans written and their
-    answers read in order, each answer a locust request timed from its batch's write."""
+    """An edge reader: one ``VerifyStream`` open, each micro-batch of scans written as one
+    request (``scans``) and answered by one response (``verdicts[i]`` answers ``scans[i]``),
+    each answer a locust request timed from its batch's write."""
 
     weight = 1
     wait_time = between(0.0, 0.01)
@@ -146,16 +148,21 @@ class EdgeReaderUser(_CorpusUser):
         items = self._next(STREAM_BATCH)
         if self.session is None:
             self.session = StreamSession(self.stream_stub.VerifyStream)
-        requests = [verifier_pb2.VerifyStreamRequest(scan=item.scan()) for item in items]
+        request = verifier_pb2.VerifyStreamRequest(scans=[item.scan() for item in items])
         started = time.perf_counter()
         answered = 0
         try:
-            for item, response in zip(items, self.session.exchange(requests), strict=False):
-                answered += 1
-                problem = FEED.answered(item, response.verdict)
-                self.fire(VERIFY_STREAM, started, response.ByteSize(), problem)
+            for response in self.session.exchange([request]):
+                for item, verdict in zip(items, response.verdicts, strict=False):
+                    answered += 1
+                    problem = FEED.answered(item, verdict)
+                    self.fire(VERIFY_STREAM, started, verdict.ByteSize(), problem)
         except grpc.RpcError as error:  # the stream ended: the rest is unanswered
             self.session = None
             for item in items[answered:]:
                 FEED.unanswered(item)
                 self.fire(VERIFY_STREAM, started, 0, error)
+        else:
+            for item in items[answered:]:  # a response without a verdict for each scan
+                FEED.unanswered(item)
+                self.fire(VERIFY_STREAM, started, 0, RuntimeError("no verdict for the scan"))
