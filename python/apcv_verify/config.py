@@ -67,11 +67,12 @@ ANONYMOUS_CALLER = "anonymous"
 MAX_CALLER_ID_LENGTH = 128
 #: scanned_at older than a day is no "delayed scan" any more.
 MAX_SCAN_DELAY_LIMIT = 86_400
-#: Largest ``server.stream_window``: each request read ahead is at most 64 KiB
-#: (server.MAX_REQUEST_BYTES).
+#: Largest ``server.stream_window``: each request of one scan read ahead is at most 64 KiB
+#: (server.MAX_REQUEST_BYTES); ``server.stream_memory_bytes`` bounds those of several.
 MAX_STREAM_WINDOW = 10_000
-#: Smallest ``server.stream_memory_bytes`` but 0: one request of the largest size
-#: (service.decode.MAX_REQUEST_BYTES) must fit.
+#: Smallest ``server.stream_memory_bytes`` but 0: one request of one scan of the largest size
+#: (service.decode.MAX_REQUEST_BYTES) must fit (a larger request of several scans waits for
+#: the whole budget).
 MIN_STREAM_MEMORY_BYTES = 64 * 1024
 #: Largest keepalive and connection-age timer, in seconds (a week); gRPC takes int32 ms.
 MAX_TIMER_SECONDS = 7 * 86_400
@@ -102,13 +103,14 @@ class ServerSection:
     health_listen: str = ""
     #: Largest message accepted or sent, in bytes: a whole VerifyBatch must fit, so the
     #: default holds ``max_batch`` scans of about 2 kB (a QR code of 1,600 characters, the
-    #: profile's design target, makes a scan of about 1.7 kB). A request of one scan (Verify,
-    #: a VerifyStream message) is bounded apart (server.MAX_REQUEST_BYTES), so a stream's
-    #: read-ahead stays small.
+    #: profile's design target, makes a scan of about 1.7 kB); so must a VerifyStream request
+    #: of several scans. A request of one scan (Verify, a VerifyStream request with ``scan``)
+    #: is bounded apart (server.MAX_REQUEST_BYTES), so a stream's read-ahead stays small.
     max_message_bytes: int = 2 * 1024 * 1024
     #: Seconds given to in-flight calls on shutdown.
     grace_seconds: float = 10.0
-    #: Most requests in one VerifyBatch call (INVALID_ARGUMENT above it).
+    #: Most scans in one VerifyBatch call (INVALID_ARGUMENT above it), in one VerifyStream
+    #: request (each answered MALFORMED in place above it) and in a stream's micro-batch.
     max_batch: int = 1000
     #: VerifyStream: most requests read but not yet answered, per stream. When it is full the
     #: server stops reading that stream (HTTP/2 flow control then holds the client back), so

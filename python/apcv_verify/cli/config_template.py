@@ -27,10 +27,11 @@ _TEMPLATE = """\
 listen = {}  # HOST:PORT; port 0 picks a free port
 health_listen = {}  # plaintext, health service only; "" = off
 # Largest message accepted or sent, in bytes: a whole VerifyBatch must fit (a QR code of
-# 1,600 characters takes about 1.7 kB, so the default holds max_batch of them). A request
-# of one scan (Verify, each VerifyStream message) is at most 64 KiB whatever this says.
+# 1,600 characters takes about 1.7 kB, so the default holds max_batch of them), and so must
+# a VerifyStream request of several scans. A request of one scan (Verify, a VerifyStream
+# request with scan) is at most 64 KiB whatever this says.
 max_message_bytes = {}
-max_batch = {}  # most scans in one VerifyBatch
+max_batch = {}  # most scans in one VerifyBatch or VerifyStream request
 stream_window = {}  # VerifyStream: requests read ahead of answers
 grace_seconds = {}  # SIGTERM: open calls get this long
 max_concurrent_rpcs = {}  # then RESOURCE_EXHAUSTED; health apart; 0 = no limit
