@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -255,7 +256,12 @@ def test_size_bounds_of_stream_requests_and_responses(pki: DemoPKI) -> None:
                 await call.read()
             assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert error_info(raised.value).reason == "MESSAGE_TOO_LARGE"
-            assert (raised.value.details() or "").startswith("response of ")
+            assert re.fullmatch(
+                r"stream response of \d+ bytes is over server\.max_message_bytes \(16384\):"
+                r" send fewer scans per request \(include_fhir .*\) or raise"
+                r" server\.max_message_bytes",
+                raised.value.details() or "",
+            )
 
     asyncio.run(scenario())
 

@@ -52,7 +52,9 @@ class TooLarge:
     against. The service answers it RESOURCE_EXHAUSTED / ``MESSAGE_TOO_LARGE`` naming the
     limit and, when a setting bounds it, the setting to raise."""
 
-    what: str  # "request", "batch", "stream request" (of several scans) or "response"
+    #: "request", "batch", "response" (a batch's), or a VerifyStream request of several scans
+    #: ("stream request") or response ("stream response")
+    what: str
     size: int
     limit: int
     setting: str | None  # the configuration key that sets ``limit`` (None: MAX_REQUEST_BYTES)
@@ -67,7 +69,9 @@ class TooLarge:
             "request": "raise it in the server's configuration",
             "batch": f"send fewer scans per batch or raise {self.setting}",
             "stream request": f"send fewer scans per request or raise {self.setting}",
-            "response": "send fewer scans per batch or request (include_fhir makes each answer"
+            "response": "send fewer scans per batch (include_fhir makes each answer several"
+            f" kB) or raise {self.setting}",
+            "stream response": "send fewer scans per request (include_fhir makes each answer"
             f" several kB) or raise {self.setting}",
         }[self.what]
         return f"{self.what} of {self.size} bytes is over {self.setting} ({self.limit}): {advice}"

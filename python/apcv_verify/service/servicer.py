@@ -280,7 +280,8 @@ class VerifierService:
                 replies = await self._answer_wire("VerifyStream", items, policy, caller, context)
                 for reply in replies:
                     if len(reply) > max_bytes:  # gRPC would end the call naming nothing
-                        await TooLarge("response", len(reply), max_bytes, _MAX_BYTES).abort(context)
+                        oversize = TooLarge("stream response", len(reply), max_bytes, _MAX_BYTES)
+                        await oversize.abort(context)
                     yield reply
                     credits.release()
             too_large = await reader  # re-raises what ended the request stream, if not the client
