@@ -1,8 +1,9 @@
 """atheris target: whole requests through the gRPC servicer (docs/reliability.md "Fuzzing").
 
 A real in-process server (``start_server``, the demo PKI, loopback) gets each input as the raw
-bytes of a request: the first byte picks Verify, VerifyBatch or VerifyStream (two messages),
-the rest is the serialized request, left to the server's own deserializers. Every call must
+bytes of a request: the first byte picks Verify, VerifyBatch or VerifyStream (two messages,
+each of one scan or of several), the rest is the serialized request, left to the server's
+own deserializers. Every call must
 end in an answer or in one of the documented call errors (INVALID_ARGUMENT, RESOURCE_EXHAUSTED;
 never INTERNAL, UNKNOWN or a timeout), with one verdict per scan, a decision and a reason in
 each, and no NIR-shaped number in any error text. Anything else raises, which libFuzzer
@@ -99,6 +100,8 @@ class Target:
             scans.append(scan)
         batch = verifier_pb2.VerifyBatchRequest(scans=scans).SerializeToString()
         (directory / "batch").write_bytes(bytes([BATCH]) + batch)
+        several = verifier_pb2.VerifyStreamRequest(scans=scans).SerializeToString()
+        (directory / "stream-scans").write_bytes(bytes([STREAM]) + several)
         return directory
 
     def one_input(self, data: bytes) -> None:
@@ -120,9 +123,14 @@ class Target:
             else:
                 replies = self.stream(iter([body, body]), timeout=TIMEOUT)
                 verdicts = [
-                    verifier_pb2.VerifyStreamResponse.FromString(reply).verdict for reply in replies
+                    verdict
+                    for reply in replies
+                    for verdict in _stream_verdicts(
+                        verifier_pb2.VerifyStreamResponse.FromString(reply)
+                    )
                 ]
-                expected = 2
+                per_request = _scans(verifier_pb2.VerifyStreamRequest, body, _stream_scans)
+                expected = None if per_request is None else 2 * per_request
         except grpc.RpcError as error:
             code = error.code()
             details = error.details() or ""
@@ -138,6 +146,16 @@ class Target:
             accepted = verdict.decision == verifier_pb2.DECISION_ACCEPTED
             assert accepted == (verdict.reason == verifier_pb2.REASON_OK), "decision vs reason"
             assert not nir_numbers(verdict.detail), "a NIR-shaped number in a detail"
+
+
+def _stream_scans(request: verifier_pb2.VerifyStreamRequest) -> int:
+    """The verdicts a stream request gets: one per scan of ``scans``, and one for ``scan``
+    (or for neither field set)."""
+    return len(request.scans) + (request.HasField("scan") or not request.scans)
+
+
+def _stream_verdicts(response: verifier_pb2.VerifyStreamResponse) -> list[verifier_pb2.Verdict]:
+    return [response.verdict] * response.HasField("verdict") + list(response.verdicts)
 
 
 def _scans(message: Any, body: bytes, count: Callable[[Any], int]) -> int | None:
