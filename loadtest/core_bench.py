@@ -5,9 +5,11 @@
    (``inflate``: base45, then inflate with the core's flate2/zlib-rs and with miniz_oxide).
 2. **Core from Python**: ``_native.Verifier.verify_batch`` on a corpus of presentations, one item
    per call and batches of 100, 1 and 2 rayon threads, NFC bytes and QR text, with the cache of
-   verified issuer signatures and without it; and the same batches in Rust alone on rayon pools
-   of 1 and 2 threads beside a perfectly parallel probe (``batch_threads``), which tells what
-   the machine gave from what the core scales.
+   verified issuer signatures and without it; the service's path for ``VerifyBatch``
+   (``_native.WireBatch``: an encoded request of 100 scans in, the encoded response out) on 1
+   and 2 threads; and the same batches in Rust alone on rayon pools of 1 and 2 threads beside a
+   perfectly parallel probe (``batch_threads``), which tells what the machine gave from what the
+   core scales.
 3. **Peer**: loadtest/peer.py, a plain-Python verifier of the same profile (cbor2 +
    cryptography), on the same corpus.
 4. **Scale**: a 70-million-entry status population split into lists as an issuer would, the
@@ -138,11 +140,21 @@ def _native_verifier(corpus: dict[str, Any], cache: bool) -> Any:
     )
 
 
+def _default_caller_disclosure() -> tuple[list[str], dict[str, list[str]]]:
+    """The uses and the disclosure table the service gives ``WireBatch`` for a caller with the
+    default policy (no ``[[callers]]`` configured)."""
+    from apcv_verify.config import DEFAULT_CALLER, USES
+
+    disclosure = {use: sorted(DEFAULT_CALLER.disclosed(use)) for use in ("", *USES)}
+    return list(DEFAULT_CALLER.uses), disclosure
+
+
 def run_case(corpus_path: Path, case: str, count: int) -> dict[str, Any]:
     """Measure one case on the first ``count`` presentations of the corpus."""
     corpus = pickle.loads(corpus_path.read_bytes())
     now = corpus["now"]
     kind, form, size, cache = case.split("-")  # e.g. core-nfc-100-cache, peer-qr-1-none
+    tally: Callable[[Any], int] = int  # what go() returned -> presentations accepted
     items = corpus[form][:count]
     warm = corpus[form][-min(200, len(corpus[form])) :]
     if kind == "peer":
@@ -166,12 +178,66 @@ def run_case(corpus_path: Path, case: str, count: int) -> dict[str, Any]:
             throwaway.verify(item, READER_ID, now)
         verifier = peer()
 
-        def go() -> int:
+        def go() -> Any:
             accepted = 0
             for item in items:
                 verifier.verify(item, READER_ID, now)
                 accepted += 1
             return accepted
+
+    elif kind == "wire":
+        # The service's path for VerifyBatch: an encoded request in, an encoded response out
+        # (_native.WireBatch, as the servicer calls it for the default caller's policy). The
+        # requests are encoded before the clock starts (the client's work); the responses are
+        # decoded after it stops, to count what they accepted.
+        from apcv_verify import _native
+        from apcv_verify._proto.apcv.verify.v1 import verifier_pb2 as pb
+
+        n = int(size)
+        uses, disclosure = _default_caller_disclosure()
+
+        def requests(chunk: Sequence[Any], prefix: str) -> list[bytes]:
+            out = []
+            for start in range(0, len(chunk), n):
+                scans = [
+                    pb.Scan(
+                        request_id=f"{prefix}{start + i}",
+                        nfc_bytes=x,
+                        reader=pb.ReaderContext(reader_id=READER_ID),
+                    )
+                    for i, x in enumerate(chunk[start : start + n])
+                ]
+                out.append(pb.VerifyBatchRequest(scans=scans).SerializeToString())
+            return out
+
+        def wire(cache_on: bool) -> Callable[[Sequence[bytes]], list[bytes]]:
+            v = _native_verifier(corpus, cache_on)
+
+            def answer(encoded: Sequence[bytes]) -> list[bytes]:
+                replies = []
+                for request in encoded:
+                    batch = _native.WireBatch.batch(request)
+                    assert batch is not None  # the requests are well-formed
+                    v.verify_wire(batch, uses, now)
+                    replies.append(batch.response(disclosure))
+                return replies
+
+            return answer
+
+        wire(cache == "cache")(requests(warm, "warm-"))
+        answer, encoded = wire(cache == "cache"), requests(items, "")
+
+        def go() -> Any:
+            return answer(encoded)
+
+        def accepted_in(replies: list[bytes]) -> int:
+            return sum(
+                d.decision == pb.DECISION_ACCEPTED
+                for r in replies
+                for d in pb.VerifyBatchResponse.FromString(r).verdicts
+            )
+
+        tally = accepted_in
 
     else:
         from apcv_verify import _native
@@ -191,12 +257,13 @@ def run_case(corpus_path: Path, case: str, count: int) -> dict[str, Any]:
             throwaway(warm[i : i + n])
         batch = core(cache == "cache")
 
-        def go() -> int:
+        def go() -> Any:
             return sum(batch(items[i : i + n]) for i in range(0, len(items), n))
 
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    accepted = go()
+    done = go()
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    accepted = tally(done)
     if accepted != len(items):
         raise SystemExit(f"{case}: {accepted} of {len(items)} accepted")
     return {
@@ -448,6 +515,8 @@ CASES = [
     Case("core-qr-100-none", 1),
     Case("core-qr-100-cache", 1),
     Case("core-qr-100-cache", 2),
+    Case("wire-nfc-100-cache", 1),
+    Case("wire-nfc-100-cache", 2),
     Case("peer-nfc-1-none", 1),
     Case("peer-qr-1-none", 1),
 ]
@@ -603,12 +672,15 @@ def report(results: dict[str, Any]) -> str:
         "| load avg |",
         "|---|---|---|---|---|---|---|",
     ]
+
+    def cores(label: str) -> float:
+        return _median([{"c": r["cpu_us"] * r["per_s"] / 1e6} for r in cases[label]], "c")
+
     for label, rows in cases.items():
         loads = ", ".join(f"{r['load_avg']:.1f}" for r in rows)
-        cores = _median([{"c": r["cpu_us"] * r["per_s"] / 1e6} for r in rows], "c")
         out.append(
             f"| {label.rsplit('-t', 1)[0]} | {rows[0]['threads']} | {cpu(label):.1f} | "
-            f"{cpu(label) / floor2:.2f} | {ps(label):.0f} | {cores:.2f} | {loads} |"
+            f"{cpu(label) / floor2:.2f} | {ps(label):.0f} | {cores(label):.2f} | {loads} |"
         )
     ratios = [
         ("core NFC batch, no cache / floor", cpu("core-nfc-100-none-t1") / floor2),
@@ -633,6 +705,16 @@ def report(results: dict[str, Any]) -> str:
         (
             "2 / 1 threads, QR batch, cache (throughput)",
             ps("core-qr-100-cache-t2") / ps("core-qr-100-cache-t1"),
+        ),
+        (
+            "2 / 1 threads, NFC wire batch (`WireBatch`), cache (throughput)",
+            ps("wire-nfc-100-cache-t2") / ps("wire-nfc-100-cache-t1"),
+        ),
+        ("cores used at 2 threads, NFC wire batch, cache", cores("wire-nfc-100-cache-t2")),
+        ("cores used at 2 threads, NFC batch (`Scan`s), cache", cores("core-nfc-100-cache-t2")),
+        (
+            "wire batch / `Scan` batch, NFC, cache, 1 thread (CPU)",
+            cpu("wire-nfc-100-cache-t1") / cpu("core-nfc-100-cache-t1"),
         ),
         (
             "2 / 1 threads, NFC batch, no cache (CPU per presentation: contention)",
