@@ -5,9 +5,12 @@
    (``inflate``: base45, then inflate with the core's flate2/zlib-rs and with miniz_oxide).
 2. **Core from Python**: ``_native.Verifier.verify_batch`` on a corpus of presentations, one item
    per call and batches of 100, 1 and 2 rayon threads, NFC bytes and QR text, with the cache of
-   verified issuer signatures and without it; and the same batches in Rust alone on rayon pools
-   of 1 and 2 threads beside a perfectly parallel probe (``batch_threads``), which tells what
-   the machine gave from what the core scales.
+   verified issuer signatures and without it; the service's path for ``VerifyBatch``
+   (``_native.WireBatch``: an encoded request of 100 scans in, the encoded response out) on 1
+   and 2 threads; one item per call against batches of 100 interleaved block by block (what a
+   call costs apart from its items), from Python and in Rust alone; and the batches in Rust
+   alone on rayon pools of 1 and 2 threads beside a perfectly parallel probe
+   (``batch_threads``), which tells what the machine gave from what the core scales.
 3. **Peer**: loadtest/peer.py, a plain-Python verifier of the same profile (cbor2 +
    cryptography), on the same corpus.
 4. **Scale**: a 70-million-entry status population split into lists as an issuer would, the
@@ -138,11 +141,21 @@ def _native_verifier(corpus: dict[str, Any], cache: bool) -> Any:
     )
 
 
+def _default_caller_disclosure() -> tuple[list[str], dict[str, list[str]]]:
+    """The uses and the disclosure table the service gives ``WireBatch`` for a caller with the
+    default policy (no ``[[callers]]`` configured)."""
+    from apcv_verify.config import DEFAULT_CALLER, USES
+
+    disclosure = {use: sorted(DEFAULT_CALLER.disclosed(use)) for use in ("", *USES)}
+    return list(DEFAULT_CALLER.uses), disclosure
+
+
 def run_case(corpus_path: Path, case: str, count: int) -> dict[str, Any]:
     """Measure one case on the first ``count`` presentations of the corpus."""
     corpus = pickle.loads(corpus_path.read_bytes())
     now = corpus["now"]
     kind, form, size, cache = case.split("-")  # e.g. core-nfc-100-cache, peer-qr-1-none
+    tally: Callable[[Any], int] = int  # what go() returned -> presentations accepted
     items = corpus[form][:count]
     warm = corpus[form][-min(200, len(corpus[form])) :]
     if kind == "peer":
@@ -166,12 +179,66 @@ def run_case(corpus_path: Path, case: str, count: int) -> dict[str, Any]:
             throwaway.verify(item, READER_ID, now)
         verifier = peer()
 
-        def go() -> int:
+        def go() -> Any:
             accepted = 0
             for item in items:
                 verifier.verify(item, READER_ID, now)
                 accepted += 1
             return accepted
+
+    elif kind == "wire":
+        # The service's path for VerifyBatch: an encoded request in, an encoded response out
+        # (_native.WireBatch, as the servicer calls it for the default caller's policy). The
+        # requests are encoded before the clock starts (the client's work); the responses are
+        # decoded after it stops, to count what they accepted.
+        from apcv_verify import _native
+        from apcv_verify._proto.apcv.verify.v1 import verifier_pb2 as pb
+
+        n = int(size)
+        uses, disclosure = _default_caller_disclosure()
+
+        def requests(chunk: Sequence[Any], prefix: str) -> list[bytes]:
+            out = []
+            for start in range(0, len(chunk), n):
+                scans = [
+                    pb.Scan(
+                        request_id=f"{prefix}{start + i}",
+                        nfc_bytes=x,
+                        reader=pb.ReaderContext(reader_id=READER_ID),
+                    )
+                    for i, x in enumerate(chunk[start : start + n])
+                ]
+                out.append(pb.VerifyBatchRequest(scans=scans).SerializeToString())
+            return out
+
+        def wire(cache_on: bool) -> Callable[[Sequence[bytes]], list[bytes]]:
+            v = _native_verifier(corpus, cache_on)
+
+            def answer(encoded: Sequence[bytes]) -> list[bytes]:
+                replies = []
+                for request in encoded:
+                    batch = _native.WireBatch.batch(request)
+                    assert batch is not None  # the requests are well-formed
+                    v.verify_wire(batch, uses, now)
+                    replies.append(batch.response(disclosure))
+                return replies
+
+            return answer
+
+        wire(cache == "cache")(requests(warm, "warm-"))
+        answer, encoded = wire(cache == "cache"), requests(items, "")
+
+        def go() -> Any:
+            return answer(encoded)
+
+        def accepted_in(replies: list[bytes]) -> int:
+            return sum(
+                d.decision == pb.DECISION_ACCEPTED
+                for r in replies
+                for d in pb.VerifyBatchResponse.FromString(r).verdicts
+            )
+
+        tally = accepted_in
 
     else:
         from apcv_verify import _native
@@ -189,14 +256,25 @@ def run_case(corpus_path: Path, case: str, count: int) -> dict[str, Any]:
         throwaway = core(cache == "cache")
         for i in range(0, len(warm), n):
             throwaway(warm[i : i + n])
-        batch = core(cache == "cache")
+        if n == 1:  # as a caller with one scan writes it (and as the peer's loop is written)
+            v = _native_verifier(corpus, cache == "cache")
 
-        def go() -> int:
-            return sum(batch(items[i : i + n]) for i in range(0, len(items), n))
+            def go() -> Any:
+                accepted = 0
+                for x in items:
+                    accepted += v.verify_batch([_native.Scan(x, READER_ID)], now)[0].accepted
+                return accepted
+
+        else:
+            batch = core(cache == "cache")
+
+            def go() -> Any:
+                return sum(batch(items[i : i + n]) for i in range(0, len(items), n))
 
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    accepted = go()
+    done = go()
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    accepted = tally(done)
     if accepted != len(items):
         raise SystemExit(f"{case}: {accepted} of {len(items)} accepted")
     return {
@@ -205,6 +283,39 @@ def run_case(corpus_path: Path, case: str, count: int) -> dict[str, Any]:
         "items": len(items),
         "cpu_us": cpu * 1e6 / len(items),
         "per_s": len(items) / wall,
+    }
+
+
+def run_per_call(corpus_path: Path, count: int) -> dict[str, Any]:
+    """One item per call against batches of 100 (NFC, cache), interleaved block by block: two
+    fresh verifiers fed the same presentations, each block of 100 verified by one then by the
+    other (in turn first), so that both see the same moments of a shared machine and the same
+    cache hits. CPU of this process per presentation for each."""
+    from apcv_verify import _native
+
+    corpus = pickle.loads(corpus_path.read_bytes())
+    now, items = corpus["now"], corpus["nfc"][:count]
+    warm = _native_verifier(corpus, True)
+    warm.verify_batch([_native.Scan(x, READER_ID) for x in corpus["nfc"][-200:]], now)
+    one, batch = _native_verifier(corpus, True), _native_verifier(corpus, True)
+    spent = {"one": 0.0, "batch": 0.0}
+    accepted = 0
+    for k, start in enumerate(range(0, len(items), BATCH)):
+        block = items[start : start + BATCH]
+        for which in ("one", "batch") if k % 2 == 0 else ("batch", "one"):
+            cpu0 = time.process_time()
+            if which == "one":
+                for x in block:
+                    accepted += one.verify_batch([_native.Scan(x, READER_ID)], now)[0].accepted
+            else:
+                scans = [_native.Scan(x, READER_ID) for x in block]
+                accepted += sum(r.accepted for r in batch.verify_batch(scans, now))
+            spent[which] += time.process_time() - cpu0
+    if accepted != 2 * len(items):
+        raise SystemExit(f"per-call: {accepted} of {2 * len(items)} accepted")
+    return {
+        "one_cpu_us": spent["one"] * 1e6 / len(items),
+        "batch_cpu_us": spent["batch"] * 1e6 / len(items),
     }
 
 
@@ -448,6 +559,8 @@ CASES = [
     Case("core-qr-100-none", 1),
     Case("core-qr-100-cache", 1),
     Case("core-qr-100-cache", 2),
+    Case("wire-nfc-100-cache", 1),
+    Case("wire-nfc-100-cache", 2),
     Case("peer-nfc-1-none", 1),
     Case("peer-qr-1-none", 1),
 ]
@@ -485,6 +598,7 @@ def main() -> None:
         count = holders * args.repeat
         results["batch_threads"] = _batch_threads(Path(tmp), corpus, quick)
         rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        per_call: list[dict[str, Any]] = []
         for r in range(1, rounds + 1):
             order = CASES if r % 2 else list(reversed(CASES))
             for case in order:
@@ -493,7 +607,12 @@ def main() -> None:
                 row.update(round=r, load_avg=load)
                 rows[case.label].append(row)
                 print(f"  round {r} {case.label}: {row['cpu_us']:.1f} us/presentation", flush=True)
+            load = _load_average()
+            row = _worker(["per-call", str(corpus), str(count)], 1)
+            row.update(round=r, load_avg=load)
+            per_call.append(row)
         results["cases"] = rows
+        results["per_call"] = per_call
     sizes = [100_000, 1_000_000] if quick else [1_000_000, 4_000_000, 8_750_000, 16_000_000]
     lists, per_list = (2, 100_000) if quick else (8, 8_750_000)
     print("core-bench: scale (status lists, trust lists)", flush=True)
@@ -518,6 +637,8 @@ def _run_worker(argv: list[str]) -> Any:
     what = argv[0]
     if what == "case":
         return run_case(Path(argv[1]), argv[2], int(argv[3]))
+    if what == "per-call":
+        return run_per_call(Path(argv[1]), int(argv[2]))
     if what == "status-make":
         directory, sizes, lists, per_list = json.loads(argv[1])
         make_status_lists(Path(directory), sizes, lists, per_list)
@@ -603,12 +724,15 @@ def report(results: dict[str, Any]) -> str:
         "| load avg |",
         "|---|---|---|---|---|---|---|",
     ]
+
+    def cores(label: str) -> float:
+        return _median([{"c": r["cpu_us"] * r["per_s"] / 1e6} for r in cases[label]], "c")
+
     for label, rows in cases.items():
         loads = ", ".join(f"{r['load_avg']:.1f}" for r in rows)
-        cores = _median([{"c": r["cpu_us"] * r["per_s"] / 1e6} for r in rows], "c")
         out.append(
             f"| {label.rsplit('-t', 1)[0]} | {rows[0]['threads']} | {cpu(label):.1f} | "
-            f"{cpu(label) / floor2:.2f} | {ps(label):.0f} | {cores:.2f} | {loads} |"
+            f"{cpu(label) / floor2:.2f} | {ps(label):.0f} | {cores(label):.2f} | {loads} |"
         )
     ratios = [
         ("core NFC batch, no cache / floor", cpu("core-nfc-100-none-t1") / floor2),
@@ -633,6 +757,16 @@ def report(results: dict[str, Any]) -> str:
         (
             "2 / 1 threads, QR batch, cache (throughput)",
             ps("core-qr-100-cache-t2") / ps("core-qr-100-cache-t1"),
+        ),
+        (
+            "2 / 1 threads, NFC wire batch (`WireBatch`), cache (throughput)",
+            ps("wire-nfc-100-cache-t2") / ps("wire-nfc-100-cache-t1"),
+        ),
+        ("cores used at 2 threads, NFC wire batch, cache", cores("wire-nfc-100-cache-t2")),
+        ("cores used at 2 threads, NFC batch (`Scan`s), cache", cores("core-nfc-100-cache-t2")),
+        (
+            "wire batch / `Scan` batch, NFC, cache, 1 thread (CPU)",
+            cpu("wire-nfc-100-cache-t1") / cpu("core-nfc-100-cache-t1"),
         ),
         (
             "2 / 1 threads, NFC batch, no cache (CPU per presentation: contention)",
@@ -663,6 +797,30 @@ def report(results: dict[str, Any]) -> str:
     bt: dict[tuple[str, int], dict[int, dict[str, Any]]] = defaultdict(dict)
     for row in results["batch_threads"]:
         bt[(row["case"], row["threads"])][row["round"]] = row
+    in_rust = list(bt[("per_call", 1)].values())
+    out += [
+        "",
+        "One item per call against batches of 100 (NFC, cache, 1 thread), interleaved block by "
+        "block (two fresh verifiers fed the same presentations, each block of 100 verified by "
+        "one then the other): what a call costs apart from its items, at the same moments of "
+        "the machine.",
+        "",
+        "| from | CPU µs / presentation, 1 per call | in batches of 100 | per call, median "
+        "of the rounds' differences | load avg |",
+        "|---|---|---|---|---|",
+    ]
+    for name, rows in (
+        ("Python (`verify_batch([Scan])`)", results["per_call"]),
+        ("Rust alone (`batch_threads`)", in_rust),
+    ):
+        if rows:
+            loads = ", ".join(f"{r['load_avg']:.1f}" for r in rows if "load_avg" in r) or "–"
+            out.append(
+                f"| {name} | {_median(rows, 'one_cpu_us'):.1f} "
+                f"| {_median(rows, 'batch_cpu_us'):.1f} "
+                f"| {statistics.median(r['one_cpu_us'] - r['batch_cpu_us'] for r in rows):+.1f} "
+                f"| {loads} |"
+            )
     out += [
         "",
         "The same NFC corpus in Rust alone (rust/core-bench `batch_threads`: `verify_batch` in "

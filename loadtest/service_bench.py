@@ -22,7 +22,8 @@ accounting (``/proc/<pid>/stat`` utime + stime) before and after, divided by the
 answered. Then the unary latency: the maximum ``Verify`` rate is the one just measured, and
 ``ghz`` (when installed in .tools/bin by loadtest/bench.py) runs at half of it for p50/p99.
 
-Results (median of the rounds) go to docs/benchmarks.md between the service-bench markers.
+Results (median of the rounds) go to docs/benchmarks.md between the service-bench markers;
+``--plot`` draws them (server CPU per presentation by case) into a PNG linked from there.
 ``--quick`` is a short run for the tests (tests/test_service_bench.py): numbers, no claims.
 """
 
@@ -538,6 +539,63 @@ def report(results: list[Measured], latencies: list[dict[str, float]], args: Any
     return "\n".join(lines)
 
 
+def plot(results: list[Measured], path: Path) -> str:
+    """A bar plot of the server CPU per presentation (medians of the rounds), each call shape
+    beside the core's work on the same presentations and the bare echo server's: written to
+    ``path`` (PNG), the markdown line that shows it returned (``path`` taken as next to the
+    document)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measured = list(dict.fromkeys(r.case for r in results))  # in the order first measured
+    shapes = [  # (label, the service's case, the core's, the echo server's)
+        ("Verify", "verify", "core1", "echo"),
+        ("VerifyBatch(100)", "batch100", "core100", "echo-batch100"),
+        ("VerifyStream", "stream", "core100", "echo-stream"),
+    ]
+    known = {c for shape in shapes for c in shape[1:]}
+    groups = [
+        (label, [c for c in measured if c.partition("@")[0] == case] + [core, echo])
+        for label, case, core, echo in shapes
+    ]
+    others = [c for c in measured if c.partition("@")[0] not in known]
+    if others:
+        groups.append(("other", others))
+    colours = {"core": "tab:green", "echo": "tab:grey"}
+    width = max(8.0, 0.5 * sum(len(g) for _, g in groups) + 2)
+    fig, ax = plt.subplots(figsize=(width, 4.8))
+    x, positions, names = 0.0, [], []
+    for label, cases in groups:
+        start = x
+        for case in (c for c in cases if c in measured):
+            kind = "core" if case.startswith("core") else "echo" if "echo" in case else ""
+            value = median(results, case)
+            colour = colours.get(kind, "tab:orange" if "@" in case else "tab:blue")
+            ax.bar(x, value, color=colour)
+            ax.text(x, value, f"{value:.0f}", ha="center", va="bottom", fontsize=7)
+            positions.append(x)
+            names.append(case)
+            x += 1
+        if x > start:
+            middle = (start + x - 1) / 2
+            ax.text(middle, 1.01, label, transform=ax.get_xaxis_transform(), ha="center")
+        x += 0.8
+    ax.set_xticks(positions, names, rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel("CPU µs / presentation (median of the rounds)")
+    ax.set_title(
+        "server CPU: this checkout (blue), --variant (orange), bare grpc.aio echo (grey);"
+        " the core from Python in-process (green)",
+        fontsize=8,
+        pad=18,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return f"![service CPU per presentation]({path.name})"
+
+
 def write_section(path: Path, section: str) -> None:
     """Replace the service section of ``path`` (between the markers), or append it."""
     replace_section(path, section, BEGIN, END)
@@ -553,6 +611,7 @@ def main() -> int:
     parser.add_argument("--latency-seconds", type=float, default=5.0)
     parser.add_argument("--quick", action="store_true", help="1 round of 200, no ghz run")
     parser.add_argument("--write", type=Path, help="docs/benchmarks.md to update")
+    parser.add_argument("--plot", type=Path, help="PNG of the CPU per presentation by case")
     parser.add_argument(
         "--variant",
         action="append",
@@ -570,6 +629,8 @@ def main() -> int:
         args.rounds, args.items, args.latency_seconds = 1, 200, 0.0
     results, latencies = run(args)
     section = report(results, latencies, args)
+    if args.plot:  # linked from the section (the PNG next to the document)
+        section = section.replace(END, f"\n{plot(results, args.plot)}\n{END}")
     print(section)
     if args.write:
         write_section(args.write, section)

@@ -18,7 +18,9 @@ from .conftest import REPO
 def test_quick_service_benchmark_writes_its_section(tmp_path: Path) -> None:
     out = tmp_path / "benchmarks.md"
     out.write_text("# Benchmarks\n\nkept\n")
+    png = tmp_path / "benchmarks-service.png"
     command = [sys.executable, str(REPO / "loadtest" / "service_bench.py"), "--quick"]
+    command += ["--plot", str(png)]
     for _ in range(2):  # written again, the section is replaced, not appended
         run = subprocess.run(
             [*command, "--write", str(out)], capture_output=True, text=True, timeout=600
@@ -38,3 +40,5 @@ def test_quick_service_benchmark_writes_its_section(tmp_path: Path) -> None:
     assert rows["echo-stream20"][3].rstrip(" |") == "200/200", rows["echo-stream20"]
     assert "VerifyBatch(100) / core" in text and "Verify / (core + 1.2 × echo)" in text
     assert "| VerifyStream (20 per message) / core (100 per call) |" in text
+    assert png.read_bytes().startswith(b"\x89PNG")  # linked from the section
+    assert "](benchmarks-service.png)\n<!-- service-bench:end -->" in text

@@ -122,13 +122,16 @@ impl Verifier {
     /// Verifies a batch: steps 1–8 in parallel (rayon), then step 9 (replay) in batch order,
     /// so that within a batch the earlier item wins (docs/profile.md §7.4). Decisions come
     /// back in input order. Accepts anything that borrows as a [`Scan`] (e.g. `Arc<Scan>`),
-    /// so callers need not copy.
+    /// so callers need not copy. A batch of one is judged on the calling thread without
+    /// rayon's machinery, which cost ≈ 3 µs a call (docs/benchmarks.md, "one item per call").
     pub fn verify_batch<S: Borrow<Scan> + Sync>(&self, scans: &[S], now: i64) -> Vec<Decision> {
         let snapshot = self.snapshot();
-        let judged: Vec<(Decision, Option<ReplayTicket>)> = scans
-            .par_iter()
-            .map(|s| snapshot.judge(s.borrow(), now))
-            .collect();
+        let judge = |s: &S| snapshot.judge(s.borrow(), now);
+        let judged: Vec<(Decision, Option<ReplayTicket>)> = if scans.len() == 1 {
+            scans.iter().map(judge).collect()
+        } else {
+            scans.par_iter().map(judge).collect()
+        };
         judged
             .into_iter()
             .zip(scans)
@@ -143,20 +146,22 @@ impl Verifier {
     /// each item that passed comes back [`Deferred::Pending`] with its [`ReplayTicket`].
     /// The caller must consult its store **in batch order** (the earlier item wins,
     /// docs/profile.md §7.4) and settle each pending decision ([`settle_replay`],
-    /// [`Deferred::split`]). This snapshot's own replay store is not used.
+    /// [`Deferred::split`]). This snapshot's own replay store is not used. A batch of one is
+    /// judged on the calling thread, as in [`Verifier::verify_batch`].
     pub fn verify_batch_deferred<S: Borrow<Scan> + Sync>(
         &self,
         scans: &[S],
         now: i64,
     ) -> Vec<Deferred> {
         let snapshot = self.snapshot();
-        scans
-            .par_iter()
-            .map(|s| match snapshot.judge(s.borrow(), now) {
-                (d, Some(ticket)) => Deferred::Pending(d, ticket),
-                (d, None) => Deferred::Decided(d),
-            })
-            .collect()
+        let judge = |s: &S| match snapshot.judge(s.borrow(), now) {
+            (d, Some(ticket)) => Deferred::Pending(d, ticket),
+            (d, None) => Deferred::Decided(d),
+        };
+        if scans.len() == 1 {
+            return scans.iter().map(judge).collect();
+        }
+        scans.par_iter().map(judge).collect()
     }
 
     /// Verifies one scan: a batch of one.

@@ -6,7 +6,10 @@
 //! big-endian length then its bytes). Cases, interleaved over rounds: `core` (verify_batch in
 //! batches of 100, fresh verifier with its signature cache and replay store) and `probe` (SHA-256
 //! over the same bytes, perfectly parallel), each on a pool of 1 and 2 threads. One JSON object
-//! per line and case. `--quick`: one round.
+//! per line and case. Then `per_call`: one item per call against batches of 100 on one thread,
+//! interleaved block by block (100 items each, two fresh verifiers fed the same sequence), so
+//! that both see the same moment of a shared machine: what a call costs apart from its items,
+//! without Python. `--quick`: one round.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,7 +19,7 @@ use apcv_core::replay::MemoryReplayStore;
 use apcv_core::status::StatusList;
 use apcv_core::trust::TrustList;
 use apcv_core::verify::{Policy, Scan, ScanData, Verifier};
-use cpu_time::ProcessTime;
+use cpu_time::{ProcessTime, ThreadTime};
 use rayon::prelude::*;
 
 fn main() {
@@ -101,5 +104,59 @@ fn main() {
             });
             println!("{line}");
         }
+    }
+
+    // One item per call against batches of 100, interleaved by block on one thread.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    for round in 1..=rounds {
+        let verifier = || {
+            Verifier::new(
+                trust.clone(),
+                vec![status.clone()],
+                policy,
+                Arc::new(MemoryReplayStore::new(1_000_000)),
+            )
+        };
+        let (one, batch) = (verifier(), verifier());
+        let scans: Vec<Scan> = items
+            .iter()
+            .map(|b| Scan::new(ScanData::Nfc(b.clone()), "bench-reader".into(), None, None))
+            .collect();
+        let (mut one_s, mut batch_s, mut done) = (0.0, 0.0, 0);
+        pool.install(|| {
+            for (k, block) in scans.chunks(100).enumerate() {
+                for first in [k % 2 == 0, k % 2 == 1] {
+                    let t0 = ThreadTime::now();
+                    if first {
+                        for s in block {
+                            done += usize::from(
+                                one.verify_batch(std::slice::from_ref(s), now)[0].accepted(),
+                            );
+                        }
+                        one_s += t0.elapsed().as_secs_f64();
+                    } else {
+                        done += batch
+                            .verify_batch(block, now)
+                            .iter()
+                            .filter(|d| d.accepted())
+                            .count();
+                        batch_s += t0.elapsed().as_secs_f64();
+                    }
+                }
+            }
+        });
+        assert_eq!(done, 2 * items.len(), "per_call: not every item accepted");
+        let n = items.len() as f64;
+        let line = serde_json::json!({
+            "round": round,
+            "case": "per_call",
+            "threads": 1,
+            "one_cpu_us": one_s * 1e6 / n,
+            "batch_cpu_us": batch_s * 1e6 / n,
+        });
+        println!("{line}");
     }
 }
