@@ -1,4 +1,5 @@
-//! Whole `VerifyBatch` requests and `VerifyStream` micro-batches as protobuf bytes: decoded
+//! Whole `VerifyBatch` requests, `VerifyStream` micro-batches and unary `Verify` requests as
+//! protobuf bytes: decoded
 //! here with `prost` (types generated at build time from protos/apcv/verify/v1/verifier.proto),
 //! checked, verified in one core call and answered as encoded responses, so that the service
 //! builds no Python object per item (docs/benchmarks.md "Service"). The rules are the
@@ -73,7 +74,12 @@ fn group_bit(name: &str) -> PyResult<u8> {
 
 enum Item {
     /// Answered REJECTED / MALFORMED in place.
-    Malformed { request_id: String, detail: String },
+    Malformed {
+        request_id: String,
+        detail: String,
+        /// What `scan_problem` found (None: undecodable, or refused by the caller's policy).
+        problem: Option<Problem>,
+    },
     /// To verify: the scan until `verify` takes it.
     Valid {
         request_id: String,
@@ -82,37 +88,60 @@ enum Item {
     },
 }
 
-/// Why a scan is unusable (`scan_problem` of the service): its field relative to the scan and
-/// a fixed description, or None.
-fn scan_problem(scan: &pb::Scan) -> Option<(&'static str, &'static str)> {
+/// Why a scan is unusable (`scan_problem` of the service): the `ErrorInfo` reason (what a
+/// unary `Verify` ends INVALID_ARGUMENT with), the field relative to the scan and a fixed
+/// description, or None.
+fn scan_problem(scan: &pb::Scan) -> Option<Problem> {
     use pb::scan::Presentation;
     match &scan.presentation {
-        None => return Some(("presentation", "no qr_text or nfc_bytes")),
+        None => {
+            return Some((
+                "PRESENTATION_MISSING",
+                "presentation",
+                "no qr_text or nfc_bytes",
+            ))
+        }
         Some(Presentation::QrText(text)) if text.is_empty() => {
-            return Some(("qr_text", "empty presentation"))
+            return Some(("PRESENTATION_EMPTY", "qr_text", "empty presentation"))
         }
         Some(Presentation::NfcBytes(bytes)) if bytes.is_empty() => {
-            return Some(("nfc_bytes", "empty presentation"))
+            return Some(("PRESENTATION_EMPTY", "nfc_bytes", "empty presentation"))
         }
         Some(_) => {}
     }
     let reader_id = scan.reader.as_ref().map_or("", |r| r.reader_id.as_str());
-    for (field, value) in [
-        ("request_id", scan.request_id.as_str()),
-        ("reader.reader_id", reader_id),
+    for (field, value, missing) in [
+        ("request_id", scan.request_id.as_str(), "REQUEST_ID_MISSING"),
+        ("reader.reader_id", reader_id, "READER_ID_MISSING"),
     ] {
         if value.is_empty() {
-            return Some((field, "required"));
+            // Replay and retries are judged per request id and reader.
+            return Some((missing, field, "required"));
         }
         // Characters, as the service counts them (a Python str's length: code points).
         if value.len() > MAX_ID_LENGTH && value.chars().count() > MAX_ID_LENGTH {
-            return Some((field, "at most 128 characters"));
+            return Some(("ID_TOO_LONG", field, "at most 128 characters"));
         }
     }
     if scan.reader.as_ref().map_or(0, |r| r.nonce.len()) > MAX_NONCE_BYTES {
-        return Some(("reader.nonce", "at most 64 bytes"));
+        return Some(("NONCE_TOO_LONG", "reader.nonce", "at most 64 bytes"));
     }
     None
+}
+
+/// A scan's problem: `ErrorInfo` reason, field relative to the scan, fixed description.
+type Problem = (&'static str, &'static str, &'static str);
+
+/// What a `WireBatch` holds, which says how its items are named and answered.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// A `VerifyBatchRequest`: items `scans[i]`, one `VerifyBatchResponse`.
+    Batch,
+    /// `VerifyStreamRequest`s: items `scan`, one `VerifyStreamResponse` each, numbered along
+    /// the stream in the audit.
+    Stream,
+    /// One `VerifyRequest`: item `scan`, one `VerifyResponse`, audited without a number.
+    Unary,
 }
 
 /// A usable item answered by answer recovery rather than verified.
@@ -175,9 +204,7 @@ struct Verified {
 #[pyclass(module = "apcv_verify._native")]
 pub(crate) struct WireBatch {
     items: Vec<Item>,
-    /// Stream messages (answered one `VerifyStreamResponse` each, item path "scan") rather
-    /// than a batch's scans ("scans[i]").
-    streamed: bool,
+    shape: Shape,
     /// Position of the first item in the audit (a stream's items are numbered along it).
     first_position: usize,
     verified: Option<Verified>,
@@ -199,9 +226,10 @@ fn item(scan: pb::Scan, path: &str) -> Item {
             include_fhir: scan.include_fhir,
             scan: Some(scan),
         },
-        Some((field, description)) => Item::Malformed {
+        Some(problem @ (_, field, description)) => Item::Malformed {
             request_id: scan.request_id,
             detail: format!("{path}.{field}: {description}"),
+            problem: Some(problem),
         },
     }
 }
@@ -210,6 +238,7 @@ fn undecodable(path: &str) -> Item {
     Item::Malformed {
         request_id: String::new(),
         detail: format!("{path}: {UNDECODABLE}"),
+        problem: None,
     }
 }
 
@@ -358,7 +387,9 @@ impl WireBatch {
     /// The verdict of item `i` (`disclosed`: groups by use).
     fn verdict_of(&self, i: usize, disclosed: &HashMap<String, u8>) -> PyResult<pb::Verdict> {
         match &self.items[i] {
-            Item::Malformed { request_id, detail } => Ok(malformed(request_id, detail)),
+            Item::Malformed {
+                request_id, detail, ..
+            } => Ok(malformed(request_id, detail)),
             Item::Valid { request_id, .. } => {
                 let bits = |d: &verify::Decision| {
                     let use_ = d.use_.map_or("", claims::Use::as_str);
@@ -414,11 +445,15 @@ impl WireBatch {
 
     /// The field path of item `i` in its request.
     fn path(&self, i: usize) -> String {
-        if self.streamed {
-            "scan".to_owned()
-        } else {
-            format!("scans[{i}]")
+        match self.shape {
+            Shape::Batch => format!("scans[{i}]"),
+            Shape::Stream | Shape::Unary => "scan".to_owned(),
         }
+    }
+
+    /// The number of item `i` in the audit: None for a unary call's one scan.
+    fn position(&self, i: usize) -> Option<usize> {
+        (self.shape != Shape::Unary).then_some(self.first_position + i)
     }
 
     /// The answered items (verified, or resent), in item order; not those refused as a
@@ -542,7 +577,7 @@ impl WireBatch {
         };
         Some(WireBatch {
             items,
-            streamed: false,
+            shape: Shape::Batch,
             first_position: 0,
             verified: None,
             fhir: HashMap::new(),
@@ -564,7 +599,7 @@ impl WireBatch {
             .collect();
         WireBatch {
             items,
-            streamed: true,
+            shape: Shape::Stream,
             first_position,
             verified: None,
             fhir: HashMap::new(),
@@ -572,6 +607,38 @@ impl WireBatch {
             keys: Vec::new(),
             kept: Vec::new(),
         }
+    }
+
+    /// The scan of an encoded `VerifyRequest` (a unary `Verify`), or None when it does not
+    /// decode. An unusable scan is kept as such: the call ends INVALID_ARGUMENT with
+    /// :attr:`problem`, it is never answered in place.
+    #[staticmethod]
+    fn unary(data: &[u8]) -> Option<WireBatch> {
+        let request = pb::VerifyRequest::decode(data).ok()?;
+        Some(WireBatch {
+            items: vec![item(request.scan.unwrap_or_default(), "scan")],
+            shape: Shape::Unary,
+            first_position: 0,
+            verified: None,
+            fhir: HashMap::new(),
+            recovered: HashMap::new(),
+            keys: Vec::new(),
+            kept: Vec::new(),
+        })
+    }
+
+    /// Why the first unusable scan cannot be verified: ``(reason, field, description)``, the
+    /// field from the request message (``scan.reader.reader_id``), or None when every scan
+    /// decodes and is usable. What a unary `Verify` ends INVALID_ARGUMENT with.
+    #[getter]
+    fn problem(&self) -> Option<(&'static str, String, &'static str)> {
+        self.items.iter().enumerate().find_map(|(i, it)| match it {
+            Item::Malformed {
+                problem: Some((reason, field, description)),
+                ..
+            } => Some((*reason, format!("{}.{field}", self.path(i)), *description)),
+            _ => None,
+        })
     }
 
     fn __len__(&self) -> usize {
@@ -607,6 +674,7 @@ impl WireBatch {
                     *it = Item::Malformed {
                         request_id: std::mem::take(request_id),
                         detail: SCANNED_AT_REFUSED.to_owned(),
+                        problem: None,
                     };
                 }
             }
@@ -804,7 +872,7 @@ impl WireBatch {
             };
             let d = a.d;
             list.append((
-                self.first_position + a.i,
+                self.position(a.i),
                 request_id.as_str(),
                 a.reader_id,
                 d.accepted(),
@@ -862,7 +930,7 @@ impl WireBatch {
                     key,
                     &shared,
                     &audit::Decided {
-                        position: self.first_position + a.i,
+                        position: self.position(a.i),
                         request_id,
                         reader_id: a.reader_id,
                         accepted: d.accepted(),
@@ -930,7 +998,13 @@ impl WireBatch {
         let verdicts = (0..self.items.len())
             .map(|i| self.verdict_of(i, &disclosed))
             .collect::<PyResult<Vec<_>>>()?;
-        if self.streamed {
+        if self.shape == Shape::Unary {
+            let reply = pb::VerifyResponse {
+                verdict: verdicts.into_iter().next(),
+            };
+            return Ok(PyBytes::new(py, &reply.encode_to_vec()).into_any());
+        }
+        if self.shape == Shape::Stream {
             let list = PyList::empty(py);
             for v in verdicts {
                 let reply = pb::VerifyStreamResponse { verdict: Some(v) };
