@@ -1,7 +1,8 @@
 """The core's own decoding and encoding of batch, stream and unary messages
-(``_native.WireBatch``, what VerifyBatch, VerifyStream and Verify use) against the service's protobuf rules
-(``messages.scan_problem``, ``messages.fill_verdict``, the audit trail's fields), item by item:
-the same verdicts, details, disclosure and audit rows for the same scans."""
+(``_native.WireBatch``, what VerifyBatch, VerifyStream and Verify use) against the service's
+protobuf rules (``messages.scan_problem``, ``messages.fill_verdict``, the audit trail's
+fields), item by item: the same verdicts, details, disclosure and audit rows for the same
+scans."""
 
 from __future__ import annotations
 

@@ -400,7 +400,8 @@ class WireBatch:
     def set_fhir(self, index: int, json: str) -> None: ...
     def response(self, disclosure: Mapping[str, Sequence[str]]) -> Any:
         """An encoded ``VerifyBatchResponse``, a list of encoded ``VerifyStreamResponse``s
-        (bytes) for a stream, an encoded ``VerifyResponse`` for a unary call; ``disclosure``: the field groups disclosed for each use."""
+        (bytes) for a stream, an encoded ``VerifyResponse`` for a unary call;
+        ``disclosure``: the field groups disclosed for each use."""
 
 @final
 class HolderRefKey:

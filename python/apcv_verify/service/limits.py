@@ -35,7 +35,7 @@ import asyncio
 import inspect
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.message import Message
@@ -274,6 +274,34 @@ class LimitsInterceptor(_CachingInterceptor):
             counts[key] -= 1
             if counts[key] <= 0:
                 del counts[key]
+
+    def admission(
+        self, method: str
+    ) -> tuple[
+        Callable[[grpc.aio.ServicerContext], tuple[str, str] | str],
+        Callable[[tuple[str, str]], None],
+    ]:
+        """How a unary call of ``method`` is counted in and out, for one wrapper that does
+        more than the limits (:class:`~apcv_verify.service.interceptors.CallInterceptor`):
+        ``admit(context)`` gives the call's (connection, caller) keys, counted in, or the
+        setting that refuses it (to :meth:`refuse` with); ``release(keys)`` counts it out."""
+        health = _split_method(method)[0] == HEALTH_SERVICE
+        enter, leave = self._enter, self._leave
+
+        def admit(context: grpc.aio.ServicerContext) -> tuple[str, str] | str:
+            connection, caller = _keys(context)
+            refused = enter(health, connection, caller)
+            return (connection, caller) if refused is None else refused
+
+        def release(keys: tuple[str, str]) -> None:
+            leave(health, *keys)
+
+        return admit, release
+
+    async def refuse(self, context: grpc.aio.ServicerContext, setting: str) -> NoReturn:
+        """End the call RESOURCE_EXHAUSTED (``TOO_MANY_CALLS``), ``setting`` refusing it."""
+        await self._refuse(context, setting)
+        raise AssertionError("not reached: abort_with_status raises")
 
     async def _refuse(self, context: grpc.aio.ServicerContext, setting: str) -> None:
         self._metrics.refused.labels(limit=setting).inc()

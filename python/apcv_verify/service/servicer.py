@@ -202,9 +202,7 @@ class VerifierService:
                     if not policy.may_send_scanned_at:
                         # A stream's item with scanned_at is answered in place, not the call.
                         items.refuse_scanned_at()
-                    replies = await self._answer(
-                        "VerifyStream", items, policy, caller, context
-                    )
+                    replies = await self._answer("VerifyStream", items, policy, caller, context)
                 for reply in replies:
                     yield reply
                     answered += 1

@@ -28,7 +28,12 @@ from ..replay.answers import AnswerRecovery
 from ..replay.redis import RedisReplayStore
 from ..trust.material import TrustMaterial
 from ..trust.sources import TrustSource
-from .interceptors import ErrorInterceptor, MetricsInterceptor, TracingInterceptor
+from .interceptors import (
+    CallInterceptor,
+    ErrorInterceptor,
+    MetricsInterceptor,
+    TracingInterceptor,
+)
 from .limits import LimitMetrics, LimitsInterceptor
 from .servicer import SERVICE_NAME, VerifierService, add_verifier_service
 
@@ -196,13 +201,16 @@ async def start_server(config: Config, material: TrustMaterial | None = None) ->
     # Metrics first, so that they see the status the error mapping sets and the calls the
     # limits refuse (tracing, when on, before them for the same reason). The limits are the
     # service's own, not grpc's maximum_concurrent_rpcs: that one counts health checks too
-    # and refuses without details (service.limits).
+    # and refuses without details (service.limits). The three as one interceptor: a unary
+    # call passes one wrapper.
     interceptors: list[grpc.aio.ServerInterceptor] = [
-        MetricsInterceptor(metrics),
-        ErrorInterceptor(),
-        LimitsInterceptor(
-            config.server, LimitMetrics(metrics.registry), stream_services=(SERVICE_NAME,)
-        ),
+        CallInterceptor(
+            MetricsInterceptor(metrics),
+            ErrorInterceptor(),
+            LimitsInterceptor(
+                config.server, LimitMetrics(metrics.registry), stream_services=(SERVICE_NAME,)
+            ),
+        )
     ]
     tracing = current_tracing()
     if tracing is not None:  # tracing.enabled (configure_tracing, in serve)
