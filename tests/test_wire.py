@@ -1,7 +1,8 @@
-"""The core's own decoding and encoding of batch and stream messages (``_native.WireBatch``,
-what VerifyBatch and VerifyStream use) against the service's protobuf rules
-(``messages.scan_problem``, ``messages.fill_verdict``, the audit trail's fields), item by item:
-the same verdicts, details, disclosure and audit rows for the same scans."""
+"""The core's own decoding and encoding of batch, stream and unary messages
+(``_native.WireBatch``, what VerifyBatch, VerifyStream and Verify use) against the service's
+protobuf rules (``messages.scan_problem``, ``messages.fill_verdict``, the audit trail's
+fields), item by item: the same verdicts, details, disclosure and audit rows for the same
+scans."""
 
 from __future__ import annotations
 
@@ -113,6 +114,38 @@ def expected(
             )
         )
     return verdicts, rows
+
+
+@pytest.mark.parametrize("groups", [tuple(FIELD_GROUPS), (), ("identity", "amo")])
+def test_a_unary_request_is_answered_as_the_protobuf_path_answers_it(
+    pki: DemoPKI, groups: tuple[str, ...]
+) -> None:
+    """Each scan as a ``VerifyRequest`` of its own: an unusable one gives ``scan_problem``'s
+    reason and description with the field from the request (what Verify ends INVALID_ARGUMENT
+    with), a usable one the protobuf path's verdict and audit row, without a position."""
+    now = int(time.time())
+    scans = scans_of_every_kind(pki, now)
+    verdicts, rows = expected(pki, scans, now, frozenset(groups), "scan")
+    by_index = {row[0]: row[1:] for row in rows}
+    verifier = new_verifier(pki, now)
+    for index, scan in enumerate(scans):
+        data = verifier_pb2.VerifyRequest(scan=scan).SerializeToString()
+        call = _native.WireBatch.unary(data)
+        assert call is not None and len(call) == 1
+        problem = scan_problem(scan)
+        if problem is not None:
+            field = f"scan.{problem.field}"
+            assert call.problem == (problem.reason, field, problem.description)
+            continue
+        assert call.problem is None
+        verifier.verify_wire(call, list(USES), now)
+        reply = verifier_pb2.VerifyResponse.FromString(
+            call.response({use: list(groups) for use in ("", *USES)})
+        )
+        assert reply.verdict == verdicts[index]
+        assert call.audit_rows() == [(None, *by_index[index])]
+    assert _native.WireBatch.unary(b"\x0a\x05\x0a\x03\xff\xfe\xfd") is None  # invalid UTF-8
+    assert _native.WireBatch.unary(b"\x0a\x10") is None  # truncated
 
 
 @pytest.mark.parametrize(

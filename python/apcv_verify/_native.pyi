@@ -335,9 +335,10 @@ class Verifier:
 
 @final
 class WireBatch:
-    """The scans of one encoded ``VerifyBatchRequest`` or of a ``VerifyStream`` micro-batch,
-    decoded in Rust, verified in one core call and answered encoded: an unusable item is
-    REJECTED / MALFORMED in place with its field in ``detail``."""
+    """The scans of one encoded ``VerifyBatchRequest``, of a ``VerifyStream`` micro-batch or of
+    a unary ``VerifyRequest``, decoded in Rust, verified in one core call and answered
+    encoded: an unusable item is REJECTED / MALFORMED in place with its field in ``detail``
+    (a unary call ends INVALID_ARGUMENT with :attr:`problem` instead)."""
     @staticmethod
     def batch(data: bytes) -> WireBatch | None:
         """None when not even the batch's framing decodes."""
@@ -350,6 +351,13 @@ class WireBatch:
     def stream_scans(message: bytes) -> int:
         """The number of ``scans`` in an encoded ``VerifyStreamRequest``, from its framing
         alone (0 for a request of one scan, or when the framing does not decode)."""
+    @staticmethod
+    def unary(data: bytes) -> WireBatch | None:
+        """The scan of an encoded ``VerifyRequest``; None when it does not decode."""
+    @property
+    def problem(self) -> tuple[str, str, str] | None:
+        """``(reason, field, description)`` of the first unusable scan (field from the
+        request message, ``scan.reader.reader_id``), or None."""
     def __len__(self) -> int: ...
     @property
     def valid(self) -> int:
@@ -379,7 +387,9 @@ class WireBatch:
         issued_at)``."""
     def settle(self, outcomes: Sequence[tuple[int, str]]) -> None:
         """Settles pending items, ``(n, outcome)`` as for ``with_replay_outcome``."""
-    def audit_rows(self) -> list[tuple[int, str, str, bool, str, bool, str | None, bool, bool]]:
+    def audit_rows(
+        self,
+    ) -> list[tuple[int | None, str, str, bool, str, bool, str | None, bool, bool]]:
         """``(position, request_id, reader_id, accepted, reason, duplicate, credential_id,
         replay_unchecked, resent)`` of each answered item (verified or resent)."""
     def decision_counts(self) -> list[tuple[bool, str, int]]:
@@ -396,9 +406,9 @@ class WireBatch:
         """The encoded ``Verdict`` of item ``index``."""
     def set_fhir(self, index: int, json: str) -> None: ...
     def response(self, disclosure: Mapping[str, Sequence[str]]) -> Any:
-        """An encoded ``VerifyBatchResponse``, or a list of encoded ``VerifyStreamResponse``s
-        (bytes, one per request) for a stream; ``disclosure``: the field groups disclosed for
-        each use."""
+        """An encoded ``VerifyBatchResponse``, a list of encoded ``VerifyStreamResponse``s
+        (bytes, one per request) for a stream, an encoded ``VerifyResponse`` for a unary
+        call; ``disclosure``: the field groups disclosed for each use."""
 
 @final
 class HolderRefKey:

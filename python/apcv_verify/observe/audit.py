@@ -53,9 +53,9 @@ class _Scanned(Protocol):
     def reader(self) -> _Reader: ...
 
 
-#: One decision of ``WireBatch.audit_rows``: position, request id, reader id, accepted, reason,
-#: duplicate, credential id, replay unchecked, resent.
-AuditRow = tuple[int, str, str, bool, str, bool, str | None, bool, bool]
+#: One decision of ``WireBatch.audit_rows``: position (None for a unary call's scan), request
+#: id, reader id, accepted, reason, duplicate, credential id, replay unchecked, resent.
+AuditRow = tuple[int | None, str, str, bool, str, bool, str | None, bool, bool]
 
 #: The keys of an audit record, in order (``replay_unchecked`` only when set).
 RECORD_KEYS = frozenset(

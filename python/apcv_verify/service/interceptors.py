@@ -10,7 +10,10 @@
 * :class:`TracingInterceptor` — a span per call, only when tracing is on.
 
 The tracing and metrics interceptors go first, so that they see the status the error mapping
-sets.
+sets. The server installs the metrics, the error mapping and the limits
+(:mod:`apcv_verify.service.limits`) as one :class:`CallInterceptor`: a unary call then passes
+one wrapper that does the three concerns' bookkeeping in that order, not three nested ones
+(docs/benchmarks.md "Service, third pass").
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, Protocol
 
 import grpc
 import structlog
@@ -30,7 +33,13 @@ from ..observe.metrics import ServiceMetrics
 from ..observe.tracing import Tracing
 from .errors import INTERNAL_ERROR_DETAIL, abort
 
-__all__ = ["ErrorInterceptor", "MetricsInterceptor", "TracingInterceptor", "wrap_handler"]
+__all__ = [
+    "CallInterceptor",
+    "ErrorInterceptor",
+    "MetricsInterceptor",
+    "TracingInterceptor",
+    "wrap_handler",
+]
 
 log = structlog.get_logger("apcv_verify.service.interceptors")
 
@@ -201,11 +210,9 @@ class MetricsInterceptor(_CachingInterceptor):
         super().__init__()
         self._metrics = metrics
 
-    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        kind = handler_kind(handler)
-        if kind is None:
-            return handler
-        grpc_type = kind[1]
+    def hooks(self, method: str, grpc_type: str) -> tuple[Begin, End]:
+        """The begin and end of a call of ``method`` (``grpc_type``: go-grpc-prometheus' type),
+        with its label children looked up once."""
         service, name = _split_method(method)
         metrics = self._metrics
         labels = {"grpc_type": grpc_type, "grpc_service": service, "grpc_method": name}
@@ -236,8 +243,19 @@ class MetricsInterceptor(_CachingInterceptor):
             child.inc()
             handling_seconds.observe(perf_counter() - started)
 
-        if not streaming:
+        return begin, end
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        kind = handler_kind(handler)
+        if kind is None:
+            return handler
+        grpc_type = kind[1]
+        begin, end = self.hooks(method, grpc_type)
+        if grpc_type == "unary":
             return wrap_handler(handler, begin, end)
+        service, name = _split_method(method)
+        metrics = self._metrics
+        labels = {"grpc_type": grpc_type, "grpc_service": service, "grpc_method": name}
         # Each message of a stream passes its (de)serializer once: count it there, without
         # wrapping the request iterator or the responses.
         received = metrics.grpc_msg_received.labels(**labels).inc
@@ -346,6 +364,76 @@ class ErrorInterceptor(_CachingInterceptor):
             return None
 
         return wrap_handler(handler, _no_token, fail)
+
+
+#: A limits' admission of one call (:meth:`Limits.admission`): the call's keys, or the setting
+#: that refuses it.
+Admit = Callable[[grpc.aio.ServicerContext], "tuple[str, str] | str"]
+#: Counts an admitted call out again, given its keys.
+Release = Callable[[tuple[str, str]], None]
+
+
+class Limits(Protocol):
+    """What :class:`CallInterceptor` needs of the limits
+    (:class:`~apcv_verify.service.limits.LimitsInterceptor`)."""
+
+    def admission(self, method: str) -> tuple[Admit, Release]: ...
+
+    async def refuse(self, context: grpc.aio.ServicerContext, setting: str) -> NoReturn: ...
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler: ...
+
+
+class CallInterceptor(_CachingInterceptor):
+    """:class:`MetricsInterceptor`, :class:`ErrorInterceptor` and the limits, in that order, as
+    one interceptor. A unary call passes one wrapper — one coroutine around the handler's,
+    doing what the three nested wrappers did, in the same order: the metrics see the status
+    the error mapping sets and the calls the limits refuse, the error mapping catches an
+    exception of the limits too. Streams keep the three wrappers (their per-message and
+    per-stream rules are the limits' and the metrics' own)."""
+
+    def __init__(self, metrics: MetricsInterceptor, errors: ErrorInterceptor, limits: Limits):
+        super().__init__()
+        self._parts = (metrics, errors, limits)
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        metrics, errors, limits = self._parts
+        behaviour = handler.unary_unary
+        if behaviour is None or not inspect.iscoroutinefunction(behaviour):
+            for part in reversed(self._parts):
+                handler = part._wrap(method, handler)
+            return handler
+        begin, end = metrics.hooks(method, "unary")
+        admit, release = limits.admission(method)
+        refuse = limits.refuse
+
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = begin(context)
+            try:
+                try:
+                    keys = admit(context)
+                    if isinstance(keys, str):
+                        await refuse(context, keys)
+                    try:
+                        response = await behaviour(request, context)
+                    finally:
+                        release(keys)
+                except _PASS_THROUGH:
+                    raise
+                except Exception as error:
+                    await _fail(method, error, context)  # raises: the call ends INTERNAL
+                    raise
+            except BaseException as error:
+                end(context, started, error)
+                raise
+            end(context, started, None)
+            return response
+
+        return grpc.unary_unary_rpc_method_handler(
+            call,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
 
 
 def _raised_at(error: BaseException) -> str:

@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections import Counter, deque
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.message import Message
@@ -236,33 +236,41 @@ class LimitsInterceptor(_CachingInterceptor):
             if server.stream_memory_bytes
             else None
         )
+        #: The limits of :meth:`_enter`, in the order it checks them.
+        self._maxima = (
+            server.max_concurrent_rpcs,
+            server.max_streams_per_connection,
+            server.max_streams_per_caller,
+        )
         self._calls = 0
         self._health_calls = 0
-        self._per_connection: Counter[str] = Counter()
-        self._per_caller: Counter[str] = Counter()
+        self._per_connection: dict[str, int] = {}
+        self._per_caller: dict[str, int] = {}
 
     # -- counting --------------------------------------------------------------------------
 
     def _enter(self, health: bool, connection: str, caller: str) -> str | None:
-        """Count a call in, or return the setting that refuses it."""
-        limits = self._limits
+        """Count a call in, or return the setting that refuses it (a limit of 0: none). Plain
+        tests and dict lookups: every call pays this."""
         if health:  # probes only compete with probes
-            if self._health_calls >= limits["health"]:
+            if self._health_calls >= MAX_HEALTH_CALLS:
                 return "health"
             self._health_calls += 1
             return None
-        checks = (
-            ("server.max_concurrent_rpcs", self._calls),
-            ("server.max_streams_per_connection", self._per_connection[connection]),
-            ("server.max_streams_per_caller", self._per_caller[caller]),
-        )
-        for setting, count in checks:
-            limit = limits[setting]
-            if limit and count >= limit:
-                return setting
+        max_calls, max_per_connection, max_per_caller = self._maxima
+        if max_calls and self._calls >= max_calls:
+            return "server.max_concurrent_rpcs"
+        per_connection = self._per_connection
+        on_connection = per_connection.get(connection, 0)
+        if max_per_connection and on_connection >= max_per_connection:
+            return "server.max_streams_per_connection"
+        per_caller = self._per_caller
+        of_caller = per_caller.get(caller, 0)
+        if max_per_caller and of_caller >= max_per_caller:
+            return "server.max_streams_per_caller"
         self._calls += 1
-        self._per_connection[connection] += 1
-        self._per_caller[caller] += 1
+        per_connection[connection] = on_connection + 1
+        per_caller[caller] = of_caller + 1
         return None
 
     def _leave(self, health: bool, connection: str, caller: str) -> None:
@@ -271,9 +279,39 @@ class LimitsInterceptor(_CachingInterceptor):
             return
         self._calls -= 1
         for counts, key in ((self._per_connection, connection), (self._per_caller, caller)):
-            counts[key] -= 1
-            if counts[key] <= 0:
+            left = counts[key] - 1
+            if left > 0:
+                counts[key] = left
+            else:  # no entry kept for a connection or caller without calls
                 del counts[key]
+
+    def admission(
+        self, method: str
+    ) -> tuple[
+        Callable[[grpc.aio.ServicerContext], tuple[str, str] | str],
+        Callable[[tuple[str, str]], None],
+    ]:
+        """How a unary call of ``method`` is counted in and out, for one wrapper that does
+        more than the limits (:class:`~apcv_verify.service.interceptors.CallInterceptor`):
+        ``admit(context)`` gives the call's (connection, caller) keys, counted in, or the
+        setting that refuses it (to :meth:`refuse` with); ``release(keys)`` counts it out."""
+        health = _split_method(method)[0] == HEALTH_SERVICE
+        enter, leave = self._enter, self._leave
+
+        def admit(context: grpc.aio.ServicerContext) -> tuple[str, str] | str:
+            connection, caller = _keys(context)
+            refused = enter(health, connection, caller)
+            return (connection, caller) if refused is None else refused
+
+        def release(keys: tuple[str, str]) -> None:
+            leave(health, *keys)
+
+        return admit, release
+
+    async def refuse(self, context: grpc.aio.ServicerContext, setting: str) -> NoReturn:
+        """End the call RESOURCE_EXHAUSTED (``TOO_MANY_CALLS``), ``setting`` refusing it."""
+        await self._refuse(context, setting)
+        raise AssertionError("not reached: abort_with_status raises")
 
     async def _refuse(self, context: grpc.aio.ServicerContext, setting: str) -> None:
         self._metrics.refused.labels(limit=setting).inc()

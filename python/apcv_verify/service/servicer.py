@@ -1,11 +1,12 @@
 """``apcv.verify.v1.VerifierService`` over grpc.aio.
 
-The servicer is thin: protobuf → :class:`~apcv_verify._native.Scan`
-→ the Rust core → protobuf. Signature, status and replay checks all happen in the core
-(docs/architecture.md "The core decides, Python transports"); Python never sees CBOR or curves.
-``VerifyBatch`` requests and ``VerifyStream`` micro-batches go to the core as the bytes gRPC
-received (:class:`~apcv_verify._native.WireBatch`: decoded, checked and answered in Rust, by
-the same rules), so no Python object is built per item.
+The servicer is thin: the request's bytes → the Rust core → the response's bytes. Signature,
+status and replay checks all happen in the core (docs/architecture.md "The core decides, Python
+transports"); Python never sees CBOR or curves. ``Verify`` requests, ``VerifyBatch`` requests
+and ``VerifyStream`` micro-batches go to the core as the bytes gRPC received
+(:class:`~apcv_verify._native.WireBatch`: decoded, checked and answered in Rust by the rules
+of :mod:`~apcv_verify.service.messages`), so no Python object is built per item; Python keeps
+the call errors, the caller policy, the I/O and the FHIR form.
 """
 
 from __future__ import annotations
@@ -22,12 +23,11 @@ from .. import _native, fhir
 from .._proto.apcv.verify.v1 import verifier_pb2
 from ..config import USES, CallerPolicy, Config
 from ..observe.audit import AuditTrail
-from ..replay.answers import REUSED, AnswerRecovery, Reused
+from ..replay.answers import REUSED, AnswerRecovery
 from ..replay.redis import RedisReplayStore
 from ..trust.sources import TrustSource
-from .decode import MAX_REQUEST_BYTES, UNDECODABLE, TooLarge, Undecodable, bounded, lenient
+from .decode import MAX_REQUEST_BYTES, UNDECODABLE, TooLarge, bounded
 from .errors import FieldProblem, abort
-from .messages import core_scan, fill_verdict, scan_problem
 from .policy import CallRefused, caller_id, resolve_caller, scanned_at_permission
 
 __all__ = ["SERVICE_NAME", "VerifierService", "add_verifier_service"]
@@ -41,9 +41,10 @@ _MAX_BYTES = "server.max_message_bytes"
 
 
 class VerifierService:
-    """``apcv.verify.v1.VerifierService``: protobuf in, core decision out, filtered by caller
-    policy. Its requests come from the lenient deserializers of :func:`add_verifier_service`,
-    so an undecodable request or item is an :class:`Undecodable` to answer, not an error."""
+    """``apcv.verify.v1.VerifierService``: encoded requests in, the core's decisions out,
+    filtered by caller policy. Its requests come from the deserializers of
+    :func:`add_verifier_service`, which leave them encoded (or a :class:`TooLarge`), so an
+    undecodable request or item is answered here, not by grpcio."""
 
     def __init__(
         self,
@@ -94,27 +95,27 @@ class VerifierService:
 
     async def Verify(  # noqa: N802 (gRPC method name)
         self,
-        request: verifier_pb2.VerifyRequest | Undecodable | TooLarge,
+        request: bytes | TooLarge,
         context: grpc.aio.ServicerContext,
-    ) -> verifier_pb2.VerifyResponse:
+    ) -> bytes:
+        """An encoded ``VerifyRequest`` in (see :func:`add_verifier_service`), an encoded
+        ``VerifyResponse`` out: a batch of one, through the same code as ``VerifyBatch`` and
+        ``VerifyStream``, except that an unusable scan, a ``scanned_at`` without the right
+        and a reused request id end the call instead of being answered in place."""
         if isinstance(request, TooLarge):
             await request.abort(context)
-        if isinstance(request, Undecodable):
+        call = _native.WireBatch.unary(request)
+        if call is None:
             await _invalid_argument(
                 context, FieldProblem("REQUEST_UNDECODABLE", "scan", UNDECODABLE)
             )
-        scan = request.scan
-        problem = scan_problem(scan)
+        problem = call.problem
         if problem is not None:
-            await _invalid_argument(context, _at("scan", problem))
+            await _invalid_argument(context, FieldProblem(*problem))
         caller, policy = self._caller(context)
         if isinstance(policy, CallRefused):
             await _refuse(context, policy)
-        # A batch of one, through the same code as VerifyBatch and VerifyStream.
-        reply = verifier_pb2.VerifyResponse()
-        await self._answer(
-            "Verify", [scan], [reply.verdict], policy, caller, context, positions=None
-        )
+        reply: bytes = await self._answer("Verify", call, policy, caller, context)
         return reply
 
     async def VerifyBatch(  # noqa: N802 (gRPC method name)
@@ -147,7 +148,7 @@ class VerifierService:
         caller, policy = self._caller(context)
         if isinstance(policy, CallRefused):
             await _refuse(context, policy)
-        reply: bytes = await self._answer_wire("VerifyBatch", batch, policy, caller, context)
+        reply: bytes = await self._answer("VerifyBatch", batch, policy, caller, context)
         self._audit.record_batch(count)
         max_bytes = self._config.server.max_message_bytes
         if len(reply) > max_bytes:
@@ -157,83 +158,6 @@ class VerifierService:
                 context
             )
         return reply
-
-    async def _answer(
-        self,
-        method: str,
-        items: Sequence[verifier_pb2.Scan],
-        verdicts: Sequence[verifier_pb2.Verdict],
-        policy: CallerPolicy,
-        caller: str,
-        context: grpc.aio.ServicerContext,
-        *,
-        positions: Sequence[int] | None,
-    ) -> None:
-        """Verify valid ``items`` in one core call (one snapshot, one ``now``, replay in
-        item order), audit each decision and answer them in ``verdicts`` (empty, in the
-        reply), in order. ``positions`` number
-        them in the audit (a batch's items by their index, a stream's by their place in it;
-        None for the one item of a unary Verify, audited without a number).
-
-        With answer recovery, a resend gets its kept answer instead of a verification, and
-        another presentation under a request id already answered ends the call
-        ALREADY_EXISTS (a batch's and a stream's items go through :meth:`_answer_wire`).
-
-        One coroutine from the scans to the answers: the checks that may end the call are
-        plain tests, with an ``await`` only on the way out."""
-        try:
-            scans = [core_scan(item, policy, caller) for item in items]
-        except CallRefused as refused:
-            await _refuse(context, refused)
-        now = int(time.time())
-        started = time.perf_counter()
-        verifier = self._verifier(policy, context)
-        if isinstance(verifier, tuple):
-            await abort(context, *verifier)
-
-        async def verify(scans: list[_native.Scan]) -> list[_native.VerificationResult]:
-            if len(scans) <= INLINE_SCANS:
-                # A scan or two take less than the hop to a thread and back, and one item
-                # never uses the core's threads: verify on the event loop.
-                results = verifier.verify_batch(scans, now)
-            else:
-                # verify_batch releases the GIL for the whole batch: run it off the loop.
-                results = await asyncio.to_thread(verifier.verify_batch, scans, now)
-            if self._replay is not None:  # step 9 on the shared store: one round trip
-                results = await self._replay.settle(scans, results, now)
-            return results
-
-        if self._recovery is None:
-            results = await verify(scans)
-        else:
-            requests = [(caller, item.reader.reader_id, item.request_id) for item in items]
-            answers = await self._recovery.answer(scans, requests, now, verify)
-            results = []
-            for answer in answers:
-                if isinstance(answer, Reused):
-                    await abort(
-                        context,
-                        grpc.StatusCode.ALREADY_EXISTS,
-                        REUSED.reason,
-                        f"scan.request_id: {REUSED.description}",
-                    )
-                results.append(answer)
-        latency = time.perf_counter() - started
-        self._audit.record_verifications(
-            method, items, results, latency_seconds=latency, caller=caller, positions=positions
-        )
-        canonical_base = self._config.fhir.canonical_base
-        disclosed = self._disclosed
-        for verdict, item, result in zip(verdicts, items, results, strict=True):
-            fill_verdict(
-                verdict,
-                item.request_id,
-                result,
-                disclosed=disclosed(policy, result.use or ""),
-                include_fhir=item.include_fhir,
-                verified_at=now if result.verified_at is None else result.verified_at,
-                fhir_canonical_base=canonical_base,
-            )
 
     async def VerifyStream(  # noqa: N802 (gRPC method name)
         self,
@@ -277,7 +201,7 @@ class VerifierService:
                 if not policy.may_send_scanned_at:
                     # A stream's item with scanned_at is answered in place, not the call.
                     items.refuse_scanned_at()
-                replies = await self._answer_wire("VerifyStream", items, policy, caller, context)
+                replies = await self._answer("VerifyStream", items, policy, caller, context)
                 for reply in replies:
                     if len(reply) > max_bytes:  # gRPC would end the call naming nothing
                         oversize = TooLarge("stream response", len(reply), max_bytes, _MAX_BYTES)
@@ -290,7 +214,7 @@ class VerifierService:
         finally:
             reader.cancel()  # cancellation of the call: read nothing more
 
-    async def _answer_wire(
+    async def _answer(
         self,
         method: str,
         batch: _native.WireBatch,
@@ -298,14 +222,17 @@ class VerifierService:
         caller: str,
         context: grpc.aio.ServicerContext,
     ) -> Any:
-        """A batch, or one micro-batch of a stream, as :meth:`_answer` does for protobuf
-        scans: unusable items answered REJECTED / MALFORMED in place with the field in
-        ``detail``, the others verified in one core call (one snapshot, one ``now``, replay in
-        item order), audited, and answered with the groups the caller may see. With answer
-        recovery, a resend gets its kept answer (``resent``) instead of a verification, and
-        another presentation under a request id already answered is answered in place
-        (REQUEST_ID_REUSED in ``detail``, not audited). The encoded response (a list of
-        encoded stream responses for a stream)."""
+        """A batch, one micro-batch of a stream or a unary call's scan: unusable items
+        answered REJECTED / MALFORMED in place with the field in ``detail``, the others
+        verified in one core call (one snapshot, one ``now``, replay in item order), audited,
+        and answered with the groups the caller may see. With answer recovery, a resend gets
+        its kept answer (``resent``) instead of a verification, and another presentation under
+        a request id already answered is answered in place (REQUEST_ID_REUSED in ``detail``,
+        not audited) — or, for ``Verify``, ends the call ALREADY_EXISTS. The encoded response
+        (a list of encoded stream responses for a stream).
+
+        One coroutine from the bytes to the answer: the checks that may end the call are
+        plain tests, with an ``await`` only on the way out."""
         if batch.valid:
             if batch.scanned_at:
                 try:
@@ -331,6 +258,14 @@ class VerifierService:
                 await verify()
             else:
                 await self._recovery.answer_wire(batch, caller, now, verify)
+                if method == "Verify" and batch.recovery_counts()[1]:
+                    # A unary call's reused request id ends the call (not audited).
+                    await abort(
+                        context,
+                        grpc.StatusCode.ALREADY_EXISTS,
+                        REUSED.reason,
+                        f"scan.request_id: {REUSED.description}",
+                    )
             self._audit.record_wire(method, batch, time.perf_counter() - started, caller=caller)
             disclosure = self._disclosure(policy)
             canonical_base = self._config.fhir.canonical_base
@@ -423,12 +358,6 @@ async def _invalid_argument(
     )
 
 
-def _at(path: str, problem: FieldProblem) -> FieldProblem:
-    """``problem`` with its field given from the request message (``path`` = the scan's)."""
-    field = f"{path}.{problem.field}" if problem.field else path
-    return FieldProblem(problem.reason, field, problem.description)
-
-
 def _as_bytes(data: bytes) -> bytes:
     """A request left encoded, for the core to decode."""
     return data
@@ -461,8 +390,8 @@ def add_verifier_service(service: VerifierService, server: grpc.aio.Server) -> N
     exception text (unary) or end a whole stream for one bad message; here the service
     answers it (INVALID_ARGUMENT, or MALFORMED in place for a batch or stream item). They
     also measure each message: one over its limit is a :class:`TooLarge`, left undecoded.
-    ``VerifyBatch`` and ``VerifyStream`` messages are left as bytes both ways: the core
-    decodes the requests and encodes the responses (:class:`~apcv_verify._native.WireBatch`)."""
+    Every message is left as bytes both ways: the core decodes the requests and encodes the
+    responses (:class:`~apcv_verify._native.WireBatch`)."""
     # A batch and a stream request of several scans are bounded by server.max_message_bytes,
     # a request of one scan by MAX_REQUEST_BYTES too (the setting is named only when it is
     # the smaller bound).
@@ -474,10 +403,8 @@ def add_verifier_service(service: VerifierService, server: grpc.aio.Server) -> N
     handlers = {
         "Verify": grpc.unary_unary_rpc_method_handler(
             service.Verify,
-            request_deserializer=bounded(
-                lenient(verifier_pb2.VerifyRequest), "request", scan_limit, scan_setting
-            ),
-            response_serializer=verifier_pb2.VerifyResponse.SerializeToString,
+            request_deserializer=bounded(_as_bytes, "request", scan_limit, scan_setting),
+            response_serializer=None,  # encoded by the core
         ),
         "VerifyBatch": grpc.unary_unary_rpc_method_handler(
             service.VerifyBatch,

@@ -82,7 +82,9 @@ pub(crate) fn push_json_str(out: &mut String, s: &str) {
 
 /// One decision of a batch, as the audit record shows it.
 pub(crate) struct Decided<'a> {
-    pub(crate) position: usize,
+    /// The item's place in its batch or stream; None for the one scan of a unary call
+    /// (audited without a number).
+    pub(crate) position: Option<usize>,
     pub(crate) request_id: &'a str,
     pub(crate) reader_id: &'a str,
     pub(crate) accepted: bool,
@@ -136,7 +138,9 @@ pub(crate) fn line(key: &HolderRefKey, shared: &Shared<'_>, d: &Decided<'_>) -> 
         }
         None => out.push_str("null"),
     }
-    let _ = write!(out, ", \"item\": {}", d.position);
+    if let Some(position) = d.position {
+        let _ = write!(out, ", \"item\": {position}");
+    }
     if d.replay_unchecked {
         out.push_str(", \"replay_unchecked\": true");
     }

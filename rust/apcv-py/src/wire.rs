@@ -1,4 +1,5 @@
-//! Whole `VerifyBatch` requests and `VerifyStream` micro-batches as protobuf bytes: decoded
+//! Whole `VerifyBatch` requests, `VerifyStream` micro-batches and unary `Verify` requests as
+//! protobuf bytes: decoded
 //! here with `prost` (types generated at build time from protos/apcv/verify/v1/verifier.proto),
 //! checked, verified in one core call and answered as encoded responses, so that the service
 //! builds no Python object per item (docs/benchmarks.md "Service"). The rules are the
@@ -96,7 +97,12 @@ struct Reply {
 
 enum Item {
     /// Answered REJECTED / MALFORMED in place.
-    Malformed { request_id: String, detail: String },
+    Malformed {
+        request_id: String,
+        detail: String,
+        /// What `scan_problem` found (None: undecodable, or refused by the caller's policy).
+        problem: Option<Problem>,
+    },
     /// To verify: the scan until `verify` takes it.
     Valid {
         request_id: String,
@@ -105,37 +111,60 @@ enum Item {
     },
 }
 
-/// Why a scan is unusable (`scan_problem` of the service): its field relative to the scan and
-/// a fixed description, or None.
-fn scan_problem(scan: &pb::Scan) -> Option<(&'static str, &'static str)> {
+/// Why a scan is unusable (`scan_problem` of the service): the `ErrorInfo` reason (what a
+/// unary `Verify` ends INVALID_ARGUMENT with), the field relative to the scan and a fixed
+/// description, or None.
+fn scan_problem(scan: &pb::Scan) -> Option<Problem> {
     use pb::scan::Presentation;
     match &scan.presentation {
-        None => return Some(("presentation", "no qr_text or nfc_bytes")),
+        None => {
+            return Some((
+                "PRESENTATION_MISSING",
+                "presentation",
+                "no qr_text or nfc_bytes",
+            ))
+        }
         Some(Presentation::QrText(text)) if text.is_empty() => {
-            return Some(("qr_text", "empty presentation"))
+            return Some(("PRESENTATION_EMPTY", "qr_text", "empty presentation"))
         }
         Some(Presentation::NfcBytes(bytes)) if bytes.is_empty() => {
-            return Some(("nfc_bytes", "empty presentation"))
+            return Some(("PRESENTATION_EMPTY", "nfc_bytes", "empty presentation"))
         }
         Some(_) => {}
     }
     let reader_id = scan.reader.as_ref().map_or("", |r| r.reader_id.as_str());
-    for (field, value) in [
-        ("request_id", scan.request_id.as_str()),
-        ("reader.reader_id", reader_id),
+    for (field, value, missing) in [
+        ("request_id", scan.request_id.as_str(), "REQUEST_ID_MISSING"),
+        ("reader.reader_id", reader_id, "READER_ID_MISSING"),
     ] {
         if value.is_empty() {
-            return Some((field, "required"));
+            // Replay and retries are judged per request id and reader.
+            return Some((missing, field, "required"));
         }
         // Characters, as the service counts them (a Python str's length: code points).
         if value.len() > MAX_ID_LENGTH && value.chars().count() > MAX_ID_LENGTH {
-            return Some((field, "at most 128 characters"));
+            return Some(("ID_TOO_LONG", field, "at most 128 characters"));
         }
     }
     if scan.reader.as_ref().map_or(0, |r| r.nonce.len()) > MAX_NONCE_BYTES {
-        return Some(("reader.nonce", "at most 64 bytes"));
+        return Some(("NONCE_TOO_LONG", "reader.nonce", "at most 64 bytes"));
     }
     None
+}
+
+/// A scan's problem: `ErrorInfo` reason, field relative to the scan, fixed description.
+type Problem = (&'static str, &'static str, &'static str);
+
+/// What a `WireBatch` holds, which says how its items are named and answered.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// A `VerifyBatchRequest`: items `scans[i]`, one `VerifyBatchResponse`.
+    Batch,
+    /// `VerifyStreamRequest`s: items `scan` or `scans[k]` (`slots`), one
+    /// `VerifyStreamResponse` per request (`replies`), numbered along the stream in the audit.
+    Stream,
+    /// One `VerifyRequest`: item `scan`, one `VerifyResponse`, audited without a number.
+    Unary,
 }
 
 /// A usable item answered by answer recovery rather than verified.
@@ -198,10 +227,9 @@ struct Verified {
 #[pyclass(module = "apcv_verify._native")]
 pub(crate) struct WireBatch {
     items: Vec<Item>,
-    /// Stream requests (answered one `VerifyStreamResponse` each) rather than a batch's scans.
-    streamed: bool,
+    shape: Shape,
     /// For stream requests, each item's place in its request, and the items of each
-    /// request; empty for a batch's scans (item path "scans[i]").
+    /// request; empty otherwise (a batch's item path is "scans[i]", a unary call's "scan").
     slots: Vec<Slot>,
     replies: Vec<Reply>,
     /// Position of the first item in the audit (a stream's items are numbered along it).
@@ -225,9 +253,10 @@ fn item(scan: pb::Scan, path: &str) -> Item {
             include_fhir: scan.include_fhir,
             scan: Some(scan),
         },
-        Some((field, description)) => Item::Malformed {
+        Some(problem @ (_, field, description)) => Item::Malformed {
             request_id: scan.request_id,
             detail: format!("{path}.{field}: {description}"),
+            problem: Some(problem),
         },
     }
 }
@@ -236,6 +265,7 @@ fn undecodable(path: &str) -> Item {
     Item::Malformed {
         request_id: String::new(),
         detail: format!("{path}: {UNDECODABLE}"),
+        problem: None,
     }
 }
 
@@ -244,6 +274,7 @@ fn refused(scan: Result<pb::Scan, ()>, detail: &str) -> Item {
     Item::Malformed {
         request_id: scan.map(|s| s.request_id).unwrap_or_default(),
         detail: detail.to_owned(),
+        problem: None,
     }
 }
 
@@ -436,7 +467,9 @@ impl WireBatch {
     /// The verdict of item `i` (`disclosed`: groups by use).
     fn verdict_of(&self, i: usize, disclosed: &HashMap<String, u8>) -> PyResult<pb::Verdict> {
         match &self.items[i] {
-            Item::Malformed { request_id, detail } => Ok(malformed(request_id, detail)),
+            Item::Malformed {
+                request_id, detail, ..
+            } => Ok(malformed(request_id, detail)),
             Item::Valid { request_id, .. } => {
                 let bits = |d: &verify::Decision| {
                     let use_ = d.use_.map_or("", claims::Use::as_str);
@@ -492,10 +525,10 @@ impl WireBatch {
 
     /// The field path of item `i` in its request.
     fn path(&self, i: usize) -> String {
-        match self.slots.get(i) {
-            Some(Slot::Scan) => "scan".to_owned(),
-            Some(Slot::Scans(k)) => format!("scans[{k}]"),
-            None => format!("scans[{i}]"), // a batch's scan
+        match (self.shape, self.slots.get(i)) {
+            (Shape::Batch, _) => format!("scans[{i}]"),
+            (_, Some(Slot::Scans(k))) => format!("scans[{k}]"),
+            _ => "scan".to_owned(), // a unary call's scan, or a stream request's `scan`
         }
     }
 
@@ -549,6 +582,11 @@ impl WireBatch {
             });
         }
         (items, slots, replies)
+    }
+
+    /// The number of item `i` in the audit: None for a unary call's one scan.
+    fn position(&self, i: usize) -> Option<usize> {
+        (self.shape != Shape::Unary).then_some(self.first_position + i)
     }
 
     /// The answered items (verified, or resent), in item order; not those refused as a
@@ -672,7 +710,7 @@ impl WireBatch {
         };
         Some(WireBatch {
             items,
-            streamed: false,
+            shape: Shape::Batch,
             slots: Vec::new(),
             replies: Vec::new(),
             first_position: 0,
@@ -695,7 +733,7 @@ impl WireBatch {
         let (items, slots, replies) = WireBatch::stream_items(&messages, max_batch);
         WireBatch {
             items,
-            streamed: true,
+            shape: Shape::Stream,
             slots,
             replies,
             first_position,
@@ -712,6 +750,40 @@ impl WireBatch {
     #[staticmethod]
     fn stream_scans(message: &[u8]) -> usize {
         count_scans(message)
+    }
+
+    /// The scan of an encoded `VerifyRequest` (a unary `Verify`), or None when it does not
+    /// decode. An unusable scan is kept as such: the call ends INVALID_ARGUMENT with
+    /// :attr:`problem`, it is never answered in place.
+    #[staticmethod]
+    fn unary(data: &[u8]) -> Option<WireBatch> {
+        let request = pb::VerifyRequest::decode(data).ok()?;
+        Some(WireBatch {
+            items: vec![item(request.scan.unwrap_or_default(), "scan")],
+            shape: Shape::Unary,
+            slots: Vec::new(),
+            replies: Vec::new(),
+            first_position: 0,
+            verified: None,
+            fhir: HashMap::new(),
+            recovered: HashMap::new(),
+            keys: Vec::new(),
+            kept: Vec::new(),
+        })
+    }
+
+    /// Why the first unusable scan cannot be verified: ``(reason, field, description)``, the
+    /// field from the request message (``scan.reader.reader_id``), or None when every scan
+    /// decodes and is usable. What a unary `Verify` ends INVALID_ARGUMENT with.
+    #[getter]
+    fn problem(&self) -> Option<(&'static str, String, &'static str)> {
+        self.items.iter().enumerate().find_map(|(i, it)| match it {
+            Item::Malformed {
+                problem: Some((reason, field, description)),
+                ..
+            } => Some((*reason, format!("{}.{field}", self.path(i)), *description)),
+            _ => None,
+        })
     }
 
     fn __len__(&self) -> usize {
@@ -748,7 +820,11 @@ impl WireBatch {
             if scan.scanned_at.is_some() {
                 let request_id = std::mem::take(request_id);
                 let detail = format!("{}.scanned_at: {SCANNED_AT_REFUSED}", self.path(i));
-                self.items[i] = Item::Malformed { request_id, detail };
+                self.items[i] = Item::Malformed {
+                    request_id,
+                    detail,
+                    problem: None,
+                };
             }
         }
     }
@@ -944,7 +1020,7 @@ impl WireBatch {
             };
             let d = a.d;
             list.append((
-                self.first_position + a.i,
+                self.position(a.i),
                 request_id.as_str(),
                 a.reader_id,
                 d.accepted(),
@@ -1002,7 +1078,7 @@ impl WireBatch {
                     key,
                     &shared,
                     &audit::Decided {
-                        position: self.first_position + a.i,
+                        position: self.position(a.i),
                         request_id,
                         reader_id: a.reader_id,
                         accepted: d.accepted(),
@@ -1067,7 +1143,13 @@ impl WireBatch {
         disclosure: HashMap<String, Vec<String>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let disclosed = disclosure_bits(disclosure)?;
-        if self.streamed {
+        if self.shape == Shape::Unary {
+            let reply = pb::VerifyResponse {
+                verdict: Some(self.verdict_of(0, &disclosed)?),
+            };
+            return Ok(PyBytes::new(py, &reply.encode_to_vec()).into_any());
+        }
+        if self.shape == Shape::Stream {
             let list = PyList::empty(py);
             for r in &self.replies {
                 let reply = pb::VerifyStreamResponse {
