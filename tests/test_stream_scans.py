@@ -186,13 +186,13 @@ def test_a_micro_batch_takes_whole_requests_up_to_max_batch_scans(
     pki: DemoPKI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sizes: list[int] = []
-    answer_wire = VerifierService._answer_wire
+    answer = VerifierService._answer
 
     async def counting(self: VerifierService, method: str, batch: Any, *args: Any) -> Any:
         sizes.append(len(batch))  # the items of one core call
-        return await answer_wire(self, method, batch, *args)
+        return await answer(self, method, batch, *args)
 
-    monkeypatch.setattr(VerifierService, "_answer_wire", counting)
+    monkeypatch.setattr(VerifierService, "_answer", counting)
     codes = [qr_text(pki.present("alice")) for _ in range(3)]
     sent = [
         several(*(scan(f"m-{m}-{i}", codes[i % 3], f"edge-{m}-{i}") for i in range(4)))
