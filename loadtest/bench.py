@@ -293,16 +293,19 @@ def run_case(
     server = start_server(case, pki.directory, redis_url, case_dir)
     try:
         # Warm-up (not measured), then the measured run; each on presentations made just
-        # before it (a presentation is valid for two minutes).
+        # before it (a presentation is valid for two minutes). Request ids are new for each
+        # case and round: the Redis cases share one redis-server, whose answer store refuses
+        # an id answered before for another presentation (REQUEST_ID_REUSED).
+        ids = f"{case.name}-{round_}-"
         (case_dir / "warm").mkdir()
         warm = write_corpus(
-            case_dir / "warm", pki, 200 * case.items_per_call, case.batch, prefix="warm-"
+            case_dir / "warm", pki, 200 * case.items_per_call, case.batch, prefix=f"warm-{ids}"
         )
         subprocess.run(
             ghz_command(case, warm, server.address, 1.0), check=True, capture_output=True
         )
         count = args.corpus_batch if case.batch else args.corpus_verify
-        data = write_corpus(case_dir, pki, count, case.batch)
+        data = write_corpus(case_dir, pki, count, case.batch, prefix=ids)
         server_cpu = cpu_seconds(server.process.pid)
         ghz_cpu = _children_cpu_seconds()
         reply = subprocess.run(
