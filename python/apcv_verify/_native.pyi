@@ -377,6 +377,14 @@ class WireBatch:
     def keep_earlier(self, keys: AnswerKeys, earlier: Sequence[bytes | None]) -> int:
         """Answers the items of :meth:`records` whose key held a record already with that
         one. The number of unreadable records."""
+    def recover_from(
+        self, store: MemoryAnswerStore, keys: AnswerKeys, caller: str, now: int
+    ) -> int:
+        """:meth:`answer_keys` then :meth:`recover` with the records ``store`` holds, in one
+        call. The number of unreadable records."""
+    def keep_in(self, store: MemoryAnswerStore, keys: AnswerKeys, now: int, expires_at: int) -> int:
+        """:meth:`records` kept in ``store`` until ``expires_at``, then :meth:`keep_earlier`
+        with the records it held already, in one call. The number of unreadable records."""
     def recovery_counts(self) -> tuple[int, int]:
         """``(resent, reused)``: the items answer recovery answered."""
     @property

@@ -86,6 +86,27 @@ class BufferedLines:
                 self.drain()
         return len(text)
 
+    def write_lines(self, lines: Sequence[str]) -> None:
+        """:meth:`write` of each of ``lines`` (each ends with its newline), under one lock and
+        with one decision to drain or arm the timer for all of them (a batch's records)."""
+        if not lines:
+            return
+        size = sum(map(len, lines))
+        with self._lock:
+            self._lines.extend(lines)
+            self._size += size
+            full = self._size >= self._limit
+            arm = not full and not self._armed
+            if arm:
+                self._armed = True
+        if full:
+            self.drain()
+        elif arm:
+            try:
+                asyncio.get_running_loop().call_later(self._interval, self.drain)
+            except RuntimeError:  # no event loop in this thread: nothing would drain later
+                self.drain()
+
     def flush(self) -> None:
         """Called after each record: the timer, the size bound or shutdown writes instead."""
 
@@ -208,8 +229,7 @@ def write_audit_lines(lines: Sequence[str]) -> None:
     """Write audit lines rendered with :func:`audit_tail` (each ends with its newline)."""
     buffer = _audit_buffer
     if buffer is not None:
-        for line in lines:
-            buffer.write(line)
+        buffer.write_lines(lines)
 
 
 def flush_audit() -> None:

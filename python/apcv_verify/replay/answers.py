@@ -317,6 +317,9 @@ class AnswerRecovery:
         resend, REQUEST_ID_REUSED in place for another presentation under a request id
         already answered; ``verify`` (called at most once) verifies the others, whose answers
         are then kept."""
+        if isinstance(self.backend, MemoryAnswers):
+            await self._answer_memory(self.backend, batch, caller, now, verify)
+            return
         keys_of = await self.backend.keys()
         if keys_of is None:  # the store cannot answer: verify as if nothing were kept
             await verify()
@@ -332,6 +335,25 @@ class AnswerRecovery:
                 # A request answered meanwhile (a concurrent resend, or the same request
                 # twice in this batch): the first answer stays, and is this one's too.
                 self._unreadable(batch.keep_earlier(keys_of, earlier or []))
+        self._count(*batch.recovery_counts())
+
+    async def _answer_memory(
+        self,
+        memory: MemoryAnswers,
+        batch: _native.WireBatch,
+        caller: str,
+        now: int,
+        verify: Callable[[], Awaitable[None]],
+    ) -> None:
+        """:meth:`answer_wire` on the in-process store: the same steps, each one call into the
+        binding for the whole batch (no Python object per item)."""
+        keys_of = memory._keys
+        self._unreadable(batch.recover_from(memory.store, keys_of, caller, now))
+        if batch.fresh:
+            await verify()
+            # A request answered meanwhile (the same request twice in this batch, or a
+            # concurrent one): the first answer stays, and is this one's too.
+            self._unreadable(batch.keep_in(memory.store, keys_of, now, now + self.retention))
         self._count(*batch.recovery_counts())
 
     def _recovered(

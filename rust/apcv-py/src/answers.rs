@@ -126,7 +126,7 @@ impl AnswerKeys {
 /// expiry; when full, the oldest is dropped (``evicted`` counts them).
 #[pyclass(frozen, module = "apcv_verify._native")]
 pub(crate) struct MemoryAnswerStore {
-    inner: answers::MemoryAnswerStore,
+    pub(crate) inner: answers::MemoryAnswerStore,
 }
 
 #[pymethods]

@@ -17,7 +17,7 @@ use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
-use crate::answers::{presentation_bytes, AnswerKeys};
+use crate::answers::{presentation_bytes, AnswerKeys, MemoryAnswerStore};
 use crate::audit::{self, HolderRefKey};
 use crate::verifier::Verifier;
 
@@ -837,23 +837,46 @@ impl WireBatch {
         keys: &AnswerKeys,
         caller: &str,
     ) -> Vec<Bound<'py, PyBytes>> {
-        self.keys = self
-            .items
-            .iter()
-            .enumerate()
-            .filter_map(|(i, it)| match it {
-                Item::Valid {
-                    request_id,
-                    scan: Some(scan),
-                    ..
-                } => {
-                    let reader_id = scan.reader.as_ref().map_or("", |r| r.reader_id.as_str());
-                    Some((i, keys.inner.key(caller, reader_id, request_id)))
-                }
-                _ => None,
-            })
-            .collect();
+        self.compute_keys(keys, caller);
         self.keys.iter().map(|(_, k)| PyBytes::new(py, k)).collect()
+    }
+
+    /// :meth:`answer_keys`, :meth:`recover`, then (``verify`` having verified the fresh
+    /// items) :meth:`records` and :meth:`keep_earlier`, on the in-process ``store``: one
+    /// call each way, no Python object per item. The number of records that could not be
+    /// read.
+    fn recover_from(
+        &mut self,
+        store: &MemoryAnswerStore,
+        keys: &AnswerKeys,
+        caller: &str,
+        now: i64,
+    ) -> PyResult<usize> {
+        self.compute_keys(keys, caller);
+        let found = self
+            .keys
+            .iter()
+            .map(|(_, key)| store.inner.get(key, now))
+            .collect();
+        self.recover_found(keys, found)
+    }
+
+    /// The records of the verified items kept in ``store`` until ``expires_at`` (as
+    /// :meth:`records` then :meth:`keep_earlier` with the store's earlier records): the
+    /// number of earlier records that could not be read.
+    fn keep_in(
+        &mut self,
+        store: &MemoryAnswerStore,
+        keys: &AnswerKeys,
+        now: i64,
+        expires_at: i64,
+    ) -> PyResult<usize> {
+        let records = self.records_of(keys, now)?;
+        let earlier = records
+            .iter()
+            .map(|(key, record)| store.inner.insert_or_get(key, record, expires_at, now))
+            .collect();
+        self.keep_found(keys, earlier)
     }
 
     /// Answers the usable items whose records were found (``found``: one per key of
@@ -862,33 +885,7 @@ impl WireBatch {
     /// the item (REQUEST_ID_REUSED). The number of records that could not be read (their
     /// items are verified as usual).
     fn recover(&mut self, keys: &AnswerKeys, found: Vec<Option<Vec<u8>>>) -> PyResult<usize> {
-        if found.len() != self.keys.len() {
-            return Err(PyValueError::new_err("one record or None per answer key"));
-        }
-        if self.verified.is_some() {
-            return Err(PyRuntimeError::new_err("batch already verified"));
-        }
-        let mut unreadable = 0;
-        for (&(i, _), record) in self.keys.iter().zip(found) {
-            let (
-                Some(record),
-                Item::Valid {
-                    scan: Some(scan), ..
-                },
-            ) = (record, &self.items[i])
-            else {
-                continue;
-            };
-            // The core's view of the scan, for its presentation (no check uses the uses).
-            let scan = core_scan(scan.clone(), &[]);
-            match recovered(&keys.inner, &scan, &record) {
-                Some(r) => {
-                    self.recovered.insert(i, r);
-                }
-                None => unreadable += 1,
-            }
-        }
-        Ok(unreadable)
+        self.recover_found(keys, found)
     }
 
     /// The records to keep of the verified items, ``(key, record)`` in item order: every
@@ -899,20 +896,11 @@ impl WireBatch {
         keys: &AnswerKeys,
         now: i64,
     ) -> PyResult<Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)>> {
-        let verified = self.verified()?;
-        let mut kept = Vec::new();
-        let mut out = Vec::new();
-        for (n, (&i, d)) in verified.index.iter().zip(&verified.decisions).enumerate() {
-            if verified.pending[n].is_some() || d.reason.as_str() == REPLAY_UNAVAILABLE {
-                continue;
-            }
-            let digest = keys.inner.digest(presentation_bytes(&verified.scans[n]));
-            let record = AnswerRecord::of(d, digest, now).encode();
-            out.push((PyBytes::new(py, self.key_of(i)?), PyBytes::new(py, &record)));
-            kept.push(i);
-        }
-        self.kept = kept;
-        Ok(out)
+        Ok(self
+            .records_of(keys, now)?
+            .into_iter()
+            .map(|(key, record)| (PyBytes::new(py, &key), PyBytes::new(py, &record)))
+            .collect())
     }
 
     /// Answers the items of :meth:`records` whose key already held a record when theirs was
@@ -924,25 +912,7 @@ impl WireBatch {
         keys: &AnswerKeys,
         earlier: Vec<Option<Vec<u8>>>,
     ) -> PyResult<usize> {
-        let verified = self
-            .verified
-            .as_ref()
-            .ok_or_else(|| PyRuntimeError::new_err("batch not verified"))?;
-        let mut unreadable = 0;
-        for (&i, record) in self.kept.iter().zip(earlier) {
-            let Some(record) = record else { continue };
-            let n = verified
-                .index
-                .binary_search(&i)
-                .map_err(|_| PyRuntimeError::new_err("batch not verified"))?;
-            match recovered(&keys.inner, &verified.scans[n], &record) {
-                Some(r) => {
-                    self.recovered.insert(i, r);
-                }
-                None => unreadable += 1,
-            }
-        }
-        Ok(unreadable)
+        self.keep_found(keys, earlier)
     }
 
     /// How many items answer recovery answered: ``(resent, reused)``.
@@ -1174,5 +1144,103 @@ impl WireBatch {
     fn __repr__(&self) -> String {
         // docs/profile.md §9.1: no reader-supplied text.
         format!("<WireBatch items={}>", self.items.len())
+    }
+}
+
+impl WireBatch {
+    /// `recover`: ``found`` one record or None per answer key.
+    fn recover_found(&mut self, keys: &AnswerKeys, found: Vec<Option<Vec<u8>>>) -> PyResult<usize> {
+        if found.len() != self.keys.len() {
+            return Err(PyValueError::new_err("one record or None per answer key"));
+        }
+        if self.verified.is_some() {
+            return Err(PyRuntimeError::new_err("batch already verified"));
+        }
+        let mut unreadable = 0;
+        for (&(i, _), record) in self.keys.iter().zip(found) {
+            let (
+                Some(record),
+                Item::Valid {
+                    scan: Some(scan), ..
+                },
+            ) = (record, &self.items[i])
+            else {
+                continue;
+            };
+            // The core's view of the scan, for its presentation (no check uses the uses).
+            let scan = core_scan(scan.clone(), &[]);
+            match recovered(&keys.inner, &scan, &record) {
+                Some(r) => {
+                    self.recovered.insert(i, r);
+                }
+                None => unreadable += 1,
+            }
+        }
+        Ok(unreadable)
+    }
+
+    /// `records`, as (key, record) pairs.
+    fn records_of(
+        &mut self,
+        keys: &AnswerKeys,
+        now: i64,
+    ) -> PyResult<Vec<([u8; HASH_LEN], Vec<u8>)>> {
+        let verified = self.verified()?;
+        let mut kept = Vec::new();
+        let mut out = Vec::new();
+        for (n, (&i, d)) in verified.index.iter().zip(&verified.decisions).enumerate() {
+            if verified.pending[n].is_some() || d.reason.as_str() == REPLAY_UNAVAILABLE {
+                continue;
+            }
+            let digest = keys.inner.digest(presentation_bytes(&verified.scans[n]));
+            let record = AnswerRecord::of(d, digest, now).encode();
+            out.push((*self.key_of(i)?, record));
+            kept.push(i);
+        }
+        self.kept = kept;
+        Ok(out)
+    }
+
+    /// `keep_earlier`.
+    fn keep_found(&mut self, keys: &AnswerKeys, earlier: Vec<Option<Vec<u8>>>) -> PyResult<usize> {
+        let verified = self
+            .verified
+            .as_ref()
+            .ok_or_else(|| PyRuntimeError::new_err("batch not verified"))?;
+        let mut unreadable = 0;
+        for (&i, record) in self.kept.iter().zip(earlier) {
+            let Some(record) = record else { continue };
+            let n = verified
+                .index
+                .binary_search(&i)
+                .map_err(|_| PyRuntimeError::new_err("batch not verified"))?;
+            match recovered(&keys.inner, &verified.scans[n], &record) {
+                Some(r) => {
+                    self.recovered.insert(i, r);
+                }
+                None => unreadable += 1,
+            }
+        }
+        Ok(unreadable)
+    }
+
+    /// The answer key of each usable item (`answer_keys`).
+    fn compute_keys(&mut self, keys: &AnswerKeys, caller: &str) {
+        self.keys = self
+            .items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, it)| match it {
+                Item::Valid {
+                    request_id,
+                    scan: Some(scan),
+                    ..
+                } => {
+                    let reader_id = scan.reader.as_ref().map_or("", |r| r.reader_id.as_str());
+                    Some((i, keys.inner.key(caller, reader_id, request_id)))
+                }
+                _ => None,
+            })
+            .collect();
     }
 }
