@@ -451,6 +451,62 @@ def test_a_silent_redis_times_out_within_timeout_seconds(pki: DemoPKI) -> None:
     assert 0.2 < elapsed < 2.0
 
 
+def test_a_round_trip_that_timed_out_leaves_no_late_reply_for_the_next_one(
+    pki: DemoPKI, redis_server: RedisServer
+) -> None:
+    """Redis stalls (``CLIENT PAUSE``) past ``replay.timeout_seconds``: that round trip fails
+    closed, and its replies, sent once Redis resumes, are never read as the answers of the
+    next round trip (the store bounds each round trip itself; the connection it was using is
+    closed, not reused)."""
+    from apcv_verify import _native
+    from apcv_verify.config import load_config
+    from apcv_verify.replay.redis import RedisReplayStore
+    from apcv_verify.service.startup import build_verifiers
+    from apcv_verify.trust.material import load_trust_material
+
+    config = load_config(
+        None,
+        environ={},
+        overrides={
+            "trust.anchors": [str(pki.directory / "anchor.pem")],
+            "trust.trust_list": str(pki.trust_list_path),
+            "trust.status_lists": [str(path) for path in pki.status_list_paths.values()],
+            "policy.allow_test_identities": True,
+            "replay.backend": "redis",
+            "replay.redis_url": redis_server.url,
+            "replay.timeout_seconds": 0.3,
+        },
+    )
+    verifier = build_verifiers(config, load_trust_material(config))[0]
+    stalled, taken = pki.present("alice"), pki.present("alice")
+
+    async def run() -> list[str]:
+        store = RedisReplayStore(config.replay)
+        try:
+            assert await store.ping()
+            reasons = []
+            for presentation, reader, pause in (
+                (taken, "reader-2", False),  # accepted for reader-2
+                (stalled, "reader-1", True),  # Redis stalls: fails closed
+                (taken, "reader-1", False),  # REPLAYED, read from Redis, not a late reply
+            ):
+                if pause:
+                    redis_server.client().execute_command("CLIENT", "PAUSE", 700, "ALL")
+                now = int(time.time())
+                scans = [_native.Scan(presentation, reader)]
+                started = time.monotonic()
+                settled = await store.settle(scans, verifier.verify_batch(scans, now), now)
+                assert time.monotonic() - started < 0.6
+                reasons.append(settled[0].reason)
+                if pause:
+                    await asyncio.sleep(0.8)  # Redis answers the stalled round trip now
+            return reasons
+        finally:
+            await store.close()
+
+    assert asyncio.run(run()) == ["OK", "REPLAY_UNAVAILABLE", "REPLAYED"]
+
+
 @pytest.mark.slow
 def test_verify_stream_shares_redis_with_unary_calls_on_another_replica(
     replicas: tuple[Replica, Replica], pki: DemoPKI

@@ -104,9 +104,16 @@ def _hosts(netloc: str) -> tuple[str | None, list[tuple[str, int]]]:
 
 def make_client(url: str, timeout: float) -> Any:
     """The client for ``url`` (see the module docstring for the schemes): one attempt per
-    command (the store retries a dead connection itself), ``timeout`` per socket operation."""
+    command (the store retries a dead connection itself), ``timeout`` to connect.
+
+    No timeout per socket operation on the data connections: every use of the client is
+    within the store's own ``asyncio.timeout`` of one round trip (``timeout_seconds``), which
+    ends it at the same time or earlier, and redis-py's own cost a task per send and a timer
+    per reply. A round trip ended by that timeout, or by the call's cancellation, closes the
+    connection it was using (redis-py drops a connection interrupted while sending or
+    reading), so no late reply is read by a later command."""
     options: dict[str, Any] = {
-        "socket_timeout": timeout,
+        "socket_timeout": None,  # not redis-py's default (5 s in recent versions)
         "socket_connect_timeout": timeout,
     }
     parts = urllib.parse.urlsplit(url)
@@ -118,7 +125,9 @@ def make_client(url: str, timeout: float) -> Any:
         tls = parts.scheme.startswith("rediss")
         sentinel = Sentinel(
             sentinels,
-            sentinel_kwargs={**options, "ssl": tls},
+            # The sentinels are asked at each new connection, within the round trip's timeout
+            # too; their own timeout per operation stays.
+            sentinel_kwargs={**options, "socket_timeout": timeout, "ssl": tls},
             password=password,
             ssl=tls,
             db=int(path[1]) if len(path) > 1 else 0,
