@@ -180,9 +180,10 @@ class RedisAnswers:
         self, items: Sequence[tuple[bytes, bytes]], expires_at: int, now: int
     ) -> list[bytes | None] | None:
         pipe = self._store.client.pipeline(transaction=False)
-        ttl = max(1, expires_at - now)
+        add, prefix, ttl = pipe.execute_command, self._prefix + ANSWER_KEY, max(1, expires_at - now)
         for key, record in items:
-            pipe.set(self._prefix + ANSWER_KEY + key.hex(), record, nx=True, get=True, ex=ttl)
+            # pipe.set(…, nx=True, get=True, ex=ttl) without its per-call argument checks
+            add("SET", prefix + key.hex(), record, "NX", "GET", "EX", ttl, get=True)
         return await self._run(pipe)
 
     async def _run(self, pipe: object) -> list[bytes | None] | None:

@@ -259,9 +259,12 @@ class RedisReplayStore:
         candidate = f"{secrets.token_hex(8)}:{noticed}"
         for attempt in (1, 2):
             pipe = self._client.pipeline(transaction=False)
-            pipe.set(self._marker, candidate, nx=True, get=True)
+            add = pipe.execute_command
+            add("SET", self._marker, candidate, "NX", "GET", get=True)
             for key, reader, ttl in commands:
-                pipe.set(key, reader, nx=True, get=True, ex=ttl)
+                # What pipe.set(key, reader, nx=True, get=True, ex=ttl) sends, without its
+                # per-call argument checks.
+                add("SET", key, reader, "NX", "GET", "EX", ttl, get=True)
             try:
                 answers: list[Any] = await pipe.execute(raise_on_error=False)
             except RedisConnectionError:
