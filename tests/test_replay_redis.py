@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -19,7 +21,7 @@ from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
 from apcv_verify.issuer import DemoPKI, parse_sign1, tamper_signature
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from .conftest import RedisServer, ServerProcess, free_port, start_server, stop_server
+from .conftest import REPO, RedisServer, ServerProcess, free_port, start_server, stop_server
 
 PREFIX = "apcv:replay:"
 ANSWERS = b"apcv:replay:answer"
@@ -527,3 +529,23 @@ def test_verify_stream_shares_redis_with_unary_calls_on_another_replica(
     assert [r.request_id for r in responses] == ["s-0", "s-1", "s-2", "s-3"]
     assert [outcome(r) for r in responses] == [REPLAYED, ACCEPTED, DUPLICATE, DUPLICATE]
     assert outcome(verify(a, second, "reader-9")) == REPLAYED
+
+
+@pytest.mark.parametrize("parser", ["hiredis", "Python"])
+def test_the_redis_cost_measure_runs_each_round_trip(
+    redis_server: RedisServer, parser: str
+) -> None:
+    """loadtest/redis_cost.py (docs/benchmarks.md "Redis: the cost of answer recovery") keeps
+    working with either reply parser: each round trip answers every item (no timing
+    asserted)."""
+    run = subprocess.run(
+        [sys.executable, str(REPO / "loadtest" / "redis_cost.py"), "--url", redis_server.url,
+         "--items", "40", "--sizes", "1,7", *(["--no-hiredis"] if parser == "Python" else [])],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = run.stdout.splitlines()
+    assert lines[0] == f"reply parser: {parser}"
+    assert [line.split()[:2] for line in lines[1:]] == [
+        [kind, size] for size in ("1", "7") for kind in ("lookup", "settle", "keep")
+    ]
