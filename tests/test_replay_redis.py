@@ -549,3 +549,35 @@ def test_the_redis_cost_measure_runs_each_round_trip(
     assert [line.split()[:2] for line in lines[1:]] == [
         [kind, size] for size in ("1", "7") for kind in ("lookup", "settle", "keep")
     ]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://127.0.0.1:6390/0", "rediss://127.0.0.1:6390/0", "unix:///tmp/redis.sock",
+     "redis+sentinel://127.0.0.1:26390/apcv"],
+)  # fmt: skip
+def test_commands_packed_in_c_are_the_bytes_redis_py_packs(url: str) -> None:
+    """The store's clients (one server, TLS, a socket, Sentinel) pack with hiredis' C packer,
+    and every command the store sends is the same bytes as redis-py's own packer makes."""
+    import redis.asyncio.connection
+    from apcv_verify.replay.redis import _PackedInC, make_client
+
+    client = make_client(url, 0.5)
+    made = client.connection_pool.make_connection()
+    assert isinstance(made, _PackedInC)
+    python = redis.asyncio.connection.Connection()
+    commands = [
+        ("SET", PREFIX + "store-epoch", "0f1e2d3c4b5a6978:0", "NX", "GET"),
+        ("SET", PREFIX + bytes(range(16)).hex(), "reader-é", "NX", "GET", "EX", 181),
+        ("SET", PREFIX + "answer:" + "ab" * 16, bytes(range(26)), "NX", "GET", "EX", 86400),
+        ("MGET", *(PREFIX + "answer:" + f"{i:032x}" for i in range(3))),
+        ("GET", PREFIX + "answer-secret"),
+        ("INFO", "server"),
+        ("PING",),
+        ("CLIENT SETINFO", "LIB-NAME", "redis-py"),
+        (b"CLIENT SETINFO", "LIB-VER", "8.1.0"),
+    ]
+    for command in commands:
+        assert b"".join(made.pack_command(*command)) == b"".join(python.pack_command(*command))
+    with pytest.raises(redis.DataError):
+        made.pack_command("SET", "key", None)

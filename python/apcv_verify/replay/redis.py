@@ -65,12 +65,17 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import DataError, RedisError
 
 from .. import _native
 from ..config import REDIS_CLUSTER_SCHEMES as CLUSTER_SCHEMES
 from ..config import REDIS_SENTINEL_SCHEMES as SENTINEL_SCHEMES
 from ..config import ReplaySection, redact_url
+
+try:
+    import hiredis
+except ImportError:  # installed without it (a dependency): redis-py's own packer and parser
+    hiredis = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from ..observe.metrics import ServiceMetrics
@@ -100,6 +105,36 @@ def _hosts(netloc: str) -> tuple[str | None, list[tuple[str, int]]]:
         host, _, port = item.rpartition(":")
         hosts.append((host.strip("[]") or item, int(port) if port.isdigit() else 26379))
     return password, hosts
+
+
+class _PackedInC:
+    """Packs each command with hiredis' C packer (``hiredis.pack_command``), as redis-py's
+    synchronous client does when hiredis is installed; its asyncio client packs in Python,
+    which was a third of the store's CPU per item (docs/benchmarks.md "Redis: the cost of
+    answer recovery"). The commands sent are the same bytes: every argument the store sends
+    is a str (UTF-8), bytes or int."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        # A command name of several words ("CLIENT SETINFO") goes as several arguments.
+        if isinstance(args[0], str):
+            args = (*args[0].encode().split(), *args[1:])
+        elif b" " in args[0]:
+            args = (*args[0].split(), *args[1:])
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError as error:  # what redis-py's packer raises for an unusable argument
+            raise DataError(str(error)) from error
+
+
+def _packed_in_c(client: Any) -> Any:
+    """``client`` with its pool's connections packing in C (:class:`_PackedInC`). Not for
+    Redis Cluster, whose client makes its connections itself: it keeps redis-py's packer."""
+    pool = client.connection_pool
+    if hiredis is not None and not issubclass(pool.connection_class, _PackedInC):
+        pool.connection_class = type(
+            pool.connection_class.__name__, (_PackedInC, pool.connection_class), {}
+        )
+    return client
 
 
 def make_client(url: str, timeout: float) -> Any:
@@ -134,7 +169,7 @@ def make_client(url: str, timeout: float) -> Any:
             retry=Retry(NoBackoff(), 0),
             **options,
         )
-        return sentinel.master_for(path[0])
+        return _packed_in_c(sentinel.master_for(path[0]))
     if parts.scheme in CLUSTER_SCHEMES:
         password, nodes = _hosts(parts.netloc)
         return RedisCluster(
@@ -143,8 +178,8 @@ def make_client(url: str, timeout: float) -> Any:
             ssl=parts.scheme.startswith("rediss"),
             **options,
         )
-    return aioredis.Redis.from_url(
-        url, retry=Retry(NoBackoff(), 0), retry_on_timeout=False, **options
+    return _packed_in_c(
+        aioredis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), retry_on_timeout=False, **options)
     )
 
 
