@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -19,7 +21,7 @@ from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
 from apcv_verify.issuer import DemoPKI, parse_sign1, tamper_signature
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from .conftest import RedisServer, ServerProcess, free_port, start_server, stop_server
+from .conftest import REPO, RedisServer, ServerProcess, free_port, start_server, stop_server
 
 PREFIX = "apcv:replay:"
 ANSWERS = b"apcv:replay:answer"
@@ -451,6 +453,62 @@ def test_a_silent_redis_times_out_within_timeout_seconds(pki: DemoPKI) -> None:
     assert 0.2 < elapsed < 2.0
 
 
+def test_a_round_trip_that_timed_out_leaves_no_late_reply_for_the_next_one(
+    pki: DemoPKI, redis_server: RedisServer
+) -> None:
+    """Redis stalls (``CLIENT PAUSE``) past ``replay.timeout_seconds``: that round trip fails
+    closed, and its replies, sent once Redis resumes, are never read as the answers of the
+    next round trip (the store bounds each round trip itself; the connection it was using is
+    closed, not reused)."""
+    from apcv_verify import _native
+    from apcv_verify.config import load_config
+    from apcv_verify.replay.redis import RedisReplayStore
+    from apcv_verify.service.startup import build_verifiers
+    from apcv_verify.trust.material import load_trust_material
+
+    config = load_config(
+        None,
+        environ={},
+        overrides={
+            "trust.anchors": [str(pki.directory / "anchor.pem")],
+            "trust.trust_list": str(pki.trust_list_path),
+            "trust.status_lists": [str(path) for path in pki.status_list_paths.values()],
+            "policy.allow_test_identities": True,
+            "replay.backend": "redis",
+            "replay.redis_url": redis_server.url,
+            "replay.timeout_seconds": 0.3,
+        },
+    )
+    verifier = build_verifiers(config, load_trust_material(config))[0]
+    stalled, taken = pki.present("alice"), pki.present("alice")
+
+    async def run() -> list[str]:
+        store = RedisReplayStore(config.replay)
+        try:
+            assert await store.ping()
+            reasons = []
+            for presentation, reader, pause in (
+                (taken, "reader-2", False),  # accepted for reader-2
+                (stalled, "reader-1", True),  # Redis stalls: fails closed
+                (taken, "reader-1", False),  # REPLAYED, read from Redis, not a late reply
+            ):
+                if pause:
+                    redis_server.client().execute_command("CLIENT", "PAUSE", 700, "ALL")
+                now = int(time.time())
+                scans = [_native.Scan(presentation, reader)]
+                started = time.monotonic()
+                settled = await store.settle(scans, verifier.verify_batch(scans, now), now)
+                assert time.monotonic() - started < 0.6
+                reasons.append(settled[0].reason)
+                if pause:
+                    await asyncio.sleep(0.8)  # Redis answers the stalled round trip now
+            return reasons
+        finally:
+            await store.close()
+
+    assert asyncio.run(run()) == ["OK", "REPLAY_UNAVAILABLE", "REPLAYED"]
+
+
 @pytest.mark.slow
 def test_verify_stream_shares_redis_with_unary_calls_on_another_replica(
     replicas: tuple[Replica, Replica], pki: DemoPKI
@@ -471,3 +529,55 @@ def test_verify_stream_shares_redis_with_unary_calls_on_another_replica(
     assert [r.request_id for r in responses] == ["s-0", "s-1", "s-2", "s-3"]
     assert [outcome(r) for r in responses] == [REPLAYED, ACCEPTED, DUPLICATE, DUPLICATE]
     assert outcome(verify(a, second, "reader-9")) == REPLAYED
+
+
+@pytest.mark.parametrize("parser", ["hiredis", "Python"])
+def test_the_redis_cost_measure_runs_each_round_trip(
+    redis_server: RedisServer, parser: str
+) -> None:
+    """loadtest/redis_cost.py (docs/benchmarks.md "Redis: the cost of answer recovery") keeps
+    working with either reply parser: each round trip answers every item (no timing
+    asserted)."""
+    run = subprocess.run(
+        [sys.executable, str(REPO / "loadtest" / "redis_cost.py"), "--url", redis_server.url,
+         "--items", "40", "--sizes", "1,7", *(["--no-hiredis"] if parser == "Python" else [])],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = run.stdout.splitlines()
+    assert lines[0] == f"reply parser: {parser}"
+    assert [line.split()[:2] for line in lines[1:]] == [
+        [kind, size] for size in ("1", "7") for kind in ("lookup", "settle", "keep")
+    ]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://127.0.0.1:6390/0", "rediss://127.0.0.1:6390/0", "unix:///tmp/redis.sock",
+     "redis+sentinel://127.0.0.1:26390/apcv"],
+)  # fmt: skip
+def test_commands_packed_in_c_are_the_bytes_redis_py_packs(url: str) -> None:
+    """The store's clients (one server, TLS, a socket, Sentinel) pack with hiredis' C packer,
+    and every command the store sends is the same bytes as redis-py's own packer makes."""
+    import redis.asyncio.connection
+    from apcv_verify.replay.redis import _PackedInC, make_client
+
+    client = make_client(url, 0.5)
+    made = client.connection_pool.make_connection()
+    assert isinstance(made, _PackedInC)
+    python = redis.asyncio.connection.Connection()
+    commands = [
+        ("SET", PREFIX + "store-epoch", "0f1e2d3c4b5a6978:0", "NX", "GET"),
+        ("SET", PREFIX + bytes(range(16)).hex(), "reader-é", "NX", "GET", "EX", 181),
+        ("SET", PREFIX + "answer:" + "ab" * 16, bytes(range(26)), "NX", "GET", "EX", 86400),
+        ("MGET", *(PREFIX + "answer:" + f"{i:032x}" for i in range(3))),
+        ("GET", PREFIX + "answer-secret"),
+        ("INFO", "server"),
+        ("PING",),
+        ("CLIENT SETINFO", "LIB-NAME", "redis-py"),
+        (b"CLIENT SETINFO", "LIB-VER", "8.1.0"),
+    ]
+    for command in commands:
+        assert b"".join(made.pack_command(*command)) == b"".join(python.pack_command(*command))
+    with pytest.raises(redis.DataError):
+        made.pack_command("SET", "key", None)

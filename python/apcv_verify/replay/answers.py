@@ -22,8 +22,9 @@ for ``Verify``, answered in place for a batch or stream item.
 Not kept: answers ``REPLAY_UNAVAILABLE`` (the store could not vouch: a resend is verified
 again), and requests refused before verification (an unusable scan, a call error).
 
-In Redis, each batch costs one more pipelined round trip before verification (``GET`` of
-its keys) and one after (``SET key record NX GET EX retention``: the first answer stays; a
+In Redis, each batch costs one more round trip before verification (one ``MGET`` of its
+keys; on Redis Cluster one per hash slot, pipelined by master) and one pipelined round trip
+after (``SET key record NX GET EX retention`` per answer: the first answer stays; a
 concurrent request that lost the race gets the winner's answer, or :data:`REUSED`). When
 Redis cannot answer, nothing is recovered or kept and the batch is verified as usual (the
 replay store's ``on_store_error`` then decides): answer recovery never fails a call. While
@@ -41,6 +42,7 @@ import structlog
 from prometheus_client import Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from .. import _native
@@ -156,18 +158,32 @@ class RedisAnswers:
         return self._keys
 
     async def lookup(self, keys: Sequence[bytes], now: int) -> list[bytes | None] | None:
-        pipe = self._store.client.pipeline(transaction=False)
-        for key in keys:
-            pipe.get(self._prefix + ANSWER_KEY + key.hex())
-        return await self._run(pipe)
+        """One ``MGET`` of the batch's keys (Redis Cluster: one per hash slot, sent as one
+        pipeline split by master, ``mget_nonatomic``): a single reply to read, where a
+        ``GET`` per key cost one each."""
+        if not keys:
+            return []
+        client = self._store.client
+        names = [self._prefix + ANSWER_KEY + key.hex() for key in keys]
+        try:
+            async with asyncio.timeout(self._timeout):
+                if isinstance(client, RedisCluster):
+                    found: list[bytes | None] = await client.mget_nonatomic(names)
+                else:
+                    found = await client.mget(names)
+        except (RedisError, OSError, TimeoutError) as error:
+            self._failed(error)
+            return None
+        return found
 
     async def keep(
         self, items: Sequence[tuple[bytes, bytes]], expires_at: int, now: int
     ) -> list[bytes | None] | None:
         pipe = self._store.client.pipeline(transaction=False)
-        ttl = max(1, expires_at - now)
+        add, prefix, ttl = pipe.execute_command, self._prefix + ANSWER_KEY, max(1, expires_at - now)
         for key, record in items:
-            pipe.set(self._prefix + ANSWER_KEY + key.hex(), record, nx=True, get=True, ex=ttl)
+            # pipe.set(…, nx=True, get=True, ex=ttl) without its per-call argument checks
+            add("SET", prefix + key.hex(), record, "NX", "GET", "EX", ttl, get=True)
         return await self._run(pipe)
 
     async def _run(self, pipe: object) -> list[bytes | None] | None:

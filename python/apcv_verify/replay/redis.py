@@ -65,12 +65,17 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import DataError, RedisError
 
 from .. import _native
 from ..config import REDIS_CLUSTER_SCHEMES as CLUSTER_SCHEMES
 from ..config import REDIS_SENTINEL_SCHEMES as SENTINEL_SCHEMES
 from ..config import ReplaySection, redact_url
+
+try:
+    import hiredis
+except ImportError:  # installed without it (a dependency): redis-py's own packer and parser
+    hiredis = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from ..observe.metrics import ServiceMetrics
@@ -102,11 +107,48 @@ def _hosts(netloc: str) -> tuple[str | None, list[tuple[str, int]]]:
     return password, hosts
 
 
+class _PackedInC:
+    """Packs each command with hiredis' C packer (``hiredis.pack_command``), as redis-py's
+    synchronous client does when hiredis is installed; its asyncio client packs in Python,
+    which was a third of the store's CPU per item (docs/benchmarks.md "Redis: the cost of
+    answer recovery"). The commands sent are the same bytes: every argument the store sends
+    is a str (UTF-8), bytes or int."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        # A command name of several words ("CLIENT SETINFO") goes as several arguments.
+        if isinstance(args[0], str):
+            args = (*args[0].encode().split(), *args[1:])
+        elif b" " in args[0]:
+            args = (*args[0].split(), *args[1:])
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError as error:  # what redis-py's packer raises for an unusable argument
+            raise DataError(str(error)) from error
+
+
+def _packed_in_c(client: Any) -> Any:
+    """``client`` with its pool's connections packing in C (:class:`_PackedInC`). Not for
+    Redis Cluster, whose client makes its connections itself: it keeps redis-py's packer."""
+    pool = client.connection_pool
+    if hiredis is not None and not issubclass(pool.connection_class, _PackedInC):
+        pool.connection_class = type(
+            pool.connection_class.__name__, (_PackedInC, pool.connection_class), {}
+        )
+    return client
+
+
 def make_client(url: str, timeout: float) -> Any:
     """The client for ``url`` (see the module docstring for the schemes): one attempt per
-    command (the store retries a dead connection itself), ``timeout`` per socket operation."""
+    command (the store retries a dead connection itself), ``timeout`` to connect.
+
+    No timeout per socket operation on the data connections: every use of the client is
+    within the store's own ``asyncio.timeout`` of one round trip (``timeout_seconds``), which
+    ends it at the same time or earlier, and redis-py's own cost a task per send and a timer
+    per reply. A round trip ended by that timeout, or by the call's cancellation, closes the
+    connection it was using (redis-py drops a connection interrupted while sending or
+    reading), so no late reply is read by a later command."""
     options: dict[str, Any] = {
-        "socket_timeout": timeout,
+        "socket_timeout": None,  # not redis-py's default (5 s in recent versions)
         "socket_connect_timeout": timeout,
     }
     parts = urllib.parse.urlsplit(url)
@@ -118,14 +160,16 @@ def make_client(url: str, timeout: float) -> Any:
         tls = parts.scheme.startswith("rediss")
         sentinel = Sentinel(
             sentinels,
-            sentinel_kwargs={**options, "ssl": tls},
+            # The sentinels are asked at each new connection, within the round trip's timeout
+            # too; their own timeout per operation stays.
+            sentinel_kwargs={**options, "socket_timeout": timeout, "ssl": tls},
             password=password,
             ssl=tls,
             db=int(path[1]) if len(path) > 1 else 0,
             retry=Retry(NoBackoff(), 0),
             **options,
         )
-        return sentinel.master_for(path[0])
+        return _packed_in_c(sentinel.master_for(path[0]))
     if parts.scheme in CLUSTER_SCHEMES:
         password, nodes = _hosts(parts.netloc)
         return RedisCluster(
@@ -134,8 +178,8 @@ def make_client(url: str, timeout: float) -> Any:
             ssl=parts.scheme.startswith("rediss"),
             **options,
         )
-    return aioredis.Redis.from_url(
-        url, retry=Retry(NoBackoff(), 0), retry_on_timeout=False, **options
+    return _packed_in_c(
+        aioredis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), retry_on_timeout=False, **options)
     )
 
 
@@ -250,9 +294,12 @@ class RedisReplayStore:
         candidate = f"{secrets.token_hex(8)}:{noticed}"
         for attempt in (1, 2):
             pipe = self._client.pipeline(transaction=False)
-            pipe.set(self._marker, candidate, nx=True, get=True)
+            add = pipe.execute_command
+            add("SET", self._marker, candidate, "NX", "GET", get=True)
             for key, reader, ttl in commands:
-                pipe.set(key, reader, nx=True, get=True, ex=ttl)
+                # What pipe.set(key, reader, nx=True, get=True, ex=ttl) sends, without its
+                # per-call argument checks.
+                add("SET", key, reader, "NX", "GET", "EX", ttl, get=True)
             try:
                 answers: list[Any] = await pipe.execute(raise_on_error=False)
             except RedisConnectionError:
