@@ -16,7 +16,7 @@ from apcv_verify import _native
 from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
 from apcv_verify.config import ConfigError, load_config
 from apcv_verify.issuer import DemoPKI, parse_sign1, qr_text
-from apcv_verify.observe.audit import HOLDER_REF_HEX_CHARS, AuditTrail, holder_ref
+from apcv_verify.observe.audit import HOLDER_REF_HEX_CHARS, AuditRow, AuditTrail, holder_ref
 from apcv_verify.observe.logs import configure_logging
 from apcv_verify.service.startup import build_verifiers
 from apcv_verify.trust.material import load_trust_material
@@ -189,8 +189,18 @@ def test_every_log_line_of_every_scenario_is_free_of_personal_data(
         assert "APCV1:" not in line  # no raw scan
 
 
+def _rows(results: list[_native.VerificationResult], request_id: str = "b") -> list[AuditRow]:
+    """``results`` as the audit rows ``WireBatch.audit_rows`` gives, one reader, numbered."""
+    return [
+        (i, f"{request_id}-{i}", "edge-1", r.accepted, r.reason, r.duplicate,
+         r.credential_id, r.replay_unchecked, r.resent)
+        for i, r in enumerate(results)
+    ]  # fmt: skip
+
+
 def test_audit_trail_counts_verifications_in_process(pki: DemoPKI) -> None:
-    """``record_verification`` is what VerifyBatch and VerifyStream call per item."""
+    """``record_rows`` (a batch's decisions when the core does not render the lines) counts
+    each decision and observes the latency."""
     from apcv_verify.observe.metrics import ServiceMetrics
 
     config = pki_config(pki, {"audit.holder_ref_secret": SECRET})
@@ -198,11 +208,8 @@ def test_audit_trail_counts_verifications_in_process(pki: DemoPKI) -> None:
     trail = AuditTrail.from_config(config, metrics)
     verifier = build_verifiers(config, load_trust_material(config))[0]
     scans = [_native.Scan(qr_text(pki.present("alice")), "edge-1"), _native.Scan("APCV1:", "e")]
-    for index, result in enumerate(verifier.verify_batch(scans, int(time.time()))):
-        trail.record_verification(
-            method="VerifyBatch", request_id="b", reader_id="edge-1", result=result,
-            latency_seconds=0.0002, caller="his-1", item=index,
-        )  # fmt: skip
+    results = verifier.verify_batch(scans, int(time.time()))
+    trail.record_rows("VerifyBatch", _rows(results), 0.0004, caller="his-1")
     count = metrics.registry.get_sample_value
     ok = {"decision": "ACCEPTED", "reason": "OK", "method": "VerifyBatch"}
     assert count("apcv_verifications_total", ok) == 1
@@ -225,12 +232,7 @@ def test_a_batch_observes_each_items_share_of_its_time_once(pki: DemoPKI) -> Non
     scans = [_native.Scan(qr_text(pki.present(name)), "edge-1") for name in ("alice", "lunar")]
     scans += [_native.Scan("APCV1:", "edge-1")] * 2
     results = verifier.verify_batch(scans, int(time.time()))
-    items = [
-        verifier_pb2.Scan(request_id=f"b-{i}", reader={"reader_id": "edge-1"}) for i in range(4)
-    ]
-    trail.record_verifications(
-        "VerifyBatch", items, results, latency_seconds=0.002, positions=[0, 1, 2, 3]
-    )
+    trail.record_rows("VerifyBatch", _rows(results), 0.002)
     sample = metrics.registry.get_sample_value
     batch = {"method": "VerifyBatch"}
     assert sample("apcv_verification_seconds_count", batch) == 4

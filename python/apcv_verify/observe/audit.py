@@ -16,7 +16,7 @@ import hmac
 import json
 import secrets
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -37,20 +37,6 @@ __all__ = [
 ]
 
 log = structlog.get_logger(AUDIT_LOGGER)
-
-
-class _Reader(Protocol):
-    @property
-    def reader_id(self) -> str: ...
-
-
-class _Scanned(Protocol):
-    """What the audit reads of a scan (``apcv.verify.v1.Scan``)."""
-
-    @property
-    def request_id(self) -> str: ...
-    @property
-    def reader(self) -> _Reader: ...
 
 
 #: One decision of ``WireBatch.audit_rows``: position (None for a unary call's scan), request
@@ -146,85 +132,6 @@ class AuditTrail:
         if self._metrics is not None:
             self._metrics.observe_batch(size)
 
-    def record_verification(
-        self,
-        *,
-        method: str,
-        request_id: str,
-        reader_id: str,
-        result: _native.VerificationResult,
-        latency_seconds: float,
-        caller: str = ANONYMOUS_CALLER,
-        item: int | None = None,
-    ) -> None:
-        """Audit one decision and count it in ``apcv_verifications_total``.
-
-        Call once per verified presentation: ``method`` is the RPC name (``Verify``,
-        ``VerifyBatch``, ``VerifyStream``), ``latency_seconds`` the time from the start of the
-        core call to this decision (in the record; the latency metric observes it once),
-        ``item`` the position in a batch. ``caller`` is the client-certificate identity when
-        mTLS gives one.
-        """
-        fields = self._fields(
-            method,
-            request_id,
-            reader_id,
-            result.accepted,
-            result.reason,
-            result.duplicate,
-            result.credential_id,
-            result.replay_unchecked,
-            result.resent,
-            latency_seconds,
-            caller,
-            item,
-        )
-        if self._metrics is not None:
-            self._metrics.observe_latency(method=method, seconds=latency_seconds, count=1)
-        core_span(method, 1, latency_seconds)  # tracing on: the core call's span
-        _emit([fields])
-
-    def record_verifications(
-        self,
-        method: str,
-        items: Sequence[_Scanned],
-        results: Sequence[_native.VerificationResult],
-        *,
-        latency_seconds: float,
-        caller: str = ANONYMOUS_CALLER,
-        positions: Sequence[int] | None = None,
-    ) -> None:
-        """:meth:`record_verification` of each of ``results``, the decisions on ``items``
-        (scans with ``request_id`` and ``reader.reader_id``) verified together in
-        ``latency_seconds``, numbered by ``positions`` (None: one unary item, no number).
-        Still one record per decision; their lines are written together. The latency metric
-        gets each item's share of ``latency_seconds``, observed once for all of them
-        (:meth:`~apcv_verify.observe.metrics.ServiceMetrics.observe_latency`)."""
-        numbers: Sequence[int | None] = [None] * len(items) if positions is None else positions
-        if self._metrics is not None and items:
-            self._metrics.observe_latency(method=method, seconds=latency_seconds, count=len(items))
-        core_span(method, len(items), latency_seconds)  # tracing on: the core call's span
-        fields = self._fields
-        _emit(
-            [
-                fields(
-                    method,
-                    item.request_id,
-                    item.reader.reader_id,
-                    result.accepted,
-                    result.reason,
-                    result.duplicate,
-                    result.credential_id,
-                    result.replay_unchecked,
-                    result.resent,
-                    latency_seconds,
-                    caller,
-                    position,
-                )
-                for position, item, result in zip(numbers, items, results, strict=True)
-            ]
-        )
-
     def record_rows(
         self,
         method: str,
@@ -233,9 +140,12 @@ class AuditTrail:
         *,
         caller: str = ANONYMOUS_CALLER,
     ) -> None:
-        """:meth:`record_verifications` of decisions given as rows (``WireBatch.audit_rows``:
-        position, request id, reader id, accepted, reason, duplicate, credential id, replay
-        unchecked, resent), verified together in ``latency_seconds``: one core call."""
+        """Audit decisions given as rows (``WireBatch.audit_rows``: position, request id,
+        reader id, accepted, reason, duplicate, credential id, replay unchecked, resent),
+        verified together in ``latency_seconds`` (one core call): one record per decision,
+        their lines written together; each counted in ``apcv_verifications_total``; the
+        latency metric gets each decision's share of ``latency_seconds``, observed once for
+        all of them (:meth:`~apcv_verify.observe.metrics.ServiceMetrics.observe_latency`)."""
         if self._metrics is not None and rows:
             self._metrics.observe_latency(method=method, seconds=latency_seconds, count=len(rows))
         core_span(method, len(rows), latency_seconds)  # tracing on: the core call's span
