@@ -70,25 +70,13 @@ class BufferedLines:
         self._lock = threading.Lock()
 
     def write(self, text: str) -> int:
-        with self._lock:
-            self._lines.append(text)
-            self._size += len(text)
-            full = self._size >= self._limit
-            arm = not full and not self._armed
-            if arm:
-                self._armed = True
-        if full:
-            self.drain()
-        elif arm:
-            try:
-                asyncio.get_running_loop().call_later(self._interval, self.drain)
-            except RuntimeError:  # no event loop in this thread: nothing would drain later
-                self.drain()
+        self.write_lines((text,))
         return len(text)
 
     def write_lines(self, lines: Sequence[str]) -> None:
-        """:meth:`write` of each of ``lines`` (each ends with its newline), under one lock and
-        with one decision to drain or arm the timer for all of them (a batch's records)."""
+        """Buffer ``lines`` (each ends with its newline) under one lock, with one decision
+        for all of them: drain now when the buffer reached its size bound, else arm the
+        drain timer if it is not armed yet (a batch's records at once, or one record)."""
         if not lines:
             return
         size = sum(map(len, lines))
