@@ -456,6 +456,23 @@ static NOTHING: Verified = Verified {
 };
 
 impl WireBatch {
+    /// Decoded `items` of a request of `shape`, nothing verified yet (a stream's places and
+    /// position are set by `stream`).
+    fn decoded(items: Vec<Item>, shape: Shape) -> WireBatch {
+        WireBatch {
+            items,
+            shape,
+            slots: Vec::new(),
+            replies: Vec::new(),
+            first_position: 0,
+            verified: None,
+            fhir: HashMap::new(),
+            recovered: HashMap::new(),
+            keys: Vec::new(),
+            kept: Vec::new(),
+        }
+    }
+
     fn verified(&self) -> PyResult<&Verified> {
         match &self.verified {
             Some(v) => Ok(v),
@@ -708,18 +725,7 @@ impl WireBatch {
                 })
                 .collect(),
         };
-        Some(WireBatch {
-            items,
-            shape: Shape::Batch,
-            slots: Vec::new(),
-            replies: Vec::new(),
-            first_position: 0,
-            verified: None,
-            fhir: HashMap::new(),
-            recovered: HashMap::new(),
-            keys: Vec::new(),
-            kept: Vec::new(),
-        })
+        Some(WireBatch::decoded(items, Shape::Batch))
     }
 
     /// Encoded `VerifyStreamRequest`s, the first of their items the ``first_position``-th
@@ -732,16 +738,10 @@ impl WireBatch {
     ) -> WireBatch {
         let (items, slots, replies) = WireBatch::stream_items(&messages, max_batch);
         WireBatch {
-            items,
-            shape: Shape::Stream,
             slots,
             replies,
             first_position,
-            verified: None,
-            fhir: HashMap::new(),
-            recovered: HashMap::new(),
-            keys: Vec::new(),
-            kept: Vec::new(),
+            ..WireBatch::decoded(items, Shape::Stream)
         }
     }
 
@@ -758,18 +758,8 @@ impl WireBatch {
     #[staticmethod]
     fn unary(data: &[u8]) -> Option<WireBatch> {
         let request = pb::VerifyRequest::decode(data).ok()?;
-        Some(WireBatch {
-            items: vec![item(request.scan.unwrap_or_default(), "scan")],
-            shape: Shape::Unary,
-            slots: Vec::new(),
-            replies: Vec::new(),
-            first_position: 0,
-            verified: None,
-            fhir: HashMap::new(),
-            recovered: HashMap::new(),
-            keys: Vec::new(),
-            kept: Vec::new(),
-        })
+        let items = vec![item(request.scan.unwrap_or_default(), "scan")];
+        Some(WireBatch::decoded(items, Shape::Unary))
     }
 
     /// Why the first unusable scan cannot be verified: ``(reason, field, description)``, the
