@@ -177,6 +177,15 @@ def audit_lines(records: Sequence[dict[str, object]]) -> bool:
         return False
     if not _audit_enabled:
         return True
+    common = _common_fields()
+    dumps = json.dumps
+    buffer.write_lines([dumps({**record, **common}) + "\n" for record in records])
+    return True
+
+
+def _common_fields() -> dict[str, object]:
+    """The keys an audit line carries after its record's: the event, the bound context
+    variables, the trace (tracing on), the level and the timestamp."""
     common: dict[str, object] = {"event": "verification"}
     common.update(structlog.contextvars.get_contextvars())
     traced = trace_fields()  # tracing on: the call's trace_id and span_id
@@ -184,10 +193,7 @@ def audit_lines(records: Sequence[dict[str, object]]) -> bool:
         common.update(traced)
     common["level"] = "info"
     _stamp(None, "info", common)
-    dumps = json.dumps
-    for record in records:
-        buffer.write(dumps({**record, **common}) + "\n")
-    return True
+    return common
 
 
 def audit_tail(record_keys: frozenset[str]) -> str | None:
@@ -201,13 +207,7 @@ def audit_tail(record_keys: frozenset[str]) -> str | None:
         return None
     if not _audit_enabled:
         return ""
-    common: dict[str, object] = {"event": "verification"}
-    common.update(structlog.contextvars.get_contextvars())
-    traced = trace_fields()  # tracing on: the call's trace_id and span_id
-    if traced is not None:
-        common.update(traced)
-    common["level"] = "info"
-    _stamp(None, "info", common)
+    common = _common_fields()
     if not record_keys.isdisjoint(common):
         return None
     return json.dumps(common)[1:]
