@@ -150,35 +150,8 @@ class AuditTrail:
             self._metrics.observe_latency(method=method, seconds=latency_seconds, count=len(rows))
         core_span(method, len(rows), latency_seconds)  # tracing on: the core call's span
         fields = self._fields
-        _emit(
-            [
-                fields(
-                    method,
-                    request_id,
-                    reader_id,
-                    accepted,
-                    reason,
-                    duplicate,
-                    credential_id,
-                    unchecked,
-                    resent,
-                    latency_seconds,
-                    caller,
-                    position,
-                )
-                for (
-                    position,
-                    request_id,
-                    reader_id,
-                    accepted,
-                    reason,
-                    duplicate,
-                    credential_id,
-                    unchecked,
-                    resent,
-                ) in rows
-            ]
-        )
+        # A row is (position, the record's fields in _fields' order).
+        _emit([fields(method, *row[1:], latency_seconds, caller, row[0]) for row in rows])
 
     def record_wire(
         self,
