@@ -21,7 +21,15 @@ from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
 from apcv_verify.issuer import DemoPKI, parse_sign1, tamper_signature
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from .conftest import REPO, RedisServer, ServerProcess, free_port, start_server, stop_server
+from .conftest import (
+    REPO,
+    RedisServer,
+    ServerProcess,
+    free_port,
+    pki_config,
+    start_server,
+    stop_server,
+)
 
 PREFIX = "apcv:replay:"
 ANSWERS = b"apcv:replay:answer"
@@ -411,7 +419,6 @@ def test_a_silent_redis_times_out_within_timeout_seconds(pki: DemoPKI) -> None:
     """A Redis that accepts connections but never answers (overloaded, a blackholed port)
     costs one call at most ``replay.timeout_seconds``, then the policy decides."""
     from apcv_verify import _native
-    from apcv_verify.config import load_config
     from apcv_verify.replay.redis import RedisReplayStore
     from apcv_verify.service.startup import build_verifiers
     from apcv_verify.trust.material import load_trust_material
@@ -419,14 +426,9 @@ def test_a_silent_redis_times_out_within_timeout_seconds(pki: DemoPKI) -> None:
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen()
-        config = load_config(
-            None,
-            environ={},
-            overrides={
-                "trust.anchors": [str(pki.directory / "anchor.pem")],
-                "trust.trust_list": str(pki.trust_list_path),
-                "trust.status_lists": [str(path) for path in pki.status_list_paths.values()],
-                "policy.allow_test_identities": True,
+        config = pki_config(
+            pki,
+            {
                 "replay.backend": "redis",
                 "replay.redis_url": f"redis://127.0.0.1:{silent.getsockname()[1]}/0",
                 "replay.timeout_seconds": 0.3,
@@ -461,19 +463,13 @@ def test_a_round_trip_that_timed_out_leaves_no_late_reply_for_the_next_one(
     next round trip (the store bounds each round trip itself; the connection it was using is
     closed, not reused)."""
     from apcv_verify import _native
-    from apcv_verify.config import load_config
     from apcv_verify.replay.redis import RedisReplayStore
     from apcv_verify.service.startup import build_verifiers
     from apcv_verify.trust.material import load_trust_material
 
-    config = load_config(
-        None,
-        environ={},
-        overrides={
-            "trust.anchors": [str(pki.directory / "anchor.pem")],
-            "trust.trust_list": str(pki.trust_list_path),
-            "trust.status_lists": [str(path) for path in pki.status_list_paths.values()],
-            "policy.allow_test_identities": True,
+    config = pki_config(
+        pki,
+        {
             "replay.backend": "redis",
             "replay.redis_url": redis_server.url,
             "replay.timeout_seconds": 0.3,

@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 import redis
 from apcv_verify import _native
-from apcv_verify.config import Config, load_config
+from apcv_verify.config import Config
 from apcv_verify.issuer import DemoPKI
 from apcv_verify.replay.answers import REUSED, AnswerRecovery, RedisAnswers
 from apcv_verify.replay.redis import RedisReplayStore
 from apcv_verify.service.startup import build_verifiers
 from apcv_verify.trust.material import load_trust_material
 
-from .conftest import free_port
+from .conftest import free_port, pki_config
 
 PREFIX = "apcv:replay:"
 
@@ -86,14 +86,9 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
 
 
 def store_config(pki: DemoPKI, url: str) -> Config:
-    return load_config(
-        None,
-        environ={},
-        overrides={
-            "trust.anchors": [str(pki.directory / "anchor.pem")],
-            "trust.trust_list": str(pki.trust_list_path),
-            "trust.status_lists": [str(path) for path in pki.status_list_paths.values()],
-            "policy.allow_test_identities": True,
+    return pki_config(
+        pki,
+        {
             "replay.backend": "redis",
             "replay.redis_url": url,
             "replay.timeout_seconds": 0.5,
