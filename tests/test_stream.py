@@ -28,6 +28,14 @@ def server_config(pki: DemoPKI, **server: Any) -> Config:
     return pki_config(pki, {f"server.{key}": value for key, value in server.items()})
 
 
+def in_process_service(pki: DemoPKI, **server: Any) -> VerifierService:
+    """The verifier service for ``pki`` with ``server`` settings, called directly (no gRPC)."""
+    config = server_config(pki, **server)
+    trust = TrustSource(config, lambda material: build_verifiers(config, material))
+    trust.seed(load_trust_material(config))
+    return VerifierService(trust, config, AuditTrail.from_config(config))
+
+
 @asynccontextmanager
 async def serving(
     pki: DemoPKI, **server: Any
@@ -182,10 +190,7 @@ def test_the_server_reads_at_most_the_window_ahead_and_cancellation_stops_readin
         return verifier_pb2.VerifyStreamResponse.FromString(reply).verdict
 
     async def scenario() -> None:
-        config = server_config(pki, stream_window=5)
-        trust = TrustSource(config, lambda material: build_verifiers(config, material))
-        trust.seed(load_trust_material(config))
-        service = VerifierService(trust, config, AuditTrail.from_config(config))
+        service = in_process_service(pki, stream_window=5)
         stream = service.VerifyStream(endless(), FakeContext())  # type: ignore[arg-type]
         first = verdict(await anext(stream))  # the consumer of the responses then stalls
         assert first.request_id == "w-1"

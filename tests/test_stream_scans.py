@@ -16,11 +16,7 @@ import grpc
 import pytest
 from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
 from apcv_verify.issuer import DemoPKI, qr_text
-from apcv_verify.observe.audit import AuditTrail
 from apcv_verify.service.servicer import VerifierService
-from apcv_verify.service.startup import build_verifiers
-from apcv_verify.trust.material import load_trust_material
-from apcv_verify.trust.sources import TrustSource
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -28,9 +24,9 @@ from .conftest import free_port, metric, reason, start_server, stop_server
 from .test_stream import (
     FakeContext,
     gauge,
+    in_process_service,
     request,
     scan,
-    server_config,
     serving,
     verifications,
 )
@@ -295,10 +291,7 @@ def test_the_window_counts_requests_and_the_memory_budget_their_bytes(pki: DemoP
             yield several(*(scan(f"w-{read}-{i}", codes[i]) for i in range(5))).SerializeToString()
 
     async def window() -> None:
-        config = server_config(pki, stream_window=2)
-        trust = TrustSource(config, lambda material: build_verifiers(config, material))
-        trust.seed(load_trust_material(config))
-        service = VerifierService(trust, config, AuditTrail.from_config(config))
+        service = in_process_service(pki, stream_window=2)
         stream = service.VerifyStream(endless(), FakeContext())  # type: ignore[arg-type]
         first = Response.FromString(await anext(stream))
         assert [v.request_id for v in first.verdicts] == [f"w-1-{i}" for i in range(5)]
