@@ -14,7 +14,8 @@ alternating order, changing one thing per server:
   so that one piece can be left out, ``APCV_GAP``): every one also answers the echo method with
   the echo server's handler, so the same server's ``Verify`` and echo calls can be compared.
 
-Usage: ``python loadtest/unary_gap.py --echo base,icpt --service full,noregistered``.
+Usage: ``python loadtest/unary_gap.py --echo base,icpt --service full,noregistered``
+(``+`` joins two pieces left out, ``=PYTHONPATH`` runs another copy of the package).
 """
 
 from __future__ import annotations
@@ -183,7 +184,16 @@ def _time_pieces(spent: list[Any]) -> None:
 
         return timed_piece
 
-    audit_module.audit_tail = timing("audit.tail", audit_module.audit_tail)
+    tail = timing("audit.tail", audit_module.audit_tail)
+    again = timing("audit.tail-again", audit_module.audit_tail)
+
+    def tail_twice(*args: Any) -> Any:  # the second call, discarded: the same work, warm
+        result = tail(*args)
+        if os.environ.get("APCV_GAP_TAIL_TWICE"):
+            again(*args)
+        return result
+
+    audit_module.audit_tail = tail_twice
     audit_module.write_audit_lines = timing("audit.write", audit_module.write_audit_lines)
     ServiceMetrics.observe_verification = timing(  # type: ignore[method-assign]
         "audit.metric1", ServiceMetrics.observe_verification
@@ -208,7 +218,7 @@ def _patched_serve(argv: list[str]) -> int:
     from apcv_verify.cli.main import main
     from apcv_verify.service import startup
 
-    leave_out = set(filter(None, os.environ.get("APCV_GAP", "").split(",")))
+    leave_out = set(filter(None, os.environ.get("APCV_GAP", "").split("+")))
     added = startup.add_verifier_service
 
     def add(service: Any, server: grpc.aio.Server) -> None:
@@ -234,6 +244,11 @@ def _patched_serve(argv: list[str]) -> int:
             finally:
                 spent[0] += time.thread_time() - started
                 spent[1] += 1
+                if spent[1] == 1000:
+                    import contextvars
+
+                    names = sorted(k.name for k in contextvars.copy_context())
+                    print(f"gap-timed context variables: {len(names)} {names[:12]}", flush=True)
                 if spent[1] % 2000 == 0:
                     parts = " ".join(f"{k} {v / spent[1] * 1e6:.1f}" for k, v in spent[2].items())
                     print(f"gap-timed {spent[0] / spent[1] * 1e6:.1f} µs: {parts}", flush=True)
@@ -260,9 +275,14 @@ def _patched_serve(argv: list[str]) -> int:
 
 
 def _start_service(name: str, pki: Any, work: Path, size: int) -> Any:
-    leave_out = "" if name == "full" else name
+    """``name``: what to leave out (``APCV_GAP``; "full" for nothing), optionally with
+    ``=PYTHONPATH``, the folder of another copy of the package to run."""
+    name, _, path = name.partition("=")
+    leave_out = "" if name.startswith("full") else name
     saved = dict(os.environ)
     os.environ.update(APCV_GAP=leave_out, APCV_GAP_SIZE=str(size))
+    if path:
+        os.environ["PYTHONPATH"] = path
     if "nometrics" in leave_out:
         os.environ["APCV_GAP_NOMETRICS"] = "1"
     original = sys.executable
@@ -329,9 +349,10 @@ def run(args: Any) -> None:
         echoes: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
         try:
             size = 0
-            for name in args.service:
+            for spec in args.service:
+                name = spec.partition("=")[0]
                 (work / name).mkdir()
-                services[name] = _start_service(name, pki, work / name, size or 600)
+                services[name] = _start_service(spec, pki, work / name, size or 600)
                 if not size:
                     size = _response_size(services[name].address, next(presentations(pki, 1)))
             for variant in args.echo:
@@ -378,6 +399,10 @@ def run(args: Any) -> None:
                     f"{label:26} {statistics.median(values):7.1f} "
                     f"({min(values):.0f}–{max(values):.0f})"
                 )
+            for name, server in services.items():  # the timed handler's pieces
+                for line in server.log.read_text().splitlines():
+                    if line.startswith("gap-timed"):
+                        print(f"svc-{name}: {line}")
         finally:
             for process, _ in echoes.values():
                 process.terminate()
