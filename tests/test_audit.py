@@ -363,6 +363,49 @@ def test_audit_lines_are_what_structlog_would_write(monkeypatch: pytest.MonkeyPa
     assert first == direct and second == {**direct, "request_id": "w-2"}
 
 
+def test_audit_tail_is_the_end_of_what_structlog_would_write(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The end of the line the core's records get (``audit_tail``), with nothing bound and
+    with a bound context variable: the keys and values of the structlog chain's own line, and
+    its timestamp format (ISO 8601 in UTC with "Z")."""
+    from apcv_verify.observe import logs
+    from apcv_verify.observe.audit import RECORD_KEYS
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.writes: list[str] = []
+
+        def write(self, text: str) -> int:
+            self.writes.append(text)
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+    recorder = Recorder()
+    monkeypatch.setattr("sys.stdout", recorder)
+    saved = structlog.get_config()
+    iso_utc = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z")
+    try:
+        configure_logging("info")
+        for bound in ({}, {"worker": 1}):
+            structlog.contextvars.bind_contextvars(**bound)
+            structlog.get_logger("test").info("verification", kind="audit")
+            direct = json.loads(recorder.writes[-1])
+            tail = logs.audit_tail(RECORD_KEYS)
+            assert tail is not None and tail.endswith("}")
+            rendered = json.loads("{" + tail)
+            assert iso_utc.fullmatch(rendered["timestamp"])
+            assert iso_utc.fullmatch(direct["timestamp"])
+            assert {**rendered, "kind": "audit", "timestamp": direct["timestamp"]} == direct
+            structlog.contextvars.unbind_contextvars(*bound)
+        configure_logging("warning")
+        assert logs.audit_tail(RECORD_KEYS) == ""
+    finally:
+        structlog.configure(**saved)
+
+
 @pytest.mark.slow
 def test_the_audit_trail_has_its_own_rotated_file(
     pki: DemoPKI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
