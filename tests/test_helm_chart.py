@@ -285,7 +285,7 @@ def test_monitoring_objects_only_when_enabled(helm: str) -> None:
     rules = by_kind["PrometheusRule"]["spec"]["groups"][0]["rules"]
     assert {
         "ApcvStatusListStale", "ApcvNotServing", "ApcvCallErrorRatio", "ApcvLatencySLO",
-        "ApcvReplayStoreErrors", "ApcvReplayStoreLost",
+        "ApcvCallsRefusedByLimits", "ApcvReplayStoreErrors", "ApcvReplayStoreLost",
     } <= {r["alert"] for r in rules}  # fmt: skip
     assert rules[-1]["alert"] == "ApcvNoReplicaReady"
     # Thresholds from the values, and every expression scoped to the release's job.
