@@ -51,6 +51,7 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -103,7 +104,8 @@ async def _echo_server(port: int, response_size: int) -> None:
     service's answer size); ``EchoBatch`` parses a VerifyBatchRequest and answers as many such
     verdicts; ``EchoStream`` parses each VerifyStreamRequest of a stream and answers each with
     one VerifyStreamResponse of that size, or of as many such verdicts as it has ``scans``.
-    What gRPC and protobuf cost per call, per message."""
+    What gRPC and protobuf cost per call, per message. ``Echo`` is also served as
+    ``apcv.verify.v1.VerifierService/Verify``, for ghz's latency run (:func:`latency_at`)."""
     verdict = verifier_pb2.Verdict(request_id="x", detail="x" * max(0, response_size - 8))
     reply = verifier_pb2.VerifyResponse(verdict=verdict)
     stream_reply = verifier_pb2.VerifyStreamResponse(verdict=verdict)
@@ -139,8 +141,13 @@ async def _echo_server(port: int, response_size: int) -> None:
         ),
     }
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+    # ``Echo`` also under the service's own name, for ghz (which reads the service's proto).
+    as_verify = {"Verify": handlers["Echo"]}
     server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("apcv.bench.Echo", handlers),)
+        (
+            grpc.method_handlers_generic_handler("apcv.bench.Echo", handlers),
+            grpc.method_handlers_generic_handler("apcv.verify.v1.VerifierService", as_verify),
+        )
     )
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
@@ -429,9 +436,10 @@ _LATENCY_RUNS = itertools.count()
 
 def latency_at(server: Any, pki: Any, work: Path, rps: float, args: Any) -> dict[str, float]:
     """ghz at ``rps`` for ``args.latency_seconds`` against ``server`` (a started
-    :class:`bench.Server`): ghz's p50 and p99 in ms, the calls' client-observed latency, and
-    beside them the server's own view (its ``Verify`` duration histogram's p50 and p99), the
-    server threads' wait for a CPU per call, ghz's CPU, whether they were pinned and the load
+    :class:`bench.Server`, or the echo server with ``metrics_port`` None): ghz's p50 and p99
+    in ms, the calls' client-observed latency, and beside them the server's own view (its
+    ``Verify`` duration histogram's p50 and p99; nan for the echo server), the server
+    threads' wait for a CPU per call, ghz's CPU, whether they were pinned and the load
     average before (empty without ghz). With ``args.pin`` and 2+ CPUs the server runs on the
     first half of the CPUs and ghz on the other (docs/benchmarks.md "Unary latency: where the
     p99 goes"): the load generator no longer takes the server's core at the moment a call
@@ -451,13 +459,13 @@ def latency_at(server: Any, pki: Any, work: Path, rps: float, args: Any) -> dict
         command = ["taskset", "-c", ",".join(map(str, sorted(cores[1]))), *command]
     try:
         load = os.getloadavg()[0]
-        histogram = _handling_seconds(server.metrics_port)
+        histogram = _handling_seconds(server.metrics_port) if server.metrics_port else {}
         waited = run_queue_seconds(pid)
         ghz_cpu = _children_cpu()
         run = subprocess.run(command, check=True, capture_output=True, text=True)
         ghz_cpu = _children_cpu() - ghz_cpu
         waited = run_queue_seconds(pid) - waited
-        after = _handling_seconds(server.metrics_port)
+        after = _handling_seconds(server.metrics_port) if server.metrics_port else {}
     finally:
         if cores is not None:
             _set_affinity(pid, cores[0] | cores[1])
@@ -503,9 +511,12 @@ def _start_variant(name: str, path: str | None, pki: Any, work: Path) -> Any:
                 os.environ["PYTHONPATH"] = saved
 
 
-def run(args: Any) -> tuple[list[Measured], list[dict[str, float]]]:
+def run(
+    args: Any,
+) -> tuple[list[Measured], list[dict[str, float]], list[dict[str, float]]]:
     results: list[Measured] = []
     latencies: list[dict[str, float]] = []
+    echo_latencies: list[dict[str, float]] = []
     variants: dict[str, str | None] = dict(v.split("=", 1) for v in args.variant)
     with tempfile.TemporaryDirectory(prefix="apcv-service-bench-") as temporary:
         work = Path(temporary)
@@ -555,11 +566,16 @@ def run(args: Any) -> tuple[list[Measured], list[dict[str, float]]]:
                     )
                     results.append(result)
                 verify = next(r for r in reversed(results) if r.case == "verify")
-                latency = latency_at(server, pki, work / f"pki-{round_}", verify.rate / 2, args)
-                if latency:
-                    shown = ", ".join(f"{k} {v:.2f}" for k, v in latency.items())
-                    print(f"round {round_} Verify at half the maximum rate: {shown}", flush=True)
-                    latencies.append(latency)
+                # Verify at half its maximum rate; the bare echo server at the same rate (what
+                # gRPC alone shows on this machine), in alternating order.
+                bare = SimpleNamespace(process=echo, address=echo_address, metrics_port=None)
+                targets = [("Verify", server, latencies), ("echo", bare, echo_latencies)]
+                for name, target, into in targets if round_ % 2 else reversed(targets):
+                    latency = latency_at(target, pki, work / f"pki-{round_}", verify.rate / 2, args)
+                    if latency:
+                        shown = ", ".join(f"{k} {v:.2f}" for k, v in latency.items())
+                        print(f"round {round_} {name} at half Verify's maximum rate: {shown}")
+                        into.append(latency)
             finally:
                 if echo is not None:
                     echo.terminate()
@@ -567,14 +583,19 @@ def run(args: Any) -> tuple[list[Measured], list[dict[str, float]]]:
                 stop_server(server)
                 for other in others.values():
                     stop_server(other)
-    return results, latencies
+    return results, latencies, echo_latencies
 
 
 def median(results: list[Measured], case: str, key: str = "cpu_us_per_item") -> float:
     return statistics.median(getattr(r, key) for r in results if r.case == case)
 
 
-def report(results: list[Measured], latencies: list[dict[str, float]], args: Any) -> str:
+def report(
+    results: list[Measured],
+    latencies: list[dict[str, float]],
+    args: Any,
+    echo_latencies: Sequence[dict[str, float]] = (),
+) -> str:
     variants = sorted({r.case.partition("@")[2] for r in results} - {""})
     cases = ["core1", "core100", *SERVER_CASES, "echo-batch100", "echo-stream", "echo-stream20"]
     cases += [f"{c}@{name}" for name in variants for c in SERVER_CASES if c != "echo"]
@@ -647,15 +668,18 @@ def report(results: list[Measured], latencies: list[dict[str, float]], args: Any
         f" | {median(results, 'batch100') - echo_batch - core100:.0f} | |",
     ]
     if latencies:
-        lines += latency_rows(latencies)
+        lines += latency_rows(latencies, echo_latencies)
     lines += [END, ""]
     return "\n".join(lines)
 
 
-def latency_rows(latencies: list[dict[str, float]]) -> list[str]:
+def latency_rows(
+    latencies: list[dict[str, float]], echo_latencies: Sequence[dict[str, float]] = ()
+) -> list[str]:
     """The p99 row of the ratio table (ghz: the client-observed latency of real calls, the
     figure the target is about) and, beside it, the same calls on the server's own clock, and
-    what the run shared the CPUs with: medians of the rounds, each round's value after."""
+    what the run shared the CPUs with, and the bare echo server's p99 at the same rate:
+    medians of the rounds, each round's value after."""
 
     def values(key: str, digits: int = 2) -> tuple[float, str]:
         each = [x[key] for x in latencies]
@@ -674,7 +698,7 @@ def latency_rows(latencies: list[dict[str, float]]) -> list[str]:
         if all(x["pinned"] for x in latencies)
         else "server and ghz sharing the CPUs"
     )
-    return [
+    rows = [
         f"| Verify p99 at half the maximum rate (ghz, {rps:.0f}/s, {pinned}; p50 {p50:.2f} ms;"
         f" rounds {p99_rounds} ms; load average before {loads})"
         f" | {p99:.2f} ms | ≤ 2 ms |",
@@ -683,6 +707,15 @@ def latency_rows(latencies: list[dict[str, float]]) -> list[str]:
         f"| the server's threads waiting for a CPU, µs per call (rounds {waited_rounds});"
         f" ghz's CPU {ghz:.2f} cores | {waited:.0f} | |",
     ]
+    if echo_latencies:
+        echo_p99 = statistics.median(x["p99_ms"] for x in echo_latencies)
+        echo_p50 = statistics.median(x["p50_ms"] for x in echo_latencies)
+        echo_rounds = ", ".join(f"{x['p99_ms']:.2f}" for x in echo_latencies)
+        rows.append(
+            f"| the bare echo server at the same rate and placement (ghz; p50 {echo_p50:.2f} ms;"
+            f" rounds {echo_rounds} ms): what gRPC alone shows here | {echo_p99:.2f} ms | |"
+        )
+    return rows
 
 
 def plot(results: list[Measured], path: Path) -> str:
@@ -779,8 +812,8 @@ def main() -> int:
         return 0
     if args.quick:
         args.rounds, args.items, args.latency_seconds = 1, 200, 0.0
-    results, latencies = run(args)
-    section = report(results, latencies, args)
+    results, latencies, echo_latencies = run(args)
+    section = report(results, latencies, args, echo_latencies)
     if args.plot:  # linked from the section (the PNG next to the document)
         section = section.replace(END, f"\n{plot(results, args.plot)}\n{END}")
     print(section)
