@@ -167,8 +167,9 @@ test-fast: dev tools helm system-deps fhir-validator examples
 # VerifyBatch(100) vs Verify, Redis vs memory (loadtest/bench.py; installs the pinned ghz into
 # .tools/bin). Then the service against its core (loadtest/service_bench.py: server CPU per
 # presentation for Verify, VerifyBatch, VerifyStream, the core and a bare grpc.aio echo server,
-# ghz for Verify's p99 at half its maximum rate). Each writes docs/benchmarks.md, the core and
-# the service into their own sections, each with a PNG plot beside it in docs/.
+# ghz for Verify's p99 at half its maximum rate, ghz on CPUs apart from the server's, the echo
+# server's p99 beside). Each writes docs/benchmarks.md, the core and the service into their own
+# sections, each with a PNG plot beside it in docs/.
 bench: dev system-deps
 	$(PY) loadtest/core_bench.py --write docs/benchmarks.md --plot docs/benchmarks-scale.png
 	$(PY) loadtest/bench.py

@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,7 +175,15 @@ class Server:
     log: Path
 
 
-def start_server(case: Case, pki_dir: Path, redis_url: str | None, work: Path) -> Server:
+def start_server(
+    case: Case,
+    pki_dir: Path,
+    redis_url: str | None,
+    work: Path,
+    launcher: Sequence[str] = (sys.executable, "-m", "apcv_verify.cli"),
+) -> Server:
+    """``apcv-verify serve`` for ``case`` (``launcher`` runs the command: loadtest/p99_probe.py
+    runs it with a probe inside), once it reports SERVING."""
     address = f"127.0.0.1:{free_port()}"
     metrics_port = free_port()
     env = {
@@ -190,7 +198,7 @@ def start_server(case: Case, pki_dir: Path, redis_url: str | None, work: Path) -
         env["APCV_REPLAY_REDIS_URL"] = redis_url
     log = work / f"{case.name}.log"
     command = [
-        sys.executable, "-m", "apcv_verify.cli", "serve", "--listen", address,
+        *launcher, "serve", "--listen", address,
         "--anchor", str(pki_dir / "anchor.pem"), "--trust-list", str(pki_dir / "trust-list.cose"),
         *[arg for path in sorted((pki_dir / "status").glob("*.cwt"))
           for arg in ("--status-list", str(path))],

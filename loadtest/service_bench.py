@@ -20,7 +20,10 @@ The client (a grpc.aio channel in this process) sends requests it encoded before
 its own cost is small and never counted: the figure is the server process's own CPU
 accounting (``/proc/<pid>/stat`` utime + stime) before and after, divided by the presentations
 answered. Then the unary latency: the maximum ``Verify`` rate is the one just measured, and
-``ghz`` (when installed in .tools/bin by loadtest/bench.py) runs at half of it for p50/p99.
+``ghz`` (when installed in .tools/bin by loadtest/bench.py) runs at half of it for p50/p99,
+the server on one half of the CPUs and ghz on the other (``--no-pin``: sharing them), with
+the server's own duration histogram and its threads' wait for a CPU reported beside
+(:func:`latency_at`).
 
 Results (median of the rounds) go to docs/benchmarks.md between the service-bench markers;
 ``--plot`` draws them (server CPU per presentation by case) into a PNG linked from there.
@@ -31,21 +34,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import itertools
 import json
 import os
 import platform
+import resource
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from apcv_verify import _native  # noqa: E402
@@ -94,7 +104,8 @@ async def _echo_server(port: int, response_size: int) -> None:
     service's answer size); ``EchoBatch`` parses a VerifyBatchRequest and answers as many such
     verdicts; ``EchoStream`` parses each VerifyStreamRequest of a stream and answers each with
     one VerifyStreamResponse of that size, or of as many such verdicts as it has ``scans``.
-    What gRPC and protobuf cost per call, per message."""
+    What gRPC and protobuf cost per call, per message. ``Echo`` is also served as
+    ``apcv.verify.v1.VerifierService/Verify``, for ghz's latency run (:func:`latency_at`)."""
     verdict = verifier_pb2.Verdict(request_id="x", detail="x" * max(0, response_size - 8))
     reply = verifier_pb2.VerifyResponse(verdict=verdict)
     stream_reply = verifier_pb2.VerifyStreamResponse(verdict=verdict)
@@ -130,8 +141,13 @@ async def _echo_server(port: int, response_size: int) -> None:
         ),
     }
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+    # ``Echo`` also under the service's own name, for ghz (which reads the service's proto).
+    as_verify = {"Verify": handlers["Echo"]}
     server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("apcv.bench.Echo", handlers),)
+        (
+            grpc.method_handlers_generic_handler("apcv.bench.Echo", handlers),
+            grpc.method_handlers_generic_handler("apcv.verify.v1.VerifierService", as_verify),
+        )
     )
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
@@ -350,18 +366,130 @@ def _response_size(address: str, item: bytes) -> int:
     return len(reply)
 
 
-def latency_at(address: str, pki: Any, work: Path, rps: float, args: Any) -> dict[str, float]:
-    """ghz at ``rps`` for ``args.latency_seconds``: p50 and p99 in ms (empty without ghz)."""
+def _handling_seconds(metrics_port: int) -> dict[float, float]:
+    """The server's own ``Verify`` duration histogram (``grpc_server_handling_seconds``, from
+    the interceptor's start of the call to its answer): cumulative count by upper bound."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        text = reply.read().decode()
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if (
+                sample.name == "grpc_server_handling_seconds_bucket"
+                and sample.labels.get("grpc_method") == "Verify"
+            ):
+                buckets[float(sample.labels["le"])] = sample.value
+    return buckets
+
+
+def histogram_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """The ``q`` quantile in ms of the calls counted between two readings of a cumulative
+    histogram, linearly within its bucket (as Prometheus' ``histogram_quantile``); nan
+    without calls, the last finite bound when it falls in ``+Inf``."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not counts or counts[-1] <= 0:
+        return float("nan")
+    target = q * counts[-1]
+    lower, below = 0.0, 0.0
+    for bound, count in zip(bounds, counts, strict=True):
+        if count >= target:
+            if bound == float("inf"):
+                return lower * 1e3
+            return (lower + (bound - lower) * (target - below) / max(count - below, 1e-12)) * 1e3
+        lower, below = bound, count
+    return float("nan")
+
+
+def run_queue_seconds(pid: int) -> float:
+    """Time the threads of ``pid`` spent runnable but waiting for a CPU (``schedstat``'s
+    second field, summed over the threads alive now), in seconds; 0 where not available."""
+    waited = 0
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            waited += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return waited / 1e9
+
+
+def split_cores() -> tuple[set[int], set[int]] | None:
+    """The CPUs this process may use, split in two: the server's first half and the load
+    generator's second (``--pin``), or None with fewer than 2 CPUs or without ``taskset``."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2 or shutil.which("taskset") is None:
+        return None
+    half = len(cpus) // 2
+    return set(cpus[:half]), set(cpus[half:])
+
+
+def _set_affinity(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` (threads started later inherit it from theirs)."""
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(task.name), cpus)
+
+
+_LATENCY_RUNS = itertools.count()
+
+
+def latency_at(server: Any, pki: Any, work: Path, rps: float, args: Any) -> dict[str, float]:
+    """ghz at ``rps`` for ``args.latency_seconds`` against ``server`` (a started
+    :class:`bench.Server`, or the echo server with ``metrics_port`` None): ghz's p50 and p99
+    in ms, the calls' client-observed latency, and beside them the server's own view (its
+    ``Verify`` duration histogram's p50 and p99; nan for the echo server), the server
+    threads' wait for a CPU per call, ghz's CPU, whether they were pinned and the load
+    average before (empty without ghz). With ``args.pin`` and 2+ CPUs the server runs on the
+    first half of the CPUs and ghz on the other (docs/benchmarks.md "Unary latency: where the
+    p99 goes"): the load generator no longer takes the server's core at the moment a call
+    arrives."""
     if not GHZ.exists() or args.latency_seconds <= 0:
         return {}
     count = int(rps * args.latency_seconds * 1.2) + 10
-    data = write_corpus(work, pki, count, prefix=f"latency-{rps:g}-")  # new ids each time
+    # New request ids each time (a reused one with another presentation is refused).
+    data = write_corpus(work, pki, count, prefix=f"latency-{next(_LATENCY_RUNS)}-")
     case = Case("latency", "Verify", 1, "memory", concurrency=16, connections=4)
-    command = ghz_command(case, data, address, args.latency_seconds)
+    command = ghz_command(case, data, server.address, args.latency_seconds)
     command[-1:-1] = ["--rps", str(max(1, int(rps)))]
-    report = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+    pid = server.process.pid
+    cores = split_cores() if args.pin else None
+    if cores is not None:
+        _set_affinity(pid, cores[0])
+        command = ["taskset", "-c", ",".join(map(str, sorted(cores[1]))), *command]
+    try:
+        load = os.getloadavg()[0]
+        histogram = _handling_seconds(server.metrics_port) if server.metrics_port else {}
+        waited = run_queue_seconds(pid)
+        ghz_cpu = _children_cpu()
+        run = subprocess.run(command, check=True, capture_output=True, text=True)
+        ghz_cpu = _children_cpu() - ghz_cpu
+        waited = run_queue_seconds(pid) - waited
+        after = _handling_seconds(server.metrics_port) if server.metrics_port else {}
+    finally:
+        if cores is not None:
+            _set_affinity(pid, cores[0] | cores[1])
+    report = json.loads(run.stdout)
+    if not report.get("latencyDistribution"):
+        raise RuntimeError(f"ghz: no answered call: {report.get('errorDistribution')}")
     latency = {int(d["percentage"]): d["latency"] / 1e6 for d in report["latencyDistribution"]}
-    return {"rps": rps, "p50_ms": latency.get(50, float("nan")), "p99_ms": latency.get(99, 0.0)}
+    calls = max(1, report["count"])
+    return {
+        "rps": rps,
+        "p50_ms": latency.get(50, float("nan")),
+        "p99_ms": latency.get(99, 0.0),
+        "server_p50_ms": histogram_quantile(histogram, after, 0.50),
+        "server_p99_ms": histogram_quantile(histogram, after, 0.99),
+        "run_queue_us_per_call": waited / calls * 1e6,
+        "ghz_cores": ghz_cpu / (report["total"] / 1e9),
+        "pinned": float(cores is not None),
+        "load": load,
+    }
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _start_variant(name: str, path: str | None, pki: Any, work: Path) -> Any:
@@ -383,9 +511,12 @@ def _start_variant(name: str, path: str | None, pki: Any, work: Path) -> Any:
                 os.environ["PYTHONPATH"] = saved
 
 
-def run(args: Any) -> tuple[list[Measured], list[dict[str, float]]]:
+def run(
+    args: Any,
+) -> tuple[list[Measured], list[dict[str, float]], list[dict[str, float]]]:
     results: list[Measured] = []
     latencies: list[dict[str, float]] = []
+    echo_latencies: list[dict[str, float]] = []
     variants: dict[str, str | None] = dict(v.split("=", 1) for v in args.variant)
     with tempfile.TemporaryDirectory(prefix="apcv-service-bench-") as temporary:
         work = Path(temporary)
@@ -435,12 +566,16 @@ def run(args: Any) -> tuple[list[Measured], list[dict[str, float]]]:
                     )
                     results.append(result)
                 verify = next(r for r in reversed(results) if r.case == "verify")
-                latency = latency_at(
-                    server.address, pki, work / f"pki-{round_}", verify.rate / 2, args
-                )
-                if latency:
-                    print(f"round {round_} Verify at {latency['rps']:.0f}/s: {latency}", flush=True)
-                    latencies.append(latency)
+                # Verify at half its maximum rate; the bare echo server at the same rate (what
+                # gRPC alone shows on this machine), in alternating order.
+                bare = SimpleNamespace(process=echo, address=echo_address, metrics_port=None)
+                targets = [("Verify", server, latencies), ("echo", bare, echo_latencies)]
+                for name, target, into in targets if round_ % 2 else reversed(targets):
+                    latency = latency_at(target, pki, work / f"pki-{round_}", verify.rate / 2, args)
+                    if latency:
+                        shown = ", ".join(f"{k} {v:.2f}" for k, v in latency.items())
+                        print(f"round {round_} {name} at half Verify's maximum rate: {shown}")
+                        into.append(latency)
             finally:
                 if echo is not None:
                     echo.terminate()
@@ -448,14 +583,19 @@ def run(args: Any) -> tuple[list[Measured], list[dict[str, float]]]:
                 stop_server(server)
                 for other in others.values():
                     stop_server(other)
-    return results, latencies
+    return results, latencies, echo_latencies
 
 
 def median(results: list[Measured], case: str, key: str = "cpu_us_per_item") -> float:
     return statistics.median(getattr(r, key) for r in results if r.case == case)
 
 
-def report(results: list[Measured], latencies: list[dict[str, float]], args: Any) -> str:
+def report(
+    results: list[Measured],
+    latencies: list[dict[str, float]],
+    args: Any,
+    echo_latencies: Sequence[dict[str, float]] = (),
+) -> str:
     variants = sorted({r.case.partition("@")[2] for r in results} - {""})
     cases = ["core1", "core100", *SERVER_CASES, "echo-batch100", "echo-stream", "echo-stream20"]
     cases += [f"{c}@{name}" for name in variants for c in SERVER_CASES if c != "echo"]
@@ -528,15 +668,54 @@ def report(results: list[Measured], latencies: list[dict[str, float]], args: Any
         f" | {median(results, 'batch100') - echo_batch - core100:.0f} | |",
     ]
     if latencies:
-        p99 = statistics.median(x["p99_ms"] for x in latencies)
-        p50 = statistics.median(x["p50_ms"] for x in latencies)
-        rps = statistics.median(x["rps"] for x in latencies)
-        lines.append(
-            f"| Verify p99 at half the maximum rate (ghz, {rps:.0f}/s; p50 {p50:.2f} ms)"
-            f" | {p99:.2f} ms | ≤ 2 ms |"
-        )
+        lines += latency_rows(latencies, echo_latencies)
     lines += [END, ""]
     return "\n".join(lines)
+
+
+def latency_rows(
+    latencies: list[dict[str, float]], echo_latencies: Sequence[dict[str, float]] = ()
+) -> list[str]:
+    """The p99 row of the ratio table (ghz: the client-observed latency of real calls, the
+    figure the target is about) and, beside it, the same calls on the server's own clock, and
+    what the run shared the CPUs with, and the bare echo server's p99 at the same rate:
+    medians of the rounds, each round's value after."""
+
+    def values(key: str, digits: int = 2) -> tuple[float, str]:
+        each = [x[key] for x in latencies]
+        return statistics.median(each), ", ".join(f"{v:.{digits}f}" for v in each)
+
+    p99, p99_rounds = values("p99_ms")
+    p50, _ = values("p50_ms")
+    rps, _ = values("rps", 0)
+    server_p99, server_rounds = values("server_p99_ms")
+    server_p50, _ = values("server_p50_ms")
+    waited, waited_rounds = values("run_queue_us_per_call", 0)
+    ghz, _ = values("ghz_cores")
+    _, loads = values("load")
+    pinned = (
+        "server and ghz on separate CPUs"
+        if all(x["pinned"] for x in latencies)
+        else "server and ghz sharing the CPUs"
+    )
+    rows = [
+        f"| Verify p99 at half the maximum rate (ghz, {rps:.0f}/s, {pinned}; p50 {p50:.2f} ms;"
+        f" rounds {p99_rounds} ms; load average before {loads})"
+        f" | {p99:.2f} ms | ≤ 2 ms |",
+        f"| the same calls on the server's clock (its `Verify` duration histogram; p50"
+        f" {server_p50:.2f} ms; rounds {server_rounds} ms) | {server_p99:.2f} ms | |",
+        f"| the server's threads waiting for a CPU, µs per call (rounds {waited_rounds});"
+        f" ghz's CPU {ghz:.2f} cores | {waited:.0f} | |",
+    ]
+    if echo_latencies:
+        echo_p99 = statistics.median(x["p99_ms"] for x in echo_latencies)
+        echo_p50 = statistics.median(x["p50_ms"] for x in echo_latencies)
+        echo_rounds = ", ".join(f"{x['p99_ms']:.2f}" for x in echo_latencies)
+        rows.append(
+            f"| the bare echo server at the same rate and placement (ghz; p50 {echo_p50:.2f} ms;"
+            f" rounds {echo_rounds} ms): what gRPC alone shows here | {echo_p99:.2f} ms | |"
+        )
+    return rows
 
 
 def plot(results: list[Measured], path: Path) -> str:
@@ -609,6 +788,12 @@ def main() -> int:
     parser.add_argument("--batch-concurrency", type=int, default=2)
     parser.add_argument("--streams", type=int, default=2)
     parser.add_argument("--latency-seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the latency run with the server and ghz on separate halves of the CPUs",
+    )
     parser.add_argument("--quick", action="store_true", help="1 round of 200, no ghz run")
     parser.add_argument("--write", type=Path, help="docs/benchmarks.md to update")
     parser.add_argument("--plot", type=Path, help="PNG of the CPU per presentation by case")
@@ -627,8 +812,8 @@ def main() -> int:
         return 0
     if args.quick:
         args.rounds, args.items, args.latency_seconds = 1, 200, 0.0
-    results, latencies = run(args)
-    section = report(results, latencies, args)
+    results, latencies, echo_latencies = run(args)
+    section = report(results, latencies, args, echo_latencies)
     if args.plot:  # linked from the section (the PNG next to the document)
         section = section.replace(END, f"\n{plot(results, args.plot)}\n{END}")
     print(section)

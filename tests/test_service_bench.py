@@ -1,13 +1,18 @@
 """The service benchmark keeps working (loadtest/service_bench.py --quick, no timing asserted):
 it drives a real server with pre-encoded Verify, VerifyBatch and VerifyStream requests (one
 scan per request, and 20) and a bare echo server, and writes its section of
-docs/benchmarks.md."""
+docs/benchmarks.md; and the latency step's pieces: the server's own quantile from its
+histogram, the rows that keep the client-observed p99 as the figure, the CPU split."""
 
 from __future__ import annotations
 
+import math
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,3 +47,55 @@ def test_quick_service_benchmark_writes_its_section(tmp_path: Path) -> None:
     assert "| VerifyStream (20 per message) / core (100 per call) |" in text
     assert png.read_bytes().startswith(b"\x89PNG")  # linked from the section
     assert "](benchmarks-service.png)\n<!-- service-bench:end -->" in text
+
+
+def _service_bench() -> Any:
+    sys.path.insert(0, str(REPO / "loadtest"))
+    import service_bench
+
+    return service_bench
+
+
+def test_server_side_quantile_reads_the_calls_between_two_scrapes() -> None:
+    bench = _service_bench()
+    before = {0.0005: 10.0, 0.001: 10.0, 0.0025: 10.0, float("inf"): 10.0}
+    after = {0.0005: 100.0, 0.001: 109.0, 0.0025: 110.0, float("inf"): 110.0}
+    # 100 calls in between: 90 under 0.5 ms, 9 between 0.5 and 1 ms, 1 up to 2.5 ms.
+    assert bench.histogram_quantile(before, after, 0.5) == pytest.approx(0.5 * 50 / 90)
+    assert bench.histogram_quantile(before, after, 0.99) == pytest.approx(1.0)
+    assert bench.histogram_quantile(before, after, 1.0) == pytest.approx(2.5)
+    beyond = {0.001: 0.0, float("inf"): 4.0}
+    assert bench.histogram_quantile({}, beyond, 0.99) == pytest.approx(1.0)  # its last bound
+    assert math.isnan(bench.histogram_quantile(after, after, 0.99))  # no call in between
+
+
+def test_latency_rows_keep_the_client_observed_p99_as_the_figure() -> None:
+    bench = _service_bench()
+    one = {
+        "rps": 480.0, "p50_ms": 1.8, "p99_ms": 9.0, "server_p50_ms": 0.4, "server_p99_ms": 0.9,
+        "run_queue_us_per_call": 700.0, "ghz_cores": 0.4, "pinned": 1.0, "load": 4.5,
+    }  # fmt: skip
+    two = {**one, "p99_ms": 30.0, "server_p99_ms": 1.0, "load": 5.5}
+    three = {**one, "p99_ms": 12.0, "load": 3.0}
+    echo = [{**one, "p99_ms": 7.0}, {**one, "p99_ms": 20.0}]
+    rows = bench.latency_rows([one, two, three], echo)
+    cells = [row.split(" | ") for row in rows]
+    assert cells[0][0].startswith("| Verify p99 at half the maximum rate (ghz, 480/s")
+    assert "server and ghz on separate CPUs" in cells[0][0]
+    assert "rounds 9.00, 30.00, 12.00 ms" in cells[0][0]
+    assert "load average before 4.50, 5.50, 3.00" in cells[0][0]
+    assert cells[0][1:] == ["12.00 ms", "≤ 2 ms |"]  # ghz's, the median of the rounds
+    assert cells[1][1] == "0.90 ms" and "server's clock" in cells[1][0]
+    assert cells[3][1] == "13.50 ms" and "echo server" in cells[3][0]
+    assert "sharing the CPUs" in bench.latency_rows([{**one, "pinned": 0.0}])[0]
+
+
+def test_cores_split_in_two_disjoint_halves() -> None:
+    bench = _service_bench()
+    split = bench.split_cores()
+    if split is None:
+        assert len(os.sched_getaffinity(0)) < 2 or shutil.which("taskset") is None
+        return
+    server, load = split
+    assert server and load and not server & load
+    assert server | load == os.sched_getaffinity(0)
