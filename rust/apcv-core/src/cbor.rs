@@ -15,11 +15,47 @@ use crate::limits::MAX_CBOR_DEPTH;
 /// Identity of a map key for duplicate detection. Integers and strings compare by value so
 /// that a non-shortest encoding (accepted, docs/profile.md §4.3 rule 3) cannot smuggle a duplicate;
 /// any other key compares by its encoded bytes.
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum KeyId<'a> {
     Int(u8, u64),
     Str(u8, &'a [u8]),
     Other(&'a [u8]),
+}
+
+/// Keys of one map compared by a linear search, without allocating, up to this many (the
+/// profile's maps have at most a dozen); a map with more also goes through a `BTreeSet`.
+const FEW_KEYS: usize = 16;
+
+/// The keys of one map seen so far, for duplicate detection.
+struct SeenKeys<'a> {
+    few: [KeyId<'a>; FEW_KEYS],
+    len: usize,
+    many: BTreeSet<KeyId<'a>>,
+}
+
+impl<'a> SeenKeys<'a> {
+    fn new() -> SeenKeys<'a> {
+        SeenKeys {
+            few: [KeyId::Other(&[]); FEW_KEYS],
+            len: 0,
+            many: BTreeSet::new(),
+        }
+    }
+
+    /// Adds `key`; false when it was already there.
+    fn insert(&mut self, key: KeyId<'a>) -> bool {
+        if self.few.get(..self.len).unwrap_or(&[]).contains(&key) {
+            return false;
+        }
+        match self.few.get_mut(self.len) {
+            Some(slot) => {
+                *slot = key;
+                self.len += 1;
+                true
+            }
+            None => self.many.insert(key),
+        }
+    }
 }
 
 struct Head {
@@ -117,7 +153,7 @@ impl<'a> PrePass<'a> {
                         if h.arg > self.remaining() / 2 {
                             return Err(Error::Malformed("truncated CBOR"));
                         }
-                        let mut keys = BTreeSet::new();
+                        let mut keys = SeenKeys::new();
                         for _ in 0..h.arg {
                             let key_start = self.pos;
                             // docs/profile.md §2.1 rule 3: map keys are integers or text,
@@ -412,6 +448,24 @@ mod tests {
         // Same content as text and as an integer: different keys.
         check_well_formed(&[0xa2, 0x61, b'a', 0x00, 0x18, b'a', 0x01]).unwrap();
         check_well_formed(&[0xa2, 0x20, 0x00, 0x00, 0x01]).unwrap(); // -1 and 0
+
+        // Beyond the keys compared linearly: a duplicate of an early or a late key.
+        let big = |last: u8| {
+            let mut m = vec![0xb8, 40];
+            for k in 0..39u8 {
+                m.extend_from_slice(&[0x18, k, 0x00]);
+            }
+            m.extend_from_slice(&[0x18, last, 0x00]);
+            m
+        };
+        check_well_formed(&big(39)).unwrap();
+        for dup in [0, 15, 16, 30] {
+            assert_eq!(
+                check_well_formed(&big(dup)),
+                Err(Error::Malformed("duplicate CBOR map key")),
+                "{dup}"
+            );
+        }
     }
 
     #[test]
