@@ -579,6 +579,15 @@ def main() -> None:
     parser.add_argument("--write", type=Path, help="write the results into this markdown file")
     parser.add_argument("--plot", type=Path, help="PNG of the scale figures")
     parser.add_argument("--json", type=Path, help="write the raw results as JSON")
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        metavar="LABEL",
+        choices=[c.label for c in CASES],
+        help="run only these cases of section 2-3 (e.g. core-nfc-100-cache-t1 peer-nfc-1-none-t1)"
+        " in interleaved rounds and print each one's median CPU per presentation and the load;"
+        " no Rust binaries, no scale, nothing written",
+    )
     parser.add_argument("--worker", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -587,6 +596,9 @@ def main() -> None:
     quick = args.quick
     rounds = args.rounds or (1 if quick else 3)
     holders = args.holders or (20 if quick else 1000)
+    if args.cases:
+        run_cases([c for c in CASES if c.label in args.cases], rounds, holders, args.repeat)
+        return
     results: dict[str, Any] = {"rounds": rounds, "holders": holders, "repeat": args.repeat}
     print("core-bench: building and running rust/core-bench", flush=True)
     results["rust"] = _cargo_bins(quick)
@@ -631,6 +643,33 @@ def main() -> None:
         _write_section(args.write, text)
     if args.plot:
         plot(results, args.plot)
+
+
+def run_cases(cases: list[Case], rounds: int, holders: int, repeat: int) -> None:
+    """Only ``cases`` (``--cases``), on a fresh corpus, in interleaved rounds as ``main`` runs
+    them: a quick comparison of a few cases on a shared machine."""
+    with tempfile.TemporaryDirectory(prefix="apcv-core-bench-") as tmp:
+        corpus = Path(tmp) / "corpus.pickle"
+        make_corpus(corpus, holders, repeat, int(time.time()))
+        rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in range(1, rounds + 1):
+            for case in cases if r % 2 else list(reversed(cases)):
+                load = _load_average()
+                row = _worker(["case", str(corpus), case.name, str(holders * repeat)], case.threads)
+                row.update(round=r, load_avg=load)
+                rows[case.label].append(row)
+                print(
+                    f"  round {r} {case.label}: {row['cpu_us']:.1f} us/presentation"
+                    f" (load {load:.1f})",
+                    flush=True,
+                )
+    for label, got in rows.items():
+        cpus = sorted(row["cpu_us"] for row in got)
+        loads = [row["load_avg"] for row in got]
+        print(
+            f"{label}: median {_median(got, 'cpu_us'):.1f} us/presentation"
+            f" (range {cpus[0]:.1f}-{cpus[-1]:.1f}), load {min(loads):.1f}-{max(loads):.1f}"
+        )
 
 
 def _run_worker(argv: list[str]) -> Any:
