@@ -274,6 +274,14 @@ impl Sign1 {
         // docs/profile.md §2.3 rule 2: nothing in the unprotected bucket is acted on (it is not
         // signed), so it is only type-checked as a map, then emptied before coset sees it.
         if let Value::Array(items) = &mut v {
+            // The protected bucket is CBOR inside a byte string, which coset decodes with
+            // ciborium (indefinite lengths, duplicate keys and all): it gets the strict rules
+            // of docs/profile.md §4.3 first, its nesting counted on its own. h'' is no item.
+            if let Some(Value::Bytes(protected)) = items.first() {
+                if !protected.is_empty() {
+                    cbor::check_well_formed(protected)?;
+                }
+            }
             match items.get_mut(1) {
                 Some(Value::Map(m)) => m.clear(),
                 Some(_) => return Err(Error::Malformed("unprotected header is not a map")),
@@ -510,6 +518,30 @@ pub(crate) mod tests {
             Sign1::parse(&detached).unwrap_err(),
             Error::Malformed("detached payload")
         );
+    }
+
+    #[test]
+    fn protected_header_gets_the_strict_cbor_rules() {
+        // docs/profile.md §4.3: an indefinite-length map, a duplicate key (alg twice, one of
+        // them in a longer form), trailing bytes: MALFORMED, though each signature is valid.
+        let s = Signer::es256();
+        let alg = 0x26; // -7, ES256 (a negative integer -1 - n is 0x20 + n)
+        assert_eq!(s.alg.id(), -7);
+        for protected in [
+            vec![0xbf, 0x01, alg, 0xff],
+            vec![0xa2, 0x01, alg, 0x18, 0x01, alg],
+            vec![0xa1, 0x01, alg, 0x00],
+        ] {
+            let msg = sign1(&s, &protected, b"p", true);
+            assert!(
+                matches!(Sign1::parse(&msg), Err(Error::Malformed(_))),
+                "{protected:02x?}"
+            );
+        }
+        // The same header in its plain form parses and verifies.
+        let msg = sign1(&s, &[0xa1, 0x01, alg], b"p", true);
+        let key = PublicKey::from_bytes(&s.cose_key_bytes()).unwrap();
+        assert!(Sign1::parse(&msg).unwrap().verify(&key, Alg::Es256, b"").unwrap());
     }
 
     #[test]
