@@ -541,7 +541,10 @@ pub(crate) mod tests {
         // The same header in its plain form parses and verifies.
         let msg = sign1(&s, &[0xa1, 0x01, alg], b"p", true);
         let key = PublicKey::from_bytes(&s.cose_key_bytes()).unwrap();
-        assert!(Sign1::parse(&msg).unwrap().verify(&key, Alg::Es256, b"").unwrap());
+        assert!(Sign1::parse(&msg)
+            .unwrap()
+            .verify(&key, Alg::Es256, b"")
+            .unwrap());
     }
 
     #[test]
