@@ -407,6 +407,11 @@ class WireBatch:
     ) -> list[str]:
         """Each verified item's audit line (newline included) as the audit trail writes it:
         ``caller``, ``method``, ``latency_ms`` as JSON values, ``tail`` the common keys."""
+    def audit(
+        self, key: HolderRefKey, caller: str, method: str, latency_ms: str, tail: str | None
+    ) -> tuple[list[tuple[bool, str, int]], list[str]]:
+        """``(decision_counts(), audit_lines(...))`` in one call; ``tail`` None for the usual
+        end of the line (nothing bound, tracing off), rendered with the current time."""
     def fhir_wanted(self) -> list[tuple[int, int | None]]:
         """``(index, verified_at)`` of the accepted items that asked for FHIR JSON
         (``verified_at`` of a resent answer, else None)."""

@@ -1054,6 +1054,32 @@ impl WireBatch {
         Ok(lines)
     }
 
+    /// One call's audit work at once: :meth:`decision_counts` and :meth:`audit_lines`, with
+    /// ``tail`` None for the usual end of the line (nothing bound in the log context,
+    /// tracing off), rendered here with the current time (`audit::plain_tail`).
+    #[allow(clippy::type_complexity)]
+    fn audit(
+        &self,
+        key: &HolderRefKey,
+        caller: &str,
+        method: &str,
+        latency_ms: &str,
+        tail: Option<&str>,
+    ) -> PyResult<(Vec<(bool, &'static str, usize)>, Vec<String>)> {
+        let plain;
+        let tail = match tail {
+            Some(tail) => tail,
+            None => {
+                plain = audit::plain_tail(time::OffsetDateTime::now_utc());
+                &plain
+            }
+        };
+        Ok((
+            self.decision_counts()?,
+            self.audit_lines(key, caller, method, latency_ms, tail)?,
+        ))
+    }
+
     /// The accepted items that asked for FHIR JSON, as ``(index, verified_at)``:
     /// ``verified_at`` the time of a resent answer, None for one decided now.
     fn fhir_wanted(&self) -> PyResult<Vec<(usize, Option<i64>)>> {
