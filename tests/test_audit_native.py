@@ -54,7 +54,8 @@ def test_the_core_renders_the_usual_tail_as_audit_tail_does(pki: DemoPKI) -> Non
     the call; with a tail it uses that one; the counts are ``decision_counts``."""
     batch = verified_batch(pki)
     key = _native.HolderRefKey(b"audit secret")
-    args = (key, json.dumps("his-1"), json.dumps("VerifyBatch"), "4.0")
+    args = (key, "his-1", "VerifyBatch", "4.0")
+    rendered = (key, json.dumps("his-1"), json.dumps("VerifyBatch"), "4.0")
     saved = structlog.get_config()
     try:
         configure_logging("info")
@@ -65,7 +66,7 @@ def test_the_core_renders_the_usual_tail_as_audit_tail_does(pki: DemoPKI) -> Non
         counts, lines = batch.audit(*args, None)
         after = time.time()
         assert counts == batch.decision_counts()
-        expected = batch.audit_lines(*args, tail)
+        expected = batch.audit_lines(*rendered, tail)
         assert len(lines) == len(expected) == len(batch.audit_rows()) > 2
         for line, wanted in zip(lines, expected, strict=True):
             assert line.endswith("}\n")
@@ -80,7 +81,8 @@ def test_the_core_renders_the_usual_tail_as_audit_tail_does(pki: DemoPKI) -> Non
             seconds = calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S"))
             assert int(before) - 1 <= seconds <= after + 1
         given = '"event": "verification", "worker": 1, "level": "info", "timestamp": "x"}'
-        assert batch.audit(*args, given)[1] == batch.audit_lines(*args, given)
+        assert batch.audit(*args, given)[1] == batch.audit_lines(*rendered, given)
+        assert batch.audit(*args, "") == (counts, [])
         structlog.contextvars.bind_contextvars(worker=1)
         bound = logs.native_audit_tail(RECORD_KEYS)
         assert isinstance(bound, str) and '"worker": 1' in bound
@@ -127,3 +129,54 @@ def test_record_wire_writes_the_core_rendered_lines_and_counts_them(
         labels = {"decision": "ACCEPTED" if accepted else "REJECTED", "reason": reason}
         assert sample("apcv_verifications_total", {**labels, "method": "VerifyBatch"}) == count
     assert sample("apcv_verification_seconds_count", {"method": "VerifyBatch"}) == len(lines)
+
+
+def test_the_core_counts_export_as_prometheus_clients_counter_and_histogram(
+    pki: DemoPKI,
+) -> None:
+    """The counts ``WireBatch.audit`` keeps (``VerificationCounts``, exported by
+    ``VerificationCollector``) give the exposition text prometheus_client's own ``Counter``
+    and ``Histogram`` of the same names give for the same decisions and latencies."""
+    from apcv_verify.observe.metrics import (
+        VERIFICATION_SECONDS_BUCKETS,
+        VERIFICATION_SECONDS_HELP,
+        VERIFICATIONS_HELP,
+        VerificationCollector,
+        observe_many,
+    )
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    batch = verified_batch(pki)
+    key = _native.HolderRefKey(b"audit secret")
+    counts = _native.VerificationCounts(list(VERIFICATION_SECONDS_BUCKETS))
+    native = CollectorRegistry()
+    native.register(VerificationCollector(counts))
+    reference = CollectorRegistry()
+    total = Counter(
+        "apcv_verifications_total",
+        VERIFICATIONS_HELP,
+        ["decision", "reason", "method"],
+        registry=reference,
+    )
+    seconds = Histogram(
+        "apcv_verification_seconds",
+        VERIFICATION_SECONDS_HELP,
+        ["method"],
+        buckets=VERIFICATION_SECONDS_BUCKETS,
+        registry=reference,
+    )
+    for method, latency in (("VerifyBatch", 0.004), ("Verify", 0.00025), ("VerifyBatch", 3.0)):
+        kinds, _ = batch.audit(key, "his-1", method, "1", "", counts, latency)
+        for accepted, reason, count in kinds:
+            decision = "ACCEPTED" if accepted else "REJECTED"
+            total.labels(decision=decision, reason=reason, method=method).inc(count)
+        decided = sum(count for *_, count in kinds)
+        observe_many(seconds.labels(method=method), latency / decided, decided)
+    counts.count("REJECTED", "REPLAYED", "Verify", 2)
+    total.labels(decision="REJECTED", reason="REPLAYED", method="Verify").inc(2)
+    counts.observe("Verify", 0.00001, 1)  # on a bound
+    seconds.labels(method="Verify").observe(0.00001)
+    assert generate_latest(native) == generate_latest(reference)
+    assert b"apcv_verification_seconds_bucket" in generate_latest(native)
+    with pytest.raises(ValueError, match="ACCEPTED or REJECTED"):
+        counts.count("MAYBE", "OK", "Verify", 1)

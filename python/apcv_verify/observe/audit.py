@@ -65,8 +65,6 @@ RECORD_KEYS = frozenset(
 #: 32 hex characters = 128 bits of the HMAC: collisions stay negligible for billions of
 #: credentials, and the reference stays short in every log line.
 HOLDER_REF_HEX_CHARS = 32
-#: Callers and methods whose JSON string :meth:`AuditTrail._json` keeps at most.
-_RENDERED_MAX = 1024
 #: Bytes of the per-process secret used when none is configured.
 EPHEMERAL_SECRET_BYTES = 32
 
@@ -96,8 +94,6 @@ class AuditTrail:
         self._key = _native.HolderRefKey(secret)
         self._metrics = metrics
         self._replay_backend = replay_backend
-        #: ``json.dumps`` of the callers and methods of :meth:`record_wire` (:meth:`_json`).
-        self._rendered: dict[str, str] = {}
         if metrics is not None:  # exported from 0, so that rate() and increase() see the first
             metrics.replay_store_errors.labels(backend=replay_backend)
 
@@ -174,42 +170,36 @@ class AuditTrail:
         if tail is None:
             self.record_rows(method, batch.audit_rows(), latency_seconds, caller=caller)
             return
-        if tail:  # the lines and the counts in one call; the usual tail rendered there
-            counts, lines = batch.audit(
-                self._key,
-                self._json(caller),
-                self._json(method),
-                json.dumps(round(latency_seconds * 1000, 3)),
-                None if tail is True else tail,
-            )
-        else:  # the audit's level is not logged: the metrics only
-            counts, lines = batch.decision_counts(), []
+        metrics = self._metrics
+        sink = None if metrics is None else metrics.verification_counts
+        # One call: the decisions counted (in the core's counts when the metrics keep them
+        # there), the latency shared among them, the lines rendered (the usual tail there).
+        counts, lines = batch.audit(
+            self._key,
+            caller,
+            method,
+            json.dumps(round(latency_seconds * 1000, 3)),
+            None if tail is True else tail,
+            sink,
+            latency_seconds,
+        )
         decided = 0
         for accepted, reason, count in counts:
             decided += count
-            if self._metrics is not None:
-                self._metrics.observe_verification(
+            if metrics is not None and (sink is None or reason == "REPLAY_UNAVAILABLE"):
+                metrics.observe_verification(
                     method=method,
                     decision="ACCEPTED" if accepted else "REJECTED",
                     reason=reason,
                     replay_backend=self._replay_backend,
                     count=count,
+                    counted=sink is not None,
                 )
-        if self._metrics is not None and decided:
-            self._metrics.observe_latency(method=method, seconds=latency_seconds, count=decided)
+        if metrics is not None and sink is None and decided:
+            metrics.observe_latency(method=method, seconds=latency_seconds, count=decided)
         core_span(method, decided, latency_seconds)  # tracing on: the core call's span
         if lines:
             write_audit_lines(lines)
-
-    def _json(self, text: str) -> str:
-        """``json.dumps(text)``, kept for the callers and methods met (few: the configured
-        callers' CNs, ``anonymous`` and the three methods; bounded all the same)."""
-        rendered = self._rendered.get(text)
-        if rendered is None:
-            if len(self._rendered) >= _RENDERED_MAX:
-                self._rendered.clear()
-            rendered = self._rendered[text] = json.dumps(text)
-        return rendered
 
     def _fields(
         self,

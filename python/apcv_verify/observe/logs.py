@@ -24,7 +24,7 @@ import logging.handlers
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 import structlog
 
@@ -229,7 +229,7 @@ def audit_tail(record_keys: frozenset[str]) -> str | None:
     return json.dumps(common)[1:]
 
 
-def native_audit_tail(record_keys: frozenset[str]) -> str | bool | None:
+def native_audit_tail(record_keys: frozenset[str]) -> str | Literal[True] | None:
     """:func:`audit_tail` for records rendered by the core, which renders the usual tail
     itself (``WireBatch.audit`` with no tail: the same text, its timestamp read there): True
     in that case (logging configured at the audit's level, nothing bound in the context, no
