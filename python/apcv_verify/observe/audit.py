@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import secrets
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -178,7 +177,9 @@ class AuditTrail:
             self._key,
             caller,
             method,
-            json.dumps(round(latency_seconds * 1000, 3)),
+            # json.dumps of a finite float is its repr (float.__repr__), without the encoder's
+            # per-call set-up, a tenth of a unary call's audit record in a profile.
+            repr(round(latency_seconds * 1000, 3)),
             None if tail is True else tail,
             sink,
             latency_seconds,
