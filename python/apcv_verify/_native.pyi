@@ -23,6 +23,7 @@ __all__ = [
     "StatusListError",
     "TrustList",
     "TrustListError",
+    "VerificationCounts",
     "VerificationResult",
     "Verifier",
     "WireBatch",
@@ -407,6 +408,20 @@ class WireBatch:
     ) -> list[str]:
         """Each verified item's audit line (newline included) as the audit trail writes it:
         ``caller``, ``method``, ``latency_ms`` as JSON values, ``tail`` the common keys."""
+    def audit(
+        self,
+        key: HolderRefKey,
+        caller: str,
+        method: str,
+        latency_ms: str,
+        tail: str | None,
+        counts: VerificationCounts | None = None,
+        latency_seconds: float = 0.0,
+    ) -> tuple[list[tuple[bool, str, int]], list[str]]:
+        """``(decision_counts(), audit_lines(...))`` in one call, ``caller`` and ``method`` as
+        they are; ``tail`` None for the usual end of the line (nothing bound, tracing off),
+        rendered with the current time, "" for no lines; with ``counts``, the decisions and
+        ``latency_seconds`` (shared among them) counted there."""
     def fhir_wanted(self) -> list[tuple[int, int | None]]:
         """``(index, verified_at)`` of the accepted items that asked for FHIR JSON
         (``verified_at`` of a resent answer, else None)."""
@@ -417,6 +432,21 @@ class WireBatch:
         """An encoded ``VerifyBatchResponse``, a list of encoded ``VerifyStreamResponse``s
         (bytes, one per request) for a stream, an encoded ``VerifyResponse`` for a unary
         call; ``disclosure``: the field groups disclosed for each use."""
+
+@final
+class VerificationCounts:
+    """The counts behind ``apcv_verifications_total`` and ``apcv_verification_seconds``
+    (bucket ``bounds`` ascending), updated by :meth:`WireBatch.audit`."""
+
+    def __new__(cls, bounds: Sequence[float]) -> Self: ...
+    def count(self, decision: str, reason: str, method: str, count: int) -> None:
+        """Count ``count`` decisions ("ACCEPTED" or "REJECTED")."""
+    def observe(self, method: str, amount: float, count: int) -> None:
+        """Observe ``amount`` seconds ``count`` times in ``method``'s histogram."""
+    def snapshot(
+        self,
+    ) -> tuple[list[tuple[str, str, str, int]], list[tuple[str, list[int], float]]]:
+        """``(decision, reason, method, count)`` and ``(method, cumulative buckets, sum)``."""
 
 @final
 class HolderRefKey:

@@ -24,7 +24,7 @@ import logging.handlers
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 import structlog
 
@@ -227,6 +227,22 @@ def audit_tail(record_keys: frozenset[str]) -> str | None:
     if not record_keys.isdisjoint(common):
         return None
     return json.dumps(common)[1:]
+
+
+def native_audit_tail(record_keys: frozenset[str]) -> str | Literal[True] | None:
+    """:func:`audit_tail` for records rendered by the core, which renders the usual tail
+    itself (``WireBatch.audit`` with no tail: the same text, its timestamp read there): True
+    in that case (logging configured at the audit's level, nothing bound in the context, no
+    span, ``record_keys`` apart from the tail's), else what :func:`audit_tail` returns."""
+    if (
+        _audit_buffer is not None
+        and _audit_enabled
+        and not structlog.contextvars.get_contextvars()
+        and trace_fields() is None
+        and record_keys.isdisjoint(_PLAIN_TAIL_KEYS)
+    ):
+        return True
+    return audit_tail(record_keys)
 
 
 def write_audit_lines(lines: Sequence[str]) -> None:

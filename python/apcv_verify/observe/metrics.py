@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import math
 import os
 import platform
 from collections.abc import Callable, Iterable, Mapping
@@ -36,8 +37,14 @@ from prometheus_client import (
     disable_created_metrics,
     start_http_server,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from .. import _native
 
@@ -50,6 +57,7 @@ __all__ = [
     "VERIFICATION_SECONDS_BUCKETS",
     "BuildInfoCollector",
     "ServiceMetrics",
+    "VerificationCollector",
     "WorkerProcessCollector",
     "build_info",
     "observe_many",
@@ -74,6 +82,12 @@ GRPC_SECONDS_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
     2.5, 5.0, 10.0,
 )  # fmt: skip
+#: The help of ``apcv_verifications_total`` and ``apcv_verification_seconds``.
+VERIFICATIONS_HELP = "Verification decisions, by decision, reason code and RPC method."
+VERIFICATION_SECONDS_HELP = (
+    "Time of the core call (and replay settlement) per verified presentation: a batch "
+    "or a stream's micro-batch of n items observes its time divided by n, n times."
+)
 #: Batch sizes from a single scan to a full batch of a reader's offline spool.
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 
@@ -127,20 +141,34 @@ class ServiceMetrics:
             ["grpc_type", "grpc_service", "grpc_method"],
             registry=registry,
         )
-        self.verifications = Counter(
-            "apcv_verifications_total",
-            "Verification decisions, by decision, reason code and RPC method.",
-            ["decision", "reason", "method"],
-            registry=registry,
-        )
-        self.verification_seconds = Histogram(
-            "apcv_verification_seconds",
-            "Time of the core call (and replay settlement) per verified presentation: a batch "
-            "or a stream's micro-batch of n items observes its time divided by n, n times.",
-            ["method"],
-            buckets=VERIFICATION_SECONDS_BUCKETS,
-            registry=registry,
-        )
+        #: With one process, the verification counts are kept in the core
+        #: (``_native.VerificationCounts``), where the audit's one binding call per core call
+        #: updates them (``WireBatch.audit``), and exported by :class:`VerificationCollector`
+        #: under the same names, types and labels; with several worker processes
+        #: (``PROMETHEUS_MULTIPROC_DIR``), prometheus_client's metrics, whose files the parent
+        #: sums, as before.
+        self.verification_counts: _native.VerificationCounts | None = None
+        self.verifications: Counter | None = None
+        self.verification_seconds: Histogram | None = None
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            self.verifications = Counter(
+                "apcv_verifications_total",
+                VERIFICATIONS_HELP,
+                ["decision", "reason", "method"],
+                registry=registry,
+            )
+            self.verification_seconds = Histogram(
+                "apcv_verification_seconds",
+                VERIFICATION_SECONDS_HELP,
+                ["method"],
+                buckets=VERIFICATION_SECONDS_BUCKETS,
+                registry=registry,
+            )
+        else:
+            self.verification_counts = _native.VerificationCounts(
+                list(VERIFICATION_SECONDS_BUCKETS)
+            )
+            registry.register(VerificationCollector(self.verification_counts))
         self.batch_size = Histogram(
             "apcv_batch_size",
             "Number of presentations per VerifyBatch call.",
@@ -179,24 +207,37 @@ class ServiceMetrics:
         reason: str,
         replay_backend: str,
         count: int = 1,
+        counted: bool = False,
     ) -> None:
         """Count ``count`` decisions of one kind (called by the audit trail: for each decision,
-        or for a batch's decisions by kind)."""
-        # The label children, looked up once per label set (small closed sets, see above).
-        key = (decision, reason, method)
-        counter = self._verification_children.get(key)
-        if counter is None:
-            counter = self.verifications.labels(decision=decision, reason=reason, method=method)
-            self._verification_children[key] = counter
-        counter.inc(count)
+        or for a batch's decisions by kind); ``counted``: already counted in
+        ``verification_counts`` (``WireBatch.audit``), so only the replay store's errors."""
+        if counted:
+            pass
+        elif self.verification_counts is not None:
+            self.verification_counts.count(decision, reason, method, count)
+        else:
+            assert self.verifications is not None
+            # The label children, looked up once per label set (small closed sets, see above).
+            key = (decision, reason, method)
+            counter = self._verification_children.get(key)
+            if counter is None:
+                counter = self.verifications.labels(decision=decision, reason=reason, method=method)
+                self._verification_children[key] = counter
+            counter.inc(count)
         if reason == "REPLAY_UNAVAILABLE":
             self.replay_store_errors.labels(backend=replay_backend).inc(count)
 
     def observe_latency(self, *, method: str, seconds: float, count: int) -> None:
         """Observe ``count`` verifications that took ``seconds`` together: each one's share,
         ``seconds / count``, ``count`` times, in one update (:func:`observe_many`)."""
+        if self.verification_counts is not None:
+            if count > 0:
+                self.verification_counts.observe(method, seconds / count, count)
+            return
         histogram = self._seconds_children.get(method)
         if histogram is None:
+            assert self.verification_seconds is not None
             histogram = self._seconds_children[method] = self.verification_seconds.labels(
                 method=method
             )
@@ -235,6 +276,39 @@ def build_info() -> dict[str, str]:
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
     }
+
+
+class VerificationCollector(Collector):
+    """``apcv_verifications_total{decision, reason, method}`` and the
+    ``apcv_verification_seconds{method}`` histogram from the counts the core keeps
+    (``_native.VerificationCounts``): the samples prometheus_client's ``Counter`` and
+    ``Histogram`` of the same name, help, labels and buckets export (no ``_created``)."""
+
+    def __init__(self, counts: _native.VerificationCounts) -> None:
+        self._counts = counts
+        self._bounds = [floatToGoString(b) for b in (*VERIFICATION_SECONDS_BUCKETS, math.inf)]
+
+    def describe(self) -> list[Metric]:
+        return list(self._families())
+
+    def collect(self) -> list[Metric]:
+        decisions, histograms = self._counts.snapshot()
+        total, seconds = self._families()
+        for decision, reason, method, count in decisions:
+            total.add_metric([decision, reason, method], count)
+        for method, cumulative, amount in histograms:
+            seconds.add_metric([method], list(zip(self._bounds, cumulative, strict=True)), amount)
+        return [total, seconds]
+
+    @staticmethod
+    def _families() -> tuple[CounterMetricFamily, HistogramMetricFamily]:
+        total = CounterMetricFamily(
+            "apcv_verifications_total", VERIFICATIONS_HELP, labels=["decision", "reason", "method"]
+        )
+        seconds = HistogramMetricFamily(
+            "apcv_verification_seconds", VERIFICATION_SECONDS_HELP, labels=["method"]
+        )
+        return total, seconds
 
 
 class BuildInfoCollector(Collector):

@@ -10,10 +10,14 @@
 * :class:`TracingInterceptor` — a span per call, only when tracing is on.
 
 The tracing and metrics interceptors go first, so that they see the status the error mapping
-sets. The server installs the metrics, the error mapping and the limits
-(:mod:`apcv_verify.service.limits`) as one :class:`CallInterceptor`: a unary call then passes
-one wrapper that does the three concerns' bookkeeping in that order, not three nested ones
-(docs/benchmarks.md "Service, third pass").
+sets. The server puts the metrics, the error mapping and the limits
+(:mod:`apcv_verify.service.limits`) together as one :class:`CallInterceptor`: a unary call then
+passes one wrapper that does the three concerns' bookkeeping in that order, not three nested
+ones (docs/benchmarks.md "Service, third pass"). It does not install it as a server
+interceptor: it registers its services through :meth:`CallInterceptor.registration`, which
+wraps each method handler once, when it is registered, so that grpc.aio runs no interceptor
+per call (docs/benchmarks.md "Unary: where the gap to the echo call goes"); only tracing,
+when on, stays an interceptor, outside those wrappers.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import asyncio
 import inspect
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
@@ -32,11 +36,13 @@ import structlog
 from ..observe.metrics import ServiceMetrics
 from ..observe.tracing import Tracing
 from .errors import INTERNAL_ERROR_DETAIL, abort
+from .policy import CALLER, caller_id
 
 __all__ = [
     "CallInterceptor",
     "ErrorInterceptor",
     "MetricsInterceptor",
+    "Registration",
     "TracingInterceptor",
     "wrap_handler",
 ]
@@ -366,9 +372,9 @@ class ErrorInterceptor(_CachingInterceptor):
         return wrap_handler(handler, _no_token, fail)
 
 
-#: A limits' admission of one call (:meth:`Limits.admission`): the call's keys, or the setting
-#: that refuses it.
-Admit = Callable[[grpc.aio.ServicerContext], "tuple[str, str] | str"]
+#: A limits' admission of one call (:meth:`Limits.admission`), given the call's context and
+#: caller id: the call's keys, or the setting that refuses it.
+Admit = Callable[[grpc.aio.ServicerContext, str], "tuple[str, str] | str"]
 #: Counts an admitted call out again, given its keys.
 Release = Callable[[tuple[str, str]], None]
 
@@ -390,11 +396,21 @@ class CallInterceptor(_CachingInterceptor):
     doing what the three nested wrappers did, in the same order: the metrics see the status
     the error mapping sets and the calls the limits refuse, the error mapping catches an
     exception of the limits too. Streams keep the three wrappers (their per-message and
-    per-stream rules are the limits' and the metrics' own)."""
+    per-stream rules are the limits' and the metrics' own).
+
+    The server does not install it as an interceptor but registers its services through
+    :meth:`registration`: the same wrappers, made once per method when it is registered. A
+    unary call's wrapper reads the caller id from ``auth_context()`` once, for the limits and
+    for the handler (:data:`~apcv_verify.service.policy.CALLER`)."""
 
     def __init__(self, metrics: MetricsInterceptor, errors: ErrorInterceptor, limits: Limits):
         super().__init__()
         self._parts = (metrics, errors, limits)
+
+    def registration(self, server: grpc.aio.Server) -> Registration:
+        """``server`` as the ``add_…_to_server`` functions see it, registering each method
+        handler wrapped by this interceptor (:class:`Registration`)."""
+        return Registration(server, self._wrap)
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         metrics, errors, limits = self._parts
@@ -406,14 +422,18 @@ class CallInterceptor(_CachingInterceptor):
         begin, end = metrics.hooks(method, "unary")
         admit, release = limits.admission(method)
         refuse = limits.refuse
+        set_caller = CALLER.set
 
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = begin(context)
             try:
                 try:
-                    keys = admit(context)
+                    caller = caller_id(context.auth_context())  # the one read of this call
+                    keys = admit(context, caller)
                     if isinstance(keys, str):
                         await refuse(context, keys)
+                    # This call's task only (grpc.aio runs each call in a task of its own).
+                    set_caller(caller)
                     try:
                         response = await behaviour(request, context)
                     finally:
@@ -434,6 +454,68 @@ class CallInterceptor(_CachingInterceptor):
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+#: Wraps one method's handler (the method's full name, its handler).
+Wrap = Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler]
+
+
+class Registration:
+    """A server as the ``add_…_to_server`` functions (generated, health, reflection and
+    :func:`~apcv_verify.service.servicer.add_verifier_service`) use it: each method handler
+    they register, generic or registered method, is registered on ``server`` wrapped by
+    ``wrap``, once. A server interceptor would instead be asked for the handler at every call
+    (grpc.aio runs its interceptors per call, even for registered methods)."""
+
+    def __init__(self, server: grpc.aio.Server, wrap: Wrap) -> None:
+        self._server = server
+        self._wrap = wrap
+        #: method → (handler, wrapped): a handler registered both ways is wrapped once.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def wrapped(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """``handler`` of ``method`` (``/pkg.Service/Method``), wrapped."""
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def add_generic_rpc_handlers(
+        self, generic_rpc_handlers: Sequence[grpc.GenericRpcHandler]
+    ) -> None:
+        self._server.add_generic_rpc_handlers(
+            tuple(_WrappedGeneric(handler, self.wrapped) for handler in generic_rpc_handlers)
+        )
+
+    def add_registered_method_handlers(
+        self, service_name: str, method_handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self._server.add_registered_method_handlers(
+            service_name,
+            {
+                name: self.wrapped(f"/{service_name}/{name}", handler)
+                for name, handler in method_handlers.items()
+            },
+        )
+
+
+class _WrappedGeneric(grpc.GenericRpcHandler):
+    """A generic handler's method handlers, each wrapped once, when first asked for. Unknown
+    methods (no handler) are not cached: their names are chosen by callers."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, wrapped: Wrap) -> None:
+        self._inner = inner
+        self._wrapped = wrapped
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = self._inner.service(handler_call_details)
+        if handler is None:
+            return None
+        return self._wrapped(handler_call_details.method, handler)
 
 
 def _raised_at(error: BaseException) -> str:

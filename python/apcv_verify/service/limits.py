@@ -288,20 +288,22 @@ class LimitsInterceptor(_CachingInterceptor):
     def admission(
         self, method: str
     ) -> tuple[
-        Callable[[grpc.aio.ServicerContext], tuple[str, str] | str],
+        Callable[[grpc.aio.ServicerContext, str], tuple[str, str] | str],
         Callable[[tuple[str, str]], None],
     ]:
         """How a unary call of ``method`` is counted in and out, for one wrapper that does
         more than the limits (:class:`~apcv_verify.service.interceptors.CallInterceptor`):
-        ``admit(context)`` gives the call's (connection, caller) keys, counted in, or the
-        setting that refuses it (to :meth:`refuse` with); ``release(keys)`` counts it out."""
+        ``admit(context, caller)`` (``caller``: the call's caller id, which the wrapper reads
+        once for the limits and the handler) gives the call's (connection, caller) keys,
+        counted in, or the setting that refuses it (to :meth:`refuse` with);
+        ``release(keys)`` counts it out."""
         health = _split_method(method)[0] == HEALTH_SERVICE
         enter, leave = self._enter, self._leave
 
-        def admit(context: grpc.aio.ServicerContext) -> tuple[str, str] | str:
-            connection, caller = _keys(context)
-            refused = enter(health, connection, caller)
-            return (connection, caller) if refused is None else refused
+        def admit(context: grpc.aio.ServicerContext, caller: str) -> tuple[str, str] | str:
+            connection, key = _keys(context, caller)
+            refused = enter(health, connection, key)
+            return (connection, key) if refused is None else refused
 
         def release(keys: tuple[str, str]) -> None:
             leave(health, *keys)
@@ -421,10 +423,13 @@ class LimitsInterceptor(_CachingInterceptor):
         )
 
 
-def _keys(context: grpc.aio.ServicerContext) -> tuple[str, str]:
+def _keys(context: grpc.aio.ServicerContext, caller: str | None = None) -> tuple[str, str]:
     """(connection, caller) of a call: the peer address with its port (one per TCP
-    connection), and the client certificate's CN or, without one, the peer's IP address."""
+    connection), and the client certificate's CN or, without one, the peer's IP address.
+    ``caller``: the call's caller id (:func:`~apcv_verify.service.policy.caller_id`), when
+    already read."""
     peer = context.peer() or ""
-    caller = caller_id(context.auth_context())
+    if caller is None:
+        caller = caller_id(context.auth_context())
     key = "ip:" + peer.rpartition(":")[0] if caller == "anonymous" else "cn:" + caller
     return peer, key

@@ -12,13 +12,20 @@ blanked (docs/profile.md §9.3).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 
 from ..config import ANONYMOUS_CALLER, CallerPolicy, Config
 
-__all__ = ["CallRefused", "caller_id", "resolve_caller", "scanned_at_permission"]
+__all__ = ["CALLER", "CallRefused", "caller_id", "resolve_caller", "scanned_at_permission"]
 
 #: The auth-context property gRPC fills with the verified client certificate's subject CN.
 _CN_PROPERTY = "x509_common_name"
+
+
+#: The caller id of the unary call running in this task, set by the wrapper that read it for
+#: the limits (:class:`~apcv_verify.service.interceptors.CallInterceptor`), so that the
+#: handler does not read ``auth_context()`` again; None where no wrapper set it.
+CALLER: ContextVar[str | None] = ContextVar("apcv_caller", default=None)
 
 
 class CallRefused(Exception):

@@ -28,7 +28,8 @@ from ..replay.redis import RedisReplayStore
 from ..trust.sources import TrustSource
 from .decode import MAX_REQUEST_BYTES, UNDECODABLE, TooLarge, bounded
 from .errors import FieldProblem, abort
-from .policy import CallRefused, caller_id, resolve_caller, scanned_at_permission
+from .interceptors import Registration
+from .policy import CALLER, CallRefused, caller_id, resolve_caller, scanned_at_permission
 
 __all__ = ["SERVICE_NAME", "VerifierService", "add_verifier_service"]
 
@@ -68,7 +69,9 @@ class VerifierService:
     def _caller(self, context: grpc.aio.ServicerContext) -> tuple[str, CallerPolicy | CallRefused]:
         """The caller and its policy, or why it may not call (to abort with: see
         :func:`_refuse`)."""
-        caller = caller_id(context.auth_context())
+        caller = CALLER.get()  # read by the unary call's wrapper, if any
+        if caller is None:
+            caller = caller_id(context.auth_context())
         try:
             return caller, resolve_caller(self._config, caller)
         except CallRefused as refused:
@@ -383,7 +386,7 @@ def _stream_request(
     return deserialize
 
 
-def add_verifier_service(service: VerifierService, server: grpc.aio.Server) -> None:
+def add_verifier_service(service: VerifierService, server: grpc.aio.Server | Registration) -> None:
     """Register ``service`` as ``apcv.verify.v1.VerifierService`` on ``server``, like the
     generated ``add_VerifierServiceServicer_to_server`` but with request deserializers that
     never raise: grpcio would answer a request it cannot decode with UNKNOWN and the

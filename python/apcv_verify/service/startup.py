@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from .. import _native
 from ..config import Config, ServerSection
@@ -201,24 +201,24 @@ async def start_server(config: Config, material: TrustMaterial | None = None) ->
     # Metrics first, so that they see the status the error mapping sets and the calls the
     # limits refuse (tracing, when on, before them for the same reason). The limits are the
     # service's own, not grpc's maximum_concurrent_rpcs: that one counts health checks too
-    # and refuses without details (service.limits). The three as one interceptor: a unary
-    # call passes one wrapper.
-    interceptors: list[grpc.aio.ServerInterceptor] = [
-        CallInterceptor(
-            MetricsInterceptor(metrics),
-            ErrorInterceptor(),
-            LimitsInterceptor(
-                config.server, LimitMetrics(metrics.registry), stream_services=(SERVICE_NAME,)
-            ),
-        )
-    ]
+    # and refuses without details (service.limits). The three as one wrapper per method,
+    # made when the services are registered (``calls.registration``), not as a server
+    # interceptor that grpc.aio would run at every call.
+    calls = CallInterceptor(
+        MetricsInterceptor(metrics),
+        ErrorInterceptor(),
+        LimitsInterceptor(
+            config.server, LimitMetrics(metrics.registry), stream_services=(SERVICE_NAME,)
+        ),
+    )
     tracing = current_tracing()
-    if tracing is not None:  # tracing.enabled (configure_tracing, in serve)
-        interceptors.insert(0, TracingInterceptor(tracing))
     server = grpc.aio.server(
-        interceptors=interceptors,
+        # tracing.enabled (configure_tracing, in serve): a span around every call, outside
+        # the wrappers, so that it ends with the status they set.
+        interceptors=None if tracing is None else [TracingInterceptor(tracing)],
         options=server_options(config.server),
     )
+    registration = calls.registration(server)
     replay = (
         RedisReplayStore(
             config.replay,
@@ -237,14 +237,19 @@ async def start_server(config: Config, material: TrustMaterial | None = None) ->
     recovery = AnswerRecovery.from_config(config.replay, metrics, replay)
     add_verifier_service(
         VerifierService(trust, config, AuditTrail.from_config(config, metrics), replay, recovery),
-        server,
+        registration,
     )
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registration)
     # grpc.reflection.v1alpha: grpcio-reflection has no grpc.reflection.v1 service yet; clients
-    # such as grpcurl try v1 first and fall back to v1alpha.
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    # such as grpcurl try v1 first and fall back to v1alpha. Its asyncio servicer, as
+    # reflection.enable_server_reflection picks for a grpc.aio server, registered through
+    # the wrappers as the others.
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection.aio.ReflectionServicer(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        ),
+        registration,
     )
     port = (
         server.add_secure_port(config.server.listen, server_credentials(config))

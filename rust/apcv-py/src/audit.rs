@@ -152,3 +152,47 @@ pub(crate) fn line(key: &HolderRefKey, shared: &Shared<'_>, d: &Decided<'_>) -> 
     out.push('\n');
     out
 }
+
+/// The end of an audit line (after the record's keys, closing brace included) when nothing
+/// is bound in the log context and tracing is off: the keys the service's structlog chain
+/// adds, `event`, `level` and `timestamp` (`TimeStamper(fmt="iso", utc=True)`: Python's
+/// `datetime.isoformat()` in UTC, "+00:00" written "Z", the microseconds only when not zero),
+/// the same text as python/apcv_verify/observe/logs.py `audit_tail` renders.
+pub(crate) fn plain_tail(now: time::OffsetDateTime) -> String {
+    let mut out = String::with_capacity(80);
+    out.push_str("\"event\": \"verification\", \"level\": \"info\", \"timestamp\": \"");
+    let _ = write!(
+        out,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second()
+    );
+    let micros = now.microsecond(); // truncated, as Python's clock reading is
+    if micros != 0 {
+        let _ = write!(out, ".{micros:06}");
+    }
+    out.push_str("Z\"}");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_tail_is_pythons_isoformat_in_utc_with_z() {
+        let at = time::OffsetDateTime::from_unix_timestamp_nanos(1_796_000_000_123_456_789)
+            .expect("in range");
+        assert_eq!(
+            plain_tail(at),
+            "\"event\": \"verification\", \"level\": \"info\", \
+             \"timestamp\": \"2026-11-30T00:53:20.123456Z\"}"
+        );
+        let whole = time::OffsetDateTime::from_unix_timestamp(1_796_000_000).expect("in range");
+        assert!(plain_tail(whole).ends_with("\"2026-11-30T00:53:20Z\"}"));
+    }
+}

@@ -8,6 +8,7 @@
 
 mod answers;
 mod audit;
+mod counts;
 mod errors;
 mod inputs;
 mod lists;
@@ -20,6 +21,7 @@ use pyo3::prelude::*;
 
 use crate::answers::{AnswerKeys, MemoryAnswerStore};
 use crate::audit::HolderRefKey;
+use crate::counts::VerificationCounts;
 use crate::errors::{
     cose_key_error, malformed_error, InvalidSignature, NativeError, StatusListError, TrustListError,
 };
@@ -60,5 +62,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Verifier>()?;
     m.add_class::<WireBatch>()?;
     m.add_class::<HolderRefKey>()?;
+    m.add_class::<VerificationCounts>()?;
     Ok(())
 }
