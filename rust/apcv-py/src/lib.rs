@@ -13,6 +13,7 @@ mod inputs;
 mod lists;
 mod primitives;
 mod results;
+mod verdicts;
 mod verifier;
 mod wire;
 
