@@ -545,6 +545,8 @@ def run(
                 cases = ["core1", "core100", *SERVER_CASES]
                 cases += ["echo-batch100", "echo-stream", "echo-stream20"]
                 cases += [f"{c}@{name}" for name in others for c in SERVER_CASES if c != "echo"]
+                if args.cases:  # a lever's check: only these cases (and their variants)
+                    cases = [c for c in cases if c.partition("@")[0] in args.cases]
                 for case in cases if round_ % 2 else list(reversed(cases)):
                     items = list(presentations(pki, args.items))
                     kind, _, variant = case.partition("@")
@@ -565,12 +567,15 @@ def run(
                         flush=True,
                     )
                     results.append(result)
-                verify = next(r for r in reversed(results) if r.case == "verify")
+                verify = next((r for r in reversed(results) if r.case == "verify"), None)
                 # Verify at half its maximum rate; the bare echo server at the same rate (what
-                # gRPC alone shows on this machine), in alternating order.
+                # gRPC alone shows on this machine), in alternating order. Not with --cases
+                # without verify.
                 bare = SimpleNamespace(process=echo, address=echo_address, metrics_port=None)
                 targets = [("Verify", server, latencies), ("echo", bare, echo_latencies)]
                 for name, target, into in targets if round_ % 2 else reversed(targets):
+                    if verify is None:
+                        break
                     latency = latency_at(target, pki, work / f"pki-{round_}", verify.rate / 2, args)
                     if latency:
                         shown = ", ".join(f"{k} {v:.2f}" for k, v in latency.items())
@@ -795,6 +800,13 @@ def main() -> int:
         help="the latency run with the server and ghz on separate halves of the CPUs",
     )
     parser.add_argument("--quick", action="store_true", help="1 round of 200, no ghz run")
+    parser.add_argument(
+        "--cases",
+        type=lambda text: text.split(","),
+        default=[],
+        help="only these cases, comma-separated (e.g. core100,batch100,stream20): the per-round"
+        " lines and their medians, no report",
+    )
     parser.add_argument("--write", type=Path, help="docs/benchmarks.md to update")
     parser.add_argument("--plot", type=Path, help="PNG of the CPU per presentation by case")
     parser.add_argument(
@@ -813,6 +825,10 @@ def main() -> int:
     if args.quick:
         args.rounds, args.items, args.latency_seconds = 1, 200, 0.0
     results, latencies, echo_latencies = run(args)
+    if args.cases:
+        for case in dict.fromkeys(r.case for r in results):
+            print(f"median {case:9} {median(results, case):8.1f} µs CPU/item")
+        return 0
     section = report(results, latencies, args, echo_latencies)
     if args.plot:  # linked from the section (the PNG next to the document)
         section = section.replace(END, f"\n{plot(results, args.plot)}\n{END}")

@@ -168,6 +168,62 @@ def request_size(request: object) -> int:
     return request.ByteSize() if isinstance(request, Message) else 0
 
 
+class _IdleWatchdog:
+    """``server.stream_idle_seconds`` for one stream: ends a wait for the next request that
+    lasts the whole idle time, as an ``asyncio.timeout`` around each wait would, with one
+    timer per stream instead of one per request (docs/benchmarks.md "Service, fifth pass").
+    The timer is armed at the first wait's deadline; when it fires it cancels the waiting
+    task if that wait's deadline has passed, else it is armed again at the current wait's
+    deadline (or, with no wait in progress, at the next wait's start)."""
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._deadline = 0.0
+        #: Whether a wait is in progress (set by :meth:`wait`, cleared by the caller after it).
+        self.waiting = False
+        self._fired = False
+
+    def wait(self) -> int:
+        """A wait for the next request begins: its deadline is the idle time from now. Returns
+        the task's cancellation count, for :meth:`expired`."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._deadline = self._loop.time() + self._seconds
+        self.waiting = True
+        self._fired = False
+        if self._timer is None:
+            self._timer = self._loop.call_at(self._deadline, self._check)
+        return task.cancelling()
+
+    def _check(self) -> None:
+        self._timer = None
+        if not self.waiting or self._task is None:
+            return  # armed again by the next wait
+        if self._loop.time() >= self._deadline:
+            self._fired = True
+            self._task.cancel()
+        else:
+            self._timer = self._loop.call_at(self._deadline, self._check)
+
+    def expired(self, cancelling: int) -> bool:
+        """Whether the cancellation that ended the wait was this watchdog's alone (as
+        ``asyncio.timeout`` decides it: then it is an idle stream, not a cancelled call)."""
+        if not self._fired or self._task is None:
+            return False
+        self._fired = False
+        return self._task.uncancel() <= cancelling
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._task = None
+
+
 class _StreamGuard:
     """One VerifyStream's idle timeout and share of the memory budget."""
 
@@ -180,22 +236,32 @@ class _StreamGuard:
     async def requests(self, iterator: AsyncIterator[Any]) -> AsyncIterator[Any]:
         """``iterator``'s requests, each admitted to the budget before it is handed on."""
         source = aiter(iterator)
-        while True:
-            try:
-                async with asyncio.timeout(self._idle):
-                    request = await anext(source)
-            except StopAsyncIteration:
-                return
-            except TimeoutError:
-                raise _StreamIdle from None
-            size = request_size(request)
-            if self._budget is not None and size:
+        watchdog = None if self._idle is None else _IdleWatchdog(self._idle)
+        try:
+            while True:
+                cancelling = 0 if watchdog is None else watchdog.wait()
                 try:
-                    await self._budget.take(size, MEMORY_WAIT_SECONDS)
-                except TimeoutError:
-                    raise _OverBudget from None
-            self._held.append(size)
-            yield request
+                    request = await anext(source)
+                except StopAsyncIteration:
+                    return
+                except asyncio.CancelledError:
+                    if watchdog is not None and watchdog.expired(cancelling):
+                        raise _StreamIdle from None
+                    raise
+                finally:
+                    if watchdog is not None:
+                        watchdog.waiting = False
+                size = request_size(request)
+                if self._budget is not None and size:
+                    try:
+                        await self._budget.take(size, MEMORY_WAIT_SECONDS)
+                    except TimeoutError:
+                        raise _OverBudget from None
+                self._held.append(size)
+                yield request
+        finally:
+            if watchdog is not None:
+                watchdog.close()
 
     def answered(self) -> None:
         """One response was sent: its request (the oldest held) is released."""

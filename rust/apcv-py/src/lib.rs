@@ -14,6 +14,7 @@ mod inputs;
 mod lists;
 mod primitives;
 mod results;
+mod verdicts;
 mod verifier;
 mod wire;
 
