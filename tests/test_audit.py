@@ -56,6 +56,20 @@ def serve_with_secret(
     return start_server(pki.directory, log_path, "--allow-test-identities")
 
 
+class StdoutRecorder:
+    """Stands in for ``sys.stdout``: keeps each write apart, to see how lines are written."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
 def test_holder_ref_is_a_keyed_pseudonym() -> None:
     first = holder_ref(b"secret-one", "cred-0001")
     assert first == holder_ref(b"secret-one", "cred-0001")
@@ -287,19 +301,8 @@ def test_each_log_record_is_one_write_ending_in_a_newline(
 ) -> None:
     """Worker processes share one stdout: a record and its newline must not be split."""
 
-    class Recorder:
-        def __init__(self) -> None:
-            self.writes: list[str] = []
-
-        def write(self, text: str) -> int:
-            self.writes.append(text)
-            return len(text)
-
-        def flush(self) -> None:
-            pass
-
     saved = structlog.get_config()
-    recorder = Recorder()
+    recorder = StdoutRecorder()
     monkeypatch.setattr("sys.stdout", recorder)
     try:
         configure_logging("info")
@@ -320,19 +323,8 @@ def test_audit_lines_are_what_structlog_would_write(monkeypatch: pytest.MonkeyPa
     written at the latest at shutdown (flush_audit)."""
     from apcv_verify.observe import logs
 
-    class Recorder:
-        def __init__(self) -> None:
-            self.writes: list[str] = []
-
-        def write(self, text: str) -> int:
-            self.writes.append(text)
-            return len(text)
-
-        def flush(self) -> None:
-            pass
-
     saved = structlog.get_config()
-    recorder = Recorder()
+    recorder = StdoutRecorder()
     monkeypatch.setattr("sys.stdout", recorder)
     fields: dict[str, object] = {
         "kind": "audit",
@@ -372,18 +364,7 @@ def test_audit_tail_is_the_end_of_what_structlog_would_write(
     from apcv_verify.observe import logs
     from apcv_verify.observe.audit import RECORD_KEYS
 
-    class Recorder:
-        def __init__(self) -> None:
-            self.writes: list[str] = []
-
-        def write(self, text: str) -> int:
-            self.writes.append(text)
-            return len(text)
-
-        def flush(self) -> None:
-            pass
-
-    recorder = Recorder()
+    recorder = StdoutRecorder()
     monkeypatch.setattr("sys.stdout", recorder)
     saved = structlog.get_config()
     iso_utc = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z")

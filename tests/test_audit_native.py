@@ -21,21 +21,10 @@ from apcv_verify.observe.audit import RECORD_KEYS, AuditTrail
 from apcv_verify.observe.logs import configure_logging
 from apcv_verify.observe.metrics import ServiceMetrics
 
+from .test_audit import StdoutRecorder
 from .test_wire import new_verifier, scans_of_every_kind
 
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z")
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.writes: list[str] = []
-
-    def write(self, text: str) -> int:
-        self.writes.append(text)
-        return len(text)
-
-    def flush(self) -> None:
-        pass
 
 
 def verified_batch(pki: DemoPKI) -> _native.WireBatch:
@@ -100,7 +89,7 @@ def test_record_wire_writes_the_core_rendered_lines_and_counts_them(
     """``record_wire`` in the usual case: one line per decision, as the records rendered
     with ``audit_tail`` would be, and each kind of decision counted."""
     batch = verified_batch(pki)
-    recorder = Recorder()
+    recorder = StdoutRecorder()
     monkeypatch.setattr("sys.stdout", recorder)
     saved = structlog.get_config()
     metrics = ServiceMetrics()
