@@ -14,11 +14,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use apcv_core::cose::PublicKey;
 use apcv_core::replay::MemoryReplayStore;
-use apcv_core::status::StatusList;
-use apcv_core::trust::TrustList;
 use apcv_core::verify::{Policy, Scan, ScanData, Verifier};
+use core_bench::Corpus;
 use cpu_time::{ProcessTime, ThreadTime};
 use rayon::prelude::*;
 
@@ -26,23 +24,12 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
     let dir = std::path::PathBuf::from(args.iter().find(|a| !a.starts_with("--")).expect("DIR"));
-    let read = |name: &str| std::fs::read(dir.join(name)).expect(name);
-    let now: i64 = String::from_utf8(read("now"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let anchor = PublicKey::from_bytes(&read("anchor.key")).expect("anchor");
-    let trust = Arc::new(TrustList::verify(&read("trust.cose"), &[anchor], now, None).unwrap());
-    let status = Arc::new(StatusList::verify(&read("status.cwt"), &trust, now).unwrap());
-    let blob = read("nfc.bin");
-    let mut items = Vec::new();
-    let mut at = 0;
-    while at < blob.len() {
-        let n = u32::from_be_bytes(blob[at..at + 4].try_into().unwrap()) as usize;
-        items.push(blob[at + 4..at + 4 + n].to_vec());
-        at += 4 + n;
-    }
+    let Corpus {
+        now,
+        trust,
+        status,
+        items,
+    } = Corpus::load(&dir);
     let policy = Policy::new(true, 60, 0).unwrap();
     let rounds = if quick { 1 } else { 3 };
     let cases = [("core", 1), ("core", 2), ("probe", 1), ("probe", 2)];

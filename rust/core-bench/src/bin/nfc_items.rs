@@ -12,11 +12,9 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use apcv_core::cose::PublicKey;
 use apcv_core::replay::MemoryReplayStore;
-use apcv_core::status::StatusList;
-use apcv_core::trust::TrustList;
 use apcv_core::verify::{Policy, Scan, ScanData, Verifier};
+use core_bench::Corpus;
 use cpu_time::ProcessTime;
 
 struct Counting;
@@ -53,23 +51,12 @@ fn main() {
     };
     let (passes, batch) = (opt("--passes", 3), opt("--batch", 100));
     let dir = std::path::PathBuf::from(args.first().expect("DIR"));
-    let read = |name: &str| std::fs::read(dir.join(name)).expect(name);
-    let now: i64 = String::from_utf8(read("now"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let anchor = PublicKey::from_bytes(&read("anchor.key")).expect("anchor");
-    let trust = Arc::new(TrustList::verify(&read("trust.cose"), &[anchor], now, None).unwrap());
-    let status = Arc::new(StatusList::verify(&read("status.cwt"), &trust, now).unwrap());
-    let blob = read("nfc.bin");
-    let mut items = Vec::new();
-    let mut at = 0;
-    while at < blob.len() {
-        let n = u32::from_be_bytes(blob[at..at + 4].try_into().unwrap()) as usize;
-        items.push(blob[at + 4..at + 4 + n].to_vec());
-        at += 4 + n;
-    }
+    let Corpus {
+        now,
+        trust,
+        status,
+        items,
+    } = Corpus::load(&dir);
     let policy = Policy::new(true, 60, 0).unwrap();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(1)

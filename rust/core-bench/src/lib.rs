@@ -1,0 +1,48 @@
+//! What the benchmark programs share: the corpus that loadtest/core_bench.py writes for them.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use apcv_core::cose::PublicKey;
+use apcv_core::status::StatusList;
+use apcv_core::trust::TrustList;
+
+/// A corpus directory: `trust.cose`, `anchor.key` (COSE_Key), `status.cwt`, `now` and
+/// `nfc.bin` (presentations, each a 4-byte big-endian length then its bytes), loaded and
+/// verified as a server would at `now`.
+pub struct Corpus {
+    pub now: i64,
+    pub trust: Arc<TrustList>,
+    pub status: Arc<StatusList>,
+    pub items: Vec<Vec<u8>>,
+}
+
+impl Corpus {
+    /// Reads and verifies the corpus in `dir`; panics on anything missing or invalid (a
+    /// benchmark has nothing to measure without it).
+    pub fn load(dir: &Path) -> Corpus {
+        let read = |name: &str| std::fs::read(dir.join(name)).expect(name);
+        let now: i64 = String::from_utf8(read("now"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let anchor = PublicKey::from_bytes(&read("anchor.key")).expect("anchor");
+        let trust = Arc::new(TrustList::verify(&read("trust.cose"), &[anchor], now, None).unwrap());
+        let status = Arc::new(StatusList::verify(&read("status.cwt"), &trust, now).unwrap());
+        let blob = read("nfc.bin");
+        let mut items = Vec::new();
+        let mut at = 0;
+        while at < blob.len() {
+            let n = u32::from_be_bytes(blob[at..at + 4].try_into().unwrap()) as usize;
+            items.push(blob[at + 4..at + 4 + n].to_vec());
+            at += 4 + n;
+        }
+        Corpus {
+            now,
+            trust,
+            status,
+            items,
+        }
+    }
+}
