@@ -220,6 +220,22 @@ def audit_lines(records: Sequence[dict[str, object]]) -> bool:
     return True
 
 
+#: The context variables structlog made for the keys ever bound in this process
+#: (``bind_contextvars``; the values of unbound and cleared keys are ``...``). Private to
+#: structlog: without it, :func:`get_contextvars`.
+_STRUCTLOG_VARS: dict[str, Any] | None = getattr(structlog.contextvars, "_CONTEXT_VARS", None)
+
+
+def _nothing_bound() -> bool:
+    """``not structlog.contextvars.get_contextvars()``, without copying the whole context
+    (every context variable of the call's task) to find structlog's: only the variables
+    structlog made are read, usually none (≈ 12 µs of a unary call in the server)."""
+    made = _STRUCTLOG_VARS
+    if made is None:
+        return not structlog.contextvars.get_contextvars()
+    return not made or all(var.get(...) is ... for var in list(made.values()))
+
+
 def _common_fields() -> dict[str, object]:
     """The keys an audit line carries after its record's: the event, the bound context
     variables, the trace (tracing on), the level and the timestamp."""
@@ -244,7 +260,7 @@ def audit_tail(record_keys: frozenset[str]) -> str | None:
         return None
     if not _audit_enabled:
         return ""
-    if not structlog.contextvars.get_contextvars() and trace_fields() is None:
+    if _nothing_bound() and trace_fields() is None:
         # The usual case, nothing bound and no span: the keys are fixed and the timestamp
         # (digits, "-", ":", "T", "." and "Z") needs no escaping, so the line's end is put
         # together directly — the same text as below, without a dict and its json.dumps.
@@ -265,7 +281,7 @@ def native_audit_tail(record_keys: frozenset[str]) -> str | Literal[True] | None
     if (
         _audit_buffer is not None
         and _audit_enabled
-        and not structlog.contextvars.get_contextvars()
+        and _nothing_bound()
         and trace_fields() is None
         and record_keys.isdisjoint(_PLAIN_TAIL_KEYS)
     ):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import itertools
 import math
 import os
 import platform
@@ -54,6 +55,8 @@ if TYPE_CHECKING:
 __all__ = [
     "BATCH_SIZE_BUCKETS",
     "GRPC_SECONDS_BUCKETS",
+    "GrpcCallCollector",
+    "GrpcCallCounts",
     "VERIFICATION_SECONDS_BUCKETS",
     "BuildInfoCollector",
     "ServiceMetrics",
@@ -82,6 +85,16 @@ GRPC_SECONDS_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
     2.5, 5.0, 10.0,
 )  # fmt: skip
+#: The labels and help of the per-call gRPC metrics (go-grpc-prometheus').
+GRPC_LABELS = ("grpc_type", "grpc_service", "grpc_method")
+GRPC_STARTED_HELP = "Total number of RPCs started on the server."
+GRPC_HANDLED_HELP = (
+    "Total number of RPCs completed on the server, regardless of success or failure."
+)
+GRPC_HANDLING_SECONDS_HELP = (
+    "Histogram of response latency (seconds) of gRPC that had been application-level "
+    "handled by the server."
+)
 #: The help of ``apcv_verifications_total`` and ``apcv_verification_seconds``.
 VERIFICATIONS_HELP = "Verification decisions, by decision, reason code and RPC method."
 VERIFICATION_SECONDS_HELP = (
@@ -106,27 +119,39 @@ class ServiceMetrics:
         self.stream_services = frozenset(stream_services)
         registry = self.registry
         # Names, labels and help of go-grpc-prometheus (grpc-ecosystem), so existing
-        # dashboards and alerts work unchanged.
-        self.grpc_started = Counter(
-            "grpc_server_started_total",
-            "Total number of RPCs started on the server.",
-            ["grpc_type", "grpc_service", "grpc_method"],
-            registry=registry,
-        )
-        self.grpc_handled = Counter(
-            "grpc_server_handled_total",
-            "Total number of RPCs completed on the server, regardless of success or failure.",
-            ["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
-            registry=registry,
-        )
-        self.grpc_handling_seconds = Histogram(
-            "grpc_server_handling_seconds",
-            "Histogram of response latency (seconds) of gRPC that had been application-level "
-            "handled by the server.",
-            ["grpc_type", "grpc_service", "grpc_method"],
-            buckets=GRPC_SECONDS_BUCKETS,
-            registry=registry,
-        )
+        # dashboards and alerts work unchanged. With one process, the per-call three are kept
+        # in plain Python (``grpc_calls``: a few integer and float updates per call instead
+        # of three prometheus_client updates, each behind its lock) and exported by
+        # :class:`GrpcCallCollector` under the same names, help, types, labels and buckets;
+        # with several worker processes (``PROMETHEUS_MULTIPROC_DIR``), prometheus_client's
+        # metrics, whose files the parent sums, as before.
+        self.grpc_calls: GrpcCallCounts | None = None
+        self.grpc_started: Counter | None = None
+        self.grpc_handled: Counter | None = None
+        self.grpc_handling_seconds: Histogram | None = None
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            self.grpc_started = Counter(
+                "grpc_server_started_total",
+                GRPC_STARTED_HELP,
+                list(GRPC_LABELS),
+                registry=registry,
+            )
+            self.grpc_handled = Counter(
+                "grpc_server_handled_total",
+                GRPC_HANDLED_HELP,
+                [*GRPC_LABELS, "grpc_code"],
+                registry=registry,
+            )
+            self.grpc_handling_seconds = Histogram(
+                "grpc_server_handling_seconds",
+                GRPC_HANDLING_SECONDS_HELP,
+                list(GRPC_LABELS),
+                buckets=GRPC_SECONDS_BUCKETS,
+                registry=registry,
+            )
+        else:
+            self.grpc_calls = GrpcCallCounts(GRPC_SECONDS_BUCKETS)
+            registry.register(GrpcCallCollector(self.grpc_calls))
         # Per message of a streaming call (go-grpc-prometheus counts every call kind; unary
         # calls are one message each way, already in started/handled, so only streams here).
         self.grpc_msg_received = Counter(
@@ -276,6 +301,101 @@ def build_info() -> dict[str, str]:
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
     }
+
+
+class GrpcMethodCounts:
+    """The per-call gRPC counts of one method (one ``grpc_type``, service and method): calls
+    started, calls handled by code, and the handling time's histogram (per bucket, made
+    cumulative on export, and its sum), as prometheus_client's children of the same labels
+    keep them. Updated by the event loop's thread only (the call wrappers), read by the
+    metrics endpoint's thread (:class:`GrpcCallCollector`)."""
+
+    __slots__ = ("buckets", "handled", "labels", "seconds", "started")
+
+    def __init__(self, labels: tuple[str, str, str], size: int) -> None:
+        self.labels = labels
+        self.started = 0
+        #: code → a one-element list, its count (also in :attr:`GrpcCallCounts.handled`).
+        self.handled: dict[str, list[int]] = {}
+        self.buckets = [0] * size
+        self.seconds = 0.0
+
+
+class GrpcCallCounts:
+    """``grpc_server_started_total``, ``…_handled_total`` and ``…_handling_seconds`` of one
+    process, kept in plain Python (:class:`GrpcMethodCounts` per method)."""
+
+    def __init__(self, bounds: Iterable[float]) -> None:
+        #: The buckets' upper bounds, +Inf last: ``bisect_left`` finds the first bucket whose
+        #: bound holds an amount, the bucket prometheus_client's ``observe`` updates.
+        self.bounds = (*bounds, math.inf)
+        self._methods: dict[tuple[str, str, str], GrpcMethodCounts] = {}
+        #: Every method's handled counts, in the order they first occurred (the order of
+        #: prometheus_client's children: the exposition's order).
+        self.handled: dict[tuple[str, str, str, str], list[int]] = {}
+
+    def method(self, grpc_type: str, service: str, name: str) -> GrpcMethodCounts:
+        """The counts of one method, made on first use (as ``labels()`` makes a child)."""
+        labels = (grpc_type, service, name)
+        counts = self._methods.get(labels)
+        if counts is None:
+            counts = self._methods[labels] = GrpcMethodCounts(labels, len(self.bounds))
+        return counts
+
+    def handled_cell(self, counts: GrpcMethodCounts, code: str) -> list[int]:
+        """The count of ``counts``' calls that ended with ``code``, made on first use."""
+        cell = counts.handled.get(code)
+        if cell is None:
+            cell = counts.handled[code] = self.handled[(*counts.labels, code)] = [0]
+        return cell
+
+    def methods(self) -> list[GrpcMethodCounts]:
+        return list(self._methods.values())
+
+
+class GrpcCallCollector(Collector):
+    """The per-call gRPC metrics from :class:`GrpcCallCounts`: the samples prometheus_client's
+    ``Counter``, ``Counter`` and ``Histogram`` of the same names, help, labels and buckets
+    export (no ``_created``), in the same order."""
+
+    def __init__(self, counts: GrpcCallCounts) -> None:
+        self._counts = counts
+        self._bounds = [floatToGoString(b) for b in counts.bounds]
+
+    def describe(self) -> list[Metric]:
+        return list(self._families())
+
+    def collect(self) -> list[Metric]:
+        started, handled, seconds = self._families()
+        for method in self._counts.methods():
+            started.add_metric(list(method.labels), method.started)
+        for labels, cell in list(self._counts.handled.items()):
+            handled.add_metric(list(labels), cell[0])
+        for method in self._counts.methods():
+            amount = method.seconds
+            cumulative = list(itertools.accumulate(method.buckets))
+            seconds.add_metric(
+                list(method.labels), list(zip(self._bounds, cumulative, strict=True)), amount
+            )
+        return [started, handled, seconds]
+
+    @staticmethod
+    def _families() -> tuple[CounterMetricFamily, CounterMetricFamily, HistogramMetricFamily]:
+        return (
+            CounterMetricFamily(
+                "grpc_server_started_total", GRPC_STARTED_HELP, labels=list(GRPC_LABELS)
+            ),
+            CounterMetricFamily(
+                "grpc_server_handled_total",
+                GRPC_HANDLED_HELP,
+                labels=[*GRPC_LABELS, "grpc_code"],
+            ),
+            HistogramMetricFamily(
+                "grpc_server_handling_seconds",
+                GRPC_HANDLING_SECONDS_HELP,
+                labels=list(GRPC_LABELS),
+            ),
+        )
 
 
 class VerificationCollector(Collector):

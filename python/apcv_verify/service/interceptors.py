@@ -26,6 +26,7 @@ import asyncio
 import inspect
 import time
 import traceback
+from bisect import bisect_left
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
@@ -224,12 +225,46 @@ class MetricsInterceptor(_CachingInterceptor):
         labels = {"grpc_type": grpc_type, "grpc_service": service, "grpc_method": name}
         streaming = grpc_type != "unary"
         counts_as_stream = streaming and service in metrics.stream_services
+        inflight = metrics.inflight_streams
+        perf_counter = time.perf_counter
+        calls = metrics.grpc_calls
+        if calls is not None:
+            # One process: the counts in plain Python (ServiceMetrics.grpc_calls), the same
+            # updates prometheus_client's children would make, without their locks and calls.
+            counts = calls.method(grpc_type, service, name)
+            handled_cell = calls.handled_cell
+            bounds = calls.bounds
+            buckets = counts.buckets
+            codes = counts.handled
+
+            def begin_counted(context: grpc.aio.ServicerContext) -> float:
+                counts.started += 1
+                if counts_as_stream:
+                    inflight.inc()
+                return perf_counter()
+
+            def end_counted(
+                context: grpc.aio.ServicerContext, started: float, error: BaseException | None
+            ) -> None:
+                if counts_as_stream:
+                    inflight.dec()
+                code = _final_code(context, error, streaming=streaming)
+                cell = codes.get(code)
+                if cell is None:
+                    cell = handled_cell(counts, code)
+                cell[0] += 1
+                elapsed = perf_counter() - started
+                buckets[bisect_left(bounds, elapsed)] += 1
+                counts.seconds += elapsed
+
+            return begin_counted, end_counted
+        assert metrics.grpc_started is not None and metrics.grpc_handled is not None
+        assert metrics.grpc_handling_seconds is not None
+        grpc_handled = metrics.grpc_handled
         # The label children, looked up once: per call only the code's child is looked up.
         started_total = metrics.grpc_started.labels(**labels)
         handling_seconds = metrics.grpc_handling_seconds.labels(**labels)
         handled: dict[str, Any] = {}
-        inflight = metrics.inflight_streams
-        perf_counter = time.perf_counter
 
         def begin(context: grpc.aio.ServicerContext) -> float:
             started_total.inc()
@@ -245,7 +280,7 @@ class MetricsInterceptor(_CachingInterceptor):
             code = _final_code(context, error, streaming=streaming)
             child = handled.get(code)
             if child is None:
-                child = handled[code] = metrics.grpc_handled.labels(**labels, grpc_code=code)
+                child = handled[code] = grpc_handled.labels(**labels, grpc_code=code)
             child.inc()
             handling_seconds.observe(perf_counter() - started)
 
