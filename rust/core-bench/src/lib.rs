@@ -4,8 +4,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use apcv_core::cose::PublicKey;
+use apcv_core::replay::MemoryReplayStore;
 use apcv_core::status::StatusList;
 use apcv_core::trust::TrustList;
+use apcv_core::verify::{Policy, Scan, ScanData, Verifier};
 
 /// A corpus directory: `trust.cose`, `anchor.key` (COSE_Key), `status.cwt`, `now` and
 /// `nfc.bin` (presentations, each a 4-byte big-endian length then its bytes), loaded and
@@ -44,5 +46,24 @@ impl Corpus {
             status,
             items,
         }
+    }
+
+    /// The presentations as NFC scans of one reader, in the corpus's order.
+    pub fn scans(&self) -> Vec<Scan> {
+        self.items
+            .iter()
+            .map(|b| Scan::new(ScanData::Nfc(b.clone()), "bench-reader".into(), None, None))
+            .collect()
+    }
+
+    /// A verifier of the corpus's trust and status lists with a new signature cache and
+    /// replay store, as a fresh server has (60 s of clock skew, the cache on).
+    pub fn fresh_verifier(&self) -> Verifier {
+        Verifier::new(
+            self.trust.clone(),
+            vec![self.status.clone()],
+            Policy::new(true, 60, 0).unwrap(),
+            Arc::new(MemoryReplayStore::new(1_000_000)),
+        )
     }
 }

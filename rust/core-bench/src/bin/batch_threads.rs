@@ -11,11 +11,8 @@
 //! that both see the same moment of a shared machine: what a call costs apart from its items,
 //! without Python. `--quick`: one round.
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use apcv_core::replay::MemoryReplayStore;
-use apcv_core::verify::{Policy, Scan, ScanData, Verifier};
 use core_bench::Corpus;
 use cpu_time::{ProcessTime, ThreadTime};
 use rayon::prelude::*;
@@ -24,13 +21,8 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
     let dir = std::path::PathBuf::from(args.iter().find(|a| !a.starts_with("--")).expect("DIR"));
-    let Corpus {
-        now,
-        trust,
-        status,
-        items,
-    } = Corpus::load(&dir);
-    let policy = Policy::new(true, 60, 0).unwrap();
+    let corpus = Corpus::load(&dir);
+    let (now, items) = (corpus.now, &corpus.items);
     let rounds = if quick { 1 } else { 3 };
     let cases = [("core", 1), ("core", 2), ("probe", 1), ("probe", 2)];
     for round in 1..=rounds {
@@ -44,16 +36,8 @@ fn main() {
                 .num_threads(threads)
                 .build()
                 .unwrap();
-            let scans: Vec<Scan> = items
-                .iter()
-                .map(|b| Scan::new(ScanData::Nfc(b.clone()), "bench-reader".into(), None, None))
-                .collect();
-            let verifier = Verifier::new(
-                trust.clone(),
-                vec![status.clone()],
-                policy,
-                Arc::new(MemoryReplayStore::new(1_000_000)),
-            );
+            let scans = corpus.scans();
+            let verifier = corpus.fresh_verifier();
             let (cpu0, wall0) = (ProcessTime::now(), Instant::now());
             let done: usize = pool.install(|| match case {
                 "core" => scans
@@ -99,19 +83,8 @@ fn main() {
         .build()
         .unwrap();
     for round in 1..=rounds {
-        let verifier = || {
-            Verifier::new(
-                trust.clone(),
-                vec![status.clone()],
-                policy,
-                Arc::new(MemoryReplayStore::new(1_000_000)),
-            )
-        };
-        let (one, batch) = (verifier(), verifier());
-        let scans: Vec<Scan> = items
-            .iter()
-            .map(|b| Scan::new(ScanData::Nfc(b.clone()), "bench-reader".into(), None, None))
-            .collect();
+        let (one, batch) = (corpus.fresh_verifier(), corpus.fresh_verifier());
+        let scans = corpus.scans();
         let (mut one_s, mut batch_s, mut done) = (0.0, 0.0, 0);
         pool.install(|| {
             for (k, block) in scans.chunks(100).enumerate() {

@@ -10,10 +10,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
-use apcv_core::replay::MemoryReplayStore;
-use apcv_core::verify::{Policy, Scan, ScanData, Verifier};
 use core_bench::Corpus;
 use cpu_time::ProcessTime;
 
@@ -51,28 +48,15 @@ fn main() {
     };
     let (passes, batch) = (opt("--passes", 3), opt("--batch", 100));
     let dir = std::path::PathBuf::from(args.first().expect("DIR"));
-    let Corpus {
-        now,
-        trust,
-        status,
-        items,
-    } = Corpus::load(&dir);
-    let policy = Policy::new(true, 60, 0).unwrap();
+    let corpus = Corpus::load(&dir);
+    let (now, items) = (corpus.now, &corpus.items);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()
         .unwrap();
     for pass in 1..=passes {
-        let scans: Vec<Scan> = items
-            .iter()
-            .map(|b| Scan::new(ScanData::Nfc(b.clone()), "bench-reader".into(), None, None))
-            .collect();
-        let verifier = Verifier::new(
-            trust.clone(),
-            vec![status.clone()],
-            policy,
-            Arc::new(MemoryReplayStore::new(1_000_000)),
-        );
+        let scans = corpus.scans();
+        let verifier = corpus.fresh_verifier();
         let (a0, b0) = (
             ALLOCS.load(Ordering::Relaxed),
             BYTES.load(Ordering::Relaxed),
