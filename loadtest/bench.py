@@ -41,6 +41,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus import make_pki, write_corpus  # noqa: E402
@@ -272,17 +273,22 @@ def ghz_command(case: Case, data: Path, address: str, duration: float) -> list[s
     ]  # fmt: skip
 
 
-def decisions(metrics_port: int) -> dict[str, float]:
-    """``apcv_verifications_total`` by decision/reason, from the server's /metrics."""
+def metric_samples(metrics_port: int) -> Iterator[Sample]:
+    """Every sample of the server's /metrics, read once."""
     url = f"http://127.0.0.1:{metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=10) as reply:
         text = reply.read().decode()
-    counts: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "apcv_verifications_total":
-                key = f"{sample.labels['decision']}/{sample.labels['reason']}"
-                counts[key] = counts.get(key, 0) + sample.value
+        yield from family.samples
+
+
+def decisions(metrics_port: int) -> dict[str, float]:
+    """``apcv_verifications_total`` by decision/reason, from the server's /metrics."""
+    counts: dict[str, float] = {}
+    for sample in metric_samples(metrics_port):
+        if sample.name == "apcv_verifications_total":
+            key = f"{sample.labels['decision']}/{sample.labels['reason']}"
+            counts[key] = counts.get(key, 0) + sample.value
     return counts
 
 

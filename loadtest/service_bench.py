@@ -47,7 +47,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +54,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from apcv_verify import _native  # noqa: E402
@@ -67,6 +65,7 @@ from bench import (  # noqa: E402
     cpu_seconds,
     free_port,
     ghz_command,
+    metric_samples,
     replace_section,
     start_server,
     stop_server,
@@ -369,17 +368,13 @@ def _response_size(address: str, item: bytes) -> int:
 def _handling_seconds(metrics_port: int) -> dict[float, float]:
     """The server's own ``Verify`` duration histogram (``grpc_server_handling_seconds``, from
     the interceptor's start of the call to its answer): cumulative count by upper bound."""
-    url = f"http://127.0.0.1:{metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as reply:
-        text = reply.read().decode()
     buckets: dict[float, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if (
-                sample.name == "grpc_server_handling_seconds_bucket"
-                and sample.labels.get("grpc_method") == "Verify"
-            ):
-                buckets[float(sample.labels["le"])] = sample.value
+    for sample in metric_samples(metrics_port):
+        if (
+            sample.name == "grpc_server_handling_seconds_bucket"
+            and sample.labels.get("grpc_method") == "Verify"
+        ):
+            buckets[float(sample.labels["le"])] = sample.value
     return buckets
 
 
