@@ -8,6 +8,8 @@ GRPCURL := $(TOOLS)/grpcurl
 GRPCURL_VERSION ?= v1.9.4
 BUF := $(TOOLS)/buf
 BUF_VERSION ?= v1.75.0
+GHZ := $(TOOLS)/ghz
+GHZ_VERSION ?= v0.120.0
 # Go code generators for buf.gen.yaml (tests/test_contract.py builds a Go client with them).
 PROTOC_GEN_GO := $(TOOLS)/protoc-gen-go
 PROTOC_GEN_GO_VERSION ?= v1.36.12
@@ -80,7 +82,13 @@ $(PROTOC_GEN_GO_GRPC):
 	mkdir -p $(TOOLS)
 	GOBIN=$(TOOLS) go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
 
-tools: $(GRPCURL) $(BUF) $(PROTOC_GEN_GO) $(PROTOC_GEN_GO_GRPC)
+# ghz: the gRPC load generator of make bench and of loadtest/p99_probe.py's test (the same pin
+# as loadtest/bench.py's GHZ_VERSION, which installs it when missing).
+$(GHZ):
+	mkdir -p $(TOOLS)
+	GOBIN=$(TOOLS) go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
+
+tools: $(GRPCURL) $(BUF) $(PROTOC_GEN_GO) $(PROTOC_GEN_GO_GRPC) $(GHZ)
 
 # helm: the chart's lint, rendering and unit tests (tests/test_helm_chart.py).
 HELM := $(TOOLS)/helm
