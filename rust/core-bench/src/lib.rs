@@ -67,3 +67,18 @@ impl Corpus {
         )
     }
 }
+
+/// Verifies `scans` in batches of `batch` on the calling thread (or the rayon pool it runs
+/// in): how many were accepted.
+pub fn accepted_in_batches(verifier: &Verifier, scans: &[Scan], batch: usize, now: i64) -> usize {
+    scans
+        .chunks(batch)
+        .map(|c| {
+            verifier
+                .verify_batch(c, now)
+                .iter()
+                .filter(|d| d.accepted())
+                .count()
+        })
+        .sum()
+}

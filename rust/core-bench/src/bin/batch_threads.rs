@@ -13,7 +13,7 @@
 
 use std::time::Instant;
 
-use core_bench::Corpus;
+use core_bench::{accepted_in_batches, Corpus};
 use cpu_time::{ProcessTime, ThreadTime};
 use rayon::prelude::*;
 
@@ -40,16 +40,7 @@ fn main() {
             let verifier = corpus.fresh_verifier();
             let (cpu0, wall0) = (ProcessTime::now(), Instant::now());
             let done: usize = pool.install(|| match case {
-                "core" => scans
-                    .chunks(100)
-                    .map(|c| {
-                        verifier
-                            .verify_batch(c, now)
-                            .iter()
-                            .filter(|d| d.accepted())
-                            .count()
-                    })
-                    .sum(),
+                "core" => accepted_in_batches(&verifier, &scans, 100, now),
                 _ => items
                     .par_iter()
                     .map(|b| {

@@ -11,7 +11,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use core_bench::Corpus;
+use core_bench::{accepted_in_batches, Corpus};
 use cpu_time::ProcessTime;
 
 struct Counting;
@@ -62,18 +62,7 @@ fn main() {
             BYTES.load(Ordering::Relaxed),
         );
         let t0 = ProcessTime::now();
-        let done: usize = pool.install(|| {
-            scans
-                .chunks(batch)
-                .map(|c| {
-                    verifier
-                        .verify_batch(c, now)
-                        .iter()
-                        .filter(|d| d.accepted())
-                        .count()
-                })
-                .sum()
-        });
+        let done = pool.install(|| accepted_in_batches(&verifier, &scans, batch, now));
         let cpu = t0.elapsed().as_secs_f64();
         let (a1, b1) = (
             ALLOCS.load(Ordering::Relaxed),
