@@ -257,3 +257,10 @@ impl Body for DelegationRef<'_> {
 pub(crate) fn put_verdict(buf: &mut Vec<u8>, tag: u64, verdict: &VerdictRef<'_>) {
     message(buf, tag, verdict);
 }
+
+/// `verdict` as an encoded `Verdict` message of its own.
+pub(crate) fn verdict_bytes(verdict: &VerdictRef<'_>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    verdict.write(&mut buf);
+    buf
+}
