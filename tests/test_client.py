@@ -4,6 +4,7 @@ idempotent resends, the v1 error details as typed exceptions, retries, deadlines
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import socket
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
 from apcv_verify.client import (
     DeadlineExceededError,
     FieldViolation,
@@ -26,6 +28,8 @@ from apcv_verify.client import (
     UnavailableError,
     Verdict,
     VerifierClient,
+    VerifierError,
+    error_from_rpc,
     make_scan,
 )
 from apcv_verify.client import Decision as D
@@ -149,8 +153,8 @@ def test_a_request_id_is_given_once_and_a_default_reader_fills_in(
 
 
 @pytest.mark.slow
-def test_verify_batch_chunks_in_order_and_a_too_large_batch_carries_its_metadata(
-    pki: DemoPKI, tmp_path: Path
+def test_verify_batch_chunks_in_order_and_keeps_to_the_servers_max_batch(
+    pki: DemoPKI, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     running = start_server(
         pki.directory,
@@ -163,16 +167,23 @@ def test_verify_batch_chunks_in_order_and_a_too_large_batch_carries_its_metadata
         make_scan(qr_text(samples[name]), reader_id="edge-1", request_id=f"b-{i}")
         for i, name in enumerate(["accepted", "expired", "revoked", "tampered", "wrong_issuer"])
     ]
+    more = [make_scan(pki.present(), reader_id="edge-1", request_id=f"c-{i}") for i in range(3)]
+    over = [make_scan(pki.present(), reader_id="edge-1", request_id=f"d-{i}") for i in range(3)]
 
-    async def scenario() -> tuple[list[Verdict], InvalidRequestError]:
+    async def scenario() -> tuple[list[Verdict], list[Verdict], VerifierError]:
         async with VerifierClient(running.address) as client:
             verdicts = await client.verify_batch(scans, max_batch=2)
-            with pytest.raises(InvalidRequestError) as too_large:
-                await client.verify_batch(scans[:3], max_batch=3)
-            return verdicts, too_large.value
+            # Over the server's bound: refused whole, then sent again in chunks of 2.
+            with caplog.at_level(logging.WARNING, logger="apcv_verify.client"):
+                adapted = await client.verify_batch(more, max_batch=3)
+        async with grpc.aio.insecure_channel(running.address) as channel:
+            stub = verifier_pb2_grpc.VerifierServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.VerifyBatch(verifier_pb2.VerifyBatchRequest(scans=over))
+        return verdicts, adapted, error_from_rpc(refused.value)
 
     try:
-        verdicts, error = asyncio.run(scenario())
+        verdicts, adapted, error = asyncio.run(scenario())
     finally:
         stop_server(running)
     assert [verdict.request_id for verdict in verdicts] == [f"b-{i}" for i in range(5)]
@@ -183,6 +194,11 @@ def test_verify_batch_chunks_in_order_and_a_too_large_batch_carries_its_metadata
         "BAD_DEVICE_SIGNATURE",
         "UNKNOWN_ISSUER",
     ]
+    assert [verdict.request_id for verdict in adapted] == ["c-0", "c-1", "c-2"]
+    assert [reason(verdict) for verdict in adapted] == ["OK"] * 3
+    assert "max_batch lowered from 3" in caplog.text
+    # What the client read: the reason and the server's bound, in the status details.
+    assert isinstance(error, InvalidRequestError)
     assert error.reason == "BATCH_TOO_LARGE"
     assert dict(error.metadata) == {"max_batch": "2", "count": "3"}
     assert [item.field for item in error.field_violations] == ["scans"]

@@ -172,6 +172,53 @@ def test_a_group_goes_as_one_request_split_only_by_max_message_bytes(
     assert metrics.counts["scans_sent"] == metrics.counts["answers_stored"] == 100
 
 
+def test_a_group_over_the_servers_max_batch_is_sent_again_within_it(
+    pki: DemoPKI, tmp_path: Path
+) -> None:
+    """A batcher grouping by 10 against a server taking at most 4 scans per request: the
+    first group is answered in place, unverified; the batcher lowers its ``max_batch`` to 4
+    and sends those scans again, so every scan gets its real answer, none MALFORMED."""
+    metrics_port = free_port()
+    server = start_server(
+        pki.directory,
+        tmp_path / "server.log",
+        "--allow-test-identities",
+        env={"APCV_METRICS_LISTEN": f"127.0.0.1:{metrics_port}", "APCV_SERVER_MAX_BATCH": "4"},
+    )
+    presentations = {f"m-{i}": qr_text(pki.present("alice")) for i in range(10)}
+    delivered: list[Answer] = []
+    metrics = Recorder()
+
+    async def scenario() -> None:
+        async with EdgeBatcher(
+            server.address,
+            spool=tmp_path / "reader.spool",
+            reader_id="edge-1",
+            on_answer=delivered.append,
+            metrics=metrics,
+            max_batch=10,
+            max_delay=30.0,  # the first group goes when all 10 wait
+            retry=FAST,
+        ) as batcher:
+            for request_id, presentation in presentations.items():
+                await batcher.submit(presentation, request_id=request_id)
+            await batcher.drain(timeout=30)
+
+    try:
+        asyncio.run(scenario())
+        accepted = {"decision": "ACCEPTED", "reason": "OK", "method": "VerifyStream"}
+        verified = metric(metrics_port, "apcv_verifications_total", **accepted)
+    finally:
+        stop_server(server)
+    assert sorted(answer.request_id for answer in delivered) == sorted(presentations)
+    assert [reason(answer) for answer in delivered] == ["OK"] * 10
+    assert not any(answer.verdict.duplicate or answer.verdict.resent for answer in delivered)
+    assert verified == 10  # each scan verified once: the refused group was not
+    assert metrics.counts["max_batch_lowered"] == 1
+    assert metrics.counts["scans_sent"] == 20 and metrics.counts["scans_resent"] == 10
+    assert metrics.counts["answers_stored"] == 10
+
+
 def test_a_group_waits_for_its_window_or_its_size(
     server: ServerProcess, pki: DemoPKI, tmp_path: Path
 ) -> None:

@@ -40,6 +40,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -85,6 +86,26 @@ _RETRYABLE = frozenset(
         grpc.StatusCode.ABORTED,
     }
 )
+
+
+#: The detail the server gives every scan of a stream request of more scans than its
+#: ``server.max_batch`` (docs/operations.md "Streaming"). Those scans were not verified (nor
+#: kept for answer recovery): they can be sent again in smaller requests.
+_OVER_MAX_BATCH = re.compile(
+    r"at most (\d+) scans per request \(server\.max_batch\) \(BATCH_TOO_LARGE\)$"
+)
+
+
+def _server_max_batch(response: verifier_pb2.VerifyStreamResponse) -> int | None:
+    """The server's ``server.max_batch`` when ``response`` refuses a request of more scans
+    than that (each of its verdicts MALFORMED with that detail), else None."""
+    limit = None
+    for verdict in response.verdicts:
+        found = _OVER_MAX_BATCH.search(verdict.detail)
+        if verdict.reason != verifier_pb2.REASON_MALFORMED or found is None:
+            return None
+        limit = int(found.group(1))
+    return limit
 
 
 def _retryable(error: VerifierError) -> bool:
@@ -141,7 +162,8 @@ class _Item:
     #: The encoded size of ``request``: what the scan adds to a request of several.
     size: int
     scanned_at: float
-    #: Event-loop time when it was queued (its group's window starts then); 0 when loaded.
+    #: Event-loop time when it was queued (its group's window starts then); 0 when loaded,
+    #: or put back to be sent again.
     queued_at: float
     #: Written on a stream before (in this process, or in one before a restart).
     sent_before: bool = False
@@ -176,8 +198,10 @@ class EdgeBatcher:
     Delivered rows are forgotten after ``retention`` seconds (their ids may then be reused).
 
     A group of up to ``max_batch`` scans goes as one request of at most ``max_message_bytes``:
-    keep them within the server's ``server.max_batch`` (1,000 by default: a request of more
-    is answered MALFORMED in place) and ``server.max_message_bytes`` (2 MiB by default).
+    keep them within the server's ``server.max_message_bytes`` (2 MiB by default) and its
+    ``server.max_batch`` (1,000 by default). A request over the server's ``max_batch`` is
+    answered in place, each scan unverified: the batcher then lowers its own ``max_batch``
+    to the server's (metric ``max_batch_lowered``) and sends those scans again.
     ``max_batch=1`` sends one scan per request, for a server older than
     ``VerifyStreamRequest.scans``.
     """
@@ -562,8 +586,36 @@ class EdgeBatcher:
                 f" {len(response.verdicts)} verdicts: it predates VerifyStreamRequest.scans"
                 " (send one scan per request: max_batch=1)",
             )
+        limit = _server_max_batch(response)
+        if limit is not None:
+            self._send_again_in_smaller_groups(group, sent, limit)
+            return
         for item, verdict in zip(group, response.verdicts, strict=True):
             self._answered(verdict, sent, item)
+
+    def _send_again_in_smaller_groups(
+        self, group: list[_Item], sent: dict[str, _Item], limit: int
+    ) -> None:
+        """``group`` was over the server's ``server.max_batch`` (``limit``) and none of it was
+        verified: keep to the server's bound from now on and put the scans back in front of
+        the outbox, to be sent again. No answer is stored for them."""
+        lowered = max(1, min(limit, len(group) - 1))
+        if lowered < self._max_batch:
+            log.warning(
+                "the server takes at most %d scans per request (server.max_batch):"
+                " max_batch lowered from %d",
+                limit,
+                self._max_batch,
+            )
+            self._max_batch = lowered
+            self._count("max_batch_lowered")
+        for item in group:
+            sent.pop(item.request_id, None)
+            item.queued_at = 0.0  # due already: its window has passed once
+        self._outbox.extendleft(reversed(group))
+        self._in_flight = len(sent)
+        self._update()
+        self._wake.set()
 
     async def _write(
         self,

@@ -150,17 +150,36 @@ class VerifierClient:
         """The verdicts on ``scans``, in their order (``VerifyBatch``), sent in chunks of at
         most ``max_batch`` (the server's ``server.max_batch``, 1,000 by default), one after
         the other so that replay is judged in order; ``timeout`` applies to each chunk. An
-        unusable item is answered in place (``REASON_MALFORMED``), not raised."""
+        unusable item is answered in place (``REASON_MALFORMED``), not raised. A chunk the
+        server refuses as over its ``server.max_batch`` (``BATCH_TOO_LARGE``, nothing of it
+        verified) is sent again in chunks of the server's bound, which the client then keeps
+        to for the rest of the call."""
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         prepared = [self.prepare(scan) for scan in scans]
         stub = self._service()
         verdicts: list[verifier_pb2.Verdict] = []
-        for start in range(0, len(prepared), max_batch):
-            request = verifier_pb2.VerifyBatchRequest(scans=prepared[start : start + max_batch])
+        start = 0
+        while start < len(prepared):
+            chunk = prepared[start : start + max_batch]
+            request = verifier_pb2.VerifyBatchRequest(scans=chunk)
             deadline = self._deadline(timeout)
-            response = await self._call(stub.VerifyBatch, request, deadline, "VerifyBatch")
+            try:
+                response = await self._call(stub.VerifyBatch, request, deadline, "VerifyBatch")
+            except VerifierError as error:
+                server_max = _server_max_batch(error)
+                if server_max is None or server_max >= len(chunk):
+                    raise
+                log.warning(
+                    "the server takes at most %d scans per batch (server.max_batch):"
+                    " max_batch lowered from %d",
+                    server_max,
+                    max_batch,
+                )
+                max_batch = server_max
+                continue
             verdicts.extend(response.verdicts)
+            start += len(chunk)
         return verdicts
 
     def _deadline(self, timeout: float | None | _Default) -> float | None:
@@ -192,3 +211,15 @@ class VerifierClient:
                 "retrying %s after %s (attempt %d) in %.2fs", name, error.code.name, attempt, pause
             )
             await asyncio.sleep(pause)
+
+
+def _server_max_batch(error: VerifierError) -> int | None:
+    """The server's ``server.max_batch`` when ``error`` refuses a batch over it
+    (``BATCH_TOO_LARGE``, metadata ``max_batch``), else None."""
+    if error.reason != "BATCH_TOO_LARGE":
+        return None
+    try:
+        limit = int(error.metadata.get("max_batch", ""))
+    except ValueError:
+        return None
+    return limit if limit >= 1 else None
