@@ -7,6 +7,7 @@ verification or reflection in clear text.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import threading
 import time
@@ -19,10 +20,13 @@ import pytest
 from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
 from apcv_verify.config import ConfigError, load_config
 from apcv_verify.issuer import DemoPKI, qr_text
+from apcv_verify.service.limits import MAX_HEALTH_CALLS
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .conftest import ServerProcess, free_port, start_server, stop_server, write_config
+from .test_contract import status_details
+from .test_stream import serving
 from .test_tls import CALLERS, CertificateAuthority
 
 
@@ -166,3 +170,54 @@ def test_health_listen_is_checked(tmp_path: Path, pki: DemoPKI) -> None:
         None, environ={"APCV_SERVER_HEALTH_LISTEN": "0.0.0.0:50052"}, overrides=base
     )
     assert config.server.health_listen == "0.0.0.0:50052"
+
+
+def test_the_health_port_bounds_its_watches_and_the_main_port_still_answers(
+    pki: DemoPKI,
+) -> None:
+    """Anyone reaching the plaintext port can open watches: at most MAX_HEALTH_CALLS at
+    once; one more is refused TOO_MANY_CALLS (not held), the main port's probes have a count
+    of their own, and a freed slot serves the next check."""
+
+    async def scenario() -> None:
+        async with serving(pki, health_listen=f"127.0.0.1:{free_port()}") as (running, _stub):
+            health_address = f"127.0.0.1:{running.health_port}"
+            channels = [grpc.aio.insecure_channel(health_address) for _ in range(2)]
+            watches = []
+            for index in range(MAX_HEALTH_CALLS):
+                stub = health_pb2_grpc.HealthStub(channels[index % 2])
+                watch = stub.Watch(health_pb2.HealthCheckRequest(), timeout=30)
+                assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+                watches.append(watch)
+            health_stub = health_pb2_grpc.HealthStub(channels[0])
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await health_stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            info, _violations = status_details(refused.value)
+            assert (info.reason, info.metadata["setting"]) == ("TOO_MANY_CALLS", "health")
+            # The main port's probes are not in that count.
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as main:
+                reply = await health_pb2_grpc.HealthStub(main).Check(
+                    health_pb2.HealthCheckRequest(), timeout=10
+                )
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            watches.pop().cancel()
+            for _ in range(50):  # the server sees the cancel a moment later
+                try:
+                    reply = await health_stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
+                    break
+                except grpc.aio.AioRpcError as error:
+                    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    await asyncio.sleep(0.05)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            assert running.metrics is not None
+            refusals = running.metrics.registry.get_sample_value(
+                "apcv_calls_refused_total", {"limit": "health"}
+            )
+            assert refusals is not None and refusals >= 1
+            for watch in watches:
+                watch.cancel()
+            for channel in channels:
+                await channel.close()
+
+    asyncio.run(scenario())

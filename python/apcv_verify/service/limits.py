@@ -6,9 +6,9 @@ retryable ``RESOURCE_EXHAUSTED`` and the ``ErrorInfo`` reason ``TOO_MANY_CALLS``
 ``setting``: the key that bounds it, ``limit``):
 
 * ``server.max_concurrent_rpcs`` — every call of this process except health checks;
-* :data:`MAX_HEALTH_CALLS` — health checks and watches on the main port, counted apart and
-  in no other limit, so that a server, connection or caller full of calls still answers its
-  probes (the port of ``server.health_listen`` has no limit at all);
+* :data:`MAX_HEALTH_CALLS` — health checks and watches, counted apart and in no other limit,
+  so that a server, connection or caller full of calls still answers its probes (the port
+  of ``server.health_listen`` has its own count of them);
 * ``server.max_streams_per_connection`` — calls open on one HTTP/2 connection;
 * ``server.max_streams_per_caller`` — calls open for one caller: the client certificate's CN
   with mTLS, else the peer's IP address (without a certificate every caller is ``anonymous``
@@ -58,7 +58,7 @@ __all__ = [
 
 #: The standard health service (grpc.health.v1): probes, never verification.
 HEALTH_SERVICE = "grpc.health.v1.Health"
-#: Health calls (checks and watches) at once on the main port. They are not counted in
+#: Health calls (checks and watches) at once on a port. They are not counted in
 #: ``server.max_concurrent_rpcs``, so a server whose verification calls fill it still answers
 #: its probes; this bound only keeps a flood of watches from growing without end.
 MAX_HEALTH_CALLS = 100

@@ -204,12 +204,11 @@ async def start_server(config: Config, material: TrustMaterial | None = None) ->
     # and refuses without details (service.limits). The three as one wrapper per method,
     # made when the services are registered (``calls.registration``), not as a server
     # interceptor that grpc.aio would run at every call.
+    limit_metrics = LimitMetrics(metrics.registry)
     calls = CallInterceptor(
         MetricsInterceptor(metrics),
         ErrorInterceptor(),
-        LimitsInterceptor(
-            config.server, LimitMetrics(metrics.registry), stream_services=(SERVICE_NAME,)
-        ),
+        LimitsInterceptor(config.server, limit_metrics, stream_services=(SERVICE_NAME,)),
     )
     tracing = current_tracing()
     server = grpc.aio.server(
@@ -259,7 +258,9 @@ async def start_server(config: Config, material: TrustMaterial | None = None) ->
     if port == 0:
         raise OSError(f"cannot listen on {config.server.listen}")
     await server.start()
-    health_server, health_port = await _start_health_server(config.server, health_servicer)
+    health_server, health_port = await _start_health_server(
+        config.server, health_servicer, limit_metrics
+    )
     metrics_http = _start_metrics_http(config.metrics.listen, metrics)
 
     loaded = trust.material
@@ -303,17 +304,23 @@ async def start_server(config: Config, material: TrustMaterial | None = None) ->
 
 
 async def _start_health_server(
-    server_config: ServerSection, health_servicer: health.aio.HealthServicer
+    server_config: ServerSection,
+    health_servicer: health.aio.HealthServicer,
+    limit_metrics: LimitMetrics,
 ) -> tuple[grpc.aio.Server | None, int | None]:
     """The plaintext port of ``server.health_listen``: the health service and nothing else.
 
     Kubernetes gRPC probes speak neither TLS nor mTLS; this port lets them see the status the
     main port reports (the same servicer: NOT_SERVING until a trust list is loaded and while
-    draining) without offering any verification or reflection in clear text.
+    draining) without offering any verification or reflection in clear text. Anyone who can
+    reach it can call it, so its calls are bounded as the main port's health calls are
+    (``MAX_HEALTH_CALLS`` at once, counted apart from the main port's): a flood of watches
+    cannot hold memory without end nor keep the main port's probes from being answered.
     """
     if not server_config.health_listen:
         return None, None
     health_server = grpc.aio.server(
+        interceptors=[LimitsInterceptor(server_config, limit_metrics)],
         # server.workers > 1: every worker binds it, as server.listen (server_options).
         options=[("grpc.so_reuseport", int(server_config.workers > 1))],
     )
