@@ -67,6 +67,32 @@ async def summaries(path: Path) -> list[tuple[str, str, int | None, bool | None]
         await spool.close()
 
 
+def send_all(
+    address: str, spool: Path, presentations: dict[str, str], **options: Any
+) -> tuple[list[Answer], Recorder]:
+    """Every presentation submitted under its request id to a new batcher (``options``: its
+    settings) and drained: the answers delivered, and what its metrics hook was told."""
+    delivered: list[Answer] = []
+    metrics = Recorder()
+
+    async def scenario() -> None:
+        async with EdgeBatcher(
+            address,
+            spool=spool,
+            reader_id="edge-1",
+            on_answer=delivered.append,
+            metrics=metrics,
+            retry=FAST,
+            **options,
+        ) as batcher:
+            for request_id, presentation in presentations.items():
+                await batcher.submit(presentation, request_id=request_id)
+            await batcher.drain(timeout=30)
+
+    asyncio.run(scenario())
+    return delivered, metrics
+
+
 def test_every_scan_gets_one_final_answer_stored_then_delivered(
     server: ServerProcess, pki: DemoPKI, tmp_path: Path
 ) -> None:
@@ -137,27 +163,15 @@ def test_a_group_goes_as_one_request_split_only_by_max_message_bytes(
         env={"APCV_METRICS_LISTEN": f"127.0.0.1:{metrics_port}"},
     )
     presentations = {f"g-{i}": qr_text(pki.present("alice")) for i in range(100)}
-    delivered: list[Answer] = []
-    metrics = Recorder()
-
-    async def scenario() -> None:
-        async with EdgeBatcher(
+    try:
+        delivered, metrics = send_all(
             server.address,
-            spool=tmp_path / "reader.spool",
-            reader_id="edge-1",
-            on_answer=delivered.append,
-            metrics=metrics,
+            tmp_path / "reader.spool",
+            presentations,
             max_batch=100,
             max_delay=30.0,  # the group goes when all 100 wait
             max_message_bytes=MAX_REQUEST_BYTES,
-            retry=FAST,
-        ) as batcher:
-            for request_id, presentation in presentations.items():
-                await batcher.submit(presentation, request_id=request_id)
-            await batcher.drain(timeout=30)
-
-    try:
-        asyncio.run(scenario())
+        )
         labels = {
             "grpc_type": "bidi_stream",
             "grpc_service": "apcv.verify.v1.VerifierService",
@@ -186,26 +200,14 @@ def test_a_group_over_the_servers_max_batch_is_sent_again_within_it(
         env={"APCV_METRICS_LISTEN": f"127.0.0.1:{metrics_port}", "APCV_SERVER_MAX_BATCH": "4"},
     )
     presentations = {f"m-{i}": qr_text(pki.present("alice")) for i in range(10)}
-    delivered: list[Answer] = []
-    metrics = Recorder()
-
-    async def scenario() -> None:
-        async with EdgeBatcher(
+    try:
+        delivered, metrics = send_all(
             server.address,
-            spool=tmp_path / "reader.spool",
-            reader_id="edge-1",
-            on_answer=delivered.append,
-            metrics=metrics,
+            tmp_path / "reader.spool",
+            presentations,
             max_batch=10,
             max_delay=30.0,  # the first group goes when all 10 wait
-            retry=FAST,
-        ) as batcher:
-            for request_id, presentation in presentations.items():
-                await batcher.submit(presentation, request_id=request_id)
-            await batcher.drain(timeout=30)
-
-    try:
-        asyncio.run(scenario())
+        )
         accepted = {"decision": "ACCEPTED", "reason": "OK", "method": "VerifyStream"}
         verified = metric(metrics_port, "apcv_verifications_total", **accepted)
     finally:
