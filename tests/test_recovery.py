@@ -249,7 +249,8 @@ def test_redis_keeps_answers_across_a_server_restart_without_personal_data(
     assert 0 < client.ttl(key) <= 86_400
     # redis-py types replies str | bytes; without decode_responses they are bytes.
     assert isinstance(key, bytes) and isinstance(value, bytes) and len(value) < 64
-    stored = [client.get(k) for k in client.keys("*")]
+    stored = [client.get(k) or b"" for k in client.keys("*")]
+    assert all(isinstance(v, bytes) for v in stored)
     dump = b"".join([key, value, *(v for v in stored if isinstance(v, bytes))])
     for personal in [*personal_values(pki), "keep-1", "desk-1", "anonymous"]:
         assert personal.encode() not in dump
