@@ -718,12 +718,12 @@ def report(results: dict[str, Any]) -> str:
     ]
     for (alg, backend, threads), rows in sorted(floor.items()):
         ring = _median(floor[(alg, "Ring", threads)], "cpu_us_per_verify")
-        cpu = _median(rows, "cpu_us_per_verify")
+        cpu_us = _median(rows, "cpu_us_per_verify")
         loads = ", ".join(f"{r['load_avg']:.1f}" for r in rows)
         rate = _median(rows, "verifies_per_s")
         out.append(
-            f"| {alg} | {threads} | {backend} | {cpu:.1f} | {rate:.0f} | {cpu * rate / 1e6:.2f} "
-            f"| {cpu / ring:.2f} | {loads} |"
+            f"| {alg} | {threads} | {backend} | {cpu_us:.1f} | {rate:.0f} "
+            f"| {cpu_us * rate / 1e6:.2f} | {cpu_us / ring:.2f} | {loads} |"
         )
     inflate: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rust["inflate"]:

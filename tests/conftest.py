@@ -164,7 +164,7 @@ def write_config(path: Path, text: str) -> Path:
 
 def wait_serving(
     address: str,
-    process: subprocess.Popen[str],
+    process: subprocess.Popen[str] | subprocess.Popen[bytes],
     timeout: float = 30.0,
     credentials: grpc.ChannelCredentials | None = None,
     status: int = health_pb2.HealthCheckResponse.SERVING,

@@ -179,6 +179,7 @@ def test_every_log_line_of_every_scenario_is_free_of_personal_data(
         for n, garbage in enumerate(
             ("APCV1:", "HC1:NCFOXN%TS3DH3ZSUZK+.V0ETD%65NL-AH", b"\xa1\x01\x01")
         ):
+            assert isinstance(garbage, str | bytes)  # QR text or NFC bytes
             call(server, garbage, f"g-{n}")
         with server.channel() as channel:
             stub = verifier_pb2_grpc.VerifierServiceStub(channel)

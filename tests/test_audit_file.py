@@ -46,6 +46,8 @@ def test_a_failed_write_is_handed_to_the_handler_not_raised(
     monkeypatch.setattr(
         audit._handler, "handleError", lambda _record: failures.append(sys.exc_info()[1])
     )
-    audit._handler.stream.close()  # the next write fails
+    stream = audit._handler.stream
+    assert stream is not None  # opened by the first write
+    stream.close()  # the next write fails
     assert audit.write("second\n") == len("second\n")
     assert len(failures) == 1 and isinstance(failures[0], ValueError)

@@ -97,7 +97,7 @@ def test_every_scan_gets_one_final_answer_stored_then_delivered(
     server: ServerProcess, pki: DemoPKI, tmp_path: Path
 ) -> None:
     samples = pki.samples()
-    presentations = {
+    presentations: dict[str, str | bytes] = {
         **{f"ok-{i}": qr_text(pki.present("alice")) for i in range(12)},
         "expired": qr_text(samples["expired"]),
         "revoked": qr_text(samples["revoked"]),

@@ -48,12 +48,14 @@ def blocks() -> list[Block]:
         if match.group(1) == "text":
             continue
         after = found[index + 1] if index + 1 < len(found) else None
-        adjacent = (
+        output = None
+        if (
             after is not None
             and after.group(1) == "text"
             and not text[match.end() : after.start()].strip()
-        )
-        result.append(Block(match.group(1), match.group(2), after.group(2) if adjacent else None))
+        ):
+            output = after.group(2)
+        result.append(Block(match.group(1), match.group(2), output))
     return result
 
 

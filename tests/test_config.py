@@ -73,8 +73,8 @@ def test_unknown_keys_and_missing_trust_are_refused(tmp_path: Path) -> None:
 def test_callers_table_from_file_and_from_apcv_callers_json(trust_files: Path) -> None:
     from apcv_verify.config import DEFAULT_DISCLOSURE
 
-    with (trust_files / "apcv.toml").open("a") as config:
-        config.write(
+    with (trust_files / "apcv.toml").open("a") as toml:
+        toml.write(
             '[[callers]]\nid = "his-1"\nuses = ["care", "dmp"]\n'
             'disclose = { care = ["amo"] }\n'
             '[[callers]]\nid = "edge"\nmay_send_scanned_at = true\nmax_scan_delay_seconds = 900\n'
@@ -139,15 +139,15 @@ def test_bad_callers_name_the_entry(trust_files: Path, callers: str, message: st
     ],
 )  # fmt: skip
 def test_bad_tls_settings_name_the_key(trust_files: Path, tls: str, message: str) -> None:
-    with (trust_files / "apcv.toml").open("a") as config:
-        config.write(f"[tls]\n{tls}\n")
+    with (trust_files / "apcv.toml").open("a") as toml:
+        toml.write(f"[tls]\n{tls}\n")
     with pytest.raises(ConfigError, match=message):
         load_config(trust_files / "apcv.toml", environ={})
 
 
 def test_tls_paths_are_relative_to_the_file_and_batch_bound(trust_files: Path) -> None:
-    with (trust_files / "apcv.toml").open("a") as config:
-        config.write(
+    with (trust_files / "apcv.toml").open("a") as toml:
+        toml.write(
             '[tls]\nserver_cert = "anchor.pem"\nserver_key = "anchor.pem"\n'
             'client_ca = "anchor.pem"\n'
         )
@@ -161,8 +161,8 @@ def test_tls_paths_are_relative_to_the_file_and_batch_bound(trust_files: Path) -
 def test_replay_section_redis_from_file_and_environment(trust_files: Path) -> None:
     from apcv_verify.config import redact_url
 
-    with (trust_files / "apcv.toml").open("a") as config:
-        config.write(
+    with (trust_files / "apcv.toml").open("a") as toml:
+        toml.write(
             '[replay]\nbackend = "redis"\nredis_url = "redis://:s3cret-pw@10.0.0.7:6379/2"\n'
             'key_prefix = "prod:replay:"\ntimeout_seconds = 0.25\n'
         )

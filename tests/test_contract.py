@@ -73,7 +73,7 @@ def status_details(
 ) -> tuple[error_details_pb2.ErrorInfo, list[tuple[str, str]]]:
     """The ErrorInfo and the BadRequest field violations (field, reason) of a failed call, as
     a client reads them with grpcio-status."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)
     assert status is not None, "no google.rpc.Status in the trailers"
     assert status.code == error.code().value[0] and status.message == error.details()
     info = error_details_pb2.ErrorInfo()

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from apcv_verify import _native
 from apcv_verify.issuer import DemoPKI, qr_text, tamper_signature
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from .conftest import REPO
@@ -45,8 +46,9 @@ def test_quick_benchmark_writes_its_section(tmp_path: Path) -> None:
 
 def _peer(pki: DemoPKI, now: int) -> PeerVerifier:
     anchor = load_pem_public_key(pki.anchor.public_pem())
+    assert isinstance(anchor, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey)
     return PeerVerifier(
-        anchor,  # type: ignore[arg-type]
+        anchor,
         pki.trust_list,
         list(pki.status_lists.values()),
         now=now,

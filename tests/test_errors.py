@@ -37,7 +37,7 @@ async def _call_with_broken_core(pki: DemoPKI) -> tuple[grpc.StatusCode, str, st
                 await stub.Verify(request, timeout=10)
             except grpc.aio.AioRpcError as error:
                 status, detail = error.code(), error.details() or ""
-                details = rpc_status.from_call(error)  # type: ignore[arg-type]
+                details = rpc_status.from_call(error)
             else:
                 raise AssertionError("a broken core must not answer")
             assert details is not None and len(details.details) == 1

@@ -12,7 +12,7 @@ import threading
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import cbor2
 import pytest
@@ -831,7 +831,12 @@ def test_replay_messages_match_the_embedded_store(pki: Pki, trust_list: TrustLis
     external = Verifier(trust_list, [status], Policy(), None)
     presentation = pki.presentation(31)
     settled = []
-    for reader, outcome in (("r1", "new"), ("r1", "same_reader"), ("r2", "other_reader")):
+    steps: list[tuple[str, Literal["new", "same_reader", "other_reader"]]] = [
+        ("r1", "new"),
+        ("r1", "same_reader"),
+        ("r2", "other_reader"),
+    ]
+    for reader, outcome in steps:
         (expected,) = embedded.verify_batch([Scan(presentation, reader)], NOW)
         (pending,) = external.verify_batch([Scan(presentation, reader)], NOW)
         got = pending.with_replay_outcome(outcome)

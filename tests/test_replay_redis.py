@@ -275,7 +275,7 @@ def test_a_redis_restarted_empty_refuses_presentations_issued_before_the_loss(
     assert outcome(verify(a, presentation, "reader-1")) == ACCEPTED
     client = redis_server.client()
     epoch = client.get(PREFIX + "store-epoch")
-    assert epoch is not None and epoch.endswith(b":0")  # written at first contact, no loss
+    assert isinstance(epoch, bytes) and epoch.endswith(b":0")  # written at first contact, no loss
     redis_server.stop()
     redis_server.start()  # empty: no persistence
     assert redis_server.client().dbsize() == 0
@@ -285,7 +285,7 @@ def test_a_redis_restarted_empty_refuses_presentations_issued_before_the_loss(
     # The loss is recorded in the marker, so the other replica knows it as well, even for
     # the reader that presented it first.
     marker = redis_server.client().get(PREFIX + "store-epoch")
-    assert marker is not None
+    assert isinstance(marker, bytes)
     noticed = int(marker.split(b":")[1])
     assert started - 1 <= noticed <= time.time() + 1
     assert outcome(verify(a, presentation, "reader-1")) == UNAVAILABLE

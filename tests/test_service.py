@@ -9,7 +9,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -623,7 +623,7 @@ def test_profile_section_11_names_a_real_test_for_every_reason_code() -> None:
     codes = set(re.findall(r"^\| `([A-Z_]+)` \|", section_8, re.MULTILINE))
     listed = set(re.findall(r"^\| `([A-Z_]+)`", section_11, re.MULTILINE))
     assert codes and codes <= listed
-    parameters = {
+    parameters: dict[str, Mapping[str, object]] = {
         "test_reason_code_over_grpc": REJECTIONS,
         "test_amc_outcome_over_grpc": AMC_OUTCOMES,
     }

@@ -4,7 +4,7 @@ half-close and cancellation; one core call per micro-batch, same replay and audi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -191,7 +191,7 @@ def test_the_server_reads_at_most_the_window_ahead_and_cancellation_stops_readin
 
     async def scenario() -> None:
         service = in_process_service(pki, stream_window=5)
-        stream = service.VerifyStream(endless(), FakeContext())  # type: ignore[arg-type]
+        stream = service.VerifyStream(endless(), FakeContext())
         first = verdict(await anext(stream))  # the consumer of the responses then stalls
         assert first.request_id == "w-1"
         await asyncio.sleep(0.5)
@@ -200,6 +200,7 @@ def test_the_server_reads_at_most_the_window_ahead_and_cancellation_stops_readin
             assert verdict(await anext(stream)).request_id == f"w-{expected}"
         await asyncio.sleep(0.2)
         assert read == 8  # each response sent frees one place
+        assert isinstance(stream, AsyncGenerator)  # VerifyStream is one: it has aclose()
         await stream.aclose()  # the call ends (cancelled): its reader is stopped
         await asyncio.sleep(0.2)
         assert read == 8

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ async def exchange(
 
 def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
     """The call's ErrorInfo, as a client reads it with grpcio-status."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)
     assert status is not None
     info = error_details_pb2.ErrorInfo()
     assert status.details[0].Unpack(info)
@@ -292,7 +292,7 @@ def test_the_window_counts_requests_and_the_memory_budget_their_bytes(pki: DemoP
 
     async def window() -> None:
         service = in_process_service(pki, stream_window=2)
-        stream = service.VerifyStream(endless(), FakeContext())  # type: ignore[arg-type]
+        stream = service.VerifyStream(endless(), FakeContext())
         first = Response.FromString(await anext(stream))
         assert [v.request_id for v in first.verdicts] == [f"w-1-{i}" for i in range(5)]
         await asyncio.sleep(0.3)
@@ -300,6 +300,7 @@ def test_the_window_counts_requests_and_the_memory_budget_their_bytes(pki: DemoP
         assert len(Response.FromString(await anext(stream)).verdicts) == 5
         await asyncio.sleep(0.2)
         assert read == 3  # one response sent frees one place
+        assert isinstance(stream, AsyncGenerator)  # VerifyStream is one: it has aclose()
         await stream.aclose()
 
     asyncio.run(window())

@@ -40,7 +40,7 @@ def wait_until(condition: Callable[[], bool], what: str, server: ServerProcess) 
 
 
 def error_reason(error: grpc.RpcError) -> str:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)
     assert status is not None
     info = error_details_pb2.ErrorInfo()
     assert any(detail.Unpack(info) for detail in status.details)

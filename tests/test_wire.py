@@ -69,9 +69,13 @@ def scans_of_every_kind(pki: DemoPKI, now: int) -> list[Scan]:
     return scans
 
 
+# An audit row (WireBatch.audit_rows) of a scan the core verified, by its index in the scans.
+Row = tuple[int, str, str, bool, str, bool, str | None, bool, bool]
+
+
 def expected(
     pki: DemoPKI, scans: list[Scan], now: int, disclosed: frozenset[str], path: str | None
-) -> tuple[list[verifier_pb2.Verdict], list[tuple[object, ...]]]:
+) -> tuple[list[verifier_pb2.Verdict], list[Row]]:
     """The verdicts and audit rows of the protobuf path (``path`` None: a batch's items)."""
     verdicts = [verifier_pb2.Verdict() for _ in scans]
     valid = []
@@ -225,7 +229,8 @@ def test_an_undecodable_item_is_answered_in_place_a_broken_batch_is_none(pki: De
     batch = _native.WireBatch.batch(raw + broken)
     assert batch is not None and len(batch) == 2 and batch.valid == 1
     assert _native.WireBatch.batch(b"\x0a\xff") is None
-    assert _native.WireBatch.batch(b"") is not None and len(_native.WireBatch.batch(b"")) == 0
+    empty = _native.WireBatch.batch(b"")
+    assert empty is not None and len(empty) == 0
 
 
 def test_the_core_writes_the_audit_records_the_audit_trail_would(pki: DemoPKI) -> None:
