@@ -56,6 +56,7 @@ def test_an_unexpected_exception_becomes_internal_without_its_text(
         raise RuntimeError(SECRET)
 
     monkeypatch.setattr(VerifierService, "_answer", broken)
+    monkeypatch.setattr(VerifierService, "_answer_unary", broken)  # the in-process stores' path
     saved = structlog.get_config()
     buffer = io.StringIO()
     try:

@@ -61,6 +61,7 @@ def test_a_call_error_outside_the_contract_is_reported(
         raise RuntimeError("a bug in the servicer")
 
     monkeypatch.setattr(VerifierService, "_answer", broken)
+    monkeypatch.setattr(VerifierService, "_answer_unary", broken)  # the in-process stores' path
     with pytest.raises(AssertionError, match="call ended INTERNAL"):
         target.one_input((SEEDS / "verify-accepted").read_bytes())
 

@@ -16,7 +16,7 @@ from apcv_verify import _native
 from apcv_verify._proto.apcv.verify.v1 import verifier_pb2
 from apcv_verify.config import FIELD_GROUPS, USES
 from apcv_verify.issuer import DemoPKI
-from apcv_verify.observe.audit import AuditTrail
+from apcv_verify.observe.audit import AuditRow, AuditTrail
 from apcv_verify.replay.answers import AnswerRecovery, MemoryAnswers
 from apcv_verify.service.decode import UNDECODABLE
 from apcv_verify.service.messages import fill_verdict, scan_problem
@@ -426,3 +426,72 @@ def test_a_stream_item_with_scanned_at_is_refused_in_place(pki: DemoPKI) -> None
         verifier_pb2.REASON_MALFORMED,
         "scan.scanned_at: not allowed for this caller (SCANNED_AT_NOT_ALLOWED)",
     )
+
+
+#: What ``WireBatch.answer_unary`` returns: unreadable, resent, reused, the response.
+Answer = tuple[int, int, int, bytes | None]
+
+
+@pytest.mark.parametrize("groups", [tuple(FIELD_GROUPS), (), ("identity", "amo")])
+def test_answer_unary_answers_as_its_steps_do(pki: DemoPKI, groups: tuple[str, ...]) -> None:
+    """``WireBatch.answer_unary`` (the unary call's one binding call) gives each usable scan
+    the response, audit rows and recovery outcomes of ``recover_from``, ``verify_wire``,
+    ``keep_in`` and ``response`` called one after the other."""
+    now = int(time.time())
+    disclosure = {use: list(groups) for use in ("", *USES)}
+    view = _native.CallerView(list(USES), disclosure)
+    usable = [scan for scan in scans_of_every_kind(pki, now) if scan_problem(scan) is None]
+    by_steps, in_one = new_verifier(pki, now), new_verifier(pki, now)
+    stores = [MemoryAnswers(100, "secret"), MemoryAnswers(100, "secret")]
+
+    def unary(scan: Scan) -> _native.WireBatch:
+        call = _native.WireBatch.unary(verifier_pb2.VerifyRequest(scan=scan).SerializeToString())
+        assert call is not None and call.problem is None
+        return call
+
+    def steps(scan: Scan, store: MemoryAnswers | None) -> tuple[Answer, list[AuditRow]]:
+        call = unary(scan)
+        unreadable = 0
+        if store is not None:
+            unreadable = call.recover_from(store.store, store._keys, "caller-1", now)
+        if call.fresh:
+            by_steps.verify_wire(call, list(USES), now)
+            if store is not None:
+                unreadable += call.keep_in(store.store, store._keys, now, now + 60)
+        resent, reused = call.recovery_counts()
+        reply = None if reused or call.fhir_wanted() else call.response(disclosure)
+        return (unreadable, resent, reused, reply), call.audit_rows()
+
+    def in_one_call(scan: Scan, store: MemoryAnswers | None) -> tuple[Answer, list[AuditRow]]:
+        call = unary(scan)
+        if store is None:
+            return call.answer_unary(in_one, view, now), call.audit_rows()
+        answer = call.answer_unary(
+            in_one, view, now, store.store, store._keys, "caller-1", now + 60
+        )
+        return answer, call.audit_rows()
+
+    for scan in usable:  # first seen: verified (a replay when seen again without a store)
+        assert in_one_call(scan, None) == steps(scan, None)
+        assert in_one_call(scan, stores[1]) == steps(scan, stores[0])
+    resend, other = usable[0], Scan()
+    other.CopyFrom(resend)
+    other.nfc_bytes = pki.present("alice")
+    (answer, rows), expected_answer = in_one_call(resend, stores[1]), steps(resend, stores[0])
+    assert (answer, rows) == expected_answer
+    assert answer[1:3] == (1, 0) and rows[0][-1] is True  # resent, audited as such
+    (answer, rows), expected_answer = in_one_call(other, stores[1]), steps(other, stores[0])
+    assert (answer, rows) == expected_answer
+    assert answer == (0, 0, 1, None) and rows == []  # reused: no response, not audited
+    fhir = Scan()
+    fhir.CopyFrom(resend)
+    fhir.request_id, fhir.include_fhir = "r-fhir", True
+    fhir.nfc_bytes = pki.present("alice")
+    answer, rows = in_one_call(fhir, None)
+    assert answer == (0, 0, 0, None) and len(rows) == 1  # FHIR JSON: response() after set_fhir
+    batch = _native.WireBatch.batch(
+        verifier_pb2.VerifyBatchRequest(scans=[resend]).SerializeToString()
+    )
+    assert batch is not None
+    with pytest.raises(ValueError, match="a unary call's scan"):
+        batch.answer_unary(in_one, view, now)

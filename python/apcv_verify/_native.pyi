@@ -6,6 +6,7 @@ from typing import Any, Literal, Self, final
 __all__ = [
     "AnswerKeys",
     "CORE_VERSION",
+    "CallerView",
     "AmcCoverage",
     "AmoRights",
     "CoseKeyError",
@@ -432,6 +433,28 @@ class WireBatch:
         """An encoded ``VerifyBatchResponse``, a list of encoded ``VerifyStreamResponse``s
         (bytes, one per request) for a stream, an encoded ``VerifyResponse`` for a unary
         call; ``disclosure``: the field groups disclosed for each use."""
+    def answer_unary(
+        self,
+        verifier: Verifier,
+        view: CallerView,
+        now: int,
+        store: MemoryAnswerStore | None = None,
+        keys: AnswerKeys | None = None,
+        caller: str = "",
+        expires_at: int = 0,
+    ) -> tuple[int, int, int, bytes | None]:
+        """A unary call's usable scan in one call: :meth:`recover_from` ``store`` (when
+        given), verified at ``now`` unless answered from it, :meth:`keep_in` ``store`` until
+        ``expires_at``, and :meth:`response` with what ``view`` discloses.
+        ``(unreadable, resent, reused, response)``: response None when the scan asked for
+        FHIR JSON or its request id was reused. Not for a verifier with an external replay
+        store."""
+
+@final
+class CallerView:
+    """What one caller's policy lets a unary call verify for (``uses``) and see (the field
+    groups of each use, "" for none), converted once for :meth:`WireBatch.answer_unary`."""
+    def __new__(cls, uses: Sequence[str], disclosure: Mapping[str, Sequence[str]]) -> Self: ...
 
 @final
 class VerificationCounts:

@@ -372,6 +372,32 @@ class AnswerRecovery:
             self._unreadable(batch.keep_in(memory.store, keys_of, now, now + self.retention))
         self._count(*batch.recovery_counts())
 
+    @property
+    def in_process(self) -> bool:
+        """Whether the answers are kept in the in-process store (:meth:`answer_unary`)."""
+        return isinstance(self.backend, MemoryAnswers)
+
+    def answer_unary(
+        self,
+        call: _native.WireBatch,
+        verifier: _native.Verifier,
+        view: _native.CallerView,
+        caller: str,
+        now: int,
+    ) -> tuple[bytes | None, int]:
+        """:meth:`answer_wire` of a unary call's usable scan on the in-process store, with its
+        verification and response in the same binding call
+        (:meth:`~apcv_verify._native.WireBatch.answer_unary`): the response (None when FHIR
+        JSON is wanted or the request id was reused) and whether it was reused."""
+        memory = self.backend
+        assert isinstance(memory, MemoryAnswers)
+        unreadable, resent, reused, reply = call.answer_unary(
+            verifier, view, now, memory.store, memory._keys, caller, now + self.retention
+        )
+        self._unreadable(unreadable)
+        self._count(resent, reused)
+        return reply, reused
+
     def _recovered(
         self, keys: _native.AnswerKeys, scan: _native.Scan, record: bytes
     ) -> Answer | None:

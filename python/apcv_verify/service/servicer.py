@@ -65,6 +65,10 @@ class VerifierService:
         self._recovery = recovery
         self._disclosures: dict[tuple[str, str], frozenset[str]] = {}
         self._disclosure_tables: dict[str, dict[str, list[str]]] = {}
+        self._views: dict[str, _native.CallerView] = {}
+        #: A unary call's scan goes through the binding in one call (answer_unary) unless the
+        #: replay store or the answers are in Redis (their round trips are Python's).
+        self._unary_in_core = replay is None and (recovery is None or recovery.in_process)
 
     def _caller(self, context: grpc.aio.ServicerContext) -> tuple[str, CallerPolicy | CallRefused]:
         """The caller and its policy, or why it may not call (to abort with: see
@@ -96,6 +100,15 @@ class VerifierService:
             }
         return table
 
+    def _view(self, policy: CallerPolicy) -> _native.CallerView:
+        """The uses and disclosure of ``policy`` for the binding, made once per caller."""
+        view = self._views.get(policy.id)
+        if view is None:
+            view = self._views[policy.id] = _native.CallerView(
+                list(policy.uses), self._disclosure(policy)
+            )
+        return view
+
     async def Verify(  # noqa: N802 (gRPC method name)
         self,
         request: bytes | TooLarge,
@@ -118,7 +131,48 @@ class VerifierService:
         caller, policy = self._caller(context)
         if isinstance(policy, CallRefused):
             await _refuse(context, policy)
+        if self._unary_in_core:
+            return await self._answer_unary(call, policy, caller, context)
         reply: bytes = await self._answer("Verify", call, policy, caller, context)
+        return reply
+
+    async def _answer_unary(
+        self,
+        call: _native.WireBatch,
+        policy: CallerPolicy,
+        caller: str,
+        context: grpc.aio.ServicerContext,
+    ) -> bytes:
+        """:meth:`_answer` of a unary call's usable scan with the in-process replay store and
+        answers: the same checks, answer, audit and outcomes, with answer recovery,
+        verification and the response in one binding call
+        (:meth:`~apcv_verify._native.WireBatch.answer_unary`) and no closure."""
+        if call.scanned_at:
+            try:
+                scanned_at_permission(policy, caller)
+            except CallRefused as refused:
+                await _refuse(context, refused)
+        now = int(time.time())
+        started = time.perf_counter()
+        verifier = self._verifier(policy, context)
+        if isinstance(verifier, tuple):
+            await abort(context, *verifier)
+        view = self._view(policy)
+        recovery = self._recovery
+        if recovery is None:
+            reply = call.answer_unary(verifier, view, now)[3]
+        else:
+            reply, reused = recovery.answer_unary(call, verifier, view, caller, now)
+            if reused:  # a unary call's reused request id ends the call (not audited)
+                await abort(
+                    context,
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    REUSED.reason,
+                    f"scan.request_id: {REUSED.description}",
+                )
+        self._audit.record_wire("Verify", call, time.perf_counter() - started, caller=caller)
+        if reply is None:  # FHIR JSON asked for: built here, as for a batch
+            reply = self._with_fhir(call, policy, now)
         return reply
 
     async def VerifyBatch(  # noqa: N802 (gRPC method name)
@@ -282,6 +336,22 @@ class VerifierService:
                 batch.set_fhir(index, bundle)
         else:
             disclosure = {}
+        return batch.response(disclosure)
+
+    def _with_fhir(self, batch: _native.WireBatch, policy: CallerPolicy, now: int) -> Any:
+        """The response of a verified ``batch``, with the FHIR JSON of the accepted items that
+        asked for it (built from the verdict filtered for ``policy``'s caller; ``now`` the
+        verification time of those decided now), as :meth:`_answer` ends."""
+        disclosure = self._disclosure(policy)
+        canonical_base = self._config.fhir.canonical_base
+        for index, verified_at in batch.fhir_wanted():
+            verdict = verifier_pb2.Verdict.FromString(batch.verdict(index, disclosure))
+            bundle = fhir.bundle_json(
+                verdict,
+                verified_at=now if verified_at is None else verified_at,
+                canonical_base=canonical_base,
+            )
+            batch.set_fhir(index, bundle)
         return batch.response(disclosure)
 
     def _verifier(

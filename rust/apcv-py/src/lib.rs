@@ -31,7 +31,7 @@ use crate::lists::{StatusBits, StatusList, TrustList};
 use crate::primitives::{cose_key_thumbprint, decode_status_list, verify_sign1, verify_signature};
 use crate::results::{AmcCoverage, AmoRights, Person, VerificationResult};
 use crate::verifier::Verifier;
-use crate::wire::WireBatch;
+use crate::wire::{CallerView, WireBatch};
 
 /// apcv_verify._native: the compiled verification core.
 #[pymodule]
@@ -62,6 +62,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<VerificationResult>()?;
     m.add_class::<Verifier>()?;
     m.add_class::<WireBatch>()?;
+    m.add_class::<CallerView>()?;
     m.add_class::<HolderRefKey>()?;
     m.add_class::<VerificationCounts>()?;
     Ok(())

@@ -379,6 +379,31 @@ static NOTHING: Verified = Verified {
     pending: Vec::new(),
 };
 
+/// What one caller's policy lets a unary call verify and disclose: the uses it may verify
+/// for and the field groups it may see for each use ("" for none), as
+/// :meth:`WireBatch.answer_unary` takes them. Made once per caller policy (the policies are
+/// the configuration's), so that a call converts neither.
+#[pyclass(frozen, module = "apcv_verify._native")]
+pub(crate) struct CallerView {
+    uses: Vec<claims::Use>,
+    disclosed: HashMap<String, u8>,
+}
+
+#[pymethods]
+impl CallerView {
+    #[new]
+    fn new(uses: Vec<String>, disclosure: HashMap<String, Vec<String>>) -> PyResult<CallerView> {
+        Ok(CallerView {
+            uses: verify::parse_uses(&uses).map_err(|_| PyValueError::new_err("unknown use"))?,
+            disclosed: disclosure_bits(disclosure)?,
+        })
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<CallerView uses={}>", self.uses.len())
+    }
+}
+
 impl WireBatch {
     /// Decoded `items` of a request of `shape`, nothing verified yet (a stream's places and
     /// position are set by `stream`).
@@ -622,10 +647,21 @@ impl WireBatch {
         uses: &[String],
         now: i64,
     ) -> PyResult<()> {
+        let uses = verify::parse_uses(uses).map_err(|_| PyValueError::new_err("unknown use"))?;
+        self.verify_uses(py, verifier, &uses, now)
+    }
+
+    /// `verify` with the uses parsed.
+    fn verify_uses(
+        &mut self,
+        py: Python<'_>,
+        verifier: &Verifier,
+        uses: &[claims::Use],
+        now: i64,
+    ) -> PyResult<()> {
         if self.verified.is_some() {
             return Err(PyRuntimeError::new_err("batch already verified"));
         }
-        let uses = verify::parse_uses(uses).map_err(|_| PyValueError::new_err("unknown use"))?;
         let mut scans = Vec::new();
         let mut index = Vec::new();
         for (i, it) in self.items.iter_mut().enumerate() {
@@ -633,7 +669,7 @@ impl WireBatch {
                 continue;
             }
             if let Item::Valid { scan, .. } = it {
-                scans.push(core_scan(scan.take().expect("verified once"), &uses));
+                scans.push(core_scan(scan.take().expect("verified once"), uses));
                 index.push(i);
             }
         }
@@ -1130,6 +1166,57 @@ impl WireBatch {
             self.put_verdict_of(&mut buf, 1, i, &disclosed)?; // `verdicts`
         }
         Ok(PyBytes::new(py, &buf).into_any())
+    }
+
+    /// A unary call's scan (:meth:`unary`, usable) in one call: looked up in the in-process
+    /// answer ``store`` (with ``keys`` and ``caller``, when given; as :meth:`recover_from`),
+    /// verified at ``now`` with the GIL released if not answered from it, its answer kept
+    /// there until ``expires_at`` (as :meth:`keep_in`), and answered with what ``view``
+    /// discloses (as :meth:`response`). ``(unreadable, resent, reused, response)``: the
+    /// records that could not be read, :meth:`recovery_counts`, and the encoded
+    /// `VerifyResponse`, None when the scan asked for FHIR JSON (:meth:`fhir_wanted`: the
+    /// service sets it, then calls :meth:`response`) or its request id was reused (the call
+    /// ends ALREADY_EXISTS). Not for a verifier that leaves step 9 to an external store.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    #[pyo3(signature = (verifier, view, now, store=None, keys=None, caller="", expires_at=0))]
+    fn answer_unary<'py>(
+        &mut self,
+        py: Python<'py>,
+        verifier: &Verifier,
+        view: &CallerView,
+        now: i64,
+        store: Option<&MemoryAnswerStore>,
+        keys: Option<&AnswerKeys>,
+        caller: &str,
+        expires_at: i64,
+    ) -> PyResult<(usize, usize, usize, Option<Bound<'py, PyBytes>>)> {
+        if self.shape != Shape::Unary || verifier.external_replay {
+            return Err(PyValueError::new_err(
+                "a unary call's scan, with the in-process replay store",
+            ));
+        }
+        let recovery = match (store, keys) {
+            (Some(store), Some(keys)) => Some((store, keys)),
+            (None, None) => None,
+            _ => return Err(PyValueError::new_err("store and keys go together")),
+        };
+        let mut unreadable = 0;
+        if let Some((store, keys)) = recovery {
+            unreadable += self.recover_from(store, keys, caller, now)?;
+        }
+        if self.fresh() > 0 {
+            self.verify_uses(py, verifier, &view.uses, now)?;
+            if let Some((store, keys)) = recovery {
+                unreadable += self.keep_in(store, keys, now, expires_at)?;
+            }
+        }
+        let (resent, reused) = self.recovery_counts();
+        if reused > 0 || !self.fhir_wanted()?.is_empty() {
+            return Ok((unreadable, resent, reused, None));
+        }
+        let mut buf = Vec::new();
+        self.put_verdict_of(&mut buf, 1, 0, &view.disclosed)?; // `VerifyResponse.verdict`
+        Ok((unreadable, resent, reused, Some(PyBytes::new(py, &buf))))
     }
 
     fn __repr__(&self) -> String {
