@@ -34,6 +34,7 @@ from typing import Any, NoReturn, Protocol
 import grpc
 import structlog
 
+from ..config import ANONYMOUS_CALLER
 from ..observe.metrics import ServiceMetrics
 from ..observe.tracing import Tracing
 from .errors import INTERNAL_ERROR_DETAIL, abort
@@ -436,11 +437,22 @@ class CallInterceptor(_CachingInterceptor):
     The server does not install it as an interceptor but registers its services through
     :meth:`registration`: the same wrappers, made once per method when it is registered. A
     unary call's wrapper reads the caller id from ``auth_context()`` once, for the limits and
-    for the handler (:data:`~apcv_verify.service.policy.CALLER`)."""
+    for the handler (:data:`~apcv_verify.service.policy.CALLER`) — and not at all without
+    ``client_certificates`` (no ``tls.client_ca``): no client certificate is then verified,
+    so every caller is ``anonymous`` (:func:`~apcv_verify.service.policy.caller_id`), and the
+    read (a dict of the connection's properties built per call, ≈ 4 µs) is saved."""
 
-    def __init__(self, metrics: MetricsInterceptor, errors: ErrorInterceptor, limits: Limits):
+    def __init__(
+        self,
+        metrics: MetricsInterceptor,
+        errors: ErrorInterceptor,
+        limits: Limits,
+        *,
+        client_certificates: bool = True,
+    ):
         super().__init__()
         self._parts = (metrics, errors, limits)
+        self._client_certificates = client_certificates
 
     def registration(self, server: grpc.aio.Server) -> Registration:
         """``server`` as the ``add_…_to_server`` functions see it, registering each method
@@ -458,12 +470,14 @@ class CallInterceptor(_CachingInterceptor):
         admit, release = limits.admission(method)
         refuse = limits.refuse
         set_caller = CALLER.set
+        certificates = self._client_certificates
 
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = begin(context)
             try:
                 try:
-                    caller = caller_id(context.auth_context())  # the one read of this call
+                    # The one read of this call, if a caller can have a name at all.
+                    caller = caller_id(context.auth_context()) if certificates else ANONYMOUS_CALLER
                     keys = admit(context, caller)
                     if isinstance(keys, str):
                         await refuse(context, keys)

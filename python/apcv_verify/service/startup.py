@@ -209,6 +209,8 @@ async def start_server(config: Config, material: TrustMaterial | None = None) ->
         MetricsInterceptor(metrics),
         ErrorInterceptor(),
         LimitsInterceptor(config.server, limit_metrics, stream_services=(SERVICE_NAME,)),
+        # Without a client CA no client certificate is verified: every caller is anonymous.
+        client_certificates=bool(config.tls.client_ca),
     )
     tracing = current_tracing()
     server = grpc.aio.server(
