@@ -324,24 +324,13 @@ class VerifierService:
                         f"scan.request_id: {REUSED.description}",
                     )
             self._audit.record_wire(method, batch, time.perf_counter() - started, caller=caller)
-            disclosure = self._disclosure(policy)
-            canonical_base = self._config.fhir.canonical_base
-            for index, verified_at in batch.fhir_wanted():  # built from the filtered verdict
-                verdict = verifier_pb2.Verdict.FromString(batch.verdict(index, disclosure))
-                bundle = fhir.bundle_json(
-                    verdict,
-                    verified_at=now if verified_at is None else verified_at,
-                    canonical_base=canonical_base,
-                )
-                batch.set_fhir(index, bundle)
-        else:
-            disclosure = {}
-        return batch.response(disclosure)
+            return self._with_fhir(batch, policy, now)
+        return batch.response({})
 
     def _with_fhir(self, batch: _native.WireBatch, policy: CallerPolicy, now: int) -> Any:
         """The response of a verified ``batch``, with the FHIR JSON of the accepted items that
         asked for it (built from the verdict filtered for ``policy``'s caller; ``now`` the
-        verification time of those decided now), as :meth:`_answer` ends."""
+        verification time of those decided now)."""
         disclosure = self._disclosure(policy)
         canonical_base = self._config.fhir.canonical_base
         for index, verified_at in batch.fhir_wanted():
