@@ -7,6 +7,7 @@
 //! REJECTED / MALFORMED with its field in `detail`; only the disclosed field groups are set.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
 use apcv_core::answers::{self as core_answers, AnswerRecord, HASH_LEN};
 use apcv_core::claims;
@@ -245,10 +246,13 @@ pub(crate) struct WireBatch {
     kept: Vec<usize>,
 }
 
-fn item(scan: pb::Scan, path: &str) -> Item {
+/// The item of a decoded `scan` at `path` (a `Display`, rendered only for an unusable scan's
+/// detail: most items are usable).
+fn item(mut scan: pb::Scan, path: impl std::fmt::Display) -> Item {
     match scan_problem(&scan) {
+        // The request id moves to the item: nothing reads the scan's own after this.
         None => Item::Valid {
-            request_id: scan.request_id.clone(),
+            request_id: std::mem::take(&mut scan.request_id),
             include_fhir: scan.include_fhir,
             scan: Some(scan),
         },
@@ -257,6 +261,15 @@ fn item(scan: pb::Scan, path: &str) -> Item {
             detail: format!("{path}.{field}: {description}"),
             problem: Some(problem),
         },
+    }
+}
+
+/// The path `scans[k]`, rendered when needed.
+struct ScansPath(usize);
+
+impl std::fmt::Display for ScansPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "scans[{}]", self.0)
     }
 }
 
@@ -337,10 +350,44 @@ fn core_scan(scan: pb::Scan, uses: &[claims::Use]) -> verify::Scan {
     verify::Scan::new(data, reader_id, nonce, Some(uses)).with_scanned_at(scanned_at)
 }
 
-fn reason_value(code: &str) -> PyResult<i32> {
-    pb::Reason::from_str_name(&format!("REASON_{code}"))
-        .map(|r| r as i32)
-        .ok_or_else(|| PyValueError::new_err("a reason code the contract lacks"))
+/// The contract's `Reason` value of each of the core's reasons and AMC reasons (by index in
+/// `Reason::ALL`, `AmcReason::ALL`; None for a code the contract lacks), looked up by name
+/// once rather than per verdict.
+struct ReasonValues {
+    reasons: [Option<i32>; verify::Reason::ALL.len()],
+    amc: [Option<i32>; verify::AmcReason::ALL.len()],
+}
+
+fn reason_values() -> &'static ReasonValues {
+    static VALUES: OnceLock<ReasonValues> = OnceLock::new();
+    VALUES.get_or_init(|| {
+        let value =
+            |code: &str| pb::Reason::from_str_name(&format!("REASON_{code}")).map(|r| r as i32);
+        ReasonValues {
+            reasons: verify::Reason::ALL.map(|r| value(r.as_str())),
+            amc: verify::AmcReason::ALL.map(|r| value(r.as_str())),
+        }
+    })
+}
+
+fn lacking() -> PyErr {
+    PyValueError::new_err("a reason code the contract lacks")
+}
+
+/// The contract's value of a decision's reason.
+fn reason_value(reason: verify::Reason) -> PyResult<i32> {
+    let index = verify::Reason::ALL.iter().position(|r| *r == reason);
+    index
+        .and_then(|i| reason_values().reasons[i])
+        .ok_or_else(lacking)
+}
+
+/// The contract's value of an AMC attestation's reason.
+fn amc_reason_value(reason: verify::AmcReason) -> PyResult<i32> {
+    let index = verify::AmcReason::ALL.iter().position(|r| *r == reason);
+    index
+        .and_then(|i| reason_values().amc[i])
+        .ok_or_else(lacking)
 }
 
 /// A MALFORMED verdict, borrowed for `put_verdict`.
@@ -456,7 +503,7 @@ impl WireBatch {
         let amc_reasons = if accepted && d.person.is_some() && bits & AMC != 0 {
             d.amc
                 .iter()
-                .map(|a| reason_value(a.reason.as_str()))
+                .map(|a| amc_reason_value(a.reason))
                 .collect::<PyResult<Vec<_>>>()?
         } else {
             Vec::new()
@@ -468,7 +515,7 @@ impl WireBatch {
             } else {
                 pb::Decision::Rejected
             } as i32,
-            reason: reason_value(d.reason.as_str())?,
+            reason: reason_value(d.reason)?,
             detail: resent.map_or(d.detail, |(detail, _)| detail.as_str()),
             duplicate: d.duplicate,
             use_,
@@ -541,12 +588,11 @@ impl WireBatch {
             });
             let first = items.len();
             for (k, scan) in scans.into_iter().enumerate() {
-                let path = format!("scans[{k}]");
                 items.push(match (scan, both, &too_many) {
                     (scan, true, _) => refused(scan, SCANS_WITH_SCAN),
                     (scan, false, Some(detail)) => refused(scan, detail),
-                    (Ok(scan), false, None) => item(scan, &path),
-                    (Err(()), false, None) => undecodable(&path),
+                    (Ok(scan), false, None) => item(scan, ScansPath(k)),
+                    (Err(()), false, None) => undecodable(&ScansPath(k).to_string()),
                 });
                 slots.push(Slot::Scans(k));
             }
@@ -666,19 +712,16 @@ impl WireBatch {
                 .scans
                 .into_iter()
                 .enumerate()
-                .map(|(i, scan)| item(scan, &format!("scans[{i}]")))
+                .map(|(i, scan)| item(scan, ScansPath(i)))
                 .collect(),
             Err(_) => RawBatch::decode(data)
                 .ok()?
                 .scans
                 .iter()
                 .enumerate()
-                .map(|(i, raw)| {
-                    let path = format!("scans[{i}]");
-                    match pb::Scan::decode(raw.as_slice()) {
-                        Ok(scan) => item(scan, &path),
-                        Err(_) => undecodable(&path),
-                    }
+                .map(|(i, raw)| match pb::Scan::decode(raw.as_slice()) {
+                    Ok(scan) => item(scan, ScansPath(i)),
+                    Err(_) => undecodable(&ScansPath(i).to_string()),
                 })
                 .collect(),
         };
