@@ -120,12 +120,23 @@ pub(crate) struct Shared<'a> {
 /// The audit line of `d` (newline included), keys in the audit trail's order.
 pub(crate) fn line(key: &HolderRefKey, shared: &Shared<'_>, d: &Decided<'_>) -> String {
     let mut out = String::with_capacity(320 + shared.tail.len());
+    push_line(&mut out, key, shared, d);
+    out
+}
+
+/// Appends the audit line of `d` (newline included) to `out`.
+pub(crate) fn push_line(
+    out: &mut String,
+    key: &HolderRefKey,
+    shared: &Shared<'_>,
+    d: &Decided<'_>,
+) {
     out.push_str("{\"kind\": \"audit\", \"request_id\": ");
-    push_json_str(&mut out, d.request_id);
+    push_json_str(out, d.request_id);
     out.push_str(", \"caller\": ");
     out.push_str(shared.caller);
     out.push_str(", \"reader_id\": ");
-    push_json_str(&mut out, d.reader_id);
+    push_json_str(out, d.reader_id);
     out.push_str(", \"method\": ");
     out.push_str(shared.method);
     out.push_str(", \"decision\": ");
@@ -135,7 +146,7 @@ pub(crate) fn line(key: &HolderRefKey, shared: &Shared<'_>, d: &Decided<'_>) -> 
         "\"REJECTED\""
     });
     out.push_str(", \"reason\": ");
-    push_json_str(&mut out, d.reason);
+    push_json_str(out, d.reason);
     out.push_str(", \"duplicate\": ");
     out.push_str(if d.duplicate { "true" } else { "false" });
     out.push_str(", \"latency_ms\": ");
@@ -144,14 +155,14 @@ pub(crate) fn line(key: &HolderRefKey, shared: &Shared<'_>, d: &Decided<'_>) -> 
     match d.credential_id {
         Some(id) => {
             out.push('"');
-            key.push_ref(&mut out, id);
+            key.push_ref(out, id);
             out.push('"');
         }
         None => out.push_str("null"),
     }
     if let Some(position) = d.position {
         out.push_str(", \"item\": ");
-        push_decimal(&mut out, position);
+        push_decimal(out, position);
     }
     if d.replay_unchecked {
         out.push_str(", \"replay_unchecked\": true");
@@ -162,7 +173,6 @@ pub(crate) fn line(key: &HolderRefKey, shared: &Shared<'_>, d: &Decided<'_>) -> 
     out.push_str(", ");
     out.push_str(shared.tail);
     out.push('\n');
-    out
 }
 
 /// `n` in decimal, without a formatter.

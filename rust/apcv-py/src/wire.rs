@@ -648,6 +648,54 @@ impl WireBatch {
         Ok(out)
     }
 
+    /// The audit line of each answered item, one `String` each (`chunk_bytes` 0), or joined
+    /// in order into chunks of whole lines of at most `chunk_bytes` bytes, a longer line
+    /// alone: rendered in place, one allocation per chunk rather than per line.
+    fn render_lines(
+        &self,
+        key: &HolderRefKey,
+        shared: &audit::Shared<'_>,
+        chunk_bytes: usize,
+    ) -> PyResult<Vec<String>> {
+        let answered = self.answered()?;
+        let mut out = Vec::new();
+        let (mut chunk, mut line) = (String::new(), String::new());
+        for a in answered {
+            let Item::Valid { request_id, .. } = &self.items[a.i] else {
+                unreachable!("answered items are valid")
+            };
+            let d = a.d;
+            let decided = audit::Decided {
+                position: self.position(a.i),
+                request_id,
+                reader_id: a.reader_id,
+                accepted: d.accepted(),
+                reason: d.reason.as_str(),
+                duplicate: d.duplicate,
+                credential_id: d.credential_id.as_deref(),
+                replay_unchecked: d.replay_unchecked,
+                resent: a.resent_at.is_some(),
+            };
+            if chunk_bytes == 0 {
+                out.push(audit::line(key, shared, &decided));
+                continue;
+            }
+            line.clear();
+            audit::push_line(&mut line, key, shared, &decided);
+            if !chunk.is_empty() && chunk.len() + line.len() > chunk_bytes {
+                out.push(std::mem::take(&mut chunk));
+            }
+            if chunk.capacity() == 0 {
+                chunk.reserve(chunk_bytes.max(line.len()));
+            }
+            chunk.push_str(&line);
+        }
+        if !chunk.is_empty() {
+            out.push(chunk);
+        }
+        Ok(out)
+    }
+
     /// The answer key of item `i` (`answer_keys` computed them).
     fn key_of(&self, i: usize) -> PyResult<&[u8; HASH_LEN]> {
         self.keys
@@ -1026,32 +1074,7 @@ impl WireBatch {
             latency_ms,
             tail,
         };
-        let lines = self
-            .answered()?
-            .into_iter()
-            .map(|a| {
-                let Item::Valid { request_id, .. } = &self.items[a.i] else {
-                    unreachable!("answered items are valid")
-                };
-                let d = a.d;
-                audit::line(
-                    key,
-                    &shared,
-                    &audit::Decided {
-                        position: self.position(a.i),
-                        request_id,
-                        reader_id: a.reader_id,
-                        accepted: d.accepted(),
-                        reason: d.reason.as_str(),
-                        duplicate: d.duplicate,
-                        credential_id: d.credential_id.as_deref(),
-                        replay_unchecked: d.replay_unchecked,
-                        resent: a.resent_at.is_some(),
-                    },
-                )
-            })
-            .collect();
-        Ok(lines)
+        self.render_lines(key, &shared, 0)
     }
 
     /// One call's audit work at once: :meth:`decision_counts` and :meth:`audit_lines` (here
@@ -1060,8 +1083,10 @@ impl WireBatch {
     /// rendered here with the current time (`audit::plain_tail`); with
     /// ``counts``, the decisions also counted there and ``latency_seconds`` shared among them
     /// in its histogram (each one's share, once per decision). No lines when ``tail`` is "".
+    /// With ``chunk_bytes``, the lines come joined in order into chunks of whole lines of at
+    /// most that many bytes (a longer line alone), as the audit buffer writes them.
     #[allow(clippy::type_complexity, clippy::too_many_arguments)]
-    #[pyo3(signature = (key, caller, method, latency_ms, tail, counts=None, latency_seconds=0.0))]
+    #[pyo3(signature = (key, caller, method, latency_ms, tail, counts=None, latency_seconds=0.0, chunk_bytes=0))]
     fn audit(
         &self,
         key: &HolderRefKey,
@@ -1071,6 +1096,7 @@ impl WireBatch {
         tail: Option<&str>,
         counts: Option<&VerificationCounts>,
         latency_seconds: f64,
+        chunk_bytes: usize,
     ) -> PyResult<(Vec<(bool, &'static str, usize)>, Vec<String>)> {
         let kinds = self.decision_counts()?;
         if let Some(counts) = counts {
@@ -1095,8 +1121,13 @@ impl WireBatch {
         let (mut caller_json, mut method_json) = (String::new(), String::new());
         audit::push_json_str(&mut caller_json, caller);
         audit::push_json_str(&mut method_json, method);
-        let lines = self.audit_lines(key, &caller_json, &method_json, latency_ms, tail)?;
-        Ok((kinds, lines))
+        let shared = audit::Shared {
+            caller: &caller_json,
+            method: &method_json,
+            latency_ms,
+            tail,
+        };
+        Ok((kinds, self.render_lines(key, &shared, chunk_bytes)?))
     }
 
     /// The accepted items that asked for FHIR JSON, as ``(index, verified_at)``:
