@@ -25,6 +25,12 @@ the server on one half of the CPUs and ghz on the other (``--no-pin``: sharing t
 the server's own duration histogram and its threads' wait for a CPU reported beside
 (:func:`latency_at`).
 
+``--variant NAME=PYTHONPATH`` also runs the server of another copy of the package (its
+``python`` folder, native module included) side by side in every round, with ``--cases`` a
+lever's before and after; ``--variant-core`` adds each copy's own ``core100``, measured in a
+child process with that copy's native module (a lever in the binding may change the core's
+cost too).
+
 Results (median of the rounds) go to docs/benchmarks.md between the service-bench markers;
 ``--plot`` draws them (server CPU per presentation by case) into a PNG linked from there.
 ``--quick`` is a short run for the tests (tests/test_service_bench.py): numbers, no claims.
@@ -348,6 +354,40 @@ def measure_core(pki: Any, items: Sequence[bytes], per_call: int, round_: int) -
     )
 
 
+def measure_variant_core(
+    path: str, pki: Any, items: Sequence[bytes], per_call: int, round_: int
+) -> Measured:
+    """:func:`measure_core` with the native module of the copy at ``path`` (``--variant``), in
+    a child process: a lever in the binding (its allocator, say) may change the core's cost
+    too, so each copy's server is compared with its own core."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as given:
+        inputs = {
+            "trust_list": pki.trust_list.hex(),
+            "anchor": pki.anchor_cose_key.hex(),
+            "status_lists": [s.hex() for s in pki.status_lists.values()],
+            "items": [p.hex() for p in items],
+            "per_call": per_call,
+            "round": round_,
+        }
+        Path(given.name).write_text(json.dumps(inputs))
+        env = {**os.environ, "PYTHONPATH": path}
+        command = [sys.executable, __file__, "--core-from", given.name]
+        output = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+    return Measured(**json.loads(output.stdout))
+
+
+def _core_from(path: Path) -> None:
+    """The child of :func:`measure_variant_core`: its measurement as JSON on stdout."""
+    given = json.loads(path.read_text())
+    pki = SimpleNamespace(
+        trust_list=bytes.fromhex(given["trust_list"]),
+        anchor_cose_key=bytes.fromhex(given["anchor"]),
+        status_lists={n: bytes.fromhex(s) for n, s in enumerate(given["status_lists"])},
+    )
+    items = [bytes.fromhex(p) for p in given["items"]]
+    print(json.dumps(vars(measure_core(pki, items, given["per_call"], given["round"]))))
+
+
 def _start_echo(response_size: int) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     process = subprocess.Popen(
@@ -540,12 +580,19 @@ def run(
                 cases = ["core1", "core100", *SERVER_CASES]
                 cases += ["echo-batch100", "echo-stream", "echo-stream20"]
                 cases += [f"{c}@{name}" for name in others for c in SERVER_CASES if c != "echo"]
+                if args.variant_core:  # each copy's own core (its native module)
+                    cases += [f"core100@{name}" for name in others]
                 if args.cases:  # a lever's check: only these cases (and their variants)
                     cases = [c for c in cases if c.partition("@")[0] in args.cases]
                 for case in cases if round_ % 2 else list(reversed(cases)):
                     items = list(presentations(pki, args.items))
                     kind, _, variant = case.partition("@")
-                    if case.startswith("core"):
+                    if case.startswith("core") and variant:
+                        result = measure_variant_core(
+                            variants[variant] or "", pki, items, int(kind[4:]), round_
+                        )
+                        result.case = case
+                    elif case.startswith("core"):
                         result = measure_core(pki, items, int(case[4:]), round_)
                     elif case in ECHO_CASES:
                         result = measure_server(case, echo.pid, echo_address, items, round_, args)
@@ -811,11 +858,20 @@ def main() -> int:
         metavar="NAME=PYTHONPATH",
         help="also measure the server of another copy of the package (a lever's before/after)",
     )
+    parser.add_argument(
+        "--variant-core",
+        action="store_true",
+        help="with --variant: also each copy's own core100, with its native module",
+    )
+    parser.add_argument("--core-from", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--echo", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--response-size", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo:
         asyncio.run(_echo_server(args.echo, args.response_size))
+        return 0
+    if args.core_from:
+        _core_from(args.core_from)
         return 0
     if args.quick:
         args.rounds, args.items, args.latency_seconds = 1, 200, 0.0

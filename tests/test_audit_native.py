@@ -83,6 +83,34 @@ def test_the_core_renders_the_usual_tail_as_audit_tail_does(pki: DemoPKI) -> Non
         configure_logging("info")
 
 
+def test_the_lines_come_joined_in_whole_lines_of_at_most_chunk_bytes(pki: DemoPKI) -> None:
+    """With ``chunk_bytes``, ``WireBatch.audit`` gives the same lines joined in order into
+    chunks of whole lines, each at most that long but for a longer line alone, and the same
+    counts."""
+    batch = verified_batch(pki)
+    key = _native.HolderRefKey(b"audit secret")
+    tail = '"event": "verification", "level": "info", "timestamp": "T"}'
+    args = (key, "his-1", "VerifyBatch", "4.0", tail)
+    counts, lines = batch.audit(*args)
+    longest = max(map(len, lines))
+    assert len(lines) > 2
+    for limit in (1, longest, 2 * longest + 1, 4096):
+        chunked_counts, chunks = batch.audit(*args, chunk_bytes=limit)
+        assert chunked_counts == counts
+        assert "".join(chunks) == "".join(lines)
+        # Each chunk is whole lines, as many as fit (the next line would not).
+        cut = 0
+        for chunk in chunks:
+            held = chunk.splitlines(keepends=True)
+            assert held == lines[cut : cut + len(held)]
+            cut += len(held)
+            assert len(chunk) <= limit or len(held) == 1
+            if cut < len(lines):
+                assert len(chunk) + len(lines[cut]) > limit
+        assert cut == len(lines)
+    assert batch.audit(*args, chunk_bytes=1)[1] == lines
+
+
 def test_record_wire_writes_the_core_rendered_lines_and_counts_them(
     pki: DemoPKI, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -418,11 +418,14 @@ class WireBatch:
         tail: str | None,
         counts: VerificationCounts | None = None,
         latency_seconds: float = 0.0,
+        chunk_bytes: int = 0,
     ) -> tuple[list[tuple[bool, str, int]], list[str]]:
         """``(decision_counts(), audit_lines(...))`` in one call, ``caller`` and ``method`` as
         they are; ``tail`` None for the usual end of the line (nothing bound, tracing off),
         rendered with the current time, "" for no lines; with ``counts``, the decisions and
-        ``latency_seconds`` (shared among them) counted there."""
+        ``latency_seconds`` (shared among them) counted there; with ``chunk_bytes``, the lines
+        joined in order into chunks of whole lines of at most that many bytes (a longer
+        line alone)."""
     def fhir_wanted(self) -> list[tuple[int, int | None]]:
         """``(index, verified_at)`` of the accepted items that asked for FHIR JSON
         (``verified_at`` of a resent answer, else None)."""

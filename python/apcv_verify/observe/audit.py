@@ -21,7 +21,13 @@ import structlog
 
 from .. import _native
 from ..config import ANONYMOUS_CALLER
-from .logs import AUDIT_LOGGER, audit_lines, native_audit_tail, write_audit_lines
+from .logs import (
+    AUDIT_LOGGER,
+    audit_chunk_bytes,
+    audit_lines,
+    native_audit_tail,
+    write_audit_lines,
+)
 from .tracing import core_span
 
 if TYPE_CHECKING:
@@ -183,6 +189,8 @@ class AuditTrail:
             None if tail is True else tail,
             sink,
             latency_seconds,
+            # Joined as the buffer writes them: one string per write, not one per record.
+            audit_chunk_bytes(),
         )
         decided = 0
         for accepted, reason, count in counts:

@@ -71,6 +71,11 @@ class BufferedLines:
         self._armed = False
         self._lock = threading.Lock()
 
+    @property
+    def limit(self) -> int:
+        """The most one write takes (unless one line is longer)."""
+        return self._limit
+
     def write(self, text: str) -> int:
         self.write_lines((text,))
         return len(text)
@@ -289,8 +294,16 @@ def native_audit_tail(record_keys: frozenset[str]) -> str | Literal[True] | None
     return audit_tail(record_keys)
 
 
+def audit_chunk_bytes() -> int:
+    """The most the audit buffer writes at once: lines joined into chunks of whole lines of
+    at most this size are written as they are (``WireBatch.audit``'s ``chunk_bytes``)."""
+    buffer = _audit_buffer
+    return AUDIT_FLUSH_BYTES if buffer is None else buffer.limit
+
+
 def write_audit_lines(lines: Sequence[str]) -> None:
-    """Write audit lines rendered with :func:`audit_tail` (each ends with its newline)."""
+    """Write audit lines rendered with :func:`audit_tail` (each ends with its newline), or
+    chunks of such lines of at most :func:`audit_chunk_bytes`."""
     buffer = _audit_buffer
     if buffer is not None:
         buffer.write_lines(lines)

@@ -47,9 +47,12 @@ impl HolderRefKey {
 
 impl HolderRefKey {
     fn push_ref(&self, out: &mut String, credential_id: &str) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let tag = hmac::sign(&self.key, credential_id.as_bytes());
-        for byte in &tag.as_ref()[..HOLDER_REF_BYTES] {
-            let _ = write!(out, "{byte:02x}");
+        // Lowercase hex, two digits a byte, without a formatter call per byte.
+        for &byte in &tag.as_ref()[..HOLDER_REF_BYTES] {
+            out.push(char::from(HEX[usize::from(byte >> 4)]));
+            out.push(char::from(HEX[usize::from(byte & 0xf)]));
         }
     }
 }
@@ -59,6 +62,14 @@ impl HolderRefKey {
 /// (lowercase hex; UTF-16 surrogate pairs above U+FFFF).
 pub(crate) fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
+    if s.bytes()
+        .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
+    {
+        // The usual identifier or reason code: nothing to escape.
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
@@ -109,12 +120,23 @@ pub(crate) struct Shared<'a> {
 /// The audit line of `d` (newline included), keys in the audit trail's order.
 pub(crate) fn line(key: &HolderRefKey, shared: &Shared<'_>, d: &Decided<'_>) -> String {
     let mut out = String::with_capacity(320 + shared.tail.len());
+    push_line(&mut out, key, shared, d);
+    out
+}
+
+/// Appends the audit line of `d` (newline included) to `out`.
+pub(crate) fn push_line(
+    out: &mut String,
+    key: &HolderRefKey,
+    shared: &Shared<'_>,
+    d: &Decided<'_>,
+) {
     out.push_str("{\"kind\": \"audit\", \"request_id\": ");
-    push_json_str(&mut out, d.request_id);
+    push_json_str(out, d.request_id);
     out.push_str(", \"caller\": ");
     out.push_str(shared.caller);
     out.push_str(", \"reader_id\": ");
-    push_json_str(&mut out, d.reader_id);
+    push_json_str(out, d.reader_id);
     out.push_str(", \"method\": ");
     out.push_str(shared.method);
     out.push_str(", \"decision\": ");
@@ -124,7 +146,7 @@ pub(crate) fn line(key: &HolderRefKey, shared: &Shared<'_>, d: &Decided<'_>) -> 
         "\"REJECTED\""
     });
     out.push_str(", \"reason\": ");
-    push_json_str(&mut out, d.reason);
+    push_json_str(out, d.reason);
     out.push_str(", \"duplicate\": ");
     out.push_str(if d.duplicate { "true" } else { "false" });
     out.push_str(", \"latency_ms\": ");
@@ -133,13 +155,14 @@ pub(crate) fn line(key: &HolderRefKey, shared: &Shared<'_>, d: &Decided<'_>) -> 
     match d.credential_id {
         Some(id) => {
             out.push('"');
-            key.push_ref(&mut out, id);
+            key.push_ref(out, id);
             out.push('"');
         }
         None => out.push_str("null"),
     }
     if let Some(position) = d.position {
-        let _ = write!(out, ", \"item\": {position}");
+        out.push_str(", \"item\": ");
+        push_decimal(out, position);
     }
     if d.replay_unchecked {
         out.push_str(", \"replay_unchecked\": true");
@@ -150,7 +173,23 @@ pub(crate) fn line(key: &HolderRefKey, shared: &Shared<'_>, d: &Decided<'_>) -> 
     out.push_str(", ");
     out.push_str(shared.tail);
     out.push('\n');
-    out
+}
+
+/// `n` in decimal, without a formatter.
+fn push_decimal(out: &mut String, mut n: usize) {
+    let mut digits = [0u8; 20]; // u64::MAX has 20
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        out.push(char::from(d));
+    }
 }
 
 /// The end of an audit line (after the record's keys, closing brace included) when nothing
@@ -182,6 +221,41 @@ pub(crate) fn plain_tail(now: time::OffsetDateTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_and_plain_strings_are_written_as_json_dumps_does() {
+        for (n, text) in [(0, "0"), (7, "7"), (10, "10"), (1_234_567, "1234567")] {
+            let mut out = String::new();
+            push_decimal(&mut out, n);
+            assert_eq!(out, text);
+        }
+        let mut out = String::new();
+        push_decimal(&mut out, usize::MAX);
+        assert_eq!(out, usize::MAX.to_string());
+        for (s, json) in [
+            ("reader-01", "\"reader-01\""),
+            ("", "\"\""),
+            ("a\"b", "\"a\\\"b\""),
+            ("a\\b", "\"a\\\\b\""),
+            ("tab\there", "\"tab\\there\""),
+            ("\u{7f}é", "\"\\u007f\\u00e9\""),
+        ] {
+            let mut out = String::new();
+            push_json_str(&mut out, s);
+            assert_eq!(out, json, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn holder_ref_is_the_hmacs_first_bytes_in_lowercase_hex() {
+        let key = HolderRefKey::new(b"secret").expect("a key");
+        let tag = hmac::sign(&key.key, b"cred-1");
+        let expected: String = tag.as_ref()[..HOLDER_REF_BYTES]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(key.holder_ref("cred-1"), expected);
+    }
 
     #[test]
     fn plain_tail_is_pythons_isoformat_in_utc_with_z() {

@@ -7,6 +7,7 @@
 //! REJECTED / MALFORMED with its field in `detail`; only the disclosed field groups are set.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
 use apcv_core::answers::{self as core_answers, AnswerRecord, HASH_LEN};
 use apcv_core::claims;
@@ -245,10 +246,13 @@ pub(crate) struct WireBatch {
     kept: Vec<usize>,
 }
 
-fn item(scan: pb::Scan, path: &str) -> Item {
+/// The item of a decoded `scan` at `path` (a `Display`, rendered only for an unusable scan's
+/// detail: most items are usable).
+fn item(mut scan: pb::Scan, path: impl std::fmt::Display) -> Item {
     match scan_problem(&scan) {
+        // The request id moves to the item: nothing reads the scan's own after this.
         None => Item::Valid {
-            request_id: scan.request_id.clone(),
+            request_id: std::mem::take(&mut scan.request_id),
             include_fhir: scan.include_fhir,
             scan: Some(scan),
         },
@@ -257,6 +261,15 @@ fn item(scan: pb::Scan, path: &str) -> Item {
             detail: format!("{path}.{field}: {description}"),
             problem: Some(problem),
         },
+    }
+}
+
+/// The path `scans[k]`, rendered when needed.
+struct ScansPath(usize);
+
+impl std::fmt::Display for ScansPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "scans[{}]", self.0)
     }
 }
 
@@ -337,10 +350,44 @@ fn core_scan(scan: pb::Scan, uses: &[claims::Use]) -> verify::Scan {
     verify::Scan::new(data, reader_id, nonce, Some(uses)).with_scanned_at(scanned_at)
 }
 
-fn reason_value(code: &str) -> PyResult<i32> {
-    pb::Reason::from_str_name(&format!("REASON_{code}"))
-        .map(|r| r as i32)
-        .ok_or_else(|| PyValueError::new_err("a reason code the contract lacks"))
+/// The contract's `Reason` value of each of the core's reasons and AMC reasons (by index in
+/// `Reason::ALL`, `AmcReason::ALL`; None for a code the contract lacks), looked up by name
+/// once rather than per verdict.
+struct ReasonValues {
+    reasons: [Option<i32>; verify::Reason::ALL.len()],
+    amc: [Option<i32>; verify::AmcReason::ALL.len()],
+}
+
+fn reason_values() -> &'static ReasonValues {
+    static VALUES: OnceLock<ReasonValues> = OnceLock::new();
+    VALUES.get_or_init(|| {
+        let value =
+            |code: &str| pb::Reason::from_str_name(&format!("REASON_{code}")).map(|r| r as i32);
+        ReasonValues {
+            reasons: verify::Reason::ALL.map(|r| value(r.as_str())),
+            amc: verify::AmcReason::ALL.map(|r| value(r.as_str())),
+        }
+    })
+}
+
+fn lacking() -> PyErr {
+    PyValueError::new_err("a reason code the contract lacks")
+}
+
+/// The contract's value of a decision's reason.
+fn reason_value(reason: verify::Reason) -> PyResult<i32> {
+    let index = verify::Reason::ALL.iter().position(|r| *r == reason);
+    index
+        .and_then(|i| reason_values().reasons[i])
+        .ok_or_else(lacking)
+}
+
+/// The contract's value of an AMC attestation's reason.
+fn amc_reason_value(reason: verify::AmcReason) -> PyResult<i32> {
+    let index = verify::AmcReason::ALL.iter().position(|r| *r == reason);
+    index
+        .and_then(|i| reason_values().amc[i])
+        .ok_or_else(lacking)
 }
 
 /// A MALFORMED verdict, borrowed for `put_verdict`.
@@ -481,7 +528,7 @@ impl WireBatch {
         let amc_reasons = if accepted && d.person.is_some() && bits & AMC != 0 {
             d.amc
                 .iter()
-                .map(|a| reason_value(a.reason.as_str()))
+                .map(|a| amc_reason_value(a.reason))
                 .collect::<PyResult<Vec<_>>>()?
         } else {
             Vec::new()
@@ -493,7 +540,7 @@ impl WireBatch {
             } else {
                 pb::Decision::Rejected
             } as i32,
-            reason: reason_value(d.reason.as_str())?,
+            reason: reason_value(d.reason)?,
             detail: resent.map_or(d.detail, |(detail, _)| detail.as_str()),
             duplicate: d.duplicate,
             use_,
@@ -566,12 +613,11 @@ impl WireBatch {
             });
             let first = items.len();
             for (k, scan) in scans.into_iter().enumerate() {
-                let path = format!("scans[{k}]");
                 items.push(match (scan, both, &too_many) {
                     (scan, true, _) => refused(scan, SCANS_WITH_SCAN),
                     (scan, false, Some(detail)) => refused(scan, detail),
-                    (Ok(scan), false, None) => item(scan, &path),
-                    (Err(()), false, None) => undecodable(&path),
+                    (Ok(scan), false, None) => item(scan, ScansPath(k)),
+                    (Err(()), false, None) => undecodable(&ScansPath(k).to_string()),
                 });
                 slots.push(Slot::Scans(k));
             }
@@ -623,6 +669,54 @@ impl WireBatch {
                 }
             }
             out.sort_by_key(|a| a.i);
+        }
+        Ok(out)
+    }
+
+    /// The audit line of each answered item, one `String` each (`chunk_bytes` 0), or joined
+    /// in order into chunks of whole lines of at most `chunk_bytes` bytes, a longer line
+    /// alone: rendered in place, one allocation per chunk rather than per line.
+    fn render_lines(
+        &self,
+        key: &HolderRefKey,
+        shared: &audit::Shared<'_>,
+        chunk_bytes: usize,
+    ) -> PyResult<Vec<String>> {
+        let answered = self.answered()?;
+        let mut out = Vec::new();
+        let (mut chunk, mut line) = (String::new(), String::new());
+        for a in answered {
+            let Item::Valid { request_id, .. } = &self.items[a.i] else {
+                unreachable!("answered items are valid")
+            };
+            let d = a.d;
+            let decided = audit::Decided {
+                position: self.position(a.i),
+                request_id,
+                reader_id: a.reader_id,
+                accepted: d.accepted(),
+                reason: d.reason.as_str(),
+                duplicate: d.duplicate,
+                credential_id: d.credential_id.as_deref(),
+                replay_unchecked: d.replay_unchecked,
+                resent: a.resent_at.is_some(),
+            };
+            if chunk_bytes == 0 {
+                out.push(audit::line(key, shared, &decided));
+                continue;
+            }
+            line.clear();
+            audit::push_line(&mut line, key, shared, &decided);
+            if !chunk.is_empty() && chunk.len() + line.len() > chunk_bytes {
+                out.push(std::mem::take(&mut chunk));
+            }
+            if chunk.capacity() == 0 {
+                chunk.reserve(chunk_bytes.max(line.len()));
+            }
+            chunk.push_str(&line);
+        }
+        if !chunk.is_empty() {
+            out.push(chunk);
         }
         Ok(out)
     }
@@ -702,19 +796,16 @@ impl WireBatch {
                 .scans
                 .into_iter()
                 .enumerate()
-                .map(|(i, scan)| item(scan, &format!("scans[{i}]")))
+                .map(|(i, scan)| item(scan, ScansPath(i)))
                 .collect(),
             Err(_) => RawBatch::decode(data)
                 .ok()?
                 .scans
                 .iter()
                 .enumerate()
-                .map(|(i, raw)| {
-                    let path = format!("scans[{i}]");
-                    match pb::Scan::decode(raw.as_slice()) {
-                        Ok(scan) => item(scan, &path),
-                        Err(_) => undecodable(&path),
-                    }
+                .map(|(i, raw)| match pb::Scan::decode(raw.as_slice()) {
+                    Ok(scan) => item(scan, ScansPath(i)),
+                    Err(_) => undecodable(&ScansPath(i).to_string()),
                 })
                 .collect(),
         };
@@ -1019,32 +1110,7 @@ impl WireBatch {
             latency_ms,
             tail,
         };
-        let lines = self
-            .answered()?
-            .into_iter()
-            .map(|a| {
-                let Item::Valid { request_id, .. } = &self.items[a.i] else {
-                    unreachable!("answered items are valid")
-                };
-                let d = a.d;
-                audit::line(
-                    key,
-                    &shared,
-                    &audit::Decided {
-                        position: self.position(a.i),
-                        request_id,
-                        reader_id: a.reader_id,
-                        accepted: d.accepted(),
-                        reason: d.reason.as_str(),
-                        duplicate: d.duplicate,
-                        credential_id: d.credential_id.as_deref(),
-                        replay_unchecked: d.replay_unchecked,
-                        resent: a.resent_at.is_some(),
-                    },
-                )
-            })
-            .collect();
-        Ok(lines)
+        self.render_lines(key, &shared, 0)
     }
 
     /// One call's audit work at once: :meth:`decision_counts` and :meth:`audit_lines` (here
@@ -1053,8 +1119,10 @@ impl WireBatch {
     /// rendered here with the current time (`audit::plain_tail`); with
     /// ``counts``, the decisions also counted there and ``latency_seconds`` shared among them
     /// in its histogram (each one's share, once per decision). No lines when ``tail`` is "".
+    /// With ``chunk_bytes``, the lines come joined in order into chunks of whole lines of at
+    /// most that many bytes (a longer line alone), as the audit buffer writes them.
     #[allow(clippy::type_complexity, clippy::too_many_arguments)]
-    #[pyo3(signature = (key, caller, method, latency_ms, tail, counts=None, latency_seconds=0.0))]
+    #[pyo3(signature = (key, caller, method, latency_ms, tail, counts=None, latency_seconds=0.0, chunk_bytes=0))]
     fn audit(
         &self,
         key: &HolderRefKey,
@@ -1064,6 +1132,7 @@ impl WireBatch {
         tail: Option<&str>,
         counts: Option<&VerificationCounts>,
         latency_seconds: f64,
+        chunk_bytes: usize,
     ) -> PyResult<(Vec<(bool, &'static str, usize)>, Vec<String>)> {
         let kinds = self.decision_counts()?;
         if let Some(counts) = counts {
@@ -1088,8 +1157,13 @@ impl WireBatch {
         let (mut caller_json, mut method_json) = (String::new(), String::new());
         audit::push_json_str(&mut caller_json, caller);
         audit::push_json_str(&mut method_json, method);
-        let lines = self.audit_lines(key, &caller_json, &method_json, latency_ms, tail)?;
-        Ok((kinds, lines))
+        let shared = audit::Shared {
+            caller: &caller_json,
+            method: &method_json,
+            latency_ms,
+            tail,
+        };
+        Ok((kinds, self.render_lines(key, &shared, chunk_bytes)?))
     }
 
     /// The accepted items that asked for FHIR JSON, as ``(index, verified_at)``:
