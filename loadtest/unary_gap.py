@@ -153,8 +153,8 @@ def _time_pieces(spent: list[Any]) -> None:
 
     choose = VerifierService._verifier
 
-    def verifier(self: Any, policy: Any, context: Any) -> Any:
-        chosen = choose(self, policy, context)
+    def verifier(self: Any, *args: Any) -> Any:
+        chosen = choose(self, *args)
         return chosen if isinstance(chosen, tuple) else Timed(chosen)
 
     # A package whose unary calls verify in one binding call (WireBatch.answer_unary, which

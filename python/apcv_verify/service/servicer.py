@@ -147,16 +147,11 @@ class VerifierService:
         answers: the same checks, answer, audit and outcomes, with answer recovery,
         verification and the response in one binding call
         (:meth:`~apcv_verify._native.WireBatch.answer_unary`) and no closure."""
-        if call.scanned_at:
-            try:
-                scanned_at_permission(policy, caller)
-            except CallRefused as refused:
-                await _refuse(context, refused)
-        now = int(time.time())
-        started = time.perf_counter()
-        verifier = self._verifier(policy, context)
+        verifier = self._verifier(call, policy, caller, context)
         if isinstance(verifier, tuple):
             await abort(context, *verifier)
+        now = int(time.time())
+        started = time.perf_counter()
         view = self._view(policy)
         recovery = self._recovery
         if recovery is None:
@@ -291,16 +286,11 @@ class VerifierService:
         One coroutine from the bytes to the answer: the checks that may end the call are
         plain tests, with an ``await`` only on the way out."""
         if batch.valid:
-            if batch.scanned_at:
-                try:
-                    scanned_at_permission(policy, caller)
-                except CallRefused as refused:
-                    await _refuse(context, refused)
-            now = int(time.time())
-            started = time.perf_counter()
-            verifier = self._verifier(policy, context)
+            verifier = self._verifier(batch, policy, caller, context)
             if isinstance(verifier, tuple):
                 await abort(context, *verifier)
+            now = int(time.time())
+            started = time.perf_counter()
             uses = list(policy.uses)
 
             async def verify() -> None:
@@ -344,11 +334,21 @@ class VerifierService:
         return batch.response(disclosure)
 
     def _verifier(
-        self, policy: CallerPolicy, context: grpc.aio.ServicerContext
+        self,
+        batch: _native.WireBatch,
+        policy: CallerPolicy,
+        caller: str,
+        context: grpc.aio.ServicerContext,
     ) -> _native.Verifier | tuple[grpc.StatusCode, str, str]:
         """The verifier of this call's snapshot for ``policy``, or why the call must end
-        (deadline passed, no usable trust list) as :func:`abort`'s code, reason and message: a
-        plain test, so that each RPC stays one coroutine with an ``await`` only on the way out."""
+        (a ``scanned_at`` in ``batch`` without the caller's right, deadline passed, no usable
+        trust list) as :func:`abort`'s code, reason and message: a plain test, so that each
+        RPC stays one coroutine with an ``await`` only on the way out."""
+        if batch.scanned_at:
+            try:
+                scanned_at_permission(policy, caller)
+            except CallRefused as refused:
+                return grpc.StatusCode.PERMISSION_DENIED, refused.reason, str(refused)
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:  # nobody waits for the answer any more
             return grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_PASSED", "deadline passed"
