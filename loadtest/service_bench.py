@@ -18,8 +18,10 @@ size sent back), then runs, in the opposite order of the previous round:
 
 The client (a grpc.aio channel in this process) sends requests it encoded before the run, so
 its own cost is small and never counted: the figure is the server process's own CPU
-accounting (``/proc/<pid>/stat`` utime + stime) before and after, divided by the presentations
-answered. Then the unary latency: the maximum ``Verify`` rate is the one just measured, and
+accounting before and after (each thread's time on a CPU in ns,
+``/proc/<pid>/task/*/schedstat``; ``/proc/<pid>/stat`` utime + stime, in clock ticks, when a
+thread ended meanwhile: see ``bench.cpu_used``), divided by the presentations answered. Then
+the unary latency: the maximum ``Verify`` rate is the one just measured, and
 ``ghz`` (when installed in .tools/bin by loadtest/bench.py) runs at half of it for p50/p99,
 the server on one half of the CPUs and ghz on the other (``--no-pin``: sharing them), with
 the server's own duration histogram and its threads' wait for a CPU reported beside
@@ -68,7 +70,8 @@ from bench import (  # noqa: E402
     GHZ,
     MAX_MESSAGE_BYTES,
     Case,
-    cpu_seconds,
+    cpu_reading,
+    cpu_used,
     free_port,
     ghz_command,
     metric_samples,
@@ -321,11 +324,11 @@ def measure_server(
         method = ECHO if case == "echo" else SERVICE + "Verify"
         run = _unary(address, method, requests, args.concurrency)
     load = os.getloadavg()[0]
-    before = cpu_seconds(pid)
+    before = cpu_reading(pid)
     started = time.perf_counter()
     replies = asyncio.run(run)
     wall = time.perf_counter() - started
-    used = cpu_seconds(pid) - before
+    used = cpu_used(before, cpu_reading(pid))
     return Measured(
         case, round_, len(items), used / len(items) * 1e6, wall, _accepted(case, replies), load
     )
@@ -659,7 +662,9 @@ def report(
         f"Command: `{command}`. {args.rounds} rounds of interleaved cases, {args.items}"
         " presentations per case and round (distinct, none a replay), 1 worker, in-memory replay"
         " store, audit log to a file. Server CPU is the server process's own accounting"
-        " (`/proc/<pid>/stat` utime + stime) over the case, per presentation answered; the core's"
+        " (each thread's time on a CPU in ns, `/proc/<pid>/task/*/schedstat`; the clock ticks"
+        " of `/proc/<pid>/stat` if a thread ended during the case) over the case, per"
+        " presentation answered; the core's"
         " is this process's CPU time around `verify_batch`. The client sends requests it encoded"
         f" beforehand (unary concurrency {args.concurrency}, batch concurrency"
         f" {args.batch_concurrency}, {args.streams} streams with up to {STREAM_WINDOW} requests"
