@@ -453,11 +453,11 @@ def test_answer_unary_answers_as_its_steps_do(pki: DemoPKI, groups: tuple[str, .
         call = unary(scan)
         unreadable = 0
         if store is not None:
-            unreadable = call.recover_from(store.store, store._keys, "caller-1", now)
+            unreadable = call.recover_from(store.store, store.answer_keys, "caller-1", now)
         if call.fresh:
             by_steps.verify_wire(call, list(USES), now)
             if store is not None:
-                unreadable += call.keep_in(store.store, store._keys, now, now + 60)
+                unreadable += call.keep_in(store.store, store.answer_keys, now, now + 60)
         resent, reused = call.recovery_counts()
         reply = None if reused or call.fhir_wanted() else call.response(disclosure)
         return (unreadable, resent, reused, reply), call.audit_rows()
@@ -467,7 +467,7 @@ def test_answer_unary_answers_as_its_steps_do(pki: DemoPKI, groups: tuple[str, .
         if store is None:
             return call.answer_unary(in_one, view, now), call.audit_rows()
         answer = call.answer_unary(
-            in_one, view, now, store.store, store._keys, "caller-1", now + 60
+            in_one, view, now, store.store, store.answer_keys, "caller-1", now + 60
         )
         return answer, call.audit_rows()
 

@@ -97,10 +97,13 @@ class MemoryAnswers:
 
     def __init__(self, max_entries: int, secret: str = "") -> None:
         self.store = _native.MemoryAnswerStore(max_entries)
-        self._keys = _native.AnswerKeys(secret.encode() if secret else secrets.token_bytes(32))
+        #: Fixed for the store's life: what :meth:`keys` returns, readable without an await.
+        self.answer_keys = _native.AnswerKeys(
+            secret.encode() if secret else secrets.token_bytes(32)
+        )
 
     async def keys(self) -> _native.AnswerKeys:
-        return self._keys
+        return self.answer_keys
 
     async def lookup(self, keys: Sequence[bytes], now: int) -> list[bytes | None]:
         return self.store.get_many(list(keys), now)
@@ -363,7 +366,7 @@ class AnswerRecovery:
     ) -> None:
         """:meth:`answer_wire` on the in-process store: the same steps, each one call into the
         binding for the whole batch (no Python object per item)."""
-        keys_of = memory._keys
+        keys_of = memory.answer_keys
         self._unreadable(batch.recover_from(memory.store, keys_of, caller, now))
         if batch.fresh:
             await verify()
@@ -392,7 +395,7 @@ class AnswerRecovery:
         memory = self.backend
         assert isinstance(memory, MemoryAnswers)
         unreadable, resent, reused, reply = call.answer_unary(
-            verifier, view, now, memory.store, memory._keys, caller, now + self.retention
+            verifier, view, now, memory.store, memory.answer_keys, caller, now + self.retention
         )
         self._unreadable(unreadable)
         self._count(resent, reused)
