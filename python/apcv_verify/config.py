@@ -14,6 +14,7 @@ JSON array of the same tables. Without any ``[[callers]]`` entry, every caller g
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import tomllib
@@ -342,8 +343,14 @@ class Config:
         """The policy of ``caller_id``: its own entry, else ``*``, else None (not allowed)."""
         if not self.callers:
             return DEFAULT_CALLER
-        by_id = {caller.id: caller for caller in self.callers}
+        by_id = self._callers_by_id
         return by_id.get(caller_id, by_id.get(ANY_CALLER))
+
+    @functools.cached_property
+    def _callers_by_id(self) -> dict[str, CallerPolicy]:
+        """``callers`` by id, built on the first call's look-up, not on every call's (the
+        configuration is frozen: ``dataclasses.replace`` makes a new one, with its own)."""
+        return {caller.id: caller for caller in self.callers}
 
     def validate(self) -> Config:
         host, sep, port = self.server.listen.rpartition(":")
