@@ -171,6 +171,19 @@ def _time_pieces(spent: list[Any]) -> None:
             pieces["audit"] += time.thread_time() - started
 
     AuditTrail.record_wire = record_wire  # type: ignore[method-assign]
+    # A package whose unary calls are audited within ``answer_unary`` (its rendering then
+    # falls in answer recovery's piece): what is left of the record, after the call.
+    if hasattr(AuditTrail, "recorded_in_core"):
+        recorded = AuditTrail.recorded_in_core
+
+        def recorded_in_core(self: Any, *args: Any) -> Any:
+            started = time.thread_time()
+            try:
+                return recorded(self, *args)
+            finally:
+                pieces["audit"] += time.thread_time() - started
+
+        AuditTrail.recorded_in_core = recorded_in_core  # type: ignore[method-assign]
     # Within the audit record: its tail, the buffer write, the metrics.
     from apcv_verify.observe import audit as audit_module
     from apcv_verify.observe.metrics import ServiceMetrics

@@ -149,6 +149,42 @@ def test_grpc_and_verification_metrics_move_with_the_right_labels(
     assert "# HELP apcv_replay_store_errors_total" in text
 
 
+def test_a_full_in_process_replay_store_is_counted_as_the_stores_error(
+    pki: DemoPKI, tmp_path: Path, metrics_port: int
+) -> None:
+    """A unary call refused by the full in-process replay store: REPLAY_UNAVAILABLE (fail
+    closed), audited and counted as a verification and as the replay store's error."""
+    server = start_server(
+        pki.directory,
+        tmp_path / "server.log",
+        "--allow-test-identities",
+        env={"APCV_REPLAY_MAX_ENTRIES": "1"},
+    )
+    try:
+        assert call(server, pki.present("alice"), "f-1").reason == verifier_pb2.REASON_OK
+        refused = call(server, pki.present("lunar"), "f-2")
+        assert refused.reason == verifier_pb2.REASON_REPLAY_UNAVAILABLE
+        after = samples(scrape_text(metrics_port))
+    finally:
+        stop_server(server)
+    assert value(after, "apcv_replay_store_errors_total", backend="memory") == 1
+    assert (
+        value(
+            after,
+            "apcv_verifications_total",
+            decision="REJECTED",
+            reason="REPLAY_UNAVAILABLE",
+            method="Verify",
+        )
+        == 1
+    )
+    records = [json.loads(line) for line in server.logs().splitlines() if '"audit"' in line]
+    assert [(r["request_id"], r["reason"]) for r in records if r.get("kind") == "audit"] == [
+        ("f-1", "OK"),
+        ("f-2", "REPLAY_UNAVAILABLE"),
+    ]
+
+
 def test_trust_and_status_list_gauges_are_computed_at_scrape(
     observed: ServerProcess, metrics_port: int, pki: DemoPKI
 ) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from pathlib import Path
 
@@ -25,11 +26,16 @@ Scan = verifier_pb2.Scan
 Reader = verifier_pb2.ReaderContext
 
 
-def new_verifier(pki: DemoPKI, now: int) -> _native.Verifier:
+def new_verifier(
+    pki: DemoPKI, now: int, replay: _native.MemoryReplayStore | None = None
+) -> _native.Verifier:
     trust = _native.TrustList.verify(pki.trust_list, [pki.anchor_cose_key], now)
     lists = [_native.StatusList.verify(s, trust, now) for s in pki.status_lists.values()]
     return _native.Verifier(
-        trust, lists, _native.Policy(allow_test_identities=True), _native.MemoryReplayStore()
+        trust,
+        lists,
+        _native.Policy(allow_test_identities=True),
+        _native.MemoryReplayStore() if replay is None else replay,
     )
 
 
@@ -465,11 +471,13 @@ def test_answer_unary_answers_as_its_steps_do(pki: DemoPKI, groups: tuple[str, .
     def in_one_call(scan: Scan, store: MemoryAnswers | None) -> tuple[Answer, list[AuditRow]]:
         call = unary(scan)
         if store is None:
-            return call.answer_unary(in_one, view, now), call.audit_rows()
-        answer = call.answer_unary(
-            in_one, view, now, store.store, store.answer_keys, "caller-1", now + 60
-        )
-        return answer, call.audit_rows()
+            answer = call.answer_unary(in_one, view, now)
+        else:
+            answer = call.answer_unary(
+                in_one, view, now, store.store, store.answer_keys, "caller-1", now + 60
+            )
+        assert answer[4:] == ([], 0)  # not audited here without ``audit``
+        return answer[:4], call.audit_rows()
 
     for scan in usable:  # first seen: verified (a replay when seen again without a store)
         assert in_one_call(scan, None) == steps(scan, None)
@@ -495,3 +503,89 @@ def test_answer_unary_answers_as_its_steps_do(pki: DemoPKI, groups: tuple[str, .
     assert batch is not None
     with pytest.raises(ValueError, match="a unary call's scan"):
         batch.answer_unary(in_one, view, now)
+
+
+#: An audit line's latency and timestamp, which differ between two calls.
+_TIMES = re.compile(r'"latency_ms": [0-9.]+|"timestamp": "[^"]+"')
+
+
+def test_answer_unary_audits_as_audit_does(pki: DemoPKI) -> None:
+    """``answer_unary`` with ``audit`` renders the decision's line and counts it as
+    ``WireBatch.audit`` with the usual tail does after the same steps (but for the latency,
+    measured within the call, and the timestamp); a reused request id is not audited, a
+    scan asking for FHIR JSON is; REPLAY_UNAVAILABLE decisions are counted apart."""
+    now = int(time.time())
+    disclosure = {use: list(FIELD_GROUPS) for use in ("", *USES)}
+    view = _native.CallerView(list(USES), disclosure)
+    key = _native.HolderRefKey(b"audit-secret")
+    bounds = [0.001, 0.01, 0.1, 1.0]
+    counts = [_native.VerificationCounts(bounds), _native.VerificationCounts(bounds)]
+    usable = [scan for scan in scans_of_every_kind(pki, now) if scan_problem(scan) is None]
+    by_steps, in_one = new_verifier(pki, now), new_verifier(pki, now)
+    stores = [MemoryAnswers(100, "secret"), MemoryAnswers(100, "secret")]
+
+    def unary(scan: Scan) -> _native.WireBatch:
+        call = _native.WireBatch.unary(verifier_pb2.VerifyRequest(scan=scan).SerializeToString())
+        assert call is not None and call.problem is None
+        return call
+
+    def steps(scan: Scan) -> list[str]:
+        call = unary(scan)
+        call.recover_from(stores[0].store, stores[0].answer_keys, "caller-1", now)
+        if call.fresh:
+            by_steps.verify_wire(call, list(USES), now)
+            call.keep_in(stores[0].store, stores[0].answer_keys, now, now + 60)
+        if call.recovery_counts()[1]:
+            return []
+        return call.audit(key, "caller-1", "Verify", "0.5", None, counts[0], 0.0005, 4096)[1]
+
+    def in_one_call(scan: Scan) -> tuple[bytes | None, int, list[str], int]:
+        answer = unary(scan).answer_unary(
+            in_one,
+            view,
+            now,
+            stores[1].store,
+            stores[1].answer_keys,
+            "caller-1",
+            now + 60,
+            (key, counts[1], 4096),
+        )
+        return answer[3], answer[2], answer[4], answer[5]
+
+    def without_times(lines: list[str]) -> list[str]:
+        return [_TIMES.sub("", line) for line in lines]
+
+    resend, other, fhir = Scan(), Scan(), Scan()
+    resend.CopyFrom(usable[0])
+    other.CopyFrom(resend)
+    other.nfc_bytes = pki.present("alice")
+    fhir.CopyFrom(resend)
+    fhir.request_id, fhir.include_fhir = "r-fhir", True
+    fhir.nfc_bytes = pki.present("alice")
+    for scan in [*usable, resend, other, fhir]:
+        expected = steps(scan)
+        reply, reused, lines, unavailable = in_one_call(scan)
+        assert without_times(lines) == without_times(expected)
+        assert unavailable == 0
+        if scan is other:
+            assert reused == 1 and reply is None and lines == []  # ends ALREADY_EXISTS
+        else:
+            assert len(lines) == 1 and lines[0].endswith("\n")
+            record = json.loads(lines[0])
+            assert record["method"] == "Verify" and record["caller"] == "caller-1"
+            assert isinstance(record["latency_ms"], float) and record["latency_ms"] >= 0
+        if scan is fhir:
+            assert reply is None  # the service adds the FHIR JSON, then the response
+    # The same decisions counted; each latency observed once (values differ: not compared).
+    (decisions0, histograms0), (decisions1, histograms1) = (c.snapshot() for c in counts)
+    assert sorted(decisions1) == sorted(decisions0)
+    assert [h[1][-1] for h in histograms1] == [h[1][-1] for h in histograms0]
+    # A full replay store: REPLAY_UNAVAILABLE, counted apart for the store's error metric.
+    full = new_verifier(pki, now, _native.MemoryReplayStore(max_entries=1))
+    first, second = (
+        unary(Scan(request_id=f"r-full-{n}", nfc_bytes=pki.present("alice"), reader=resend.reader))
+        for n in range(2)
+    )
+    assert first.answer_unary(full, view, now, audit=(key, None, 4096))[5] == 0
+    answer = second.answer_unary(full, view, now, caller="caller-1", audit=(key, None, 4096))
+    assert answer[5] == 1 and json.loads(answer[4][0])["reason"] == "REPLAY_UNAVAILABLE"

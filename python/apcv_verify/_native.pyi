@@ -445,13 +445,22 @@ class WireBatch:
         keys: AnswerKeys | None = None,
         caller: str = "",
         expires_at: int = 0,
-    ) -> tuple[int, int, int, bytes | None]:
+        audit: UnaryAudit | None = None,
+    ) -> tuple[int, int, int, bytes | None, list[str], int]:
         """A unary call's usable scan in one call: :meth:`recover_from` ``store`` (when
         given), verified at ``now`` unless answered from it, :meth:`keep_in` ``store`` until
-        ``expires_at``, and :meth:`response` with what ``view`` discloses.
-        ``(unreadable, resent, reused, response)``: response None when the scan asked for
-        FHIR JSON or its request id was reused. Not for a verifier with an external replay
+        ``expires_at``, and :meth:`response` with what ``view`` discloses; with ``audit``
+        (``(key, counts, chunk_bytes)``), also :meth:`audit` of the decision with the usual
+        tail, for ``caller`` and ``Verify``, this call's time as its latency (not when the
+        request id was reused). ``(unreadable, resent, reused, response, lines,
+        replay_unavailable)``: response None when the scan asked for FHIR JSON or its request
+        id was reused; the audit lines (none without ``audit``) and the number of
+        REPLAY_UNAVAILABLE decisions among them. Not for a verifier with an external replay
         store."""
+
+#: ``WireBatch.answer_unary``'s ``audit``: the holder reference key, the decision counts (None
+#: when the metrics are not kept in the binding) and the audit buffer's chunk size.
+UnaryAudit = tuple[HolderRefKey, VerificationCounts | None, int]
 
 @final
 class CallerView:

@@ -28,7 +28,7 @@ from .logs import (
     native_audit_tail,
     write_audit_lines,
 )
-from .tracing import core_span
+from .tracing import core_span, current_tracing
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -157,6 +157,36 @@ class AuditTrail:
         fields = self._fields
         # A row is (position, the record's fields in _fields' order).
         _emit([fields(method, *row[1:], latency_seconds, caller, row[0]) for row in rows])
+
+    def unary_in_core(self) -> _native.UnaryAudit | None:
+        """``WireBatch.answer_unary``'s ``audit`` argument when the core can audit a unary
+        call's decision as :meth:`record_wire` would (logging configured, the usual tail,
+        tracing off, the decision metrics kept in the binding or none); else None: then
+        :meth:`record_wire` after the call. Its results go to :meth:`recorded_in_core`."""
+        if native_audit_tail(RECORD_KEYS) is not True or current_tracing() is not None:
+            return None
+        metrics = self._metrics
+        if metrics is None:
+            return self._key, None, audit_chunk_bytes()
+        if metrics.verification_counts is None:  # several workers: prometheus_client's files
+            return None
+        return self._key, metrics.verification_counts, audit_chunk_bytes()
+
+    def recorded_in_core(self, lines: Sequence[str], replay_unavailable: int) -> None:
+        """The rest of :meth:`record_wire` for a decision audited by ``answer_unary``
+        (:meth:`unary_in_core`): its lines written, and a REPLAY_UNAVAILABLE decision counted
+        as the replay store's error."""
+        if lines:
+            write_audit_lines(lines)
+        if replay_unavailable and self._metrics is not None:
+            self._metrics.observe_verification(
+                method="Verify",
+                decision="REJECTED",
+                reason="REPLAY_UNAVAILABLE",
+                replay_backend=self._replay_backend,
+                count=replay_unavailable,
+                counted=True,
+            )
 
     def record_wire(
         self,

@@ -387,19 +387,28 @@ class AnswerRecovery:
         view: _native.CallerView,
         caller: str,
         now: int,
-    ) -> tuple[bytes | None, int]:
+        audit: _native.UnaryAudit | None = None,
+    ) -> tuple[bytes | None, int, list[str], int]:
         """:meth:`answer_wire` of a unary call's usable scan on the in-process store, with its
-        verification and response in the same binding call
+        verification, response and (with ``audit``) audit in the same binding call
         (:meth:`~apcv_verify._native.WireBatch.answer_unary`): the response (None when FHIR
-        JSON is wanted or the request id was reused) and whether it was reused."""
+        JSON is wanted or the request id was reused), whether it was reused, the audit lines
+        and the number of REPLAY_UNAVAILABLE decisions among them."""
         memory = self.backend
         assert isinstance(memory, MemoryAnswers)
-        unreadable, resent, reused, reply = call.answer_unary(
-            verifier, view, now, memory.store, memory.answer_keys, caller, now + self.retention
+        unreadable, resent, reused, reply, lines, unavailable = call.answer_unary(
+            verifier,
+            view,
+            now,
+            memory.store,
+            memory.answer_keys,
+            caller,
+            now + self.retention,
+            audit,
         )
         self._unreadable(unreadable)
         self._count(resent, reused)
-        return reply, reused
+        return reply, reused, lines, unavailable
 
     def _recovered(
         self, keys: _native.AnswerKeys, scan: _native.Scan, record: bytes

@@ -153,11 +153,17 @@ class VerifierService:
         now = int(time.time())
         started = time.perf_counter()
         view = self._view(policy)
+        # The usual audit record is made in the same binding call (timed there); else after.
+        in_core = self._audit.unary_in_core()
         recovery = self._recovery
         if recovery is None:
-            reply = call.answer_unary(verifier, view, now)[3]
+            _, _, _, reply, lines, unavailable = call.answer_unary(
+                verifier, view, now, caller=caller, audit=in_core
+            )
         else:
-            reply, reused = recovery.answer_unary(call, verifier, view, caller, now)
+            reply, reused, lines, unavailable = recovery.answer_unary(
+                call, verifier, view, caller, now, in_core
+            )
             if reused:  # a unary call's reused request id ends the call (not audited)
                 await abort(
                     context,
@@ -165,7 +171,10 @@ class VerifierService:
                     REUSED.reason,
                     f"scan.request_id: {REUSED.description}",
                 )
-        self._audit.record_wire("Verify", call, time.perf_counter() - started, caller=caller)
+        if in_core is None:
+            self._audit.record_wire("Verify", call, time.perf_counter() - started, caller=caller)
+        else:
+            self._audit.recorded_in_core(lines, unavailable)
         if reply is None:  # FHIR JSON asked for: built here, as for a batch
             reply = self._with_fhir(call, policy, now)
         return reply

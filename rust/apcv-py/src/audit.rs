@@ -192,6 +192,20 @@ fn push_decimal(out: &mut String, mut n: usize) {
     }
 }
 
+/// An audit record's `latency_ms` for a call of `seconds`: milliseconds rounded to three
+/// decimals, written as the Python audit trail writes `round(seconds * 1000, 3)` (`repr` of
+/// a float: the shortest text that reads back as the same float, with ".0" when whole).
+/// Rounding half away from zero here, half to even there: they differ only on an exact tie
+/// of a binary fraction, which a measured time does not make.
+pub(crate) fn latency_ms(seconds: f64) -> String {
+    let ms = (seconds * 1_000_000.0).round() / 1000.0;
+    let mut out = format!("{ms}"); // Rust's shortest round-trip digits, as Python's repr
+    if !out.contains('.') && ms.is_finite() {
+        out.push_str(".0");
+    }
+    out
+}
+
 /// The end of an audit line (after the record's keys, closing brace included) when nothing
 /// is bound in the log context and tracing is off: the keys the service's structlog chain
 /// adds, `event`, `level` and `timestamp` (`TimeStamper(fmt="iso", utc=True)`: Python's
@@ -243,6 +257,22 @@ mod tests {
             let mut out = String::new();
             push_json_str(&mut out, s);
             assert_eq!(out, json, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn latency_ms_is_written_as_pythons_repr_of_the_rounded_milliseconds() {
+        for (seconds, text) in [
+            (0.0, "0.0"),
+            (0.000_000_4, "0.0"),
+            (0.000_001, "0.001"),
+            (0.000_123_456, "0.123"),
+            (0.001, "1.0"),
+            (0.012_345_6, "12.346"),
+            (0.25, "250.0"),
+            (3.5, "3500.0"),
+        ] {
+            assert_eq!(latency_ms(seconds), text, "{seconds}");
         }
     }
 

@@ -1251,8 +1251,15 @@ impl WireBatch {
     /// `VerifyResponse`, None when the scan asked for FHIR JSON (:meth:`fhir_wanted`: the
     /// service sets it, then calls :meth:`response`) or its request id was reused (the call
     /// ends ALREADY_EXISTS). Not for a verifier that leaves step 9 to an external store.
+    ///
+    /// With ``audit`` = ``(key, counts, chunk_bytes)`` the decision is also audited here, as
+    /// :meth:`audit` with the usual tail would (not when the request id was reused): counted
+    /// in ``counts`` (if any) with this call's time as its latency, and its line rendered for
+    /// caller ``caller`` and method ``Verify``. The answer then ends with the lines (joined
+    /// as for :meth:`audit`; none without ``audit``) and the number of REPLAY_UNAVAILABLE
+    /// decisions among them, which the replay store's error metric counts.
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]
-    #[pyo3(signature = (verifier, view, now, store=None, keys=None, caller="", expires_at=0))]
+    #[pyo3(signature = (verifier, view, now, store=None, keys=None, caller="", expires_at=0, audit=None))]
     fn answer_unary<'py>(
         &mut self,
         py: Python<'py>,
@@ -1263,7 +1270,20 @@ impl WireBatch {
         keys: Option<&AnswerKeys>,
         caller: &str,
         expires_at: i64,
-    ) -> PyResult<(usize, usize, usize, Option<Bound<'py, PyBytes>>)> {
+        audit: Option<(
+            PyRef<'py, HolderRefKey>,
+            Option<PyRef<'py, VerificationCounts>>,
+            usize,
+        )>,
+    ) -> PyResult<(
+        usize,
+        usize,
+        usize,
+        Option<Bound<'py, PyBytes>>,
+        Vec<String>,
+        usize,
+    )> {
+        let started = std::time::Instant::now();
         if self.shape != Shape::Unary || verifier.external_replay {
             return Err(PyValueError::new_err(
                 "a unary call's scan, with the in-process replay store",
@@ -1285,12 +1305,37 @@ impl WireBatch {
             }
         }
         let (resent, reused) = self.recovery_counts();
-        if reused > 0 || !self.fhir_wanted()?.is_empty() {
-            return Ok((unreadable, resent, reused, None));
+        if reused > 0 {
+            return Ok((unreadable, resent, reused, None, Vec::new(), 0));
         }
-        let mut buf = Vec::new();
-        self.put_verdict_of(&mut buf, 1, 0, &view.disclosed)?; // `VerifyResponse.verdict`
-        Ok((unreadable, resent, reused, Some(PyBytes::new(py, &buf))))
+        let response = if self.fhir_wanted()?.is_empty() {
+            let mut buf = Vec::new();
+            self.put_verdict_of(&mut buf, 1, 0, &view.disclosed)?; // `VerifyResponse.verdict`
+            Some(PyBytes::new(py, &buf))
+        } else {
+            None
+        };
+        let (mut lines, mut unavailable) = (Vec::new(), 0);
+        if let Some((key, counts, chunk_bytes)) = audit {
+            let seconds = started.elapsed().as_secs_f64();
+            let (kinds, rendered) = self.audit(
+                &key,
+                caller,
+                "Verify",
+                &audit::latency_ms(seconds),
+                None,
+                counts.as_deref(),
+                seconds,
+                chunk_bytes,
+            )?;
+            lines = rendered;
+            unavailable = kinds
+                .iter()
+                .filter(|kind| kind.1 == "REPLAY_UNAVAILABLE")
+                .map(|kind| kind.2)
+                .sum();
+        }
+        Ok((unreadable, resent, reused, response, lines, unavailable))
     }
 
     fn __repr__(&self) -> String {
