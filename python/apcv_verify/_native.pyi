@@ -445,7 +445,7 @@ class WireBatch:
         keys: AnswerKeys | None = None,
         caller: str = "",
         expires_at: int = 0,
-        audit: UnaryAudit | None = None,
+        audit: tuple[HolderRefKey, VerificationCounts | None, int] | None = None,
     ) -> tuple[int, int, int, bytes | None, list[str], int]:
         """A unary call's usable scan in one call: :meth:`recover_from` ``store`` (when
         given), verified at ``now`` unless answered from it, :meth:`keep_in` ``store`` until
@@ -457,10 +457,6 @@ class WireBatch:
         id was reused; the audit lines (none without ``audit``) and the number of
         REPLAY_UNAVAILABLE decisions among them. Not for a verifier with an external replay
         store."""
-
-#: ``WireBatch.answer_unary``'s ``audit``: the holder reference key, the decision counts (None
-#: when the metrics are not kept in the binding) and the audit buffer's chunk size.
-UnaryAudit = tuple[HolderRefKey, VerificationCounts | None, int]
 
 @final
 class CallerView:

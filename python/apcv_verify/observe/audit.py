@@ -48,6 +48,10 @@ log = structlog.get_logger(AUDIT_LOGGER)
 #: id, reader id, accepted, reason, duplicate, credential id, replay unchecked, resent.
 AuditRow = tuple[int | None, str, str, bool, str, bool, str | None, bool, bool]
 
+#: ``WireBatch.answer_unary``'s ``audit``: the holder reference key, the decision counts (None
+#: when the metrics are not kept in the binding) and the audit buffer's chunk size.
+UnaryAudit = tuple[_native.HolderRefKey, _native.VerificationCounts | None, int]
+
 #: The keys of an audit record, in order (``replay_unchecked`` only when set).
 RECORD_KEYS = frozenset(
     {
@@ -158,7 +162,7 @@ class AuditTrail:
         # A row is (position, the record's fields in _fields' order).
         _emit([fields(method, *row[1:], latency_seconds, caller, row[0]) for row in rows])
 
-    def unary_in_core(self) -> _native.UnaryAudit | None:
+    def unary_in_core(self) -> UnaryAudit | None:
         """``WireBatch.answer_unary``'s ``audit`` argument when the core can audit a unary
         call's decision as :meth:`record_wire` would (logging configured, the usual tail,
         tracing off, the decision metrics kept in the binding or none); else None: then

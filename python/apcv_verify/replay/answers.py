@@ -49,6 +49,7 @@ from .. import _native
 from ..config import ReplaySection
 
 if TYPE_CHECKING:
+    from ..observe.audit import UnaryAudit
     from ..observe.metrics import ServiceMetrics
     from .redis import RedisReplayStore
 
@@ -387,7 +388,7 @@ class AnswerRecovery:
         view: _native.CallerView,
         caller: str,
         now: int,
-        audit: _native.UnaryAudit | None = None,
+        audit: UnaryAudit | None = None,
     ) -> tuple[bytes | None, int, list[str], int]:
         """:meth:`answer_wire` of a unary call's usable scan on the in-process store, with its
         verification, response and (with ``audit``) audit in the same binding call
