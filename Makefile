@@ -260,13 +260,13 @@ lint: dev lint-proto
 	$(VENV)/bin/ruff format --check python tests loadtest
 	$(VENV)/bin/mypy python/apcv_verify tests
 	$(PY) -m mypy.stubtest apcv_verify._native
-	@unformatted=$$(gofmt -l examples/go/main.go); \
+	@unformatted=$$(gofmt -l examples/go/main.go loadtest/goecho/main.go); \
 		if [ -n "$$unformatted" ]; then echo "gofmt would change: $$unformatted"; exit 1; fi
 
 fmt:
 	cargo fmt --all
 	$(VENV)/bin/ruff format python tests loadtest
-	gofmt -w examples/go/main.go
+	gofmt -w examples/go/main.go loadtest/goecho/main.go
 
 # The OCI image (Containerfile; docs/deploy.md "Image"). No container registry is reachable,
 # so both base images are made from Debian bookworm's packages with mmdebstrap and imported
