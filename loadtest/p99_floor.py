@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import statistics
 import subprocess
 import sys
@@ -34,21 +32,21 @@ from collections.abc import Iterator
 from concurrent import futures
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import Case, free_port, ghz_command, start_server, stop_server  # noqa: E402
-from corpus import make_pki, presentations, write_corpus  # noqa: E402
+from bench import Case, free_port, start_server, stop_server  # noqa: E402
+from corpus import make_pki, presentations  # noqa: E402
 from service_bench import (  # noqa: E402
     SERVICE,
     _response_size,
-    _set_affinity,
     _start_echo,
     _unary,
     encode_unary,
-    split_cores,
+    latency_at,
 )
 
 GO_ECHO_SOURCE = Path(__file__).resolve().parent / "goecho"
@@ -121,40 +119,6 @@ def started(name: str, pki: Any, work: Path, reply_size: int) -> Iterator[tuple[
         process.wait(timeout=10)
 
 
-def ghz_run(
-    pid: int, address: str, placement: str, data: Path, rps: float, seconds: float
-) -> dict[str, float]:
-    """ghz at ``rps`` against ``address``: p50, p90, p99 (ms) and the load average before."""
-    command = ghz_command(
-        Case("p99-floor", "Verify", 1, "memory", concurrency=16, connections=4),
-        data,
-        address,
-        seconds,
-    )
-    command[-1:-1] = ["--rps", str(max(1, int(rps)))]
-    cores = split_cores() if placement == "split" else None
-    if cores is not None:
-        _set_affinity(pid, cores[0])
-        command = ["taskset", "-c", ",".join(map(str, sorted(cores[1]))), *command]
-    try:
-        load = os.getloadavg()[0]
-        run = subprocess.run(command, check=True, capture_output=True, text=True)
-    finally:
-        if cores is not None:
-            _set_affinity(pid, cores[0] | cores[1])
-    report = json.loads(run.stdout)
-    if not report.get("latencyDistribution"):
-        raise RuntimeError(f"ghz: no answered call: {report.get('errorDistribution')}")
-    latency = {int(d["percentage"]): d["latency"] / 1e6 for d in report["latencyDistribution"]}
-    return {
-        "p50": latency[50],
-        "p90": latency[90],
-        "p99": latency[99],
-        "rps": report["rps"],
-        "load": load,
-    }
-
-
 def main() -> int:
     if sys.argv[1:2] == ["--serve-sync"]:
         serve_sync(int(sys.argv[2]), bytes.fromhex(sys.argv[3]))
@@ -184,26 +148,32 @@ def main() -> int:
             if name not in running:
                 running[name] = stack.enter_context(started(name, pki, work, reply_size))
         pairs = [(name, placement) for name in servers for placement in placements]
-        count = int(args.rps * args.seconds * 1.2) + 10
         for round_ in range(args.rounds):
-            for n, (name, placement) in enumerate(pairs if round_ % 2 == 0 else pairs[::-1]):
-                data = write_corpus(work, pki, count, prefix=f"floor-{round_}-{n}-")
+            for name, placement in pairs if round_ % 2 == 0 else pairs[::-1]:
                 pid, address = running[name]
-                run = ghz_run(pid, address, placement, data, args.rps, args.seconds)
+                # service_bench.py's latency step: ghz with fresh request ids, the server
+                # and ghz on separate CPUs when pinned; no server histogram read here.
+                server = SimpleNamespace(
+                    process=SimpleNamespace(pid=pid), address=address, metrics_port=None
+                )
+                step = SimpleNamespace(latency_seconds=args.seconds, pin=placement == "split")
+                run = latency_at(server, pki, work, args.rps, step)
+                if not run:
+                    parser.error("ghz is missing: `make tools` installs it")
                 runs.setdefault((name, placement), []).append(run)
                 print(
-                    f"round {round_ + 1} {name:9} {placement:6} p50 {run['p50']:.2f}"
-                    f" p90 {run['p90']:.2f} p99 {run['p99']:.2f} ms at {run['rps']:.0f}/s"
-                    f" load {run['load']:.2f}",
+                    f"round {round_ + 1} {name:9} {placement:6} p50 {run['p50_ms']:.2f}"
+                    f" p90 {run['p90_ms']:.2f} p99 {run['p99_ms']:.2f} ms"
+                    f" at {args.rps:.0f}/s load {run['load']:.2f}",
                     flush=True,
                 )
     print("\nmedian of the rounds (ms)")
     for (name, placement), results in runs.items():
-        p99s = ", ".join(f"{r['p99']:.2f}" for r in results)
+        p99s = ", ".join(f"{r['p99_ms']:.2f}" for r in results)
         print(
-            f"{name:9} {placement:6} p50 {statistics.median(r['p50'] for r in results):.2f}"
-            f" p90 {statistics.median(r['p90'] for r in results):.2f}"
-            f" p99 {statistics.median(r['p99'] for r in results):.2f} (rounds {p99s})"
+            f"{name:9} {placement:6} p50 {statistics.median(r['p50_ms'] for r in results):.2f}"
+            f" p90 {statistics.median(r['p90_ms'] for r in results):.2f}"
+            f" p99 {statistics.median(r['p99_ms'] for r in results):.2f} (rounds {p99s})"
         )
     return 0
 

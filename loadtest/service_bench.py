@@ -515,6 +515,7 @@ def latency_at(server: Any, pki: Any, work: Path, rps: float, args: Any) -> dict
     return {
         "rps": rps,
         "p50_ms": latency.get(50, float("nan")),
+        "p90_ms": latency.get(90, float("nan")),
         "p99_ms": latency.get(99, 0.0),
         "server_p50_ms": histogram_quantile(histogram, after, 0.50),
         "server_p99_ms": histogram_quantile(histogram, after, 0.99),

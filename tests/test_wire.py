@@ -434,6 +434,13 @@ def test_a_stream_item_with_scanned_at_is_refused_in_place(pki: DemoPKI) -> None
     )
 
 
+def unary_call(scan: Scan) -> _native.WireBatch:
+    """A ``Verify`` request of ``scan`` as the service decodes it (``scan`` usable)."""
+    call = _native.WireBatch.unary(verifier_pb2.VerifyRequest(scan=scan).SerializeToString())
+    assert call is not None and call.problem is None
+    return call
+
+
 #: What ``WireBatch.answer_unary`` returns: unreadable, resent, reused, the response.
 Answer = tuple[int, int, int, bytes | None]
 
@@ -450,13 +457,8 @@ def test_answer_unary_answers_as_its_steps_do(pki: DemoPKI, groups: tuple[str, .
     by_steps, in_one = new_verifier(pki, now), new_verifier(pki, now)
     stores = [MemoryAnswers(100, "secret"), MemoryAnswers(100, "secret")]
 
-    def unary(scan: Scan) -> _native.WireBatch:
-        call = _native.WireBatch.unary(verifier_pb2.VerifyRequest(scan=scan).SerializeToString())
-        assert call is not None and call.problem is None
-        return call
-
     def steps(scan: Scan, store: MemoryAnswers | None) -> tuple[Answer, list[AuditRow]]:
-        call = unary(scan)
+        call = unary_call(scan)
         unreadable = 0
         if store is not None:
             unreadable = call.recover_from(store.store, store.answer_keys, "caller-1", now)
@@ -469,7 +471,7 @@ def test_answer_unary_answers_as_its_steps_do(pki: DemoPKI, groups: tuple[str, .
         return (unreadable, resent, reused, reply), call.audit_rows()
 
     def in_one_call(scan: Scan, store: MemoryAnswers | None) -> tuple[Answer, list[AuditRow]]:
-        call = unary(scan)
+        call = unary_call(scan)
         if store is None:
             answer = call.answer_unary(in_one, view, now)
         else:
@@ -524,13 +526,8 @@ def test_answer_unary_audits_as_audit_does(pki: DemoPKI) -> None:
     by_steps, in_one = new_verifier(pki, now), new_verifier(pki, now)
     stores = [MemoryAnswers(100, "secret"), MemoryAnswers(100, "secret")]
 
-    def unary(scan: Scan) -> _native.WireBatch:
-        call = _native.WireBatch.unary(verifier_pb2.VerifyRequest(scan=scan).SerializeToString())
-        assert call is not None and call.problem is None
-        return call
-
     def steps(scan: Scan) -> list[str]:
-        call = unary(scan)
+        call = unary_call(scan)
         call.recover_from(stores[0].store, stores[0].answer_keys, "caller-1", now)
         if call.fresh:
             by_steps.verify_wire(call, list(USES), now)
@@ -540,7 +537,7 @@ def test_answer_unary_audits_as_audit_does(pki: DemoPKI) -> None:
         return call.audit(key, "caller-1", "Verify", "0.5", None, counts[0], 0.0005, 4096)[1]
 
     def in_one_call(scan: Scan) -> tuple[bytes | None, int, list[str], int]:
-        answer = unary(scan).answer_unary(
+        answer = unary_call(scan).answer_unary(
             in_one,
             view,
             now,
@@ -582,8 +579,9 @@ def test_answer_unary_audits_as_audit_does(pki: DemoPKI) -> None:
     assert [h[1][-1] for h in histograms1] == [h[1][-1] for h in histograms0]
     # A full replay store: REPLAY_UNAVAILABLE, counted apart for the store's error metric.
     full = new_verifier(pki, now, _native.MemoryReplayStore(max_entries=1))
+    reader = resend.reader
     first, second = (
-        unary(Scan(request_id=f"r-full-{n}", nfc_bytes=pki.present("alice"), reader=resend.reader))
+        unary_call(Scan(request_id=f"r-full-{n}", nfc_bytes=pki.present("alice"), reader=reader))
         for n in range(2)
     )
     assert first.answer_unary(full, view, now, audit=(key, None, 4096))[5] == 0
