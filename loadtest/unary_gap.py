@@ -161,35 +161,9 @@ def _time_pieces(spent: list[Any]) -> None:
     # takes only the native verifier): the core is timed within answer recovery's piece.
     if not hasattr(VerifierService, "_answer_unary"):
         VerifierService._verifier = verifier  # type: ignore[method-assign]
-    record = AuditTrail.record_wire
 
-    def record_wire(self: Any, *args: Any, **kwargs: Any) -> Any:
-        started = time.thread_time()
-        try:
-            return record(self, *args, **kwargs)
-        finally:
-            pieces["audit"] += time.thread_time() - started
-
-    AuditTrail.record_wire = record_wire  # type: ignore[method-assign]
-    # A package whose unary calls are audited within ``answer_unary`` (its rendering then
-    # falls in answer recovery's piece): what is left of the record, after the call.
-    if hasattr(AuditTrail, "recorded_in_core"):
-        recorded = AuditTrail.recorded_in_core
-
-        def recorded_in_core(self: Any, *args: Any) -> Any:
-            started = time.thread_time()
-            try:
-                return recorded(self, *args)
-            finally:
-                pieces["audit"] += time.thread_time() - started
-
-        AuditTrail.recorded_in_core = recorded_in_core  # type: ignore[method-assign]
-    # Within the audit record: its tail, the buffer write, the metrics.
-    from apcv_verify.observe import audit as audit_module
-    from apcv_verify.observe.metrics import ServiceMetrics
-
-    def timing(name: str, function: Any) -> Any:
-        pieces[name] = 0.0
+    def adding_to(name: str, function: Any) -> Any:
+        """``function``, its thread CPU added to ``pieces[name]``."""
 
         def timed_piece(*args: Any, **kwargs: Any) -> Any:
             started = time.thread_time()
@@ -199,6 +173,21 @@ def _time_pieces(spent: list[Any]) -> None:
                 pieces[name] += time.thread_time() - started
 
         return timed_piece
+
+    def timing(name: str, function: Any) -> Any:
+        pieces[name] = 0.0
+        return adding_to(name, function)
+
+    AuditTrail.record_wire = adding_to("audit", AuditTrail.record_wire)  # type: ignore[method-assign]
+    # A package whose unary calls are audited within ``answer_unary`` (its rendering then
+    # falls in answer recovery's piece): what is left of the record, after the call.
+    if hasattr(AuditTrail, "recorded_in_core"):
+        AuditTrail.recorded_in_core = adding_to(  # type: ignore[method-assign]
+            "audit", AuditTrail.recorded_in_core
+        )
+    # Within the audit record: its tail, the buffer write, the metrics.
+    from apcv_verify.observe import audit as audit_module
+    from apcv_verify.observe.metrics import ServiceMetrics
 
     # The package's tail function: native_audit_tail since the core renders the usual tail.
     tail_name = "native_audit_tail" if hasattr(audit_module, "native_audit_tail") else "audit_tail"
@@ -230,16 +219,9 @@ def _time_pieces(spent: list[Any]) -> None:
 
     AnswerRecovery.answer_wire = answer_wire  # type: ignore[method-assign]
     if hasattr(AnswerRecovery, "answer_unary"):
-        answer_unary = AnswerRecovery.answer_unary
-
-        def answer_one(self: Any, *args: Any) -> Any:
-            started = time.thread_time()
-            try:
-                return answer_unary(self, *args)
-            finally:
-                pieces["recovery"] += time.thread_time() - started
-
-        AnswerRecovery.answer_unary = answer_one  # type: ignore[method-assign]
+        AnswerRecovery.answer_unary = adding_to(  # type: ignore[method-assign]
+            "recovery", AnswerRecovery.answer_unary
+        )
 
 
 def _patched_serve(argv: list[str]) -> int:
