@@ -258,7 +258,7 @@ lint: dev lint-proto
 	cargo clippy --workspace --all-targets -- -D warnings
 	$(VENV)/bin/ruff check python tests loadtest
 	$(VENV)/bin/ruff format --check python tests loadtest
-	$(VENV)/bin/mypy python/apcv_verify tests
+	$(VENV)/bin/mypy python/apcv_verify tests loadtest
 	$(PY) -m mypy.stubtest apcv_verify._native
 	@unformatted=$$(gofmt -l examples/go/main.go loadtest/goecho/main.go); \
 		if [ -n "$$unformatted" ]; then echo "gofmt would change: $$unformatted"; exit 1; fi

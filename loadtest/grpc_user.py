@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import gevent.queue
+import gevent.queue  # type: ignore[import-untyped]
 import grpc
 import grpc.experimental.gevent as grpc_gevent
 from locust import User
@@ -29,7 +29,7 @@ grpc_gevent.init_gevent()
 __all__ = ["GrpcUser", "LocustInterceptor", "StreamSession"]
 
 
-class LocustInterceptor(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+class LocustInterceptor(grpc.UnaryUnaryClientInterceptor):
     """Fires one locust ``request`` event per unary call: a gRPC error, or what ``judge``
     returns for the response, is a failure."""
 

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import gevent
+import gevent  # type: ignore[import-untyped]
 import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

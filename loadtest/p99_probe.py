@@ -103,7 +103,7 @@ class Probe:
             drain(buffer)
             self.drains.append((time.perf_counter() - started) * 1e3)
 
-        logs.BufferedLines.drain = timed  # type: ignore[method-assign]
+        logs.BufferedLines.drain = timed  # type: ignore[method-assign,assignment]
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -137,7 +137,7 @@ def serve_with_probe(argv: list[str]) -> int:
 
         return run(both(), **kwargs)
 
-    asyncio.run = with_probe  # serve() starts its loop with asyncio.run
+    asyncio.run = with_probe  # type: ignore[assignment]  # serve() starts its loop with it
     return main(argv)
 
 
@@ -195,7 +195,8 @@ def measure(setting: str, server: Any, data: Path, args: Any, probe_out: Path) -
     if cores is not None:
         _set_affinity(pid, cores[0])
         command = ["taskset", "-c", ",".join(map(str, sorted(cores[1]))), *command]
-    stop, scrapes = threading.Event(), []
+    stop = threading.Event()
+    scrapes: list[float] = []
     scraper = None
     if "scrape" in setting:
         scraper = threading.Thread(target=_scraping(server.metrics_port, stop, scrapes))

@@ -160,7 +160,7 @@ def _time_pieces(spent: list[Any]) -> None:
     # A package whose unary calls verify in one binding call (WireBatch.answer_unary, which
     # takes only the native verifier): the core is timed within answer recovery's piece.
     if not hasattr(VerifierService, "_answer_unary"):
-        VerifierService._verifier = verifier  # type: ignore[method-assign]
+        VerifierService._verifier = verifier  # type: ignore[method-assign,assignment]
 
     def adding_to(name: str, function: Any) -> Any:
         """``function``, its thread CPU added to ``pieces[name]``."""
@@ -217,7 +217,7 @@ def _time_pieces(spent: list[Any]) -> None:
         finally:
             pieces["recovery"] += time.thread_time() - started
 
-    AnswerRecovery.answer_wire = answer_wire  # type: ignore[method-assign]
+    AnswerRecovery.answer_wire = answer_wire  # type: ignore[method-assign,assignment]
     if hasattr(AnswerRecovery, "answer_unary"):
         AnswerRecovery.answer_unary = adding_to(  # type: ignore[method-assign]
             "recovery", AnswerRecovery.answer_unary
@@ -234,19 +234,19 @@ def _patched_serve(argv: list[str]) -> int:
 
     def add(service: Any, server: grpc.aio.Server) -> None:
         if "noregistered" in leave_out:
-            server.add_registered_method_handlers = lambda *_: None  # type: ignore[method-assign]
+            server.add_registered_method_handlers = lambda *_: None
         added(service, server)
         handlers = _echo_handlers(int(os.environ["APCV_GAP_SIZE"]), identity=False)
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(ECHO_SERVICE, handlers),)
         )
 
-    startup.add_verifier_service = add  # type: ignore[assignment]
+    startup.add_verifier_service = add
     if "timed" in leave_out:  # the handler's own CPU (no await suspends on success)
         from apcv_verify.service.servicer import VerifierService
 
         verify = VerifierService.Verify
-        spent = [0.0, 0]
+        spent: list[Any] = [0.0, 0]
 
         async def timed(self: Any, request: Any, context: Any) -> Any:
             started = time.thread_time()
@@ -272,7 +272,7 @@ def _patched_serve(argv: list[str]) -> int:
         def bare(*args: Any, interceptors: Any = None, **kwargs: Any) -> Any:
             return server_factory(*args, **kwargs)
 
-        startup.grpc.aio.server = bare  # type: ignore[assignment]
+        startup.grpc.aio.server = bare
     if "notrust" in leave_out:  # no trust refresh task, no health follower
         from apcv_verify.trust.sources import TrustSource
 
