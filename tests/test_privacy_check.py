@@ -24,6 +24,9 @@ NIA = matricule("7850399123456")  # the first digit is not only 1 or 2 (docs/pro
         f"nia {NIA}",
         f"urn:oid:1.2.250.1.213.1.4.8/{INSEE_EXAMPLE}",
         f"ends with the number {INSEE_EXAMPLE}.",  # a full stop is not a decimal point
+        # Beside hexadecimal identifiers, or next to capitals: still found.
+        f'"holder_ref": "225eb4be8062608411294a", "ins": "{INSEE_EXAMPLE}"',
+        f"INS{INSEE_EXAMPLE}",
     ],
 )
 def test_real_identifiers_are_found(text: str) -> None:
@@ -47,6 +50,11 @@ def test_real_identifiers_are_found(text: str) -> None:
         "request_id=a1b2c3 holder_ref=9f86d081884c7d65",
         "apcv_trust_list_age_seconds 1.764384000123456e+09",
         "2A9054958815780",  # 2A outside the département position
+        # A holder reference whose digits hold a valid-keyed run (the line that once failed a
+        # CI run), and a trace id and a span id made the same way.
+        '"holder_ref": "225eb4be806260841129474aadefbd7c"',
+        f"trace_id={INSEE_EXAMPLE}abcdef0123456789",
+        f"span_id=f{INSEE_EXAMPLE}",
     ],
 )
 def test_floats_timestamps_ids_and_wrong_keys_are_not(text: str) -> None:
