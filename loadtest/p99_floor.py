@@ -45,21 +45,14 @@ from service_bench import (  # noqa: E402
     _response_size,
     _start_echo,
     _unary,
+    echo_reply,
     encode_unary,
     latency_at,
+    start_go_echo,
 )
 
-GO_ECHO_SOURCE = Path(__file__).resolve().parent / "goecho"
 SERVERS = ("service", "echo", "sync-echo", "go-echo")
 PLACEMENTS = ("split", "shared")
-
-
-def _echo_reply(size: int) -> bytes:
-    """An encoded ``VerifyResponse`` of ``size`` bytes or a little more (ghz decodes it)."""
-    from apcv_verify._proto.apcv.verify.v1 import verifier_pb2
-
-    verdict = verifier_pb2.Verdict(request_id="x", detail="x" * max(0, size - 8))
-    return verifier_pb2.VerifyResponse(verdict=verdict).SerializeToString()
 
 
 def serve_sync(port: int, reply: bytes) -> None:
@@ -103,15 +96,15 @@ def started(name: str, pki: Any, work: Path, reply_size: int) -> Iterator[tuple[
     if name == "echo":
         process, address = _start_echo(reply_size)
     elif name == "sync-echo":
-        reply = _echo_reply(reply_size).hex()
+        reply = echo_reply(reply_size).hex()
         process, address = _start_process(
             [sys.executable, __file__, "--serve-sync", "{port}", reply]
         )
     else:
-        binary = work / "goecho"
-        subprocess.run(["go", "build", "-o", str(binary), "."], cwd=GO_ECHO_SOURCE, check=True)
-        reply = _echo_reply(reply_size).hex()
-        process, address = _start_process([str(binary), "127.0.0.1:{port}", reply])
+        go_echo = start_go_echo(reply_size, work)
+        if go_echo is None:
+            raise SystemExit("go is missing: the go-echo server needs Go")
+        process, address = go_echo
     try:
         yield process.pid, address
     finally:

@@ -106,6 +106,16 @@ def _identity(data: bytes) -> bytes:
 # --- the bare echo server ------------------------------------------------------------------------
 
 
+def _echo_verdict(size: int) -> verifier_pb2.Verdict:
+    """A verdict whose encoded ``VerifyResponse`` is ``size`` bytes or a little more."""
+    return verifier_pb2.Verdict(request_id="x", detail="x" * max(0, size - 8))
+
+
+def echo_reply(size: int) -> bytes:
+    """The encoded ``VerifyResponse`` the echo servers answer a ``Verify`` call with."""
+    return verifier_pb2.VerifyResponse(verdict=_echo_verdict(size)).SerializeToString()
+
+
 async def _echo_server(port: int, response_size: int) -> None:
     """grpc.aio, the service's three shapes with nothing behind them: ``Echo`` parses a
     VerifyRequest and answers ``response_size`` bytes of an encoded VerifyResponse (the
@@ -114,7 +124,7 @@ async def _echo_server(port: int, response_size: int) -> None:
     one VerifyStreamResponse of that size, or of as many such verdicts as it has ``scans``.
     What gRPC and protobuf cost per call, per message. ``Echo`` is also served as
     ``apcv.verify.v1.VerifierService/Verify``, for ghz's latency run (:func:`latency_at`)."""
-    verdict = verifier_pb2.Verdict(request_id="x", detail="x" * max(0, response_size - 8))
+    verdict = _echo_verdict(response_size)
     reply = verifier_pb2.VerifyResponse(verdict=verdict)
     stream_reply = verifier_pb2.VerifyStreamResponse(verdict=verdict)
 
@@ -403,6 +413,30 @@ def _start_echo(response_size: int) -> tuple[subprocess.Popen[bytes], str]:
     return process, f"127.0.0.1:{port}"
 
 
+#: A bare grpc-go server answering fixed bytes (loadtest/goecho): the latency floor of ghz and
+#: the machine, beside grpcio's.
+GO_ECHO_SOURCE = Path(__file__).resolve().parent / "goecho"
+
+
+def start_go_echo(response_size: int, work: Path) -> tuple[subprocess.Popen[bytes], str] | None:
+    """The grpc-go server built (``go build``, into ``work``) and started on a free port,
+    answering every unary call with :func:`echo_reply`; None without Go."""
+    if shutil.which("go") is None:
+        print("go is missing: no grpc-go floor in the latency step", file=sys.stderr)
+        return None
+    binary = work / "goecho"
+    if not binary.exists():
+        subprocess.run(["go", "build", "-o", str(binary), "."], cwd=GO_ECHO_SOURCE, check=True)
+    port = free_port()
+    command = [str(binary), f"127.0.0.1:{port}", echo_reply(response_size).hex()]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE)
+    assert process.stdout is not None
+    if process.stdout.readline().strip() != b"serving":
+        process.kill()
+        raise RuntimeError("the grpc-go echo server did not start")
+    return process, f"127.0.0.1:{port}"
+
+
 def _response_size(address: str, item: bytes) -> int:
     (reply,) = asyncio.run(_unary(address, SERVICE + "Verify", encode_unary([item], "size-"), 1))
     return len(reply)
@@ -550,12 +584,18 @@ def _start_variant(name: str, path: str | None, pki: Any, work: Path) -> Any:
                 os.environ["PYTHONPATH"] = saved
 
 
+#: The latency step's runs against the grpc-go server, by placement (``split``: the server
+#: on one half of the CPUs and ghz on the other, as the service's; ``shared``).
+Floor = dict[str, list[dict[str, float]]]
+
+
 def run(
     args: Any,
-) -> tuple[list[Measured], list[dict[str, float]], list[dict[str, float]]]:
+) -> tuple[list[Measured], list[dict[str, float]], list[dict[str, float]], Floor]:
     results: list[Measured] = []
     latencies: list[dict[str, float]] = []
     echo_latencies: list[dict[str, float]] = []
+    floor: Floor = {"split": [], "shared": []}
     variants: dict[str, str | None] = dict(v.split("=", 1) for v in args.variant)
     with tempfile.TemporaryDirectory(prefix="apcv-service-bench-") as temporary:
         work = Path(temporary)
@@ -567,6 +607,7 @@ def run(
             }
             server = _start_variant(f"{round_}", None, pki, work)
             echo = None
+            go_echo: tuple[subprocess.Popen[bytes], str] | None = None
             try:
                 for other in others.values():
                     warm = list(presentations(pki, 100))
@@ -615,26 +656,40 @@ def run(
                     results.append(result)
                 verify = next((r for r in reversed(results) if r.case == "verify"), None)
                 # Verify at half its maximum rate; the bare echo server at the same rate (what
-                # gRPC alone shows on this machine), in alternating order. Not with --cases
-                # without verify.
+                # gRPC alone shows on this machine) and the grpc-go server, split as the
+                # service and sharing the CPUs (what ghz and the machine allow), in alternating
+                # order. Not with --cases without verify.
                 bare = SimpleNamespace(process=echo, address=echo_address, metrics_port=None)
-                targets = [("Verify", server, latencies), ("echo", bare, echo_latencies)]
-                for name, target, into in targets if round_ % 2 else reversed(targets):
+                if verify is not None and args.latency_seconds > 0 and GHZ.exists():
+                    go_echo = start_go_echo(size, work)  # only now: idle beside the CPU cases
+                targets = [
+                    ("Verify", server, latencies, args.pin),
+                    ("echo", bare, echo_latencies, args.pin),
+                ]
+                if go_echo is not None:
+                    go = SimpleNamespace(process=go_echo[0], address=go_echo[1], metrics_port=None)
+                    targets += [
+                        ("grpc-go echo, split", go, floor["split"], True),
+                        ("grpc-go echo, shared", go, floor["shared"], False),
+                    ]
+                for name, target, into, pin in targets if round_ % 2 else reversed(targets):
                     if verify is None:
                         break
-                    latency = latency_at(target, pki, work / f"pki-{round_}", verify.rate / 2, args)
+                    step = SimpleNamespace(latency_seconds=args.latency_seconds, pin=pin)
+                    latency = latency_at(target, pki, work / f"pki-{round_}", verify.rate / 2, step)
                     if latency:
                         shown = ", ".join(f"{k} {v:.2f}" for k, v in latency.items())
                         print(f"round {round_} {name} at half Verify's maximum rate: {shown}")
                         into.append(latency)
             finally:
-                if echo is not None:
-                    echo.terminate()
-                    echo.wait(timeout=10)
+                for process in (echo, None if go_echo is None else go_echo[0]):
+                    if process is not None:
+                        process.terminate()
+                        process.wait(timeout=10)
                 stop_server(server)
                 for other in others.values():
                     stop_server(other)
-    return results, latencies, echo_latencies
+    return results, latencies, echo_latencies, floor
 
 
 def median(results: list[Measured], case: str, key: str = "cpu_us_per_item") -> float:
@@ -646,6 +701,7 @@ def report(
     latencies: list[dict[str, float]],
     args: Any,
     echo_latencies: Sequence[dict[str, float]] = (),
+    floor: Floor | None = None,
 ) -> str:
     variants = sorted({r.case.partition("@")[2] for r in results} - {""})
     cases = ["core1", "core100", *SERVER_CASES, "echo-batch100", "echo-stream", "echo-stream20"]
@@ -721,18 +777,21 @@ def report(
         f" | {median(results, 'batch100') - echo_batch - core100:.0f} | |",
     ]
     if latencies:
-        lines += latency_rows(latencies, echo_latencies)
+        lines += latency_rows(latencies, echo_latencies, floor)
     lines += [END, ""]
     return "\n".join(lines)
 
 
 def latency_rows(
-    latencies: list[dict[str, float]], echo_latencies: Sequence[dict[str, float]] = ()
+    latencies: list[dict[str, float]],
+    echo_latencies: Sequence[dict[str, float]] = (),
+    floor: Floor | None = None,
 ) -> list[str]:
     """The p99 row of the ratio table (ghz: the client-observed latency of real calls, the
     figure the target is about) and, beside it, the same calls on the server's own clock, and
-    what the run shared the CPUs with, and the bare echo server's p99 at the same rate:
-    medians of the rounds, each round's value after."""
+    what the run shared the CPUs with, the bare echo server's p99 at the same rate, and the
+    grpc-go server's in each placement (``floor``): medians of the rounds, each round's value
+    after."""
 
     def values(key: str, digits: int = 2) -> tuple[float, str]:
         each = [x[key] for x in latencies]
@@ -767,6 +826,17 @@ def latency_rows(
         rows.append(
             f"| the bare echo server at the same rate and placement (ghz; p50 {echo_p50:.2f} ms;"
             f" rounds {echo_rounds} ms): what gRPC alone shows here | {echo_p99:.2f} ms | |"
+        )
+    for placement, runs in (floor or {}).items():
+        if not runs:
+            continue
+        where = "on its own CPU as the service" if placement == "split" else "sharing the CPUs"
+        go_p99 = statistics.median(x["p99_ms"] for x in runs)
+        go_p50 = statistics.median(x["p50_ms"] for x in runs)
+        go_rounds = ", ".join(f"{x['p99_ms']:.2f}" for x in runs)
+        rows.append(
+            f"| a bare grpc-go server at the same rate, {where} (ghz; p50 {go_p50:.2f} ms;"
+            f" rounds {go_rounds} ms): what ghz and the machine allow | {go_p99:.2f} ms | |"
         )
     return rows
 
@@ -881,12 +951,12 @@ def main() -> int:
         return 0
     if args.quick:
         args.rounds, args.items, args.latency_seconds = 1, 200, 0.0
-    results, latencies, echo_latencies = run(args)
+    results, latencies, echo_latencies, floor = run(args)
     if args.cases:
         for case in dict.fromkeys(r.case for r in results):
             print(f"median {case:9} {median(results, case):8.1f} µs CPU/item")
         return 0
-    section = report(results, latencies, args, echo_latencies)
+    section = report(results, latencies, args, echo_latencies, floor)
     if args.plot:  # linked from the section (the PNG next to the document)
         section = section.replace(END, f"\n{plot(results, args.plot)}\n{END}")
     print(section)
