@@ -820,25 +820,33 @@ def latency_rows(
         f" ghz's CPU {ghz:.2f} cores | {waited:.0f} | |",
     ]
     if echo_latencies:
-        echo_p99 = statistics.median(x["p99_ms"] for x in echo_latencies)
-        echo_p50 = statistics.median(x["p50_ms"] for x in echo_latencies)
-        echo_rounds = ", ".join(f"{x['p99_ms']:.2f}" for x in echo_latencies)
         rows.append(
-            f"| the bare echo server at the same rate and placement (ghz; p50 {echo_p50:.2f} ms;"
-            f" rounds {echo_rounds} ms): what gRPC alone shows here | {echo_p99:.2f} ms | |"
+            _reference_row(
+                "the bare echo server at the same rate and placement",
+                echo_latencies,
+                "what gRPC alone shows here",
+            )
         )
     for placement, runs in (floor or {}).items():
-        if not runs:
-            continue
-        where = "on its own CPU as the service" if placement == "split" else "sharing the CPUs"
-        go_p99 = statistics.median(x["p99_ms"] for x in runs)
-        go_p50 = statistics.median(x["p50_ms"] for x in runs)
-        go_rounds = ", ".join(f"{x['p99_ms']:.2f}" for x in runs)
-        rows.append(
-            f"| a bare grpc-go server at the same rate, {where} (ghz; p50 {go_p50:.2f} ms;"
-            f" rounds {go_rounds} ms): what ghz and the machine allow | {go_p99:.2f} ms | |"
-        )
+        if runs:
+            where = "on its own CPU as the service" if placement == "split" else "sharing the CPUs"
+            rows.append(
+                _reference_row(
+                    f"a bare grpc-go server at the same rate, {where}",
+                    runs,
+                    "what ghz and the machine allow",
+                )
+            )
     return rows
+
+
+def _reference_row(server: str, runs: Sequence[dict[str, float]], meaning: str) -> str:
+    """A reference server's p99 row beside the service's: the median of its rounds' p99, its
+    p50 and each round's p99."""
+    p99 = statistics.median(x["p99_ms"] for x in runs)
+    p50 = statistics.median(x["p50_ms"] for x in runs)
+    rounds = ", ".join(f"{x['p99_ms']:.2f}" for x in runs)
+    return f"| {server} (ghz; p50 {p50:.2f} ms; rounds {rounds} ms): {meaning} | {p99:.2f} ms | |"
 
 
 def plot(results: list[Measured], path: Path) -> str:
