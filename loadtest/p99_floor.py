@@ -70,8 +70,8 @@ def serve_sync(port: int, reply: bytes) -> None:
 
 
 def _start_process(command: list[str]) -> tuple[subprocess.Popen[bytes], str]:
-    """``command`` (which ends with its port's place) started on a free port; returns when
-    it prints ``serving``."""
+    """``command`` started on a free port (``{port}`` in its arguments stands for it);
+    returns when it prints ``serving``."""
     port = free_port()
     process = subprocess.Popen(
         [part.replace("{port}", str(port)) for part in command], stdout=subprocess.PIPE
