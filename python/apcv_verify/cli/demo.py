@@ -23,9 +23,9 @@ import grpc
 import segno
 
 from .._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
-from ..config import load_config
+from ..config import ServerSection, load_config
 from ..issuer import DemoPKI, qr_text
-from ..service.startup import start_server
+from ..service.startup import event_loop_factory, start_server
 from ..trust.material import load_trust_material
 
 __all__ = ["run_demo"]
@@ -207,4 +207,6 @@ async def _run(serve: bool, listen: str | None) -> int:
 
 
 def run_demo(*, serve: bool = False, listen: str | None = None) -> int:
-    return asyncio.run(_run(serve, listen))
+    # On the event loop `apcv-verify serve` runs by default (server.event_loop).
+    with asyncio.Runner(loop_factory=event_loop_factory(ServerSection().event_loop)) as runner:
+        return runner.run(_run(serve, listen))

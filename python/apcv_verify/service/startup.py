@@ -19,7 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from .. import _native
-from ..config import Config, ServerSection
+from ..config import Config, ConfigError, ServerSection
 from ..observe.audit import AuditTrail
 from ..observe.logs import configure_audit_file, flush_audit
 from ..observe.metrics import ServiceMetrics, start_metrics_server
@@ -38,6 +38,7 @@ from .limits import LimitMetrics, LimitsInterceptor
 from .servicer import SERVICE_NAME, VerifierService, add_verifier_service
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from wsgiref.simple_server import WSGIServer
 
 __all__ = [
@@ -290,6 +291,7 @@ async def start_server(config: Config, material: TrustMaterial | None = None) ->
         refresh_seconds=config.trust.refresh_seconds,
         metrics_port=None if metrics_http is None else metrics_http.server_port,
         health_port=health_port,
+        event_loop=_loop_name(asyncio.get_running_loop()),
     )
     return ServerHandle(
         server,
@@ -332,6 +334,11 @@ async def _start_health_server(
         raise OSError(f"cannot listen on {server_config.health_listen}")
     await health_server.start()
     return health_server, port
+
+
+def _loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    """The event loop's library, as ``server.event_loop`` names it ("uvloop", "asyncio")."""
+    return type(loop).__module__.partition(".")[0]
 
 
 def _trust_usable(trust: TrustSource) -> bool:
@@ -436,14 +443,31 @@ async def _serve_until_signalled(config: Config) -> None:
     await running.stop(config.server.grace_seconds)
 
 
+def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """How to make the event loop ``server.event_loop`` names: uvloop's, or the standard
+    library's."""
+    if name != "uvloop":
+        return asyncio.new_event_loop
+    try:
+        import uvloop
+    except ImportError:  # not installed where uvloop does not run (Windows)
+        raise ConfigError(
+            'server.event_loop: uvloop is not installed here; set "asyncio"'
+        ) from None
+    return uvloop.new_event_loop
+
+
 def serve(config: Config) -> None:
-    """Load and verify the trust material, then serve (refreshing it) until SIGINT/SIGTERM.
-    The audit records go to ``audit.path`` when it is set (docs/operations.md "The audit
-    record"), spans to OTLP when ``tracing.enabled`` (docs/operations.md "Tracing")."""
+    """Load and verify the trust material, then serve (refreshing it) until SIGINT/SIGTERM,
+    on the event loop ``server.event_loop`` names. The audit records go to ``audit.path``
+    when it is set (docs/operations.md "The audit record"), spans to OTLP when
+    ``tracing.enabled`` (docs/operations.md "Tracing")."""
+    new_loop = event_loop_factory(config.server.event_loop)
     audit = config.audit
     configure_audit_file(audit.path, audit.max_bytes, audit.backup_count)
     configure_tracing(config.tracing.enabled)
     try:
-        asyncio.run(_serve_until_signalled(config))
+        with asyncio.Runner(loop_factory=new_loop) as runner:
+            runner.run(_serve_until_signalled(config))
     finally:
         shutdown_tracing()  # export the last spans
