@@ -35,7 +35,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -125,19 +125,19 @@ def serve_with_probe(argv: list[str]) -> int:
     probe = Probe(Path(os.environ[PROBE_OUT]))
     gc.callbacks.append(probe.on_gc)
     probe.time_drains()
-    run = asyncio.run
+    from apcv_verify.service import startup
 
-    def with_probe(main_coroutine: Coroutine[Any, Any, Any], **kwargs: Any) -> Any:
-        async def both() -> Any:
-            task = asyncio.get_running_loop().create_task(probe.run())
-            try:
-                return await main_coroutine
-            finally:
-                task.cancel()
+    serve_until_signalled = startup._serve_until_signalled
 
-        return run(both(), **kwargs)
+    async def with_probe(config: Any) -> None:
+        task = asyncio.get_running_loop().create_task(probe.run())
+        try:
+            await serve_until_signalled(config)
+        finally:
+            task.cancel()
 
-    asyncio.run = with_probe  # type: ignore[assignment]  # serve() starts its loop with it
+    # serve() runs this coroutine on the server's event loop: the probe runs on that loop.
+    startup._serve_until_signalled = with_probe
     return main(argv)
 
 

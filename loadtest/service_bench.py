@@ -2,9 +2,9 @@
 
 Part of ``make bench`` (after loadtest/bench.py). Each round starts a fresh demo PKI, an
 ``apcv-verify serve`` (1 worker, in-memory replay store, audit log to a file as in production)
-and a bare grpc.aio echo server (this file with ``--echo``: the same Python, grpcio and
-protobuf, the request parsed as a ``VerifyRequest`` and a ``VerifyResponse`` of the service's
-size sent back), then runs, in the opposite order of the previous round:
+and a bare grpc.aio echo server (this file with ``--echo``: the same Python, grpcio,
+event loop and protobuf, the request parsed as a ``VerifyRequest`` and a ``VerifyResponse``
+of the service's size sent back), then runs, in the opposite order of the previous round:
 
 * ``core``: ``_native.Verifier.verify_batch`` from Python on the same presentations as
   ``Scan`` objects, one per call and 100 per call (this process's CPU time);
@@ -66,6 +66,8 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from apcv_verify import _native  # noqa: E402
 from apcv_verify._proto.apcv.verify.v1 import verifier_pb2  # noqa: E402
+from apcv_verify.config import ServerSection  # noqa: E402
+from apcv_verify.service.startup import event_loop_factory  # noqa: E402
 from bench import (  # noqa: E402
     GHZ,
     MAX_MESSAGE_BYTES,
@@ -114,6 +116,12 @@ def _echo_verdict(size: int) -> verifier_pb2.Verdict:
 def echo_reply(size: int) -> bytes:
     """The encoded ``VerifyResponse`` the echo servers answer a ``Verify`` call with."""
     return verifier_pb2.VerifyResponse(verdict=_echo_verdict(size)).SerializeToString()
+
+
+def service_loop() -> Any:
+    """How the service makes its event loop by default (``server.event_loop``): the echo
+    servers run on it too, so that the echo call is the same stack as the service's."""
+    return event_loop_factory(ServerSection().event_loop)
 
 
 async def _echo_server(port: int, response_size: int) -> None:
@@ -952,7 +960,8 @@ def main() -> int:
     parser.add_argument("--response-size", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo:
-        asyncio.run(_echo_server(args.echo, args.response_size))
+        with asyncio.Runner(loop_factory=service_loop()) as runner:
+            runner.run(_echo_server(args.echo, args.response_size))
         return 0
     if args.core_from:
         _core_from(args.core_from)

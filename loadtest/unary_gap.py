@@ -9,7 +9,9 @@ alternating order, changing one thing per server:
   the service's channel options (``startup.server_options``), ``extra`` the health and
   reflection services, ``ident`` identity (bytes) serializers, ``registered`` the handlers
   also as registered methods (``add_registered_method_handlers``), as the service registers
-  its own, ``burn<N>`` a handler that first spends N µs of CPU in plain Python;
+  its own, ``burn<N>`` a handler that first spends N µs of CPU in plain Python,
+  ``stdloop`` on the standard library's event loop (the others run on the service's,
+  ``server.event_loop``);
 * service servers (``apcv-verify serve`` as ``service_bench.py`` starts it, through this file
   so that one piece can be left out, ``APCV_GAP``): every one also answers the echo method with
   the echo server's handler, so the same server's ``Verify`` and echo calls can be compared.
@@ -47,6 +49,7 @@ from service_bench import (  # noqa: E402
     encode_unary,
     measure_core,
     measure_server,
+    service_loop,
 )
 
 ECHO_SERVICE = "apcv.bench.Echo"
@@ -296,6 +299,8 @@ def _start_service(name: str, pki: Any, work: Path, size: int) -> Any:
         os.environ["PYTHONPATH"] = path
     if "nometrics" in leave_out:
         os.environ["APCV_GAP_NOMETRICS"] = "1"
+    if "stdloop" in leave_out:  # the standard library's event loop instead of uvloop
+        os.environ["APCV_SERVER_EVENT_LOOP"] = "asyncio"
     original = sys.executable
     try:
         # bench.start_server runs ``<launcher> serve ...``: a wrapper that runs this file's
@@ -429,7 +434,9 @@ def main() -> int:
         return _patched_serve(sys.argv[2:])
     if len(sys.argv) > 1 and sys.argv[1] == "--echo-server":
         port, variant, size = sys.argv[2:5]
-        asyncio.run(_echo_server(int(port), int(size), variant))
+        new_loop = asyncio.new_event_loop if variant == "stdloop" else service_loop()
+        with asyncio.Runner(loop_factory=new_loop) as runner:
+            runner.run(_echo_server(int(port), int(size), variant))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=4)
