@@ -42,6 +42,7 @@ def answers(server: ServerProcess, pki: DemoPKI) -> list[str]:
     return [verifier_pb2.Reason.Name(verdict.reason) for verdict in verdicts]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("env", "expected"), [({}, "uvloop"), ({"APCV_SERVER_EVENT_LOOP": "asyncio"}, "asyncio")]
 )
