@@ -31,6 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -111,16 +112,21 @@ class Load:
         self.channels = [grpc.aio.insecure_channel(address) for _ in range(CHANNELS)]
         self.stubs = [c.unary_unary(VERIFY) for c in self.channels]  # bytes in, bytes out
 
-    async def call(self, n: int, request: bytes) -> tuple[bool, float]:
-        """(accepted, seconds) of one call; a call error or any other verdict is False."""
+    async def call(self, n: int, request: bytes) -> tuple[str, float]:
+        """(error, seconds) of one call: the error is "" for an ACCEPTED verdict, else the
+        call's status code (RESOURCE_EXHAUSTED: the server's limits shedding load) or the
+        verdict's decision and reason."""
         start = time.perf_counter()
         try:
             reply = await self.stubs[n % CHANNELS](request, timeout=CALL_TIMEOUT)
-            decision = verifier_pb2.VerifyResponse.FromString(reply).verdict.decision
-            accepted = decision == verifier_pb2.DECISION_ACCEPTED
-        except grpc.aio.AioRpcError:
-            accepted = False
-        return accepted, time.perf_counter() - start
+            verdict = verifier_pb2.VerifyResponse.FromString(reply).verdict
+            error = ""
+            if verdict.decision != verifier_pb2.DECISION_ACCEPTED:
+                decision = verifier_pb2.Decision.Name(verdict.decision).removeprefix("DECISION_")
+                error = f"{decision}/{verifier_pb2.Reason.Name(verdict.reason)}"
+        except grpc.aio.AioRpcError as failed:
+            error = failed.code().name
+        return error, time.perf_counter() - start
 
     async def close(self) -> None:
         for channel in self.channels:
@@ -156,8 +162,9 @@ async def soak(
     seconds: int,
     supply: ProcessPoolExecutor,
     pki_dir: str,
-) -> list[Second]:
-    """The open loop: ``rate`` calls per second for ``seconds``, segment by segment."""
+) -> tuple[list[Second], Counter[str]]:
+    """The open loop: ``rate`` calls per second for ``seconds``, segment by segment; what
+    happened each second, and the errors by kind (:meth:`Load.call`)."""
     per_segment = max(1, round(rate * min(SEGMENT_SECONDS, seconds)))
     segments = -(-seconds // SEGMENT_SECONDS)
 
@@ -167,18 +174,20 @@ async def soak(
     ready = order(0).result()
     upcoming = order(1) if segments > 1 else None
     stats = [Second() for _ in range(seconds)]
+    kinds: Counter[str] = Counter()
     tasks: set[asyncio.Task[None]] = set()
     loop = asyncio.get_running_loop()
     start = loop.time()
 
     async def one(n: int, second: int, request: bytes) -> None:
-        accepted, latency = await load.call(n, request)
+        error, latency = await load.call(n, request)
         entry = stats[second]
         entry.latencies.append(latency)
-        if accepted:
+        if not error:
             entry.accepted += 1
         else:
             entry.errors += 1
+            kinds[error] += 1
 
     async def sample_rss() -> None:
         while True:
@@ -211,7 +220,7 @@ async def soak(
     if tasks:
         await asyncio.wait(tasks)
     await sampler
-    return stats
+    return stats, kinds
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -290,7 +299,12 @@ def report(rows: list[dict[str, float]], info: dict[str, Any], args: argparse.Na
         f"{args.capacity_seconds:g} s): **{info['capacity']:.0f} Verify/s**.",
         f"- Soak: {args.seconds} s open loop at {args.fraction:.0%} of it, "
         f"**{info['rate']:.0f} Verify/s** offered; {sent} calls, {accepted} accepted, "
-        f"**{errors} errors** (call errors and verdicts other than ACCEPTED).",
+        f"**{errors} errors** (call errors and verdicts other than ACCEPTED)"
+        + "".join(
+            f"{', by kind: ' if i == 0 else ', '}{kind} {count}"
+            for i, (kind, count) in enumerate(info["error_kinds"].most_common())
+        )
+        + ".",
         f"- Server's own count of accepted verifications: {info['server_accepted']:.0f} "
         f"(client: {accepted}).",
         f"- Server RSS: {rss_head:.1f} MiB over the first minute, {rss_tail:.1f} MiB over the "
@@ -354,7 +368,7 @@ async def run(
                     f"capacity {info['capacity']:.0f}/s, soak at {info['rate']:.0f}/s", flush=True
                 )
                 before = decisions(server.metrics_port).get("ACCEPTED/OK", 0.0)
-                stats = await soak(
+                stats, info["error_kinds"] = await soak(
                     load,
                     server.process.pid,
                     info["rate"],

@@ -36,3 +36,32 @@ def test_quick_soak_writes_its_section_and_plot(tmp_path: Path) -> None:
     assert "**0 errors**" in text
     server = re.search(r"accepted verifications: (\d+) \(client: (\d+)\)", text)
     assert server is not None and server.group(1) == server.group(2) == str(sent)
+
+
+def test_the_report_names_the_errors_by_kind() -> None:
+    sys.path.insert(0, str(REPO / "loadtest"))
+    from collections import Counter
+    from types import SimpleNamespace
+
+    import soak
+
+    row = {"t": 0, "sent": 10, "accepted": 6, "errors": 4, "p50_ms": 1.0, "p99_ms": 2.0}
+    info = {
+        "started": 0.0,
+        "command": "python loadtest/soak.py",
+        "machine": {"nproc": 2, "cpu": "cpu", "memory": "1 GiB", "python": "3", "grpcio": "1"},
+        "load_before": 0.0,
+        "capacity": 20.0,
+        "rate": 10.0,
+        "server_accepted": 6,
+        "error_kinds": Counter({"DEADLINE_EXCEEDED": 1, "RESOURCE_EXHAUSTED": 3}),
+    }
+    args = SimpleNamespace(concurrency=32, capacity_seconds=20.0, seconds=10, fraction=0.5)
+    text = soak.report([{**row, "rss_mib": 80.0}], info, args)  # type: ignore[arg-type]
+    assert (
+        "**4 errors** (call errors and verdicts other than ACCEPTED), by kind: "
+        "RESOURCE_EXHAUSTED 3, DEADLINE_EXCEEDED 1." in text
+    )
+    info["error_kinds"] = Counter()
+    text = soak.report([{**row, "errors": 0, "rss_mib": 80.0}], info, args)  # type: ignore[arg-type]
+    assert "(call errors and verdicts other than ACCEPTED)." in text
