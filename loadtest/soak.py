@@ -305,6 +305,7 @@ def report(rows: list[dict[str, float]], info: dict[str, Any], args: argparse.Na
             for i, (kind, count) in enumerate(info["error_kinds"].most_common())
         )
         + ".",
+        f"- Answer store (answer recovery): {_answer_bound(args, info['rate'])}.",
         f"- Server's own count of accepted verifications: {info['server_accepted']:.0f} "
         f"(client: {accepted}).",
         f"- Server RSS: {rss_head:.1f} MiB over the first minute, {rss_tail:.1f} MiB over the "
@@ -334,6 +335,18 @@ def report(rows: list[dict[str, float]], info: dict[str, Any], args: argparse.Na
     return "\n".join(lines)
 
 
+def _answer_bound(args: argparse.Namespace, rate: float) -> str:
+    """What bounds the answers the server keeps during the soak, and when it is reached."""
+    if args.answer_max_entries is None:
+        return "the server's default bound (`replay.answer_max_entries`)"
+    bound = args.answer_max_entries
+    return (
+        f"`replay.answer_max_entries` = {bound} answers, full after ≈ {bound / rate:.0f} s at"
+        " this rate; every answer is kept a day by default, so until the store is full the"
+        " server's memory grows with each acceptance, by design"
+    )
+
+
 def write_section(path: Path, section: str) -> None:
     """Replace the soak section of ``path`` (between the markers), or append it."""
     replace_section(path, section, BEGIN, END)
@@ -348,6 +361,8 @@ async def run(
         "machine": machine(),
         "load_before": os.getloadavg()[0],
     }
+    if args.answer_max_entries is not None:  # the server inherits this process's environment
+        os.environ["APCV_REPLAY_ANSWER_MAX_ENTRIES"] = str(args.answer_max_entries)
     server = start_server(Case("soak", "Verify", 1, "memory"), pki.directory, None, work)
     try:
         # spawn, not fork: a forked child of a process with gRPC channels can hang.
@@ -393,6 +408,11 @@ def main() -> int:
     parser.add_argument("--warmup-seconds", type=float, default=5.0, help="before capacity")
     parser.add_argument("--capacity-calls", type=int, default=20_000, help="at most")
     parser.add_argument("--concurrency", type=int, default=32, help="capacity run")
+    parser.add_argument(
+        "--answer-max-entries",
+        type=int,
+        help="the server's replay.answer_max_entries (default: the server's own, 1,000,000)",
+    )
     parser.add_argument("--quick", action="store_true", help="a few seconds: keeps it working")
     parser.add_argument("--write", type=Path, help="docs/reliability.md to update")
     parser.add_argument("--plot", type=Path, help="PNG of RSS, p99 and errors over time")

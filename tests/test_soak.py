@@ -38,7 +38,7 @@ def test_quick_soak_writes_its_section_and_plot(tmp_path: Path) -> None:
     assert server is not None and server.group(1) == server.group(2) == str(sent)
 
 
-def test_the_report_names_the_errors_by_kind() -> None:
+def test_the_report_names_the_errors_by_kind_and_the_answer_bound() -> None:
     sys.path.insert(0, str(REPO / "loadtest"))
     from collections import Counter
     from types import SimpleNamespace
@@ -56,12 +56,17 @@ def test_the_report_names_the_errors_by_kind() -> None:
         "server_accepted": 6,
         "error_kinds": Counter({"DEADLINE_EXCEEDED": 1, "RESOURCE_EXHAUSTED": 3}),
     }
-    args = SimpleNamespace(concurrency=32, capacity_seconds=20.0, seconds=10, fraction=0.5)
+    args = SimpleNamespace(
+        concurrency=32, capacity_seconds=20.0, seconds=10, fraction=0.5, answer_max_entries=None
+    )
     text = soak.report([{**row, "rss_mib": 80.0}], info, args)  # type: ignore[arg-type]
     assert (
         "**4 errors** (call errors and verdicts other than ACCEPTED), by kind: "
         "RESOURCE_EXHAUSTED 3, DEADLINE_EXCEEDED 1." in text
     )
+    assert "- Answer store (answer recovery): the server's default bound" in text
+    args.answer_max_entries = 50
     info["error_kinds"] = Counter()
     text = soak.report([{**row, "errors": 0, "rss_mib": 80.0}], info, args)  # type: ignore[arg-type]
     assert "(call errors and verdicts other than ACCEPTED)." in text
+    assert "`replay.answer_max_entries` = 50 answers, full after ≈ 5 s at this rate" in text
