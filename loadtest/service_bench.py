@@ -55,7 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -118,7 +118,7 @@ def echo_reply(size: int) -> bytes:
     return verifier_pb2.VerifyResponse(verdict=_echo_verdict(size)).SerializeToString()
 
 
-def service_loop() -> Any:
+def service_loop() -> Callable[[], asyncio.AbstractEventLoop]:
     """How the service makes its event loop by default (``server.event_loop``): the echo
     servers run on it too, so that the echo call is the same stack as the service's."""
     return event_loop_factory(ServerSection().event_loop)

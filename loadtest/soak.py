@@ -283,6 +283,7 @@ def report(rows: list[dict[str, float]], info: dict[str, Any], args: argparse.Na
     minute = max(1, 60 // WINDOW_SECONDS)
     head = rows[:minute]
     tail = rows[-minute:]
+    kinds = ", ".join(f"{kind} {count}" for kind, count in info["error_kinds"].most_common())
     rss_head = statistics.median(r["rss_mib"] for r in head)
     rss_tail = statistics.median(r["rss_mib"] for r in tail)
     lines = [
@@ -300,11 +301,7 @@ def report(rows: list[dict[str, float]], info: dict[str, Any], args: argparse.Na
         f"- Soak: {args.seconds} s open loop at {args.fraction:.0%} of it, "
         f"**{info['rate']:.0f} Verify/s** offered; {sent} calls, {accepted} accepted, "
         f"**{errors} errors** (call errors and verdicts other than ACCEPTED)"
-        + "".join(
-            f"{', by kind: ' if i == 0 else ', '}{kind} {count}"
-            for i, (kind, count) in enumerate(info["error_kinds"].most_common())
-        )
-        + ".",
+        + (f", by kind: {kinds}." if kinds else "."),
         f"- Answer store (answer recovery): {_answer_bound(args, info['rate'])}.",
         f"- Server's own count of accepted verifications: {info['server_accepted']:.0f} "
         f"(client: {accepted}).",
