@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 import tomllib
 import urllib.parse
 from collections.abc import Mapping
@@ -91,6 +92,8 @@ REDIS_CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 MAX_WORKERS = 64
 #: ``server.event_loop`` values.
 EVENT_LOOPS = ("uvloop", "asyncio")
+#: One name of ``server.grpc_experiments``: a gRPC experiment, ``-`` in front to turn it off.
+GRPC_EXPERIMENT = re.compile(r"-?[a-z][a-z0-9_]*")
 
 
 class ConfigError(ValueError):
@@ -163,6 +166,19 @@ class ServerSection:
     #: and per stream message than the standard loop, docs/benchmarks.md "The event loop")
     #: or "asyncio" (the standard library's).
     event_loop: str = "uvloop"
+    #: gRPC core experiments for the server process, as gRPC's GRPC_EXPERIMENTS variable
+    #: (names separated by commas, ``-`` in front turns one off; "" = gRPC's defaults).
+    #: The default turns off ``event_engine_listener``: accepted connections are then read
+    #: and written by the thread that polls for calls, not handed to EventEngine's threads,
+    #: so a call wakes fewer threads (docs/operations.md "gRPC's experiments"). Given to gRPC
+    #: by ``apcv-verify serve`` before gRPC is loaded; a GRPC_EXPERIMENTS already in the
+    #: environment is the operator's and is used instead.
+    grpc_experiments: str = "-event_engine_listener"
+
+    @property
+    def grpc_experiments_variable(self) -> str:
+        """``grpc_experiments`` as GRPC_EXPERIMENTS' value: the names, without spaces."""
+        return ",".join(filter(None, (name.strip() for name in self.grpc_experiments.split(","))))
 
 
 @dataclass(frozen=True)
@@ -418,6 +434,12 @@ class Config:
                 f"server.event_loop: unknown loop {self.server.event_loop!r}"
                 f" ({', '.join(EVENT_LOOPS)})"
             )
+        for name in filter(None, self.server.grpc_experiments_variable.split(",")):
+            if not GRPC_EXPERIMENT.fullmatch(name):
+                raise ConfigError(
+                    f"server.grpc_experiments: {name!r} is not an experiment name"
+                    ' (e.g. "-event_engine_listener"; "" for gRPC\'s defaults)'
+                )
         seen: set[str] = set()
         for caller in self.callers:
             if caller.id in seen:

@@ -47,6 +47,7 @@ max_connection_age_seconds = {}  # GOAWAY, streams rebalance; 0 = never
 max_connection_age_grace_seconds = {}  # then streams end UNAVAILABLE
 workers = {}  # processes on the port; >1 needs redis
 event_loop = {}  # "uvloop" or "asyncio" (the standard library's)
+grpc_experiments = {}  # gRPC's GRPC_EXPERIMENTS; "" = gRPC's defaults
 
 [trust]
 # REQUIRED: trust anchor public keys, PEM or COSE_Key files (files only: out of band).

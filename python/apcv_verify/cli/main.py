@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
+import structlog
+
 from .. import _native
-from ..config import ConfigError, load_config
+from ..config import ConfigError, ServerSection, load_config
 from ..observe.logs import configure_logging
 from ..trust.sources import SourceError
 from . import corpus as cli_corpus
@@ -17,6 +20,8 @@ from . import issue as cli_issue
 from . import scan as cli_scan
 
 __all__ = ["main"]
+
+log = structlog.get_logger("apcv_verify.cli")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -31,10 +36,24 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def give_grpc_experiments(server: ServerSection) -> None:
+    """``server.grpc_experiments`` as GRPC_EXPERIMENTS, unless the environment already has
+    one. gRPC reads that variable once, when it is first imported: so this runs before
+    anything imports grpc (this module does not), and the worker processes inherit it."""
+    value = server.grpc_experiments_variable
+    if not value or "GRPC_EXPERIMENTS" in os.environ:
+        return
+    if "grpc" in sys.modules:  # a caller that loaded gRPC first (e.g. a test harness)
+        log.warning("grpc_experiments_not_applied", reason="grpc was imported before serve")
+        return
+    os.environ["GRPC_EXPERIMENTS"] = value
+
+
 def _serve(args: argparse.Namespace) -> int:
+    config = load_config(args.config, overrides=_overrides(args))
+    give_grpc_experiments(config.server)
     from ..service.startup import serve
 
-    config = load_config(args.config, overrides=_overrides(args))
     if config.server.workers > 1:
         from .workers import serve_workers
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -292,6 +293,8 @@ async def start_server(config: Config, material: TrustMaterial | None = None) ->
         metrics_port=None if metrics_http is None else metrics_http.server_port,
         health_port=health_port,
         event_loop=_loop_name(asyncio.get_running_loop()),
+        # What gRPC was started with (server.grpc_experiments, or the environment's own).
+        grpc_experiments=os.environ.get("GRPC_EXPERIMENTS", ""),
     )
     return ServerHandle(
         server,
