@@ -48,6 +48,7 @@ from service_bench import (  # noqa: E402
     echo_reply,
     encode_unary,
     latency_at,
+    service_environment,
     start_go_echo,
 )
 
@@ -74,7 +75,9 @@ def _start_process(command: list[str]) -> tuple[subprocess.Popen[bytes], str]:
     returns when it prints ``serving``."""
     port = free_port()
     process = subprocess.Popen(
-        [part.replace("{port}", str(port)) for part in command], stdout=subprocess.PIPE
+        [part.replace("{port}", str(port)) for part in command],
+        stdout=subprocess.PIPE,
+        env=service_environment(),
     )
     assert process.stdout is not None
     if process.stdout.readline().strip() != b"serving":

@@ -118,6 +118,17 @@ def echo_reply(size: int) -> bytes:
     return verifier_pb2.VerifyResponse(verdict=_echo_verdict(size)).SerializeToString()
 
 
+def service_environment() -> dict[str, str]:
+    """This environment with the GRPC_EXPERIMENTS ``apcv-verify serve`` starts gRPC with by
+    default (``server.grpc_experiments``, unless the environment has its own): the echo
+    servers get it too, so that the echo call is the same stack as the service's."""
+    environment = dict(os.environ)
+    value = ServerSection().grpc_experiments_variable
+    if value:
+        environment.setdefault("GRPC_EXPERIMENTS", value)
+    return environment
+
+
 def service_loop() -> Callable[[], asyncio.AbstractEventLoop]:
     """How the service makes its event loop by default (``server.event_loop``): the echo
     servers run on it too, so that the echo call is the same stack as the service's."""
@@ -414,6 +425,7 @@ def _start_echo(response_size: int) -> tuple[subprocess.Popen[bytes], str]:
     process = subprocess.Popen(
         [sys.executable, __file__, "--echo", str(port), "--response-size", str(response_size)],
         stdout=subprocess.PIPE,
+        env=service_environment(),
     )
     assert process.stdout is not None
     if process.stdout.readline().strip() != b"serving":

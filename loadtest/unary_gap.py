@@ -11,7 +11,8 @@ alternating order, changing one thing per server:
   also as registered methods (``add_registered_method_handlers``), as the service registers
   its own, ``burn<N>`` a handler that first spends N µs of CPU in plain Python,
   ``stdloop`` on the standard library's event loop (the others run on the service's,
-  ``server.event_loop``);
+  ``server.event_loop``), ``grpcdefaults`` with gRPC's own experiments (the others with the
+  service's, ``server.grpc_experiments``);
 * service servers (``apcv-verify serve`` as ``service_bench.py`` starts it, through this file
   so that one piece can be left out, ``APCV_GAP``): every one also answers the echo method with
   the echo server's handler, so the same server's ``Verify`` and echo calls can be compared.
@@ -49,6 +50,7 @@ from service_bench import (  # noqa: E402
     encode_unary,
     measure_core,
     measure_server,
+    service_environment,
     service_loop,
 )
 
@@ -294,7 +296,11 @@ def _start_service(name: str, pki: Any, work: Path, size: int) -> Any:
     name, _, path = name.partition("=")
     leave_out = "" if name.startswith("full") else name
     saved = dict(os.environ)
-    os.environ.update(APCV_GAP=leave_out, APCV_GAP_SIZE=str(size))
+    # The patched server loads gRPC before `serve` could give it server.grpc_experiments:
+    # given here instead, as `apcv-verify serve` would.
+    os.environ.update(service_environment(), APCV_GAP=leave_out, APCV_GAP_SIZE=str(size))
+    if "grpcdefaults" in leave_out:  # gRPC's own experiments, not server.grpc_experiments
+        os.environ["GRPC_EXPERIMENTS"] = ""
     if path:
         os.environ["PYTHONPATH"] = path
     if "nometrics" in leave_out:
@@ -324,9 +330,13 @@ def _start_service(name: str, pki: Any, work: Path, size: int) -> Any:
 
 def _start_echo(variant: str, size: int) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
+    environment = service_environment()
+    if variant == "grpcdefaults":
+        environment["GRPC_EXPERIMENTS"] = ""
     process = subprocess.Popen(
         [sys.executable, __file__, "--echo-server", str(port), variant, str(size)],
         stdout=subprocess.PIPE,
+        env=environment,
     )
     assert process.stdout is not None
     if process.stdout.readline().strip() != b"serving":
@@ -341,6 +351,18 @@ def _perf_stat(pid: int) -> subprocess.Popen[str]:
     """``perf stat`` of ``pid``'s software events until interrupted (:func:`_perf_read`)."""
     process = subprocess.Popen(
         ["perf", "stat", "-x", ",", "-e", PERF_EVENTS, "-p", str(pid)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.3)
+    return process
+
+
+def _perf_record(pid: int, output: Path) -> subprocess.Popen[str]:
+    """``perf record`` of ``pid``'s CPU samples into ``output`` until interrupted (read it
+    with ``perf report -i OUTPUT --sort dso``: the call's CPU by library)."""
+    process = subprocess.Popen(
+        ["perf", "record", "-q", "-F", "2999", "-p", str(pid), "-o", str(output)],
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -401,7 +423,14 @@ def run(args: Any) -> None:
                         print(f"round {round_} {label:26} {result.cpu_us_per_item:7.1f} µs/call")
                         continue
                     counter = _perf_stat(pid) if args.perf_stat else None
+                    recorder = None
+                    if args.perf_record:
+                        output = args.perf_record / f"{label.replace(':', '-')}-{round_}.data"
+                        recorder = _perf_record(pid, output)
                     result = measure_server(case, pid, address, items, round_, args)
+                    if recorder is not None:
+                        recorder.send_signal(signal.SIGINT)
+                        recorder.communicate(timeout=60)
                     if counter is not None:
                         print(f"round {round_} {label:26} {_perf_read(counter, args.items)}")
                     results[label].append(result.cpu_us_per_item)
@@ -446,6 +475,9 @@ def main() -> int:
     parser.add_argument("--service", type=lambda s: s.split(","), default=["full"])
     parser.add_argument("--core", action="store_true", help="also the core alone (core1)")
     parser.add_argument("--perf-stat", action="store_true", help="perf stat per case")
+    parser.add_argument(
+        "--perf-record", type=Path, help="folder for a perf record of each server and round"
+    )
     parser.add_argument("--service-echo", action="store_true", help="also echo on the service")
     args = parser.parse_args()
     run(args)
