@@ -182,9 +182,11 @@ def start_server(
     redis_url: str | None,
     work: Path,
     launcher: Sequence[str] = (sys.executable, "-m", "apcv_verify.cli"),
+    ready_seconds: float = 60.0,
 ) -> Server:
     """``apcv-verify serve`` for ``case`` (``launcher`` runs the command: loadtest/p99_probe.py
-    runs it with a probe inside), once it reports SERVING."""
+    runs it with a probe inside), once it reports SERVING; stopped again if it does not
+    within ``ready_seconds``, so that a failed start leaves no server behind."""
     address = f"127.0.0.1:{free_port()}"
     metrics_port = free_port()
     env = {
@@ -209,7 +211,7 @@ def start_server(
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     server = Server(process, address, metrics_port, log)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + ready_seconds
     with grpc.insecure_channel(address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         while True:
@@ -223,6 +225,7 @@ def start_server(
             if serving and log.read_text().count('"event": "serving"') >= case.workers:
                 return server
             if time.monotonic() > deadline:
+                stop_server(server)
                 raise RuntimeError(f"{case.name}: server not serving:\n{log.read_text()}")
             time.sleep(0.1)
 

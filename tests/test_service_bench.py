@@ -56,6 +56,22 @@ def _service_bench() -> Any:
     return service_bench
 
 
+def test_a_server_that_never_serves_is_stopped_before_the_error(tmp_path: Path) -> None:
+    _service_bench()  # loadtest/ on the path
+    import bench
+
+    # A launcher that starts, says who it is, and never answers a health check.
+    pid_file = tmp_path / "pid"
+    never = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    case = bench.Case("never", "Verify", 1, "memory")
+    with pytest.raises(RuntimeError, match="never: server not serving"):
+        bench.start_server(
+            case, tmp_path, None, tmp_path, (sys.executable, "-c", never), ready_seconds=2.0
+        )
+    pid = int(pid_file.read_text())
+    assert not Path(f"/proc/{pid}").exists()  # stopped and reaped, not left running
+
+
 def test_server_side_quantile_reads_the_calls_between_two_scrapes() -> None:
     bench = _service_bench()
     before = {0.0005: 10.0, 0.001: 10.0, 0.0025: 10.0, float("inf"): 10.0}
