@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,10 +183,12 @@ def start_server(
     work: Path,
     launcher: Sequence[str] = (sys.executable, "-m", "apcv_verify.cli"),
     ready_seconds: float = 60.0,
+    env: Mapping[str, str] | None = None,
 ) -> Server:
     """``apcv-verify serve`` for ``case`` (``launcher`` runs the command: loadtest/p99_probe.py
-    runs it with a probe inside), once it reports SERVING; stopped again if it does not
-    within ``ready_seconds``, so that a failed start leaves no server behind."""
+    runs it with a probe inside; ``env`` adds to or replaces its environment), once it reports
+    SERVING; stopped again if it does not within ``ready_seconds``, so that a failed start
+    leaves no server behind."""
     address = f"127.0.0.1:{free_port()}"
     metrics_port = free_port()
     env = {
@@ -195,6 +197,7 @@ def start_server(
         "APCV_SERVER_MAX_MESSAGE_BYTES": str(MAX_MESSAGE_BYTES),
         "APCV_AUDIT_HOLDER_REF_SECRET": secrets.token_hex(16),
         "APCV_REPLAY_BACKEND": case.backend,
+        **(env or {}),
     }
     if case.backend == "redis":
         assert redis_url is not None

@@ -358,9 +358,10 @@ async def run(
         "machine": machine(),
         "load_before": os.getloadavg()[0],
     }
-    if args.answer_max_entries is not None:  # the server inherits this process's environment
-        os.environ["APCV_REPLAY_ANSWER_MAX_ENTRIES"] = str(args.answer_max_entries)
-    server = start_server(Case("soak", "Verify", 1, "memory"), pki.directory, None, work)
+    env = {}
+    if args.answer_max_entries is not None:
+        env["APCV_REPLAY_ANSWER_MAX_ENTRIES"] = str(args.answer_max_entries)
+    server = start_server(Case("soak", "Verify", 1, "memory"), pki.directory, None, work, env=env)
     try:
         # spawn, not fork: a forked child of a process with gRPC channels can hang.
         spawn = multiprocessing.get_context("spawn")

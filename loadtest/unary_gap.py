@@ -295,37 +295,29 @@ def _start_service(name: str, pki: Any, work: Path, size: int) -> Any:
     ``=PYTHONPATH``, the folder of another copy of the package to run."""
     name, _, path = name.partition("=")
     leave_out = "" if name.startswith("full") else name
-    saved = dict(os.environ)
     # The patched server loads gRPC before `serve` could give it server.grpc_experiments:
     # given here instead, as `apcv-verify serve` would.
-    os.environ.update(service_environment(), APCV_GAP=leave_out, APCV_GAP_SIZE=str(size))
+    env = {**service_environment(), "APCV_GAP": leave_out, "APCV_GAP_SIZE": str(size)}
     if "grpcdefaults" in leave_out:  # gRPC's own experiments, not server.grpc_experiments
-        os.environ["GRPC_EXPERIMENTS"] = ""
+        env["GRPC_EXPERIMENTS"] = ""
     if path:
-        os.environ["PYTHONPATH"] = path
+        env["PYTHONPATH"] = path
     if "nometrics" in leave_out:
-        os.environ["APCV_GAP_NOMETRICS"] = "1"
+        env["APCV_GAP_NOMETRICS"] = "1"
     if "stdloop" in leave_out:  # the standard library's event loop instead of uvloop
-        os.environ["APCV_SERVER_EVENT_LOOP"] = "asyncio"
-    original = sys.executable
-    try:
-        # bench.start_server runs ``<launcher> serve ...``: a wrapper that runs this file's
-        # _patched_serve instead of ``python -m apcv_verify.cli``.
-        wrapper = work / "python-gap"
-        wrapper.write_text(
-            f"#!/bin/sh\nshift 2\n"
-            f'[ -n "$APCV_GAP_NOMETRICS" ] && export APCV_METRICS_LISTEN=""\n'
-            f'exec {original} {__file__} --patched-serve "$@"\n'
-        )
-        wrapper.chmod(0o755)
-        # As the launcher: start_server's default launcher was bound when bench.py was
-        # imported, so replacing sys.executable alone would run the package unpatched.
-        launcher = (str(wrapper), "-m", "apcv_verify.cli")
-        case = Case(f"gap-{name}", "Verify", 1, "memory")
-        return start_server(case, pki.directory, None, work, launcher=launcher)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+        env["APCV_SERVER_EVENT_LOOP"] = "asyncio"
+    # bench.start_server runs ``<launcher> serve ...``: a wrapper that runs this file's
+    # _patched_serve instead of ``python -m apcv_verify.cli``.
+    wrapper = work / "python-gap"
+    wrapper.write_text(
+        f"#!/bin/sh\nshift 2\n"
+        f'[ -n "$APCV_GAP_NOMETRICS" ] && export APCV_METRICS_LISTEN=""\n'
+        f'exec {sys.executable} {__file__} --patched-serve "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    launcher = (str(wrapper), "-m", "apcv_verify.cli")
+    case = Case(f"gap-{name}", "Verify", 1, "memory")
+    return start_server(case, pki.directory, None, work, launcher=launcher, env=env)
 
 
 def _start_echo(variant: str, size: int) -> tuple[subprocess.Popen[bytes], str]:
