@@ -16,8 +16,10 @@ Each server is started once; per round, each (server, placement) pair in alterna
 gets ghz at ``--rps`` for ``--seconds`` (concurrency 16, 4 connections, as the benchmark's
 latency step), with fresh request ids. Placements: ``split`` (the server on the first half of
 the CPUs, ghz on the other, as service_bench.py's latency step) and ``shared`` (both on every
-CPU). Prints each run's p50, p90 and p99 and the load average before it, then the medians of
-the rounds. Not part of ``make bench``.
+CPU). ghz runs with its Go collector off, as in the latency step; ``--ghz-collector off,on``
+alternates both in each round (the collector's pauses count as the calls' latency). Prints
+each run's p50, p90 and p99 and the load average before it, then the medians of the rounds.
+Not part of ``make bench``.
 """
 
 from __future__ import annotations
@@ -125,13 +127,21 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated")
     parser.add_argument("--placements", default=",".join(PLACEMENTS), help="comma-separated")
+    parser.add_argument(
+        "--ghz-collector",
+        default="off",
+        help="ghz's Go collector: off, on, or off,on for both in each round",
+    )
     args = parser.parse_args()
     servers = args.servers.split(",")
     placements = args.placements.split(",")
+    collectors = args.ghz_collector.split(",")
     for name in (*servers, *placements):
         if name not in (*SERVERS, *PLACEMENTS):
             parser.error(f"unknown server or placement: {name}")
-    runs: dict[tuple[str, str], list[dict[str, float]]] = {}
+    if not set(collectors) <= {"off", "on"}:
+        parser.error(f"--ghz-collector: off, on or both, not {args.ghz_collector}")
+    runs: dict[tuple[str, str, str], list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="apcv-p99-floor-") as temporary, ExitStack() as stack:
         work = Path(temporary)
         pki = make_pki(work / "pki")
@@ -143,31 +153,42 @@ def main() -> int:
         for name in servers:
             if name not in running:
                 running[name] = stack.enter_context(started(name, pki, work, reply_size))
-        pairs = [(name, placement) for name in servers for placement in placements]
+        pairs = [
+            (name, placement, collector)
+            for name in servers
+            for placement in placements
+            for collector in collectors
+        ]
         for round_ in range(args.rounds):
-            for name, placement in pairs if round_ % 2 == 0 else pairs[::-1]:
+            for name, placement, collector in pairs if round_ % 2 == 0 else pairs[::-1]:
                 pid, address = running[name]
                 # service_bench.py's latency step: ghz with fresh request ids, the server
                 # and ghz on separate CPUs when pinned; no server histogram read here.
                 server = SimpleNamespace(
                     process=SimpleNamespace(pid=pid), address=address, metrics_port=None
                 )
-                step = SimpleNamespace(latency_seconds=args.seconds, pin=placement == "split")
+                step = SimpleNamespace(
+                    latency_seconds=args.seconds,
+                    pin=placement == "split",
+                    ghz_collector=collector == "on",
+                )
                 run = latency_at(server, pki, work, args.rps, step)
                 if not run:
                     parser.error("ghz is missing: `make tools` installs it")
-                runs.setdefault((name, placement), []).append(run)
+                runs.setdefault((name, placement, collector), []).append(run)
                 print(
-                    f"round {round_ + 1} {name:9} {placement:6} p50 {run['p50_ms']:.2f}"
+                    f"round {round_ + 1} {name:9} {placement:6} ghz collector {collector:3}"
+                    f" p50 {run['p50_ms']:.2f}"
                     f" p90 {run['p90_ms']:.2f} p99 {run['p99_ms']:.2f} ms"
                     f" at {args.rps:.0f}/s load {run['load']:.2f}",
                     flush=True,
                 )
     print("\nmedian of the rounds (ms)")
-    for (name, placement), results in runs.items():
+    for (name, placement, collector), results in runs.items():
         p99s = ", ".join(f"{r['p99_ms']:.2f}" for r in results)
         print(
-            f"{name:9} {placement:6} p50 {statistics.median(r['p50_ms'] for r in results):.2f}"
+            f"{name:9} {placement:6} ghz collector {collector:3}"
+            f" p50 {statistics.median(r['p50_ms'] for r in results):.2f}"
             f" p90 {statistics.median(r['p90_ms'] for r in results):.2f}"
             f" p99 {statistics.median(r['p99_ms'] for r in results):.2f} (rounds {p99s})"
         )

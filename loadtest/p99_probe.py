@@ -15,8 +15,9 @@ server's own ``Verify`` duration histogram (p50/p99 of the same calls), each ser
 CPU, run-queue wait and time slices per call (``/proc/<pid>/task/*/schedstat``), ghz's CPU,
 the load average and the probe's findings. Settings, joined with ``+``: ``base``; ``pin``
 (the server on the first half of the CPUs, ghz on the other, as service_bench.py's latency
-step); ``gmpN`` (ghz with GOMAXPROCS=N); ``connN`` / ``concN`` (ghz's connections and
-concurrency); ``scrape`` (``/metrics`` read 4 times a second during the run).
+step); ``gmpN`` (ghz with GOMAXPROCS=N); ``gcoff`` (ghz's Go collector off, as in the
+latency step); ``connN`` / ``concN`` (ghz's connections and concurrency); ``scrape``
+(``/metrics`` read 4 times a second during the run).
 
 Findings in docs/benchmarks.md "Unary latency: where the p99 goes". Not part of ``make bench``.
 """
@@ -43,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import Case, ghz_command, start_server, stop_server  # noqa: E402
 from corpus import make_pki, presentations, write_corpus  # noqa: E402
 from service_bench import (  # noqa: E402
+    GHZ_MEMORY_LIMIT,
     SERVICE,
     _handling_seconds,
     _set_affinity,
@@ -188,6 +190,8 @@ def measure(setting: str, server: Any, data: Path, args: Any, probe_out: Path) -
             connections = int(part[4:])
         elif part == "pin":
             pinned = True
+        elif part == "gcoff":
+            env.update(GOGC="off", GOMEMLIMIT=GHZ_MEMORY_LIMIT)
     case = Case("p99", "Verify", 1, "memory", concurrency=concurrency, connections=connections)
     command = ghz_command(case, data, server.address, args.seconds)
     command[-1:-1] = ["--rps", str(int(args.rps))]

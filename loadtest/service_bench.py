@@ -23,9 +23,9 @@ accounting before and after (each thread's time on a CPU in ns,
 thread ended meanwhile: see ``bench.cpu_used``), divided by the presentations answered. Then
 the unary latency: the maximum ``Verify`` rate is the one just measured, and
 ``ghz`` (when installed in .tools/bin by loadtest/bench.py) runs at half of it for p50/p99,
-the server on one half of the CPUs and ghz on the other (``--no-pin``: sharing them), with
-the server's own duration histogram and its threads' wait for a CPU reported beside
-(:func:`latency_at`).
+the server on one half of the CPUs and ghz on the other (``--no-pin``: sharing them) and
+ghz's Go collector off (``--ghz-collector``: on), with the server's own duration histogram
+and its threads' wait for a CPU reported beside (:func:`latency_at`).
 
 ``--variant NAME=PYTHONPATH`` also runs the server of another copy of the package (its
 ``python`` folder, native module included) side by side in every round, with ``--cases`` a
@@ -526,6 +526,23 @@ def _set_affinity(pid: int, cpus: set[int]) -> None:
 _LATENCY_RUNS = itertools.count()
 
 
+#: ghz's heap in the latency run when its Go collector is off: the bound past which Go
+#: collects all the same (ghz keeps every call's result; 8 s at 760 calls/s peaked at 560 MB).
+GHZ_MEMORY_LIMIT = "2GiB"
+
+
+def ghz_environment(collector: bool) -> dict[str, str]:
+    """The environment ghz's latency run starts in: with ``collector`` False, Go's garbage
+    collector off up to :data:`GHZ_MEMORY_LIMIT`. ghz's collections hold up its own sending
+    and receiving, and ghz counts that as the calls' latency: with it on, a bare grpc-go server
+    on this machine shows a 4–5 ms p99, with it off about 1 ms (docs/benchmarks.md "The load
+    generator's collector")."""
+    environment = dict(os.environ)
+    if not collector:
+        environment.update(GOGC="off", GOMEMLIMIT=GHZ_MEMORY_LIMIT)
+    return environment
+
+
 def latency_at(server: Any, pki: Any, work: Path, rps: float, args: Any) -> dict[str, float]:
     """ghz at ``rps`` for ``args.latency_seconds`` against ``server`` (a started
     :class:`bench.Server`, or the echo server with ``metrics_port`` None): ghz's p50 and p99
@@ -535,7 +552,7 @@ def latency_at(server: Any, pki: Any, work: Path, rps: float, args: Any) -> dict
     average before (empty without ghz). With ``args.pin`` and 2+ CPUs the server runs on the
     first half of the CPUs and ghz on the other (docs/benchmarks.md "Unary latency: where the
     p99 goes"): the load generator no longer takes the server's core at the moment a call
-    arrives."""
+    arrives. ghz's Go collector is off unless ``args.ghz_collector`` (:func:`ghz_environment`)."""
     if not GHZ.exists() or args.latency_seconds <= 0:
         return {}
     count = int(rps * args.latency_seconds * 1.2) + 10
@@ -554,7 +571,13 @@ def latency_at(server: Any, pki: Any, work: Path, rps: float, args: Any) -> dict
         histogram = _handling_seconds(server.metrics_port) if server.metrics_port else {}
         waited = run_queue_seconds(pid)
         ghz_cpu = _children_cpu()
-        run = subprocess.run(command, check=True, capture_output=True, text=True)
+        run = subprocess.run(
+            command,
+            check=True,
+            capture_output=True,
+            text=True,
+            env=ghz_environment(args.ghz_collector),
+        )
         ghz_cpu = _children_cpu() - ghz_cpu
         waited = run_queue_seconds(pid) - waited
         after = _handling_seconds(server.metrics_port) if server.metrics_port else {}
@@ -576,6 +599,7 @@ def latency_at(server: Any, pki: Any, work: Path, rps: float, args: Any) -> dict
         "run_queue_us_per_call": waited / calls * 1e6,
         "ghz_cores": ghz_cpu / (report["total"] / 1e9),
         "pinned": float(cores is not None),
+        "ghz_collector": float(args.ghz_collector),
         "load": load,
     }
 
@@ -695,7 +719,11 @@ def run(
                 for name, target, into, pin in targets if round_ % 2 else reversed(targets):
                     if verify is None:
                         break
-                    step = SimpleNamespace(latency_seconds=args.latency_seconds, pin=pin)
+                    step = SimpleNamespace(
+                        latency_seconds=args.latency_seconds,
+                        pin=pin,
+                        ghz_collector=args.ghz_collector,
+                    )
                     latency = latency_at(target, pki, work / f"pki-{round_}", verify.rate / 2, step)
                     if latency:
                         shown = ", ".join(f"{k} {v:.2f}" for k, v in latency.items())
@@ -830,6 +858,8 @@ def latency_rows(
         if all(x["pinned"] for x in latencies)
         else "server and ghz sharing the CPUs"
     )
+    if not any(x.get("ghz_collector") for x in latencies):
+        pinned += ", ghz's Go collector off"
     rows = [
         f"| Verify p99 at half the maximum rate (ghz, {rps:.0f}/s, {pinned}; p50 {p50:.2f} ms;"
         f" rounds {p99_rounds} ms; load average before {loads})"
@@ -944,6 +974,12 @@ def main() -> int:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="the latency run with the server and ghz on separate halves of the CPUs",
+    )
+    parser.add_argument(
+        "--ghz-collector",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="the latency run with ghz's Go garbage collector on (its pauses count as latency)",
     )
     parser.add_argument("--quick", action="store_true", help="1 round of 200, no ghz run")
     parser.add_argument(

@@ -29,16 +29,14 @@ def test_the_floor_reports_each_server_and_placement() -> None:
         pytest.skip(f"{', '.join(missing)} missing; run `make tools`")
     command = [sys.executable, str(REPO / "loadtest" / "p99_floor.py"), "--rounds", "1"]
     command += ["--seconds", "1", "--rps", "50", "--servers", "echo,go-echo"]
-    command += ["--placements", "shared"]
+    command += ["--placements", "shared", "--ghz-collector", "off,on"]
     run = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     text = run.stdout
+    percentiles = r"p50 [\d.]+ p90 [\d.]+ p99 [\d.]+"
     for server in ("echo", "go-echo"):
-        assert re.search(
-            rf"^round 1 {server} +shared p50 [\d.]+ p90 [\d.]+ p99 [\d.]+ ms at [1-9]\d*/s",
-            text,
-            re.M,
-        ), text
-        assert re.search(
-            rf"^{server} +shared p50 [\d.]+ p90 [\d.]+ p99 [\d.]+ \(rounds", text, re.M
-        ), text
+        for collector in ("off", "on"):
+            setting = rf"{server} +shared ghz collector {collector} +"
+            each_run = rf"^round 1 {setting}{percentiles} ms at [1-9]\d*/s"
+            assert re.search(each_run, text, re.M), text
+            assert re.search(rf"^{setting}{percentiles} \(rounds", text, re.M), text

@@ -104,11 +104,23 @@ def test_latency_rows_keep_the_client_observed_p99_as_the_figure() -> None:
     assert cells[1][1] == "0.90 ms" and "server's clock" in cells[1][0]
     assert cells[3][1] == "13.50 ms" and "echo server" in cells[3][0]
     assert "sharing the CPUs" in bench.latency_rows([{**one, "pinned": 0.0}])[0]
+    assert "ghz's Go collector off" in cells[0][0]  # a run without the key: off
+    collected = bench.latency_rows([{**one, "ghz_collector": 1.0}])[0]
+    assert "collector" not in collected
     floor = {"split": [{**one, "p99_ms": 4.5}], "shared": [{**one, "p99_ms": 1.1}]}
     go = [row.split(" | ") for row in bench.latency_rows([one], echo, floor)[4:]]
     assert go[0][1] == "4.50 ms" and "grpc-go server" in go[0][0] and "own CPU" in go[0][0]
     assert go[1][1] == "1.10 ms" and "sharing the CPUs" in go[1][0]
     assert len(bench.latency_rows([one], echo, {"split": [], "shared": []})) == 4
+
+
+def test_ghz_runs_its_latency_step_without_its_collector() -> None:
+    bench = _service_bench()
+    off = bench.ghz_environment(collector=False)
+    assert off["GOGC"] == "off" and off["GOMEMLIMIT"] == bench.GHZ_MEMORY_LIMIT
+    on = bench.ghz_environment(collector=True)
+    assert on.get("GOGC") == os.environ.get("GOGC")
+    assert on.get("GOMEMLIMIT") == os.environ.get("GOMEMLIMIT")
 
 
 def test_cores_split_in_two_disjoint_halves() -> None:
