@@ -51,6 +51,7 @@ from service_bench import (  # noqa: E402
     _unary,
     encode_unary,
     histogram_quantile,
+    service_environment,
     split_cores,
 )
 
@@ -279,13 +280,15 @@ def main() -> int:
         work = Path(temporary)
         pki = make_pki(work / "pki")
         probe_out = work / "probe.json"
-        os.environ[PROBE_OUT] = str(probe_out)
         server = start_server(
             Case("p99", "Verify", 1, "memory"),
             pki.directory,
             None,
             work,
             launcher=(sys.executable, __file__, "--serve"),
+            # GRPC_EXPERIMENTS given from outside: this file imports grpc (service_bench) before
+            # the server starts, too late for `apcv-verify serve` to set it itself.
+            env={**service_environment(), PROBE_OUT: str(probe_out)},
         )
         try:
             warm = list(presentations(pki, 300))
