@@ -86,6 +86,38 @@ def test_the_setting_is_given_before_grpc_is_loaded(tmp_path: Path) -> None:
     assert done.stdout.strip() == "-event_engine_listener,b"
 
 
+def test_the_demo_s_server_gets_the_setting_too(tmp_path: Path) -> None:
+    """``apcv-verify demo`` runs its server in its own process: the experiments are given
+    before the demo's module loads gRPC (the demo is replaced by a probe here, which reports
+    what it finds where the demo would start: gRPC not loaded yet, the variable set)."""
+    probe = tmp_path / "apcv_verify_demo_probe.py"
+    probe.write_text(
+        textwrap.dedent(
+            """
+            import os, sys
+            def run_demo(serve, listen):
+                print("grpc" in sys.modules, os.environ.get("GRPC_EXPERIMENTS"))
+                return 0
+            """
+        )
+    )
+    script = textwrap.dedent(
+        """
+        import sys
+        import apcv_verify_demo_probe
+        sys.modules["apcv_verify.cli.demo"] = apcv_verify_demo_probe
+        from apcv_verify.cli.main import main
+        sys.exit(main(["demo"]))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_EXPERIMENTS"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True
+    )
+    assert done.stdout.split() == ["False", "-event_engine_listener"]
+
+
 def test_too_late_for_grpc_it_says_so_and_sets_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -109,6 +109,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    # The demo's server runs in this process, on the default configuration: its gRPC gets the
+    # same experiments as `serve` gives it, before the demo's module loads gRPC.
+    give_grpc_experiments(ServerSection())
     from .demo import run_demo
 
     return run_demo(serve=args.serve, listen=args.listen)
