@@ -44,12 +44,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import Case, ghz_command, start_server, stop_server  # noqa: E402
 from corpus import make_pki, presentations, write_corpus  # noqa: E402
 from service_bench import (  # noqa: E402
-    GHZ_MEMORY_LIMIT,
     SERVICE,
     _handling_seconds,
     _set_affinity,
     _unary,
     encode_unary,
+    ghz_environment,
     histogram_quantile,
     service_environment,
     split_cores,
@@ -181,8 +181,10 @@ def _scraping(port: int, stop: threading.Event, took: list[float]) -> Callable[[
 
 def measure(setting: str, server: Any, data: Path, args: Any, probe_out: Path) -> list[str]:
     pid = server.process.pid
-    concurrency, connections, env, pinned = 16, 4, dict(os.environ), False
-    for part in setting.split("+"):
+    parts = setting.split("+")
+    env = ghz_environment(collector="gcoff" not in parts)
+    concurrency, connections, pinned = 16, 4, False
+    for part in parts:
         if part.startswith("gmp"):
             env["GOMAXPROCS"] = part[3:]
         elif part.startswith("conc"):
@@ -191,8 +193,6 @@ def measure(setting: str, server: Any, data: Path, args: Any, probe_out: Path) -
             connections = int(part[4:])
         elif part == "pin":
             pinned = True
-        elif part == "gcoff":
-            env.update(GOGC="off", GOMEMLIMIT=GHZ_MEMORY_LIMIT)
     case = Case("p99", "Verify", 1, "memory", concurrency=concurrency, connections=connections)
     command = ghz_command(case, data, server.address, args.seconds)
     command[-1:-1] = ["--rps", str(int(args.rps))]

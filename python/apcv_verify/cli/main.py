@@ -109,8 +109,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    # The demo's server runs in this process, on the default configuration: its gRPC gets the
-    # same experiments as `serve` gives it, before the demo's module loads gRPC.
+    # The demo's server runs in this process: its gRPC gets the default server.grpc_experiments
+    # (as its event loop gets the default server.event_loop), before the demo loads gRPC.
     give_grpc_experiments(ServerSection())
     from .demo import run_demo
 
