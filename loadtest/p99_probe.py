@@ -51,7 +51,7 @@ from service_bench import (  # noqa: E402
     encode_unary,
     ghz_environment,
     histogram_quantile,
-    service_environment,
+    service_grpc_experiments,
     split_cores,
 )
 
@@ -288,7 +288,7 @@ def main() -> int:
             launcher=(sys.executable, __file__, "--serve"),
             # GRPC_EXPERIMENTS given from outside: this file imports grpc (service_bench) before
             # the server starts, too late for `apcv-verify serve` to set it itself.
-            env={**service_environment(), PROBE_OUT: str(probe_out)},
+            env={**service_grpc_experiments(), PROBE_OUT: str(probe_out)},
         )
         try:
             warm = list(presentations(pki, 300))

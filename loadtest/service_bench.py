@@ -66,6 +66,7 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from apcv_verify import _native  # noqa: E402
 from apcv_verify._proto.apcv.verify.v1 import verifier_pb2  # noqa: E402
+from apcv_verify.cli.main import grpc_experiments_environment  # noqa: E402
 from apcv_verify.config import ServerSection  # noqa: E402
 from apcv_verify.service.startup import event_loop_factory  # noqa: E402
 from bench import (  # noqa: E402
@@ -118,15 +119,16 @@ def echo_reply(size: int) -> bytes:
     return verifier_pb2.VerifyResponse(verdict=_echo_verdict(size)).SerializeToString()
 
 
+def service_grpc_experiments() -> dict[str, str]:
+    """The GRPC_EXPERIMENTS entry ``apcv-verify serve`` starts gRPC with by default
+    (``grpc_experiments_environment``), for servers started by other means."""
+    return grpc_experiments_environment(ServerSection())
+
+
 def service_environment() -> dict[str, str]:
-    """This environment with the GRPC_EXPERIMENTS ``apcv-verify serve`` starts gRPC with by
-    default (``server.grpc_experiments``, unless the environment has its own): the echo
-    servers get it too, so that the echo call is the same stack as the service's."""
-    environment = dict(os.environ)
-    value = ServerSection().grpc_experiments_variable
-    if value:
-        environment.setdefault("GRPC_EXPERIMENTS", value)
-    return environment
+    """This environment with :func:`service_grpc_experiments`: the echo servers get it too,
+    so that the echo call is the same stack as the service's."""
+    return {**os.environ, **service_grpc_experiments()}
 
 
 def service_loop() -> Callable[[], asyncio.AbstractEventLoop]:

@@ -51,6 +51,7 @@ from service_bench import (  # noqa: E402
     measure_core,
     measure_server,
     service_environment,
+    service_grpc_experiments,
     service_loop,
 )
 
@@ -297,7 +298,7 @@ def _start_service(name: str, pki: Any, work: Path, size: int) -> Any:
     leave_out = "" if name.startswith("full") else name
     # The patched server loads gRPC before `serve` could give it server.grpc_experiments:
     # given here instead, as `apcv-verify serve` would.
-    env = {**service_environment(), "APCV_GAP": leave_out, "APCV_GAP_SIZE": str(size)}
+    env = {**service_grpc_experiments(), "APCV_GAP": leave_out, "APCV_GAP_SIZE": str(size)}
     if "grpcdefaults" in leave_out:  # gRPC's own experiments, not server.grpc_experiments
         env["GRPC_EXPERIMENTS"] = ""
     if path:

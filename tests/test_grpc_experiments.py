@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from apcv_verify.cli.main import give_grpc_experiments
+from apcv_verify.cli.main import give_grpc_experiments, grpc_experiments_environment
 from apcv_verify.config import ConfigError, ServerSection
 from apcv_verify.issuer import DemoPKI
 from structlog.testing import capture_logs
@@ -44,6 +44,16 @@ def traced_server(pki: DemoPKI, log: Path, env: dict[str, str]) -> ServerProcess
     return server
 
 
+def test_the_entry_is_the_setting_unless_the_environment_has_the_variable() -> None:
+    server = ServerSection()
+    assert grpc_experiments_environment(server, {}) == {
+        "GRPC_EXPERIMENTS": "-event_engine_listener"
+    }
+    # An operator's own value, even an empty one, is kept: no entry to add.
+    assert grpc_experiments_environment(server, {"GRPC_EXPERIMENTS": ""}) == {}
+    assert grpc_experiments_environment(ServerSection(grpc_experiments=""), {}) == {}
+
+
 @pytest.mark.slow
 def test_serve_starts_grpc_without_eventengine_s_listener(
     pki: DemoPKI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -72,7 +82,7 @@ def test_the_setting_is_given_before_grpc_is_loaded(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """
         import os, sys
-        from apcv_verify.cli.main import give_grpc_experiments
+        from apcv_verify.cli.main import give_grpc_experiments, grpc_experiments_environment
         from apcv_verify.config import ServerSection
         assert "grpc" not in sys.modules, "the command's module loaded gRPC"
         give_grpc_experiments(ServerSection(grpc_experiments=" -event_engine_listener , b "))

@@ -6,7 +6,7 @@ import argparse
 import importlib.metadata
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -36,17 +36,29 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def give_grpc_experiments(server: ServerSection) -> None:
-    """``server.grpc_experiments`` as GRPC_EXPERIMENTS, unless the environment already has
-    one. gRPC reads that variable once, when it is first imported: so this runs before
-    anything imports grpc (this module does not), and the worker processes inherit it."""
+def grpc_experiments_environment(
+    server: ServerSection, environ: Mapping[str, str] = os.environ
+) -> dict[str, str]:
+    """The GRPC_EXPERIMENTS entry ``apcv-verify serve`` starts gRPC with:
+    ``server.grpc_experiments``, unless ``environ`` already has the variable (then none,
+    as when the setting is empty). The benchmark's echo servers get the same entry."""
     value = server.grpc_experiments_variable
-    if not value or "GRPC_EXPERIMENTS" in os.environ:
+    if not value or "GRPC_EXPERIMENTS" in environ:
+        return {}
+    return {"GRPC_EXPERIMENTS": value}
+
+
+def give_grpc_experiments(server: ServerSection) -> None:
+    """Put :func:`grpc_experiments_environment`'s entry in this process's environment. gRPC
+    reads that variable once, when it is first imported: so this runs before anything
+    imports grpc (this module does not), and the worker processes inherit it."""
+    entry = grpc_experiments_environment(server)
+    if not entry:
         return
     if "grpc" in sys.modules:  # a caller that loaded gRPC first (e.g. a test harness)
         log.warning("grpc_experiments_not_applied", reason="grpc was imported before serve")
         return
-    os.environ["GRPC_EXPERIMENTS"] = value
+    os.environ.update(entry)
 
 
 def _serve(args: argparse.Namespace) -> int:
