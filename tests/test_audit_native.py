@@ -20,6 +20,8 @@ from apcv_verify.observe import logs
 from apcv_verify.observe.audit import RECORD_KEYS, AuditTrail
 from apcv_verify.observe.logs import configure_logging
 from apcv_verify.observe.metrics import ServiceMetrics
+from apcv_verify.observe.tracing import configure_tracing, shutdown_tracing
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from .test_audit import StdoutRecorder
 from .test_wire import new_verifier, scans_of_every_kind
@@ -78,6 +80,32 @@ def test_the_core_renders_the_usual_tail_as_audit_tail_does(pki: DemoPKI) -> Non
         structlog.contextvars.unbind_contextvars("worker")
         configure_logging("warning")
         assert logs.native_audit_tail(RECORD_KEYS) == ""
+    finally:
+        structlog.configure(**saved)
+        configure_logging("info")
+
+
+def test_a_unary_call_is_audited_in_the_core_only_with_the_usual_tail() -> None:
+    """``native_tail_chunk_bytes``: the audit buffer's write size when ``native_audit_tail``
+    is True and tracing is off (a unary call's record is then made in its binding call),
+    else 0 — a bound variable, the audit's level not logged, tracing on."""
+    saved = structlog.get_config()
+    try:
+        configure_logging("info")
+        assert logs.native_tail_chunk_bytes(RECORD_KEYS) == logs.audit_chunk_bytes() > 0
+        assert logs.native_tail_chunk_bytes(RECORD_KEYS | {"level"}) == 0
+        structlog.contextvars.bind_contextvars(worker=1)
+        assert logs.native_tail_chunk_bytes(RECORD_KEYS) == 0
+        structlog.contextvars.unbind_contextvars("worker")
+        assert logs.native_tail_chunk_bytes(RECORD_KEYS) > 0
+        configure_tracing(True, exporter=InMemorySpanExporter(), batch=False)
+        try:
+            assert logs.native_audit_tail(RECORD_KEYS) is True  # no span: the usual tail
+            assert logs.native_tail_chunk_bytes(RECORD_KEYS) == 0  # but the call is traced
+        finally:
+            shutdown_tracing()
+        configure_logging("warning")
+        assert logs.native_tail_chunk_bytes(RECORD_KEYS) == 0
     finally:
         structlog.configure(**saved)
         configure_logging("info")

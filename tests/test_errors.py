@@ -55,8 +55,11 @@ def test_an_unexpected_exception_becomes_internal_without_its_text(
     async def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError(SECRET)
 
+    def broken_unary(*args: Any, **kwargs: Any) -> Any:  # a plain call, not a coroutine
+        raise RuntimeError(SECRET)
+
     monkeypatch.setattr(VerifierService, "_answer", broken)
-    monkeypatch.setattr(VerifierService, "_answer_unary", broken)  # the in-process stores' path
+    monkeypatch.setattr(VerifierService, "_answer_unary", broken_unary)  # in-process stores
     saved = structlog.get_config()
     buffer = io.StringIO()
     try:

@@ -60,8 +60,11 @@ def test_a_call_error_outside_the_contract_is_reported(
     async def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("a bug in the servicer")
 
+    def broken_unary(*args: Any, **kwargs: Any) -> Any:  # a plain call, not a coroutine
+        raise RuntimeError("a bug in the servicer")
+
     monkeypatch.setattr(VerifierService, "_answer", broken)
-    monkeypatch.setattr(VerifierService, "_answer_unary", broken)  # the in-process stores' path
+    monkeypatch.setattr(VerifierService, "_answer_unary", broken_unary)  # in-process stores
     with pytest.raises(AssertionError, match="call ended INTERNAL"):
         target.one_input((SEEDS / "verify-accepted").read_bytes())
 

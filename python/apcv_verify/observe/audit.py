@@ -26,9 +26,10 @@ from .logs import (
     audit_chunk_bytes,
     audit_lines,
     native_audit_tail,
+    native_tail_chunk_bytes,
     write_audit_lines,
 )
-from .tracing import core_span, current_tracing
+from .tracing import core_span
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -167,14 +168,16 @@ class AuditTrail:
         call's decision as :meth:`record_wire` would (logging configured, the usual tail,
         tracing off, the decision metrics kept in the binding or none); else None: then
         :meth:`record_wire` after the call. Its results go to :meth:`recorded_in_core`."""
-        if native_audit_tail(RECORD_KEYS) is not True or current_tracing() is not None:
+        chunk_bytes = native_tail_chunk_bytes(RECORD_KEYS)
+        if not chunk_bytes:
             return None
         metrics = self._metrics
         if metrics is None:
-            return self._key, None, audit_chunk_bytes()
-        if metrics.verification_counts is None:  # several workers: prometheus_client's files
+            return self._key, None, chunk_bytes
+        counts = metrics.verification_counts
+        if counts is None:  # several workers: prometheus_client's files
             return None
-        return self._key, metrics.verification_counts, audit_chunk_bytes()
+        return self._key, counts, chunk_bytes
 
     def recorded_in_core(self, lines: Sequence[str], replay_unavailable: int) -> None:
         """The rest of :meth:`record_wire` for a decision audited by ``answer_unary``

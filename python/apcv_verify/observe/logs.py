@@ -29,7 +29,7 @@ from typing import Any, Literal, TextIO
 
 import structlog
 
-from .tracing import add_trace_ids, trace_fields
+from .tracing import add_trace_ids, current_tracing, trace_fields
 
 __all__ = [
     "AUDIT_FLUSH_BYTES",
@@ -292,6 +292,22 @@ def native_audit_tail(record_keys: frozenset[str]) -> str | Literal[True] | None
     ):
         return True
     return audit_tail(record_keys)
+
+
+def native_tail_chunk_bytes(record_keys: frozenset[str]) -> int:
+    """:func:`audit_chunk_bytes` when the core may render a record of ``record_keys`` with
+    the usual tail now (:func:`native_audit_tail` True, tracing off), else 0: one check per
+    unary call instead of the tail's, the trace's and the chunk size's."""
+    buffer = _audit_buffer
+    if (
+        buffer is None
+        or not _audit_enabled
+        or current_tracing() is not None
+        or not _nothing_bound()
+        or not record_keys.isdisjoint(_PLAIN_TAIL_KEYS)
+    ):
+        return 0
+    return buffer.limit
 
 
 def audit_chunk_bytes() -> int:

@@ -182,27 +182,32 @@ def _split_method(full_method: str) -> tuple[str, str]:
 DEADLINE_SLACK_SECONDS = 0.25
 
 
+#: What ends a call early from the outside: the client's cancel or the deadline.
+_CUT_SHORT = (asyncio.CancelledError, GeneratorExit)
+
+
 def _final_code(
     context: grpc.aio.ServicerContext, error: BaseException | None, *, streaming: bool
 ) -> str:
-    """The status the call ends with, as go-grpc-prometheus names it (``OK``, ``NOT_FOUND``)."""
-    if isinstance(error, grpc.aio.AbortError):
-        code = context.code()  # set by abort()
-        return "UNKNOWN" if code is None else str(code.name)
+    """The status the call ends with, as go-grpc-prometheus names it (``OK``, ``NOT_FOUND``).
+    A call that returned is tested first: every answered call takes that way."""
     remaining = context.time_remaining()
     near_deadline = remaining is not None and remaining <= DEADLINE_SLACK_SECONDS
     # grpc.aio leaves cancelled() False after a client cancel (grpc/grpc#36193) and a
     # streaming handler may simply see its request stream end, so a cancelled stream
     # without a deadline can count as OK; a passed deadline is always seen.
-    cut_short = context.cancelled() or isinstance(error, asyncio.CancelledError | GeneratorExit)
-    if cut_short:
-        return "DEADLINE_EXCEEDED" if near_deadline else "CANCELLED"
-    deadline_passed = remaining is not None and remaining <= 0
-    if error is None and (deadline_passed or (streaming and near_deadline)):
-        return "DEADLINE_EXCEEDED"
     if error is None:
+        if context.cancelled():
+            return "DEADLINE_EXCEEDED" if near_deadline else "CANCELLED"
+        if near_deadline and (streaming or remaining <= 0):  # deadline passed, or near it
+            return "DEADLINE_EXCEEDED"
         code = context.code()  # set_code(); None means OK
         return "OK" if code is None else str(code.name)
+    if isinstance(error, grpc.aio.AbortError):
+        code = context.code()  # set by abort()
+        return "UNKNOWN" if code is None else str(code.name)
+    if context.cancelled() or isinstance(error, _CUT_SHORT):
+        return "DEADLINE_EXCEEDED" if near_deadline else "CANCELLED"
     return "UNKNOWN"  # what grpc.aio answers for an unhandled exception
 
 

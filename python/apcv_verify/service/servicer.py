@@ -132,24 +132,29 @@ class VerifierService:
         if isinstance(policy, CallRefused):
             await _refuse(context, policy)
         if self._unary_in_core:
-            return await self._answer_unary(call, policy, caller, context)
+            answer = self._answer_unary(call, policy, caller, context)
+            if isinstance(answer, tuple):
+                await abort(context, *answer)
+            return answer
         reply: bytes = await self._answer("Verify", call, policy, caller, context)
         return reply
 
-    async def _answer_unary(
+    def _answer_unary(
         self,
         call: _native.WireBatch,
         policy: CallerPolicy,
         caller: str,
         context: grpc.aio.ServicerContext,
-    ) -> bytes:
+    ) -> bytes | tuple[grpc.StatusCode, str, str]:
         """:meth:`_answer` of a unary call's usable scan with the in-process replay store and
         answers: the same checks, answer, audit and outcomes, with answer recovery,
         verification and the response in one binding call
-        (:meth:`~apcv_verify._native.WireBatch.answer_unary`) and no closure."""
+        (:meth:`~apcv_verify._native.WireBatch.answer_unary`) and no closure. A plain call,
+        not a coroutine, as :meth:`_verifier`: the response, or why the call must end (as
+        :func:`abort`'s code, reason and message)."""
         verifier = self._verifier(call, policy, caller, context)
         if isinstance(verifier, tuple):
-            await abort(context, *verifier)
+            return verifier
         now = int(time.time())
         started = time.perf_counter()
         view = self._view(policy)
@@ -165,8 +170,7 @@ class VerifierService:
                 call, verifier, view, caller, now, in_core
             )
             if reused:  # a unary call's reused request id ends the call (not audited)
-                await abort(
-                    context,
+                return (
                     grpc.StatusCode.ALREADY_EXISTS,
                     REUSED.reason,
                     f"scan.request_id: {REUSED.description}",
