@@ -1,18 +1,16 @@
-"""Request deserializers that never raise: bytes that do not decode become
-:class:`Undecodable`, which the servicer answers (INVALID_ARGUMENT) instead of grpcio (UNKNOWN
-with the exception text); bytes over their size limit become :class:`TooLarge`, unread. Batch
-and stream messages are decoded by the core (``_native.WireBatch``), which answers an
-undecodable item MALFORMED in place and an undecodable batch like :class:`Undecodable`.
+"""Request deserializers that never raise: a request is left encoded for the core
+(``_native.WireBatch``), which decodes it and answers an undecodable request
+INVALID_ARGUMENT (not grpcio's UNKNOWN with the exception text) and an undecodable batch or
+stream item MALFORMED in place; bytes over their size limit become :class:`TooLarge`, unread.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NoReturn, TypeVar
+from typing import NoReturn
 
 import grpc
-from google.protobuf.message import DecodeError, Message
 
 from .errors import abort
 
@@ -20,12 +18,8 @@ __all__ = [
     "MAX_REQUEST_BYTES",
     "UNDECODABLE",
     "TooLarge",
-    "Undecodable",
-    "bounded",
-    "lenient",
+    "left_encoded",
 ]
-
-M = TypeVar("M", bound=Message)
 
 #: Largest request of one scan (a Verify call, a VerifyStream request with ``scan``): the
 #: largest presentation is 16 KiB of NFC bytes or 4,296 QR characters (docs/profile.md
@@ -38,17 +32,9 @@ MAX_REQUEST_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
-class Undecodable:
-    """Bytes that are not a valid protobuf encoding of the expected message (broken framing,
-    invalid UTF-8 in a string field): what the request deserializers give instead of raising,
-    so that the servicer answers it (INVALID_ARGUMENT, or MALFORMED in place for an item)
-    rather than grpcio (UNKNOWN with the exception text, or a stream ended as a whole)."""
-
-
-@dataclass(frozen=True)
 class TooLarge:
     """A message over its size limit: what the request deserializers give, measured on the raw
-    bytes and left undecoded (:func:`bounded`), and what a batch's response is checked
+    bytes and left undecoded (:func:`left_encoded`), and what a batch's response is checked
     against. The service answers it RESOURCE_EXHAUSTED / ``MESSAGE_TOO_LARGE`` naming the
     limit and, when a setting bounds it, the setting to raise."""
 
@@ -87,35 +73,18 @@ class TooLarge:
         )
 
 
-R = TypeVar("R")
+def left_encoded(what: str, limit: int, setting: str | None) -> Callable[[bytes], bytes | TooLarge]:
+    """The deserializer of a request the core decodes: its bytes as they are, or a
+    :class:`TooLarge` unread when over ``limit``. One Python call per message: grpcio calls
+    it for every request."""
 
-
-def bounded(
-    deserialize: Callable[[bytes], R], what: str, limit: int, setting: str | None
-) -> Callable[[bytes], R | TooLarge]:
-    """``deserialize``, except that bytes over ``limit`` become a :class:`TooLarge` unread
-    (so an undecodable oversize message is refused for its size too)."""
-
-    def bounded(data: bytes) -> R | TooLarge:
+    def deserialize(data: bytes) -> bytes | TooLarge:
         if len(data) > limit:
             return TooLarge(what, len(data), limit, setting)
-        return deserialize(data)
+        return data
 
-    return bounded
+    return deserialize
 
 
 #: What an undecodable scan's field violation says (the field is the scan's path).
 UNDECODABLE = "not a valid protobuf encoding (for instance invalid UTF-8 in a string field)"
-
-
-def lenient(message_type: type[M]) -> Callable[[bytes], M | Undecodable]:
-    """A request deserializer for ``message_type`` that returns :class:`Undecodable` rather
-    than raising."""
-
-    def deserialize(data: bytes) -> M | Undecodable:
-        try:
-            return message_type.FromString(data)
-        except DecodeError:
-            return Undecodable()
-
-    return deserialize

@@ -26,7 +26,7 @@ from ..observe.audit import AuditTrail
 from ..replay.answers import REUSED, AnswerRecovery
 from ..replay.redis import RedisReplayStore
 from ..trust.sources import TrustSource
-from .decode import MAX_REQUEST_BYTES, UNDECODABLE, TooLarge, bounded
+from .decode import MAX_REQUEST_BYTES, UNDECODABLE, TooLarge, left_encoded
 from .errors import FieldProblem, abort
 from .interceptors import Registration
 from .policy import CALLER, CallRefused, caller_id, resolve_caller, scanned_at_permission
@@ -433,11 +433,6 @@ async def _invalid_argument(
     )
 
 
-def _as_bytes(data: bytes) -> bytes:
-    """A request left encoded, for the core to decode."""
-    return data
-
-
 def _stream_request(
     scan_limit: int, scan_setting: str | None, max_bytes: int
 ) -> Callable[[bytes], bytes | TooLarge]:
@@ -478,12 +473,12 @@ def add_verifier_service(service: VerifierService, server: grpc.aio.Server | Reg
     handlers = {
         "Verify": grpc.unary_unary_rpc_method_handler(
             service.Verify,
-            request_deserializer=bounded(_as_bytes, "request", scan_limit, scan_setting),
+            request_deserializer=left_encoded("request", scan_limit, scan_setting),
             response_serializer=None,  # encoded by the core
         ),
         "VerifyBatch": grpc.unary_unary_rpc_method_handler(
             service.VerifyBatch,
-            request_deserializer=bounded(_as_bytes, "batch", max_bytes, setting),
+            request_deserializer=left_encoded("batch", max_bytes, setting),
             response_serializer=None,  # encoded by the core
         ),
         "VerifyStream": grpc.stream_stream_rpc_method_handler(
