@@ -407,8 +407,9 @@ class AnswerRecovery:
             now + self.retention,
             audit,
         )
-        self._unreadable(unreadable)
-        self._count(resent, reused)
+        if unreadable or resent or reused:  # rare: a call less each on the usual way
+            self._unreadable(unreadable)
+            self._count(resent, reused)
         return reply, reused, lines, unavailable
 
     def _recovered(
