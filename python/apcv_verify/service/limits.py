@@ -42,7 +42,7 @@ from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client import Counter as PromCounter
 
-from ..config import ServerSection
+from ..config import ANONYMOUS_CALLER, ServerSection
 from .errors import abort
 from .interceptors import _CachingInterceptor, _split_method, handler_kind
 from .policy import caller_id
@@ -302,7 +302,7 @@ class LimitsInterceptor(_CachingInterceptor):
             if server.stream_memory_bytes
             else None
         )
-        #: The limits of :meth:`_enter`, in the order it checks them.
+        #: The limits :meth:`admission` checks, in that order.
         self._maxima = (
             server.max_concurrent_rpcs,
             server.max_streams_per_connection,
@@ -315,64 +315,78 @@ class LimitsInterceptor(_CachingInterceptor):
 
     # -- counting --------------------------------------------------------------------------
 
-    def _enter(self, health: bool, connection: str, caller: str) -> str | None:
-        """Count a call in, or return the setting that refuses it (a limit of 0: none). Plain
-        tests and dict lookups: every call pays this."""
-        if health:  # probes only compete with probes
-            if self._health_calls >= MAX_HEALTH_CALLS:
-                return "health"
-            self._health_calls += 1
-            return None
-        max_calls, max_per_connection, max_per_caller = self._maxima
-        if max_calls and self._calls >= max_calls:
-            return "server.max_concurrent_rpcs"
-        per_connection = self._per_connection
-        on_connection = per_connection.get(connection, 0)
-        if max_per_connection and on_connection >= max_per_connection:
-            return "server.max_streams_per_connection"
-        per_caller = self._per_caller
-        of_caller = per_caller.get(caller, 0)
-        if max_per_caller and of_caller >= max_per_caller:
-            return "server.max_streams_per_caller"
-        self._calls += 1
-        per_connection[connection] = on_connection + 1
-        per_caller[caller] = of_caller + 1
-        return None
-
-    def _leave(self, health: bool, connection: str, caller: str) -> None:
-        if health:
-            self._health_calls -= 1
-            return
-        self._calls -= 1
-        for counts, key in ((self._per_connection, connection), (self._per_caller, caller)):
-            left = counts[key] - 1
-            if left > 0:
-                counts[key] = left
-            else:  # no entry kept for a connection or caller without calls
-                del counts[key]
-
     def admission(
         self, method: str
     ) -> tuple[
         Callable[[grpc.aio.ServicerContext, str], tuple[str, str] | str],
         Callable[[tuple[str, str]], None],
     ]:
-        """How a unary call of ``method`` is counted in and out, for one wrapper that does
-        more than the limits (:class:`~apcv_verify.service.interceptors.CallInterceptor`):
-        ``admit(context, caller)`` (``caller``: the call's caller id, which the wrapper reads
-        once for the limits and the handler) gives the call's (connection, caller) keys,
-        counted in, or the setting that refuses it (to :meth:`refuse` with);
-        ``release(keys)`` counts it out."""
-        health = _split_method(method)[0] == HEALTH_SERVICE
-        enter, leave = self._enter, self._leave
+        """How a call of ``method`` is counted in and out: ``admit(context, caller)``
+        (``caller``: the call's caller id, :func:`~apcv_verify.service.policy.caller_id`)
+        gives the call's keys, counted in — the peer address with its port (one per TCP
+        connection) and the caller's (the client certificate's CN or, without one, the
+        peer's IP address) —, or the setting that refuses it (to :meth:`refuse` with; a
+        limit of 0: none); ``release(keys)`` counts it out. Plain tests and dict updates in
+        one call each way: every call pays them. Health probes only compete with probes."""
+        if _split_method(method)[0] == HEALTH_SERVICE:
+            return self._health_admission()
+        max_calls, max_per_connection, max_per_caller = self._maxima
+        per_connection = self._per_connection
+        per_caller = self._per_caller
 
         def admit(context: grpc.aio.ServicerContext, caller: str) -> tuple[str, str] | str:
-            connection, key = _keys(context, caller)
-            refused = enter(health, connection, key)
-            return (connection, key) if refused is None else refused
+            connection = context.peer() or ""
+            key = (
+                "ip:" + connection.rpartition(":")[0]
+                if caller == ANONYMOUS_CALLER
+                else "cn:" + caller
+            )
+            if max_calls and self._calls >= max_calls:
+                return "server.max_concurrent_rpcs"
+            on_connection = per_connection.get(connection, 0)
+            if max_per_connection and on_connection >= max_per_connection:
+                return "server.max_streams_per_connection"
+            of_caller = per_caller.get(key, 0)
+            if max_per_caller and of_caller >= max_per_caller:
+                return "server.max_streams_per_caller"
+            self._calls += 1
+            per_connection[connection] = on_connection + 1
+            per_caller[key] = of_caller + 1
+            return connection, key
 
         def release(keys: tuple[str, str]) -> None:
-            leave(health, *keys)
+            connection, key = keys
+            self._calls -= 1
+            # No entry kept for a connection or caller without calls.
+            left = per_connection[connection] - 1
+            if left:
+                per_connection[connection] = left
+            else:
+                del per_connection[connection]
+            left = per_caller[key] - 1
+            if left:
+                per_caller[key] = left
+            else:
+                del per_caller[key]
+
+        return admit, release
+
+    def _health_admission(
+        self,
+    ) -> tuple[
+        Callable[[grpc.aio.ServicerContext, str], tuple[str, str] | str],
+        Callable[[tuple[str, str]], None],
+    ]:
+        """:meth:`admission` of the health service: at most MAX_HEALTH_CALLS at once."""
+
+        def admit(context: grpc.aio.ServicerContext, caller: str) -> tuple[str, str] | str:
+            if self._health_calls >= MAX_HEALTH_CALLS:
+                return "health"
+            self._health_calls += 1
+            return "", ""
+
+        def release(keys: tuple[str, str]) -> None:
+            self._health_calls -= 1
 
         return admit, release
 
@@ -402,20 +416,19 @@ class LimitsInterceptor(_CachingInterceptor):
         attribute = kind[0]
         behaviour = getattr(handler, attribute)
         service = _split_method(method)[0]
-        health = service == HEALTH_SERVICE
         guarded = attribute == "stream_stream" and service in self._stream_services
+        admit, release = self.admission(method)
         wrapped: Callable[..., Any]
         if inspect.iscoroutinefunction(behaviour):  # a unary answer, or one sent by write()
 
             async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                connection, caller = _keys(context)
-                refused = self._enter(health, connection, caller)
-                if refused is not None:
-                    await self._refuse(context, refused)
+                keys = admit(context, caller_id(context.auth_context()))
+                if isinstance(keys, str):
+                    await self.refuse(context, keys)
                 try:
                     return await behaviour(request, context)
                 finally:
-                    self._leave(health, connection, caller)
+                    release(keys)
 
             wrapped = call
         elif guarded and inspect.isasyncgenfunction(behaviour):
@@ -423,10 +436,9 @@ class LimitsInterceptor(_CachingInterceptor):
             async def guarded_stream(
                 requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
             ) -> AsyncIterator[Any]:
-                connection, caller = _keys(context)
-                refused = self._enter(health, connection, caller)
-                if refused is not None:
-                    await self._refuse(context, refused)
+                keys = admit(context, caller_id(context.auth_context()))
+                if isinstance(keys, str):
+                    await self.refuse(context, keys)
                 guard = _StreamGuard(self._idle_seconds, self.budget)
                 try:
                     async for response in behaviour(guard.requests(requests), context):
@@ -438,21 +450,20 @@ class LimitsInterceptor(_CachingInterceptor):
                     await self._end_over_budget(context)
                 finally:
                     guard.release()
-                    self._leave(health, connection, caller)
+                    release(keys)
 
             wrapped = guarded_stream
         elif inspect.isasyncgenfunction(behaviour):
 
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                connection, caller = _keys(context)
-                refused = self._enter(health, connection, caller)
-                if refused is not None:
-                    await self._refuse(context, refused)
+                keys = admit(context, caller_id(context.auth_context()))
+                if isinstance(keys, str):
+                    await self.refuse(context, keys)
                 try:
                     async for response in behaviour(request, context):
                         yield response
                 finally:
-                    self._leave(health, connection, caller)
+                    release(keys)
 
             wrapped = stream
         else:  # synchronous (none here): grpc's thread pool, with grpc's own handling
@@ -487,15 +498,3 @@ class LimitsInterceptor(_CachingInterceptor):
             " (server.stream_memory_bytes): resend the unanswered ones with backoff",
             metadata={"setting": "server.stream_memory_bytes", "limit": str(self.budget.limit)},
         )
-
-
-def _keys(context: grpc.aio.ServicerContext, caller: str | None = None) -> tuple[str, str]:
-    """(connection, caller) of a call: the peer address with its port (one per TCP
-    connection), and the client certificate's CN or, without one, the peer's IP address.
-    ``caller``: the call's caller id (:func:`~apcv_verify.service.policy.caller_id`), when
-    already read."""
-    peer = context.peer() or ""
-    if caller is None:
-        caller = caller_id(context.auth_context())
-    key = "ip:" + peer.rpartition(":")[0] if caller == "anonymous" else "cn:" + caller
-    return peer, key
