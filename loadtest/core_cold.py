@@ -1,0 +1,134 @@
+"""What the core costs when other work has run between two of its calls.
+
+``core1`` in the benchmark is the core in a tight loop: its code and data stay in the CPU's
+caches from one presentation to the next. In the server they do not: between two unary calls
+gRPC, the event loop, the interpreter and the kernel run, and the load generator runs on the
+other CPU, sharing the last-level cache. This measures, in one process, the CPU time of one
+presentation (thread CPU around the call only) for
+
+* ``core``: ``Verifier.verify_batch`` of one ``Scan``, as ``core1``;
+* ``unary``: the service's unary binding call (``WireBatch.unary`` of an encoded
+  ``VerifyRequest``, then ``answer_unary`` with the answer store and the audit line), as
+  ``Verify`` makes it;
+
+each warm (nothing between calls) and after other work between calls: ``--touch`` MiB read
+and written (a copy of a buffer that size), or ``pages`` (one byte read in each 4 KiB page of
+64 MiB: the address translations evicted, little data). Rounds alternate in order; medians.
+
+    python loadtest/core_cold.py [--rounds 3] [--items 2000] [--touch 0,0.5,2,8,pages]
+
+Findings in docs/benchmarks.md "Unary: the floor under the ratio". Not part of ``make bench``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from apcv_verify import _native  # noqa: E402
+from apcv_verify._proto.apcv.verify.v1 import verifier_pb2  # noqa: E402
+from apcv_verify.config import FIELD_GROUPS, USES  # noqa: E402
+from apcv_verify.issuer import DemoPKI  # noqa: E402
+from apcv_verify.replay.answers import MemoryAnswers  # noqa: E402
+from corpus import READER_ID, make_pki, presentations  # noqa: E402
+from service_bench import encode_unary  # noqa: E402
+
+PAGE = 4096
+PAGES_SPAN = 64 << 20
+
+
+def _verifier(pki: DemoPKI, now: int) -> _native.Verifier:
+    trust = _native.TrustList.verify(pki.trust_list, [pki.anchor_cose_key], now)
+    lists = [_native.StatusList.verify(s, trust, now) for s in pki.status_lists.values()]
+    return _native.Verifier(
+        trust, lists, _native.Policy(allow_test_identities=True), _native.MemoryReplayStore()
+    )
+
+
+def toucher(touch: str) -> Callable[[], object] | None:
+    """The work run between two calls: None, ``pages``, or a size in MiB."""
+    if touch == "pages":
+        span = bytearray(PAGES_SPAN)
+        return lambda: span[::PAGE]  # one byte read per page, into a new 16 KiB bytearray
+    size = int(float(touch) * (1 << 20))
+    if not size:
+        return None
+    buffer = bytearray(size)
+    return lambda: bytes(buffer)  # size read and size written
+
+
+def measure(pki: DemoPKI, what: str, touch: str, items: int, round_: int) -> float:
+    """µs of thread CPU per presentation, inside the calls only."""
+    now = int(time.time())
+    verifier = _verifier(pki, now)
+    between = toucher(touch)
+    fresh = list(presentations(pki, items))
+    clock = time.thread_time
+    spent = 0.0
+    accepted = 0
+    if what == "core":
+        for scan in [_native.Scan(p, READER_ID) for p in fresh]:
+            if between is not None:
+                between()
+            started = clock()
+            (result,) = verifier.verify_batch([scan], now)
+            spent += clock() - started
+            accepted += result.accepted
+    else:
+        view = _native.CallerView(list(USES), {use: list(FIELD_GROUPS) for use in ("", *USES)})
+        audit = (_native.HolderRefKey(b"core-cold"), None, 4096)
+        answers = MemoryAnswers(10 * items, "core-cold")
+        for request in encode_unary(fresh, f"{touch}-{round_}-"):
+            if between is not None:
+                between()
+            started = clock()
+            call = _native.WireBatch.unary(request)
+            assert call is not None
+            reply = call.answer_unary(
+                verifier, view, now, answers.store, answers.answer_keys, "bench", now + 600, audit
+            )[3]
+            spent += clock() - started
+            assert reply is not None  # no FHIR JSON asked for, no request id reused
+            decision = verifier_pb2.VerifyResponse.FromString(reply).verdict.decision
+            accepted += decision == verifier_pb2.DECISION_ACCEPTED
+    if accepted != items:
+        raise SystemExit(f"{what}: {accepted} of {items} presentations accepted")
+    return spent / items * 1e6
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--items", type=int, default=2000)
+    parser.add_argument("--touch", default="0,0.5,2,8,pages", help="comma-separated")
+    args = parser.parse_args()
+    touches = args.touch.split(",")
+    with tempfile.TemporaryDirectory(prefix="apcv-core-cold-") as temporary:
+        pki = make_pki(Path(temporary) / "pki")
+        cases = [(what, touch) for what in ("core", "unary") for touch in touches]
+        results: dict[tuple[str, str], list[float]] = {case: [] for case in cases}
+        for what in ("core", "unary"):  # warm-up: the process's first calls are not measured
+            measure(pki, what, "0", min(args.items, 200), 0)
+        for round_ in range(1, args.rounds + 1):
+            for what, touch in cases if round_ % 2 else reversed(cases):
+                value = measure(pki, what, touch, args.items, round_)
+                results[what, touch].append(value)
+                print(f"round {round_} {what:6} touch {touch:>6} {value:7.1f} µs", flush=True)
+    print("\nmedian (min–max) µs of thread CPU per presentation, inside the calls")
+    for (what, touch), values in results.items():
+        warm = statistics.median(results[what, touches[0]])
+        print(
+            f"{what:6} touch {touch:>6} {statistics.median(values):7.1f} "
+            f"({min(values):.1f}–{max(values):.1f})  {statistics.median(values) - warm:+7.1f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
