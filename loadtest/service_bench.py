@@ -12,6 +12,9 @@ of the service's size sent back), then runs, in the opposite order of the previo
   ``VerifyStream`` with one scan per request, ``--streams`` streams each keeping up to 64
   requests in flight; ``stream20``: ``VerifyStream`` with 20 scans per request (``scans``, as
   an edge reader's batcher sends them), up to 12 requests (240 scans) in flight per stream;
+* ``verify-floor``: unary ``Verify`` to a server whose ``Verify`` is the service's binding
+  call alone, with none of the service's Python around it (:func:`add_floor_verify`): the
+  least any handler on grpc.aio does with this core, beside ``verify``;
 * ``echo``: unary calls to the echo server with the ``Verify`` request and response sizes;
   ``echo-batch100``, ``echo-stream`` and ``echo-stream20``: the ``VerifyBatch`` and the two
   ``VerifyStream`` shapes on it (what gRPC and protobuf alone cost per presentation in each).
@@ -630,6 +633,81 @@ def _start_variant(name: str, path: str | None, pki: Any, work: Path) -> Any:
                 os.environ["PYTHONPATH"] = saved
 
 
+#: The unary case against the floor server (:func:`add_floor_verify`): ``Verify`` with none
+#: of the service's Python around its binding call.
+FLOOR = "verify-floor"
+
+
+def add_floor_verify(service: Any, server: Any) -> None:
+    """Register, in place of the service's handlers, ``Verify`` reduced to the work no handler
+    can leave out, on the gRPC server itself (no wrapper: no metrics, limits or error
+    mapping): the request decoded, verified, kept for answer recovery, audited and answered in
+    the binding call the service makes (``answer_unary``), and the audit lines written. No
+    caller lookup (the policy of ``anonymous``, the benchmark's caller, resolved once), no
+    request or deadline checks, no trust list expiry check. What it costs over the echo call
+    and the core is the floor under the service's unary ratio: no arrangement of the
+    service's Python, in Python or in the binding, costs less (docs/benchmarks.md "Unary: the
+    floor under the ratio")."""
+    from apcv_verify.config import ANONYMOUS_CALLER
+    from apcv_verify.service.policy import resolve_caller
+    from apcv_verify.service.servicer import SERVICE_NAME
+
+    raw = getattr(server, "_server", server)  # the gRPC server under the service's Registration
+    policy = resolve_caller(service._config, ANONYMOUS_CALLER)
+    view = service._view(policy)
+    delay = policy.max_scan_delay_seconds
+    trust, audit, recovery = service._trust, service._audit, service._recovery
+    unary = _native.WireBatch.unary
+
+    async def floor(request: bytes, context: Any) -> bytes:
+        call = unary(request)
+        assert call is not None, "the benchmark's requests decode"
+        verifier = trust.current.verifiers[delay]
+        now = int(time.time())
+        in_core = audit.unary_in_core()
+        if recovery is None:
+            reply, lines, unavailable = call.answer_unary(
+                verifier, view, now, caller=ANONYMOUS_CALLER, audit=in_core
+            )[3:]
+        else:
+            reply, _, lines, unavailable = recovery.answer_unary(
+                call, verifier, view, ANONYMOUS_CALLER, now, in_core
+            )
+        audit.recorded_in_core(lines, unavailable)
+        assert reply is not None, "the floor answers the benchmark's requests: no FHIR JSON"
+        return reply
+
+    handlers = {"Verify": grpc.unary_unary_rpc_method_handler(floor)}
+    raw.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    raw.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
+def _floor_serve(argv: list[str]) -> int:
+    """``apcv-verify serve`` (``argv``: ``serve`` and its options) with the floor ``Verify``
+    (:func:`add_floor_verify`) as its only service method."""
+    from apcv_verify.cli.main import main as cli_main
+    from apcv_verify.service import startup
+
+    startup.add_verifier_service = add_floor_verify
+    return cli_main(argv)
+
+
+def start_floor(pki: Any, work: Path) -> Any:
+    """The floor server (:func:`add_floor_verify`) on ``pki``'s trust material, started as
+    the service is (1 worker, memory store, audit to a file)."""
+    work.mkdir(parents=True, exist_ok=True)
+    return start_server(
+        Case("service-floor", "Verify", 1, "memory"),
+        pki.directory,
+        None,
+        work,
+        launcher=(sys.executable, __file__, "--floor-serve"),
+        # This file loads gRPC before `serve` could give it server.grpc_experiments: given
+        # here instead, as `apcv-verify serve` would.
+        env=service_grpc_experiments(),
+    )
+
+
 #: The latency step's runs against the grpc-go server, by placement (``split``: the server
 #: on one half of the CPUs and ghz on the other, as the service's; ``shared``).
 Floor = dict[str, list[dict[str, float]]]
@@ -652,6 +730,9 @@ def run(
                 for name, path in variants.items()
             }
             server = _start_variant(f"{round_}", None, pki, work)
+            floor_server = None
+            if not args.cases or FLOOR in args.cases:
+                floor_server = start_floor(pki, work / f"floor-{round_}")
             echo = None
             go_echo: tuple[subprocess.Popen[bytes], str] | None = None
             try:
@@ -666,9 +747,18 @@ def run(
                 asyncio.run(
                     _unary(server.address, SERVICE + "Verify", encode_unary(warm[1:], "w"), 8)
                 )
+                if floor_server is not None:
+                    asyncio.run(
+                        _unary(
+                            floor_server.address,
+                            SERVICE + "Verify",
+                            encode_unary(warm[1:], "w"),
+                            8,
+                        )
+                    )
                 echo, echo_address = _start_echo(size)
                 asyncio.run(_unary(echo_address, ECHO, encode_unary(warm, "w"), 8))
-                cases = ["core1", "core100", *SERVER_CASES]
+                cases = ["core1", "core100", *SERVER_CASES, FLOOR]
                 cases += ["echo-batch100", "echo-stream", "echo-stream20"]
                 cases += [f"{c}@{name}" for name in others for c in SERVER_CASES if c != "echo"]
                 if args.variant_core:  # each copy's own core (its native module)
@@ -687,6 +777,17 @@ def run(
                         result = measure_core(pki, items, int(case[4:]), round_)
                     elif case in ECHO_CASES:
                         result = measure_server(case, echo.pid, echo_address, items, round_, args)
+                    elif case == FLOOR:
+                        assert floor_server is not None
+                        result = measure_server(
+                            "verify",
+                            floor_server.process.pid,
+                            floor_server.address,
+                            items,
+                            round_,
+                            args,
+                        )
+                        result.case = case
                     else:
                         target = others[variant] if variant else server
                         result = measure_server(
@@ -737,6 +838,8 @@ def run(
                         process.terminate()
                         process.wait(timeout=10)
                 stop_server(server)
+                if floor_server is not None:
+                    stop_server(floor_server)
                 for other in others.values():
                     stop_server(other)
     return results, latencies, echo_latencies, floor
@@ -754,7 +857,8 @@ def report(
     floor: Floor | None = None,
 ) -> str:
     variants = sorted({r.case.partition("@")[2] for r in results} - {""})
-    cases = ["core1", "core100", *SERVER_CASES, "echo-batch100", "echo-stream", "echo-stream20"]
+    cases = ["core1", "core100", *SERVER_CASES, FLOOR]
+    cases += ["echo-batch100", "echo-stream", "echo-stream20"]
     cases += [f"{c}@{name}" for name in variants for c in SERVER_CASES if c != "echo"]
     core1, core100 = median(results, "core1"), median(results, "core100")
     echo = median(results, "echo")
@@ -809,6 +913,14 @@ def report(
             f" ({verify:.0f} / {unary_bound:.0f} µs) | ≤ 1 |",
             f"| Verify / core (1 per call){of} | {verify / core1:.2f} | |",
         ]
+    bare = median(results, FLOOR)
+    lines += [
+        f"| Verify's floor (`{FLOOR}`: the binding call alone, none of the service's Python)"
+        f" / (core + 1.2 × echo) | {bare / unary_bound:.2f} ({bare:.0f} / {unary_bound:.0f}"
+        f" µs) | |",
+        f"| Verify − {FLOOR}: the service's Python around its binding call, µs"
+        f" | {median(results, 'verify') - bare:.0f} | |",
+    ]
     echo_batch, echo_stream = median(results, "echo-batch100"), median(results, "echo-stream")
     echo_stream_scans = median(results, "echo-stream20")
     lines += [
@@ -912,15 +1024,15 @@ def plot(results: list[Measured], path: Path) -> str:
     import matplotlib.pyplot as plt
 
     measured = list(dict.fromkeys(r.case for r in results))  # in the order first measured
-    shapes = [  # (label, the service's case, the core's, the echo server's)
-        ("Verify", "verify", "core1", "echo"),
-        ("VerifyBatch(100)", "batch100", "core100", "echo-batch100"),
-        ("VerifyStream", "stream", "core100", "echo-stream"),
+    shapes = [  # (label, the service's cases, the core's, the echo server's)
+        ("Verify", ("verify", FLOOR), "core1", "echo"),
+        ("VerifyBatch(100)", ("batch100",), "core100", "echo-batch100"),
+        ("VerifyStream", ("stream",), "core100", "echo-stream"),
     ]
-    known = {c for shape in shapes for c in shape[1:]}
+    known = {c for _, cases, core, echo in shapes for c in (*cases, core, echo)}
     groups = [
-        (label, [c for c in measured if c.partition("@")[0] == case] + [core, echo])
-        for label, case, core, echo in shapes
+        (label, [c for c in measured if c.partition("@")[0] in cases] + [core, echo])
+        for label, cases, core, echo in shapes
     ]
     others = [c for c in measured if c.partition("@")[0] not in known]
     if others:
@@ -964,6 +1076,8 @@ def write_section(path: Path, section: str) -> None:
 
 
 def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--floor-serve":  # start_floor's server
+        return _floor_serve(sys.argv[2:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--items", type=int, default=3000, help="presentations per case")

@@ -16,7 +16,8 @@ alternating order, changing one thing per server:
 * service servers (``apcv-verify serve`` as ``service_bench.py`` starts it, through this file
   so that one piece can be left out, ``APCV_GAP``): every one also answers the echo method with
   the echo server's handler, so the same server's ``Verify`` and echo calls can be compared;
-  ``floor`` leaves out all of the service's Python around its binding call (``_add_floor``).
+  ``floor`` leaves out all of the service's Python around its binding call
+  (``service_bench.add_floor_verify``).
 
 With ``--core`` and the ``base`` echo server, each ``Verify`` figure is also given as the
 benchmark's unary ratio: server CPU per call over the core's plus 1.2 × the echo call's.
@@ -51,6 +52,7 @@ from service_bench import (  # noqa: E402
     _identity,
     _response_size,
     _unary,
+    add_floor_verify,
     encode_unary,
     measure_core,
     measure_server,
@@ -234,49 +236,6 @@ def _time_pieces(spent: list[Any]) -> None:
         )
 
 
-def _add_floor(service: Any, server: Any) -> None:
-    """``Verify`` reduced to the work no handler can leave out, registered on the gRPC server
-    itself (no wrapper: no metrics, limits or error mapping): the request decoded, verified,
-    kept for answer recovery, audited and answered in the binding call the service makes
-    (``answer_unary``), and the audit lines written. No caller lookup (the policy of
-    ``anonymous``, the benchmark's caller, resolved once), no request or deadline checks, no
-    trust list expiry check. What it costs over the echo call and the core is the floor under
-    the service's unary ratio."""
-    from apcv_verify import _native
-    from apcv_verify.config import ANONYMOUS_CALLER
-    from apcv_verify.service.policy import resolve_caller
-    from apcv_verify.service.servicer import SERVICE_NAME
-
-    raw = getattr(server, "_server", server)  # the gRPC server under the service's Registration
-    policy = resolve_caller(service._config, ANONYMOUS_CALLER)
-    view = service._view(policy)
-    delay = policy.max_scan_delay_seconds
-    trust, audit, recovery = service._trust, service._audit, service._recovery
-    unary = _native.WireBatch.unary
-
-    async def floor(request: bytes, context: Any) -> bytes:
-        call = unary(request)
-        assert call is not None, "the benchmark's requests decode"
-        verifier = trust.current.verifiers[delay]
-        now = int(time.time())
-        in_core = audit.unary_in_core()
-        if recovery is None:
-            reply, lines, unavailable = call.answer_unary(
-                verifier, view, now, caller=ANONYMOUS_CALLER, audit=in_core
-            )[3:]
-        else:
-            reply, _, lines, unavailable = recovery.answer_unary(
-                call, verifier, view, ANONYMOUS_CALLER, now, in_core
-            )
-        audit.recorded_in_core(lines, unavailable)
-        assert reply is not None, "the floor answers the benchmark's requests: no FHIR JSON"
-        return reply
-
-    handlers = {"Verify": grpc.unary_unary_rpc_method_handler(floor)}
-    raw.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
-    raw.add_registered_method_handlers(SERVICE_NAME, handlers)
-
-
 def _patched_serve(argv: list[str]) -> int:
     """``apcv-verify serve`` with the echo method added and ``APCV_GAP``'s pieces left out."""
     from apcv_verify.cli.main import main
@@ -289,7 +248,7 @@ def _patched_serve(argv: list[str]) -> int:
         if "noregistered" in leave_out:
             server.add_registered_method_handlers = lambda *_: None
         if "floor" in leave_out:
-            _add_floor(service, server)
+            add_floor_verify(service, server)
         else:
             added(service, server)
         handlers = _echo_handlers(int(os.environ["APCV_GAP_SIZE"]), identity=False)

@@ -1,6 +1,7 @@
 """The service benchmark keeps working (loadtest/service_bench.py --quick, no timing asserted):
 it drives a real server with pre-encoded Verify, VerifyBatch and VerifyStream requests (one
-scan per request, and 20) and a bare echo server, and writes its section of
+scan per request, and 20), the floor server (Verify as the service's binding call alone) and
+a bare echo server, and writes its section of
 docs/benchmarks.md; and the latency step's pieces: the server's own quantile from its
 histogram, the rows that keep the client-observed p99 as the figure, the CPU split."""
 
@@ -39,12 +40,15 @@ def test_quick_service_benchmark_writes_its_section(tmp_path: Path) -> None:
         for line in text.splitlines()
         if line.startswith("| ")
     }
-    for case in ("core1", "core100", "verify", "batch100", "stream", "stream20", "echo"):
+    cases = ("core1", "core100", "verify", "verify-floor", "batch100", "stream", "stream20")
+    for case in (*cases, "echo"):
         # Every presentation answered, and every one accepted (distinct, valid, no replay).
         assert rows[case][3].rstrip(" |") == "200/200", rows[case]
     assert rows["echo-stream20"][3].rstrip(" |") == "200/200", rows["echo-stream20"]
     assert "VerifyBatch(100) / core" in text and "Verify / (core + 1.2 × echo)" in text
     assert "| VerifyStream (20 per message) / core (100 per call) |" in text
+    assert "| Verify's floor (`verify-floor`: the binding call alone," in text
+    assert "| Verify − verify-floor: the service's Python around its binding call, µs |" in text
     assert png.read_bytes().startswith(b"\x89PNG")  # linked from the section
     assert "](benchmarks-service.png)\n<!-- service-bench:end -->" in text
 
