@@ -14,8 +14,12 @@ presentation (thread CPU around the call only) for
 each warm (nothing between calls) and after other work between calls: ``--touch`` MiB read
 and written (a copy of a buffer that size), or ``pages`` (one byte read in each 4 KiB page of
 64 MiB: the address translations evicted, little data). Rounds alternate in order; medians.
+``--crypto ring`` (or ``all``: aws-lc-rs and RustCrypto too, which builds AWS-LC) adds one
+ES256 verification alone in Rust after the same whole MiB (rust/core-bench ``crypto_floor
+--touch-mib``): how much of the core's loss is the signature's.
 
     python loadtest/core_cold.py [--rounds 3] [--items 2000] [--touch 0,0.5,2,8,pages]
+        [--crypto ring|all]
 
 Findings in docs/benchmarks.md "Unary: the floor under the ratio". Not part of ``make bench``.
 """
@@ -23,7 +27,10 @@ Findings in docs/benchmarks.md "Unary: the floor under the ratio". Not part of `
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +43,7 @@ from apcv_verify._proto.apcv.verify.v1 import verifier_pb2  # noqa: E402
 from apcv_verify.config import FIELD_GROUPS, USES  # noqa: E402
 from apcv_verify.issuer import DemoPKI  # noqa: E402
 from apcv_verify.replay.answers import MemoryAnswers  # noqa: E402
+from core_bench import CORE_BENCH, CORE_BENCH_TARGET  # noqa: E402
 from corpus import READER_ID, make_pki, presentations  # noqa: E402
 from service_bench import encode_unary  # noqa: E402
 
@@ -102,11 +110,42 @@ def measure(pki: DemoPKI, what: str, touch: str, items: int, round_: int) -> flo
     return spent / items * 1e6
 
 
+def crypto_after(touches: list[int], backends: str, rounds: int, items: int) -> list[str]:
+    """ES256 verification alone in Rust after each size in ``touches`` (whole MiB) copied
+    between verifications: rust/core-bench ``crypto_floor --touch-mib``, built as
+    loadtest/core_bench.py builds it (ring alone unless ``backends`` is ``all``)."""
+    env = {**os.environ, "CARGO_TARGET_DIR": str(CORE_BENCH_TARGET)}
+    build = ["cargo", "build", "--release", "--quiet", "--manifest-path"]
+    build += [str(CORE_BENCH / "Cargo.toml"), "--bin", "crypto_floor"]
+    subprocess.run(
+        build + ([] if backends == "all" else ["--no-default-features"]), env=env, check=True
+    )
+    command = [str(CORE_BENCH_TARGET / "release" / "crypto_floor")]
+    command += ["--touch-mib", ",".join(map(str, touches))]
+    command += ["--rounds", str(rounds), "--iterations", str(items)]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    runs: dict[tuple[str, int], list[float]] = {}
+    for line in output.splitlines():
+        row = json.loads(line)
+        runs.setdefault((row["backend"], row["touch_mib"]), []).append(row["cpu_us_per_verify"])
+    lines = []
+    for (backend, touch), values in runs.items():
+        warm = statistics.median(runs[backend, touches[0]])
+        lines.append(
+            f"ES256 {backend:10} touch {touch:>3} {statistics.median(values):7.1f} "
+            f"({min(values):.1f}–{max(values):.1f})  {statistics.median(values) - warm:+7.1f}"
+        )
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--touch", default="0,0.5,2,8,pages", help="comma-separated")
+    parser.add_argument(
+        "--crypto", choices=("ring", "all"), help="also ES256 alone in Rust (crypto_floor)"
+    )
     args = parser.parse_args()
     touches = args.touch.split(",")
     with tempfile.TemporaryDirectory(prefix="apcv-core-cold-") as temporary:
@@ -127,6 +166,10 @@ def main() -> int:
             f"{what:6} touch {touch:>6} {statistics.median(values):7.1f} "
             f"({min(values):.1f}–{max(values):.1f})  {statistics.median(values) - warm:+7.1f}"
         )
+    if args.crypto:
+        whole = [int(float(t)) for t in touches if t != "pages" and float(t).is_integer()]
+        print("\nES256 alone in Rust, µs of thread CPU per verification")
+        print("\n".join(crypto_after(whole, args.crypto, args.rounds, args.items)))
     return 0
 
 

@@ -10,11 +10,16 @@
 //! Output: one JSON object per line and case, then nothing else (`loadtest/core_bench.py`
 //! reads it). `--quick` runs few iterations, to keep the benchmark working in `make test`
 //! (which builds it without the `alternatives` feature: ring alone).
+//!
+//! `--touch-mib N,M,…` times instead each backend's ES256 verification on one thread with
+//! that many MiB copied between two verifications (0: none), the verification alone timed
+//! on the thread's clock: what it costs once other work has refilled the caches, as between
+//! two unary calls in the server (`loadtest/core_cold.py --crypto`).
 
 use std::hint::black_box;
 use std::time::Instant;
 
-use cpu_time::ProcessTime;
+use cpu_time::{ProcessTime, ThreadTime};
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 
@@ -159,6 +164,17 @@ fn main() {
         }
     }
 
+    let touches: Vec<usize> = args
+        .iter()
+        .position(|a| a == "--touch-mib")
+        .and_then(|i| args.get(i + 1))
+        .map(|list| list.split(',').filter_map(|v| v.parse().ok()).collect())
+        .unwrap_or_default();
+    if !touches.is_empty() {
+        after_other_work(&fx, backends, &touches, rounds, per_thread);
+        return;
+    }
+
     let mut cases = Vec::new();
     for a in algs {
         for threads in [1usize, 2] {
@@ -203,6 +219,53 @@ fn main() {
                 "cpu_us_per_verify": cpu.as_secs_f64() * 1e6 / n,
                 "verifies_per_s": n / wall.as_secs_f64(),
                 "load_avg": load,
+            });
+            println!("{line}");
+        }
+    }
+}
+
+/// ES256 verification by each backend on this thread, `per_case` times per case, with each
+/// size in `touches` (MiB) copied between two verifications; only the verifications timed.
+fn after_other_work(
+    fx: &Fixture,
+    backends: &[Backend],
+    touches: &[usize],
+    rounds: usize,
+    per_case: usize,
+) {
+    let largest = touches.iter().copied().max().unwrap_or(0) << 20;
+    let from = vec![1u8; largest];
+    let mut to = vec![0u8; largest];
+    let (key, sig) = fx.key_and_sig(Alg::Es256);
+    let cases: Vec<(Backend, usize)> = backends
+        .iter()
+        .flat_map(|&b| touches.iter().map(move |&t| (b, t)))
+        .collect();
+    for round in 1..=rounds {
+        let order: Vec<_> = if round % 2 == 0 {
+            cases.iter().rev().copied().collect()
+        } else {
+            cases.clone()
+        };
+        for (b, touch) in order {
+            let bytes = touch << 20;
+            let mut spent = 0.0;
+            for _ in 0..per_case {
+                to[..bytes].copy_from_slice(&from[..bytes]);
+                black_box(&to);
+                let started = ThreadTime::now();
+                let ok = verify(b, Alg::Es256, black_box(key), black_box(&fx.message), sig);
+                spent += started.elapsed().as_secs_f64();
+                assert!(ok);
+            }
+            let line = serde_json::json!({
+                "round": round,
+                "backend": format!("{b:?}"),
+                "alg": "Es256",
+                "touch_mib": touch,
+                "verifications": per_case,
+                "cpu_us_per_verify": spent * 1e6 / per_case as f64,
             });
             println!("{line}");
         }
