@@ -731,11 +731,11 @@ def run(
             }
             server = _start_variant(f"{round_}", None, pki, work)
             floor_server = None
-            if not args.cases or FLOOR in args.cases:
-                floor_server = start_floor(pki, work / f"floor-{round_}")
             echo = None
             go_echo: tuple[subprocess.Popen[bytes], str] | None = None
             try:
+                if not args.cases or FLOOR in args.cases:
+                    floor_server = start_floor(pki, work / f"floor-{round_}")
                 for other in others.values():
                     warm = list(presentations(pki, 100))
                     asyncio.run(
