@@ -45,18 +45,10 @@ from apcv_verify.issuer import DemoPKI  # noqa: E402
 from apcv_verify.replay.answers import MemoryAnswers  # noqa: E402
 from core_bench import CORE_BENCH, CORE_BENCH_TARGET  # noqa: E402
 from corpus import READER_ID, make_pki, presentations  # noqa: E402
-from service_bench import encode_unary  # noqa: E402
+from service_bench import core_verifier, encode_unary  # noqa: E402
 
 PAGE = 4096
 PAGES_SPAN = 64 << 20
-
-
-def _verifier(pki: DemoPKI, now: int) -> _native.Verifier:
-    trust = _native.TrustList.verify(pki.trust_list, [pki.anchor_cose_key], now)
-    lists = [_native.StatusList.verify(s, trust, now) for s in pki.status_lists.values()]
-    return _native.Verifier(
-        trust, lists, _native.Policy(allow_test_identities=True), _native.MemoryReplayStore()
-    )
 
 
 def toucher(touch: str) -> Callable[[], object] | None:
@@ -74,7 +66,7 @@ def toucher(touch: str) -> Callable[[], object] | None:
 def measure(pki: DemoPKI, what: str, touch: str, items: int, round_: int) -> float:
     """µs of thread CPU per presentation, inside the calls only."""
     now = int(time.time())
-    verifier = _verifier(pki, now)
+    verifier = core_verifier(pki, now)
     between = toucher(touch)
     fresh = list(presentations(pki, items))
     clock = time.thread_time
@@ -110,6 +102,16 @@ def measure(pki: DemoPKI, what: str, touch: str, items: int, round_: int) -> flo
     return spent / items * 1e6
 
 
+def summary(label: str, values: list[float], warm: list[float]) -> str:
+    """``label``, the median of ``values`` with their range, and its difference from the
+    median of ``warm`` (the same case with nothing between calls)."""
+    middle = statistics.median(values)
+    return (
+        f"{label} {middle:7.1f} ({min(values):.1f}–{max(values):.1f})"
+        f"  {middle - statistics.median(warm):+7.1f}"
+    )
+
+
 def crypto_after(touches: list[int], backends: str, rounds: int, items: int) -> list[str]:
     """ES256 verification alone in Rust after each size in ``touches`` (whole MiB) copied
     between verifications: rust/core-bench ``crypto_floor --touch-mib``, built as
@@ -128,14 +130,10 @@ def crypto_after(touches: list[int], backends: str, rounds: int, items: int) -> 
     for line in output.splitlines():
         row = json.loads(line)
         runs.setdefault((row["backend"], row["touch_mib"]), []).append(row["cpu_us_per_verify"])
-    lines = []
-    for (backend, touch), values in runs.items():
-        warm = statistics.median(runs[backend, touches[0]])
-        lines.append(
-            f"ES256 {backend:10} touch {touch:>3} {statistics.median(values):7.1f} "
-            f"({min(values):.1f}–{max(values):.1f})  {statistics.median(values) - warm:+7.1f}"
-        )
-    return lines
+    return [
+        summary(f"ES256 {backend:10} touch {touch:>3}", values, runs[backend, touches[0]])
+        for (backend, touch), values in runs.items()
+    ]
 
 
 def main() -> int:
@@ -161,11 +159,7 @@ def main() -> int:
                 print(f"round {round_} {what:6} touch {touch:>6} {value:7.1f} µs", flush=True)
     print("\nmedian (min–max) µs of thread CPU per presentation, inside the calls")
     for (what, touch), values in results.items():
-        warm = statistics.median(results[what, touches[0]])
-        print(
-            f"{what:6} touch {touch:>6} {statistics.median(values):7.1f} "
-            f"({min(values):.1f}–{max(values):.1f})  {statistics.median(values) - warm:+7.1f}"
-        )
+        print(summary(f"{what:6} touch {touch:>6}", values, results[what, touches[0]]))
     if args.crypto:
         whole = [int(float(t)) for t in touches if t != "pages" and float(t).is_integer()]
         print("\nES256 alone in Rust, µs of thread CPU per verification")

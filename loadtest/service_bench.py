@@ -368,13 +368,19 @@ def measure_server(
     )
 
 
-def measure_core(pki: Any, items: Sequence[bytes], per_call: int, round_: int) -> Measured:
-    now = int(time.time())
+def core_verifier(pki: Any, now: int) -> _native.Verifier:
+    """A fresh verifier of ``pki``'s trust and status lists at ``now``, as ``core1`` and
+    ``core100`` use it (the service's default signature cache, a new memory replay store)."""
     trust = _native.TrustList.verify(pki.trust_list, [pki.anchor_cose_key], now)
     lists = [_native.StatusList.verify(s, trust, now) for s in pki.status_lists.values()]
-    verifier = _native.Verifier(
+    return _native.Verifier(
         trust, lists, _native.Policy(allow_test_identities=True), _native.MemoryReplayStore()
     )
+
+
+def measure_core(pki: Any, items: Sequence[bytes], per_call: int, round_: int) -> Measured:
+    now = int(time.time())
+    verifier = core_verifier(pki, now)
     scans = [_native.Scan(p, READER_ID) for p in items]
     load = os.getloadavg()[0]
     accepted = 0
