@@ -2,9 +2,10 @@
 //! `exp` + skew. The key is `cti`, never the signature bytes (ECDSA signatures are
 //! malleable, §7.4).
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Mutex, MutexGuard};
+
+use hashbrown::HashTable;
 
 use crate::limits::CTI_LEN;
 
@@ -56,22 +57,72 @@ fn clamp_u32(t: i64) -> u32 {
     u32::try_from(t.max(0)).unwrap_or(u32::MAX)
 }
 
+/// Buckets of the table the sweep looks at on each insert. The whole table is swept once every
+/// `num_buckets / SWEEP_BUCKETS` inserts, so an expired entry stays at most that long. At a
+/// steady rate, with `L` live entries in a table of `B` buckets, the table holds about
+/// `L + B / (2 × SWEEP_BUCKETS)` entries: with 4 it never needs more than one doubling past
+/// the live entries' own size (`L ≤ 0.75 B` keeps it under the table's 7/8 load limit).
+const SWEEP_BUCKETS: usize = 16;
+
+/// One live `cti` and what the store keeps for it.
+type Slot = ([u8; CTI_LEN], Entry);
+
 struct Inner {
-    entries: HashMap<[u8; CTI_LEN], Entry>,
+    entries: HashTable<Slot>,
     /// Earliest expiry among the entries (a lower bound): purging before it frees nothing,
     /// so a full store does not rescan on every insert.
     min_expiry: i64,
+    /// The next bucket the sweep looks at.
+    sweep_at: usize,
 }
 
-/// The embedded, in-process store: bounded, with entries purged once expired.
+impl Inner {
+    /// Drops the expired entries among the next [`SWEEP_BUCKETS`] buckets. Expired entries
+    /// are dropped a few at a time as new ones come, so that no single call pays for all of
+    /// them: a whole-table purge holds the store for tens of milliseconds at a million
+    /// entries (docs/benchmarks.md "The replay store's sweep").
+    fn sweep(&mut self, now: i64) {
+        let buckets = self.entries.num_buckets();
+        for _ in 0..SWEEP_BUCKETS.min(buckets) {
+            let at = self.sweep_at % buckets;
+            self.sweep_at = at + 1;
+            if let Ok(slot) = self.entries.get_bucket_entry(at) {
+                if !slot.get().1.live(now) {
+                    slot.remove();
+                }
+            }
+        }
+    }
+
+    /// Drops every expired entry: only when the store is full, to fail closed only for live
+    /// entries (docs/profile.md §7.4).
+    fn purge(&mut self, now: i64) {
+        self.entries.retain(|(_, e)| e.live(now));
+        self.min_expiry = self
+            .entries
+            .iter()
+            .map(|(_, e)| i64::from(e.expires))
+            .min()
+            .unwrap_or(i64::MAX);
+    }
+}
+
+/// The embedded, in-process store: bounded, with entries dropped once expired.
 ///
 /// The reader id is kept as a 64-bit SipHash under a random key drawn for each store, not as
 /// text: two different readers are taken for one with probability 2⁻⁶⁴ per pair, and an
 /// attacker who does not know the key cannot choose reader ids that collide. Such a collision
 /// would answer a same-reader retry (accepted, `duplicate = true`) where `REPLAYED` was due.
+/// The table is keyed by a SipHash of the `cti` under another random key: the presenter
+/// chooses the `cti`, and must not be able to choose ids that collide in the table.
+///
+/// Expired entries are swept a few buckets per insert ([`SWEEP_BUCKETS`]), so the table
+/// follows the live entries instead of growing to `max_entries`; when it is full all the
+/// same, every expired entry is purged before failing closed.
 pub struct MemoryReplayStore {
     max_entries: usize,
     readers: RandomState,
+    ctis: RandomState,
     inner: Mutex<Inner>,
 }
 
@@ -90,9 +141,11 @@ impl MemoryReplayStore {
         MemoryReplayStore {
             max_entries,
             readers: RandomState::new(),
+            ctis: RandomState::new(),
             inner: Mutex::new(Inner {
-                entries: HashMap::new(),
+                entries: HashTable::new(),
                 min_expiry: i64::MAX,
+                sweep_at: 0,
             }),
         }
     }
@@ -108,7 +161,7 @@ impl MemoryReplayStore {
         self.readers.hash_one(reader_id)
     }
 
-    /// Number of entries held (expired ones included until purged).
+    /// Number of entries held (expired ones included until swept or purged).
     pub fn len(&self) -> usize {
         self.lock().entries.len()
     }
@@ -133,8 +186,10 @@ impl ReplayStore for MemoryReplayStore {
         now: i64,
     ) -> ReplayOutcome {
         let reader = self.reader_hash(reader_id);
+        let hash = self.ctis.hash_one(cti);
         let mut g = self.lock();
-        if let Some(e) = g.entries.get(cti) {
+        if let Ok(found) = g.entries.find_entry(hash, |(k, _)| k == cti) {
+            let e = found.get().1;
             if e.live(now) {
                 return if e.reader == reader {
                     ReplayOutcome::SameReader
@@ -142,17 +197,12 @@ impl ReplayStore for MemoryReplayStore {
                     ReplayOutcome::OtherReader
                 };
             }
-            g.entries.remove(cti);
+            found.remove();
         }
+        g.sweep(now);
         if g.entries.len() >= self.max_entries {
             if now > g.min_expiry {
-                g.entries.retain(|_, e| e.live(now));
-                g.min_expiry = g
-                    .entries
-                    .values()
-                    .map(|e| i64::from(e.expires))
-                    .min()
-                    .unwrap_or(i64::MAX);
+                g.purge(now);
             }
             if g.entries.len() >= self.max_entries {
                 return ReplayOutcome::Unavailable;
@@ -160,7 +210,9 @@ impl ReplayStore for MemoryReplayStore {
         }
         let expires = clamp_u32(expires_at);
         g.min_expiry = g.min_expiry.min(i64::from(expires));
-        g.entries.insert(*cti, Entry { reader, expires });
+        let rehash = |(k, _): &Slot| self.ctis.hash_one(k);
+        g.entries
+            .insert_unique(hash, (*cti, Entry { reader, expires }), rehash);
         ReplayOutcome::New
     }
 }
@@ -237,6 +289,70 @@ mod tests {
             z.check_and_insert(&[1; CTI_LEN], "r", 10, 0),
             ReplayOutcome::Unavailable
         );
+    }
+
+    /// A distinct `cti` for `i`.
+    fn cti(i: u64) -> [u8; CTI_LEN] {
+        let mut out = [0u8; CTI_LEN];
+        out[..8].copy_from_slice(&i.to_le_bytes());
+        out[8..].copy_from_slice(&i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn sweep_follows_the_live_entries_and_keeps_every_live_one() {
+        // 200 new presentations a second, each kept 50 s: 10,000 live entries, far under the
+        // bound, so only the sweep drops expired ones.
+        let (rate, life, seconds) = (200u64, 50i64, 400i64);
+        let s = MemoryReplayStore::new(1_000_000);
+        let mut most = 0;
+        for second in 0..seconds {
+            for k in 0..rate {
+                let i = second as u64 * rate + k;
+                let o = s.check_and_insert(&cti(i), "r", second + life, second);
+                assert_eq!(o, ReplayOutcome::New);
+            }
+            if second >= 2 * life {
+                most = most.max(s.len());
+            }
+        }
+        let live = (rate * life as u64) as usize;
+        assert!(most > live, "{most}");
+        // Expired entries stay at most one sweep of the table: never twice the live ones.
+        assert!(most < 2 * live, "{most} entries held for {live} live");
+        // None of the live entries was dropped: each answers as already seen.
+        let now = seconds - 1;
+        for i in ((seconds - life) as u64 * rate)..(seconds as u64 * rate) {
+            assert_eq!(
+                s.check_and_insert(&cti(i), "r", now + life, now),
+                ReplayOutcome::SameReader,
+                "{i}"
+            );
+        }
+    }
+
+    #[test]
+    fn sweep_drops_nothing_live() {
+        // Long-lived entries among short-lived ones: the sweep passes over them many times.
+        let s = MemoryReplayStore::new(100_000);
+        for i in 0..20_000u64 {
+            let life = if i % 10 == 0 { 1_000_000 } else { 5 };
+            let now = (i / 100) as i64;
+            assert_eq!(
+                s.check_and_insert(&cti(i), "r", now + life, now),
+                ReplayOutcome::New
+            );
+        }
+        for i in (0..20_000u64).step_by(10) {
+            assert_eq!(
+                s.check_and_insert(&cti(i), "q", 1_000, 200),
+                ReplayOutcome::OtherReader,
+                "{i}"
+            );
+        }
+        // 2,000 long-lived, ≈ 500 short-lived live ones and what the sweep has not reached
+        // yet (a quarter of the table's buckets at most): not the 18,000 expired ones.
+        assert!(s.len() < 4_000, "{}", s.len());
     }
 
     #[test]
