@@ -14,8 +14,9 @@
 3. **Peer**: loadtest/peer.py, a plain-Python verifier of the same profile (cbor2 +
    cryptography), on the same corpus.
 4. **Scale**: a 70-million-entry status population split into lists as an issuer would, the
-   memory replay store up to 10 million live entries (rust/core-bench ``replay_scale``), trust
-   lists of 4 to 1,000 keys: load time, memory and lookup cost as size grows, plotted to
+   memory replay store up to 10 million live entries (rust/core-bench ``replay_scale``) and at
+   a steady rate for half an hour of a simulated clock, its longest calls (``replay_steady``),
+   trust lists of 4 to 1,000 keys: load time, memory and lookup cost as size grows, plotted to
    docs/benchmarks-scale.png (matplotlib).
 
 The corpus: ``--holders`` distinct credentials (each its own device key, status index and id,
@@ -503,7 +504,7 @@ def _cargo_bins(quick: bool) -> dict[str, list[dict[str, Any]]]:
     # --quick times ring alone: building AWS-LC (C) takes minutes on a small machine.
     subprocess.run(build + (["--no-default-features"] if quick else []), check=True, env=env)
     out = {}
-    for name in ("crypto_floor", "inflate", "replay_scale"):
+    for name in ("crypto_floor", "inflate", "replay_scale", "replay_steady"):
         args = [str(CORE_BENCH_TARGET / "release" / name)] + (["--quick"] if quick else [])
         text = subprocess.run(args, check=True, capture_output=True, text=True).stdout
         out[name] = [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -911,6 +912,20 @@ def report(results: dict[str, Any]) -> str:
             f"| {r['live_entries']:,} | {r['rss_bytes'] / 1e6:.1f} | {r['bytes_per_entry']:.1f} "
             f"| {r['lookup_ns']:.0f} | {r['fill_s']:.2f} |"
             for r in rust["replay_scale"]
+        ),
+        "",
+        "The same store at a steady rate (rust/core-bench `replay_steady`: new entries each"
+        " second of a simulated clock, each kept its life; entries held at most after two lives;"
+        " the longest single call and its second, when one call grows or purges the table):",
+        "",
+        "| bound | new / s | life s | live entries | entries held | mean ns | calls over 1 ms"
+        " | longest ms (second) |",
+        "|---|---|---|---|---|---|---|---|",
+        *(
+            f"| {r['max_entries']:,} | {r['rate']:,} | {r['life_s']} | {r['live_entries']:,}"
+            f" | {r['held_most']:,} | {r['mean_ns']:.0f} | {r['over_1ms']}"
+            f" | {r['longest_ms']:.1f} ({r['longest_at_s']}) |"
+            for r in rust["replay_steady"]
         ),
         "",
         "Trust lists (the issuer's key among the others; core CPU without the signature cache):",

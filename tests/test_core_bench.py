@@ -38,6 +38,8 @@ def test_quick_benchmark_writes_its_section(tmp_path: Path) -> None:
     for heading in ("### 1. Crypto floor", "### 2–3. Core from Python", "### 5. Scale"):
         assert heading in text
     assert "| peer-qr-1-none | 1 |" in text
+    # The replay store at a steady rate: 500 new entries a second, each kept 60 s.
+    assert "| 100,000 | 500 | 60 | 30,500 |" in text
     # Written again, the section is replaced, not appended.
     section = text.split("kept\n", 1)[1]
     core_bench._write_section(out, section.strip() + "\n")
