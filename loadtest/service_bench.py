@@ -24,11 +24,13 @@ its own cost is small and never counted: the figure is the server process's own 
 accounting before and after (each thread's time on a CPU in ns,
 ``/proc/<pid>/task/*/schedstat``; ``/proc/<pid>/stat`` utime + stime, in clock ticks, when a
 thread ended meanwhile: see ``bench.cpu_used``), divided by the presentations answered. Then
-the unary latency: the maximum ``Verify`` rate is the one just measured, and
-``ghz`` (when installed in .tools/bin by loadtest/bench.py) runs at half of it for p50/p99,
-the server on one half of the CPUs and ghz on the other (``--no-pin``: sharing them) and
-ghz's Go collector off (``--ghz-collector``: on), with the server's own duration histogram
-and its threads' wait for a CPU reported beside (:func:`latency_at`).
+the unary latency (:func:`measure_latency`), with ``ghz`` (when installed in .tools/bin by
+loadtest/bench.py), the server on one half of the CPUs and ghz on the other (``--no-pin``:
+sharing them) and ghz's Go collector off (``--ghz-collector``: on): ``Verify``'s maximum rate
+in that placement (ghz as fast as the server answers), then p50/p99 at half of it, with the
+server's own duration histogram and its threads' wait for a CPU reported beside
+(:func:`latency_at`); beside it the bare echo and grpc-go servers at the same rate, and
+``Verify`` at half the ``verify`` case's rate.
 
 ``--variant NAME=PYTHONPATH`` also runs the server of another copy of the package (its
 ``python`` folder, native module included) side by side in every round, with ``--cases`` a
@@ -59,7 +61,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -554,7 +556,9 @@ def ghz_environment(collector: bool) -> dict[str, str]:
     return environment
 
 
-def latency_at(server: Any, pki: Any, work: Path, rps: float, args: Any) -> dict[str, float]:
+def latency_at(
+    server: Any, pki: Any, work: Path, rps: float, args: Any, *, unthrottled: bool = False
+) -> dict[str, float]:
     """ghz at ``rps`` for ``args.latency_seconds`` against ``server`` (a started
     :class:`bench.Server`, or the echo server with ``metrics_port`` None): ghz's p50 and p99
     in ms, the calls' client-observed latency, and beside them the server's own view (its
@@ -563,7 +567,11 @@ def latency_at(server: Any, pki: Any, work: Path, rps: float, args: Any) -> dict
     average before (empty without ghz). With ``args.pin`` and 2+ CPUs the server runs on the
     first half of the CPUs and ghz on the other (docs/benchmarks.md "Unary latency: where the
     p99 goes"): the load generator no longer takes the server's core at the moment a call
-    arrives. ghz's Go collector is off unless ``args.ghz_collector`` (:func:`ghz_environment`)."""
+    arrives. ghz's Go collector is off unless ``args.ghz_collector`` (:func:`ghz_environment`).
+
+    ``unthrottled``: ghz as fast as the server answers (no ``--rps``; ``rps`` only bounds the
+    corpus, which must outlast the run), and ``rps`` in the result is the rate reached: the
+    server's maximum rate in this placement."""
     if not GHZ.exists() or args.latency_seconds <= 0:
         return {}
     count = int(rps * args.latency_seconds * 1.2) + 10
@@ -571,7 +579,8 @@ def latency_at(server: Any, pki: Any, work: Path, rps: float, args: Any) -> dict
     data = write_corpus(work, pki, count, prefix=f"latency-{next(_LATENCY_RUNS)}-")
     case = Case("latency", "Verify", 1, "memory", concurrency=16, connections=4)
     command = ghz_command(case, data, server.address, args.latency_seconds)
-    command[-1:-1] = ["--rps", str(max(1, int(rps)))]
+    if not unthrottled:
+        command[-1:-1] = ["--rps", str(max(1, int(rps)))]
     pid = server.process.pid
     cores = split_cores() if args.pin else None
     if cores is not None:
@@ -600,6 +609,11 @@ def latency_at(server: Any, pki: Any, work: Path, rps: float, args: Any) -> dict
         raise RuntimeError(f"ghz: no answered call: {report.get('errorDistribution')}")
     latency = {int(d["percentage"]): d["latency"] / 1e6 for d in report["latencyDistribution"]}
     calls = max(1, report["count"])
+    if unthrottled:  # the rate of answers: ghz ends the calls in flight when its time is up
+        failed = sum(report.get("errorDistribution", {}).values())
+        if failed > case.concurrency:
+            raise RuntimeError(f"ghz: calls failed: {report['errorDistribution']}")
+        rps = (calls - failed) / (report["total"] / 1e9)
     return {
         "rps": rps,
         "p50_ms": latency.get(50, float("nan")),
@@ -719,13 +733,76 @@ def start_floor(pki: Any, work: Path) -> Any:
 Floor = dict[str, list[dict[str, float]]]
 
 
-def run(
+@dataclass
+class LatencyStep:
+    """The latency step's ghz runs (:func:`latency_at`), one per round in each list."""
+
+    #: ``Verify`` at half its maximum rate in the step's own placement: the target's figure.
+    verify: list[dict[str, float]] = field(default_factory=list)
+    #: ghz as fast as ``Verify`` answers, in the same placement: that maximum (``rps``).
+    maxima: list[dict[str, float]] = field(default_factory=list)
+    #: ``Verify`` at half the ``verify`` case's rate (the server on every CPU, beside this
+    #: process's client): the rate the step used before it measured its own maximum.
+    at_cpu_rate: list[dict[str, float]] = field(default_factory=list)
+    #: The bare grpc.aio echo server at the same rate and placement as ``verify``.
+    echo: list[dict[str, float]] = field(default_factory=list)
+    #: The grpc-go server at the same rate, by placement.
+    go: Floor = field(default_factory=lambda: {"split": [], "shared": []})
+
+
+def measure_latency(
+    step: LatencyStep,
+    round_: int,
     args: Any,
-) -> tuple[list[Measured], list[dict[str, float]], list[dict[str, float]], Floor]:
+    pki: Any,
+    work: Path,
+    server: Any,
+    cpu_case_rate: float,
+    bare: Any,
+    go_echo: tuple[subprocess.Popen[bytes], str] | None,
+) -> None:
+    """One round of the latency step into ``step``. First ``Verify``'s maximum rate in the
+    step's own placement (ghz as fast as the server answers); then, in alternating order,
+    ``Verify`` at half of it, the bare echo server at the same rate (what gRPC alone shows on
+    this machine), the grpc-go server split as the service and sharing the CPUs (what ghz and
+    the machine allow), and ``Verify`` at half the ``verify`` case's rate (``cpu_case_rate``,
+    measured with the server on every CPU beside this process's client: the rate this step
+    used before it measured its own maximum, kept beside it)."""
+
+    def placed(pin: bool) -> SimpleNamespace:
+        return SimpleNamespace(
+            latency_seconds=args.latency_seconds, pin=pin, ghz_collector=args.ghz_collector
+        )
+
+    where = work / f"pki-{round_}"
+    # The corpus must outlast the run: the server's rate on every CPU bounds it on half.
+    top = latency_at(server, pki, where, 2 * cpu_case_rate, placed(args.pin), unthrottled=True)
+    if not top:
+        return
+    step.maxima.append(top)
+    print(f"round {round_} Verify's maximum rate, as the latency step: {top['rps']:.0f}/s")
+    targets = [
+        ("Verify", server, step.verify, args.pin, top["rps"] / 2),
+        ("echo", bare, step.echo, args.pin, top["rps"] / 2),
+        ("Verify at half the verify case's", server, step.at_cpu_rate, args.pin, cpu_case_rate / 2),
+    ]
+    if go_echo is not None:
+        go = SimpleNamespace(process=go_echo[0], address=go_echo[1], metrics_port=None)
+        targets += [
+            ("grpc-go echo, split", go, step.go["split"], True, top["rps"] / 2),
+            ("grpc-go echo, shared", go, step.go["shared"], False, top["rps"] / 2),
+        ]
+    for name, target, into, pin, rate in targets if round_ % 2 else reversed(targets):
+        latency = latency_at(target, pki, where, rate, placed(pin))
+        if latency:
+            shown = ", ".join(f"{k} {v:.2f}" for k, v in latency.items())
+            print(f"round {round_} {name} at {rate:.0f}/s: {shown}")
+            into.append(latency)
+
+
+def run(args: Any) -> tuple[list[Measured], LatencyStep]:
     results: list[Measured] = []
-    latencies: list[dict[str, float]] = []
-    echo_latencies: list[dict[str, float]] = []
-    floor: Floor = {"split": [], "shared": []}
+    step = LatencyStep()
     variants: dict[str, str | None] = dict(v.split("=", 1) for v in args.variant)
     with tempfile.TemporaryDirectory(prefix="apcv-service-bench-") as temporary:
         work = Path(temporary)
@@ -808,36 +885,12 @@ def run(
                     )
                     results.append(result)
                 verify = next((r for r in reversed(results) if r.case == "verify"), None)
-                # Verify at half its maximum rate; the bare echo server at the same rate (what
-                # gRPC alone shows on this machine) and the grpc-go server, split as the
-                # service and sharing the CPUs (what ghz and the machine allow), in alternating
-                # order. Not with --cases without verify.
-                bare = SimpleNamespace(process=echo, address=echo_address, metrics_port=None)
                 if verify is not None and args.latency_seconds > 0 and GHZ.exists():
                     go_echo = start_go_echo(size, work)  # only now: idle beside the CPU cases
-                targets = [
-                    ("Verify", server, latencies, args.pin),
-                    ("echo", bare, echo_latencies, args.pin),
-                ]
-                if go_echo is not None:
-                    go = SimpleNamespace(process=go_echo[0], address=go_echo[1], metrics_port=None)
-                    targets += [
-                        ("grpc-go echo, split", go, floor["split"], True),
-                        ("grpc-go echo, shared", go, floor["shared"], False),
-                    ]
-                for name, target, into, pin in targets if round_ % 2 else reversed(targets):
-                    if verify is None:
-                        break
-                    step = SimpleNamespace(
-                        latency_seconds=args.latency_seconds,
-                        pin=pin,
-                        ghz_collector=args.ghz_collector,
+                    bare = SimpleNamespace(process=echo, address=echo_address, metrics_port=None)
+                    measure_latency(
+                        step, round_, args, pki, work, server, verify.rate, bare, go_echo
                     )
-                    latency = latency_at(target, pki, work / f"pki-{round_}", verify.rate / 2, step)
-                    if latency:
-                        shown = ", ".join(f"{k} {v:.2f}" for k, v in latency.items())
-                        print(f"round {round_} {name} at half Verify's maximum rate: {shown}")
-                        into.append(latency)
             finally:
                 for process in (echo, None if go_echo is None else go_echo[0]):
                     if process is not None:
@@ -848,20 +901,14 @@ def run(
                     stop_server(floor_server)
                 for other in others.values():
                     stop_server(other)
-    return results, latencies, echo_latencies, floor
+    return results, step
 
 
 def median(results: list[Measured], case: str, key: str = "cpu_us_per_item") -> float:
     return statistics.median(getattr(r, key) for r in results if r.case == case)
 
 
-def report(
-    results: list[Measured],
-    latencies: list[dict[str, float]],
-    args: Any,
-    echo_latencies: Sequence[dict[str, float]] = (),
-    floor: Floor | None = None,
-) -> str:
+def report(results: list[Measured], step: LatencyStep, args: Any) -> str:
     variants = sorted({r.case.partition("@")[2] for r in results} - {""})
     cases = ["core1", "core100", *SERVER_CASES, FLOOR]
     cases += ["echo-batch100", "echo-stream", "echo-stream20"]
@@ -944,22 +991,20 @@ def report(
         f"| VerifyBatch(100) − echo-batch100 − core (100 per call): the service's own work, µs"
         f" | {median(results, 'batch100') - echo_batch - core100:.0f} | |",
     ]
-    if latencies:
-        lines += latency_rows(latencies, echo_latencies, floor)
+    if step.verify:
+        lines += latency_rows(step)
     lines += [END, ""]
     return "\n".join(lines)
 
 
-def latency_rows(
-    latencies: list[dict[str, float]],
-    echo_latencies: Sequence[dict[str, float]] = (),
-    floor: Floor | None = None,
-) -> list[str]:
+def latency_rows(step: LatencyStep) -> list[str]:
     """The p99 row of the ratio table (ghz: the client-observed latency of real calls, the
-    figure the target is about) and, beside it, the same calls on the server's own clock, and
-    what the run shared the CPUs with, the bare echo server's p99 at the same rate, and the
-    grpc-go server's in each placement (``floor``): medians of the rounds, each round's value
-    after."""
+    figure the target is about, at half the maximum rate measured in the same placement) and,
+    beside it, the same calls on the server's own clock, and what the run shared the CPUs with,
+    ``Verify``'s p99 at half the ``verify`` case's rate (the step's rate before it measured its
+    own maximum), the bare echo server's p99 at the same rate, and the grpc-go server's in each
+    placement: medians of the rounds, each round's value after."""
+    latencies = step.verify
 
     def values(key: str, digits: int = 2) -> tuple[float, str]:
         each = [x[key] for x in latencies]
@@ -980,24 +1025,38 @@ def latency_rows(
     )
     if not any(x.get("ghz_collector") for x in latencies):
         pinned += ", ghz's Go collector off"
+    maximum = ""
+    if step.maxima:
+        most = statistics.median(x["rps"] for x in step.maxima)
+        each = ", ".join(f"{x['rps']:.0f}" for x in step.maxima)
+        maximum = f": half of {most:.0f}/s, ghz as fast as it answers (rounds {each})"
     rows = [
-        f"| Verify p99 at half the maximum rate (ghz, {rps:.0f}/s, {pinned}; p50 {p50:.2f} ms;"
-        f" rounds {p99_rounds} ms; load average before {loads})"
+        f"| Verify p99 at half the maximum rate (ghz, {rps:.0f}/s{maximum}; {pinned}; p50"
+        f" {p50:.2f} ms; rounds {p99_rounds} ms; load average before {loads})"
         f" | {p99:.2f} ms | ≤ 2 ms |",
         f"| the same calls on the server's clock (its `Verify` duration histogram; p50"
         f" {server_p50:.2f} ms; rounds {server_rounds} ms) | {server_p99:.2f} ms | |",
         f"| the server's threads waiting for a CPU, µs per call (rounds {waited_rounds});"
         f" ghz's CPU {ghz:.2f} cores | {waited:.0f} | |",
     ]
-    if echo_latencies:
+    if step.at_cpu_rate:
+        rate = statistics.median(x["rps"] for x in step.at_cpu_rate)
+        rows.append(
+            _reference_row(
+                f"Verify at half the `verify` case's rate instead, {rate:.0f}/s, same placement",
+                step.at_cpu_rate,
+                "that case's server had every CPU, beside this benchmark's client",
+            )
+        )
+    if step.echo:
         rows.append(
             _reference_row(
                 "the bare echo server at the same rate and placement",
-                echo_latencies,
+                step.echo,
                 "what gRPC alone shows here",
             )
         )
-    for placement, runs in (floor or {}).items():
+    for placement, runs in step.go.items():
         if runs:
             where = "on its own CPU as the service" if placement == "split" else "sharing the CPUs"
             rows.append(
@@ -1138,12 +1197,12 @@ def main() -> int:
         return 0
     if args.quick:
         args.rounds, args.items, args.latency_seconds = 1, 200, 0.0
-    results, latencies, echo_latencies, floor = run(args)
+    results, step = run(args)
     if args.cases:
         for case in dict.fromkeys(r.case for r in results):
             print(f"median {case:9} {median(results, case):8.1f} µs CPU/item")
         return 0
-    section = report(results, latencies, args, echo_latencies, floor)
+    section = report(results, step, args)
     if args.plot:  # linked from the section (the PNG next to the document)
         section = section.replace(END, f"\n{plot(results, args.plot)}\n{END}")
     print(section)

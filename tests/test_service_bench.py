@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -98,24 +99,33 @@ def test_latency_rows_keep_the_client_observed_p99_as_the_figure() -> None:
     two = {**one, "p99_ms": 30.0, "server_p99_ms": 1.0, "load": 5.5}
     three = {**one, "p99_ms": 12.0, "load": 3.0}
     echo = [{**one, "p99_ms": 7.0}, {**one, "p99_ms": 20.0}]
-    rows = bench.latency_rows([one, two, three], echo)
+    maxima = [{**one, "rps": 950.0}, {**one, "rps": 970.0}, {**one, "rps": 1010.0}]
+    at_cpu_rate = [{**one, "rps": 700.0, "p99_ms": 3.0}, {**one, "rps": 720.0, "p99_ms": 5.0}]
+    step = bench.LatencyStep(
+        verify=[one, two, three], maxima=maxima, at_cpu_rate=at_cpu_rate, echo=echo
+    )
+    rows = bench.latency_rows(step)
     cells = [row.split(" | ") for row in rows]
-    assert cells[0][0].startswith("| Verify p99 at half the maximum rate (ghz, 480/s")
+    assert cells[0][0].startswith("| Verify p99 at half the maximum rate (ghz, 480/s: half of")
+    assert "half of 970/s, ghz as fast as it answers (rounds 950, 970, 1010)" in cells[0][0]
     assert "server and ghz on separate CPUs" in cells[0][0]
     assert "rounds 9.00, 30.00, 12.00 ms" in cells[0][0]
     assert "load average before 4.50, 5.50, 3.00" in cells[0][0]
     assert cells[0][1:] == ["12.00 ms", "≤ 2 ms |"]  # ghz's, the median of the rounds
     assert cells[1][1] == "0.90 ms" and "server's clock" in cells[1][0]
-    assert cells[3][1] == "13.50 ms" and "echo server" in cells[3][0]
-    assert "sharing the CPUs" in bench.latency_rows([{**one, "pinned": 0.0}])[0]
+    assert cells[3][1] == "4.00 ms" and "`verify` case's rate instead, 710/s" in cells[3][0]
+    assert cells[4][1] == "13.50 ms" and "echo server" in cells[4][0]
+    alone = bench.LatencyStep(verify=[{**one, "pinned": 0.0}])
+    assert "sharing the CPUs" in bench.latency_rows(alone)[0]
+    assert "as fast as" not in bench.latency_rows(alone)[0]  # no maximum measured: not said
+    assert len(bench.latency_rows(alone)) == 3
     assert "ghz's Go collector off" in cells[0][0]  # a run without the key: off
-    collected = bench.latency_rows([{**one, "ghz_collector": 1.0}])[0]
+    collected = bench.latency_rows(bench.LatencyStep(verify=[{**one, "ghz_collector": 1.0}]))[0]
     assert "collector" not in collected
-    floor = {"split": [{**one, "p99_ms": 4.5}], "shared": [{**one, "p99_ms": 1.1}]}
-    go = [row.split(" | ") for row in bench.latency_rows([one], echo, floor)[4:]]
+    step.go = {"split": [{**one, "p99_ms": 4.5}], "shared": [{**one, "p99_ms": 1.1}]}
+    go = [row.split(" | ") for row in bench.latency_rows(step)[5:]]
     assert go[0][1] == "4.50 ms" and "grpc-go server" in go[0][0] and "own CPU" in go[0][0]
     assert go[1][1] == "1.10 ms" and "sharing the CPUs" in go[1][0]
-    assert len(bench.latency_rows([one], echo, {"split": [], "shared": []})) == 4
 
 
 def test_ghz_runs_its_latency_step_without_its_collector() -> None:
@@ -136,3 +146,30 @@ def test_cores_split_in_two_disjoint_halves() -> None:
     server, load = split
     assert server and load and not server & load
     assert server | load == os.sched_getaffinity(0)
+
+
+@pytest.mark.slow
+def test_the_latency_step_measures_its_own_maximum_rate(tmp_path: Path) -> None:
+    """ghz unthrottled against the bare echo server, as the latency step measures ``Verify``'s
+    maximum rate in its own placement: the rate of answers, then a run at half of it."""
+    bench = _service_bench()
+    if not bench.GHZ.exists():
+        if os.environ.get("CI"):
+            pytest.fail("ghz missing: `make tools` installs it")
+        pytest.skip("ghz missing; run `make tools`")
+    from corpus import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    echo, address = bench._start_echo(600)
+    try:
+        target = SimpleNamespace(process=echo, address=address, metrics_port=None)
+        step = SimpleNamespace(latency_seconds=1.0, pin=True, ghz_collector=False)
+        top = bench.latency_at(target, pki, tmp_path, 5000.0, step, unthrottled=True)
+        # The rate reached (answers, not the calls ghz ends when its time is up), not the
+        # corpus's bound.
+        assert 50 < top["rps"] != 5000.0, top
+        half = bench.latency_at(target, pki, tmp_path, top["rps"] / 2, step)
+        assert half["rps"] == top["rps"] / 2 and half["p99_ms"] > 0
+    finally:
+        echo.terminate()
+        echo.wait(timeout=10)
