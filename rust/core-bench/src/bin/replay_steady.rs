@@ -8,20 +8,7 @@
 use std::time::Instant;
 
 use apcv_core::replay::{MemoryReplayStore, ReplayOutcome, ReplayStore};
-
-/// A distinct 16-byte `cti` for `i` (splitmix64 of i and of its complement).
-fn cti(i: u64) -> [u8; 16] {
-    fn mix(mut z: u64) -> u64 {
-        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    let mut out = [0u8; 16];
-    out[..8].copy_from_slice(&mix(i).to_le_bytes());
-    out[8..].copy_from_slice(&mix(!i).to_le_bytes());
-    out
-}
+use core_bench::cti;
 
 /// One case: `rate` new entries a second for `seconds`, each kept `life` seconds, in a store
 /// bounded at `max_entries`.
