@@ -21,6 +21,9 @@ alternating order, changing one thing per server:
 
 With ``--core`` and the ``base`` echo server, each ``Verify`` figure is also given as the
 benchmark's unary ratio: server CPU per call over the core's plus 1.2 × the echo call's.
+``--pin`` holds every server to the first half of the CPUs and this process (the client,
+and ``core1``) to the other, as the benchmark's latency step places the server and ghz:
+a server's thread then no longer moves between CPUs, nor shares one with the client.
 
 Usage: ``python loadtest/unary_gap.py --echo base,icpt --service full,noregistered``
 (``+`` joins two pieces left out, ``=PYTHONPATH`` runs another copy of the package).
@@ -51,6 +54,7 @@ from service_bench import (  # noqa: E402
     SERVICE,
     _identity,
     _response_size,
+    _set_affinity,
     _unary,
     add_floor_verify,
     encode_unary,
@@ -59,6 +63,7 @@ from service_bench import (  # noqa: E402
     service_environment,
     service_grpc_experiments,
     service_loop,
+    split_cores,
 )
 
 ECHO_SERVICE = "apcv.bench.Echo"
@@ -408,6 +413,12 @@ def run(args: Any) -> None:
                 targets.append((f"echo-{variant}", "echo", process.pid, address))
             if args.core:
                 targets.append(("core1", "core1", 0, ""))
+            cores = split_cores() if args.pin else None
+            if cores is not None:  # every server on the first half, this client on the other
+                for _, _, pid, _ in targets:
+                    if pid:
+                        _set_affinity(pid, cores[0])
+                _set_affinity(os.getpid(), cores[1])
             for _, case, _, address in targets:  # warm up
                 if case == "core1":
                     continue
@@ -496,6 +507,11 @@ def main() -> int:
         "--perf-record", type=Path, help="folder for a perf record of each server and round"
     )
     parser.add_argument("--service-echo", action="store_true", help="also echo on the service")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="the servers on the first half of the CPUs, the client (and core1) on the other",
+    )
     args = parser.parse_args()
     run(args)
     return 0
