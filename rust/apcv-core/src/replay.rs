@@ -58,10 +58,12 @@ fn clamp_u32(t: i64) -> u32 {
 }
 
 /// Buckets of the table the sweep looks at on each insert. The whole table is swept once every
-/// `num_buckets / SWEEP_BUCKETS` inserts, so an expired entry stays at most that long. At a
+/// `num_buckets / SWEEP_BUCKETS` inserts, so an expired entry stays at most that long: at a
 /// steady rate, with `L` live entries in a table of `B` buckets, the table holds about
-/// `L + B / (2 × SWEEP_BUCKETS)` entries: with 4 it never needs more than one doubling past
-/// the live entries' own size (`L ≤ 0.75 B` keeps it under the table's 7/8 load limit).
+/// `L + B / (2 × SWEEP_BUCKETS)` entries. With 16 that is within a few percent of `L`; with 4
+/// the table held more expired entries, and with the tombstones that removals leave (which
+/// count against its load until a rehash) it doubled sooner (docs/benchmarks.md "The replay
+/// store's sweep").
 const SWEEP_BUCKETS: usize = 16;
 
 /// One live `cti` and what the store keeps for it.
