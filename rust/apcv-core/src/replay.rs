@@ -66,11 +66,23 @@ fn clamp_u32(t: i64) -> u32 {
 /// store's sweep").
 const SWEEP_BUCKETS: usize = 16;
 
+/// Buckets of the old table moved into the new one on each insert while the table grows
+/// ([`Inner::make_room`]). The new table has room for at least a quarter of the old one's
+/// buckets' worth of inserts beyond the entries it takes over, so with 16 the move ends long
+/// before the new table needs to grow in turn.
+const MOVE_BUCKETS: usize = 16;
+
 /// One live `cti` and what the store keeps for it.
 type Slot = ([u8; CTI_LEN], Entry);
 
 struct Inner {
+    /// Where new entries go.
     entries: HashTable<Slot>,
+    /// The table `entries` replaced when it ran out of room, emptied into it a few buckets per
+    /// insert; empty, with nothing allocated, the rest of the time.
+    moving: HashTable<Slot>,
+    /// The next bucket of `moving` to move.
+    move_at: usize,
     /// Earliest expiry among the entries (a lower bound): purging before it frees nothing,
     /// so a full store does not rescan on every insert.
     min_expiry: i64,
@@ -79,6 +91,37 @@ struct Inner {
 }
 
 impl Inner {
+    fn new() -> Inner {
+        Inner {
+            entries: HashTable::new(),
+            moving: HashTable::new(),
+            move_at: 0,
+            min_expiry: i64::MAX,
+            sweep_at: 0,
+        }
+    }
+
+    /// Entries held in both tables (expired ones included until swept or purged).
+    fn len(&self) -> usize {
+        self.entries.len() + self.moving.len()
+    }
+
+    /// The live entry held for `cti`, in whichever table holds it. An expired one is dropped:
+    /// the id may be recorded again.
+    fn live_entry(&mut self, hash: u64, cti: &[u8; CTI_LEN], now: i64) -> Option<Entry> {
+        for table in [&mut self.entries, &mut self.moving] {
+            if let Ok(found) = table.find_entry(hash, |(k, _)| k == cti) {
+                let e = found.get().1;
+                if e.live(now) {
+                    return Some(e);
+                }
+                found.remove();
+                return None;
+            }
+        }
+        None
+    }
+
     /// Drops the expired entries among the next [`SWEEP_BUCKETS`] buckets. Expired entries
     /// are dropped a few at a time as new ones come, so that no single call pays for all of
     /// them: a whole-table purge holds the store for tens of milliseconds at a million
@@ -96,13 +139,73 @@ impl Inner {
         }
     }
 
+    /// Makes room in `entries` for one more entry. A hashbrown table out of room grows (or, when
+    /// removals' tombstones are what fills it, rehashes in place) inside the insert, every entry
+    /// moved while the store is held: 35 ms at half a million entries, 0.3 s at four million
+    /// (docs/benchmarks.md "The replay store's sweep"). So the store does it itself: a new
+    /// table of the size hashbrown would choose takes the inserts, and the old one is moved
+    /// into it [`MOVE_BUCKETS`] buckets per insert ([`Inner::move_some`]), looked up meanwhile.
+    fn make_room(&mut self, now: i64, ctis: &RandomState) {
+        if self.entries.len() < self.entries.capacity() {
+            return;
+        }
+        if !self.moving.is_empty() {
+            // The last move has not ended. By [`MOVE_BUCKETS`]' arithmetic it always has; were
+            // it not, it ends here, so that the store never holds three tables.
+            self.move_some(usize::MAX, now, ctis);
+            if self.entries.len() < self.entries.capacity() {
+                return;
+            }
+        }
+        // hashbrown's rule: twice the buckets when more than half full of live entries, the
+        // same number (its tombstones cleared) otherwise. The table's full capacity is its
+        // buckets' (7 in 8), not `capacity()`, which the tombstones lower.
+        let buckets = self.entries.num_buckets();
+        let full = if buckets < 8 {
+            buckets - 1
+        } else {
+            buckets / 8 * 7
+        };
+        let size = if self.entries.len() + 1 > full / 2 {
+            full + 1
+        } else {
+            full
+        };
+        self.moving = std::mem::replace(&mut self.entries, HashTable::with_capacity(size));
+        self.move_at = 0;
+    }
+
+    /// Moves the entries of the next `buckets` buckets of the old table into the new one,
+    /// dropping those expired at `now`, and frees the old table once it is empty.
+    fn move_some(&mut self, buckets: usize, now: i64, ctis: &RandomState) {
+        let end = self.moving.num_buckets();
+        let mut left = buckets;
+        while left > 0 && self.move_at < end && !self.moving.is_empty() {
+            if let Ok(slot) = self.moving.get_bucket_entry(self.move_at) {
+                let ((cti, entry), _) = slot.remove();
+                if entry.live(now) {
+                    let rehash = |(k, _): &Slot| ctis.hash_one(k);
+                    self.entries
+                        .insert_unique(ctis.hash_one(cti), (cti, entry), rehash);
+                }
+            }
+            self.move_at += 1;
+            left -= 1;
+        }
+        if self.moving.is_empty() {
+            self.moving = HashTable::new();
+        }
+    }
+
     /// Drops every expired entry: only when the store is full, to fail closed only for live
     /// entries (docs/profile.md §7.4).
     fn purge(&mut self, now: i64) {
         self.entries.retain(|(_, e)| e.live(now));
+        self.moving.retain(|(_, e)| e.live(now));
         self.min_expiry = self
             .entries
             .iter()
+            .chain(self.moving.iter())
             .map(|(_, e)| i64::from(e.expires))
             .min()
             .unwrap_or(i64::MAX);
@@ -120,7 +223,9 @@ impl Inner {
 ///
 /// Expired entries are swept a few buckets per insert ([`SWEEP_BUCKETS`]), so the table
 /// follows the live entries instead of growing to `max_entries`; when it is full all the
-/// same, every expired entry is purged before failing closed.
+/// same, every expired entry is purged before failing closed. When the table grows, its
+/// entries are moved into the larger one a few buckets per insert ([`MOVE_BUCKETS`]), not all
+/// in one insert.
 pub struct MemoryReplayStore {
     max_entries: usize,
     readers: RandomState,
@@ -144,11 +249,7 @@ impl MemoryReplayStore {
             max_entries,
             readers: RandomState::new(),
             ctis: RandomState::new(),
-            inner: Mutex::new(Inner {
-                entries: HashTable::new(),
-                min_expiry: i64::MAX,
-                sweep_at: 0,
-            }),
+            inner: Mutex::new(Inner::new()),
         }
     }
 
@@ -165,7 +266,7 @@ impl MemoryReplayStore {
 
     /// Number of entries held (expired ones included until swept or purged).
     pub fn len(&self) -> usize {
-        self.lock().entries.len()
+        self.lock().len()
     }
 
     /// True when the store holds nothing.
@@ -190,26 +291,26 @@ impl ReplayStore for MemoryReplayStore {
         let reader = self.reader_hash(reader_id);
         let hash = self.ctis.hash_one(cti);
         let mut g = self.lock();
-        if let Ok(found) = g.entries.find_entry(hash, |(k, _)| k == cti) {
-            let e = found.get().1;
-            if e.live(now) {
-                return if e.reader == reader {
-                    ReplayOutcome::SameReader
-                } else {
-                    ReplayOutcome::OtherReader
-                };
-            }
-            found.remove();
+        if let Some(e) = g.live_entry(hash, cti, now) {
+            return if e.reader == reader {
+                ReplayOutcome::SameReader
+            } else {
+                ReplayOutcome::OtherReader
+            };
+        }
+        if !g.moving.is_empty() {
+            g.move_some(MOVE_BUCKETS, now, &self.ctis);
         }
         g.sweep(now);
-        if g.entries.len() >= self.max_entries {
+        if g.len() >= self.max_entries {
             if now > g.min_expiry {
                 g.purge(now);
             }
-            if g.entries.len() >= self.max_entries {
+            if g.len() >= self.max_entries {
                 return ReplayOutcome::Unavailable;
             }
         }
+        g.make_room(now, &self.ctis);
         let expires = clamp_u32(expires_at);
         g.min_expiry = g.min_expiry.min(i64::from(expires));
         let rehash = |(k, _): &Slot| self.ctis.hash_one(k);
@@ -355,6 +456,136 @@ mod tests {
         // 2,000 long-lived, ≈ 500 short-lived live ones and what the sweep has not reached
         // yet (a quarter of the table's buckets at most): not the 18,000 expired ones.
         assert!(s.len() < 4_000, "{}", s.len());
+    }
+
+    /// Entries still in the old table while the store grows.
+    fn moving(s: &MemoryReplayStore) -> usize {
+        s.lock().moving.len()
+    }
+
+    #[test]
+    fn growth_moves_the_old_table_a_few_buckets_per_insert() {
+        let s = MemoryReplayStore::new(1_000_000);
+        let mut i = 0u64;
+        // Fill until a table of at least 1,024 buckets runs out of room and a move starts.
+        while moving(&s) == 0 || s.lock().moving.num_buckets() < 1_024 {
+            assert_eq!(s.check_and_insert(&cti(i), "r", 100, 0), ReplayOutcome::New);
+            i += 1;
+            assert!(i < 100_000, "no move started");
+        }
+        let old_buckets = s.lock().moving.num_buckets();
+        // Each later insert moves at most MOVE_BUCKETS entries, and the move ends within
+        // old_buckets / MOVE_BUCKETS inserts, the old table freed.
+        let mut inserts = 0;
+        let mut left = moving(&s);
+        while left > 0 {
+            assert_eq!(s.check_and_insert(&cti(i), "r", 100, 0), ReplayOutcome::New);
+            i += 1;
+            inserts += 1;
+            let now_left = moving(&s);
+            assert!(left - now_left <= MOVE_BUCKETS, "{left} -> {now_left}");
+            left = now_left;
+            // Entries not yet moved are found where they are.
+            let first = i % 50;
+            assert_eq!(
+                s.check_and_insert(&cti(first), "q", 100, 0),
+                ReplayOutcome::OtherReader
+            );
+        }
+        assert!(inserts <= old_buckets / MOVE_BUCKETS, "{inserts}");
+        assert_eq!(s.lock().moving.capacity(), 0);
+        assert_eq!(s.len(), i as usize);
+        for k in 0..i {
+            assert_eq!(
+                s.check_and_insert(&cti(k), "r", 100, 1),
+                ReplayOutcome::SameReader,
+                "{k}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_insert_grows_or_rehashes_its_table_at_once() {
+        // A steady rate with expiry: removals leave tombstones, so the table runs out of room
+        // both by growing and by tombstones. 14,280 live entries, just under the 14,336 a table
+        // of 16,384 buckets holds. Only a move may change the table's size, and no call may
+        // rehash it in place (which would give back thousands of tombstones' room).
+        let (rate, life, seconds) = (280u64, 50i64, 600i64);
+        let s = MemoryReplayStore::new(1_000_000);
+        let shape = |s: &MemoryReplayStore| {
+            let g = s.lock();
+            (
+                g.entries.num_buckets(),
+                g.entries.capacity(),
+                g.moving.num_buckets(),
+            )
+        };
+        let mut moves = 0;
+        for second in 0..seconds {
+            for k in 0..rate {
+                let i = second as u64 * rate + k;
+                let (buckets, capacity, moving) = shape(&s);
+                let o = s.check_and_insert(&cti(i), "r", second + life, second);
+                assert_eq!(o, ReplayOutcome::New);
+                let (buckets_after, capacity_after, moving_after) = shape(&s);
+                if buckets_after != buckets || capacity_after > capacity + 1 + MOVE_BUCKETS {
+                    // Only a move started by this insert: no move was on, and the table it
+                    // filled is now the old one.
+                    assert_eq!((moving, moving_after), (1, buckets), "{i}");
+                    moves += 1;
+                }
+            }
+        }
+        // From 4 buckets to 32,768: 13 moves; later ones clear the tombstones.
+        assert!(moves > 13, "{moves}");
+        assert_eq!(s.lock().entries.num_buckets(), 32_768);
+    }
+
+    #[test]
+    fn the_bound_and_the_purge_count_both_tables() {
+        // hashbrown's table of 64 buckets holds 56: the 57th insert starts a move.
+        let s = MemoryReplayStore::new(58);
+        for i in 0..58u64 {
+            assert_eq!(s.check_and_insert(&cti(i), "r", 100, 0), ReplayOutcome::New);
+        }
+        assert!(moving(&s) > 0);
+        // Full: 58 live entries across the two tables.
+        assert_eq!(
+            s.check_and_insert(&cti(58), "r", 100, 5),
+            ReplayOutcome::Unavailable
+        );
+        for i in 0..58u64 {
+            assert_eq!(
+                s.check_and_insert(&cti(i), "r", 100, 5),
+                ReplayOutcome::SameReader,
+                "{i}"
+            );
+        }
+
+        // A table of 1,024 buckets holds 896: the 897th insert starts a move.
+        let s = MemoryReplayStore::new(10_000);
+        for i in 0..897u64 {
+            let expires = if i % 10 == 0 { 100 } else { 10 };
+            assert_eq!(
+                s.check_and_insert(&cti(i), "r", expires, 0),
+                ReplayOutcome::New
+            );
+        }
+        assert!(moving(&s) > 800);
+        let mut g = s.lock();
+        g.purge(11);
+        assert_eq!(g.len(), 90);
+        assert!(g.moving.len() > 70);
+        assert_eq!(g.min_expiry, 100);
+        drop(g);
+        for i in 0..897u64 {
+            let expected = if i % 10 == 0 {
+                ReplayOutcome::SameReader
+            } else {
+                ReplayOutcome::New
+            };
+            assert_eq!(s.check_and_insert(&cti(i), "r", 200, 12), expected, "{i}");
+        }
     }
 
     #[test]
