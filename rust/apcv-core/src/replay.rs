@@ -193,7 +193,7 @@ impl Inner {
             left -= 1;
         }
         if self.moving.is_empty() {
-            self.moving = HashTable::new();
+            free_aside(std::mem::take(&mut self.moving));
         }
     }
 
@@ -209,6 +209,22 @@ impl Inner {
             .map(|(_, e)| i64::from(e.expires))
             .min()
             .unwrap_or(i64::MAX);
+    }
+}
+
+/// Tables of at least this many buckets (32 MiB of slots) are freed on a thread of their own.
+const FREE_ASIDE_BUCKETS: usize = 1 << 20;
+
+/// Frees an emptied table. Returning a large table's pages to the system takes about a
+/// millisecond per 16 MB (20 ms for a table of 8 million buckets), which the insert that ends
+/// the move would otherwise pay while holding the store; a thread of its own pays it instead.
+fn free_aside(table: HashTable<Slot>) {
+    if table.num_buckets() >= FREE_ASIDE_BUCKETS {
+        // When the thread cannot be started, the closure, and the table with it, is dropped
+        // here.
+        let _ = std::thread::Builder::new()
+            .name("replay-free".into())
+            .spawn(move || drop(table));
     }
 }
 
