@@ -218,6 +218,7 @@ const FREE_ASIDE_BUCKETS: usize = 1 << 20;
 /// Frees an emptied table. Returning a large table's pages to the system takes about a
 /// millisecond per 16 MB (20 ms for a table of 8 million buckets), which the insert that ends
 /// the move would otherwise pay while holding the store; a thread of its own pays it instead.
+/// A smaller table is freed here.
 fn free_aside(table: HashTable<Slot>) {
     if table.num_buckets() >= FREE_ASIDE_BUCKETS {
         // When the thread cannot be started, the closure, and the table with it, is dropped
