@@ -916,7 +916,8 @@ def report(results: dict[str, Any]) -> str:
         "",
         "The same store at a steady rate (rust/core-bench `replay_steady`: new entries each"
         " second of a simulated clock, each kept its life; entries held at most after two lives;"
-        " the longest single call and its second, when one call grows or purges the table):",
+        " the longest single call and its second: the start of a growth, which allocates the new"
+        " table, or the purge of a full store):",
         "",
         "| bound | new / s | life s | live entries | entries held | mean ns | calls over 1 ms"
         " | longest ms (second) |",

@@ -2,8 +2,10 @@
 //! at a fixed rate on a simulated clock, each kept `life` seconds (420 s by default,
 //! docs/profile.md §7.4), under the store's bound. Reports the entries the store holds against
 //! the live ones, the mean `check_and_insert`, and the calls over 1 ms, the longest with its
-//! second: the moments when one call rehashes or scans the whole table while holding the
-//! store. One JSON object per line and case. `--quick` runs one small case.
+//! second: the moments when one call holds the store for long (the start of a growth, which
+//! allocates the new table; the purge of a full store; before the growth was moved a few
+//! buckets per insert, the growth itself). One JSON object per line and case. `--quick` runs
+//! one small case.
 
 use std::time::Instant;
 
