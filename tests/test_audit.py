@@ -18,6 +18,7 @@ from apcv_verify.config import ConfigError, load_config
 from apcv_verify.issuer import DemoPKI, parse_sign1, qr_text
 from apcv_verify.observe.audit import HOLDER_REF_HEX_CHARS, AuditRow, AuditTrail, holder_ref
 from apcv_verify.observe.logs import configure_logging
+from apcv_verify.replay.memory import memory_replay_store
 from apcv_verify.service.startup import build_verifiers
 from apcv_verify.trust.material import load_trust_material
 
@@ -221,7 +222,9 @@ def test_audit_trail_counts_verifications_in_process(pki: DemoPKI) -> None:
     config = pki_config(pki, {"audit.holder_ref_secret": SECRET})
     metrics = ServiceMetrics()
     trail = AuditTrail.from_config(config, metrics)
-    verifier = build_verifiers(config, load_trust_material(config))[0]
+    verifier = build_verifiers(
+        config, load_trust_material(config), memory_replay_store(config.replay)
+    )[0]
     scans = [_native.Scan(qr_text(pki.present("alice")), "edge-1"), _native.Scan("APCV1:", "e")]
     results = verifier.verify_batch(scans, int(time.time()))
     trail.record_rows("VerifyBatch", _rows(results), 0.0004, caller="his-1")
@@ -243,7 +246,9 @@ def test_a_batch_observes_each_items_share_of_its_time_once(pki: DemoPKI) -> Non
     config = pki_config(pki, {"audit.holder_ref_secret": SECRET})
     metrics = ServiceMetrics()
     trail = AuditTrail.from_config(config, metrics)
-    verifier = build_verifiers(config, load_trust_material(config))[0]
+    verifier = build_verifiers(
+        config, load_trust_material(config), memory_replay_store(config.replay)
+    )[0]
     scans = [_native.Scan(qr_text(pki.present(name)), "edge-1") for name in ("alice", "lunar")]
     scans += [_native.Scan("APCV1:", "edge-1")] * 2
     results = verifier.verify_batch(scans, int(time.time()))

@@ -114,6 +114,10 @@ def test_grpc_and_verification_metrics_move_with_the_right_labels(
     assert verifications("ACCEPTED", "OK") == 3
     assert verifications("REJECTED", "MALFORMED") == 1
     assert verifications("REJECTED", "REPLAYED") == 1
+    # The in-process replay store holds the three accepted presentations, under its bound.
+    assert value(before, "apcv_replay_store_entries") == 0
+    assert value(after, "apcv_replay_store_entries") == 3
+    assert value(after, "apcv_replay_store_max_entries") == 1_000_000
     # One latency observation per verification, resolved below a millisecond.
     assert value(after, "apcv_verification_seconds_count", method="Verify") == 5
     buckets = [
@@ -168,6 +172,9 @@ def test_a_full_in_process_replay_store_is_counted_as_the_stores_error(
     finally:
         stop_server(server)
     assert value(after, "apcv_replay_store_errors_total", backend="memory") == 1
+    # What an alert on the store's fill would have seen: full.
+    assert value(after, "apcv_replay_store_entries") == 1
+    assert value(after, "apcv_replay_store_max_entries") == 1
     assert (
         value(
             after,

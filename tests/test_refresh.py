@@ -27,6 +27,7 @@ from apcv_verify.issuer import (
     make_trust_list,
     tamper_signature,
 )
+from apcv_verify.replay.memory import memory_replay_store
 from apcv_verify.service.startup import build_verifiers
 from apcv_verify.trust.sources import MAX_SOURCE_BYTES, TrustSource
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -400,8 +401,11 @@ def _source(pki: DemoPKI, **environ: str) -> TrustSource:
             **environ,
         }
     )
+    store = memory_replay_store(config.replay)
     return TrustSource(
-        config, lambda material: build_verifiers(config, material), registry=CollectorRegistry()
+        config,
+        lambda material: build_verifiers(config, material, store),
+        registry=CollectorRegistry(),
     )
 
 

@@ -127,10 +127,14 @@ def cti(presentation: bytes) -> bytes:
     return value
 
 
-def replay_errors(replica: Replica, name: str = "apcv_replay_store_errors_total") -> float:
+def metrics_text(replica: Replica) -> str:
     url = f"http://127.0.0.1:{replica.metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=10) as reply:
-        text = reply.read().decode()
+        return reply.read().decode()
+
+
+def replay_errors(replica: Replica, name: str = "apcv_replay_store_errors_total") -> float:
+    text = metrics_text(replica)
     for line in text.splitlines():
         if line.startswith(name + '{backend="redis"}'):
             return float(line.rsplit(" ", 1)[1])
@@ -195,6 +199,8 @@ def test_two_servers_sharing_redis_reject_a_presentation_replayed_across_them(
     )
     assert replay_keys(client) == keys
     assert replay_errors(a) == replay_errors(b) == 0
+    # The in-process store's gauges are the memory backend's: no such store here.
+    assert "apcv_replay_store_entries" not in metrics_text(a)
 
 
 def test_verify_batch_across_replicas_keeps_batch_order(
@@ -434,7 +440,7 @@ def test_a_silent_redis_times_out_within_timeout_seconds(pki: DemoPKI) -> None:
                 "replay.timeout_seconds": 0.3,
             },
         )
-        verifier = build_verifiers(config, load_trust_material(config))[0]
+        verifier = build_verifiers(config, load_trust_material(config), None)[0]
         assert verifier.external_replay
         now = int(time.time())
         scans = [_native.Scan(pki.present("alice"), "reader-1"), _native.Scan(b"junk", "r")]
@@ -475,7 +481,7 @@ def test_a_round_trip_that_timed_out_leaves_no_late_reply_for_the_next_one(
             "replay.timeout_seconds": 0.3,
         },
     )
-    verifier = build_verifiers(config, load_trust_material(config))[0]
+    verifier = build_verifiers(config, load_trust_material(config), None)[0]
     stalled, taken = pki.present("alice"), pki.present("alice")
 
     async def run() -> list[str]:

@@ -19,6 +19,7 @@ from apcv_verify import _native
 from apcv_verify.config import Config
 from apcv_verify.issuer import DemoPKI
 from apcv_verify.replay.answers import REUSED, AnswerRecovery, RedisAnswers
+from apcv_verify.replay.memory import memory_replay_store
 from apcv_verify.replay.redis import RedisReplayStore
 from apcv_verify.service.startup import build_verifiers
 from apcv_verify.trust.material import load_trust_material
@@ -102,7 +103,9 @@ class Replica:
     """What one server does per batch: the core's steps 1-8, then the shared store."""
 
     def __init__(self, config: Config) -> None:
-        self.verifier = build_verifiers(config, load_trust_material(config))[0]
+        self.verifier = build_verifiers(
+            config, load_trust_material(config), memory_replay_store(config.replay)
+        )[0]
         self.store = RedisReplayStore(config.replay)
 
     async def results(self, scans: list[_native.Scan]) -> list[_native.VerificationResult]:

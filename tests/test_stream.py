@@ -14,6 +14,7 @@ from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
 from apcv_verify.config import Config
 from apcv_verify.issuer import DemoPKI, qr_text
 from apcv_verify.observe.audit import AuditTrail
+from apcv_verify.replay.memory import memory_replay_store
 from apcv_verify.service.servicer import VerifierService
 from apcv_verify.service.startup import ServerHandle, build_verifiers, start_server
 from apcv_verify.trust.material import load_trust_material
@@ -31,7 +32,8 @@ def server_config(pki: DemoPKI, **server: Any) -> Config:
 def in_process_service(pki: DemoPKI, **server: Any) -> VerifierService:
     """The verifier service for ``pki`` with ``server`` settings, called directly (no gRPC)."""
     config = server_config(pki, **server)
-    trust = TrustSource(config, lambda material: build_verifiers(config, material))
+    store = memory_replay_store(config.replay)
+    trust = TrustSource(config, lambda material: build_verifiers(config, material, store))
     trust.seed(load_trust_material(config))
     return VerifierService(trust, config, AuditTrail.from_config(config))
 

@@ -26,6 +26,7 @@ from ..observe.logs import configure_audit_file, flush_audit
 from ..observe.metrics import ServiceMetrics, start_metrics_server
 from ..observe.tracing import configure_tracing, current_tracing, shutdown_tracing
 from ..replay.answers import AnswerRecovery
+from ..replay.memory import memory_replay_store, register_replay_store_metrics
 from ..replay.redis import RedisReplayStore
 from ..trust.material import TrustMaterial
 from ..trust.sources import TrustSource
@@ -64,19 +65,17 @@ TRANSPORT_LIMIT_FACTOR = 2
 HEALTH_FOLLOW_SECONDS = 1.0
 
 
-def build_verifiers(config: Config, material: TrustMaterial) -> dict[int, _native.Verifier]:
+def build_verifiers(
+    config: Config, material: TrustMaterial, store: _native.MemoryReplayStore | None
+) -> dict[int, _native.Verifier]:
     """One core verifier per distinct ``max_scan_delay`` of the callers table, by delay.
 
-    They share one replay store, so a presentation accepted for one caller is a replay for
-    every other (docs/profile.md §7.4); only the scan-delay bound of the policy differs. With
-    ``replay.backend = "redis"`` they have none: accepted results come back pending and the
-    service settles them with :class:`~apcv_verify.replay.redis.RedisReplayStore`.
+    They share one replay store, ``store`` (:func:`memory_replay_store`), so a presentation
+    accepted for one caller is a replay for every other (docs/profile.md §7.4); only the
+    scan-delay bound of the policy differs. With ``replay.backend = "redis"`` they have none
+    (``store`` None): accepted results come back pending and the service settles them with
+    :class:`~apcv_verify.replay.redis.RedisReplayStore`.
     """
-    store = (
-        None
-        if config.replay.backend == "redis"
-        else _native.MemoryReplayStore(max_entries=config.replay.max_entries)
-    )
     delays = {0} | {caller.max_scan_delay_seconds for caller in config.callers}
     verifiers = {}
     for delay in sorted(delays):
@@ -193,8 +192,11 @@ async def start_server(config: Config, material: TrustMaterial | None = None) ->
     loads it). Either way they are refreshed every ``trust.refresh_seconds``.
     """
     metrics = ServiceMetrics(stream_services=(SERVICE_NAME,))
+    store = memory_replay_store(config.replay)
+    if store is not None:
+        register_replay_store_metrics(store, metrics.registry)
     trust = TrustSource(
-        config, lambda loaded: build_verifiers(config, loaded), registry=metrics.registry
+        config, lambda loaded: build_verifiers(config, loaded, store), registry=metrics.registry
     )
     if material is not None:
         trust.seed(material)
