@@ -286,7 +286,10 @@ def test_monitoring_objects_only_when_enabled(helm: str) -> None:
     assert {
         "ApcvStatusListStale", "ApcvNotServing", "ApcvCallErrorRatio", "ApcvLatencySLO",
         "ApcvCallsRefusedByLimits", "ApcvReplayStoreErrors", "ApcvReplayStoreLost",
+        "ApcvReplayStoreFilling",
     } <= {r["alert"] for r in rules}  # fmt: skip
+    filling = next(r for r in rules if r["alert"] == "ApcvReplayStoreFilling")
+    assert filling["expr"].endswith("> 0.8")
     assert rules[-1]["alert"] == "ApcvNoReplicaReady"
     # Thresholds from the values, and every expression scoped to the release's job.
     slo = next(r for r in rules if r["alert"] == "ApcvLatencySLO")
@@ -592,33 +595,37 @@ def dashboard_and_alert_metrics(helm: str) -> dict[str, set[str]]:
 def test_every_metric_of_the_dashboard_and_the_alerts_is_served(
     helm: str, pki: DemoPKI, tmp_path: Path, redis_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A real server (Redis replay store, as the chart deploys it), each call kind made once,
-    /metrics scraped: every name a panel or an alert uses must be there, or it would show
-    nothing and never fire."""
+    """Real servers, each call kind made once, /metrics scraped: every name a panel or an alert
+    uses must be there, or it would show nothing and never fire. With the Redis replay store,
+    as the chart deploys several replicas, and with the in-process one, as it may deploy one
+    (its gauges are that backend's)."""
     used = dashboard_and_alert_metrics(helm)
     assert all(used.values()), [what for what, names in used.items() if not names]
     port = free_port()
     monkeypatch.setenv("APCV_METRICS_LISTEN", f"127.0.0.1:{port}")
-    monkeypatch.setenv("APCV_REPLAY_BACKEND", "redis")
-    monkeypatch.setenv("APCV_REPLAY_REDIS_URL", redis_server.url)
-    server = start_server(pki.directory, tmp_path / "server.log", "--allow-test-identities")
-    try:
-        scans = [
-            verifier_pb2.Scan(
-                request_id=f"d-{index}",
-                qr_text=qr_text(pki.present("alice")),
-                reader=verifier_pb2.ReaderContext(reader_id="desk-1"),
-            )
-            for index in range(3)
-        ]
-        with server.channel() as channel:
-            stub = verifier_pb2_grpc.VerifierServiceStub(channel)
-            stub.Verify(verifier_pb2.VerifyRequest(scan=scans[0]), timeout=10)
-            stub.VerifyBatch(verifier_pb2.VerifyBatchRequest(scans=scans[1:2]), timeout=10)
-            requests = iter([verifier_pb2.VerifyStreamRequest(scan=scans[2])])
-            assert len(list(stub.VerifyStream(requests, timeout=10))) == 1
-        served = served_names(scrape_text(port))
-    finally:
-        stop_server(server)
+    served: set[str] = set()
+    for backend in ("redis", "memory"):
+        monkeypatch.setenv("APCV_REPLAY_BACKEND", backend)
+        monkeypatch.setenv("APCV_REPLAY_REDIS_URL", redis_server.url if backend == "redis" else "")
+        log = tmp_path / f"server-{backend}.log"
+        server = start_server(pki.directory, log, "--allow-test-identities")
+        try:
+            scans = [
+                verifier_pb2.Scan(
+                    request_id=f"d-{index}",
+                    qr_text=qr_text(pki.present("alice")),
+                    reader=verifier_pb2.ReaderContext(reader_id="desk-1"),
+                )
+                for index in range(3)
+            ]
+            with server.channel() as channel:
+                stub = verifier_pb2_grpc.VerifierServiceStub(channel)
+                stub.Verify(verifier_pb2.VerifyRequest(scan=scans[0]), timeout=10)
+                stub.VerifyBatch(verifier_pb2.VerifyBatchRequest(scans=scans[1:2]), timeout=10)
+                requests = iter([verifier_pb2.VerifyStreamRequest(scan=scans[2])])
+                assert len(list(stub.VerifyStream(requests, timeout=10))) == 1
+            served |= served_names(scrape_text(port))
+        finally:
+            stop_server(server)
     missing = {what: sorted(names - served) for what, names in used.items() if names - served}
     assert not missing
