@@ -5,15 +5,17 @@ server on loopback, watching for slow leaks and drift (docs/reliability.md "Soak
    127.0.0.1 with a fresh demo PKI, as ``make bench`` does (loadtest/bench.py).
 2. Capacity: unary Verify calls in a closed loop (``--concurrency`` in flight) for
    ``--capacity-seconds``; capacity = answered calls per second.
-3. Soak: an open loop at ``--fraction`` (70 %) of that capacity for ``--seconds`` (600): each
-   call is sent at its scheduled time whatever the previous ones did, so a slowdown shows as
-   latency and errors rather than as a lower offered rate. Every presentation is distinct and
+3. Soak: an open loop at ``--fraction`` (70 %) of that capacity, or at ``--rate`` calls a
+   second to compare runs at one rate, for ``--seconds`` (600): each call is sent at its
+   scheduled time whatever the previous ones did, so a slowdown shows as latency and errors
+   rather than as a lower offered rate. Every presentation is distinct and
    valid (loadtest/corpus.py), made by a helper process at most one segment ahead of its use,
    so any answer other than ACCEPTED, or a call error, is an error.
 4. Each second: calls sent, accepted, errors; the server's resident memory (RSS, all its
-   processes, from /proc). Per 10-second window: p50 and p99 latency. At the end the server's
-   own count of accepted verifications (``apcv_verifications_total``) is compared with the
-   client's: nothing lost, nothing counted twice.
+   processes, from /proc). Per 10-second window: p50 and p99 latency, and the ids the
+   server's replay store holds (``apcv_replay_store_entries``, scraped as Prometheus would).
+   At the end the server's own count of accepted verifications (``apcv_verifications_total``)
+   is compared with the client's: nothing lost, nothing counted twice.
 
 Results: a Markdown section between markers (``--write docs/reliability.md``) and a plot of
 RSS, p99 and errors over time (``--plot docs/soak.png``, matplotlib). ``--quick`` runs a few
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import multiprocessing
 import os
 import shlex
@@ -48,6 +51,7 @@ from bench import (  # noqa: E402
     _process_tree,
     decisions,
     machine,
+    metric_samples,
     replace_section,
     start_server,
     stop_server,
@@ -106,6 +110,8 @@ class Second:
     accepted: int = 0
     errors: int = 0
     rss: int = 0
+    #: The server's replay store entries, in the first second of each window.
+    replay_entries: float | None = None
     latencies: list[float] = field(default_factory=list)
 
 
@@ -159,9 +165,18 @@ async def capacity(
     return answered / (time.perf_counter() - start)
 
 
+def replay_entries(metrics_port: int) -> float | None:
+    """``apcv_replay_store_entries`` from the server's /metrics (None if it has none)."""
+    for sample in metric_samples(metrics_port):
+        if sample.name == "apcv_replay_store_entries":
+            return sample.value
+    return None
+
+
 async def soak(
     load: Load,
     pid: int,
+    metrics_port: int,
     rate: float,
     seconds: int,
     supply: ProcessPoolExecutor,
@@ -199,6 +214,10 @@ async def soak(
             if second >= seconds:
                 return
             stats[second].rss = rss_bytes(pid)
+            if second % WINDOW_SECONDS == 0 and stats[second].replay_entries is None:
+                # Off the loop that sends the calls: the scrape waits for the server.
+                entries = await asyncio.to_thread(replay_entries, metrics_port)
+                stats[second].replay_entries = entries
             await asyncio.sleep(1.0 - (loop.time() - start) % 1.0)
 
     sampler = loop.create_task(sample_rss())
@@ -249,6 +268,10 @@ def windows(stats: list[Second]) -> list[dict[str, float]]:
                 "p50_ms": percentile(latencies, 0.50) * 1000,
                 "p99_ms": percentile(latencies, 0.99) * 1000,
                 "rss_mib": max((s.rss for s in part), default=0) / 2**20,
+                "replay_entries": next(
+                    (s.replay_entries for s in part if s.replay_entries is not None),
+                    float("nan"),
+                ),
             }
         )
     return rows
@@ -302,8 +325,13 @@ def report(rows: list[dict[str, float]], info: dict[str, Any], args: argparse.Na
         "",
         f"- Capacity (closed loop, {args.concurrency} calls in flight, "
         f"{args.capacity_seconds:g} s): **{info['capacity']:.0f} Verify/s**.",
-        f"- Soak: {args.seconds} s open loop at {args.fraction:.0%} of it, "
-        f"**{info['rate']:.0f} Verify/s** offered; {sent} calls, {accepted} accepted, "
+        f"- Soak: {args.seconds} s open loop at "
+        + (
+            f"{info['rate'] / info['capacity']:.0%} of it (a fixed rate), "
+            if args.rate
+            else f"{args.fraction:.0%} of it, "
+        )
+        + f"**{info['rate']:.0f} Verify/s** offered; {sent} calls, {accepted} accepted, "
         f"**{errors} errors** (call errors and verdicts other than ACCEPTED)"
         + (f", by kind: {kinds}." if kinds else "."),
         f"- Answer store (answer recovery): {_answer_bound(args, info['rate'])}.",
@@ -320,8 +348,8 @@ def report(rows: list[dict[str, float]], info: dict[str, Any], args: argparse.Na
     if info.get("plot"):
         lines += [f"![RSS, latency and errors over the soak]({info['plot']})", ""]
     lines += [
-        "| minute | sent | accepted | errors | p50 ms | p99 ms | RSS MiB |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| minute | sent | accepted | errors | p50 ms | p99 ms | RSS MiB | replay entries |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for begin in range(0, len(rows), minute):
         part = rows[begin : begin + minute]
@@ -330,10 +358,17 @@ def report(rows: list[dict[str, float]], info: dict[str, Any], args: argparse.Na
             f"| {sum(int(r['accepted']) for r in part)} | {sum(int(r['errors']) for r in part)} "
             f"| {statistics.median(r['p50_ms'] for r in part):.1f} "
             f"| {max(r['p99_ms'] for r in part):.1f} "
-            f"| {max(r['rss_mib'] for r in part):.1f} |"
+            f"| {max(r['rss_mib'] for r in part):.1f} "
+            f"| {_most(r.get('replay_entries', math.nan) for r in part)} |"
         )
     lines += ["", END, ""]
     return "\n".join(lines)
+
+
+def _most(values: Iterator[float]) -> str:
+    """The largest of the values read (NaN: not read), or "–"."""
+    read = [v for v in values if not math.isnan(v)]
+    return f"{max(read):.0f}" if read else "–"
 
 
 def _answer_bound(args: argparse.Namespace, rate: float) -> str:
@@ -380,7 +415,7 @@ async def run(
                 info["capacity"] = await capacity(
                     load, requests, args.capacity_seconds, args.concurrency
                 )
-                info["rate"] = max(1.0, info["capacity"] * args.fraction)
+                info["rate"] = args.rate or max(1.0, info["capacity"] * args.fraction)
                 print(
                     f"capacity {info['capacity']:.0f}/s, soak at {info['rate']:.0f}/s", flush=True
                 )
@@ -388,6 +423,7 @@ async def run(
                 stats, info["error_kinds"] = await soak(
                     load,
                     server.process.pid,
+                    server.metrics_port,
                     info["rate"],
                     args.seconds,
                     supply,
@@ -406,6 +442,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=600, help="length of the soak")
     parser.add_argument("--fraction", type=float, default=0.7, help="of measured capacity")
+    parser.add_argument(
+        "--rate", type=float, help="calls per second offered instead of --fraction of capacity"
+    )
     parser.add_argument("--capacity-seconds", type=float, default=20.0)
     parser.add_argument("--warmup-seconds", type=float, default=5.0, help="before capacity")
     parser.add_argument("--capacity-calls", type=int, default=20_000, help="at most")
@@ -426,7 +465,8 @@ def main() -> int:
         rows, info = asyncio.run(run(args, Path(tmp)))
     info["command"] = "python loadtest/soak.py " + shlex.join(sys.argv[1:])
     if args.plot:
-        plot(rows, args.plot, f"soak at {info['rate']:.0f} Verify/s ({args.fraction:.0%})")
+        share = info["rate"] / info["capacity"] if args.rate else args.fraction
+        plot(rows, args.plot, f"soak at {info['rate']:.0f} Verify/s ({share:.0%})")
         if args.write:
             info["plot"] = os.path.relpath(args.plot, args.write.parent)
     section = report(rows, info, args)

@@ -34,6 +34,8 @@ def test_quick_soak_writes_its_section_and_plot(tmp_path: Path) -> None:
     sent, accepted = map(int, calls.groups())
     assert sent > 0 and accepted == sent
     assert "**0 errors**" in text
+    # The replay store's entries, read from the server's /metrics in the first window.
+    assert re.search(r"\| [\d.]+ \| \d+ \|\n", text), text
     server = re.search(r"accepted verifications: (\d+) \(client: (\d+)\)", text)
     assert server is not None and server.group(1) == server.group(2) == str(sent)
 
@@ -57,7 +59,12 @@ def test_the_report_names_the_errors_by_kind_and_the_answer_bound() -> None:
         "error_kinds": Counter({"DEADLINE_EXCEEDED": 1, "RESOURCE_EXHAUSTED": 3}),
     }
     args = SimpleNamespace(
-        concurrency=32, capacity_seconds=20.0, seconds=10, fraction=0.5, answer_max_entries=None
+        concurrency=32,
+        capacity_seconds=20.0,
+        seconds=10,
+        fraction=0.5,
+        rate=None,
+        answer_max_entries=None,
     )
     text = soak.report([{**row, "rss_mib": 80.0}], info, args)  # type: ignore[arg-type]
     assert (
@@ -65,6 +72,9 @@ def test_the_report_names_the_errors_by_kind_and_the_answer_bound() -> None:
         "RESOURCE_EXHAUSTED 3, DEADLINE_EXCEEDED 1." in text
     )
     assert "- Answer store (answer recovery): the server's default bound" in text
+    assert "| RSS MiB | replay entries |" in text and "| 80.0 | – |" in text
+    text = soak.report([{**row, "rss_mib": 80.0, "replay_entries": 1234.0}], info, args)  # type: ignore[arg-type]
+    assert "| 80.0 | 1234 |" in text
     args.answer_max_entries = 50
     info["error_kinds"] = Counter()
     text = soak.report([{**row, "errors": 0, "rss_mib": 80.0}], info, args)  # type: ignore[arg-type]
