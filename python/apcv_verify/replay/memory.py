@@ -25,8 +25,8 @@ def register_replay_store_metrics(
     store: _native.MemoryReplayStore, registry: CollectorRegistry
 ) -> None:
     """``apcv_replay_store_entries`` and ``apcv_replay_store_max_entries`` of ``store``, read at
-    each scrape: the store fails closed when the first reaches the second, so an alert on
-    their ratio comes before ``REPLAY_UNAVAILABLE`` does."""
+    each scrape: the store fails closed when the first reaches the second with every entry
+    live, so an alert on their ratio comes before ``REPLAY_UNAVAILABLE`` does."""
     registry.register(_MemoryReplayCollector(store))
 
 
