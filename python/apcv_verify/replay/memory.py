@@ -4,10 +4,7 @@ size for the metrics."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 
 from .. import _native
 from ..config import ReplaySection
@@ -24,26 +21,19 @@ def memory_replay_store(config: ReplaySection) -> _native.MemoryReplayStore | No
 def register_replay_store_metrics(
     store: _native.MemoryReplayStore, registry: CollectorRegistry
 ) -> None:
-    """``apcv_replay_store_entries`` and ``apcv_replay_store_max_entries`` of ``store``, read at
-    each scrape: the store fails closed when the first reaches the second with every entry
-    live, so an alert on their ratio comes before ``REPLAY_UNAVAILABLE`` does."""
-    registry.register(_MemoryReplayCollector(store))
-
-
-class _MemoryReplayCollector(Collector):
-    def __init__(self, store: _native.MemoryReplayStore) -> None:
-        self._store = store
-
-    def collect(self) -> Iterator[Metric]:
-        yield GaugeMetricFamily(
-            "apcv_replay_store_entries",
-            "Presentation ids held by the in-process replay store, expired ones included until "
-            "swept (replay.max_entries bounds it).",
-            value=len(self._store),
-        )
-        yield GaugeMetricFamily(
-            "apcv_replay_store_max_entries",
-            "The in-process replay store's bound (replay.max_entries): full of live ids, it "
-            "answers REPLAY_UNAVAILABLE.",
-            value=self._store.max_entries,
-        )
+    """``apcv_replay_store_entries`` (read at each scrape) and ``apcv_replay_store_max_entries``
+    of ``store``: the store fails closed when the first reaches the second with every entry
+    live, so an alert on their ratio comes before ``REPLAY_UNAVAILABLE`` does. (The memory
+    store is one process's: ``server.workers`` > 1 needs Redis, so no multiprocess mode.)"""
+    Gauge(
+        "apcv_replay_store_entries",
+        "Presentation ids held by the in-process replay store, expired ones included until "
+        "swept (replay.max_entries bounds it).",
+        registry=registry,
+    ).set_function(lambda: len(store))
+    Gauge(
+        "apcv_replay_store_max_entries",
+        "The in-process replay store's bound (replay.max_entries): full of live ids, it "
+        "answers REPLAY_UNAVAILABLE.",
+        registry=registry,
+    ).set(store.max_entries)
