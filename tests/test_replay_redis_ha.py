@@ -156,10 +156,12 @@ def test_redis_cluster_three_masters_settle_a_batch_across_slots(
             await b.store.close()
 
     asyncio.run(run())
-    # The entries are spread over the three masters (one pipeline, split by slot).
+    # The entries are spread over the masters (one pipeline, split by slot). The ctis are
+    # random: all 13 keys on one master has a chance of 3 / 3**13 (2e-6), but one master
+    # without any of them 3 × (2/3)**13 (1.5 %), so the test asks for at least two.
     held = [redis.Redis(port=port).dbsize() for port in ports]
     assert sum(held) == 12 + 1  # and the marker
-    assert all(count > 0 for count in held)
+    assert sum(count > 0 for count in held) >= 2, held
 
     # Answer recovery on the cluster: answers kept by one replica, recovered by the other,
     # their keys (and the shared key of the hashes) spread over the masters.
