@@ -325,12 +325,8 @@ def report(rows: list[dict[str, float]], info: dict[str, Any], args: argparse.Na
         "",
         f"- Capacity (closed loop, {args.concurrency} calls in flight, "
         f"{args.capacity_seconds:g} s): **{info['capacity']:.0f} Verify/s**.",
-        f"- Soak: {args.seconds} s open loop at "
-        + (
-            f"{info['rate'] / info['capacity']:.0%} of it (a fixed rate), "
-            if args.rate
-            else f"{args.fraction:.0%} of it, "
-        )
+        f"- Soak: {args.seconds} s open loop at {info['share']:.0%} of it"
+        + (" (a fixed rate), " if args.rate else ", ")
         + f"**{info['rate']:.0f} Verify/s** offered; {sent} calls, {accepted} accepted, "
         f"**{errors} errors** (call errors and verdicts other than ACCEPTED)"
         + (f", by kind: {kinds}." if kinds else "."),
@@ -416,6 +412,7 @@ async def run(
                     load, requests, args.capacity_seconds, args.concurrency
                 )
                 info["rate"] = args.rate or max(1.0, info["capacity"] * args.fraction)
+                info["share"] = info["rate"] / info["capacity"]
                 print(
                     f"capacity {info['capacity']:.0f}/s, soak at {info['rate']:.0f}/s", flush=True
                 )
@@ -465,8 +462,7 @@ def main() -> int:
         rows, info = asyncio.run(run(args, Path(tmp)))
     info["command"] = "python loadtest/soak.py " + shlex.join(sys.argv[1:])
     if args.plot:
-        share = info["rate"] / info["capacity"] if args.rate else args.fraction
-        plot(rows, args.plot, f"soak at {info['rate']:.0f} Verify/s ({share:.0%})")
+        plot(rows, args.plot, f"soak at {info['rate']:.0f} Verify/s ({info['share']:.0%})")
         if args.write:
             info["plot"] = os.path.relpath(args.plot, args.write.parent)
     section = report(rows, info, args)

@@ -55,6 +55,7 @@ def test_the_report_names_the_errors_by_kind_and_the_answer_bound() -> None:
         "load_before": 0.0,
         "capacity": 20.0,
         "rate": 10.0,
+        "share": 0.5,
         "server_accepted": 6,
         "error_kinds": Counter({"DEADLINE_EXCEEDED": 1, "RESOURCE_EXHAUSTED": 3}),
     }
