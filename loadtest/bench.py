@@ -136,7 +136,16 @@ def machine() -> dict[str, str]:
         "python": platform.python_version(),
         "grpcio": grpc.__version__,
         "ghz": GHZ_VERSION,
+        "native core build": native_build(),
     }
+
+
+def native_build() -> str:
+    """How the native core the servers load was compiled (``_native.BUILD``: `make dev` builds
+    it profile-guided, as the image ships it)."""
+    from apcv_verify import _native
+
+    return _native.BUILD
 
 
 @contextmanager

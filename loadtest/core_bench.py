@@ -126,6 +126,13 @@ def make_corpus(path: Path, holders: int, repeat: int, now: int, seed: int = 8) 
 # --- one case, in its own process ---------------------------------------------------------------
 
 
+def _native_build() -> str:
+    """How the native core measured here was compiled (``_native.BUILD``)."""
+    from apcv_verify import _native
+
+    return _native.BUILD
+
+
 def _native_verifier(corpus: dict[str, Any], cache: bool) -> Any:
     from apcv_verify import _native
 
@@ -705,7 +712,8 @@ def report(results: dict[str, Any]) -> str:
         "## Core (loadtest/core_bench.py)",
         "",
         f"Machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
-        f"Linux {platform.release()}, Python {platform.python_version()}. Command: "
+        f"Linux {platform.release()}, Python {platform.python_version()}, native core "
+        f"{_native_build()} build. Command: "
         "`python loadtest/core_bench.py --write docs/benchmarks.md --plot "
         "docs/benchmarks-scale.png` (`make bench`). "
         f"{results['rounds']} interleaved rounds; medians; load average at the end "

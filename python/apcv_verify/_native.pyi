@@ -5,6 +5,7 @@ from typing import Any, Literal, Self, final
 
 __all__ = [
     "AnswerKeys",
+    "BUILD",
     "CORE_VERSION",
     "CallerView",
     "AmcCoverage",
@@ -36,6 +37,8 @@ __all__ = [
 
 #: The version of the core crate (rust/apcv-core).
 CORE_VERSION: str
+#: How the module was compiled: "debug", "release", "instrumented" or "profile-guided" (`make dev`).
+BUILD: str
 
 class NativeError(Exception):
     """Base of every error raised by the native core."""

@@ -33,11 +33,22 @@ use crate::results::{AmcCoverage, AmoRights, Person, VerificationResult};
 use crate::verifier::Verifier;
 use crate::wire::{CallerView, WireBatch};
 
+/// How this module was compiled, for benchmark reports and the server's start-up line:
+/// "debug", "release", or as `make dev` names it in APCV_NATIVE_BUILD, "instrumented" (the build
+/// that records a profile of the service's work) and "profile-guided" (the release built from
+/// that profile). rustc tracks the variable, so a change of it rebuilds this crate.
+const BUILD: &str = match option_env!("APCV_NATIVE_BUILD") {
+    Some(build) => build,
+    None if cfg!(debug_assertions) => "debug",
+    None => "release",
+};
+
 /// apcv_verify._native: the compiled verification core.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("CORE_VERSION", apcv_core::VERSION)?;
+    m.add("BUILD", BUILD)?;
     m.add("NativeError", py.get_type::<NativeError>())?;
     m.add("TrustListError", py.get_type::<TrustListError>())?;
     m.add("StatusListError", py.get_type::<StatusListError>())?;
