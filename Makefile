@@ -52,17 +52,59 @@ proto: $(PROTO_OUT)/.stamp
 build: proto
 	$(VENV)/bin/maturin develop --release
 
+# Profile-guided optimisation's inputs and outputs (the rule is below `dev`).
+RUST_HOST := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
+RUST_LLVM_MAJOR := $(shell rustc -vV 2>/dev/null | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
+LLVM_PROFDATA := llvm-profdata-$(RUST_LLVM_MAJOR)
+PGO_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/pgo
+PGO_PROFILE := $(PGO_DIR)/merged.profdata
+PGO_TRAINING_SCANS ?= 10000
+RUST_SRC := Cargo.toml Cargo.lock $(shell find rust/apcv-core rust/apcv-py \
+	\( -path '*/fuzz' -o -path '*/tests' \) -prune -o \( -name '*.rs' -o -name Cargo.toml \) -print)
+
 # Builds the native core into the venv with the dev, load (locust), scan and tracing
-# (OpenTelemetry) extras: in release mode (what `make test` and `make bench` use), or with
-# `make dev PROFILE=debug` in debug mode, several times faster to build, for iterating on the
-# Python side (the core is slower).
+# (OpenTelemetry) extras. By default (PROFILE=release: what `make test` and `make bench` use) a
+# release build guided by a profile of the service's own work (below); `make dev PROFILE=plain`
+# is the release build without it (one build instead of two and a training run, for iterating
+# on the Rust side), `make dev PROFILE=debug` a debug build, several times faster to build, for
+# iterating on the Python side (the core is slower).
 # Only from the command line: an unrelated PROFILE in the environment is ignored.
 ifneq ($(origin PROFILE),command line)
 PROFILE := release
 endif
-dev: proto
-	@case "$(PROFILE)" in release|debug) ;; *) echo "PROFILE must be release or debug"; exit 2;; esac
-	$(VENV)/bin/maturin develop $(if $(filter release,$(PROFILE)),--release) --extras dev,load,scan,tracing
+DEV_EXTRAS := --extras dev,load,scan,tracing
+dev: proto $(if $(filter release,$(PROFILE)),$(PGO_PROFILE))
+	@case "$(PROFILE)" in release|plain|debug) ;; *) echo "PROFILE must be release, plain or debug"; exit 2;; esac
+ifeq ($(PROFILE),release)
+	@# The profile's path names its content: a new profile changes RUSTFLAGS, which cargo
+	@# fingerprints, so every crate is built again from it (cargo does not read the file).
+	profile=$(PGO_DIR)/use-$$(sha256sum $(PGO_PROFILE) | cut -c1-16).profdata; \
+	[ -f $$profile ] || { rm -f $(PGO_DIR)/use-*.profdata; cp $(PGO_PROFILE) $$profile; }; \
+	RUSTFLAGS="-Cprofile-use=$$profile" APCV_NATIVE_BUILD=profile-guided \
+		$(VENV)/bin/maturin develop --release --target $(RUST_HOST) $(DEV_EXTRAS)
+else
+	$(VENV)/bin/maturin develop $(if $(filter plain,$(PROFILE)),--release) $(DEV_EXTRAS)
+endif
+
+# Profile-guided optimisation of the native core (docs/benchmarks.md "The profile-guided
+# build"). The core is built once instrumented (apart, in $(PGO_DIR)/build), then serves
+# `make loadtest`'s realistic mix (loadtest/run.py: a corpus of valid and rejected scans, QR and
+# NFC, a real server on loopback answering locust's Verify and VerifyStream users, every answer
+# checked); each process that loaded the module adds its counts to $(PGO_DIR)/raw on exit, and
+# llvm-profdata of rustc's own LLVM version (Debian's llvm-N: system-deps) merges them for the
+# release build. Made again when the Rust code, the protos or the training change. `--target`
+# keeps RUSTFLAGS off build scripts and proc-macros, which the service never runs.
+$(PGO_PROFILE): $(RUST_SRC) $(PROTO_SRC) loadtest/run.py loadtest/locustfile.py \
+		loadtest/corpus_feed.py loadtest/grpc_user.py | proto system-deps
+	@command -v $(LLVM_PROFDATA) >/dev/null || { echo "$(LLVM_PROFDATA) is missing (rustc's LLVM" \
+		"is $(RUST_LLVM_MAJOR)): run 'sudo apt-get install -y llvm-$(RUST_LLVM_MAJOR)', or build" \
+		"without the profile: make dev PROFILE=plain"; exit 1; }
+	rm -rf $(PGO_DIR)/raw $(PGO_DIR)/training
+	RUSTFLAGS="-Cprofile-generate=$(PGO_DIR)/raw" APCV_NATIVE_BUILD=instrumented \
+		$(VENV)/bin/maturin develop --release --target $(RUST_HOST) \
+		--target-dir $(PGO_DIR)/build $(DEV_EXTRAS)
+	$(PY) loadtest/run.py --out $(PGO_DIR)/training --count $(PGO_TRAINING_SCANS) --run-time 120s
+	$(LLVM_PROFDATA) merge --output $@ $(PGO_DIR)/raw
 
 # grpcurl: the real gRPC client used by the tests and the README.
 $(GRPCURL):
@@ -101,17 +143,21 @@ $(HELM):
 helm: $(HELM)
 
 # System packages the tests need, from Debian: redis-server (tests/test_replay_redis.py starts a
-# real one on loopback) and protobuf-compiler-grpc-java-plugin (grpc-java's protoc plugin, for
-# the Java client example's stubs). Installed only when missing; needs root (CI runs as root).
+# real one on loopback), protobuf-compiler-grpc-java-plugin (grpc-java's protoc plugin, for
+# the Java client example's stubs) and llvm-N for llvm-profdata-N, N the major version of
+# rustc's LLVM (`make dev`'s profile-guided build). Installed only when missing; needs root (CI
+# runs as root).
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v grpc_java_plugin >/dev/null || missing="$$missing protobuf-compiler-grpc-java-plugin"; \
+	command -v $(LLVM_PROFDATA) >/dev/null || missing="$$missing llvm-$(RUST_LLVM_MAJOR)"; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" != 0 ]; then \
 		echo "missing:$$missing: run 'sudo apt-get update && sudo apt-get install -y$$missing'" \
 			"(without redis-server the Redis replay-store tests are skipped, and fail under" \
-			"CI=true; without the plugin the Java client example does not build)"; \
+			"CI=true; without the plugin the Java client example does not build; without" \
+			"llvm-profdata, make dev PROFILE=plain builds the core without its profile)"; \
 		exit 0; \
 	fi; \
 	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing
