@@ -845,7 +845,7 @@ def run(args: Any) -> tuple[list[Measured], LatencyStep]:
                 cases += ["echo-batch100", "echo-stream", "echo-stream20"]
                 cases += [f"{c}@{name}" for name in others for c in SERVER_CASES if c != "echo"]
                 if args.variant_core:  # each copy's own core (its native module)
-                    cases += [f"core100@{name}" for name in others]
+                    cases += [f"core{n}@{name}" for name in others for n in (1, 100)]
                 if args.cases:  # a lever's check: only these cases (and their variants)
                     cases = [c for c in cases if c.partition("@")[0] in args.cases]
                 for case in cases if round_ % 2 else list(reversed(cases)):
@@ -922,7 +922,8 @@ def report(results: list[Measured], step: LatencyStep, args: Any) -> str:
         "## Service against its core (loadtest/service_bench.py)",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs,"
-        f" Python {platform.python_version()}, grpcio {grpc.__version__}.",
+        f" Python {platform.python_version()}, grpcio {grpc.__version__}, native core"
+        f" {_native.BUILD} build.",
         f"Command: `{command}`. {args.rounds} rounds of interleaved cases, {args.items}"
         " presentations per case and round (distinct, none a replay), 1 worker, in-memory replay"
         " store, audit log to a file. Server CPU is the server process's own accounting"
@@ -1182,7 +1183,7 @@ def main() -> int:
     parser.add_argument(
         "--variant-core",
         action="store_true",
-        help="with --variant: also each copy's own core100, with its native module",
+        help="with --variant: also each copy's own core1 and core100, with its native module",
     )
     parser.add_argument("--core-from", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--echo", type=int, help=argparse.SUPPRESS)
