@@ -361,11 +361,19 @@ $(IMAGE_DIR)/runtime.tar:
 	$(MMDEBSTRAP) --include=python3,ca-certificates $(DEBIAN_SUITE) $@.tmp $(DEBIAN_MIRRORS)
 	mv $@.tmp $@
 
-$(IMAGE_DIR)/build.tar:
-	mkdir -p $(IMAGE_DIR)
-	$(MMDEBSTRAP) --include=python3,python3-venv,ca-certificates,rustc-web,cargo-web \
-		$(DEBIAN_SUITE) $@.tmp $(DEBIAN_MIRRORS)
+# The build base: Debian's newer Rust for stable releases (rustc-web), and rust-web-llvm, which
+# brings the LLVM of that rustc (llvm-profdata, for the profile-guided build). The tarball is
+# made again when this list changes (build.packages holds the list it was made from).
+BUILD_BASE_PACKAGES := python3,python3-venv,ca-certificates,rustc-web,cargo-web,rust-web-llvm
+$(IMAGE_DIR)/build.packages: FORCE
+	@mkdir -p $(IMAGE_DIR)
+	@echo '$(BUILD_BASE_PACKAGES)' | cmp -s - $@ || echo '$(BUILD_BASE_PACKAGES)' > $@
+
+$(IMAGE_DIR)/build.tar: $(IMAGE_DIR)/build.packages
+	$(MMDEBSTRAP) --include=$(BUILD_BASE_PACKAGES) $(DEBIAN_SUITE) $@.tmp $(DEBIAN_MIRRORS)
 	mv $@.tmp $@
+
+FORCE:
 
 # One base image per tarball, imported again when the tarball is newer than its last import
 # or the image is missing from buildah's storage.
