@@ -145,6 +145,7 @@ def test_grpc_and_verification_metrics_move_with_the_right_labels(
     (build,) = [dict(key) for name, key in after if name == "apcv_build_info"]
     assert build["version"] == importlib.metadata.version("apcv-verify")
     assert build["core_version"] == _native.CORE_VERSION
+    assert build["core_build"] == _native.BUILD
     assert build["python"] == platform.python_version()
     assert "_created" not in text
 

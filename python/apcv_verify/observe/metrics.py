@@ -289,8 +289,8 @@ def observe_many(histogram: Histogram, amount: float, count: int) -> None:
 
 
 def build_info() -> dict[str, str]:
-    """The labels of ``apcv_build_info``: package, core and Python versions (never a host
-    name or a path)."""
+    """The labels of ``apcv_build_info``: package, core and Python versions and how the core
+    was compiled (``_native.BUILD``; never a host name or a path)."""
     try:
         version = metadata.version("apcv-verify")
     except metadata.PackageNotFoundError:  # run from a source tree without installing
@@ -298,6 +298,7 @@ def build_info() -> dict[str, str]:
     return {
         "version": version,
         "core_version": _native.CORE_VERSION,
+        "core_build": _native.BUILD,
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
     }

@@ -33,7 +33,7 @@ use crate::results::{AmcCoverage, AmoRights, Person, VerificationResult};
 use crate::verifier::Verifier;
 use crate::wire::{CallerView, WireBatch};
 
-/// How this module was compiled, for benchmark reports and the server's start-up line:
+/// How this module was compiled, for benchmark reports and the `apcv_build_info` metric:
 /// "debug", "release", or as `make dev` names it in APCV_NATIVE_BUILD, "instrumented" (the build
 /// that records a profile of the service's work) and "profile-guided" (the release built from
 /// that profile). rustc tracks the variable, so a change of it rebuilds this crate.
