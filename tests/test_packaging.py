@@ -6,6 +6,7 @@ generated ``_proto`` package is git-ignored by design.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from apcv_verify import _native
 
 from .conftest import REPO
 
@@ -40,11 +42,12 @@ def test_wheel_contains_native_core_and_generated_protobuf(tmp_path: Path) -> No
 
 
 def make_recipe(target: str, venv: Path) -> str:
-    """What ``make <target>`` would run from a checkout without a venv (make -n runs nothing)."""
+    """What ``make <target>`` would run from a checkout without a venv (make -n runs nothing),
+    one line per command (a recipe's continued lines joined)."""
     return subprocess.run(
         ["make", "-n", target, f"VENV={venv}"],
         cwd=REPO, capture_output=True, text=True, check=True, timeout=60,
-    ).stdout  # fmt: skip
+    ).stdout.replace("\\\n", " ")  # fmt: skip
 
 
 def test_make_demo_installs_the_runtime_package_without_the_dev_and_load_tools(
@@ -55,10 +58,21 @@ def test_make_demo_installs_the_runtime_package_without_the_dev_and_load_tools(
     assert "--release" in build and "--extras" not in build
     for tool in ("pytest", "mypy", "ruff", "locust"):
         assert tool not in demo
-    # The tests and the linters still get them.
+    # The tests and the linters still get them: in the release build, and in the
+    # instrumented build before it when the core's profile is to be made again.
     for target in ("test-python", "lint"):
-        (develop,) = [
+        developed = [
             line for line in make_recipe(target, tmp_path / "venv").splitlines()
             if "maturin develop" in line
         ]  # fmt: skip
-        assert "--extras dev,load" in develop
+        assert developed and all("--extras dev,load" in line for line in developed)
+
+
+def test_make_test_runs_on_the_profile_guided_core() -> None:
+    """`make dev`, which `make test` and `make bench` run, builds the core from a profile of
+    the service's work (Makefile, "Profile-guided optimisation"), as the image's wheel stage
+    does. A developer may build it otherwise (`make dev PROFILE=plain` or `debug`), so this
+    binds in CI only, where the suite must run on the build that ships."""
+    if not os.environ.get("CI"):
+        pytest.skip("outside CI the core may be any build (make dev PROFILE=plain or debug)")
+    assert _native.BUILD == "profile-guided"
