@@ -122,6 +122,8 @@ def ensure_ghz() -> Path:
 
 
 def machine() -> dict[str, str]:
+    from apcv_verify import _native
+
     cpuinfo = Path("/proc/cpuinfo").read_text()
     models = [
         line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if "model name" in line
@@ -136,16 +138,9 @@ def machine() -> dict[str, str]:
         "python": platform.python_version(),
         "grpcio": grpc.__version__,
         "ghz": GHZ_VERSION,
-        "native core build": native_build(),
+        # How the servers' native core was compiled (`make dev`: profile-guided, as the image).
+        "native core build": _native.BUILD,
     }
-
-
-def native_build() -> str:
-    """How the native core the servers load was compiled (``_native.BUILD``: `make dev` builds
-    it profile-guided, as the image ships it)."""
-    from apcv_verify import _native
-
-    return _native.BUILD
 
 
 @contextmanager

@@ -126,13 +126,6 @@ def make_corpus(path: Path, holders: int, repeat: int, now: int, seed: int = 8) 
 # --- one case, in its own process ---------------------------------------------------------------
 
 
-def _native_build() -> str:
-    """How the native core measured here was compiled (``_native.BUILD``)."""
-    from apcv_verify import _native
-
-    return _native.BUILD
-
-
 def _native_verifier(corpus: dict[str, Any], cache: bool) -> Any:
     from apcv_verify import _native
 
@@ -703,6 +696,8 @@ def _run_worker(argv: list[str]) -> Any:
 
 
 def report(results: dict[str, Any]) -> str:
+    from apcv_verify import _native
+
     rust = results["rust"]
     floor: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
     for row in rust["crypto_floor"]:
@@ -713,7 +708,7 @@ def report(results: dict[str, Any]) -> str:
         "",
         f"Machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
         f"Linux {platform.release()}, Python {platform.python_version()}, native core "
-        f"{_native_build()} build. Command: "
+        f"{_native.BUILD} build. Command: "
         "`python loadtest/core_bench.py --write docs/benchmarks.md --plot "
         "docs/benchmarks-scale.png` (`make bench`). "
         f"{results['rounds']} interleaved rounds; medians; load average at the end "
