@@ -19,7 +19,14 @@ ES256 verification alone in Rust after the same whole MiB (rust/core-bench ``cry
 --touch-mib``): how much of the core's loss is the signature's.
 
     python loadtest/core_cold.py [--rounds 3] [--items 2000] [--touch 0,0.5,2,8,pages]
-        [--crypto ring|all]
+        [--what core,unary] [--crypto ring|all]
+
+Which of the native module's code and data lines a call fetches again: one case at a time
+under Valgrind's cache simulator, then loadtest/cachegrind_native.py on the two outputs:
+
+    valgrind --tool=cachegrind --cache-sim=yes --LL=8388608,16,64 \
+        --cachegrind-out-file=cold.8 python loadtest/core_cold.py --rounds 1 \
+        --items 300 --what unary --touch 8      # and likewise --touch 0 into cold.0
 
 Findings in docs/benchmarks.md "Unary: the floor under the ratio". Not part of ``make bench``.
 """
@@ -141,16 +148,20 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--touch", default="0,0.5,2,8,pages", help="comma-separated")
+    parser.add_argument("--what", default="core,unary", help="comma-separated: core, unary or both")
     parser.add_argument(
         "--crypto", choices=("ring", "all"), help="also ES256 alone in Rust (crypto_floor)"
     )
     args = parser.parse_args()
     touches = args.touch.split(",")
+    whats = args.what.split(",")
+    if not whats or not set(whats) <= {"core", "unary"}:
+        parser.error("--what: core, unary or both, comma-separated")
     with tempfile.TemporaryDirectory(prefix="apcv-core-cold-") as temporary:
         pki = make_pki(Path(temporary) / "pki")
-        cases = [(what, touch) for what in ("core", "unary") for touch in touches]
+        cases = [(what, touch) for what in whats for touch in touches]
         results: dict[tuple[str, str], list[float]] = {case: [] for case in cases}
-        for what in ("core", "unary"):  # warm-up: the process's first calls are not measured
+        for what in whats:  # warm-up: the process's first calls are not measured
             measure(pki, what, "0", min(args.items, 200), 0)
         for round_ in range(1, args.rounds + 1):
             for what, touch in cases if round_ % 2 else reversed(cases):
