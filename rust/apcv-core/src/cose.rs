@@ -4,7 +4,7 @@
 
 use ciborium::Value;
 use coset::{
-    iana, AsCborValue, CoseKey, CoseSign1, Label, RegisteredLabel, RegisteredLabelWithPrivate,
+    iana, AsCborValue, CoseKey, Header, Label, RegisteredLabel, RegisteredLabelWithPrivate,
 };
 use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_FIXED, ED25519};
 
@@ -255,7 +255,10 @@ impl PublicKey {
 /// A strictly parsed COSE_Sign1 with an attached payload.
 #[derive(Clone, Debug)]
 pub struct Sign1 {
-    inner: CoseSign1,
+    /// The protected bucket's bytes as received: the Sig_structure signs them as they are.
+    protected: Vec<u8>,
+    payload: Vec<u8>,
+    signature: Vec<u8>,
     /// `alg` of the protected bucket.
     pub alg: HeaderAlg,
     /// `kid` of the protected bucket (empty when absent).
@@ -264,37 +267,60 @@ pub struct Sign1 {
 
 impl Sign1 {
     /// Parses COSE_Sign1 bytes, tagged (18) or untagged (RFC 9052 §4.2), strictly.
+    ///
+    /// The array is taken apart here, as coset's `CoseSign1::from_cbor_value` does it (same
+    /// checks, same order), and only the protected header map is handed to coset: coset
+    /// would decode the protected bucket's bytes with ciborium's serde decoder and write the
+    /// Sig_structure with its encoder, two more CBOR code paths run on every presentation,
+    /// which the strict decoder and [`sig_structure`] replace (docs/benchmarks.md "Unary: the
+    /// lines fetched again").
     pub fn parse(data: &[u8]) -> Result<Sign1> {
+        const NOT_SIGN1: Error = Error::Malformed("not a COSE_Sign1");
         let v = cbor::decode(data)?;
-        let mut v = match v {
+        let v = match v {
             Value::Tag(COSE_SIGN1_TAG, inner) => *inner,
             Value::Tag(..) => return Err(Error::Malformed("unexpected CBOR tag")),
             other => other,
         };
+        let Value::Array(items) = v else {
+            return Err(NOT_SIGN1);
+        };
+        // The protected bucket is CBOR inside a byte string: it gets the strict rules of
+        // docs/profile.md §4.3 too, its nesting counted on its own. h'' is no item: the
+        // empty header (RFC 9052 §3).
+        let protected_map = match items.first() {
+            Some(Value::Bytes(protected)) if !protected.is_empty() => {
+                Some(cbor::decode(protected)?)
+            }
+            _ => None,
+        };
         // docs/profile.md §2.3 rule 2: nothing in the unprotected bucket is acted on (it is not
-        // signed), so it is only type-checked as a map, then emptied before coset sees it.
-        if let Value::Array(items) = &mut v {
-            // The protected bucket is CBOR inside a byte string, which coset decodes with
-            // ciborium (indefinite lengths, duplicate keys and all): it gets the strict rules
-            // of docs/profile.md §4.3 first, its nesting counted on its own. h'' is no item.
-            if let Some(Value::Bytes(protected)) = items.first() {
-                if !protected.is_empty() {
-                    cbor::check_well_formed(protected)?;
-                }
-            }
-            match items.get_mut(1) {
-                Some(Value::Map(m)) => m.clear(),
-                Some(_) => return Err(Error::Malformed("unprotected header is not a map")),
-                None => {}
-            }
+        // signed), so it is only type-checked as a map.
+        if items.get(1).is_some_and(|u| !matches!(u, Value::Map(_))) {
+            return Err(Error::Malformed("unprotected header is not a map"));
         }
-        let inner =
-            CoseSign1::from_cbor_value(v).map_err(|_| Error::Malformed("not a COSE_Sign1"))?;
-        if inner.payload.is_none() {
+        let [protected, _unprotected, payload, signature]: [Value; 4] =
+            items.try_into().map_err(|_| NOT_SIGN1)?;
+        let Value::Bytes(signature) = signature else {
+            return Err(NOT_SIGN1);
+        };
+        let payload = match payload {
+            Value::Bytes(payload) => Some(payload),
+            Value::Null => None,
+            _ => return Err(NOT_SIGN1),
+        };
+        let Value::Bytes(protected) = protected else {
+            return Err(NOT_SIGN1);
+        };
+        let header = match protected_map {
+            Some(map) => Header::from_cbor_value(map).map_err(|_| NOT_SIGN1)?,
+            None => Header::default(),
+        };
+        let Some(payload) = payload else {
             return Err(Error::Malformed("detached payload"));
-        }
+        };
         // RFC 9052 §3.1 crit: the recipient must understand every listed label.
-        for label in &inner.protected.header.crit {
+        for label in &header.crit {
             let understood = match label {
                 RegisteredLabelWithPrivate::Assigned(p) => {
                     UNDERSTOOD_CRIT_LABELS.contains(&(*p as i64))
@@ -306,22 +332,64 @@ impl Sign1 {
             }
         }
         Ok(Sign1 {
-            alg: HeaderAlg::from_coset(inner.protected.header.alg.as_ref()),
-            kid: inner.protected.header.key_id.clone(),
-            inner,
+            alg: HeaderAlg::from_coset(header.alg.as_ref()),
+            kid: header.key_id,
+            protected,
+            payload,
+            signature,
         })
     }
 
     /// The payload bytes.
     pub fn payload(&self) -> &[u8] {
-        self.inner.payload.as_deref().unwrap_or(&[])
+        &self.payload
     }
 
     /// Verifies the signature with `key` and `alg` over the RFC 9052 §4.4 Sig_structure
     /// `["Signature1", protected bytes as received, external_aad, payload]`.
     pub fn verify(&self, key: &PublicKey, alg: Alg, external_aad: &[u8]) -> Result<bool> {
-        let tbs = self.inner.tbs_data(external_aad);
-        key.verify(alg, &tbs, &self.inner.signature)
+        let tbs = sig_structure(&self.protected, external_aad, &self.payload);
+        key.verify(alg, &tbs, &self.signature)
+    }
+}
+
+/// RFC 9052 §4.4's Sig_structure of a COSE_Sign1, `["Signature1", body_protected,
+/// external_aad, payload]`, in the preferred serialization (RFC 8949 §4.2.1: shortest
+/// heads), as coset's `tbs_data` encodes it (test `sig_structure_is_cosets`).
+fn sig_structure(protected: &[u8], external_aad: &[u8], payload: &[u8]) -> Vec<u8> {
+    const CONTEXT: &[u8] = b"Signature1";
+    // The array's head, the context's head and text, then three heads of at most 9 bytes.
+    let heads = 1 + 1 + CONTEXT.len() + 3 * 9;
+    let mut out = Vec::with_capacity(heads + protected.len() + external_aad.len() + payload.len());
+    out.push(0x84); // an array of 4
+    push_head(&mut out, 3, CONTEXT.len());
+    out.extend_from_slice(CONTEXT);
+    for bytes in [protected, external_aad, payload] {
+        push_head(&mut out, 2, bytes.len());
+        out.extend_from_slice(bytes);
+    }
+    out
+}
+
+/// A CBOR head of major type `major` with argument `n`, in its shortest form (RFC 8949 §3).
+fn push_head(out: &mut Vec<u8>, major: u8, n: usize) {
+    let major = major << 5;
+    let n = n as u64;
+    match n {
+        0..=23 => out.push(major | n as u8),
+        24..=0xff => out.extend_from_slice(&[major | 24, n as u8]),
+        0x100..=0xffff => {
+            out.push(major | 25);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        0x1_0000..=0xffff_ffff => {
+            out.push(major | 26);
+            out.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+        _ => {
+            out.push(major | 27);
+            out.extend_from_slice(&n.to_be_bytes());
+        }
     }
 }
 
@@ -367,6 +435,29 @@ pub fn verify_signature(
 pub(crate) mod tests {
     use super::*;
     use crate::testutil::*;
+
+    #[test]
+    fn sig_structure_is_cosets() {
+        // Every head length: the lengths at each boundary of RFC 8949 §3's argument sizes.
+        for n in [0, 1, 23, 24, 255, 256, 65_535, 65_536, 70_000] {
+            let protected = vec![0xa1; n.min(300)];
+            let aad = vec![0x5a; n / 3];
+            let payload = vec![0x01; n];
+            let sign1 = coset::CoseSign1 {
+                protected: coset::ProtectedHeader {
+                    original_data: Some(protected.clone()),
+                    header: Header::default(),
+                },
+                payload: Some(payload.clone()),
+                ..Default::default()
+            };
+            assert_eq!(
+                sig_structure(&protected, &aad, &payload),
+                sign1.tbs_data(&aad),
+                "{n}"
+            );
+        }
+    }
 
     #[test]
     fn thumbprint_matches_rfc9679_example() {
