@@ -1,6 +1,6 @@
 //! COSE_Sign1 (RFC 9052 §4.2), COSE_Key (RFC 9052 §7, RFC 9053) and key thumbprints
-//! (RFC 9679), parsed strictly with coset after the [`crate::cbor`] pre-pass, and verified
-//! with ring on raw bytes.
+//! (RFC 9679), decoded by the strict [`crate::cbor`] decoder, their headers and keys read
+//! with coset, and verified with ring on raw bytes.
 
 use ciborium::Value;
 use coset::{
