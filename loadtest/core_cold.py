@@ -155,7 +155,7 @@ def main() -> int:
     args = parser.parse_args()
     touches = args.touch.split(",")
     whats = args.what.split(",")
-    if not whats or not set(whats) <= {"core", "unary"}:
+    if not set(whats) <= {"core", "unary"}:
         parser.error("--what: core, unary or both, comma-separated")
     with tempfile.TemporaryDirectory(prefix="apcv-core-cold-") as temporary:
         pki = make_pki(Path(temporary) / "pki")
