@@ -685,15 +685,16 @@ def add_floor_verify(service: Any, server: Any) -> None:
         verifier = trust.current.verifiers[delay]
         now = int(time.time())
         in_core = audit.unary_in_core()
+        # ``audited``: the audit lines, or the bytes of those queued, as the build returns.
         if recovery is None:
-            reply, lines, unavailable = call.answer_unary(
+            reply, audited, unavailable = call.answer_unary(
                 verifier, view, now, caller=ANONYMOUS_CALLER, audit=in_core
             )[3:]
         else:
-            reply, _, lines, unavailable = recovery.answer_unary(
+            reply, _, audited, unavailable = recovery.answer_unary(
                 call, verifier, view, ANONYMOUS_CALLER, now, in_core
             )
-        audit.recorded_in_core(lines, unavailable)
+        audit.recorded_in_core(audited, unavailable)
         assert reply is not None, "the floor answers the benchmark's requests: no FHIR JSON"
         return reply
 

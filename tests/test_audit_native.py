@@ -86,26 +86,27 @@ def test_the_core_renders_the_usual_tail_as_audit_tail_does(pki: DemoPKI) -> Non
 
 
 def test_a_unary_call_is_audited_in_the_core_only_with_the_usual_tail() -> None:
-    """``native_tail_chunk_bytes``: the audit buffer's write size when ``native_audit_tail``
-    is True and tracing is off (a unary call's record is then made in its binding call),
-    else 0 — a bound variable, the audit's level not logged, tracing on."""
+    """``native_tail_queue``: the audit buffer's queue when ``native_audit_tail`` is True and
+    tracing is off (a unary call's record is then left there by its binding call), else
+    None — a bound variable, the audit's level not logged, tracing on."""
     saved = structlog.get_config()
     try:
         configure_logging("info")
-        assert logs.native_tail_chunk_bytes(RECORD_KEYS) == logs.audit_chunk_bytes() > 0
-        assert logs.native_tail_chunk_bytes(RECORD_KEYS | {"level"}) == 0
+        queue = logs.native_tail_queue(RECORD_KEYS)
+        assert isinstance(queue, _native.AuditQueue)
+        assert logs.native_tail_queue(RECORD_KEYS | {"level"}) is None
         structlog.contextvars.bind_contextvars(worker=1)
-        assert logs.native_tail_chunk_bytes(RECORD_KEYS) == 0
+        assert logs.native_tail_queue(RECORD_KEYS) is None
         structlog.contextvars.unbind_contextvars("worker")
-        assert logs.native_tail_chunk_bytes(RECORD_KEYS) > 0
+        assert logs.native_tail_queue(RECORD_KEYS) is queue
         configure_tracing(True, exporter=InMemorySpanExporter(), batch=False)
         try:
             assert logs.native_audit_tail(RECORD_KEYS) is True  # no span: the usual tail
-            assert logs.native_tail_chunk_bytes(RECORD_KEYS) == 0  # but the call is traced
+            assert logs.native_tail_queue(RECORD_KEYS) is None  # but the call is traced
         finally:
             shutdown_tracing()
         configure_logging("warning")
-        assert logs.native_tail_chunk_bytes(RECORD_KEYS) == 0
+        assert logs.native_tail_queue(RECORD_KEYS) is None
     finally:
         structlog.configure(**saved)
         configure_logging("info")

@@ -478,7 +478,7 @@ def test_answer_unary_answers_as_its_steps_do(pki: DemoPKI, groups: tuple[str, .
             answer = call.answer_unary(
                 in_one, view, now, store.store, store.answer_keys, "caller-1", now + 60
             )
-        assert answer[4:] == ([], 0)  # not audited here without ``audit``
+        assert answer[4:] == (0, 0)  # not audited here without ``audit``
         return answer[:4], call.audit_rows()
 
     for scan in usable:  # first seen: verified (a replay when seen again without a store)
@@ -512,10 +512,11 @@ _TIMES = re.compile(r'"latency_ms": [0-9.]+|"timestamp": "[^"]+"')
 
 
 def test_answer_unary_audits_as_audit_does(pki: DemoPKI) -> None:
-    """``answer_unary`` with ``audit`` renders the decision's line and counts it as
-    ``WireBatch.audit`` with the usual tail does after the same steps (but for the latency,
-    measured within the call, and the timestamp); a reused request id is not audited, a
-    scan asking for FHIR JSON is; REPLAY_UNAVAILABLE decisions are counted apart."""
+    """``answer_unary`` with ``audit`` queues the decision's record and counts it as
+    ``WireBatch.audit`` with the usual tail does after the same steps: the queue renders
+    the same line (but for the latency, measured within the call, and the timestamp); a
+    reused request id is not audited, a scan asking for FHIR JSON is; REPLAY_UNAVAILABLE
+    decisions are counted apart."""
     now = int(time.time())
     disclosure = {use: list(FIELD_GROUPS) for use in ("", *USES)}
     view = _native.CallerView(list(USES), disclosure)
@@ -536,6 +537,8 @@ def test_answer_unary_audits_as_audit_does(pki: DemoPKI) -> None:
             return []
         return call.audit(key, "caller-1", "Verify", "0.5", None, counts[0], 0.0005, 4096)[1]
 
+    queue = _native.AuditQueue()
+
     def in_one_call(scan: Scan) -> tuple[bytes | None, int, list[str], int]:
         answer = unary_call(scan).answer_unary(
             in_one,
@@ -545,9 +548,13 @@ def test_answer_unary_audits_as_audit_does(pki: DemoPKI) -> None:
             stores[1].answer_keys,
             "caller-1",
             now + 60,
-            (key, counts[1], 4096),
+            (key, counts[1], queue),
         )
-        return answer[3], answer[2], answer[4], answer[5]
+        lines = queue.take(4096)
+        # About the bytes waiting: within a tenth of the line's (0 when none was queued).
+        assert abs(answer[4] - sum(map(len, lines))) <= sum(map(len, lines)) / 10
+        assert len(queue) == 0
+        return answer[3], answer[2], lines, answer[5]
 
     def without_times(lines: list[str]) -> list[str]:
         return [_TIMES.sub("", line) for line in lines]
@@ -584,6 +591,8 @@ def test_answer_unary_audits_as_audit_does(pki: DemoPKI) -> None:
         unary_call(Scan(request_id=f"r-full-{n}", nfc_bytes=pki.present("alice"), reader=reader))
         for n in range(2)
     )
-    assert first.answer_unary(full, view, now, audit=(key, None, 4096))[5] == 0
-    answer = second.answer_unary(full, view, now, caller="caller-1", audit=(key, None, 4096))
-    assert answer[5] == 1 and json.loads(answer[4][0])["reason"] == "REPLAY_UNAVAILABLE"
+    assert first.answer_unary(full, view, now, audit=(key, None, queue))[5] == 0
+    answer = second.answer_unary(full, view, now, caller="caller-1", audit=(key, None, queue))
+    first_line, second_line = queue.take()
+    assert json.loads(first_line)["decision"] == "ACCEPTED"
+    assert answer[5] == 1 and json.loads(second_line)["reason"] == "REPLAY_UNAVAILABLE"

@@ -5,6 +5,7 @@ from typing import Any, Literal, Self, final
 
 __all__ = [
     "AnswerKeys",
+    "AuditQueue",
     "BUILD",
     "CORE_VERSION",
     "CallerView",
@@ -448,18 +449,18 @@ class WireBatch:
         keys: AnswerKeys | None = None,
         caller: str = "",
         expires_at: int = 0,
-        audit: tuple[HolderRefKey, VerificationCounts | None, int] | None = None,
-    ) -> tuple[int, int, int, bytes | None, list[str], int]:
+        audit: tuple[HolderRefKey, VerificationCounts | None, AuditQueue] | None = None,
+    ) -> tuple[int, int, int, bytes | None, int, int]:
         """A unary call's usable scan in one call: :meth:`recover_from` ``store`` (when
         given), verified at ``now`` unless answered from it, :meth:`keep_in` ``store`` until
         ``expires_at``, and :meth:`response` with what ``view`` discloses; with ``audit``
-        (``(key, counts, chunk_bytes)``), also :meth:`audit` of the decision with the usual
-        tail, for ``caller`` and ``Verify``, this call's time as its latency (not when the
-        request id was reused). ``(unreadable, resent, reused, response, lines,
-        replay_unavailable)``: response None when the scan asked for FHIR JSON or its request
-        id was reused; the audit lines (none without ``audit``) and the number of
-        REPLAY_UNAVAILABLE decisions among them. Not for a verifier with an external replay
-        store."""
+        (``(key, counts, queue)``), also the decision counted and its record queued, as
+        :meth:`audit` with the usual tail would render it, for ``caller`` and ``Verify``, this
+        call's time as its latency (not when the request id was reused). ``(unreadable,
+        resent, reused, response, queued_bytes, replay_unavailable)``: response None when the
+        scan asked for FHIR JSON or its request id was reused; about the bytes of the lines
+        waiting in ``queue`` (0 when nothing was queued) and the number of REPLAY_UNAVAILABLE
+        decisions among the queued ones. Not for a verifier with an external replay store."""
 
 @final
 class CallerView:
@@ -481,6 +482,17 @@ class VerificationCounts:
         self,
     ) -> tuple[list[tuple[str, str, str, int]], list[tuple[str, list[int], float]]]:
         """``(decision, reason, method, count)`` and ``(method, cumulative buckets, sum)``."""
+
+@final
+class AuditQueue:
+    """Audit records kept as their fields by :meth:`WireBatch.answer_unary`, rendered when
+    taken; repr shows only their number."""
+    def __new__(cls) -> Self: ...
+    def take(self, chunk_bytes: int = 0) -> list[str]:
+        """The records' lines in queued order (each ends with its newline), the queue
+        emptied: one per line, or joined into chunks of whole lines of at most
+        ``chunk_bytes`` bytes (a longer line alone)."""
+    def __len__(self) -> int: ...
 
 @final
 class HolderRefKey:

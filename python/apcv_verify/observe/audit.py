@@ -25,8 +25,9 @@ from .logs import (
     AUDIT_LOGGER,
     audit_chunk_bytes,
     audit_lines,
+    audit_queued,
     native_audit_tail,
-    native_tail_chunk_bytes,
+    native_tail_queue,
     write_audit_lines,
 )
 from .tracing import core_span
@@ -50,8 +51,8 @@ log = structlog.get_logger(AUDIT_LOGGER)
 AuditRow = tuple[int | None, str, str, bool, str, bool, str | None, bool, bool]
 
 #: ``WireBatch.answer_unary``'s ``audit``: the holder reference key, the decision counts (None
-#: when the metrics are not kept in the binding) and the audit buffer's chunk size.
-UnaryAudit = tuple[_native.HolderRefKey, _native.VerificationCounts | None, int]
+#: when the metrics are not kept in the binding) and the audit buffer's queue.
+UnaryAudit = tuple[_native.HolderRefKey, _native.VerificationCounts | None, _native.AuditQueue]
 
 #: The keys of an audit record, in order (``replay_unchecked`` only when set).
 RECORD_KEYS = frozenset(
@@ -168,23 +169,24 @@ class AuditTrail:
         call's decision as :meth:`record_wire` would (logging configured, the usual tail,
         tracing off, the decision metrics kept in the binding or none); else None: then
         :meth:`record_wire` after the call. Its results go to :meth:`recorded_in_core`."""
-        chunk_bytes = native_tail_chunk_bytes(RECORD_KEYS)
-        if not chunk_bytes:
+        queue = native_tail_queue(RECORD_KEYS)
+        if queue is None:
             return None
         metrics = self._metrics
         if metrics is None:
-            return self._key, None, chunk_bytes
+            return self._key, None, queue
         counts = metrics.verification_counts
         if counts is None:  # several workers: prometheus_client's files
             return None
-        return self._key, counts, chunk_bytes
+        return self._key, counts, queue
 
-    def recorded_in_core(self, lines: Sequence[str], replay_unavailable: int) -> None:
+    def recorded_in_core(self, queued_bytes: int, replay_unavailable: int) -> None:
         """The rest of :meth:`record_wire` for a decision audited by ``answer_unary``
-        (:meth:`unary_in_core`): its lines written, and a REPLAY_UNAVAILABLE decision counted
-        as the replay store's error."""
-        if lines:
-            write_audit_lines(lines)
+        (:meth:`unary_in_core`): the audit buffer told of the record left in its queue (about
+        ``queued_bytes`` waiting there), and a REPLAY_UNAVAILABLE decision counted as the
+        replay store's error."""
+        if queued_bytes:
+            audit_queued(queued_bytes)
         if replay_unavailable and self._metrics is not None:
             self._metrics.observe_verification(
                 method="Verify",

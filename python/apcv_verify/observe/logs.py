@@ -29,6 +29,7 @@ from typing import Any, Literal, TextIO
 
 import structlog
 
+from .. import _native
 from .tracing import add_trace_ids, current_tracing, trace_fields
 
 __all__ = [
@@ -58,7 +59,11 @@ class BufferedLines:
     and writes them to ``file`` later, in writes of whole lines of at most ``limit`` bytes
     (a line longer than that alone): ``flush()`` (which the logger calls after each record)
     does nothing; :meth:`drain` writes. A first line arms a timer on the running event loop
-    to drain after ``interval`` seconds; outside an event loop each line is written at once."""
+    to drain after ``interval`` seconds; outside an event loop each line is written at once.
+
+    The core may also leave records in :attr:`queue` (``WireBatch.answer_unary``), rendered
+    here when the buffer next takes lines or writes: they keep their place among the lines
+    written to it, and :meth:`queued` applies the same timer and size bound to them."""
 
     def __init__(
         self, file: TextIO, *, interval: float = AUDIT_FLUSH_SECONDS, limit: int = AUDIT_FLUSH_BYTES
@@ -70,6 +75,8 @@ class BufferedLines:
         self._size = 0
         self._armed = False
         self._lock = threading.Lock()
+        #: Records kept by the core as their fields, rendered when taken.
+        self.queue = _native.AuditQueue()
 
     @property
     def limit(self) -> int:
@@ -88,6 +95,8 @@ class BufferedLines:
             return
         size = sum(map(len, lines))
         with self._lock:
+            if self.queue:  # queued before these lines: rendered first, to keep the order
+                self._take_queue()
             self._lines.extend(lines)
             self._size += size
             full = self._size >= self._limit
@@ -97,10 +106,33 @@ class BufferedLines:
         if full:
             self.drain()
         elif arm:
-            try:
-                asyncio.get_running_loop().call_later(self._interval, self.drain)
-            except RuntimeError:  # no event loop in this thread: nothing would drain later
-                self.drain()
+            self._arm()
+
+    def queued(self, size: int) -> None:
+        """Records were left in :attr:`queue`, whose lines take about ``size`` bytes: drain
+        now if the buffer is full with them, else arm the timer if it is not armed yet."""
+        if size + self._size >= self._limit:
+            self.drain()
+            return
+        if self._armed:
+            return
+        with self._lock:
+            arm = not self._armed
+            self._armed = True
+        if arm:
+            self._arm()
+
+    def _arm(self) -> None:
+        try:
+            asyncio.get_running_loop().call_later(self._interval, self.drain)
+        except RuntimeError:  # no event loop in this thread: nothing would drain later
+            self.drain()
+
+    def _take_queue(self) -> None:
+        """Render the queued records after the buffered lines (under the lock)."""
+        taken = self.queue.take()
+        self._lines.extend(taken)
+        self._size += sum(map(len, taken))
 
     def flush(self) -> None:
         """Called after each record: the timer, the size bound or shutdown writes instead."""
@@ -114,6 +146,8 @@ class BufferedLines:
     def drain(self) -> None:
         """Write every buffered line now."""
         with self._lock:
+            if self.queue:
+                self._take_queue()
             lines, self._lines, self._size, self._armed = self._lines, [], 0, False
             if not lines:
                 return
@@ -294,10 +328,11 @@ def native_audit_tail(record_keys: frozenset[str]) -> str | Literal[True] | None
     return audit_tail(record_keys)
 
 
-def native_tail_chunk_bytes(record_keys: frozenset[str]) -> int:
-    """:func:`audit_chunk_bytes` when the core may render a record of ``record_keys`` with
-    the usual tail now (:func:`native_audit_tail` True, tracing off), else 0: one check per
-    unary call instead of the tail's, the trace's and the chunk size's."""
+def native_tail_queue(record_keys: frozenset[str]) -> _native.AuditQueue | None:
+    """The audit buffer's :attr:`~BufferedLines.queue` when the core may render a record of
+    ``record_keys`` with the usual tail (:func:`native_audit_tail` True, tracing off): the
+    tail it renders later is the one that applies now. Else None. One check per unary call
+    instead of the tail's and the trace's."""
     buffer = _audit_buffer
     if (
         buffer is None
@@ -306,8 +341,16 @@ def native_tail_chunk_bytes(record_keys: frozenset[str]) -> int:
         or not _nothing_bound()
         or not record_keys.isdisjoint(_PLAIN_TAIL_KEYS)
     ):
-        return 0
-    return buffer.limit
+        return None
+    return buffer.queue
+
+
+def audit_queued(size: int) -> None:
+    """Records were left in :func:`native_tail_queue`'s queue, whose lines now take about
+    ``size`` bytes (:meth:`BufferedLines.queued`)."""
+    buffer = _audit_buffer
+    if buffer is not None:
+        buffer.queued(size)
 
 
 def audit_chunk_bytes() -> int:

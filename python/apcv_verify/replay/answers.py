@@ -389,15 +389,16 @@ class AnswerRecovery:
         caller: str,
         now: int,
         audit: UnaryAudit | None = None,
-    ) -> tuple[bytes | None, int, list[str], int]:
+    ) -> tuple[bytes | None, int, int, int]:
         """:meth:`answer_wire` of a unary call's usable scan on the in-process store, with its
         verification, response and (with ``audit``) audit in the same binding call
         (:meth:`~apcv_verify._native.WireBatch.answer_unary`): the response (None when FHIR
-        JSON is wanted or the request id was reused), whether it was reused, the audit lines
-        and the number of REPLAY_UNAVAILABLE decisions among them."""
+        JSON is wanted or the request id was reused), whether it was reused, about the bytes
+        of the audit lines waiting in the queue (0 when none was queued) and the number of
+        REPLAY_UNAVAILABLE decisions among the queued ones."""
         memory = self.backend
         assert isinstance(memory, MemoryAnswers)
-        unreadable, resent, reused, reply, lines, unavailable = call.answer_unary(
+        unreadable, resent, reused, reply, queued, unavailable = call.answer_unary(
             verifier,
             view,
             now,
@@ -410,7 +411,7 @@ class AnswerRecovery:
         if unreadable or resent or reused:  # rare: a call less each on the usual way
             self._unreadable(unreadable)
             self._count(resent, reused)
-        return reply, reused, lines, unavailable
+        return reply, reused, queued, unavailable
 
     def _recovered(
         self, keys: _native.AnswerKeys, scan: _native.Scan, record: bytes

@@ -162,11 +162,11 @@ class VerifierService:
         in_core = self._audit.unary_in_core()
         recovery = self._recovery
         if recovery is None:
-            _, _, _, reply, lines, unavailable = call.answer_unary(
+            _, _, _, reply, queued, unavailable = call.answer_unary(
                 verifier, view, now, caller=caller, audit=in_core
             )
         else:
-            reply, reused, lines, unavailable = recovery.answer_unary(
+            reply, reused, queued, unavailable = recovery.answer_unary(
                 call, verifier, view, caller, now, in_core
             )
             if reused:  # a unary call's reused request id ends the call (not audited)
@@ -178,7 +178,7 @@ class VerifierService:
         if in_core is None:
             self._audit.record_wire("Verify", call, time.perf_counter() - started, caller=caller)
         else:
-            self._audit.recorded_in_core(lines, unavailable)
+            self._audit.recorded_in_core(queued, unavailable)
         if reply is None:  # FHIR JSON asked for: built here, as for a batch
             reply = self._with_fhir(call, policy, now)
         return reply

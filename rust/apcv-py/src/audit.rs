@@ -5,6 +5,7 @@
 //! HMAC-SHA-256(secret, credential id), hex, truncated (docs/operations.md "The audit record").
 
 use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -16,7 +17,8 @@ const HOLDER_REF_BYTES: usize = 16;
 /// The audit trail's HMAC key. repr shows nothing of it.
 #[pyclass(frozen, module = "apcv_verify._native")]
 pub(crate) struct HolderRefKey {
-    key: hmac::Key,
+    /// Shared with the records waiting in an `AuditQueue`.
+    key: Arc<hmac::Key>,
 }
 
 #[pymethods]
@@ -29,14 +31,14 @@ impl HolderRefKey {
             ));
         }
         Ok(HolderRefKey {
-            key: hmac::Key::new(hmac::HMAC_SHA256, secret),
+            key: Arc::new(hmac::Key::new(hmac::HMAC_SHA256, secret)),
         })
     }
 
     /// The holder reference of ``credential_id``.
     fn holder_ref(&self, credential_id: &str) -> String {
         let mut out = String::with_capacity(2 * HOLDER_REF_BYTES);
-        self.push_ref(&mut out, credential_id);
+        push_holder_ref(&mut out, &self.key, credential_id);
         out
     }
 
@@ -46,14 +48,19 @@ impl HolderRefKey {
 }
 
 impl HolderRefKey {
-    fn push_ref(&self, out: &mut String, credential_id: &str) {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let tag = hmac::sign(&self.key, credential_id.as_bytes());
-        // Lowercase hex, two digits a byte, without a formatter call per byte.
-        for &byte in &tag.as_ref()[..HOLDER_REF_BYTES] {
-            out.push(char::from(HEX[usize::from(byte >> 4)]));
-            out.push(char::from(HEX[usize::from(byte & 0xf)]));
-        }
+    pub(crate) fn hmac_key(&self) -> &Arc<hmac::Key> {
+        &self.key
+    }
+}
+
+/// Appends the holder reference of `credential_id` under `key`.
+fn push_holder_ref(out: &mut String, key: &hmac::Key, credential_id: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let tag = hmac::sign(key, credential_id.as_bytes());
+    // Lowercase hex, two digits a byte, without a formatter call per byte.
+    for &byte in &tag.as_ref()[..HOLDER_REF_BYTES] {
+        out.push(char::from(HEX[usize::from(byte >> 4)]));
+        out.push(char::from(HEX[usize::from(byte & 0xf)]));
     }
 }
 
@@ -62,9 +69,7 @@ impl HolderRefKey {
 /// (lowercase hex; UTF-16 surrogate pairs above U+FFFF).
 pub(crate) fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
-    if s.bytes()
-        .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
-    {
+    if is_plain(s) {
         // The usual identifier or reason code: nothing to escape.
         out.push_str(s);
         out.push('"');
@@ -117,20 +122,9 @@ pub(crate) struct Shared<'a> {
     pub(crate) tail: &'a str,
 }
 
-/// The audit line of `d` (newline included), keys in the audit trail's order.
-pub(crate) fn line(key: &HolderRefKey, shared: &Shared<'_>, d: &Decided<'_>) -> String {
-    let mut out = String::with_capacity(320 + shared.tail.len());
-    push_line(&mut out, key, shared, d);
-    out
-}
-
-/// Appends the audit line of `d` (newline included) to `out`.
-pub(crate) fn push_line(
-    out: &mut String,
-    key: &HolderRefKey,
-    shared: &Shared<'_>,
-    d: &Decided<'_>,
-) {
+/// Appends the audit line of `d` (newline included) to `out`, keys in the audit trail's
+/// order, the holder reference under `key`.
+pub(crate) fn push_line(out: &mut String, key: &hmac::Key, shared: &Shared<'_>, d: &Decided<'_>) {
     out.push_str("{\"kind\": \"audit\", \"request_id\": ");
     push_json_str(out, d.request_id);
     out.push_str(", \"caller\": ");
@@ -155,7 +149,7 @@ pub(crate) fn push_line(
     match d.credential_id {
         Some(id) => {
             out.push('"');
-            key.push_ref(out, id);
+            push_holder_ref(out, key, id);
             out.push('"');
         }
         None => out.push_str("null"),
@@ -232,6 +226,218 @@ pub(crate) fn plain_tail(now: time::OffsetDateTime) -> String {
     out
 }
 
+/// Audit lines gathered as the audit buffer writes them: one `String` per line
+/// (`chunk_bytes` 0), or joined in order into chunks of whole lines of at most `chunk_bytes`
+/// bytes, a longer line alone; rendered in place, one allocation per chunk rather than per
+/// line.
+pub(crate) struct Lines {
+    chunk_bytes: usize,
+    out: Vec<String>,
+    chunk: String,
+    line: String,
+}
+
+impl Lines {
+    pub(crate) fn new(chunk_bytes: usize) -> Lines {
+        Lines {
+            chunk_bytes,
+            out: Vec::new(),
+            chunk: String::new(),
+            line: String::new(),
+        }
+    }
+
+    /// Adds the line `render` appends to an empty string.
+    pub(crate) fn add(&mut self, render: impl FnOnce(&mut String)) {
+        if self.chunk_bytes == 0 {
+            let mut line = String::with_capacity(384);
+            render(&mut line);
+            self.out.push(line);
+            return;
+        }
+        self.line.clear();
+        render(&mut self.line);
+        if !self.chunk.is_empty() && self.chunk.len() + self.line.len() > self.chunk_bytes {
+            self.out.push(std::mem::take(&mut self.chunk));
+        }
+        if self.chunk.capacity() == 0 {
+            self.chunk.reserve(self.chunk_bytes.max(self.line.len()));
+        }
+        self.chunk.push_str(&self.line);
+    }
+
+    pub(crate) fn finish(mut self) -> Vec<String> {
+        if !self.chunk.is_empty() {
+            self.out.push(self.chunk);
+        }
+        self.out
+    }
+}
+
+/// One decision's audit record kept as its fields until it is rendered (`AuditQueue`).
+pub(crate) struct Waiting {
+    pub(crate) key: Arc<hmac::Key>,
+    pub(crate) caller: String,
+    pub(crate) method: &'static str,
+    pub(crate) position: Option<usize>,
+    pub(crate) request_id: String,
+    pub(crate) reader_id: String,
+    pub(crate) accepted: bool,
+    pub(crate) reason: &'static str,
+    pub(crate) duplicate: bool,
+    pub(crate) credential_id: Option<String>,
+    pub(crate) replay_unchecked: bool,
+    pub(crate) resent: bool,
+    pub(crate) latency_seconds: f64,
+    /// When the decision was audited: the line's timestamp.
+    pub(crate) at: time::OffsetDateTime,
+}
+
+/// What a line takes beside its values: the keys, the punctuation, the decision,
+/// `duplicate`'s `false` and the usual tail with a timestamp to the microsecond.
+const LINE_BYTES_BESIDE_VALUES: usize = 247;
+/// A latency's usual digits ("0.123"): the one value of a line not counted exactly.
+const LATENCY_BYTES: usize = 5;
+
+/// Whether `s` is written as it is between the quotes of a JSON string.
+fn is_plain(s: &str) -> bool {
+    s.bytes()
+        .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
+}
+
+/// The bytes of `s` as a JSON string (`push_json_str`).
+fn json_str_len(s: &str) -> usize {
+    if is_plain(s) {
+        return s.len() + 2;
+    }
+    let mut out = String::new(); // rare: written to be counted
+    push_json_str(&mut out, s);
+    out.len()
+}
+
+impl Waiting {
+    /// About the bytes of its line (the latency's digits are not known before it is
+    /// rendered), for the buffer to know when it is full.
+    fn estimated_bytes(&self) -> usize {
+        let mut bytes = LINE_BYTES_BESIDE_VALUES
+            + LATENCY_BYTES
+            + json_str_len(&self.caller)
+            + json_str_len(self.method)
+            + json_str_len(&self.request_id)
+            + json_str_len(&self.reader_id)
+            + json_str_len(self.reason)
+            + if self.credential_id.is_some() {
+                2 + 2 * HOLDER_REF_BYTES
+            } else {
+                4
+            };
+        if let Some(position) = self.position {
+            bytes += ", \"item\": ".len() + position.checked_ilog10().unwrap_or(0) as usize + 1;
+        }
+        if self.duplicate {
+            bytes -= "false".len() - "true".len();
+        }
+        if self.replay_unchecked {
+            bytes += ", \"replay_unchecked\": true".len();
+        }
+        if self.resent {
+            bytes += ", \"resent\": true".len();
+        }
+        bytes
+    }
+
+    /// Appends its line, as `WireBatch.audit` with the usual tail renders it.
+    fn push_line(&self, out: &mut String) {
+        let (mut caller, mut method) = (String::new(), String::new());
+        push_json_str(&mut caller, &self.caller);
+        push_json_str(&mut method, self.method);
+        let shared = Shared {
+            caller: &caller,
+            method: &method,
+            latency_ms: &latency_ms(self.latency_seconds),
+            tail: &plain_tail(self.at),
+        };
+        let decided = Decided {
+            position: self.position,
+            request_id: &self.request_id,
+            reader_id: &self.reader_id,
+            accepted: self.accepted,
+            reason: self.reason,
+            duplicate: self.duplicate,
+            credential_id: self.credential_id.as_deref(),
+            replay_unchecked: self.replay_unchecked,
+            resent: self.resent,
+        };
+        push_line(out, &self.key, &shared, &decided);
+    }
+}
+
+#[derive(Default)]
+struct Queued {
+    records: Vec<Waiting>,
+    bytes: usize,
+}
+
+/// Audit records of unary calls waiting for the audit buffer's next write, where they are
+/// rendered together: a record's rendering (the holder reference's HMAC, the latency's and
+/// the timestamp's digits, the JSON) is code a unary call would otherwise fetch again each
+/// time, after gRPC's and the interpreter's work (docs/benchmarks.md "Unary: the audit line
+/// rendered when written"). The lines are the same text as rendered at once. repr shows only
+/// the number of records.
+#[pyclass(frozen, module = "apcv_verify._native")]
+#[derive(Default)]
+pub(crate) struct AuditQueue {
+    queued: Mutex<Queued>,
+}
+
+#[pymethods]
+impl AuditQueue {
+    #[new]
+    fn new() -> AuditQueue {
+        AuditQueue::default()
+    }
+
+    /// The waiting records' lines, in the order they were queued (each ends with its
+    /// newline), the queue emptied: one string per line, or with ``chunk_bytes`` joined into
+    /// chunks of whole lines of at most that many bytes (a longer line alone).
+    #[pyo3(signature = (chunk_bytes=0))]
+    fn take(&self, chunk_bytes: usize) -> Vec<String> {
+        let queued = std::mem::take(&mut *self.lock());
+        let mut lines = Lines::new(chunk_bytes);
+        for record in &queued.records {
+            lines.add(|out| record.push_line(out));
+        }
+        lines.finish()
+    }
+
+    /// The number of waiting records.
+    fn __len__(&self) -> usize {
+        self.lock().records.len()
+    }
+
+    fn __repr__(&self) -> String {
+        // docs/profile.md §9.1: no reader-supplied text.
+        format!("<AuditQueue records={}>", self.__len__())
+    }
+}
+
+impl AuditQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queued> {
+        // A panic while holding the lock leaves whole records: go on with them.
+        self.queued.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `records`; about the bytes of all the lines now waiting.
+    pub(crate) fn push(&self, records: impl IntoIterator<Item = Waiting>) -> usize {
+        let mut queued = self.lock();
+        for record in records {
+            queued.bytes += record.estimated_bytes();
+            queued.records.push(record);
+        }
+        queued.bytes
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,6 +491,38 @@ mod tests {
             .map(|b| format!("{b:02x}"))
             .collect();
         assert_eq!(key.holder_ref("cred-1"), expected);
+    }
+
+    #[test]
+    fn a_waiting_records_estimate_is_its_lines_length_but_for_the_latency() {
+        let key = Arc::new(hmac::Key::new(hmac::HMAC_SHA256, b"secret"));
+        let at = time::OffsetDateTime::from_unix_timestamp_nanos(1_796_000_000_123_456_000)
+            .expect("in range");
+        let record = |request_id: &str, credential_id: Option<&str>, flags: bool| Waiting {
+            key: key.clone(),
+            caller: "caller-1".to_owned(),
+            method: "Verify",
+            position: flags.then_some(1234),
+            request_id: request_id.to_owned(),
+            reader_id: "reader \"01\"".to_owned(),
+            accepted: !flags,
+            reason: if flags { "REPLAY_UNAVAILABLE" } else { "OK" },
+            duplicate: flags,
+            credential_id: credential_id.map(str::to_owned),
+            replay_unchecked: flags,
+            resent: flags,
+            latency_seconds: 0.000_123,
+            at,
+        };
+        for waiting in [
+            record("r-1", Some("cred-1"), false),
+            record("\u{e9}t\u{e9}\n\u{1f600}", None, true),
+        ] {
+            let mut line = String::new();
+            waiting.push_line(&mut line);
+            assert!(line.contains("\"latency_ms\": 0.123,"), "{line}");
+            assert_eq!(waiting.estimated_bytes(), line.len(), "{line}");
+        }
     }
 
     #[test]

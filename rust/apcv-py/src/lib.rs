@@ -21,7 +21,7 @@ mod wire;
 use pyo3::prelude::*;
 
 use crate::answers::{AnswerKeys, MemoryAnswerStore};
-use crate::audit::HolderRefKey;
+use crate::audit::{AuditQueue, HolderRefKey};
 use crate::counts::VerificationCounts;
 use crate::errors::{
     cose_key_error, malformed_error, InvalidSignature, NativeError, StatusListError, TrustListError,
@@ -75,6 +75,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<WireBatch>()?;
     m.add_class::<CallerView>()?;
     m.add_class::<HolderRefKey>()?;
+    m.add_class::<AuditQueue>()?;
     m.add_class::<VerificationCounts>()?;
     Ok(())
 }

@@ -673,19 +673,15 @@ impl WireBatch {
         Ok(out)
     }
 
-    /// The audit line of each answered item, one `String` each (`chunk_bytes` 0), or joined
-    /// in order into chunks of whole lines of at most `chunk_bytes` bytes, a longer line
-    /// alone: rendered in place, one allocation per chunk rather than per line.
+    /// The audit line of each answered item, gathered as `audit::Lines` does.
     fn render_lines(
         &self,
         key: &HolderRefKey,
         shared: &audit::Shared<'_>,
         chunk_bytes: usize,
     ) -> PyResult<Vec<String>> {
-        let answered = self.answered()?;
-        let mut out = Vec::new();
-        let (mut chunk, mut line) = (String::new(), String::new());
-        for a in answered {
+        let mut lines = audit::Lines::new(chunk_bytes);
+        for a in self.answered()? {
             let Item::Valid { request_id, .. } = &self.items[a.i] else {
                 unreachable!("answered items are valid")
             };
@@ -701,24 +697,45 @@ impl WireBatch {
                 replay_unchecked: d.replay_unchecked,
                 resent: a.resent_at.is_some(),
             };
-            if chunk_bytes == 0 {
-                out.push(audit::line(key, shared, &decided));
-                continue;
-            }
-            line.clear();
-            audit::push_line(&mut line, key, shared, &decided);
-            if !chunk.is_empty() && chunk.len() + line.len() > chunk_bytes {
-                out.push(std::mem::take(&mut chunk));
-            }
-            if chunk.capacity() == 0 {
-                chunk.reserve(chunk_bytes.max(line.len()));
-            }
-            chunk.push_str(&line);
+            lines.add(|out| audit::push_line(out, key.hmac_key(), shared, &decided));
         }
-        if !chunk.is_empty() {
-            out.push(chunk);
+        Ok(lines.finish())
+    }
+
+    /// The audit record of each answered item, kept as its fields (`audit::Waiting`) for
+    /// `queue` to render later, timed now.
+    fn waiting_records(
+        &self,
+        key: &HolderRefKey,
+        caller: &str,
+        method: &'static str,
+        latency_seconds: f64,
+    ) -> PyResult<Vec<audit::Waiting>> {
+        let at = time::OffsetDateTime::now_utc();
+        let mut records = Vec::new();
+        for a in self.answered()? {
+            let Item::Valid { request_id, .. } = &self.items[a.i] else {
+                unreachable!("answered items are valid")
+            };
+            let d = a.d;
+            records.push(audit::Waiting {
+                key: key.hmac_key().clone(),
+                caller: caller.to_owned(),
+                method,
+                position: self.position(a.i),
+                request_id: request_id.clone(),
+                reader_id: a.reader_id.to_owned(),
+                accepted: d.accepted(),
+                reason: d.reason.as_str(),
+                duplicate: d.duplicate,
+                credential_id: d.credential_id.clone(),
+                replay_unchecked: d.replay_unchecked,
+                resent: a.resent_at.is_some(),
+                latency_seconds,
+                at,
+            });
         }
-        Ok(out)
+        Ok(records)
     }
 
     /// The answer key of item `i` (`answer_keys` computed them).
@@ -1134,17 +1151,7 @@ impl WireBatch {
         latency_seconds: f64,
         chunk_bytes: usize,
     ) -> PyResult<(Vec<(bool, &'static str, usize)>, Vec<String>)> {
-        let kinds = self.decision_counts()?;
-        if let Some(counts) = counts {
-            let mut decided = 0;
-            for (accepted, reason, count) in &kinds {
-                counts.add(*accepted, reason, method, *count as u64);
-                decided += count;
-            }
-            if decided > 0 {
-                counts.observe_many(method, latency_seconds / decided as f64, decided as u64);
-            }
-        }
+        let kinds = self.count_decisions(counts, method, latency_seconds)?;
         let plain;
         let tail = match tail {
             Some("") => return Ok((kinds, Vec::new())),
@@ -1252,12 +1259,14 @@ impl WireBatch {
     /// service sets it, then calls :meth:`response`) or its request id was reused (the call
     /// ends ALREADY_EXISTS). Not for a verifier that leaves step 9 to an external store.
     ///
-    /// With ``audit`` = ``(key, counts, chunk_bytes)`` the decision is also audited here, as
+    /// With ``audit`` = ``(key, counts, queue)`` the decision is also audited here, as
     /// :meth:`audit` with the usual tail would (not when the request id was reused): counted
-    /// in ``counts`` (if any) with this call's time as its latency, and its line rendered for
-    /// caller ``caller`` and method ``Verify``. The answer then ends with the lines (joined
-    /// as for :meth:`audit`; none without ``audit``) and the number of REPLAY_UNAVAILABLE
-    /// decisions among them, which the replay store's error metric counts.
+    /// in ``counts`` (if any) with this call's time as its latency, and its record queued in
+    /// ``queue`` (an :class:`AuditQueue`) for caller ``caller`` and method ``Verify``, timed
+    /// now and rendered when the queue is taken. The answer then ends with about the bytes
+    /// of the lines waiting in ``queue`` (0 when nothing was queued) and the number of
+    /// REPLAY_UNAVAILABLE decisions among the queued ones, which the replay store's error
+    /// metric counts.
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     #[pyo3(signature = (verifier, view, now, store=None, keys=None, caller="", expires_at=0, audit=None))]
     fn answer_unary<'py>(
@@ -1273,14 +1282,14 @@ impl WireBatch {
         audit: Option<(
             PyRef<'py, HolderRefKey>,
             Option<PyRef<'py, VerificationCounts>>,
-            usize,
+            PyRef<'py, audit::AuditQueue>,
         )>,
     ) -> PyResult<(
         usize,
         usize,
         usize,
         Option<Bound<'py, PyBytes>>,
-        Vec<String>,
+        usize,
         usize,
     )> {
         let started = std::time::Instant::now();
@@ -1306,7 +1315,7 @@ impl WireBatch {
         }
         let (resent, reused) = self.recovery_counts();
         if reused > 0 {
-            return Ok((unreadable, resent, reused, None, Vec::new(), 0));
+            return Ok((unreadable, resent, reused, None, 0, 0));
         }
         let response = if self.fhir_wanted()?.is_empty() {
             let mut buf = Vec::new();
@@ -1315,27 +1324,25 @@ impl WireBatch {
         } else {
             None
         };
-        let (mut lines, mut unavailable) = (Vec::new(), 0);
-        if let Some((key, counts, chunk_bytes)) = audit {
+        let (mut queued_bytes, mut unavailable) = (0, 0);
+        if let Some((key, counts, queue)) = audit {
             let seconds = started.elapsed().as_secs_f64();
-            let (kinds, rendered) = self.audit(
-                &key,
-                caller,
-                "Verify",
-                &audit::latency_ms(seconds),
-                None,
-                counts.as_deref(),
-                seconds,
-                chunk_bytes,
-            )?;
-            lines = rendered;
+            let kinds = self.count_decisions(counts.as_deref(), "Verify", seconds)?;
+            queued_bytes = queue.push(self.waiting_records(&key, caller, "Verify", seconds)?);
             unavailable = kinds
                 .iter()
                 .filter(|kind| kind.1 == "REPLAY_UNAVAILABLE")
                 .map(|kind| kind.2)
                 .sum();
         }
-        Ok((unreadable, resent, reused, response, lines, unavailable))
+        Ok((
+            unreadable,
+            resent,
+            reused,
+            response,
+            queued_bytes,
+            unavailable,
+        ))
     }
 
     fn __repr__(&self) -> String {
@@ -1345,6 +1352,29 @@ impl WireBatch {
 }
 
 impl WireBatch {
+    /// The answered items' decisions counted by kind, and in `counts` (if any) with
+    /// `latency_seconds` shared among them in its histogram (each one's share, once per
+    /// decision).
+    fn count_decisions(
+        &self,
+        counts: Option<&VerificationCounts>,
+        method: &str,
+        latency_seconds: f64,
+    ) -> PyResult<Vec<(bool, &'static str, usize)>> {
+        let kinds = self.decision_counts()?;
+        if let Some(counts) = counts {
+            let mut decided = 0;
+            for (accepted, reason, count) in &kinds {
+                counts.add(*accepted, reason, method, *count as u64);
+                decided += count;
+            }
+            if decided > 0 {
+                counts.observe_many(method, latency_seconds / decided as f64, decided as u64);
+            }
+        }
+        Ok(kinds)
+    }
+
     /// `recover`: ``found`` one record or None per answer key.
     fn recover_found(&mut self, keys: &AnswerKeys, found: Vec<Option<Vec<u8>>>) -> PyResult<usize> {
         if found.len() != self.keys.len() {
