@@ -312,35 +312,35 @@ def audit_tail(record_keys: frozenset[str]) -> str | None:
     return json.dumps(common)[1:]
 
 
-def native_audit_tail(record_keys: frozenset[str]) -> str | Literal[True] | None:
-    """:func:`audit_tail` for records rendered by the core, which renders the usual tail
-    itself (``WireBatch.audit`` with no tail: the same text, its timestamp read there): True
-    in that case (logging configured at the audit's level, nothing bound in the context, no
-    span, ``record_keys`` apart from the tail's), else what :func:`audit_tail` returns."""
-    if (
+def _core_tail_applies(record_keys: frozenset[str]) -> bool:
+    """Whether the usual tail ends a record of ``record_keys`` now, as the core renders it
+    (``audit::plain_tail``): logging configured at the audit's level, nothing bound in the
+    log context, ``record_keys`` apart from the tail's. The trace is the callers' check."""
+    return (
         _audit_buffer is not None
         and _audit_enabled
         and _nothing_bound()
-        and trace_fields() is None
         and record_keys.isdisjoint(_PLAIN_TAIL_KEYS)
-    ):
+    )
+
+
+def native_audit_tail(record_keys: frozenset[str]) -> str | Literal[True] | None:
+    """:func:`audit_tail` for records rendered by the core, which renders the usual tail
+    itself (``WireBatch.audit`` with no tail: the same text, its timestamp read there): True
+    in that case (:func:`_core_tail_applies`, and no span), else what :func:`audit_tail`
+    returns."""
+    if _core_tail_applies(record_keys) and trace_fields() is None:
         return True
     return audit_tail(record_keys)
 
 
 def native_tail_queue(record_keys: frozenset[str]) -> _native.AuditQueue | None:
     """The audit buffer's :attr:`~BufferedLines.queue` when the core may render a record of
-    ``record_keys`` with the usual tail (:func:`native_audit_tail` True, tracing off): the
+    ``record_keys`` with the usual tail (:func:`_core_tail_applies`) and tracing is off: the
     tail it renders later is the one that applies now. Else None. One check per unary call
     instead of the tail's and the trace's."""
     buffer = _audit_buffer
-    if (
-        buffer is None
-        or not _audit_enabled
-        or current_tracing() is not None
-        or not _nothing_bound()
-        or not record_keys.isdisjoint(_PLAIN_TAIL_KEYS)
-    ):
+    if buffer is None or current_tracing() is not None or not _core_tail_applies(record_keys):
         return None
     return buffer.queue
 
