@@ -104,7 +104,7 @@ pub(crate) struct Decided<'a> {
     pub(crate) request_id: &'a str,
     pub(crate) reader_id: &'a str,
     pub(crate) accepted: bool,
-    pub(crate) reason: &'a str,
+    pub(crate) reason: &'static str,
     pub(crate) duplicate: bool,
     pub(crate) credential_id: Option<&'a str>,
     pub(crate) replay_unchecked: bool,
@@ -274,23 +274,24 @@ impl Lines {
     }
 }
 
-/// One decision's audit record kept as its fields until it is rendered (`AuditQueue`).
+/// One decision's audit record kept as its fields until it is rendered (`AuditQueue`): a
+/// `Decided` owned, with what its line shares with others.
 pub(crate) struct Waiting {
-    pub(crate) key: Arc<hmac::Key>,
-    pub(crate) caller: String,
-    pub(crate) method: &'static str,
-    pub(crate) position: Option<usize>,
-    pub(crate) request_id: String,
-    pub(crate) reader_id: String,
-    pub(crate) accepted: bool,
-    pub(crate) reason: &'static str,
-    pub(crate) duplicate: bool,
-    pub(crate) credential_id: Option<String>,
-    pub(crate) replay_unchecked: bool,
-    pub(crate) resent: bool,
-    pub(crate) latency_seconds: f64,
+    key: Arc<hmac::Key>,
+    caller: String,
+    method: &'static str,
+    position: Option<usize>,
+    request_id: String,
+    reader_id: String,
+    accepted: bool,
+    reason: &'static str,
+    duplicate: bool,
+    credential_id: Option<String>,
+    replay_unchecked: bool,
+    resent: bool,
+    latency_seconds: f64,
     /// When the decision was audited: the line's timestamp.
-    pub(crate) at: time::OffsetDateTime,
+    at: time::OffsetDateTime,
 }
 
 /// What a line takes beside its values: the keys, the punctuation, the decision,
@@ -316,6 +317,34 @@ fn json_str_len(s: &str) -> usize {
 }
 
 impl Waiting {
+    /// The record of `d`, decided by a call of `method` from `caller` that took
+    /// `latency_seconds` and was audited `at`, its holder reference under `key`.
+    pub(crate) fn new(
+        key: &Arc<hmac::Key>,
+        caller: &str,
+        method: &'static str,
+        d: &Decided<'_>,
+        latency_seconds: f64,
+        at: time::OffsetDateTime,
+    ) -> Waiting {
+        Waiting {
+            key: key.clone(),
+            caller: caller.to_owned(),
+            method,
+            position: d.position,
+            request_id: d.request_id.to_owned(),
+            reader_id: d.reader_id.to_owned(),
+            accepted: d.accepted,
+            reason: d.reason,
+            duplicate: d.duplicate,
+            credential_id: d.credential_id.map(str::to_owned),
+            replay_unchecked: d.replay_unchecked,
+            resent: d.resent,
+            latency_seconds,
+            at,
+        }
+    }
+
     /// About the bytes of its line (the latency's digits are not known before it is
     /// rendered), for the buffer to know when it is full.
     fn estimated_bytes(&self) -> usize {

@@ -673,6 +673,25 @@ impl WireBatch {
         Ok(out)
     }
 
+    /// Answered item `a` as its audit record shows it.
+    fn decided<'s>(&'s self, a: &Answered<'s>) -> audit::Decided<'s> {
+        let Item::Valid { request_id, .. } = &self.items[a.i] else {
+            unreachable!("answered items are valid")
+        };
+        let d = a.d;
+        audit::Decided {
+            position: self.position(a.i),
+            request_id,
+            reader_id: a.reader_id,
+            accepted: d.accepted(),
+            reason: d.reason.as_str(),
+            duplicate: d.duplicate,
+            credential_id: d.credential_id.as_deref(),
+            replay_unchecked: d.replay_unchecked,
+            resent: a.resent_at.is_some(),
+        }
+    }
+
     /// The audit line of each answered item, gathered as `audit::Lines` does.
     fn render_lines(
         &self,
@@ -682,28 +701,14 @@ impl WireBatch {
     ) -> PyResult<Vec<String>> {
         let mut lines = audit::Lines::new(chunk_bytes);
         for a in self.answered()? {
-            let Item::Valid { request_id, .. } = &self.items[a.i] else {
-                unreachable!("answered items are valid")
-            };
-            let d = a.d;
-            let decided = audit::Decided {
-                position: self.position(a.i),
-                request_id,
-                reader_id: a.reader_id,
-                accepted: d.accepted(),
-                reason: d.reason.as_str(),
-                duplicate: d.duplicate,
-                credential_id: d.credential_id.as_deref(),
-                replay_unchecked: d.replay_unchecked,
-                resent: a.resent_at.is_some(),
-            };
+            let decided = self.decided(&a);
             lines.add(|out| audit::push_line(out, key.hmac_key(), shared, &decided));
         }
         Ok(lines.finish())
     }
 
     /// The audit record of each answered item, kept as its fields (`audit::Waiting`) for
-    /// `queue` to render later, timed now.
+    /// an `AuditQueue` to render later, timed now.
     fn waiting_records(
         &self,
         key: &HolderRefKey,
@@ -712,30 +717,21 @@ impl WireBatch {
         latency_seconds: f64,
     ) -> PyResult<Vec<audit::Waiting>> {
         let at = time::OffsetDateTime::now_utc();
-        let mut records = Vec::new();
-        for a in self.answered()? {
-            let Item::Valid { request_id, .. } = &self.items[a.i] else {
-                unreachable!("answered items are valid")
-            };
-            let d = a.d;
-            records.push(audit::Waiting {
-                key: key.hmac_key().clone(),
-                caller: caller.to_owned(),
-                method,
-                position: self.position(a.i),
-                request_id: request_id.clone(),
-                reader_id: a.reader_id.to_owned(),
-                accepted: d.accepted(),
-                reason: d.reason.as_str(),
-                duplicate: d.duplicate,
-                credential_id: d.credential_id.clone(),
-                replay_unchecked: d.replay_unchecked,
-                resent: a.resent_at.is_some(),
-                latency_seconds,
-                at,
-            });
-        }
-        Ok(records)
+        Ok(self
+            .answered()?
+            .iter()
+            .map(|a| {
+                let decided = self.decided(a);
+                audit::Waiting::new(
+                    key.hmac_key(),
+                    caller,
+                    method,
+                    &decided,
+                    latency_seconds,
+                    at,
+                )
+            })
+            .collect())
     }
 
     /// The answer key of item `i` (`answer_keys` computed them).
