@@ -12,8 +12,11 @@ server on loopback, watching for slow leaks and drift (docs/reliability.md "Soak
    valid (loadtest/corpus.py), made by a helper process at most one segment ahead of its use,
    so any answer other than ACCEPTED, or a call error, is an error.
 4. Each second: calls sent, accepted, errors; the server's resident memory (RSS, all its
-   processes, from /proc). Per 10-second window: p50 and p99 latency, and the ids the
-   server's replay store holds (``apcv_replay_store_entries``, scraped as Prometheus would).
+   processes, from /proc), its CPU time and the machine's steal time (CPU time the host gave
+   to other guests, /proc/stat), so that an episode of latency can be told apart: the server
+   busy, the host taking the CPUs, or neither. Per 10-second window: p50 and p99 latency, the
+   server's CPU and the steal in % of one CPU, and the ids the server's replay store holds
+   (``apcv_replay_store_entries``, scraped as Prometheus would).
    At the end the server's own count of accepted verifications (``apcv_verifications_total``)
    is compared with the client's: nothing lost, nothing counted twice.
 
@@ -34,6 +37,7 @@ import statistics
 import sys
 import tempfile
 import time
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -49,6 +53,7 @@ from apcv_verify.issuer import DemoPKI  # noqa: E402
 from bench import (  # noqa: E402
     Case,
     _process_tree,
+    cpu_seconds,
     decisions,
     machine,
     metric_samples,
@@ -102,6 +107,15 @@ def rss_bytes(pid: int) -> int:
     return total
 
 
+def machine_steal_seconds() -> float:
+    """CPU time the hypervisor gave to other guests, all CPUs together, since boot
+    (``steal`` of /proc/stat's ``cpu`` line): CPU time this machine's processes, the server
+    included, waited for while runnable."""
+    with open("/proc/stat") as stat:
+        fields = stat.readline().split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK")  # cpu user nice system idle … steal
+
+
 @dataclass
 class Second:
     """What happened to the calls scheduled in one second of the soak."""
@@ -110,6 +124,11 @@ class Second:
     accepted: int = 0
     errors: int = 0
     rss: int = 0
+    #: When the second's sample was taken (the event loop's clock; NaN: not sampled), the
+    #: server's CPU seconds (all its processes) and the machine's steal seconds until then.
+    sampled_at: float = math.nan
+    server_cpu: float = math.nan
+    steal: float = math.nan
     #: The server's replay store entries, in the first second of each window.
     replay_entries: float | None = None
     latencies: list[float] = field(default_factory=list)
@@ -213,7 +232,11 @@ async def soak(
             second = int(loop.time() - start)
             if second >= seconds:
                 return
-            stats[second].rss = rss_bytes(pid)
+            entry = stats[second]
+            entry.rss = rss_bytes(pid)
+            entry.sampled_at = loop.time()
+            entry.server_cpu = cpu_seconds(pid)
+            entry.steal = machine_steal_seconds()
             if second % WINDOW_SECONDS == 0 and stats[second].replay_entries is None:
                 # Off the loop that sends the calls: the scrape waits for the server.
                 entries = await asyncio.to_thread(replay_entries, metrics_port)
@@ -253,11 +276,30 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def cpu_percent(stats: list[Second], begin: int, end: int) -> tuple[float, float]:
+    """The server's CPU and the machine's steal from second ``begin`` to ``end``, in % of one
+    CPU: between the first samples at or after each (the last sample for ``end`` past the
+    run). NaN when fewer than two samples fall there."""
+    sampled = [i for i, s in enumerate(stats) if not math.isnan(s.sampled_at)]
+    at = bisect_left(sampled, begin)
+    to = min(bisect_left(sampled, end), len(sampled) - 1)
+    if at >= len(sampled) or to <= at:
+        return math.nan, math.nan
+    first, last = stats[sampled[at]], stats[sampled[to]]
+    span = last.sampled_at - first.sampled_at
+    return (
+        100 * (last.server_cpu - first.server_cpu) / span,
+        100 * (last.steal - first.steal) / span,
+    )
+
+
 def windows(stats: list[Second]) -> list[dict[str, float]]:
-    """Per ``WINDOW_SECONDS``: start second, sent, accepted, errors, p50/p99 ms, max RSS MiB."""
+    """Per ``WINDOW_SECONDS``: start second, sent, accepted, errors, p50/p99 ms, max RSS MiB,
+    the server's CPU and the machine's steal in % of one CPU."""
     rows = []
     for begin in range(0, len(stats), WINDOW_SECONDS):
         part = stats[begin : begin + WINDOW_SECONDS]
+        server_cpu, steal = cpu_percent(stats, begin, begin + WINDOW_SECONDS)
         latencies = [x for s in part for x in s.latencies]
         rows.append(
             {
@@ -268,6 +310,8 @@ def windows(stats: list[Second]) -> list[dict[str, float]]:
                 "p50_ms": percentile(latencies, 0.50) * 1000,
                 "p99_ms": percentile(latencies, 0.99) * 1000,
                 "rss_mib": max((s.rss for s in part), default=0) / 2**20,
+                "server_cpu_pct": server_cpu,
+                "steal_pct": steal,
                 "replay_entries": next(
                     (s.replay_entries for s in part if s.replay_entries is not None),
                     float("nan"),
@@ -284,7 +328,7 @@ def plot(rows: list[dict[str, float]], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     t = [r["t"] / 60 for r in rows]
-    fig, (rss, p99, errors) = plt.subplots(3, 1, sharex=True, figsize=(8, 7))
+    fig, (rss, p99, errors, cpu) = plt.subplots(4, 1, sharex=True, figsize=(8, 9))
     rss.plot(t, [r["rss_mib"] for r in rows])
     rss.set_ylabel("server RSS (MiB)")
     rss.set_ylim(bottom=0)
@@ -296,7 +340,12 @@ def plot(rows: list[dict[str, float]], path: Path, title: str) -> None:
     errors.plot(t, [r["errors"] for r in rows], color="tab:red")
     errors.set_ylabel(f"errors per {WINDOW_SECONDS} s")
     errors.set_ylim(bottom=0)
-    errors.set_xlabel("minutes")
+    cpu.plot(t, [r.get("server_cpu_pct", math.nan) for r in rows], label="server")
+    cpu.plot(t, [r.get("steal_pct", math.nan) for r in rows], label="steal (host)")
+    cpu.set_ylabel("% of one CPU")
+    cpu.set_ylim(bottom=0)
+    cpu.legend()
+    cpu.set_xlabel("minutes")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -339,13 +388,21 @@ def report(rows: list[dict[str, float]], info: dict[str, Any], args: argparse.Na
         f"- p99: {statistics.median(r['p99_ms'] for r in head):.1f} ms over the first minute, "
         f"{statistics.median(r['p99_ms'] for r in tail):.1f} ms over the last; worst "
         f"{WINDOW_SECONDS}-second window {max(r['p99_ms'] for r in rows):.1f} ms.",
+        f"- CPU, in % of one CPU: the server {_mean(r.get('server_cpu_pct') for r in rows)} "
+        f"on average; steal time (CPU time the host gave to other guests, the machine's "
+        f"{info['machine']['nproc']} CPUs together) "
+        f"{_mean(r.get('steal_pct') for r in rows)} on average, "
+        f"{_most((r.get('steal_pct', math.nan) for r in rows), '.1f')} in the worst "
+        f"{WINDOW_SECONDS}-second window.",
         "",
     ]
     if info.get("plot"):
-        lines += [f"![RSS, latency and errors over the soak]({info['plot']})", ""]
+        lines += [f"![RSS, latency, errors and CPU over the soak]({info['plot']})", ""]
     lines += [
-        "| minute | sent | accepted | errors | p50 ms | p99 ms | RSS MiB | replay entries |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        # p99, RSS, CPU and steal: the largest of the minute's 10-second windows.
+        "| minute | sent | accepted | errors | p50 ms | p99 ms | RSS MiB | replay entries "
+        "| server CPU % | steal % |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for begin in range(0, len(rows), minute):
         part = rows[begin : begin + minute]
@@ -355,16 +412,24 @@ def report(rows: list[dict[str, float]], info: dict[str, Any], args: argparse.Na
             f"| {statistics.median(r['p50_ms'] for r in part):.1f} "
             f"| {max(r['p99_ms'] for r in part):.1f} "
             f"| {max(r['rss_mib'] for r in part):.1f} "
-            f"| {_most(r.get('replay_entries', math.nan) for r in part)} |"
+            f"| {_most(r.get('replay_entries', math.nan) for r in part)} "
+            f"| {_most(r.get('server_cpu_pct', math.nan) for r in part)} "
+            f"| {_most((r.get('steal_pct', math.nan) for r in part), '.1f')} |"
         )
     lines += ["", END, ""]
     return "\n".join(lines)
 
 
-def _most(values: Iterator[float]) -> str:
+def _most(values: Iterator[float], spec: str = ".0f") -> str:
     """The largest of the values read (NaN: not read), or "–"."""
     read = [v for v in values if not math.isnan(v)]
-    return f"{max(read):.0f}" if read else "–"
+    return format(max(read), spec) if read else "–"
+
+
+def _mean(values: Iterator[float | None]) -> str:
+    """The mean of the values read (None or NaN: not read) to one decimal, or "–"."""
+    read = [v for v in values if v is not None and not math.isnan(v)]
+    return f"{statistics.fmean(read):.1f}" if read else "–"
 
 
 def _answer_bound(args: argparse.Namespace, rate: float) -> str:

@@ -4,6 +4,7 @@ the server. No timing is asserted (docs/reliability.md "Soak")."""
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import sys
@@ -27,15 +28,20 @@ def test_quick_soak_writes_its_section_and_plot(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr[-3000:]
     text = out.read_text()
     assert text.startswith("# Reliability\n\n## Fault injection\n\nkept\n")
-    assert text.count("<!-- soak:begin -->") == 1 and "![RSS, latency and errors" in text
+    assert text.count("<!-- soak:begin -->") == 1 and "![RSS, latency, errors and CPU" in text
     assert plot.read_bytes().startswith(b"\x89PNG")
     calls = re.search(r"; (\d+) calls, (\d+) accepted", text)
     assert calls is not None
     sent, accepted = map(int, calls.groups())
     assert sent > 0 and accepted == sent
     assert "**0 errors**" in text
-    # The replay store's entries, read from the server's /metrics in the first window.
-    assert re.search(r"\| [\d.]+ \| \d+ \|\n", text), text
+    # The replay store's entries, read from the server's /metrics in the first window, then
+    # the server's CPU and the machine's steal (the server verified: it used some CPU).
+    row = re.search(r"\| [\d.]+ \| \d+ \| (\d+) \| (\d+\.\d) \|\n", text)
+    assert row is not None, text
+    assert int(row.group(1)) > 0
+    average = re.search(r"the server (\d+\.\d) on average; steal time", text)
+    assert average is not None and float(average.group(1)) > 0, text
     server = re.search(r"accepted verifications: (\d+) \(client: (\d+)\)", text)
     assert server is not None and server.group(1) == server.group(2) == str(sent)
 
@@ -73,11 +79,38 @@ def test_the_report_names_the_errors_by_kind_and_the_answer_bound() -> None:
         "RESOURCE_EXHAUSTED 3, DEADLINE_EXCEEDED 1." in text
     )
     assert "- Answer store (answer recovery): the server's default bound" in text
-    assert "| RSS MiB | replay entries |" in text and "| 80.0 | – |" in text
-    text = soak.report([{**row, "rss_mib": 80.0, "replay_entries": 1234.0}], info, args)  # type: ignore[arg-type]
-    assert "| 80.0 | 1234 |" in text
+    assert "| RSS MiB | replay entries | server CPU % | steal % |" in text
+    assert "| 80.0 | – | – | – |" in text
+    assert "the server – on average" in text
+    cpu = {"server_cpu_pct": 71.4, "steal_pct": 3.25}
+    text = soak.report([{**row, "rss_mib": 80.0, "replay_entries": 1234.0, **cpu}], info, args)  # type: ignore[arg-type]
+    assert "| 80.0 | 1234 | 71 | 3.2 |" in text
+    assert "the server 71.4 on average" in text and "3.2 on average, 3.2 in the worst" in text
     args.answer_max_entries = 50
     info["error_kinds"] = Counter()
     text = soak.report([{**row, "errors": 0, "rss_mib": 80.0}], info, args)  # type: ignore[arg-type]
     assert "(call errors and verdicts other than ACCEPTED)." in text
     assert "`replay.answer_max_entries` = 50 answers, full after ≈ 5 s at this rate" in text
+
+
+def test_cpu_and_steal_are_read_between_the_samples_around_a_window() -> None:
+    sys.path.insert(0, str(REPO / "loadtest"))
+    import soak
+
+    stats = [soak.Second() for _ in range(30)]
+    # Samples at seconds 0, 1, 2 and 12: 0.5 s of the server's CPU a second, then idle; the
+    # host took 0.2 s in second 1 to 2 and 1 s over seconds 2 to 12.
+    samples = {0: (0.0, 0.0), 1: (0.5, 0.0), 2: (1.0, 0.2), 12: (1.0, 1.2)}
+    for second, (cpu, steal) in samples.items():
+        stats[second].sampled_at = 100.0 + second
+        stats[second].server_cpu = cpu
+        stats[second].steal = steal
+    assert soak.cpu_percent(stats, 0, 1) == (50.0, 0.0)
+    server, steal = soak.cpu_percent(stats, 0, 10)  # seconds 0 to 12, the next sample
+    assert (round(server, 6), round(steal, 6)) == (round(100 / 12, 6), 10.0)
+    server, steal = soak.cpu_percent(stats, 10, 20)  # one sample only: not measured
+    assert math.isnan(server) and math.isnan(steal)
+    rows = soak.windows(stats)
+    assert math.isclose(rows[0]["server_cpu_pct"], 100 / 12) and rows[0]["steal_pct"] == 10.0
+    assert math.isnan(rows[1]["server_cpu_pct"]) and math.isnan(rows[2]["steal_pct"])
+    assert soak.machine_steal_seconds() >= 0
