@@ -18,7 +18,10 @@ server on loopback, watching for slow leaks and drift (docs/reliability.md "Soak
    server's CPU and the steal in % of one CPU, and the ids the server's replay store holds
    (``apcv_replay_store_entries``, scraped as Prometheus would).
    At the end the server's own count of accepted verifications (``apcv_verifications_total``)
-   is compared with the client's: nothing lost, nothing counted twice.
+   is compared with the client's: nothing lost, nothing counted twice; and the server's count
+   of its ``Verify`` calls by status (``grpc_server_handled_total``) is set beside the
+   client's errors by kind, each with the first texts the client got for it, to tell where a
+   status such as ``CANCELLED`` came from.
 
 Results: a Markdown section between markers (``--write docs/reliability.md``) and a plot of
 RSS, p99 and errors over time (``--plot docs/soak.png``, matplotlib). ``--quick`` runs a few
@@ -78,6 +81,9 @@ WINDOW_SECONDS = 10
 CALL_TIMEOUT = 10.0
 #: Channels (HTTP/2 connections) the load is spread over.
 CHANNELS = 4
+#: Distinct status texts kept per kind of call error (gRPC's or the server's own texts,
+#: which name no reader-supplied data: docs/profile.md §9.1).
+DETAILS_PER_KIND = 3
 
 
 def make_requests(pki_dir: str, count: int, prefix: str) -> list[bytes]:
@@ -140,6 +146,8 @@ class Load:
     def __init__(self, address: str) -> None:
         self.channels = [grpc.aio.insecure_channel(address) for _ in range(CHANNELS)]
         self.stubs = [c.unary_unary(VERIFY) for c in self.channels]  # bytes in, bytes out
+        #: The first distinct status texts of the call errors, by status.
+        self.details: dict[str, list[str]] = {}
 
     async def call(self, n: int, request: bytes) -> tuple[str, float]:
         """(error, seconds) of one call: the error is "" for an ACCEPTED verdict, else the
@@ -155,6 +163,10 @@ class Load:
                 error = f"{decision}/{verifier_pb2.Reason.Name(verdict.reason)}"
         except grpc.aio.AioRpcError as failed:
             error = failed.code().name
+            texts = self.details.setdefault(error, [])
+            text = failed.details() or ""
+            if len(texts) < DETAILS_PER_KIND and text not in texts:
+                texts.append(text)
         return error, time.perf_counter() - start
 
     async def close(self) -> None:
@@ -182,6 +194,15 @@ async def capacity(
 
     await asyncio.gather(*(caller() for _ in range(concurrency)))
     return answered / (time.perf_counter() - start)
+
+
+def handled_codes(metrics_port: int) -> Counter[str]:
+    """The server's ``Verify`` calls so far by status (``grpc_server_handled_total``)."""
+    codes: Counter[str] = Counter()
+    for sample in metric_samples(metrics_port):
+        if sample.name == "grpc_server_handled_total" and sample.labels["grpc_method"] == "Verify":
+            codes[sample.labels["grpc_code"]] += int(sample.value)
+    return codes
 
 
 def replay_entries(metrics_port: int) -> float | None:
@@ -359,7 +380,12 @@ def report(rows: list[dict[str, float]], info: dict[str, Any], args: argparse.Na
     minute = max(1, 60 // WINDOW_SECONDS)
     head = rows[:minute]
     tail = rows[-minute:]
-    kinds = ", ".join(f"{kind} {count}" for kind, count in info["error_kinds"].most_common())
+    details = info.get("error_details", {})
+    kinds = ", ".join(
+        f"{kind} {count}" + "".join(f' ("{text}")' for text in details.get(kind, ()))
+        for kind, count in info["error_kinds"].most_common()
+    )
+    server_codes = info.get("server_codes")
     rss_head = statistics.median(r["rss_mib"] for r in head)
     rss_tail = statistics.median(r["rss_mib"] for r in tail)
     lines = [
@@ -382,6 +408,16 @@ def report(rows: list[dict[str, float]], info: dict[str, Any], args: argparse.Na
         f"- Answer store (answer recovery): {_answer_bound(args, info['rate'])}.",
         f"- Server's own count of accepted verifications: {info['server_accepted']:.0f} "
         f"(client: {accepted}).",
+        *(
+            [
+                "- The server's `Verify` calls by status over the soak "
+                "(`grpc_server_handled_total`): "
+                + ", ".join(f"{code} {n}" for code, n in server_codes.most_common())
+                + "."
+            ]
+            if server_codes is not None
+            else []
+        ),
         f"- Server RSS: {rss_head:.1f} MiB over the first minute, {rss_tail:.1f} MiB over the "
         f"last (median of {WINDOW_SECONDS}-second maxima); peak "
         f"{max(r['rss_mib'] for r in rows):.1f} MiB.",
@@ -482,6 +518,7 @@ async def run(
                     f"capacity {info['capacity']:.0f}/s, soak at {info['rate']:.0f}/s", flush=True
                 )
                 before = decisions(server.metrics_port).get("ACCEPTED/OK", 0.0)
+                codes_before = handled_codes(server.metrics_port)
                 stats, info["error_kinds"] = await soak(
                     load,
                     server.process.pid,
@@ -493,6 +530,8 @@ async def run(
                 )
                 after = decisions(server.metrics_port).get("ACCEPTED/OK", 0.0)
                 info["server_accepted"] = after - before
+                info["server_codes"] = handled_codes(server.metrics_port) - codes_before
+                info["error_details"] = load.details
             finally:
                 await load.close()
     finally:

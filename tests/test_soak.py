@@ -44,6 +44,8 @@ def test_quick_soak_writes_its_section_and_plot(tmp_path: Path) -> None:
     assert average is not None and float(average.group(1)) > 0, text
     server = re.search(r"accepted verifications: (\d+) \(client: (\d+)\)", text)
     assert server is not None and server.group(1) == server.group(2) == str(sent)
+    # Every call of the soak ended OK on the server's side too (the capacity step's excluded).
+    assert f"by status over the soak (`grpc_server_handled_total`): OK {sent}.\n" in text
 
 
 def test_the_report_names_the_errors_by_kind_and_the_answer_bound() -> None:
@@ -86,6 +88,15 @@ def test_the_report_names_the_errors_by_kind_and_the_answer_bound() -> None:
     text = soak.report([{**row, "rss_mib": 80.0, "replay_entries": 1234.0, **cpu}], info, args)  # type: ignore[arg-type]
     assert "| 80.0 | 1234 | 71 | 3.2 |" in text
     assert "the server 71.4 on average" in text and "3.2 on average, 3.2 in the worst" in text
+    assert "by status over the soak" not in text  # not read: not reported
+    info["error_details"] = {"DEADLINE_EXCEEDED": ["Deadline Exceeded"]}
+    info["server_codes"] = Counter({"OK": 6, "RESOURCE_EXHAUSTED": 3, "CANCELLED": 1})
+    text = soak.report([{**row, "rss_mib": 80.0}], info, args)  # type: ignore[arg-type]
+    assert 'by kind: RESOURCE_EXHAUSTED 3, DEADLINE_EXCEEDED 1 ("Deadline Exceeded").' in text
+    assert (
+        "- The server's `Verify` calls by status over the soak (`grpc_server_handled_total`): "
+        "OK 6, RESOURCE_EXHAUSTED 3, CANCELLED 1." in text
+    )
     args.answer_max_entries = 50
     info["error_kinds"] = Counter()
     text = soak.report([{**row, "errors": 0, "rss_mib": 80.0}], info, args)  # type: ignore[arg-type]
