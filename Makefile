@@ -264,8 +264,9 @@ fuzz: dev
 		-artifact_prefix=$(FUZZ_WORK)/artifacts/ $(FUZZ_WORK)/servicer tests/fuzz-corpus/servicer
 
 # The soak (docs/reliability.md "Soak"; not in CI: ten minutes): a real server on loopback at 70%
-# of its measured capacity, RSS, errors and p99 over time into docs/soak.png and the results
-# into docs/reliability.md. `make test` runs loadtest/soak.py --quick (tests/test_soak.py).
+# of its measured capacity, RSS, errors, p99, its CPU and the host's steal over time into
+# docs/soak.png and the results into docs/reliability.md. `make test` runs loadtest/soak.py
+# --quick (tests/test_soak.py).
 SOAK_SECONDS ?= 600
 # The answer store's bound for the soak: full within its first minutes, so that what follows
 # shows whether the resident size is flat (the default bound, 1,000,000 answers, ≈ 150 MB, takes

@@ -24,8 +24,8 @@ server on loopback, watching for slow leaks and drift (docs/reliability.md "Soak
    status such as ``CANCELLED`` came from.
 
 Results: a Markdown section between markers (``--write docs/reliability.md``) and a plot of
-RSS, p99 and errors over time (``--plot docs/soak.png``, matplotlib). ``--quick`` runs a few
-seconds (tests/test_soak.py keeps it working; no timing is asserted anywhere).
+RSS, latency, errors and CPU over time (``--plot docs/soak.png``, matplotlib). ``--quick``
+runs a few seconds (tests/test_soak.py keeps it working; no timing is asserted anywhere).
 """
 
 from __future__ import annotations
@@ -385,7 +385,16 @@ def report(rows: list[dict[str, float]], info: dict[str, Any], args: argparse.Na
         f"{kind} {count}" + "".join(f' ("{text}")' for text in details.get(kind, ()))
         for kind, count in info["error_kinds"].most_common()
     )
-    server_codes = info.get("server_codes")
+    server_codes = info.get("server_codes")  # None: not read (report() alone, in tests)
+    by_status = (
+        []
+        if server_codes is None
+        else [
+            "- The server's `Verify` calls by status over the soak (`grpc_server_handled_total`): "
+            + ", ".join(f"{code} {n}" for code, n in server_codes.most_common())
+            + "."
+        ]
+    )
     rss_head = statistics.median(r["rss_mib"] for r in head)
     rss_tail = statistics.median(r["rss_mib"] for r in tail)
     lines = [
@@ -408,16 +417,7 @@ def report(rows: list[dict[str, float]], info: dict[str, Any], args: argparse.Na
         f"- Answer store (answer recovery): {_answer_bound(args, info['rate'])}.",
         f"- Server's own count of accepted verifications: {info['server_accepted']:.0f} "
         f"(client: {accepted}).",
-        *(
-            [
-                "- The server's `Verify` calls by status over the soak "
-                "(`grpc_server_handled_total`): "
-                + ", ".join(f"{code} {n}" for code, n in server_codes.most_common())
-                + "."
-            ]
-            if server_codes is not None
-            else []
-        ),
+        *by_status,
         f"- Server RSS: {rss_head:.1f} MiB over the first minute, {rss_tail:.1f} MiB over the "
         f"last (median of {WINDOW_SECONDS}-second maxima); peak "
         f"{max(r['rss_mib'] for r in rows):.1f} MiB.",
