@@ -148,6 +148,8 @@ class Load:
         self.stubs = [c.unary_unary(VERIFY) for c in self.channels]  # bytes in, bytes out
         #: The first distinct status texts of the call errors, by status.
         self.details: dict[str, list[str]] = {}
+        #: The shortest and longest time to each kind of error (as :meth:`call` names it).
+        self.error_seconds: dict[str, tuple[float, float]] = {}
 
     async def call(self, n: int, request: bytes) -> tuple[str, float]:
         """(error, seconds) of one call: the error is "" for an ACCEPTED verdict, else the
@@ -167,7 +169,11 @@ class Load:
             text = failed.details() or ""
             if len(texts) < DETAILS_PER_KIND and text not in texts:
                 texts.append(text)
-        return error, time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        if error:
+            shortest, longest = self.error_seconds.get(error, (seconds, seconds))
+            self.error_seconds[error] = (min(shortest, seconds), max(longest, seconds))
+        return error, seconds
 
     async def close(self) -> None:
         for channel in self.channels:
@@ -381,10 +387,16 @@ def report(rows: list[dict[str, float]], info: dict[str, Any], args: argparse.Na
     head = rows[:minute]
     tail = rows[-minute:]
     details = info.get("error_details", {})
-    kinds = ", ".join(
-        f"{kind} {count}" + "".join(f' ("{text}")' for text in details.get(kind, ()))
-        for kind, count in info["error_kinds"].most_common()
-    )
+    error_seconds = info.get("error_seconds", {})
+
+    def kind_text(kind: str, count: int) -> str:
+        text = f"{kind} {count}"
+        if kind in error_seconds:
+            shortest, longest = error_seconds[kind]
+            text += f" after {shortest:.2f}–{longest:.2f} s"
+        return text + "".join(f' ("{text}")' for text in details.get(kind, ()))
+
+    kinds = ", ".join(kind_text(k, n) for k, n in info["error_kinds"].most_common())
     server_codes = info.get("server_codes")  # None: not read (report() alone, in tests)
     by_status = (
         []
@@ -532,6 +544,7 @@ async def run(
                 info["server_accepted"] = after - before
                 info["server_codes"] = handled_codes(server.metrics_port) - codes_before
                 info["error_details"] = load.details
+                info["error_seconds"] = load.error_seconds
             finally:
                 await load.close()
     finally:

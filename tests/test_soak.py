@@ -90,9 +90,13 @@ def test_the_report_names_the_errors_by_kind_and_the_answer_bound() -> None:
     assert "the server 71.4 on average" in text and "3.2 on average, 3.2 in the worst" in text
     assert "by status over the soak" not in text  # not read: not reported
     info["error_details"] = {"DEADLINE_EXCEEDED": ["Deadline Exceeded"]}
+    info["error_seconds"] = {"DEADLINE_EXCEEDED": (10.0, 10.004)}
     info["server_codes"] = Counter({"OK": 6, "RESOURCE_EXHAUSTED": 3, "CANCELLED": 1})
     text = soak.report([{**row, "rss_mib": 80.0}], info, args)  # type: ignore[arg-type]
-    assert 'by kind: RESOURCE_EXHAUSTED 3, DEADLINE_EXCEEDED 1 ("Deadline Exceeded").' in text
+    assert (
+        "by kind: RESOURCE_EXHAUSTED 3, "
+        'DEADLINE_EXCEEDED 1 after 10.00–10.00 s ("Deadline Exceeded").' in text
+    )
     assert (
         "- The server's `Verify` calls by status over the soak (`grpc_server_handled_total`): "
         "OK 6, RESOURCE_EXHAUSTED 3, CANCELLED 1." in text
