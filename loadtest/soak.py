@@ -264,10 +264,9 @@ async def soak(
             entry.sampled_at = loop.time()
             entry.server_cpu = cpu_seconds(pid)
             entry.steal = machine_steal_seconds()
-            if second % WINDOW_SECONDS == 0 and stats[second].replay_entries is None:
+            if second % WINDOW_SECONDS == 0 and entry.replay_entries is None:
                 # Off the loop that sends the calls: the scrape waits for the server.
-                entries = await asyncio.to_thread(replay_entries, metrics_port)
-                stats[second].replay_entries = entries
+                entry.replay_entries = await asyncio.to_thread(replay_entries, metrics_port)
             await asyncio.sleep(1.0 - (loop.time() - start) % 1.0)
 
     sampler = loop.create_task(sample_rss())
@@ -394,7 +393,7 @@ def report(rows: list[dict[str, float]], info: dict[str, Any], args: argparse.Na
         if kind in error_seconds:
             shortest, longest = error_seconds[kind]
             text += f" after {shortest:.2f}–{longest:.2f} s"
-        return text + "".join(f' ("{text}")' for text in details.get(kind, ()))
+        return text + "".join(f' ("{said}")' for said in details.get(kind, ()))
 
     kinds = ", ".join(kind_text(k, n) for k, n in info["error_kinds"].most_common())
     server_codes = info.get("server_codes")  # None: not read (report() alone, in tests)
