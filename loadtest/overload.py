@@ -1,0 +1,208 @@
+"""Past capacity: how ``Verify`` callers are answered when more calls come than a server can
+take, and what the server holds meanwhile.
+
+ghz sends unary ``Verify`` calls at ``--rps`` (above the server's capacity: ``make bench``
+measures it) with up to ``--concurrency`` calls in flight over ``--connections`` HTTP/2
+connections, each call with a ``--timeout`` deadline, for ``--seconds``, to each of:
+
+* ``service``: ``apcv-verify serve`` as ``make bench`` starts it (1 worker, memory store,
+  audit log to a file);
+* ``echo``: grpc.aio answering fixed bytes of the service's response size (the stack the
+  service is built on, with nothing behind it: loadtest/service_bench.py's echo server);
+* ``sync-echo``: grpcio's thread-pool server answering the same bytes (gRPC's core without
+  grpc.aio);
+* ``go-echo``: grpc-go answering the same bytes (loadtest/goecho, built with ``go build``).
+
+For each server it prints the calls answered ``OK`` per second (the goodput), then for each
+status the calls that ended with it and the time they took (ghz's own timing per call:
+p10, p50, p90, max), with each status's most frequent texts (addresses and ports taken out),
+and the server process's resident size before, at its peak (sampled every 0.2 s) and after; for
+the service also its own count of the run's ``Verify`` calls by status
+(``grpc_server_handled_total``): a call it never handled is not in it.
+ghz ends the calls still in flight when its time is up: those count as ``Unavailable``
+("use of closed network connection"). No claim is checked here: docs/reliability.md "Past
+capacity" reads the figures. Sends to loopback only, for a bounded time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+from collections import Counter, defaultdict
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import GHZ, Case, ghz_command, start_server, stop_server  # noqa: E402
+from corpus import make_pki, presentations, write_corpus  # noqa: E402
+from p99_floor import started  # noqa: E402
+from service_bench import (  # noqa: E402
+    SERVICE,
+    _response_size,
+    _unary,
+    encode_unary,
+    ghz_environment,
+)
+from soak import handled_codes  # noqa: E402
+
+SERVERS = ("service", "echo", "sync-echo", "go-echo")
+#: How often the server's resident size is read during a run.
+RSS_EVERY_SECONDS = 0.2
+#: The texts shown per status.
+TEXTS_PER_STATUS = 2
+
+
+def resident_mib(pid: int) -> float:
+    """``pid``'s resident size (VmRSS), MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+class PeakResident:
+    """The largest resident size of ``pid`` seen while in the ``with`` block."""
+
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
+        self.peak = resident_mib(pid)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(RSS_EVERY_SECONDS):
+            self.peak = max(self.peak, resident_mib(self._pid))
+
+    def __enter__(self) -> PeakResident:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, resident_mib(self._pid))
+
+
+@dataclass
+class Outcome:
+    """One status's calls in a run: the time each took (ms) and their texts."""
+
+    milliseconds: list[float] = field(default_factory=list)
+    texts: Counter[str] = field(default_factory=Counter)
+
+
+def general_text(error: str) -> str:
+    """ghz's error text without what differs between calls: addresses and ports."""
+    return re.sub(r"\d+\.\d+\.\d+\.\d+:\d+", "<address>", error)
+
+
+def outcomes(ghz_csv: str) -> dict[str, Outcome]:
+    """ghz's per-call CSV (``duration (ms),status,error``) by status."""
+    by_status: dict[str, Outcome] = defaultdict(Outcome)
+    for row in csv.reader(ghz_csv.splitlines()):
+        if len(row) < 2 or not row[0][:1].isdigit():  # the header, blank lines
+            continue
+        outcome = by_status[row[1]]
+        outcome.milliseconds.append(float(row[0]))
+        if len(row) > 2 and row[2]:
+            outcome.texts[general_text(row[2])] += 1
+    return dict(by_status)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """The value at ``fraction`` of sorted ``values`` (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def report(name: str, found: dict[str, Outcome], seconds: float, rss: tuple[float, ...]) -> str:
+    """The lines printed for one server's run."""
+    answered = len(found.get("OK", Outcome()).milliseconds)
+    lines = [
+        f"{name}: {answered / seconds:.0f} OK/s over {seconds:g} s;"
+        f" RSS {rss[0]:.1f} MiB before, {rss[1]:.1f} at its peak, {rss[2]:.1f} after"
+    ]
+    for status, outcome in sorted(found.items(), key=lambda item: -len(item[1].milliseconds)):
+        times = outcome.milliseconds
+        lines.append(
+            f"  {status:18} {len(times):7} calls, ms: p10 {percentile(times, 0.1):.0f}"
+            f" p50 {percentile(times, 0.5):.0f} p90 {percentile(times, 0.9):.0f}"
+            f" max {max(times):.0f}"
+        )
+        for text, count in outcome.texts.most_common(TEXTS_PER_STATUS):
+            lines.append(f"    {count:7} {text}")
+    return "\n".join(lines)
+
+
+def overload(
+    address: str, pid: int, data: Path, args: Any
+) -> tuple[dict[str, Outcome], tuple[float, float, float]]:
+    """One ghz run past capacity against the server at ``address`` (process ``pid``): its
+    calls by status, and the server's resident size before, at its peak and after."""
+    case = Case(
+        "overload", "Verify", 1, "memory",
+        concurrency=args.concurrency, connections=args.connections,
+    )  # fmt: skip
+    command = ghz_command(case, data, address, args.seconds)
+    command[command.index("--format") + 1] = "csv"  # one row per call: time, status, text
+    command[-1:-1] = ["--rps", str(args.rps), "--timeout", f"{args.timeout}s"]
+    before = resident_mib(pid)
+    with PeakResident(pid) as watched:
+        run = subprocess.run(command, capture_output=True, text=True, env=ghz_environment(False))
+    if run.returncode != 0:
+        raise RuntimeError(f"ghz failed: {run.stderr[-2000:]}")
+    return outcomes(run.stdout), (before, watched.peak, resident_mib(pid))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rps", type=int, default=4000, help="calls per second sent")
+    parser.add_argument("--concurrency", type=int, default=5000, help="calls in flight, at most")
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--timeout", type=float, default=10.0, help="each call's deadline, s")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated")
+    args = parser.parse_args()
+    servers = args.servers.split(",")
+    unknown = set(servers) - set(SERVERS)
+    if unknown:
+        parser.error(f"unknown servers: {', '.join(sorted(unknown))}")
+    if not GHZ.exists():
+        parser.error("ghz is missing: `make tools` installs it")
+    with tempfile.TemporaryDirectory(prefix="apcv-overload-") as temporary, ExitStack() as stack:
+        work = Path(temporary)
+        pki = make_pki(work / "pki")
+        server = start_server(Case("overload", "Verify", 1, "memory"), pki.directory, None, work)
+        stack.callback(stop_server, server)
+        warm = list(presentations(pki, 300))
+        asyncio.run(_unary(server.address, SERVICE + "Verify", encode_unary(warm, "w"), 8))
+        reply_size = _response_size(server.address, warm[0])  # the echo servers answer as much
+        # Enough presentations for the whole run, with request ids of their own per server
+        # (a request id answered for one presentation is refused for another).
+        count = int(args.rps * args.seconds * 1.1) + 100
+        for name in servers:
+            data = write_corpus(work, pki, count, prefix=f"{name}-")
+            if name != "service":
+                pid, address = stack.enter_context(started(name, pki, work, reply_size))
+                found, rss = overload(address, pid, data, args)
+                print(report(name, found, args.seconds, rss), flush=True)
+                continue
+            handled = handled_codes(server.metrics_port)
+            found, rss = overload(server.address, server.process.pid, data, args)
+            handled = handled_codes(server.metrics_port) - handled
+            print(report(name, found, args.seconds, rss), flush=True)
+            counted = ", ".join(f"{code} {count}" for code, count in sorted(handled.items()))
+            print(f"  the service's own count of these calls: {counted or 'none'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""loadtest/overload.py keeps working: ghz against a server, the calls by status with their
+times and texts, and the server's resident size, reported (no timing asserted)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import REPO
+
+sys.path.insert(0, str(REPO / "loadtest"))
+import overload  # noqa: E402
+
+GHZ = REPO / ".tools" / "bin" / "ghz"
+
+GHZ_CSV = """\
+duration (ms),status,error
+12.50,OK,
+1.20,Canceled,rpc error: code = Canceled desc = CANCELLED
+0.40,Canceled,rpc error: code = Canceled desc = CANCELLED
+300.00,Unavailable,rpc error: code = Unavailable desc = read tcp 127.0.0.1:41000->127.0.0.1:5000: x
+"""
+
+
+def test_calls_are_grouped_by_status_with_their_times_and_general_texts() -> None:
+    found = overload.outcomes(GHZ_CSV)
+    assert sorted(found) == ["Canceled", "OK", "Unavailable"]
+    assert found["Canceled"].milliseconds == [1.2, 0.4]
+    assert found["OK"].texts == {}
+    (text,) = found["Unavailable"].texts
+    assert text == "rpc error: code = Unavailable desc = read tcp <address>-><address>: x"
+    lines = overload.report("echo", found, 2.0, (80.0, 90.5, 85.25)).splitlines()
+    assert lines[0] == "echo: 0 OK/s over 2 s; RSS 80.0 MiB before, 90.5 at its peak, 85.2 after"
+    assert lines[1] == "  Canceled                 2 calls, ms: p10 0 p50 1 p90 1 max 1"
+    assert lines[2].split()[:2] == ["2", "rpc"]
+
+
+def test_percentile_is_the_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 11)]
+    assert overload.percentile(values, 0.1) == 2.0
+    assert overload.percentile(values, 0.5) == 6.0
+    assert overload.percentile(values, 0.99) == 10.0
+
+
+@pytest.mark.slow
+def test_a_short_run_reports_the_service_and_the_echo_server() -> None:
+    if not GHZ.exists():
+        if os.environ.get("CI"):
+            pytest.fail("ghz missing: `make tools` installs it")
+        pytest.skip("ghz missing; run `make tools`")
+    command = [sys.executable, str(REPO / "loadtest" / "overload.py"), "--rps", "100"]
+    command += ["--concurrency", "8", "--connections", "2", "--seconds", "1"]
+    command += ["--servers", "service,echo"]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for server in ("service", "echo"):
+        head = rf"^{server}: [1-9]\d* OK/s over 1 s; RSS [\d.]+ MiB before, [\d.]+ at its peak"
+        assert re.search(head, run.stdout, re.M), run.stdout
+    ok = r"^  OK +[1-9]\d* calls, ms: p10 \d+ p50 \d+ p90 \d+ max \d+$"
+    assert len(re.findall(ok, run.stdout, re.M)) == 2, run.stdout
