@@ -12,11 +12,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
 from apcv_verify.client import (
+    CallCancelledError,
     DeadlineExceededError,
     FieldViolation,
     InvalidRequestError,
@@ -259,6 +261,77 @@ def test_unavailable_gives_up_after_max_attempts_and_deadlines_are_typed() -> No
     assert unavailable.code == grpc.StatusCode.UNAVAILABLE and unavailable.reason == ""
     assert spent < 10
     assert late.code == grpc.StatusCode.DEADLINE_EXCEEDED and late.reason == ""
+
+
+class CancellingGate:
+    """A gRPC server on 127.0.0.1 in front of the service at ``service``: it ends its first
+    ``cancel`` ``Verify`` calls ``CANCELLED`` without details, as a grpc.aio server past its
+    capacity ends the calls it cannot take (docs/reliability.md "Past capacity"), and passes
+    the others on as received. ``seen``: every request it got, as sent."""
+
+    def __init__(self, cancel: int, service: str = "127.0.0.1:1") -> None:
+        self.seen: list[bytes] = []
+        self.address = ""
+        self._cancel = cancel
+        self._upstream = grpc.aio.insecure_channel(service)
+        self._server = grpc.aio.server()
+
+    async def _verify(self, request: bytes, context: Any) -> bytes:
+        self.seen.append(request)
+        if len(self.seen) <= self._cancel:
+            await context.abort(grpc.StatusCode.CANCELLED, "")
+        answer: bytes = await self._upstream.unary_unary(SERVICE_VERIFY)(request, timeout=10)
+        return answer
+
+    async def __aenter__(self) -> CancellingGate:
+        handler = grpc.unary_unary_rpc_method_handler(self._verify)
+        generic = grpc.method_handlers_generic_handler(SERVICE_NAME, {"Verify": handler})
+        self._server.add_generic_rpc_handlers((generic,))
+        self.address = f"127.0.0.1:{self._server.add_insecure_port('127.0.0.1:0')}"
+        await self._server.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._server.stop(None)
+        await self._upstream.close()
+
+
+SERVICE_NAME = "apcv.verify.v1.VerifierService"
+SERVICE_VERIFY = f"/{SERVICE_NAME}/Verify"
+
+
+@pytest.mark.slow
+def test_a_call_the_server_cancels_is_sent_again_unchanged(
+    server: ServerProcess, pki: DemoPKI
+) -> None:
+    code = qr_text(pki.present("alice"))
+
+    async def scenario() -> tuple[Verdict, list[bytes]]:
+        retry = RetryPolicy(max_attempts=5, initial_backoff=0.05, max_backoff=0.1)
+        async with CancellingGate(2, server.address) as gate:
+            async with VerifierClient(gate.address, retry=retry, reader_id="desk-1") as client:
+                verdict = await client.verify(make_scan(code, reader_id="desk-1"))
+            return verdict, gate.seen
+
+    verdict, seen = asyncio.run(scenario())
+    assert (verdict.decision, reason(verdict), verdict.resent) == (D.DECISION_ACCEPTED, "OK", False)
+    assert len(seen) == 3 and len(set(seen)) == 1  # the same request, request id included
+    assert verifier_pb2.VerifyRequest.FromString(seen[0]).scan.request_id == verdict.request_id
+
+
+def test_a_call_the_server_keeps_cancelling_is_the_typed_error_after_max_attempts() -> None:
+    async def scenario() -> tuple[CallCancelledError, int]:
+        retry = RetryPolicy(max_attempts=3, initial_backoff=0.05, max_backoff=0.1)
+        async with CancellingGate(cancel=1_000) as gate:
+            async with VerifierClient(gate.address, retry=retry, timeout=20) as client:
+                with pytest.raises(CallCancelledError) as cancelled:
+                    await client.verify(make_scan("APCV1:X", reader_id="d"))
+            return cancelled.value, len(gate.seen)
+
+    error, attempts = asyncio.run(scenario())
+    assert attempts == 3
+    assert isinstance(error, UnavailableError)  # resent as UNAVAILABLE is, and caught with it
+    assert (error.code, error.reason) == (grpc.StatusCode.CANCELLED, "")
 
 
 def test_the_backoff_is_exponential_jittered_and_bounded() -> None:

@@ -5,6 +5,7 @@ date): the Python examples, the grpcurl commands, and the Go and Java programs o
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 from apcv_verify.issuer import DemoPKI, qr_text
 
 from .conftest import REPO, ServerProcess
+from .test_client import CancellingGate
 
 DOC = REPO / "docs" / "integration.md"
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```\n", re.DOTALL | re.MULTILINE)
@@ -146,3 +148,46 @@ def test_a_shell_example_runs_as_documented(
     assert run.returncode == 0, run.stdout + run.stderr
     assert example.output is not None
     check_output(run.stdout, example.output)
+
+
+#: The Go and Java programs as the document runs them, from the repository's root.
+PROGRAMS = {
+    "go": ["examples/go/bin/verify-example"],
+    "java": [
+        "bash",
+        "-c",
+        'exec java -cp "examples/java/target/apcv-verify-example-1.jar:'
+        '$(cat examples/java/target/classpath.txt)" fr.apcv.examples.VerifyExample',
+    ],
+}
+
+
+@pytest.mark.slow  # a real server process: over about 3 s
+@pytest.mark.parametrize("language", sorted(PROGRAMS))
+def test_the_go_and_java_examples_resend_a_call_the_server_cancelled(
+    language: str, server: ServerProcess, pki: DemoPKI
+) -> None:
+    """Their channels' retry policy at work: the first ``Verify`` ends ``CANCELLED``, as an
+    overloaded server ends the calls it cannot take, and gRPC itself sends it again,
+    unchanged; the program then runs as documented."""
+    built = next(path for path, name in BUILT.items() if name == language)
+    if not (REPO / built).exists():
+        message = f"the {language} example is not built: `make examples` builds it"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+    async def scenario() -> tuple[int, str, list[bytes]]:
+        async with CancellingGate(1, server.address) as gate:
+            env = {**os.environ, "APCV_TARGET": gate.address}
+            env["APCV_QR"] = qr_text(pki.present("alice"))
+            program = await asyncio.create_subprocess_exec(
+                *PROGRAMS[language], env=env, cwd=REPO,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            )  # fmt: skip
+            printed, _ = await asyncio.wait_for(program.communicate(), timeout=120)
+            return program.returncode or 0, printed.decode(), gate.seen
+
+    returncode, printed, seen = asyncio.run(scenario())
+    assert returncode == 0, printed
+    assert len(seen) >= 2 and seen[1] == seen[0]  # the cancelled call, sent again unchanged

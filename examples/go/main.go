@@ -22,13 +22,14 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// serviceConfig lets grpc-go resend a call that failed with UNAVAILABLE, unchanged (so with
-// the same request_id), with exponential backoff; nothing else is retried.
+// serviceConfig lets grpc-go resend a call that failed with UNAVAILABLE, or CANCELLED by the
+// server (past its capacity it ends the calls it cannot take so), unchanged (so with the same
+// request_id), with exponential backoff; nothing else is retried.
 const serviceConfig = `{"methodConfig": [{
   "name": [{"service": "apcv.verify.v1.VerifierService", "method": "Verify"}],
   "retryPolicy": {
     "maxAttempts": 5, "initialBackoff": "0.2s", "maxBackoff": "10s", "backoffMultiplier": 2,
-    "retryableStatusCodes": ["UNAVAILABLE"]
+    "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"]
   }
 }]}`
 

@@ -1,7 +1,8 @@
 """The Python client of ``apcv.verify.v1`` (asyncio, typed): docs/integration.md.
 
 - :class:`VerifierClient` — ``Verify`` and ``VerifyBatch`` for hospital systems: deadlines,
-  retries with the same ``request_id`` on ``UNAVAILABLE``, TLS and mTLS, typed errors.
+  retries with the same ``request_id`` on ``UNAVAILABLE`` and on the server's ``CANCELLED``,
+  TLS and mTLS, typed errors.
 - :class:`EdgeBatcher` — an edge reader's scans over one ``VerifyStream``, in a durable SQLite
   spool from the scan to its delivered answer, resent after a reconnection or a restart.
 
@@ -20,6 +21,7 @@ from .batcher import (
 )
 from .errors import (
     ERROR_DOMAIN,
+    CallCancelledError,
     DeadlineExceededError,
     FieldViolation,
     InvalidRequestError,
@@ -50,6 +52,7 @@ __all__ = [
     "Answer",
     "BatcherClosedError",
     "BatcherMetrics",
+    "CallCancelledError",
     "DeadlineExceededError",
     "Decision",
     "DuplicateScanError",

@@ -15,6 +15,7 @@ exception                      status                 what the caller does
 :class:`MessageTooLargeError`  RESOURCE_EXHAUSTED     send less per call (``MESSAGE_TOO_LARGE``)
 :class:`ServerBusyError`       RESOURCE_EXHAUSTED     back off, try again (``TOO_MANY_CALLS``)
 :class:`UnavailableError`      UNAVAILABLE            try again later or on another replica
+:class:`CallCancelledError`    CANCELLED              as UNAVAILABLE: the server's side ended it
 :class:`DeadlineExceededError` DEADLINE_EXCEEDED      the answer is unknown: resend the same id
 :class:`ServerError`           INTERNAL, UNKNOWN      report it (a bug on the server's side)
 :class:`VerifierError`         any other              the base class of all of them
@@ -35,6 +36,7 @@ from grpc_status import rpc_status
 
 __all__ = [
     "ERROR_DOMAIN",
+    "CallCancelledError",
     "DeadlineExceededError",
     "FieldViolation",
     "InvalidRequestError",
@@ -132,6 +134,15 @@ class UnavailableError(VerifierError):
     (``TRUST_LIST_NOT_LOADED``). Resending the same ``request_id`` is safe."""
 
 
+class CallCancelledError(UnavailableError):
+    """``CANCELLED`` from the server's side, without details: its gRPC ended the call
+    unanswered. A server past its capacity ends the calls it cannot take this way, within
+    milliseconds and before verifying them (docs/reliability.md "Past capacity"); a proxy or
+    a server shutting down may too. As for ``UNAVAILABLE``, resending the same
+    ``request_id`` is safe, later or on another replica. (A call this client cancels itself
+    raises :class:`asyncio.CancelledError`, never this.)"""
+
+
 class DeadlineExceededError(VerifierError):
     """``DEADLINE_EXCEEDED``: no answer in time. The scan may or may not have been verified:
     resend it with the same ``request_id``: it gets the answer given to it, if any
@@ -147,6 +158,7 @@ _BY_CODE: dict[grpc.StatusCode, type[VerifierError]] = {
     grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
     grpc.StatusCode.ALREADY_EXISTS: RequestIdReusedError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.CANCELLED: CallCancelledError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
     grpc.StatusCode.INTERNAL: ServerError,
     grpc.StatusCode.UNKNOWN: ServerError,

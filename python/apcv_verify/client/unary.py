@@ -1,5 +1,6 @@
 """``VerifierClient``: ``Verify`` and ``VerifyBatch`` for hospital systems, with deadlines,
-idempotent retries on ``UNAVAILABLE`` and typed errors (docs/integration.md)."""
+idempotent retries on ``UNAVAILABLE`` (and the server's ``CANCELLED``) and typed errors
+(docs/integration.md)."""
 
 from __future__ import annotations
 
@@ -69,11 +70,13 @@ class VerifierClient:
     """An asyncio client of ``apcv.verify.v1.VerifierService`` on one channel.
 
     ``timeout`` (seconds, ``None`` for none) is the deadline of a whole :meth:`verify` or of
-    one :meth:`verify_batch` chunk, retries included. A call failing with ``UNAVAILABLE`` is
-    sent again, unchanged (same ``request_id``), after ``retry``'s backoff, at most
-    ``retry.max_attempts`` times in all and never past the deadline: the server gives a
-    resend the answer it kept for that request (``Verdict.resent``, the final answer, even
-    once the presentation has expired), never ``REASON_REPLAYED`` because of the retry. A
+    one :meth:`verify_batch` chunk, retries included. A call failing with ``UNAVAILABLE``, or
+    ``CANCELLED`` by the server's side (:class:`~apcv_verify.client.errors.CallCancelledError`:
+    an overloaded server ends the calls it cannot take so), is sent again, unchanged (same
+    ``request_id``), after ``retry``'s backoff, at most ``retry.max_attempts`` times in all
+    and never past the deadline: the server gives a resend the answer it kept for that request
+    (``Verdict.resent``, the final answer, even once the presentation has expired), never
+    ``REASON_REPLAYED`` because of the retry. A
     scan without ``request_id`` gets a random one first, so its retries share it; one without
     ``reader.reader_id`` gets ``reader_id`` when given. Failures raise the typed exceptions of
     :mod:`apcv_verify.client.errors` (``RequestIdReusedError``: another presentation under a

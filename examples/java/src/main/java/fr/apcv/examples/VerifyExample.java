@@ -31,14 +31,16 @@ import java.util.concurrent.TimeUnit;
  */
 public final class VerifyExample {
   /**
-   * Lets grpc-java resend a call that failed with UNAVAILABLE, unchanged (so with the same
+   * Lets grpc-java resend a call that failed with UNAVAILABLE, or CANCELLED by the server
+   * (past its capacity it ends the calls it cannot take so), unchanged (so with the same
    * request_id), with exponential backoff; nothing else is retried.
    */
   private static final Map<String, ?> SERVICE_CONFIG = Map.of("methodConfig", List.of(Map.of(
       "name", List.of(Map.of("service", "apcv.verify.v1.VerifierService", "method", "Verify")),
       "retryPolicy", Map.of(
           "maxAttempts", 5.0, "initialBackoff", "0.2s", "maxBackoff", "10s",
-          "backoffMultiplier", 2.0, "retryableStatusCodes", List.of("UNAVAILABLE")))));
+          "backoffMultiplier", 2.0,
+          "retryableStatusCodes", List.of("UNAVAILABLE", "CANCELLED")))));
 
   private static final SecureRandom RANDOM = new SecureRandom();
 
