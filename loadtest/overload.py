@@ -18,7 +18,10 @@ status the calls that ended with it and the time they took (ghz's own timing per
 p10, p50, p90, max), with each status's most frequent texts (addresses and ports taken out),
 and the server process's resident size before, at its peak (sampled every 0.2 s) and after; for
 the service also its own count of the run's ``Verify`` calls by status
-(``grpc_server_handled_total``): a call it never handled is not in it.
+(``grpc_server_handled_total``: a call it never handled is not in it), then, in a second
+run of ghz, how the calls of the project's own client end beside it: ``--client-calls``
+calls of :class:`~apcv_verify.client.VerifierClient` (16 in flight, its default deadline and
+retries), each with a fresh presentation, from 2 s into the run.
 ghz ends the calls still in flight when its time is up: those count as ``Unavailable``
 ("use of closed network connection"). No claim is checked here: docs/reliability.md "Past
 capacity" reads the figures. Sends to loopback only, for a bounded time.
@@ -29,16 +32,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import functools
 import re
 import subprocess
 import sys
 import tempfile
 import threading
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from apcv_verify.client import VerifierClient, VerifierError, make_scan
+from apcv_verify.issuer import qr_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import GHZ, Case, ghz_command, start_server, stop_server  # noqa: E402
@@ -58,6 +66,9 @@ SERVERS = ("service", "echo", "sync-echo", "go-echo")
 RSS_EVERY_SECONDS = 0.2
 #: The texts shown per status.
 TEXTS_PER_STATUS = 2
+#: The project's client beside ghz: its calls in flight, and when it starts in the run.
+CLIENT_IN_FLIGHT = 16
+CLIENT_DELAY_SECONDS = 2.0
 
 
 def resident_mib(pid: int) -> float:
@@ -142,11 +153,39 @@ def report(name: str, found: dict[str, Outcome], seconds: float, rss: tuple[floa
     return "\n".join(lines)
 
 
+async def client_calls(address: str, scans: list[str]) -> Counter[str]:
+    """How ``VerifierClient.verify`` calls of ``scans`` (QR texts) to ``address`` end, made
+    :data:`CLIENT_IN_FLIGHT` at a time from :data:`CLIENT_DELAY_SECONDS` on: ``answered``,
+    or the typed error's class and status."""
+    await asyncio.sleep(CLIENT_DELAY_SECONDS)
+    ended: Counter[str] = Counter()
+    in_flight = asyncio.Semaphore(CLIENT_IN_FLIGHT)
+    async with VerifierClient(address) as client:
+
+        async def verify(scan: str) -> None:
+            async with in_flight:
+                try:
+                    await client.verify(make_scan(scan, reader_id="overload"))
+                    ended["answered"] += 1
+                except VerifierError as error:
+                    ended[f"{type(error).__name__} ({error.code.name})"] += 1
+
+        await asyncio.gather(*(verify(scan) for scan in scans))
+    return ended
+
+
+def client_report(address: str, scans: list[str]) -> str:
+    """:func:`client_calls`, as one line."""
+    ended = asyncio.run(client_calls(address, scans))
+    return ", ".join(f"{how} {count}" for how, count in sorted(ended.items()))
+
+
 def overload(
-    address: str, pid: int, data: Path, args: Any
-) -> tuple[dict[str, Outcome], tuple[float, float, float]]:
+    address: str, pid: int, data: Path, args: Any, beside: Callable[[], str] | None = None
+) -> tuple[dict[str, Outcome], tuple[float, float, float], str]:
     """One ghz run past capacity against the server at ``address`` (process ``pid``): its
-    calls by status, and the server's resident size before, at its peak and after."""
+    calls by status, the server's resident size before, at its peak and after, and what
+    ``beside``, run meanwhile, says ("" without it)."""
     case = Case(
         "overload", "Verify", 1, "memory",
         concurrency=args.concurrency, connections=args.connections,
@@ -155,11 +194,17 @@ def overload(
     command[command.index("--format") + 1] = "csv"  # one row per call: time, status, text
     command[-1:-1] = ["--rps", str(args.rps), "--timeout", f"{args.timeout}s"]
     before = resident_mib(pid)
-    with PeakResident(pid) as watched:
-        run = subprocess.run(command, capture_output=True, text=True, env=ghz_environment(False))
-    if run.returncode != 0:
-        raise RuntimeError(f"ghz failed: {run.stderr[-2000:]}")
-    return outcomes(run.stdout), (before, watched.peak, resident_mib(pid))
+    with PeakResident(pid) as watched, tempfile.TemporaryFile("w+") as printed:
+        ghz = subprocess.Popen(
+            command, stdout=printed, stderr=subprocess.STDOUT, text=True, env=ghz_environment(False)
+        )
+        aside = beside() if beside is not None else ""
+        ghz.wait()
+        printed.seek(0)
+        text = printed.read()
+    if ghz.returncode != 0:
+        raise RuntimeError(f"ghz failed: {text[-2000:]}")
+    return outcomes(text), (before, watched.peak, resident_mib(pid)), aside
 
 
 def main() -> int:
@@ -170,6 +215,9 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=10.0, help="each call's deadline, s")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated")
+    parser.add_argument(
+        "--client-calls", type=int, default=300, help="VerifierClient calls beside ghz (service)"
+    )
     args = parser.parse_args()
     servers = args.servers.split(",")
     unknown = set(servers) - set(SERVERS)
@@ -192,15 +240,21 @@ def main() -> int:
             data = write_corpus(work, pki, count, prefix=f"{name}-")
             if name != "service":
                 pid, address = stack.enter_context(started(name, pki, work, reply_size))
-                found, rss = overload(address, pid, data, args)
+                found, rss, _ = overload(address, pid, data, args)
                 print(report(name, found, args.seconds, rss), flush=True)
                 continue
             handled = handled_codes(server.metrics_port)
-            found, rss = overload(server.address, server.process.pid, data, args)
+            found, rss, _ = overload(server.address, server.process.pid, data, args)
             handled = handled_codes(server.metrics_port) - handled
             print(report(name, found, args.seconds, rss), flush=True)
             counted = ", ".join(f"{code} {count}" for code, count in sorted(handled.items()))
-            print(f"  the service's own count of these calls: {counted or 'none'}", flush=True)
+            print(f"  the service's own count of its calls: {counted or 'none'}", flush=True)
+            if args.client_calls:  # a second run, with the project's client beside ghz
+                scans = [qr_text(pki.present()) for _ in range(args.client_calls)]
+                beside = functools.partial(client_report, server.address, scans)
+                data = write_corpus(work, pki, count, prefix=f"{name}-client-")
+                _, _, client = overload(server.address, server.process.pid, data, args, beside)
+                print(f"  VerifierClient beside ghz, {len(scans)} calls: {client}", flush=True)
     return 0
 
 

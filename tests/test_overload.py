@@ -1,5 +1,6 @@
 """loadtest/overload.py keeps working: ghz against a server, the calls by status with their
-times and texts, and the server's resident size, reported (no timing asserted)."""
+times and texts, the server's resident size and the project's client beside ghz, reported
+(no timing asserted)."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def test_a_short_run_reports_the_service_and_the_echo_server() -> None:
         pytest.skip("ghz missing; run `make tools`")
     command = [sys.executable, str(REPO / "loadtest" / "overload.py"), "--rps", "100"]
     command += ["--concurrency", "8", "--connections", "2", "--seconds", "1"]
-    command += ["--servers", "service,echo"]
+    command += ["--servers", "service,echo", "--client-calls", "20"]
     run = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     for server in ("service", "echo"):
@@ -62,3 +63,6 @@ def test_a_short_run_reports_the_service_and_the_echo_server() -> None:
         assert re.search(head, run.stdout, re.M), run.stdout
     ok = r"^  OK +[1-9]\d* calls, ms: p10 \d+ p50 \d+ p90 \d+ max \d+$"
     assert len(re.findall(ok, run.stdout, re.M)) == 2, run.stdout
+    # Under its capacity, the service answers every call: ghz's, counted, and the client's.
+    assert re.search(r"^  the service's own count of its calls: OK [1-9]\d*$", run.stdout, re.M)
+    assert "  VerifierClient beside ghz, 20 calls: answered 20\n" in run.stdout, run.stdout
