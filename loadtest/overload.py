@@ -18,7 +18,8 @@ status the calls that ended with it and the time they took (ghz's own timing per
 p10, p50, p90, max), with each status's most frequent texts (addresses and ports taken out),
 and the server process's resident size before, at its peak (sampled every 0.2 s) and after; for
 the service also its own count of the run's ``Verify`` calls by status
-(``grpc_server_handled_total``: a call it never handled is not in it), then, in a second
+(``grpc_server_handled_total``: a call it never handled is not in it) and its own p99 of
+them (``grpc_server_handling_seconds``, from its handler's start), then, in a second
 run of ghz, how the calls of the project's own client end beside it: ``--client-calls``
 calls of :class:`~apcv_verify.client.VerifierClient` (16 in flight, its default deadline and
 retries), each with a fresh presentation, from 2 s into the run.
@@ -54,10 +55,12 @@ from corpus import make_pki, presentations, write_corpus  # noqa: E402
 from p99_floor import started  # noqa: E402
 from service_bench import (  # noqa: E402
     SERVICE,
+    _handling_seconds,
     _response_size,
     _unary,
     encode_unary,
     ghz_environment,
+    histogram_quantile,
 )
 from soak import handled_codes  # noqa: E402
 
@@ -244,11 +247,14 @@ def main() -> int:
                 print(report(name, found, args.seconds, rss), flush=True)
                 continue
             handled = handled_codes(server.metrics_port)
+            durations = _handling_seconds(server.metrics_port)
             found, rss, _ = overload(server.address, server.process.pid, data, args)
             handled = handled_codes(server.metrics_port) - handled
+            p99 = histogram_quantile(durations, _handling_seconds(server.metrics_port), 0.99)
             print(report(name, found, args.seconds, rss), flush=True)
             counted = ", ".join(f"{code} {count}" for code, count in sorted(handled.items()))
             print(f"  the service's own count of its calls: {counted or 'none'}", flush=True)
+            print(f"  the service's own p99 of those calls: {p99:.2f} ms", flush=True)
             if args.client_calls:  # a second run, with the project's client beside ghz
                 scans = [qr_text(pki.present()) for _ in range(args.client_calls)]
                 beside = functools.partial(client_report, server.address, scans)

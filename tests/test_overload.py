@@ -65,4 +65,5 @@ def test_a_short_run_reports_the_service_and_the_echo_server() -> None:
     assert len(re.findall(ok, run.stdout, re.M)) == 2, run.stdout
     # Under its capacity, the service answers every call: ghz's, counted, and the client's.
     assert re.search(r"^  the service's own count of its calls: OK [1-9]\d*$", run.stdout, re.M)
+    assert re.search(r"^  the service's own p99 of those calls: [\d.]+ ms$", run.stdout, re.M)
     assert "  VerifierClient beside ghz, 20 calls: answered 20\n" in run.stdout, run.stdout
