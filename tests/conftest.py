@@ -305,6 +305,17 @@ def grpcurl() -> str:
     return found
 
 
+@pytest.fixture(scope="session")
+def ghz() -> Path:
+    """The ghz load generator installed by `make tools` (the benchmarks' own copy)."""
+    local = REPO / ".tools" / "bin" / "ghz"
+    if not local.exists():
+        if os.environ.get("CI"):
+            pytest.fail("ghz is missing: `make tools` installs it")
+        pytest.skip("ghz is missing; run `make tools`")
+    return local
+
+
 @dataclass
 class RedisServer:
     """A throw-away ``redis-server`` (no persistence) that a test may stop and start again."""

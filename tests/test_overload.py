@@ -4,7 +4,6 @@ times and texts, the server's resident size and the project's client beside ghz,
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -15,8 +14,6 @@ from .conftest import REPO
 
 sys.path.insert(0, str(REPO / "loadtest"))
 import overload  # noqa: E402
-
-GHZ = REPO / ".tools" / "bin" / "ghz"
 
 GHZ_CSV = """\
 duration (ms),status,error
@@ -48,11 +45,8 @@ def test_percentile_is_the_nearest_rank() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("ghz")
 def test_a_short_run_reports_the_service_and_the_echo_server() -> None:
-    if not GHZ.exists():
-        if os.environ.get("CI"):
-            pytest.fail("ghz missing: `make tools` installs it")
-        pytest.skip("ghz missing; run `make tools`")
     command = [sys.executable, str(REPO / "loadtest" / "overload.py"), "--rps", "100"]
     command += ["--concurrency", "8", "--connections", "2", "--seconds", "1"]
     command += ["--servers", "service,echo", "--client-calls", "20"]

@@ -4,7 +4,6 @@ timing asserted)."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -13,15 +12,10 @@ import pytest
 
 from .conftest import REPO
 
-GHZ = REPO / ".tools" / "bin" / "ghz"
-
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("ghz")
 def test_probe_reports_the_server_beside_ghz() -> None:
-    if not GHZ.exists():
-        if os.environ.get("CI"):
-            pytest.fail("ghz is missing: `make tools` installs it")
-        pytest.skip("ghz is missing; run `make tools`")
     command = [sys.executable, str(REPO / "loadtest" / "p99_probe.py"), "--rounds", "1"]
     command += ["--seconds", "1", "--rps", "100", "--settings", "base"]
     run = subprocess.run(command, capture_output=True, text=True, timeout=300)

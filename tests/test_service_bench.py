@@ -149,14 +149,11 @@ def test_cores_split_in_two_disjoint_halves() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("ghz")
 def test_the_latency_step_measures_its_own_maximum_rate(tmp_path: Path) -> None:
     """ghz unthrottled against the bare echo server, as the latency step measures ``Verify``'s
     maximum rate in its own placement: the rate of answers, then a run at half of it."""
     bench = _service_bench()
-    if not bench.GHZ.exists():
-        if os.environ.get("CI"):
-            pytest.fail("ghz missing: `make tools` installs it")
-        pytest.skip("ghz missing; run `make tools`")
     from corpus import make_pki
 
     pki = make_pki(tmp_path / "pki")
