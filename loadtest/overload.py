@@ -16,8 +16,8 @@ connections, each call with a ``--timeout`` deadline, for ``--seconds``, to each
 For each server it prints the calls answered ``OK`` per second (the goodput), then for each
 status the calls that ended with it and the time they took (ghz's own timing per call:
 p10, p50, p90, max), with each status's most frequent texts (addresses and ports taken out),
-and the server process's resident size before, at its peak (sampled every 0.2 s) and after; for
-the service also its own count of the run's ``Verify`` calls by status
+and the server's resident size (its processes') before, at its peak (sampled every 0.2 s)
+and after; for the service also its own count of the run's ``Verify`` calls by status
 (``grpc_server_handled_total``: a call it never handled is not in it) and its own p99 of
 them (``grpc_server_handling_seconds``, from its handler's start), then, in a second
 run of ghz, how the calls of the project's own client end beside it: ``--client-calls``
@@ -62,7 +62,7 @@ from service_bench import (  # noqa: E402
     ghz_environment,
     histogram_quantile,
 )
-from soak import handled_codes  # noqa: E402
+from soak import handled_codes, rss_bytes  # noqa: E402
 
 SERVERS = ("service", "echo", "sync-echo", "go-echo")
 #: How often the server's resident size is read during a run.
@@ -75,11 +75,8 @@ CLIENT_DELAY_SECONDS = 2.0
 
 
 def resident_mib(pid: int) -> float:
-    """``pid``'s resident size (VmRSS), MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
+    """The resident size of ``pid`` and its descendants, MiB."""
+    return rss_bytes(pid) / 2**20
 
 
 class PeakResident:
