@@ -263,6 +263,10 @@ def test_unavailable_gives_up_after_max_attempts_and_deadlines_are_typed() -> No
     assert late.code == grpc.StatusCode.DEADLINE_EXCEEDED and late.reason == ""
 
 
+SERVICE_NAME = "apcv.verify.v1.VerifierService"
+SERVICE_VERIFY = f"/{SERVICE_NAME}/Verify"
+
+
 class CancellingGate:
     """A gRPC server on 127.0.0.1 in front of the service at ``service``: it ends its first
     ``cancel`` ``Verify`` calls ``CANCELLED`` without details, as a grpc.aio server past its
@@ -294,10 +298,6 @@ class CancellingGate:
     async def __aexit__(self, *exc: object) -> None:
         await self._server.stop(None)
         await self._upstream.close()
-
-
-SERVICE_NAME = "apcv.verify.v1.VerifierService"
-SERVICE_VERIFY = f"/{SERVICE_NAME}/Verify"
 
 
 @pytest.mark.slow
