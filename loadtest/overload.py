@@ -17,7 +17,8 @@ For each server it prints the calls answered ``OK`` per second (the goodput), th
 status the calls that ended with it and the time they took (ghz's own timing per call:
 p10, p50, p90, max), with each status's most frequent texts (addresses and ports taken out),
 and the server's resident size (its processes') before, at its peak (sampled every 0.2 s)
-and after; for the service also its own count of the run's ``Verify`` calls by status
+and after, and every 10 s from before ghz starts (ghz first reads its data); for the
+service also its own count of the run's ``Verify`` calls by status
 (``grpc_server_handled_total``: a call it never handled is not in it) and its own p99 of
 them (``grpc_server_handling_seconds``, from its handler's start), then, in a second
 run of ghz, how the calls of the project's own client end beside it: ``--client-calls``
@@ -39,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -65,8 +67,9 @@ from service_bench import (  # noqa: E402
 from soak import handled_codes, rss_bytes  # noqa: E402
 
 SERVERS = ("service", "echo", "sync-echo", "go-echo")
-#: How often the server's resident size is read during a run.
+#: How often the server's resident size is read during a run, and printed.
 RSS_EVERY_SECONDS = 0.2
+RSS_TIMELINE_SECONDS = 10.0
 #: The texts shown per status.
 TEXTS_PER_STATUS = 2
 #: The project's client beside ghz: its calls in flight, and when it starts in the run.
@@ -80,17 +83,23 @@ def resident_mib(pid: int) -> float:
 
 
 class PeakResident:
-    """The largest resident size of ``pid`` seen while in the ``with`` block."""
+    """The largest resident size of ``pid`` seen while in the ``with`` block, and one reading
+    every :data:`RSS_TIMELINE_SECONDS` from its start (``timeline``)."""
 
     def __init__(self, pid: int) -> None:
         self._pid = pid
         self.peak = resident_mib(pid)
+        self.timeline = [self.peak]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
     def _watch(self) -> None:
+        start = time.monotonic()
         while not self._stop.wait(RSS_EVERY_SECONDS):
-            self.peak = max(self.peak, resident_mib(self._pid))
+            now = resident_mib(self._pid)
+            self.peak = max(self.peak, now)
+            if time.monotonic() - start >= len(self.timeline) * RSS_TIMELINE_SECONDS:
+                self.timeline.append(now)
 
     def __enter__(self) -> PeakResident:
         self._thread.start()
@@ -134,13 +143,23 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def report(name: str, found: dict[str, Outcome], seconds: float, rss: tuple[float, ...]) -> str:
-    """The lines printed for one server's run."""
+def report(
+    name: str,
+    found: dict[str, Outcome],
+    seconds: float,
+    rss: tuple[float, ...],
+    timeline: list[float] | None = None,
+) -> str:
+    """The lines printed for one server's run (``timeline``: its RSS every
+    :data:`RSS_TIMELINE_SECONDS`, from before ghz starts, which first reads its data)."""
     answered = len(found.get("OK", Outcome()).milliseconds)
     lines = [
         f"{name}: {answered / seconds:.0f} OK/s over {seconds:g} s;"
         f" RSS {rss[0]:.1f} MiB before, {rss[1]:.1f} at its peak, {rss[2]:.1f} after"
     ]
+    if timeline:
+        every = ", ".join(f"{mib:.0f}" for mib in timeline)
+        lines.append(f"  RSS every {RSS_TIMELINE_SECONDS:g} s, MiB: {every}")
     for status, outcome in sorted(found.items(), key=lambda item: -len(item[1].milliseconds)):
         times = outcome.milliseconds
         lines.append(
@@ -182,10 +201,11 @@ def client_report(address: str, scans: list[str]) -> str:
 
 def overload(
     address: str, pid: int, data: Path, args: Any, beside: Callable[[], str] | None = None
-) -> tuple[dict[str, Outcome], tuple[float, float, float], str]:
+) -> tuple[dict[str, Outcome], tuple[float, float, float], str, list[float]]:
     """One ghz run past capacity against the server at ``address`` (process ``pid``): its
-    calls by status, the server's resident size before, at its peak and after, and what
-    ``beside``, run meanwhile, says ("" without it)."""
+    calls by status, the server's resident size before, at its peak and after, what
+    ``beside``, run meanwhile, says ("" without it), and the resident size's timeline
+    (:class:`PeakResident`)."""
     case = Case(
         "overload", "Verify", 1, "memory",
         concurrency=args.concurrency, connections=args.connections,
@@ -204,7 +224,7 @@ def overload(
         text = printed.read()
     if ghz.returncode != 0:
         raise RuntimeError(f"ghz failed: {text[-2000:]}")
-    return outcomes(text), (before, watched.peak, resident_mib(pid)), aside
+    return outcomes(text), (before, watched.peak, resident_mib(pid)), aside, watched.timeline
 
 
 def main() -> int:
@@ -240,15 +260,15 @@ def main() -> int:
             data = write_corpus(work, pki, count, prefix=f"{name}-")
             if name != "service":
                 pid, address = stack.enter_context(started(name, pki, work, reply_size))
-                found, rss, _ = overload(address, pid, data, args)
-                print(report(name, found, args.seconds, rss), flush=True)
+                found, rss, _, timeline = overload(address, pid, data, args)
+                print(report(name, found, args.seconds, rss, timeline), flush=True)
                 continue
             handled = handled_codes(server.metrics_port)
             durations = _handling_seconds(server.metrics_port)
-            found, rss, _ = overload(server.address, server.process.pid, data, args)
+            found, rss, _, timeline = overload(server.address, server.process.pid, data, args)
             handled = handled_codes(server.metrics_port) - handled
             p99 = histogram_quantile(durations, _handling_seconds(server.metrics_port), 0.99)
-            print(report(name, found, args.seconds, rss), flush=True)
+            print(report(name, found, args.seconds, rss, timeline), flush=True)
             counted = ", ".join(f"{code} {count}" for code, count in sorted(handled.items()))
             print(f"  the service's own count of its calls: {counted or 'none'}", flush=True)
             print(f"  the service's own p99 of those calls: {p99:.2f} ms", flush=True)
@@ -256,7 +276,7 @@ def main() -> int:
                 scans = [qr_text(pki.present()) for _ in range(args.client_calls)]
                 beside = functools.partial(client_report, server.address, scans)
                 data = write_corpus(work, pki, count, prefix=f"{name}-client-")
-                _, _, client = overload(server.address, server.process.pid, data, args, beside)
+                _, _, client, _ = overload(server.address, server.process.pid, data, args, beside)
                 print(f"  VerifierClient beside ghz, {len(scans)} calls: {client}", flush=True)
     return 0
 

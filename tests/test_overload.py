@@ -35,6 +35,8 @@ def test_calls_are_grouped_by_status_with_their_times_and_general_texts() -> Non
     assert lines[0] == "echo: 0 OK/s over 2 s; RSS 80.0 MiB before, 90.5 at its peak, 85.2 after"
     assert lines[1] == "  Canceled                 2 calls, ms: p10 0 p50 1 p90 1 max 1"
     assert lines[2].split()[:2] == ["2", "rpc"]
+    timed = overload.report("echo", found, 2.0, (80.0, 90.5, 85.25), [80.0, 90.4])
+    assert timed.splitlines()[1] == "  RSS every 10 s, MiB: 80, 90"
 
 
 def test_percentile_is_the_nearest_rank() -> None:
