@@ -64,7 +64,7 @@ from service_bench import (  # noqa: E402
     ghz_environment,
     histogram_quantile,
 )
-from soak import handled_codes, rss_bytes  # noqa: E402
+from soak import handled_codes, percentile, rss_bytes  # noqa: E402
 
 SERVERS = ("service", "echo", "sync-echo", "go-echo")
 #: How often the server's resident size is read during a run, and printed.
@@ -135,12 +135,6 @@ def outcomes(ghz_csv: str) -> dict[str, Outcome]:
         if len(row) > 2 and row[2]:
             outcome.texts[general_text(row[2])] += 1
     return dict(by_status)
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    """The value at ``fraction`` of sorted ``values`` (nearest rank)."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def report(
