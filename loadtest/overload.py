@@ -6,7 +6,8 @@ measures it) with up to ``--concurrency`` calls in flight over ``--connections``
 connections, each call with a ``--timeout`` deadline, for ``--seconds``, to each of:
 
 * ``service``: ``apcv-verify serve`` as ``make bench`` starts it (1 worker, memory store,
-  audit log to a file);
+  audit log to a file), once per ``--max-pending-calls`` value (``server.max_pending_calls``:
+  how many calls gRPC holds for it; 0, the default, keeps gRPC's own bound);
 * ``echo``: grpc.aio answering fixed bytes of the service's response size (the stack the
   service is built on, with nothing behind it: loadtest/service_bench.py's echo server);
 * ``sync-echo``: grpcio's thread-pool server answering the same bytes (gRPC's core without
@@ -232,7 +233,13 @@ def main() -> int:
     parser.add_argument(
         "--client-calls", type=int, default=300, help="VerifierClient calls beside ghz (service)"
     )
+    parser.add_argument(
+        "--max-pending-calls",
+        default="0",
+        help="the service's server.max_pending_calls, comma-separated: one run each",
+    )
     args = parser.parse_args()
+    pending_bounds = [int(bound) for bound in args.max_pending_calls.split(",")]
     servers = args.servers.split(",")
     unknown = set(servers) - set(SERVERS)
     if unknown:
@@ -242,7 +249,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="apcv-overload-") as temporary, ExitStack() as stack:
         work = Path(temporary)
         pki = make_pki(work / "pki")
-        server = start_server(Case("overload", "Verify", 1, "memory"), pki.directory, None, work)
+        server = start_server(
+            Case("overload", "Verify", 1, "memory"),
+            pki.directory,
+            None,
+            work,
+            env=pending(pending_bounds[0]),
+        )
         stack.callback(stop_server, server)
         warm = list(presentations(pki, 300))
         asyncio.run(_unary(server.address, SERVICE + "Verify", encode_unary(warm, "w"), 8))
@@ -251,28 +264,46 @@ def main() -> int:
         # (a request id answered for one presentation is refused for another).
         count = int(args.rps * args.seconds * 1.1) + 100
         for name in servers:
-            data = write_corpus(work, pki, count, prefix=f"{name}-")
             if name != "service":
+                data = write_corpus(work, pki, count, prefix=f"{name}-")
                 pid, address = stack.enter_context(started(name, pki, work, reply_size))
                 found, rss, _, timeline = overload(address, pid, data, args)
                 print(report(name, found, args.seconds, rss, timeline), flush=True)
                 continue
-            handled = handled_codes(server.metrics_port)
-            durations = _handling_seconds(server.metrics_port)
-            found, rss, _, timeline = overload(server.address, server.process.pid, data, args)
-            handled = handled_codes(server.metrics_port) - handled
-            p99 = histogram_quantile(durations, _handling_seconds(server.metrics_port), 0.99)
-            print(report(name, found, args.seconds, rss, timeline), flush=True)
-            counted = ", ".join(f"{code} {count}" for code, count in sorted(handled.items()))
-            print(f"  the service's own count of its calls: {counted or 'none'}", flush=True)
-            print(f"  the service's own p99 of those calls: {p99:.2f} ms", flush=True)
-            if args.client_calls:  # a second run, with the project's client beside ghz
-                scans = [qr_text(pki.present()) for _ in range(args.client_calls)]
-                beside = functools.partial(client_report, server.address, scans)
-                data = write_corpus(work, pki, count, prefix=f"{name}-client-")
-                _, _, client, _ = overload(server.address, server.process.pid, data, args, beside)
-                print(f"  VerifierClient beside ghz, {len(scans)} calls: {client}", flush=True)
+            for bound in pending_bounds:
+                label = f"service, server.max_pending_calls = {bound}"
+                if bound != pending_bounds[0]:  # the first bound's server is warm already
+                    case = Case(f"overload-{bound}", "Verify", 1, "memory")
+                    server = start_server(case, pki.directory, None, work, env=pending(bound))
+                    stack.callback(stop_server, server)
+                data = write_corpus(work, pki, count, prefix=f"{name}-{bound}-")
+                service_run(label, server, data, args)
+                if args.client_calls:  # a second run, with the project's client beside ghz
+                    scans = [qr_text(pki.present()) for _ in range(args.client_calls)]
+                    beside = functools.partial(client_report, server.address, scans)
+                    data = write_corpus(work, pki, count, prefix=f"{name}-{bound}-client-")
+                    pid = server.process.pid
+                    _, _, client, _ = overload(server.address, pid, data, args, beside)
+                    print(f"  VerifierClient beside ghz, {len(scans)} calls: {client}", flush=True)
     return 0
+
+
+def pending(bound: int) -> dict[str, str]:
+    """The service's environment for ``server.max_pending_calls`` = ``bound``."""
+    return {"APCV_SERVER_MAX_PENDING_CALLS": str(bound)}
+
+
+def service_run(label: str, server: Any, data: Path, args: Any) -> None:
+    """One run against the service, printed with its own count and p99 of the calls."""
+    handled = handled_codes(server.metrics_port)
+    durations = _handling_seconds(server.metrics_port)
+    found, rss, _, timeline = overload(server.address, server.process.pid, data, args)
+    handled = handled_codes(server.metrics_port) - handled
+    p99 = histogram_quantile(durations, _handling_seconds(server.metrics_port), 0.99)
+    print(report(label, found, args.seconds, rss, timeline), flush=True)
+    counted = ", ".join(f"{code} {count}" for code, count in sorted(handled.items()))
+    print(f"  the service's own count of its calls: {counted or 'none'}", flush=True)
+    print(f"  the service's own p99 of those calls: {p99:.2f} ms", flush=True)
 
 
 if __name__ == "__main__":

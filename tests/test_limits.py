@@ -223,10 +223,14 @@ def test_server_options_carry_the_limits() -> None:
             "APCV_SERVER_KEEPALIVE_TIME_SECONDS": "30",
             "APCV_SERVER_MAX_CONNECTION_AGE_SECONDS": "600",
             "APCV_SERVER_MAX_CONNECTION_AGE_GRACE_SECONDS": "15",
+            "APCV_SERVER_MAX_PENDING_CALLS": "250",
         },
         overrides={"trust.anchors": [__file__], "trust.trust_list": __file__},
     )
     options = dict(server_options(config.server))
+    # Equal soft and hard bounds: every call past 250 waiting is ended, none before.
+    assert options["grpc.server.max_pending_requests"] == 250
+    assert options["grpc.server.max_pending_requests_hard_limit"] == 250
     assert options["grpc.keepalive_time_ms"] == 30_000
     assert options["grpc.keepalive_timeout_ms"] == 20_000
     assert options["grpc.http2.min_ping_interval_without_data_ms"] == 10_000
@@ -243,6 +247,8 @@ def test_server_options_carry_the_limits() -> None:
         overrides={"trust.anchors": [__file__], "trust.trust_list": __file__},
     )
     assert "grpc.max_connection_age_ms" not in dict(server_options(never.server))
+    # By default gRPC's own bound stays (1,000 soft, 3,000 hard).
+    assert "grpc.server.max_pending_requests" not in dict(server_options(never.server))
 
 
 @pytest.mark.parametrize(
@@ -255,6 +261,7 @@ def test_server_options_carry_the_limits() -> None:
         ("max_concurrent_rpcs", "-1", "must not be negative"),
         ("max_streams_per_connection", "-1", "must not be negative"),
         ("max_streams_per_caller", "-2", "must not be negative"),
+        ("max_pending_calls", "-1", "must not be negative"),
         ("stream_idle_seconds", "-1", "must be between 0 and 604800 seconds"),
         ("stream_memory_bytes", "1000", "must be at least 65536"),
         ("keepalive_time_seconds", "0", "must be between 1 and 604800 seconds"),

@@ -1,13 +1,15 @@
 """No connection, caller or stream takes the whole server: per-connection and per-caller call
 limits, health counted apart, the idle-stream timeout and the memory budget of stream
-read-ahead (docs/operations.md "Limits", "Streams that hold memory"). The first and last tests
-use a real ``apcv-verify serve`` process on loopback."""
+read-ahead (docs/operations.md "Limits", "Streams that hold memory"), and the bound on calls
+waiting for the process (docs/operations.md "Past capacity"). The first test and the last
+two use a real ``apcv-verify serve`` process on loopback."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from pathlib import Path
 
 import grpc
@@ -300,6 +302,70 @@ def test_streams_that_never_read_their_answers_hold_no_more_than_the_budget(
     assert stats["written"] * 64_000 > BUDGET_BYTES
     assert stats["blocked"] > 0
     assert growth < RSS_GROWTH_BOUND_MIB, growth
+
+
+#: Calls sent at once in the burst test: more than a handler takes before the last arrives,
+#: fewer than gRPC's own bound (1,000), spread over two connections so that no connection
+#: reaches server.max_streams_per_connection.
+BURST = 200
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("max_pending_calls", [0, 5])
+def test_calls_past_max_pending_calls_are_ended_cancelled_before_the_service(
+    pki: DemoPKI, tmp_path: Path, max_pending_calls: int
+) -> None:
+    """A burst of calls waits in gRPC's core until the process takes them one by one. With
+    server.max_pending_calls, the calls that find that many waiting are ended CANCELLED at
+    once, never reaching a handler; without it (gRPC's own bound, 1,000) all are answered."""
+    metrics_port = free_port()
+    server = start_server(
+        pki.directory,
+        tmp_path / "server.log",
+        "--allow-test-identities",
+        env={
+            "APCV_METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
+            "APCV_SERVER_MAX_PENDING_CALLS": str(max_pending_calls),
+        },
+    )
+    code = qr_text(pki.present("alice"))
+
+    async def burst() -> Counter[grpc.StatusCode]:
+        async with own_connection(server.address) as one, own_connection(server.address) as two:
+            stubs = [verifier_pb2_grpc.VerifierServiceStub(channel) for channel in (one, two)]
+            calls = [
+                stubs[index % 2].Verify(unary(f"burst-{index}", code), timeout=30)
+                for index in range(BURST)
+            ]
+            ended = await asyncio.gather(*calls, return_exceptions=True)
+        return Counter(
+            outcome.code() if isinstance(outcome, grpc.aio.AioRpcError) else grpc.StatusCode.OK
+            for outcome in ended
+        )
+
+    try:
+        codes = asyncio.run(burst())
+        found = scrape(metrics_port)
+    finally:
+        stop_server(server)
+    print(f"max_pending_calls {max_pending_calls}: {dict(codes)}")
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.CANCELLED}
+    if max_pending_calls:
+        assert codes[grpc.StatusCode.CANCELLED] > 0
+        assert codes[grpc.StatusCode.OK] >= max_pending_calls
+    else:
+        assert codes[grpc.StatusCode.OK] == BURST
+    # The service counted the answered calls only: the others never reached it.
+    verify = {
+        "grpc_type": "unary",
+        "grpc_service": "apcv.verify.v1.VerifierService",
+        "grpc_method": "Verify",
+    }
+    assert value(found, "grpc_server_started_total", **verify) == codes[grpc.StatusCode.OK]
+    assert (
+        value(found, "grpc_server_handled_total", **verify, grpc_code="OK")
+        == codes[grpc.StatusCode.OK]
+    )
 
 
 def _varint(number: int) -> bytes:

@@ -133,6 +133,15 @@ class ServerSection:
     #: Most calls open at once for one caller: the client certificate's CN with mTLS, else the
     #: peer's IP address. 0 = no limit.
     max_streams_per_caller: int = 500
+    #: Most calls gRPC holds for this process before a handler takes them: calls received
+    #: while the process is busy wait there, in gRPC's core, and the service does not see
+    #: them yet. Past it, gRPC ends each new call at once with CANCELLED (clients resend it:
+    #: docs/integration.md) instead of queueing it behind calls the process cannot answer in
+    #: time. 0 = gRPC's own bound: from 1,000 waiting calls new ones are ended at random,
+    #: all of them from 3,000 (docs/operations.md "Past capacity"). Under
+    #: ``max_concurrent_rpcs`` it also ends part of a burst of more calls than it at once,
+    #: calls the limits would otherwise have answered RESOURCE_EXHAUSTED.
+    max_pending_calls: int = 0
     #: A VerifyStream whose client sends nothing for this many seconds while the server waits
     #: for a request is ended with UNAVAILABLE (STREAM_IDLE). 0 = never.
     stream_idle_seconds: float = 120.0
@@ -499,6 +508,10 @@ class Config:
         for key in ("max_streams_per_connection", "max_streams_per_caller"):
             if getattr(server, key) < 0:
                 raise ConfigError(f"server.{key}: must not be negative (0 = no limit)")
+        if server.max_pending_calls < 0:
+            raise ConfigError(
+                "server.max_pending_calls: must not be negative (0 = gRPC's own bound)"
+            )
         if not 0 <= server.stream_idle_seconds <= MAX_TIMER_SECONDS:
             raise ConfigError(
                 f"server.stream_idle_seconds: must be between 0 and {MAX_TIMER_SECONDS} seconds"

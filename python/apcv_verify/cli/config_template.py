@@ -37,6 +37,7 @@ grace_seconds = {}  # SIGTERM: open calls get this long
 max_concurrent_rpcs = {}  # then RESOURCE_EXHAUSTED; health apart; 0 = no limit
 max_streams_per_connection = {}  # calls open on one connection; 0 = no limit
 max_streams_per_caller = {}  # per client CN (mTLS) or peer IP; 0 = no limit
+max_pending_calls = {}  # calls waiting for the process; then CANCELLED; 0 = gRPC's bound
 stream_idle_seconds = {}  # VerifyStream without a request: UNAVAILABLE; 0 = never
 stream_memory_bytes = {}  # stream requests read ahead, all streams; 0 = no budget
 keepalive_time_seconds = {}  # server pings each connection

@@ -147,8 +147,9 @@ def server_credentials(config: Config) -> grpc.ServerCredentials:
 
 
 def server_options(server: ServerSection) -> list[tuple[str, int]]:
-    """The gRPC channel arguments of ``[server]``: message size, keepalive, connection age
-    (docs/operations.md "Limits"); timers in seconds become gRPC's milliseconds."""
+    """The gRPC channel arguments of ``[server]``: message size, keepalive, connection age,
+    calls waiting for the process (docs/operations.md "Limits"); timers in seconds become
+    gRPC's milliseconds."""
 
     def ms(seconds: float) -> int:
         return round(seconds * 1000)
@@ -181,6 +182,13 @@ def server_options(server: ServerSection) -> list[tuple[str, int]]:
     # docs/operations.md "Streams that hold memory"). The requests read ahead are bounded
     # apart, by server.stream_memory_bytes (service.limits).
     options.append(("grpc.http2.bdp_probe", 0))
+    if server.max_pending_calls:
+        # gRPC ends new calls at random between its soft and hard bounds; equal bounds make
+        # the setting exact: every call past it is ended, none before.
+        options += [
+            ("grpc.server.max_pending_requests", server.max_pending_calls),
+            ("grpc.server.max_pending_requests_hard_limit", server.max_pending_calls),
+        ]
     return options
 
 
