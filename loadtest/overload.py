@@ -7,7 +7,7 @@ connections, each call with a ``--timeout`` deadline, for ``--seconds``, to each
 
 * ``service``: ``apcv-verify serve`` as ``make bench`` starts it (1 worker, memory store,
   audit log to a file), once per ``--max-pending-calls`` value (``server.max_pending_calls``:
-  how many calls gRPC holds for it; 0, the default, keeps gRPC's own bound);
+  how many calls gRPC holds for it; its default unless given; 0 keeps gRPC's own bound);
 * ``echo``: grpc.aio answering fixed bytes of the service's response size (the stack the
   service is built on, with nothing behind it: loadtest/service_bench.py's echo server);
 * ``sync-echo``: grpcio's thread-pool server answering the same bytes (gRPC's core without
@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from apcv_verify.client import VerifierClient, VerifierError, make_scan
+from apcv_verify.config import ServerSection
 from apcv_verify.issuer import qr_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -235,7 +236,7 @@ def main() -> int:
     )
     parser.add_argument(
         "--max-pending-calls",
-        default="0",
+        default=str(ServerSection.max_pending_calls),
         help="the service's server.max_pending_calls, comma-separated: one run each",
     )
     args = parser.parse_args()
