@@ -271,18 +271,18 @@ def main() -> int:
                 found, rss, _, timeline = overload(address, pid, data, args)
                 print(report(name, found, args.seconds, rss, timeline), flush=True)
                 continue
-            for bound in pending_bounds:
+            for index, bound in enumerate(pending_bounds):
                 label = f"service, server.max_pending_calls = {bound}"
-                if bound != pending_bounds[0]:  # the first bound's server is warm already
-                    case = Case(f"overload-{bound}", "Verify", 1, "memory")
+                if index:  # the first bound's server is warm already; each other a new one
+                    case = Case(f"overload-{index}", "Verify", 1, "memory")
                     server = start_server(case, pki.directory, None, work, env=pending(bound))
                     stack.callback(stop_server, server)
-                data = write_corpus(work, pki, count, prefix=f"{name}-{bound}-")
+                data = write_corpus(work, pki, count, prefix=f"{name}-{index}-")
                 service_run(label, server, data, args)
                 if args.client_calls:  # a second run, with the project's client beside ghz
                     scans = [qr_text(pki.present()) for _ in range(args.client_calls)]
                     beside = functools.partial(client_report, server.address, scans)
-                    data = write_corpus(work, pki, count, prefix=f"{name}-{bound}-client-")
+                    data = write_corpus(work, pki, count, prefix=f"{name}-{index}-client-")
                     pid = server.process.pid
                     _, _, client, _ = overload(server.address, pid, data, args, beside)
                     print(f"  VerifierClient beside ghz, {len(scans)} calls: {client}", flush=True)
