@@ -1,10 +1,12 @@
-"""A bug in a handler reaches the caller as INTERNAL with nothing of the exception echoed."""
+"""A bug in a handler reaches the caller as INTERNAL with nothing of the exception echoed; a call
+that ended before its handler could answer it is no bug."""
 
 from __future__ import annotations
 
 import asyncio
 import io
 import json
+import time
 from typing import Any
 
 import grpc
@@ -81,3 +83,66 @@ def test_an_unexpected_exception_becomes_internal_without_its_text(
     assert record["error_type"] == "RuntimeError"
     assert record["raised_at"].startswith("test_errors.py:")
     assert SECRET not in json.dumps(logged)
+
+
+async def _late_call(pki: DemoPKI) -> tuple[grpc.StatusCode, dict[str, float]]:
+    running = await start_server(pki_config(pki))
+    try:
+        scan = verifier_pb2.Scan(request_id="late-1", qr_text=qr_text(pki.present()))
+        scan.reader.reader_id = "desk-1"
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = verifier_pb2_grpc.VerifierServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as ended:
+                await stub.Verify(verifier_pb2.VerifyRequest(scan=scan), timeout=LATE_DEADLINE)
+        assert running.metrics is not None
+        registry = running.metrics.registry
+        for _ in range(200):  # the handler ends after the client has given up: wait for it
+            handled = {
+                sample.labels["grpc_code"]: sample.value
+                for family in registry.collect()
+                for sample in family.samples
+                if sample.name == "grpc_server_handled_total"
+                and sample.labels["grpc_method"] == "Verify"
+            }
+            if handled:
+                break
+            await asyncio.sleep(0.01)
+        return ended.value.code(), handled
+    finally:
+        await running.stop(1.0)
+
+
+#: The late call's deadline, and how long the loop is held before its handler goes on: as a
+#: process past its capacity holds a call it has taken while it answers the ones before.
+LATE_DEADLINE = 0.1
+BUSY_SECONDS = 0.3
+
+
+def test_a_call_whose_deadline_passed_in_the_handler_is_not_an_unhandled_error(
+    pki: DemoPKI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handler that finds its call's deadline passed ends it DEADLINE_EXCEEDED; when gRPC
+    has already ended the call meanwhile, that status cannot be sent. The call is then counted
+    DEADLINE_EXCEEDED, not UNKNOWN, and nothing is logged as an unhandled error."""
+    verifier = VerifierService._verifier
+
+    def busy_first(self: VerifierService, *args: Any) -> Any:
+        time.sleep(BUSY_SECONDS)  # the event loop held, as by other calls' work
+        return verifier(self, *args)
+
+    monkeypatch.setattr(VerifierService, "_verifier", busy_first)
+    saved = structlog.get_config()
+    buffer = io.StringIO()
+    try:
+        configure_logging("info")
+        structlog.configure(
+            logger_factory=structlog.PrintLoggerFactory(file=buffer),
+            cache_logger_on_first_use=False,
+        )
+        status, handled = asyncio.run(_late_call(pki))
+    finally:
+        structlog.configure(**saved)
+    assert status == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert handled == {"DEADLINE_EXCEEDED": 1.0}
+    logged = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    assert [line for line in logged if line["level"] == "error"] == []

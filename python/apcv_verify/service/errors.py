@@ -16,6 +16,7 @@ mapping is :class:`~apcv_verify.service.interceptors.ErrorInterceptor`.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
@@ -96,8 +97,16 @@ async def abort(
     violations: Sequence[FieldProblem] = (),
     metadata: Mapping[str, str] | None = None,
 ) -> NoReturn:
-    """End the call with ``code`` and :func:`call_status`'s details (raises AbortError)."""
-    await context.abort_with_status(
-        call_status(code, reason, message, violations=violations, metadata=metadata)
-    )
+    """End the call with ``code`` and :func:`call_status`'s details (raises AbortError).
+
+    A call that has already ended — its deadline passed, or its client went away, while the
+    process was busy with other calls — cannot be sent a status: gRPC's send fails
+    (``grpc.aio.InternalError``). Nobody waits for an answer then, and it is no fault of the
+    service's, so the handler ends as grpc.aio ends a cancelled call (CancelledError: counted
+    CANCELLED, or DEADLINE_EXCEEDED past the deadline), not as an unhandled error."""
+    status = call_status(code, reason, message, violations=violations, metadata=metadata)
+    try:
+        await context.abort_with_status(status)
+    except grpc.aio.InternalError as unsent:
+        raise asyncio.CancelledError("the call ended before its status was sent") from unsent
     raise AssertionError("not reached: abort_with_status raises")  # for the type checker
