@@ -4,9 +4,11 @@ that ended before its handler could answer it is no bug."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -24,6 +26,26 @@ from grpc_status import rpc_status
 from .conftest import pki_config
 
 SECRET = "DUPONT 185127505612355"  # what a careless exception message could carry
+
+
+@contextlib.contextmanager
+def json_logs() -> Iterator[list[dict[str, Any]]]:
+    """The service's JSON log records made inside the block, in the list yielded (filled when
+    the block ends). Loggers first used here must not stay cached on its buffer for later
+    tests."""
+    saved = structlog.get_config()
+    buffer = io.StringIO()
+    records: list[dict[str, Any]] = []
+    try:
+        configure_logging("info")
+        structlog.configure(
+            logger_factory=structlog.PrintLoggerFactory(file=buffer),
+            cache_logger_on_first_use=False,
+        )
+        yield records
+    finally:
+        structlog.configure(**saved)
+        records.extend(json.loads(line) for line in buffer.getvalue().splitlines())
 
 
 async def _call_with_broken_core(pki: DemoPKI) -> tuple[grpc.StatusCode, str, str]:
@@ -62,23 +84,11 @@ def test_an_unexpected_exception_becomes_internal_without_its_text(
 
     monkeypatch.setattr(VerifierService, "_answer", broken)
     monkeypatch.setattr(VerifierService, "_answer_unary", broken_unary)  # in-process stores
-    saved = structlog.get_config()
-    buffer = io.StringIO()
-    try:
-        configure_logging("info")
-        # The service's JSON records, into a buffer; loggers first used here must not stay
-        # cached on it for later tests.
-        structlog.configure(
-            logger_factory=structlog.PrintLoggerFactory(file=buffer),
-            cache_logger_on_first_use=False,
-        )
+    with json_logs() as logged:
         status, detail, reason = asyncio.run(_call_with_broken_core(pki))
-    finally:
-        structlog.configure(**saved)
     assert status == grpc.StatusCode.INTERNAL
     assert detail == INTERNAL_ERROR_DETAIL
     assert reason == "INTERNAL_ERROR"  # the stable reason a client can branch on
-    logged = [json.loads(line) for line in buffer.getvalue().splitlines()]
     (record,) = [line for line in logged if line["event"] == "unhandled_error"]
     assert record["error_type"] == "RuntimeError"
     assert record["raised_at"].startswith("test_errors.py:")
@@ -131,18 +141,8 @@ def test_a_call_whose_deadline_passed_in_the_handler_is_not_an_unhandled_error(
         return verifier(self, *args)
 
     monkeypatch.setattr(VerifierService, "_verifier", busy_first)
-    saved = structlog.get_config()
-    buffer = io.StringIO()
-    try:
-        configure_logging("info")
-        structlog.configure(
-            logger_factory=structlog.PrintLoggerFactory(file=buffer),
-            cache_logger_on_first_use=False,
-        )
+    with json_logs() as logged:
         status, handled = asyncio.run(_late_call(pki))
-    finally:
-        structlog.configure(**saved)
     assert status == grpc.StatusCode.DEADLINE_EXCEEDED
     assert handled == {"DEADLINE_EXCEEDED": 1.0}
-    logged = [json.loads(line) for line in buffer.getvalue().splitlines()]
     assert [line for line in logged if line["level"] == "error"] == []
