@@ -25,9 +25,12 @@ them (``grpc_server_handling_seconds``, from its handler's start), then, in a se
 run of ghz, how the calls of the project's own client end beside it: ``--client-calls``
 calls of :class:`~apcv_verify.client.VerifierClient` (16 in flight, its default deadline and
 retries), each with a fresh presentation, from 2 s into the run.
-ghz ends the calls still in flight when its time is up: those count as ``Unavailable``
-("use of closed network connection"). No claim is checked here: docs/reliability.md "Past
-capacity" reads the figures. Sends to loopback only, for a bounded time.
+``--pin`` holds the server to the first half of the CPUs and ghz to the other half, so that
+ghz's own growing work over a long run (it keeps every call's result) does not take the
+server's CPU. ghz ends the calls still in flight when its time is up: those count as
+``Unavailable`` ("use of closed network connection"). No claim is checked here:
+docs/reliability.md "Past capacity" reads the figures. Sends to loopback only, for a bounded
+time.
 """
 
 from __future__ import annotations
@@ -61,10 +64,12 @@ from service_bench import (  # noqa: E402
     SERVICE,
     _handling_seconds,
     _response_size,
+    _set_affinity,
     _unary,
     encode_unary,
     ghz_environment,
     histogram_quantile,
+    split_cores,
 )
 from soak import handled_codes, percentile, rss_bytes  # noqa: E402
 
@@ -209,15 +214,27 @@ def overload(
     command = ghz_command(case, data, address, args.seconds)
     command[command.index("--format") + 1] = "csv"  # one row per call: time, status, text
     command[-1:-1] = ["--rps", str(args.rps), "--timeout", f"{args.timeout}s"]
+    cores = split_cores() if args.pin else None
+    if cores is not None:  # the server on the first half of the CPUs, ghz on the other
+        _set_affinity(pid, cores[0])
+        command = ["taskset", "-c", ",".join(map(str, sorted(cores[1]))), *command]
     before = resident_mib(pid)
-    with PeakResident(pid) as watched, tempfile.TemporaryFile("w+") as printed:
-        ghz = subprocess.Popen(
-            command, stdout=printed, stderr=subprocess.STDOUT, text=True, env=ghz_environment(False)
-        )
-        aside = beside() if beside is not None else ""
-        ghz.wait()
-        printed.seek(0)
-        text = printed.read()
+    try:
+        with PeakResident(pid) as watched, tempfile.TemporaryFile("w+") as printed:
+            ghz = subprocess.Popen(
+                command,
+                stdout=printed,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=ghz_environment(False),
+            )
+            aside = beside() if beside is not None else ""
+            ghz.wait()
+            printed.seek(0)
+            text = printed.read()
+    finally:
+        if cores is not None:
+            _set_affinity(pid, cores[0] | cores[1])
     if ghz.returncode != 0:
         raise RuntimeError(f"ghz failed: {text[-2000:]}")
     return outcomes(text), (before, watched.peak, resident_mib(pid)), aside, watched.timeline
@@ -233,6 +250,11 @@ def main() -> int:
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated")
     parser.add_argument(
         "--client-calls", type=int, default=300, help="VerifierClient calls beside ghz (service)"
+    )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="the server on the first half of the CPUs, ghz on the other half",
     )
     parser.add_argument(
         "--max-pending-calls",

@@ -53,6 +53,7 @@ def test_a_short_run_reports_the_service_and_the_echo_server() -> None:
     command += ["--concurrency", "8", "--connections", "2", "--seconds", "1"]
     command += ["--servers", "service,echo", "--client-calls", "20"]
     command += ["--max-pending-calls", "0,50"]  # gRPC's own bound, then one of 50
+    command += ["--pin"]  # the server and ghz each on its half of the CPUs
     run = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     servers = ["service, server.max_pending_calls = 0", "service, server.max_pending_calls = 50"]
