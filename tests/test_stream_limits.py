@@ -305,8 +305,8 @@ def test_streams_that_never_read_their_answers_hold_no_more_than_the_budget(
 
 
 #: Calls sent at once in the burst test: more than a handler takes before the last arrives,
-#: fewer than the default server.max_pending_calls (1,000), spread over two connections so
-#: that no connection reaches server.max_streams_per_connection.
+#: fewer than gRPC's own bound (1,000, the default), spread over two connections so that no
+#: connection reaches server.max_streams_per_connection.
 BURST = 200
 
 
@@ -317,7 +317,8 @@ def test_calls_past_max_pending_calls_are_ended_cancelled_before_the_service(
 ) -> None:
     """A burst of calls waits in gRPC's core until the process takes them one by one. The
     calls that find server.max_pending_calls waiting are ended CANCELLED at once, never
-    reaching a handler; under the default (1,000) a burst of 200 is answered whole."""
+    reaching a handler; under the default, gRPC's own bound (from 1,000), a burst of 200 is
+    answered whole."""
     metrics_port = free_port()
     env = {"APCV_METRICS_LISTEN": f"127.0.0.1:{metrics_port}"}
     if max_pending_calls is not None:

@@ -137,11 +137,12 @@ class ServerSection:
     #: while the process is busy wait there, in gRPC's core, and the service does not see
     #: them yet. Past it, gRPC ends each new call at once with CANCELLED (clients resend it:
     #: docs/integration.md) instead of queueing it behind calls the process cannot answer in
-    #: time (docs/operations.md "Past capacity"). Under ``max_concurrent_rpcs`` it also ends
-    #: part of a burst of more calls than it at once, calls the limits would otherwise have
-    #: answered RESOURCE_EXHAUSTED. 0 = gRPC's own bound: from 1,000 waiting calls new ones
-    #: are ended at random, all of them from 3,000.
-    max_pending_calls: int = 1000
+    #: time. Shorter waits and less memory past capacity, but more calls ended, each still
+    #: read and ended by the server (docs/operations.md "Past capacity"). Under
+    #: ``max_concurrent_rpcs`` it also ends part of a burst of more calls than it at once,
+    #: calls the limits would otherwise have answered RESOURCE_EXHAUSTED. 0 = gRPC's own
+    #: bound: from 1,000 waiting calls new ones are ended at random, all of them from 3,000.
+    max_pending_calls: int = 0
     #: A VerifyStream whose client sends nothing for this many seconds while the server waits
     #: for a request is ended with UNAVAILABLE (STREAM_IDLE). 0 = never.
     stream_idle_seconds: float = 120.0
