@@ -16,6 +16,7 @@ import pytest
 from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
 from apcv_verify.config import ConfigError, load_config
 from apcv_verify.issuer import DemoPKI
+from apcv_verify.observe.received import PUBLISH_SECONDS
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -132,6 +133,15 @@ def test_two_workers_share_the_port_the_replay_store_and_the_metrics(
             reason="REPLAYED",
         )
         assert replayed == CONNECTIONS - 1
+
+        # gRPC's count of the calls it received reaches the parent as each worker publishes
+        # it: every call here was taken by a handler, the start's health checks included.
+        def received_all() -> bool:
+            found = scrape(metrics_port)
+            taken = sum(n for (name, _), n in found.items() if name == "grpc_server_started_total")
+            return value(found, "apcv_grpc_calls_received_total") == taken >= CONNECTIONS
+
+        wait_for(received_all, "received calls published", timeout=PUBLISH_SECONDS * 3)
     finally:
         server.process.send_signal(signal.SIGTERM)
         server.process.wait(timeout=60)

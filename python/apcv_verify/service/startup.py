@@ -24,6 +24,7 @@ from ..config import Config, ConfigError, ServerSection
 from ..observe.audit import AuditTrail
 from ..observe.logs import configure_audit_file, flush_audit
 from ..observe.metrics import ServiceMetrics, start_metrics_server
+from ..observe.received import ReceivedCalls, server_ids
 from ..observe.tracing import configure_tracing, current_tracing, shutdown_tracing
 from ..replay.answers import AnswerRecovery
 from ..replay.memory import memory_replay_store, register_replay_store_metrics
@@ -112,6 +113,8 @@ class ServerHandle:
     health_port: int | None = None
     #: The task that keeps health in line with the trust material (:func:`_follow_trust`).
     health_follower: asyncio.Task[None] | None = None
+    #: ``apcv_grpc_calls_received_total`` of ``server`` (None if channelz could not say).
+    received: ReceivedCalls | None = None
 
     async def stop(self, grace_seconds: float) -> None:
         """Report NOT_SERVING first, then let in-flight calls finish within the grace period."""
@@ -122,6 +125,8 @@ class ServerHandle:
                 await self.health_follower
         if self.trust is not None:
             await self.trust.stop()
+        if self.received is not None:
+            self.received.before_stop()  # gRPC's count goes with the server
         await self.server.stop(grace_seconds)
         if self.health_server is not None:
             # Last, so that probes see NOT_SERVING for the whole drain.
@@ -225,12 +230,15 @@ async def start_server(config: Config, material: TrustMaterial | None = None) ->
         client_certificates=bool(config.tls.client_ca),
     )
     tracing = current_tracing()
+    known_servers = server_ids()
     server = grpc.aio.server(
         # tracing.enabled (configure_tracing, in serve): a span around every call, outside
         # the wrappers, so that it ends with the status they set.
         interceptors=None if tracing is None else [TracingInterceptor(tracing)],
         options=server_options(config.server),
     )
+    # gRPC's own count of the calls it received, beside the handlers' (observe.received).
+    received = ReceivedCalls.of_new_server(known_servers, metrics.registry)
     registration = calls.registration(server)
     replay = (
         RedisReplayStore(
@@ -317,6 +325,7 @@ async def start_server(config: Config, material: TrustMaterial | None = None) ->
         health_server=health_server,
         health_port=health_port,
         health_follower=follower,
+        received=received,
     )
 
 
