@@ -286,8 +286,10 @@ def test_monitoring_objects_only_when_enabled(helm: str) -> None:
     assert {
         "ApcvStatusListStale", "ApcvNotServing", "ApcvCallErrorRatio", "ApcvLatencySLO",
         "ApcvCallsRefusedByLimits", "ApcvReplayStoreErrors", "ApcvReplayStoreLost",
-        "ApcvReplayStoreFilling",
+        "ApcvReplayStoreFilling", "ApcvCallsNotTaken",
     } <= {r["alert"] for r in rules}  # fmt: skip
+    not_taken = next(r for r in rules if r["alert"] == "ApcvCallsNotTaken")
+    assert not_taken["expr"].endswith("> 0.01")
     filling = next(r for r in rules if r["alert"] == "ApcvReplayStoreFilling")
     assert filling["expr"].endswith("> 0.8")
     assert rules[-1]["alert"] == "ApcvNoReplicaReady"
