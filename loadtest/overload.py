@@ -21,7 +21,9 @@ and the server's resident size (its processes') before, at its peak (sampled eve
 and after, and every 10 s from before ghz starts (ghz first reads its data); for the
 service also its own count of the run's ``Verify`` calls by status
 (``grpc_server_handled_total``: a call it never handled is not in it) and its own p99 of
-them (``grpc_server_handling_seconds``, from its handler's start), then, in a second
+them (``grpc_server_handling_seconds``, from its handler's start) and the calls gRPC ended
+before any handler took them (``apcv_grpc_calls_received_total`` less
+``grpc_server_started_total``), then, in a second
 run of ghz, how the calls of the project's own client end beside it: ``--client-calls``
 calls of :class:`~apcv_verify.client.VerifierClient` (16 in flight, its default deadline and
 retries), each with a fresh presentation, from 2 s into the run.
@@ -57,12 +59,11 @@ from apcv_verify.config import ServerSection
 from apcv_verify.issuer import qr_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import GHZ, Case, ghz_command, start_server, stop_server  # noqa: E402
+from bench import GHZ, Case, ghz_command, metric_samples, start_server, stop_server  # noqa: E402
 from corpus import make_pki, presentations, write_corpus  # noqa: E402
 from p99_floor import started  # noqa: E402
 from service_bench import (  # noqa: E402
     SERVICE,
-    _handling_seconds,
     _response_size,
     _set_affinity,
     _unary,
@@ -71,7 +72,7 @@ from service_bench import (  # noqa: E402
     histogram_quantile,
     split_cores,
 )
-from soak import handled_codes, percentile, rss_bytes  # noqa: E402
+from soak import percentile, rss_bytes  # noqa: E402
 
 SERVERS = ("service", "echo", "sync-echo", "go-echo")
 #: How often the server's resident size is read during a run, and printed.
@@ -316,17 +317,49 @@ def pending(bound: int) -> dict[str, str]:
     return {"APCV_SERVER_MAX_PENDING_CALLS": str(bound)}
 
 
+@dataclass
+class ServiceCounts:
+    """What the service's ``/metrics`` says of its calls at one moment (one scrape)."""
+
+    #: ``Verify`` calls by status (``grpc_server_handled_total``).
+    handled: Counter[str] = field(default_factory=Counter)
+    #: ``Verify``'s duration histogram: cumulative count by upper bound.
+    durations: dict[float, float] = field(default_factory=dict)
+    #: Calls gRPC received (``apcv_grpc_calls_received_total``).
+    received: float = 0.0
+    #: Calls a handler took, every method (``grpc_server_started_total``).
+    taken: float = 0.0
+
+
+def service_counts(metrics_port: int) -> ServiceCounts:
+    counts = ServiceCounts()
+    for sample in metric_samples(metrics_port):
+        verify = sample.labels.get("grpc_method") == "Verify"
+        if sample.name == "grpc_server_handled_total" and verify:
+            counts.handled[sample.labels["grpc_code"]] += int(sample.value)
+        elif sample.name == "grpc_server_handling_seconds_bucket" and verify:
+            counts.durations[float(sample.labels["le"])] = sample.value
+        elif sample.name == "apcv_grpc_calls_received_total":
+            counts.received = sample.value
+        elif sample.name == "grpc_server_started_total":
+            counts.taken += sample.value
+    return counts
+
+
 def service_run(label: str, server: Any, data: Path, args: Any) -> None:
-    """One run against the service, printed with its own count and p99 of the calls."""
-    handled = handled_codes(server.metrics_port)
-    durations = _handling_seconds(server.metrics_port)
+    """One run against the service, printed with its own count and p99 of the calls and the
+    calls gRPC ended before the service took them."""
+    before = service_counts(server.metrics_port)
     found, rss, _, timeline = overload(server.address, server.process.pid, data, args)
-    handled = handled_codes(server.metrics_port) - handled
-    p99 = histogram_quantile(durations, _handling_seconds(server.metrics_port), 0.99)
+    after = service_counts(server.metrics_port)
+    handled = after.handled - before.handled
+    p99 = histogram_quantile(before.durations, after.durations, 0.99)
+    not_taken = (after.received - before.received) - (after.taken - before.taken)
     print(report(label, found, args.seconds, rss, timeline), flush=True)
     counted = ", ".join(f"{code} {count}" for code, count in sorted(handled.items()))
     print(f"  the service's own count of its calls: {counted or 'none'}", flush=True)
     print(f"  the service's own p99 of those calls: {p99:.2f} ms", flush=True)
+    print(f"  calls gRPC ended before the service took them: {not_taken:.0f}", flush=True)
 
 
 if __name__ == "__main__":

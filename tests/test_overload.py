@@ -66,4 +66,9 @@ def test_a_short_run_reports_the_service_and_the_echo_server() -> None:
     counted = r"^  the service's own count of its calls: OK [1-9]\d*$"
     assert len(re.findall(counted, run.stdout, re.M)) == 2, run.stdout
     assert re.search(r"^  the service's own p99 of those calls: [\d.]+ ms$", run.stdout, re.M)
+    # gRPC's own count of the calls it received: under capacity none ended before the
+    # service took them but those of the 8 in flight that ghz may cut off at its end.
+    ended = r"^  calls gRPC ended before the service took them: (\d+)$"
+    not_taken = re.findall(ended, run.stdout, re.M)
+    assert len(not_taken) == 2 and all(int(count) <= 8 for count in not_taken), run.stdout
     assert run.stdout.count("  VerifierClient beside ghz, 20 calls: answered 20\n") == 2
