@@ -65,12 +65,11 @@ from p99_floor import started  # noqa: E402
 from service_bench import (  # noqa: E402
     SERVICE,
     _response_size,
-    _set_affinity,
     _unary,
     encode_unary,
     ghz_environment,
     histogram_quantile,
-    split_cores,
+    pinned,
 )
 from soak import percentile, rss_bytes  # noqa: E402
 
@@ -215,27 +214,24 @@ def overload(
     command = ghz_command(case, data, address, args.seconds)
     command[command.index("--format") + 1] = "csv"  # one row per call: time, status, text
     command[-1:-1] = ["--rps", str(args.rps), "--timeout", f"{args.timeout}s"]
-    cores = split_cores() if args.pin else None
-    if cores is not None:  # the server on the first half of the CPUs, ghz on the other
-        _set_affinity(pid, cores[0])
-        command = ["taskset", "-c", ",".join(map(str, sorted(cores[1]))), *command]
     before = resident_mib(pid)
-    try:
-        with PeakResident(pid) as watched, tempfile.TemporaryFile("w+") as printed:
-            ghz = subprocess.Popen(
-                command,
-                stdout=printed,
-                stderr=subprocess.STDOUT,
-                text=True,
-                env=ghz_environment(False),
-            )
-            aside = beside() if beside is not None else ""
-            ghz.wait()
-            printed.seek(0)
-            text = printed.read()
-    finally:
-        if cores is not None:
-            _set_affinity(pid, cores[0] | cores[1])
+    # --pin: the server on the first half of the CPUs, ghz on the other.
+    with (
+        pinned(pid, command, args.pin) as command,
+        PeakResident(pid) as watched,
+        tempfile.TemporaryFile("w+") as printed,
+    ):
+        ghz = subprocess.Popen(
+            command,
+            stdout=printed,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=ghz_environment(False),
+        )
+        aside = beside() if beside is not None else ""
+        ghz.wait()
+        printed.seek(0)
+        text = printed.read()
     if ghz.returncode != 0:
         raise RuntimeError(f"ghz failed: {text[-2000:]}")
     return outcomes(text), (before, watched.peak, resident_mib(pid)), aside, watched.timeline

@@ -46,13 +46,12 @@ from corpus import make_pki, presentations, write_corpus  # noqa: E402
 from service_bench import (  # noqa: E402
     SERVICE,
     _handling_seconds,
-    _set_affinity,
     _unary,
     encode_unary,
     ghz_environment,
     histogram_quantile,
+    pinned,
     service_grpc_experiments,
-    split_cores,
 )
 
 #: Where the server's probe writes its findings (on SIGUSR1; SIGUSR2 starts them afresh).
@@ -183,7 +182,7 @@ def measure(setting: str, server: Any, data: Path, args: Any, probe_out: Path) -
     pid = server.process.pid
     parts = setting.split("+")
     env = ghz_environment(collector="gcoff" not in parts)
-    concurrency, connections, pinned = 16, 4, False
+    concurrency, connections, pin = 16, 4, False
     for part in parts:
         if part.startswith("gmp"):
             env["GOMAXPROCS"] = part[3:]
@@ -192,20 +191,16 @@ def measure(setting: str, server: Any, data: Path, args: Any, probe_out: Path) -
         elif part.startswith("conn"):
             connections = int(part[4:])
         elif part == "pin":
-            pinned = True
+            pin = True
     case = Case("p99", "Verify", 1, "memory", concurrency=concurrency, connections=connections)
     command = ghz_command(case, data, server.address, args.seconds)
     command[-1:-1] = ["--rps", str(int(args.rps))]
-    cores = split_cores() if pinned else None
-    if cores is not None:
-        _set_affinity(pid, cores[0])
-        command = ["taskset", "-c", ",".join(map(str, sorted(cores[1]))), *command]
     stop = threading.Event()
     scrapes: list[float] = []
     scraper = None
     if "scrape" in setting:
         scraper = threading.Thread(target=_scraping(server.metrics_port, stop, scrapes))
-    try:
+    with pinned(pid, command, pin) as command:
         histogram = _handling_seconds(server.metrics_port)
         os.kill(pid, signal.SIGUSR2)
         load = os.getloadavg()[0]
@@ -219,9 +214,6 @@ def measure(setting: str, server: Any, data: Path, args: Any, probe_out: Path) -
         after, ghz_cpu = threads(pid), _children_cpu() - ghz_cpu
         later = _handling_seconds(server.metrics_port)
         os.kill(pid, signal.SIGUSR1)
-    finally:
-        if cores is not None:
-            _set_affinity(pid, cores[0] | cores[1])
     report = json.loads(run.stdout)
     latency = {int(d["percentage"]): d["latency"] / 1e6 for d in report["latencyDistribution"]}
     calls, seconds = max(1, report["count"]), report["total"] / 1e9

@@ -60,7 +60,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -536,6 +536,22 @@ def _set_affinity(pid: int, cpus: set[int]) -> None:
             os.sched_setaffinity(int(task.name), cpus)
 
 
+@contextlib.contextmanager
+def pinned(pid: int, command: list[str], pin: bool) -> Iterator[list[str]]:
+    """The load generator's ``command`` to run while the server ``pid`` holds the first half
+    of the CPUs and the command the other (:func:`split_cores`), when ``pin`` asks for it and
+    the machine allows it; else ``command`` as it is. The server gets every CPU back after."""
+    cores = split_cores() if pin else None
+    if cores is None:
+        yield command
+        return
+    _set_affinity(pid, cores[0])
+    try:
+        yield ["taskset", "-c", ",".join(map(str, sorted(cores[1]))), *command]
+    finally:
+        _set_affinity(pid, cores[0] | cores[1])
+
+
 _LATENCY_RUNS = itertools.count()
 
 
@@ -582,17 +598,13 @@ def latency_at(
     if not unthrottled:
         command[-1:-1] = ["--rps", str(max(1, int(rps)))]
     pid = server.process.pid
-    cores = split_cores() if args.pin else None
-    if cores is not None:
-        _set_affinity(pid, cores[0])
-        command = ["taskset", "-c", ",".join(map(str, sorted(cores[1]))), *command]
-    try:
+    with pinned(pid, command, args.pin) as run_command:
         load = os.getloadavg()[0]
         histogram = _handling_seconds(server.metrics_port) if server.metrics_port else {}
         waited = run_queue_seconds(pid)
         ghz_cpu = _children_cpu()
         run = subprocess.run(
-            command,
+            run_command,
             check=True,
             capture_output=True,
             text=True,
@@ -601,9 +613,6 @@ def latency_at(
         ghz_cpu = _children_cpu() - ghz_cpu
         waited = run_queue_seconds(pid) - waited
         after = _handling_seconds(server.metrics_port) if server.metrics_port else {}
-    finally:
-        if cores is not None:
-            _set_affinity(pid, cores[0] | cores[1])
     report = json.loads(run.stdout)
     if not report.get("latencyDistribution"):
         raise RuntimeError(f"ghz: no answered call: {report.get('errorDistribution')}")
@@ -623,7 +632,7 @@ def latency_at(
         "server_p99_ms": histogram_quantile(histogram, after, 0.99),
         "run_queue_us_per_call": waited / calls * 1e6,
         "ghz_cores": ghz_cpu / (report["total"] / 1e9),
-        "pinned": float(cores is not None),
+        "pinned": float(run_command is not command),  # taskset put before it
         "ghz_collector": float(args.ghz_collector),
         "load": load,
     }
