@@ -165,6 +165,7 @@ def test_the_latency_step_measures_its_own_maximum_rate(tmp_path: Path) -> None:
         # The rate reached (answers, not the calls ghz ends when its time is up), not the
         # corpus's bound.
         assert 50 < top["rps"] != 5000.0, top
+        assert top["pinned"] == float(bench.split_cores() is not None)
         half = bench.latency_at(target, pki, tmp_path, top["rps"] / 2, step)
         assert half["rps"] == top["rps"] / 2 and half["p99_ms"] > 0
     finally:
