@@ -30,7 +30,9 @@ retries), each with a fresh presentation, from 2 s into the run.
 ``--pin`` holds the server to the first half of the CPUs and ghz to the other half, so that
 ghz's own growing work over a long run (it keeps every call's result) does not take the
 server's CPU. ghz ends the calls still in flight when its time is up: those count as
-``Unavailable`` ("use of closed network connection"). No claim is checked here:
+``Unavailable`` ("use of closed network connection"). ``--open-loop`` lets ghz send at
+``--rps`` however many calls are in flight (ghz's ``--async``), as independent callers do:
+then how many calls a server ends does not change how many more are sent. No claim is checked here:
 docs/reliability.md "Past capacity" reads the figures. Sends to loopback only, for a bounded
 time.
 """
@@ -214,6 +216,8 @@ def overload(
     command = ghz_command(case, data, address, args.seconds)
     command[command.index("--format") + 1] = "csv"  # one row per call: time, status, text
     command[-1:-1] = ["--rps", str(args.rps), "--timeout", f"{args.timeout}s"]
+    if args.open_loop:  # each worker sends on schedule, without waiting for its calls
+        command[-1:-1] = ["--async"]
     before = resident_mib(pid)
     # --pin: the server on the first half of the CPUs, ghz on the other.
     with (
@@ -252,6 +256,12 @@ def main() -> int:
         "--pin",
         action="store_true",
         help="the server on the first half of the CPUs, ghz on the other half",
+    )
+    parser.add_argument(
+        "--open-loop",
+        action="store_true",
+        help="ghz sends at --rps however many calls are in flight (its --async), as callers "
+        "that do not wait for each other do; without it, at most --concurrency in flight",
     )
     parser.add_argument(
         "--max-pending-calls",
