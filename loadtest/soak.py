@@ -57,7 +57,6 @@ from bench import (  # noqa: E402
     Case,
     _process_tree,
     cpu_seconds,
-    decisions,
     machine,
     metric_samples,
     replace_section,
@@ -202,13 +201,19 @@ async def capacity(
     return answered / (time.perf_counter() - start)
 
 
-def handled_codes(metrics_port: int) -> Counter[str]:
-    """The server's ``Verify`` calls so far by status (``grpc_server_handled_total``)."""
+def verify_counts(metrics_port: int) -> tuple[float, Counter[str]]:
+    """From one scrape of the server's /metrics: the presentations accepted so far
+    (``apcv_verifications_total``, ACCEPTED/OK) and the ``Verify`` calls by status
+    (``grpc_server_handled_total``)."""
+    accepted = 0.0
     codes: Counter[str] = Counter()
     for sample in metric_samples(metrics_port):
-        if sample.name == "grpc_server_handled_total" and sample.labels["grpc_method"] == "Verify":
-            codes[sample.labels["grpc_code"]] += int(sample.value)
-    return codes
+        labels = sample.labels
+        if sample.name == "apcv_verifications_total" and labels["decision"] == "ACCEPTED":
+            accepted += sample.value if labels["reason"] == "OK" else 0.0
+        elif sample.name == "grpc_server_handled_total" and labels["grpc_method"] == "Verify":
+            codes[labels["grpc_code"]] += int(sample.value)
+    return accepted, codes
 
 
 def replay_entries(metrics_port: int) -> float | None:
@@ -528,8 +533,7 @@ async def run(
                 print(
                     f"capacity {info['capacity']:.0f}/s, soak at {info['rate']:.0f}/s", flush=True
                 )
-                before = decisions(server.metrics_port).get("ACCEPTED/OK", 0.0)
-                codes_before = handled_codes(server.metrics_port)
+                accepted_before, codes_before = verify_counts(server.metrics_port)
                 stats, info["error_kinds"] = await soak(
                     load,
                     server.process.pid,
@@ -539,9 +543,9 @@ async def run(
                     supply,
                     str(pki.directory),
                 )
-                after = decisions(server.metrics_port).get("ACCEPTED/OK", 0.0)
-                info["server_accepted"] = after - before
-                info["server_codes"] = handled_codes(server.metrics_port) - codes_before
+                accepted_after, codes_after = verify_counts(server.metrics_port)
+                info["server_accepted"] = accepted_after - accepted_before
+                info["server_codes"] = codes_after - codes_before
                 info["error_details"] = load.details
                 info["error_seconds"] = load.error_seconds
             finally:
