@@ -335,7 +335,9 @@ def decisions(metrics_port: int) -> dict[str, float]:
     return counts
 
 
-def _children_cpu_seconds() -> float:
+def children_cpu_seconds() -> float:
+    """User + system CPU time of this process's children that have ended and been waited
+    for, in seconds."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
@@ -364,7 +366,7 @@ def run_case(
         count = args.corpus_batch if case.batch else args.corpus_verify
         data = write_corpus(case_dir, pki, count, case.batch, prefix=ids)
         server_cpu = cpu_seconds(server.process.pid)
-        ghz_cpu = _children_cpu_seconds()
+        ghz_cpu = children_cpu_seconds()
         reply = subprocess.run(
             ghz_command(case, data, server.address, args.duration),
             check=True,
@@ -372,7 +374,7 @@ def run_case(
             text=True,
         )
         server_cpu = cpu_seconds(server.process.pid) - server_cpu
-        ghz_cpu = _children_cpu_seconds() - ghz_cpu
+        ghz_cpu = children_cpu_seconds() - ghz_cpu
         report = json.loads(reply.stdout)
         counted = decisions(server.metrics_port)
     finally:

@@ -18,8 +18,10 @@ For each server it prints the calls answered ``OK`` per second (the goodput), th
 status the calls that ended with it and the time they took (ghz's own timing per call:
 p10, p50, p90, max), with each status's most frequent texts (addresses and ports taken out),
 and the server's resident size (its processes') before, at its peak (sampled every 0.2 s)
-and after, and every 10 s from before ghz starts (ghz first reads its data); for the
-service also its own count of the run's ``Verify`` calls by status
+and after, and every 10 s from before ghz starts (ghz first reads its data), and the CPU
+the server and ghz each used, in cores (ghz near one core under ``--pin`` means the run
+found ghz's limit, not the server's); for the service also its own count of the run's
+``Verify`` calls by status
 (``grpc_server_handled_total``: a call it never handled is not in it) and its own p99 of
 them (``grpc_server_handling_seconds``, from its handler's start) and the calls gRPC ended
 before any handler took them (``apcv_grpc_calls_received_total`` less
@@ -43,6 +45,7 @@ import argparse
 import asyncio
 import csv
 import functools
+import math
 import re
 import subprocess
 import sys
@@ -61,7 +64,16 @@ from apcv_verify.config import ServerSection
 from apcv_verify.issuer import qr_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import GHZ, Case, ghz_command, metric_samples, start_server, stop_server  # noqa: E402
+from bench import (  # noqa: E402
+    GHZ,
+    Case,
+    children_cpu_seconds,
+    cpu_seconds,
+    ghz_command,
+    metric_samples,
+    start_server,
+    stop_server,
+)
 from corpus import make_pki, presentations, write_corpus  # noqa: E402
 from p99_floor import started  # noqa: E402
 from service_bench import (  # noqa: E402
@@ -146,23 +158,36 @@ def outcomes(ghz_csv: str) -> dict[str, Outcome]:
     return dict(by_status)
 
 
-def report(
-    name: str,
-    found: dict[str, Outcome],
-    seconds: float,
-    rss: tuple[float, ...],
-    timeline: list[float] | None = None,
-) -> str:
-    """The lines printed for one server's run (``timeline``: its RSS every
-    :data:`RSS_TIMELINE_SECONDS`, from before ghz starts, which first reads its data)."""
-    answered = len(found.get("OK", Outcome()).milliseconds)
+@dataclass
+class Run:
+    """One ghz run against a server: its calls by status, the server's resident size (MiB)
+    before, at its peak and after, and every :data:`RSS_TIMELINE_SECONDS` from before ghz
+    starts (ghz first reads its data), the CPU the server and ghz each used (cores: CPU
+    seconds per second of the run; ghz near 1 with ``--pin`` means the run measured ghz's
+    limit, not the server's), and what ran beside ghz reported ("" if nothing did)."""
+
+    found: dict[str, Outcome]
+    rss: tuple[float, float, float]
+    timeline: list[float] = field(default_factory=list)
+    server_cores: float = math.nan
+    ghz_cores: float = math.nan
+    aside: str = ""
+
+
+def report(name: str, run: Run, seconds: float) -> str:
+    """The lines printed for one server's run."""
+    answered = len(run.found.get("OK", Outcome()).milliseconds)
+    rss = run.rss
     lines = [
         f"{name}: {answered / seconds:.0f} OK/s over {seconds:g} s;"
         f" RSS {rss[0]:.1f} MiB before, {rss[1]:.1f} at its peak, {rss[2]:.1f} after"
     ]
-    if timeline:
-        every = ", ".join(f"{mib:.0f}" for mib in timeline)
+    if run.timeline:
+        every = ", ".join(f"{mib:.0f}" for mib in run.timeline)
         lines.append(f"  RSS every {RSS_TIMELINE_SECONDS:g} s, MiB: {every}")
+    if not math.isnan(run.server_cores):
+        lines.append(f"  CPU, cores: server {run.server_cores:.2f}, ghz {run.ghz_cores:.2f}")
+    found = run.found
     for status, outcome in sorted(found.items(), key=lambda item: -len(item[1].milliseconds)):
         times = outcome.milliseconds
         lines.append(
@@ -204,11 +229,9 @@ def client_report(address: str, scans: list[str]) -> str:
 
 def overload(
     address: str, pid: int, data: Path, args: Any, beside: Callable[[], str] | None = None
-) -> tuple[dict[str, Outcome], tuple[float, float, float], str, list[float]]:
-    """One ghz run past capacity against the server at ``address`` (process ``pid``): its
-    calls by status, the server's resident size before, at its peak and after, what
-    ``beside``, run meanwhile, says ("" without it), and the resident size's timeline
-    (:class:`PeakResident`)."""
+) -> Run:
+    """One ghz run past capacity against the server at ``address`` (process ``pid``), with
+    ``beside`` run meanwhile."""
     case = Case(
         "overload", "Verify", 1, "memory",
         concurrency=args.concurrency, connections=args.connections,
@@ -225,6 +248,7 @@ def overload(
         PeakResident(pid) as watched,
         tempfile.TemporaryFile("w+") as printed,
     ):
+        server_cpu, ghz_cpu, start = cpu_seconds(pid), children_cpu_seconds(), time.monotonic()
         ghz = subprocess.Popen(
             command,
             stdout=printed,
@@ -234,11 +258,15 @@ def overload(
         )
         aside = beside() if beside is not None else ""
         ghz.wait()
+        elapsed = time.monotonic() - start
+        server_cores = (cpu_seconds(pid) - server_cpu) / elapsed
+        ghz_cores = (children_cpu_seconds() - ghz_cpu) / elapsed  # ghz: the child just reaped
         printed.seek(0)
         text = printed.read()
     if ghz.returncode != 0:
         raise RuntimeError(f"ghz failed: {text[-2000:]}")
-    return outcomes(text), (before, watched.peak, resident_mib(pid)), aside, watched.timeline
+    rss = (before, watched.peak, resident_mib(pid))
+    return Run(outcomes(text), rss, watched.timeline, server_cores, ghz_cores, aside)
 
 
 def main() -> int:
@@ -297,8 +325,7 @@ def main() -> int:
             if name != "service":
                 data = write_corpus(work, pki, count, prefix=f"{name}-")
                 pid, address = stack.enter_context(started(name, pki, work, reply_size))
-                found, rss, _, timeline = overload(address, pid, data, args)
-                print(report(name, found, args.seconds, rss, timeline), flush=True)
+                print(report(name, overload(address, pid, data, args), args.seconds), flush=True)
                 continue
             for index, bound in enumerate(pending_bounds):
                 label = f"service, server.max_pending_calls = {bound}"
@@ -313,7 +340,7 @@ def main() -> int:
                     beside = functools.partial(client_report, server.address, scans)
                     data = write_corpus(work, pki, count, prefix=f"{name}-{index}-client-")
                     pid = server.process.pid
-                    _, _, client, _ = overload(server.address, pid, data, args, beside)
+                    client = overload(server.address, pid, data, args, beside).aside
                     print(f"  VerifierClient beside ghz, {len(scans)} calls: {client}", flush=True)
     return 0
 
@@ -356,12 +383,12 @@ def service_run(label: str, server: Any, data: Path, args: Any) -> None:
     """One run against the service, printed with its own count and p99 of the calls and the
     calls gRPC ended before the service took them."""
     before = service_counts(server.metrics_port)
-    found, rss, _, timeline = overload(server.address, server.process.pid, data, args)
+    run = overload(server.address, server.process.pid, data, args)
     after = service_counts(server.metrics_port)
     handled = after.handled - before.handled
     p99 = histogram_quantile(before.durations, after.durations, 0.99)
     not_taken = (after.received - before.received) - (after.taken - before.taken)
-    print(report(label, found, args.seconds, rss, timeline), flush=True)
+    print(report(label, run, args.seconds), flush=True)
     counted = ", ".join(f"{code} {count}" for code, count in sorted(handled.items()))
     print(f"  the service's own count of its calls: {counted or 'none'}", flush=True)
     print(f"  the service's own p99 of those calls: {p99:.2f} ms", flush=True)

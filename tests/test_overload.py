@@ -31,12 +31,13 @@ def test_calls_are_grouped_by_status_with_their_times_and_general_texts() -> Non
     assert found["OK"].texts == {}
     (text,) = found["Unavailable"].texts
     assert text == "rpc error: code = Unavailable desc = read tcp <address>-><address>: x"
-    lines = overload.report("echo", found, 2.0, (80.0, 90.5, 85.25)).splitlines()
+    lines = overload.report("echo", overload.Run(found, (80.0, 90.5, 85.25)), 2.0).splitlines()
     assert lines[0] == "echo: 0 OK/s over 2 s; RSS 80.0 MiB before, 90.5 at its peak, 85.2 after"
     assert lines[1] == "  Canceled                 2 calls, ms: p10 0 p50 1 p90 1 max 1"
     assert lines[2].split()[:2] == ["2", "rpc"]
-    timed = overload.report("echo", found, 2.0, (80.0, 90.5, 85.25), [80.0, 90.4])
-    assert timed.splitlines()[1] == "  RSS every 10 s, MiB: 80, 90"
+    run = overload.Run(found, (80.0, 90.5, 85.25), [80.0, 90.4], server_cores=0.98, ghz_cores=1.0)
+    timed = overload.report("echo", run, 2.0).splitlines()
+    assert timed[1:3] == ["  RSS every 10 s, MiB: 80, 90", "  CPU, cores: server 0.98, ghz 1.00"]
 
 
 def test_percentile_is_the_nearest_rank() -> None:
@@ -60,6 +61,8 @@ def test_a_short_run_reports_the_service_and_the_echo_server() -> None:
     for server in [*servers, "echo"]:
         head = rf"^{server}: [1-9]\d* OK/s over 1 s; RSS [\d.]+ MiB before, [\d.]+ at its peak"
         assert re.search(head, run.stdout, re.M), run.stdout
+    cpu = r"^  CPU, cores: server [\d.]+, ghz [\d.]+$"
+    assert len(re.findall(cpu, run.stdout, re.M)) == 3, run.stdout
     ok = r"^  OK +[1-9]\d* calls, ms: p10 \d+ p50 \d+ p90 \d+ max \d+$"
     assert len(re.findall(ok, run.stdout, re.M)) == 3, run.stdout
     # Under its capacity, the service answers every call: ghz's, counted, and the client's.
