@@ -198,17 +198,23 @@ def test_max_connection_age_ends_a_long_stream_with_a_retryable_status(pki: Demo
         ) as (_running, stub):
             stream = stub.VerifyStream(timeout=30)
             started = time.monotonic()
+            # The age (1 s, ±10 % of jitter) passes: GOAWAY, and the stream is still
+            # answered during the grace.
             answered = 0
-            # A write to the ended call raises InvalidStateError, a read AioRpcError.
-            with pytest.raises((grpc.aio.AioRpcError, asyncio.InvalidStateError)):
-                while time.monotonic() - started < 15:
-                    await stream.write(request(f"long-{answered}", code))
-                    assert (await stream.read()).verdict.request_id == f"long-{answered}"
-                    answered += 1
-                    await asyncio.sleep(0.1)
+            while time.monotonic() - started < 1.5:
+                await stream.write(request(f"long-{answered}", code))
+                assert (await stream.read()).verdict.request_id == f"long-{answered}"
+                answered += 1
+                await asyncio.sleep(0.1)
+            # The grace ends with the stream open. No write is pending then: grpc.aio reports
+            # a write that the closing connection refuses as INTERNAL ("Internal error from
+            # Core"), its own status in place of the server's (the project's clients resend
+            # after either).
+            with pytest.raises(grpc.aio.AioRpcError) as ended:
+                await stream.read()
             lasted = time.monotonic() - started
-            assert await stream.code() == grpc.StatusCode.UNAVAILABLE
-            assert 1 <= lasted < 10 and answered > 0
+            assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert 1.5 <= lasted < 10
             # The same channel reconnects: the client's retry works.
             again = (await stub.Verify(unary("retry", code), timeout=10)).verdict
             assert reason(again) == "OK"
