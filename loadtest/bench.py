@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -327,8 +327,13 @@ def metric_samples(metrics_port: int) -> Iterator[Sample]:
 
 def decisions(metrics_port: int) -> dict[str, float]:
     """``apcv_verifications_total`` by decision/reason, from the server's /metrics."""
+    return decision_counts(metric_samples(metrics_port))
+
+
+def decision_counts(samples: Iterable[Sample]) -> dict[str, float]:
+    """``apcv_verifications_total`` by decision/reason, from samples of /metrics."""
     counts: dict[str, float] = {}
-    for sample in metric_samples(metrics_port):
+    for sample in samples:
         if sample.name == "apcv_verifications_total":
             key = f"{sample.labels['decision']}/{sample.labels['reason']}"
             counts[key] = counts.get(key, 0) + sample.value

@@ -57,6 +57,7 @@ from bench import (  # noqa: E402
     Case,
     _process_tree,
     cpu_seconds,
+    decision_counts,
     machine,
     metric_samples,
     replace_section,
@@ -205,15 +206,12 @@ def verify_counts(metrics_port: int) -> tuple[float, Counter[str]]:
     """From one scrape of the server's /metrics: the presentations accepted so far
     (``apcv_verifications_total``, ACCEPTED/OK) and the ``Verify`` calls by status
     (``grpc_server_handled_total``)."""
-    accepted = 0.0
+    samples = list(metric_samples(metrics_port))
     codes: Counter[str] = Counter()
-    for sample in metric_samples(metrics_port):
-        labels = sample.labels
-        if sample.name == "apcv_verifications_total" and labels["decision"] == "ACCEPTED":
-            accepted += sample.value if labels["reason"] == "OK" else 0.0
-        elif sample.name == "grpc_server_handled_total" and labels["grpc_method"] == "Verify":
-            codes[labels["grpc_code"]] += int(sample.value)
-    return accepted, codes
+    for sample in samples:
+        if sample.name == "grpc_server_handled_total" and sample.labels["grpc_method"] == "Verify":
+            codes[sample.labels["grpc_code"]] += int(sample.value)
+    return decision_counts(samples).get("ACCEPTED/OK", 0.0), codes
 
 
 def replay_entries(metrics_port: int) -> float | None:
