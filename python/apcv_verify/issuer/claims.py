@@ -185,17 +185,36 @@ def issue_credential(
     apcv: dict[str, Any] = {"v": version, **holder.to_claims()}
     if beneficiaries:
         apcv["ben"] = [beneficiary.to_claims() for beneficiary in beneficiaries]
-    claims = {
+    return sign1(
+        issuer_key,
+        _bound_claims(iss, sub, device_key, status_uri, status_index, iat, nbf, exp, apcv),
+    )
+
+
+def _bound_claims(
+    iss: str,
+    sub: str,
+    phone_key: SigningKey | VerifyingKey,
+    status_uri: str,
+    status_index: int,
+    iat: int,
+    nbf: int,
+    exp: int,
+    apcv: dict[str, Any],
+) -> dict[Any, Any]:
+    """The claims an issuer signs for a phone (a credential, §2.4, or a delegation, §2.6):
+    the phone's key in ``cnf`` without ``alg`` (RFC 8747 §3.1), the entry in a status list
+    (``status``) and the document's own ``apcv`` map."""
+    return {
         _CLAIM_ISS: iss,
         _CLAIM_SUB: sub,
         _CLAIM_EXP: exp,
         _CLAIM_NBF: nbf,
         _CLAIM_IAT: iat,
-        _CLAIM_CNF: {_CNF_COSE_KEY: _as_verifying_key(device_key).cose_key(include_alg=False)},
+        _CLAIM_CNF: {_CNF_COSE_KEY: _as_verifying_key(phone_key).cose_key(include_alg=False)},
         _CLAIM_STATUS: {"status_list": {"idx": status_index, "uri": status_uri}},
         "apcv": apcv,
     }
-    return sign1(issuer_key, claims)
 
 
 def make_presentation(
@@ -273,17 +292,10 @@ def make_delegation(
     }
     if who is not None:
         apcv["who"] = who
-    claims = {
-        _CLAIM_ISS: iss,
-        _CLAIM_SUB: sub,
-        _CLAIM_EXP: exp,
-        _CLAIM_NBF: nbf,
-        _CLAIM_IAT: iat,
-        _CLAIM_CNF: {_CNF_COSE_KEY: _as_verifying_key(delegate_key).cose_key(include_alg=False)},
-        _CLAIM_STATUS: {"status_list": {"idx": status_index, "uri": status_uri}},
-        "apcv": apcv,
-    }
-    return sign1(issuer_key, claims)
+    return sign1(
+        issuer_key,
+        _bound_claims(iss, sub, delegate_key, status_uri, status_index, iat, nbf, exp, apcv),
+    )
 
 
 def make_amc_attestation(
