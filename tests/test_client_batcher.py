@@ -19,6 +19,7 @@ from apcv_verify.client import (
     Answer,
     DuplicateScanError,
     EdgeBatcher,
+    MessageTooLargeError,
     PermissionDeniedError,
     Reason,
     RetryPolicy,
@@ -341,6 +342,47 @@ def test_permission_denied_stops_the_batcher_and_keeps_the_scans(
         stop_server(running)
     assert denied.reason == "CALLER_NOT_ALLOWED"
     assert asyncio.run(summaries(spool_path)) == [("denied-1", "pending", None, None)]
+
+
+def test_a_request_grpc_refuses_as_too_large_stops_the_batcher_and_keeps_the_scans(
+    pki: DemoPKI, tmp_path: Path
+) -> None:
+    """A batcher allowed larger requests than the server takes: past twice the server's
+    ``server.max_message_bytes`` gRPC itself refuses the request, without details. Sent
+    again it would be refused again, so the batcher stops with the typed error (not the
+    retried "server busy" of gRPC's other RESOURCE_EXHAUSTED) and keeps the scans."""
+    running = start_server(
+        pki.directory,
+        tmp_path / "server.log",
+        "--allow-test-identities",
+        env={"APCV_SERVER_MAX_MESSAGE_BYTES": "4096"},  # gRPC refuses past 8,192 bytes
+    )
+    spool_path = tmp_path / "reader.spool"
+    presentations = {f"big-{i}": qr_text(pki.present("alice")) for i in range(20)}
+
+    async def scenario() -> MessageTooLargeError:
+        async with EdgeBatcher(
+            running.address,
+            spool=spool_path,
+            reader_id="edge-1",
+            retry=FAST,
+            max_batch=20,
+            max_delay=30.0,  # the group goes when all 20 wait: one request of ~14 KB
+        ) as batcher:
+            for request_id, presentation in presentations.items():
+                await batcher.submit(presentation, request_id=request_id)
+            with pytest.raises(MessageTooLargeError) as refused:
+                await batcher.drain(timeout=30)
+            return refused.value
+
+    try:
+        refused = asyncio.run(scenario())
+    finally:
+        stop_server(running)
+    assert refused.reason == ""  # gRPC's own refusal: no ErrorInfo
+    assert refused.metadata["limit"] == "8192"
+    assert int(refused.metadata["size"]) > 8192
+    assert {row[1] for row in asyncio.run(summaries(spool_path))} == {"pending"}
 
 
 class FlakyLink:

@@ -17,8 +17,9 @@ How it works:
   spool as the scan's final answer — one per scan, never replaced — and then delivered, to
   the ``on_answer`` callback or to the :meth:`EdgeBatcher.answers` iterator.
 - A stream that ends with ``UNAVAILABLE`` (server restarted or killed, connection aged out with
-  GOAWAY), ``RESOURCE_EXHAUSTED`` without details, ``DEADLINE_EXCEEDED``, ``INTERNAL``,
-  ``UNKNOWN`` or ``CANCELLED`` is reopened after an exponential backoff with jitter
+  GOAWAY), ``RESOURCE_EXHAUSTED`` without details (too many calls; not gRPC's "message
+  larger than max"), ``DEADLINE_EXCEEDED``, ``INTERNAL``, ``UNKNOWN`` or ``CANCELLED`` is
+  reopened after an exponential backoff with jitter
   (``retry``), and every unanswered scan is resent with its ``request_id``, unchanged: the
   server gives a resend the answer it kept for that request (``Verdict.resent``: the
   original decision, even once the presentation has expired; docs/integration.md "Answer
@@ -51,7 +52,7 @@ from typing import Final, Protocol
 import grpc
 
 from .._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
-from .errors import VerifierError, error_from_rpc
+from .errors import MessageTooLargeError, VerifierError, error_from_rpc
 from .spool import Answered, Spool
 from .transport import ChannelOption, RetryPolicy, TLSConfig, open_channel
 from .unary import MAX_ID_LENGTH, make_scan
@@ -109,8 +110,8 @@ def _server_max_batch(response: verifier_pb2.VerifyStreamResponse) -> int | None
 
 
 def _retryable(error: VerifierError) -> bool:
-    if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return error.reason != "MESSAGE_TOO_LARGE"  # too many calls: later; too large: never
+    if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED:  # too many calls: later; too large: never
+        return not isinstance(error, MessageTooLargeError)
     return error.code in _RETRYABLE
 
 

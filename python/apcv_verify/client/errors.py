@@ -26,6 +26,7 @@ The messages are the server's fixed phrases and reason codes: never a scan or pe
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -119,14 +120,18 @@ class RequestIdReusedError(VerifierError):
 
 class MessageTooLargeError(VerifierError):
     """``RESOURCE_EXHAUSTED`` / ``MESSAGE_TOO_LARGE``: send smaller batches (``metadata``
-    has ``limit`` and ``size`` in bytes and, when a setting bounds it, ``setting``)."""
+    has ``limit`` and ``size`` in bytes and, when a setting bounds it, ``setting``). Also
+    gRPC's own refusal of a message over a channel's or the server's maximum (``reason``
+    ``""``, a message that says ``larger than max``, ``size`` and ``limit`` when it gives
+    them): over twice ``server.max_message_bytes``, compressed or not, or a response over
+    this client's ``grpc.max_receive_message_length``."""
 
 
 class ServerBusyError(VerifierError):
     """``RESOURCE_EXHAUSTED`` other than ``MESSAGE_TOO_LARGE``: too many calls in progress
     (``TOO_MANY_CALLS``, ``metadata["setting"]`` names the limit), a stream over the server's
-    memory budget (``STREAM_MEMORY_EXHAUSTED``), or the gRPC library's own (no details). Back
-    off and try again."""
+    memory budget (``STREAM_MEMORY_EXHAUSTED``), or the gRPC library's own other than a
+    message too large (no details). Back off and try again."""
 
 
 class UnavailableError(VerifierError):
@@ -192,7 +197,27 @@ def error_from_rpc(error: grpc.RpcError) -> VerifierError:
             ]
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         too_large = reason == "MESSAGE_TOO_LARGE"
+        if not reason:
+            too_large, metadata = _grpc_too_large(message)
         kind: type[VerifierError] = MessageTooLargeError if too_large else ServerBusyError
     else:
         kind = _BY_CODE.get(code, VerifierError)
     return kind(code, message, reason=reason, metadata=metadata, field_violations=violations)
+
+
+#: gRPC's own refusal of a message over a channel's or server's maximum (its core's texts:
+#: "Received message larger than max (5000 vs. 4096)", "Sent message larger than max (…)",
+#: "Decompressed message larger than max"), with the size and the limit when it gives them.
+_GRPC_TOO_LARGE = re.compile(r"message larger than max(?: \((\d+) vs\. (\d+)\))?")
+
+
+def _grpc_too_large(message: str) -> tuple[bool, dict[str, str]]:
+    """Whether a ``RESOURCE_EXHAUSTED`` without details is gRPC refusing a message too large
+    for a channel's or server's maximum (it would be refused again, unlike too many calls), and
+    its ``size`` and ``limit`` when the message gives them."""
+    found = _GRPC_TOO_LARGE.search(message)
+    if found is None:
+        return False, {}
+    if found.group(1) is None:
+        return True, {}
+    return True, {"size": found.group(1), "limit": found.group(2)}
