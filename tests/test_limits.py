@@ -10,7 +10,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from apcv_verify._proto.apcv.verify.v1 import verifier_pb2
+from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
+from apcv_verify.client import MessageTooLargeError, error_from_rpc
 from apcv_verify.config import ConfigError, load_config
 from apcv_verify.issuer import (
     INS_DEMO_OID,
@@ -24,6 +25,7 @@ from apcv_verify.issuer import (
 )
 from apcv_verify.service.decode import MAX_REQUEST_BYTES
 from apcv_verify.service.startup import server_options
+from grpc_status import rpc_status
 
 from .conftest import pki_config
 from .test_contract import status_details
@@ -182,6 +184,53 @@ def test_a_message_over_max_message_bytes_is_refused(pki: DemoPKI) -> None:
             assert huge.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             small = (await stub.Verify(unary("small", "APCV1:%%"), timeout=10)).verdict
             assert reason(small) == "MALFORMED"
+
+    asyncio.run(scenario())
+
+
+def test_gzip_requests_are_answered_and_held_to_the_limit_by_their_inflated_size(
+    pki: DemoPKI,
+) -> None:
+    """A client may compress its messages (gRPC's gzip): every method answers them, and the
+    size limits apply to the message as it inflates, so a small compressed request that
+    inflates past them is refused as an uncompressed one would be, without the server taking
+    the inflated size."""
+
+    async def scenario() -> None:
+        async with serving(pki, max_message_bytes=4096) as (running, _stub):
+            address = f"127.0.0.1:{running.port}"
+            async with grpc.aio.insecure_channel(
+                address, compression=grpc.Compression.Gzip
+            ) as channel:
+                stub = verifier_pb2_grpc.VerifierServiceStub(channel)
+                answered = (await stub.Verify(unary("gz-1", qr_text(pki.present())))).verdict
+                assert reason(answered) == "OK"
+                batch = verifier_pb2.VerifyBatchRequest(
+                    scans=[scan(f"gz-b{i}", qr_text(pki.present())) for i in range(2)]
+                )
+                verdicts = (await stub.VerifyBatch(batch, timeout=10)).verdicts
+                assert [reason(verdict) for verdict in verdicts] == ["OK", "OK"]
+                stream = stub.VerifyStream(iter([request("gz-s", qr_text(pki.present()))]))
+                assert [reason(r.verdict) async for r in stream] == ["OK"]
+
+                # 5,000 characters inflated, a few dozen bytes on the wire: the service's own
+                # refusal, with the size it inflated to.
+                oversize = unary("gz-big", "APCV1:" + "A" * 5000)
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await stub.Verify(oversize, timeout=10)
+                assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                info, _violations = status_details(refused.value)
+                assert info.reason == "MESSAGE_TOO_LARGE"
+                assert dict(info.metadata)["size"] == str(oversize.ByteSize())
+                # 64 MiB inflated from about 64 KiB: gRPC stops inflating at twice the setting.
+                with pytest.raises(grpc.aio.AioRpcError) as bomb:
+                    await stub.Verify(unary("gz-bomb", "A" * (64 << 20)), timeout=30)
+                assert bomb.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert rpc_status.from_call(bomb.value) is None  # gRPC's, before the service
+                # Which a client tells from too many calls: sent again it fails again.
+                assert isinstance(error_from_rpc(bomb.value), MessageTooLargeError)
+                after = (await stub.Verify(unary("gz-2", qr_text(pki.present())))).verdict
+                assert reason(after) == "OK"
 
     asyncio.run(scenario())
 
