@@ -150,6 +150,66 @@ def test_a_broken_item_in_a_stream_is_malformed_in_place_and_later_items_are_ans
     assert verdicts[3].detail == "scan.request_id: required"
 
 
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+#: Fields v1 does not know, one of each wire type a later minor version could add (numbers
+#: 1000-1003): a varint, a length-delimited string, a fixed64 and a fixed32.
+UNKNOWN_FIELDS = (
+    _varint(1000 << 3 | 0) + _varint(7)
+    + _varint(1001 << 3 | 2) + _varint(3) + b"new"
+    + _varint(1002 << 3 | 1) + bytes(8)
+    + _varint(1003 << 3 | 5) + bytes(4)
+)  # fmt: skip
+
+
+def test_fields_a_later_client_adds_are_ignored_by_every_method(
+    server: ServerProcess, pki: DemoPKI
+) -> None:
+    """Proto3's rule for unknown fields: a request carrying fields of a later minor version
+    (in the request, a scan and its reader) is answered as if they were absent."""
+
+    def newer(scan_message: verifier_pb2.Scan) -> bytes:
+        reader = scan_message.reader.SerializeToString() + UNKNOWN_FIELDS
+        scan_message.ClearField("reader")
+        reader_field = verifier_pb2.Scan.DESCRIPTOR.fields_by_name["reader"].number
+        return (
+            scan_message.SerializeToString()
+            + _varint(reader_field << 3 | 2) + _varint(len(reader)) + reader
+            + UNKNOWN_FIELDS
+        )  # fmt: skip
+
+    def fresh(request_id: str) -> bytes:
+        return newer(scan(request_id, qr_text(pki.present("alice"))))
+
+    with server.channel() as channel:
+        unary = raw_unary(
+            channel, "Verify", field(1, fresh("n-1")) + UNKNOWN_FIELDS, verifier_pb2.VerifyResponse
+        )
+        batch = raw_unary(
+            channel,
+            "VerifyBatch",
+            field(1, fresh("n-2")) + UNKNOWN_FIELDS + field(1, fresh("n-3")),
+            verifier_pb2.VerifyBatchResponse,
+        )
+        stream = channel.stream_stream(
+            f"{SERVICE}/VerifyStream",
+            request_serializer=None,
+            response_deserializer=verifier_pb2.VerifyStreamResponse.FromString,
+        )(iter([field(1, fresh("n-4")) + UNKNOWN_FIELDS]), timeout=30)
+        streamed = [response.verdict for response in stream]
+    answered = [unary.verdict, *batch.verdicts, *streamed]
+    assert [(v.request_id, verifier_pb2.Reason.Name(v.reason)) for v in answered] == [
+        (f"n-{i}", "REASON_OK") for i in range(1, 5)
+    ]
+
+
 def test_a_batch_answers_bad_items_in_place_and_verifies_the_others(
     server: ServerProcess, pki: DemoPKI
 ) -> None:
