@@ -19,6 +19,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from .conftest import REPO, ServerProcess
+from .test_verdict_bytes import field, varint
 
 SERVICE = "/apcv.verify.v1.VerifierService"
 DOMAIN = "apcv.verify.v1"
@@ -43,19 +44,6 @@ def not_utf8(message: verifier_pb2.Scan) -> bytes:
     encoded = message.SerializeToString()
     assert encoded.count(b"XXXX") == 1
     return encoded.replace(b"XXXX", NOT_UTF8)
-
-
-def field(number: int, payload: bytes) -> bytes:
-    """One length-delimited protobuf field: tag, varint length, payload."""
-    length = len(payload)
-    varint = bytearray()
-    while True:
-        byte = length & 0x7F
-        length >>= 7
-        varint.append(byte | (0x80 if length else 0))
-        if not length:
-            break
-    return bytes([number << 3 | 2]) + bytes(varint) + payload
 
 
 def raw_unary(channel: grpc.Channel, method: str, payload: bytes, response_type: Any) -> Any:
@@ -150,22 +138,13 @@ def test_a_broken_item_in_a_stream_is_malformed_in_place_and_later_items_are_ans
     assert verdicts[3].detail == "scan.request_id: required"
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
 #: Fields v1 does not know, one of each wire type a later minor version could add (numbers
 #: 1000-1003): a varint, a length-delimited string, a fixed64 and a fixed32.
 UNKNOWN_FIELDS = (
-    _varint(1000 << 3 | 0) + _varint(7)
-    + _varint(1001 << 3 | 2) + _varint(3) + b"new"
-    + _varint(1002 << 3 | 1) + bytes(8)
-    + _varint(1003 << 3 | 5) + bytes(4)
+    varint(1000 << 3 | 0) + varint(7)
+    + field(1001, b"new")
+    + varint(1002 << 3 | 1) + bytes(8)
+    + varint(1003 << 3 | 5) + bytes(4)
 )  # fmt: skip
 
 
@@ -179,11 +158,7 @@ def test_fields_a_later_client_adds_are_ignored_by_every_method(
         reader = scan_message.reader.SerializeToString() + UNKNOWN_FIELDS
         scan_message.ClearField("reader")
         reader_field = verifier_pb2.Scan.DESCRIPTOR.fields_by_name["reader"].number
-        return (
-            scan_message.SerializeToString()
-            + _varint(reader_field << 3 | 2) + _varint(len(reader)) + reader
-            + UNKNOWN_FIELDS
-        )  # fmt: skip
+        return scan_message.SerializeToString() + field(reader_field, reader) + UNKNOWN_FIELDS
 
     def fresh(request_id: str) -> bytes:
         return newer(scan(request_id, qr_text(pki.present("alice"))))

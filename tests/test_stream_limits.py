@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from .conftest import free_port, scrape, start_server, stop_server, value
 from .test_contract import status_details
 from .test_stream import reason, request, serving, unary
+from .test_verdict_bytes import field
 
 IDLE_STREAMS = 1000
 
@@ -231,8 +232,8 @@ def test_streams_that_never_read_their_answers_hold_no_more_than_the_budget(
     message.scan.include_fhir = True
     # Field 15 of Scan is unused: a length-delimited unknown field of ~62 KB pads the message.
     padding = 64_000 - message.ByteSize() - 8
-    scan_bytes = message.scan.SerializeToString() + b"\x7a" + _varint(padding) + b"\0" * padding
-    payload = b"\x0a" + _varint(len(scan_bytes)) + scan_bytes
+    scan_bytes = message.scan.SerializeToString() + field(15, bytes(padding))
+    payload = field(1, scan_bytes)  # VerifyStreamRequest.scan
     assert 63_000 < len(payload) <= 64 * 1024
     stats: dict[str, float] = {"written": 0, "peak": 0.0, "blocked": 0}
 
@@ -369,15 +370,3 @@ def test_calls_past_max_pending_calls_are_ended_cancelled_before_the_service(
     taken = sum(count for (name, _), count in found.items() if name == "grpc_server_started_total")
     received = value(found, "apcv_grpc_calls_received_total")
     assert received - taken == codes[grpc.StatusCode.CANCELLED], (received, taken)
-
-
-def _varint(number: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = number & 0x7F
-        number >>= 7
-        if number:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
