@@ -197,8 +197,8 @@ def error_from_rpc(error: grpc.RpcError) -> VerifierError:
             ]
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         too_large = reason == "MESSAGE_TOO_LARGE"
-        if not reason:
-            too_large, metadata = _grpc_too_large(message)
+        if not reason and (grpc_sizes := _grpc_too_large(message)) is not None:
+            too_large, metadata = True, grpc_sizes
         kind: type[VerifierError] = MessageTooLargeError if too_large else ServerBusyError
     else:
         kind = _BY_CODE.get(code, VerifierError)
@@ -211,13 +211,12 @@ def error_from_rpc(error: grpc.RpcError) -> VerifierError:
 _GRPC_TOO_LARGE = re.compile(r"message larger than max(?: \((\d+) vs\. (\d+)\))?")
 
 
-def _grpc_too_large(message: str) -> tuple[bool, dict[str, str]]:
-    """Whether a ``RESOURCE_EXHAUSTED`` without details is gRPC refusing a message too large
-    for a channel's or server's maximum (it would be refused again, unlike too many calls), and
-    its ``size`` and ``limit`` when the message gives them."""
+def _grpc_too_large(message: str) -> dict[str, str] | None:
+    """For a ``RESOURCE_EXHAUSTED`` without details that is gRPC refusing a message too large
+    for a channel's or server's maximum (it would be refused again, unlike too many calls):
+    its ``size`` and ``limit`` when the message gives them, else {}. None for any other."""
     found = _GRPC_TOO_LARGE.search(message)
     if found is None:
-        return False, {}
-    if found.group(1) is None:
-        return True, {}
-    return True, {"size": found.group(1), "limit": found.group(2)}
+        return None
+    size, limit = found.groups()
+    return {} if size is None else {"size": size, "limit": limit}
