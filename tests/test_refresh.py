@@ -4,12 +4,16 @@ refreshed in the background by a real ``apcv-verify serve`` process (trust/sourc
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import hashlib
 import os
 import subprocess
 import sys
 import threading
 import time
+import tracemalloc
+import zlib
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -51,6 +55,14 @@ WAIT_SECONDS = 20.0
 DRIP_SECONDS = 0.5
 
 
+@functools.cache
+def gzip_bomb() -> bytes:
+    """256 MiB of zeros, gzip-coded: about 256 KiB on the wire, eight times MAX_SOURCE_BYTES."""
+    coder = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: the gzip format
+    block = bytes(1 << 20)
+    return b"".join([*(coder.compress(block) for _ in range(256)), coder.flush()])
+
+
 class ListServer:
     """A publisher of signed lists: serves files of a directory with a strong ETag,
     answers ``If-None-Match`` with 304, and counts what it was asked."""
@@ -62,7 +74,10 @@ class ListServer:
         self.drip: set[str] = set()
         self.dripping = 0  # drips in progress
         self._closing = threading.Event()
+        #: Paths answered with a gzip-coded bomb (gzip_bomb()) whatever the request asks for.
+        self.coded: set[str] = set()
         self.requests: list[tuple[str, str | None]] = []  # (path, If-None-Match)
+        self.accept_encodings: list[str | None] = []
         self.not_modified = 0
         self._lock = threading.Lock()
         owner = self
@@ -86,8 +101,18 @@ class ListServer:
         condition = handler.headers.get("If-None-Match")
         with self._lock:
             self.requests.append((handler.path, condition))
+            self.accept_encodings.append(handler.headers.get("Accept-Encoding"))
         if not self.available:
             handler.send_error(503)
+            return
+        if handler.path in self.coded:
+            handler.send_response(200)
+            handler.send_header("Content-Type", "application/cose")
+            handler.send_header("Content-Encoding", "gzip")
+            handler.send_header("Content-Length", str(len(gzip_bomb())))
+            handler.end_headers()
+            with contextlib.suppress(OSError):  # the client may hang up at the headers
+                handler.wfile.write(gzip_bomb())
             return
         path = self.root / handler.path.lstrip("/")
         if not path.is_file():
@@ -485,6 +510,42 @@ def test_bad_refresh_settings_name_the_key(
 
 def test_the_response_cap_is_above_every_document_the_core_accepts() -> None:
     assert MAX_SOURCE_BYTES > 17 * 1024 * 1024
+
+
+def test_a_list_sent_with_a_content_coding_is_refused_unread(
+    pki: DemoPKI, lists: ListServer
+) -> None:
+    """Lists are asked for as published (``Accept-Encoding: identity``). A server that sends
+    a gzip-coded body anyway, here 256 MiB of zeros in about 256 KiB, is refused at its
+    headers: the last good list is kept, the failure is counted, and the fetch never holds
+    anything like the inflated size (nor MAX_SOURCE_BYTES of it)."""
+    (status_path,) = pki.status_list_paths.values()
+    source = _source(
+        pki,
+        APCV_TRUST_TRUST_LIST=lists.url(pki.trust_list_path),
+        APCV_TRUST_STATUS_LISTS=lists.url(status_path),
+    )
+    asyncio.run(source.load_initial())
+    held = source.current
+    assert held is not None and len(held.status_lists) == 1
+    lists.coded.add("/" + status_path.relative_to(pki.directory).as_posix())
+    gzip_bomb()  # made before the measurement
+    tracemalloc.start()
+    try:
+        changed = asyncio.run(source.refresh())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert not changed
+    assert source.current is held
+    (failures,) = source.metrics.refresh_failures.collect()
+    assert [
+        (sample.labels, sample.value)
+        for sample in failures.samples
+        if sample.name.endswith("_total")
+    ] == [({"source": "status_lists[0]", "reason": "fetch"}, 1.0)]
+    assert peak < 8 << 20, f"{peak} bytes held by a refused fetch"
+    assert set(lists.accept_encodings) == {"identity"}
 
 
 def test_a_stopped_source_fetches_nothing_more(pki: DemoPKI) -> None:

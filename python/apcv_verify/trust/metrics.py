@@ -177,9 +177,10 @@ class TrustMetrics:
         self.refresh_failures = Counter(
             "apcv_trust_refresh_failures_total",
             "Refreshes of a trust-list or status-list source that kept the last good list: "
-            "reason fetch (unreachable, HTTP error, oversize), timeout (no complete answer "
-            "within trust.http_timeout_seconds), refused (verification failed), "
-            "rollback (older than the list held), untrusted (signer not in a new trust list).",
+            "reason fetch (unreachable, HTTP error, oversize or content-coded body), timeout "
+            "(no complete answer within trust.http_timeout_seconds), refused (verification "
+            "failed), rollback (older than the list held), untrusted (signer not in a new trust "
+            "list).",
             ["source", "reason"],
             registry=registry,
         )

@@ -22,7 +22,10 @@ Rules of a refresh (docs/operations.md "Trust list and status list refresh"):
   all (a server that drips its answer is cut off), and each verified list is taken into use
   as soon as it arrives, so one slow source never holds back another's revocations;
 * HTTP sources are fetched with ``If-None-Match`` (the ``ETag`` of the last accepted body);
-  ``304 Not Modified`` means unchanged. File sources are read again when their mtime or
+  ``304 Not Modified`` means unchanged. They are fetched as published
+  (``Accept-Encoding: identity``) and a body sent with a content coding anyway is refused
+  unread: the signed documents are compact already, and an inflated body could be many
+  times the bytes received. File sources are read again when their mtime or
   size changes. A validator is remembered only once its document is accepted, so a refused
   document is fetched and judged again at the next refresh.
 
@@ -76,6 +79,11 @@ MAX_SOURCE_BYTES = 32 * 1024 * 1024
 INITIAL_RETRY_SECONDS = 5.0
 #: Sent with every HTTP request, so that publishers can tell who fetches their lists.
 USER_AGENT = "apcv-verify (trust list refresh)"
+#: The ``Content-Encoding`` a list body is taken with: none. A gzip or br body is refused, not
+#: inflated, so :data:`MAX_SOURCE_BYTES` bounds the memory a fetch can take whatever aiohttp's
+#: decoders do (aiohttp before 3.13.3 inflated each received chunk whole: a bomb of 1 MiB took
+#: hundreds of MiB before the cap was checked).
+IDENTITY_CODINGS = frozenset({"", "identity"})
 
 
 def is_url(location: str) -> bool:
@@ -95,7 +103,8 @@ def _display(location: str) -> str:
 
 
 class SourceError(Exception):
-    """A source could not be read (unreachable, HTTP error, oversize, missing file)."""
+    """A source could not be read (unreachable, HTTP error, oversize or content-coded
+    body, missing file)."""
 
     reason = "fetch"
 
@@ -157,7 +166,11 @@ class _Source:
         return data, validator
 
     async def _fetch_url(self, session: aiohttp.ClientSession) -> tuple[bytes, object] | None:
-        headers = {"User-Agent": USER_AGENT, "Accept": "application/cose, */*"}
+        headers = {
+            "User-Agent": USER_AGENT,
+            "Accept": "application/cose, */*",
+            "Accept-Encoding": "identity",
+        }
         if isinstance(self._accepted, str):
             headers["If-None-Match"] = self._accepted
         try:
@@ -166,6 +179,12 @@ class _Source:
                     return None
                 if response.status != 200:
                     raise SourceError(f"HTTP {response.status}")
+                coding = response.headers.get("Content-Encoding", "").strip().lower()
+                if coding not in IDENTITY_CODINGS:
+                    raise SourceError(
+                        f"sent with Content-Encoding {coding[:32]!r}, not as published "
+                        "(asked for identity)"
+                    )
                 length = response.content_length
                 if length is not None and length > MAX_SOURCE_BYTES:
                     raise SourceError(f"larger than {MAX_SOURCE_BYTES} bytes")
@@ -285,7 +304,8 @@ class TrustSource:
         if self._stopping:
             return False
         at = int(time.time()) if now is None else now
-        async with aiohttp.ClientSession() as session:
+        # auto_decompress=False: a coded body is refused in _fetch_url, never inflated.
+        async with aiohttp.ClientSession(auto_decompress=False) as session:
             trust = asyncio.ensure_future(self._fetch(self._trust_source, session, strict_files))
             statuses = [
                 asyncio.ensure_future(self._fetch_status(source, session, strict_files))
