@@ -397,17 +397,25 @@ mod tests {
             eprintln!("skipped: public vectors not found (set APCV_VECTORS_DIR)");
             return;
         };
-        let sl = dir.join("status-list");
-        let one =
-            StatusBits::from_cbor(&markdown_hex(&sl.join("status_list_encoding_cbor.md"))).unwrap();
-        let got: Vec<u8> = (0..one.len()).map(|i| one.get(i).unwrap()).collect();
-        assert_eq!(got, [1, 0, 0, 1, 1, 1, 0, 1, 1, 1, 0, 0, 0, 1, 0, 1]);
-        let long4 = StatusBits::from_cbor(&markdown_hex(&sl.join("status_list_encoding4_cbor.md")))
-            .unwrap();
-        assert_eq!(long4.len(), 1 << 20);
-        for (i, v) in [(0, 1), (1993, 2), (35460, 3), (1030205, 15), (1, 0)] {
-            assert_eq!(long4.get(i), Some(v), "index {i}");
+        // Another vector set may not hold these two examples: each is checked when present.
+        let example = |name: &str| {
+            let path = dir.join("status-list").join(name);
+            let found = path.is_file();
+            if !found {
+                eprintln!("skipped: {} not in the vector set", path.display());
+            }
+            found.then(|| StatusBits::from_cbor(&markdown_hex(&path)).unwrap())
+        };
+        if let Some(one) = example("status_list_encoding_cbor.md") {
+            let got: Vec<u8> = (0..one.len()).map(|i| one.get(i).unwrap()).collect();
+            assert_eq!(got, [1, 0, 0, 1, 1, 1, 0, 1, 1, 1, 0, 0, 0, 1, 0, 1]);
         }
-        assert_eq!(long4.get(1 << 20), None);
+        if let Some(long4) = example("status_list_encoding4_cbor.md") {
+            assert_eq!(long4.len(), 1 << 20);
+            for (i, v) in [(0, 1), (1993, 2), (35460, 3), (1030205, 15), (1, 0)] {
+                assert_eq!(long4.get(i), Some(v), "index {i}");
+            }
+            assert_eq!(long4.get(1 << 20), None);
+        }
     }
 }
