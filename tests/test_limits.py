@@ -4,6 +4,7 @@ validation (docs/operations.md "Limits")."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from apcv_verify.issuer import (
     qr_text,
 )
 from apcv_verify.service.decode import MAX_REQUEST_BYTES
-from apcv_verify.service.startup import server_options
+from apcv_verify.service.startup import ServerHandle, server_options
 from grpc_status import rpc_status
 
 from .conftest import pki_config
@@ -184,6 +185,75 @@ def test_a_message_over_max_message_bytes_is_refused(pki: DemoPKI) -> None:
             assert huge.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             small = (await stub.Verify(unary("small", "APCV1:%%"), timeout=10)).verdict
             assert reason(small) == "MALFORMED"
+
+    asyncio.run(scenario())
+
+
+#: A client's gRPC retry policy that resends RESOURCE_EXHAUSTED (gRFC A6), as a reader would
+#: to ride out TOO_MANY_CALLS.
+RETRY_EXHAUSTED = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": "apcv.verify.v1.VerifierService"}],
+                "retryPolicy": {
+                    "maxAttempts": 4,
+                    "initialBackoff": "0.01s",
+                    "maxBackoff": "0.05s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["RESOURCE_EXHAUSTED"],
+                },
+            }
+        ]
+    }
+)
+
+
+def handled(running: ServerHandle, code: str) -> float:
+    """``grpc_server_handled_total`` of ``Verify`` calls that ended ``code``."""
+    assert running.metrics is not None
+    value = running.metrics.registry.get_sample_value(
+        "grpc_server_handled_total",
+        {
+            "grpc_type": "unary",
+            "grpc_service": "apcv.verify.v1.VerifierService",
+            "grpc_method": "Verify",
+            "grpc_code": code,
+        },
+    )
+    return value or 0.0
+
+
+def test_a_too_large_message_is_not_resent_by_a_retry_policy_and_too_many_calls_is(
+    pki: DemoPKI,
+) -> None:
+    """A client whose retry policy resends RESOURCE_EXHAUSTED (to wait out TOO_MANY_CALLS)
+    sends a MESSAGE_TOO_LARGE request once: the refusal carries the gRPC server pushback
+    ``grpc-retry-pushback-ms: -1`` (gRFC A6: do not retry), since the same bytes would be
+    refused again. TOO_MANY_CALLS carries none: it is resent, with the client's backoff."""
+    code = qr_text(pki.present("alice"))
+
+    async def scenario() -> None:
+        async with serving(pki, max_message_bytes=4096, max_concurrent_rpcs=1) as (running, _):
+            options = [("grpc.service_config", RETRY_EXHAUSTED), ("grpc.enable_retries", 1)]
+            target = f"127.0.0.1:{running.port}"
+            async with grpc.aio.insecure_channel(target, options=options) as channel:
+                stub = verifier_pb2_grpc.VerifierServiceStub(channel)
+                call = stub.Verify(unary("big", "APCV1:" + "A" * 5000), timeout=10)
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await call
+                assert status_details(refused.value)[0].reason == "MESSAGE_TOO_LARGE"
+                trailers = await call.trailing_metadata()
+                assert trailers is not None and trailers.get("grpc-retry-pushback-ms") == "-1"
+                assert handled(running, "RESOURCE_EXHAUSTED") == 1  # sent once
+                held = stub.VerifyStream(timeout=30)  # holds the one call slot
+                await held.write(request("held", code))
+                await held.read()
+                with pytest.raises(grpc.aio.AioRpcError) as busy:
+                    await stub.Verify(unary("busy", code), timeout=10)
+                assert status_details(busy.value)[0].reason == "TOO_MANY_CALLS"
+                assert handled(running, "RESOURCE_EXHAUSTED") == 1 + 4  # every attempt
+                held.cancel()
 
     asyncio.run(scenario())
 

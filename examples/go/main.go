@@ -22,14 +22,16 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// serviceConfig lets grpc-go resend a call that failed with UNAVAILABLE, or CANCELLED by the
-// server (past its capacity it ends the calls it cannot take so), unchanged (so with the same
-// request_id), with exponential backoff; nothing else is retried.
+// serviceConfig lets grpc-go resend a call that failed with UNAVAILABLE, CANCELLED by the
+// server (past its capacity it ends the calls it cannot take so) or RESOURCE_EXHAUSTED (too
+// many calls in progress), unchanged (so with the same request_id), with exponential backoff;
+// nothing else is retried. A MESSAGE_TOO_LARGE refusal, which the same request would meet
+// again, carries gRPC's server pushback "do not retry" and is not resent.
 const serviceConfig = `{"methodConfig": [{
   "name": [{"service": "apcv.verify.v1.VerifierService", "method": "Verify"}],
   "retryPolicy": {
     "maxAttempts": 5, "initialBackoff": "0.2s", "maxBackoff": "10s", "backoffMultiplier": 2,
-    "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"]
+    "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED", "RESOURCE_EXHAUSTED"]
   }
 }]}`
 

@@ -70,6 +70,7 @@ class TooLarge:
             "MESSAGE_TOO_LARGE",
             str(self),
             metadata={"limit": str(self.limit), "size": str(self.size), **setting},
+            retryable=False,  # the same bytes are refused again
         )
 
 

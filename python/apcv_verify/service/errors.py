@@ -39,6 +39,21 @@ INTERNAL_ERROR_DETAIL = "internal error"
 #: ``ErrorInfo.domain`` of every error this service sends: its reasons are unique within it.
 ERROR_DOMAIN = "apcv.verify.v1"
 
+#: gRPC's server pushback (gRFC A6, "Retry Design"): a negative value tells a client's retry
+#: policy not to resend the call. Sent with refusals that the same request meets again
+#: however long the client waits (MESSAGE_TOO_LARGE), so that a client whose policy resends
+#: RESOURCE_EXHAUSTED, to wait out TOO_MANY_CALLS, does not resend those.
+NO_RETRY = ("grpc-retry-pushback-ms", "-1")
+
+
+@dataclass(frozen=True)
+class _Status(grpc.Status):
+    """A call's end as ``abort_with_status`` takes it."""
+
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
+
 
 @dataclass(frozen=True)
 class FieldProblem:
@@ -64,10 +79,11 @@ def call_status(
     *,
     violations: Sequence[FieldProblem] = (),
     metadata: Mapping[str, str] | None = None,
+    retryable: bool = True,
 ) -> grpc.Status:
     """A status with its ``google.rpc.Status`` details: an ``ErrorInfo`` (``reason`` in
     :data:`ERROR_DOMAIN`, with ``metadata``) and, when there are ``violations``, a
-    ``BadRequest`` listing them."""
+    ``BadRequest`` listing them; not ``retryable``: with :data:`NO_RETRY`."""
     details = status_pb2.Status(code=code.value[0], message=message)
     details.details.add().Pack(
         error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata or {})
@@ -85,7 +101,10 @@ def call_status(
                 ]
             )
         )
-    return rpc_status.to_status(details)
+    status = rpc_status.to_status(details)
+    if retryable:
+        return status
+    return _Status(status.code, status.details, (*status.trailing_metadata, NO_RETRY))
 
 
 async def abort(
@@ -96,15 +115,19 @@ async def abort(
     *,
     violations: Sequence[FieldProblem] = (),
     metadata: Mapping[str, str] | None = None,
+    retryable: bool = True,
 ) -> NoReturn:
-    """End the call with ``code`` and :func:`call_status`'s details (raises AbortError).
+    """End the call with ``code`` and :func:`call_status`'s details (raises AbortError);
+    ``retryable=False`` for a refusal that resending the same request cannot change.
 
     A call that has already ended — its deadline passed, or its client went away, while the
     process was busy with other calls — cannot be sent a status: gRPC's send fails
     (``grpc.aio.InternalError``). Nobody waits for an answer then, and it is no fault of the
     service's, so the handler ends as grpc.aio ends a cancelled call (CancelledError: counted
     CANCELLED, or DEADLINE_EXCEEDED past the deadline), not as an unhandled error."""
-    status = call_status(code, reason, message, violations=violations, metadata=metadata)
+    status = call_status(
+        code, reason, message, violations=violations, metadata=metadata, retryable=retryable
+    )
     try:
         await context.abort_with_status(status)
     except grpc.aio.InternalError as unsent:

@@ -31,16 +31,18 @@ import java.util.concurrent.TimeUnit;
  */
 public final class VerifyExample {
   /**
-   * Lets grpc-java resend a call that failed with UNAVAILABLE, or CANCELLED by the server
-   * (past its capacity it ends the calls it cannot take so), unchanged (so with the same
-   * request_id), with exponential backoff; nothing else is retried.
+   * Lets grpc-java resend a call that failed with UNAVAILABLE, CANCELLED by the server (past
+   * its capacity it ends the calls it cannot take so) or RESOURCE_EXHAUSTED (too many calls in
+   * progress), unchanged (so with the same request_id), with exponential backoff; nothing else
+   * is retried. A MESSAGE_TOO_LARGE refusal, which the same request would meet again, carries
+   * gRPC's server pushback "do not retry" and is not resent.
    */
   private static final Map<String, ?> SERVICE_CONFIG = Map.of("methodConfig", List.of(Map.of(
       "name", List.of(Map.of("service", "apcv.verify.v1.VerifierService", "method", "Verify")),
       "retryPolicy", Map.of(
           "maxAttempts", 5.0, "initialBackoff", "0.2s", "maxBackoff", "10s",
           "backoffMultiplier", 2.0,
-          "retryableStatusCodes", List.of("UNAVAILABLE", "CANCELLED")))));
+          "retryableStatusCodes", List.of("UNAVAILABLE", "CANCELLED", "RESOURCE_EXHAUSTED")))));
 
   private static final SecureRandom RANDOM = new SecureRandom();
 
