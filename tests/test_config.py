@@ -205,6 +205,44 @@ def test_replay_section_redis_from_file_and_environment(trust_files: Path) -> No
     assert load_config(None, environ=_minimal(trust_files)).replay.backend == "memory"
 
 
+@pytest.mark.parametrize(
+    ("url", "files", "problem"),
+    [
+        ("redis://cache:6379/0", {"CA": "ca.pem"}, r"replay\.redis_tls_ca: needs a TLS"),
+        ("rediss://cache:6380/0", {"CERT": "client.pem"}, "redis_tls_cert and redis_tls_key"),
+        ("rediss://cache:6380/0", {"KEY": "no.key"}, r"replay\.redis_tls_key: file not found"),
+    ],
+)
+def test_redis_tls_files_are_checked_at_start(
+    trust_files: Path, url: str, files: dict[str, str], problem: str
+) -> None:
+    for name in ("ca.pem", "client.pem"):
+        (trust_files / name).write_text("")
+    environ = {
+        **_minimal(trust_files),
+        "APCV_REPLAY_BACKEND": "redis",
+        "APCV_REPLAY_REDIS_URL": url,
+        **{f"APCV_REPLAY_REDIS_TLS_{k}": str(trust_files / v) for k, v in files.items()},
+    }
+    with pytest.raises(ConfigError, match=problem):
+        load_config(None, environ=environ)
+
+
+def test_redis_tls_files_are_relative_to_the_config_file(trust_files: Path) -> None:
+    for name in ("ca.pem", "client.pem", "client.key"):
+        (trust_files / name).write_text("")
+    with (trust_files / "apcv.toml").open("a") as toml:
+        toml.write(
+            '[replay]\nbackend = "redis"\nredis_url = "rediss+sentinel://s1:26379/apcv"\n'
+            'redis_tls_ca = "ca.pem"\nredis_tls_cert = "client.pem"\n'
+            'redis_tls_key = "client.key"\n'
+        )
+    replay = load_config(trust_files / "apcv.toml", environ={}).replay
+    assert (replay.redis_tls_ca, replay.redis_tls_cert, replay.redis_tls_key) == tuple(
+        str(trust_files / name) for name in ("ca.pem", "client.pem", "client.key")
+    )
+
+
 def _minimal(trust_files: Path) -> dict[str, str]:
     return {
         "APCV_TRUST_ANCHORS": str(trust_files / "anchor.pem"),

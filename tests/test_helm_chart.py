@@ -55,6 +55,9 @@ CHART_MANAGED = {
     "trust.trust_list",
     "trust.status_lists",
     "replay.redis_url",
+    "replay.redis_tls_ca",
+    "replay.redis_tls_cert",
+    "replay.redis_tls_key",
     "metrics.listen",
     "audit.holder_ref_secret",
     "replay.answer_secret",
@@ -70,6 +73,7 @@ DASHBOARD_FILE = "apcv-verify.json"
 DASHBOARD = CHART / "dashboards" / DASHBOARD_FILE
 #: Where the pod mounts the TLS Secret (templates/_helpers.tpl apcv-verify.tlsDir).
 TLS_DIR = "/etc/apcv-verify-tls"
+REDIS_TLS_DIR = "/etc/apcv-verify-redis-tls"
 
 
 @pytest.fixture(scope="session")
@@ -235,7 +239,15 @@ def test_production_values_use_mtls_secrets_and_a_closed_network(helm: str) -> N
     assert env["APCV_AUDIT_HOLDER_REF_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == "apcv-audit"
     volumes = {v["name"]: v for v in by_kind["Deployment"]["spec"]["template"]["spec"]["volumes"]}
     assert volumes["tls"]["secret"]["secretName"] == "apcv-verify-tls"
+    assert volumes["redis-tls"]["secret"]["secretName"] == "apcv-redis-tls"
+    mounts = {m["name"]: m["mountPath"] for m in main["volumeMounts"]}
+    assert mounts["redis-tls"] == REDIS_TLS_DIR
     config = tomllib.loads(by_kind["ConfigMap"]["data"]["config.toml"])
+    assert {k: v for k, v in config["replay"].items() if k.startswith("redis_tls_")} == {
+        "redis_tls_ca": f"{REDIS_TLS_DIR}/ca.crt",
+        "redis_tls_cert": f"{REDIS_TLS_DIR}/tls.crt",
+        "redis_tls_key": f"{REDIS_TLS_DIR}/tls.key",
+    }
     assert config["tls"] == {
         "server_cert": f"{TLS_DIR}/tls.crt",
         "server_key": f"{TLS_DIR}/tls.key",
@@ -352,6 +364,10 @@ def test_a_changed_config_rolls_the_pods(helm: str) -> None:
         (("tls.enabled=true",), r"tls\.existingSecret: required"),
         (("trust.trustListUrl=ftp://lists/x",), r"/trust/trustListUrl'"),
         (("redis.url=redis://user:pw@redis:6379",), r"/redis/url'"),
+        (
+            ("redis.tls.existingSecret=redis-tls",),
+            r"redis\.tls\.existingSecret: needs a TLS redis\.url",
+        ),
     ],
 )
 def test_bad_values_are_refused(helm: str, sets: tuple[str, ...], message: str) -> None:
@@ -424,14 +440,17 @@ def mount_config(docs: list[dict[str, Any]], root: Path) -> Path:
     for name, text in config_map.items():
         (config_dir / name).write_text(text)
     tls_dir = root / TLS_DIR.lstrip("/")
-    tls_dir.mkdir(parents=True)
-    for name in ("tls.crt", "tls.key", "ca.crt"):
-        (tls_dir / name).write_text("mounted from the TLS Secret\n")
+    redis_tls_dir = root / REDIS_TLS_DIR.lstrip("/")
+    for directory in (tls_dir, redis_tls_dir):
+        directory.mkdir(parents=True)
+        for name in ("tls.crt", "tls.key", "ca.crt"):
+            (directory / name).write_text("mounted from a TLS Secret\n")
     audit_dir = root / AUDIT_DIR.lstrip("/")
     audit_dir.mkdir(parents=True)  # the audit volume
     config = config_dir / "config.toml"
     # The mount points, under root.
     text = config.read_text().replace(f'"{TLS_DIR}/', f'"{tls_dir}/')
+    text = text.replace(f'"{REDIS_TLS_DIR}/', f'"{redis_tls_dir}/')
     config.write_text(text.replace(f'"{AUDIT_DIR}/', f'"{audit_dir}/'))
     return config
 
@@ -456,6 +475,8 @@ def test_the_rendered_config_loads_in_the_server(helm: str, values: Path, tmp_pa
     if config.replay.backend == "redis":
         secret = chart_values.get("redis", {}).get("existingSecret")
         assert (":s3cret-Pw@" in config.replay.redis_url) == bool(secret)
+        redis_tls = chart_values.get("redis", {}).get("tls", {}).get("existingSecret")
+        assert config.replay.redis_tls_ca.endswith("/ca.crt") == bool(redis_tls)
     if chart_values.get("audit", {}).get("existingSecret"):
         assert config.audit.holder_ref_secret == SECRETS["holder-ref-secret"]
     for section, keys in chart_values.get("config", {}).items():

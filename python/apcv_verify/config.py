@@ -267,6 +267,13 @@ class ReplaySection:
     #: host:port[,host:port…] (rediss+cluster: TLS). A password in it is masked wherever the
     #: URL is shown (redact_url).
     redis_url: str = field(default="", repr=False, metadata={"secret": True, "redact": redact_url})
+    #: TLS to Redis (a rediss URL): PEM file of the CA(s) the Redis servers' (and sentinels')
+    #: certificates chain to; empty: the system's CAs. Relative to the config file.
+    redis_tls_ca: str = ""
+    #: This service's client certificate and its key (PEM files) for Redis servers that
+    #: require one (Redis's own default with TLS: ``tls-auth-clients yes``); both or neither.
+    redis_tls_cert: str = ""
+    redis_tls_key: str = ""
     #: Prefix of the replay keys: the key of a presentation is prefix + hex(cti).
     key_prefix: str = "apcv:replay:"
     #: Seconds one Redis round trip (a whole batch) may take before the store counts as
@@ -588,6 +595,22 @@ class Config:
             raise ConfigError(f"replay.redis_url: {shown}: no host")
         if parts.scheme in REDIS_SENTINEL_SCHEMES and not parts.path.strip("/"):
             raise ConfigError(f"replay.redis_url: {shown}: no master name (…/<master name>[/db])")
+        self._validate_redis_tls(parts.scheme.startswith("rediss"))
+
+    def _validate_redis_tls(self, tls: bool) -> None:
+        replay = self.replay
+        files = (
+            ("replay.redis_tls_ca", replay.redis_tls_ca),
+            ("replay.redis_tls_cert", replay.redis_tls_cert),
+            ("replay.redis_tls_key", replay.redis_tls_key),
+        )
+        for key, path in files:
+            if path and not tls:
+                raise ConfigError(f"{key}: needs a TLS replay.redis_url (rediss://, rediss+…://)")
+            if path and not Path(path).is_file():
+                raise ConfigError(f"{key}: file not found: {path}")
+        if bool(replay.redis_tls_cert) != bool(replay.redis_tls_key):
+            raise ConfigError("replay.redis_tls_cert: redis_tls_cert and redis_tls_key go together")
 
     def _validate_workers(self) -> None:
         workers = self.server.workers
@@ -796,7 +819,11 @@ def load_config(
             if item.name in given:
                 value = _convert(key, annotation, given.pop(item.name), from_env=False)
                 relative = annotation in ("str", "tuple[str, ...]")
-                in_files = section_name in ("trust", "tls") or key == "audit.path"
+                in_files = (
+                    section_name in ("trust", "tls")
+                    or key == "audit.path"
+                    or key.startswith("replay.redis_tls_")
+                )
                 if in_files and relative and path is not None:
                     value = _relative_to(Path(path).parent, value)
                 values[item.name] = value

@@ -62,6 +62,11 @@ app.kubernetes.io/part-of: apcv-verify
 {{/* Where the ConfigMap, the anchors and the TLS files are mounted. */}}
 {{- define "apcv-verify.configDir" -}}/etc/apcv-verify{{- end }}
 {{- define "apcv-verify.tlsDir" -}}/etc/apcv-verify-tls{{- end }}
+{{- define "apcv-verify.redisTlsDir" -}}/etc/apcv-verify-redis-tls{{- end }}
+{{- /* Whether the Redis TLS Secret is mounted: a redis backend with `redis.tls.existingSecret`. */}}
+{{- define "apcv-verify.redisTls" -}}
+{{- if and (eq .Values.config.replay.backend "redis") .Values.redis.tls.existingSecret }}true{{ end }}
+{{- end }}
 {{- /* Where `audit.volume` is mounted: `config.audit.path` must be a file in it (schema). */}}
 {{- define "apcv-verify.auditDir" -}}/var/log/apcv-verify{{- end }}
 
@@ -115,5 +120,8 @@ strings (JSON's syntax for these is TOML's), tables of lists (inline tables).
 {{- end }}
 {{- if and (eq .Values.config.replay.backend "redis") (not .Values.redis.url) }}
 {{- fail "redis.url: required when config.replay.backend is \"redis\"" }}
+{{- end }}
+{{- if and (include "apcv-verify.redisTls" .) (not (hasPrefix "rediss" .Values.redis.url)) }}
+{{- fail "redis.tls.existingSecret: needs a TLS redis.url (rediss://, rediss+sentinel:// or rediss+cluster://)" }}
 {{- end }}
 {{- end }}

@@ -73,6 +73,9 @@ max_entries = {}  # memory store bound (full: REPLAY_UNAVAILABLE)
 # Cluster: redis+cluster://[:password@]host:port[,host:port...] (rediss+...: TLS).
 # Pass a password through APCV_REPLAY_REDIS_URL rather than this file.
 redis_url = {}
+redis_tls_ca = {}  # rediss: CA(s) of the Redis certificates; "": the system's
+redis_tls_cert = {}  # rediss: client certificate, for tls-auth-clients yes
+redis_tls_key = {}  # rediss: its key (with redis_tls_cert)
 key_prefix = {}  # keys are prefix + hex(cti)
 timeout_seconds = {}  # one Redis round trip (a whole batch)
 on_store_error = {}  # Redis down: "reject" (fail closed), "accept"

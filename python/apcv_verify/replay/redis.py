@@ -43,7 +43,10 @@ Topologies, by URL scheme: ``redis://``, ``rediss://`` (TLS), ``unix://`` (one s
 ``redis+sentinel://`` / ``rediss+sentinel://`` ``[:password@]host:port[,host:port…]/<master
 name>[/db]`` (Redis Sentinel: the master is looked up on the sentinels at each new connection);
 ``redis+cluster://`` / ``rediss+cluster://`` ``[:password@]host:port[,host:port…]`` (Redis
-Cluster: the pipeline is split by slot across the masters). ``SET … NX GET`` needs Redis 7:
+Cluster: the pipeline is split by slot across the masters). Over TLS the servers' and
+sentinels' certificates are checked against ``replay.redis_tls_ca`` (else the system's CAs),
+and ``replay.redis_tls_cert``/``redis_tls_key`` are presented to servers that require a client
+certificate (:func:`tls_options`). ``SET … NX GET`` needs Redis 7:
 an older server is logged as an error (``replay_store_unsupported``) and every pending item
 fails closed.
 """
@@ -54,7 +57,7 @@ import asyncio
 import secrets
 import time
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import redis.asyncio as aioredis
@@ -137,9 +140,22 @@ def _packed_in_c(client: Any) -> Any:
     return client
 
 
-def make_client(url: str, timeout: float) -> Any:
+def tls_options(config: ReplaySection) -> dict[str, str]:
+    """redis-py's TLS arguments for the CA and client certificate files of ``config``
+    (``replay.redis_tls_*``): those set, for a rediss URL."""
+    files = {
+        "ssl_ca_certs": config.redis_tls_ca,
+        "ssl_certfile": config.redis_tls_cert,
+        "ssl_keyfile": config.redis_tls_key,
+    }
+    return {name: path for name, path in files.items() if path}
+
+
+def make_client(url: str, timeout: float, tls_files: Mapping[str, str] | None = None) -> Any:
     """The client for ``url`` (see the module docstring for the schemes): one attempt per
-    command (the store retries a dead connection itself), ``timeout`` to connect.
+    command (the store retries a dead connection itself), ``timeout`` to connect;
+    ``tls_files`` (:func:`tls_options`) for the TLS connections of a rediss URL, to the
+    servers and to the sentinels.
 
     No timeout per socket operation on the data connections: every use of the client is
     within the store's own ``asyncio.timeout`` of one round trip (``timeout_seconds``), which
@@ -152,6 +168,8 @@ def make_client(url: str, timeout: float) -> Any:
         "socket_connect_timeout": timeout,
     }
     parts = urllib.parse.urlsplit(url)
+    if parts.scheme.startswith("rediss"):
+        options.update(tls_files or {})
     if parts.scheme in SENTINEL_SCHEMES:
         password, sentinels = _hosts(parts.netloc)
         path = [p for p in parts.path.split("/") if p]
@@ -209,7 +227,9 @@ class RedisReplayStore:
         self.location = redact_url(config.redis_url)
         # One attempt per command: the batch's caller is waiting; only a dead connection is
         # retried, once (settle).
-        self._client = client or make_client(config.redis_url, config.timeout_seconds)
+        self._client = client or make_client(
+            config.redis_url, config.timeout_seconds, tls_options(config)
+        )
         #: False from a failed round trip until one succeeds (None before the first).
         self.available: bool | None = None
         self._marker = self._prefix + EPOCH_KEY
