@@ -150,13 +150,14 @@ helm: $(HELM)
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v tinyproxy >/dev/null || missing="$$missing tinyproxy"; \
 	command -v grpc_java_plugin >/dev/null || missing="$$missing protobuf-compiler-grpc-java-plugin"; \
 	command -v $(LLVM_PROFDATA) >/dev/null || missing="$$missing llvm-$(RUST_LLVM_MAJOR)"; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" != 0 ]; then \
 		echo "missing:$$missing: run 'sudo apt-get update && sudo apt-get install -y$$missing'" \
 			"(without redis-server the Redis replay-store tests are skipped, and fail under" \
-			"CI=true; without the plugin the Java client example does not build; without" \
+			"CI=true, as the list-proxy test does without tinyproxy; without the plugin the Java client example does not build; without" \
 			"llvm-profdata, make dev PROFILE=plain builds the core without its profile)"; \
 		exit 0; \
 	fi; \

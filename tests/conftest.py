@@ -26,6 +26,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parent.parent
+# Every server the tests start listens on loopback, and the list fetches and gRPC's clients
+# honour the proxy the environment names: never send their traffic through one.
+for _name in ("no_proxy", "NO_PROXY"):
+    os.environ[_name] = ",".join(filter(None, (os.environ.get(_name), "127.0.0.1", "localhost")))
 #: Log files of the servers started by the current test, scanned after it for personal data.
 SERVER_LOGS: list[Path] = []
 #: A 15-character NIR/NIA candidate (docs/profile.md §5.3): 13 characters, digits except a

@@ -8,6 +8,9 @@ import contextlib
 import functools
 import hashlib
 import os
+import shutil
+import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -15,6 +18,7 @@ import time
 import tracemalloc
 import zlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -47,6 +51,7 @@ from .conftest import (
     verify,
     wait_serving,
 )
+from .test_tls import CertificateAuthority
 
 #: Refresh interval of the servers under test, and the bound of every wait for a refresh.
 REFRESH = "0.3"
@@ -67,8 +72,9 @@ class ListServer:
     """A publisher of signed lists: serves files of a directory with a strong ETag,
     answers ``If-None-Match`` with 304, and counts what it was asked."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, tls: ssl.SSLContext | None = None) -> None:
         self.root = root
+        self.scheme = "https" if tls is not None else "http"
         self.available = True  # False: 503 for everything
         #: Paths answered with their headers, then one byte every DRIP_SECONDS, until closed.
         self.drip: set[str] = set()
@@ -78,6 +84,7 @@ class ListServer:
         self.coded: set[str] = set()
         self.requests: list[tuple[str, str | None]] = []  # (path, If-None-Match)
         self.accept_encodings: list[str | None] = []
+        self.via: list[str | None] = []  # each request's Via header: a proxy adds one
         self.not_modified = 0
         self._lock = threading.Lock()
         owner = self
@@ -90,18 +97,22 @@ class ListServer:
                 pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
         self.port = self.httpd.server_address[1]
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self._thread.start()
 
     def url(self, path: Path) -> str:
-        return f"http://127.0.0.1:{self.port}/{path.relative_to(self.root).as_posix()}"
+        where = path.relative_to(self.root).as_posix()
+        return f"{self.scheme}://127.0.0.1:{self.port}/{where}"
 
     def _serve(self, handler: BaseHTTPRequestHandler) -> None:
         condition = handler.headers.get("If-None-Match")
         with self._lock:
             self.requests.append((handler.path, condition))
             self.accept_encodings.append(handler.headers.get("Accept-Encoding"))
+            self.via.append(handler.headers.get("Via"))
         if not self.available:
             handler.send_error(503)
             return
@@ -196,6 +207,55 @@ def launch(
     return ServerProcess(process, address, log_path)
 
 
+@dataclass
+class Proxy:
+    """A real forward HTTP proxy (tinyproxy) on loopback, as hospital networks put between
+    their servers and the Internet."""
+
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def proxy(tmp_path: Path) -> Iterator[Proxy]:
+    executable = shutil.which("tinyproxy")
+    if executable is None:
+        if os.environ.get("CI"):
+            pytest.fail("tinyproxy is missing: `make system-deps` installs it")
+        pytest.skip("tinyproxy not installed; run `make system-deps`")
+    running = Proxy(free_port(), tmp_path / "tinyproxy.log")
+    config = tmp_path / "tinyproxy.conf"
+    config.write_text(
+        f"Port {running.port}\nListen 127.0.0.1\nAllow 127.0.0.1\nTimeout 30\n"
+        "MaxClients 20\nLogLevel Connect\n"
+    )
+    with running.log_path.open("w") as log:
+        process = subprocess.Popen(
+            [executable, "-d", "-c", str(config)], stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", running.port), timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"tinyproxy did not start:\n{running.log()}") from None
+                time.sleep(0.05)
+        yield running
+    finally:
+        process.kill()
+        process.wait()
+
+
 @pytest.fixture
 def metrics_port() -> int:
     return free_port()
@@ -255,6 +315,69 @@ def test_a_revocation_published_is_enforced_after_the_next_refresh(
     alice = pki.holder("alice")
     pki.revoke(alice.status_index, uri=alice.status_uri, now=int(time.time()) + 1)
     wait_for(lambda: reason(verify(served, pki.present())) == "REVOKED", "alice revoked", served)
+
+
+def test_lists_are_fetched_through_the_proxy_the_environment_names(
+    pki: DemoPKI, lists: ListServer, proxy: Proxy, tmp_path: Path
+) -> None:
+    """``HTTP_PROXY`` (and ``HTTPS_PROXY``) route the fetches through the proxy, as curl
+    would; a host in ``NO_PROXY`` is fetched directly."""
+    # Both spellings: Python reads the lower-case ones last.
+    via_proxy = {"HTTP_PROXY": proxy.url, "http_proxy": proxy.url, "NO_PROXY": "", "no_proxy": ""}
+    proxied = launch(pki, lists, tmp_path / "proxied.log", free_port(), **via_proxy)
+    try:
+        wait_serving(proxied.address, proxied.process, timeout=WAIT_SECONDS)
+        assert reason(verify(proxied, pki.present())) == "OK"
+    finally:
+        stop_server(proxied)
+    assert lists.via and all(via is not None and "tinyproxy" in via for via in lists.via)
+    assert f"GET {lists.url(pki.trust_list_path)} " in proxy.log()
+    lists.via.clear()
+    bypass = {**via_proxy, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+    direct = launch(pki, lists, tmp_path / "direct.log", free_port(), **bypass)
+    try:
+        wait_serving(direct.address, direct.process, timeout=WAIT_SECONDS)
+    finally:
+        stop_server(direct)
+    assert lists.via and all(via is None for via in lists.via)
+
+
+def test_an_https_list_server_under_a_private_ca_is_trusted_through_ssl_cert_file(
+    pki: DemoPKI, tmp_path: Path
+) -> None:
+    """An ``https://`` source must chain to the system's CAs; ``SSL_CERT_FILE`` names another
+    bundle (a TLS-inspecting proxy's CA, an internal mirror's)."""
+    ca = CertificateAuthority("list mirror CA")
+    issued = ca.issue("lists.internal", server=True)
+    (tmp_path / "mirror.pem").write_bytes(issued.cert_pem + issued.key_pem)
+    (tmp_path / "ca.pem").write_bytes(ca.pem)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(tmp_path / "mirror.pem")
+    mirror = ListServer(pki.directory, tls)
+    try:
+        untrusted = launch(pki, mirror, tmp_path / "untrusted.log", free_port())
+        try:
+            wait_for(
+                lambda: "CERTIFICATE_VERIFY_FAILED" in untrusted.logs(),
+                "the certificate refused",
+                untrusted,
+            )
+        finally:
+            stop_server(untrusted)
+        trusted = launch(
+            pki,
+            mirror,
+            tmp_path / "trusted.log",
+            free_port(),
+            SSL_CERT_FILE=str(tmp_path / "ca.pem"),
+        )
+        try:
+            wait_serving(trusted.address, trusted.process, timeout=WAIT_SECONDS)
+            assert reason(verify(trusted, pki.present())) == "OK"
+        finally:
+            stop_server(trusted)
+    finally:
+        mirror.close()
 
 
 @pytest.mark.slow

@@ -21,7 +21,8 @@ Rules of a refresh (docs/operations.md "Trust list and status list refresh"):
 * every source is fetched at the same time, each within ``trust.http_timeout_seconds`` in
   all (a server that drips its answer is cut off), and each verified list is taken into use
   as soon as it arrives, so one slow source never holds back another's revocations;
-* HTTP sources are fetched with ``If-None-Match`` (the ``ETag`` of the last accepted body);
+* HTTP sources are fetched through the proxy the environment names (``HTTPS_PROXY``,
+  ``HTTP_PROXY``, ``NO_PROXY``), with ``If-None-Match`` (the ``ETag`` of the last accepted body);
   ``304 Not Modified`` means unchanged. They are fetched as published
   (``Accept-Encoding: identity``) and a body sent with a content coding anyway is refused
   unread: the signed documents are compact already, and an inflated body could be many
@@ -305,7 +306,9 @@ class TrustSource:
             return False
         at = int(time.time()) if now is None else now
         # auto_decompress=False: a coded body is refused in _fetch_url, never inflated.
-        async with aiohttp.ClientSession(auto_decompress=False) as session:
+        # trust_env: the proxy of HTTP_PROXY / HTTPS_PROXY / NO_PROXY, as curl would take it
+        # (hospital and cluster networks often reach the Internet only through one).
+        async with aiohttp.ClientSession(auto_decompress=False, trust_env=True) as session:
             trust = asyncio.ensure_future(self._fetch(self._trust_source, session, strict_files))
             statuses = [
                 asyncio.ensure_future(self._fetch_status(source, session, strict_files))
