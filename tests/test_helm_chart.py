@@ -234,7 +234,7 @@ def test_production_values_use_mtls_secrets_and_a_closed_network(helm: str) -> N
     assert names.index("APCV_REDIS_PASSWORD") < names.index("APCV_REPLAY_REDIS_URL")
     assert (
         env["APCV_REPLAY_REDIS_URL"]["value"]
-        == "rediss://:$(APCV_REDIS_PASSWORD)@redis-master.redis.svc:6380/2"
+        == "rediss://apcv-verify:$(APCV_REDIS_PASSWORD)@redis-master.redis.svc:6380/2"
     )
     assert env["APCV_AUDIT_HOLDER_REF_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == "apcv-audit"
     volumes = {v["name"]: v for v in by_kind["Deployment"]["spec"]["template"]["spec"]["volumes"]}
@@ -364,6 +364,7 @@ def test_a_changed_config_rolls_the_pods(helm: str) -> None:
         (("tls.enabled=true",), r"tls\.existingSecret: required"),
         (("trust.trustListUrl=ftp://lists/x",), r"/trust/trustListUrl'"),
         (("redis.url=redis://user:pw@redis:6379",), r"/redis/url'"),
+        (("redis.username=apcv",), r"redis\.username: needs its password"),
         (
             ("redis.tls.existingSecret=redis-tls",),
             r"redis\.tls\.existingSecret: needs a TLS redis\.url",
@@ -475,6 +476,8 @@ def test_the_rendered_config_loads_in_the_server(helm: str, values: Path, tmp_pa
     if config.replay.backend == "redis":
         secret = chart_values.get("redis", {}).get("existingSecret")
         assert (":s3cret-Pw@" in config.replay.redis_url) == bool(secret)
+        user = chart_values.get("redis", {}).get("username", "")
+        assert (f"://{user}:s3cret-Pw@" in config.replay.redis_url) == bool(secret)
         redis_tls = chart_values.get("redis", {}).get("tls", {}).get("existingSecret")
         assert config.replay.redis_tls_ca.endswith("/ca.crt") == bool(redis_tls)
     if chart_values.get("audit", {}).get("existingSecret"):

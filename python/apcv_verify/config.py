@@ -261,9 +261,9 @@ class ReplaySection:
     backend: str = "memory"
     #: Bound of the in-process store; beyond it verifications fail closed (REPLAY_UNAVAILABLE).
     max_entries: int = 1_000_000
-    #: backend = "redis": redis://[:password@]host:port/db, rediss://… (TLS) or
-    #: unix:///path; Redis Sentinel: redis+sentinel://[:password@]host:port[,host:port…]/
-    #: <master name>[/db] (rediss+sentinel: TLS); Redis Cluster: redis+cluster://[:password@]
+    #: backend = "redis": redis://[[user]:password@]host:port/db, rediss://… (TLS) or
+    #: unix:///path; Redis Sentinel: redis+sentinel://[[user]:password@]host:port[,host:port…]/
+    #: <master name>[/db] (rediss+sentinel: TLS); Redis Cluster: redis+cluster://[[user]:password@]
     #: host:port[,host:port…] (rediss+cluster: TLS). A password in it is masked wherever the
     #: URL is shown (redact_url).
     redis_url: str = field(default="", repr=False, metadata={"secret": True, "redact": redact_url})

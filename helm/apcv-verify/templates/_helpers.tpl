@@ -99,7 +99,7 @@ strings (JSON's syntax for these is TOML's), tables of lists (inline tables).
 {{- define "apcv-verify.redisUrl" -}}
 {{- if .Values.redis.existingSecret -}}
 {{- $parts := splitn "://" 2 .Values.redis.url -}}
-{{ $parts._0 }}://:$(APCV_REDIS_PASSWORD)@{{ $parts._1 }}
+{{ $parts._0 }}://{{ .Values.redis.username }}:$(APCV_REDIS_PASSWORD)@{{ $parts._1 }}
 {{- else -}}
 {{ .Values.redis.url }}
 {{- end -}}
@@ -120,6 +120,9 @@ strings (JSON's syntax for these is TOML's), tables of lists (inline tables).
 {{- end }}
 {{- if and (eq .Values.config.replay.backend "redis") (not .Values.redis.url) }}
 {{- fail "redis.url: required when config.replay.backend is \"redis\"" }}
+{{- end }}
+{{- if and .Values.redis.username (not .Values.redis.existingSecret) }}
+{{- fail "redis.username: needs its password in redis.existingSecret" }}
 {{- end }}
 {{- if and (include "apcv-verify.redisTls" .) (not (hasPrefix "rediss" .Values.redis.url)) }}
 {{- fail "redis.tls.existingSecret: needs a TLS redis.url (rediss://, rediss+sentinel:// or rediss+cluster://)" }}

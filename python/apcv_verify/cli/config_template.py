@@ -68,9 +68,9 @@ status_grace_seconds = {}  # use a status list this long past exp
 [replay]
 backend = {}  # "redis" for several replicas or workers
 max_entries = {}  # memory store bound (full: REPLAY_UNAVAILABLE)
-# redis (>= 7): redis://[:password@]host:port/db, rediss:// (TLS) or unix:///path;
-# Sentinel: redis+sentinel://[:password@]host:port[,host:port...]/<master name>[/db];
-# Cluster: redis+cluster://[:password@]host:port[,host:port...] (rediss+...: TLS).
+# redis (>= 7): redis://[[user]:password@]host:port/db, rediss:// (TLS) or unix:///path;
+# Sentinel: redis+sentinel://[[user]:password@]host:port[,host:port...]/<master name>[/db];
+# Cluster: redis+cluster://[[user]:password@]host:port[,host:port...] (rediss+...: TLS).
 # Pass a password through APCV_REPLAY_REDIS_URL rather than this file.
 redis_url = {}
 redis_tls_ca = {}  # rediss: CA(s) of the Redis certificates; "": the system's

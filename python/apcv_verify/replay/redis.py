@@ -40,9 +40,9 @@ before the loss was noticed (plus the skew a reader's clock may be ahead) is ref
 checked as usual.
 
 Topologies, by URL scheme: ``redis://``, ``rediss://`` (TLS), ``unix://`` (one server);
-``redis+sentinel://`` / ``rediss+sentinel://`` ``[:password@]host:port[,host:port…]/<master
+``redis+sentinel://`` / ``rediss+sentinel://`` ``[[user]:password@]host:port[,host:port…]/<master
 name>[/db]`` (Redis Sentinel: the master is looked up on the sentinels at each new connection);
-``redis+cluster://`` / ``rediss+cluster://`` ``[:password@]host:port[,host:port…]`` (Redis
+``redis+cluster://`` / ``rediss+cluster://`` ``[[user]:password@]host:port[,host:port…]`` (Redis
 Cluster: the pipeline is split by slot across the masters). Over TLS the servers' and
 sentinels' certificates are checked against ``replay.redis_tls_ca`` (else the system's CAs),
 and ``replay.redis_tls_cert``/``redis_tls_key`` are presented to servers that require a client
@@ -97,17 +97,29 @@ MINIMUM_REDIS_VERSION = (7, 0)
 EPOCH_KEY = "store-epoch"
 
 
-def _hosts(netloc: str) -> tuple[str | None, list[tuple[str, int]]]:
-    """The password and the ``host:port`` list of a sentinel or cluster URL's netloc."""
-    password = None
+def _hosts(netloc: str, default_port: int) -> tuple[str | None, str | None, list[tuple[str, int]]]:
+    """The username (a Redis ACL user), the password and the ``host:port`` list of a sentinel
+    or cluster URL's netloc (``[[user]:password@]host[:port][,host[:port]…]``)."""
+    username = password = None
     if "@" in netloc:
-        credentials, netloc = netloc.rsplit("@", 1)
-        password = urllib.parse.unquote(credentials.split(":", 1)[-1]) or None
+        userinfo, netloc = netloc.rsplit("@", 1)
+        user, colon, secret = userinfo.partition(":")
+        if not colon:  # "password@host": a password alone, as before ACL users
+            user, secret = "", userinfo
+        username = urllib.parse.unquote(user) or None
+        password = urllib.parse.unquote(secret) or None
     hosts = []
     for item in netloc.split(","):
         host, _, port = item.rpartition(":")
-        hosts.append((host.strip("[]") or item, int(port) if port.isdigit() else 26379))
-    return password, hosts
+        if not port.isdigit():  # no port: the item is the host
+            host, port = item, str(default_port)
+        hosts.append((host.strip("[]"), int(port)))
+    return username, password, hosts
+
+
+#: Ports of a sentinel or cluster URL's hosts that give none.
+SENTINEL_PORT = 26379
+REDIS_PORT = 6379
 
 
 class _PackedInC:
@@ -171,7 +183,7 @@ def make_client(url: str, timeout: float, tls_files: Mapping[str, str] | None = 
     if parts.scheme.startswith("rediss"):
         options.update(tls_files or {})
     if parts.scheme in SENTINEL_SCHEMES:
-        password, sentinels = _hosts(parts.netloc)
+        username, password, sentinels = _hosts(parts.netloc, SENTINEL_PORT)
         path = [p for p in parts.path.split("/") if p]
         if not path:
             raise ValueError("a sentinel URL needs the master's name as its path")
@@ -181,17 +193,20 @@ def make_client(url: str, timeout: float, tls_files: Mapping[str, str] | None = 
             # The sentinels are asked at each new connection, within the round trip's timeout
             # too; their own timeout per operation stays.
             sentinel_kwargs={**options, "socket_timeout": timeout, "ssl": tls},
-            password=password,
             ssl=tls,
             db=int(path[1]) if len(path) > 1 else 0,
             retry=Retry(NoBackoff(), 0),
+            # The data nodes' user: the sentinels are asked without one.
+            username=username,
+            password=password,
             **options,
         )
         return _packed_in_c(sentinel.master_for(path[0]))
     if parts.scheme in CLUSTER_SCHEMES:
-        password, nodes = _hosts(parts.netloc)
+        username, password, nodes = _hosts(parts.netloc, REDIS_PORT)
         return RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in nodes],
+            username=username,
             password=password,
             ssl=parts.scheme.startswith("rediss"),
             **options,
