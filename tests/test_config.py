@@ -228,6 +228,20 @@ def test_redis_tls_files_are_checked_at_start(
         load_config(None, environ=environ)
 
 
+def test_a_sentinel_password_needs_a_sentinel_url(trust_files: Path) -> None:
+    environ = {
+        **_minimal(trust_files),
+        "APCV_REPLAY_BACKEND": "redis",
+        "APCV_REPLAY_REDIS_SENTINEL_PASSWORD": "sentinel-pw",
+    }
+    url = "redis+sentinel://:pw@s1:26379,s2:26379/apcv"
+    replay = load_config(None, environ={**environ, "APCV_REPLAY_REDIS_URL": url}).replay
+    assert replay.redis_sentinel_password == "sentinel-pw"
+    assert "sentinel-pw" not in repr(replay)
+    with pytest.raises(ConfigError, match=r"replay\.redis_sentinel_password: needs a Redis"):
+        load_config(None, environ={**environ, "APCV_REPLAY_REDIS_URL": "redis://cache:6379/0"})
+
+
 def test_redis_tls_files_are_relative_to_the_config_file(trust_files: Path) -> None:
     for name in ("ca.pem", "client.pem", "client.key"):
         (trust_files / name).write_text("")

@@ -55,6 +55,7 @@ CHART_MANAGED = {
     "trust.trust_list",
     "trust.status_lists",
     "replay.redis_url",
+    "replay.redis_sentinel_password",
     "replay.redis_tls_ca",
     "replay.redis_tls_cert",
     "replay.redis_tls_key",
@@ -365,6 +366,7 @@ def test_a_changed_config_rolls_the_pods(helm: str) -> None:
         (("trust.trustListUrl=ftp://lists/x",), r"/trust/trustListUrl'"),
         (("redis.url=redis://user:pw@redis:6379",), r"/redis/url'"),
         (("redis.username=apcv",), r"redis\.username: needs its password"),
+        (("redis.sentinelAuth=true",), r"redis\.sentinelAuth: needs a redis\+sentinel://"),
         (
             ("redis.tls.existingSecret=redis-tls",),
             r"redis\.tls\.existingSecret: needs a TLS redis\.url",
@@ -655,3 +657,15 @@ def test_every_metric_of_the_dashboard_and_the_alerts_is_served(
             stop_server(server)
     missing = {what: sorted(names - served) for what, names in used.items() if names - served}
     assert not missing
+
+
+def test_sentinels_asking_for_the_password_get_it_from_the_same_secret(helm: str) -> None:
+    url = "redis+sentinel://sentinel-0.redis:26379\\,sentinel-1.redis:26379/mymaster"
+    sets = (f"redis.url={url}", "redis.existingSecret=apcv-redis", "redis.sentinelAuth=true")
+    env = {e["name"]: e for e in container(render(helm, None, *sets))["env"]}
+    assert env["APCV_REPLAY_REDIS_SENTINEL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "apcv-redis",
+        "key": "redis-password",
+    }
+    without = {e["name"] for e in container(render(helm, None, *sets[:2]))["env"]}
+    assert "APCV_REPLAY_REDIS_SENTINEL_PASSWORD" not in without

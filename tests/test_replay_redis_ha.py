@@ -5,6 +5,7 @@ promotes it), all real ``redis-server`` processes on loopback in throw-away dire
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -46,7 +47,9 @@ class Processes:
     directory: Path
     running: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
 
-    def start(self, port: int, *args: str, config: str | None = None) -> None:
+    def start(
+        self, port: int, *args: str, config: str | None = None, password: str | None = None
+    ) -> None:
         workdir = self.directory / str(port)
         workdir.mkdir(exist_ok=True)
         command = [self.server]
@@ -58,7 +61,7 @@ class Processes:
         self.running[port] = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
         )
-        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
+        client = redis.Redis(host="127.0.0.1", port=port, password=password, socket_timeout=2)
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -258,5 +261,42 @@ def test_redis_sentinel_failover_never_accepts_twice_and_fails_closed_meanwhile(
         finally:
             await a.store.close()
             await b.store.close()
+
+    asyncio.run(run())
+
+
+def test_sentinels_that_ask_for_a_password_are_given_theirs(
+    pki: DemoPKI, processes: Processes
+) -> None:
+    """Sentinels with their own ``requirepass`` (as Redis charts set them up by default) are
+    asked with ``replay.redis_sentinel_password``; the URL's password is the master's. Without
+    it the master cannot be found: the store fails closed."""
+    master, sentinel = free_port(), free_port()
+    processes.start(master, "--requirepass", "data-pw", password="data-pw")
+    watched = SENTINEL_CONFIG.format(master=master) + "sentinel auth-pass apcv data-pw\n"
+    processes.start(
+        sentinel, "--sentinel", config=watched + "requirepass sentinel-pw\n", password="sentinel-pw"
+    )
+    url = f"redis+sentinel://:data-pw@127.0.0.1:{sentinel}/apcv"
+    with_password = store_config(pki, url)
+    with_password = dataclasses.replace(
+        with_password,
+        replay=dataclasses.replace(with_password.replay, redis_sentinel_password="sentinel-pw"),
+    )
+
+    async def run() -> None:
+        asked, unasked = Replica(with_password), Replica(store_config(pki, url))
+        try:
+            assert await asked.store.ping()
+            presentation = pki.present("alice")
+            assert await asked.verify([(presentation, "reader-1")]) == ["OK"]
+            assert await asked.verify([(presentation, "reader-2")]) == ["REPLAYED"]
+            assert not await unasked.store.ping()
+            assert await unasked.verify([(pki.present("alice"), "reader-1")]) == [
+                "REPLAY_UNAVAILABLE"
+            ]
+        finally:
+            await asked.store.close()
+            await unasked.store.close()
 
     asyncio.run(run())

@@ -267,6 +267,9 @@ class ReplaySection:
     #: host:port[,host:port…] (rediss+cluster: TLS). A password in it is masked wherever the
     #: URL is shown (redact_url).
     redis_url: str = field(default="", repr=False, metadata={"secret": True, "redact": redact_url})
+    #: Redis Sentinel: the sentinels' own password (their ``requirepass``), when they ask for
+    #: one; the URL's password is the data nodes'. Empty: the sentinels are asked without one.
+    redis_sentinel_password: str = field(default="", repr=False, metadata={"secret": True})
     #: TLS to Redis (a rediss URL): PEM file of the CA(s) the Redis servers' (and sentinels')
     #: certificates chain to; empty: the system's CAs. Relative to the config file.
     redis_tls_ca: str = ""
@@ -595,6 +598,11 @@ class Config:
             raise ConfigError(f"replay.redis_url: {shown}: no host")
         if parts.scheme in REDIS_SENTINEL_SCHEMES and not parts.path.strip("/"):
             raise ConfigError(f"replay.redis_url: {shown}: no master name (…/<master name>[/db])")
+        if replay.redis_sentinel_password and parts.scheme not in REDIS_SENTINEL_SCHEMES:
+            raise ConfigError(
+                "replay.redis_sentinel_password: needs a Redis Sentinel replay.redis_url "
+                "(redis+sentinel://, rediss+sentinel://)"
+            )
         self._validate_redis_tls(parts.scheme.startswith("rediss"))
 
     def _validate_redis_tls(self, tls: bool) -> None:

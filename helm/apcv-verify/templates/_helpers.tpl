@@ -121,6 +121,9 @@ strings (JSON's syntax for these is TOML's), tables of lists (inline tables).
 {{- if and (eq .Values.config.replay.backend "redis") (not .Values.redis.url) }}
 {{- fail "redis.url: required when config.replay.backend is \"redis\"" }}
 {{- end }}
+{{- if and .Values.redis.sentinelAuth (or (not .Values.redis.existingSecret) (not (contains "+sentinel://" .Values.redis.url))) }}
+{{- fail "redis.sentinelAuth: needs a redis+sentinel:// or rediss+sentinel:// redis.url and its password in redis.existingSecret" }}
+{{- end }}
 {{- if and .Values.redis.username (not .Values.redis.existingSecret) }}
 {{- fail "redis.username: needs its password in redis.existingSecret" }}
 {{- end }}

@@ -73,6 +73,8 @@ max_entries = {}  # memory store bound (full: REPLAY_UNAVAILABLE)
 # Cluster: redis+cluster://[[user]:password@]host:port[,host:port...] (rediss+...: TLS).
 # Pass a password through APCV_REPLAY_REDIS_URL rather than this file.
 redis_url = {}
+# Sentinels with their own requirepass: their password (APCV_REPLAY_REDIS_SENTINEL_PASSWORD).
+redis_sentinel_password = {}
 redis_tls_ca = {}  # rediss: CA(s) of the Redis certificates; "": the system's
 redis_tls_cert = {}  # rediss: client certificate, for tls-auth-clients yes
 redis_tls_key = {}  # rediss: its key (with redis_tls_cert)

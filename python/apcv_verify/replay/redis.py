@@ -163,11 +163,16 @@ def tls_options(config: ReplaySection) -> dict[str, str]:
     return {name: path for name, path in files.items() if path}
 
 
-def make_client(url: str, timeout: float, tls_files: Mapping[str, str] | None = None) -> Any:
+def make_client(
+    url: str,
+    timeout: float,
+    tls_files: Mapping[str, str] | None = None,
+    sentinel_password: str = "",
+) -> Any:
     """The client for ``url`` (see the module docstring for the schemes): one attempt per
     command (the store retries a dead connection itself), ``timeout`` to connect;
     ``tls_files`` (:func:`tls_options`) for the TLS connections of a rediss URL, to the
-    servers and to the sentinels.
+    servers and to the sentinels; ``sentinel_password`` for sentinels that ask for one.
 
     No timeout per socket operation on the data connections: every use of the client is
     within the store's own ``asyncio.timeout`` of one round trip (``timeout_seconds``), which
@@ -192,11 +197,16 @@ def make_client(url: str, timeout: float, tls_files: Mapping[str, str] | None = 
             sentinels,
             # The sentinels are asked at each new connection, within the round trip's timeout
             # too; their own timeout per operation stays.
-            sentinel_kwargs={**options, "socket_timeout": timeout, "ssl": tls},
+            sentinel_kwargs={
+                **options,
+                "socket_timeout": timeout,
+                "ssl": tls,
+                "password": sentinel_password or None,
+            },
             ssl=tls,
             db=int(path[1]) if len(path) > 1 else 0,
             retry=Retry(NoBackoff(), 0),
-            # The data nodes' user: the sentinels are asked without one.
+            # The data nodes' user (the sentinels': sentinel_password).
             username=username,
             password=password,
             **options,
@@ -243,7 +253,10 @@ class RedisReplayStore:
         # One attempt per command: the batch's caller is waiting; only a dead connection is
         # retried, once (settle).
         self._client = client or make_client(
-            config.redis_url, config.timeout_seconds, tls_options(config)
+            config.redis_url,
+            config.timeout_seconds,
+            tls_options(config),
+            config.redis_sentinel_password,
         )
         #: False from a failed round trip until one succeeds (None before the first).
         self.available: bool | None = None
