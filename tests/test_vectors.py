@@ -136,11 +136,22 @@ def markdown_hex(rel: str) -> bytes:
 
 # --------------------------------------------------------------------------- Wycheproof
 
+#: The Wycheproof files the vectors README describes, with the family it names each by.
 WYCHEPROOF_README = {
-    # file: (alg, expected total, valid, invalid) -- counts from vectors/README.md
-    "ecdsa_secp256r1_sha256_p1363_test.json": (ES256, 262, 173, 89),
-    "ed25519_test.json": (EDDSA, 151, 88, 63),
+    "ecdsa_secp256r1_sha256_p1363_test.json": (ES256, "ECDSA P-256"),
+    "ed25519_test.json": (EDDSA, "Ed25519"),
 }
+
+
+def readme_counts(family: str) -> tuple[int, int, int] | None:
+    """Cases, valid and invalid the vectors README states for a Wycheproof family ("…: 262
+    cases, 173 valid / 89 invalid"), or None where it states none."""
+    readme = VECTORS / "README.md"
+    text = readme.read_text() if readme.is_file() else ""
+    stated = re.search(
+        re.escape(family) + r"[^:;]*: (\d+) cases, (\d+) valid / (\d+) invalid", text
+    )
+    return None if stated is None else (int(stated[1]), int(stated[2]), int(stated[3]))
 
 
 def wycheproof_alg(group: dict[str, Any]) -> int | None:
@@ -222,7 +233,10 @@ def test_wycheproof_counts_match_readme(filename: str) -> None:
     # No "acceptable" results exist in these two files, so no policy choice is needed for them:
     # every case is either "valid" (must return True) or "invalid" (must return False).
     need(f"wycheproof/{filename}")
-    _, total, valid, invalid = WYCHEPROOF_README[filename]
+    counts = readme_counts(WYCHEPROOF_README[filename][1])
+    if counts is None:
+        pytest.skip(f"the vectors README states no counts for {filename}")
+    total, valid, invalid = counts
     doc = load_json(f"wycheproof/{filename}")
     results = Counter(t["result"] for g in doc["testGroups"] for t in g["tests"])
     assert doc["numberOfTests"] == total
