@@ -47,14 +47,25 @@ class Replica:
 def start_replica(
     pki: DemoPKI, log: Path, redis_server: RedisServer, on_store_error: str = "reject"
 ) -> Replica:
+    # A password in the URL is never logged (redact_url); this server needs none.
+    return start_redis_replica(
+        pki,
+        log,
+        redis_server.url,
+        APCV_REPLAY_ON_STORE_ERROR=on_store_error,
+        APCV_POLICY_CLOCK_SKEW_SECONDS=str(SKEW),
+    )
+
+
+def start_redis_replica(pki: DemoPKI, log: Path, url: str, **environ: str) -> Replica:
+    """``apcv-verify serve`` on the Redis at ``url``, its metrics on a port of its own;
+    ``environ`` adds settings."""
     metrics_port = free_port()
     env = {
         "APCV_REPLAY_BACKEND": "redis",
-        # A password in the URL is never logged (redact_url); this server needs none.
-        "APCV_REPLAY_REDIS_URL": redis_server.url,
-        "APCV_REPLAY_ON_STORE_ERROR": on_store_error,
+        "APCV_REPLAY_REDIS_URL": url,
         "APCV_METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
-        "APCV_POLICY_CLOCK_SKEW_SECONDS": str(SKEW),
+        **environ,
     }
     return Replica(
         start_server(pki.directory, log, "--allow-test-identities", env=env), metrics_port

@@ -12,8 +12,15 @@ import redis
 from apcv_verify.issuer import DemoPKI
 from apcv_verify.replay.redis import make_client
 
-from .conftest import RedisServer, free_port, start_server, stop_server
-from .test_replay_redis import ACCEPTED, REPLAYED, UNAVAILABLE, Replica, outcome, verify
+from .conftest import RedisServer, stop_server
+from .test_replay_redis import (
+    ACCEPTED,
+    REPLAYED,
+    UNAVAILABLE,
+    outcome,
+    start_redis_replica,
+    verify,
+)
 
 #: The rule of docs/operations.md "Redis ACL user", for the default key prefix.
 LEAST_PRIVILEGE = "~apcv:replay:* resetchannels -@all +set +get +ping +info"
@@ -34,25 +41,13 @@ def acl_redis(redis_server: RedisServer) -> Iterator[RedisServer]:
     yield redis_server
 
 
-def start_replica(pki: DemoPKI, log: Path, url: str) -> Replica:
-    metrics_port = free_port()
-    env = {
-        "APCV_REPLAY_BACKEND": "redis",
-        "APCV_REPLAY_REDIS_URL": url,
-        "APCV_METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
-    }
-    return Replica(
-        start_server(pki.directory, log, "--allow-test-identities", env=env), metrics_port
-    )
-
-
 def test_replicas_share_redis_as_an_acl_user_of_least_privilege(
     pki: DemoPKI, acl_redis: RedisServer, tmp_path: Path
 ) -> None:
     url = f"redis://apcv:s3cret-pw@127.0.0.1:{acl_redis.port}/0"
-    a = start_replica(pki, tmp_path / "a.log", url)
-    b = start_replica(pki, tmp_path / "b.log", url)
-    wrong = start_replica(pki, tmp_path / "w.log", url.replace("apcv:", "nobody:"))
+    a = start_redis_replica(pki, tmp_path / "a.log", url)
+    b = start_redis_replica(pki, tmp_path / "b.log", url)
+    wrong = start_redis_replica(pki, tmp_path / "w.log", url.replace("apcv:", "nobody:"))
     try:
         presentation = pki.present("alice")
         assert outcome(verify(a, presentation, "reader-1")) == ACCEPTED

@@ -18,8 +18,17 @@ import redis
 from apcv_verify.issuer import DemoPKI
 from apcv_verify.replay.redis import make_client
 
-from .conftest import free_port, start_server, stop_server
-from .test_replay_redis import ACCEPTED, REPLAYED, UNAVAILABLE, Replica, log_events, outcome, verify
+from .conftest import free_port, stop_server
+from .test_replay_redis import (
+    ACCEPTED,
+    REPLAYED,
+    UNAVAILABLE,
+    Replica,
+    log_events,
+    outcome,
+    start_redis_replica,
+    verify,
+)
 from .test_tls import CertificateAuthority
 
 
@@ -102,16 +111,8 @@ def tls_redis(tmp_path: Path) -> Iterator[TlsRedis]:
 
 def start_tls_replica(pki: DemoPKI, log: Path, tls_redis: TlsRedis, **files: Path) -> Replica:
     """A replica on ``tls_redis``; ``files`` sets ``replay.redis_tls_<name>``."""
-    metrics_port = free_port()
-    env = {
-        "APCV_REPLAY_BACKEND": "redis",
-        "APCV_REPLAY_REDIS_URL": tls_redis.url,
-        "APCV_METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
-        **{f"APCV_REPLAY_REDIS_TLS_{name.upper()}": str(path) for name, path in files.items()},
-    }
-    return Replica(
-        start_server(pki.directory, log, "--allow-test-identities", env=env), metrics_port
-    )
+    environ = {f"APCV_REPLAY_REDIS_TLS_{name.upper()}": str(path) for name, path in files.items()}
+    return start_redis_replica(pki, log, tls_redis.url, **environ)
 
 
 def test_replicas_share_a_redis_over_tls_with_a_private_ca_and_client_certificates(
