@@ -361,14 +361,20 @@ class RedisServer:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
 
 
+def system_executable(name: str) -> str:
+    """The path of a program ``make system-deps`` installs (redis-server, tinyproxy…): the
+    test is skipped without it, and fails under CI, where it must be there."""
+    found = shutil.which(name)
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is missing: `make system-deps` installs it")
+        pytest.skip(f"{name} not installed; run `make system-deps`")
+    return found
+
+
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    executable = shutil.which("redis-server")
-    if executable is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is missing: `make system-deps` installs it")
-        pytest.skip("redis-server not installed; run `make system-deps`")
-    server = RedisServer(executable, free_port(), tmp_path)
+    server = RedisServer(system_executable("redis-server"), free_port(), tmp_path)
     server.start()
     yield server
     server.stop()

@@ -8,7 +8,6 @@ import contextlib
 import functools
 import hashlib
 import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -48,6 +47,7 @@ from .conftest import (
     metric,
     reason,
     stop_server,
+    system_executable,
     verify,
     wait_serving,
 )
@@ -225,11 +225,7 @@ class Proxy:
 
 @pytest.fixture
 def proxy(tmp_path: Path) -> Iterator[Proxy]:
-    executable = shutil.which("tinyproxy")
-    if executable is None:
-        if os.environ.get("CI"):
-            pytest.fail("tinyproxy is missing: `make system-deps` installs it")
-        pytest.skip("tinyproxy not installed; run `make system-deps`")
+    executable = system_executable("tinyproxy")
     running = Proxy(free_port(), tmp_path / "tinyproxy.log")
     config = tmp_path / "tinyproxy.conf"
     config.write_text(

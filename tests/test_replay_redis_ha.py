@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -25,18 +23,9 @@ from apcv_verify.replay.redis import RedisReplayStore
 from apcv_verify.service.startup import build_verifiers
 from apcv_verify.trust.material import load_trust_material
 
-from .conftest import free_port, pki_config
+from .conftest import free_port, pki_config, system_executable
 
 PREFIX = "apcv:replay:"
-
-
-def executable(name: str) -> str:
-    found = shutil.which(name)
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is missing: `make system-deps` installs it")
-        pytest.skip(f"{name} not installed; run `make system-deps`")
-    return found
 
 
 @dataclass
@@ -84,7 +73,7 @@ class Processes:
 
 @pytest.fixture
 def processes(tmp_path: Path) -> Iterator[Processes]:
-    started = Processes(executable("redis-server"), tmp_path)
+    started = Processes(system_executable("redis-server"), tmp_path)
     yield started
     started.stop_all()
 
@@ -132,7 +121,7 @@ def test_redis_cluster_three_masters_settle_a_batch_across_slots(
                         "--cluster-port", str(free_port()),
                         "--cluster-node-timeout", "2000")  # fmt: skip
     subprocess.run(
-        [executable("redis-cli"), "--cluster", "create",
+        [system_executable("redis-cli"), "--cluster", "create",
          *(f"127.0.0.1:{port}" for port in ports), "--cluster-replicas", "0", "--cluster-yes"],
         check=True, capture_output=True, timeout=30,
     )  # fmt: skip

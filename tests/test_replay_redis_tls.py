@@ -5,8 +5,6 @@ with its own CA and, as Redis does by default, client certificates required
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,7 +16,7 @@ import redis
 from apcv_verify.issuer import DemoPKI
 from apcv_verify.replay.redis import make_client
 
-from .conftest import free_port, stop_server
+from .conftest import free_port, stop_server, system_executable
 from .test_replay_redis import (
     ACCEPTED,
     REPLAYED,
@@ -76,11 +74,7 @@ class TlsRedis:
 
 @pytest.fixture
 def tls_redis(tmp_path: Path) -> Iterator[TlsRedis]:
-    executable = shutil.which("redis-server")
-    if executable is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is missing: `make system-deps` installs it")
-        pytest.skip("redis-server not installed; run `make system-deps`")
+    executable = system_executable("redis-server")
     ca = CertificateAuthority("redis test CA")
     server = write_party(ca, "redis", tmp_path, server=True)
     running = TlsRedis(free_port(), write_party(ca, "apcv-verify", tmp_path, server=False))
