@@ -340,16 +340,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
-        client = self.client()
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.05)
+        wait_redis(self.client(), self.process)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -359,6 +350,19 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+
+
+def wait_redis(client: redis.Redis, process: subprocess.Popen[bytes]) -> None:
+    """Returns once the redis-server ``process`` answers ``client``'s PING (10 s at most)."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            return
+        except redis.ConnectionError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not start") from None
+            time.sleep(0.05)
 
 
 def system_executable(name: str) -> str:

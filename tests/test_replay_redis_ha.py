@@ -23,7 +23,7 @@ from apcv_verify.replay.redis import RedisReplayStore
 from apcv_verify.service.startup import build_verifiers
 from apcv_verify.trust.material import load_trust_material
 
-from .conftest import free_port, pki_config, system_executable
+from .conftest import free_port, pki_config, system_executable, wait_redis
 
 PREFIX = "apcv:replay:"
 
@@ -51,15 +51,7 @@ class Processes:
             command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
         )
         client = redis.Redis(host="127.0.0.1", port=port, password=password, socket_timeout=2)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                if self.running[port].poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.05)
+        wait_redis(client, self.running[port])
 
     def kill(self, port: int) -> None:
         process = self.running.pop(port)

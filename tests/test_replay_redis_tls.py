@@ -6,7 +6,6 @@ with its own CA and, as Redis does by default, client certificates required
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ import redis
 from apcv_verify.issuer import DemoPKI
 from apcv_verify.replay.redis import make_client
 
-from .conftest import free_port, stop_server, system_executable
+from .conftest import free_port, stop_server, system_executable, wait_redis
 from .test_replay_redis import (
     ACCEPTED,
     REPLAYED,
@@ -87,16 +86,7 @@ def tls_redis(tmp_path: Path) -> Iterator[TlsRedis]:
         stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
-        client = running.connect()
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("redis-server did not start with TLS") from None
-                time.sleep(0.05)
+        wait_redis(running.connect(), process)
         yield running
     finally:
         process.kill()
