@@ -22,6 +22,7 @@ from apcv_verify.client import (
     DeadlineExceededError,
     FieldViolation,
     InvalidRequestError,
+    MessageTooLargeError,
     PermissionDeniedError,
     Reason,
     RequestIdReusedError,
@@ -46,6 +47,8 @@ from .conftest import (
     stop_server,
     wait_serving,
 )
+from .test_limits import handled
+from .test_stream import request, serving
 from .test_tls import CertificateAuthority, serve_tls
 
 
@@ -379,3 +382,34 @@ def test_mtls_a_known_caller_is_served_and_a_stranger_is_permission_denied(
     assert denied.reason == "CALLER_NOT_ALLOWED" and denied.field_violations == ()
     with pytest.raises(ValueError):
         TLSConfig(ca.pem, certificate_chain=known.cert_pem)  # a certificate without its key
+
+
+def test_too_many_calls_is_retried_until_a_slot_frees_and_too_large_is_not(pki: DemoPKI) -> None:
+    """RESOURCE_EXHAUSTED ``TOO_MANY_CALLS`` is a busy server: the call is sent again,
+    unchanged, after the backoff, until it is taken. ``MESSAGE_TOO_LARGE`` would be refused
+    again: it is raised at once."""
+    code = qr_text(pki.present("alice"))
+
+    async def scenario() -> None:
+        async with serving(pki, max_concurrent_rpcs=1, max_message_bytes=4096) as (running, stub):
+            held = stub.VerifyStream(timeout=30)  # holds the one slot
+            await held.write(request("held", code))
+            await held.read()
+            retry = RetryPolicy(max_attempts=20, initial_backoff=0.05, max_backoff=0.1)
+            async with VerifierClient(
+                f"127.0.0.1:{running.port}", retry=retry, reader_id="desk-1", timeout=20
+            ) as client:
+                waiting = asyncio.ensure_future(client.verify(make_scan(code, reader_id="edge-1")))
+                await asyncio.sleep(0.5)
+                assert not waiting.done()  # refused TOO_MANY_CALLS, and retried meanwhile
+                await held.done_writing()  # the stream ends: its slot is free again
+                assert await held.read() == grpc.aio.EOF
+                verdict = await waiting
+                assert (reason(verdict), verdict.duplicate) == ("OK", True)
+                busy = handled(running, "RESOURCE_EXHAUSTED")
+                assert busy >= 2  # refused TOO_MANY_CALLS, and sent again
+                with pytest.raises(MessageTooLargeError):
+                    await client.verify(make_scan("APCV1:" + "A" * 5000, reader_id="desk-1"))
+                assert handled(running, "RESOURCE_EXHAUSTED") == busy + 1  # sent once
+
+    asyncio.run(scenario())

@@ -131,7 +131,8 @@ class ServerBusyError(VerifierError):
     """``RESOURCE_EXHAUSTED`` other than ``MESSAGE_TOO_LARGE``: too many calls in progress
     (``TOO_MANY_CALLS``, ``metadata["setting"]`` names the limit), a stream over the server's
     memory budget (``STREAM_MEMORY_EXHAUSTED``), or the gRPC library's own other than a
-    message too large (no details). Back off and try again."""
+    message too large (no details). ``VerifierClient`` and ``EdgeBatcher`` send the call again
+    after their backoff: raised once the attempts or the deadline ran out."""
 
 
 class UnavailableError(VerifierError):

@@ -1,6 +1,6 @@
 """``VerifierClient``: ``Verify`` and ``VerifyBatch`` for hospital systems, with deadlines,
-idempotent retries on ``UNAVAILABLE`` (and the server's ``CANCELLED``) and typed errors
-(docs/integration.md)."""
+idempotent retries on ``UNAVAILABLE`` (and the server's ``CANCELLED``, and a busy server's
+``RESOURCE_EXHAUSTED``) and typed errors (docs/integration.md)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,16 @@ from typing import Final, TypeVar
 import grpc
 
 from .._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
-from .errors import UnavailableError, VerifierError, error_from_rpc
+from .errors import ServerBusyError, UnavailableError, VerifierError, error_from_rpc
 from .transport import ChannelOption, RetryPolicy, TLSConfig, open_channel
 
 __all__ = ["MAX_ID_LENGTH", "VerifierClient", "make_scan"]
 
 log = logging.getLogger("apcv_verify.client")
+
+#: Errors after which the same call is sent again: the server was unreachable, ended the call
+#: unanswered, or had too many calls in progress; a message too large is not among them.
+_RETRIED = (UnavailableError, ServerBusyError)
 
 #: The contract's bound on ``request_id`` and ``reader_id`` (characters).
 MAX_ID_LENGTH: Final = 128
@@ -70,9 +74,11 @@ class VerifierClient:
     """An asyncio client of ``apcv.verify.v1.VerifierService`` on one channel.
 
     ``timeout`` (seconds, ``None`` for none) is the deadline of a whole :meth:`verify` or of
-    one :meth:`verify_batch` chunk, retries included. A call failing with ``UNAVAILABLE``, or
+    one :meth:`verify_batch` chunk, retries included. A call failing with ``UNAVAILABLE``,
     ``CANCELLED`` by the server's side (:class:`~apcv_verify.client.errors.CallCancelledError`:
-    an overloaded server ends the calls it cannot take so), is sent again, unchanged (same
+    an overloaded server ends the calls it cannot take so) or ``RESOURCE_EXHAUSTED`` other than
+    a message too large (:class:`~apcv_verify.client.errors.ServerBusyError`: too many calls in
+    progress) is sent again, unchanged (same
     ``request_id``), after ``retry``'s backoff, at most ``retry.max_attempts`` times in all
     and never past the deadline: the server gives a resend the answer it kept for that request
     (``Verdict.resent``, the final answer, even once the presentation has expired), never
@@ -205,7 +211,7 @@ class VerifierClient:
                 return await method(request, timeout=remaining, metadata=self._metadata)
             except grpc.aio.AioRpcError as failure:
                 error: VerifierError = error_from_rpc(failure)
-            if not isinstance(error, UnavailableError) or attempt >= self._retry.max_attempts:
+            if not isinstance(error, _RETRIED) or attempt >= self._retry.max_attempts:
                 raise error
             pause = self._retry.delay(attempt - 1)
             if deadline is not None and loop.time() + pause >= deadline:
