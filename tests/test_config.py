@@ -228,6 +228,48 @@ def test_redis_tls_files_are_checked_at_start(
         load_config(None, environ=environ)
 
 
+@pytest.mark.parametrize(
+    ("trust_list", "files", "problem"),
+    [
+        ("trust-list.cose", {"CA": "ca.pem"}, r"trust\.http_tls_ca: needs an https://"),
+        ("http://lists/trust-list.cose", {"CA": "ca.pem"}, r"trust\.http_tls_ca: needs an https"),
+        ("https://lists/trust-list.cose", {"CERT": "client.pem"}, "http_tls_cert and http_tls_key"),
+        (
+            "https://lists/trust-list.cose",
+            {"KEY": "no.key"},
+            r"trust\.http_tls_key: file not found",
+        ),
+    ],
+)
+def test_list_tls_files_are_checked_at_start(
+    trust_files: Path, trust_list: str, files: dict[str, str], problem: str
+) -> None:
+    for name in ("ca.pem", "client.pem"):
+        (trust_files / name).write_text("")
+    if "://" not in trust_list:
+        trust_list = str(trust_files / trust_list)
+    environ = {
+        **_minimal(trust_files),
+        "APCV_TRUST_TRUST_LIST": trust_list,
+        **{f"APCV_TRUST_HTTP_TLS_{k}": str(trust_files / v) for k, v in files.items()},
+    }
+    with pytest.raises(ConfigError, match=problem):
+        load_config(None, environ=environ)
+
+
+def test_list_tls_files_are_relative_to_the_config_file(trust_files: Path) -> None:
+    for name in ("ca.pem", "client.pem", "client.key"):
+        (trust_files / name).write_text("")
+    (trust_files / "lists.toml").write_text(
+        '[trust]\nanchors = ["anchor.pem"]\ntrust_list = "https://lists/trust-list.cose"\n'
+        'http_tls_ca = "ca.pem"\nhttp_tls_cert = "client.pem"\nhttp_tls_key = "client.key"\n'
+    )
+    trust = load_config(trust_files / "lists.toml", environ={}).trust
+    assert (trust.http_tls_ca, trust.http_tls_cert, trust.http_tls_key) == tuple(
+        str(trust_files / name) for name in ("ca.pem", "client.pem", "client.key")
+    )
+
+
 def test_a_sentinel_password_needs_a_sentinel_url(trust_files: Path) -> None:
     environ = {
         **_minimal(trust_files),

@@ -54,6 +54,9 @@ CHART_MANAGED = {
     "trust.anchors",
     "trust.trust_list",
     "trust.status_lists",
+    "trust.http_tls_ca",
+    "trust.http_tls_cert",
+    "trust.http_tls_key",
     "replay.redis_url",
     "replay.redis_sentinel_password",
     "replay.redis_tls_ca",
@@ -75,6 +78,7 @@ DASHBOARD = CHART / "dashboards" / DASHBOARD_FILE
 #: Where the pod mounts the TLS Secret (templates/_helpers.tpl apcv-verify.tlsDir).
 TLS_DIR = "/etc/apcv-verify-tls"
 REDIS_TLS_DIR = "/etc/apcv-verify-redis-tls"
+TRUST_TLS_DIR = "/etc/apcv-verify-trust-tls"
 
 
 @pytest.fixture(scope="session")
@@ -241,13 +245,20 @@ def test_production_values_use_mtls_secrets_and_a_closed_network(helm: str) -> N
     volumes = {v["name"]: v for v in by_kind["Deployment"]["spec"]["template"]["spec"]["volumes"]}
     assert volumes["tls"]["secret"]["secretName"] == "apcv-verify-tls"
     assert volumes["redis-tls"]["secret"]["secretName"] == "apcv-redis-tls"
+    assert volumes["trust-tls"]["secret"]["secretName"] == "apcv-lists-tls"
     mounts = {m["name"]: m["mountPath"] for m in main["volumeMounts"]}
     assert mounts["redis-tls"] == REDIS_TLS_DIR
+    assert mounts["trust-tls"] == TRUST_TLS_DIR
     config = tomllib.loads(by_kind["ConfigMap"]["data"]["config.toml"])
     assert {k: v for k, v in config["replay"].items() if k.startswith("redis_tls_")} == {
         "redis_tls_ca": f"{REDIS_TLS_DIR}/ca.crt",
         "redis_tls_cert": f"{REDIS_TLS_DIR}/tls.crt",
         "redis_tls_key": f"{REDIS_TLS_DIR}/tls.key",
+    }
+    assert {k: v for k, v in config["trust"].items() if k.startswith("http_tls_")} == {
+        "http_tls_ca": f"{TRUST_TLS_DIR}/ca.crt",
+        "http_tls_cert": f"{TRUST_TLS_DIR}/tls.crt",
+        "http_tls_key": f"{TRUST_TLS_DIR}/tls.key",
     }
     assert config["tls"] == {
         "server_cert": f"{TLS_DIR}/tls.crt",
@@ -371,6 +382,15 @@ def test_a_changed_config_rolls_the_pods(helm: str) -> None:
             ("redis.tls.existingSecret=redis-tls",),
             r"redis\.tls\.existingSecret: needs a TLS redis\.url",
         ),
+        (
+            (
+                "trust.tls.existingSecret=lists-tls",
+                "trust.trustListUrl=http://lists/trust-list.cose",
+                "trust.statusListUrls={http://lists/amo-1.cwt}",
+            ),
+            r"trust\.tls\.existingSecret: needs an https://",
+        ),
+        (("trust.tls.clientCertificate=true",), r"trust\.tls\.clientCertificate: needs"),
     ],
 )
 def test_bad_values_are_refused(helm: str, sets: tuple[str, ...], message: str) -> None:
@@ -444,7 +464,8 @@ def mount_config(docs: list[dict[str, Any]], root: Path) -> Path:
         (config_dir / name).write_text(text)
     tls_dir = root / TLS_DIR.lstrip("/")
     redis_tls_dir = root / REDIS_TLS_DIR.lstrip("/")
-    for directory in (tls_dir, redis_tls_dir):
+    trust_tls_dir = root / TRUST_TLS_DIR.lstrip("/")
+    for directory in (tls_dir, redis_tls_dir, trust_tls_dir):
         directory.mkdir(parents=True)
         for name in ("tls.crt", "tls.key", "ca.crt"):
             (directory / name).write_text("mounted from a TLS Secret\n")
@@ -454,6 +475,7 @@ def mount_config(docs: list[dict[str, Any]], root: Path) -> Path:
     # The mount points, under root.
     text = config.read_text().replace(f'"{TLS_DIR}/', f'"{tls_dir}/')
     text = text.replace(f'"{REDIS_TLS_DIR}/', f'"{redis_tls_dir}/')
+    text = text.replace(f'"{TRUST_TLS_DIR}/', f'"{trust_tls_dir}/')
     config.write_text(text.replace(f'"{AUDIT_DIR}/', f'"{audit_dir}/'))
     return config
 
@@ -482,6 +504,11 @@ def test_the_rendered_config_loads_in_the_server(helm: str, values: Path, tmp_pa
         assert (f"://{user}:s3cret-Pw@" in config.replay.redis_url) == bool(secret)
         redis_tls = chart_values.get("redis", {}).get("tls", {}).get("existingSecret")
         assert config.replay.redis_tls_ca.endswith("/ca.crt") == bool(redis_tls)
+    trust_tls = chart_values.get("trust", {}).get("tls", {})
+    assert config.trust.http_tls_ca.endswith("/ca.crt") == bool(trust_tls.get("existingSecret"))
+    assert config.trust.http_tls_cert.endswith("/tls.crt") == bool(
+        trust_tls.get("clientCertificate")
+    )
     if chart_values.get("audit", {}).get("existingSecret"):
         assert config.audit.holder_ref_secret == SECRETS["holder-ref-secret"]
     for section, keys in chart_values.get("config", {}).items():

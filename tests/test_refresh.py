@@ -39,6 +39,7 @@ from apcv_verify.service.startup import build_verifiers
 from apcv_verify.trust.sources import MAX_SOURCE_BYTES, TrustSource
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
 
 from .conftest import (
     REPO,
@@ -338,42 +339,175 @@ def test_lists_are_fetched_through_the_proxy_the_environment_names(
     assert lists.via and all(via is None for via in lists.via)
 
 
-def test_an_https_list_server_under_a_private_ca_is_trusted_through_ssl_cert_file(
-    pki: DemoPKI, tmp_path: Path
-) -> None:
-    """An ``https://`` source must chain to the system's CAs; ``SSL_CERT_FILE`` names another
-    bundle (a TLS-inspecting proxy's CA, an internal mirror's)."""
+@dataclass
+class Mirror:
+    """An internal HTTPS mirror of the lists, its certificate issued by a private CA."""
+
+    lists: ListServer
+    tls: ssl.SSLContext  # the server's: mTLS is turned on by changing it
+    ca: CertificateAuthority
+    ca_path: Path
+
+
+@pytest.fixture
+def mirror(pki: DemoPKI, tmp_path: Path) -> Iterator[Mirror]:
     ca = CertificateAuthority("list mirror CA")
     issued = ca.issue("lists.internal", server=True)
     (tmp_path / "mirror.pem").write_bytes(issued.cert_pem + issued.key_pem)
     (tmp_path / "ca.pem").write_bytes(ca.pem)
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(tmp_path / "mirror.pem")
-    mirror = ListServer(pki.directory, tls)
+    served = Mirror(ListServer(pki.directory, tls), tls, ca, tmp_path / "ca.pem")
+    yield served
+    served.lists.close()
+
+
+def launch_until_serving(
+    pki: DemoPKI, lists: ListServer, log_path: Path, **environ: str
+) -> ServerProcess:
+    running = launch(pki, lists, log_path, free_port(), **environ)
     try:
-        untrusted = launch(pki, mirror, tmp_path / "untrusted.log", free_port())
-        try:
-            wait_for(
-                lambda: "CERTIFICATE_VERIFY_FAILED" in untrusted.logs(),
-                "the certificate refused",
-                untrusted,
-            )
-        finally:
-            stop_server(untrusted)
-        trusted = launch(
-            pki,
-            mirror,
-            tmp_path / "trusted.log",
-            free_port(),
-            SSL_CERT_FILE=str(tmp_path / "ca.pem"),
-        )
-        try:
-            wait_serving(trusted.address, trusted.process, timeout=WAIT_SECONDS)
-            assert reason(verify(trusted, pki.present())) == "OK"
-        finally:
-            stop_server(trusted)
+        wait_serving(running.address, running.process, timeout=WAIT_SECONDS)
+    except BaseException:
+        stop_server(running)
+        raise
+    return running
+
+
+def refused_certificate(
+    pki: DemoPKI, lists: ListServer, log_path: Path, error: str, **environ: str
+) -> None:
+    """A server started on ``lists`` refuses the TLS connection with ``error`` (logged), and
+    without a trust list stays NOT_SERVING."""
+    running = launch(pki, lists, log_path, free_port(), **environ)
+    try:
+        wait_for(lambda: error in running.logs(), f"TLS refused: {error}", running)
+        with running.channel() as channel:
+            check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        assert check.status == health_pb2.HealthCheckResponse.NOT_SERVING
     finally:
-        mirror.close()
+        stop_server(running)
+
+
+def test_an_https_list_server_under_a_private_ca_is_trusted_through_ssl_cert_file(
+    pki: DemoPKI, mirror: Mirror, tmp_path: Path
+) -> None:
+    """An ``https://`` source must chain to the system's CAs; ``SSL_CERT_FILE`` names another
+    bundle (a TLS-inspecting proxy's CA, an internal mirror's) for the whole process."""
+    refused_certificate(pki, mirror.lists, tmp_path / "untrusted.log", "CERTIFICATE_VERIFY_FAILED")
+    trusted = launch_until_serving(
+        pki, mirror.lists, tmp_path / "trusted.log", SSL_CERT_FILE=str(mirror.ca_path)
+    )
+    try:
+        assert reason(verify(trusted, pki.present())) == "OK"
+    finally:
+        stop_server(trusted)
+
+
+def test_trust_http_tls_ca_names_the_ca_of_the_list_servers(
+    pki: DemoPKI, mirror: Mirror, tmp_path: Path
+) -> None:
+    """``trust.http_tls_ca`` trusts the mirror's CA for the list fetches alone, and only it:
+    a bundle without that CA is refused like the system's."""
+    other = tmp_path / "other-ca.pem"
+    other.write_bytes(CertificateAuthority("another CA").pem)
+    refused_certificate(
+        pki,
+        mirror.lists,
+        tmp_path / "other.log",
+        "CERTIFICATE_VERIFY_FAILED",
+        APCV_TRUST_HTTP_TLS_CA=str(other),
+        SSL_CERT_FILE=str(mirror.ca_path),  # the setting, not the process's bundle, decides
+    )
+    trusted = launch_until_serving(
+        pki, mirror.lists, tmp_path / "trusted.log", APCV_TRUST_HTTP_TLS_CA=str(mirror.ca_path)
+    )
+    try:
+        assert reason(verify(trusted, pki.present())) == "OK"
+    finally:
+        stop_server(trusted)
+
+
+def test_a_list_server_that_requires_a_client_certificate_gets_http_tls_cert(
+    pki: DemoPKI, mirror: Mirror, tmp_path: Path
+) -> None:
+    """A mirror that serves only known clients (mTLS): without ``trust.http_tls_cert`` the
+    fetch is refused at the handshake; with it the lists load."""
+    clients = CertificateAuthority("list clients CA")
+    mirror.tls.load_verify_locations(cadata=clients.pem.decode())
+    mirror.tls.verify_mode = ssl.CERT_REQUIRED
+    client = clients.issue("apcv-verify")
+    (tmp_path / "client.crt").write_bytes(client.cert_pem)
+    (tmp_path / "client.key").write_bytes(client.key_pem)
+    with_ca = {"APCV_TRUST_HTTP_TLS_CA": str(mirror.ca_path)}
+    refused_certificate(
+        pki, mirror.lists, tmp_path / "anonymous.log", "CERTIFICATE_REQUIRED", **with_ca
+    )
+    assert not any(path for path, _ in mirror.lists.requests)  # nothing served without one
+    known = launch_until_serving(
+        pki,
+        mirror.lists,
+        tmp_path / "known.log",
+        **with_ca,
+        APCV_TRUST_HTTP_TLS_CERT=str(tmp_path / "client.crt"),
+        APCV_TRUST_HTTP_TLS_KEY=str(tmp_path / "client.key"),
+    )
+    try:
+        assert reason(verify(known, pki.present())) == "OK"
+    finally:
+        stop_server(known)
+
+
+def test_list_tls_files_are_read_again_at_each_refresh(
+    pki: DemoPKI, mirror: Mirror, tmp_path: Path
+) -> None:
+    """A CA bundle replaced on disk is used from the next refresh on; one that cannot be
+    loaded is logged and the last good one kept, so the lists still refresh."""
+    ca_file = tmp_path / "lists-ca.pem"
+    ca_file.write_bytes(mirror.ca.pem)
+    status_urls = [mirror.lists.url(path) for path in pki.status_list_paths.values()]
+    source = _source(
+        pki,
+        APCV_TRUST_TRUST_LIST=mirror.lists.url(pki.trust_list_path),
+        APCV_TRUST_STATUS_LISTS=",".join(status_urls),
+        APCV_TRUST_HTTP_TLS_CA=str(ca_file),
+    )
+
+    async def scenario() -> None:
+        await source.load_initial()
+        assert source.current is not None
+        alice = pki.holder("alice")
+        ca_file.write_text("not a certificate\n")
+        pki.revoke(alice.status_index, uri=alice.status_uri, now=int(time.time()) + 1)
+        with capture_logs() as logs:
+            assert await source.refresh()  # the revocation arrives over the kept context
+        assert [e for e in logs if e["event"] == "trust_tls_reload_failed"]
+        ca_file.write_bytes(CertificateAuthority("another CA").pem)
+        pki.revoke(alice.status_index, uri=alice.status_uri, now=int(time.time()) + 2)
+        with capture_logs() as logs:
+            assert not await source.refresh()
+        refused = [e for e in logs if e["event"] == "trust_refresh_failed"]
+        assert refused and all("CERTIFICATE_VERIFY_FAILED" in e["detail"] for e in refused)
+
+    asyncio.run(scenario())
+
+
+def test_list_tls_files_that_cannot_be_loaded_are_a_configuration_error(
+    pki: DemoPKI, mirror: Mirror, tmp_path: Path
+) -> None:
+    (tmp_path / "client.crt").write_bytes(mirror.ca.issue("apcv-verify").cert_pem)
+    (tmp_path / "other.key").write_bytes(mirror.ca.issue("someone else").key_pem)
+    urls = {"APCV_TRUST_TRUST_LIST": mirror.lists.url(pki.trust_list_path)}
+    with pytest.raises(ConfigError, match="trust.http_tls_cert: cannot load with its key"):
+        _source(
+            pki,
+            **urls,
+            APCV_TRUST_HTTP_TLS_CERT=str(tmp_path / "client.crt"),
+            APCV_TRUST_HTTP_TLS_KEY=str(tmp_path / "other.key"),
+        )
+    (tmp_path / "bad-ca.pem").write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match="trust.http_tls_ca: cannot load"):
+        _source(pki, **urls, APCV_TRUST_HTTP_TLS_CA=str(tmp_path / "bad-ca.pem"))
 
 
 @pytest.mark.slow

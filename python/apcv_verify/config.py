@@ -226,6 +226,13 @@ class TrustSection:
     refresh_seconds: float = 300.0
     #: Deadline of one HTTP(S) fetch of a list, in seconds, from connecting to the last byte.
     http_timeout_seconds: float = 10.0
+    #: https:// sources: PEM file of the CA(s) the list servers' certificates chain to (an
+    #: internal mirror's, a TLS-inspecting proxy's); empty: the system's CAs.
+    http_tls_ca: str = ""
+    #: https:// sources: this service's client certificate and its key (PEM files), for list
+    #: servers that require one; both or neither.
+    http_tls_cert: str = ""
+    http_tls_key: str = ""
     #: How long a held trust list stays in use past its own expiry while no valid newer one
     #: arrives (docs/profile.md §6.3); after that the service fails closed: health
     #: NOT_SERVING and calls UNAVAILABLE (TRUST_LIST_EXPIRED) until a valid list is loaded.
@@ -429,6 +436,7 @@ class Config:
             raise ConfigError("trust.refresh_seconds: must not be negative (0 = no refresh)")
         if not 0 < self.trust.http_timeout_seconds <= 300:
             raise ConfigError("trust.http_timeout_seconds: must be between 0 (excluded) and 300")
+        self._validate_list_tls()
         if self.trust.expired_grace_seconds < 0:
             raise ConfigError("trust.expired_grace_seconds: must not be negative")
         if not 0 <= self.policy.clock_skew_seconds <= 3600:
@@ -604,6 +612,24 @@ class Config:
                 "(redis+sentinel://, rediss+sentinel://)"
             )
         self._validate_redis_tls(parts.scheme.startswith("rediss"))
+
+    def _validate_list_tls(self) -> None:
+        trust = self.trust
+        https = any(
+            location.lower().startswith("https://")
+            for location in (trust.trust_list, *trust.status_lists)
+        )
+        for key, path in (
+            ("trust.http_tls_ca", trust.http_tls_ca),
+            ("trust.http_tls_cert", trust.http_tls_cert),
+            ("trust.http_tls_key", trust.http_tls_key),
+        ):
+            if path and not https:
+                raise ConfigError(f"{key}: needs an https:// trust list or status list")
+            if path and not Path(path).is_file():
+                raise ConfigError(f"{key}: file not found: {path}")
+        if bool(trust.http_tls_cert) != bool(trust.http_tls_key):
+            raise ConfigError("trust.http_tls_cert: http_tls_cert and http_tls_key go together")
 
     def _validate_redis_tls(self, tls: bool) -> None:
         replay = self.replay

@@ -63,6 +63,7 @@ app.kubernetes.io/part-of: apcv-verify
 {{- define "apcv-verify.configDir" -}}/etc/apcv-verify{{- end }}
 {{- define "apcv-verify.tlsDir" -}}/etc/apcv-verify-tls{{- end }}
 {{- define "apcv-verify.redisTlsDir" -}}/etc/apcv-verify-redis-tls{{- end }}
+{{- define "apcv-verify.trustTlsDir" -}}/etc/apcv-verify-trust-tls{{- end }}
 {{- /* Whether the Redis TLS Secret is mounted: a redis backend with `redis.tls.existingSecret`. */}}
 {{- define "apcv-verify.redisTls" -}}
 {{- if and (eq .Values.config.replay.backend "redis") .Values.redis.tls.existingSecret }}true{{ end }}
@@ -129,5 +130,15 @@ strings (JSON's syntax for these is TOML's), tables of lists (inline tables).
 {{- end }}
 {{- if and (include "apcv-verify.redisTls" .) (not (hasPrefix "rediss" .Values.redis.url)) }}
 {{- fail "redis.tls.existingSecret: needs a TLS redis.url (rediss://, rediss+sentinel:// or rediss+cluster://)" }}
+{{- end }}
+{{- $httpsLists := false }}
+{{- range (prepend .Values.trust.statusListUrls .Values.trust.trustListUrl) }}
+{{- if hasPrefix "https://" (lower .) }}{{ $httpsLists = true }}{{ end }}
+{{- end }}
+{{- if and .Values.trust.tls.existingSecret (not $httpsLists) }}
+{{- fail "trust.tls.existingSecret: needs an https:// trust.trustListUrl or trust.statusListUrls" }}
+{{- end }}
+{{- if and .Values.trust.tls.clientCertificate (not .Values.trust.tls.existingSecret) }}
+{{- fail "trust.tls.clientCertificate: needs trust.tls.existingSecret (with tls.crt and tls.key)" }}
 {{- end }}
 {{- end }}

@@ -58,6 +58,9 @@ trust_list = {}
 status_lists = {}  # files or http(s):// URLs
 refresh_seconds = {}  # refresh of both lists; 0 = load once
 http_timeout_seconds = {}  # one fetch, first to last byte
+http_tls_ca = {}  # https: CA(s) of the list servers; "": the system's
+http_tls_cert = {}  # https: client certificate, for list servers asking one
+http_tls_key = {}  # https: its key (with http_tls_cert)
 expired_grace_seconds = {}  # held trust list past exp: then refused
 
 [policy]

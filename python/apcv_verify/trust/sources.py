@@ -22,8 +22,11 @@ Rules of a refresh (docs/operations.md "Trust list and status list refresh"):
   all (a server that drips its answer is cut off), and each verified list is taken into use
   as soon as it arrives, so one slow source never holds back another's revocations;
 * HTTP sources are fetched through the proxy the environment names (``HTTPS_PROXY``,
-  ``HTTP_PROXY``, ``NO_PROXY``), with ``If-None-Match`` (the ``ETag`` of the last accepted body);
-  ``304 Not Modified`` means unchanged. They are fetched as published
+  ``HTTP_PROXY``, ``NO_PROXY``), with ``If-None-Match`` (the ``ETag`` of the last accepted
+  body); ``304 Not Modified`` means unchanged. ``https://`` ones check the server's
+  certificate against ``trust.http_tls_ca`` (else the system's CAs) and present
+  ``trust.http_tls_cert`` when set, files read again at each refresh so that renewed
+  certificates are taken up. They are fetched as published
   (``Accept-Encoding: identity``) and a body sent with a content coding anyway is refused
   unread: the signed documents are compact already, and an inflated body could be many
   times the bytes received. File sources are read again when their mtime or
@@ -42,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import ssl
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -52,7 +56,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from .. import _native
-from ..config import Config
+from ..config import Config, ConfigError, TrustSection
 from .anchors import read_anchor
 from .material import TRUST_LIST_SOURCE, Snapshot, TrustMaterial
 from .metrics import TrustMetrics
@@ -115,6 +119,24 @@ class FetchTimeout(SourceError):
     the last byte: a server that drips its answer is cut off like one that never answers."""
 
     reason = "timeout"
+
+
+def list_tls_context(trust: TrustSection) -> ssl.SSLContext | None:
+    """The TLS context of ``https://`` list fetches from ``trust.http_tls_*``, or None when
+    none is set (aiohttp's default: the system's CAs, or ``SSL_CERT_FILE``'s). Raises
+    :class:`ConfigError` naming the key whose file cannot be loaded."""
+    if not (trust.http_tls_ca or trust.http_tls_cert):
+        return None
+    try:
+        context = ssl.create_default_context(cafile=trust.http_tls_ca or None)
+    except (OSError, ssl.SSLError) as error:
+        raise ConfigError(f"trust.http_tls_ca: cannot load: {error}") from None
+    if trust.http_tls_cert:
+        try:
+            context.load_cert_chain(trust.http_tls_cert, trust.http_tls_key)
+        except (OSError, ssl.SSLError) as error:
+            raise ConfigError(f"trust.http_tls_cert: cannot load with its key: {error}") from None
+    return context
 
 
 class _Source:
@@ -236,6 +258,10 @@ class TrustSource:
             _Source(f"status_lists[{index}]", location, timeout)
             for index, location in enumerate(trust.status_lists)
         ]
+        self._trust_section = trust
+        #: The TLS context of https:// fetches: loaded now (a bad file is a configuration
+        #: error at start), then again at each refresh, the last good one kept on failure.
+        self._tls = list_tls_context(trust)
         self._held: dict[str, _Held] = {}
         self._current: Snapshot | None = None
         self._task: asyncio.Task[None] | None = None
@@ -305,10 +331,16 @@ class TrustSource:
         if self._stopping:
             return False
         at = int(time.time()) if now is None else now
+        # In a thread: loading a CA bundle takes milliseconds the calls' loop should not wait.
+        tls = await asyncio.to_thread(self._reload_tls)
         # auto_decompress=False: a coded body is refused in _fetch_url, never inflated.
         # trust_env: the proxy of HTTP_PROXY / HTTPS_PROXY / NO_PROXY, as curl would take it
         # (hospital and cluster networks often reach the Internet only through one).
-        async with aiohttp.ClientSession(auto_decompress=False, trust_env=True) as session:
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=True if tls is None else tls),
+            auto_decompress=False,
+            trust_env=True,
+        ) as session:
             trust = asyncio.ensure_future(self._fetch(self._trust_source, session, strict_files))
             statuses = [
                 asyncio.ensure_future(self._fetch_status(source, session, strict_files))
@@ -320,6 +352,16 @@ class TrustSource:
                 for task in (trust, *statuses):
                     task.cancel()
                 await asyncio.gather(trust, *statuses, return_exceptions=True)
+
+    def _reload_tls(self) -> ssl.SSLContext | None:
+        """The TLS files read again (a certificate renewed on disk, by cert-manager say, is
+        used from the next refresh on); when they cannot be loaded, the last good context is
+        kept and the failure logged, as a list that cannot be fetched keeps the last good list."""
+        try:
+            self._tls = list_tls_context(self._trust_section)
+        except ConfigError as error:
+            log.warning("trust_tls_reload_failed", detail=str(error), kept_last_good=True)
+        return self._tls
 
     async def _apply_as_fetched(
         self,
