@@ -282,6 +282,11 @@ def test_a_sentinel_password_needs_a_sentinel_url(trust_files: Path) -> None:
     assert "sentinel-pw" not in repr(replay)
     with pytest.raises(ConfigError, match=r"replay\.redis_sentinel_password: needs a Redis"):
         load_config(None, environ={**environ, "APCV_REPLAY_REDIS_URL": "redis://cache:6379/0"})
+    as_user = {**environ, "APCV_REPLAY_REDIS_URL": url, "APCV_REPLAY_REDIS_SENTINEL_USERNAME": "s"}
+    assert load_config(None, environ=as_user).replay.redis_sentinel_username == "s"
+    del as_user["APCV_REPLAY_REDIS_SENTINEL_PASSWORD"]
+    with pytest.raises(ConfigError, match=r"replay\.redis_sentinel_username: needs replay\.redis"):
+        load_config(None, environ=as_user)
 
 
 def test_redis_tls_files_are_relative_to_the_config_file(trust_files: Path) -> None:

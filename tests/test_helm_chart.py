@@ -59,6 +59,7 @@ CHART_MANAGED = {
     "trust.http_tls_key",
     "replay.redis_url",
     "replay.redis_sentinel_password",
+    "replay.redis_sentinel_username",
     "replay.redis_tls_ca",
     "replay.redis_tls_cert",
     "replay.redis_tls_key",
@@ -378,6 +379,7 @@ def test_a_changed_config_rolls_the_pods(helm: str) -> None:
         (("redis.url=redis://user:pw@redis:6379",), r"/redis/url'"),
         (("redis.username=apcv",), r"redis\.username: needs its password"),
         (("redis.sentinelAuth=true",), r"redis\.sentinelAuth: needs a redis\+sentinel://"),
+        (("redis.sentinelUsername=apcv",), r"redis\.sentinelUsername: needs redis\.sentinelAuth"),
         (
             ("redis.tls.existingSecret=redis-tls",),
             r"redis\.tls\.existingSecret: needs a TLS redis\.url",
@@ -696,3 +698,7 @@ def test_sentinels_asking_for_the_password_get_it_from_the_same_secret(helm: str
     }
     without = {e["name"] for e in container(render(helm, None, *sets[:2]))["env"]}
     assert "APCV_REPLAY_REDIS_SENTINEL_PASSWORD" not in without
+    assert "APCV_REPLAY_REDIS_SENTINEL_USERNAME" not in env
+    as_user = container(render(helm, None, *sets, "redis.sentinelUsername=apcv-sentinel"))
+    variables = {e["name"]: e for e in as_user["env"]}
+    assert variables["APCV_REPLAY_REDIS_SENTINEL_USERNAME"]["value"] == "apcv-sentinel"

@@ -281,3 +281,41 @@ def test_sentinels_that_ask_for_a_password_are_given_theirs(
             await unasked.store.close()
 
     asyncio.run(run())
+
+
+def test_sentinels_with_acl_users_are_asked_as_the_configured_user(
+    pki: DemoPKI, processes: Processes
+) -> None:
+    """Sentinels whose password belongs to an ACL user (``user`` in their configuration), with
+    the least it needs (docs/operations.md "Redis topologies"), are asked as
+    ``replay.redis_sentinel_username``; the same password for the default user is refused."""
+    master, sentinel = free_port(), free_port()
+    processes.start(master, "--requirepass", "data-pw", password="data-pw")
+    watched = SENTINEL_CONFIG.format(master=master) + "sentinel auth-pass apcv data-pw\n"
+    users = "requirepass admin-pw\nuser apcv-verify on >sentinel-pw -@all +sentinel|masters\n"
+    processes.start(sentinel, "--sentinel", config=watched + users, password="admin-pw")
+    url = f"redis+sentinel://:data-pw@127.0.0.1:{sentinel}/apcv"
+    plain = store_config(pki, url)
+
+    def with_sentinel(username: str) -> Config:
+        replay = dataclasses.replace(
+            plain.replay,
+            redis_sentinel_password="sentinel-pw",
+            redis_sentinel_username=username,
+        )
+        return dataclasses.replace(plain, replay=replay)
+
+    async def run() -> None:
+        as_user, as_default = Replica(with_sentinel("apcv-verify")), Replica(with_sentinel(""))
+        try:
+            presentation = pki.present("alice")
+            assert await as_user.verify([(presentation, "reader-1")]) == ["OK"]
+            assert await as_user.verify([(presentation, "reader-2")]) == ["REPLAYED"]
+            assert await as_default.verify([(pki.present("alice"), "reader-1")]) == [
+                "REPLAY_UNAVAILABLE"
+            ]
+        finally:
+            await as_user.store.close()
+            await as_default.store.close()
+
+    asyncio.run(run())

@@ -277,6 +277,9 @@ class ReplaySection:
     #: Redis Sentinel: the sentinels' own password (their ``requirepass``), when they ask for
     #: one; the URL's password is the data nodes'. Empty: the sentinels are asked without one.
     redis_sentinel_password: str = field(default="", repr=False, metadata={"secret": True})
+    #: Redis Sentinel: the ACL user that password is for, on sentinels with ACL users; empty:
+    #: the sentinels' default user.
+    redis_sentinel_username: str = ""
     #: TLS to Redis (a rediss URL): PEM file of the CA(s) the Redis servers' (and sentinels')
     #: certificates chain to; empty: the system's CAs. Relative to the config file.
     redis_tls_ca: str = ""
@@ -610,6 +613,11 @@ class Config:
             raise ConfigError(
                 "replay.redis_sentinel_password: needs a Redis Sentinel replay.redis_url "
                 "(redis+sentinel://, rediss+sentinel://)"
+            )
+        if replay.redis_sentinel_username and not replay.redis_sentinel_password:
+            raise ConfigError(
+                "replay.redis_sentinel_username: needs replay.redis_sentinel_password (the "
+                "user's password)"
             )
         self._validate_redis_tls(parts.scheme.startswith("rediss"))
 

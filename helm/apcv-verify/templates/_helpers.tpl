@@ -125,6 +125,9 @@ strings (JSON's syntax for these is TOML's), tables of lists (inline tables).
 {{- if and .Values.redis.sentinelAuth (or (not .Values.redis.existingSecret) (not (contains "+sentinel://" .Values.redis.url))) }}
 {{- fail "redis.sentinelAuth: needs a redis+sentinel:// or rediss+sentinel:// redis.url and its password in redis.existingSecret" }}
 {{- end }}
+{{- if and .Values.redis.sentinelUsername (not .Values.redis.sentinelAuth) }}
+{{- fail "redis.sentinelUsername: needs redis.sentinelAuth (the user's password is the Secret's)" }}
+{{- end }}
 {{- if and .Values.redis.username (not .Values.redis.existingSecret) }}
 {{- fail "redis.username: needs its password in redis.existingSecret" }}
 {{- end }}

@@ -78,6 +78,7 @@ max_entries = {}  # memory store bound (full: REPLAY_UNAVAILABLE)
 redis_url = {}
 # Sentinels with their own requirepass: their password (APCV_REPLAY_REDIS_SENTINEL_PASSWORD).
 redis_sentinel_password = {}
+redis_sentinel_username = {}  # the sentinels' ACL user of that password; "": default
 redis_tls_ca = {}  # rediss: CA(s) of the Redis certificates; "": the system's
 redis_tls_cert = {}  # rediss: client certificate, for tls-auth-clients yes
 redis_tls_key = {}  # rediss: its key (with redis_tls_cert)

@@ -168,11 +168,13 @@ def make_client(
     timeout: float,
     tls_files: Mapping[str, str] | None = None,
     sentinel_password: str = "",
+    sentinel_username: str = "",
 ) -> Any:
     """The client for ``url`` (see the module docstring for the schemes): one attempt per
     command (the store retries a dead connection itself), ``timeout`` to connect;
     ``tls_files`` (:func:`tls_options`) for the TLS connections of a rediss URL, to the
-    servers and to the sentinels; ``sentinel_password`` for sentinels that ask for one.
+    servers and to the sentinels; ``sentinel_password`` for sentinels that ask for one (for
+    their ACL user ``sentinel_username``, else their default user).
 
     No timeout per socket operation on the data connections: every use of the client is
     within the store's own ``asyncio.timeout`` of one round trip (``timeout_seconds``), which
@@ -201,6 +203,7 @@ def make_client(
                 **options,
                 "socket_timeout": timeout,
                 "ssl": tls,
+                "username": sentinel_username or None,
                 "password": sentinel_password or None,
             },
             ssl=tls,
@@ -257,6 +260,7 @@ class RedisReplayStore:
             config.timeout_seconds,
             tls_options(config),
             config.redis_sentinel_password,
+            config.redis_sentinel_username,
         )
         #: False from a failed round trip until one succeeds (None before the first).
         self.available: bool | None = None
