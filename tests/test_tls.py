@@ -6,8 +6,10 @@ certificates; the ``[[callers]]`` table (no ``*`` entry) names two callers.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import ipaddress
+import os
 import shutil
 import subprocess
 import uuid
@@ -18,11 +20,14 @@ from pathlib import Path
 import grpc
 import pytest
 from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
+from apcv_verify.config import ConfigError, TlsSection
 from apcv_verify.issuer import DemoPKI, qr_text
+from apcv_verify.service.certificates import ServerCertificates
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from structlog.testing import capture_logs
 
 from .conftest import (
     REPO,
@@ -257,6 +262,89 @@ def test_a_known_caller_without_the_scanned_at_right_is_permission_denied(
     ):
         verifier_pb2_grpc.VerifierServiceStub(channel).Verify(request, timeout=10)
     assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Write ``path`` whole at once, as a renewal tool does (Kubernetes swaps a Secret's
+    files in one rename)."""
+    path.with_suffix(".new").write_bytes(data)
+    os.replace(path.with_suffix(".new"), path)
+
+
+def test_renewed_certificates_are_served_without_a_restart(
+    mtls: MtlsServer, pki: DemoPKI, tmp_path: Path
+) -> None:
+    """A server certificate renewed on disk (here by another CA, as when the issuing CA
+    rotates) is presented to the next connections; a client CA bundle extended on disk admits
+    the new CA's clients. The process is the same one throughout."""
+    renewing_ca, new_clients_ca = CertificateAuthority("renewing CA"), CertificateAuthority("B")
+    client = mtls.ca.issue("his-1")
+    assert reason(mtls.verify(client, pki.present("alice"))) == "OK"
+    renewed = renewing_ca.issue("verifier.apcv.example", server=True)
+    replace_file(tmp_path / "server.key", renewed.key_pem)  # the key first: half a renewal
+    replace_file(tmp_path / "server.pem", renewed.cert_pem)
+    replace_file(tmp_path / "clients-ca.pem", mtls.ca.pem + new_clients_ca.pem)
+    trusting_the_new_ca = MtlsServer(mtls.server, renewing_ca)
+    assert reason(trusting_the_new_ca.verify(client, pki.present("alice"))) == "OK"
+    with pytest.raises(grpc.RpcError) as old:
+        mtls.verify(client, pki.present("alice"))  # the old CA no longer names the server
+    assert old.value.code() == grpc.StatusCode.UNAVAILABLE
+    newcomer = new_clients_ca.issue("his-1")
+    assert reason(trusting_the_new_ca.verify(newcomer, pki.present("alice"))) == "OK"
+    assert mtls.server.process.poll() is None
+    assert "tls_certificate_reloaded" in mtls.server.logs()
+
+
+def test_a_half_written_renewal_keeps_the_certificate_in_use(tmp_path: Path) -> None:
+    """The certificate of a new key without that key (a renewal caught halfway), a file
+    missing for a moment: gRPC keeps what it has, the failure is logged, and the whole set
+    is taken once the files change again."""
+    ca = CertificateAuthority()
+    first, second = ca.issue("verifier", server=True), ca.issue("verifier", server=True)
+    (tmp_path / "server.pem").write_bytes(first.cert_pem)
+    (tmp_path / "server.key").write_bytes(first.key_pem)
+    tls = TlsSection(
+        server_cert=str(tmp_path / "server.pem"),
+        server_key=str(tmp_path / "server.key"),
+        require_client_auth=False,
+    )
+    certificates = ServerCertificates(tls)
+    assert certificates.fetch() is None  # unchanged
+    replace_file(tmp_path / "server.pem", second.cert_pem)
+    with capture_logs() as logs:
+        assert certificates.fetch() is None
+        assert certificates.fetch() is None  # logged once per change, not per connection
+    assert [e["event"] for e in logs] == ["tls_reload_failed"]
+    assert "not the key of the certificate" in logs[0]["detail"]
+    assert certificates.current.chain == first.cert_pem
+    (tmp_path / "server.key").unlink()
+    with capture_logs() as logs:
+        assert certificates.fetch() is None
+    assert [e["event"] for e in logs] == ["tls_reload_failed"]
+    replace_file(tmp_path / "server.key", second.key_pem)
+    assert isinstance(certificates.fetch(), grpc.ServerCertificateConfiguration)
+    assert certificates.current.chain == second.cert_pem
+
+
+def test_tls_files_that_do_not_make_a_set_are_refused_at_start(tmp_path: Path) -> None:
+    ca = CertificateAuthority()
+    mine, other = ca.issue("verifier", server=True), ca.issue("other", server=True)
+    (tmp_path / "server.pem").write_bytes(mine.cert_pem)
+    (tmp_path / "other.key").write_bytes(other.key_pem)
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    tls = TlsSection(
+        server_cert=str(tmp_path / "server.pem"),
+        server_key=str(tmp_path / "other.key"),
+        require_client_auth=False,
+    )
+    with pytest.raises(ConfigError, match=r"tls\.server_key: not the key of the certificate"):
+        ServerCertificates(tls)
+    (tmp_path / "mine.key").write_bytes(mine.key_pem)
+    tls = dataclasses.replace(
+        tls, server_key=str(tmp_path / "mine.key"), client_ca=str(tmp_path / "ca.pem")
+    )
+    with pytest.raises(ConfigError, match=r"tls\.client_ca: not PEM certificates"):
+        ServerCertificates(tls)
 
 
 def readme_block(after: str, language: str) -> str:

@@ -11,7 +11,6 @@ import os
 import signal
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
@@ -31,6 +30,7 @@ from ..replay.memory import memory_replay_store, register_replay_store_metrics
 from ..replay.redis import RedisReplayStore
 from ..trust.material import TrustMaterial
 from ..trust.sources import TrustSource
+from .certificates import ServerCertificates
 from .interceptors import (
     CallInterceptor,
     ErrorInterceptor,
@@ -49,7 +49,6 @@ __all__ = [
     "ServerHandle",
     "build_verifiers",
     "serve",
-    "server_credentials",
     "server_options",
     "start_server",
 ]
@@ -137,18 +136,6 @@ class ServerHandle:
             self.metrics_http.shutdown()
             self.metrics_http.server_close()
         flush_audit()  # the audit records of the last calls
-
-
-def server_credentials(config: Config) -> grpc.ServerCredentials:
-    """TLS credentials from ``[tls]``; with ``client_ca``, every client must present a
-    certificate that chains to it, and its subject CN names the caller (policy.caller_id)."""
-    tls = config.tls
-    key_pair = (Path(tls.server_key).read_bytes(), Path(tls.server_cert).read_bytes())
-    client_ca = Path(tls.client_ca).read_bytes() if tls.client_ca else None
-    # Config.validate: client_ca is set exactly when client certificates are required.
-    return grpc.ssl_server_credentials(
-        [key_pair], root_certificates=client_ca, require_client_auth=client_ca is not None
-    )
 
 
 def server_options(server: ServerSection) -> list[tuple[str, int]]:
@@ -273,7 +260,7 @@ async def start_server(config: Config, material: TrustMaterial | None = None) ->
         registration,
     )
     port = (
-        server.add_secure_port(config.server.listen, server_credentials(config))
+        server.add_secure_port(config.server.listen, ServerCertificates(config.tls).credentials())
         if config.tls.enabled
         else server.add_insecure_port(config.server.listen)
     )

@@ -1,0 +1,135 @@
+"""The ``[tls]`` files of the gRPC port, taken up again when they change on disk.
+
+Server certificates are renewed while the service runs (cert-manager renews a Secret at two
+thirds of its life, and Kubernetes updates the mounted files in place): a server that read
+them once would serve the old certificate until it expires, then refuse every connection.
+gRPC calls :meth:`ServerCertificates.fetch` before each new connection's handshake
+(``grpc.dynamic_ssl_server_credentials``); it compares the files' modification times and
+sizes with those last read (three ``stat`` calls), and only when they differ reads them
+again. A new set is taken only when it is whole — the key is the certificate's, every file
+parses — so a renewal caught halfway (the certificate written, not yet its key) serves the
+previous set until the files change again; it is logged (``tls_reload_failed``), never
+raised into gRPC's handshake. Connections already open keep the certificate they were
+made with.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import threading
+from dataclasses import dataclass
+
+import grpc
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ..config import ConfigError, TlsSection
+
+__all__ = ["CertificateSet", "ServerCertificates"]
+
+log = structlog.get_logger("apcv_verify.service.certificates")
+
+_SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+@dataclass(frozen=True)
+class CertificateSet:
+    """One whole, checked reading of the ``[tls]`` files."""
+
+    key: bytes
+    chain: bytes
+    client_ca: bytes | None
+    #: The server certificate's expiry (its ``notAfter``), for logs and metrics.
+    not_after: datetime.datetime
+
+    def configuration(self) -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration(
+            [(self.key, self.chain)], root_certificates=self.client_ca
+        )
+
+
+class ServerCertificates:
+    """The ``[tls]`` files: the set read at start, then the fetcher gRPC asks before each
+    handshake (see the module docstring). Raises :class:`ConfigError` at start when the files
+    cannot be read or do not make a whole set."""
+
+    def __init__(self, tls: TlsSection) -> None:
+        self._paths = tuple(p for p in (tls.server_cert, tls.server_key, tls.client_ca) if p)
+        self._tls = tls
+        self._lock = threading.Lock()  # gRPC may ask from several of its threads at once
+        try:
+            self._seen = self._signature()
+            self.current = self._read()
+        except OSError as error:
+            raise ConfigError(f"tls: cannot read {error.filename}: {error.strerror}") from None
+
+    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        """The new configuration when the files changed into a whole set, else None (gRPC
+        keeps the one it has)."""
+        with self._lock:
+            try:
+                signature = self._signature()
+            except OSError as error:  # a file missing while it is being replaced
+                self._refused(None, error)
+                return None
+            if signature == self._seen:
+                return None
+            try:
+                renewed = self._read()
+            except (OSError, ConfigError) as error:
+                self._refused(signature, error)
+                return None
+            self._seen, self.current = signature, renewed
+        log.info("tls_certificate_reloaded", not_after=renewed.not_after.isoformat())
+        return renewed.configuration()
+
+    def _refused(self, signature: tuple[tuple[int, int], ...] | None, error: Exception) -> None:
+        # Remembered, so that the set is read again when the files next change, not at each
+        # connection; a missing file (signature None) is looked at again at the next one.
+        if signature is not None:
+            self._seen = signature
+        log.warning("tls_reload_failed", detail=str(error), kept_last_good=True)
+
+    def _signature(self) -> tuple[tuple[int, int], ...]:
+        stats = [os.stat(path) for path in self._paths]
+        return tuple((stat.st_mtime_ns, stat.st_size) for stat in stats)
+
+    def _read(self) -> CertificateSet:
+        tls = self._tls
+        with open(tls.server_cert, "rb") as cert_file, open(tls.server_key, "rb") as key_file:
+            chain, key = cert_file.read(), key_file.read()
+        client_ca = None
+        if tls.client_ca:
+            with open(tls.client_ca, "rb") as ca_file:
+                client_ca = ca_file.read()
+        try:
+            certificate = x509.load_pem_x509_certificates(chain)[0]
+        except ValueError as error:
+            raise ConfigError(f"tls.server_cert: not a PEM certificate chain ({error})") from None
+        try:
+            private_key = serialization.load_pem_private_key(key, password=None)
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"tls.server_key: not an unencrypted PEM key ({error})") from None
+        if private_key.public_key().public_bytes(*_SPKI) != certificate.public_key().public_bytes(
+            *_SPKI
+        ):
+            raise ConfigError("tls.server_key: not the key of the certificate in tls.server_cert")
+        if client_ca is not None:
+            try:
+                x509.load_pem_x509_certificates(client_ca)
+            except ValueError as error:
+                raise ConfigError(f"tls.client_ca: not PEM certificates ({error})") from None
+        return CertificateSet(key, chain, client_ca, certificate.not_valid_after_utc)
+
+    def credentials(self) -> grpc.ServerCredentials:
+        """gRPC's credentials that ask :meth:`fetch` before each handshake. With
+        ``client_ca``, every client must present a certificate that chains to it, and its
+        subject CN names the caller (policy.caller_id)."""
+        return grpc.dynamic_ssl_server_credentials(
+            self.current.configuration(),
+            self.fetch,
+            # Config.validate: client_ca is set exactly when client certificates are required.
+            require_client_authentication=self.current.client_ca is not None,
+        )
