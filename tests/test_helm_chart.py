@@ -702,3 +702,20 @@ def test_sentinels_asking_for_the_password_get_it_from_the_same_secret(helm: str
     as_user = container(render(helm, None, *sets, "redis.sentinelUsername=apcv-sentinel"))
     variables = {e["name"]: e for e in as_user["env"]}
     assert variables["APCV_REPLAY_REDIS_SENTINEL_USERNAME"]["value"] == "apcv-sentinel"
+
+
+def test_ipv6_clusters_bind_every_port_to_any_ipv6_address(helm: str, tmp_path: Path) -> None:
+    """``listenAddress: "::"``: the ports of an IPv6-only or dual-stack pod, as the server
+    reads them (tests/test_listen.py: such a server answers on both families)."""
+    docs = render(helm, CHART / "ci" / "monitoring-values.yaml", "listenAddress=::")
+    config = load_config(
+        mount_config(docs, tmp_path), environ=pod_environment(container(docs), SECRETS)
+    )
+    assert (config.server.listen, config.server.health_listen, config.metrics.listen) == (
+        "[::]:50051",
+        "[::]:50052",
+        "[::]:9464",
+    )
+    assert re.search(
+        r"/listenAddress': value must be one of", render_error(helm, "listenAddress=::1")
+    )

@@ -59,6 +59,14 @@ app.kubernetes.io/part-of: apcv-verify
 {{ include "apcv-verify.fullname" . }}-client
 {{- end }}
 
+{{/* HOST:PORT of a container port on `listenAddress`, an IPv6 address in brackets;
+called with (list $ port). */}}
+{{- define "apcv-verify.listen" -}}
+{{- $root := index . 0 }}
+{{- $host := $root.Values.listenAddress }}
+{{- if contains ":" $host }}[{{ $host }}]{{ else }}{{ $host }}{{ end }}:{{ index . 1 }}
+{{- end }}
+
 {{/* Where the ConfigMap, the anchors and the TLS files are mounted. */}}
 {{- define "apcv-verify.configDir" -}}/etc/apcv-verify{{- end }}
 {{- define "apcv-verify.tlsDir" -}}/etc/apcv-verify-tls{{- end }}
