@@ -16,22 +16,19 @@ made with.
 from __future__ import annotations
 
 import datetime
-import os
 import threading
 from dataclasses import dataclass
 
 import grpc
 import structlog
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from ..config import ConfigError, TlsSection
+from ..tls_files import FileSignature, KeyPairError, file_signature, pair_certificate
 
 __all__ = ["CertificateSet", "ServerCertificates"]
 
 log = structlog.get_logger("apcv_verify.service.certificates")
-
-_SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 @dataclass(frozen=True)
@@ -60,7 +57,7 @@ class ServerCertificates:
         self._tls = tls
         self._lock = threading.Lock()  # gRPC may ask from several of its threads at once
         try:
-            self._seen = self._signature()
+            self._seen = file_signature(self._paths)
             self.current = self._read()
         except OSError as error:
             raise ConfigError(f"tls: cannot read {error.filename}: {error.strerror}") from None
@@ -70,7 +67,7 @@ class ServerCertificates:
         keeps the one it has)."""
         with self._lock:
             try:
-                signature = self._signature()
+                signature = file_signature(self._paths)
             except OSError as error:  # a file missing while it is being replaced
                 self._refused(None, error)
                 return None
@@ -85,16 +82,12 @@ class ServerCertificates:
         log.info("tls_certificate_reloaded", not_after=renewed.not_after.isoformat())
         return renewed.configuration()
 
-    def _refused(self, signature: tuple[tuple[int, int], ...] | None, error: Exception) -> None:
+    def _refused(self, signature: FileSignature | None, error: Exception) -> None:
         # Remembered, so that the set is read again when the files next change, not at each
         # connection; a missing file (signature None) is looked at again at the next one.
         if signature is not None:
             self._seen = signature
         log.warning("tls_reload_failed", detail=str(error), kept_last_good=True)
-
-    def _signature(self) -> tuple[tuple[int, int], ...]:
-        stats = [os.stat(path) for path in self._paths]
-        return tuple((stat.st_mtime_ns, stat.st_size) for stat in stats)
 
     def _read(self) -> CertificateSet:
         tls = self._tls
@@ -105,17 +98,10 @@ class ServerCertificates:
             with open(tls.client_ca, "rb") as ca_file:
                 client_ca = ca_file.read()
         try:
-            certificate = x509.load_pem_x509_certificates(chain)[0]
-        except ValueError as error:
-            raise ConfigError(f"tls.server_cert: not a PEM certificate chain ({error})") from None
-        try:
-            private_key = serialization.load_pem_private_key(key, password=None)
-        except (ValueError, TypeError) as error:
-            raise ConfigError(f"tls.server_key: not an unencrypted PEM key ({error})") from None
-        if private_key.public_key().public_bytes(*_SPKI) != certificate.public_key().public_bytes(
-            *_SPKI
-        ):
-            raise ConfigError("tls.server_key: not the key of the certificate in tls.server_cert")
+            certificate = pair_certificate(chain, key)
+        except KeyPairError as error:
+            setting = "tls.server_cert" if error.part == "certificate" else "tls.server_key"
+            raise ConfigError(f"{setting}: {error}") from None
         if client_ca is not None:
             try:
                 x509.load_pem_x509_certificates(client_ca)
