@@ -28,6 +28,7 @@ from apcv_verify.client import (
     RequestIdReusedError,
     RetryPolicy,
     TLSConfig,
+    TLSFiles,
     UnavailableError,
     Verdict,
     VerifierClient,
@@ -49,7 +50,14 @@ from .conftest import (
 )
 from .test_limits import handled
 from .test_stream import request, serving
-from .test_tls import CertificateAuthority, serve_tls
+from .test_tls import (
+    SHORT_CONNECTIONS,
+    CertificateAuthority,
+    ClientFiles,
+    replace_file,
+    rotate_client_ca,
+    serve_tls,
+)
 
 
 def reason(verdict: Verdict) -> str:
@@ -420,3 +428,58 @@ def test_too_many_calls_is_retried_until_a_slot_frees_and_too_large_is_not(pki: 
                 assert handled(running, "RESOURCE_EXHAUSTED") == busy + 1  # sent once
 
     asyncio.run(scenario())
+
+
+def test_a_client_on_tls_files_calls_with_its_renewed_certificate(
+    pki: DemoPKI, tmp_path: Path
+) -> None:
+    """A hospital system's client certificate renewed on disk by a new CA, which alone the
+    server admits from then on: once the server has ended the old connection (its connection
+    age), the next call connects with the renewed files."""
+    ca = CertificateAuthority()
+    running = serve_tls(pki, tmp_path, ca, server=SHORT_CONNECTIONS)
+    (tmp_path / "his").mkdir()
+    files = ClientFiles(tmp_path / "his")
+    files.write(ca, ca.issue("his-1"))
+    retry = RetryPolicy(max_attempts=3, initial_backoff=0.05, max_backoff=0.1)
+
+    async def scenario() -> list[str]:
+        async with VerifierClient(
+            running.address, tls=files.tls(), reader_id="desk-1", retry=retry
+        ) as client:
+            before = await client.verify(make_scan(qr_text(pki.present()), reader_id="desk-1"))
+            rotate_client_ca(tmp_path, files, ca)
+            await asyncio.sleep(2.5)  # past the connection age: the old connection is gone
+            after = await client.verify(make_scan(qr_text(pki.present()), reader_id="desk-1"))
+        return [reason(before), reason(after)]
+
+    try:
+        assert asyncio.run(scenario()) == ["OK", "OK"]
+    finally:
+        stop_server(running)
+
+
+def test_tls_files_caught_halfway_keep_the_previous_set(tmp_path: Path) -> None:
+    """A renewal seen between its certificate and its key, then a file missing for a moment:
+    the previous set is used; the whole set once the files change again."""
+    ca = CertificateAuthority()
+    first, second = ca.issue("his-1"), ca.issue("his-1")
+    files = ClientFiles(tmp_path)
+    files.write(ca, first)
+    tls = files.tls()
+    assert tls.current() == (TLSConfig(ca.pem, first.cert_pem, first.key_pem), False)
+    replace_file(tmp_path / "client.pem", second.cert_pem)  # the old key still
+    config, renewed = tls.current()
+    assert (config.certificate_chain, renewed) == (first.cert_pem, False)
+    (tmp_path / "client.key").unlink()
+    assert tls.current()[0].certificate_chain == first.cert_pem
+    replace_file(tmp_path / "client.key", second.key_pem)
+    config, renewed = tls.current()
+    assert (config.certificate_chain, config.private_key, renewed) == (
+        second.cert_pem,
+        second.key_pem,
+        True,
+    )
+    assert tls.current()[1] is False  # unchanged since
+    with pytest.raises(ValueError, match="both cert and key"):
+        TLSFiles(cert=tmp_path / "client.pem")

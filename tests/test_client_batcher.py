@@ -31,7 +31,13 @@ from apcv_verify.issuer import DemoPKI, qr_text
 
 from .conftest import ServerProcess, free_port, metric, start_server, stop_server
 from .test_client import serve_on
-from .test_tls import CertificateAuthority, serve_tls
+from .test_tls import (
+    SHORT_CONNECTIONS,
+    CertificateAuthority,
+    ClientFiles,
+    rotate_client_ca,
+    serve_tls,
+)
 
 #: Real server processes (and, for some, their restarts): over about 3 s each.
 pytestmark = pytest.mark.slow
@@ -572,6 +578,47 @@ def test_a_batcher_over_mtls_is_served_as_its_certificate_s_caller(
         (f"tls-{i}", "OK") for i in range(3)
     ]
     assert "his-1" in running.logs()  # the audit records name the certificate's caller
+
+
+def test_a_batcher_on_tls_files_reconnects_with_its_renewed_certificate(
+    pki: DemoPKI, tmp_path: Path
+) -> None:
+    """An edge reader up longer than its client certificate: the certificate is renewed on
+    disk by a new CA, which alone the server admits from then on; once the server has ended
+    the connection made with the old one (its connection age), the batcher connects with the
+    renewed files, and every scan is answered."""
+    ca = CertificateAuthority()
+    running = serve_tls(pki, tmp_path, ca, server=SHORT_CONNECTIONS)
+    (tmp_path / "reader").mkdir()
+    files = ClientFiles(tmp_path / "reader")
+    files.write(ca, ca.issue("his-1"))
+    delivered: list[Answer] = []
+
+    async def scenario() -> None:
+        async with EdgeBatcher(
+            running.address,
+            spool=tmp_path / "reader.spool",
+            reader_id="edge-1",
+            tls=files.tls(),
+            on_answer=delivered.append,
+            retry=FAST,
+            idle_close=0.2,
+        ) as batcher:
+            await batcher.submit(qr_text(pki.present("alice")), request_id="before")
+            await batcher.drain(timeout=20)
+            rotate_client_ca(tmp_path, files, ca)
+            await asyncio.sleep(2.5)  # past the connection age: the old connection is gone
+            await batcher.submit(qr_text(pki.present("alice")), request_id="after")
+            await batcher.drain(timeout=20)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        stop_server(running)
+    assert [(answer.request_id, reason(answer)) for answer in delivered] == [
+        ("before", "OK"),
+        ("after", "OK"),
+    ]
 
 
 def test_scanned_at_is_the_submission_time_and_survives_a_restart(

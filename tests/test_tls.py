@@ -20,6 +20,7 @@ from pathlib import Path
 import grpc
 import pytest
 from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
+from apcv_verify.client import TLSFiles
 from apcv_verify.config import ConfigError, TlsSection
 from apcv_verify.issuer import DemoPKI, qr_text
 from apcv_verify.service.certificates import ServerCertificates
@@ -40,6 +41,9 @@ from .conftest import (
 )
 
 DAY = datetime.timedelta(days=1)
+#: A ``[server]`` of :func:`serve_tls` that ends every connection within two seconds, so that
+#: a test sees the clients' next handshake.
+SHORT_CONNECTIONS = "max_connection_age_seconds = 1\nmax_connection_age_grace_seconds = 1"
 
 
 @dataclass(frozen=True)
@@ -149,13 +153,20 @@ class MtlsServer:
 
 
 def serve_tls(
-    pki: DemoPKI, tmp_path: Path, ca: CertificateAuthority, *, client_auth: bool = True
+    pki: DemoPKI,
+    tmp_path: Path,
+    ca: CertificateAuthority,
+    *,
+    client_auth: bool = True,
+    server: str = "",
 ) -> ServerProcess:
+    """``apcv-verify serve`` with mTLS (or TLS alone) whose files are in ``tmp_path``
+    (server.pem, server.key, clients-ca.pem); ``server``: lines of its ``[server]`` table."""
     server_cert = ca.issue("verifier.apcv.example", server=True)
     (tmp_path / "server.pem").write_bytes(server_cert.cert_pem)
     (tmp_path / "server.key").write_bytes(server_cert.key_pem)
     (tmp_path / "clients-ca.pem").write_bytes(ca.pem)
-    tls = '[tls]\nserver_cert = "server.pem"\nserver_key = "server.key"\n'
+    tls = f'[server]\n{server}\n[tls]\nserver_cert = "server.pem"\nserver_key = "server.key"\n'
     if client_auth:
         tls += 'client_ca = "clients-ca.pem"\n'
     else:
@@ -269,6 +280,33 @@ def replace_file(path: Path, data: bytes) -> None:
     files in one rename)."""
     path.with_suffix(".new").write_bytes(data)
     os.replace(path.with_suffix(".new"), path)
+
+
+@dataclass
+class ClientFiles:
+    """A client's TLS files in ``directory`` (ca.pem, client.pem, client.key), renewed in
+    place as an agent on the reader's machine would."""
+
+    directory: Path
+
+    def write(self, server_ca: CertificateAuthority, client: Issued) -> None:
+        replace_file(self.directory / "ca.pem", server_ca.pem)
+        replace_file(self.directory / "client.key", client.key_pem)
+        replace_file(self.directory / "client.pem", client.cert_pem)
+
+    def tls(self) -> TLSFiles:
+        files = self.directory
+        return TLSFiles(ca=files / "ca.pem", cert=files / "client.pem", key=files / "client.key")
+
+
+def rotate_client_ca(
+    tmp_path: Path, client_files: ClientFiles, server_ca: CertificateAuthority
+) -> None:
+    """The server of :func:`serve_tls` in ``tmp_path`` admits only the clients of a new CA
+    from now on (its next handshakes), and the client's files are renewed by that CA."""
+    clients_ca = CertificateAuthority("renewed clients CA")
+    replace_file(tmp_path / "clients-ca.pem", clients_ca.pem)
+    client_files.write(server_ca, clients_ca.issue("his-1"))
 
 
 def test_renewed_certificates_are_served_without_a_restart(

@@ -35,7 +35,7 @@ from .errors import (
     error_from_rpc,
 )
 from .spool import DuplicateScanError, SpoolBusyError
-from .transport import RetryPolicy, TLSConfig
+from .transport import RetryPolicy, TLSConfig, TLSFiles
 from .unary import MAX_ID_LENGTH, VerifierClient, make_scan, new_request_id
 
 Scan = _pb.Scan
@@ -70,6 +70,7 @@ __all__ = [
     "ServerError",
     "SpoolBusyError",
     "TLSConfig",
+    "TLSFiles",
     "UnavailableError",
     "Verdict",
     "VerifierClient",

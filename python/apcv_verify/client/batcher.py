@@ -54,7 +54,7 @@ import grpc
 from .._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
 from .errors import MessageTooLargeError, VerifierError, error_from_rpc
 from .spool import Answered, Spool
-from .transport import ChannelOption, RetryPolicy, TLSConfig, open_channel
+from .transport import ChannelOption, RetryPolicy, TLSConfig, TLSFiles, open_channel, tls_settings
 from .unary import MAX_ID_LENGTH, make_scan
 
 __all__ = [
@@ -213,7 +213,7 @@ class EdgeBatcher:
         *,
         spool: str | Path,
         reader_id: str,
-        tls: TLSConfig | None = None,
+        tls: TLSConfig | TLSFiles | None = None,
         max_batch: int = 32,
         max_delay: float = 0.05,
         max_in_flight: int = 256,
@@ -300,8 +300,7 @@ class EdgeBatcher:
             await spool.close()
             raise
         self._spool = spool
-        self._channel = open_channel(self.target, self._tls, self._retry, self._options)
-        self._stub = verifier_pb2_grpc.VerifierServiceStub(self._channel)
+        self._open_channel(tls_settings(self._tls)[0])
         self._running = True
         self._update()
         self._connection = self._spawn(self._connection_loop())
@@ -497,6 +496,7 @@ class EdgeBatcher:
                 # Everything unanswered, in submission order: a resend after a broken stream.
                 self._outbox = deque(self._pending.values())
                 self._stream_answers = 0
+                await self._renew_channel()
                 try:
                     await self._stream()
                     failures = 0
@@ -524,6 +524,21 @@ class EdgeBatcher:
                 self._count("reconnects")
         finally:
             self._store_queue.put_nowait(_STOP)
+
+    def _open_channel(self, tls: TLSConfig | None) -> None:
+        self._channel = open_channel(self.target, tls, self._retry, self._options)
+        self._stub = verifier_pb2_grpc.VerifierServiceStub(self._channel)
+
+    async def _renew_channel(self) -> None:
+        """Between two streams: a new channel, so a new connection, when the
+        :class:`TLSFiles` were renewed since the last one (a renewed client certificate)."""
+        tls, renewed = tls_settings(self._tls)
+        if not renewed:
+            return
+        previous = self._channel
+        self._open_channel(tls)
+        if previous is not None:
+            await previous.close()  # no stream is open on it
 
     async def _stream(self) -> None:
         """One stream, until it ends: normally after an idle half-close, else raising the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -9,8 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from cryptography import x509
 
-__all__ = ["ChannelOption", "RetryPolicy", "TLSConfig", "open_channel"]
+from ..tls_files import file_signature, pair_certificate
+
+__all__ = ["ChannelOption", "RetryPolicy", "TLSConfig", "TLSFiles", "open_channel", "tls_settings"]
+
+log = logging.getLogger("apcv_verify.client")
 
 #: A gRPC channel argument, e.g. ``("grpc.max_receive_message_length", 8 << 20)``.
 ChannelOption = tuple[str, Any]
@@ -58,6 +64,73 @@ class TLSConfig:
             private_key=self.private_key,
             certificate_chain=self.certificate_chain,
         )
+
+
+class TLSFiles:
+    """TLS and mTLS settings kept in PEM files and read again when they change, for a client
+    that runs longer than its certificate lives (an edge reader up for months, a client
+    certificate renewed on disk by an agent or cert-manager).
+
+    Give it where a :class:`TLSConfig` goes: the clients look at the files' modification
+    times and sizes before they connect (:class:`~apcv_verify.client.EdgeBatcher`: before each
+    stream; :class:`~apcv_verify.client.VerifierClient`: before each call) and, when they
+    changed, read them again and connect with them; calls in progress finish on the previous
+    connection. A set that is not whole — a certificate whose key is not written yet, a file
+    that does not parse — is logged and the previous set kept until the files change again.
+    The arguments are those of :meth:`TLSConfig.from_files`; the files are read once at once,
+    so a wrong path or an unusable set raises here.
+    """
+
+    def __init__(
+        self,
+        *,
+        ca: str | Path | None = None,
+        cert: str | Path | None = None,
+        key: str | Path | None = None,
+        server_name: str | None = None,
+    ) -> None:
+        if (cert is None) != (key is None):
+            raise ValueError("mTLS needs both cert and key, or neither")
+        self._files = {"ca": ca, "cert": cert, "key": key}
+        self._paths = [path for path in self._files.values() if path is not None]
+        self._server_name = server_name
+        self._seen = file_signature(self._paths)
+        self._config = self._read()
+
+    def current(self) -> tuple[TLSConfig, bool]:
+        """The settings to connect with, and whether they differ from the previous call's."""
+        try:
+            signature = file_signature(self._paths)
+        except OSError as error:  # a file missing while it is replaced: looked at next time
+            log.warning("TLS files not read again (%s); the previous ones are kept", error)
+            return self._config, False
+        if signature == self._seen:
+            return self._config, False
+        self._seen = signature  # a set refused now is read again when the files next change
+        try:
+            renewed = self._read()
+        except (OSError, ValueError) as error:
+            log.warning("TLS files not taken (%s); the previous ones are kept", error)
+            return self._config, False
+        log.info("TLS files changed: the next connections use them")
+        self._config = renewed
+        return renewed, True
+
+    def _read(self) -> TLSConfig:
+        config = TLSConfig.from_files(**self._files, server_name=self._server_name)
+        if config.certificate_chain is not None and config.private_key is not None:
+            pair_certificate(config.certificate_chain, config.private_key)
+        if config.root_certificates is not None:
+            x509.load_pem_x509_certificates(config.root_certificates)
+        return config
+
+
+def tls_settings(tls: TLSConfig | TLSFiles | None) -> tuple[TLSConfig | None, bool]:
+    """The settings of ``tls`` to connect with now, and whether they are new (files renewed
+    since the last look)."""
+    if isinstance(tls, TLSFiles):
+        return tls.current()
+    return tls, False
 
 
 @dataclass(frozen=True)

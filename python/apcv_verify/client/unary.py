@@ -7,14 +7,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Final, TypeVar
+from collections.abc import Iterable, Sequence
+from typing import Any, Final
 
 import grpc
 
 from .._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
 from .errors import ServerBusyError, UnavailableError, VerifierError, error_from_rpc
-from .transport import ChannelOption, RetryPolicy, TLSConfig, open_channel
+from .transport import ChannelOption, RetryPolicy, TLSConfig, TLSFiles, open_channel, tls_settings
 
 __all__ = ["MAX_ID_LENGTH", "VerifierClient", "make_scan"]
 
@@ -24,12 +24,14 @@ log = logging.getLogger("apcv_verify.client")
 #: unanswered, or had too many calls in progress; a message too large is not among them.
 _RETRIED = (UnavailableError, ServerBusyError)
 
+#: How long calls without a deadline may go on on a channel left for renewed TLS files.
+RETIRE_GRACE_SECONDS: Final = 3600.0
+
 #: The contract's bound on ``request_id`` and ``reader_id`` (characters).
 MAX_ID_LENGTH: Final = 128
 
 Scan = verifier_pb2.Scan
 Verdict = verifier_pb2.Verdict
-_Response = TypeVar("_Response")
 
 
 class _Default:
@@ -93,7 +95,7 @@ class VerifierClient:
         self,
         target: str,
         *,
-        tls: TLSConfig | None = None,
+        tls: TLSConfig | TLSFiles | None = None,
         timeout: float | None = 10.0,
         retry: RetryPolicy | None = None,
         reader_id: str | None = None,
@@ -109,6 +111,8 @@ class VerifierClient:
         self._options = tuple(channel_options)
         self._channel: grpc.aio.Channel | None = None
         self._stub: verifier_pb2_grpc.VerifierServiceStub | None = None
+        #: Channels left for renewed TLS files, closing once their calls are done.
+        self._retiring: dict[grpc.aio.Channel, asyncio.Future[None]] = {}
 
     async def __aenter__(self) -> VerifierClient:
         return self
@@ -121,13 +125,27 @@ class VerifierClient:
         if self._channel is not None:
             await self._channel.close()
             self._channel = self._stub = None
+        for channel, closing in list(self._retiring.items()):
+            await channel.close()  # as the current one: the calls still open are cancelled
+            await closing
 
     def _service(self) -> verifier_pb2_grpc.VerifierServiceStub:
-        # Made on first use, inside the running event loop that will drive it.
-        if self._stub is None:
-            self._channel = open_channel(self.target, self._tls, self._retry, self._options)
+        """The stub to call now: made on first use, inside the running event loop that will
+        drive it, and made again on a new channel when :class:`TLSFiles` were renewed."""
+        tls, renewed = tls_settings(self._tls)
+        if self._stub is None or renewed:
+            if self._channel is not None:
+                self._retire(self._channel)
+            self._channel = open_channel(self.target, tls, self._retry, self._options)
             self._stub = verifier_pb2_grpc.VerifierServiceStub(self._channel)
         return self._stub
+
+    def _retire(self, channel: grpc.aio.Channel) -> None:
+        """Close ``channel`` once the calls on it are done (within the client's timeout)."""
+        grace = self._timeout if self._timeout is not None else RETIRE_GRACE_SECONDS
+        closing = asyncio.ensure_future(channel.close(grace))
+        self._retiring[channel] = closing
+        closing.add_done_callback(lambda _: self._retiring.pop(channel, None))
 
     def prepare(self, scan: verifier_pb2.Scan) -> verifier_pb2.Scan:
         """A copy of ``scan`` with its ``request_id`` (and default ``reader_id``) filled in."""
@@ -145,8 +163,9 @@ class VerifierClient:
         """The verdict on one scan (``Verify``). A rejected presentation is a verdict
         (``DECISION_REJECTED`` and its reason), not an exception."""
         request = verifier_pb2.VerifyRequest(scan=self.prepare(scan))
-        stub = self._service()
-        response = await self._call(stub.Verify, request, self._deadline(timeout), "Verify")
+        response: verifier_pb2.VerifyResponse = await self._call(
+            request, self._deadline(timeout), "Verify"
+        )
         return response.verdict
 
     async def verify_batch(
@@ -166,7 +185,6 @@ class VerifierClient:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         prepared = [self.prepare(scan) for scan in scans]
-        stub = self._service()
         verdicts: list[verifier_pb2.Verdict] = []
         start = 0
         while start < len(prepared):
@@ -174,7 +192,9 @@ class VerifierClient:
             request = verifier_pb2.VerifyBatchRequest(scans=chunk)
             deadline = self._deadline(timeout)
             try:
-                response = await self._call(stub.VerifyBatch, request, deadline, "VerifyBatch")
+                response: verifier_pb2.VerifyBatchResponse = await self._call(
+                    request, deadline, "VerifyBatch"
+                )
             except VerifierError as error:
                 server_max = _server_max_batch(error)
                 if server_max is None or server_max >= len(chunk):
@@ -195,18 +215,15 @@ class VerifierClient:
         seconds = self._timeout if isinstance(timeout, _Default) else timeout
         return None if seconds is None else asyncio.get_running_loop().time() + seconds
 
-    async def _call(
-        self,
-        method: Callable[..., Awaitable[_Response]],
-        request: object,
-        deadline: float | None,
-        name: str,
-    ) -> _Response:
+    async def _call(self, request: object, deadline: float | None, name: str) -> Any:
+        """``name`` (``Verify``, ``VerifyBatch``) of ``request``, retried as the class says;
+        each attempt on the channel of the TLS files as they are then."""
         loop = asyncio.get_running_loop()
         attempt = 0
         while True:
             attempt += 1
             remaining = None if deadline is None else max(deadline - loop.time(), 0.0)
+            method = getattr(self._service(), name)
             try:
                 return await method(request, timeout=remaining, metadata=self._metadata)
             except grpc.aio.AioRpcError as failure:
