@@ -39,6 +39,7 @@ from .conftest import (
     stop_server,
     wait_serving,
 )
+from .test_tls import CertificateAuthority, serve_tls
 
 CHART = REPO / "helm" / "apcv-verify"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
@@ -684,6 +685,13 @@ def test_every_metric_of_the_dashboard_and_the_alerts_is_served(
             served |= served_names(scrape_text(port))
         finally:
             stop_server(server)
+    # With TLS on the gRPC port, as the production values have it: its certificate's expiry.
+    (tmp_path / "tls").mkdir()
+    server = serve_tls(pki, tmp_path / "tls", CertificateAuthority())
+    try:
+        served |= served_names(scrape_text(port))
+    finally:
+        stop_server(server)
     missing = {what: sorted(names - served) for what, names in used.items() if names - served}
     assert not missing
 

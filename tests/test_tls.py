@@ -28,6 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from .conftest import (
@@ -346,7 +347,13 @@ def test_a_half_written_renewal_keeps_the_certificate_in_use(tmp_path: Path) -> 
         server_key=str(tmp_path / "server.key"),
         require_client_auth=False,
     )
-    certificates = ServerCertificates(tls)
+    registry = CollectorRegistry()
+    certificates = ServerCertificates(tls, registry)
+
+    def expiry_served() -> float | None:
+        return registry.get_sample_value("apcv_tls_certificate_expiry_timestamp_seconds")
+
+    assert expiry_served() == not_after(first)
     assert certificates.fetch() is None  # unchanged
     replace_file(tmp_path / "server.pem", second.cert_pem)
     with capture_logs() as logs:
@@ -362,6 +369,11 @@ def test_a_half_written_renewal_keeps_the_certificate_in_use(tmp_path: Path) -> 
     replace_file(tmp_path / "server.key", second.key_pem)
     assert isinstance(certificates.fetch(), grpc.ServerCertificateConfiguration)
     assert certificates.current.chain == second.cert_pem
+    assert expiry_served() == not_after(second)
+
+
+def not_after(issued: Issued) -> float:
+    return x509.load_pem_x509_certificate(issued.cert_pem).not_valid_after_utc.timestamp()
 
 
 def test_tls_files_that_do_not_make_a_set_are_refused_at_start(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import grpc
 import structlog
 from cryptography import x509
+from prometheus_client import CollectorRegistry, Gauge
 
 from ..config import ConfigError, TlsSection
 from ..tls_files import FileSignature, KeyPairError, file_signature, pair_certificate
@@ -52,7 +53,7 @@ class ServerCertificates:
     handshake (see the module docstring). Raises :class:`ConfigError` at start when the files
     cannot be read or do not make a whole set."""
 
-    def __init__(self, tls: TlsSection) -> None:
+    def __init__(self, tls: TlsSection, registry: CollectorRegistry | None = None) -> None:
         self._paths = tuple(p for p in (tls.server_cert, tls.server_key, tls.client_ca) if p)
         self._tls = tls
         self._lock = threading.Lock()  # gRPC may ask from several of its threads at once
@@ -61,6 +62,15 @@ class ServerCertificates:
             self.current = self._read()
         except OSError as error:
             raise ConfigError(f"tls: cannot read {error.filename}: {error.strerror}") from None
+        #: What an alert watches: a renewal that never reaches the server shows as this
+        #: nearing (with several workers, the nearest of them).
+        self._expiry = Gauge(
+            "apcv_tls_certificate_expiry_timestamp_seconds",
+            "Expiry (notAfter) of the server certificate new connections get, as a Unix time.",
+            multiprocess_mode="livemin",
+            registry=registry,
+        )
+        self._expiry.set(self.current.not_after.timestamp())
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
         """The new configuration when the files changed into a whole set, else None (gRPC
@@ -79,6 +89,7 @@ class ServerCertificates:
                 self._refused(signature, error)
                 return None
             self._seen, self.current = signature, renewed
+            self._expiry.set(renewed.not_after.timestamp())
         log.info("tls_certificate_reloaded", not_after=renewed.not_after.isoformat())
         return renewed.configuration()
 

@@ -260,7 +260,9 @@ async def start_server(config: Config, material: TrustMaterial | None = None) ->
         registration,
     )
     port = (
-        server.add_secure_port(config.server.listen, ServerCertificates(config.tls).credentials())
+        server.add_secure_port(
+            config.server.listen, ServerCertificates(config.tls, metrics.registry).credentials()
+        )
         if config.tls.enabled
         else server.add_insecure_port(config.server.listen)
     )
