@@ -270,6 +270,20 @@ def test_list_tls_files_are_relative_to_the_config_file(trust_files: Path) -> No
     )
 
 
+def test_the_redis_name_check_is_turned_off_only_with_a_ca_of_its_own(trust_files: Path) -> None:
+    (trust_files / "ca.pem").write_text("")
+    environ = {
+        **_minimal(trust_files),
+        "APCV_REPLAY_BACKEND": "redis",
+        "APCV_REPLAY_REDIS_URL": "rediss+cluster://c1:6379,c2:6379",
+        "APCV_REPLAY_REDIS_TLS_CHECK_HOSTNAME": "false",
+    }
+    with pytest.raises(ConfigError, match=r"replay\.redis_tls_check_hostname: false needs"):
+        load_config(None, environ=environ)
+    environ["APCV_REPLAY_REDIS_TLS_CA"] = str(trust_files / "ca.pem")
+    assert load_config(None, environ=environ).replay.redis_tls_check_hostname is False
+
+
 def test_a_sentinel_password_needs_a_sentinel_url(trust_files: Path) -> None:
     environ = {
         **_minimal(trust_files),

@@ -64,6 +64,7 @@ CHART_MANAGED = {
     "replay.redis_tls_ca",
     "replay.redis_tls_cert",
     "replay.redis_tls_key",
+    "replay.redis_tls_check_hostname",
     "metrics.listen",
     "audit.holder_ref_secret",
     "replay.answer_secret",
@@ -381,6 +382,7 @@ def test_a_changed_config_rolls_the_pods(helm: str) -> None:
         (("redis.username=apcv",), r"redis\.username: needs its password"),
         (("redis.sentinelAuth=true",), r"redis\.sentinelAuth: needs a redis\+sentinel://"),
         (("redis.sentinelUsername=apcv",), r"redis\.sentinelUsername: needs redis\.sentinelAuth"),
+        (("redis.tls.checkHostname=false",), r"redis\.tls\.checkHostname: false needs"),
         (
             ("redis.tls.existingSecret=redis-tls",),
             r"redis\.tls\.existingSecret: needs a TLS redis\.url",
@@ -727,3 +729,19 @@ def test_ipv6_clusters_bind_every_port_to_any_ipv6_address(helm: str, tmp_path: 
     assert re.search(
         r"/listenAddress': value must be one of", render_error(helm, "listenAddress=::1")
     )
+
+
+def test_redis_cluster_nodes_announcing_ips_can_skip_the_name_check(
+    helm: str, tmp_path: Path
+) -> None:
+    """``redis.tls.checkHostname: false`` (Redis Cluster nodes reached at pod IPs): the
+    certificates are still checked against the Secret's CA, which the server requires then."""
+    values = CHART / "ci" / "mtls-redis-values.yaml"
+    docs = render(helm, values, "redis.tls.checkHostname=false")
+    config = load_config(
+        mount_config(docs, tmp_path), environ=pod_environment(container(docs), SECRETS)
+    )
+    assert config.replay.redis_tls_check_hostname is False
+    assert config.replay.redis_tls_ca.endswith("/ca.crt")
+    default = tomllib.loads(kinds(render(helm, values))["ConfigMap"]["data"]["config.toml"])
+    assert "redis_tls_check_hostname" not in default["replay"]

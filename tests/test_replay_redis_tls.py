@@ -78,7 +78,9 @@ def tls_redis(tmp_path: Path) -> Iterator[TlsRedis]:
     server = write_party(ca, "redis", tmp_path, server=True)
     running = TlsRedis(free_port(), write_party(ca, "apcv-verify", tmp_path, server=False))
     process = subprocess.Popen(
-        [executable, "--bind", "127.0.0.1", "--port", "0", "--tls-port", str(running.port),
+        # 127.0.0.2 too: an address its certificate does not name (tests below).
+        [executable, "--bind", "127.0.0.1", "127.0.0.2", "--port", "0",
+         "--tls-port", str(running.port),
          "--tls-cert-file", str(server.cert), "--tls-key-file", str(server.key),
          "--tls-ca-cert-file", str(server.ca), "--tls-auth-clients", "yes",
          "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
@@ -143,13 +145,49 @@ def test_without_the_client_certificate_or_the_ca_the_store_fails_closed(
         stop_server(wrong_ca.server)
 
 
+def test_a_certificate_not_naming_the_address_needs_the_name_check_off(
+    pki: DemoPKI, tls_redis: TlsRedis, tmp_path: Path
+) -> None:
+    """Redis reached at an address its certificate does not name (127.0.0.2 here; a Redis
+    Cluster node announcing its pod IP in a cluster): refused by default, the store failing
+    closed; served with ``replay.redis_tls_check_hostname = false``, whose chain is still
+    checked — a certificate from another CA is refused even then."""
+    mine = tls_redis.client
+    url = tls_redis.url.replace("127.0.0.1", "127.0.0.2")
+    files = {
+        "APCV_REPLAY_REDIS_TLS_CA": str(mine.ca),
+        "APCV_REPLAY_REDIS_TLS_CERT": str(mine.cert),
+        "APCV_REPLAY_REDIS_TLS_KEY": str(mine.key),
+    }
+    other = write_party(CertificateAuthority("another CA"), "stranger", tmp_path, server=False)
+    no_check = {"APCV_REPLAY_REDIS_TLS_CHECK_HOSTNAME": "false"}
+    checked = start_redis_replica(pki, tmp_path / "c.log", url, **files)
+    unchecked = start_redis_replica(pki, tmp_path / "u.log", url, **files, **no_check)
+    another_ca = {**files, **no_check, "APCV_REPLAY_REDIS_TLS_CA": str(other.ca)}
+    wrong_ca = start_redis_replica(pki, tmp_path / "w.log", url, **another_ca)
+    try:
+        presentation = pki.present("alice")
+        assert outcome(verify(checked, presentation, "reader-1")) == UNAVAILABLE
+        assert outcome(verify(wrong_ca, presentation, "reader-1")) == UNAVAILABLE
+        assert outcome(verify(unchecked, presentation, "reader-1")) == ACCEPTED
+        assert outcome(verify(unchecked, presentation, "reader-2")) == REPLAYED
+    finally:
+        for replica in (checked, unchecked, wrong_ca):
+            stop_server(replica.server)
+
+
 @pytest.mark.parametrize(
     "url", ["rediss://cache:6380/0", "rediss+sentinel://s1:26379/apcv", "rediss+cluster://c1:6379"]
 )
 def test_every_topology_hands_the_tls_files_to_its_connections(url: str) -> None:
-    """The files reach the connections of each kind of client (to the servers, and to the
-    sentinels, which speak TLS too); a plain URL gets none."""
-    files = {"ssl_ca_certs": "/ca.pem", "ssl_certfile": "/client.pem", "ssl_keyfile": "/client.key"}
+    """The files and the name check reach the connections of each kind of client (to the
+    servers, and to the sentinels, which speak TLS too); a plain URL gets none."""
+    files = {
+        "ssl_ca_certs": "/ca.pem",
+        "ssl_certfile": "/client.pem",
+        "ssl_keyfile": "/client.key",
+        "ssl_check_hostname": False,
+    }
     client = make_client(url, 1.0, files)
     if url.startswith("rediss+cluster"):
         kwargs = [client.connection_kwargs]

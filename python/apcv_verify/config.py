@@ -287,6 +287,11 @@ class ReplaySection:
     #: require one (Redis's own default with TLS: ``tls-auth-clients yes``); both or neither.
     redis_tls_cert: str = ""
     redis_tls_key: str = ""
+    #: TLS to Redis: check that each server's certificate names the address it is reached at
+    #: (the URL's host, or the address a Redis Cluster node or a sentinel announces). false:
+    #: the chain is still checked against ``redis_tls_ca`` (required then), not the name —
+    #: for Redis Cluster nodes announcing IP addresses their certificates do not carry.
+    redis_tls_check_hostname: bool = True
     #: Prefix of the replay keys: the key of a presentation is prefix + hex(cti).
     key_prefix: str = "apcv:replay:"
     #: Seconds one Redis round trip (a whole batch) may take before the store counts as
@@ -653,6 +658,12 @@ class Config:
                 raise ConfigError(f"{key}: file not found: {path}")
         if bool(replay.redis_tls_cert) != bool(replay.redis_tls_key):
             raise ConfigError("replay.redis_tls_cert: redis_tls_cert and redis_tls_key go together")
+        if not replay.redis_tls_check_hostname and not (tls and replay.redis_tls_ca):
+            # Without a CA of its own, any certificate of the system's public CAs would do.
+            raise ConfigError(
+                "replay.redis_tls_check_hostname: false needs a TLS replay.redis_url and the "
+                "Redis servers' own CA in replay.redis_tls_ca"
+            )
 
     def _validate_workers(self) -> None:
         workers = self.server.workers

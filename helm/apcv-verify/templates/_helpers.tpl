@@ -139,6 +139,9 @@ strings (JSON's syntax for these is TOML's), tables of lists (inline tables).
 {{- if and .Values.redis.username (not .Values.redis.existingSecret) }}
 {{- fail "redis.username: needs its password in redis.existingSecret" }}
 {{- end }}
+{{- if and (not .Values.redis.tls.checkHostname) (not (include "apcv-verify.redisTls" .)) }}
+{{- fail "redis.tls.checkHostname: false needs redis.tls.existingSecret (the Redis servers' own CA)" }}
+{{- end }}
 {{- if and (include "apcv-verify.redisTls" .) (not (hasPrefix "rediss" .Values.redis.url)) }}
 {{- fail "redis.tls.existingSecret: needs a TLS redis.url (rediss://, rediss+sentinel:// or rediss+cluster://)" }}
 {{- end }}

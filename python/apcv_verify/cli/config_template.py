@@ -82,6 +82,7 @@ redis_sentinel_username = {}  # the sentinels' ACL user of that password; "": de
 redis_tls_ca = {}  # rediss: CA(s) of the Redis certificates; "": the system's
 redis_tls_cert = {}  # rediss: client certificate, for tls-auth-clients yes
 redis_tls_key = {}  # rediss: its key (with redis_tls_cert)
+redis_tls_check_hostname = {}  # false: chain to redis_tls_ca, any name
 key_prefix = {}  # keys are prefix + hex(cti)
 timeout_seconds = {}  # one Redis round trip (a whole batch)
 on_store_error = {}  # Redis down: "reject" (fail closed), "accept"

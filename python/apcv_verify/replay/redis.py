@@ -152,21 +152,25 @@ def _packed_in_c(client: Any) -> Any:
     return client
 
 
-def tls_options(config: ReplaySection) -> dict[str, str]:
-    """redis-py's TLS arguments for the CA and client certificate files of ``config``
-    (``replay.redis_tls_*``): those set, for a rediss URL."""
+def tls_options(config: ReplaySection) -> dict[str, Any]:
+    """redis-py's TLS arguments of ``config`` (``replay.redis_tls_*``), for a rediss URL:
+    the CA and client certificate files set, and the host name check when it is turned off
+    (redis-py checks it by default)."""
     files = {
         "ssl_ca_certs": config.redis_tls_ca,
         "ssl_certfile": config.redis_tls_cert,
         "ssl_keyfile": config.redis_tls_key,
     }
-    return {name: path for name, path in files.items() if path}
+    options: dict[str, Any] = {name: path for name, path in files.items() if path}
+    if not config.redis_tls_check_hostname:
+        options["ssl_check_hostname"] = False
+    return options
 
 
 def make_client(
     url: str,
     timeout: float,
-    tls_files: Mapping[str, str] | None = None,
+    tls_files: Mapping[str, Any] | None = None,
     sentinel_password: str = "",
     sentinel_username: str = "",
 ) -> Any:
