@@ -85,7 +85,9 @@ class ServerCertificates:
                 return None
             try:
                 renewed = self._read()
-            except (OSError, ConfigError) as error:
+            except Exception as error:  # noqa: BLE001 (raised into gRPC's handshake otherwise)
+                # OSError and ConfigError are expected; anything else must not reach gRPC
+                # either, where it would fail every handshake: the set in use stays.
                 self._refused(signature, error)
                 return None
             self._seen, self.current = signature, renewed
