@@ -745,3 +745,18 @@ def test_redis_cluster_nodes_announcing_ips_can_skip_the_name_check(
     assert config.replay.redis_tls_ca.endswith("/ca.crt")
     default = tomllib.loads(kinds(render(helm, values))["ConfigMap"]["data"]["config.toml"])
     assert "redis_tls_check_hostname" not in default["replay"]
+
+
+def test_a_closed_egress_lets_through_the_ports_of_the_list_and_redis_urls(helm: str) -> None:
+    """With ``allowExternalEgress: false``, a list mirror on another port than 443 (or on
+    http://) and the sentinels of a Sentinel URL are reached: their ports are let through."""
+    sets = (
+        "networkPolicy.allowExternalEgress=false",
+        "trust.trustListUrl=http://mirror.internal/trust-list.cose",
+        "trust.statusListUrls={https://mirror.internal:8443/amo-1.cwt}",
+        "redis.url=redis+sentinel://s1.redis:26380\\,s2.redis/apcv",
+    )
+    policy = kinds(render(helm, None, *sets))["NetworkPolicy"]["spec"]
+    lists, replay = ({p["port"] for p in rule["ports"]} for rule in policy["egress"][1:3])
+    assert lists == {80, 8443}
+    assert replay == {6379, 26380, 26379}  # redisPort, then each sentinel's (default 26379)

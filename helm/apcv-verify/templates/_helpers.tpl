@@ -67,6 +67,33 @@ called with (list $ port). */}}
 {{- if contains ":" $host }}[{{ $host }}]{{ else }}{{ $host }}{{ end }}:{{ index . 1 }}
 {{- end }}
 
+{{/* The TCP ports of the list URLs (443 for https://, 80 for http:// without one), a JSON
+array without repeats: what a closed egress must let through. */}}
+{{- define "apcv-verify.listPorts" -}}
+{{- $ports := list }}
+{{- range (prepend .Values.trust.statusListUrls .Values.trust.trustListUrl) }}
+{{- $url := urlParse . }}
+{{- $port := regexFind "[0-9]+$" (regexFind ":[0-9]+$" $url.host) }}
+{{- if not $port }}{{ $port = ternary "443" "80" (eq (lower $url.scheme) "https") }}{{ end }}
+{{- $ports = append $ports (int $port) }}
+{{- end }}
+{{- $ports | uniq | toJson }}
+{{- end }}
+
+{{/* The TCP ports of the replay store: networkPolicy.redisPort (the data nodes a sentinel
+names) and the port of each host of redis.url (sentinels, cluster nodes; without one, the
+server's default: 26379 for a sentinel, else 6379), a JSON array. */}}
+{{- define "apcv-verify.redisPorts" -}}
+{{- $ports := list (int .Values.networkPolicy.redisPort) }}
+{{- $hosts := regexReplaceAll "^[^:]+://([^/]*).*$" .Values.redis.url "${1}" }}
+{{- $default := ternary "26379" "6379" (contains "+sentinel://" .Values.redis.url) }}
+{{- range (splitList "," $hosts) }}
+{{- $port := regexFind "[0-9]+$" (regexFind ":[0-9]+$" .) }}
+{{- $ports = append $ports (int (default $default $port)) }}
+{{- end }}
+{{- $ports | uniq | toJson }}
+{{- end }}
+
 {{/* Where the ConfigMap, the anchors and the TLS files are mounted. */}}
 {{- define "apcv-verify.configDir" -}}/etc/apcv-verify{{- end }}
 {{- define "apcv-verify.tlsDir" -}}/etc/apcv-verify-tls{{- end }}
