@@ -444,17 +444,25 @@ def test_a_client_on_tls_files_calls_with_its_renewed_certificate(
     retry = RetryPolicy(max_attempts=3, initial_backoff=0.05, max_backoff=0.1)
 
     async def scenario() -> list[str]:
-        async with VerifierClient(
-            running.address, tls=files.tls(), reader_id="desk-1", retry=retry
-        ) as client:
-            before = await client.verify(make_scan(qr_text(pki.present()), reader_id="desk-1"))
+        tls = files.tls()  # shared: each client notices the renewal for its own channel
+        async with (
+            VerifierClient(running.address, tls=tls, reader_id="desk-1", retry=retry) as one,
+            VerifierClient(running.address, tls=tls, reader_id="desk-2", retry=retry) as two,
+        ):
+            verdicts = [
+                await client.verify(make_scan(qr_text(pki.present()), reader_id="desk-1"))
+                for client in (one, two)
+            ]
             rotate_client_ca(tmp_path, files, ca)
-            await asyncio.sleep(2.5)  # past the connection age: the old connection is gone
-            after = await client.verify(make_scan(qr_text(pki.present()), reader_id="desk-1"))
-        return [reason(before), reason(after)]
+            await asyncio.sleep(2.5)  # past the connection age: the old connections are gone
+            verdicts += [
+                await client.verify(make_scan(qr_text(pki.present()), reader_id="desk-1"))
+                for client in (one, two)
+            ]
+        return [reason(verdict) for verdict in verdicts]
 
     try:
-        assert asyncio.run(scenario()) == ["OK", "OK"]
+        assert asyncio.run(scenario()) == ["OK"] * 4
     finally:
         stop_server(running)
 
@@ -467,19 +475,19 @@ def test_tls_files_caught_halfway_keep_the_previous_set(tmp_path: Path) -> None:
     files = ClientFiles(tmp_path)
     files.write(ca, first)
     tls = files.tls()
-    assert tls.current() == (TLSConfig(ca.pem, first.cert_pem, first.key_pem), False)
+    assert tls.current() == (TLSConfig(ca.pem, first.cert_pem, first.key_pem), 0)
     replace_file(tmp_path / "client.pem", second.cert_pem)  # the old key still
-    config, renewed = tls.current()
-    assert (config.certificate_chain, renewed) == (first.cert_pem, False)
+    config, generation = tls.current()
+    assert (config.certificate_chain, generation) == (first.cert_pem, 0)
     (tmp_path / "client.key").unlink()
     assert tls.current()[0].certificate_chain == first.cert_pem
     replace_file(tmp_path / "client.key", second.key_pem)
-    config, renewed = tls.current()
-    assert (config.certificate_chain, config.private_key, renewed) == (
+    config, generation = tls.current()
+    assert (config.certificate_chain, config.private_key, generation) == (
         second.cert_pem,
         second.key_pem,
-        True,
+        1,
     )
-    assert tls.current()[1] is False  # unchanged since
+    assert tls.current()[1] == 1  # unchanged since
     with pytest.raises(ValueError, match="both cert and key"):
         TLSFiles(cert=tmp_path / "client.pem")

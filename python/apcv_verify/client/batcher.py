@@ -255,6 +255,7 @@ class EdgeBatcher:
         self._spool: Spool | None = None
         self._channel: grpc.aio.Channel | None = None
         self._stub: verifier_pb2_grpc.VerifierServiceStub | None = None
+        self._tls_generation = 0
         #: Scans without a final answer, in submission order (answers being stored excluded).
         self._pending: dict[str, _Item] = {}
         #: Scans to write on the open stream, in order.
@@ -300,7 +301,7 @@ class EdgeBatcher:
             await spool.close()
             raise
         self._spool = spool
-        self._open_channel(tls_settings(self._tls)[0])
+        self._open_channel(*tls_settings(self._tls))
         self._running = True
         self._update()
         self._connection = self._spawn(self._connection_loop())
@@ -525,18 +526,20 @@ class EdgeBatcher:
         finally:
             self._store_queue.put_nowait(_STOP)
 
-    def _open_channel(self, tls: TLSConfig | None) -> None:
+    def _open_channel(self, tls: TLSConfig | None, generation: int) -> None:
         self._channel = open_channel(self.target, tls, self._retry, self._options)
         self._stub = verifier_pb2_grpc.VerifierServiceStub(self._channel)
+        self._tls_generation = generation  # of the TLS files it was made with
 
     async def _renew_channel(self) -> None:
         """Between two streams: a new channel, so a new connection, when the
-        :class:`TLSFiles` were renewed since the last one (a renewed client certificate)."""
-        tls, renewed = tls_settings(self._tls)
-        if not renewed:
+        :class:`TLSFiles` were renewed since the channel was made (a renewed client
+        certificate)."""
+        tls, generation = tls_settings(self._tls)
+        if generation == self._tls_generation:
             return
         previous = self._channel
-        self._open_channel(tls)
+        self._open_channel(tls, generation)
         if previous is not None:
             await previous.close()  # no stream is open on it
 

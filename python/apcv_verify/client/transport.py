@@ -96,25 +96,28 @@ class TLSFiles:
         self._server_name = server_name
         self._seen = file_signature(self._paths)
         self._config = self._read()
+        self._generation = 0
 
-    def current(self) -> tuple[TLSConfig, bool]:
-        """The settings to connect with, and whether they differ from the previous call's."""
+    def current(self) -> tuple[TLSConfig, int]:
+        """The settings to connect with, and their generation: 0 as first read, one more at
+        each renewal taken. A client remembers the generation its channel was made with, so
+        several clients can share one :class:`TLSFiles`."""
         try:
             signature = file_signature(self._paths)
         except OSError as error:  # a file missing while it is replaced: looked at next time
             log.warning("TLS files not read again (%s); the previous ones are kept", error)
-            return self._config, False
+            return self._config, self._generation
         if signature == self._seen:
-            return self._config, False
+            return self._config, self._generation
         self._seen = signature  # a set refused now is read again when the files next change
         try:
             renewed = self._read()
         except (OSError, ValueError) as error:
             log.warning("TLS files not taken (%s); the previous ones are kept", error)
-            return self._config, False
+            return self._config, self._generation
         log.info("TLS files changed: the next connections use them")
-        self._config = renewed
-        return renewed, True
+        self._config, self._generation = renewed, self._generation + 1
+        return renewed, self._generation
 
     def _read(self) -> TLSConfig:
         config = TLSConfig.from_files(**self._files, server_name=self._server_name)
@@ -125,12 +128,12 @@ class TLSFiles:
         return config
 
 
-def tls_settings(tls: TLSConfig | TLSFiles | None) -> tuple[TLSConfig | None, bool]:
-    """The settings of ``tls`` to connect with now, and whether they are new (files renewed
-    since the last look)."""
+def tls_settings(tls: TLSConfig | TLSFiles | None) -> tuple[TLSConfig | None, int]:
+    """The settings of ``tls`` to connect with now, and their generation
+    (:meth:`TLSFiles.current`; always 0 for fixed settings)."""
     if isinstance(tls, TLSFiles):
         return tls.current()
-    return tls, False
+    return tls, 0
 
 
 @dataclass(frozen=True)

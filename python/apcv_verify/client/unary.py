@@ -111,6 +111,8 @@ class VerifierClient:
         self._options = tuple(channel_options)
         self._channel: grpc.aio.Channel | None = None
         self._stub: verifier_pb2_grpc.VerifierServiceStub | None = None
+        #: The generation of the TLS files the channel was made with (TLSFiles.current).
+        self._tls_generation = 0
         #: Channels left for renewed TLS files, closing once their calls are done.
         self._retiring: dict[grpc.aio.Channel, asyncio.Future[None]] = {}
 
@@ -132,12 +134,13 @@ class VerifierClient:
     def _service(self) -> verifier_pb2_grpc.VerifierServiceStub:
         """The stub to call now: made on first use, inside the running event loop that will
         drive it, and made again on a new channel when :class:`TLSFiles` were renewed."""
-        tls, renewed = tls_settings(self._tls)
-        if self._stub is None or renewed:
+        tls, generation = tls_settings(self._tls)
+        if self._stub is None or generation != self._tls_generation:
             if self._channel is not None:
                 self._retire(self._channel)
             self._channel = open_channel(self.target, tls, self._retry, self._options)
             self._stub = verifier_pb2_grpc.VerifierServiceStub(self._channel)
+            self._tls_generation = generation
         return self._stub
 
     def _retire(self, channel: grpc.aio.Channel) -> None:
