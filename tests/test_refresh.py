@@ -321,21 +321,12 @@ def test_lists_are_fetched_through_the_proxy_the_environment_names(
     would; a host in ``NO_PROXY`` is fetched directly."""
     # Both spellings: Python reads the lower-case ones last.
     via_proxy = {"HTTP_PROXY": proxy.url, "http_proxy": proxy.url, "NO_PROXY": "", "no_proxy": ""}
-    proxied = launch(pki, lists, tmp_path / "proxied.log", free_port(), **via_proxy)
-    try:
-        wait_serving(proxied.address, proxied.process, timeout=WAIT_SECONDS)
-        assert reason(verify(proxied, pki.present())) == "OK"
-    finally:
-        stop_server(proxied)
+    serves_ok(pki, lists, tmp_path / "proxied.log", **via_proxy)
     assert lists.via and all(via is not None and "tinyproxy" in via for via in lists.via)
     assert f"GET {lists.url(pki.trust_list_path)} " in proxy.log()
     lists.via.clear()
     bypass = {**via_proxy, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
-    direct = launch(pki, lists, tmp_path / "direct.log", free_port(), **bypass)
-    try:
-        wait_serving(direct.address, direct.process, timeout=WAIT_SECONDS)
-    finally:
-        stop_server(direct)
+    serves_ok(pki, lists, tmp_path / "direct.log", **bypass)
     assert lists.via and all(via is None for via in lists.via)
 
 
@@ -362,16 +353,14 @@ def mirror(pki: DemoPKI, tmp_path: Path) -> Iterator[Mirror]:
     served.lists.close()
 
 
-def launch_until_serving(
-    pki: DemoPKI, lists: ListServer, log_path: Path, **environ: str
-) -> ServerProcess:
+def serves_ok(pki: DemoPKI, lists: ListServer, log_path: Path, **environ: str) -> None:
+    """A server started on ``lists`` loads them and accepts a presentation."""
     running = launch(pki, lists, log_path, free_port(), **environ)
     try:
         wait_serving(running.address, running.process, timeout=WAIT_SECONDS)
-    except BaseException:
+        assert reason(verify(running, pki.present())) == "OK"
+    finally:
         stop_server(running)
-        raise
-    return running
 
 
 def refused_certificate(
@@ -395,13 +384,7 @@ def test_an_https_list_server_under_a_private_ca_is_trusted_through_ssl_cert_fil
     """An ``https://`` source must chain to the system's CAs; ``SSL_CERT_FILE`` names another
     bundle (a TLS-inspecting proxy's CA, an internal mirror's) for the whole process."""
     refused_certificate(pki, mirror.lists, tmp_path / "untrusted.log", "CERTIFICATE_VERIFY_FAILED")
-    trusted = launch_until_serving(
-        pki, mirror.lists, tmp_path / "trusted.log", SSL_CERT_FILE=str(mirror.ca_path)
-    )
-    try:
-        assert reason(verify(trusted, pki.present())) == "OK"
-    finally:
-        stop_server(trusted)
+    serves_ok(pki, mirror.lists, tmp_path / "trusted.log", SSL_CERT_FILE=str(mirror.ca_path))
 
 
 def test_trust_http_tls_ca_names_the_ca_of_the_list_servers(
@@ -419,13 +402,9 @@ def test_trust_http_tls_ca_names_the_ca_of_the_list_servers(
         APCV_TRUST_HTTP_TLS_CA=str(other),
         SSL_CERT_FILE=str(mirror.ca_path),  # the setting, not the process's bundle, decides
     )
-    trusted = launch_until_serving(
+    serves_ok(
         pki, mirror.lists, tmp_path / "trusted.log", APCV_TRUST_HTTP_TLS_CA=str(mirror.ca_path)
     )
-    try:
-        assert reason(verify(trusted, pki.present())) == "OK"
-    finally:
-        stop_server(trusted)
 
 
 def test_a_list_server_that_requires_a_client_certificate_gets_http_tls_cert(
@@ -444,7 +423,7 @@ def test_a_list_server_that_requires_a_client_certificate_gets_http_tls_cert(
         pki, mirror.lists, tmp_path / "anonymous.log", "CERTIFICATE_REQUIRED", **with_ca
     )
     assert not any(path for path, _ in mirror.lists.requests)  # nothing served without one
-    known = launch_until_serving(
+    serves_ok(
         pki,
         mirror.lists,
         tmp_path / "known.log",
@@ -452,10 +431,6 @@ def test_a_list_server_that_requires_a_client_certificate_gets_http_tls_cert(
         APCV_TRUST_HTTP_TLS_CERT=str(tmp_path / "client.crt"),
         APCV_TRUST_HTTP_TLS_KEY=str(tmp_path / "client.key"),
     )
-    try:
-        assert reason(verify(known, pki.present())) == "OK"
-    finally:
-        stop_server(known)
 
 
 def test_list_tls_files_are_read_again_at_each_refresh(
