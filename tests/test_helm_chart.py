@@ -760,3 +760,16 @@ def test_a_closed_egress_lets_through_the_ports_of_the_list_and_redis_urls(helm:
     lists, replay = ({p["port"] for p in rule["ports"]} for rule in policy["egress"][1:3])
     assert lists == {80, 8443}
     assert replay == {6379, 26380, 26379}  # redisPort, then each sentinel's (default 26379)
+
+
+def test_a_headless_service_gives_clients_every_ready_pod(helm: str) -> None:
+    """``service.headless``: ``<fullname>-headless``, without a cluster IP, on the gRPC port,
+    selecting the pods (tests/test_listen.py: a client's round_robin over such a name)."""
+    services = [d for d in render(helm, None, "service.headless=true") if d["kind"] == "Service"]
+    headless = next(s for s in services if s["metadata"]["name"] == "apcv-apcv-verify-headless")
+    main = next(s for s in services if s["metadata"]["name"] == "apcv-apcv-verify")
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["selector"] == main["spec"]["selector"]
+    assert [(p["name"], p["port"]) for p in headless["spec"]["ports"]] == [("grpc", 50051)]
+    assert [d["kind"] for d in render(helm)].count("Service") == 1
+    kubernetes_validate.validate(headless, KUBE_VERSIONS[-1], strict=True)
