@@ -1,7 +1,7 @@
 """The ports on any address family: ``[::]`` (IPv6, and IPv4 too where the kernel maps it,
 as on Linux by default) for IPv6-only and dual-stack networks, as the chart's
-``listenAddress: "::"`` sets them; and a client spreading its calls over a name with several
-addresses, as a headless Service gives one."""
+``listenAddress: "::"`` sets them; and a client spreading its calls over several addresses,
+as a headless Service gives them."""
 
 from __future__ import annotations
 
@@ -57,18 +57,18 @@ def test_ports_bound_to_any_ipv6_address_answer_on_both_families(
         stop_server(server)
 
 
-@needs_ipv6
 def test_round_robin_spreads_a_clients_calls_over_every_address(
     pki: DemoPKI, tmp_path: Path
 ) -> None:
     """What a headless Service gives a client (docs/deploy.md "Spreading calls over the
-    pods"): a name with one address per server. Here ``localhost`` names two servers, one on
-    127.0.0.1 and one on ::1; the client SDK with gRPC's round_robin sends its calls to both
-    in turn, on one channel."""
+    pods"): one address per server behind one target. Here two servers, on 127.0.0.1 and
+    127.0.0.2, as gRPC's ``ipv4:`` target lists them (a headless name resolves to such a
+    list); the client SDK with gRPC's round_robin sends its calls to both in turn, on one
+    channel."""
     port = free_port()
     servers: list[tuple[ServerProcess, int]] = []
     try:
-        for host in ("127.0.0.1", "[::1]"):
+        for host in ("127.0.0.1", "127.0.0.2"):
             metrics = free_port()
             environ = {"APCV_METRICS_LISTEN": f"127.0.0.1:{metrics}"}
             log_path = tmp_path / f"server-{metrics}.log"
@@ -77,7 +77,9 @@ def test_round_robin_spreads_a_clients_calls_over_every_address(
 
         async def scenario() -> set[str]:
             async with VerifierClient(
-                f"dns:///localhost:{port}", reader_id="desk-1", channel_options=round_robin
+                f"ipv4:127.0.0.1:{port},127.0.0.2:{port}",
+                reader_id="desk-1",
+                channel_options=round_robin,
             ) as client:
                 scans = [make_scan(qr_text(pki.present()), reader_id="desk-1") for _ in range(20)]
                 return {Reason.Name((await client.verify(scan)).reason) for scan in scans}
