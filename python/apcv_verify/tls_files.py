@@ -1,18 +1,23 @@
 """PEM certificates and keys renewed on disk while a process runs (cert-manager, an ACME
-client, a hospital PKI's agent): whether the files changed, and whether a certificate and a
-key read from them make a pair. The server's ``[tls]`` (service/certificates.py) and the
-client's :class:`~apcv_verify.client.TLSFiles` read their files again on these rules."""
+client, a hospital PKI's agent): files read again when they change, the last good reading
+kept when a new one fails, and whether a certificate and a key make a pair. The server's
+``[tls]`` (service/certificates.py) and the client's :class:`~apcv_verify.client.TLSFiles`
+read their files again on these rules."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-__all__ = ["FileSignature", "KeyPairError", "file_signature", "pair_certificate"]
+__all__ = ["FileSignature", "KeyPairError", "RenewedFiles", "file_signature", "pair_certificate"]
+
+Reading = TypeVar("Reading")
 
 #: The modification time (ns) and size of each file, in order.
 FileSignature = tuple[tuple[int, int], ...]
@@ -53,3 +58,50 @@ def pair_certificate(chain: bytes, key: bytes) -> x509.Certificate:
     if private_key.public_key().public_bytes(*_SPKI) != public:
         raise KeyPairError("key", "not the key of the certificate")
     return certificate
+
+
+class RenewedFiles(Generic[Reading]):
+    """What ``read`` makes of the files at ``paths``, read again when they change on disk.
+
+    :meth:`renew` compares the files' signature (:func:`file_signature`) with the one last
+    read, and only when it differs calls ``read`` again. A reading that fails — half a
+    renewal, a file that does not parse, any error — keeps the last good one and is handed to
+    ``refused``; its signature is remembered, so the files are read again when they next
+    change, not at each look. A file missing for a moment (while it is replaced) is looked
+    at again at the next one. ``read`` is called once at once: its errors raise here.
+    Callers may share one from several threads (gRPC asks the server's from its own).
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        read: Callable[[], Reading],
+        refused: Callable[[Exception], None],
+    ) -> None:
+        self._paths = tuple(paths)
+        self._read = read
+        self._refused = refused
+        self._lock = threading.Lock()
+        self._seen = file_signature(self._paths)
+        #: The reading in use, and how many renewals were taken since the first.
+        self.current = read()
+        self.generation = 0
+
+    def renew(self) -> Reading | None:
+        """The new reading when the files changed into one ``read`` takes, else None."""
+        with self._lock:
+            try:
+                signature = file_signature(self._paths)
+            except OSError as error:
+                self._refused(error)
+                return None
+            if signature == self._seen:
+                return None
+            self._seen = signature
+            try:
+                renewed = self._read()
+            except Exception as error:  # noqa: BLE001 (the last good reading stays in use)
+                self._refused(error)
+                return None
+            self.current, self.generation = renewed, self.generation + 1
+            return renewed

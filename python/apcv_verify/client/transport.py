@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 from cryptography import x509
 
-from ..tls_files import file_signature, pair_certificate
+from ..tls_files import RenewedFiles, pair_certificate
 
 __all__ = ["ChannelOption", "RetryPolicy", "TLSConfig", "TLSFiles", "open_channel", "tls_settings"]
 
@@ -92,32 +92,17 @@ class TLSFiles:
         if (cert is None) != (key is None):
             raise ValueError("mTLS needs both cert and key, or neither")
         self._files = {"ca": ca, "cert": cert, "key": key}
-        self._paths = [path for path in self._files.values() if path is not None]
         self._server_name = server_name
-        self._seen = file_signature(self._paths)
-        self._config = self._read()
-        self._generation = 0
+        paths = [path for path in self._files.values() if path is not None]
+        self._renewed = RenewedFiles(paths, self._read, _log_refused)
 
     def current(self) -> tuple[TLSConfig, int]:
         """The settings to connect with, and their generation: 0 as first read, one more at
         each renewal taken. A client remembers the generation its channel was made with, so
         several clients can share one :class:`TLSFiles`."""
-        try:
-            signature = file_signature(self._paths)
-        except OSError as error:  # a file missing while it is replaced: looked at next time
-            log.warning("TLS files not read again (%s); the previous ones are kept", error)
-            return self._config, self._generation
-        if signature == self._seen:
-            return self._config, self._generation
-        self._seen = signature  # a set refused now is read again when the files next change
-        try:
-            renewed = self._read()
-        except (OSError, ValueError) as error:
-            log.warning("TLS files not taken (%s); the previous ones are kept", error)
-            return self._config, self._generation
-        log.info("TLS files changed: the next connections use them")
-        self._config, self._generation = renewed, self._generation + 1
-        return renewed, self._generation
+        if self._renewed.renew() is not None:
+            log.info("TLS files changed: the next connections use them")
+        return self._renewed.current, self._renewed.generation
 
     def _read(self) -> TLSConfig:
         config = TLSConfig.from_files(**self._files, server_name=self._server_name)
@@ -126,6 +111,10 @@ class TLSFiles:
         if config.root_certificates is not None:
             x509.load_pem_x509_certificates(config.root_certificates)
         return config
+
+
+def _log_refused(error: Exception) -> None:
+    log.warning("TLS files not taken (%s); the previous ones are kept", error)
 
 
 def tls_settings(tls: TLSConfig | TLSFiles | None) -> tuple[TLSConfig | None, int]:

@@ -16,7 +16,6 @@ made with.
 from __future__ import annotations
 
 import datetime
-import threading
 from dataclasses import dataclass
 
 import grpc
@@ -25,7 +24,7 @@ from cryptography import x509
 from prometheus_client import CollectorRegistry, Gauge
 
 from ..config import ConfigError, TlsSection
-from ..tls_files import FileSignature, KeyPairError, file_signature, pair_certificate
+from ..tls_files import KeyPairError, RenewedFiles, pair_certificate
 
 __all__ = ["CertificateSet", "ServerCertificates"]
 
@@ -54,12 +53,10 @@ class ServerCertificates:
     cannot be read or do not make a whole set."""
 
     def __init__(self, tls: TlsSection, registry: CollectorRegistry | None = None) -> None:
-        self._paths = tuple(p for p in (tls.server_cert, tls.server_key, tls.client_ca) if p)
         self._tls = tls
-        self._lock = threading.Lock()  # gRPC may ask from several of its threads at once
+        paths = [path for path in (tls.server_cert, tls.server_key, tls.client_ca) if path]
         try:
-            self._seen = file_signature(self._paths)
-            self.current = self._read()
+            self._files = RenewedFiles(paths, self._read, self._refused)
         except OSError as error:
             raise ConfigError(f"tls: cannot read {error.filename}: {error.strerror}") from None
         #: What an alert watches: a renewal that never reaches the server shows as this
@@ -72,34 +69,23 @@ class ServerCertificates:
         )
         self._expiry.set(self.current.not_after.timestamp())
 
+    @property
+    def current(self) -> CertificateSet:
+        """The set new connections get."""
+        return self._files.current
+
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
         """The new configuration when the files changed into a whole set, else None (gRPC
-        keeps the one it has)."""
-        with self._lock:
-            try:
-                signature = file_signature(self._paths)
-            except OSError as error:  # a file missing while it is being replaced
-                self._refused(None, error)
-                return None
-            if signature == self._seen:
-                return None
-            try:
-                renewed = self._read()
-            except Exception as error:  # noqa: BLE001 (raised into gRPC's handshake otherwise)
-                # OSError and ConfigError are expected; anything else must not reach gRPC
-                # either, where it would fail every handshake: the set in use stays.
-                self._refused(signature, error)
-                return None
-            self._seen, self.current = signature, renewed
-            self._expiry.set(renewed.not_after.timestamp())
+        keeps the one it has). Never raises: an error here would fail every handshake."""
+        renewed = self._files.renew()
+        if renewed is None:
+            return None
+        self._expiry.set(renewed.not_after.timestamp())
         log.info("tls_certificate_reloaded", not_after=renewed.not_after.isoformat())
         return renewed.configuration()
 
-    def _refused(self, signature: FileSignature | None, error: Exception) -> None:
-        # Remembered, so that the set is read again when the files next change, not at each
-        # connection; a missing file (signature None) is looked at again at the next one.
-        if signature is not None:
-            self._seen = signature
+    @staticmethod
+    def _refused(error: Exception) -> None:
         log.warning("tls_reload_failed", detail=str(error), kept_last_good=True)
 
     def _read(self) -> CertificateSet:
