@@ -246,24 +246,32 @@ def test_redis_sentinel_failover_never_accepts_twice_and_fails_closed_meanwhile(
     asyncio.run(run())
 
 
+def guarded_sentinel(processes: Processes, sentinel_auth: str, admin_password: str) -> str:
+    """A master with the password ``data-pw`` and a sentinel watching it, whose configuration
+    ends with ``sentinel_auth`` (its own password, or ACL users); the URL of the pair, with the
+    master's password. ``admin_password`` is the sentinel's default user's, to wait for it."""
+    master, sentinel = free_port(), free_port()
+    processes.start(master, "--requirepass", "data-pw", password="data-pw")
+    watched = SENTINEL_CONFIG.format(master=master) + "sentinel auth-pass apcv data-pw\n"
+    processes.start(sentinel, "--sentinel", config=watched + sentinel_auth, password=admin_password)
+    return f"redis+sentinel://:data-pw@127.0.0.1:{sentinel}/apcv"
+
+
+def with_sentinel_credentials(config: Config, password: str, username: str = "") -> Config:
+    replay = dataclasses.replace(
+        config.replay, redis_sentinel_password=password, redis_sentinel_username=username
+    )
+    return dataclasses.replace(config, replay=replay)
+
+
 def test_sentinels_that_ask_for_a_password_are_given_theirs(
     pki: DemoPKI, processes: Processes
 ) -> None:
     """Sentinels with their own ``requirepass`` (as Redis charts set them up by default) are
     asked with ``replay.redis_sentinel_password``; the URL's password is the master's. Without
     it the master cannot be found: the store fails closed."""
-    master, sentinel = free_port(), free_port()
-    processes.start(master, "--requirepass", "data-pw", password="data-pw")
-    watched = SENTINEL_CONFIG.format(master=master) + "sentinel auth-pass apcv data-pw\n"
-    processes.start(
-        sentinel, "--sentinel", config=watched + "requirepass sentinel-pw\n", password="sentinel-pw"
-    )
-    url = f"redis+sentinel://:data-pw@127.0.0.1:{sentinel}/apcv"
-    with_password = store_config(pki, url)
-    with_password = dataclasses.replace(
-        with_password,
-        replay=dataclasses.replace(with_password.replay, redis_sentinel_password="sentinel-pw"),
-    )
+    url = guarded_sentinel(processes, "requirepass sentinel-pw\n", "sentinel-pw")
+    with_password = with_sentinel_credentials(store_config(pki, url), "sentinel-pw")
 
     async def run() -> None:
         asked, unasked = Replica(with_password), Replica(store_config(pki, url))
@@ -289,21 +297,11 @@ def test_sentinels_with_acl_users_are_asked_as_the_configured_user(
     """Sentinels whose password belongs to an ACL user (``user`` in their configuration), with
     the least it needs (docs/operations.md "Redis topologies"), are asked as
     ``replay.redis_sentinel_username``; the same password for the default user is refused."""
-    master, sentinel = free_port(), free_port()
-    processes.start(master, "--requirepass", "data-pw", password="data-pw")
-    watched = SENTINEL_CONFIG.format(master=master) + "sentinel auth-pass apcv data-pw\n"
     users = "requirepass admin-pw\nuser apcv-verify on >sentinel-pw -@all +sentinel|masters\n"
-    processes.start(sentinel, "--sentinel", config=watched + users, password="admin-pw")
-    url = f"redis+sentinel://:data-pw@127.0.0.1:{sentinel}/apcv"
-    plain = store_config(pki, url)
+    plain = store_config(pki, guarded_sentinel(processes, users, "admin-pw"))
 
     def with_sentinel(username: str) -> Config:
-        replay = dataclasses.replace(
-            plain.replay,
-            redis_sentinel_password="sentinel-pw",
-            redis_sentinel_username=username,
-        )
-        return dataclasses.replace(plain, replay=replay)
+        return with_sentinel_credentials(plain, "sentinel-pw", username)
 
     async def run() -> None:
         as_user, as_default = Replica(with_sentinel("apcv-verify")), Replica(with_sentinel(""))
