@@ -25,8 +25,8 @@ Rules of a refresh (docs/operations.md "Trust list and status list refresh"):
   ``HTTP_PROXY``, ``NO_PROXY``), with ``If-None-Match`` (the ``ETag`` of the last accepted
   body); ``304 Not Modified`` means unchanged. ``https://`` ones check the server's
   certificate against ``trust.http_tls_ca`` (else the system's CAs) and present
-  ``trust.http_tls_cert`` when set, files read again at each refresh so that renewed
-  certificates are taken up. They are fetched as published
+  ``trust.http_tls_cert`` when set, files read again at a refresh once they changed, so that
+  renewed certificates are taken up. They are fetched as published
   (``Accept-Encoding: identity``) and a body sent with a content coding anyway is refused
   unread: the signed documents are compact already, and an inflated body could be many
   times the bytes received. File sources are read again when their mtime or
@@ -57,6 +57,7 @@ from prometheus_client import CollectorRegistry
 
 from .. import _native
 from ..config import Config, ConfigError, TrustSection
+from ..tls_files import RenewedFiles
 from .anchors import read_anchor
 from .material import TRUST_LIST_SOURCE, Snapshot, TrustMaterial
 from .metrics import TrustMetrics
@@ -258,10 +259,17 @@ class TrustSource:
             _Source(f"status_lists[{index}]", location, timeout)
             for index, location in enumerate(trust.status_lists)
         ]
-        self._trust_section = trust
-        #: The TLS context of https:// fetches: loaded now (a bad file is a configuration
-        #: error at start), then again at each refresh, the last good one kept on failure.
-        self._tls = list_tls_context(trust)
+        #: The TLS context of https:// fetches from trust.http_tls_* (None: aiohttp's default),
+        #: loaded now (a bad file is a configuration error at start), then again at a refresh
+        #: after its files changed, the last good one kept when they cannot be loaded.
+        tls_paths = [
+            path for path in (trust.http_tls_ca, trust.http_tls_cert, trust.http_tls_key) if path
+        ]
+        self._tls = (
+            RenewedFiles(tls_paths, lambda: list_tls_context(trust), _tls_refused)
+            if tls_paths
+            else None
+        )
         self._held: dict[str, _Held] = {}
         self._current: Snapshot | None = None
         self._task: asyncio.Task[None] | None = None
@@ -331,8 +339,12 @@ class TrustSource:
         if self._stopping:
             return False
         at = int(time.time()) if now is None else now
-        # In a thread: loading a CA bundle takes milliseconds the calls' loop should not wait.
-        tls = await asyncio.to_thread(self._reload_tls)
+        tls = None
+        if self._tls is not None:
+            # In a thread: loading a CA bundle takes milliseconds the calls' loop should not
+            # wait.
+            await asyncio.to_thread(self._tls.renew)
+            tls = self._tls.current
         # auto_decompress=False: a coded body is refused in _fetch_url, never inflated.
         # trust_env: the proxy of HTTP_PROXY / HTTPS_PROXY / NO_PROXY, as curl would take it
         # (hospital and cluster networks often reach the Internet only through one).
@@ -352,16 +364,6 @@ class TrustSource:
                 for task in (trust, *statuses):
                     task.cancel()
                 await asyncio.gather(trust, *statuses, return_exceptions=True)
-
-    def _reload_tls(self) -> ssl.SSLContext | None:
-        """The TLS files read again (a certificate renewed on disk, by cert-manager say, is
-        used from the next refresh on); when they cannot be loaded, the last good context is
-        kept and the failure logged, as a list that cannot be fetched keeps the last good list."""
-        try:
-            self._tls = list_tls_context(self._trust_section)
-        except ConfigError as error:
-            log.warning("trust_tls_reload_failed", detail=str(error), kept_last_good=True)
-        return self._tls
 
     async def _apply_as_fetched(
         self,
@@ -577,6 +579,10 @@ class TrustSource:
                 await self.refresh()
             except Exception:  # never let the refresh task die: the last good list stays
                 log.exception("trust_refresh_error")
+
+
+def _tls_refused(error: Exception) -> None:
+    log.warning("trust_tls_reload_failed", detail=str(error), kept_last_good=True)
 
 
 def _refusal(error: _native.TrustListError) -> str:
