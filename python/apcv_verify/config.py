@@ -632,32 +632,19 @@ class Config:
             location.lower().startswith("https://")
             for location in (trust.trust_list, *trust.status_lists)
         )
-        for key, path in (
-            ("trust.http_tls_ca", trust.http_tls_ca),
-            ("trust.http_tls_cert", trust.http_tls_cert),
-            ("trust.http_tls_key", trust.http_tls_key),
-        ):
-            if path and not https:
-                raise ConfigError(f"{key}: needs an https:// trust list or status list")
-            if path and not Path(path).is_file():
-                raise ConfigError(f"{key}: file not found: {path}")
-        if bool(trust.http_tls_cert) != bool(trust.http_tls_key):
-            raise ConfigError("trust.http_tls_cert: http_tls_cert and http_tls_key go together")
+        _check_tls_files(
+            "trust.http_tls_",
+            (trust.http_tls_ca, trust.http_tls_cert, trust.http_tls_key),
+            None if https else "an https:// trust list or status list",
+        )
 
     def _validate_redis_tls(self, tls: bool) -> None:
         replay = self.replay
-        files = (
-            ("replay.redis_tls_ca", replay.redis_tls_ca),
-            ("replay.redis_tls_cert", replay.redis_tls_cert),
-            ("replay.redis_tls_key", replay.redis_tls_key),
+        _check_tls_files(
+            "replay.redis_tls_",
+            (replay.redis_tls_ca, replay.redis_tls_cert, replay.redis_tls_key),
+            None if tls else "a TLS replay.redis_url (rediss://, rediss+…://)",
         )
-        for key, path in files:
-            if path and not tls:
-                raise ConfigError(f"{key}: needs a TLS replay.redis_url (rediss://, rediss+…://)")
-            if path and not Path(path).is_file():
-                raise ConfigError(f"{key}: file not found: {path}")
-        if bool(replay.redis_tls_cert) != bool(replay.redis_tls_key):
-            raise ConfigError("replay.redis_tls_cert: redis_tls_cert and redis_tls_key go together")
         if not replay.redis_tls_check_hostname and not (tls and replay.redis_tls_ca):
             # Without a CA of its own, any certificate of the system's public CAs would do.
             raise ConfigError(
@@ -706,6 +693,20 @@ class Config:
         ):
             if path and not Path(path).is_file():
                 raise ConfigError(f"{key}: file not found: {path}")
+
+
+def _check_tls_files(prefix: str, files: tuple[str, str, str], missing: str | None) -> None:
+    """The ``ca``, ``cert`` and ``key`` files of the settings ``prefix…``: each set one exists,
+    the certificate and key go together, and none is set while ``missing`` names what they
+    would need (None: nothing is missing)."""
+    for name, path in zip(("ca", "cert", "key"), files, strict=True):
+        if path and missing is not None:
+            raise ConfigError(f"{prefix}{name}: needs {missing}")
+        if path and not Path(path).is_file():
+            raise ConfigError(f"{prefix}{name}: file not found: {path}")
+    short = prefix.rpartition(".")[2]
+    if bool(files[1]) != bool(files[2]):
+        raise ConfigError(f"{prefix}cert: {short}cert and {short}key go together")
 
 
 def _convert(key: str, annotation: str, raw: Any, *, from_env: bool) -> Any:
