@@ -10,6 +10,7 @@ own errors (a shutdown, too many concurrent calls) carry none: their ``reason`` 
 exception                      status                 what the caller does
 =============================  =====================  ==========================================
 :class:`InvalidRequestError`   INVALID_ARGUMENT       fix the request (``field_violations``)
+:class:`UnauthenticatedError`  UNAUTHENTICATED        renew the client certificate (revoked)
 :class:`PermissionDeniedError` PERMISSION_DENIED      fix the caller's certificate or policy
 :class:`RequestIdReusedError`  ALREADY_EXISTS         give each presentation its own request id
 :class:`MessageTooLargeError`  RESOURCE_EXHAUSTED     send less per call (``MESSAGE_TOO_LARGE``)
@@ -45,6 +46,7 @@ __all__ = [
     "PermissionDeniedError",
     "ServerBusyError",
     "ServerError",
+    "UnauthenticatedError",
     "UnavailableError",
     "VerifierError",
     "error_from_rpc",
@@ -107,6 +109,13 @@ class InvalidRequestError(VerifierError):
     """``INVALID_ARGUMENT``: the request is unusable as sent; ``field_violations`` say why."""
 
 
+class UnauthenticatedError(VerifierError):
+    """``UNAUTHENTICATED``: the server refuses this client certificate although it chains to
+    its client CA: ``CERTIFICATE_REVOKED`` (its CA revoked it: use a new certificate) or
+    ``CLIENT_CRL_MISSING`` (the server has no revocation list of its CA: its operators must
+    add one). Not resent: the same certificate is refused again."""
+
+
 class PermissionDeniedError(VerifierError):
     """``PERMISSION_DENIED``: ``CALLER_NOT_ALLOWED`` (the client certificate's CN is not in
     the server's callers table) or ``SCANNED_AT_NOT_ALLOWED``."""
@@ -161,6 +170,7 @@ class ServerError(VerifierError):
 
 _BY_CODE: dict[grpc.StatusCode, type[VerifierError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidRequestError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
     grpc.StatusCode.ALREADY_EXISTS: RequestIdReusedError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
