@@ -136,6 +136,10 @@ def test_bad_callers_name_the_entry(trust_files: Path, callers: str, message: st
         ),
         ('server_cert = "a.pem"\nserver_key = "anchor.pem"\nclient_ca = "anchor.pem"',
          r"tls\.server_cert: file not found"),
+        ('server_cert = "anchor.pem"\nserver_key = "anchor.pem"\nrequire_client_auth = false\n'
+         'client_crls = ["anchor.pem"]', r"tls\.client_crls: needs tls\.client_ca"),
+        ('server_cert = "anchor.pem"\nserver_key = "anchor.pem"\nclient_ca = "anchor.pem"\n'
+         'client_crls = ["anchor.pem", "ca.crl"]', r"tls\.client_crls: file not found: .*ca\.crl"),
     ],
 )  # fmt: skip
 def test_bad_tls_settings_name_the_key(trust_files: Path, tls: str, message: str) -> None:

@@ -160,24 +160,27 @@ def serve_tls(
     *,
     client_auth: bool = True,
     server: str = "",
+    tls: str = "",
 ) -> ServerProcess:
     """``apcv-verify serve`` with mTLS (or TLS alone) whose files are in ``tmp_path``
-    (server.pem, server.key, clients-ca.pem); ``server``: lines of its ``[server]`` table."""
+    (server.pem, server.key, clients-ca.pem); ``server``, ``tls``: more lines of its
+    ``[server]`` and ``[tls]`` tables."""
     server_cert = ca.issue("verifier.apcv.example", server=True)
     (tmp_path / "server.pem").write_bytes(server_cert.cert_pem)
     (tmp_path / "server.key").write_bytes(server_cert.key_pem)
     (tmp_path / "clients-ca.pem").write_bytes(ca.pem)
-    tls = f'[server]\n{server}\n[tls]\nserver_cert = "server.pem"\nserver_key = "server.key"\n'
+    tables = f'[server]\n{server}\n[tls]\n{tls}\nserver_cert = "server.pem"\n'
+    tables += 'server_key = "server.key"\n'
     if client_auth:
-        tls += 'client_ca = "clients-ca.pem"\n'
+        tables += 'client_ca = "clients-ca.pem"\n'
     else:
-        tls += "require_client_auth = false\n"
+        tables += "require_client_auth = false\n"
     return start_server(
         pki.directory,
         tmp_path / "tls.log",
         "--allow-test-identities",
         "--config",
-        str(write_config(tmp_path / "tls.toml", tls + CALLERS)),
+        str(write_config(tmp_path / "tls.toml", tables + CALLERS)),
         credentials=ca.credentials(ca.issue("his-1") if client_auth else None),
     )
 

@@ -207,6 +207,11 @@ class TlsSection:
     #: ``anonymous``). Optional client certificates are not offered: an unverified CN must
     #: never name a caller.
     require_client_auth: bool = True
+    #: CRL files of the client CAs (PEM, one or more CRLs each, or DER), each signed by a CA
+    #: of ``client_ca``: every call's client certificate is refused when its CA's CRL lists
+    #: it, is missing or is past its nextUpdate (docs/security.md "Client certificates");
+    #: read again when they change. Empty: no revocation is checked.
+    client_crls: tuple[str, ...] = ()
 
     @property
     def enabled(self) -> bool:
@@ -686,10 +691,13 @@ class Config:
                 "tls.client_ca: client certificates are always required when a client CA is set;"
                 " remove tls.require_client_auth = false"
             )
+        if tls.client_crls and not tls.client_ca:
+            raise ConfigError("tls.client_crls: needs tls.client_ca (the CAs that sign them)")
         for key, path in (
             ("tls.server_cert", tls.server_cert),
             ("tls.server_key", tls.server_key),
             ("tls.client_ca", tls.client_ca),
+            *(("tls.client_crls", crl) for crl in tls.client_crls),
         ):
             if path and not Path(path).is_file():
                 raise ConfigError(f"{key}: file not found: {path}")

@@ -121,6 +121,9 @@ server_cert = {}
 server_key = {}
 client_ca = {}  # mTLS: clients need a certificate from it
 require_client_auth = {}  # false: no client certificates (all "anonymous")
+# CRLs of the client CAs (PEM or DER), read again when they change: a certificate its CA's CRL
+# lists is refused, and so are all of a CA without a CRL here or past its CRL's nextUpdate.
+client_crls = {}
 
 # Callers (the client certificate CN with mTLS, else "anonymous"): without any [[callers]]
 # entry every caller may use all four uses with the default disclosure. One entry per caller;

@@ -27,7 +27,7 @@ import inspect
 import time
 import traceback
 from bisect import bisect_left
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
@@ -38,7 +38,7 @@ from ..config import ANONYMOUS_CALLER
 from ..observe.metrics import ServiceMetrics
 from ..observe.tracing import Tracing
 from .errors import INTERNAL_ERROR_DETAIL, abort
-from .policy import CALLER, caller_id
+from .policy import CALLER, CertificateRefused
 
 __all__ = [
     "CallInterceptor",
@@ -424,9 +424,16 @@ class Limits(Protocol):
     """What :class:`CallInterceptor` needs of the limits
     (:class:`~apcv_verify.service.limits.LimitsInterceptor`)."""
 
+    #: Names a call's caller from its auth context; raises CertificateRefused.
+    identify: Callable[[Mapping[str, Sequence[bytes]]], str]
+
     def admission(self, method: str) -> tuple[Admit, Release]: ...
 
     async def refuse(self, context: grpc.aio.ServicerContext, setting: str) -> NoReturn: ...
+
+    async def refuse_certificate(
+        self, context: grpc.aio.ServicerContext, refused: CertificateRefused
+    ) -> NoReturn: ...
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler: ...
 
@@ -441,11 +448,13 @@ class CallInterceptor(_CachingInterceptor):
 
     The server does not install it as an interceptor but registers its services through
     :meth:`registration`: the same wrappers, made once per method when it is registered. A
-    unary call's wrapper reads the caller id from ``auth_context()`` once, for the limits and
-    for the handler (:data:`~apcv_verify.service.policy.CALLER`) — and not at all without
-    ``client_certificates`` (no ``tls.client_ca``): no client certificate is then verified,
-    so every caller is ``anonymous`` (:func:`~apcv_verify.service.policy.caller_id`), and the
-    read (a dict of the connection's properties built per call, ≈ 4 µs) is saved."""
+    unary call's wrapper reads the caller id from ``auth_context()`` once (the limits'
+    ``identify``: with ``tls.client_crls``, the client certificate's revocation checked too),
+    for the limits and for the handler (:data:`~apcv_verify.service.policy.CALLER`) — and not
+    at all without ``client_certificates`` (no ``tls.client_ca``): no client certificate is
+    then verified, so every caller is ``anonymous``
+    (:func:`~apcv_verify.service.policy.caller_id`), and the read (a dict of the
+    connection's properties built per call, ≈ 4 µs) is saved."""
 
     def __init__(
         self,
@@ -474,6 +483,7 @@ class CallInterceptor(_CachingInterceptor):
         begin, end = metrics.hooks(method, "unary")
         admit, release = limits.admission(method)
         refuse = limits.refuse
+        identify, refuse_certificate = limits.identify, limits.refuse_certificate
         set_caller = CALLER.set
         certificates = self._client_certificates
 
@@ -482,7 +492,7 @@ class CallInterceptor(_CachingInterceptor):
             try:
                 try:
                     # The one read of this call, if a caller can have a name at all.
-                    caller = caller_id(context.auth_context()) if certificates else ANONYMOUS_CALLER
+                    caller = identify(context.auth_context()) if certificates else ANONYMOUS_CALLER
                     keys = admit(context, caller)
                     if isinstance(keys, str):
                         await refuse(context, keys)
@@ -494,6 +504,8 @@ class CallInterceptor(_CachingInterceptor):
                         release(keys)
                 except _PASS_THROUGH:
                     raise
+                except CertificateRefused as refused:
+                    await refuse_certificate(context, refused)
                 except Exception as error:
                     await _fail(method, error, context)  # raises: the call ends INTERNAL
                     raise

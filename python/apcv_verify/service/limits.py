@@ -44,8 +44,8 @@ from prometheus_client import Counter as PromCounter
 
 from ..config import ANONYMOUS_CALLER, ServerSection
 from .errors import abort
-from .interceptors import _CachingInterceptor, _split_method, handler_kind
-from .policy import caller_id
+from .interceptors import Admit, _CachingInterceptor, _split_method, handler_kind
+from .policy import CertificateRefused, caller_id
 
 __all__ = [
     "HEALTH_SERVICE",
@@ -275,10 +275,18 @@ class _StreamGuard:
             self.answered()
 
 
+#: The caller id of a call, from its auth context; raises CertificateRefused when the client
+#: certificate may not call (policy.caller_id, or ClientRevocation.caller_id with CRLs).
+Identify = Callable[[Mapping[str, Sequence[bytes]]], str]
+
+
 class LimitsInterceptor(_CachingInterceptor):
     """Concurrent-call limits per server, connection and caller; idle timeout and memory
     budget for the streams of ``stream_services`` (see the module docstring). Put it last in
-    the interceptor list, so that the metrics interceptor counts what it refuses."""
+    the interceptor list, so that the metrics interceptor counts what it refuses.
+
+    ``identify`` names each call's caller, the first step of its admission: a client
+    certificate it refuses ends the call before any limit counts it."""
 
     def __init__(
         self,
@@ -286,8 +294,10 @@ class LimitsInterceptor(_CachingInterceptor):
         metrics: LimitMetrics,
         *,
         stream_services: Sequence[str] = (),
+        identify: Identify = caller_id,
     ) -> None:
         super().__init__()
+        self.identify = identify
         self._metrics = metrics
         self._stream_services = frozenset(stream_services)
         self._limits: Mapping[str, int] = {
@@ -390,6 +400,31 @@ class LimitsInterceptor(_CachingInterceptor):
 
         return admit, release
 
+    async def enter(self, context: grpc.aio.ServicerContext, admit: Admit) -> tuple[str, str]:
+        """A call's admission: its caller named (:attr:`identify`), then counted in by
+        ``admit`` (:meth:`admission`); the call ends here when either refuses it."""
+        try:
+            caller = self.identify(context.auth_context())
+        except CertificateRefused as refused:
+            await self.refuse_certificate(context, refused)
+        keys = admit(context, caller)
+        if isinstance(keys, str):
+            await self.refuse(context, keys)
+        return keys
+
+    async def refuse_certificate(
+        self, context: grpc.aio.ServicerContext, refused: CertificateRefused
+    ) -> NoReturn:
+        """End the call as ``refused`` says: UNAUTHENTICATED is not retried (the same
+        certificate is refused again), UNAVAILABLE is."""
+        await abort(
+            context,
+            refused.code,
+            refused.reason,
+            str(refused),
+            retryable=refused.code == grpc.StatusCode.UNAVAILABLE,
+        )
+
     async def refuse(self, context: grpc.aio.ServicerContext, setting: str) -> NoReturn:
         """End the call RESOURCE_EXHAUSTED (``TOO_MANY_CALLS``), ``setting`` refusing it."""
         await self._refuse(context, setting)
@@ -422,9 +457,7 @@ class LimitsInterceptor(_CachingInterceptor):
         if inspect.iscoroutinefunction(behaviour):  # a unary answer, or one sent by write()
 
             async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                keys = admit(context, caller_id(context.auth_context()))
-                if isinstance(keys, str):
-                    await self.refuse(context, keys)
+                keys = await self.enter(context, admit)
                 try:
                     return await behaviour(request, context)
                 finally:
@@ -436,9 +469,7 @@ class LimitsInterceptor(_CachingInterceptor):
             async def guarded_stream(
                 requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
             ) -> AsyncIterator[Any]:
-                keys = admit(context, caller_id(context.auth_context()))
-                if isinstance(keys, str):
-                    await self.refuse(context, keys)
+                keys = await self.enter(context, admit)
                 guard = _StreamGuard(self._idle_seconds, self.budget)
                 try:
                     async for response in behaviour(guard.requests(requests), context):
@@ -456,9 +487,7 @@ class LimitsInterceptor(_CachingInterceptor):
         elif inspect.isasyncgenfunction(behaviour):
 
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                keys = admit(context, caller_id(context.auth_context()))
-                if isinstance(keys, str):
-                    await self.refuse(context, keys)
+                keys = await self.enter(context, admit)
                 try:
                     async for response in behaviour(request, context):
                         yield response

@@ -14,9 +14,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 
+import grpc
+
 from ..config import ANONYMOUS_CALLER, CallerPolicy, Config
 
-__all__ = ["CALLER", "CallRefused", "caller_id", "resolve_caller", "scanned_at_permission"]
+__all__ = [
+    "CALLER",
+    "CallRefused",
+    "CertificateRefused",
+    "caller_id",
+    "resolve_caller",
+    "scanned_at_permission",
+]
 
 #: The auth-context property gRPC fills with the verified client certificate's subject CN.
 _CN_PROPERTY = "x509_common_name"
@@ -34,6 +43,16 @@ class CallRefused(Exception):
 
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
+        self.reason = reason
+
+
+class CertificateRefused(Exception):
+    """The client certificate may not call: revoked by its CA, or its revocation cannot be
+    checked (service.revocation). The call ends with ``code``, this message and ``reason``."""
+
+    def __init__(self, code: grpc.StatusCode, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
         self.reason = reason
 
 

@@ -38,6 +38,8 @@ from .interceptors import (
     TracingInterceptor,
 )
 from .limits import LimitMetrics, LimitsInterceptor
+from .policy import caller_id
+from .revocation import ClientRevocation
 from .servicer import SERVICE_NAME, VerifierService, add_verifier_service
 
 if TYPE_CHECKING:
@@ -114,6 +116,8 @@ class ServerHandle:
     health_follower: asyncio.Task[None] | None = None
     #: ``apcv_grpc_calls_received_total`` of ``server`` (None if channelz could not say).
     received: ReceivedCalls | None = None
+    #: The task that takes renewed ``tls.client_crls`` (None without them).
+    crl_watch: asyncio.Task[None] | None = None
 
     async def stop(self, grace_seconds: float) -> None:
         """Report NOT_SERVING first, then let in-flight calls finish within the grace period."""
@@ -127,6 +131,10 @@ class ServerHandle:
         if self.received is not None:
             self.received.before_stop()  # gRPC's count goes with the server
         await self.server.stop(grace_seconds)
+        if self.crl_watch is not None:
+            self.crl_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.crl_watch
         if self.health_server is not None:
             # Last, so that probes see NOT_SERVING for the whole drain.
             await self.health_server.stop(None)
@@ -209,10 +217,18 @@ async def start_server(config: Config, material: TrustMaterial | None = None) ->
     # made when the services are registered (``calls.registration``), not as a server
     # interceptor that grpc.aio would run at every call.
     limit_metrics = LimitMetrics(metrics.registry)
+    # tls.client_crls: each call's client certificate checked against its CA's CRL, as the
+    # caller is named (gRPC Python's server credentials take no CRL).
+    revocation = ClientRevocation(config.tls, metrics.registry) if config.tls.client_crls else None
     calls = CallInterceptor(
         MetricsInterceptor(metrics),
         ErrorInterceptor(),
-        LimitsInterceptor(config.server, limit_metrics, stream_services=(SERVICE_NAME,)),
+        LimitsInterceptor(
+            config.server,
+            limit_metrics,
+            stream_services=(SERVICE_NAME,),
+            identify=caller_id if revocation is None else revocation.caller_id,
+        ),
         # Without a client CA no client certificate is verified: every caller is anonymous.
         client_certificates=bool(config.tls.client_ca),
     )
@@ -288,12 +304,16 @@ async def start_server(config: Config, material: TrustMaterial | None = None) ->
         _follow_trust(trust, health_servicer, trust_changed, serving)
     )
     trust.start(on_loaded=loaded_now)
+    crl_watch = (
+        None if revocation is None else asyncio.get_running_loop().create_task(revocation.watch())
+    )
     log.info(
         "serving" if loaded is not None else "waiting_for_trust_list",
         listen=config.server.listen,
         port=port,
         tls=config.tls.enabled,
         client_auth=bool(config.tls.client_ca),
+        client_crls=len(config.tls.client_crls),
         trust_list_seq=None if loaded is None else loaded.trust_list.seq,
         status_lists=0 if loaded is None else len(loaded.status_lists),
         refresh_seconds=config.trust.refresh_seconds,
@@ -315,6 +335,7 @@ async def start_server(config: Config, material: TrustMaterial | None = None) ->
         health_port=health_port,
         health_follower=follower,
         received=received,
+        crl_watch=crl_watch,
     )
 
 
