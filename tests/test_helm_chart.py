@@ -39,6 +39,7 @@ from .conftest import (
     stop_server,
     wait_serving,
 )
+from .test_client_crl import crl
 from .test_tls import CertificateAuthority, serve_tls
 
 CHART = REPO / "helm" / "apcv-verify"
@@ -72,6 +73,7 @@ CHART_MANAGED = {
     "tls.server_key",
     "tls.client_ca",
     "tls.require_client_auth",
+    "tls.client_crls",
 }
 #: Where the pod mounts `audit.volume` (templates/_helpers.tpl apcv-verify.auditDir).
 AUDIT_DIR = "/var/log/apcv-verify"
@@ -82,6 +84,7 @@ DASHBOARD = CHART / "dashboards" / DASHBOARD_FILE
 TLS_DIR = "/etc/apcv-verify-tls"
 REDIS_TLS_DIR = "/etc/apcv-verify-redis-tls"
 TRUST_TLS_DIR = "/etc/apcv-verify-trust-tls"
+CLIENT_CRL_DIR = "/etc/apcv-verify-client-crls"
 
 
 @pytest.fixture(scope="session")
@@ -249,9 +252,11 @@ def test_production_values_use_mtls_secrets_and_a_closed_network(helm: str) -> N
     assert volumes["tls"]["secret"]["secretName"] == "apcv-verify-tls"
     assert volumes["redis-tls"]["secret"]["secretName"] == "apcv-redis-tls"
     assert volumes["trust-tls"]["secret"]["secretName"] == "apcv-lists-tls"
+    assert volumes["client-crls"]["configMap"]["name"] == "apcv-client-crls"
     mounts = {m["name"]: m["mountPath"] for m in main["volumeMounts"]}
     assert mounts["redis-tls"] == REDIS_TLS_DIR
     assert mounts["trust-tls"] == TRUST_TLS_DIR
+    assert mounts["client-crls"] == CLIENT_CRL_DIR
     config = tomllib.loads(by_kind["ConfigMap"]["data"]["config.toml"])
     assert {k: v for k, v in config["replay"].items() if k.startswith("redis_tls_")} == {
         "redis_tls_ca": f"{REDIS_TLS_DIR}/ca.crt",
@@ -267,6 +272,7 @@ def test_production_values_use_mtls_secrets_and_a_closed_network(helm: str) -> N
         "server_cert": f"{TLS_DIR}/tls.crt",
         "server_key": f"{TLS_DIR}/tls.key",
         "client_ca": f"{TLS_DIR}/ca.crt",
+        "client_crls": [f"{CLIENT_CRL_DIR}/clients-ca.crl", f"{CLIENT_CRL_DIR}/readers-ca.crl"],
     }
     assert [c["id"] for c in config["callers"]] == ["his-chu-nord", "edge-reader-ward-7", "*"]
     assert config["callers"][0]["disclose"]["dmp"] == ["ins", "identity"]
@@ -396,6 +402,15 @@ def test_a_changed_config_rolls_the_pods(helm: str) -> None:
             r"trust\.tls\.existingSecret: needs an https://",
         ),
         (("trust.tls.clientCertificate=true",), r"trust\.tls\.clientCertificate: needs"),
+        (
+            (
+                "tls.enabled=true",
+                "tls.existingSecret=tls",
+                "tls.clientCrls.configMap=crls",
+                "tls.clientAuth=false",
+            ),
+            r"tls\.clientCrls\.configMap: needs mTLS",
+        ),
     ],
 )
 def test_bad_values_are_refused(helm: str, sets: tuple[str, ...], message: str) -> None:
@@ -461,7 +476,8 @@ def pod_environment(main: dict[str, Any], secrets: dict[str, str]) -> dict[str, 
 
 
 def mount_config(docs: list[dict[str, Any]], root: Path) -> Path:
-    """Write the ConfigMap and the TLS Secret's files as the pod mounts them, under root."""
+    """Write the ConfigMap, the TLS Secrets' files and the client CRLs as the pod mounts
+    them, under root."""
     config_map = kinds(docs)["ConfigMap"]["data"]
     config_dir = root / "etc" / "apcv-verify"
     config_dir.mkdir(parents=True)
@@ -477,8 +493,13 @@ def mount_config(docs: list[dict[str, Any]], root: Path) -> Path:
     audit_dir = root / AUDIT_DIR.lstrip("/")
     audit_dir.mkdir(parents=True)  # the audit volume
     config = config_dir / "config.toml"
+    crl_dir = root / CLIENT_CRL_DIR.lstrip("/")
+    crl_dir.mkdir(parents=True)
+    for name in re.findall(rf'"{CLIENT_CRL_DIR}/([^"]+)"', config.read_text()):
+        (crl_dir / name).write_text("mounted from the CRLs' ConfigMap\n")
     # The mount points, under root.
     text = config.read_text().replace(f'"{TLS_DIR}/', f'"{tls_dir}/')
+    text = text.replace(f'"{CLIENT_CRL_DIR}/', f'"{crl_dir}/')
     text = text.replace(f'"{REDIS_TLS_DIR}/', f'"{redis_tls_dir}/')
     text = text.replace(f'"{TRUST_TLS_DIR}/', f'"{trust_tls_dir}/')
     config.write_text(text.replace(f'"{AUDIT_DIR}/', f'"{audit_dir}/'))
@@ -526,6 +547,10 @@ def test_the_rendered_config_loads_in_the_server(helm: str, values: Path, tmp_pa
                 found = AUDIT_DIR + found.rpartition(AUDIT_DIR)[2]
             assert found == value, f"{section}.{key}"
     assert config.tls.enabled == chart_values.get("tls", {}).get("enabled", False)
+    crls = chart_values.get("tls", {}).get("clientCrls", {})
+    assert [Path(path).name for path in config.tls.client_crls] == (
+        crls.get("keys", ["ca.crl"]) if crls.get("configMap") else []
+    )
 
 
 def test_the_default_config_asks_for_a_trust_anchor(helm: str, tmp_path: Path) -> None:
@@ -687,9 +712,12 @@ def test_every_metric_of_the_dashboard_and_the_alerts_is_served(
             served |= served_names(scrape_text(port))
         finally:
             stop_server(server)
-    # With TLS on the gRPC port, as the production values have it: its certificate's expiry.
+    # With mTLS on the gRPC port, as the production values have it: its certificate's expiry
+    # and its client CRLs' next update.
     (tmp_path / "tls").mkdir()
-    server = serve_tls(pki, tmp_path / "tls", CertificateAuthority())
+    ca = CertificateAuthority()
+    (tmp_path / "tls" / "ca.crl").write_bytes(crl(ca))
+    server = serve_tls(pki, tmp_path / "tls", ca, tls='client_crls = ["ca.crl"]')
     try:
         served |= served_names(scrape_text(port))
     finally:

@@ -99,6 +99,7 @@ server's default: 26379 for a sentinel, else 6379), a JSON array. */}}
 {{- define "apcv-verify.tlsDir" -}}/etc/apcv-verify-tls{{- end }}
 {{- define "apcv-verify.redisTlsDir" -}}/etc/apcv-verify-redis-tls{{- end }}
 {{- define "apcv-verify.trustTlsDir" -}}/etc/apcv-verify-trust-tls{{- end }}
+{{- define "apcv-verify.clientCrlDir" -}}/etc/apcv-verify-client-crls{{- end }}
 {{- /* Whether the Redis TLS Secret is mounted: a redis backend with `redis.tls.existingSecret`. */}}
 {{- define "apcv-verify.redisTls" -}}
 {{- if and (eq .Values.config.replay.backend "redis") .Values.redis.tls.existingSecret }}true{{ end }}
@@ -153,6 +154,9 @@ strings (JSON's syntax for these is TOML's), tables of lists (inline tables).
 {{- end }}
 {{- if and .Values.tls.enabled (not .Values.tls.existingSecret) }}
 {{- fail "tls.existingSecret: required when tls.enabled (a Secret with tls.crt, tls.key and, for mTLS, ca.crt)" }}
+{{- end }}
+{{- if and .Values.tls.clientCrls.configMap (not (and .Values.tls.enabled .Values.tls.clientAuth)) }}
+{{- fail "tls.clientCrls.configMap: needs mTLS (tls.enabled and tls.clientAuth: the CRLs are of the client CAs)" }}
 {{- end }}
 {{- if and (eq .Values.config.replay.backend "redis") (not .Values.redis.url) }}
 {{- fail "redis.url: required when config.replay.backend is \"redis\"" }}
