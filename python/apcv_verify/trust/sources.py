@@ -67,9 +67,11 @@ __all__ = [
     "MAX_SOURCE_BYTES",
     "FetchTimeout",
     "Snapshot",
+    "Source",
     "SourceError",
     "TrustMaterial",
     "TrustSource",
+    "fetch_session",
     "is_url",
 ]
 
@@ -140,11 +142,28 @@ def list_tls_context(trust: TrustSection) -> ssl.SSLContext | None:
     return context
 
 
-class _Source:
-    """One configured location: a file or an HTTP(S) URL, with its change validator."""
+def fetch_session(tls: ssl.SSLContext | None = None) -> aiohttp.ClientSession:
+    """The HTTP session of one round of fetches (:meth:`Source.fetch`); ``tls``: the context
+    of https:// fetches (None: the system's CAs, or ``SSL_CERT_FILE``'s)."""
+    # auto_decompress=False: a coded body is refused in _fetch_url, never inflated.
+    # trust_env: the proxy of HTTP_PROXY / HTTPS_PROXY / NO_PROXY, as curl would take it
+    # (hospital and cluster networks often reach the Internet only through one).
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=True if tls is None else tls),
+        auto_decompress=False,
+        trust_env=True,
+    )
 
-    def __init__(self, name: str, location: str, timeout: float) -> None:
+
+class Source:
+    """One configured location: a file or an HTTP(S) URL, with its change validator;
+    ``accept`` is the HTTP Accept header of its fetches (:attr:`media_types`)."""
+
+    def __init__(
+        self, name: str, location: str, timeout: float, *, accept: str = "application/cose, */*"
+    ) -> None:
         self.name = name
+        self.media_types = accept
         self.location = location
         self.display = _display(location)
         self.timeout = timeout
@@ -152,13 +171,16 @@ class _Source:
         #: Validator of the last accepted document: the ETag (HTTP) or (mtime_ns, size).
         self._accepted: object = None
 
-    async def fetch(self, session: aiohttp.ClientSession) -> tuple[bytes, object] | None:
-        """The document and its validator, or None when unchanged since the last accepted one.
+    async def fetch(self, session: aiohttp.ClientSession | None) -> tuple[bytes, object] | None:
+        """The document and its validator, or None when unchanged since the last accepted one;
+        ``session`` (:func:`fetch_session`) is needed for a URL only.
 
         Raises :class:`SourceError`; :class:`FetchTimeout` past ``timeout`` seconds in all.
         """
         if not self.is_url:
             return await asyncio.to_thread(self._fetch_file)
+        if session is None:
+            raise ValueError(f"{self.name}: a URL is fetched with a session")
         try:
             async with asyncio.timeout(self.timeout):
                 return await self._fetch_url(session)
@@ -192,7 +214,7 @@ class _Source:
     async def _fetch_url(self, session: aiohttp.ClientSession) -> tuple[bytes, object] | None:
         headers = {
             "User-Agent": USER_AGENT,
-            "Accept": "application/cose, */*",
+            "Accept": self.media_types,
             "Accept-Encoding": "identity",
         }
         if isinstance(self._accepted, str):
@@ -254,9 +276,9 @@ class TrustSource:
         self.status_grace_seconds = config.policy.status_grace_seconds
         self.expired_grace_seconds = trust.expired_grace_seconds
         timeout = trust.http_timeout_seconds
-        self._trust_source = _Source(TRUST_LIST_SOURCE, trust.trust_list, timeout)
+        self._trust_source = Source(TRUST_LIST_SOURCE, trust.trust_list, timeout)
         self._status_sources = [
-            _Source(f"status_lists[{index}]", location, timeout)
+            Source(f"status_lists[{index}]", location, timeout)
             for index, location in enumerate(trust.status_lists)
         ]
         #: The TLS context of https:// fetches from trust.http_tls_* (None: aiohttp's default),
@@ -345,14 +367,7 @@ class TrustSource:
             # wait.
             await asyncio.to_thread(self._tls.renew)
             tls = self._tls.current
-        # auto_decompress=False: a coded body is refused in _fetch_url, never inflated.
-        # trust_env: the proxy of HTTP_PROXY / HTTPS_PROXY / NO_PROXY, as curl would take it
-        # (hospital and cluster networks often reach the Internet only through one).
-        async with aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=True if tls is None else tls),
-            auto_decompress=False,
-            trust_env=True,
-        ) as session:
+        async with fetch_session(tls) as session:
             trust = asyncio.ensure_future(self._fetch(self._trust_source, session, strict_files))
             statuses = [
                 asyncio.ensure_future(self._fetch_status(source, session, strict_files))
@@ -368,7 +383,7 @@ class TrustSource:
     async def _apply_as_fetched(
         self,
         trust: asyncio.Future[tuple[bytes, object] | None],
-        statuses: Sequence[asyncio.Future[tuple[_Source, tuple[bytes, object] | None]]],
+        statuses: Sequence[asyncio.Future[tuple[Source, tuple[bytes, object] | None]]],
         now: int,
         strict_files: bool,
     ) -> bool:
@@ -405,7 +420,7 @@ class TrustSource:
         return changed
 
     async def _fetch(
-        self, source: _Source, session: aiohttp.ClientSession, strict_files: bool
+        self, source: Source, session: aiohttp.ClientSession, strict_files: bool
     ) -> tuple[bytes, object] | None:
         try:
             return await source.fetch(session)
@@ -416,8 +431,8 @@ class TrustSource:
             return None
 
     async def _fetch_status(
-        self, source: _Source, session: aiohttp.ClientSession, strict_files: bool
-    ) -> tuple[_Source, tuple[bytes, object] | None]:
+        self, source: Source, session: aiohttp.ClientSession, strict_files: bool
+    ) -> tuple[Source, tuple[bytes, object] | None]:
         return source, await self._fetch(source, session, strict_files)
 
     def _verify_trust_list(
@@ -485,7 +500,7 @@ class TrustSource:
 
     def _verify_status_list(
         self,
-        source: _Source,
+        source: Source,
         fetched: tuple[bytes, object],
         held: dict[str, _Held],
         trust_list: _native.TrustList,
@@ -533,7 +548,7 @@ class TrustSource:
         self._current = Snapshot(material, verifiers)
         self.metrics.swapped()
 
-    def _failed(self, source: _Source, reason: str, detail: str) -> None:
+    def _failed(self, source: Source, reason: str, detail: str) -> None:
         self.metrics.refresh_failures.labels(source=source.name, reason=reason).inc()
         log.warning(
             "trust_refresh_failed",
