@@ -9,18 +9,22 @@ clients as UNAVAILABLE.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import datetime
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
 from apcv_verify.client import UnauthenticatedError, UnavailableError, error_from_rpc
-from apcv_verify.config import ConfigError, TlsSection
+from apcv_verify.config import ConfigError, TlsSection, TrustSection
 from apcv_verify.issuer import DemoPKI, qr_text
+from apcv_verify.service import revocation as revocation_module
 from apcv_verify.service.policy import CertificateRefused
 from apcv_verify.service.revocation import NEXT_UPDATE_METRIC, ClientRevocation, read_crls
 from cryptography import x509
@@ -29,6 +33,7 @@ from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from .conftest import open_channel, reason, stop_server
+from .test_refresh import ListServer
 from .test_tls import DAY, CertificateAuthority, Issued, MtlsServer, replace_file, serve_tls
 
 HOUR = datetime.timedelta(hours=1)
@@ -162,6 +167,15 @@ def tls_files(tmp_path: Path, ca_pem: bytes, *crls: bytes) -> TlsSection:
     return TlsSection(client_ca=str(tmp_path / "clients-ca.pem"), client_crls=tuple(paths))
 
 
+def loaded(
+    tls: TlsSection, registry: CollectorRegistry | None = None, **trust: Any
+) -> ClientRevocation:
+    """A :class:`ClientRevocation` of ``tls`` that has read its sources once, as at start."""
+    revocation = ClientRevocation(tls, TrustSection(**trust), registry)
+    asyncio.run(revocation.load())
+    return revocation
+
+
 def test_each_certificate_is_checked_against_its_issuers_crl(tmp_path: Path) -> None:
     checked, unlisted, stale = (
         CertificateAuthority("checked"),
@@ -176,7 +190,7 @@ def test_each_certificate_is_checked_against_its_issuers_crl(tmp_path: Path) -> 
         crl(stale, next_update=-HOUR),
     )
     registry = CollectorRegistry()
-    revocation = ClientRevocation(tls, registry)
+    revocation = loaded(tls, registry)
     assert revocation.caller_id(auth_context(good)) == "his-1"
     assert revocation.caller_id({}) == "anonymous"  # no certificate: nothing to check
     with capture_logs() as logs:
@@ -208,29 +222,112 @@ def test_renewed_crls_are_taken_and_broken_ones_keep_the_last_good(tmp_path: Pat
     ca = CertificateAuthority()
     first, second = ca.issue("his-1"), ca.issue("edge-reader")
     tls = tls_files(tmp_path, ca.pem, crl(ca, [first]))
-    revocation = ClientRevocation(tls)
-    files = revocation._files
+    revocation = loaded(tls)
     assert refusal(revocation, first) is not None and refusal(revocation, second) is None
     path = Path(tls.client_crls[0])
     replace_file(path, crl(ca, [second]))
-    assert files.renew() is not None
+    asyncio.run(revocation.refresh())
     assert refusal(revocation, first) is None and refusal(revocation, second) is not None
     other = CertificateAuthority("apcv test CA")
     with capture_logs() as logs:
         replace_file(path, crl(other, [first, second]))  # not signed by the client CA
-        assert files.renew() is None
+        asyncio.run(revocation.refresh())
+        asyncio.run(revocation.refresh())  # unchanged: not read again
         replace_file(path, b"")  # caught while written
-        assert files.renew() is None
+        asyncio.run(revocation.refresh())
     assert [entry["event"] for entry in logs] == ["client_crls_reload_failed"] * 2
     assert refusal(revocation, first) is None and refusal(revocation, second) is not None
+
+
+def test_a_new_client_ca_bundle_checks_the_crls_again(tmp_path: Path) -> None:
+    """A CA that leaves ``tls.client_ca`` takes its CRL with it (its clients cannot connect
+    any more); back in the bundle, its CRL is read again."""
+    kept, leaving = CertificateAuthority("kept"), CertificateAuthority("leaving")
+    tls = tls_files(tmp_path, kept.pem + leaving.pem, crl(kept), crl(leaving))
+    revocation = loaded(tls)
+    assert len(revocation.current) == 2
+    replace_file(tmp_path / "clients-ca.pem", kept.pem)
+    asyncio.run(revocation.refresh())
+    assert list(revocation.current) == [kept.cert.subject.rfc4514_string()]
+    replace_file(tmp_path / "clients-ca.pem", kept.pem + leaving.pem)
+    asyncio.run(revocation.refresh())
+    assert len(revocation.current) == 2
 
 
 def test_crls_that_cannot_be_used_stop_the_start(tmp_path: Path) -> None:
     ca, other = CertificateAuthority(), CertificateAuthority("other")
     with pytest.raises(ConfigError, match="tls.client_crls: .*not signed by a tls.client_ca"):
-        ClientRevocation(tls_files(tmp_path, ca.pem, crl(other)))
-    with pytest.raises(ConfigError, match="tls: cannot read"):
-        ClientRevocation(TlsSection(client_ca=str(tmp_path / "clients-ca.pem"), client_crls=("x",)))
+        loaded(tls_files(tmp_path, ca.pem, crl(other)))
+    with pytest.raises(ConfigError, match=r"tls.client_crls\[0\]: "):
+        loaded(TlsSection(client_ca=str(tmp_path / "clients-ca.pem"), client_crls=("x",)))
+
+
+# -- CRLs at their distribution point --------------------------------------------------------
+
+
+@pytest.fixture
+def distribution(tmp_path: Path) -> Iterator[ListServer]:
+    """An HTTP server of the files of ``tmp_path / "dp"`` (ETags, 304), as a CA publishes its
+    CRLs."""
+    (tmp_path / "dp").mkdir()
+    server = ListServer(tmp_path / "dp")
+    yield server
+    server.close()
+
+
+def test_crls_are_fetched_from_their_distribution_point(
+    distribution: ListServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A URL is fetched as the lists are (conditional requests, every refresh); one that
+    cannot be fetched at start refuses its CA's clients, logged, and is tried again soon."""
+    monkeypatch.setattr(revocation_module, "INITIAL_RETRY_SECONDS", 0.0)
+    ca = CertificateAuthority()
+    client, revoked = ca.issue("his-1"), ca.issue("edge-reader")
+    published = tmp_path / "dp" / "clients.crl"
+    tls = tls_files(tmp_path, ca.pem)
+    tls = dataclasses.replace(tls, client_crls=(distribution.url(published),))
+    distribution.available = False
+    registry = CollectorRegistry()
+    with capture_logs() as logs:
+        revocation = loaded(tls, registry, refresh_seconds=0.001)  # each look fetches again
+    assert [entry["event"] for entry in logs] == ["client_crls_reload_failed"]
+    assert refusal(revocation, client) == (grpc.StatusCode.UNAUTHENTICATED, "CLIENT_CRL_MISSING")
+    assert registry.get_sample_value(NEXT_UPDATE_METRIC) == 0  # the alert fires
+    distribution.available = True
+    published.write_bytes(crl(ca, [revoked], encoding=serialization.Encoding.DER))
+    asyncio.run(revocation.refresh())
+    assert refusal(revocation, client) is None
+    assert registry.get_sample_value(NEXT_UPDATE_METRIC) == pytest.approx(
+        time.time() + 86400, abs=60
+    )
+    assert refusal(revocation, revoked) == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "CERTIFICATE_REVOKED",
+    )
+    generation = revocation.generation
+    time.sleep(0.01)
+    asyncio.run(revocation.refresh())  # unchanged: 304, nothing read again
+    assert distribution.not_modified == 1 and revocation.generation == generation
+    replace_file(published, crl(ca, [client, revoked]))
+    time.sleep(0.01)
+    asyncio.run(revocation.refresh())
+    assert refusal(revocation, client) is not None
+    assert distribution.requests[-1][1] is not None  # If-None-Match
+
+
+def test_a_distribution_point_refresh_waits_for_refresh_seconds(
+    distribution: ListServer, tmp_path: Path
+) -> None:
+    ca = CertificateAuthority()
+    (tmp_path / "dp" / "clients.crl").write_bytes(crl(ca))
+    tls = dataclasses.replace(
+        tls_files(tmp_path, ca.pem),
+        client_crls=(distribution.url(tmp_path / "dp" / "clients.crl"),),
+    )
+    revocation = loaded(tls, refresh_seconds=300.0)
+    for _ in range(3):
+        asyncio.run(revocation.refresh())
+    assert len(distribution.requests) == 1
 
 
 # -- over mTLS -----------------------------------------------------------------------------

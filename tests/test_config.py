@@ -140,6 +140,8 @@ def test_bad_callers_name_the_entry(trust_files: Path, callers: str, message: st
          'client_crls = ["anchor.pem"]', r"tls\.client_crls: needs tls\.client_ca"),
         ('server_cert = "anchor.pem"\nserver_key = "anchor.pem"\nclient_ca = "anchor.pem"\n'
          'client_crls = ["anchor.pem", "ca.crl"]', r"tls\.client_crls: file not found: .*ca\.crl"),
+        ('server_cert = "anchor.pem"\nserver_key = "anchor.pem"\nclient_ca = "anchor.pem"\n'
+         'client_crls = ["ldap://pki.example/ca.crl"]', r"tls\.client_crls: .*only http\(s\) URLs"),
     ],
 )  # fmt: skip
 def test_bad_tls_settings_name_the_key(trust_files: Path, tls: str, message: str) -> None:

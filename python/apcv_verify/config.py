@@ -207,10 +207,11 @@ class TlsSection:
     #: ``anonymous``). Optional client certificates are not offered: an unverified CN must
     #: never name a caller.
     require_client_auth: bool = True
-    #: CRL files of the client CAs (PEM, one or more CRLs each, or DER), each signed by a CA
-    #: of ``client_ca``: every call's client certificate is refused when its CA's CRL lists
-    #: it, is missing or is past its nextUpdate (docs/security.md "Client certificates");
-    #: read again when they change. Empty: no revocation is checked.
+    #: CRLs of the client CAs (PEM, one or more CRLs each, or DER), each signed by a CA of
+    #: ``client_ca``: files, read again when they change, or http(s):// URLs (a CA's CRL
+    #: distribution point), fetched every ``trust.refresh_seconds``. Every call's client
+    #: certificate is refused when its CA's CRL lists it, is missing or is past its
+    #: nextUpdate (README "TLS and mTLS"). Empty: no revocation is checked.
     client_crls: tuple[str, ...] = ()
 
     @property
@@ -697,8 +698,10 @@ class Config:
             ("tls.server_cert", tls.server_cert),
             ("tls.server_key", tls.server_key),
             ("tls.client_ca", tls.client_ca),
-            *(("tls.client_crls", crl) for crl in tls.client_crls),
+            *(("tls.client_crls", crl) for crl in tls.client_crls if not _is_url(crl)),
         ):
+            if key == "tls.client_crls" and "://" in path:
+                raise ConfigError(f"{key}: {path!r}: only http(s) URLs or files are supported")
             if path and not Path(path).is_file():
                 raise ConfigError(f"{key}: file not found: {path}")
 
@@ -760,10 +763,11 @@ def _is_url(value: str) -> bool:
 
 def _relative_to(base: Path, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
     """Paths in a config file are relative to that file, as a user reading it expects;
-    URLs are kept as they are."""
+    URLs are kept as they are — any scheme, so that validation names one it does not take
+    (joined to a path, ``ldap://x`` would read as a missing file ``ldap:/x``)."""
     if isinstance(value, str):
-        return str(base / value) if value and not _is_url(value) else value
-    return tuple(item if _is_url(item) else str(base / item) for item in value)
+        return str(base / value) if value and "://" not in value else value
+    return tuple(item if "://" in item else str(base / item) for item in value)
 
 
 def _sections() -> dict[str, type]:

@@ -121,8 +121,9 @@ server_cert = {}
 server_key = {}
 client_ca = {}  # mTLS: clients need a certificate from it
 require_client_auth = {}  # false: no client certificates (all "anonymous")
-# CRLs of the client CAs (PEM or DER), read again when they change: a certificate its CA's CRL
-# lists is refused, and so are all of a CA without a CRL here or past its CRL's nextUpdate.
+# CRLs of the client CAs (PEM or DER): files, read again when they change, or http(s):// URLs
+# fetched every trust.refresh_seconds. A certificate its CA's CRL lists is refused, and so are
+# all of a CA without a CRL here or past its CRL's nextUpdate.
 client_crls = {}
 
 # Callers (the client certificate CN with mTLS, else "anonymous"): without any [[callers]]

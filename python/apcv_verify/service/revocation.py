@@ -8,15 +8,17 @@ the CRL of the certificate's issuer must be there, and current, and must not lis
 The leaf certificate is checked, as OpenSSL's ``crl_check`` does (not ``crl_check_all``).
 
 Fail closed, as OpenSSL, nginx and Apache do by default: a certificate whose issuer has no CRL
-among the files is refused (``CLIENT_CRL_MISSING``), and so are certificates of an issuer whose
-CRL is past its ``nextUpdate`` (``CLIENT_CRL_EXPIRED``, UNAVAILABLE: retried, while the
-operator publishes the new CRL; :data:`NEXT_UPDATE_METRIC` and its alert warn before).
+here is refused (``CLIENT_CRL_MISSING``), and so are certificates of an issuer whose CRL is
+past its ``nextUpdate`` (``CLIENT_CRL_EXPIRED``, UNAVAILABLE: retried, while the operator or
+the CA publishes the next CRL; :data:`NEXT_UPDATE_METRIC` and its alert warn before).
 
-The files are looked at every :data:`LOOK_SECONDS` (in a thread: a large CRL takes a moment
-to read) and read again when they, or ``tls.client_ca``, change; a new reading is taken only
-when every CRL is whole and signed by a CA of ``tls.client_ca``, else the last good one stays
-(:class:`~apcv_verify.tls_files.RenewedFiles`). Calls already open — a stream — are not
-ended by a revocation: each new call is checked.
+The sources are files, looked at every :data:`LOOK_SECONDS` and read again when they change,
+and http(s):// URLs (a CA's CRL distribution point), fetched as the trust lists are
+(``trust.refresh_seconds``, conditional requests, the environment's proxy, the same size cap
+and timeout). Each source's new content is read in a thread (a large CRL takes a moment) and
+taken only when all its CRLs are whole and signed by a CA of ``tls.client_ca`` (read again
+when it changes); otherwise that source's last good CRLs stay. Calls already open — a
+stream — are not ended by a revocation: each new call is checked.
 """
 
 from __future__ import annotations
@@ -29,14 +31,16 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import aiohttp
 import grpc
 import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from prometheus_client import CollectorRegistry, Gauge
 
-from ..config import ConfigError, TlsSection
-from ..tls_files import RenewedFiles
+from ..config import ConfigError, TlsSection, TrustSection
+from ..tls_files import FileSignature, file_signature
+from ..trust.sources import INITIAL_RETRY_SECONDS, Source, SourceError, fetch_session
 from .policy import CertificateRefused, caller_id
 
 __all__ = ["LOOK_SECONDS", "NEXT_UPDATE_METRIC", "ClientRevocation", "IssuerCrl", "read_crls"]
@@ -51,6 +55,8 @@ NEXT_UPDATE_METRIC = "apcv_tls_client_crl_next_update_timestamp_seconds"
 #: Client certificates whose issuer and serial are kept, by PEM: the clients of a service are
 #: a few hundred systems; past this the table starts again (each entry ≈ 2 KiB).
 _KNOWN_CERTIFICATES = 4096
+#: The media type of a DER CRL (RFC 2585), asked for first: PEM is taken too.
+CRL_MEDIA_TYPE = "application/pkix-crl, */*"
 #: The auth-context property gRPC fills with the verified client certificate, in PEM.
 _PEM_PROPERTY = "x509_pem_cert"
 # cryptography reads one PEM CRL at a time (``load_pem_x509_crl``); a file may hold several
@@ -167,29 +173,45 @@ def _signed_by(crl: x509.CertificateRevocationList, authority: x509.Certificate)
 
 class ClientRevocation:
     """The ``tls.client_crls`` in use, and the check of each call's client certificate
-    against them (see the module docstring). Raises :class:`ConfigError` at start when the
-    files cannot be read or a CRL is not one it takes."""
+    against them (see the module docstring). :meth:`load` reads them at start; :meth:`watch`
+    keeps them current."""
 
-    def __init__(self, tls: TlsSection, registry: CollectorRegistry | None = None) -> None:
-        self._tls = tls
-        try:
-            self._files = RenewedFiles([*tls.client_crls, tls.client_ca], self._read, self._refused)
-        except OSError as error:
-            raise ConfigError(f"tls: cannot read {error.filename}: {error.strerror}") from None
-        except ValueError as error:
-            raise ConfigError(f"tls.client_crls: {error}") from None
+    def __init__(
+        self, tls: TlsSection, trust: TrustSection, registry: CollectorRegistry | None = None
+    ) -> None:
+        self._client_ca = tls.client_ca
+        self._sources = [
+            Source(f"tls.client_crls[{index}]", location, trust.http_timeout_seconds,
+                   accept=CRL_MEDIA_TYPE)
+            for index, location in enumerate(tls.client_crls)
+        ]  # fmt: skip
+        self._refresh_seconds = trust.refresh_seconds
+        #: What each source last gave that was taken: its bytes, and its CRLs by issuer.
+        self._taken: dict[str, tuple[bytes, Mapping[str, IssuerCrl]]] = {}
+        #: The client CA bundle the taken CRLs were checked with, and its file's signature.
+        self._authorities = b""
+        self._authorities_seen: FileSignature = ()
+        #: When each URL source is fetched next (loop time); files are looked at each time.
+        self._due: dict[str, float] = {}
+        #: The last failure logged per source (logged again only when it changes).
+        self._failing: dict[str, str] = {}
+        #: The CRLs of every source together, by issuer, and how many times they changed.
+        self.current: Mapping[str, IssuerCrl] = {}
+        self.generation = 0
         #: Issuer and serial of the client certificates seen, by their PEM.
         self._known: dict[bytes, tuple[str, int]] = {}
         #: The refusals logged (:meth:`_tell`).
         self._told: set[tuple[int, str, str, int]] = set()
         self._next_update = Gauge(
             NEXT_UPDATE_METRIC,
-            "Earliest nextUpdate of the client certificate CRLs in use, as a Unix time: past "
-            "it, the clients of that CA are refused until a new CRL is read.",
+            "Earliest nextUpdate of the client certificate CRLs in use, as a Unix time (0 while "
+            "a source has given none): past it, the clients of that CA are refused until a "
+            "new CRL is read.",
             multiprocess_mode="livemin",
             registry=registry,
         )
-        self._show(self._files.current)
+
+    # -- the check of each call ------------------------------------------------------------
 
     def caller_id(self, auth_context: Mapping[str, Sequence[bytes]]) -> str:
         """The caller id (:func:`~apcv_verify.service.policy.caller_id`) once the client
@@ -212,7 +234,7 @@ class ClientRevocation:
 
     def _refusal(self, issuer: str, serial: int) -> str | None:
         """Why the certificate ``serial`` of ``issuer`` may not call, or None."""
-        crl = self._files.current.get(issuer)
+        crl = self.current.get(issuer)
         if crl is None:
             return "CLIENT_CRL_MISSING"
         if serial in crl.revoked:
@@ -224,7 +246,7 @@ class ClientRevocation:
     def _tell(self, reason: str, issuer: str, serial: int) -> None:
         """Log a refusal once per certificate and reason while the same CRLs are in use (a
         refused client may call again and again)."""
-        told = (self._files.generation, reason, issuer, serial)
+        told = (self.generation, reason, issuer, serial)
         if told in self._told:
             return
         if len(self._told) >= _KNOWN_CERTIFICATES:
@@ -245,39 +267,157 @@ class ClientRevocation:
         )
         return known
 
+    # -- reading the CRLs ------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Read every source once, at start. A file that cannot be read, or whose CRLs are
+        not taken, raises :class:`ConfigError`; a URL that cannot be fetched is logged and
+        tried again every few seconds (:meth:`watch`): until then its CA's clients are
+        refused (``CLIENT_CRL_MISSING``)."""
+        await self._look(strict=True)
+
+    async def refresh(self) -> None:
+        """One look: the files that changed read again, the URLs that are due fetched, what
+        they give taken if it reads (see the module docstring)."""
+        await self._look(strict=False)
+
     async def watch(self) -> None:
-        """Look at the files every :data:`LOOK_SECONDS` and take a renewed set, until
-        cancelled (the server's stop)."""
+        """:meth:`refresh` every :data:`LOOK_SECONDS`, until cancelled (the server's stop).
+        Never raises otherwise: the last good CRLs stay in use."""
         while True:
             await asyncio.sleep(LOOK_SECONDS)
-            renewed = await asyncio.to_thread(self._files.renew)
-            if renewed is not None:
-                self._show(renewed)
-                log.info(
-                    "client_crls_reloaded",
-                    issuers=len(renewed),
-                    revoked=sum(len(crl.revoked) for crl in renewed.values()),
-                    next_update=_iso(min(crl.next_update for crl in renewed.values())),
+            try:
+                await self.refresh()
+            except Exception:  # noqa: BLE001 (the CRLs in use stay; logged with its trace)
+                log.exception("client_crls_look_error")
+
+    async def _look(self, *, strict: bool) -> None:
+        now = asyncio.get_running_loop().time()
+        changed = await asyncio.to_thread(self._renew_authorities, strict)
+        due = [source for source in self._sources if self._due.get(source.location, 0) <= now]
+        if any(source.is_url for source in due):
+            async with fetch_session() as session:
+                fetched = await asyncio.gather(
+                    *(self._fetch(source, session, strict) for source in due)
                 )
+        else:
+            fetched = [await self._fetch(source, None, strict) for source in due]
+        for source, reading in zip(due, fetched, strict=True):
+            if reading is not None:
+                changed |= await asyncio.to_thread(self._take, source, *reading, strict)
+            if source.is_url:
+                self._due[source.location] = now + self._fetch_interval(source)
+        if changed:
+            self._install()
 
-    def _show(self, crls: Mapping[str, IssuerCrl]) -> None:
-        self._next_update.set(min(crl.next_update for crl in crls.values()))
+    async def _fetch(
+        self, source: Source, session: aiohttp.ClientSession | None, strict: bool
+    ) -> tuple[bytes, object] | None:
+        """What ``source`` gives when it changed, else None; a failure is logged (raised at
+        start for a file)."""
+        try:
+            return await source.fetch(session)
+        except SourceError as error:
+            if strict and not source.is_url:
+                raise ConfigError(f"{source.name}: {error}") from None
+            self._failed(source, str(error))
+            return None
 
-    def _read(self) -> Mapping[str, IssuerCrl]:
-        files = []
-        for path in self._tls.client_crls:
-            with open(path, "rb") as crl_file:
-                files.append((path, crl_file.read()))
-        with open(self._tls.client_ca, "rb") as ca_file:
-            client_ca = ca_file.read()
-        crls = read_crls(files, client_ca)
-        if not crls:
-            raise ValueError("no CRL in the files")
-        return crls
+    def _fetch_interval(self, source: Source) -> float:
+        """Seconds until a URL source is fetched again: soon while it never gave CRLs that
+        were taken, else ``trust.refresh_seconds`` (0: never again)."""
+        if source.location not in self._taken:
+            return INITIAL_RETRY_SECONDS
+        return self._refresh_seconds if self._refresh_seconds > 0 else math.inf
 
-    @staticmethod
-    def _refused(error: Exception) -> None:
-        log.warning("client_crls_reload_failed", detail=str(error), kept_last_good=True)
+    def _take(self, source: Source, data: bytes, validator: object, strict: bool) -> bool:
+        """Read ``source``'s new content (in a thread); True when it was taken."""
+        # Remembered either way: a content that is refused is not read again until it changes.
+        source.accept(validator)
+        try:
+            crls = read_crls([(source.display, data)], self._authorities)
+        except ValueError as error:
+            if strict:
+                raise ConfigError(f"tls.client_crls: {error}") from None
+            self._failed(source, str(error))
+            return False
+        self._taken[source.location] = (data, crls)
+        if self._failing.pop(source.location, None) is not None:
+            log.info("client_crl_source_recovered", source=source.name)
+        return True
+
+    def _renew_authorities(self, strict: bool) -> bool:
+        """Read ``tls.client_ca`` again when it changed (in a thread), and check the CRLs
+        taken against it again; True when there were any."""
+        try:
+            signature = file_signature([self._client_ca])
+            if signature == self._authorities_seen:
+                return False
+            self._authorities_seen = signature
+            with open(self._client_ca, "rb") as ca_file:
+                authorities = ca_file.read()
+            x509.load_pem_x509_certificates(authorities)
+        except (OSError, ValueError) as error:
+            if strict:
+                raise ConfigError(f"tls.client_ca: cannot be read: {error}") from None
+            log.warning("client_crls_reload_failed", detail=f"tls.client_ca: {error}")
+            return False
+        self._authorities = authorities
+        checked_again = bool(self._taken)
+        for source in self._sources:
+            taken = self._taken.get(source.location)
+            if taken is None:
+                continue
+            try:
+                self._taken[source.location] = (
+                    taken[0],
+                    read_crls([(source.display, taken[0])], authorities),
+                )
+            except ValueError as error:  # its CA left the bundle: its clients cannot connect
+                del self._taken[source.location]
+                self._failed(source, str(error))
+        for source in self._sources:
+            if source.location not in self._taken:
+                source.forget()  # what was refused may read under this bundle: again
+        return checked_again
+
+    def _failed(self, source: Source, detail: str) -> None:
+        if self._failing.get(source.location) == detail:
+            return
+        self._failing[source.location] = detail
+        log.warning(
+            "client_crls_reload_failed",
+            source=source.name,
+            location=source.display,
+            detail=detail,
+            kept_last_good=source.location in self._taken,
+        )
+
+    def _install(self) -> None:
+        """The CRLs of every source, together, in use from the next call."""
+        merged: dict[str, IssuerCrl] = {}
+        for _, crls in self._taken.values():
+            for issuer, crl in crls.items():
+                held = merged.get(issuer)
+                merged[issuer] = (
+                    crl
+                    if held is None
+                    else IssuerCrl(
+                        held.revoked | crl.revoked, min(held.next_update, crl.next_update)
+                    )
+                )
+        self.current, self.generation = merged, self.generation + 1
+        earliest = min((crl.next_update for crl in merged.values()), default=math.inf)
+        # A source that never gave CRLs (a distribution point down since the start) leaves
+        # its CA's clients refused: shown as a next update already past, for the alert.
+        missing = any(source.location not in self._taken for source in self._sources)
+        self._next_update.set(0.0 if missing else earliest)
+        log.info(
+            "client_crls_reloaded",
+            issuers=len(merged),
+            revoked=sum(len(crl.revoked) for crl in merged.values()),
+            next_update=_iso(earliest),
+        )
 
 
 def _iso(timestamp: float) -> str | None:

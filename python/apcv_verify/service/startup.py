@@ -219,7 +219,10 @@ async def start_server(config: Config, material: TrustMaterial | None = None) ->
     limit_metrics = LimitMetrics(metrics.registry)
     # tls.client_crls: each call's client certificate checked against its CA's CRL, as the
     # caller is named (gRPC Python's server credentials take no CRL).
-    revocation = ClientRevocation(config.tls, metrics.registry) if config.tls.client_crls else None
+    revocation = None
+    if config.tls.client_crls:
+        revocation = ClientRevocation(config.tls, config.trust, metrics.registry)
+        await revocation.load()
     calls = CallInterceptor(
         MetricsInterceptor(metrics),
         ErrorInterceptor(),
