@@ -272,7 +272,11 @@ def test_production_values_use_mtls_secrets_and_a_closed_network(helm: str) -> N
         "server_cert": f"{TLS_DIR}/tls.crt",
         "server_key": f"{TLS_DIR}/tls.key",
         "client_ca": f"{TLS_DIR}/ca.crt",
-        "client_crls": [f"{CLIENT_CRL_DIR}/clients-ca.crl", f"{CLIENT_CRL_DIR}/readers-ca.crl"],
+        "client_crls": [
+            f"{CLIENT_CRL_DIR}/clients-ca.crl",
+            f"{CLIENT_CRL_DIR}/readers-ca.crl",
+            "http://pki.chu-nord.example:8080/crl/readers-ca.crl",
+        ],
     }
     assert [c["id"] for c in config["callers"]] == ["his-chu-nord", "edge-reader-ward-7", "*"]
     assert config["callers"][0]["disclose"]["dmp"] == ["ins", "identity"]
@@ -282,7 +286,7 @@ def test_production_values_use_mtls_secrets_and_a_closed_network(helm: str) -> N
     assert callers[0] == {"podSelector": {"matchLabels": {"apcv-apcv-verify-client": "true"}}}
     assert callers[1]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "his"}
     egress_ports = {p["port"] for rule in policy["egress"] for p in rule["ports"]}
-    assert egress_ports == {53, 443, 6380}
+    assert egress_ports == {53, 443, 6380, 8080}  # 8080: the CRL distribution point
     # The helm test pod carries the client label, so it gets through the policy.
     assert by_kind["Pod"]["metadata"]["labels"]["apcv-apcv-verify-client"] == "true"
 
@@ -409,7 +413,7 @@ def test_a_changed_config_rolls_the_pods(helm: str) -> None:
                 "tls.clientCrls.configMap=crls",
                 "tls.clientAuth=false",
             ),
-            r"tls\.clientCrls\.configMap: needs mTLS",
+            r"tls\.clientCrls: needs mTLS",
         ),
     ],
 )
@@ -550,7 +554,7 @@ def test_the_rendered_config_loads_in_the_server(helm: str, values: Path, tmp_pa
     crls = chart_values.get("tls", {}).get("clientCrls", {})
     assert [Path(path).name for path in config.tls.client_crls] == (
         crls.get("keys", ["ca.crl"]) if crls.get("configMap") else []
-    )
+    ) + [Path(url).name for url in crls.get("urls", [])]
 
 
 def test_the_default_config_asks_for_a_trust_anchor(helm: str, tmp_path: Path) -> None:

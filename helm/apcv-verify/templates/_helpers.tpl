@@ -67,11 +67,11 @@ called with (list $ port). */}}
 {{- if contains ":" $host }}[{{ $host }}]{{ else }}{{ $host }}{{ end }}:{{ index . 1 }}
 {{- end }}
 
-{{/* The TCP ports of the list URLs (443 for https://, 80 for http:// without one), a JSON
-array without repeats: what a closed egress must let through. */}}
+{{/* The TCP ports of the list URLs and the client CRLs' (443 for https://, 80 for http://
+without one), a JSON array without repeats: what a closed egress must let through. */}}
 {{- define "apcv-verify.listPorts" -}}
 {{- $ports := list }}
-{{- range (prepend .Values.trust.statusListUrls .Values.trust.trustListUrl) }}
+{{- range (concat (prepend .Values.trust.statusListUrls .Values.trust.trustListUrl) .Values.tls.clientCrls.urls) }}
 {{- $url := urlParse . }}
 {{- $port := regexFind "[0-9]+$" (regexFind ":[0-9]+$" $url.host) }}
 {{- if not $port }}{{ $port = ternary "443" "80" (eq (lower $url.scheme) "https") }}{{ end }}
@@ -155,8 +155,8 @@ strings (JSON's syntax for these is TOML's), tables of lists (inline tables).
 {{- if and .Values.tls.enabled (not .Values.tls.existingSecret) }}
 {{- fail "tls.existingSecret: required when tls.enabled (a Secret with tls.crt, tls.key and, for mTLS, ca.crt)" }}
 {{- end }}
-{{- if and .Values.tls.clientCrls.configMap (not (and .Values.tls.enabled .Values.tls.clientAuth)) }}
-{{- fail "tls.clientCrls.configMap: needs mTLS (tls.enabled and tls.clientAuth: the CRLs are of the client CAs)" }}
+{{- if and (or .Values.tls.clientCrls.configMap .Values.tls.clientCrls.urls) (not (and .Values.tls.enabled .Values.tls.clientAuth)) }}
+{{- fail "tls.clientCrls: needs mTLS (tls.enabled and tls.clientAuth: the CRLs are of the client CAs)" }}
 {{- end }}
 {{- if and (eq .Values.config.replay.backend "redis") (not .Values.redis.url) }}
 {{- fail "redis.url: required when config.replay.backend is \"redis\"" }}
