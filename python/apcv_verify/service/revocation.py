@@ -43,7 +43,14 @@ from ..tls_files import FileSignature, file_signature
 from ..trust.sources import INITIAL_RETRY_SECONDS, Source, SourceError, fetch_session
 from .policy import CertificateRefused, caller_id
 
-__all__ = ["LOOK_SECONDS", "NEXT_UPDATE_METRIC", "ClientRevocation", "IssuerCrl", "read_crls"]
+__all__ = [
+    "CRL_MEDIA_TYPE",
+    "LOOK_SECONDS",
+    "NEXT_UPDATE_METRIC",
+    "ClientRevocation",
+    "IssuerCrl",
+    "read_crls",
+]
 
 log = structlog.get_logger("apcv_verify.service.revocation")
 
