@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from apcv_verify.issuer import DemoPKI, qr_text
 
-from .conftest import REPO, ServerProcess
+from .conftest import REPO, ServerProcess, stop_server
 from .test_client import CancellingGate
+from .test_tls import CertificateAuthority, serve_tls
 
 DOC = REPO / "docs" / "integration.md"
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```\n", re.DOTALL | re.MULTILINE)
@@ -170,12 +171,7 @@ def test_the_go_and_java_examples_resend_a_call_the_server_cancelled(
     """Their channels' retry policy at work: the first ``Verify`` ends ``CANCELLED``, as an
     overloaded server ends the calls it cannot take, and gRPC itself sends it again,
     unchanged; the program then runs as documented."""
-    built = next(path for path, name in BUILT.items() if name == language)
-    if not (REPO / built).exists():
-        message = f"the {language} example is not built: `make examples` builds it"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_built(language)
 
     async def scenario() -> tuple[int, str, list[bytes]]:
         async with CancellingGate(1, server.address) as gate:
@@ -191,3 +187,48 @@ def test_the_go_and_java_examples_resend_a_call_the_server_cancelled(
     returncode, printed, seen = asyncio.run(scenario())
     assert returncode == 0, printed
     assert len(seen) >= 2 and seen[1] == seen[0]  # the cancelled call, sent again unchanged
+
+
+def require_built(language: str) -> None:
+    """Skip (fail under CI) when the ``language`` example is not built."""
+    built = next(path for path, name in BUILT.items() if name == language)
+    if not (REPO / built).exists():
+        message = f"the {language} example is not built: `make examples` builds it"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.mark.slow  # a real server process: over about 3 s
+@pytest.mark.parametrize("language", sorted(PROGRAMS))
+def test_the_go_and_java_examples_speak_mtls_with_their_certificate_files(
+    language: str, pki: DemoPKI, tmp_path: Path
+) -> None:
+    """With APCV_TLS_CA, APCV_TLS_CERT and APCV_TLS_KEY the programs call an mTLS server (its
+    name checked against the CA's certificate) as the caller their certificate's CN names,
+    and print what the document shows."""
+    require_built(language)
+    ca = CertificateAuthority()
+    server = serve_tls(pki, tmp_path, ca)
+    client = ca.issue("his-1")
+    (tmp_path / "client.pem").write_bytes(client.cert_pem)
+    (tmp_path / "client.key").write_bytes(client.key_pem)
+    env = {
+        **os.environ,
+        "APCV_TARGET": server.address,
+        "APCV_QR": qr_text(pki.present("alice")),
+        "APCV_TLS_CA": str(tmp_path / "clients-ca.pem"),  # the same CA signed the server's
+        "APCV_TLS_CERT": str(tmp_path / "client.pem"),
+        "APCV_TLS_KEY": str(tmp_path / "client.key"),
+    }
+    try:
+        run = subprocess.run(
+            PROGRAMS[language], env=env, cwd=REPO, capture_output=True, text=True, timeout=120
+        )
+    finally:
+        stop_server(server)
+    assert run.returncode == 0, run.stdout + run.stderr
+    documented = examples("sh")[-2 if language == "go" else -1].output
+    assert documented is not None
+    check_output(run.stdout, documented)
+    assert '"caller": "his-1"' in server.logs()

@@ -3,12 +3,17 @@
 // reads the details of a call error, and resends a scan with its request_id.
 //
 //	APCV_TARGET=127.0.0.1:50051 APCV_QR="$QR" ./bin/verify-example
+//
+// With APCV_TLS_CA, APCV_TLS_CERT and APCV_TLS_KEY (PEM files) it speaks mTLS to the server.
 package main
 
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log"
 	"os"
@@ -18,6 +23,7 @@ import (
 	verifyv1 "apcv.example/apcv-verify/gen/go/apcv/verify/v1"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 )
@@ -36,10 +42,12 @@ const serviceConfig = `{"methodConfig": [{
 }]}`
 
 func main() {
-	// In production: credentials.NewTLS with this system's client certificate, whose subject
-	// CN is its entry in the server's [[callers]] table.
+	transport, err := transportCredentials()
+	if err != nil {
+		log.Fatal(err)
+	}
 	conn, err := grpc.NewClient(os.Getenv("APCV_TARGET"),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(transport),
 		grpc.WithDefaultServiceConfig(serviceConfig))
 	if err != nil {
 		log.Fatal(err)
@@ -95,6 +103,38 @@ func verify(client verifyv1.VerifierServiceClient, scan *verifyv1.Scan) (*verify
 	defer cancel()
 	reply, err := client.Verify(ctx, &verifyv1.VerifyRequest{Scan: scan})
 	return reply.GetVerdict(), err
+}
+
+// transportCredentials is mTLS with this system's client certificate, whose subject CN is
+// its entry in the server's [[callers]] table, when APCV_TLS_CA names the server's CA bundle;
+// plaintext otherwise (a test server).
+func transportCredentials() (credentials.TransportCredentials, error) {
+	caFile := os.Getenv("APCV_TLS_CA")
+	if caFile == "" {
+		return insecure.NewCredentials(), nil
+	}
+	bundle, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, err
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(bundle) {
+		return nil, errors.New("APCV_TLS_CA: no PEM certificate in " + caFile)
+	}
+	certFile, keyFile := os.Getenv("APCV_TLS_CERT"), os.Getenv("APCV_TLS_KEY")
+	if _, err := tls.LoadX509KeyPair(certFile, keyFile); err != nil {
+		return nil, fmt.Errorf("APCV_TLS_CERT, APCV_TLS_KEY: %w", err)
+	}
+	return credentials.NewTLS(&tls.Config{
+		RootCAs:    roots,
+		MinVersion: tls.VersionTLS12,
+		// Read at each handshake: a certificate renewed on disk (before it expires, or after
+		// its CA revoked the old one) is presented from the next connection on.
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+			return &pair, err
+		},
+	}), nil
 }
 
 // describe reads a call error's google.rpc.Status details (the v1 contract's error model).

@@ -10,15 +10,22 @@ import fr.apcv.verify.v1.Verdict;
 import fr.apcv.verify.v1.VerifierServiceGrpc;
 import fr.apcv.verify.v1.VerifyRequest;
 import io.grpc.Channel;
+import io.grpc.ChannelCredentials;
 import io.grpc.Grpc;
 import io.grpc.InsecureChannelCredentials;
 import io.grpc.ManagedChannel;
 import io.grpc.StatusRuntimeException;
+import io.grpc.TlsChannelCredentials;
 import io.grpc.protobuf.StatusProto;
+import io.grpc.util.AdvancedTlsX509KeyManager;
+import io.grpc.util.AdvancedTlsX509TrustManager;
+import java.io.File;
 import java.security.SecureRandom;
 import java.util.HexFormat;
 import java.util.List;
 import java.util.Map;
+import java.util.concurrent.Executors;
+import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.TimeUnit;
 
 /**
@@ -28,6 +35,8 @@ import java.util.concurrent.TimeUnit;
  * call error, and resends a scan with its request_id.
  *
  * <pre>APCV_TARGET=127.0.0.1:50051 APCV_QR="$QR" java -cp … fr.apcv.examples.VerifyExample</pre>
+ *
+ * <p>With APCV_TLS_CA, APCV_TLS_CERT and APCV_TLS_KEY (PEM files) it speaks mTLS to the server.
  */
 public final class VerifyExample {
   /**
@@ -46,11 +55,17 @@ public final class VerifyExample {
 
   private static final SecureRandom RANDOM = new SecureRandom();
 
+  /** Looks at the mTLS files for a renewal; daemon threads, so as not to hold the exit. */
+  private static final ScheduledExecutorService RENEWALS =
+      Executors.newSingleThreadScheduledExecutor(task -> {
+        Thread thread = new Thread(task, "tls-renewals");
+        thread.setDaemon(true);
+        return thread;
+      });
+
   public static void main(String[] args) throws Exception {
-    // In production: TlsChannelCredentials with this system's client certificate, whose
-    // subject CN is its entry in the server's [[callers]] table.
     ManagedChannel channel = Grpc.newChannelBuilder(
-            System.getenv("APCV_TARGET"), InsecureChannelCredentials.create())
+            System.getenv("APCV_TARGET"), channelCredentials())
         .defaultServiceConfig(SERVICE_CONFIG)
         .enableRetry()
         .build();
@@ -97,6 +112,29 @@ public final class VerifyExample {
     } finally {
       channel.shutdownNow().awaitTermination(5, TimeUnit.SECONDS);
     }
+  }
+
+  /**
+   * mTLS with this system's client certificate, whose subject CN is its entry in the server's
+   * [[callers]] table, when APCV_TLS_CA names the server's CA bundle; plaintext otherwise (a
+   * test server). The files are read again every minute once they change: a certificate
+   * renewed on disk (before it expires, or after its CA revoked the old one) and a new CA
+   * bundle are used from the next connection on.
+   */
+  static ChannelCredentials channelCredentials() throws Exception {
+    String ca = System.getenv("APCV_TLS_CA");
+    if (ca == null || ca.isEmpty()) {
+      return InsecureChannelCredentials.create();
+    }
+    AdvancedTlsX509KeyManager identity = new AdvancedTlsX509KeyManager();
+    identity.updateIdentityCredentials(new File(System.getenv("APCV_TLS_CERT")),
+        new File(System.getenv("APCV_TLS_KEY")), 1, TimeUnit.MINUTES, RENEWALS);
+    AdvancedTlsX509TrustManager trust = AdvancedTlsX509TrustManager.newBuilder()
+        .setVerification(
+            AdvancedTlsX509TrustManager.Verification.CERTIFICATE_AND_HOST_NAME_VERIFICATION)
+        .build();
+    trust.updateTrustCredentials(new File(ca), 1, TimeUnit.MINUTES, RENEWALS);
+    return TlsChannelCredentials.newBuilder().keyManager(identity).trustManager(trust).build();
   }
 
   /** One Verify call with a 10 s deadline, retries included. */
