@@ -142,7 +142,7 @@ def _parse(name: str, content: bytes) -> list[x509.CertificateRevocationList]:
 
 def _check_scope(name: str, crl: x509.CertificateRevocationList) -> None:
     """ValueError for a CRL that does not list every revoked end-entity certificate of its
-    issuer by itself (RFC 5280 §5.2.4, §5.2.5)."""
+    issuer by itself (RFC 5280 §5.2.4; RFC 5280 §5.2.5)."""
     extensions = crl.extensions
     if any(isinstance(ext.value, x509.DeltaCRLIndicator) for ext in extensions):
         raise ValueError(f"{name}: a delta CRL is not read (give the full CRL)")
