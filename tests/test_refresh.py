@@ -371,9 +371,14 @@ def refused_certificate(
     running = launch(pki, lists, log_path, free_port(), **environ)
     try:
         wait_for(lambda: error in running.logs(), f"TLS refused: {error}", running)
-        with running.channel() as channel:
-            check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
-        assert check.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        # The first fetch is logged before the port is bound: wait for the port, which must
+        # then say NOT_SERVING (a single Check raced the bind under load).
+        wait_serving(
+            running.address,
+            running.process,
+            timeout=WAIT_SECONDS,
+            status=health_pb2.HealthCheckResponse.NOT_SERVING,
+        )
     finally:
         stop_server(running)
 
