@@ -28,7 +28,7 @@ import datetime
 import math
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 from prometheus_client import CollectorRegistry, Gauge
 
 from ..config import ConfigError, TlsSection, TrustSection
-from ..tls_files import FileSignature, file_signature
+from ..tls_files import RenewedFiles
 from ..trust.sources import INITIAL_RETRY_SECONDS, Source, SourceError, fetch_session
 from .policy import CertificateRefused, caller_id
 
@@ -49,6 +49,7 @@ __all__ = [
     "NEXT_UPDATE_METRIC",
     "ClientRevocation",
     "IssuerCrl",
+    "merge_crls",
     "read_crls",
 ]
 
@@ -108,24 +109,34 @@ def read_crls(files: Sequence[tuple[str, bytes]], client_ca: bytes) -> Mapping[s
     indirect CRL (entries of other CAs) or one scoped to some reasons or to CA certificates.
     Several CRLs of one CA (a partitioned CRL) are read as one: give all of them."""
     authorities = x509.load_pem_x509_certificates(client_ca)
-    revoked: dict[str, set[int]] = {}
-    next_update: dict[str, float] = {}
+    read: list[tuple[str, IssuerCrl]] = []
     for name, content in files:
         for crl in _parse(name, content):
             issuer = crl.issuer.rfc4514_string()
             _check_scope(name, crl)
             if not any(_signed_by(crl, authority) for authority in authorities):
                 raise ValueError(f"{name}: the CRL of {issuer} is not signed by a tls.client_ca CA")
-            serials = revoked.setdefault(issuer, set())
-            serials.update(entry.serial_number for entry in crl)
             until = crl.next_update_utc
-            next_update[issuer] = min(
-                next_update.get(issuer, math.inf), math.inf if until is None else until.timestamp()
+            revoked = frozenset(entry.serial_number for entry in crl)
+            read.append(
+                (issuer, IssuerCrl(revoked, math.inf if until is None else until.timestamp()))
             )
-    return {
-        issuer: IssuerCrl(frozenset(serials), next_update[issuer])
-        for issuer, serials in revoked.items()
-    }
+    return merge_crls(read)
+
+
+def merge_crls(crls: Iterable[tuple[str, IssuerCrl]]) -> dict[str, IssuerCrl]:
+    """One :class:`IssuerCrl` per issuer of ``crls`` (issuer, CRL): the revoked serials of
+    all of them, current until the earliest ``nextUpdate`` — a partitioned CRL's parts, or
+    one CA's CRLs from several sources, read as one."""
+    merged: dict[str, IssuerCrl] = {}
+    for issuer, crl in crls:
+        held = merged.get(issuer)
+        merged[issuer] = (
+            crl
+            if held is None
+            else IssuerCrl(held.revoked | crl.revoked, min(held.next_update, crl.next_update))
+        )
+    return merged
 
 
 def _parse(name: str, content: bytes) -> list[x509.CertificateRevocationList]:
@@ -195,9 +206,11 @@ class ClientRevocation:
         self._refresh_seconds = trust.refresh_seconds
         #: What each source last gave that was taken: its bytes, and its CRLs by issuer.
         self._taken: dict[str, tuple[bytes, Mapping[str, IssuerCrl]]] = {}
-        #: The client CA bundle the taken CRLs were checked with, and its file's signature.
-        self._authorities = b""
-        self._authorities_seen: FileSignature = ()
+        #: The client CA bundle the CRLs are checked with, read again when it changes.
+        try:
+            self._authorities = RenewedFiles([tls.client_ca], self._read_authorities, _ca_refused)
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"tls.client_ca: cannot be read: {error}") from None
         #: When each URL source is fetched next (loop time); files are looked at each time.
         self._due: dict[str, float] = {}
         #: The last failure logged per source (logged again only when it changes).
@@ -300,7 +313,7 @@ class ClientRevocation:
 
     async def _look(self, *, strict: bool) -> None:
         now = asyncio.get_running_loop().time()
-        changed = await asyncio.to_thread(self._renew_authorities, strict)
+        changed = await asyncio.to_thread(self._renew_authorities)
         due = [source for source in self._sources if self._due.get(source.location, 0) <= now]
         if any(source.is_url for source in due):
             async with fetch_session() as session:
@@ -342,7 +355,7 @@ class ClientRevocation:
         # Remembered either way: a content that is refused is not read again until it changes.
         source.accept(validator)
         try:
-            crls = read_crls([(source.display, data)], self._authorities)
+            crls = read_crls([(source.display, data)], self._authorities.current)
         except ValueError as error:
             if strict:
                 raise ConfigError(f"tls.client_crls: {error}") from None
@@ -353,23 +366,12 @@ class ClientRevocation:
             log.info("client_crl_source_recovered", source=source.name)
         return True
 
-    def _renew_authorities(self, strict: bool) -> bool:
-        """Read ``tls.client_ca`` again when it changed (in a thread), and check the CRLs
+    def _renew_authorities(self) -> bool:
+        """Take ``tls.client_ca`` again when it changed (in a thread), and check the CRLs
         taken against it again; True when there were any."""
-        try:
-            signature = file_signature([self._client_ca])
-            if signature == self._authorities_seen:
-                return False
-            self._authorities_seen = signature
-            with open(self._client_ca, "rb") as ca_file:
-                authorities = ca_file.read()
-            x509.load_pem_x509_certificates(authorities)
-        except (OSError, ValueError) as error:
-            if strict:
-                raise ConfigError(f"tls.client_ca: cannot be read: {error}") from None
-            log.warning("client_crls_reload_failed", detail=f"tls.client_ca: {error}")
+        authorities = self._authorities.renew()
+        if authorities is None:
             return False
-        self._authorities = authorities
         checked_again = bool(self._taken)
         for source in self._sources:
             taken = self._taken.get(source.location)
@@ -388,6 +390,12 @@ class ClientRevocation:
                 source.forget()  # what was refused may read under this bundle: again
         return checked_again
 
+    def _read_authorities(self) -> bytes:
+        with open(self._client_ca, "rb") as ca_file:
+            authorities = ca_file.read()
+        x509.load_pem_x509_certificates(authorities)  # ValueError: not taken
+        return authorities
+
     def _failed(self, source: Source, detail: str) -> None:
         if self._failing.get(source.location) == detail:
             return
@@ -402,17 +410,7 @@ class ClientRevocation:
 
     def _install(self) -> None:
         """The CRLs of every source, together, in use from the next call."""
-        merged: dict[str, IssuerCrl] = {}
-        for _, crls in self._taken.values():
-            for issuer, crl in crls.items():
-                held = merged.get(issuer)
-                merged[issuer] = (
-                    crl
-                    if held is None
-                    else IssuerCrl(
-                        held.revoked | crl.revoked, min(held.next_update, crl.next_update)
-                    )
-                )
+        merged = merge_crls(item for _, crls in self._taken.values() for item in crls.items())
         self.current, self.generation = merged, self.generation + 1
         earliest = min((crl.next_update for crl in merged.values()), default=math.inf)
         # A source that never gave CRLs (a distribution point down since the start) leaves
@@ -425,6 +423,10 @@ class ClientRevocation:
             revoked=sum(len(crl.revoked) for crl in merged.values()),
             next_update=_iso(earliest),
         )
+
+
+def _ca_refused(error: Exception) -> None:
+    log.warning("client_crls_reload_failed", detail=f"tls.client_ca: {error}")
 
 
 def _iso(timestamp: float) -> str | None:
