@@ -690,10 +690,18 @@ def test_every_metric_of_the_dashboard_and_the_alerts_is_served(
     (its gauges are that backend's)."""
     used = dashboard_and_alert_metrics(helm)
     assert all(used.values()), [what for what, names in used.items() if not names]
-    port = free_port()
-    monkeypatch.setenv("APCV_METRICS_LISTEN", f"127.0.0.1:{port}")
     served: set[str] = set()
+
+    def metrics_port() -> int:
+        # Drawn just before each start: a port drawn once and left unbound between servers
+        # may be handed to the next server's gRPC port (seen in a CI run: /metrics answered
+        # in HTTP/2).
+        port = free_port()
+        monkeypatch.setenv("APCV_METRICS_LISTEN", f"127.0.0.1:{port}")
+        return port
+
     for backend in ("redis", "memory"):
+        port = metrics_port()
         monkeypatch.setenv("APCV_REPLAY_BACKEND", backend)
         monkeypatch.setenv("APCV_REPLAY_REDIS_URL", redis_server.url if backend == "redis" else "")
         log = tmp_path / f"server-{backend}.log"
@@ -721,6 +729,7 @@ def test_every_metric_of_the_dashboard_and_the_alerts_is_served(
     (tmp_path / "tls").mkdir()
     ca = CertificateAuthority()
     (tmp_path / "tls" / "ca.crl").write_bytes(crl(ca))
+    port = metrics_port()
     server = serve_tls(pki, tmp_path / "tls", ca, tls='client_crls = ["ca.crl"]')
     try:
         served |= served_names(scrape_text(port))
