@@ -53,6 +53,7 @@ def config_dir(tmp_path: Path) -> Path:
         '[tls]\nserver_cert = "server.crt"\nserver_key = "server.key"\nclient_ca = "ca.crt"\n'
         '[[callers]]\nid = "his.example"\nuses = ["care", "dmp"]\n'
         "max_scan_delay_seconds = 600\nmay_send_scanned_at = true\n"
+        'readers = ["desk-1", "ward-7-*"]\n'
         '[callers.disclose]\ncare = ["ins", "amo"]\n'
         '[[callers]]\nid = "*"\nuses = ["auth"]\n'
     )
@@ -80,11 +81,13 @@ def test_precedence_defaults_file_environment_flags(
     # Paths as the server uses them: relative to the config file.
     assert shown["trust"]["anchors"] == [str(config_dir / "anchor.pem")]
     assert shown["callers"][0]["disclose"] == {"care": ["ins", "amo"]}
+    assert shown["callers"][0]["readers"] == ["desk-1", "ward-7-*"]
     assert shown["callers"][1] == {
         "id": "*",
         "uses": ["auth"],
         "may_send_scanned_at": False,
         "max_scan_delay_seconds": 0,
+        "readers": [],
     }
 
 
@@ -224,6 +227,7 @@ def test_the_template_loads_back_as_the_defaults_once_the_required_keys_are_fill
     (caller,) = load_config(path, environ={}).callers
     assert caller.id == DEFAULT_CALLER.id and caller.uses == DEFAULT_CALLER.uses
     assert (caller.may_send_scanned_at, caller.max_scan_delay_seconds) == (False, 0)
+    assert caller.readers == DEFAULT_CALLER.readers == ()
     for use in USES:
         assert caller.disclosed(use) == DEFAULT_CALLER.disclosed(use)
 

@@ -9,6 +9,7 @@ __all__ = [
     "BUILD",
     "CORE_VERSION",
     "CallerView",
+    "ReaderIds",
     "AmcCoverage",
     "AmoRights",
     "CoseKeyError",
@@ -373,6 +374,12 @@ class WireBatch:
         """Usable items not answered by answer recovery (to verify)."""
     def refuse_scanned_at(self) -> None:
         """Answers in place each usable item that sets ``scanned_at`` (SCANNED_AT_NOT_ALLOWED)."""
+    def reader_outside(self, readers: ReaderIds) -> str | None:
+        """The field of the first usable item whose reader id is not one of ``readers``
+        (``scans[3].reader.reader_id``), or None."""
+    def refuse_readers(self, readers: ReaderIds) -> None:
+        """Answers in place each usable item whose reader id is not one of ``readers``
+        (READER_NOT_ALLOWED in ``detail``)."""
     def answer_keys(self, keys: AnswerKeys, caller: str) -> list[bytes]:
         """The answer key of each usable item, in item order."""
     def recover(self, keys: AnswerKeys, found: Sequence[bytes | None]) -> int:
@@ -467,6 +474,14 @@ class CallerView:
     """What one caller's policy lets a unary call verify for (``uses``) and see (the field
     groups of each use, "" for none), converted once for :meth:`WireBatch.answer_unary`."""
     def __new__(cls, uses: Sequence[str], disclosure: Mapping[str, Sequence[str]]) -> Self: ...
+
+@final
+class ReaderIds:
+    """The reader ids one caller may send (``callers.readers``): exact ids, and prefixes
+    written with a final ``*``; made once per caller policy."""
+    def __new__(cls, patterns: Sequence[str]) -> Self: ...
+    def allows(self, reader_id: str) -> bool:
+        """Whether ``reader_id`` is one of these readers."""
 
 @final
 class VerificationCounts:

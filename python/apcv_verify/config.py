@@ -69,6 +69,8 @@ ANONYMOUS_CALLER = "anonymous"
 MAX_CALLER_ID_LENGTH = 128
 #: scanned_at older than a day is no "delayed scan" any more.
 MAX_SCAN_DELAY_LIMIT = 86_400
+#: A scan's ``reader_id`` is at most this many characters (the contract's limit).
+MAX_READER_ID_LENGTH = 128
 #: Largest ``server.stream_window``: each request of one scan read ahead is at most 64 KiB
 #: (server.MAX_REQUEST_BYTES); ``server.stream_memory_bytes`` bounds those of several.
 MAX_STREAM_WINDOW = 10_000
@@ -334,6 +336,12 @@ class CallerPolicy:
     may_send_scanned_at: bool = False
     #: How old ``scanned_at`` may be, in seconds (SCAN_TIME_INVALID beyond).
     max_scan_delay_seconds: int = 0
+    #: The reader ids this caller may send: exact ids, or prefixes ending in ``*``
+    #: (``ward-7-*``). Empty: any (a scan's ``reader_id`` is declared by its caller, and
+    #: replay judges a presentation per reader, so binding a caller to its readers keeps it
+    #: from presenting as another caller's reader: docs/security.md). Another reader id is
+    #: PERMISSION_DENIED (a stream item: answered in place), READER_NOT_ALLOWED.
+    readers: tuple[str, ...] = ()
 
     def disclosed(self, use: str) -> frozenset[str]:
         """The field groups a response for a presentation of ``use`` may carry."""
@@ -834,9 +842,25 @@ def _caller(index: int, raw: Any) -> CallerPolicy:
                 f"{where}.max_scan_delay_seconds: must be between 0 and {MAX_SCAN_DELAY_LIMIT}"
             )
         values["max_scan_delay_seconds"] = delay
+    if "readers" in given:
+        values["readers"] = _readers(f"{where}.readers", given.pop("readers"))
     for unknown in given:
         raise ConfigError(f"{where}.{unknown}: unknown key")
     return CallerPolicy(**values)
+
+
+def _readers(key: str, raw: Any) -> tuple[str, ...]:
+    """A caller's reader ids: each an exact id or a prefix with one final ``*``."""
+    readers = _string_list(key, raw)
+    for reader in readers:
+        stem = reader.removesuffix("*")
+        if "*" in stem:
+            raise ConfigError(f"{key}: {reader!r}: '*' may only end a reader id prefix")
+        if not reader:
+            raise ConfigError(f"{key}: empty reader id")
+        if len(stem) > MAX_READER_ID_LENGTH:
+            raise ConfigError(f"{key}: {reader!r}: at most {MAX_READER_ID_LENGTH} characters")
+    return readers
 
 
 def _callers(document: dict[str, Any], environ: Mapping[str, str]) -> tuple[CallerPolicy, ...]:

@@ -74,6 +74,7 @@ def config_toml(config: Config) -> str:
             f"uses = {toml_value(caller.uses)}",
             f"may_send_scanned_at = {toml_value(caller.may_send_scanned_at)}",
             f"max_scan_delay_seconds = {toml_value(caller.max_scan_delay_seconds)}",
+            f"readers = {toml_value(caller.readers)}",
         ]
         if caller.disclose:
             lines.append("[callers.disclose]")

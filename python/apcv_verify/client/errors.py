@@ -118,7 +118,8 @@ class UnauthenticatedError(VerifierError):
 
 class PermissionDeniedError(VerifierError):
     """``PERMISSION_DENIED``: ``CALLER_NOT_ALLOWED`` (the client certificate's CN is not in
-    the server's callers table) or ``SCANNED_AT_NOT_ALLOWED``."""
+    the server's callers table), ``SCANNED_AT_NOT_ALLOWED``, or ``READER_NOT_ALLOWED`` (a
+    scan names a reader id that is not one of the caller's: metadata ``field``)."""
 
 
 class RequestIdReusedError(VerifierError):

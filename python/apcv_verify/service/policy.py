@@ -4,9 +4,9 @@ The caller id comes from the transport: with mTLS (``[tls] client_ca``) it is th
 CN of the client certificate that the TLS handshake verified; a call without a client
 certificate is the caller ``anonymous``. The ``[[callers]]`` table of the configuration
 (:class:`~apcv_verify.config.CallerPolicy`) then gives its allowed uses (PURPOSE_NOT_ALLOWED
-in the core otherwise), the field groups disclosed per use, and whether it may send
-``scanned_at``. Fields a caller may not see are left out of the response (unset), never
-blanked (docs/profile.md §9.3).
+in the core otherwise), the field groups disclosed per use, whether it may send
+``scanned_at``, and the reader ids it may send. Fields a caller may not see are left out of
+the response (unset), never blanked (docs/profile.md §9.3).
 """
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ from contextvars import ContextVar
 import grpc
 
 from ..config import ANONYMOUS_CALLER, CallerPolicy, Config
+from .errors import Refusal
 
 __all__ = [
     "CALLER",
     "CallRefused",
     "CertificateRefused",
     "caller_id",
+    "reader_refusal",
     "resolve_caller",
     "scanned_at_permission",
 ]
@@ -85,3 +87,16 @@ def scanned_at_permission(policy: CallerPolicy, caller: str) -> None:
             f"caller {caller!r} may not send scanned_at (callers.may_send_scanned_at is false)",
             "SCANNED_AT_NOT_ALLOWED",
         )
+
+
+def reader_refusal(caller: str, field: str) -> Refusal:
+    """A ``Verify`` or ``VerifyBatch`` whose scan at ``field`` names a reader that is not
+    one of ``caller``'s (``callers.readers``): PERMISSION_DENIED, READER_NOT_ALLOWED, the
+    field in the message and in the ``ErrorInfo`` metadata. The reader id itself is not
+    echoed: the caller has it, and errors reach logs."""
+    return Refusal(
+        grpc.StatusCode.PERMISSION_DENIED,
+        "READER_NOT_ALLOWED",
+        f"{field}: not one of caller {caller!r}'s readers (callers.readers)",
+        {"field": field},
+    )

@@ -27,9 +27,16 @@ from ..replay.answers import REUSED, AnswerRecovery
 from ..replay.redis import RedisReplayStore
 from ..trust.sources import TrustSource
 from .decode import MAX_REQUEST_BYTES, UNDECODABLE, TooLarge, left_encoded
-from .errors import FieldProblem, abort
+from .errors import FieldProblem, Refusal, abort
 from .interceptors import Registration
-from .policy import CALLER, CallRefused, caller_id, resolve_caller, scanned_at_permission
+from .policy import (
+    CALLER,
+    CallRefused,
+    caller_id,
+    reader_refusal,
+    resolve_caller,
+    scanned_at_permission,
+)
 
 __all__ = ["SERVICE_NAME", "VerifierService", "add_verifier_service"]
 
@@ -66,6 +73,7 @@ class VerifierService:
         self._disclosures: dict[tuple[str, str], frozenset[str]] = {}
         self._disclosure_tables: dict[str, dict[str, list[str]]] = {}
         self._views: dict[str, _native.CallerView] = {}
+        self._readers: dict[str, _native.ReaderIds] = {}
         #: A unary call's scan goes through the binding in one call (answer_unary) unless the
         #: replay store or the answers are in Redis (their round trips are Python's).
         self._unary_in_core = replay is None and (recovery is None or recovery.in_process)
@@ -109,6 +117,14 @@ class VerifierService:
             )
         return view
 
+    def _reader_ids(self, policy: CallerPolicy) -> _native.ReaderIds:
+        """The reader ids ``policy``'s caller may send, for the binding, made once per
+        caller."""
+        readers = self._readers.get(policy.id)
+        if readers is None:
+            readers = self._readers[policy.id] = _native.ReaderIds(list(policy.readers))
+        return readers
+
     async def Verify(  # noqa: N802 (gRPC method name)
         self,
         request: bytes | TooLarge,
@@ -133,7 +149,7 @@ class VerifierService:
             await _refuse(context, policy)
         if self._unary_in_core:
             answer = self._answer_unary(call, policy, caller, context)
-            if isinstance(answer, tuple):
+            if isinstance(answer, Refusal):
                 await abort(context, *answer)
             return answer
         reply: bytes = await self._answer("Verify", call, policy, caller, context)
@@ -145,7 +161,7 @@ class VerifierService:
         policy: CallerPolicy,
         caller: str,
         context: grpc.aio.ServicerContext,
-    ) -> bytes | tuple[grpc.StatusCode, str, str]:
+    ) -> bytes | Refusal:
         """:meth:`_answer` of a unary call's usable scan with the in-process replay store and
         answers: the same checks, answer, audit and outcomes, with answer recovery,
         verification and the response in one binding call
@@ -153,7 +169,7 @@ class VerifierService:
         not a coroutine, as :meth:`_verifier`: the response, or why the call must end (as
         :func:`abort`'s code, reason and message)."""
         verifier = self._verifier(call, policy, caller, context)
-        if isinstance(verifier, tuple):
+        if isinstance(verifier, Refusal):
             return verifier
         now = int(time.time())
         started = time.perf_counter()
@@ -170,7 +186,7 @@ class VerifierService:
                 call, verifier, view, caller, now, in_core
             )
             if reused:  # a unary call's reused request id ends the call (not audited)
-                return (
+                return Refusal(
                     grpc.StatusCode.ALREADY_EXISTS,
                     REUSED.reason,
                     f"scan.request_id: {REUSED.description}",
@@ -263,9 +279,12 @@ class VerifierService:
             while messages := await arrived.micro_batch(max_batch):
                 items = _native.WireBatch.stream(messages, position, max_batch)
                 position += len(items)
+                # A stream's item with scanned_at or another reader's id is answered in
+                # place, not the call.
                 if not policy.may_send_scanned_at:
-                    # A stream's item with scanned_at is answered in place, not the call.
                     items.refuse_scanned_at()
+                if policy.readers:
+                    items.refuse_readers(self._reader_ids(policy))
                 replies = await self._answer("VerifyStream", items, policy, caller, context)
                 for reply in replies:
                     if len(reply) > max_bytes:  # gRPC would end the call naming nothing
@@ -300,7 +319,7 @@ class VerifierService:
         plain tests, with an ``await`` only on the way out."""
         if batch.valid:
             verifier = self._verifier(batch, policy, caller, context)
-            if isinstance(verifier, tuple):
+            if isinstance(verifier, Refusal):
                 await abort(context, *verifier)
             now = int(time.time())
             started = time.perf_counter()
@@ -352,7 +371,7 @@ class VerifierService:
         policy: CallerPolicy,
         caller: str,
         context: grpc.aio.ServicerContext,
-    ) -> _native.Verifier | tuple[grpc.StatusCode, str, str]:
+    ) -> _native.Verifier | Refusal:
         """The verifier of this call's snapshot for ``policy``, or why the call must end
         (a ``scanned_at`` in ``batch`` without the caller's right, deadline passed, no usable
         trust list) as :func:`abort`'s code, reason and message: a plain test, so that each
@@ -361,15 +380,21 @@ class VerifierService:
             try:
                 scanned_at_permission(policy, caller)
             except CallRefused as refused:
-                return grpc.StatusCode.PERMISSION_DENIED, refused.reason, str(refused)
+                return Refusal(grpc.StatusCode.PERMISSION_DENIED, refused.reason, str(refused))
+        if policy.readers:
+            field = batch.reader_outside(self._reader_ids(policy))
+            if field is not None:
+                return reader_refusal(caller, field)
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:  # nobody waits for the answer any more
-            return grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_PASSED", "deadline passed"
+            return Refusal(grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_PASSED", "deadline passed")
         snapshot = self._trust.current  # the one read of this call: it verifies on this
         if snapshot is None:
-            return grpc.StatusCode.UNAVAILABLE, "TRUST_LIST_NOT_LOADED", "no trust list loaded yet"
+            return Refusal(
+                grpc.StatusCode.UNAVAILABLE, "TRUST_LIST_NOT_LOADED", "no trust list loaded yet"
+            )
         if self._trust.refuses(snapshot, time.time()):
-            return (
+            return Refusal(
                 grpc.StatusCode.UNAVAILABLE,
                 "TRUST_LIST_EXPIRED",
                 "the trust list in use expired more than trust.expired_grace_seconds ago;"

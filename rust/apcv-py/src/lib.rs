@@ -31,7 +31,7 @@ use crate::lists::{StatusBits, StatusList, TrustList};
 use crate::primitives::{cose_key_thumbprint, decode_status_list, verify_sign1, verify_signature};
 use crate::results::{AmcCoverage, AmoRights, Person, VerificationResult};
 use crate::verifier::Verifier;
-use crate::wire::{CallerView, WireBatch};
+use crate::wire::{CallerView, ReaderIds, WireBatch};
 
 /// How this module was compiled, for benchmark reports and the `apcv_build_info` metric:
 /// "debug", "release", or as `make dev` names it in APCV_NATIVE_BUILD, "instrumented" (the build
@@ -74,6 +74,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Verifier>()?;
     m.add_class::<WireBatch>()?;
     m.add_class::<CallerView>()?;
+    m.add_class::<ReaderIds>()?;
     m.add_class::<HolderRefKey>()?;
     m.add_class::<AuditQueue>()?;
     m.add_class::<VerificationCounts>()?;

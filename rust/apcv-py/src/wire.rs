@@ -6,7 +6,7 @@
 //! service's (python/apcv_verify/service/messages.py): an unusable item is answered in place,
 //! REJECTED / MALFORMED with its field in `detail`; only the disclosed field groups are set.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
 use apcv_core::answers::{self as core_answers, AnswerRecord, HASH_LEN};
@@ -63,6 +63,8 @@ const REUSED: &str =
     "already used for another presentation by this caller and reader (REQUEST_ID_REUSED)";
 /// The detail's phrase of a stream item with `scanned_at` from a caller without that right.
 const SCANNED_AT_REFUSED: &str = "not allowed for this caller (SCANNED_AT_NOT_ALLOWED)";
+/// The detail's phrase of a stream item whose reader id is not one of the caller's readers.
+const READER_REFUSED: &str = "not one of this caller's readers (READER_NOT_ALLOWED)";
 /// The details of a stream request with both `scan` and `scans`: neither is verified.
 const SCAN_WITH_SCANS: &str = "scan: set together with scans (send one or the other)";
 const SCANS_WITH_SCAN: &str = "scans: set together with scan (send one or the other)";
@@ -448,6 +450,63 @@ impl CallerView {
 
     fn __repr__(&self) -> String {
         format!("<CallerView uses={}>", self.uses.len())
+    }
+}
+
+/// The reader ids one caller may send (`callers.readers` of the configuration): exact ids,
+/// and prefixes written with a final `*`. Made once per caller policy, so that a call
+/// converts nothing; a set and a short list of prefixes rather than a pattern engine, since
+/// a hospital's caller may list thousands of readers and each scan is looked up.
+#[pyclass(frozen, module = "apcv_verify._native")]
+pub(crate) struct ReaderIds {
+    exact: HashSet<String>,
+    prefixes: Vec<String>,
+}
+
+impl ReaderIds {
+    fn allow(&self, reader_id: &str) -> bool {
+        self.exact.contains(reader_id) || self.prefixes.iter().any(|p| reader_id.starts_with(p))
+    }
+}
+
+#[pymethods]
+impl ReaderIds {
+    #[new]
+    fn new(patterns: Vec<String>) -> ReaderIds {
+        let mut exact = HashSet::new();
+        let mut prefixes = Vec::new();
+        for pattern in patterns {
+            match pattern.strip_suffix('*') {
+                Some(prefix) => prefixes.push(prefix.to_owned()),
+                None => {
+                    exact.insert(pattern);
+                }
+            }
+        }
+        ReaderIds { exact, prefixes }
+    }
+
+    /// Whether ``reader_id`` is one of these readers.
+    fn allows(&self, reader_id: &str) -> bool {
+        self.allow(reader_id)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<ReaderIds exact={} prefixes={}>",
+            self.exact.len(),
+            self.prefixes.len()
+        )
+    }
+}
+
+/// The reader id of a usable item whose scan is not yet verified.
+fn valid_reader_id(item: &Item) -> Option<&str> {
+    match item {
+        Item::Valid {
+            scan: Some(scan), ..
+        } => Some(scan.reader.as_ref().map_or("", |r| r.reader_id.as_str())),
+        _ => None,
     }
 }
 
@@ -907,6 +966,36 @@ impl WireBatch {
             if scan.scanned_at.is_some() {
                 let request_id = std::mem::take(request_id);
                 let detail = format!("{}.scanned_at: {SCANNED_AT_REFUSED}", self.path(i));
+                self.items[i] = Item::Malformed {
+                    request_id,
+                    detail,
+                    problem: None,
+                };
+            }
+        }
+    }
+
+    /// The field of the first usable item whose reader id is not one of ``readers``
+    /// (``scans[3].reader.reader_id``), or None: what a `Verify` or `VerifyBatch` ends
+    /// PERMISSION_DENIED with.
+    fn reader_outside(&self, readers: &ReaderIds) -> Option<String> {
+        self.items.iter().enumerate().find_map(|(i, item)| {
+            valid_reader_id(item)
+                .filter(|id| !readers.allow(id))
+                .map(|_| format!("{}.reader.reader_id", self.path(i)))
+        })
+    }
+
+    /// Answers in place each usable stream item whose reader id is not one of ``readers``:
+    /// REJECTED / MALFORMED, READER_NOT_ALLOWED in ``detail``.
+    fn refuse_readers(&mut self, readers: &ReaderIds) {
+        for i in 0..self.items.len() {
+            if valid_reader_id(&self.items[i]).is_none_or(|id| readers.allow(id)) {
+                continue;
+            }
+            let detail = format!("{}.reader.reader_id: {READER_REFUSED}", self.path(i));
+            if let Item::Valid { request_id, .. } = &mut self.items[i] {
+                let request_id = std::mem::take(request_id);
                 self.items[i] = Item::Malformed {
                     request_id,
                     detail,
