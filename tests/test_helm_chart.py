@@ -280,6 +280,7 @@ def test_production_values_use_mtls_secrets_and_a_closed_network(helm: str) -> N
     }
     assert [c["id"] for c in config["callers"]] == ["his-chu-nord", "edge-reader-ward-7", "*"]
     assert config["callers"][0]["disclose"]["dmp"] == ["ins", "identity"]
+    assert config["callers"][1]["readers"] == ["ward-7-*"]
     policy = by_kind["NetworkPolicy"]["spec"]
     assert policy["policyTypes"] == ["Ingress", "Egress"]
     callers = policy["ingress"][0]["from"]
@@ -414,6 +415,10 @@ def test_a_changed_config_rolls_the_pods(helm: str) -> None:
                 "tls.clientAuth=false",
             ),
             r"tls\.clientCrls: needs mTLS",
+        ),
+        (
+            ("config.callers[0].id=edge", "config.callers[0].readers={ward-*-1}"),
+            r"/config/callers/0/readers/0': '.*' does not match",
         ),
     ],
 )
