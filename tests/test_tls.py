@@ -136,6 +136,14 @@ id = "his-1"
 [[callers]]
 id = "edge-reader"
 uses = ["dmp"]
+
+[[callers]]
+id = "ward-7"
+readers = ["ward-7-*"]
+
+[[callers]]
+id = "ward-8"
+readers = ["ward-8-*"]
 """
 
 
@@ -144,10 +152,12 @@ class MtlsServer:
     server: ServerProcess
     ca: CertificateAuthority
 
-    def verify(self, client: Issued | None, presentation: bytes) -> verifier_pb2.Verdict:
+    def verify(
+        self, client: Issued | None, presentation: bytes, reader_id: str = "desk-1"
+    ) -> verifier_pb2.Verdict:
         # Each call a new request (a resend would get the answer kept for it).
         scan = verifier_pb2.Scan(request_id=f"t-{uuid.uuid4().hex}", qr_text=qr_text(presentation))
-        scan.reader.reader_id = "desk-1"
+        scan.reader.reader_id = reader_id
         with open_channel(self.server.address, self.ca.credentials(client)) as channel:
             stub = verifier_pb2_grpc.VerifierServiceStub(channel)
             return stub.Verify(verifier_pb2.VerifyRequest(scan=scan), timeout=10).verdict
@@ -217,6 +227,22 @@ def test_an_unknown_caller_is_permission_denied(mtls: MtlsServer, pki: DemoPKI) 
         mtls.verify(mtls.ca.issue("stranger"), pki.present("alice"))
     assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "caller 'stranger' is not in the callers table" in (denied.value.details() or "")
+
+
+def test_a_caller_cannot_present_as_another_callers_reader(mtls: MtlsServer, pki: DemoPKI) -> None:
+    """A presentation accepted at ward 7's reader, sent again by ward 8's caller under that
+    reader's id: without the binding it would be an accepted duplicate; with it the call is
+    refused and ward 7's reader still gets its duplicate."""
+    presentation = pki.present("alice")
+    ward_7, ward_8 = mtls.ca.issue("ward-7"), mtls.ca.issue("ward-8")
+    assert reason(mtls.verify(ward_7, presentation, "ward-7-bed-1")) == "OK"
+    with pytest.raises(grpc.RpcError) as denied:
+        mtls.verify(ward_8, presentation, "ward-7-bed-1")
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "not one of caller 'ward-8''s readers" in (denied.value.details() or "")
+    again = mtls.verify(ward_7, presentation, "ward-7-bed-1")
+    assert (reason(again), again.duplicate) == ("OK", True)
+    assert reason(mtls.verify(ward_8, presentation, "ward-8-bed-1")) == "REPLAYED"
 
 
 def test_no_client_certificate_no_connection(mtls: MtlsServer, pki: DemoPKI) -> None:
