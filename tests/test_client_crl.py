@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
+import queue
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -404,6 +405,36 @@ def test_a_revoked_client_certificate_is_refused_on_every_method(
         assert other.verify() == "OK"
     logged = [line for line in checked.server.logs().splitlines() if "certificate_refused" in line]
     assert len(logged) == 1 and f"{serial(revoked):x}" in logged[0]
+
+
+def test_a_stream_open_when_its_certificate_is_revoked_ends_at_its_next_scan(
+    checked: MtlsServer, pki: DemoPKI, tmp_path: Path
+) -> None:
+    """A reader's stream stays open for long (up to the connection's age): it is checked
+    again before each group of scans it sends, not only when it opened."""
+    ca = checked.ca
+    revoked = ca.issue("his-1")
+    requests: queue.Queue[verifier_pb2.VerifyStreamRequest | None] = queue.Queue()
+
+    def sent() -> Iterator[verifier_pb2.VerifyStreamRequest]:
+        while (request := requests.get()) is not None:
+            yield request
+
+    with Caller(checked.server.address, ca.credentials(revoked), pki) as client:
+        answers = client.stub.VerifyStream(sent(), timeout=60)
+        try:
+            requests.put(verifier_pb2.VerifyStreamRequest(scan=client.scan()))
+            assert reason(next(answers).verdict) == "OK"
+            replace_file(tmp_path / "clients.crl", crl(ca, [revoked]))
+            wait_refused(client, UnauthenticatedError, "CERTIFICATE_REVOKED")
+            requests.put(verifier_pb2.VerifyStreamRequest(scan=client.scan()))
+            with pytest.raises(grpc.RpcError) as ended:
+                next(answers)
+            error = error_from_rpc(ended.value)
+            assert (type(error), error.reason) == (UnauthenticatedError, "CERTIFICATE_REVOKED")
+        finally:
+            requests.put(None)
+            answers.cancel()
 
 
 def test_an_expired_crl_refuses_its_clients_until_a_new_one_is_read(

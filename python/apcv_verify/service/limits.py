@@ -45,7 +45,7 @@ from prometheus_client import Counter as PromCounter
 from ..config import ANONYMOUS_CALLER, ServerSection
 from .errors import abort
 from .interceptors import Admit, _CachingInterceptor, _split_method, handler_kind
-from .policy import CertificateRefused, caller_id
+from .policy import CertificateRefused, caller_id, refuse_certificate
 
 __all__ = [
     "HEALTH_SERVICE",
@@ -415,15 +415,8 @@ class LimitsInterceptor(_CachingInterceptor):
     async def refuse_certificate(
         self, context: grpc.aio.ServicerContext, refused: CertificateRefused
     ) -> NoReturn:
-        """End the call as ``refused`` says: UNAUTHENTICATED is not retried (the same
-        certificate is refused again), UNAVAILABLE is."""
-        await abort(
-            context,
-            refused.code,
-            refused.reason,
-            str(refused),
-            retryable=refused.code == grpc.StatusCode.UNAVAILABLE,
-        )
+        """End the call as ``refused`` says (:func:`.policy.refuse_certificate`)."""
+        await refuse_certificate(context, refused)
 
     async def refuse(self, context: grpc.aio.ServicerContext, setting: str) -> NoReturn:
         """End the call RESOURCE_EXHAUSTED (``TOO_MANY_CALLS``), ``setting`` refusing it."""

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
+from typing import NoReturn
 
 import grpc
 
 from ..config import ANONYMOUS_CALLER, CallerPolicy, Config
-from .errors import Refusal
+from .errors import Refusal, abort
 
 __all__ = [
     "CALLER",
@@ -25,6 +26,7 @@ __all__ = [
     "CertificateRefused",
     "caller_id",
     "reader_refusal",
+    "refuse_certificate",
     "resolve_caller",
     "scanned_at_permission",
 ]
@@ -56,6 +58,20 @@ class CertificateRefused(Exception):
         super().__init__(message)
         self.code = code
         self.reason = reason
+
+
+async def refuse_certificate(
+    context: grpc.aio.ServicerContext, refused: CertificateRefused
+) -> NoReturn:
+    """End the call as ``refused`` says: UNAUTHENTICATED is not retried (the same
+    certificate is refused again), UNAVAILABLE is."""
+    await abort(
+        context,
+        refused.code,
+        refused.reason,
+        str(refused),
+        retryable=refused.code == grpc.StatusCode.UNAVAILABLE,
+    )
 
 
 def caller_id(auth_context: Mapping[str, Sequence[bytes]]) -> str:

@@ -17,8 +17,10 @@ and http(s):// URLs (a CA's CRL distribution point), fetched as the trust lists 
 (``trust.refresh_seconds``, conditional requests, the environment's proxy, the same size cap
 and timeout). Each source's new content is read in a thread (a large CRL takes a moment) and
 taken only when all its CRLs are whole and signed by a CA of ``tls.client_ca`` (read again
-when it changes); otherwise that source's last good CRLs stay. Calls already open — a
-stream — are not ended by a revocation: each new call is checked.
+when it changes); otherwise that source's last good CRLs stay. A call already open is
+checked again where it goes on: a ``VerifyStream`` before each group of requests it verifies
+(:meth:`ClientRevocation.check`), so a revoked reader's stream ends at its next scan rather
+than when its connection ages out.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ __all__ = [
     "NEXT_UPDATE_METRIC",
     "ClientRevocation",
     "IssuerCrl",
+    "certificate_pem",
     "merge_crls",
     "read_crls",
 ]
@@ -236,12 +239,14 @@ class ClientRevocation:
     def caller_id(self, auth_context: Mapping[str, Sequence[bytes]]) -> str:
         """The caller id (:func:`~apcv_verify.service.policy.caller_id`) once the client
         certificate passed its CA's CRL; :class:`CertificateRefused` otherwise."""
-        pem = auth_context.get(_PEM_PROPERTY)
-        if pem:
-            self._check(pem[0])
+        pem = certificate_pem(auth_context)
+        if pem is not None:
+            self.check(pem)
         return caller_id(auth_context)
 
-    def _check(self, pem: bytes) -> None:
+    def check(self, pem: bytes) -> None:
+        """:class:`CertificateRefused` unless the client certificate ``pem`` (as
+        :func:`certificate_pem` gives it) may call with the CRLs in use now."""
         known = self._known.get(pem)
         if known is None:
             known = self._learn(pem)
@@ -423,6 +428,12 @@ class ClientRevocation:
             revoked=sum(len(crl.revoked) for crl in merged.values()),
             next_update=_iso(earliest),
         )
+
+
+def certificate_pem(auth_context: Mapping[str, Sequence[bytes]]) -> bytes | None:
+    """The client certificate the handshake verified (PEM), or None without one."""
+    pem = auth_context.get(_PEM_PROPERTY)
+    return pem[0] if pem else None
 
 
 def _ca_refused(error: Exception) -> None:

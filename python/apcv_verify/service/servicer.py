@@ -12,6 +12,7 @@ the call errors, the caller policy, the I/O and the FHIR form.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -32,11 +33,14 @@ from .interceptors import Registration
 from .policy import (
     CALLER,
     CallRefused,
+    CertificateRefused,
     caller_id,
     reader_refusal,
+    refuse_certificate,
     resolve_caller,
     scanned_at_permission,
 )
+from .revocation import ClientRevocation, certificate_pem
 
 __all__ = ["SERVICE_NAME", "VerifierService", "add_verifier_service"]
 
@@ -61,6 +65,7 @@ class VerifierService:
         audit: AuditTrail,
         replay: RedisReplayStore | None = None,
         recovery: AnswerRecovery | None = None,
+        revocation: ClientRevocation | None = None,
     ) -> None:
         #: Read once per call (``trust.current``): a refresh swaps the snapshot, never edits it.
         self._trust = trust
@@ -70,6 +75,9 @@ class VerifierService:
         self._replay = replay
         #: Answer recovery (replay.answer_retention_seconds > 0), else None.
         self._recovery = recovery
+        #: The client certificates' CRLs (tls.client_crls), else None: the wrappers check
+        #: each call as it starts; a stream is checked again as it goes on.
+        self._revocation = revocation
         self._disclosures: dict[tuple[str, str], frozenset[str]] = {}
         self._disclosure_tables: dict[str, dict[str, list[str]]] = {}
         self._views: dict[str, _native.CallerView] = {}
@@ -124,6 +132,14 @@ class VerifierService:
         if readers is None:
             readers = self._readers[policy.id] = _native.ReaderIds(list(policy.readers))
         return readers
+
+    def _certificate_check(self, context: grpc.aio.ServicerContext) -> Callable[[], None] | None:
+        """With ``tls.client_crls``, the check of this call's client certificate against the
+        CRLs in use at each moment (raises CertificateRefused), for a call that goes on."""
+        if self._revocation is None:
+            return None
+        pem = certificate_pem(context.auth_context())
+        return None if pem is None else functools.partial(self._revocation.check, pem)
 
     async def Verify(  # noqa: N802 (gRPC method name)
         self,
@@ -253,6 +269,7 @@ class VerifierService:
         caller, policy = self._caller(context)
         if isinstance(policy, CallRefused):
             await _refuse(context, policy)
+        recheck = self._certificate_check(context)
         max_batch = self._config.server.max_batch
         max_bytes = self._config.server.max_message_bytes
         # One credit per request read and not yet answered: with none left the reader stops
@@ -277,6 +294,12 @@ class VerifierService:
         position = 0  # of the next item in the stream, for the audit
         try:
             while messages := await arrived.micro_batch(max_batch):
+                if recheck is not None:
+                    # Revoked (or its CRL expired) since the stream opened: no more answers.
+                    try:
+                        recheck()
+                    except CertificateRefused as refused:
+                        await refuse_certificate(context, refused)
                 items = _native.WireBatch.stream(messages, position, max_batch)
                 position += len(items)
                 # A stream's item with scanned_at or another reader's id is answered in

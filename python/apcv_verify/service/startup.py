@@ -263,7 +263,9 @@ async def start_server(config: Config, material: TrustMaterial | None = None) ->
     # Answers kept for resends where the replay entries are (memory, or the same Redis).
     recovery = AnswerRecovery.from_config(config.replay, metrics, replay)
     add_verifier_service(
-        VerifierService(trust, config, AuditTrail.from_config(config, metrics), replay, recovery),
+        VerifierService(
+            trust, config, AuditTrail.from_config(config, metrics), replay, recovery, revocation
+        ),
         registration,
     )
     health_servicer = health.aio.HealthServicer()
