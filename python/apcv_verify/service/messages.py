@@ -1,6 +1,5 @@
-"""Protobuf ↔ core conversions of the verifier service: a request's ``Scan`` checked and
-turned into the core's :class:`~apcv_verify._native.Scan`, a core decision turned into a
-``Verdict`` carrying only the field groups the caller may see.
+"""Protobuf ↔ core conversions of the verifier service: a request's ``Scan`` checked, a core
+decision turned into a ``Verdict`` carrying only the field groups the caller may see.
 """
 
 from __future__ import annotations
@@ -10,16 +9,14 @@ from typing import cast
 
 from .. import _native, fhir
 from .._proto.apcv.verify.v1 import verifier_pb2
-from ..config import DEFAULT_FHIR_CANONICAL_BASE, FIELD_GROUPS, CallerPolicy
+from ..config import DEFAULT_FHIR_CANONICAL_BASE, FIELD_GROUPS
 from .errors import FieldProblem
-from .policy import scanned_at_permission
 
 __all__ = [
     "ALL_GROUPS",
     "INS_QUALIFICATION",
     "MAX_ID_LENGTH",
     "MAX_NONCE_BYTES",
-    "core_scan",
     "fill_verdict",
     "response_message",
     "scan_problem",
@@ -201,20 +198,3 @@ def scan_problem(scan: verifier_pb2.Scan) -> FieldProblem | None:
         return FieldProblem("NONCE_TOO_LONG", "reader.nonce", f"at most {MAX_NONCE_BYTES} bytes")
     return None
 
-
-def core_scan(request: verifier_pb2.Scan, policy: CallerPolicy, caller: str) -> _native.Scan:
-    """The core's view of one scan under the caller's policy (CallRefused if not allowed)."""
-    data: str | bytes = (
-        request.qr_text if request.WhichOneof("presentation") == "qr_text" else request.nfc_bytes
-    )
-    scanned_at = None
-    if request.HasField("scanned_at"):
-        scanned_at_permission(policy, caller)
-        scanned_at = request.scanned_at.seconds  # whole seconds, as the core's NumericDates
-    return _native.Scan(
-        data,
-        request.reader.reader_id,
-        nonce=request.reader.nonce or None,
-        allowed_uses=list(policy.uses),
-        scanned_at=scanned_at,
-    )
