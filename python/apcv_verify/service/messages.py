@@ -197,4 +197,3 @@ def scan_problem(scan: verifier_pb2.Scan) -> FieldProblem | None:
     if len(scan.reader.nonce) > MAX_NONCE_BYTES:
         return FieldProblem("NONCE_TOO_LONG", "reader.nonce", f"at most {MAX_NONCE_BYTES} bytes")
     return None
-
