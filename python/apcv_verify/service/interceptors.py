@@ -38,7 +38,7 @@ from ..config import ANONYMOUS_CALLER
 from ..observe.metrics import ServiceMetrics
 from ..observe.tracing import Tracing
 from .errors import INTERNAL_ERROR_DETAIL, abort
-from .policy import CALLER, CertificateRefused
+from .policy import CALLER, CertificateRefused, refuse_certificate
 
 __all__ = [
     "CallInterceptor",
@@ -431,10 +431,6 @@ class Limits(Protocol):
 
     async def refuse(self, context: grpc.aio.ServicerContext, setting: str) -> NoReturn: ...
 
-    async def refuse_certificate(
-        self, context: grpc.aio.ServicerContext, refused: CertificateRefused
-    ) -> NoReturn: ...
-
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler: ...
 
 
@@ -483,7 +479,7 @@ class CallInterceptor(_CachingInterceptor):
         begin, end = metrics.hooks(method, "unary")
         admit, release = limits.admission(method)
         refuse = limits.refuse
-        identify, refuse_certificate = limits.identify, limits.refuse_certificate
+        identify = limits.identify
         set_caller = CALLER.set
         certificates = self._client_certificates
 

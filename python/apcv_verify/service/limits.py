@@ -406,17 +406,11 @@ class LimitsInterceptor(_CachingInterceptor):
         try:
             caller = self.identify(context.auth_context())
         except CertificateRefused as refused:
-            await self.refuse_certificate(context, refused)
+            await refuse_certificate(context, refused)
         keys = admit(context, caller)
         if isinstance(keys, str):
             await self.refuse(context, keys)
         return keys
-
-    async def refuse_certificate(
-        self, context: grpc.aio.ServicerContext, refused: CertificateRefused
-    ) -> NoReturn:
-        """End the call as ``refused`` says (:func:`.policy.refuse_certificate`)."""
-        await refuse_certificate(context, refused)
 
     async def refuse(self, context: grpc.aio.ServicerContext, setting: str) -> NoReturn:
         """End the call RESOURCE_EXHAUSTED (``TOO_MANY_CALLS``), ``setting`` refusing it."""
