@@ -58,12 +58,18 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def pki_config(pki: DemoPKI, overrides: Mapping[str, Any] | None = None) -> Config:
+def pki_config(
+    pki: DemoPKI,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
     """An in-process server's configuration for ``pki``: loopback on a free port, no metrics
-    endpoint, demonstration identities allowed; ``overrides`` maps ``section.key`` to values."""
+    endpoint, demonstration identities allowed; ``overrides`` maps ``section.key`` to values,
+    ``environ`` is the environment it is read with (``APCV_CALLERS``: a callers table)."""
     return load_config(
         None,
-        environ={},
+        environ=environ or {},
         overrides={
             "server.listen": "127.0.0.1:0",
             "metrics.listen": "",

@@ -14,7 +14,7 @@ import grpc
 import pytest
 from apcv_verify import _native
 from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
-from apcv_verify.config import Config, ConfigError, load_config
+from apcv_verify.config import Config, ConfigError
 from apcv_verify.issuer import DemoPKI, qr_text
 from apcv_verify.service.startup import start_server
 from apcv_verify.trust.material import load_trust_material
@@ -35,19 +35,7 @@ def scan(request_id: str, presentation: str, reader_id: str) -> verifier_pb2.Sca
 
 def config_with(pki: DemoPKI, callers: list[dict[str, Any]]) -> Config:
     """:func:`pki_config` with the callers table ``callers``."""
-    base = pki_config(pki)
-    return load_config(
-        None,
-        environ={"APCV_CALLERS": json.dumps(callers)},
-        overrides={
-            "server.listen": base.server.listen,
-            "metrics.listen": "",
-            "trust.anchors": list(base.trust.anchors),
-            "trust.trust_list": base.trust.trust_list,
-            "trust.status_lists": list(base.trust.status_lists),
-            "policy.allow_test_identities": True,
-        },
-    )
+    return pki_config(pki, environ={"APCV_CALLERS": json.dumps(callers)})
 
 
 @asynccontextmanager
