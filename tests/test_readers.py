@@ -16,11 +16,12 @@ from apcv_verify import _native
 from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
 from apcv_verify.config import Config, ConfigError
 from apcv_verify.issuer import DemoPKI, qr_text
-from apcv_verify.service.startup import start_server
+from apcv_verify.service.startup import ServerHandle, start_server
 from apcv_verify.trust.material import load_trust_material
 
 from .conftest import pki_config
 from .test_contract import status_details
+from .test_stream import refused_items
 
 Scan = verifier_pb2.Scan
 Reader = verifier_pb2.ReaderContext
@@ -39,13 +40,15 @@ def config_with(pki: DemoPKI, callers: list[dict[str, Any]]) -> Config:
 
 
 @asynccontextmanager
-async def serving(pki: DemoPKI) -> AsyncIterator[verifier_pb2_grpc.VerifierServiceStub]:
-    """An in-process server whose only caller is :data:`BOUND`."""
+async def serving(
+    pki: DemoPKI,
+) -> AsyncIterator[tuple[ServerHandle, verifier_pb2_grpc.VerifierServiceStub]]:
+    """An in-process server whose only caller is :data:`BOUND`, and a stub to it."""
     config = config_with(pki, [BOUND])
     running = await start_server(config, load_trust_material(config))
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            yield verifier_pb2_grpc.VerifierServiceStub(channel)
+            yield running, verifier_pb2_grpc.VerifierServiceStub(channel)
     finally:
         await running.stop(0)
 
@@ -89,7 +92,7 @@ def test_a_unary_scan_from_another_reader_is_permission_denied(pki: DemoPKI) -> 
     code = qr_text(pki.present("alice"))
 
     async def scenario() -> None:
-        async with serving(pki) as stub:
+        async with serving(pki) as (_running, stub):
             with pytest.raises(grpc.aio.AioRpcError) as denied:
                 await stub.Verify(verifier_pb2.VerifyRequest(scan=scan("u-1", code, "desk-2")))
             assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -121,7 +124,7 @@ def test_a_batch_with_another_readers_scan_is_refused_whole(pki: DemoPKI) -> Non
     second = qr_text(pki.present("alice"))
 
     async def scenario() -> None:
-        async with serving(pki) as stub:
+        async with serving(pki) as (_running, stub):
             batch = verifier_pb2.VerifyBatchRequest(
                 scans=[scan("b-0", first, "ward-7-1"), scan("b-1", second, "ward-8-1")]
             )
@@ -148,7 +151,7 @@ def test_a_stream_scan_from_another_reader_is_answered_in_place(pki: DemoPKI) ->
     codes = [qr_text(pki.present("alice")) for _ in range(3)]
 
     async def scenario() -> None:
-        async with serving(pki) as stub:
+        async with serving(pki) as (running, stub):
             call = stub.VerifyStream()
             await call.write(verifier_pb2.VerifyStreamRequest(scan=scan("s-0", codes[0], "desk-1")))
             await call.write(
@@ -174,5 +177,7 @@ def test_a_stream_scan_from_another_reader_is_answered_in_place(pki: DemoPKI) ->
                 "scans[0].reader.reader_id: not one of this caller's readers (READER_NOT_ALLOWED)"
             )
             assert await call.code() == grpc.StatusCode.OK
+            # Counted by why (never by reader id: the label is the code alone).
+            assert refused_items(running) == {"READER_NOT_ALLOWED": 1}
 
     asyncio.run(scenario())

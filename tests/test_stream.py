@@ -71,6 +71,17 @@ def unary(
     return verifier_pb2.VerifyRequest(scan=scan(request_id, presentation, reader_id))
 
 
+def refused_items(running: ServerHandle, method: str = "VerifyStream") -> dict[str, float]:
+    """``apcv_refused_items_total`` of ``method`` by reason (the reasons counted)."""
+    assert running.metrics is not None
+    return {
+        sample.labels["reason"]: sample.value
+        for family in running.metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == "apcv_refused_items_total" and sample.labels["method"] == method
+    }
+
+
 def verifications(running: ServerHandle, method: str = "VerifyStream") -> float:
     assert running.metrics is not None
     total = 0.0

@@ -25,6 +25,7 @@ from .test_stream import (
     FakeContext,
     gauge,
     in_process_service,
+    refused_items,
     request,
     scan,
     serving,
@@ -129,6 +130,13 @@ def test_both_fields_or_too_many_scans_are_answered_in_place_and_the_stream_goes
             sent += [Request().SerializeToString(), request("w-0", code).SerializeToString()]
             responses = [response async for response in raw(iter(sent), timeout=30)]
             assert verifications(running) == 2  # z-0 and w-0 alone
+            # The others counted by why, each code from a closed set (no id in a label).
+            assert refused_items(running) == {
+                "SCAN_AND_SCANS": 3,
+                "BATCH_TOO_LARGE": 4,
+                "SCAN_UNDECODABLE": 1,
+                "PRESENTATION_MISSING": 1,
+            }
             return responses
 
     both_reply, too_many_reply, broken_reply, empty_reply, last = asyncio.run(scenario())
@@ -164,9 +172,10 @@ def test_scanned_at_without_the_right_is_refused_in_place_under_its_index(pki: D
     sent = [several(scan("t-0", qr_text(pki.present("alice"))), delayed)]
 
     async def scenario() -> list[Response]:
-        async with serving(pki) as (_running, stub):
+        async with serving(pki) as (running, stub):
             responses, code = await exchange(stub, sent)
             assert code == grpc.StatusCode.OK
+            assert refused_items(running) == {"SCANNED_AT_NOT_ALLOWED": 1}
             return responses
 
     (reply,) = asyncio.run(scenario())

@@ -234,6 +234,8 @@ def test_an_undecodable_item_is_answered_in_place_a_broken_batch_is_none(pki: De
     broken = b"\x0a\x03\x0a\x01\xff"
     batch = _native.WireBatch.batch(raw + broken)
     assert batch is not None and len(batch) == 2 and batch.valid == 1
+    assert batch.refusal_counts() == [("SCAN_UNDECODABLE", 1)]
+    assert _native.WireBatch.batch(raw).refusal_counts() == []  # type: ignore[union-attr]
     assert _native.WireBatch.batch(b"\x0a\xff") is None
     empty = _native.WireBatch.batch(b"")
     assert empty is not None and len(empty) == 0
@@ -388,6 +390,7 @@ def test_answer_recovery_answers_a_batch_in_place(pki: DemoPKI) -> None:
         True,
     )
     assert batch.recovery_counts() == (2, 1)
+    assert batch.refusal_counts() == [("REQUEST_ID_REUSED", 1)]  # not the resends
     rows = batch.audit_rows()
     assert [(row[0], row[-1]) for row in rows] == [(0, True), (2, False), (3, True)]
     secret = b"audit secret"
@@ -419,8 +422,10 @@ def test_a_stream_item_with_scanned_at_is_refused_in_place(pki: DemoPKI) -> None
     messages = [verifier_pb2.VerifyStreamRequest(scan=s).SerializeToString() for s in scans]
     batch = _native.WireBatch.stream(messages, 0, 1000)
     assert batch.scanned_at
+    assert batch.refusal_counts() == []
     batch.refuse_scanned_at()
     assert (batch.valid, batch.scanned_at) == (1, False)
+    assert batch.refusal_counts() == [("SCANNED_AT_NOT_ALLOWED", 1)]
     new_verifier(pki, now).verify_wire(batch, list(USES), now)
     first, second = (
         verifier_pb2.VerifyStreamResponse.FromString(r).verdict

@@ -400,6 +400,9 @@ class WireBatch:
         with the records it held already, in one call. The number of unreadable records."""
     def recovery_counts(self) -> tuple[int, int]:
         """``(resent, reused)``: the items answer recovery answered."""
+    def refusal_counts(self) -> list[tuple[str, int]]:
+        """``(reason, count)`` of the items answered in place instead of verified (unusable,
+        refused by the caller's policy, or a reused request id), in the order first met."""
     @property
     def scanned_at(self) -> bool:
         """Whether a usable item sets ``scanned_at``."""

@@ -101,6 +101,12 @@ VERIFICATION_SECONDS_HELP = (
     "Time of the core call (and replay settlement) per verified presentation: a batch "
     "or a stream's micro-batch of n items observes its time divided by n, n times."
 )
+#: The help of ``apcv_refused_items_total``.
+REFUSED_ITEMS_HELP = (
+    "VerifyBatch and VerifyStream items answered REJECTED / MALFORMED in place without being "
+    "verified (unusable, refused by the caller's policy, or a reused request id), by RPC "
+    "method and reason code."
+)
 #: Batch sizes from a single scan to a full batch of a reader's offline spool.
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 
@@ -213,7 +219,14 @@ class ServiceMetrics:
             ["backend"],
             registry=registry,
         )
+        self.refused_items = Counter(
+            "apcv_refused_items_total",
+            REFUSED_ITEMS_HELP,
+            ["method", "reason"],
+            registry=registry,
+        )
         self._verification_children: dict[tuple[str, str, str], Any] = {}
+        self._refused_children: dict[tuple[str, str], Any] = {}
         self._seconds_children: dict[str, Any] = {}
         registry.register(BuildInfoCollector())
         if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -267,6 +280,17 @@ class ServiceMetrics:
                 method=method
             )
         observe_many(histogram, seconds / count, count)
+
+    def observe_refused(self, method: str, counts: Iterable[tuple[str, int]]) -> None:
+        """Count the items of one batch or micro-batch answered in place, ``(reason,
+        count)`` by reason (``WireBatch.refusal_counts``: codes of a closed set)."""
+        for reason, count in counts:
+            key = (method, reason)
+            counter = self._refused_children.get(key)
+            if counter is None:
+                counter = self.refused_items.labels(method=method, reason=reason)
+                self._refused_children[key] = counter
+            counter.inc(count)
 
     def observe_batch(self, size: int) -> None:
         """Record the size of one VerifyBatch call."""

@@ -369,7 +369,9 @@ class VerifierService:
                         f"scan.request_id: {REUSED.description}",
                     )
             self._audit.record_wire(method, batch, time.perf_counter() - started, caller=caller)
+            self._audit.record_refusals(method, batch)
             return self._with_fhir(batch, policy, now)
+        self._audit.record_refusals(method, batch)
         return batch.response({})
 
     def _with_fhir(self, batch: _native.WireBatch, policy: CallerPolicy, now: int) -> Any:
