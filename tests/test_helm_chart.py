@@ -324,7 +324,7 @@ def test_monitoring_objects_only_when_enabled(helm: str) -> None:
     assert {
         "ApcvStatusListStale", "ApcvNotServing", "ApcvCallErrorRatio", "ApcvLatencySLO",
         "ApcvCallsRefusedByLimits", "ApcvReplayStoreErrors", "ApcvReplayStoreLost",
-        "ApcvReplayStoreFilling", "ApcvCallsNotTaken",
+        "ApcvReplayStoreFilling", "ApcvCallsNotTaken", "ApcvCallerRefused",
     } <= {r["alert"] for r in rules}  # fmt: skip
     not_taken = next(r for r in rules if r["alert"] == "ApcvCallsNotTaken")
     assert not_taken["expr"].endswith("> 0.01")
