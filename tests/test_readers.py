@@ -65,12 +65,28 @@ def test_reader_ids_are_exact_ids_or_prefixes() -> None:
     assert _native.ReaderIds(["*"]).allows("any-reader")
 
 
+def test_reader_ids_may_name_the_caller() -> None:
+    readers = _native.ReaderIds(["{caller}", "{caller}/*", "shared-1"], "desk-3")
+    assert readers.allows("desk-3") and readers.allows("desk-3/usb") and readers.allows("shared-1")
+    assert not readers.allows("desk-30")
+    assert not readers.allows("desk-4/usb")
+    assert not readers.allows("{caller}")  # the placeholder is never a reader id itself
+    # Whether an id is a prefix is read before the caller's id is put in: a certificate
+    # whose CN ends in "*" gets that exact id, not every id it starts.
+    starred = _native.ReaderIds(["{caller}"], "desk*")
+    assert starred.allows("desk*") and not starred.allows("desk-3")
+
+
 def test_readers_in_the_callers_table(pki: DemoPKI) -> None:
     config = config_with(pki, [BOUND, {"id": "*"}])
     bound = config.caller("anonymous")
     anyone = config.caller("someone-else")
     assert bound is not None and bound.readers == ("desk-1", "ward-7-*")
     assert anyone is not None and anyone.readers == ()  # not listed: any reader
+    assert not bound.readers_name_the_caller
+    per_caller = config_with(pki, [{"id": "*", "readers": ["{caller}", "{caller}/*"]}])
+    fleet = per_caller.caller("desk-3")
+    assert fleet is not None and fleet.readers_name_the_caller
 
 
 @pytest.mark.parametrize(
@@ -81,6 +97,8 @@ def test_readers_in_the_callers_table(pki: DemoPKI) -> None:
         (["ward-*-1"], r"callers\[0\]\.readers: 'ward-\*-1': '\*' may only end"),
         (["**"], r"'\*' may only end"),
         (["r" * 129], r"at most 128 characters"),
+        (["{cn}-*"], r"'\{cn\}-\*': \{caller\} is the only name in braces"),
+        (["{caller"], r"\{caller\} is the only name in braces"),
     ],
 )
 def test_bad_readers_name_the_entry(pki: DemoPKI, readers: Any, message: str) -> None:

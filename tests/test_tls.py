@@ -171,10 +171,11 @@ def serve_tls(
     client_auth: bool = True,
     server: str = "",
     tls: str = "",
+    callers: str = CALLERS,
 ) -> ServerProcess:
     """``apcv-verify serve`` with mTLS (or TLS alone) whose files are in ``tmp_path``
     (server.pem, server.key, clients-ca.pem); ``server``, ``tls``: more lines of its
-    ``[server]`` and ``[tls]`` tables."""
+    ``[server]`` and ``[tls]`` tables; ``callers`` its callers table."""
     server_cert = ca.issue("verifier.apcv.example", server=True)
     (tmp_path / "server.pem").write_bytes(server_cert.cert_pem)
     (tmp_path / "server.key").write_bytes(server_cert.key_pem)
@@ -190,7 +191,7 @@ def serve_tls(
         tmp_path / "tls.log",
         "--allow-test-identities",
         "--config",
-        str(write_config(tmp_path / "tls.toml", tables + CALLERS)),
+        str(write_config(tmp_path / "tls.toml", tables + callers)),
         credentials=ca.credentials(ca.issue("his-1") if client_auth else None),
     )
 
@@ -243,6 +244,32 @@ def test_a_caller_cannot_present_as_another_callers_reader(mtls: MtlsServer, pki
     again = mtls.verify(ward_7, presentation, "ward-7-bed-1")
     assert (reason(again), again.duplicate) == ("OK", True)
     assert reason(mtls.verify(ward_8, presentation, "ward-8-bed-1")) == "REPLAYED"
+
+
+def test_one_entry_binds_each_certificate_to_its_own_readers(pki: DemoPKI, tmp_path: Path) -> None:
+    """A fleet of readers, one certificate each, under one ``*`` entry whose readers name
+    the caller: each may send its own reader ids only, and a CN ending in ``*`` is no
+    prefix."""
+    ca = CertificateAuthority()
+    callers = '[[callers]]\nid = "his-1"\n\n[[callers]]\nid = "*"\n'
+    callers += 'readers = ["{caller}", "{caller}/*"]\n'
+    running = serve_tls(pki, tmp_path, ca, callers=callers)
+    try:
+        fleet = MtlsServer(running, ca)
+        desk_a, desk_b, starred = ca.issue("desk-a"), ca.issue("desk-b"), ca.issue("desk*")
+        presentation = pki.present("alice")
+        assert reason(fleet.verify(desk_a, presentation, "desk-a/1")) == "OK"
+        for client, reader_id in ((desk_b, "desk-a/1"), (desk_b, "desk-ab"), (starred, "desk-a")):
+            with pytest.raises(grpc.RpcError) as denied:
+                fleet.verify(client, presentation, reader_id)
+            assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "s readers (callers.readers)" in (denied.value.details() or "")
+        again = fleet.verify(desk_a, presentation, "desk-a/1")
+        assert (reason(again), again.duplicate) == ("OK", True)
+        assert reason(fleet.verify(desk_b, presentation, "desk-b")) == "REPLAYED"
+        assert reason(fleet.verify(starred, pki.present("alice"), "desk*")) == "OK"
+    finally:
+        stop_server(running)
 
 
 def test_no_client_certificate_no_connection(mtls: MtlsServer, pki: DemoPKI) -> None:

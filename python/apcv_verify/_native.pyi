@@ -481,8 +481,10 @@ class CallerView:
 @final
 class ReaderIds:
     """The reader ids one caller may send (``callers.readers``): exact ids, and prefixes
-    written with a final ``*``; made once per caller policy."""
-    def __new__(cls, patterns: Sequence[str]) -> Self: ...
+    written with a final ``*``, ``{caller}`` in either replaced by ``caller`` (a final ``*``
+    read before, so a caller id ending in ``*`` stays exact); made once per caller policy
+    (and caller, with ``{caller}``)."""
+    def __new__(cls, patterns: Sequence[str], caller: str = "") -> Self: ...
     def allows(self, reader_id: str) -> bool:
         """Whether ``reader_id`` is one of these readers."""
 

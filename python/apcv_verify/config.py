@@ -28,6 +28,7 @@ from typing import Any
 __all__ = [
     "ANY_CALLER",
     "ANONYMOUS_CALLER",
+    "CALLER_PLACEHOLDER",
     "DEFAULT_CALLER",
     "DEFAULT_DISCLOSURE",
     "FIELD_GROUPS",
@@ -71,6 +72,8 @@ MAX_CALLER_ID_LENGTH = 128
 MAX_SCAN_DELAY_LIMIT = 86_400
 #: A scan's ``reader_id`` is at most this many characters (the contract's limit).
 MAX_READER_ID_LENGTH = 128
+#: What stands for the caller's id (its certificate's CN) in a ``callers.readers`` entry.
+CALLER_PLACEHOLDER = "{caller}"
 #: Largest ``server.stream_window``: each request of one scan read ahead is at most 64 KiB
 #: (server.MAX_REQUEST_BYTES); ``server.stream_memory_bytes`` bounds those of several.
 MAX_STREAM_WINDOW = 10_000
@@ -337,11 +340,18 @@ class CallerPolicy:
     #: How old ``scanned_at`` may be, in seconds (SCAN_TIME_INVALID beyond).
     max_scan_delay_seconds: int = 0
     #: The reader ids this caller may send: exact ids, or prefixes ending in ``*``
-    #: (``ward-7-*``). Empty: any (a scan's ``reader_id`` is declared by its caller, and
+    #: (``ward-7-*``), where ``{caller}`` stands for the calling certificate's CN (so one
+    #: ``*`` entry binds each reader's certificate to its own ids: ``["{caller}",
+    #: "{caller}/*"]``). Empty: any (a scan's ``reader_id`` is declared by its caller, and
     #: replay judges a presentation per reader, so binding a caller to its readers keeps it
     #: from presenting as another caller's reader: docs/security.md). Another reader id is
     #: PERMISSION_DENIED (a stream item: answered in place), READER_NOT_ALLOWED.
     readers: tuple[str, ...] = ()
+
+    @functools.cached_property
+    def readers_name_the_caller(self) -> bool:
+        """Whether :attr:`readers` holds :data:`CALLER_PLACEHOLDER`: its ids differ by caller."""
+        return any(CALLER_PLACEHOLDER in reader for reader in self.readers)
 
     def disclosed(self, use: str) -> frozenset[str]:
         """The field groups a response for a presentation of ``use`` may carry."""
@@ -850,7 +860,8 @@ def _caller(index: int, raw: Any) -> CallerPolicy:
 
 
 def _readers(key: str, raw: Any) -> tuple[str, ...]:
-    """A caller's reader ids: each an exact id or a prefix with one final ``*``."""
+    """A caller's reader ids: each an exact id or a prefix with one final ``*``, in which
+    :data:`CALLER_PLACEHOLDER` stands for the caller's id."""
     readers = _string_list(key, raw)
     for reader in readers:
         stem = reader.removesuffix("*")
@@ -858,6 +869,9 @@ def _readers(key: str, raw: Any) -> tuple[str, ...]:
             raise ConfigError(f"{key}: {reader!r}: '*' may only end a reader id prefix")
         if not reader:
             raise ConfigError(f"{key}: empty reader id")
+        if {"{", "}"} & set(stem.replace(CALLER_PLACEHOLDER, "")):
+            # A misspelt placeholder ("{cn}") would silently be a literal reader id.
+            raise ConfigError(f"{key}: {reader!r}: {CALLER_PLACEHOLDER} is the only name in braces")
         if len(stem) > MAX_READER_ID_LENGTH:
             raise ConfigError(f"{key}: {reader!r}: at most {MAX_READER_ID_LENGTH} characters")
     return readers

@@ -134,7 +134,7 @@ client_crls = {}
 # uses = ["care", "dmp", "dp", "auth"]
 # may_send_scanned_at = false
 # max_scan_delay_seconds = 0
-# readers = []  # reader ids it may send ("ward-7-*": a prefix); empty: any
+# readers = []  # reader ids it may send ("ward-7-*": a prefix, "{caller}": its CN); empty: any
 # [callers.disclose]  # per use; a use not listed gets its default:
 # care = ["ins", "identity", "amo", "amc"]
 # dmp = ["ins", "identity"]

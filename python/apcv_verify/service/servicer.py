@@ -50,6 +50,9 @@ SERVICE_NAME = verifier_pb2.DESCRIPTOR.services_by_name["VerifierService"].full_
 INLINE_SCANS = 2
 #: The setting that bounds batches, stream requests of several scans and every response.
 _MAX_BYTES = "server.max_message_bytes"
+#: The reader-id sets kept at most (one per caller policy, or per caller for a policy whose
+#: readers name the caller): past it they are made again as calls come.
+MAX_READER_ID_SETS = 4096
 
 
 class VerifierService:
@@ -81,7 +84,7 @@ class VerifierService:
         self._disclosures: dict[tuple[str, str], frozenset[str]] = {}
         self._disclosure_tables: dict[str, dict[str, list[str]]] = {}
         self._views: dict[str, _native.CallerView] = {}
-        self._readers: dict[str, _native.ReaderIds] = {}
+        self._readers: dict[tuple[str, str], _native.ReaderIds] = {}
         #: A unary call's scan goes through the binding in one call (answer_unary) unless the
         #: replay store or the answers are in Redis (their round trips are Python's).
         self._unary_in_core = replay is None and (recovery is None or recovery.in_process)
@@ -125,12 +128,15 @@ class VerifierService:
             )
         return view
 
-    def _reader_ids(self, policy: CallerPolicy) -> _native.ReaderIds:
-        """The reader ids ``policy``'s caller may send, for the binding, made once per
-        caller."""
-        readers = self._readers.get(policy.id)
+    def _reader_ids(self, policy: CallerPolicy, caller: str) -> _native.ReaderIds:
+        """The reader ids ``caller`` may send under ``policy``, for the binding: made once
+        per policy, or once per caller when they name it (``{caller}``)."""
+        key = (policy.id, caller if policy.readers_name_the_caller else "")
+        readers = self._readers.get(key)
         if readers is None:
-            readers = self._readers[policy.id] = _native.ReaderIds(list(policy.readers))
+            if len(self._readers) >= MAX_READER_ID_SETS:
+                self._readers.clear()  # bounded, however many certificates a "*" entry takes
+            readers = self._readers[key] = _native.ReaderIds(list(policy.readers), caller)
         return readers
 
     def _certificate_check(self, context: grpc.aio.ServicerContext) -> Callable[[], None] | None:
@@ -307,7 +313,7 @@ class VerifierService:
                 if not policy.may_send_scanned_at:
                     items.refuse_scanned_at()
                 if policy.readers:
-                    items.refuse_readers(self._reader_ids(policy))
+                    items.refuse_readers(self._reader_ids(policy, caller))
                 replies = await self._answer("VerifyStream", items, policy, caller, context)
                 for reply in replies:
                     if len(reply) > max_bytes:  # gRPC would end the call naming nothing
@@ -407,7 +413,7 @@ class VerifierService:
             except CallRefused as refused:
                 return Refusal(grpc.StatusCode.PERMISSION_DENIED, refused.reason, str(refused))
         if policy.readers:
-            field = batch.reader_outside(self._reader_ids(policy))
+            field = batch.reader_outside(self._reader_ids(policy, caller))
             if field is not None:
                 return reader_refusal(caller, field)
         remaining = context.time_remaining()

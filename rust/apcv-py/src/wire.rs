@@ -70,6 +70,9 @@ const SCAN_WITH_SCANS: &str = "scan: set together with scans (send one or the ot
 const SCANS_WITH_SCAN: &str = "scans: set together with scan (send one or the other)";
 /// The reason of the items of such a request.
 const SCAN_AND_SCANS: &str = "SCAN_AND_SCANS";
+/// What stands for the caller's id in a `callers.readers` pattern (`CALLER_PLACEHOLDER` of
+/// the configuration).
+const CALLER_PLACEHOLDER: &str = "{caller}";
 /// The reason of an answer that is never kept: the replay store could not vouch for it.
 const REPLAY_UNAVAILABLE: &str = "REPLAY_UNAVAILABLE";
 
@@ -463,9 +466,10 @@ impl CallerView {
 }
 
 /// The reader ids one caller may send (`callers.readers` of the configuration): exact ids,
-/// and prefixes written with a final `*`. Made once per caller policy, so that a call
-/// converts nothing; a set and a short list of prefixes rather than a pattern engine, since
-/// a hospital's caller may list thousands of readers and each scan is looked up.
+/// and prefixes written with a final `*`, `{caller}` in either standing for the caller's id.
+/// Made once per caller policy (and caller, with `{caller}`), so that a call converts
+/// nothing; a set and a short list of prefixes rather than a pattern engine, since a
+/// hospital's caller may list thousands of readers and each scan is looked up.
 #[pyclass(frozen, module = "apcv_verify._native")]
 pub(crate) struct ReaderIds {
     exact: HashSet<String>,
@@ -480,15 +484,18 @@ impl ReaderIds {
 
 #[pymethods]
 impl ReaderIds {
+    /// ``patterns`` for the caller ``caller``: whether a pattern is a prefix is read before
+    /// ``{caller}`` is replaced, so a caller id ending in ``*`` stays an exact id.
     #[new]
-    fn new(patterns: Vec<String>) -> ReaderIds {
+    #[pyo3(signature = (patterns, caller = ""))]
+    fn new(patterns: Vec<String>, caller: &str) -> ReaderIds {
         let mut exact = HashSet::new();
         let mut prefixes = Vec::new();
         for pattern in patterns {
             match pattern.strip_suffix('*') {
-                Some(prefix) => prefixes.push(prefix.to_owned()),
+                Some(prefix) => prefixes.push(prefix.replace(CALLER_PLACEHOLDER, caller)),
                 None => {
-                    exact.insert(pattern);
+                    exact.insert(pattern.replace(CALLER_PLACEHOLDER, caller));
                 }
             }
         }
