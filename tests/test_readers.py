@@ -12,10 +12,12 @@ from typing import Any
 
 import grpc
 import pytest
+from structlog.testing import capture_logs
 from apcv_verify import _native
 from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
 from apcv_verify.config import Config, ConfigError
 from apcv_verify.issuer import DemoPKI, qr_text
+from apcv_verify.service.policy import RefusalLog
 from apcv_verify.service.startup import ServerHandle, start_server
 from apcv_verify.trust.material import load_trust_material
 
@@ -146,8 +148,19 @@ def test_a_batch_with_another_readers_scan_is_refused_whole(pki: DemoPKI) -> Non
             batch = verifier_pb2.VerifyBatchRequest(
                 scans=[scan("b-0", first, "ward-7-1"), scan("b-1", second, "ward-8-1")]
             )
-            with pytest.raises(grpc.aio.AioRpcError) as denied:
+            with capture_logs() as logs, pytest.raises(grpc.aio.AioRpcError) as denied:
                 await stub.VerifyBatch(batch)
+            # Who was refused, for what: never the reader id it sent.
+            assert [entry for entry in logs if entry["event"] == "caller_refused"] == [
+                {
+                    "event": "caller_refused",
+                    "log_level": "warning",
+                    "caller": "anonymous",
+                    "reason": "READER_NOT_ALLOWED",
+                    "method": "VerifyBatch",
+                    "refusals": 1,
+                }
+            ]
             assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
             info, _ = status_details(denied.value)
             assert (info.reason, dict(info.metadata)) == (
@@ -178,7 +191,12 @@ def test_a_stream_scan_from_another_reader_is_answered_in_place(pki: DemoPKI) ->
                 )
             )
             await call.done_writing()
-            answers = [response async for response in call]
+            with capture_logs() as logs:
+                answers = [response async for response in call]
+            told = [entry for entry in logs if entry["event"] == "caller_refused"]
+            assert [(e["reason"], e["method"], e["refusals"]) for e in told] == [
+                ("READER_NOT_ALLOWED", "VerifyStream", 1)
+            ]
             verdicts = [
                 verdict
                 for response in answers
@@ -199,3 +217,21 @@ def test_a_stream_scan_from_another_reader_is_answered_in_place(pki: DemoPKI) ->
             assert refused_items(running) == {"READER_NOT_ALLOWED": 1}
 
     asyncio.run(scenario())
+
+
+def test_refusals_are_logged_once_a_minute_per_caller_and_reason() -> None:
+    now = [0.0]
+    refusals = RefusalLog(interval=60.0, clock=lambda: now[0])
+    with capture_logs() as logs:
+        refusals.tell("ward-8", "READER_NOT_ALLOWED", "Verify")
+        refusals.tell("ward-8", "READER_NOT_ALLOWED", "Verify")  # within the minute: counted
+        refusals.tell_items("ward-8", "VerifyStream", [("READER_NOT_ALLOWED", 3)])
+        refusals.tell("ward-8", "SCANNED_AT_NOT_ALLOWED", "Verify")  # another reason: told
+        refusals.tell_items("ward-9", "VerifyStream", [("SCAN_UNDECODABLE", 2)])  # the scan's
+        now[0] = 61.0
+        refusals.tell("ward-8", "READER_NOT_ALLOWED", "VerifyBatch")
+    assert [(e["caller"], e["reason"], e["method"], e["refusals"]) for e in logs] == [
+        ("ward-8", "READER_NOT_ALLOWED", "Verify", 1),
+        ("ward-8", "SCANNED_AT_NOT_ALLOWED", "Verify", 1),
+        ("ward-8", "READER_NOT_ALLOWED", "VerifyBatch", 5),  # the 4 held back, and this one
+    ]

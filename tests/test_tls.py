@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import ipaddress
+import json
 import os
 import shutil
 import subprocess
@@ -228,6 +229,12 @@ def test_an_unknown_caller_is_permission_denied(mtls: MtlsServer, pki: DemoPKI) 
         mtls.verify(mtls.ca.issue("stranger"), pki.present("alice"))
     assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "caller 'stranger' is not in the callers table" in (denied.value.details() or "")
+    told = [
+        json.loads(line) for line in mtls.server.logs().splitlines() if "caller_refused" in line
+    ]
+    assert [(e["caller"], e["reason"], e["method"]) for e in told] == [
+        ("stranger", "CALLER_NOT_ALLOWED", "Verify")
+    ]
 
 
 def test_a_caller_cannot_present_as_another_callers_reader(mtls: MtlsServer, pki: DemoPKI) -> None:

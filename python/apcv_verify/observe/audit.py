@@ -143,14 +143,12 @@ class AuditTrail:
         if self._metrics is not None:
             self._metrics.observe_batch(size)
 
-    def record_refusals(self, method: str, batch: _native.WireBatch) -> None:
-        """Count the items of ``batch`` answered in place instead of verified, by reason
-        (``apcv_refused_items_total``). They have no audit record: nothing was verified,
-        and their request and reader ids are the caller's, not a holder's."""
+    def record_refusals(self, method: str, counts: Sequence[tuple[str, int]]) -> None:
+        """Count the items of a batch answered in place instead of verified, ``(reason,
+        count)`` (``WireBatch.refusal_counts``), in ``apcv_refused_items_total``. They have
+        no audit record: nothing was verified, and there is no holder to refer to."""
         if self._metrics is not None:
-            counts = batch.refusal_counts()
-            if counts:
-                self._metrics.observe_refused(method, counts)
+            self._metrics.observe_refused(method, counts)
 
     def record_rows(
         self,

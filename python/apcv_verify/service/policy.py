@@ -11,11 +11,13 @@ the response (unset), never blanked (docs/profile.md §9.3).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from typing import NoReturn
 
 import grpc
+import structlog
 
 from ..config import ANONYMOUS_CALLER, CallerPolicy, Config
 from .errors import Refusal, abort
@@ -24,12 +26,24 @@ __all__ = [
     "CALLER",
     "CallRefused",
     "CertificateRefused",
+    "POLICY_REASONS",
+    "RefusalLog",
     "caller_id",
     "reader_refusal",
     "refuse_certificate",
     "resolve_caller",
     "scanned_at_permission",
 ]
+
+log = structlog.get_logger("apcv_verify.policy")
+
+#: The reasons a caller's own entry refuses a call or a stream item for: what
+#: :class:`RefusalLog` tells about (the rest of a refused item's reasons are the scan's).
+POLICY_REASONS = frozenset({"CALLER_NOT_ALLOWED", "SCANNED_AT_NOT_ALLOWED", "READER_NOT_ALLOWED"})
+#: Seconds between two log lines of one caller and reason (the alert's window is minutes).
+REFUSAL_LOG_INTERVAL = 60.0
+#: Callers and reasons remembered at most: past it the next refusal of each is told again.
+_REMEMBERED_REFUSALS = 4096
 
 #: The auth-context property gRPC fills with the verified client certificate's subject CN.
 _CN_PROPERTY = "x509_common_name"
@@ -103,6 +117,47 @@ def scanned_at_permission(policy: CallerPolicy, caller: str) -> None:
             f"caller {caller!r} may not send scanned_at (callers.may_send_scanned_at is false)",
             "SCANNED_AT_NOT_ALLOWED",
         )
+
+
+class RefusalLog:
+    """The ``caller_refused`` log lines that say who a caller's entry refused, and for
+    what: the first refusal of each caller and reason, then at most one line a minute,
+    with the number of refusals since the last line (a refused caller may call again and
+    again; the metrics count them all but cannot name the caller). The caller id is the
+    certificate's CN, as in the audit record; no reader id, request id or field value."""
+
+    def __init__(
+        self,
+        interval: float = REFUSAL_LOG_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._interval = interval
+        self._clock = clock
+        #: (caller, reason) → (when last told, refusals since).
+        self._told: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def tell(self, caller: str, reason: str, method: str, count: int = 1) -> None:
+        """``count`` refusals of ``caller`` for ``reason`` on ``method``."""
+        key = (caller, reason)
+        now = self._clock()
+        told = self._told.get(key)
+        if told is not None and now - told[0] < self._interval:
+            self._told[key] = (told[0], told[1] + count)
+            return
+        if told is None and len(self._told) >= _REMEMBERED_REFUSALS:
+            self._told.clear()
+        self._told[key] = (now, 0)
+        refusals = count + (0 if told is None else told[1])
+        log.warning(
+            "caller_refused", caller=caller, reason=reason, method=method, refusals=refusals
+        )
+
+    def tell_items(self, caller: str, method: str, counts: Iterable[tuple[str, int]]) -> None:
+        """The stream items of ``counts`` (``WireBatch.refusal_counts``) that ``caller``'s
+        entry refused."""
+        for reason, count in counts:
+            if reason in POLICY_REASONS:
+                self.tell(caller, reason, method, count)
 
 
 def reader_refusal(caller: str, field: str) -> Refusal:

@@ -34,6 +34,7 @@ from .policy import (
     CALLER,
     CallRefused,
     CertificateRefused,
+    RefusalLog,
     caller_id,
     reader_refusal,
     refuse_certificate,
@@ -85,19 +86,24 @@ class VerifierService:
         self._disclosure_tables: dict[str, dict[str, list[str]]] = {}
         self._views: dict[str, _native.CallerView] = {}
         self._readers: dict[tuple[str, str], _native.ReaderIds] = {}
+        #: Who the callers table refused, for the log (the metrics cannot name callers).
+        self._refusals = RefusalLog()
         #: A unary call's scan goes through the binding in one call (answer_unary) unless the
         #: replay store or the answers are in Redis (their round trips are Python's).
         self._unary_in_core = replay is None and (recovery is None or recovery.in_process)
 
-    def _caller(self, context: grpc.aio.ServicerContext) -> tuple[str, CallerPolicy | CallRefused]:
-        """The caller and its policy, or why it may not call (to abort with: see
-        :func:`_refuse`)."""
+    def _caller(
+        self, context: grpc.aio.ServicerContext, method: str
+    ) -> tuple[str, CallerPolicy | CallRefused]:
+        """The caller of this ``method`` call and its policy, or why it may not call (to
+        abort with: see :func:`_refuse`)."""
         caller = CALLER.get()  # read by the unary call's wrapper, if any
         if caller is None:
             caller = caller_id(context.auth_context())
         try:
             return caller, resolve_caller(self._config, caller)
         except CallRefused as refused:
+            self._refusals.tell(caller, refused.reason, method)
             return caller, refused
 
     def _disclosed(self, policy: CallerPolicy, use: str) -> frozenset[str]:
@@ -166,7 +172,7 @@ class VerifierService:
         problem = call.problem
         if problem is not None:
             await _invalid_argument(context, FieldProblem(*problem))
-        caller, policy = self._caller(context)
+        caller, policy = self._caller(context, "Verify")
         if isinstance(policy, CallRefused):
             await _refuse(context, policy)
         if self._unary_in_core:
@@ -190,7 +196,7 @@ class VerifierService:
         (:meth:`~apcv_verify._native.WireBatch.answer_unary`) and no closure. A plain call,
         not a coroutine, as :meth:`_verifier`: the response, or why the call must end (as
         :func:`abort`'s code, reason and message)."""
-        verifier = self._verifier(call, policy, caller, context)
+        verifier = self._verifier("Verify", call, policy, caller, context)
         if isinstance(verifier, Refusal):
             return verifier
         now = int(time.time())
@@ -248,7 +254,7 @@ class VerifierService:
                 f"batch of {count} scans is over the limit of {limit} (server.max_batch)",
                 metadata={"max_batch": str(limit), "count": str(count)},
             )
-        caller, policy = self._caller(context)
+        caller, policy = self._caller(context, "VerifyBatch")
         if isinstance(policy, CallRefused):
             await _refuse(context, policy)
         reply: bytes = await self._answer("VerifyBatch", batch, policy, caller, context)
@@ -272,7 +278,7 @@ class VerifierService:
         ``VerifyStreamResponse`` each, ``server.stream_window`` requests at most read ahead of
         the answers, verifying whatever has arrived as one micro-batch of whole requests, up
         to ``server.max_batch`` scans."""
-        caller, policy = self._caller(context)
+        caller, policy = self._caller(context, "VerifyStream")
         if isinstance(policy, CallRefused):
             await _refuse(context, policy)
         recheck = self._certificate_check(context)
@@ -347,7 +353,7 @@ class VerifierService:
         One coroutine from the bytes to the answer: the checks that may end the call are
         plain tests, with an ``await`` only on the way out."""
         if batch.valid:
-            verifier = self._verifier(batch, policy, caller, context)
+            verifier = self._verifier(method, batch, policy, caller, context)
             if isinstance(verifier, Refusal):
                 await abort(context, *verifier)
             now = int(time.time())
@@ -375,10 +381,18 @@ class VerifierService:
                         f"scan.request_id: {REUSED.description}",
                     )
             self._audit.record_wire(method, batch, time.perf_counter() - started, caller=caller)
-            self._audit.record_refusals(method, batch)
+            self._refused_in_place(method, batch, caller)
             return self._with_fhir(batch, policy, now)
-        self._audit.record_refusals(method, batch)
+        self._refused_in_place(method, batch, caller)
         return batch.response({})
+
+    def _refused_in_place(self, method: str, batch: _native.WireBatch, caller: str) -> None:
+        """Count the items of ``batch`` answered in place instead of verified, and log those
+        the caller's entry refused."""
+        counts = batch.refusal_counts()
+        if counts:
+            self._audit.record_refusals(method, counts)
+            self._refusals.tell_items(caller, method, counts)
 
     def _with_fhir(self, batch: _native.WireBatch, policy: CallerPolicy, now: int) -> Any:
         """The response of a verified ``batch``, with the FHIR JSON of the accepted items that
@@ -398,6 +412,7 @@ class VerifierService:
 
     def _verifier(
         self,
+        method: str,
         batch: _native.WireBatch,
         policy: CallerPolicy,
         caller: str,
@@ -406,15 +421,18 @@ class VerifierService:
         """The verifier of this call's snapshot for ``policy``, or why the call must end
         (a ``scanned_at`` in ``batch`` without the caller's right, deadline passed, no usable
         trust list) as :func:`abort`'s code, reason and message: a plain test, so that each
-        RPC stays one coroutine with an ``await`` only on the way out."""
+        RPC stays one coroutine with an ``await`` only on the way out. A refusal by the
+        caller's entry is logged (:class:`RefusalLog`)."""
         if batch.scanned_at:
             try:
                 scanned_at_permission(policy, caller)
             except CallRefused as refused:
+                self._refusals.tell(caller, refused.reason, method)
                 return Refusal(grpc.StatusCode.PERMISSION_DENIED, refused.reason, str(refused))
         if policy.readers:
             field = batch.reader_outside(self._reader_ids(policy, caller))
             if field is not None:
+                self._refusals.tell(caller, "READER_NOT_ALLOWED", method)
                 return reader_refusal(caller, field)
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:  # nobody waits for the answer any more
