@@ -426,6 +426,22 @@ def test_bad_values_are_refused(helm: str, sets: tuple[str, ...], message: str) 
     assert re.search(message, render_error(helm, *sets), re.IGNORECASE)
 
 
+def test_reader_ids_may_name_the_caller_and_nothing_else(helm: str, tmp_path: Path) -> None:
+    """``{caller}`` in a caller's readers reaches the server's config; another name in
+    braces is refused at render, as the server would refuse it at start."""
+    values = tmp_path / "fleet.yaml"
+    fleet = {"id": "*", "readers": ["{caller}", "{caller}/*"]}
+    values.write_text(yaml.safe_dump({"config": {"callers": [fleet]}}))
+    config = tomllib.loads(kinds(render(helm, values))["ConfigMap"]["data"]["config.toml"])
+    assert config["callers"] == [fleet]
+    fleet["readers"] = ["{cn}/*"]
+    values.write_text(yaml.safe_dump({"config": {"callers": [fleet]}}))
+    args = ["template", "apcv", str(CHART), "--kube-version", KUBE_VERSIONS[-1], "-f", str(values)]
+    done = run_helm(helm, *args)
+    assert done.returncode != 0
+    assert re.search(r"/config/callers/0/readers/0': '.*' does not match", done.stderr)
+
+
 @pytest.mark.parametrize(
     "url",
     [
