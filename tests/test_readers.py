@@ -12,7 +12,6 @@ from typing import Any
 
 import grpc
 import pytest
-from structlog.testing import capture_logs
 from apcv_verify import _native
 from apcv_verify._proto.apcv.verify.v1 import verifier_pb2, verifier_pb2_grpc
 from apcv_verify.config import Config, ConfigError
@@ -20,6 +19,7 @@ from apcv_verify.issuer import DemoPKI, qr_text
 from apcv_verify.service.policy import RefusalLog
 from apcv_verify.service.startup import ServerHandle, start_server
 from apcv_verify.trust.material import load_trust_material
+from structlog.testing import capture_logs
 
 from .conftest import pki_config
 from .test_contract import status_details
@@ -53,6 +53,17 @@ async def serving(
             yield running, verifier_pb2_grpc.VerifierServiceStub(channel)
     finally:
         await running.stop(0)
+
+
+def call_errors(running: ServerHandle, method: str) -> dict[tuple[str, str], float]:
+    """``apcv_call_errors_total`` of the verifier's ``method`` by code and reason."""
+    assert running.metrics is not None
+    return {
+        (sample.labels["grpc_code"], sample.labels["reason"]): sample.value
+        for family in running.metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == "apcv_call_errors_total" and sample.labels["grpc_method"] == method
+    }
 
 
 def test_reader_ids_are_exact_ids_or_prefixes() -> None:
@@ -112,10 +123,13 @@ def test_a_unary_scan_from_another_reader_is_permission_denied(pki: DemoPKI) -> 
     code = qr_text(pki.present("alice"))
 
     async def scenario() -> None:
-        async with serving(pki) as (_running, stub):
+        async with serving(pki) as (running, stub):
             with pytest.raises(grpc.aio.AioRpcError) as denied:
                 await stub.Verify(verifier_pb2.VerifyRequest(scan=scan("u-1", code, "desk-2")))
             assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert call_errors(running, "Verify") == {
+                ("PERMISSION_DENIED", "READER_NOT_ALLOWED"): 1
+            }
             info, violations = status_details(denied.value)
             assert (info.reason, dict(info.metadata), violations) == (
                 "READER_NOT_ALLOWED",
@@ -144,7 +158,7 @@ def test_a_batch_with_another_readers_scan_is_refused_whole(pki: DemoPKI) -> Non
     second = qr_text(pki.present("alice"))
 
     async def scenario() -> None:
-        async with serving(pki) as (_running, stub):
+        async with serving(pki) as (running, stub):
             batch = verifier_pb2.VerifyBatchRequest(
                 scans=[scan("b-0", first, "ward-7-1"), scan("b-1", second, "ward-8-1")]
             )
@@ -162,6 +176,9 @@ def test_a_batch_with_another_readers_scan_is_refused_whole(pki: DemoPKI) -> Non
                 }
             ]
             assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert call_errors(running, "VerifyBatch") == {
+                ("PERMISSION_DENIED", "READER_NOT_ALLOWED"): 1
+            }
             info, _ = status_details(denied.value)
             assert (info.reason, dict(info.metadata)) == (
                 "READER_NOT_ALLOWED",

@@ -101,6 +101,17 @@ def test_a_thousand_idle_streams_from_one_client_lock_out_no_one(
             assert value(found, "apcv_inflight_streams") == 100
             limit = "server.max_streams_per_connection"
             assert value(found, "apcv_calls_refused_total", limit=limit) == IDLE_STREAMS - 100
+            assert (
+                value(
+                    found,
+                    "apcv_call_errors_total",
+                    grpc_service="apcv.verify.v1.VerifierService",
+                    grpc_method="VerifyStream",
+                    grpc_code="RESOURCE_EXHAUSTED",
+                    reason="TOO_MANY_CALLS",
+                )
+                == IDLE_STREAMS - 100
+            )
             handled = {
                 "grpc_type": "bidi_stream",
                 "grpc_service": "apcv.verify.v1.VerifierService",
@@ -194,6 +205,17 @@ def test_a_stream_idle_past_stream_idle_seconds_is_ended_unavailable(pki: DemoPK
                 "apcv_calls_refused_total", {"limit": "server.stream_idle_seconds"}
             )
             assert refused == 1
+            # By its reason too, beside the status grpc_server_handled_total counts.
+            errors = running.metrics.registry.get_sample_value(
+                "apcv_call_errors_total",
+                {
+                    "grpc_service": "apcv.verify.v1.VerifierService",
+                    "grpc_method": "VerifyStream",
+                    "grpc_code": "UNAVAILABLE",
+                    "reason": "STREAM_IDLE",
+                },
+            )
+            assert errors == 1
 
     asyncio.run(scenario())
 

@@ -101,6 +101,11 @@ VERIFICATION_SECONDS_HELP = (
     "Time of the core call (and replay settlement) per verified presentation: a batch "
     "or a stream's micro-batch of n items observes its time divided by n, n times."
 )
+#: The help of ``apcv_call_errors_total``.
+CALL_ERRORS_HELP = (
+    "Calls the service ended with an error status, by gRPC service, method, status code "
+    "and ErrorInfo reason (the reason grpc_server_handled_total does not have)."
+)
 #: The help of ``apcv_refused_items_total``.
 REFUSED_ITEMS_HELP = (
     "VerifyBatch and VerifyStream items answered REJECTED / MALFORMED in place without being "
@@ -227,6 +232,13 @@ class ServiceMetrics:
         )
         self._verification_children: dict[tuple[str, str, str], Any] = {}
         self._refused_children: dict[tuple[str, str], Any] = {}
+        self.call_errors = Counter(
+            "apcv_call_errors_total",
+            CALL_ERRORS_HELP,
+            ["grpc_service", "grpc_method", "grpc_code", "reason"],
+            registry=registry,
+        )
+        self._call_error_children: dict[tuple[str, str, str, str], Any] = {}
         self._seconds_children: dict[str, Any] = {}
         registry.register(BuildInfoCollector())
         if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -291,6 +303,18 @@ class ServiceMetrics:
                 counter = self.refused_items.labels(method=method, reason=reason)
                 self._refused_children[key] = counter
             counter.inc(count)
+
+    def observe_call_error(self, service: str, method: str, code: str, reason: str) -> None:
+        """Count one call that ended ``code`` with the ``ErrorInfo`` ``reason`` (labels of a
+        closed set: the registered methods, gRPC's codes, the service's reasons)."""
+        key = (service, method, code, reason)
+        counter = self._call_error_children.get(key)
+        if counter is None:
+            counter = self.call_errors.labels(
+                grpc_service=service, grpc_method=method, grpc_code=code, reason=reason
+            )
+            self._call_error_children[key] = counter
+        counter.inc()
 
     def observe_batch(self, size: int) -> None:
         """Record the size of one VerifyBatch call."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import NamedTuple, NoReturn
 
@@ -26,6 +27,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 __all__ = [
+    "ABORT_REASON",
     "ERROR_DOMAIN",
     "INTERNAL_ERROR_DETAIL",
     "FieldProblem",
@@ -39,6 +41,11 @@ INTERNAL_ERROR_DETAIL = "internal error"
 
 #: ``ErrorInfo.domain`` of every error this service sends: its reasons are unique within it.
 ERROR_DOMAIN = "apcv.verify.v1"
+
+#: The ``ErrorInfo`` reason of the last :func:`abort` in this task: grpc.aio runs each call
+#: in a task of its own, so the metrics wrapper reads the reason of the call it saw end
+#: with an AbortError (``apcv_call_errors_total``) without parsing the status it sent.
+ABORT_REASON: ContextVar[str] = ContextVar("apcv_abort_reason", default="")
 
 #: gRPC's server pushback (gRFC A6, "Retry Design"): a negative value tells a client's retry
 #: policy not to resend the call. Sent with refusals that the same request meets again
@@ -141,6 +148,7 @@ async def abort(
     status = call_status(
         code, reason, message, violations=violations, metadata=metadata, retryable=retryable
     )
+    ABORT_REASON.set(reason)
     try:
         await context.abort_with_status(status)
     except grpc.aio.InternalError as unsent:

@@ -37,7 +37,7 @@ import structlog
 from ..config import ANONYMOUS_CALLER
 from ..observe.metrics import ServiceMetrics
 from ..observe.tracing import Tracing
-from .errors import INTERNAL_ERROR_DETAIL, abort
+from .errors import ABORT_REASON, INTERNAL_ERROR_DETAIL, abort
 from .policy import CALLER, CertificateRefused, refuse_certificate
 
 __all__ = [
@@ -232,6 +232,7 @@ class MetricsInterceptor(_CachingInterceptor):
         streaming = grpc_type != "unary"
         counts_as_stream = streaming and service in metrics.stream_services
         inflight = metrics.inflight_streams
+        call_error = metrics.observe_call_error
         perf_counter = time.perf_counter
         calls = metrics.grpc_calls
         if calls is not None:
@@ -259,6 +260,8 @@ class MetricsInterceptor(_CachingInterceptor):
                 if cell is None:
                     cell = handled_cell(counts, code)
                 cell[0] += 1
+                if error is not None and isinstance(error, grpc.aio.AbortError):
+                    call_error(service, name, code, ABORT_REASON.get())
                 elapsed = perf_counter() - started
                 buckets[bisect_left(bounds, elapsed)] += 1
                 counts.seconds += elapsed
@@ -288,6 +291,8 @@ class MetricsInterceptor(_CachingInterceptor):
             if child is None:
                 child = handled[code] = grpc_handled.labels(**labels, grpc_code=code)
             child.inc()
+            if error is not None and isinstance(error, grpc.aio.AbortError):
+                call_error(service, name, code, ABORT_REASON.get())
             handling_seconds.observe(perf_counter() - started)
 
         return begin, end
