@@ -133,6 +133,19 @@ def test_two_workers_share_the_port_the_replay_store_and_the_metrics(
             reason="REPLAYED",
         )
         assert replayed == CONNECTIONS - 1
+        # An error status, counted by its reason in the worker that ended the call.
+        with pytest.raises(grpc.RpcError) as refused:
+            verify_on_own_connection(server.address, presentation, "")
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        missing = value(
+            scrape(metrics_port),
+            "apcv_call_errors_total",
+            grpc_code="INVALID_ARGUMENT",
+            grpc_method="Verify",
+            grpc_service="apcv.verify.v1.VerifierService",
+            reason="REQUEST_ID_MISSING",
+        )
+        assert missing == 1
 
         # gRPC's count of the calls it received reaches the parent as each worker publishes
         # it: every call here was taken by a handler, the start's health checks included.
